@@ -1,0 +1,261 @@
+//! The admin API: plain HTTP on a local address.
+//!
+//! `GET /status` returns the JSON object of the contract in DESIGN.md. The same
+//! module holds the small client that `masternode status` uses.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Network;
+use crate::identity::{hex, NodeId};
+use crate::net::handshake::{RejectReason, Tip};
+use crate::net::Peers;
+use crate::node::StatusSource;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub node_id: String,
+    pub listen: String,
+    pub network: String,
+    pub height: u64,
+    pub tip_hash: Option<String>,
+    pub quorum: Quorum,
+    pub peers: Vec<PeerStatus>,
+    pub counters: Counters,
+    /// Handshake rejections this node sent, by reason.
+    pub rejects_sent: BTreeMap<String, u64>,
+    /// Handshake rejections peers sent this node, by reason.
+    pub rejects_received: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Quorum {
+    pub active: usize,
+    pub required: usize,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    pub node_id: String,
+    pub addr: String,
+    pub direction: String,
+    pub rtt_ms: f64,
+    pub connected_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Counters {
+    pub dials: u64,
+    pub handshakes_ok: u64,
+    pub handshakes_failed: u64,
+    pub duplicates_closed: u64,
+    pub dial_failures: u64,
+    pub handshake_timeouts: u64,
+    pub tls_refused: u64,
+    pub tls_failed: u64,
+    pub bad_frames: u64,
+    pub frames_sent: u64,
+    pub frames_received: u64,
+}
+
+impl Status {
+    /// Members of the set that are not connected (this node aside).
+    pub fn missing_peers(&self, members: usize) -> usize {
+        members.saturating_sub(1).saturating_sub(self.peers.len())
+    }
+}
+
+pub fn build_status(
+    id: NodeId,
+    advertised: SocketAddr,
+    network: &Network,
+    peers: &Peers,
+    tip: Tip,
+) -> Status {
+    let infos = peers.peers();
+    let active = infos.len() + 1;
+    let required = network.required();
+    let c = peers.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let by_reason = |arr: &[std::sync::atomic::AtomicU64; 5]| {
+        RejectReason::ALL
+            .iter()
+            .zip(arr.iter())
+            .map(|(r, n)| (r.as_str().to_string(), load(n)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    Status {
+        node_id: id.to_hex(),
+        listen: advertised.to_string(),
+        network: network.name.clone(),
+        height: tip.height,
+        tip_hash: (tip.height > 0).then(|| hex(&tip.hash)),
+        quorum: Quorum {
+            active,
+            required,
+            met: active >= required,
+        },
+        peers: infos
+            .iter()
+            .map(|p| PeerStatus {
+                node_id: p.id.to_hex(),
+                addr: p.addr.to_string(),
+                direction: p.direction.as_str().to_string(),
+                rtt_ms: (p.rtt.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+                connected_secs: p.connected_for.as_secs(),
+            })
+            .collect(),
+        counters: Counters {
+            dials: load(&c.dials),
+            handshakes_ok: load(&c.handshakes_ok),
+            handshakes_failed: load(&c.handshakes_failed),
+            duplicates_closed: load(&c.duplicates_closed),
+            dial_failures: load(&c.dial_failures),
+            handshake_timeouts: load(&c.handshake_timeouts),
+            tls_refused: peers.tls_refused(),
+            tls_failed: load(&c.tls_failed),
+            bad_frames: load(&c.bad_frames),
+            frames_sent: load(&c.frames_sent),
+            frames_received: load(&c.frames_received),
+        },
+        rejects_sent: by_reason(&c.rejects_sent),
+        rejects_received: by_reason(&c.rejects_received),
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub status: Arc<StatusSource>,
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/status", get(status_handler))
+        .with_state(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("admin API stopped: {e}");
+    }
+}
+
+async fn status_handler(State(state): State<AdminState>) -> Json<Status> {
+    Json(state.status.status())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no answer from {addr}: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    #[error("{addr} answered {status}")]
+    Http { addr: SocketAddr, status: String },
+    #[error("{addr} sent a status that does not parse: {reason}")]
+    Body { addr: SocketAddr, reason: String },
+}
+
+/// `GET path` over HTTP/1.0 (so the answer is never chunked); returns the body.
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut response = Vec::new();
+        stream
+            .take(16 * 1024 * 1024)
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok::<_, ClientError>(response)
+    };
+    let response = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| unreachable(format!("timed out after {timeout:?}")))??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| unreachable("truncated HTTP response".into()))?;
+    let status_line = head.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        return Err(ClientError::Http {
+            addr,
+            status: status_line.to_string(),
+        });
+    }
+    Ok(body.to_string())
+}
+
+pub async fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Status, ClientError> {
+    let body = http_get(addr, "/status", timeout).await?;
+    serde_json::from_str(&body).map_err(|e| ClientError::Body {
+        addr,
+        reason: e.to_string(),
+    })
+}
+
+/// The human form of a status, as `masternode status` prints it.
+pub fn render_status(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "node      {}", s.node_id);
+    let _ = writeln!(out, "listen    {}", s.listen);
+    let _ = writeln!(out, "network   {}", s.network);
+    let _ = writeln!(
+        out,
+        "height    {} {}",
+        s.height,
+        s.tip_hash.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "quorum    {}/{} active, {} required: {}",
+        s.quorum.active,
+        s.quorum.active.max(s.quorum.required),
+        s.quorum.required,
+        if s.quorum.met { "met" } else { "NOT met" }
+    );
+    let _ = writeln!(out, "peers     {}", s.peers.len());
+    for p in &s.peers {
+        let _ = writeln!(
+            out,
+            "  {}  {:<21} {:<8} rtt {:>7.3} ms  up {}s",
+            &p.node_id[..16],
+            p.addr,
+            p.direction,
+            p.rtt_ms,
+            p.connected_secs
+        );
+    }
+    let c = &s.counters;
+    let _ = writeln!(
+        out,
+        "counters  dials {} handshakes ok {} failed {} duplicates closed {}",
+        c.dials, c.handshakes_ok, c.handshakes_failed, c.duplicates_closed
+    );
+    out
+}

@@ -1,0 +1,508 @@
+//! Node configuration (`masternode.toml`) and the network file (`network.toml`).
+//!
+//! Both are parsed strictly: an unknown key, a missing file, a bad address, a
+//! duplicate member, a key that does not match its certificate or a node whose key
+//! is not in the set is a [`ConfigError`] naming the file and the problem, and the
+//! daemon refuses to start (exit code 78, EX_CONFIG).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::{Identity, IdentityError, NodeId};
+
+/// `required = max(min_active, floor(2n/3) + 1)` uses this when the file is silent.
+pub const DEFAULT_MIN_ACTIVE: usize = 3;
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:24101";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// One member of the masternode set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+}
+
+/// The network file, validated. Members are sorted by `NodeId`, which is also the
+/// proposer order.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub name: String,
+    pub genesis_time_ms: u64,
+    pub block_interval_ms: u64,
+    pub min_active: usize,
+    pub members: Vec<Member>,
+    /// Hash of the network's identity; see [`Network::compute_id`].
+    pub id: [u8; 32],
+}
+
+impl Network {
+    /// The network id is SHA-256 over the name, genesis time, block interval,
+    /// `min_active` and the sorted member keys. Addresses are left out on purpose: a
+    /// node may move to a new IP without forking the network.
+    fn compute_id(
+        name: &str,
+        genesis: u64,
+        interval: u64,
+        min_active: usize,
+        members: &[Member],
+    ) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"masternode-network-v1\0");
+        ctx.update(&(name.len() as u64).to_be_bytes());
+        ctx.update(name.as_bytes());
+        ctx.update(&genesis.to_be_bytes());
+        ctx.update(&interval.to_be_bytes());
+        ctx.update(&(min_active as u64).to_be_bytes());
+        for m in members {
+            ctx.update(&m.id.0);
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(ctx.finish().as_ref());
+        id
+    }
+
+    /// Number of masternodes that must be connected (this node included) for the
+    /// network to make progress: `max(min_active, floor(2n/3) + 1)`.
+    pub fn required(&self) -> usize {
+        required_active(self.members.len(), self.min_active)
+    }
+
+    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| &m.id == id)
+    }
+
+    pub fn is_member(&self, id: &NodeId) -> bool {
+        self.member(id).is_some()
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file: NetworkFile = toml::from_str(text).map_err(|e| parse_error(path, e))?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
+        if file.name.trim().is_empty() {
+            return Err(invalid("name is empty".into()));
+        }
+        if file.block_interval_ms == 0 {
+            return Err(invalid("block_interval_ms must be positive".into()));
+        }
+        if file.masternode.is_empty() {
+            return Err(invalid("no [[masternode]] entries".into()));
+        }
+        let mut members = Vec::with_capacity(file.masternode.len());
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, m) in file.masternode.iter().enumerate() {
+            let id = NodeId::from_hex(&m.id).map_err(|_| {
+                invalid(format!(
+                    "masternode #{}: id {:?} is not 64 hex characters",
+                    i + 1,
+                    m.id
+                ))
+            })?;
+            if id.verifying_key().is_none() {
+                return Err(invalid(format!(
+                    "masternode #{}: id {} is not an ed25519 public key",
+                    i + 1,
+                    m.id
+                )));
+            }
+            let addr: SocketAddr = m.addr.parse().map_err(|_| {
+                invalid(format!(
+                    "masternode #{}: addr {:?} is not ip:port",
+                    i + 1,
+                    m.addr
+                ))
+            })?;
+            let addr = crate::net::direction::canonical(addr);
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(invalid(format!(
+                    "masternode #{}: addr {addr} is not dialable",
+                    i + 1
+                )));
+            }
+            if !ids.insert(id) {
+                return Err(invalid(format!("duplicate masternode id {id}")));
+            }
+            if !addrs.insert(addr) {
+                return Err(invalid(format!("duplicate masternode addr {addr}")));
+            }
+            members.push(Member { id, addr });
+        }
+        members.sort_by_key(|m| m.id);
+        let min_active = file.min_active.unwrap_or(DEFAULT_MIN_ACTIVE);
+        let id = Self::compute_id(
+            &file.name,
+            file.genesis_time_ms,
+            file.block_interval_ms,
+            min_active,
+            &members,
+        );
+        Ok(Network {
+            name: file.name,
+            genesis_time_ms: file.genesis_time_ms,
+            block_interval_ms: file.block_interval_ms,
+            min_active,
+            members,
+            id,
+        })
+    }
+
+    /// The network file text for these members (devnet, provisioning, tests).
+    pub fn render(
+        name: &str,
+        genesis_time_ms: u64,
+        block_interval_ms: u64,
+        min_active: usize,
+        members: &[Member],
+    ) -> String {
+        let mut s = format!(
+            "name = {name:?}\ngenesis_time_ms = {genesis_time_ms}\nblock_interval_ms = {block_interval_ms}\nmin_active = {min_active}\n"
+        );
+        for m in members {
+            s.push_str(&format!(
+                "\n[[masternode]]\nid = \"{}\"\naddr = \"{}\"\n",
+                m.id, m.addr
+            ));
+        }
+        s
+    }
+}
+
+pub fn required_active(n: usize, min_active: usize) -> usize {
+    min_active.max(2 * n / 3 + 1)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    name: String,
+    genesis_time_ms: u64,
+    block_interval_ms: u64,
+    min_active: Option<usize>,
+    #[serde(default)]
+    masternode: Vec<MemberEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberEntry {
+    id: String,
+    addr: String,
+}
+
+/// Transport tunables; every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
+    pub keepalive: Duration,
+    pub idle_timeout: Duration,
+    pub passive_wait: Duration,
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            keepalive: Duration::from_millis(5_000),
+            idle_timeout: Duration::from_millis(20_000),
+            passive_wait: Duration::from_millis(10_000),
+            handshake_timeout: Duration::from_millis(5_000),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TransportFile {
+    keepalive_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    passive_wait_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    network: PathBuf,
+    key: PathBuf,
+    cert: PathBuf,
+    listen: String,
+    admin: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    transport: TransportFile,
+}
+
+/// A node's whole configuration, validated: everything `Node::start` needs.
+pub struct NodeConfig {
+    pub network: Network,
+    pub identity: Identity,
+    /// UDP address the QUIC endpoint binds (may be 0.0.0.0).
+    pub listen: SocketAddr,
+    /// This node's address in the network file: what the direction rule uses.
+    pub advertised: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub transport: Transport,
+}
+
+impl NodeConfig {
+    pub fn id(&self) -> NodeId {
+        self.identity.id()
+    }
+
+    /// Loads `masternode.toml`; relative paths inside it are taken from its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        let file: NodeFile = toml::from_str(&text).map_err(|e| parse_error(path, e))?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let network_path = base.join(&file.network);
+        let network = Network::load(&network_path)?;
+        let identity = Identity::load(&base.join(&file.key), &base.join(&file.cert))?;
+        let listen: SocketAddr = file
+            .listen
+            .parse()
+            .map_err(|_| invalid(format!("listen {:?} is not ip:port", file.listen)))?;
+        let admin_text = file.admin.as_deref().unwrap_or(DEFAULT_ADMIN);
+        let admin: SocketAddr = admin_text
+            .parse()
+            .map_err(|_| invalid(format!("admin {admin_text:?} is not ip:port")))?;
+        let mut transport = Transport::default();
+        let t = &file.transport;
+        for (value, slot, name) in [
+            (t.keepalive_ms, &mut transport.keepalive, "keepalive_ms"),
+            (
+                t.idle_timeout_ms,
+                &mut transport.idle_timeout,
+                "idle_timeout_ms",
+            ),
+            (
+                t.passive_wait_ms,
+                &mut transport.passive_wait,
+                "passive_wait_ms",
+            ),
+            (
+                t.handshake_timeout_ms,
+                &mut transport.handshake_timeout,
+                "handshake_timeout_ms",
+            ),
+        ] {
+            if let Some(ms) = value {
+                if ms == 0 {
+                    return Err(invalid(format!("transport.{name} must be positive")));
+                }
+                *slot = Duration::from_millis(ms);
+            }
+        }
+        if transport.keepalive >= transport.idle_timeout {
+            return Err(invalid(format!(
+                "transport.keepalive_ms ({}) must be below idle_timeout_ms ({})",
+                transport.keepalive.as_millis(),
+                transport.idle_timeout.as_millis()
+            )));
+        }
+        let data_dir = base.join(file.data_dir.unwrap_or_else(|| PathBuf::from("data")));
+        Self::assemble(
+            network,
+            &network_path,
+            identity,
+            listen,
+            admin,
+            data_dir,
+            transport,
+        )
+    }
+
+    /// Cross-checks the parts: the node's key must be a member of the set.
+    pub fn assemble(
+        network: Network,
+        network_path: &Path,
+        identity: Identity,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        data_dir: PathBuf,
+        transport: Transport,
+    ) -> Result<Self, ConfigError> {
+        let advertised = network
+            .member(&identity.id())
+            .ok_or_else(|| ConfigError::Invalid {
+                path: network_path.into(),
+                message: format!(
+                    "this node's key {} is not in the masternode set",
+                    identity.id()
+                ),
+            })?
+            .addr;
+        Ok(NodeConfig {
+            network,
+            identity,
+            listen,
+            advertised,
+            admin,
+            data_dir,
+            transport,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+fn parse_error(path: &Path, e: toml::de::Error) -> ConfigError {
+    // toml's message spans several lines with a source excerpt; keep the one line
+    // an operator needs, plus the line number.
+    let first = e
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid TOML")
+        .to_string();
+    let message = match e.span() {
+        Some(span) => {
+            let text_line = e.to_string();
+            let line = text_line
+                .split_whitespace()
+                .skip_while(|w| *w != "line")
+                .nth(1)
+                .map(|n| n.trim_end_matches(',').to_string());
+            match line {
+                Some(l) => format!("line {l}: {first}"),
+                None => format!("at byte {}: {first}", span.start),
+            }
+        }
+        None => first,
+    };
+    ConfigError::Parse {
+        path: path.into(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u8) -> String {
+        // A valid ed25519 public key for each i.
+        let key = ed25519_dalek::SigningKey::from_bytes(&[i; 32]);
+        crate::identity::hex(key.verifying_key().as_bytes())
+    }
+
+    fn net(body: &str) -> Result<Network, ConfigError> {
+        Network::parse(Path::new("network.toml"), body)
+    }
+
+    const HEAD: &str = "name = \"t\"\ngenesis_time_ms = 1\nblock_interval_ms = 1000\n";
+
+    #[test]
+    fn required_follows_the_formula() {
+        for (n, min, want) in [
+            (1, 3, 3),
+            (3, 3, 3),
+            (4, 3, 3),
+            (5, 3, 4),
+            (6, 3, 5),
+            (7, 3, 5),
+            (10, 3, 7),
+            (4, 1, 3),
+            (2, 1, 2),
+        ] {
+            assert_eq!(required_active(n, min), want, "n={n} min_active={min}");
+        }
+    }
+
+    #[test]
+    fn parses_a_valid_network() {
+        let text = format!(
+            "{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n[[masternode]]\nid = \"{}\"\naddr = \"[::ffff:127.0.0.1]:1\"\n",
+            id(1),
+            id(2)
+        );
+        let n = net(&text).unwrap();
+        assert_eq!(n.members.len(), 2);
+        assert!(n.members.windows(2).all(|w| w[0].id < w[1].id));
+        assert!(
+            n.members
+                .iter()
+                .any(|m| m.addr == "127.0.0.1:1".parse().unwrap()),
+            "mapped address normalised"
+        );
+    }
+
+    #[test]
+    fn network_id_ignores_addresses_but_not_members() {
+        let a = net(&format!(
+            "{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n",
+            id(1)
+        ))
+        .unwrap();
+        let b = net(&format!(
+            "{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.9:7\"\n",
+            id(1)
+        ))
+        .unwrap();
+        let c = net(&format!(
+            "{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n",
+            id(2)
+        ))
+        .unwrap();
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+    }
+
+    #[test]
+    fn rejects_bad_network_files_with_a_clear_message() {
+        let cases = [
+            (format!("{HEAD}colour = 1\n"), "unknown field"),
+            (format!("{HEAD}[[masternode]]\nid = \"xyz\"\naddr = \"127.0.0.1:1\"\n"), "not 64 hex"),
+            (format!("{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"localhost\"\n", id(1)), "not ip:port"),
+            (
+                format!("{HEAD}[[masternode]]\nid = \"{0}\"\naddr = \"127.0.0.1:1\"\n[[masternode]]\nid = \"{0}\"\naddr = \"127.0.0.2:1\"\n", id(1)),
+                "duplicate masternode id",
+            ),
+            (
+                format!("{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.1:1\"\n[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.1:1\"\n", id(1), id(2)),
+                "duplicate masternode addr",
+            ),
+            (HEAD.to_string(), "no [[masternode]]"),
+        ];
+        for (text, want) in cases {
+            let err = net(&text).err().unwrap().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+            assert!(err.starts_with("network.toml"), "{err:?} names the file");
+            assert!(!err.contains('\n'), "{err:?} is one line");
+        }
+    }
+}

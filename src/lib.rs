@@ -1,0 +1,20 @@
+//! masternode: a daemon with which a fixed set of masternodes connect over QUIC,
+//! exactly one connection per pair, and produce blocks together while a quorum of
+//! them is connected.
+//!
+//! # Layout
+//!
+//! * [`config`]: `masternode.toml` and `network.toml`, validated.
+//! * [`identity`]: the node's ed25519 key, its `NodeId`, key and certificate files.
+//! * [`net`]: the transport: pinned mutual TLS, the direction rule, the handshake,
+//!   frames, the connection manager and the [`net::Peers`] handle.
+//! * [`node`]: one running node: transport, admin API, shutdown.
+//! * [`admin`]: `/status` over local HTTP, and the client `masternode status` uses.
+//! * [`devnet`]: N nodes on 127.0.0.1..N in one process.
+
+pub mod admin;
+pub mod config;
+pub mod devnet;
+pub mod identity;
+pub mod net;
+pub mod node;

@@ -1,0 +1,84 @@
+//! The QUIC endpoint: one UDP socket, serving and dialling.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::Transport;
+use crate::identity::{Identity, NodeId};
+
+use super::tls::{self, RefusalLog, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("transport setting out of range: {0}")]
+    Setting(String),
+}
+
+/// quinn transport settings from the node's config. Stream limits are small on
+/// purpose: one unidirectional stream per direction is all the protocol uses, and
+/// each allowed stream costs memory per idle connection.
+pub fn transport_config(t: &Transport) -> Result<Arc<quinn::TransportConfig>, EndpointError> {
+    let mut cfg = quinn::TransportConfig::default();
+    cfg.keep_alive_interval(Some(t.keepalive));
+    let idle = quinn::IdleTimeout::try_from(t.idle_timeout)
+        .map_err(|e| EndpointError::Setting(e.to_string()))?;
+    cfg.max_idle_timeout(Some(idle));
+    cfg.max_concurrent_uni_streams(1u32.into());
+    cfg.max_concurrent_bidi_streams(16u32.into());
+    Ok(Arc::new(cfg))
+}
+
+/// Binds the endpoint. The stateless-reset key is derived from the node key, so a
+/// restarted node answers packets of its previous life's connections with a reset
+/// the peer accepts: peers drop those connections within a round trip instead of
+/// waiting for the idle timeout.
+pub fn bind(
+    listen: SocketAddr,
+    identity: &Identity,
+    members: Arc<HashSet<NodeId>>,
+    transport: Arc<quinn::TransportConfig>,
+    refusals: Arc<RefusalLog>,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &identity.derive_secret(b"masternode quic stateless reset"),
+    );
+    let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(
+        identity, members, refusals,
+    )?));
+    server.transport_config(transport);
+    let socket = std::net::UdpSocket::bind(listen).map_err(|source| EndpointError::Bind {
+        addr: listen,
+        source,
+    })?;
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| EndpointError::Bind {
+        addr: listen,
+        source,
+    })
+}
+
+/// Client configuration for dialling `peer`, pinned to its key.
+pub fn client_config(
+    identity: &Identity,
+    peer: NodeId,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, EndpointError> {
+    let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity, peer)?));
+    cfg.transport_config(transport);
+    Ok(cfg)
+}

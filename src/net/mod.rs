@@ -1,0 +1,92 @@
+//! The transport: exactly one mutually authenticated QUIC connection per pair of
+//! masternodes.
+//!
+//! * **Identity.** TLS 1.3 with both certificates pinned to the member keys of the
+//!   network file ([`tls`]). A stranger never gets a stream.
+//! * **Direction.** The member with the lower configured address dials, the other
+//!   waits ([`direction`]). A waiting node that has heard nothing from the lower one
+//!   for `passive_wait` dials itself (the lower one may be unable to reach it), so
+//!   nobody waits forever.
+//! * **Duplicates.** Should a pair hold two connections, both ends keep the same one
+//!   ([`direction::new_wins`]) once its handshake is complete and close the other
+//!   with [`close::DUPLICATE`]: not a failure, no backoff.
+//! * **Handshake.** On the connection's first bidirectional stream, then finished
+//!   ([`handshake`]); no application data before it succeeds.
+//! * **Liveness.** QUIC keepalive and idle timeout; no ping/pong. A peer whose
+//!   connection closes leaves the active set at once.
+//! * **Messages.** Length-prefixed frames with a limit per kind ([`codec`],
+//!   [`message`]): one long-lived unidirectional stream per direction for gossip and
+//!   consensus, a bidirectional stream per request.
+//!
+//! One task, the [`manager`], owns the peer table; connection tasks ([`peer`]) carry
+//! bytes; [`Peers`] is the handle the rest of the node uses.
+
+pub mod backoff;
+pub mod codec;
+pub mod direction;
+pub mod endpoint;
+pub mod handshake;
+pub mod manager;
+pub mod message;
+pub mod peer;
+pub mod tls;
+
+pub use direction::Direction;
+pub use manager::{
+    start, Inbound, InboundRequest, NetConfig, PeerEvent, PeerInfo, Peers, RequestError, SendError,
+    TestHooks,
+};
+pub use message::Message;
+
+/// Application close codes (QUIC `CONNECTION_CLOSE` and stream reset codes).
+pub mod close {
+    /// The node is shutting down.
+    pub const SHUTDOWN: u32 = 0;
+    /// The pair has another connection that both ends keep.
+    pub const DUPLICATE: u32 = 1;
+    /// The handshake was rejected; the close reason names the [`RejectReason`](super::handshake::RejectReason).
+    pub const REJECTED: u32 = 2;
+    /// The handshake did not finish within its deadline.
+    pub const HANDSHAKE_TIMEOUT: u32 = 3;
+    /// A frame over the limit of its kind.
+    pub const FRAME_TOO_LARGE: u32 = 4;
+    /// A frame that is truncated, of unknown kind or does not decode.
+    pub const MALFORMED_FRAME: u32 = 5;
+    /// Any other breach of the protocol.
+    pub const PROTOCOL: u32 = 6;
+    /// A request stream the node did not answer in time.
+    pub const REQUEST_TIMEOUT: u32 = 7;
+
+    pub fn name(code: u64) -> &'static str {
+        match code as u32 {
+            SHUTDOWN => "shutdown",
+            DUPLICATE => "duplicate",
+            REJECTED => "rejected",
+            HANDSHAKE_TIMEOUT => "handshake timeout",
+            FRAME_TOO_LARGE => "frame too large",
+            MALFORMED_FRAME => "malformed frame",
+            PROTOCOL => "protocol error",
+            REQUEST_TIMEOUT => "request timeout",
+            _ => "unknown",
+        }
+    }
+}
+
+/// A short description of why a connection ended, for one log line.
+pub fn describe_close(err: &quinn::ConnectionError) -> String {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(ac) => {
+            let code = ac.error_code.into_inner();
+            let reason = String::from_utf8_lossy(&ac.reason);
+            if reason.is_empty() {
+                format!("closed by peer: {}", close::name(code))
+            } else {
+                format!("closed by peer: {} ({reason})", close::name(code))
+            }
+        }
+        quinn::ConnectionError::LocallyClosed => "closed locally".into(),
+        quinn::ConnectionError::TimedOut => "idle timeout".into(),
+        quinn::ConnectionError::Reset => "reset by peer (restarted?)".into(),
+        other => other.to_string(),
+    }
+}

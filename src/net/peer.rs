@@ -1,0 +1,224 @@
+//! The tasks that carry one established connection's bytes.
+//!
+//! Per connection: a writer that owns our unidirectional stream and batches queued
+//! frames into few large writes; a reader that owns the peer's unidirectional stream
+//! and its [`FrameReader`] (frames are read in this task alone, never beside a timer
+//! in a `select!`, so a half-read frame cannot be lost); a request server that
+//! answers the peer's bidirectional request streams; and a watcher that tells the
+//! manager when the connection ends. All of them end with the connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use super::close;
+use super::codec::{self, FrameError, FrameReader, MAX_FRAME};
+use super::manager::{Cmd, InboundRequest, Shared};
+use super::message::Message;
+use crate::identity::NodeId;
+
+/// Queued frames a writer batches into one write, at most.
+const BATCH_BYTES: usize = 64 * 1024;
+
+pub(crate) fn spawn(
+    tracker: &TaskTracker,
+    conn: quinn::Connection,
+    peer: NodeId,
+    conn_id: u64,
+    frames: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+    manager: mpsc::Sender<Cmd>,
+) {
+    tracker.spawn(write_loop(conn.clone(), frames));
+    tracker.spawn(read_loop(conn.clone(), peer, shared.clone()));
+    tracker.spawn(serve_requests(conn.clone(), peer, shared, tracker.clone()));
+    tracker.spawn(async move {
+        let error = conn.closed().await;
+        // The manager is gone only when the node is shutting down.
+        let _ = manager
+            .send(Cmd::Closed {
+                peer,
+                conn_id,
+                error,
+            })
+            .await;
+    });
+}
+
+/// Writes queued frames to our long-lived stream. Frames are already encoded (a
+/// broadcast encodes once for all peers); whatever queued while the previous write
+/// was in flight goes out in one `write_all_chunks`, which hands quinn the `Bytes`
+/// without copying them here.
+async fn write_loop(conn: quinn::Connection, mut frames: mpsc::Receiver<Bytes>) {
+    let Ok(mut send) = conn.open_uni().await else {
+        return;
+    };
+    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+    while let Some(first) = frames.recv().await {
+        let mut bytes = first.len();
+        batch.push(first);
+        while bytes < BATCH_BYTES {
+            match frames.try_recv() {
+                Ok(frame) => {
+                    bytes += frame.len();
+                    batch.push(frame);
+                }
+                Err(_) => break,
+            }
+        }
+        if send.write_all_chunks(&mut batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    // The queue closed: the connection was replaced or the node is stopping.
+    let _ = send.finish();
+}
+
+async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
+    let Ok(recv) = conn.accept_uni().await else {
+        return;
+    };
+    let mut reader = FrameReader::new(recv);
+    loop {
+        match reader.next::<Message>().await {
+            Ok(Some(msg)) => {
+                shared
+                    .counters
+                    .frames_received
+                    .fetch_add(1, Ordering::Relaxed);
+                if shared.inbound.send((peer, msg)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                if conn.close_reason().is_none() {
+                    reject_frame(&conn, peer, &e, &shared);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// One log line and a typed close for a peer that sent a bad frame.
+fn reject_frame(conn: &quinn::Connection, peer: NodeId, e: &FrameError, shared: &Shared) {
+    shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(peer = %peer.short(), "bad frame from peer: {e}; closing the connection");
+    conn.close(e.close_code().into(), e.to_string().as_bytes());
+}
+
+async fn serve_requests(
+    conn: quinn::Connection,
+    peer: NodeId,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tracker.spawn(serve_one(conn.clone(), peer, send, recv, shared.clone()));
+    }
+}
+
+async fn serve_one(
+    conn: quinn::Connection,
+    peer: NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+) {
+    let timeout = shared.request_timeout;
+    // The whole request is abandoned on timeout, stream included, so cancelling the
+    // read here cannot tear a frame that anyone reads later.
+    let bytes = match tokio::time::timeout(timeout, recv.read_to_end(MAX_FRAME + 4)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(quinn::ReadToEndError::TooLong)) => {
+            let e = FrameError::TooLarge {
+                kind: 0,
+                len: MAX_FRAME + 1,
+                limit: MAX_FRAME,
+            };
+            reject_frame(&conn, peer, &e, &shared);
+            return;
+        }
+        Ok(Err(_)) => return,
+        Err(_) => {
+            let _ = send.reset(close::REQUEST_TIMEOUT.into());
+            return;
+        }
+    };
+    let request = match decode_single(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            reject_frame(&conn, peer, &e, &shared);
+            return;
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    if shared
+        .requests
+        .send(InboundRequest {
+            from: peer,
+            message: request,
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(response)) => {
+            let frame = codec::encode(&response);
+            if send.write_all(&frame).await.is_ok() {
+                let _ = send.finish();
+            }
+        }
+        _ => {
+            let _ = send.reset(close::REQUEST_TIMEOUT.into());
+        }
+    }
+}
+
+/// Exactly one frame, as a request or response stream carries.
+pub(crate) fn decode_single(bytes: &[u8]) -> Result<Message, FrameError> {
+    let mut msgs = codec::decode_all::<Message>(bytes)?;
+    match msgs.len() {
+        1 => Ok(msgs.remove(0)),
+        0 => Err(FrameError::Empty),
+        n => Err(FrameError::TrailingBytes(n - 1)),
+    }
+}
+
+/// Sends one request on a stream of its own and reads the response.
+pub(crate) async fn request(
+    conn: &quinn::Connection,
+    frame: Bytes,
+    timeout: Duration,
+) -> Result<Message, super::RequestError> {
+    use super::RequestError;
+    let exchange = async {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| RequestError::Connection(e.to_string()))?;
+        send.write_all(&frame)
+            .await
+            .map_err(|e| RequestError::Stream(e.to_string()))?;
+        send.finish()
+            .map_err(|e| RequestError::Stream(e.to_string()))?;
+        let bytes = recv
+            .read_to_end(MAX_FRAME + 4)
+            .await
+            .map_err(|e| RequestError::Stream(e.to_string()))?;
+        decode_single(&bytes).map_err(RequestError::Frame)
+    };
+    // Dropping the exchange on timeout drops both stream halves with it.
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| RequestError::Timeout(timeout))?
+}
