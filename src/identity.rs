@@ -151,6 +151,11 @@ impl Identity {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8_v1(&self.signing)))
     }
 
+    /// The 32-byte secret seed. For writing the key and for tests; never logged.
+    pub fn secret_seed(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.signing.sign(msg).to_bytes()
     }

@@ -145,6 +145,25 @@ pub struct Counters {
     pub tls_failed: AtomicU64,
 }
 
+/// Counts a failed handshake under its reason.
+fn count_handshake_error(c: &Counters, e: &HandshakeError) {
+    match e {
+        HandshakeError::RejectedPeer(r) => {
+            c.rejects_sent[reason_index(*r)].fetch_add(1, Ordering::Relaxed);
+        }
+        HandshakeError::RejectedByPeer(r) => {
+            c.rejects_received[reason_index(*r)].fetch_add(1, Ordering::Relaxed);
+        }
+        HandshakeError::Timeout(_) => {
+            c.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        HandshakeError::Connection(e) if super::is_tls_refusal(e) => {
+            c.tls_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
 fn reason_index(r: RejectReason) -> usize {
     RejectReason::ALL.iter().position(|x| *x == r).unwrap_or(0)
 }
@@ -341,11 +360,7 @@ pub(crate) enum DialError {
 
 fn describe_connection_error(e: &quinn::ConnectionError) -> String {
     match e {
-        quinn::ConnectionError::TransportError(t)
-            if t.code.to_string().contains("crypto") || t.reason.contains("certificate") =>
-        {
-            format!("refused at TLS: {t}")
-        }
+        e if super::is_tls_refusal(e) => format!("refused at TLS: {e}"),
         other => super::describe_close(other),
     }
 }
@@ -640,24 +655,16 @@ impl Manager {
             DialError::Connect(_) | DialError::Unreachable(_) => {
                 c.dial_failures.fetch_add(1, Ordering::Relaxed);
             }
-            DialError::Connection(_) => {
+            DialError::Connection(e) if super::is_tls_refusal(e) => {
                 c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
                 c.tls_failed.fetch_add(1, Ordering::Relaxed);
             }
+            DialError::Connection(_) => {
+                c.dial_failures.fetch_add(1, Ordering::Relaxed);
+            }
             DialError::Handshake(h) => {
                 c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                match h {
-                    HandshakeError::RejectedByPeer(r) => {
-                        c.rejects_received[reason_index(*r)].fetch_add(1, Ordering::Relaxed);
-                    }
-                    HandshakeError::RejectedPeer(r) => {
-                        c.rejects_sent[reason_index(*r)].fetch_add(1, Ordering::Relaxed);
-                    }
-                    HandshakeError::Timeout(_) => {
-                        c.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
+                count_handshake_error(c, h);
             }
         }
         let Some(slot) = self.slots.get_mut(&peer) else {
@@ -685,6 +692,9 @@ impl Manager {
                 DialError::Handshake(HandshakeError::RejectedByPeer(r)) => {
                     format!("peer rejected our hello: {r}")
                 }
+                DialError::Handshake(HandshakeError::Connection(e)) if super::is_tls_refusal(e) => {
+                    format!("refused at TLS: {e}")
+                }
                 DialError::Handshake(HandshakeError::RejectedPeer(r)) => {
                     format!("rejected the peer's welcome: {r}")
                 }
@@ -697,18 +707,7 @@ impl Manager {
     fn handle_inbound_failed(&mut self, peer: Option<NodeId>, error: HandshakeError) {
         let c = &self.shared.counters;
         c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-        match &error {
-            HandshakeError::RejectedPeer(r) => {
-                c.rejects_sent[reason_index(*r)].fetch_add(1, Ordering::Relaxed);
-            }
-            HandshakeError::RejectedByPeer(r) => {
-                c.rejects_received[reason_index(*r)].fetch_add(1, Ordering::Relaxed);
-            }
-            HandshakeError::Timeout(_) => {
-                c.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
+        count_handshake_error(c, &error);
         let what = match &error {
             HandshakeError::RejectedPeer(r) => format!("rejected the peer's hello: {r}"),
             other => format!("inbound handshake failed: {other}"),

@@ -90,3 +90,16 @@ pub fn describe_close(err: &quinn::ConnectionError) -> String {
         other => other.to_string(),
     }
 }
+
+/// Whether a connection ended because TLS refused a certificate, at either end.
+/// In TLS 1.3 the client sends its certificate last, so a client refused by the
+/// server learns it only after its side of the handshake completed.
+pub fn is_tls_refusal(err: &quinn::ConnectionError) -> bool {
+    let code = match err {
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        _ => return false,
+    };
+    // QUIC carries TLS alerts as CRYPTO_ERROR, 0x0100 + alert (RFC 9001, 4.8).
+    (0x100..0x200).contains(&code)
+}

@@ -1,0 +1,219 @@
+//! Helpers shared by the multi-node tests: real sockets on distinct loopback
+//! addresses, real nodes, polling with generous deadlines.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use masternode::config::{Member, Network, NodeConfig, Transport};
+use masternode::identity::{Identity, NodeId};
+use masternode::net::handshake::Tip;
+use masternode::net::{self, Inbound, NetConfig, Peers, TestHooks};
+use masternode::node::{Node, NodeOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub const PORT: u16 = 24100;
+
+/// A block of loopback addresses of our own: 127.P.S.1, 127.P.S.2, ... where P
+/// comes from the process id and S from a counter, so tests running in parallel
+/// (threads or processes) never share an address.
+pub fn subnet() -> [u8; 2] {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    let p = 20 + (std::process::id() % 200) as u8;
+    let s = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(s < 250, "too many subnets in one test process");
+    [p, s]
+}
+
+pub fn addr(net: [u8; 2], i: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], i)), PORT)
+}
+
+pub fn fast_transport() -> Transport {
+    Transport {
+        keepalive: Duration::from_millis(500),
+        idle_timeout: Duration::from_millis(3000),
+        passive_wait: Duration::from_millis(2000),
+        handshake_timeout: Duration::from_millis(2000),
+    }
+}
+
+/// Identities and addresses of a test network; node i (0-based) is at .(i+1).
+pub struct Spec {
+    pub net: [u8; 2],
+    pub ids: Vec<Arc<Identity>>,
+    pub members: Vec<Member>,
+    pub name: String,
+}
+
+impl Spec {
+    pub fn new(n: usize) -> Spec {
+        let net = subnet();
+        let ids: Vec<_> = (0..n)
+            .map(|_| Arc::new(Identity::generate().unwrap()))
+            .collect();
+        let members = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Member {
+                id: id.id(),
+                addr: addr(net, i as u8 + 1),
+            })
+            .collect();
+        Spec {
+            net,
+            ids,
+            members,
+            name: "test".into(),
+        }
+    }
+
+    pub fn network(&self) -> Network {
+        self.network_with(&self.name, &self.members)
+    }
+
+    pub fn network_with(&self, name: &str, members: &[Member]) -> Network {
+        let text = Network::render(name, 1_764_000_000_000, 1000, 3, members);
+        Network::parse(Path::new("network.toml"), &text).unwrap()
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.members[i].addr
+    }
+
+    pub fn id(&self, i: usize) -> NodeId {
+        self.ids[i].id()
+    }
+
+    /// The node config for node `i` with this network, not started.
+    pub fn config(&self, i: usize, network: Network, transport: Transport) -> NodeConfig {
+        let identity = Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(
+            &self.ids[i].secret_seed(),
+        ))
+        .unwrap();
+        let listen = self.addr(i);
+        let admin = SocketAddr::new(listen.ip(), 0);
+        NodeConfig::assemble(
+            network,
+            Path::new("network.toml"),
+            identity,
+            listen,
+            admin,
+            PathBuf::from("unused"),
+            transport,
+        )
+        .unwrap()
+    }
+
+    pub async fn start(&self, i: usize, transport: Transport) -> Node {
+        self.start_with(i, self.network(), transport, TestHooks::default())
+            .await
+    }
+
+    pub async fn start_with(
+        &self,
+        i: usize,
+        network: Network,
+        transport: Transport,
+        hooks: TestHooks,
+    ) -> Node {
+        let cfg = self.config(i, network, transport);
+        Node::start(cfg, NodeOptions { hooks }, CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
+    /// The transport alone, with its inbound channels in the test's hands.
+    pub fn start_net(
+        &self,
+        i: usize,
+        transport: Transport,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> (Peers, Inbound) {
+        let (_tip_tx, tip) = watch::channel(Tip::default());
+        let cfg = NetConfig {
+            identity: self.ids[i].clone(),
+            network: Arc::new(self.network()),
+            advertised: self.addr(i),
+            listen: self.addr(i),
+            transport,
+            request_timeout: Duration::from_secs(5),
+            tip,
+            hooks: TestHooks::default(),
+        };
+        net::start(cfg, shutdown.clone(), tracker).unwrap()
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `deadline` passes.
+pub async fn eventually(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        if start.elapsed() > deadline {
+            panic!("not within {deadline:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every node is connected to every other exactly once, and each connection was
+/// dialled by the lower address of its pair.
+pub fn assert_full_mesh(spec: &Spec, nodes: &[&Node]) {
+    for (i, node) in nodes.iter().enumerate() {
+        let peers = node.peers().peers();
+        assert_eq!(peers.len(), nodes.len() - 1, "node {i} peers: {peers:?}");
+        for p in &peers {
+            let j = spec.members.iter().position(|m| m.id == p.id).unwrap();
+            let want = if spec.addr(i) < spec.addr(j) {
+                net::Direction::Outbound
+            } else {
+                net::Direction::Inbound
+            };
+            assert_eq!(p.direction, want, "node {i} to node {j}");
+        }
+    }
+}
+
+pub fn mesh_complete(nodes: &[&Node]) -> bool {
+    nodes
+        .iter()
+        .all(|n| n.peers().peers().len() == nodes.len() - 1)
+}
+
+pub fn counter(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+pub async fn stop_all(nodes: Vec<Node>) {
+    let stops = nodes.into_iter().map(|n| n.stop());
+    futures_join_all(stops).await;
+}
+
+/// A join_all without pulling in the futures crate.
+pub async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
