@@ -12,7 +12,7 @@ use crate::admin::{self, Status};
 use crate::config::{Network, NodeConfig};
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
-use crate::net::{self, Inbound, Message, NetConfig, Peers, TestHooks};
+use crate::net::{self, Inbound, NetConfig, Peers, TestHooks};
 
 /// How long a request to a peer may take before it is abandoned.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,11 +178,8 @@ async fn serve_inbound(mut inbound: Inbound, shutdown: CancellationToken) {
             },
             req = inbound.requests.recv() => match req {
                 Some(req) => {
-                    let reply = match req.message {
-                        Message::Data(d) => Message::Data(d),
-                        other => other,
-                    };
-                    let _ = req.reply.send(reply);
+                    // Echo: the transport tests' request/response probe.
+                    let _ = req.reply.send(req.message);
                 }
                 None => return,
             },

@@ -74,7 +74,7 @@ impl RejectReason {
         }
     }
 
-    pub fn from_str(s: &str) -> Option<Self> {
+    pub fn from_name(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
@@ -272,7 +272,7 @@ pub fn rejection_in(err: &quinn::ConnectionError) -> Option<RejectReason> {
         quinn::ConnectionError::ApplicationClosed(ac)
             if ac.error_code == close::REJECTED.into() =>
         {
-            RejectReason::from_str(std::str::from_utf8(&ac.reason).ok()?)
+            RejectReason::from_name(std::str::from_utf8(&ac.reason).ok()?)
         }
         _ => None,
     }
@@ -304,11 +304,8 @@ mod tests {
             tls_key: NodeId([1; 32]),
             is_member: &members,
         };
-        let cases: Vec<(
-            &str,
-            Box<dyn Fn(&mut Intro, &mut Expect)>,
-            Result<(), RejectReason>,
-        )> = vec![
+        type Tweak = Box<dyn Fn(&mut Intro, &mut Expect)>;
+        let cases: Vec<(&str, Tweak, Result<(), RejectReason>)> = vec![
             ("a matching hello is accepted", Box::new(|_, _| {}), Ok(())),
             (
                 "another network id",
@@ -360,7 +357,7 @@ mod tests {
     #[test]
     fn reason_names_round_trip() {
         for r in RejectReason::ALL {
-            assert_eq!(RejectReason::from_str(r.as_str()), Some(r));
+            assert_eq!(RejectReason::from_name(r.as_str()), Some(r));
         }
     }
 }
