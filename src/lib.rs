@@ -13,6 +13,7 @@
 //! * [`devnet`]: N nodes on 127.0.0.1..N in one process.
 
 pub mod admin;
+pub mod chain;
 pub mod config;
 pub mod devnet;
 pub mod identity;

@@ -1,0 +1,204 @@
+//! Blocks: a header and opaque transactions, hashed with SHA-256 over the
+//! canonical (bincode) encoding of the header.
+
+use std::fmt;
+
+use crate::identity::{hex, NodeId};
+use crate::net::codec::BINCODE;
+
+/// A SHA-256 digest.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, bincode::Encode, bincode::Decode,
+)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    pub fn of(parts: &[&[u8]]) -> Hash {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for p in parts {
+            ctx.update(p);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        Hash(out)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    pub fn short(&self) -> String {
+        hex(&self.0[..4])
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", self.short())
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+pub type Height = u64;
+pub type Round = u32;
+
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Header {
+    pub height: Height,
+    /// The round in which this block was first proposed.
+    pub round: Round,
+    pub prev_hash: Hash,
+    pub timestamp_ms: u64,
+    pub proposer: NodeId,
+    /// SHA-256 over the transactions' hashes, in order.
+    pub tx_root: Hash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Block {
+    pub header: Header,
+    pub txs: Vec<Vec<u8>>,
+}
+
+/// Rules every block obeys.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_block_bytes: usize,
+    pub max_block_txs: usize,
+    /// How far ahead of our clock a proposer's timestamp may be.
+    pub max_clock_drift_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_block_bytes: 1024 * 1024,
+            max_block_txs: 20_000,
+            max_clock_drift_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    #[error("block height {got}, expected {expected}")]
+    WrongHeight { got: Height, expected: Height },
+    #[error("block does not extend our tip (prev {got:?}, tip {expected:?})")]
+    WrongParent { got: Hash, expected: Hash },
+    #[error("block timestamp {got} not after its parent's {parent}")]
+    TimestampNotIncreasing { got: u64, parent: u64 },
+    #[error("block timestamp {got} is {ahead_ms} ms ahead of our clock")]
+    TimestampInFuture { got: u64, ahead_ms: u64 },
+    #[error("block proposer {got:?} is not the proposer of round {round}")]
+    WrongProposer { got: NodeId, round: Round },
+    #[error("transaction root does not match the transactions")]
+    TxRootMismatch,
+    #[error("block carries {count} transactions, {bytes} bytes: over the limit")]
+    TooLarge { count: usize, bytes: usize },
+}
+
+impl Header {
+    pub fn hash(&self) -> Hash {
+        let mut buf = Vec::with_capacity(128);
+        // Encoding a header into a Vec cannot fail: no limit is near.
+        let _ = bincode::encode_into_std_write(self, &mut buf, BINCODE);
+        Hash::of(&[b"masternode/header/v1\0", &buf])
+    }
+}
+
+impl Block {
+    pub fn hash(&self) -> Hash {
+        self.header.hash()
+    }
+
+    pub fn height(&self) -> Height {
+        self.header.height
+    }
+
+    pub fn tx_bytes(&self) -> usize {
+        self.txs.iter().map(|t| t.len()).sum()
+    }
+
+    /// Checks the block against its parent and the rules that need no state beyond
+    /// it; `proposer_of(round)` gives the proposer of a round at this height.
+    pub fn validate(
+        &self,
+        parent_hash: Hash,
+        parent_height: Height,
+        parent_ts: u64,
+        proposer_of: impl Fn(Round) -> NodeId,
+        now_ms: Option<u64>,
+        limits: &Limits,
+    ) -> Result<(), BlockError> {
+        let h = &self.header;
+        if h.height != parent_height + 1 {
+            return Err(BlockError::WrongHeight {
+                got: h.height,
+                expected: parent_height + 1,
+            });
+        }
+        if h.prev_hash != parent_hash {
+            return Err(BlockError::WrongParent {
+                got: h.prev_hash,
+                expected: parent_hash,
+            });
+        }
+        if h.timestamp_ms <= parent_ts {
+            return Err(BlockError::TimestampNotIncreasing {
+                got: h.timestamp_ms,
+                parent: parent_ts,
+            });
+        }
+        if let Some(now) = now_ms {
+            if h.timestamp_ms > now + limits.max_clock_drift_ms {
+                return Err(BlockError::TimestampInFuture {
+                    got: h.timestamp_ms,
+                    ahead_ms: h.timestamp_ms - now,
+                });
+            }
+        }
+        if h.proposer != proposer_of(h.round) {
+            return Err(BlockError::WrongProposer {
+                got: h.proposer,
+                round: h.round,
+            });
+        }
+        if self.txs.len() > limits.max_block_txs || self.tx_bytes() > limits.max_block_bytes {
+            return Err(BlockError::TooLarge {
+                count: self.txs.len(),
+                bytes: self.tx_bytes(),
+            });
+        }
+        if tx_root(&self.txs) != h.tx_root {
+            return Err(BlockError::TxRootMismatch);
+        }
+        Ok(())
+    }
+}
+
+pub fn tx_hash(tx: &[u8]) -> Hash {
+    Hash::of(&[b"masternode/tx\0", tx])
+}
+
+pub fn tx_root(txs: &[Vec<u8>]) -> Hash {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"masternode/txs\0");
+    ctx.update(&(txs.len() as u64).to_be_bytes());
+    for t in txs {
+        ctx.update(&tx_hash(t).0);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Hash(out)
+}
+
+/// The hash height 1 builds on: derived from the network id, so two networks never
+/// share a chain.
+pub fn genesis_hash(network_id: &[u8; 32]) -> Hash {
+    Hash::of(&[b"masternode/genesis\0", network_id])
+}
