@@ -6,19 +6,25 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::chain::mempool::{AddError, Mempool};
+use crate::chain::store::Store;
 use crate::config::Network;
 use crate::identity::{hex, NodeId};
 use crate::net::handshake::{RejectReason, Tip};
+use crate::net::Message;
 use crate::net::Peers;
 use crate::node::StatusSource;
 
@@ -76,13 +82,7 @@ impl Status {
     }
 }
 
-pub fn build_status(
-    id: NodeId,
-    advertised: SocketAddr,
-    network: &Network,
-    peers: &Peers,
-    tip: Tip,
-) -> Status {
+pub fn build_status(id: NodeId, advertised: SocketAddr, network: &Network, peers: &Peers, tip: Tip) -> Status {
     let infos = peers.peers();
     let active = infos.len() + 1;
     let required = network.required();
@@ -101,11 +101,7 @@ pub fn build_status(
         network: network.name.clone(),
         height: tip.height,
         tip_hash: (tip.height > 0).then(|| hex(&tip.hash)),
-        quorum: Quorum {
-            active,
-            required,
-            met: active >= required,
-        },
+        quorum: Quorum { active, required, met: active >= required },
         peers: infos
             .iter()
             .map(|p| PeerStatus {
@@ -137,19 +133,20 @@ pub fn build_status(
 #[derive(Clone)]
 pub struct AdminState {
     pub status: Arc<StatusSource>,
+    pub store: Store,
+    pub mempool: Arc<Mutex<Mempool>>,
+    pub peers: Peers,
 }
 
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AdminState,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdown: CancellationToken) {
+    let max_tx = lock(&state.mempool).limits().max_tx_bytes;
     let app = Router::new()
         .route("/status", get(status_handler))
+        .route("/blocks/{height}", get(block_handler))
+        .route("/tx", post(tx_handler))
+        .layer(DefaultBodyLimit::max(max_tx))
         .with_state(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
     if let Err(e) = result {
         tracing::error!("admin API stopped: {e}");
     }
@@ -157,6 +154,68 @@ pub async fn serve(
 
 async fn status_handler(State(state): State<AdminState>) -> Json<Status> {
     Json(state.status.status())
+}
+
+fn lock(m: &Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `GET /blocks/{height}`, as the contract gives it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlockInfo {
+    pub height: u64,
+    pub hash: String,
+    pub prev_hash: String,
+    pub proposer: String,
+    pub round: u32,
+    pub timestamp_ms: u64,
+    pub tx_count: usize,
+    pub signers: Vec<String>,
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn block_handler(State(state): State<AdminState>, Path(height): Path<String>) -> Response {
+    let Ok(height) = height.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "height must be a non-negative integer");
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.block(height)).await {
+        Ok(Ok(Some(c))) => Json(BlockInfo {
+            height: c.block.height(),
+            hash: c.block.hash().to_hex(),
+            prev_hash: c.block.header.prev_hash.to_hex(),
+            proposer: c.block.header.proposer.to_hex(),
+            round: c.block.header.round,
+            timestamp_ms: c.block.header.timestamp_ms,
+            tx_count: c.block.txs.len(),
+            signers: c.cert.signers().iter().map(|s| s.to_hex()).collect(),
+        })
+        .into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("no block at height {height}")),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `POST /tx`: 202 and the hash; 413 over the size limit (also enforced by the
+/// body limit layer before the body is read); 429 when the mempool is full.
+async fn tx_handler(State(state): State<AdminState>, body: Bytes) -> Response {
+    let tx = body.to_vec();
+    let added = lock(&state.mempool).add(tx.clone());
+    match added {
+        Ok((hash, new)) => {
+            if new {
+                let _ = state.peers.broadcast(&Message::Tx(tx)).await;
+            }
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "hash": hash.to_hex() }))).into_response()
+        }
+        Err(e @ AddError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
+        Err(e @ AddError::Full { .. }) => error(StatusCode::TOO_MANY_REQUESTS, e),
+        Err(e @ AddError::Empty) => error(StatusCode::BAD_REQUEST, e),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,52 +229,31 @@ pub enum ClientError {
 }
 
 /// `GET path` over HTTP/1.0 (so the answer is never chunked); returns the body.
-pub async fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> Result<String, ClientError> {
+pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        stream.write_all(request.as_bytes()).await.map_err(|e| unreachable(e.to_string()))?;
         let mut response = Vec::new();
-        stream
-            .take(16 * 1024 * 1024)
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        stream.take(16 * 1024 * 1024).read_to_end(&mut response).await.map_err(|e| unreachable(e.to_string()))?;
         Ok::<_, ClientError>(response)
     };
     let response = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| unreachable(format!("timed out after {timeout:?}")))??;
     let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| unreachable("truncated HTTP response".into()))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| unreachable("truncated HTTP response".into()))?;
     let status_line = head.lines().next().unwrap_or_default();
     if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(ClientError::Http {
-            addr,
-            status: status_line.to_string(),
-        });
+        return Err(ClientError::Http { addr, status: status_line.to_string() });
     }
     Ok(body.to_string())
 }
 
 pub async fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Status, ClientError> {
     let body = http_get(addr, "/status", timeout).await?;
-    serde_json::from_str(&body).map_err(|e| ClientError::Body {
-        addr,
-        reason: e.to_string(),
-    })
+    serde_json::from_str(&body).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
 }
 
 /// The human form of a status, as `masternode status` prints it.
@@ -225,12 +263,7 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(out, "node      {}", s.node_id);
     let _ = writeln!(out, "listen    {}", s.listen);
     let _ = writeln!(out, "network   {}", s.network);
-    let _ = writeln!(
-        out,
-        "height    {} {}",
-        s.height,
-        s.tip_hash.as_deref().unwrap_or("-")
-    );
+    let _ = writeln!(out, "height    {} {}", s.height, s.tip_hash.as_deref().unwrap_or("-"));
     let _ = writeln!(
         out,
         "quorum    {}/{} active, {} required: {}",

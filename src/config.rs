@@ -21,10 +21,7 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:24101";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {message}")]
@@ -57,13 +54,7 @@ impl Network {
     /// The network id is SHA-256 over the name, genesis time, block interval,
     /// `min_active` and the sorted member keys. Addresses are left out on purpose: a
     /// node may move to a new IP without forking the network.
-    fn compute_id(
-        name: &str,
-        genesis: u64,
-        interval: u64,
-        min_active: usize,
-        members: &[Member],
-    ) -> [u8; 32] {
+    fn compute_id(name: &str, genesis: u64, interval: u64, min_active: usize, members: &[Member]) -> [u8; 32] {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(b"masternode-network-v1\0");
         ctx.update(&(name.len() as u64).to_be_bytes());
@@ -100,10 +91,7 @@ impl Network {
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let file: NetworkFile = toml::from_str(text).map_err(|e| parse_error(path, e))?;
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.into(),
-            message,
-        };
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
         if file.name.trim().is_empty() {
             return Err(invalid("name is empty".into()));
         }
@@ -117,33 +105,18 @@ impl Network {
         let mut ids = HashSet::new();
         let mut addrs = HashSet::new();
         for (i, m) in file.masternode.iter().enumerate() {
-            let id = NodeId::from_hex(&m.id).map_err(|_| {
-                invalid(format!(
-                    "masternode #{}: id {:?} is not 64 hex characters",
-                    i + 1,
-                    m.id
-                ))
-            })?;
+            let id = NodeId::from_hex(&m.id)
+                .map_err(|_| invalid(format!("masternode #{}: id {:?} is not 64 hex characters", i + 1, m.id)))?;
             if id.verifying_key().is_none() {
-                return Err(invalid(format!(
-                    "masternode #{}: id {} is not an ed25519 public key",
-                    i + 1,
-                    m.id
-                )));
+                return Err(invalid(format!("masternode #{}: id {} is not an ed25519 public key", i + 1, m.id)));
             }
-            let addr: SocketAddr = m.addr.parse().map_err(|_| {
-                invalid(format!(
-                    "masternode #{}: addr {:?} is not ip:port",
-                    i + 1,
-                    m.addr
-                ))
-            })?;
+            let addr: SocketAddr = m
+                .addr
+                .parse()
+                .map_err(|_| invalid(format!("masternode #{}: addr {:?} is not ip:port", i + 1, m.addr)))?;
             let addr = crate::net::direction::canonical(addr);
             if addr.ip().is_unspecified() || addr.port() == 0 {
-                return Err(invalid(format!(
-                    "masternode #{}: addr {addr} is not dialable",
-                    i + 1
-                )));
+                return Err(invalid(format!("masternode #{}: addr {addr} is not dialable", i + 1)));
             }
             if !ids.insert(id) {
                 return Err(invalid(format!("duplicate masternode id {id}")));
@@ -155,13 +128,7 @@ impl Network {
         }
         members.sort_by_key(|m| m.id);
         let min_active = file.min_active.unwrap_or(DEFAULT_MIN_ACTIVE);
-        let id = Self::compute_id(
-            &file.name,
-            file.genesis_time_ms,
-            file.block_interval_ms,
-            min_active,
-            &members,
-        );
+        let id = Self::compute_id(&file.name, file.genesis_time_ms, file.block_interval_ms, min_active, &members);
         Ok(Network {
             name: file.name,
             genesis_time_ms: file.genesis_time_ms,
@@ -184,10 +151,7 @@ impl Network {
             "name = {name:?}\ngenesis_time_ms = {genesis_time_ms}\nblock_interval_ms = {block_interval_ms}\nmin_active = {min_active}\n"
         );
         for m in members {
-            s.push_str(&format!(
-                "\n[[masternode]]\nid = \"{}\"\naddr = \"{}\"\n",
-                m.id, m.addr
-            ));
+            s.push_str(&format!("\n[[masternode]]\nid = \"{}\"\naddr = \"{}\"\n", m.id, m.addr));
         }
         s
     }
@@ -279,41 +243,23 @@ impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read(path)?;
         let file: NodeFile = toml::from_str(&text).map_err(|e| parse_error(path, e))?;
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.into(),
-            message,
-        };
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
         let base = path.parent().unwrap_or(Path::new("."));
         let network_path = base.join(&file.network);
         let network = Network::load(&network_path)?;
         let identity = Identity::load(&base.join(&file.key), &base.join(&file.cert))?;
-        let listen: SocketAddr = file
-            .listen
-            .parse()
-            .map_err(|_| invalid(format!("listen {:?} is not ip:port", file.listen)))?;
+        let listen: SocketAddr =
+            file.listen.parse().map_err(|_| invalid(format!("listen {:?} is not ip:port", file.listen)))?;
         let admin_text = file.admin.as_deref().unwrap_or(DEFAULT_ADMIN);
-        let admin: SocketAddr = admin_text
-            .parse()
-            .map_err(|_| invalid(format!("admin {admin_text:?} is not ip:port")))?;
+        let admin: SocketAddr =
+            admin_text.parse().map_err(|_| invalid(format!("admin {admin_text:?} is not ip:port")))?;
         let mut transport = Transport::default();
         let t = &file.transport;
         for (value, slot, name) in [
             (t.keepalive_ms, &mut transport.keepalive, "keepalive_ms"),
-            (
-                t.idle_timeout_ms,
-                &mut transport.idle_timeout,
-                "idle_timeout_ms",
-            ),
-            (
-                t.passive_wait_ms,
-                &mut transport.passive_wait,
-                "passive_wait_ms",
-            ),
-            (
-                t.handshake_timeout_ms,
-                &mut transport.handshake_timeout,
-                "handshake_timeout_ms",
-            ),
+            (t.idle_timeout_ms, &mut transport.idle_timeout, "idle_timeout_ms"),
+            (t.passive_wait_ms, &mut transport.passive_wait, "passive_wait_ms"),
+            (t.handshake_timeout_ms, &mut transport.handshake_timeout, "handshake_timeout_ms"),
         ] {
             if let Some(ms) = value {
                 if ms == 0 {
@@ -330,15 +276,7 @@ impl NodeConfig {
             )));
         }
         let data_dir = base.join(file.data_dir.unwrap_or_else(|| PathBuf::from("data")));
-        Self::assemble(
-            network,
-            &network_path,
-            identity,
-            listen,
-            admin,
-            data_dir,
-            transport,
-        )
+        Self::assemble(network, &network_path, identity, listen, admin, data_dir, transport)
     }
 
     /// Cross-checks the parts: the node's key must be a member of the set.
@@ -355,40 +293,21 @@ impl NodeConfig {
             .member(&identity.id())
             .ok_or_else(|| ConfigError::Invalid {
                 path: network_path.into(),
-                message: format!(
-                    "this node's key {} is not in the masternode set",
-                    identity.id()
-                ),
+                message: format!("this node's key {} is not in the masternode set", identity.id()),
             })?
             .addr;
-        Ok(NodeConfig {
-            network,
-            identity,
-            listen,
-            advertised,
-            admin,
-            data_dir,
-            transport,
-        })
+        Ok(NodeConfig { network, identity, listen, advertised, admin, data_dir, transport })
     }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.into(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })
 }
 
 fn parse_error(path: &Path, e: toml::de::Error) -> ConfigError {
     // toml's message spans several lines with a source excerpt; keep the one line
     // an operator needs, plus the line number.
-    let first = e
-        .message()
-        .lines()
-        .next()
-        .unwrap_or("invalid TOML")
-        .to_string();
+    let first = e.message().lines().next().unwrap_or("invalid TOML").to_string();
     let message = match e.span() {
         Some(span) => {
             let text_line = e.to_string();
@@ -404,10 +323,7 @@ fn parse_error(path: &Path, e: toml::de::Error) -> ConfigError {
         }
         None => first,
     };
-    ConfigError::Parse {
-        path: path.into(),
-        message,
-    }
+    ConfigError::Parse { path: path.into(), message }
 }
 
 #[cfg(test)]
@@ -428,17 +344,9 @@ mod tests {
 
     #[test]
     fn required_follows_the_formula() {
-        for (n, min, want) in [
-            (1, 3, 3),
-            (3, 3, 3),
-            (4, 3, 3),
-            (5, 3, 4),
-            (6, 3, 5),
-            (7, 3, 5),
-            (10, 3, 7),
-            (4, 1, 3),
-            (2, 1, 2),
-        ] {
+        for (n, min, want) in
+            [(1, 3, 3), (3, 3, 3), (4, 3, 3), (5, 3, 4), (6, 3, 5), (7, 3, 5), (10, 3, 7), (4, 1, 3), (2, 1, 2)]
+        {
             assert_eq!(required_active(n, min), want, "n={n} min_active={min}");
         }
     }
@@ -453,31 +361,14 @@ mod tests {
         let n = net(&text).unwrap();
         assert_eq!(n.members.len(), 2);
         assert!(n.members.windows(2).all(|w| w[0].id < w[1].id));
-        assert!(
-            n.members
-                .iter()
-                .any(|m| m.addr == "127.0.0.1:1".parse().unwrap()),
-            "mapped address normalised"
-        );
+        assert!(n.members.iter().any(|m| m.addr == "127.0.0.1:1".parse().unwrap()), "mapped address normalised");
     }
 
     #[test]
     fn network_id_ignores_addresses_but_not_members() {
-        let a = net(&format!(
-            "{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n",
-            id(1)
-        ))
-        .unwrap();
-        let b = net(&format!(
-            "{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.9:7\"\n",
-            id(1)
-        ))
-        .unwrap();
-        let c = net(&format!(
-            "{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n",
-            id(2)
-        ))
-        .unwrap();
+        let a = net(&format!("{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n", id(1))).unwrap();
+        let b = net(&format!("{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.9:7\"\n", id(1))).unwrap();
+        let c = net(&format!("{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n", id(2))).unwrap();
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
     }

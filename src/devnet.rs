@@ -28,19 +28,13 @@ pub enum DevnetError {
     #[error("--nodes must be between 1 and 254, not {0}")]
     NodeCount(usize),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("node {index}: {source}")]
-    Node {
-        index: usize,
-        source: crate::node::NodeError,
-    },
+    Node { index: usize, source: crate::node::NodeError },
 }
 
 /// Writes `DIR/network.toml` and `DIR/nodeI/{node.key,node.crt,masternode.toml}`,
@@ -67,10 +61,7 @@ pub fn lay_out(
             id
         };
         let ip = ip_of(i);
-        members.push(Member {
-            id: id.id(),
-            addr: std::net::SocketAddr::new(ip, P2P_PORT),
-        });
+        members.push(Member { id: id.id(), addr: std::net::SocketAddr::new(ip, P2P_PORT) });
         let cfg = format!(
             "network = \"../network.toml\"\nkey = \"node.key\"\ncert = \"node.crt\"\nlisten = \"{ip}:{P2P_PORT}\"\nadmin = \"{ip}:{ADMIN_PORT}\"\ndata_dir = \"data\"\n"
         );
@@ -78,19 +69,11 @@ pub fn lay_out(
         std::fs::write(&cfg_path, cfg).map_err(io(&cfg_path))?;
         configs.push(cfg_path);
     }
-    let genesis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    let genesis =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     let net_path = dir.join("network.toml");
     if !net_path.exists() {
-        let text = Network::render(
-            "devnet",
-            genesis,
-            1000,
-            crate::config::DEFAULT_MIN_ACTIVE,
-            &members,
-        );
+        let text = Network::render("devnet", genesis, 1000, crate::config::DEFAULT_MIN_ACTIVE, &members);
         std::fs::write(&net_path, text).map_err(io(&net_path))?;
     }
     Ok(configs)
@@ -108,21 +91,12 @@ pub async fn run(opts: DevnetOptions, stop: CancellationToken) -> Result<(), Dev
     let (dir, temporary) = match &opts.dir {
         Some(d) => (d.clone(), false),
         None => {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
-            (
-                std::env::temp_dir()
-                    .join(format!("masternode-devnet-{}-{stamp}", std::process::id())),
-                true,
-            )
+            let stamp =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+            (std::env::temp_dir().join(format!("masternode-devnet-{}-{stamp}", std::process::id())), true)
         }
     };
-    std::fs::create_dir_all(&dir).map_err(|source| DevnetError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&dir).map_err(|source| DevnetError::Io { path: dir.clone(), source })?;
     let configs = lay_out(&dir, opts.nodes, loopback)?;
     println!("devnet: {} nodes, files in {}", opts.nodes, dir.display());
 
@@ -134,17 +108,8 @@ pub async fn run(opts: DevnetOptions, stop: CancellationToken) -> Result<(), Dev
         names.insert(cfg.id(), format!("node{}", i + 1));
         let node = Node::start(cfg, NodeOptions::default(), shutdown.child_token())
             .await
-            .map_err(|source| DevnetError::Node {
-                index: i + 1,
-                source,
-            })?;
-        println!(
-            "node{} {} p2p {} admin {}",
-            i + 1,
-            node.id().short(),
-            node.peers().local_addr(),
-            node.admin_addr()
-        );
+            .map_err(|source| DevnetError::Node { index: i + 1, source })?;
+        println!("node{} {} p2p {} admin {}", i + 1, node.id().short(), node.peers().local_addr(), node.admin_addr());
         nodes.push(node);
     }
 

@@ -24,9 +24,7 @@ impl NodeId {
     /// Parses 64 hex characters (either case).
     pub fn from_hex(s: &str) -> Result<Self, IdentityError> {
         let bytes = decode_hex(s).ok_or_else(|| IdentityError::BadNodeId(s.to_string()))?;
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| IdentityError::BadNodeId(s.to_string()))?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| IdentityError::BadNodeId(s.to_string()))?;
         Ok(NodeId(arr))
     }
 
@@ -59,29 +57,17 @@ impl fmt::Debug for NodeId {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0}: not a PEM file")]
     NotPem(PathBuf),
     #[error("{path}: expected a PEM block labelled {expected}, found {found}")]
-    WrongPemLabel {
-        path: PathBuf,
-        expected: &'static str,
-        found: String,
-    },
+    WrongPemLabel { path: PathBuf, expected: &'static str, found: String },
     #[error("{0}: not an ed25519 PKCS#8 private key")]
     NotEd25519Key(PathBuf),
     #[error("{0}: not an ed25519 certificate")]
     NotEd25519Cert(PathBuf),
     #[error("{cert}: certificate key {cert_id} does not match the private key {key_id} in {key}")]
-    KeyCertMismatch {
-        key: PathBuf,
-        cert: PathBuf,
-        key_id: String,
-        cert_id: String,
-    },
+    KeyCertMismatch { key: PathBuf, cert: PathBuf, key_id: String, cert_id: String },
     #[error("{0}: already exists (use --force to replace it)")]
     Exists(PathBuf),
     #[error("not a node id (64 hex characters): {0:?}")]
@@ -105,8 +91,7 @@ impl Identity {
         let signing = read_key(key)?;
         let id = NodeId(signing.verifying_key().to_bytes());
         let cert_der = read_cert(cert)?;
-        let cert_id =
-            cert_node_id(&cert_der).ok_or_else(|| IdentityError::NotEd25519Cert(cert.into()))?;
+        let cert_id = cert_node_id(&cert_der).ok_or_else(|| IdentityError::NotEd25519Cert(cert.into()))?;
         if cert_id != id {
             return Err(IdentityError::KeyCertMismatch {
                 key: key.into(),
@@ -115,11 +100,7 @@ impl Identity {
                 cert_id: cert_id.to_hex(),
             });
         }
-        Ok(Identity {
-            signing,
-            id,
-            cert_der,
-        })
+        Ok(Identity { signing, id, cert_der })
     }
 
     /// A fresh identity held only in memory (tests, benchmarks, devnet).
@@ -131,11 +112,7 @@ impl Identity {
     pub fn from_signing_key(signing: SigningKey) -> Result<Self, IdentityError> {
         let id = NodeId(signing.verifying_key().to_bytes());
         let cert_der = self_signed_cert(&signing)?.der().clone();
-        Ok(Identity {
-            signing,
-            id,
-            cert_der,
-        })
+        Ok(Identity { signing, id, cert_der })
     }
 
     pub fn id(&self) -> NodeId {
@@ -181,17 +158,11 @@ impl Identity {
                 }
             }
         }
-        fs::create_dir_all(dir).map_err(|source| IdentityError::Io {
-            path: dir.into(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(|source| IdentityError::Io { path: dir.into(), source })?;
         let key_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8_v1(&self.signing)));
         write_private(&key_path, key_pem.as_bytes())?;
         let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", self.cert_der.to_vec()));
-        fs::write(&cert_path, cert_pem).map_err(|source| IdentityError::Io {
-            path: cert_path.clone(),
-            source,
-        })?;
+        fs::write(&cert_path, cert_pem).map_err(|source| IdentityError::Io { path: cert_path.clone(), source })?;
         Ok((key_path, cert_path))
     }
 }
@@ -204,9 +175,7 @@ pub fn cert_node_id(der: &CertificateDer<'_>) -> Option<NodeId> {
 
 /// RFC 8410 SubjectPublicKeyInfo for ed25519: SEQUENCE { SEQUENCE { OID 1.3.101.112 },
 /// BIT STRING (0 unused bits) <32 bytes> }.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
+const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 fn spki_node_id(spki: &[u8]) -> Option<NodeId> {
     let key = spki.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
@@ -215,14 +184,12 @@ fn spki_node_id(spki: &[u8]) -> Option<NodeId> {
 
 /// RFC 8410 OneAsymmetricKey v1: SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 },
 /// OCTET STRING { OCTET STRING <32-byte seed> } }.
-const PKCS8_V1_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+const PKCS8_V1_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 /// The v2 form ring writes: version 1 and the public key appended as an implicit
 /// `[1]` BIT STRING.
-const PKCS8_V2_PREFIX: [u8; 16] = [
-    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+const PKCS8_V2_PREFIX: [u8; 16] =
+    [0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 const PKCS8_V2_PUBKEY_PREFIX: [u8; 3] = [0x81, 0x21, 0x00];
 
 fn pkcs8_v1(key: &SigningKey) -> Vec<u8> {
@@ -244,10 +211,7 @@ fn parse_pkcs8(der: &[u8]) -> Option<SigningKey> {
 }
 
 fn read_pem(path: &Path, label: &'static str) -> Result<Vec<u8>, IdentityError> {
-    let text = fs::read(path).map_err(|source| IdentityError::Io {
-        path: path.into(),
-        source,
-    })?;
+    let text = fs::read(path).map_err(|source| IdentityError::Io { path: path.into(), source })?;
     let block = pem::parse(&text).map_err(|_| IdentityError::NotPem(path.into()))?;
     if block.tag() != label {
         return Err(IdentityError::WrongPemLabel {
@@ -273,18 +237,15 @@ fn self_signed_cert(key: &SigningKey) -> Result<rcgen::Certificate, IdentityErro
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("masternode {}", hex(&key.verifying_key().as_bytes()[..8])),
-    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("masternode {}", hex(&key.verifying_key().as_bytes()[..8])));
     Ok(params.self_signed(&key_pair)?)
 }
 
 fn random_seed() -> Result<[u8; 32], IdentityError> {
     let mut seed = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut seed)
-        .map_err(|_| IdentityError::Random)?;
+    ring::rand::SystemRandom::new().fill(&mut seed).map_err(|_| IdentityError::Random)?;
     Ok(seed)
 }
 
@@ -292,18 +253,9 @@ fn random_seed() -> Result<[u8; 32], IdentityError> {
 /// never briefly world-readable.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| IdentityError::Io {
-        path: path.into(),
-        source,
-    };
+    let io = |source| IdentityError::Io { path: path.into(), source };
     let tmp = path.with_extension("key.tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)?;
@@ -324,10 +276,7 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
@@ -342,27 +291,17 @@ mod tests {
         let loaded = Identity::load(&key, &cert).unwrap();
         assert_eq!(loaded.id(), id.id());
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]
     fn write_refuses_to_overwrite_without_force() {
         let dir = tempfile::tempdir().unwrap();
-        Identity::generate()
-            .unwrap()
-            .write(dir.path(), false)
-            .unwrap();
+        Identity::generate().unwrap().write(dir.path(), false).unwrap();
         let second = Identity::generate().unwrap();
-        assert!(matches!(
-            second.write(dir.path(), false),
-            Err(IdentityError::Exists(_))
-        ));
+        assert!(matches!(second.write(dir.path(), false), Err(IdentityError::Exists(_))));
         second.write(dir.path(), true).unwrap();
-        let loaded =
-            Identity::load(&dir.path().join("node.key"), &dir.path().join("node.crt")).unwrap();
+        let loaded = Identity::load(&dir.path().join("node.key"), &dir.path().join("node.crt")).unwrap();
         assert_eq!(loaded.id(), second.id());
     }
 
@@ -370,21 +309,10 @@ mod tests {
     fn mismatched_key_and_cert_are_refused() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        Identity::generate()
-            .unwrap()
-            .write(a.path(), false)
-            .unwrap();
-        Identity::generate()
-            .unwrap()
-            .write(b.path(), false)
-            .unwrap();
-        let err = Identity::load(&a.path().join("node.key"), &b.path().join("node.crt"))
-            .err()
-            .unwrap();
-        assert!(
-            matches!(err, IdentityError::KeyCertMismatch { .. }),
-            "{err}"
-        );
+        Identity::generate().unwrap().write(a.path(), false).unwrap();
+        Identity::generate().unwrap().write(b.path(), false).unwrap();
+        let err = Identity::load(&a.path().join("node.key"), &b.path().join("node.crt")).err().unwrap();
+        assert!(matches!(err, IdentityError::KeyCertMismatch { .. }), "{err}");
     }
 
     #[test]
@@ -400,13 +328,9 @@ mod tests {
     #[test]
     fn written_key_is_pkcs8_v1_and_ring_reads_it() {
         let id = Identity::generate().unwrap();
-        let PrivateKeyDer::Pkcs8(der) = id.key_der() else {
-            unreachable!()
-        };
+        let PrivateKeyDer::Pkcs8(der) = id.key_der() else { unreachable!() };
         assert_eq!(der.secret_pkcs8_der().len(), 48);
-        let pair =
-            ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
-                .unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der()).unwrap();
         use ring::signature::KeyPair;
         assert_eq!(pair.public_key().as_ref(), &id.id().0);
     }

@@ -19,11 +19,7 @@ use masternode::node::{Node, NodeOptions};
 const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(
-    name = "masternode",
-    version,
-    about = "Masternode daemon: QUIC mesh and quorum-gated block production"
-)]
+#[command(name = "masternode", version, about = "Masternode daemon: QUIC mesh and quorum-gated block production")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,23 +80,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Keygen { dir, force } => report(keygen(dir, force)),
             Command::Run { config } => run(config).await,
-            Command::Status {
-                config,
-                admin,
-                json,
-            } => status(config, admin, json).await,
-            Command::Devnet {
-                nodes,
-                duration,
-                dir,
-                json,
-            } => {
-                let opts = masternode::devnet::DevnetOptions {
-                    nodes,
-                    duration: duration.map(Duration::from_secs),
-                    dir,
-                    json,
-                };
+            Command::Status { config, admin, json } => status(config, admin, json).await,
+            Command::Devnet { nodes, duration, dir, json } => {
+                let opts =
+                    masternode::devnet::DevnetOptions { nodes, duration: duration.map(Duration::from_secs), dir, json };
                 let stop = CancellationToken::new();
                 spawn_signal_handler(stop.clone());
                 report(masternode::devnet::run(opts, stop).await.context("devnet"))
@@ -169,10 +152,7 @@ async fn run(config: PathBuf) -> ExitCode {
 fn spawn_signal_handler(stop: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
             return;
         };

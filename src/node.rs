@@ -8,11 +8,19 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
 use crate::admin::{self, Status};
+use crate::chain::block::{genesis_hash, Hash, Limits};
+use crate::chain::consensus::{self, Core, Timeouts};
+use crate::chain::mempool::{Mempool, MempoolLimits};
+use crate::chain::producer::Producer;
+use crate::chain::store::{Store, StoreError};
 use crate::config::{Network, NodeConfig};
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
-use crate::net::{self, Inbound, NetConfig, Peers, TestHooks};
+use crate::net::{self, NetConfig, Peers, TestHooks};
 
 /// How long a request to a peer may take before it is abandoned.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,10 +32,11 @@ pub enum NodeError {
     #[error("transport: {0}")]
     Endpoint(#[from] net::endpoint::EndpointError),
     #[error("admin API: cannot bind {addr}: {source}")]
-    AdminBind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    AdminBind { addr: SocketAddr, source: std::io::Error },
+    #[error("data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("store in {path}: {source}")]
+    Store { path: std::path::PathBuf, source: StoreError },
 }
 
 /// Options that are not part of the config file.
@@ -46,6 +55,9 @@ pub struct Node {
     peers: Peers,
     admin_addr: SocketAddr,
     tip: watch::Receiver<Tip>,
+    store: Store,
+    mempool: Arc<Mutex<Mempool>>,
+    failed: Arc<AtomicBool>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -53,17 +65,28 @@ pub struct Node {
 impl Node {
     /// Binds the endpoint and the admin API and starts every task. Returns once the
     /// node listens; it runs until `shutdown` is cancelled.
-    pub async fn start(
-        cfg: NodeConfig,
-        options: NodeOptions,
-        shutdown: CancellationToken,
-    ) -> Result<Node, NodeError> {
+    pub async fn start(cfg: NodeConfig, options: NodeOptions, shutdown: CancellationToken) -> Result<Node, NodeError> {
         let id = cfg.id();
         let network = Arc::new(cfg.network);
         let tracker = TaskTracker::new();
-        let (_tip_tx, tip) = watch::channel(Tip::default());
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|source| NodeError::DataDir { path: cfg.data_dir.clone(), source })?;
+        let store_err = |source| NodeError::Store { path: cfg.data_dir.clone(), source };
+        let store = Store::open(&cfg.data_dir).map_err(store_err)?;
+        let stored_tip = store.tip().map_err(store_err)?;
+        let last_signed = store.last_signed().map_err(store_err)?;
+        let (height, prev_hash, prev_ts) = match stored_tip {
+            Some(t) => (t.height, t.hash, t.timestamp_ms),
+            None => (0, genesis_hash(&network.id), network.genesis_time_ms),
+        };
+        if let Some(t) = stored_tip {
+            tracing::info!(height = t.height, hash = %t.hash.short(), "opened chain");
+        }
+        let announced = Tip { height, hash: if height == 0 { [0; 32] } else { prev_hash.0 } };
+        let (tip_tx, tip) = watch::channel(announced);
+        let identity = Arc::new(cfg.identity);
         let net_cfg = NetConfig {
-            identity: Arc::new(cfg.identity),
+            identity: identity.clone(),
             network: network.clone(),
             advertised: cfg.advertised,
             listen: cfg.listen,
@@ -73,19 +96,44 @@ impl Node {
             hooks: options.hooks,
         };
         let (peers, inbound) = net::start(net_cfg, shutdown.clone(), &tracker)?;
-        tracker.spawn(serve_inbound(inbound, shutdown.clone()));
+
+        let limits = Limits::default();
+        let core_cfg = consensus::Config {
+            network_id: network.id,
+            members: network.members.iter().map(|m| m.id).collect(),
+            block_interval_ms: network.block_interval_ms,
+            limits,
+            timeouts: Timeouts::for_interval(network.block_interval_ms),
+        };
+        let core = Core::new(core_cfg, identity, height + 1, prev_hash, prev_ts, last_signed);
+        let mempool = Arc::new(Mutex::new(Mempool::new(MempoolLimits::default())));
+        let producer = Producer::new(
+            core,
+            store.clone(),
+            peers.clone(),
+            mempool.clone(),
+            tip_tx,
+            network.clone(),
+            limits,
+            tracker.clone(),
+        );
+        let failed = Arc::new(AtomicBool::new(false));
+        {
+            let failed = failed.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                if let Err(e) = producer.run(inbound, shutdown.clone()).await {
+                    tracing::error!("{e}");
+                    failed.store(true, Ordering::SeqCst);
+                    shutdown.cancel();
+                }
+            });
+        }
+
         let listener = tokio::net::TcpListener::bind(cfg.admin)
             .await
-            .map_err(|source| NodeError::AdminBind {
-                addr: cfg.admin,
-                source,
-            })?;
-        let admin_addr = listener
-            .local_addr()
-            .map_err(|source| NodeError::AdminBind {
-                addr: cfg.admin,
-                source,
-            })?;
+            .map_err(|source| NodeError::AdminBind { addr: cfg.admin, source })?;
+        let admin_addr = listener.local_addr().map_err(|source| NodeError::AdminBind { addr: cfg.admin, source })?;
         let node = Node {
             id,
             network,
@@ -93,15 +141,39 @@ impl Node {
             peers,
             admin_addr,
             tip,
+            store,
+            mempool,
+            failed,
             shutdown: shutdown.clone(),
             tracker,
         };
         let state = admin::AdminState {
             status: Arc::new(node.status_source()),
+            store: node.store.clone(),
+            mempool: node.mempool.clone(),
+            peers: node.peers.clone(),
         };
         node.tracker.spawn(admin::serve(listener, state, shutdown));
         tracing::info!(admin = %admin_addr, "admin API listening");
         Ok(node)
+    }
+
+    /// True if the node stopped because of a runtime failure (a failed store write).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn height(&self) -> u64 {
+        self.tip.borrow().height
+    }
+
+    pub fn tip_hash(&self) -> Option<Hash> {
+        let t = *self.tip.borrow();
+        (t.height > 0).then_some(Hash(t.hash))
     }
 
     pub fn id(&self) -> NodeId {
@@ -163,26 +235,5 @@ impl StatusSource {
     pub fn status(&self) -> Status {
         let tip = *self.tip.borrow();
         admin::build_status(self.id, self.advertised, &self.network, &self.peers, tip)
-    }
-}
-
-/// Until block production consumes them, peer messages are drained here and
-/// requests are answered by echoing them back, which the transport tests use.
-async fn serve_inbound(mut inbound: Inbound, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            msg = inbound.messages.recv() => match msg {
-                Some((from, msg)) => tracing::trace!(peer = %from.short(), kind = msg.kind_name(), "message"),
-                None => return,
-            },
-            req = inbound.requests.recv() => match req {
-                Some(req) => {
-                    // Echo: the transport tests' request/response probe.
-                    let _ = req.reply.send(req.message);
-                }
-                None => return,
-            },
-        }
     }
 }

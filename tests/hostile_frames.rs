@@ -31,23 +31,13 @@ impl Hostile {
             Arc::new(tls::RefusalLog::default()),
         )
         .unwrap();
-        Hostile {
-            endpoint,
-            spec_index: i,
-        }
+        Hostile { endpoint, spec_index: i }
     }
 
     async fn connect(&self, spec: &Spec, victim: usize) -> quinn::Connection {
         let transport = endpoint::transport_config(&fast_transport()).unwrap();
-        let client =
-            endpoint::client_config(&spec.ids[self.spec_index], spec.id(victim), transport)
-                .unwrap();
-        let conn = self
-            .endpoint
-            .connect_with(client, spec.addr(victim), tls::SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
+        let client = endpoint::client_config(&spec.ids[self.spec_index], spec.id(victim), transport).unwrap();
+        let conn = self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).unwrap().await.unwrap();
         let intro = Intro {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -65,18 +55,13 @@ impl Hostile {
             tls_key: spec.id(victim),
             is_member: &any,
         };
-        handshake::dial(&conn, &intro, &expect)
-            .await
-            .expect("hostile peer passes the handshake");
+        handshake::dial(&conn, &intro, &expect).await.expect("hostile peer passes the handshake");
         conn
     }
 }
 
 fn rand_incarnation() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,21 +73,12 @@ async fn bad_frames_close_only_the_offending_connection() {
     transport.passive_wait = Duration::from_secs(120);
     let hostile = Hostile::new(&spec, 0);
     let victim = spec.start(1, transport.clone()).await;
-    let others = [
-        spec.start(2, transport.clone()).await,
-        spec.start(3, transport.clone()).await,
-    ];
+    let others = [spec.start(2, transport.clone()).await, spec.start(3, transport.clone()).await];
     eventually("honest mesh", Duration::from_secs(20), || {
-        victim.peers().connected().len() == 2
-            && others.iter().all(|n| n.peers().connected().len() == 2)
+        victim.peers().connected().len() == 2 && others.iter().all(|n| n.peers().connected().len() == 2)
     })
     .await;
-    let honest_conns: Vec<_> = victim
-        .peers()
-        .peers()
-        .iter()
-        .map(|p| (p.id, p.conn_id))
-        .collect();
+    let honest_conns: Vec<_> = victim.peers().peers().iter().map(|p| (p.id, p.conn_id)).collect();
 
     let mut header_too_large = (DATA_LIMIT as u32 + 1).to_be_bytes().to_vec();
     header_too_large.push(0);
@@ -112,47 +88,23 @@ async fn bad_frames_close_only_the_offending_connection() {
         v
     };
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
-        (
-            "absurd length prefix",
-            vec![0xff, 0xff, 0xff, 0xff, 0],
-            close::FRAME_TOO_LARGE,
-        ),
-        (
-            "a data frame one byte over its limit",
-            header_too_large,
-            close::FRAME_TOO_LARGE,
-        ),
-        (
-            "a frame cut short by the end of the stream",
-            truncated,
-            close::MALFORMED_FRAME,
-        ),
-        (
-            "a body that does not decode",
-            vec![0, 0, 0, 2, 0, 200],
-            close::MALFORMED_FRAME,
-        ),
-        (
-            "a kind that does not exist",
-            vec![0, 0, 0, 1, 77],
-            close::MALFORMED_FRAME,
-        ),
+        ("absurd length prefix", vec![0xff, 0xff, 0xff, 0xff, 0], close::FRAME_TOO_LARGE),
+        ("a data frame one byte over its limit", header_too_large, close::FRAME_TOO_LARGE),
+        ("a frame cut short by the end of the stream", truncated, close::MALFORMED_FRAME),
+        ("a body that does not decode", vec![0, 0, 0, 2, 0, 200], close::MALFORMED_FRAME),
+        ("a kind that does not exist", vec![0, 0, 0, 1, 77], close::MALFORMED_FRAME),
     ];
     for (n, (what, bytes, code)) in cases.into_iter().enumerate() {
         let conn = hostile.connect(&spec, 1).await;
-        eventually(
-            &format!("{what}: victim sees the hostile peer"),
-            Duration::from_secs(10),
-            || victim.peers().connected().contains(&spec.id(0)),
-        )
+        eventually(&format!("{what}: victim sees the hostile peer"), Duration::from_secs(10), || {
+            victim.peers().connected().contains(&spec.id(0))
+        })
         .await;
         let mut uni = conn.open_uni().await.unwrap();
         uni.write_all(&bytes).await.unwrap();
         uni.finish().unwrap();
         let sent_at = Instant::now();
-        let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
-            .await
-            .expect(what);
+        let err = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect(what);
         let took = sent_at.elapsed();
         match &err {
             quinn::ConnectionError::ApplicationClosed(ac) => {
@@ -160,36 +112,18 @@ async fn bad_frames_close_only_the_offending_connection() {
             }
             other => panic!("{what}: closed with {other}"),
         }
-        assert!(
-            took < Duration::from_secs(2),
-            "{what}: closed after {took:?}"
-        );
-        assert_eq!(
-            counter(&victim.peers().counters().bad_frames),
-            n as u64 + 1,
-            "{what}: counted once"
-        );
+        assert!(took < Duration::from_secs(2), "{what}: closed after {took:?}");
+        assert_eq!(counter(&victim.peers().counters().bad_frames), n as u64 + 1, "{what}: counted once");
         // The honest connections are the very same ones as before.
-        eventually(
-            &format!("{what}: hostile peer leaves the table"),
-            Duration::from_secs(5),
-            || !victim.peers().connected().contains(&spec.id(0)),
-        )
+        eventually(&format!("{what}: hostile peer leaves the table"), Duration::from_secs(5), || {
+            !victim.peers().connected().contains(&spec.id(0))
+        })
         .await;
-        let now: Vec<_> = victim
-            .peers()
-            .peers()
-            .iter()
-            .map(|p| (p.id, p.conn_id))
-            .collect();
+        let now: Vec<_> = victim.peers().peers().iter().map(|p| (p.id, p.conn_id)).collect();
         assert_eq!(now, honest_conns, "{what}: honest peers untouched");
     }
     // And they still carry traffic.
-    let answer = victim
-        .peers()
-        .request(spec.id(2), &masternode::net::Message::Data(vec![5; 10]))
-        .await
-        .unwrap();
+    let answer = victim.peers().request(spec.id(2), &masternode::net::Message::Data(vec![5; 10])).await.unwrap();
     assert_eq!(answer, masternode::net::Message::Data(vec![5; 10]));
     let [a, b] = others;
     stop_all(vec![victim, a, b]).await;

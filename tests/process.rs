@@ -15,7 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_masternode");
 
 /// Fast liveness settings so the scenarios take seconds: the contract's defaults
 /// scaled down, in the same proportions.
-const TRANSPORT: &str = "\n[transport]\nkeepalive_ms = 500\nidle_timeout_ms = 3000\npassive_wait_ms = 2000\nhandshake_timeout_ms = 2000\n";
+const TRANSPORT: &str =
+    "\n[transport]\nkeepalive_ms = 500\nidle_timeout_ms = 3000\npassive_wait_ms = 2000\nhandshake_timeout_ms = 2000\n";
 
 struct Net {
     dir: tempfile::TempDir,
@@ -35,20 +36,12 @@ impl Net {
             text.push_str(TRANSPORT);
             std::fs::write(c, text).unwrap();
         }
-        let admins = (1..=n)
-            .map(|i| SocketAddr::new(ip(i), masternode::devnet::ADMIN_PORT))
-            .collect();
-        Net {
-            dir,
-            configs,
-            admins,
-            procs: (0..n).map(|_| None).collect(),
-        }
+        let admins = (1..=n).map(|i| SocketAddr::new(ip(i), masternode::devnet::ADMIN_PORT)).collect();
+        Net { dir, configs, admins, procs: (0..n).map(|_| None).collect() }
     }
 
     fn start(&mut self, i: usize) {
-        let log =
-            std::fs::File::create(self.dir.path().join(format!("node{}.log", i + 1))).unwrap();
+        let log = std::fs::File::create(self.dir.path().join(format!("node{}.log", i + 1))).unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&self.configs[i])
@@ -62,11 +55,7 @@ impl Net {
 
     fn signal(&self, i: usize, sig: &str) {
         let pid = self.procs[i].as_ref().unwrap().id();
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
+        let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
         assert!(ok, "kill -{sig} {pid}");
     }
 
@@ -77,20 +66,12 @@ impl Net {
     }
 
     async fn status(&self, i: usize) -> Option<Status> {
-        fetch_status(self.admins[i], Duration::from_secs(2))
-            .await
-            .ok()
+        fetch_status(self.admins[i], Duration::from_secs(2)).await.ok()
     }
 
     /// Polls until every running node listed has exactly `want` peers, returning
     /// their statuses.
-    async fn until_peers(
-        &self,
-        nodes: &[usize],
-        want: usize,
-        deadline: Duration,
-        what: &str,
-    ) -> Vec<Status> {
+    async fn until_peers(&self, nodes: &[usize], want: usize, deadline: Duration, what: &str) -> Vec<Status> {
         let start = Instant::now();
         loop {
             let mut all = Vec::new();
@@ -115,14 +96,7 @@ impl Net {
         for i in 0..self.configs.len() {
             let p = self.dir.path().join(format!("node{}.log", i + 1));
             let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let tail: Vec<_> = text
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            let tail: Vec<_> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
             out.push_str(&format!("--- node{} ---\n{}\n", i + 1, tail.join("\n")));
         }
         out
@@ -155,46 +129,21 @@ async fn kill_9_peer_is_dropped_within_idle_timeout_and_rejoins() {
     for i in 0..3 {
         net.start(i);
     }
-    let s = net
-        .until_peers(&[0, 1, 2], 2, Duration::from_secs(20), "initial mesh")
-        .await;
+    let s = net.until_peers(&[0, 1, 2], 2, Duration::from_secs(20), "initial mesh").await;
     assert_one_connection_per_pair(&s);
 
     for victim in [2usize, 0] {
         let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
         net.kill9(victim);
         let killed = Instant::now();
-        net.until_peers(
-            &others,
-            1,
-            Duration::from_secs(10),
-            "survivors drop the killed node",
-        )
-        .await;
+        net.until_peers(&others, 1, Duration::from_secs(10), "survivors drop the killed node").await;
         let took = killed.elapsed();
-        assert!(
-            took <= Duration::from_millis(3000 + 2000),
-            "dropped after {took:?}, idle timeout is 3 s"
-        );
+        assert!(took <= Duration::from_millis(3000 + 2000), "dropped after {took:?}, idle timeout is 3 s");
         net.start(victim);
-        let s = net
-            .until_peers(
-                &[0, 1, 2],
-                2,
-                Duration::from_secs(30),
-                "restarted node rejoins",
-            )
-            .await;
+        let s = net.until_peers(&[0, 1, 2], 2, Duration::from_secs(30), "restarted node rejoins").await;
         assert_one_connection_per_pair(&s);
-        let restarted = &s
-            .iter()
-            .find(|st| st.listen == s[victim].listen)
-            .unwrap()
-            .counters;
-        assert!(
-            restarted.handshakes_ok <= 4,
-            "no redial storm after restart: {restarted:?}"
-        );
+        let restarted = &s.iter().find(|st| st.listen == s[victim].listen).unwrap().counters;
+        assert!(restarted.handshakes_ok <= 4, "no redial storm after restart: {restarted:?}");
     }
 }
 
@@ -204,27 +153,16 @@ async fn sigstop_beyond_idle_timeout_then_sigcont_ends_with_one_connection_per_p
     for i in 0..3 {
         net.start(i);
     }
-    net.until_peers(&[0, 1, 2], 2, Duration::from_secs(20), "initial mesh")
-        .await;
+    net.until_peers(&[0, 1, 2], 2, Duration::from_secs(20), "initial mesh").await;
     net.signal(1, "STOP");
-    net.until_peers(
-        &[0, 2],
-        1,
-        Duration::from_secs(10),
-        "others drop the stopped node",
-    )
-    .await;
+    net.until_peers(&[0, 2], 1, Duration::from_secs(10), "others drop the stopped node").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     net.signal(1, "CONT");
-    let s = net
-        .until_peers(&[0, 1, 2], 2, Duration::from_secs(30), "mesh after SIGCONT")
-        .await;
+    let s = net.until_peers(&[0, 1, 2], 2, Duration::from_secs(30), "mesh after SIGCONT").await;
     assert_one_connection_per_pair(&s);
     // The resumed node must settle, not flap: the mesh is still whole a moment later.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let s = net
-        .until_peers(&[0, 1, 2], 2, Duration::from_secs(5), "mesh stays whole")
-        .await;
+    let s = net.until_peers(&[0, 1, 2], 2, Duration::from_secs(5), "mesh stays whole").await;
     assert_one_connection_per_pair(&s);
     let _ = &mut net;
 }
@@ -234,17 +172,10 @@ async fn sigterm_exits_0_within_seconds_and_status_reports_down_after() {
     let mut net = Net::new(2);
     net.start(0);
     net.start(1);
-    net.until_peers(&[0, 1], 1, Duration::from_secs(20), "pair connects")
-        .await;
-    let out = Command::new(BIN)
-        .args(["status", "--admin", &net.admins[0].to_string()])
-        .output()
-        .unwrap();
+    net.until_peers(&[0, 1], 1, Duration::from_secs(20), "pair connects").await;
+    let out = Command::new(BIN).args(["status", "--admin", &net.admins[0].to_string()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("quorum") && text.contains("outbound"),
-        "{text}"
-    );
+    assert!(text.contains("quorum") && text.contains("outbound"), "{text}");
     // Two of two members is below min_active 3: degraded.
     assert_eq!(out.status.code(), Some(1), "{text}");
 
@@ -255,38 +186,19 @@ async fn sigterm_exits_0_within_seconds_and_status_reports_down_after() {
         if let Some(status) = child.try_wait().unwrap() {
             break status.code();
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "still running 5 s after SIGTERM"
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(code, Some(0));
     // The peer hears the shutdown close at once rather than after the idle timeout.
-    net.until_peers(&[1], 0, Duration::from_secs(2), "peer sees the shutdown")
-        .await;
-    let out = Command::new(BIN)
-        .args(["status", "--admin", &net.admins[0].to_string()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "status of a stopped node is 'down'"
-    );
+    net.until_peers(&[1], 0, Duration::from_secs(2), "peer sees the shutdown").await;
+    let out = Command::new(BIN).args(["status", "--admin", &net.admins[0].to_string()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "status of a stopped node is 'down'");
 }
 
 fn run_config(path: &Path) -> (Option<i32>, String) {
-    let out = Command::new(BIN)
-        .arg("run")
-        .arg("--config")
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
+    let out = Command::new(BIN).arg("run").arg("--config").arg(path).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_string())
 }
 
 #[test]
@@ -300,10 +212,7 @@ fn bad_configurations_exit_78_with_one_clear_line() {
     let network = dir.path().join("network.toml");
     let net_original = std::fs::read_to_string(&network).unwrap();
     let other = tempfile::tempdir().unwrap();
-    masternode::identity::Identity::generate()
-        .unwrap()
-        .write(other.path(), false)
-        .unwrap();
+    masternode::identity::Identity::generate().unwrap().write(other.path(), false).unwrap();
 
     type Edit<'a> = Box<dyn Fn() + 'a>;
     let reset = || {
@@ -325,9 +234,7 @@ fn bad_configurations_exit_78_with_one_clear_line() {
         ),
         (
             "missing network file",
-            Box::new(|| {
-                std::fs::write(cfg, original.replace("../network.toml", "../nope.toml")).unwrap()
-            }),
+            Box::new(|| std::fs::write(cfg, original.replace("../network.toml", "../nope.toml")).unwrap()),
             "nope.toml",
             "cannot read",
         ),
@@ -335,11 +242,7 @@ fn bad_configurations_exit_78_with_one_clear_line() {
             "duplicate member address",
             Box::new(|| {
                 let two = format!("{a}.{b}.2:24100");
-                std::fs::write(
-                    &network,
-                    net_original.replace(&two, &format!("{a}.{b}.1:24100")),
-                )
-                .unwrap()
+                std::fs::write(&network, net_original.replace(&two, &format!("{a}.{b}.1:24100"))).unwrap()
             }),
             "network.toml",
             "duplicate masternode addr",
@@ -347,10 +250,7 @@ fn bad_configurations_exit_78_with_one_clear_line() {
         (
             "duplicate member id",
             Box::new(|| {
-                let ids: Vec<&str> = net_original
-                    .lines()
-                    .filter(|l| l.starts_with("id = "))
-                    .collect();
+                let ids: Vec<&str> = net_original.lines().filter(|l| l.starts_with("id = ")).collect();
                 std::fs::write(&network, net_original.replace(ids[1], ids[0])).unwrap()
             }),
             "network.toml",
@@ -361,10 +261,7 @@ fn bad_configurations_exit_78_with_one_clear_line() {
             Box::new(|| {
                 std::fs::write(
                     cfg,
-                    original.replace(
-                        "cert = \"node.crt\"",
-                        &format!("cert = {:?}", other.path().join("node.crt")),
-                    ),
+                    original.replace("cert = \"node.crt\"", &format!("cert = {:?}", other.path().join("node.crt"))),
                 )
                 .unwrap()
             }),
@@ -387,23 +284,14 @@ fn bad_configurations_exit_78_with_one_clear_line() {
             "network.toml",
             "not in the masternode set",
         ),
-        (
-            "missing config file",
-            Box::new(|| std::fs::remove_file(cfg).unwrap()),
-            "masternode.toml",
-            "cannot read",
-        ),
+        ("missing config file", Box::new(|| std::fs::remove_file(cfg).unwrap()), "masternode.toml", "cannot read"),
     ];
     for (what, edit, file, problem) in cases {
         reset();
         edit();
         let (code, stderr) = run_config(cfg);
         assert_eq!(code, Some(78), "{what}: exit code; stderr: {stderr}");
-        assert_eq!(
-            stderr.lines().count(),
-            1,
-            "{what}: one line, got {stderr:?}"
-        );
+        assert_eq!(stderr.lines().count(), 1, "{what}: one line, got {stderr:?}");
         assert!(
             stderr.contains(file) && stderr.contains(problem),
             "{what}: {stderr:?} should name {file} and say {problem:?}"
@@ -427,20 +315,14 @@ fn keygen_writes_a_private_key_and_never_overwrites_without_force() {
     let id = String::from_utf8_lossy(&first.stdout).trim().to_string();
     assert_eq!(id.len(), 64, "prints the NodeId last: {id:?}");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("node.key"))
-        .unwrap()
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(dir.path().join("node.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
     let again = keygen(false);
     assert!(!again.status.success(), "refuses to overwrite");
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    let loaded = masternode::identity::Identity::load(
-        &dir.path().join("node.key"),
-        &dir.path().join("node.crt"),
-    )
-    .unwrap();
+    let loaded =
+        masternode::identity::Identity::load(&dir.path().join("node.key"), &dir.path().join("node.crt")).unwrap();
     assert_eq!(loaded.id().to_hex(), id, "key unchanged");
 
     let forced = keygen(true);
@@ -449,24 +331,14 @@ fn keygen_writes_a_private_key_and_never_overwrites_without_force() {
 
     // OpenSSL reads the key and finds the certificate's public key in it.
     if Command::new("openssl").arg("version").output().is_ok() {
-        let from_key = Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(dir.path().join("node.key"))
-            .output()
-            .unwrap();
+        let from_key =
+            Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(dir.path().join("node.key")).output().unwrap();
         let from_crt = Command::new("openssl")
             .args(["x509", "-pubkey", "-noout", "-in"])
             .arg(dir.path().join("node.crt"))
             .output()
             .unwrap();
-        assert!(
-            from_key.status.success(),
-            "openssl pkey: {}",
-            String::from_utf8_lossy(&from_key.stderr)
-        );
-        assert_eq!(
-            from_key.stdout, from_crt.stdout,
-            "key and certificate carry the same public key"
-        );
+        assert!(from_key.status.success(), "openssl pkey: {}", String::from_utf8_lossy(&from_key.stderr));
+        assert_eq!(from_key.stdout, from_crt.stdout, "key and certificate carry the same public key");
     }
 }

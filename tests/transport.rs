@@ -18,47 +18,19 @@ async fn simultaneous_start_gives_one_connection_per_pair() {
         let spec = Spec::new(5);
         let starts = (0..5).map(|i| {
             let cfg = spec.config(i, spec.network(), fast_transport());
-            Node::start(
-                cfg,
-                Default::default(),
-                tokio_util::sync::CancellationToken::new(),
-            )
+            Node::start(cfg, Default::default(), tokio_util::sync::CancellationToken::new())
         });
-        let nodes: Vec<Node> = futures_join_all(starts)
-            .await
-            .into_iter()
-            .map(|r| r.unwrap())
-            .collect();
+        let nodes: Vec<Node> = futures_join_all(starts).await.into_iter().map(|r| r.unwrap()).collect();
         let refs: Vec<&Node> = nodes.iter().collect();
-        eventually(
-            &format!("round {round}: full mesh"),
-            Duration::from_secs(20),
-            || mesh_complete(&refs),
-        )
-        .await;
+        eventually(&format!("round {round}: full mesh"), Duration::from_secs(20), || mesh_complete(&refs)).await;
         assert_full_mesh(&spec, &refs);
-        let dials: u64 = nodes
-            .iter()
-            .map(|n| counter(&n.peers().counters().dials))
-            .sum();
-        let handshakes: u64 = nodes
-            .iter()
-            .map(|n| counter(&n.peers().counters().handshakes_ok))
-            .sum();
-        let duplicates: u64 = nodes
-            .iter()
-            .map(|n| counter(&n.peers().counters().duplicates_closed))
-            .sum();
+        let dials: u64 = nodes.iter().map(|n| counter(&n.peers().counters().dials)).sum();
+        let handshakes: u64 = nodes.iter().map(|n| counter(&n.peers().counters().handshakes_ok)).sum();
+        let duplicates: u64 = nodes.iter().map(|n| counter(&n.peers().counters().duplicates_closed)).sum();
         // 10 pairs: 10 dials, 20 handshake completions (one at each end).
         assert!(dials <= 12, "round {round}: {dials} dials for 10 pairs");
-        assert!(
-            handshakes <= 24,
-            "round {round}: {handshakes} handshakes for 10 pairs"
-        );
-        assert_eq!(
-            duplicates, 0,
-            "round {round}: no duplicates when nobody is late"
-        );
+        assert!(handshakes <= 24, "round {round}: {handshakes} handshakes for 10 pairs");
+        assert_eq!(duplicates, 0, "round {round}: no duplicates when nobody is late");
         stop_all(nodes).await;
     }
 }
@@ -68,41 +40,26 @@ async fn broadcast_reaches_every_peer_exactly_once_in_order() {
     let spec = Spec::new(4);
     let tracker = tokio_util::task::TaskTracker::new();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut nets: Vec<_> = (0..4)
-        .map(|i| spec.start_net(i, fast_transport(), &tracker, &shutdown))
-        .collect();
-    eventually("full mesh", Duration::from_secs(20), || {
-        nets.iter().all(|(p, _)| p.connected().len() == 3)
-    })
-    .await;
+    let mut nets: Vec<_> = (0..4).map(|i| spec.start_net(i, fast_transport(), &tracker, &shutdown)).collect();
+    eventually("full mesh", Duration::from_secs(20), || nets.iter().all(|(p, _)| p.connected().len() == 3)).await;
 
     let sender = nets[0].0.clone();
     for k in 0..200u32 {
-        let n = sender
-            .broadcast(&Message::Data(k.to_be_bytes().to_vec()))
-            .await
-            .unwrap();
+        let n = sender.broadcast(&Message::Data(k.to_be_bytes().to_vec())).await.unwrap();
         assert_eq!(n, 3);
     }
     for (i, (_, inbound)) in nets.iter_mut().enumerate().skip(1) {
         for k in 0..200u32 {
-            let (from, msg) =
-                tokio::time::timeout(Duration::from_secs(10), inbound.messages.recv())
-                    .await
-                    .expect("message arrives")
-                    .unwrap();
+            let (from, msg) = tokio::time::timeout(Duration::from_secs(10), inbound.messages.recv())
+                .await
+                .expect("message arrives")
+                .unwrap();
             assert_eq!(from, spec.id(0), "node {i}: sender's NodeId");
-            assert_eq!(
-                msg,
-                Message::Data(k.to_be_bytes().to_vec()),
-                "node {i}: message {k} once, in order"
-            );
+            assert_eq!(msg, Message::Data(k.to_be_bytes().to_vec()), "node {i}: message {k} once, in order");
         }
         // Nothing more: no duplicate delivery.
         assert!(
-            tokio::time::timeout(Duration::from_millis(300), inbound.messages.recv())
-                .await
-                .is_err(),
+            tokio::time::timeout(Duration::from_millis(300), inbound.messages.recv()).await.is_err(),
             "node {i}: extra message"
         );
     }
@@ -119,10 +76,7 @@ async fn broadcast_reaches_every_peer_exactly_once_in_order() {
             let _ = req.reply.send(Message::Data(d));
         }
     });
-    let answer = sender
-        .request(responder_id, &Message::Data(vec![1, 2, 3]))
-        .await
-        .unwrap();
+    let answer = sender.request(responder_id, &Message::Data(vec![1, 2, 3])).await.unwrap();
     assert_eq!(answer, Message::Data(vec![3, 2, 1]));
     // A message over its kind's limit is refused before it leaves.
     let too_big = Message::Tx(vec![0; 200 * 1024]);
@@ -130,9 +84,7 @@ async fn broadcast_reaches_every_peer_exactly_once_in_order() {
 
     shutdown.cancel();
     tracker.close();
-    tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-        .await
-        .expect("every task ends after shutdown");
+    tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.expect("every task ends after shutdown");
 }
 
 /// The designated dialer holds a wrong address for its peer; the peer dials it
@@ -145,38 +97,18 @@ async fn nat_fallback_waiting_side_dials_after_passive_wait() {
     wrong.iter_mut().find(|m| m.id == spec.id(1)).unwrap().addr = unreachable;
     let mut transport = fast_transport();
     transport.passive_wait = std::time::Duration::from_millis(1500);
-    let lower = spec
-        .start_with(
-            0,
-            spec.network_with("test", &wrong),
-            transport.clone(),
-            TestHooks::default(),
-        )
-        .await;
+    let lower = spec.start_with(0, spec.network_with("test", &wrong), transport.clone(), TestHooks::default()).await;
     let higher = spec.start(1, transport).await;
     let start = std::time::Instant::now();
     eventually("fallback connection", Duration::from_secs(20), || {
         lower.peers().connected().len() == 1 && higher.peers().connected().len() == 1
     })
     .await;
-    assert!(
-        start.elapsed() >= Duration::from_millis(1400),
-        "connected only after the passive wait"
-    );
+    assert!(start.elapsed() >= Duration::from_millis(1400), "connected only after the passive wait");
     let at_higher = &higher.peers().peers()[0];
-    assert_eq!(
-        at_higher.direction,
-        masternode::net::Direction::Outbound,
-        "the waiting side dialled"
-    );
-    assert_eq!(
-        lower.peers().peers()[0].direction,
-        masternode::net::Direction::Inbound
-    );
-    assert!(
-        counter(&lower.peers().counters().dials) >= 1,
-        "the lower side tried its wrong address"
-    );
+    assert_eq!(at_higher.direction, masternode::net::Direction::Outbound, "the waiting side dialled");
+    assert_eq!(lower.peers().peers()[0].direction, masternode::net::Direction::Inbound);
+    assert!(counter(&lower.peers().counters().dials) >= 1, "the lower side tried its wrong address");
     // Once connected, the lower side stops dialling the wrong address.
     let dials = counter(&lower.peers().counters().dials);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -197,26 +129,17 @@ async fn with_misfit(
     // The misfit sits between them so it dials one and waits for the other.
     let net = misfit_network(&spec);
     let c = spec.start_with(2, net, fast_transport(), hooks).await;
-    eventually("honest pair connects", Duration::from_secs(20), || {
-        a.peers().connected().len() == 1
-    })
-    .await;
+    eventually("honest pair connects", Duration::from_secs(20), || a.peers().connected().len() == 1).await;
     tokio::time::sleep(watch).await;
     (spec, vec![a, b], c)
 }
 
 #[tokio::test]
 async fn wrong_network_is_rejected_with_its_reason_at_both_ends_and_backs_off() {
-    let (_spec, honest, misfit) = with_misfit(
-        |s| s.network_with("another-network", &s.members),
-        TestHooks::default(),
-        Duration::from_secs(6),
-    )
-    .await;
-    assert!(
-        misfit.peers().connected().is_empty(),
-        "the misfit never connects"
-    );
+    let (_spec, honest, misfit) =
+        with_misfit(|s| s.network_with("another-network", &s.members), TestHooks::default(), Duration::from_secs(6))
+            .await;
+    assert!(misfit.peers().connected().is_empty(), "the misfit never connects");
     for node in &honest {
         assert!(!node.peers().connected().contains(&misfit.id()));
         let s = node.status();
@@ -228,11 +151,7 @@ async fn wrong_network_is_rejected_with_its_reason_at_both_ends_and_backs_off() 
     // Backoff: in ~8 s, a storm would be hundreds of attempts; backoff allows ~5 per peer.
     assert!(s.counters.dials <= 12, "misfit dials: {}", s.counters.dials);
     for node in &honest {
-        assert!(
-            node.status().counters.handshakes_failed <= 12,
-            "{:?}",
-            node.status().counters
-        );
+        assert!(node.status().counters.handshakes_failed <= 12, "{:?}", node.status().counters);
     }
     stop_all(honest).await;
     misfit.stop().await;
@@ -240,21 +159,12 @@ async fn wrong_network_is_rejected_with_its_reason_at_both_ends_and_backs_off() 
 
 #[tokio::test]
 async fn unsupported_version_is_rejected_with_its_reason() {
-    let hooks = TestHooks {
-        version: Some(99),
-        ..Default::default()
-    };
+    let hooks = TestHooks { version: Some(99), ..Default::default() };
     let (_spec, honest, misfit) = with_misfit(|s| s.network(), hooks, Duration::from_secs(5)).await;
     assert!(misfit.peers().connected().is_empty());
-    let sent: u64 = honest
-        .iter()
-        .map(|n| n.status().rejects_sent["unsupported_version"])
-        .sum();
+    let sent: u64 = honest.iter().map(|n| n.status().rejects_sent["unsupported_version"]).sum();
     assert!(sent >= 1, "honest nodes rejected the version");
-    assert!(
-        misfit.status().rejects_received["unsupported_version"] >= 1,
-        "the misfit heard why"
-    );
+    assert!(misfit.status().rejects_received["unsupported_version"] >= 1, "the misfit heard why");
     assert!(misfit.status().counters.dials <= 12);
     stop_all(honest).await;
     misfit.stop().await;
@@ -262,35 +172,18 @@ async fn unsupported_version_is_rejected_with_its_reason() {
 
 #[tokio::test]
 async fn node_id_not_matching_certificate_is_rejected() {
-    let hooks_for = |s: &Spec| TestHooks {
-        claim_id: Some(s.id(0)),
-        ..Default::default()
-    };
+    let hooks_for = |s: &Spec| TestHooks { claim_id: Some(s.id(0)), ..Default::default() };
     let spec = Spec::new(3);
     let a = spec.start(0, fast_transport()).await;
     let b = spec.start(1, fast_transport()).await;
-    let c = spec
-        .start_with(2, spec.network(), fast_transport(), hooks_for(&spec))
-        .await;
-    eventually("honest pair", Duration::from_secs(20), || {
-        a.peers().connected().len() == 1
-    })
-    .await;
+    let c = spec.start_with(2, spec.network(), fast_transport(), hooks_for(&spec)).await;
+    eventually("honest pair", Duration::from_secs(20), || a.peers().connected().len() == 1).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(c.peers().connected().is_empty());
-    let sent: u64 = [&a, &b]
-        .iter()
-        .map(|n| n.status().rejects_sent["id_mismatch"])
-        .sum();
-    assert!(
-        sent >= 1,
-        "honest nodes rejected a hello naming another key"
-    );
+    let sent: u64 = [&a, &b].iter().map(|n| n.status().rejects_sent["id_mismatch"]).sum();
+    assert!(sent >= 1, "honest nodes rejected a hello naming another key");
     assert!(c.status().rejects_received["id_mismatch"] >= 1);
-    assert!(
-        a.peers().connected().contains(&b.id()),
-        "the honest pair is untouched"
-    );
+    assert!(a.peers().connected().contains(&b.id()), "the honest pair is untouched");
     stop_all(vec![a, b, c]).await;
 }
 
@@ -303,31 +196,13 @@ async fn unknown_key_is_refused_at_tls() {
     let mut honest_members = spec.members.clone();
     honest_members[2].id = d.id();
     let honest_net = spec.network_with("test", &honest_members);
-    let a = spec
-        .start_with(
-            0,
-            honest_net.clone(),
-            fast_transport(),
-            TestHooks::default(),
-        )
-        .await;
-    let b = spec
-        .start_with(1, honest_net, fast_transport(), TestHooks::default())
-        .await;
+    let a = spec.start_with(0, honest_net.clone(), fast_transport(), TestHooks::default()).await;
+    let b = spec.start_with(1, honest_net, fast_transport(), TestHooks::default()).await;
     let stranger = spec.start(2, fast_transport()).await;
-    eventually("honest pair", Duration::from_secs(20), || {
-        a.peers().connected().len() == 1
-    })
-    .await;
+    eventually("honest pair", Duration::from_secs(20), || a.peers().connected().len() == 1).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(
-        stranger.peers().connected().is_empty(),
-        "a stranger never connects"
-    );
-    let refused: u64 = [&a, &b]
-        .iter()
-        .map(|n| n.status().counters.tls_refused + n.status().counters.tls_failed)
-        .sum();
+    assert!(stranger.peers().connected().is_empty(), "a stranger never connects");
+    let refused: u64 = [&a, &b].iter().map(|n| n.status().counters.tls_refused + n.status().counters.tls_failed).sum();
     assert!(refused >= 1, "honest nodes refused the stranger at TLS");
     assert!(
         stranger.status().counters.tls_failed >= 1,
@@ -342,14 +217,5 @@ async fn unknown_key_is_refused_at_tls() {
 #[test]
 fn reject_reasons_have_stable_names() {
     let names: Vec<_> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "wrong_network",
-            "unsupported_version",
-            "id_mismatch",
-            "duplicate",
-            "not_in_set"
-        ]
-    );
+    assert_eq!(names, ["wrong_network", "unsupported_version", "id_mismatch", "duplicate", "not_in_set"]);
 }

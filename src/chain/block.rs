@@ -7,9 +7,7 @@ use crate::identity::{hex, NodeId};
 use crate::net::codec::BINCODE;
 
 /// A SHA-256 digest.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, bincode::Encode, bincode::Decode,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, bincode::Encode, bincode::Decode)]
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {
@@ -76,11 +74,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_block_bytes: 1024 * 1024,
-            max_block_txs: 20_000,
-            max_clock_drift_ms: 5_000,
-        }
+        Limits { max_block_bytes: 1024 * 1024, max_block_txs: 20_000, max_clock_drift_ms: 5_000 }
     }
 }
 
@@ -137,42 +131,24 @@ impl Block {
     ) -> Result<(), BlockError> {
         let h = &self.header;
         if h.height != parent_height + 1 {
-            return Err(BlockError::WrongHeight {
-                got: h.height,
-                expected: parent_height + 1,
-            });
+            return Err(BlockError::WrongHeight { got: h.height, expected: parent_height + 1 });
         }
         if h.prev_hash != parent_hash {
-            return Err(BlockError::WrongParent {
-                got: h.prev_hash,
-                expected: parent_hash,
-            });
+            return Err(BlockError::WrongParent { got: h.prev_hash, expected: parent_hash });
         }
         if h.timestamp_ms <= parent_ts {
-            return Err(BlockError::TimestampNotIncreasing {
-                got: h.timestamp_ms,
-                parent: parent_ts,
-            });
+            return Err(BlockError::TimestampNotIncreasing { got: h.timestamp_ms, parent: parent_ts });
         }
         if let Some(now) = now_ms {
             if h.timestamp_ms > now + limits.max_clock_drift_ms {
-                return Err(BlockError::TimestampInFuture {
-                    got: h.timestamp_ms,
-                    ahead_ms: h.timestamp_ms - now,
-                });
+                return Err(BlockError::TimestampInFuture { got: h.timestamp_ms, ahead_ms: h.timestamp_ms - now });
             }
         }
         if h.proposer != proposer_of(h.round) {
-            return Err(BlockError::WrongProposer {
-                got: h.proposer,
-                round: h.round,
-            });
+            return Err(BlockError::WrongProposer { got: h.proposer, round: h.round });
         }
         if self.txs.len() > limits.max_block_txs || self.tx_bytes() > limits.max_block_bytes {
-            return Err(BlockError::TooLarge {
-                count: self.txs.len(),
-                bytes: self.tx_bytes(),
-            });
+            return Err(BlockError::TooLarge { count: self.txs.len(), bytes: self.tx_bytes() });
         }
         if tx_root(&self.txs) != h.tx_root {
             return Err(BlockError::TxRootMismatch);

@@ -23,8 +23,7 @@ use std::sync::Arc;
 
 use super::block::{tx_root, Block, Hash, Header, Height, Limits, Round};
 use super::vote::{
-    quorum, Certificate, Committed, Proposal, SignRecord, SignedProposal, SignedVote, Step, Vote,
-    VoteKind,
+    quorum, Certificate, Committed, Proposal, SignRecord, SignedProposal, SignedVote, Step, Vote, VoteKind,
 };
 use crate::identity::{Identity, NodeId};
 
@@ -55,12 +54,7 @@ pub struct Timeouts {
 impl Timeouts {
     pub fn for_interval(block_interval_ms: u64) -> Self {
         let base = block_interval_ms.clamp(500, 3_000);
-        Timeouts {
-            propose_ms: base + 500,
-            prevote_ms: base,
-            precommit_ms: base,
-            delta_ms: 500,
-        }
+        Timeouts { propose_ms: base + 500, prevote_ms: base, precommit_ms: base, delta_ms: 500 }
     }
 }
 
@@ -152,10 +146,7 @@ impl RoundVotes {
     }
 
     fn count(&self, kind: VoteKind, value: Option<Hash>) -> usize {
-        self.of(kind)
-            .values()
-            .filter(|v| v.vote.block == value)
-            .count()
+        self.of(kind).values().filter(|v| v.vote.block == value).count()
     }
 
     fn total(&self, kind: VoteKind) -> usize {
@@ -251,12 +242,7 @@ impl Core {
     pub fn start(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
         let after_ms = (self.prev_ts + self.cfg.block_interval_ms).saturating_sub(now_ms);
-        out.push(Output::Schedule {
-            timeout: Timeout::StartHeight {
-                height: self.height,
-            },
-            after_ms,
-        });
+        out.push(Output::Schedule { timeout: Timeout::StartHeight { height: self.height }, after_ms });
         out
     }
 
@@ -341,47 +327,26 @@ impl Core {
             return;
         }
         if let Err(e) = sp.verify(&self.cfg.network_id) {
-            out.push(Output::Misbehaviour {
-                node: p.proposer,
-                what: format!("proposal: {e}"),
-            });
+            out.push(Output::Misbehaviour { node: p.proposer, what: format!("proposal: {e}") });
             return;
         }
         let round = p.round;
         let ok = self.validate_block(&p.block, round, Some(now_ms));
         if let Err(what) = &ok {
-            out.push(Output::Misbehaviour {
-                node: p.proposer,
-                what: format!("invalid block: {what}"),
-            });
+            out.push(Output::Misbehaviour { node: p.proposer, what: format!("invalid block: {what}") });
         }
         self.proposal_ok.insert(round, ok.is_ok());
         self.proposals.insert(round, sp);
         self.check_rules(now_ms, out);
     }
 
-    fn validate_block(
-        &self,
-        block: &Block,
-        round: Round,
-        now_ms: Option<u64>,
-    ) -> Result<(), String> {
+    fn validate_block(&self, block: &Block, round: Round, now_ms: Option<u64>) -> Result<(), String> {
         if block.header.round > round {
-            return Err(format!(
-                "block of round {} proposed in round {round}",
-                block.header.round
-            ));
+            return Err(format!("block of round {} proposed in round {round}", block.header.round));
         }
         let height = self.height;
         block
-            .validate(
-                self.prev_hash,
-                height - 1,
-                self.prev_ts,
-                |r| self.proposer(height, r),
-                now_ms,
-                &self.cfg.limits,
-            )
+            .validate(self.prev_hash, height - 1, self.prev_ts, |r| self.proposer(height, r), now_ms, &self.cfg.limits)
             .map_err(|e| e.to_string())
     }
 
@@ -400,27 +365,18 @@ impl Core {
         if v.round > self.round + MAX_ROUND_AHEAD {
             return;
         }
-        let existing = self
-            .votes
-            .get(&v.round)
-            .and_then(|rv| rv.of(v.kind).get(&v.voter));
+        let existing = self.votes.get(&v.round).and_then(|rv| rv.of(v.kind).get(&v.voter));
         if let Some(existing) = existing {
             if existing.vote != sv.vote {
                 out.push(Output::Misbehaviour {
                     node: v.voter,
-                    what: format!(
-                        "two {:?}s for height {} round {}",
-                        v.kind, v.height, v.round
-                    ),
+                    what: format!("two {:?}s for height {} round {}", v.kind, v.height, v.round),
                 });
             }
             return;
         }
         if let Err(e) = sv.verify(&self.cfg.network_id) {
-            out.push(Output::Misbehaviour {
-                node: v.voter,
-                what: format!("vote: {e}"),
-            });
+            out.push(Output::Misbehaviour { node: v.voter, what: format!("vote: {e}") });
             return;
         }
         self.insert_vote(sv);
@@ -471,9 +427,7 @@ impl Core {
                 self.step = Step::Precommit;
             }
             // L65
-            Timeout::Precommit { height, round }
-                if height == self.height && round == self.round =>
-            {
+            Timeout::Precommit { height, round } if height == self.height && round == self.round => {
                 self.start_round(round + 1, now_ms, out);
             }
             _ => return,
@@ -487,33 +441,17 @@ impl Core {
         self.step = Step::Propose;
         let t = &self.cfg.timeouts;
         let after_ms = t.propose_ms + t.delta_ms * round as u64;
-        out.push(Output::Schedule {
-            timeout: Timeout::Propose {
-                height: self.height,
-                round,
-            },
-            after_ms,
-        });
+        out.push(Output::Schedule { timeout: Timeout::Propose { height: self.height, round }, after_ms });
         if self.proposer(self.height, round) == self.me {
             match self.valid.clone() {
                 Some((vr, block)) => self.propose(block, Some(vr), out),
-                None => out.push(Output::NeedValue {
-                    height: self.height,
-                    round,
-                }),
+                None => out.push(Output::NeedValue { height: self.height, round }),
             }
         }
         self.check_rules(now_ms, out);
     }
 
-    fn on_value(
-        &mut self,
-        height: Height,
-        round: Round,
-        txs: Vec<Vec<u8>>,
-        now_ms: u64,
-        out: &mut Vec<Output>,
-    ) {
+    fn on_value(&mut self, height: Height, round: Round, txs: Vec<Vec<u8>>, now_ms: u64, out: &mut Vec<Output>) {
         if height != self.height
             || round != self.round
             || self.step != Step::Propose
@@ -540,42 +478,21 @@ impl Core {
     }
 
     fn propose(&mut self, block: Block, valid_round: Option<Round>, out: &mut Vec<Output>) {
-        let record = SignRecord {
-            height: self.height,
-            round: self.round,
-            step: Step::Propose,
-        };
+        let record = SignRecord { height: self.height, round: self.round, step: Step::Propose };
         if !self.may_sign(record) {
             return;
         }
-        let proposal = Proposal {
-            height: self.height,
-            round: self.round,
-            block,
-            valid_round,
-            proposer: self.me,
-        };
+        let proposal = Proposal { height: self.height, round: self.round, block, valid_round, proposer: self.me };
         let sp = proposal.sign(&self.cfg.network_id, &self.identity);
         self.last_signed = Some(record);
-        let ok = self
-            .validate_block(&sp.proposal.block, self.round, None)
-            .is_ok();
+        let ok = self.validate_block(&sp.proposal.block, self.round, None).is_ok();
         self.proposal_ok.insert(self.round, ok);
         self.proposals.insert(self.round, sp.clone());
-        out.push(Output::Sign {
-            record,
-            message: Signed::Proposal(sp),
-        });
+        out.push(Output::Sign { record, message: Signed::Proposal(sp) });
     }
 
     fn vote(&mut self, kind: VoteKind, block: Option<Hash>, out: &mut Vec<Output>) {
-        let vote = Vote {
-            kind,
-            height: self.height,
-            round: self.round,
-            block,
-            voter: self.me,
-        };
+        let vote = Vote { kind, height: self.height, round: self.round, block, voter: self.me };
         let record = vote.record();
         if !self.may_sign(record) {
             return;
@@ -583,10 +500,7 @@ impl Core {
         let sv = vote.sign(&self.cfg.network_id, &self.identity);
         self.last_signed = Some(record);
         self.insert_vote(sv.clone());
-        out.push(Output::Sign {
-            record,
-            message: Signed::Vote(sv),
-        });
+        out.push(Output::Sign { record, message: Signed::Vote(sv) });
     }
 
     /// Double-sign protection: only strictly after the last signature.
@@ -609,12 +523,8 @@ impl Core {
         // L49: a decision, from any round, needs no quorum gate: the votes prove it.
         let decided = self.proposals.iter().find_map(|(r, sp)| {
             let id = sp.proposal.block.hash();
-            let enough = self
-                .votes
-                .get(r)
-                .is_some_and(|rv| rv.count(VoteKind::Precommit, Some(id)) >= self.q);
-            (enough && self.proposal_ok.get(r) == Some(&true))
-                .then(|| (*r, sp.proposal.block.clone()))
+            let enough = self.votes.get(r).is_some_and(|rv| rv.count(VoteKind::Precommit, Some(id)) >= self.q);
+            (enough && self.proposal_ok.get(r) == Some(&true)).then(|| (*r, sp.proposal.block.clone()))
         });
         if let Some((r, block)) = decided {
             self.decide(r, block, now_ms, out);
@@ -626,10 +536,7 @@ impl Core {
         let h = self.height;
         let r = self.round;
         let q = self.q;
-        let proposal = self
-            .proposals
-            .get(&r)
-            .map(|sp| (sp.proposal.block.clone(), sp.proposal.valid_round));
+        let proposal = self.proposals.get(&r).map(|sp| (sp.proposal.block.clone(), sp.proposal.valid_round));
         let ok = self.proposal_ok.get(&r) == Some(&true);
         if self.step == Step::Propose {
             if let Some((block, vr)) = &proposal {
@@ -637,23 +544,16 @@ impl Core {
                 match vr {
                     // L22
                     None => {
-                        let accept =
-                            ok && self.locked.as_ref().is_none_or(|(_, lv)| lv.hash() == id);
+                        let accept = ok && self.locked.as_ref().is_none_or(|(_, lv)| lv.hash() == id);
                         self.vote(VoteKind::Prevote, accept.then_some(id), out);
                         self.step = Step::Prevote;
                     }
                     // L28
                     Some(vr) => {
-                        let polka = self
-                            .votes
-                            .get(vr)
-                            .is_some_and(|rv| rv.count(VoteKind::Prevote, Some(id)) >= q);
+                        let polka = self.votes.get(vr).is_some_and(|rv| rv.count(VoteKind::Prevote, Some(id)) >= q);
                         if polka && *vr < r {
-                            let accept = ok
-                                && self
-                                    .locked
-                                    .as_ref()
-                                    .is_none_or(|(lr, lv)| *lr <= *vr || lv.hash() == id);
+                            let accept =
+                                ok && self.locked.as_ref().is_none_or(|(lr, lv)| *lr <= *vr || lv.hash() == id);
                             self.vote(VoteKind::Prevote, accept.then_some(id), out);
                             self.step = Step::Prevote;
                         }
@@ -667,10 +567,7 @@ impl Core {
         if self.step == Step::Prevote && prevotes_total >= q && self.prevote_timer.insert(r) {
             let t = &self.cfg.timeouts;
             out.push(Output::Schedule {
-                timeout: Timeout::Prevote {
-                    height: h,
-                    round: r,
-                },
+                timeout: Timeout::Prevote { height: h, round: r },
                 after_ms: t.prevote_ms + t.delta_ms * r as u64,
             });
         }
@@ -689,46 +586,28 @@ impl Core {
             }
         }
         // L44
-        let nil_polka = self
-            .votes
-            .get(&r)
-            .is_some_and(|rv| rv.count(VoteKind::Prevote, None) >= q);
+        let nil_polka = self.votes.get(&r).is_some_and(|rv| rv.count(VoteKind::Prevote, None) >= q);
         if self.step == Step::Prevote && nil_polka {
             self.vote(VoteKind::Precommit, None, out);
             self.step = Step::Precommit;
         }
         // L47
-        let precommits_total = self
-            .votes
-            .get(&r)
-            .map_or(0, |rv| rv.total(VoteKind::Precommit));
+        let precommits_total = self.votes.get(&r).map_or(0, |rv| rv.total(VoteKind::Precommit));
         if precommits_total >= q && self.precommit_timer.insert(r) {
             let t = &self.cfg.timeouts;
             out.push(Output::Schedule {
-                timeout: Timeout::Precommit {
-                    height: h,
-                    round: r,
-                },
+                timeout: Timeout::Precommit { height: h, round: r },
                 after_ms: t.precommit_ms + t.delta_ms * r as u64,
             });
         }
         // L55: f+1 members are in a later round: skip to it.
-        let skip_to = self
-            .votes
-            .iter()
-            .filter(|(vr, _)| **vr > r)
-            .find_map(|(vr, rv)| {
-                let mut senders: BTreeSet<NodeId> = rv
-                    .prevotes
-                    .keys()
-                    .chain(rv.precommits.keys())
-                    .copied()
-                    .collect();
-                if let Some(sp) = self.proposals.get(vr) {
-                    senders.insert(sp.proposal.proposer);
-                }
-                (senders.len() >= self.f1).then_some(*vr)
-            });
+        let skip_to = self.votes.iter().filter(|(vr, _)| **vr > r).find_map(|(vr, rv)| {
+            let mut senders: BTreeSet<NodeId> = rv.prevotes.keys().chain(rv.precommits.keys()).copied().collect();
+            if let Some(sp) = self.proposals.get(vr) {
+                senders.insert(sp.proposal.proposer);
+            }
+            (senders.len() >= self.f1).then_some(*vr)
+        });
         if let Some(vr) = skip_to {
             self.start_round(vr, now_ms, out);
         }
@@ -736,18 +615,9 @@ impl Core {
 
     fn decide(&mut self, round: Round, block: Block, now_ms: u64, out: &mut Vec<Output>) {
         let id = block.hash();
-        let precommits: Vec<SignedVote> = self.votes[&round]
-            .precommits
-            .values()
-            .filter(|v| v.vote.block == Some(id))
-            .cloned()
-            .collect();
-        let cert = Certificate {
-            height: self.height,
-            round,
-            block: id,
-            precommits,
-        };
+        let precommits: Vec<SignedVote> =
+            self.votes[&round].precommits.values().filter(|v| v.vote.block == Some(id)).cloned().collect();
+        let cert = Certificate { height: self.height, round, block: id, precommits };
         self.advance(block, now_ms, out, cert);
     }
 
@@ -755,14 +625,8 @@ impl Core {
         if c.block.height() != self.height {
             return;
         }
-        if let Err(e) = c
-            .cert
-            .verify(&c.block, &self.cfg.members, &self.cfg.network_id)
-        {
-            out.push(Output::Misbehaviour {
-                node: c.block.header.proposer,
-                what: format!("synced block: {e}"),
-            });
+        if let Err(e) = c.cert.verify(&c.block, &self.cfg.members, &self.cfg.network_id) {
+            out.push(Output::Misbehaviour { node: c.block.header.proposer, what: format!("synced block: {e}") });
             return;
         }
         let height = self.height;
@@ -774,10 +638,7 @@ impl Core {
             None,
             &self.cfg.limits,
         ) {
-            out.push(Output::Misbehaviour {
-                node: c.block.header.proposer,
-                what: format!("synced block: {e}"),
-            });
+            out.push(Output::Misbehaviour { node: c.block.header.proposer, what: format!("synced block: {e}") });
             return;
         }
         self.advance(c.block, now_ms, out, c.cert);

@@ -17,12 +17,7 @@ const INTERVAL: u64 = 1000;
 fn identities(n: usize) -> Vec<Arc<Identity>> {
     let mut ids: Vec<_> = (0..n)
         .map(|i| {
-            Arc::new(
-                Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(
-                    &[i as u8 + 1; 32],
-                ))
-                .unwrap(),
-            )
+            Arc::new(Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 1; 32])).unwrap())
         })
         .collect();
     ids.sort_by_key(|i| i.id());
@@ -59,10 +54,7 @@ impl Sim {
     fn new(n: usize) -> Sim {
         let ids = identities(n);
         let cfg = config(&ids);
-        let cores = ids
-            .iter()
-            .map(|id| Core::new(cfg.clone(), id.clone(), 1, genesis_hash(&NET), 0, None))
-            .collect();
+        let cores = ids.iter().map(|id| Core::new(cfg.clone(), id.clone(), 1, genesis_hash(&NET), 0, None)).collect();
         let mut sim = Sim {
             ids,
             cores,
@@ -118,10 +110,7 @@ impl Sim {
             match o {
                 Output::Sign { record, message } => {
                     if let Some(last) = self.signed[node].last() {
-                        assert!(
-                            record > *last,
-                            "node {node} signed {record:?} after {last:?}"
-                        );
+                        assert!(record > *last, "node {node} signed {record:?} after {last:?}");
                     }
                     self.signed[node].push(record);
                     for to in 0..self.cores.len() {
@@ -136,16 +125,11 @@ impl Sim {
                 }
                 Output::Schedule { timeout, after_ms } => {
                     self.timer_payload.push(timeout);
-                    self.timers.push(Reverse((
-                        self.now + after_ms,
-                        node,
-                        self.timer_payload.len() as u64 - 1,
-                    )));
+                    self.timers.push(Reverse((self.now + after_ms, node, self.timer_payload.len() as u64 - 1)));
                 }
                 Output::NeedValue { height, round } => {
                     let txs = vec![format!("tx h{height} r{round}").into_bytes()];
-                    self.queue
-                        .push_back((node, Input::Value { height, round, txs }));
+                    self.queue.push_back((node, Input::Value { height, round, txs }));
                 }
                 Output::Decided(c) => self.decided[node].push(c),
                 Output::Misbehaviour { node, what } => self.misbehaviour.push((node, what)),
@@ -185,11 +169,7 @@ impl Sim {
     }
 
     fn min_height(&self, nodes: &[usize]) -> usize {
-        nodes
-            .iter()
-            .map(|&i| self.decided[i].len())
-            .min()
-            .unwrap_or(0)
+        nodes.iter().map(|&i| self.decided[i].len()).min().unwrap_or(0)
     }
 
     /// No two nodes decided different blocks at one height; certificates verify;
@@ -202,12 +182,7 @@ impl Sim {
             let mut prev_ts = 0;
             for (h, c) in chain.iter().enumerate() {
                 assert_eq!(c.block.height(), h as u64 + 1);
-                assert_eq!(
-                    c.block.hash(),
-                    longest[h].block.hash(),
-                    "node {i} forked at height {}",
-                    h + 1
-                );
+                assert_eq!(c.block.hash(), longest[h].block.hash(), "node {i} forked at height {}", h + 1);
                 assert_eq!(c.block.header.prev_hash, prev);
                 assert!(c.block.header.timestamp_ms > prev_ts);
                 c.cert.verify(&c.block, &members, &NET).unwrap();
@@ -226,10 +201,7 @@ fn n4_all_up_commits_at_the_block_interval() {
     sim.check_invariants();
     assert!(sim.misbehaviour.is_empty(), "{:?}", sim.misbehaviour);
     for c in &sim.decided[0] {
-        assert_eq!(
-            c.cert.round, 0,
-            "every height decided in round 0 when all are up"
-        );
+        assert_eq!(c.cert.round, 0, "every height decided in round 0 when all are up");
         assert!(c.cert.signers().len() >= 3);
     }
     // Ten blocks at one per interval.
@@ -243,10 +215,7 @@ fn n4_one_down_still_commits() {
     sim.down.insert(2);
     assert!(sim.run_until(120_000, |s| s.min_height(&[0, 1, 3]) >= 10));
     sim.check_invariants();
-    assert!(
-        sim.decided[0].iter().any(|c| c.cert.round > 0),
-        "the missing proposer's rounds time out"
-    );
+    assert!(sim.decided[0].iter().any(|c| c.cert.round > 0), "the missing proposer's rounds time out");
     assert!(sim.decided[2].is_empty());
 }
 
@@ -256,10 +225,7 @@ fn n4_two_down_stalls() {
     sim.down.insert(1);
     sim.down.insert(3);
     sim.run_until(120_000, |_| false);
-    assert!(
-        sim.decided.iter().all(|d| d.is_empty()),
-        "no block with 2 of 4"
-    );
+    assert!(sim.decided.iter().all(|d| d.is_empty()), "no block with 2 of 4");
 }
 
 #[test]
@@ -270,19 +236,13 @@ fn quorum_gate_closed_means_no_proposal_and_no_round_advance() {
         sim.process(i, out);
     }
     sim.run_until(60_000, |_| false);
-    assert!(
-        sim.signed.iter().all(|s| s.is_empty()),
-        "nothing signed while the gate is closed"
-    );
+    assert!(sim.signed.iter().all(|s| s.is_empty()), "nothing signed while the gate is closed");
     assert!(sim.cores.iter().all(|c| c.round() == 0 && c.height() == 1));
     for i in 0..4 {
         let out = sim.cores[i].handle(Input::Quorum(true), sim.now);
         sim.process(i, out);
     }
-    assert!(
-        sim.run_until(60_000, |s| s.min_height(&[0, 1, 2, 3]) >= 3),
-        "the chain resumes when the gate opens"
-    );
+    assert!(sim.run_until(60_000, |s| s.min_height(&[0, 1, 2, 3]) >= 3), "the chain resumes when the gate opens");
     sim.check_invariants();
 }
 
@@ -300,8 +260,7 @@ fn partition_2_2_stalls_then_heals_onto_one_chain() {
     );
     sim.heal();
     // Rounds grew during the partition; timeouts are longer, but the chain resumes.
-    assert!(sim.run_until(300_000, |s| s.min_height(&[0, 1, 2, 3])
-        >= during.iter().max().unwrap() + 3));
+    assert!(sim.run_until(300_000, |s| s.min_height(&[0, 1, 2, 3]) >= during.iter().max().unwrap() + 3));
     sim.check_invariants();
 }
 
@@ -319,11 +278,7 @@ fn double_sign_guard_survives_a_restart() {
     let ids = identities(4);
     let cfg = config(&ids);
     // The node signed up to a precommit in round 2 before it crashed.
-    let last = SignRecord {
-        height: 1,
-        round: 2,
-        step: Step::Precommit,
-    };
+    let last = SignRecord { height: 1, round: 2, step: Step::Precommit };
     let mut core = Core::new(cfg, ids[1].clone(), 1, genesis_hash(&NET), 0, Some(last));
     let mut out = core.start(10_000);
     out.extend(core.handle(Input::Quorum(true), 10_000));
@@ -344,10 +299,7 @@ fn double_sign_guard_survives_a_restart() {
             signed.push(record);
         }
     }
-    assert!(
-        signed.iter().all(|r| *r > last),
-        "signed {signed:?} at or before {last:?}"
-    );
+    assert!(signed.iter().all(|r| *r > last), "signed {signed:?} at or before {last:?}");
     assert!(!signed.is_empty(), "it signs again once past the record");
 }
 
@@ -360,11 +312,7 @@ fn locking_and_valid_round_follow_the_paper() {
     let members = cfg.members.clone();
     // The core under test is the one that is not proposer of rounds 0..=2 at height 1.
     let proposer = |r: u32| members[((1 + r as u64) % 4) as usize];
-    let me = ids
-        .iter()
-        .find(|i| ![proposer(0), proposer(1), proposer(2)].contains(&i.id()))
-        .unwrap()
-        .clone();
+    let me = ids.iter().find(|i| ![proposer(0), proposer(1), proposer(2)].contains(&i.id())).unwrap().clone();
     let mut core = Core::new(cfg.clone(), me.clone(), 1, genesis_hash(&NET), 0, None);
     let now = 5_000;
     core.start(now);
@@ -387,27 +335,12 @@ fn locking_and_valid_round_follow_the_paper() {
     };
     let proposal = |r: u32, b: &Block, vr: Option<u32>| {
         Input::Proposal(
-            Proposal {
-                height: 1,
-                round: r,
-                block: b.clone(),
-                valid_round: vr,
-                proposer: proposer(r),
-            }
-            .sign(&NET, &id_of(proposer(r))),
+            Proposal { height: 1, round: r, block: b.clone(), valid_round: vr, proposer: proposer(r) }
+                .sign(&NET, &id_of(proposer(r))),
         )
     };
     let vote = |kind, r: u32, b: Option<&Block>, who: NodeId| {
-        Input::Vote(
-            Vote {
-                kind,
-                height: 1,
-                round: r,
-                block: b.map(|b| b.hash()),
-                voter: who,
-            }
-            .sign(&NET, &id_of(who)),
-        )
+        Input::Vote(Vote { kind, height: 1, round: r, block: b.map(|b| b.hash()), voter: who }.sign(&NET, &id_of(who)))
     };
     let others: Vec<NodeId> = members.iter().copied().filter(|m| *m != me.id()).collect();
     let a = block(0, "A");
@@ -416,10 +349,7 @@ fn locking_and_valid_round_follow_the_paper() {
     let signed_votes = |out: Vec<Output>| -> Vec<(VoteKind, u32, Option<Hash>)> {
         out.into_iter()
             .filter_map(|o| match o {
-                Output::Sign {
-                    message: Signed::Vote(v),
-                    ..
-                } => Some((v.vote.kind, v.vote.round, v.vote.block)),
+                Output::Sign { message: Signed::Vote(v), .. } => Some((v.vote.kind, v.vote.round, v.vote.block)),
                 _ => None,
             })
             .collect()
@@ -427,62 +357,28 @@ fn locking_and_valid_round_follow_the_paper() {
 
     // L22: a valid proposal with no valid round gets our prevote.
     let out = core.handle(proposal(0, &a, None), now);
-    assert_eq!(
-        signed_votes(out),
-        vec![(VoteKind::Prevote, 0, Some(a.hash()))],
-        "L22: prevote A"
-    );
+    assert_eq!(signed_votes(out), vec![(VoteKind::Prevote, 0, Some(a.hash()))], "L22: prevote A");
     // L36: a polka for A locks A and precommits it.
     let mut out = Vec::new();
     for w in &others[..2] {
         out.extend(core.handle(vote(VoteKind::Prevote, 0, Some(&a), *w), now));
     }
-    assert_eq!(
-        signed_votes(out),
-        vec![(VoteKind::Precommit, 0, Some(a.hash()))],
-        "L36: lock on A, precommit A"
-    );
+    assert_eq!(signed_votes(out), vec![(VoteKind::Precommit, 0, Some(a.hash()))], "L36: lock on A, precommit A");
     // Round 0 fails (precommits do not reach a quorum); L65 moves to round 1.
-    core.handle(
-        Input::Timeout(Timeout::Precommit {
-            height: 1,
-            round: 0,
-        }),
-        now,
-    );
+    core.handle(Input::Timeout(Timeout::Precommit { height: 1, round: 0 }), now);
     assert_eq!(core.round(), 1);
     // L22 with a lock: a fresh value B is refused (prevote nil).
     let out = core.handle(proposal(1, &b1, None), now);
-    assert_eq!(
-        signed_votes(out),
-        vec![(VoteKind::Prevote, 1, None)],
-        "L22: locked on A, prevote nil for B"
-    );
+    assert_eq!(signed_votes(out), vec![(VoteKind::Prevote, 1, None)], "L22: locked on A, prevote nil for B");
     // Two others prevote B in round 1: no polka yet. Our prevote timeout moves us
     // to precommit nil, and the precommit timeout to round 2.
     let mut out = Vec::new();
     for w in &others[..2] {
         out.extend(core.handle(vote(VoteKind::Prevote, 1, Some(&b1), *w), now));
     }
-    out.extend(core.handle(
-        Input::Timeout(Timeout::Prevote {
-            height: 1,
-            round: 1,
-        }),
-        now,
-    ));
-    assert_eq!(
-        signed_votes(out),
-        vec![(VoteKind::Precommit, 1, None)],
-        "L61: precommit nil"
-    );
-    core.handle(
-        Input::Timeout(Timeout::Precommit {
-            height: 1,
-            round: 1,
-        }),
-        now,
-    );
+    out.extend(core.handle(Input::Timeout(Timeout::Prevote { height: 1, round: 1 }), now));
+    assert_eq!(signed_votes(out), vec![(VoteKind::Precommit, 1, None)], "L61: precommit nil");
+    core.handle(Input::Timeout(Timeout::Precommit { height: 1, round: 1 }), now);
     assert_eq!(core.round(), 2);
     // The third prevote for B in round 1 arrives late: round 1 had a polka for B.
     core.handle(vote(VoteKind::Prevote, 1, Some(&b1), others[2]), now);
@@ -505,53 +401,29 @@ fn bad_messages_are_rejected_and_reported() {
     core.start(5_000);
     core.handle(Input::Quorum(true), 5_000);
     let other = ids[1].clone();
-    let v = |h: u64, r: u32| Vote {
-        kind: VoteKind::Prevote,
-        height: h,
-        round: r,
-        block: None,
-        voter: other.id(),
-    };
+    let v = |h: u64, r: u32| Vote { kind: VoteKind::Prevote, height: h, round: r, block: None, voter: other.id() };
 
     // A bad signature is misbehaviour and not counted.
     let mut bad = v(1, 0).sign(&NET, &other);
     bad.signature[0] ^= 1;
     let out = core.handle(Input::Vote(bad), 5_000);
-    assert!(
-        out.iter().any(|o| matches!(o, Output::Misbehaviour { .. })),
-        "bad signature reported"
-    );
+    assert!(out.iter().any(|o| matches!(o, Output::Misbehaviour { .. })), "bad signature reported");
     // Signed for another network: also a bad signature here.
     let out = core.handle(Input::Vote(v(1, 0).sign(&[1; 32], &other)), 5_000);
     assert!(out.iter().any(|o| matches!(o, Output::Misbehaviour { .. })));
     // A vote for an old height is ignored silently; a far-future round is dropped.
-    assert!(core
-        .handle(Input::Vote(v(0, 0).sign(&NET, &other)), 5_000)
-        .is_empty());
-    assert!(core
-        .handle(Input::Vote(v(1, 10_000).sign(&NET, &other)), 5_000)
-        .is_empty());
+    assert!(core.handle(Input::Vote(v(0, 0).sign(&NET, &other)), 5_000).is_empty());
+    assert!(core.handle(Input::Vote(v(1, 10_000).sign(&NET, &other)), 5_000).is_empty());
     // A future height says the peer is ahead.
     let out = core.handle(Input::Vote(v(7, 0).sign(&NET, &other)), 5_000);
-    assert!(out.contains(&Output::Ahead {
-        node: other.id(),
-        height: 7
-    }));
+    assert!(out.contains(&Output::Ahead { node: other.id(), height: 7 }));
     // A duplicate is ignored; a conflicting vote is equivocation.
     core.handle(Input::Vote(v(1, 0).sign(&NET, &other)), 5_000);
-    assert!(
-        core.handle(Input::Vote(v(1, 0).sign(&NET, &other)), 5_000)
-            .is_empty(),
-        "exact duplicate ignored"
-    );
+    assert!(core.handle(Input::Vote(v(1, 0).sign(&NET, &other)), 5_000).is_empty(), "exact duplicate ignored");
     let mut conflicting = v(1, 0);
     conflicting.block = Some(Hash([1; 32]));
     let out = core.handle(Input::Vote(conflicting.sign(&NET, &other)), 5_000);
-    assert!(
-        out.iter()
-            .any(|o| matches!(o, Output::Misbehaviour { what, .. } if what.contains("two"))),
-        "{out:?}"
-    );
+    assert!(out.iter().any(|o| matches!(o, Output::Misbehaviour { what, .. } if what.contains("two"))), "{out:?}");
 }
 
 #[test]
@@ -579,14 +451,7 @@ fn equivocating_proposer_cannot_split_the_network() {
             },
             txs,
         };
-        Proposal {
-            height: h,
-            round: 0,
-            block,
-            valid_round: None,
-            proposer: evil_id,
-        }
-        .sign(&NET, &sim.ids[evil])
+        Proposal { height: h, round: 0, block, valid_round: None, proposer: evil_id }.sign(&NET, &sim.ids[evil])
     };
     let (x, y) = (mk("X"), mk("Y"));
     let honest: Vec<usize> = (0..4).filter(|i| *i != evil).collect();
@@ -596,8 +461,5 @@ fn equivocating_proposer_cannot_split_the_network() {
     sim.queue.push_back((honest[2], Input::Proposal(y)));
     assert!(sim.run_until(120_000, |s| s.min_height(&honest) >= 5));
     sim.check_invariants();
-    assert!(sim
-        .misbehaviour
-        .iter()
-        .any(|(n, w)| *n == evil_id && w.contains("two proposals")));
+    assert!(sim.misbehaviour.iter().any(|(n, w)| *n == evil_id && w.contains("two proposals")));
 }

@@ -10,4 +10,7 @@
 
 pub mod block;
 pub mod consensus;
+pub mod mempool;
+pub mod producer;
+pub mod store;
 pub mod vote;

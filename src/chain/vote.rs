@@ -8,9 +8,7 @@ use super::block::{Block, Hash, Height, Round};
 use crate::identity::{Identity, NodeId};
 use crate::net::codec::BINCODE;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
 pub enum Step {
     Propose = 0,
     Prevote = 1,
@@ -122,40 +120,23 @@ impl Vote {
     pub fn sign_bytes(&self, network_id: &[u8; 32]) -> Vec<u8> {
         let mut out = b"masternode/vote/v1\0".to_vec();
         out.extend_from_slice(network_id);
-        out.extend(encode(&(
-            self.height,
-            self.round,
-            self.kind.step(),
-            self.block,
-            self.voter,
-        )));
+        out.extend(encode(&(self.height, self.round, self.kind.step(), self.block, self.voter)));
         out
     }
 
     pub fn sign(self, network_id: &[u8; 32], identity: &Identity) -> SignedVote {
         let signature = identity.sign(&self.sign_bytes(network_id));
-        SignedVote {
-            vote: self,
-            signature,
-        }
+        SignedVote { vote: self, signature }
     }
 
     pub fn record(&self) -> SignRecord {
-        SignRecord {
-            height: self.height,
-            round: self.round,
-            step: self.kind.step(),
-        }
+        SignRecord { height: self.height, round: self.round, step: self.kind.step() }
     }
 }
 
 impl SignedVote {
     pub fn verify(&self, network_id: &[u8; 32]) -> Result<(), SignatureError> {
-        verify(
-            &self.vote.voter,
-            &self.vote.sign_bytes(network_id),
-            &self.signature,
-        )
+        verify(&self.vote.voter, &self.vote.sign_bytes(network_id), &self.signature)
     }
 }
 
@@ -176,30 +157,20 @@ impl Proposal {
 
     pub fn sign(self, network_id: &[u8; 32], identity: &Identity) -> SignedProposal {
         let signature = identity.sign(&self.sign_bytes(network_id));
-        SignedProposal {
-            proposal: self,
-            signature,
-        }
+        SignedProposal { proposal: self, signature }
     }
 }
 
 impl SignedProposal {
     pub fn verify(&self, network_id: &[u8; 32]) -> Result<(), SignatureError> {
-        verify(
-            &self.proposal.proposer,
-            &self.proposal.sign_bytes(network_id),
-            &self.signature,
-        )
+        verify(&self.proposal.proposer, &self.proposal.sign_bytes(network_id), &self.signature)
     }
 }
 
 fn verify(signer: &NodeId, msg: &[u8], sig: &[u8; 64]) -> Result<(), SignatureError> {
-    let key = signer
-        .verifying_key()
-        .ok_or(SignatureError::UnknownSigner(*signer))?;
+    let key = signer.verifying_key().ok_or(SignatureError::UnknownSigner(*signer))?;
     let sig = ed25519_dalek::Signature::from_bytes(sig);
-    key.verify_strict(msg, &sig)
-        .map_err(|_| SignatureError::BadSignature(*signer))
+    key.verify_strict(msg, &sig).map_err(|_| SignatureError::BadSignature(*signer))
 }
 
 /// Votes needed for a decision: more than two thirds of `n`.
@@ -210,17 +181,9 @@ pub fn quorum(n: usize) -> usize {
 impl Certificate {
     /// Checks that more than two thirds of `members` precommitted `block` at its
     /// height in the certificate's round, each with a valid signature.
-    pub fn verify(
-        &self,
-        block: &Block,
-        members: &[NodeId],
-        network_id: &[u8; 32],
-    ) -> Result<(), CertError> {
+    pub fn verify(&self, block: &Block, members: &[NodeId], network_id: &[u8; 32]) -> Result<(), CertError> {
         if self.height != block.height() {
-            return Err(CertError::WrongHeight {
-                got: self.height,
-                expected: block.height(),
-            });
+            return Err(CertError::WrongHeight { got: self.height, expected: block.height() });
         }
         if self.block != block.hash() {
             return Err(CertError::WrongBlock);
@@ -243,10 +206,7 @@ impl Certificate {
         }
         let needed = quorum(members.len());
         if signers.len() < needed {
-            return Err(CertError::TooFewSigners {
-                got: signers.len(),
-                needed,
-            });
+            return Err(CertError::TooFewSigners { got: signers.len(), needed });
         }
         Ok(())
     }

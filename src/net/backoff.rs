@@ -18,10 +18,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(seed: u64) -> Self {
-        Backoff {
-            attempt: 0,
-            rng: seed | 1,
-        }
+        Backoff { attempt: 0, rng: seed | 1 }
     }
 
     /// The delay before the next attempt; each call moves one step up.
@@ -63,11 +60,7 @@ mod tests {
         for i in 0..20u32 {
             let d = b.next_delay();
             let cap = BASE.saturating_mul(1 << i.min(16)).min(MAX);
-            assert!(
-                d >= cap / 2 && d <= cap,
-                "attempt {i}: {d:?} outside [{:?}, {cap:?}]",
-                cap / 2
-            );
+            assert!(d >= cap / 2 && d <= cap, "attempt {i}: {d:?} outside [{:?}, {cap:?}]", cap / 2);
             assert!(cap >= prev_cap);
             prev_cap = cap;
         }

@@ -20,9 +20,7 @@ pub const BINCODE: bincode::config::Configuration<
     bincode::config::BigEndian,
     bincode::config::Varint,
     bincode::config::Limit<{ MAX_FRAME }>,
-> = bincode::config::standard()
-    .with_big_endian()
-    .with_limit::<{ MAX_FRAME }>();
+> = bincode::config::standard().with_big_endian().with_limit::<{ MAX_FRAME }>();
 
 /// The largest body of any kind.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
@@ -97,14 +95,9 @@ pub fn decode_body<T: Frame>(body: &[u8]) -> Result<T, FrameError> {
     let kind = *body.first().ok_or(FrameError::Empty)?;
     let limit = T::limit(kind).ok_or(FrameError::UnknownKind(kind))?;
     if body.len() > limit {
-        return Err(FrameError::TooLarge {
-            kind,
-            len: body.len(),
-            limit,
-        });
+        return Err(FrameError::TooLarge { kind, len: body.len(), limit });
     }
-    let (msg, used) =
-        bincode::decode_from_slice(body, BINCODE).map_err(|e| FrameError::Decode(e.to_string()))?;
+    let (msg, used) = bincode::decode_from_slice(body, BINCODE).map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(FrameError::TrailingBytes(body.len() - used));
     }
@@ -116,17 +109,11 @@ pub fn decode_all<T: Frame>(mut bytes: &[u8]) -> Result<Vec<T>, FrameError> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         if bytes.len() < 4 {
-            return Err(FrameError::Truncated {
-                expected: 4,
-                got: bytes.len(),
-            });
+            return Err(FrameError::Truncated { expected: 4, got: bytes.len() });
         }
         let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         check_header::<T>(len, bytes.get(4).copied())?;
-        let body = bytes.get(4..4 + len).ok_or(FrameError::Truncated {
-            expected: len,
-            got: bytes.len() - 4,
-        })?;
+        let body = bytes.get(4..4 + len).ok_or(FrameError::Truncated { expected: len, got: bytes.len() - 4 })?;
         out.push(decode_body(body)?);
         bytes = &bytes[4 + len..];
     }
@@ -156,10 +143,7 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(stream: R) -> Self {
-        FrameReader {
-            stream,
-            buf: BytesMut::with_capacity(16 * 1024),
-        }
+        FrameReader { stream, buf: BytesMut::with_capacity(16 * 1024) }
     }
 
     /// The next frame, `Ok(None)` at a clean end of stream.
@@ -171,24 +155,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 n if n >= 4 => {
                     let len = self.peek_len();
                     check_header::<T>(len, None)?;
-                    Err(FrameError::Truncated {
-                        expected: len,
-                        got: n - 4,
-                    })
+                    Err(FrameError::Truncated { expected: len, got: n - 4 })
                 }
-                n => Err(FrameError::Truncated {
-                    expected: 4,
-                    got: n,
-                }),
+                n => Err(FrameError::Truncated { expected: 4, got: n }),
             };
         }
         let len = self.peek_len();
         check_header::<T>(len, Some(self.buf[4]))?;
         if !self.fill(4 + len).await? {
-            return Err(FrameError::Truncated {
-                expected: len,
-                got: self.buf.len() - 4,
-            });
+            return Err(FrameError::Truncated { expected: len, got: self.buf.len() - 4 });
         }
         self.buf.advance(4);
         let body = self.buf.split_to(len);
@@ -234,11 +209,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_through_a_stream() {
-        let msgs = vec![
-            Message::Data(vec![1, 2, 3]),
-            Message::Data(vec![]),
-            Message::Data(vec![7; 5000]),
-        ];
+        let msgs = vec![Message::Data(vec![1, 2, 3]), Message::Data(vec![]), Message::Data(vec![7; 5000])];
         let mut wire = BytesMut::new();
         for m in &msgs {
             encode_into(m, &mut wire);
@@ -266,38 +237,20 @@ mod tests {
     async fn truncated_frame_is_an_error_not_an_end() {
         let wire = encode(&Message::Data(vec![9; 100]));
         let mut reader = FrameReader::new(&wire[..50]);
-        assert!(matches!(
-            reader.next::<Message>().await,
-            Err(FrameError::Truncated { .. })
-        ));
+        assert!(matches!(reader.next::<Message>().await, Err(FrameError::Truncated { .. })));
         let mut reader = FrameReader::new(&wire[..2]);
-        assert!(matches!(
-            reader.next::<Message>().await,
-            Err(FrameError::Truncated { .. })
-        ));
+        assert!(matches!(reader.next::<Message>().await, Err(FrameError::Truncated { .. })));
     }
 
     #[test]
     fn garbage_unknown_kind_and_trailing_bytes_are_errors() {
-        assert!(matches!(
-            decode_body::<Message>(&[250, 1, 2]),
-            Err(FrameError::UnknownKind(250))
-        ));
+        assert!(matches!(decode_body::<Message>(&[250, 1, 2]), Err(FrameError::UnknownKind(250))));
         let mut body = encode(&Message::Data(vec![1])).to_vec().split_off(4);
         body.push(0);
-        assert!(matches!(
-            decode_body::<Message>(&body),
-            Err(FrameError::TrailingBytes(1))
-        ));
+        assert!(matches!(decode_body::<Message>(&body), Err(FrameError::TrailingBytes(1))));
         // A Data whose claimed length exceeds the body.
-        assert!(matches!(
-            decode_body::<Message>(&[0, 200]),
-            Err(FrameError::Decode(_))
-        ));
-        assert!(matches!(
-            decode_body::<Message>(&[]),
-            Err(FrameError::Empty)
-        ));
+        assert!(matches!(decode_body::<Message>(&[0, 200]), Err(FrameError::Decode(_))));
+        assert!(matches!(decode_body::<Message>(&[]), Err(FrameError::Empty)));
     }
 
     #[test]

@@ -80,12 +80,7 @@ pub fn rank(addr: SocketAddr, id: NodeId) -> Rank {
         IpAddr::V4(v4) => (4, u128::from(u32::from(v4))),
         IpAddr::V6(v6) => (6, u128::from(v6)),
     };
-    Rank {
-        family,
-        ip,
-        port: addr.port(),
-        id,
-    }
+    Rank { family, ip, port: addr.port(), id }
 }
 
 /// Our role towards `peer`, or `None` when `peer` is ourselves.
@@ -139,20 +134,16 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             self.0 >> 11
         }
         fn addr(&mut self) -> SocketAddr {
             let port = (self.next() % 4) as u16 + 1;
             match self.next() % 3 {
                 0 => SocketAddr::new(IpAddr::V4((self.next() as u32 % 8).into()), port),
-                1 => SocketAddr::new(
-                    IpAddr::V6(std::net::Ipv4Addr::from(self.next() as u32 % 8).to_ipv6_mapped()),
-                    port,
-                ),
+                1 => {
+                    SocketAddr::new(IpAddr::V6(std::net::Ipv4Addr::from(self.next() as u32 % 8).to_ipv6_mapped()), port)
+                }
                 _ => SocketAddr::new(IpAddr::V6((self.next() as u128 % 8).into()), port),
             }
         }
@@ -175,9 +166,7 @@ mod tests {
     #[test]
     fn order_is_total_and_transitive() {
         let mut g = Lcg(11);
-        let mut v: Vec<Rank> = (0..500)
-            .map(|_| rank(g.addr(), id((g.next() % 200) as u8)))
-            .collect();
+        let mut v: Vec<Rank> = (0..500).map(|_| rank(g.addr(), id((g.next() % 200) as u8))).collect();
         v.sort();
         for w in v.windows(2) {
             assert!(w[0] <= w[1]);
@@ -187,56 +176,23 @@ mod tests {
     #[test]
     fn addresses_compare_as_numbers_not_text() {
         // As text "69.0.0.1" > "165.0.0.1"; as numbers 69 < 165.
-        assert_eq!(
-            role((sa("69.0.0.1:9"), id(9)), (sa("165.0.0.1:9"), id(1))),
-            Some(Role::Dial)
-        );
-        assert_eq!(
-            role((sa("10.0.0.9:1"), id(1)), (sa("10.0.0.10:1"), id(2))),
-            Some(Role::Dial)
-        );
-        assert_eq!(
-            role(
-                (sa("127.0.0.2:24100"), id(1)),
-                (sa("127.0.0.10:24100"), id(2))
-            ),
-            Some(Role::Dial)
-        );
+        assert_eq!(role((sa("69.0.0.1:9"), id(9)), (sa("165.0.0.1:9"), id(1))), Some(Role::Dial));
+        assert_eq!(role((sa("10.0.0.9:1"), id(1)), (sa("10.0.0.10:1"), id(2))), Some(Role::Dial));
+        assert_eq!(role((sa("127.0.0.2:24100"), id(1)), (sa("127.0.0.10:24100"), id(2))), Some(Role::Dial));
     }
 
     #[test]
     fn port_then_id_break_ties() {
-        assert_eq!(
-            role(
-                (sa("127.0.0.1:9000"), id(9)),
-                (sa("127.0.0.1:10000"), id(1))
-            ),
-            Some(Role::Dial)
-        );
-        assert_eq!(
-            role((sa("127.0.0.1:9000"), id(1)), (sa("127.0.0.1:9000"), id(2))),
-            Some(Role::Dial)
-        );
-        assert_eq!(
-            role((sa("127.0.0.1:9000"), id(2)), (sa("127.0.0.1:9000"), id(1))),
-            Some(Role::Wait)
-        );
+        assert_eq!(role((sa("127.0.0.1:9000"), id(9)), (sa("127.0.0.1:10000"), id(1))), Some(Role::Dial));
+        assert_eq!(role((sa("127.0.0.1:9000"), id(1)), (sa("127.0.0.1:9000"), id(2))), Some(Role::Dial));
+        assert_eq!(role((sa("127.0.0.1:9000"), id(2)), (sa("127.0.0.1:9000"), id(1))), Some(Role::Wait));
     }
 
     #[test]
     fn ipv4_mapped_is_ipv4_and_ipv4_precedes_ipv6() {
-        assert_eq!(
-            rank(sa("[::ffff:10.0.0.1]:5"), id(1)),
-            rank(sa("10.0.0.1:5"), id(1))
-        );
-        assert_eq!(
-            role((sa("255.255.255.255:1"), id(1)), (sa("[::1]:1"), id(2))),
-            Some(Role::Dial)
-        );
-        assert_eq!(
-            role((sa("[::ffff:200.0.0.1]:1"), id(1)), (sa("[::1]:1"), id(2))),
-            Some(Role::Dial)
-        );
+        assert_eq!(rank(sa("[::ffff:10.0.0.1]:5"), id(1)), rank(sa("10.0.0.1:5"), id(1)));
+        assert_eq!(role((sa("255.255.255.255:1"), id(1)), (sa("[::1]:1"), id(2))), Some(Role::Dial));
+        assert_eq!(role((sa("[::ffff:200.0.0.1]:1"), id(1)), (sa("[::1]:1"), id(2))), Some(Role::Dial));
     }
 
     #[test]
@@ -244,22 +200,13 @@ mod tests {
         // The rule is only ever fed network-file addresses; 0.0.0.0 would rank lowest
         // of all and make the node dial everyone.
         let configured = sa("165.0.0.1:24100");
-        assert_eq!(
-            role((configured, id(1)), (sa("69.0.0.1:24100"), id(2))),
-            Some(Role::Wait)
-        );
-        assert_eq!(
-            role((sa("0.0.0.0:24100"), id(1)), (sa("69.0.0.1:24100"), id(2))),
-            Some(Role::Dial)
-        );
+        assert_eq!(role((configured, id(1)), (sa("69.0.0.1:24100"), id(2))), Some(Role::Wait));
+        assert_eq!(role((sa("0.0.0.0:24100"), id(1)), (sa("69.0.0.1:24100"), id(2))), Some(Role::Dial));
     }
 
     #[test]
     fn never_dials_itself() {
-        assert_eq!(
-            role((sa("127.0.0.1:1"), id(1)), (sa("127.0.0.2:1"), id(1))),
-            None
-        );
+        assert_eq!(role((sa("127.0.0.1:1"), id(1)), (sa("127.0.0.2:1"), id(1))), None);
     }
 
     #[test]
@@ -271,23 +218,11 @@ mod tests {
         for e_dir in [Inbound, Outbound] {
             for n_dir in [Inbound, Outbound] {
                 for same_life in [true, false] {
-                    let e = ConnFacts {
-                        direction: e_dir,
-                        peer_incarnation: 1,
-                    };
-                    let n = ConnFacts {
-                        direction: n_dir,
-                        peer_incarnation: if same_life { 1 } else { 2 },
-                    };
+                    let e = ConnFacts { direction: e_dir, peer_incarnation: 1 };
+                    let n = ConnFacts { direction: n_dir, peer_incarnation: if same_life { 1 } else { 2 } };
                     let here = new_wins(Role::Dial, e, n);
-                    let e2 = ConnFacts {
-                        direction: flip(e_dir),
-                        peer_incarnation: 5,
-                    };
-                    let n2 = ConnFacts {
-                        direction: flip(n_dir),
-                        peer_incarnation: 5,
-                    };
+                    let e2 = ConnFacts { direction: flip(e_dir), peer_incarnation: 5 };
+                    let n2 = ConnFacts { direction: flip(n_dir), peer_incarnation: 5 };
                     if same_life && e_dir != n_dir {
                         assert_eq!(here, new_wins(Role::Wait, e2, n2), "{e_dir:?}/{n_dir:?}");
                         assert_eq!(here, n_dir == Outbound, "the dialer's connection is kept");

@@ -12,10 +12,7 @@ use super::tls::{self, RefusalLog, TlsError};
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     #[error("cannot bind UDP {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("transport setting out of range: {0}")]
@@ -28,8 +25,7 @@ pub enum EndpointError {
 pub fn transport_config(t: &Transport) -> Result<Arc<quinn::TransportConfig>, EndpointError> {
     let mut cfg = quinn::TransportConfig::default();
     cfg.keep_alive_interval(Some(t.keepalive));
-    let idle = quinn::IdleTimeout::try_from(t.idle_timeout)
-        .map_err(|e| EndpointError::Setting(e.to_string()))?;
+    let idle = quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|e| EndpointError::Setting(e.to_string()))?;
     cfg.max_idle_timeout(Some(idle));
     cfg.max_concurrent_uni_streams(1u32.into());
     cfg.max_concurrent_bidi_streams(16u32.into());
@@ -47,29 +43,14 @@ pub fn bind(
     transport: Arc<quinn::TransportConfig>,
     refusals: Arc<RefusalLog>,
 ) -> Result<quinn::Endpoint, EndpointError> {
-    let reset_key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &identity.derive_secret(b"masternode quic stateless reset"),
-    );
+    let reset_key =
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &identity.derive_secret(b"masternode quic stateless reset"));
     let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(
-        identity, members, refusals,
-    )?));
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity, members, refusals)?));
     server.transport_config(transport);
-    let socket = std::net::UdpSocket::bind(listen).map_err(|source| EndpointError::Bind {
-        addr: listen,
-        source,
-    })?;
-    quinn::Endpoint::new(
-        endpoint_config,
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|source| EndpointError::Bind {
-        addr: listen,
-        source,
-    })
+    let socket = std::net::UdpSocket::bind(listen).map_err(|source| EndpointError::Bind { addr: listen, source })?;
+    quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| EndpointError::Bind { addr: listen, source })
 }
 
 /// Client configuration for dialling `peer`, pinned to its key.

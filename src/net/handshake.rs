@@ -160,22 +160,12 @@ impl HandshakeError {
 /// Returns the peer's `Intro`. The caller bounds it with the handshake deadline;
 /// dropping it drops the stream, which is all the cleanup a cancelled handshake
 /// needs.
-pub async fn dial(
-    conn: &quinn::Connection,
-    ours: &Intro,
-    expect: &Expect<'_>,
-) -> Result<Intro, HandshakeError> {
+pub async fn dial(conn: &quinn::Connection, ours: &Intro, expect: &Expect<'_>) -> Result<Intro, HandshakeError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     let frame = codec::encode(&HandshakeMsg::Hello(ours.clone()));
-    send.write_all(&frame)
-        .await
-        .map_err(|e| stream_error(conn, e))?;
-    send.finish()
-        .map_err(|e| HandshakeError::Stream(e.to_string()))?;
-    let bytes = recv
-        .read_to_end(HANDSHAKE_LIMIT + 4)
-        .await
-        .map_err(|e| stream_error(conn, e))?;
+    send.write_all(&frame).await.map_err(|e| stream_error(conn, e))?;
+    send.finish().map_err(|e| HandshakeError::Stream(e.to_string()))?;
+    let bytes = recv.read_to_end(HANDSHAKE_LIMIT + 4).await.map_err(|e| stream_error(conn, e))?;
     match decode_one(&bytes)? {
         HandshakeMsg::Welcome(theirs) => {
             if let Err(reason) = check_intro(&theirs, expect) {
@@ -192,25 +182,16 @@ pub async fn dial(
 /// Acceptor side: reads `Hello`, answers `Welcome` or `Reject`.
 /// On a rejection it closes the connection itself, after giving the dialer a moment
 /// to read the `Reject` frame and close first.
-pub async fn accept(
-    conn: &quinn::Connection,
-    ours: &Intro,
-    expect: &Expect<'_>,
-) -> Result<Intro, HandshakeError> {
+pub async fn accept(conn: &quinn::Connection, ours: &Intro, expect: &Expect<'_>) -> Result<Intro, HandshakeError> {
     let (mut send, mut recv) = conn.accept_bi().await?;
-    let bytes = recv
-        .read_to_end(HANDSHAKE_LIMIT + 4)
-        .await
-        .map_err(|e| stream_error(conn, e))?;
+    let bytes = recv.read_to_end(HANDSHAKE_LIMIT + 4).await.map_err(|e| stream_error(conn, e))?;
     let theirs = match decode_one(&bytes) {
         Ok(HandshakeMsg::Hello(intro)) => intro,
         Ok(_) => return Err(HandshakeError::Unexpected),
         Err(HandshakeError::Frame(e)) if looks_like_other_version(&bytes) => {
             tracing::trace!("undecodable hello of another version: {e}");
             reject(conn, &mut send, RejectReason::UnsupportedVersion).await;
-            return Err(HandshakeError::RejectedPeer(
-                RejectReason::UnsupportedVersion,
-            ));
+            return Err(HandshakeError::RejectedPeer(RejectReason::UnsupportedVersion));
         }
         Err(e) => return Err(e),
     };
@@ -222,11 +203,8 @@ pub async fn accept(
         return Err(HandshakeError::RejectedPeer(reason));
     }
     let frame = codec::encode(&HandshakeMsg::Welcome(ours.clone()));
-    send.write_all(&frame)
-        .await
-        .map_err(|e| stream_error(conn, e))?;
-    send.finish()
-        .map_err(|e| HandshakeError::Stream(e.to_string()))?;
+    send.write_all(&frame).await.map_err(|e| stream_error(conn, e))?;
+    send.finish().map_err(|e| HandshakeError::Stream(e.to_string()))?;
     Ok(theirs)
 }
 
@@ -269,9 +247,7 @@ fn stream_error(conn: &quinn::Connection, e: impl std::fmt::Display) -> Handshak
 /// The reject reason a peer put in its close, if it closed with one.
 pub fn rejection_in(err: &quinn::ConnectionError) -> Option<RejectReason> {
     match err {
-        quinn::ConnectionError::ApplicationClosed(ac)
-            if ac.error_code == close::REJECTED.into() =>
-        {
+        quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::REJECTED.into() => {
             RejectReason::from_name(std::str::from_utf8(&ac.reason).ok()?)
         }
         _ => None,
@@ -298,25 +274,13 @@ mod tests {
     #[test]
     fn check_intro_gives_each_typed_reason() {
         let members = |id: &NodeId| id.0[0] < 5;
-        let expect = Expect {
-            network_id: [7; 32],
-            version: PROTOCOL_VERSION,
-            tls_key: NodeId([1; 32]),
-            is_member: &members,
-        };
+        let expect =
+            Expect { network_id: [7; 32], version: PROTOCOL_VERSION, tls_key: NodeId([1; 32]), is_member: &members };
         type Tweak = Box<dyn Fn(&mut Intro, &mut Expect)>;
         let cases: Vec<(&str, Tweak, Result<(), RejectReason>)> = vec![
             ("a matching hello is accepted", Box::new(|_, _| {}), Ok(())),
-            (
-                "another network id",
-                Box::new(|i, _| i.network_id = [8; 32]),
-                Err(RejectReason::WrongNetwork),
-            ),
-            (
-                "another version",
-                Box::new(|i, _| i.version = 2),
-                Err(RejectReason::UnsupportedVersion),
-            ),
+            ("another network id", Box::new(|i, _| i.network_id = [8; 32]), Err(RejectReason::WrongNetwork)),
+            ("another version", Box::new(|i, _| i.version = 2), Err(RejectReason::UnsupportedVersion)),
             (
                 "claims a key TLS did not prove",
                 Box::new(|i, _| i.node_id = NodeId([2; 32])),
@@ -341,11 +305,9 @@ mod tests {
 
     #[test]
     fn handshake_messages_round_trip_and_fit_their_limit() {
-        for m in [
-            HandshakeMsg::Hello(intro()),
-            HandshakeMsg::Welcome(intro()),
-            HandshakeMsg::Reject(RejectReason::NotInSet),
-        ] {
+        for m in
+            [HandshakeMsg::Hello(intro()), HandshakeMsg::Welcome(intro()), HandshakeMsg::Reject(RejectReason::NotInSet)]
+        {
             let bytes = codec::encode(&m);
             assert!(bytes.len() < HANDSHAKE_LIMIT);
             assert_eq!(decode_one(&bytes).unwrap(), m);

@@ -28,9 +28,7 @@ use super::close;
 use super::codec::{self, Frame};
 use super::direction::{self, ConnFacts, Direction, Role};
 use super::endpoint::{self, EndpointError};
-use super::handshake::{
-    self, Expect, HandshakeError, Intro, RejectReason, Tip, MAGIC, PROTOCOL_VERSION,
-};
+use super::handshake::{self, Expect, HandshakeError, Intro, RejectReason, Tip, MAGIC, PROTOCOL_VERSION};
 use super::message::Message;
 use super::peer;
 use super::tls::{self, RefusalLog};
@@ -216,14 +214,8 @@ impl Peers {
         let frame = encode_checked(msg)?;
         let queue = self.shared.table().get(&to).map(|h| h.frames.clone());
         let queue = queue.ok_or(SendError::NotConnected(to))?;
-        queue
-            .send(frame)
-            .await
-            .map_err(|_| SendError::NotConnected(to))?;
-        self.shared
-            .counters
-            .frames_sent
-            .fetch_add(1, Ordering::Relaxed);
+        queue.send(frame).await.map_err(|_| SendError::NotConnected(to))?;
+        self.shared.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -231,22 +223,14 @@ impl Peers {
     /// of peers it was queued for.
     pub async fn broadcast(&self, msg: &Message) -> Result<usize, SendError> {
         let frame = encode_checked(msg)?;
-        let queues: Vec<_> = self
-            .shared
-            .table()
-            .values()
-            .map(|h| h.frames.clone())
-            .collect();
+        let queues: Vec<_> = self.shared.table().values().map(|h| h.frames.clone()).collect();
         let mut sent = 0;
         for q in queues {
             if q.send(frame.clone()).await.is_ok() {
                 sent += 1;
             }
         }
-        self.shared
-            .counters
-            .frames_sent
-            .fetch_add(sent as u64, Ordering::Relaxed);
+        self.shared.counters.frames_sent.fetch_add(sent as u64, Ordering::Relaxed);
         Ok(sent)
     }
 
@@ -307,9 +291,7 @@ impl Peers {
     /// Closes every connection with the shutdown code and waits (bounded) for the
     /// peers to acknowledge.
     pub async fn close_all(&self, wait: Duration) {
-        self.shared
-            .endpoint
-            .close(close::SHUTDOWN.into(), b"shutdown");
+        self.shared.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
         let _ = tokio::time::timeout(wait, self.shared.endpoint.wait_idle()).await;
     }
 }
@@ -318,32 +300,16 @@ fn encode_checked(msg: &Message) -> Result<Bytes, SendError> {
     let frame = codec::encode(msg);
     let limit = Message::limit(msg.kind()).unwrap_or(0);
     if frame.len() - 4 > limit {
-        return Err(SendError::TooLarge {
-            len: frame.len() - 4,
-            limit,
-        });
+        return Err(SendError::TooLarge { len: frame.len() - 4, limit });
     }
     Ok(frame)
 }
 
 pub(crate) enum Cmd {
-    Dialed {
-        peer: NodeId,
-        result: Result<(quinn::Connection, Intro), DialError>,
-    },
-    Accepted {
-        conn: quinn::Connection,
-        intro: Intro,
-    },
-    InboundFailed {
-        peer: Option<NodeId>,
-        error: HandshakeError,
-    },
-    Closed {
-        peer: NodeId,
-        conn_id: u64,
-        error: quinn::ConnectionError,
-    },
+    Dialed { peer: NodeId, result: Result<(quinn::Connection, Intro), DialError> },
+    Accepted { conn: quinn::Connection, intro: Intro },
+    InboundFailed { peer: Option<NodeId>, error: HandshakeError },
+    Closed { peer: NodeId, conn_id: u64, error: quinn::ConnectionError },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -399,23 +365,11 @@ pub fn start(
     tracker: &TaskTracker,
 ) -> Result<(Peers, Inbound), EndpointError> {
     let me = cfg.identity.id();
-    let members: Arc<HashSet<NodeId>> =
-        Arc::new(cfg.network.members.iter().map(|m| m.id).collect());
+    let members: Arc<HashSet<NodeId>> = Arc::new(cfg.network.members.iter().map(|m| m.id).collect());
     let transport = endpoint::transport_config(&cfg.transport)?;
     let refusals = Arc::new(RefusalLog::default());
-    let endpoint = endpoint::bind(
-        cfg.listen,
-        &cfg.identity,
-        members,
-        transport.clone(),
-        refusals.clone(),
-    )?;
-    let local_addr = endpoint
-        .local_addr()
-        .map_err(|source| EndpointError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+    let endpoint = endpoint::bind(cfg.listen, &cfg.identity, members, transport.clone(), refusals.clone())?;
+    let local_addr = endpoint.local_addr().map_err(|source| EndpointError::Bind { addr: cfg.listen, source })?;
 
     let mut slots = HashMap::new();
     let mut seed = random_u64();
@@ -483,9 +437,7 @@ fn random_u64() -> u64 {
     // The system RNG failing is not recoverable and not worth a panic either: fall
     // back to the clock, which is unique enough for an incarnation number.
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         return t.as_nanos() as u64;
     }
     u64::from_le_bytes(b)
@@ -531,9 +483,7 @@ impl Slot {
     fn note_failure(&mut self, what: &str, retry: Option<Duration>) {
         self.failures += 1;
         if self.failures.is_power_of_two() {
-            let retry = retry
-                .map(|d| format!("; retry in {} ms", d.as_millis()))
-                .unwrap_or_default();
+            let retry = retry.map(|d| format!("; retry in {} ms", d.as_millis())).unwrap_or_default();
             tracing::warn!(
                 peer = %self.member.id.short(),
                 addr = %self.member.addr,
@@ -582,11 +532,7 @@ impl Manager {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        self.slots
-            .values()
-            .filter(|s| s.active.is_none() && !s.dialing)
-            .filter_map(|s| s.next_dial)
-            .min()
+        self.slots.values().filter(|s| s.active.is_none() && !s.dialing).filter_map(|s| s.next_dial).min()
     }
 
     fn handle_timers(&mut self) {
@@ -626,23 +572,13 @@ impl Manager {
     fn handle_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Dialed { peer, result } => self.handle_dialed(peer, result),
-            Cmd::Accepted { conn, intro } => {
-                self.handle_established(conn, Direction::Inbound, intro)
-            }
+            Cmd::Accepted { conn, intro } => self.handle_established(conn, Direction::Inbound, intro),
             Cmd::InboundFailed { peer, error } => self.handle_inbound_failed(peer, error),
-            Cmd::Closed {
-                peer,
-                conn_id,
-                error,
-            } => self.handle_closed(peer, conn_id, error),
+            Cmd::Closed { peer, conn_id, error } => self.handle_closed(peer, conn_id, error),
         }
     }
 
-    fn handle_dialed(
-        &mut self,
-        peer: NodeId,
-        result: Result<(quinn::Connection, Intro), DialError>,
-    ) {
+    fn handle_dialed(&mut self, peer: NodeId, result: Result<(quinn::Connection, Intro), DialError>) {
         if let Some(slot) = self.slots.get_mut(&peer) {
             slot.dialing = false;
         }
@@ -675,15 +611,8 @@ impl Manager {
             tracing::debug!(peer = %peer.short(), "dial failed while connected inbound: {error}");
             return;
         }
-        let duplicate = matches!(
-            &error,
-            DialError::Handshake(HandshakeError::RejectedByPeer(RejectReason::Duplicate))
-        );
-        let delay = if duplicate {
-            DUPLICATE_RETRY
-        } else {
-            slot.backoff.next_delay()
-        };
+        let duplicate = matches!(&error, DialError::Handshake(HandshakeError::RejectedByPeer(RejectReason::Duplicate)));
+        let delay = if duplicate { DUPLICATE_RETRY } else { slot.backoff.next_delay() };
         slot.next_dial = Some(Instant::now() + delay);
         if duplicate {
             tracing::debug!(peer = %peer.short(), "peer holds another connection with us; retrying shortly");
@@ -725,30 +654,18 @@ impl Manager {
             conn.close(close::PROTOCOL.into(), b"not a peer");
             return;
         };
-        self.shared
-            .counters
-            .handshakes_ok
-            .fetch_add(1, Ordering::Relaxed);
-        let facts = ConnFacts {
-            direction,
-            peer_incarnation: intro.incarnation,
-        };
+        self.shared.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+        let facts = ConnFacts { direction, peer_incarnation: intro.incarnation };
         if let Some(active) = &slot.active {
             if !direction::new_wins(slot.role, active.facts, facts) {
                 tracing::debug!(peer = %peer.short(), ?direction, "closing duplicate connection; keeping the existing one");
                 conn.close(close::DUPLICATE.into(), b"duplicate");
-                self.shared
-                    .counters
-                    .duplicates_closed
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             tracing::debug!(peer = %peer.short(), ?direction, "new connection replaces the existing one");
             active.conn.close(close::DUPLICATE.into(), b"duplicate");
-            self.shared
-                .counters
-                .duplicates_closed
-                .fetch_add(1, Ordering::Relaxed);
+            self.shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
         }
         let replaced = slot.active.is_some();
         let conn_id = self.next_conn_id;
@@ -777,24 +694,13 @@ impl Manager {
             frames: frames_tx,
         };
         self.shared.table_mut().insert(peer, handle);
-        peer::spawn(
-            &self.tracker,
-            conn,
-            peer,
-            conn_id,
-            frames_rx,
-            self.shared.clone(),
-            self.cmd_tx.clone(),
-        );
+        peer::spawn(&self.tracker, conn, peer, conn_id, frames_rx, self.shared.clone(), self.cmd_tx.clone());
         if !replaced {
             tracing::info!(peer = %peer.short(), addr = %slot.member.addr, direction = direction.as_str(), "peer connected");
             self.shared.active.send_modify(|set| {
                 set.insert(peer);
             });
-            let _ = self.shared.events.send(PeerEvent::Up {
-                id: peer,
-                direction,
-            });
+            let _ = self.shared.events.send(PeerEvent::Up { id: peer, direction });
         }
     }
 
@@ -823,7 +729,8 @@ impl Manager {
         if uptime >= RESET_AFTER {
             slot.backoff.reset();
         }
-        let by_duplicate = matches!(&error, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::DUPLICATE.into());
+        let by_duplicate =
+            matches!(&error, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::DUPLICATE.into());
         let now = Instant::now();
         let next = if by_duplicate {
             match slot.role {
@@ -868,24 +775,12 @@ async fn dial(
     let me = hs.me;
     let is_member = |id: &NodeId| *id != me && hs.network.is_member(id);
     // The certificate was pinned to `peer`; the Welcome must name the same key.
-    let expect = Expect {
-        network_id: hs.network.id,
-        version: PROTOCOL_VERSION,
-        tls_key: peer,
-        is_member: &is_member,
-    };
+    let expect = Expect { network_id: hs.network.id, version: PROTOCOL_VERSION, tls_key: peer, is_member: &is_member };
     match timeout_at(deadline, handshake::dial(&conn, &hs.intro(), &expect)).await {
         Ok(Ok(intro)) => Ok((conn, intro)),
         Ok(Err(e)) => {
-            let code = if e.reject_reason().is_some() {
-                close::REJECTED
-            } else {
-                close::PROTOCOL
-            };
-            let reason = e
-                .reject_reason()
-                .map(|r| r.as_str())
-                .unwrap_or("handshake failed");
+            let code = if e.reject_reason().is_some() { close::REJECTED } else { close::PROTOCOL };
+            let reason = e.reject_reason().map(|r| r.as_str()).unwrap_or("handshake failed");
             conn.close(code.into(), reason.as_bytes());
             Err(e.into())
         }
@@ -946,12 +841,7 @@ async fn accept(
     };
     let me = hs.me;
     let is_member = |id: &NodeId| *id != me && hs.network.is_member(id);
-    let expect = Expect {
-        network_id: hs.network.id,
-        version: PROTOCOL_VERSION,
-        tls_key,
-        is_member: &is_member,
-    };
+    let expect = Expect { network_id: hs.network.id, version: PROTOCOL_VERSION, tls_key, is_member: &is_member };
     match timeout_at(deadline, handshake::accept(&conn, &hs.intro(), &expect)).await {
         Ok(Ok(intro)) => Ok((conn, intro)),
         Ok(Err(e)) => {

@@ -33,8 +33,7 @@ pub mod tls;
 
 pub use direction::Direction;
 pub use manager::{
-    start, Inbound, InboundRequest, NetConfig, PeerEvent, PeerInfo, Peers, RequestError, SendError,
-    TestHooks,
+    start, Inbound, InboundRequest, NetConfig, PeerEvent, PeerInfo, Peers, RequestError, SendError, TestHooks,
 };
 pub use message::Message;
 

@@ -39,13 +39,7 @@ pub(crate) fn spawn(
     tracker.spawn(async move {
         let error = conn.closed().await;
         // The manager is gone only when the node is shutting down.
-        let _ = manager
-            .send(Cmd::Closed {
-                peer,
-                conn_id,
-                error,
-            })
-            .await;
+        let _ = manager.send(Cmd::Closed { peer, conn_id, error }).await;
     });
 }
 
@@ -87,10 +81,7 @@ async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
     loop {
         match reader.next::<Message>().await {
             Ok(Some(msg)) => {
-                shared
-                    .counters
-                    .frames_received
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.counters.frames_received.fetch_add(1, Ordering::Relaxed);
                 if shared.inbound.send((peer, msg)).await.is_err() {
                     return;
                 }
@@ -113,12 +104,7 @@ fn reject_frame(conn: &quinn::Connection, peer: NodeId, e: &FrameError, shared: 
     conn.close(e.close_code().into(), e.to_string().as_bytes());
 }
 
-async fn serve_requests(
-    conn: quinn::Connection,
-    peer: NodeId,
-    shared: Arc<Shared>,
-    tracker: TaskTracker,
-) {
+async fn serve_requests(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>, tracker: TaskTracker) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         tracker.spawn(serve_one(conn.clone(), peer, send, recv, shared.clone()));
     }
@@ -137,11 +123,7 @@ async fn serve_one(
     let bytes = match tokio::time::timeout(timeout, recv.read_to_end(MAX_FRAME + 4)).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(quinn::ReadToEndError::TooLong)) => {
-            let e = FrameError::TooLarge {
-                kind: 0,
-                len: MAX_FRAME + 1,
-                limit: MAX_FRAME,
-            };
+            let e = FrameError::TooLarge { kind: 0, len: MAX_FRAME + 1, limit: MAX_FRAME };
             reject_frame(&conn, peer, &e, &shared);
             return;
         }
@@ -159,16 +141,7 @@ async fn serve_one(
         }
     };
     let (reply, answer) = oneshot::channel();
-    if shared
-        .requests
-        .send(InboundRequest {
-            from: peer,
-            message: request,
-            reply,
-        })
-        .await
-        .is_err()
-    {
+    if shared.requests.send(InboundRequest { from: peer, message: request, reply }).await.is_err() {
         return;
     }
     match tokio::time::timeout(timeout, answer).await {
@@ -202,23 +175,12 @@ pub(crate) async fn request(
 ) -> Result<Message, super::RequestError> {
     use super::RequestError;
     let exchange = async {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| RequestError::Connection(e.to_string()))?;
-        send.write_all(&frame)
-            .await
-            .map_err(|e| RequestError::Stream(e.to_string()))?;
-        send.finish()
-            .map_err(|e| RequestError::Stream(e.to_string()))?;
-        let bytes = recv
-            .read_to_end(MAX_FRAME + 4)
-            .await
-            .map_err(|e| RequestError::Stream(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| RequestError::Connection(e.to_string()))?;
+        send.write_all(&frame).await.map_err(|e| RequestError::Stream(e.to_string()))?;
+        send.finish().map_err(|e| RequestError::Stream(e.to_string()))?;
+        let bytes = recv.read_to_end(MAX_FRAME + 4).await.map_err(|e| RequestError::Stream(e.to_string()))?;
         decode_single(&bytes).map_err(RequestError::Frame)
     };
     // Dropping the exchange on timeout drops both stream halves with it.
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| RequestError::Timeout(timeout))?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| RequestError::Timeout(timeout))?
 }

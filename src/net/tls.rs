@@ -59,10 +59,7 @@ impl RefusalLog {
         *count += 1;
         let now = Instant::now();
         if last.is_none_or(|t| now.duration_since(t) >= Self::PERIOD) {
-            tracing::warn!(
-                "refused at TLS: {what} ({} refusal(s) since the last report)",
-                *count
-            );
+            tracing::warn!("refused at TLS: {what} ({} refusal(s) since the last report)", *count);
             *count = 0;
             *last = Some(now);
         }
@@ -98,17 +95,12 @@ impl ClientCertVerifier for MemberClientVerifier {
         match cert_node_id(end_entity) {
             Some(id) if self.members.contains(&id) => Ok(ClientCertVerified::assertion()),
             Some(id) => {
-                self.refusals
-                    .record(&format!("client key {} is not a masternode", id.short()));
-                Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::UnknownIssuer,
-                ))
+                self.refusals.record(&format!("client key {} is not a masternode", id.short()));
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
             }
             None => {
                 self.refusals.record("client certificate is not ed25519");
-                Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::BadEncoding,
-                ))
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
             }
         }
     }
@@ -119,9 +111,7 @@ impl ClientCertVerifier for MemberClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
     }
 
     fn verify_tls13_signature(
@@ -155,12 +145,8 @@ impl ServerCertVerifier for PinnedServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         match cert_node_id(end_entity) {
             Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
-            Some(_) => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            )),
-            None => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::BadEncoding,
-            )),
+            Some(_) => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
         }
     }
 
@@ -170,9 +156,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
     }
 
     fn verify_tls13_signature(
@@ -197,11 +181,7 @@ pub fn server_crypto(
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
-    let verifier = MemberClientVerifier {
-        members,
-        algs,
-        refusals,
-    };
+    let verifier = MemberClientVerifier { members, algs, refusals };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -209,8 +189,7 @@ pub fn server_crypto(
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
-    quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
-        .map_err(|e| TlsError::Quic(e.to_string()))
+    quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
 }
 
 /// rustls client configuration for dialling the member `expected` and nobody else.
@@ -227,8 +206,7 @@ pub fn client_crypto(
         .with_client_auth_cert(vec![identity.cert_der()], identity.key_der())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.resumption = rustls::client::Resumption::disabled();
-    quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
-        .map_err(|e| TlsError::Quic(e.to_string()))
+    quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
 }
 
 /// The member key a connection's peer proved at TLS.

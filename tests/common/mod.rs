@@ -46,6 +46,8 @@ pub fn fast_transport() -> Transport {
 /// Identities and addresses of a test network; node i (0-based) is at .(i+1).
 pub struct Spec {
     pub net: [u8; 2],
+    /// Node i keeps its chain in `dir/node{i}`.
+    pub dir: tempfile::TempDir,
     pub ids: Vec<Arc<Identity>>,
     pub members: Vec<Member>,
     pub name: String,
@@ -54,23 +56,10 @@ pub struct Spec {
 impl Spec {
     pub fn new(n: usize) -> Spec {
         let net = subnet();
-        let ids: Vec<_> = (0..n)
-            .map(|_| Arc::new(Identity::generate().unwrap()))
-            .collect();
-        let members = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| Member {
-                id: id.id(),
-                addr: addr(net, i as u8 + 1),
-            })
-            .collect();
-        Spec {
-            net,
-            ids,
-            members,
-            name: "test".into(),
-        }
+        let ids: Vec<_> = (0..n).map(|_| Arc::new(Identity::generate().unwrap())).collect();
+        let members =
+            ids.iter().enumerate().map(|(i, id)| Member { id: id.id(), addr: addr(net, i as u8 + 1) }).collect();
+        Spec { net, dir: tempfile::tempdir().unwrap(), ids, members, name: "test".into() }
     }
 
     pub fn network(&self) -> Network {
@@ -92,10 +81,8 @@ impl Spec {
 
     /// The node config for node `i` with this network, not started.
     pub fn config(&self, i: usize, network: Network, transport: Transport) -> NodeConfig {
-        let identity = Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(
-            &self.ids[i].secret_seed(),
-        ))
-        .unwrap();
+        let identity =
+            Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&self.ids[i].secret_seed())).unwrap();
         let listen = self.addr(i);
         let admin = SocketAddr::new(listen.ip(), 0);
         NodeConfig::assemble(
@@ -104,28 +91,23 @@ impl Spec {
             identity,
             listen,
             admin,
-            PathBuf::from("unused"),
+            self.data_dir(i),
             transport,
         )
         .unwrap()
     }
 
-    pub async fn start(&self, i: usize, transport: Transport) -> Node {
-        self.start_with(i, self.network(), transport, TestHooks::default())
-            .await
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
     }
 
-    pub async fn start_with(
-        &self,
-        i: usize,
-        network: Network,
-        transport: Transport,
-        hooks: TestHooks,
-    ) -> Node {
+    pub async fn start(&self, i: usize, transport: Transport) -> Node {
+        self.start_with(i, self.network(), transport, TestHooks::default()).await
+    }
+
+    pub async fn start_with(&self, i: usize, network: Network, transport: Transport, hooks: TestHooks) -> Node {
         let cfg = self.config(i, network, transport);
-        Node::start(cfg, NodeOptions { hooks }, CancellationToken::new())
-            .await
-            .unwrap()
+        Node::start(cfg, NodeOptions { hooks }, CancellationToken::new()).await.unwrap()
     }
 
     /// The transport alone, with its inbound channels in the test's hands.
@@ -152,11 +134,7 @@ impl Spec {
 }
 
 /// Polls `check` every 50 ms until it returns true or `deadline` passes.
-pub async fn eventually(
-    what: &str,
-    deadline: Duration,
-    mut check: impl FnMut() -> bool,
-) -> Duration {
+pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     loop {
         if check() {
@@ -177,20 +155,14 @@ pub fn assert_full_mesh(spec: &Spec, nodes: &[&Node]) {
         assert_eq!(peers.len(), nodes.len() - 1, "node {i} peers: {peers:?}");
         for p in &peers {
             let j = spec.members.iter().position(|m| m.id == p.id).unwrap();
-            let want = if spec.addr(i) < spec.addr(j) {
-                net::Direction::Outbound
-            } else {
-                net::Direction::Inbound
-            };
+            let want = if spec.addr(i) < spec.addr(j) { net::Direction::Outbound } else { net::Direction::Inbound };
             assert_eq!(p.direction, want, "node {i} to node {j}");
         }
     }
 }
 
 pub fn mesh_complete(nodes: &[&Node]) -> bool {
-    nodes
-        .iter()
-        .all(|n| n.peers().peers().len() == nodes.len() - 1)
+    nodes.iter().all(|n| n.peers().peers().len() == nodes.len() - 1)
 }
 
 pub fn counter(a: &std::sync::atomic::AtomicU64) -> u64 {

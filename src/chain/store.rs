@@ -1,0 +1,178 @@
+//! The chain on disk, in fjall: blocks and their certificates by height, and meta
+//! (the tip, the last signed vote).
+//!
+//! Every write that matters is followed by a journal fsync (`PersistMode::SyncAll`)
+//! before the call returns: a block is durable before the node reports it committed,
+//! and a signature record is durable before the vote leaves the node. The calls
+//! block; the async side runs them on the blocking pool.
+
+use std::path::Path;
+
+use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+
+use super::block::{Block, Hash, Height};
+use super::vote::{Certificate, Committed, SignRecord};
+use crate::net::codec::BINCODE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Fjall(#[from] fjall::Error),
+    #[error("storage holds a record that does not decode ({what}): {reason}")]
+    Corrupt { what: &'static str, reason: String },
+    #[error("block {got} does not follow the tip {tip}")]
+    NotNext { got: Height, tip: Height },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    keyspace: Keyspace,
+    blocks: PartitionHandle,
+    certs: PartitionHandle,
+    meta: PartitionHandle,
+}
+
+/// The stored tip: height, hash and timestamp of the last committed block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct TipRecord {
+    pub height: Height,
+    pub hash: Hash,
+    pub timestamp_ms: u64,
+}
+
+const TIP: &str = "tip";
+const LAST_SIGNED: &str = "last_signed";
+
+fn encode<T: bincode::Encode>(v: &T) -> Vec<u8> {
+    // Into a Vec, under the codec's 4 MiB limit, which blocks respect.
+    bincode::encode_to_vec(v, BINCODE).unwrap_or_default()
+}
+
+fn decode<T: bincode::Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    bincode::decode_from_slice(bytes, BINCODE)
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt { what, reason: e.to_string() })
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let keyspace = Config::new(dir).open()?;
+        let blocks = keyspace.open_partition("blocks", PartitionCreateOptions::default())?;
+        let certs = keyspace.open_partition("certs", PartitionCreateOptions::default())?;
+        let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
+        Ok(Store { keyspace, blocks, certs, meta })
+    }
+
+    pub fn tip(&self) -> Result<Option<TipRecord>, StoreError> {
+        self.meta.get(TIP)?.map(|b| decode(&b, "tip")).transpose()
+    }
+
+    pub fn last_signed(&self) -> Result<Option<SignRecord>, StoreError> {
+        self.meta.get(LAST_SIGNED)?.map(|b| decode(&b, "last signed vote")).transpose()
+    }
+
+    /// Records a signature durably; returns only once the journal is on disk.
+    pub fn record_signed(&self, record: SignRecord) -> Result<(), StoreError> {
+        self.meta.insert(LAST_SIGNED, encode(&record))?;
+        self.keyspace.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Appends a committed block at the tip, atomically with its certificate and
+    /// the new tip, and fsyncs.
+    pub fn commit(&self, c: &Committed) -> Result<(), StoreError> {
+        let height = c.block.height();
+        let tip = self.tip()?.map_or(0, |t| t.height);
+        if height != tip + 1 {
+            return Err(StoreError::NotNext { got: height, tip });
+        }
+        let key = height.to_be_bytes();
+        let record = TipRecord { height, hash: c.block.hash(), timestamp_ms: c.block.header.timestamp_ms };
+        let mut batch = self.keyspace.batch();
+        batch.insert(&self.blocks, key, encode(&c.block));
+        batch.insert(&self.certs, key, encode(&c.cert));
+        batch.insert(&self.meta, TIP, encode(&record));
+        batch.commit()?;
+        self.keyspace.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    pub fn block(&self, height: Height) -> Result<Option<Committed>, StoreError> {
+        let key = height.to_be_bytes();
+        let Some(block) = self.blocks.get(key)? else { return Ok(None) };
+        let Some(cert) = self.certs.get(key)? else {
+            return Err(StoreError::Corrupt { what: "certificate", reason: format!("missing at height {height}") });
+        };
+        Ok(Some(Committed {
+            block: decode::<Block>(&block, "block")?,
+            cert: decode::<Certificate>(&cert, "certificate")?,
+        }))
+    }
+
+    /// Up to `count` consecutive blocks from `from`, stopping before `max_bytes` of
+    /// encoded blocks would be exceeded (at least one is returned if it exists).
+    pub fn range(&self, from: Height, count: usize, max_bytes: usize) -> Result<Vec<Committed>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for h in from..from.saturating_add(count as u64) {
+            let Some(c) = self.block(h)? else { break };
+            let size = c.block.tx_bytes() + 200 + c.cert.precommits.len() * 150;
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push(c);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::{genesis_hash, tx_root, Header};
+    use crate::chain::vote::Step;
+    use crate::identity::NodeId;
+
+    fn committed(height: Height, prev: Hash) -> Committed {
+        let txs = vec![vec![height as u8; 10]];
+        let block = Block {
+            header: Header {
+                height,
+                round: 0,
+                prev_hash: prev,
+                timestamp_ms: height,
+                proposer: NodeId([1; 32]),
+                tx_root: tx_root(&txs),
+            },
+            txs,
+        };
+        let cert = Certificate { height, round: 0, block: block.hash(), precommits: vec![] };
+        Committed { block, cert }
+    }
+
+    #[test]
+    fn blocks_and_meta_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut prev = genesis_hash(&[0; 32]);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.tip().unwrap(), None);
+            for h in 1..=5 {
+                let c = committed(h, prev);
+                prev = c.block.hash();
+                store.commit(&c).unwrap();
+            }
+            store.record_signed(SignRecord { height: 6, round: 1, step: Step::Prevote }).unwrap();
+            assert!(matches!(store.commit(&committed(9, prev)), Err(StoreError::NotNext { .. })));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let tip = store.tip().unwrap().unwrap();
+        assert_eq!((tip.height, tip.hash), (5, prev));
+        assert_eq!(store.last_signed().unwrap(), Some(SignRecord { height: 6, round: 1, step: Step::Prevote }));
+        assert_eq!(store.block(3).unwrap().unwrap().block.height(), 3);
+        assert!(store.block(6).unwrap().is_none());
+        assert_eq!(store.range(2, 10, usize::MAX).unwrap().len(), 4);
+        assert_eq!(store.range(2, 10, 1).unwrap().len(), 1, "at least one block even over the byte budget");
+    }
+}
