@@ -228,13 +228,22 @@ pub enum ClientError {
     Body { addr: SocketAddr, reason: String },
 }
 
-/// `GET path` over HTTP/1.0 (so the answer is never chunked); returns the body.
-pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, ClientError> {
+/// One HTTP/1.0 request (so the answer is never chunked); returns the status
+/// code and the body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String), ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|e| unreachable(e.to_string()))?;
+        let head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n", body.len());
+        stream.write_all(head.as_bytes()).await.map_err(|e| unreachable(e.to_string()))?;
+        // A server may answer (413) and close before reading a large body.
+        let _ = stream.write_all(body).await;
         let mut response = Vec::new();
         stream.take(16 * 1024 * 1024).read_to_end(&mut response).await.map_err(|e| unreachable(e.to_string()))?;
         Ok::<_, ClientError>(response)
@@ -245,10 +254,20 @@ pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| unreachable("truncated HTTP response".into()))?;
     let status_line = head.lines().next().unwrap_or_default();
-    if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(ClientError::Http { addr, status: status_line.to_string() });
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| unreachable(format!("bad status line {status_line:?}")))?;
+    Ok((code, body.to_string()))
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, ClientError> {
+    let (code, body) = http_request(addr, "GET", path, b"", timeout).await?;
+    if code != 200 {
+        return Err(ClientError::Http { addr, status: format!("{code} {body}") });
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
 pub async fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Status, ClientError> {

@@ -42,6 +42,7 @@ pub enum NodeError {
 /// Options that are not part of the config file.
 #[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
+    pub mempool: MempoolLimits,
     #[doc(hidden)]
     pub hooks: TestHooks,
 }
@@ -93,7 +94,7 @@ impl Node {
             transport: cfg.transport,
             request_timeout: REQUEST_TIMEOUT,
             tip: tip.clone(),
-            hooks: options.hooks,
+            hooks: options.hooks.clone(),
         };
         let (peers, inbound) = net::start(net_cfg, shutdown.clone(), &tracker)?;
 
@@ -106,7 +107,7 @@ impl Node {
             timeouts: Timeouts::for_interval(network.block_interval_ms),
         };
         let core = Core::new(core_cfg, identity, height + 1, prev_hash, prev_ts, last_signed);
-        let mempool = Arc::new(Mutex::new(Mempool::new(MempoolLimits::default())));
+        let mempool = Arc::new(Mutex::new(Mempool::new(options.mempool)));
         let producer = Producer::new(
             core,
             store.clone(),

@@ -29,6 +29,7 @@ impl Hostile {
             Arc::new(members),
             transport,
             Arc::new(tls::RefusalLog::default()),
+            None,
         )
         .unwrap();
         Hostile { endpoint, spec_index: i }

@@ -19,6 +19,10 @@ pub enum EndpointError {
     Setting(String),
 }
 
+/// Wraps the endpoint's UDP socket; tests use it to inject faults.
+pub type SocketWrapper =
+    Arc<dyn Fn(Arc<dyn quinn::AsyncUdpSocket>, SocketAddr) -> Arc<dyn quinn::AsyncUdpSocket> + Send + Sync>;
+
 /// quinn transport settings from the node's config. Stream limits are small on
 /// purpose: one unidirectional stream per direction is all the protocol uses, and
 /// each allowed stream costs memory per idle connection.
@@ -42,15 +46,26 @@ pub fn bind(
     members: Arc<HashSet<NodeId>>,
     transport: Arc<quinn::TransportConfig>,
     refusals: Arc<RefusalLog>,
+    wrap: Option<SocketWrapper>,
 ) -> Result<quinn::Endpoint, EndpointError> {
     let reset_key =
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &identity.derive_secret(b"masternode quic stateless reset"));
     let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity, members, refusals)?));
     server.transport_config(transport);
-    let socket = std::net::UdpSocket::bind(listen).map_err(|source| EndpointError::Bind { addr: listen, source })?;
-    quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
-        .map_err(|source| EndpointError::Bind { addr: listen, source })
+    let bind_error = |source| EndpointError::Bind { addr: listen, source };
+    let socket = std::net::UdpSocket::bind(listen).map_err(bind_error)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    match wrap {
+        None => quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_error),
+        Some(wrap) => {
+            use quinn::Runtime;
+            let local = socket.local_addr().map_err(bind_error)?;
+            let socket = wrap(runtime.wrap_udp_socket(socket).map_err(bind_error)?, local);
+            quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
+                .map_err(bind_error)
+        }
+    }
 }
 
 /// Client configuration for dialling `peer`, pinned to its key.

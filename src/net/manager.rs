@@ -61,12 +61,24 @@ pub struct NetConfig {
 
 /// Deliberate misbehaviour for tests of the peers' reaction. Never set in production.
 #[doc(hidden)]
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct TestHooks {
     /// Announce this protocol version instead of ours.
     pub version: Option<u16>,
     /// Claim this `NodeId` in our `Intro` instead of our own.
     pub claim_id: Option<NodeId>,
+    /// Wraps the UDP socket (fault injection).
+    pub wrap_socket: Option<endpoint::SocketWrapper>,
+}
+
+impl std::fmt::Debug for TestHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestHooks")
+            .field("version", &self.version)
+            .field("claim_id", &self.claim_id)
+            .field("wrap_socket", &self.wrap_socket.is_some())
+            .finish()
+    }
 }
 
 /// What the rest of the node receives from peers.
@@ -368,7 +380,14 @@ pub fn start(
     let members: Arc<HashSet<NodeId>> = Arc::new(cfg.network.members.iter().map(|m| m.id).collect());
     let transport = endpoint::transport_config(&cfg.transport)?;
     let refusals = Arc::new(RefusalLog::default());
-    let endpoint = endpoint::bind(cfg.listen, &cfg.identity, members, transport.clone(), refusals.clone())?;
+    let endpoint = endpoint::bind(
+        cfg.listen,
+        &cfg.identity,
+        members,
+        transport.clone(),
+        refusals.clone(),
+        cfg.hooks.wrap_socket.clone(),
+    )?;
     let local_addr = endpoint.local_addr().map_err(|source| EndpointError::Bind { addr: cfg.listen, source })?;
 
     let mut slots = HashMap::new();

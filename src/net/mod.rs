@@ -25,6 +25,8 @@ pub mod backoff;
 pub mod codec;
 pub mod direction;
 pub mod endpoint;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod handshake;
 pub mod manager;
 pub mod message;

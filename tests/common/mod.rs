@@ -85,16 +85,8 @@ impl Spec {
             Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&self.ids[i].secret_seed())).unwrap();
         let listen = self.addr(i);
         let admin = SocketAddr::new(listen.ip(), 0);
-        NodeConfig::assemble(
-            network,
-            Path::new("network.toml"),
-            identity,
-            listen,
-            admin,
-            self.data_dir(i),
-            transport,
-        )
-        .unwrap()
+        NodeConfig::assemble(network, Path::new("network.toml"), identity, listen, admin, self.data_dir(i), transport)
+            .unwrap()
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
@@ -107,7 +99,7 @@ impl Spec {
 
     pub async fn start_with(&self, i: usize, network: Network, transport: Transport, hooks: TestHooks) -> Node {
         let cfg = self.config(i, network, transport);
-        Node::start(cfg, NodeOptions { hooks }, CancellationToken::new()).await.unwrap()
+        Node::start(cfg, NodeOptions { hooks, ..Default::default() }, CancellationToken::new()).await.unwrap()
     }
 
     /// The transport alone, with its inbound channels in the test's hands.
@@ -186,4 +178,43 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// Hooks that route a node's UDP through `faults`.
+pub fn faulty(faults: &Arc<masternode::net::fault::Faults>) -> TestHooks {
+    let faults = faults.clone();
+    TestHooks { wrap_socket: Some(Arc::new(move |s, local| faults.wrap(s, local))), ..Default::default() }
+}
+
+/// The invariant every chain test checks: at every height all nodes that have a
+/// block hold the same one, blocks link by hash, timestamps grow, and every
+/// certificate carries valid precommits of more than two thirds of the set.
+/// Returns the heights of the nodes.
+pub fn check_chains(spec: &Spec, stores: &[&masternode::chain::store::Store]) -> Vec<u64> {
+    use masternode::chain::block::genesis_hash;
+    let network = spec.network();
+    let members: Vec<NodeId> = network.members.iter().map(|m| m.id).collect();
+    let heights: Vec<u64> = stores.iter().map(|s| s.tip().unwrap().map_or(0, |t| t.height)).collect();
+    let top = heights.iter().copied().max().unwrap_or(0);
+    let mut prev_hash = genesis_hash(&network.id);
+    let mut prev_ts = network.genesis_time_ms;
+    for h in 1..=top {
+        let blocks: Vec<_> = stores.iter().filter_map(|s| s.block(h).unwrap()).collect();
+        assert!(!blocks.is_empty(), "height {h} missing everywhere");
+        let first = &blocks[0];
+        for (i, c) in blocks.iter().enumerate() {
+            assert_eq!(c.block.hash(), first.block.hash(), "fork at height {h} (block {i})");
+            c.cert.verify(&c.block, &members, &network.id).unwrap_or_else(|e| panic!("height {h}: {e}"));
+            assert!(c.cert.signers().len() * 3 > members.len() * 2);
+        }
+        assert_eq!(first.block.header.prev_hash, prev_hash, "height {h} links to its parent");
+        assert!(first.block.header.timestamp_ms > prev_ts, "height {h}: timestamps grow");
+        prev_hash = first.block.hash();
+        prev_ts = first.block.header.timestamp_ms;
+    }
+    heights
+}
+
+pub fn heights(nodes: &[&Node]) -> Vec<u64> {
+    nodes.iter().map(|n| n.height()).collect()
 }

@@ -1,0 +1,219 @@
+//! Block production on real nodes: QUIC between 127.x.y.z addresses, fjall on
+//! disk, faults injected in the UDP socket. Every test ends with the invariant
+//! checker over every node's store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use masternode::chain::mempool::MempoolLimits;
+use masternode::net::fault::Faults;
+use masternode::node::{Node, NodeOptions};
+use tokio_util::sync::CancellationToken;
+
+const BLOCK_WAIT: Duration = Duration::from_secs(60);
+
+async fn start_all(spec: &Spec, which: &[usize], faults: Option<&std::sync::Arc<Faults>>) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for &i in which {
+        let hooks = faults.map(faulty).unwrap_or_default();
+        nodes.push(spec.start_with(i, spec.network(), fast_transport(), hooks).await);
+    }
+    nodes
+}
+
+fn stores(nodes: &[&Node]) -> Vec<masternode::chain::store::Store> {
+    nodes.iter().map(|n| n.store().clone()).collect()
+}
+
+fn check(spec: &Spec, nodes: &[&Node]) -> Vec<u64> {
+    let s = stores(nodes);
+    check_chains(spec, &s.iter().collect::<Vec<_>>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n4_all_up_commits() {
+    let spec = Spec::new(4);
+    let nodes = start_all(&spec, &[0, 1, 2, 3], None).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    eventually("height 10 on every node", BLOCK_WAIT, || refs.iter().all(|n| n.height() >= 10)).await;
+    let hs = check(&spec, &refs);
+    assert!(hs.iter().all(|h| *h >= 10));
+    let status = nodes[0].status();
+    assert_eq!((status.quorum.active, status.quorum.required, status.quorum.met), (4, 3, true));
+    assert!(status.tip_hash.is_some());
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n4_one_down_still_commits() {
+    let spec = Spec::new(4);
+    let nodes = start_all(&spec, &[0, 1, 3], None).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    eventually("height 5 with three of four", BLOCK_WAIT, || refs.iter().all(|n| n.height() >= 5)).await;
+    check(&spec, &refs);
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n4_two_down_stalls_then_resumes_and_the_restarted_catch_up() {
+    let spec = Spec::new(4);
+    let mut nodes = start_all(&spec, &[0, 1, 2, 3], None).await;
+    {
+        let refs: Vec<&Node> = nodes.iter().collect();
+        eventually("height 3", BLOCK_WAIT, || refs.iter().all(|n| n.height() >= 3)).await;
+    }
+    let d = nodes.pop().unwrap();
+    let c = nodes.pop().unwrap();
+    stop_all(vec![c, d]).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    eventually("survivors see the quorum lost", Duration::from_secs(10), || {
+        refs.iter().all(|n| {
+            let q = n.status().quorum;
+            (q.active, q.required, q.met) == (2, 3, false)
+        })
+    })
+    .await;
+    // A block already in flight may still land; after that the height must not move.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = heights(&refs);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(heights(&refs), stalled, "no block with 2 of 4");
+
+    // Restart the two (same keys, same data directories).
+    nodes.push(spec.start(2, fast_transport()).await);
+    nodes.push(spec.start(3, fast_transport()).await);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let target = stalled.iter().max().unwrap() + 3;
+    eventually("the chain resumes and everyone catches up", BLOCK_WAIT, || refs.iter().all(|n| n.height() >= target))
+        .await;
+    check(&spec, &refs);
+    stop_all(nodes).await;
+}
+
+async fn partition_then_heal(groups: &[&[usize]], majority: Option<&[usize]>) {
+    let spec = Spec::new(4);
+    let faults = Faults::new();
+    let nodes = start_all(&spec, &[0, 1, 2, 3], Some(&faults)).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    eventually("height 2", BLOCK_WAIT, || refs.iter().all(|n| n.height() >= 2)).await;
+
+    let ip_groups: Vec<Vec<std::net::IpAddr>> =
+        groups.iter().map(|g| g.iter().map(|&i| spec.addr(i).ip()).collect()).collect();
+    let slices: Vec<&[std::net::IpAddr]> = ip_groups.iter().map(|g| g.as_slice()).collect();
+    faults.partition(&slices);
+    // Connections across the cut die at the idle timeout (3 s).
+    eventually("the cut is seen", Duration::from_secs(15), || {
+        groups.iter().all(|g| g.iter().all(|&i| refs[i].peers().connected().len() == g.len() - 1))
+    })
+    .await;
+    let at_cut = heights(&refs);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = heights(&refs);
+    check(&spec, &refs);
+    for g in groups {
+        let has_quorum = g.len() >= 3;
+        for &i in g.iter() {
+            if has_quorum {
+                assert!(during[i] > at_cut[i], "node {i} on the majority side goes on: {at_cut:?} -> {during:?}");
+            } else {
+                assert!(during[i] <= at_cut[i] + 1, "node {i} without a quorum stalls: {at_cut:?} -> {during:?}");
+            }
+        }
+    }
+    if let Some(m) = majority {
+        eventually("the majority keeps committing", BLOCK_WAIT, || {
+            m.iter().all(|&i| refs[i].height() >= during[i] + 2)
+        })
+        .await;
+    }
+    faults.heal();
+    let target = heights(&refs).into_iter().max().unwrap() + 2;
+    eventually("one chain again after healing", BLOCK_WAIT, || refs.iter().all(|n| n.height() >= target)).await;
+    eventually("full mesh again", Duration::from_secs(30), || mesh_complete(&refs)).await;
+    check(&spec, &refs);
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_2_2_stalls_then_heals_onto_one_chain() {
+    partition_then_heal(&[&[0, 1], &[2, 3]], None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_1_3_majority_goes_on_then_minority_catches_up() {
+    partition_then_heal(&[&[0], &[1, 2, 3]], Some(&[1, 2, 3])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_transactions_reach_every_node() {
+    let spec = Spec::new(4);
+    let nodes = start_all(&spec, &[0, 1, 2, 3], None).await;
+    let admin = nodes[0].admin_addr();
+    let mut hashes = Vec::new();
+    for k in 0..200u32 {
+        let tx = format!("transaction number {k:04} {}", "x".repeat(230)).into_bytes();
+        let (code, body) =
+            masternode::admin::http_request(admin, "POST", "/tx", &tx, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(code, 202, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        hashes.push(v["hash"].as_str().unwrap().to_string());
+        assert_eq!(hashes.last().unwrap(), &masternode::chain::block::tx_hash(&tx).to_hex());
+    }
+    // Over the size limit: 413.
+    let (code, _) =
+        masternode::admin::http_request(admin, "POST", "/tx", &vec![7u8; 70 * 1024], Duration::from_secs(5))
+            .await
+            .unwrap();
+    assert_eq!(code, 413);
+
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let committed = |n: &Node| {
+        let mut found = std::collections::HashSet::new();
+        for h in 1..=n.height() {
+            if let Some(c) = n.store().block(h).unwrap() {
+                for tx in &c.block.txs {
+                    found.insert(masternode::chain::block::tx_hash(tx).to_hex());
+                }
+            }
+        }
+        hashes.iter().all(|h| found.contains(h))
+    };
+    eventually("all 200 committed on every node", BLOCK_WAIT, || refs.iter().all(|n| committed(n))).await;
+    check(&spec, &refs);
+
+    // GET /blocks/{height}
+    let body = masternode::admin::http_get(admin, "/blocks/1", Duration::from_secs(5)).await.unwrap();
+    let block: masternode::admin::BlockInfo = serde_json::from_str(&body).unwrap();
+    assert_eq!(block.height, 1);
+    assert!(block.signers.len() >= 3);
+    assert_eq!(block.hash, nodes[0].store().block(1).unwrap().unwrap().block.hash().to_hex());
+    let (code, _) =
+        masternode::admin::http_request(admin, "GET", "/blocks/999999", b"", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(code, 404);
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mempool_answers_429() {
+    let spec = Spec::new(4);
+    // One node alone: no quorum, no blocks, so nothing leaves the mempool.
+    let cfg = spec.config(0, spec.network(), fast_transport());
+    let options = NodeOptions { mempool: MempoolLimits { max_txs: 5, ..Default::default() }, ..Default::default() };
+    let node = Node::start(cfg, options, CancellationToken::new()).await.unwrap();
+    let mut codes = Vec::new();
+    for k in 0..7u8 {
+        let (code, _) =
+            masternode::admin::http_request(node.admin_addr(), "POST", "/tx", &[k; 32], Duration::from_secs(5))
+                .await
+                .unwrap();
+        codes.push(code);
+    }
+    assert_eq!(codes, [202, 202, 202, 202, 202, 429, 429]);
+    let (code, _) = masternode::admin::http_request(node.admin_addr(), "POST", "/tx", &[1; 32], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(code, 202, "a duplicate is accepted again (same hash), not counted twice");
+    node.stop().await;
+}
