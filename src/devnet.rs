@@ -35,6 +35,8 @@ pub enum DevnetError {
     Config(#[from] crate::config::ConfigError),
     #[error("node {index}: {source}")]
     Node { index: usize, source: crate::node::NodeError },
+    #[error("node start-up task failed: {0}")]
+    Task(String),
 }
 
 /// Writes `DIR/network.toml` and `DIR/nodeI/{node.key,node.crt,masternode.toml}`,
@@ -101,14 +103,21 @@ pub async fn run(opts: DevnetOptions, stop: CancellationToken) -> Result<(), Dev
     println!("devnet: {} nodes, files in {}", opts.nodes, dir.display());
 
     let shutdown = CancellationToken::new();
-    let mut nodes = Vec::new();
     let mut names = std::collections::HashMap::<NodeId, String>::new();
+    // Start every node at once, as a fleet restarted together would.
+    let mut starting = Vec::new();
     for (i, path) in configs.iter().enumerate() {
         let cfg = NodeConfig::load(path)?;
         names.insert(cfg.id(), format!("node{}", i + 1));
-        let node = Node::start(cfg, NodeOptions::default(), shutdown.child_token())
-            .await
-            .map_err(|source| DevnetError::Node { index: i + 1, source })?;
+        let token = shutdown.child_token();
+        starting.push(tokio::spawn(async move { Node::start(cfg, NodeOptions::default(), token).await }));
+    }
+    let mut nodes = Vec::new();
+    for (i, handle) in starting.into_iter().enumerate() {
+        let node = match handle.await {
+            Ok(result) => result.map_err(|source| DevnetError::Node { index: i + 1, source })?,
+            Err(e) => return Err(DevnetError::Task(e.to_string())),
+        };
         println!("node{} {} p2p {} admin {}", i + 1, node.id().short(), node.peers().local_addr(), node.admin_addr());
         nodes.push(node);
     }
@@ -128,13 +137,14 @@ pub async fn run(opts: DevnetOptions, stop: CancellationToken) -> Result<(), Dev
         let statuses: Vec<_> = nodes.iter().map(|n| n.status()).collect();
         let links: usize = statuses.iter().map(|s| s.peers.len()).sum();
         let quorum = statuses.iter().filter(|s| s.quorum.met).count();
+        let top = statuses.iter().map(|s| s.height).max().unwrap_or(0);
+        let at_top = statuses.iter().filter(|s| s.height == top).count();
+        let tip = statuses.iter().find(|s| s.height == top).and_then(|s| s.tip_hash.clone()).unwrap_or_default();
         let line = format!(
-            "connections {}/{} pairs, quorum met on {}/{} nodes, height {}",
+            "height {top} {} on {at_top}/{n} nodes | connections {}/{pairs} pairs | quorum met on {quorum}/{n}",
+            tip.get(..8).unwrap_or("-"),
             links / 2,
-            pairs,
-            quorum,
-            opts.nodes,
-            statuses.iter().map(|s| s.height).max().unwrap_or(0)
+            n = opts.nodes,
         );
         if line != last_line {
             println!("[{:>6.2}s] {line}", started.elapsed().as_secs_f64());

@@ -68,7 +68,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The devnet prints its own progress; its nodes log warnings and errors only
+    // unless RUST_LOG asks for more.
+    let default_level = if matches!(cli.command, Command::Devnet { .. }) { "warn" } else { "info" };
+    init_tracing(default_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -92,10 +95,10 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

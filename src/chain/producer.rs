@@ -124,6 +124,9 @@ impl Producer {
         loop {
             let next_timer = self.timers.keys().next().map(|(at, _)| *at);
             let event = tokio::select! {
+                // Shutdown first: the transport empties the peer set as it stops,
+                // which must not read as a lost quorum.
+                biased;
                 _ = shutdown.cancelled() => Event::Stop,
                 m = inbound.messages.recv() => match m {
                     Some((from, msg)) => Event::Message(from, msg),
@@ -230,8 +233,9 @@ impl Producer {
         match (previous.map(|p| p.1), met) {
             (Some(true), true) => tracing::debug!("quorum met: {active}/{n} active, {required} required"),
             (_, true) => tracing::info!("quorum met: {active}/{n} active, {required} required"),
-            (None, false) => tracing::info!("waiting for quorum: {active}/{n} active, {required} required"),
-            (_, false) => tracing::warn!("waiting for quorum: {active}/{n} active, {required} required"),
+            // Losing a quorum is worth a warning; forming one at start-up is not.
+            (Some(true), false) => tracing::warn!("waiting for quorum: {active}/{n} active, {required} required"),
+            (_, false) => tracing::info!("waiting for quorum: {active}/{n} active, {required} required"),
         }
         if previous.map(|p| p.1) != Some(met) {
             let out = self.core.handle(Input::Quorum(met), now_ms());

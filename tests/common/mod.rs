@@ -191,8 +191,11 @@ pub fn faulty(faults: &Arc<masternode::net::fault::Faults>) -> TestHooks {
 /// certificate carries valid precommits of more than two thirds of the set.
 /// Returns the heights of the nodes.
 pub fn check_chains(spec: &Spec, stores: &[&masternode::chain::store::Store]) -> Vec<u64> {
+    check_chains_of(&spec.network(), stores)
+}
+
+pub fn check_chains_of(network: &Network, stores: &[&masternode::chain::store::Store]) -> Vec<u64> {
     use masternode::chain::block::genesis_hash;
-    let network = spec.network();
     let members: Vec<NodeId> = network.members.iter().map(|m| m.id).collect();
     let heights: Vec<u64> = stores.iter().map(|s| s.tip().unwrap().map_or(0, |t| t.height)).collect();
     let top = heights.iter().copied().max().unwrap_or(0);
