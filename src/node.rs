@@ -106,7 +106,8 @@ impl Node {
             limits,
             timeouts: Timeouts::for_interval(network.block_interval_ms),
         };
-        let core = Core::new(core_cfg, identity, height + 1, prev_hash, prev_ts, last_signed);
+        let mut core = Core::new(core_cfg, identity, height + 1, prev_hash, prev_ts, last_signed);
+        core.restore_own(store.own_signed(height + 1).map_err(store_err)?);
         let mempool = Arc::new(Mutex::new(Mempool::new(options.mempool)));
         let producer = Producer::new(
             core,

@@ -95,11 +95,7 @@ pub enum Input {
     Quorum(bool),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Signed {
-    Proposal(SignedProposal),
-    Vote(SignedVote),
-}
+pub use super::vote::Signed;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -244,6 +240,23 @@ impl Core {
         let after_ms = (self.prev_ts + self.cfg.block_interval_ms).saturating_sub(now_ms);
         out.push(Output::Schedule { timeout: Timeout::StartHeight { height: self.height }, after_ms });
         out
+    }
+
+    /// Restores what we signed at the current height before a restart, so that it
+    /// is counted and replayed to peers (the same signatures again: no double
+    /// signing). Messages for other heights are ignored.
+    pub fn restore_own(&mut self, own: Vec<Signed>) {
+        for m in own {
+            match m {
+                Signed::Proposal(p) if p.proposal.height == self.height && p.proposal.proposer == self.me => {
+                    let ok = self.validate_block(&p.proposal.block, p.proposal.round, None).is_ok();
+                    self.proposal_ok.insert(p.proposal.round, ok);
+                    self.proposals.insert(p.proposal.round, p);
+                }
+                Signed::Vote(v) if v.vote.height == self.height && v.vote.voter == self.me => self.insert_vote(v),
+                _ => {}
+            }
+        }
     }
 
     /// Our own signed messages for the current height, to replay to a peer that

@@ -348,7 +348,9 @@ impl Producer {
             match o {
                 Output::Sign { record, message } => {
                     let store = self.store.clone();
-                    tokio::task::spawn_blocking(move || store.record_signed(record)).await??;
+                    let message =
+                        tokio::task::spawn_blocking(move || store.record_signed(record, &message).map(|()| message))
+                            .await??;
                     let _ = self.peers.broadcast(&signed_message(message)).await;
                 }
                 Output::Schedule { timeout, after_ms } => {

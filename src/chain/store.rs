@@ -11,7 +11,7 @@ use std::path::Path;
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::block::{Block, Hash, Height};
-use super::vote::{Certificate, Committed, SignRecord};
+use super::vote::{Certificate, Committed, SignRecord, Signed};
 use crate::net::codec::BINCODE;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,8 @@ pub struct Store {
     blocks: PartitionHandle,
     certs: PartitionHandle,
     meta: PartitionHandle,
+    /// Our own signed messages of the current height, by (height, round, step).
+    signed: PartitionHandle,
 }
 
 /// The stored tip: height, hash and timestamp of the last committed block.
@@ -41,6 +43,14 @@ pub struct TipRecord {
 }
 
 const TIP: &str = "tip";
+
+fn signed_key(r: SignRecord) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..8].copy_from_slice(&r.height.to_be_bytes());
+    k[8..12].copy_from_slice(&r.round.to_be_bytes());
+    k[12] = r.step as u8;
+    k
+}
 const LAST_SIGNED: &str = "last_signed";
 
 fn encode<T: bincode::Encode>(v: &T) -> Vec<u8> {
@@ -60,7 +70,8 @@ impl Store {
         let blocks = keyspace.open_partition("blocks", PartitionCreateOptions::default())?;
         let certs = keyspace.open_partition("certs", PartitionCreateOptions::default())?;
         let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
-        Ok(Store { keyspace, blocks, certs, meta })
+        let signed = keyspace.open_partition("signed", PartitionCreateOptions::default())?;
+        Ok(Store { keyspace, blocks, certs, meta, signed })
     }
 
     pub fn tip(&self) -> Result<Option<TipRecord>, StoreError> {
@@ -71,11 +82,26 @@ impl Store {
         self.meta.get(LAST_SIGNED)?.map(|b| decode(&b, "last signed vote")).transpose()
     }
 
-    /// Records a signature durably; returns only once the journal is on disk.
-    pub fn record_signed(&self, record: SignRecord) -> Result<(), StoreError> {
-        self.meta.insert(LAST_SIGNED, encode(&record))?;
+    /// Records a signature and the signed message durably; returns only once the
+    /// journal is on disk. After a restart the node refuses to sign at or below
+    /// the record, and replays the messages it already signed at that height.
+    pub fn record_signed(&self, record: SignRecord, message: &Signed) -> Result<(), StoreError> {
+        let mut batch = self.keyspace.batch();
+        batch.insert(&self.meta, LAST_SIGNED, encode(&record));
+        batch.insert(&self.signed, signed_key(record), encode(message));
+        batch.commit()?;
         self.keyspace.persist(PersistMode::SyncAll)?;
         Ok(())
+    }
+
+    /// What we signed at `height`, in signing order.
+    pub fn own_signed(&self, height: Height) -> Result<Vec<Signed>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.signed.prefix(height.to_be_bytes()) {
+            let (_, v) = kv?;
+            out.push(decode(&v, "signed message")?);
+        }
+        Ok(out)
     }
 
     /// Appends a committed block at the tip, atomically with its certificate and
@@ -92,6 +118,11 @@ impl Store {
         batch.insert(&self.blocks, key, encode(&c.block));
         batch.insert(&self.certs, key, encode(&c.cert));
         batch.insert(&self.meta, TIP, encode(&record));
+        // Signed messages of finished heights are of no further use.
+        for kv in self.signed.range(..(height + 1).to_be_bytes()) {
+            let (k, _) = kv?;
+            batch.remove(&self.signed, k);
+        }
         batch.commit()?;
         self.keyspace.persist(PersistMode::SyncAll)?;
         Ok(())
@@ -163,7 +194,16 @@ mod tests {
                 prev = c.block.hash();
                 store.commit(&c).unwrap();
             }
-            store.record_signed(SignRecord { height: 6, round: 1, step: Step::Prevote }).unwrap();
+            let vote = crate::chain::vote::Vote {
+                kind: crate::chain::vote::VoteKind::Prevote,
+                height: 6,
+                round: 1,
+                block: None,
+                voter: NodeId([1; 32]),
+            };
+            let signed = Signed::Vote(crate::chain::vote::SignedVote { vote, signature: [0; 64] });
+            store.record_signed(SignRecord { height: 6, round: 1, step: Step::Prevote }, &signed).unwrap();
+            assert_eq!(store.own_signed(6).unwrap(), vec![signed]);
             assert!(matches!(store.commit(&committed(9, prev)), Err(StoreError::NotNext { .. })));
         }
         let store = Store::open(dir.path()).unwrap();

@@ -62,6 +62,13 @@ pub struct SignedProposal {
     pub signature: [u8; 64],
 }
 
+/// Anything a node signs for consensus.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum Signed {
+    Proposal(SignedProposal),
+    Vote(SignedVote),
+}
+
 /// The precommits that committed a block: its proof for anyone who syncs it.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct Certificate {
