@@ -33,6 +33,8 @@ pub struct Status {
     pub node_id: String,
     pub listen: String,
     pub network: String,
+    /// Size of the masternode set.
+    pub members: usize,
     pub height: u64,
     pub tip_hash: Option<String>,
     pub quorum: Quorum,
@@ -77,8 +79,13 @@ pub struct Counters {
 
 impl Status {
     /// Members of the set that are not connected (this node aside).
-    pub fn missing_peers(&self, members: usize) -> usize {
-        members.saturating_sub(1).saturating_sub(self.peers.len())
+    pub fn missing_peers(&self) -> usize {
+        self.members.saturating_sub(1).saturating_sub(self.peers.len())
+    }
+
+    /// Healthy: quorum met and every member connected.
+    pub fn healthy(&self) -> bool {
+        self.quorum.met && self.missing_peers() == 0
     }
 }
 
@@ -99,6 +106,7 @@ pub fn build_status(id: NodeId, advertised: SocketAddr, network: &Network, peers
         node_id: id.to_hex(),
         listen: advertised.to_string(),
         network: network.name.clone(),
+        members: network.members.len(),
         height: tip.height,
         tip_hash: (tip.height > 0).then(|| hex(&tip.hash)),
         quorum: Quorum { active, required, met: active >= required },
@@ -142,6 +150,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdow
     let max_tx = lock(&state.mempool).limits().max_tx_bytes;
     let app = Router::new()
         .route("/status", get(status_handler))
+        .route("/metrics", get(metrics_handler))
         .route("/blocks/{height}", get(block_handler))
         .route("/tx", post(tx_handler))
         .layer(DefaultBodyLimit::max(max_tx))
@@ -154,6 +163,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdow
 
 async fn status_handler(State(state): State<AdminState>) -> Json<Status> {
     Json(state.status.status())
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> Response {
+    let body = state.status.metrics();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 fn lock(m: &Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
@@ -287,11 +301,11 @@ pub fn render_status(s: &Status) -> String {
         out,
         "quorum    {}/{} active, {} required: {}",
         s.quorum.active,
-        s.quorum.active.max(s.quorum.required),
+        s.members,
         s.quorum.required,
         if s.quorum.met { "met" } else { "NOT met" }
     );
-    let _ = writeln!(out, "peers     {}", s.peers.len());
+    let _ = writeln!(out, "peers     {}/{}", s.peers.len(), s.members.saturating_sub(1));
     for p in &s.peers {
         let _ = writeln!(
             out,

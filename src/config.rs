@@ -216,9 +216,42 @@ struct NodeFile {
     cert: PathBuf,
     listen: String,
     admin: Option<String>,
+    /// Serve the admin API on a non-loopback address.
+    admin_public: Option<bool>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
     transport: TransportFile,
+}
+
+/// Values that override the config file, from `MASTERNODE_*` variables or flags.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub keepalive_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub passive_wait_ms: Option<u64>,
+    pub handshake_timeout_ms: Option<u64>,
+}
+
+impl Overrides {
+    fn apply(&self, file: &mut NodeFile) {
+        if let Some(v) = &self.listen {
+            file.listen = v.clone();
+        }
+        if let Some(v) = &self.admin {
+            file.admin = Some(v.clone());
+        }
+        if let Some(v) = &self.data_dir {
+            file.data_dir = Some(v.clone());
+        }
+        let t = &mut file.transport;
+        t.keepalive_ms = self.keepalive_ms.or(t.keepalive_ms);
+        t.idle_timeout_ms = self.idle_timeout_ms.or(t.idle_timeout_ms);
+        t.passive_wait_ms = self.passive_wait_ms.or(t.passive_wait_ms);
+        t.handshake_timeout_ms = self.handshake_timeout_ms.or(t.handshake_timeout_ms);
+    }
 }
 
 /// A node's whole configuration, validated: everything `Node::start` needs.
@@ -241,8 +274,15 @@ impl NodeConfig {
 
     /// Loads `masternode.toml`; relative paths inside it are taken from its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, &Overrides::default())
+    }
+
+    /// Loads `masternode.toml` and applies `overrides` (from `MASTERNODE_*`
+    /// variables and flags) on top: defaults < file < environment < flags.
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let text = read(path)?;
-        let file: NodeFile = toml::from_str(&text).map_err(|e| parse_error(path, e))?;
+        let mut file: NodeFile = toml::from_str(&text).map_err(|e| parse_error(path, e))?;
+        overrides.apply(&mut file);
         let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
         let base = path.parent().unwrap_or(Path::new("."));
         let network_path = base.join(&file.network);
@@ -253,6 +293,12 @@ impl NodeConfig {
         let admin_text = file.admin.as_deref().unwrap_or(DEFAULT_ADMIN);
         let admin: SocketAddr =
             admin_text.parse().map_err(|_| invalid(format!("admin {admin_text:?} is not ip:port")))?;
+        if !admin.ip().is_loopback() && file.admin_public != Some(true) {
+            return Err(invalid(format!(
+                "admin {admin} is not a loopback address; the admin API has no authentication \
+                 (set admin_public = true to serve it there anyway)"
+            )));
+        }
         let mut transport = Transport::default();
         let t = &file.transport;
         for (value, slot, name) in [

@@ -17,5 +17,7 @@ pub mod chain;
 pub mod config;
 pub mod devnet;
 pub mod identity;
+pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod service;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use masternode::config::{ConfigError, NodeConfig};
+use masternode::config::{ConfigError, NodeConfig, Overrides};
 use masternode::identity::Identity;
 use masternode::node::{Node, NodeOptions};
 
@@ -25,6 +25,13 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write DIR/node.key (0600) and DIR/node.crt; print the NodeId.
@@ -35,10 +42,35 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run the daemon.
-    Run {
+    /// Print the NodeId of DIR/node.key (checked against DIR/node.crt).
+    Id {
         #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Run the daemon. Flags and MASTERNODE_* variables override the config file.
+    Run {
+        #[arg(long, env = "MASTERNODE_CONFIG")]
         config: PathBuf,
+        /// UDP address to bind (overrides `listen`).
+        #[arg(long, env = "MASTERNODE_LISTEN")]
+        listen: Option<String>,
+        /// Admin API address (overrides `admin`).
+        #[arg(long, env = "MASTERNODE_ADMIN")]
+        admin: Option<String>,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long, env = "MASTERNODE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, env = "MASTERNODE_KEEPALIVE_MS")]
+        keepalive_ms: Option<u64>,
+        #[arg(long, env = "MASTERNODE_IDLE_TIMEOUT_MS")]
+        idle_timeout_ms: Option<u64>,
+        #[arg(long, env = "MASTERNODE_PASSIVE_WAIT_MS")]
+        passive_wait_ms: Option<u64>,
+        #[arg(long, env = "MASTERNODE_HANDSHAKE_TIMEOUT_MS")]
+        handshake_timeout_ms: Option<u64>,
+        /// Log format: text on a terminal and JSON otherwise, unless set.
+        #[arg(long, env = "MASTERNODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+        log_format: LogFormat,
     },
     /// Show a running node's status. Exit 0 healthy, 1 degraded, 2 down.
     Status {
@@ -71,7 +103,11 @@ fn main() -> ExitCode {
     // The devnet prints its own progress; its nodes log warnings and errors only
     // unless RUST_LOG asks for more.
     let default_level = if matches!(cli.command, Command::Devnet { .. }) { "warn" } else { "info" };
-    init_tracing(default_level);
+    let format = match &cli.command {
+        Command::Run { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    };
+    init_tracing(default_level, format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -82,7 +118,33 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Keygen { dir, force } => report(keygen(dir, force)),
-            Command::Run { config } => run(config).await,
+            Command::Id { dir } => report(
+                Identity::load(&dir.join("node.key"), &dir.join("node.crt"))
+                    .map(|id| println!("{}", id.id()))
+                    .map_err(anyhow::Error::from),
+            ),
+            Command::Run {
+                config,
+                listen,
+                admin,
+                data_dir,
+                keepalive_ms,
+                idle_timeout_ms,
+                passive_wait_ms,
+                handshake_timeout_ms,
+                log_format: _,
+            } => {
+                let overrides = Overrides {
+                    listen,
+                    admin,
+                    data_dir,
+                    keepalive_ms,
+                    idle_timeout_ms,
+                    passive_wait_ms,
+                    handshake_timeout_ms,
+                };
+                run(config, overrides).await
+            }
             Command::Status { config, admin, json } => status(config, admin, json).await,
             Command::Devnet { nodes, duration, dir, json } => {
                 let opts =
@@ -95,15 +157,17 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_tracing(default_level: &str) {
+fn init_tracing(default_level: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let terminal = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Auto if !terminal => builder.json().init(),
+        _ => builder.with_ansi(terminal).init(),
+    }
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {
@@ -128,8 +192,8 @@ fn keygen(dir: PathBuf, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(config: PathBuf) -> ExitCode {
-    let cfg = match NodeConfig::load(&config) {
+async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
+    let cfg = match NodeConfig::load_with(&config, &overrides) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("error: {e}");
@@ -146,7 +210,16 @@ async fn run(config: PathBuf) -> ExitCode {
         }
     };
     spawn_signal_handler(shutdown.clone());
+    masternode::service::ready();
+    let supervisor = tokio::spawn(masternode::service::supervise(node.status_source(), shutdown.clone()));
     node.stopped().await;
+    if let Err(e) = supervisor.await {
+        tracing::warn!("service supervisor ended abnormally: {e}");
+    }
+    if node.failed() {
+        tracing::error!("stopped after a runtime failure");
+        return ExitCode::FAILURE;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
@@ -168,10 +241,10 @@ fn spawn_signal_handler(stop: CancellationToken) {
 }
 
 async fn status(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) -> ExitCode {
-    let (addr, members) = match (admin, config) {
-        (Some(addr), _) => (addr, None),
+    let addr = match (admin, config) {
+        (Some(addr), _) => addr,
         (None, Some(path)) => match NodeConfig::load(&path) {
-            Ok(cfg) => (cfg.admin, Some(cfg.network.members.len())),
+            Ok(cfg) => cfg.admin,
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(EXIT_CONFIG);
@@ -194,8 +267,7 @@ async fn status(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) 
     } else {
         print!("{}", masternode::admin::render_status(&status));
     }
-    let missing = members.map(|n| status.missing_peers(n)).unwrap_or(0);
-    if status.quorum.met && missing == 0 {
+    if status.healthy() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -15,7 +15,7 @@ use crate::admin::{self, Status};
 use crate::chain::block::{genesis_hash, Hash, Limits};
 use crate::chain::consensus::{self, Core, Timeouts};
 use crate::chain::mempool::{Mempool, MempoolLimits};
-use crate::chain::producer::Producer;
+use crate::chain::producer::{ChainMetrics, Producer};
 use crate::chain::store::{Store, StoreError};
 use crate::config::{Network, NodeConfig};
 use crate::identity::NodeId;
@@ -58,6 +58,7 @@ pub struct Node {
     tip: watch::Receiver<Tip>,
     store: Store,
     mempool: Arc<Mutex<Mempool>>,
+    chain_metrics: Arc<ChainMetrics>,
     failed: Arc<AtomicBool>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -109,6 +110,7 @@ impl Node {
         let mut core = Core::new(core_cfg, identity, height + 1, prev_hash, prev_ts, last_signed);
         core.restore_own(store.own_signed(height + 1).map_err(store_err)?);
         let mempool = Arc::new(Mutex::new(Mempool::new(options.mempool)));
+        let chain_metrics = Arc::new(ChainMetrics::default());
         let producer = Producer::new(
             core,
             store.clone(),
@@ -118,6 +120,7 @@ impl Node {
             network.clone(),
             limits,
             tracker.clone(),
+            chain_metrics.clone(),
         );
         let failed = Arc::new(AtomicBool::new(false));
         {
@@ -145,6 +148,7 @@ impl Node {
             tip,
             store,
             mempool,
+            chain_metrics,
             failed,
             shutdown: shutdown.clone(),
             tracker,
@@ -198,14 +202,21 @@ impl Node {
         self.status_source().status()
     }
 
-    fn status_source(&self) -> StatusSource {
+    /// A cheap, clonable view of the node for status, metrics and the watchdog.
+    pub fn status_source(&self) -> StatusSource {
         StatusSource {
             id: self.id,
             advertised: self.advertised,
             network: self.network.clone(),
             peers: self.peers.clone(),
             tip: self.tip.clone(),
+            chain: self.chain_metrics.clone(),
+            mempool: self.mempool.clone(),
         }
+    }
+
+    pub fn metrics(&self) -> String {
+        self.status_source().metrics()
     }
 
     /// Stops the node: closes every connection with the shutdown code and waits for
@@ -225,17 +236,42 @@ impl Node {
 }
 
 /// Builds `/status` from the live parts of a node.
+#[derive(Clone)]
 pub struct StatusSource {
     id: NodeId,
     advertised: SocketAddr,
     network: Arc<Network>,
     peers: Peers,
     tip: watch::Receiver<Tip>,
+    chain: Arc<ChainMetrics>,
+    mempool: Arc<Mutex<Mempool>>,
 }
 
 impl StatusSource {
     pub fn status(&self) -> Status {
         let tip = *self.tip.borrow();
         admin::build_status(self.id, self.advertised, &self.network, &self.peers, tip)
+    }
+
+    /// Turns of the node's own loops (transport manager, producer): the service
+    /// watchdog is fed only while both move.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.peers.counters().manager_loops.load(Ordering::Relaxed), self.chain.loops.load(Ordering::Relaxed))
+    }
+
+    pub fn metrics(&self) -> String {
+        let status = self.status();
+        let (mempool_txs, mempool_bytes) = {
+            let m = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            (m.len(), m.bytes())
+        };
+        crate::metrics::render(&crate::metrics::Snapshot {
+            status: &status,
+            net: self.peers.counters(),
+            tls_refused: self.peers.tls_refused(),
+            chain: &self.chain,
+            mempool_txs,
+            mempool_bytes,
+        })
     }
 }

@@ -9,8 +9,11 @@
 //! bounded batches, and feeds them to the core, which verifies every certificate.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{sleep_until, Instant};
@@ -40,7 +43,30 @@ pub enum ProducerError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// What the producer reports for metrics and the service watchdog.
+pub struct ChainMetrics {
+    /// Turns of the producer's loop; it turns at least every few seconds.
+    pub loops: AtomicU64,
+    /// Seconds from a block's timestamp (its proposal) to its commit here.
+    pub commit_latency: Histogram,
+    pub blocks_synced: AtomicU64,
+    pub misbehaviour: AtomicU64,
+}
+
+impl Default for ChainMetrics {
+    fn default() -> Self {
+        ChainMetrics {
+            loops: AtomicU64::new(0),
+            commit_latency: Histogram::new(exponential_buckets(0.05, 2.0, 11)),
+            blocks_synced: AtomicU64::new(0),
+            misbehaviour: AtomicU64::new(0),
+        }
+    }
+}
+
 pub struct Producer {
+    metrics: Arc<ChainMetrics>,
+    applying_sync: bool,
     core: Core,
     store: Store,
     peers: Peers,
@@ -56,7 +82,10 @@ pub struct Producer {
     sync_rx: mpsc::Receiver<(NodeId, Result<Message, RequestError>)>,
     quorum: Option<(usize, bool)>,
     reported: HashSet<(NodeId, String)>,
-    last_height_seen: Height,
+    /// The height we were at, and since when: no block for a while means our
+    /// messages may have been lost.
+    last_height_seen: (Height, Instant),
+    rebroadcast_after: Duration,
     tracker: TaskTracker,
 }
 
@@ -68,7 +97,7 @@ enum Event {
     Peer(PeerEvent),
     Sync(NodeId, Result<Message, RequestError>),
     Timers,
-    Rebroadcast,
+    Tick,
 }
 
 pub fn now_ms() -> u64 {
@@ -86,10 +115,14 @@ impl Producer {
         network: Arc<Network>,
         limits: Limits,
         tracker: TaskTracker,
+        metrics: Arc<ChainMetrics>,
     ) -> Producer {
         let (sync_tx, sync_rx) = mpsc::channel(4);
-        let last_height_seen = core.height();
+        let last_height_seen = (core.height(), Instant::now());
+        let rebroadcast_after = Duration::from_millis((network.block_interval_ms * 3).max(3_000));
         Producer {
+            metrics,
+            applying_sync: false,
             core,
             store,
             peers,
@@ -106,6 +139,7 @@ impl Producer {
             quorum: None,
             reported: HashSet::new(),
             last_height_seen,
+            rebroadcast_after,
             tracker,
         }
     }
@@ -115,8 +149,9 @@ impl Producer {
     pub async fn run(mut self, mut inbound: Inbound, shutdown: CancellationToken) -> Result<(), ProducerError> {
         let mut connected = self.peers.watch_connected();
         let mut events = self.peers.subscribe();
-        let period = Duration::from_millis((self.network.block_interval_ms * 3).max(3_000));
-        let mut rebroadcast = tokio::time::interval_at(Instant::now() + period, period);
+        // A tick a second: the loop turns even when idle (the watchdog's proof of
+        // progress) and checks whether to re-send our votes.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         let start = self.core.start(now_ms());
         self.drive(start).await?;
         let set = connected.borrow_and_update().clone();
@@ -150,8 +185,9 @@ impl Producer {
                     None => Event::Stop,
                 },
                 _ = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => Event::Timers,
-                _ = rebroadcast.tick() => Event::Rebroadcast,
+                _ = tick.tick() => Event::Tick,
             };
+            self.metrics.loops.fetch_add(1, Ordering::Relaxed);
             match event {
                 Event::Stop => return Ok(()),
                 Event::Message(from, msg) => self.on_message(from, msg).await?,
@@ -166,7 +202,7 @@ impl Producer {
                 }
                 Event::Sync(peer, result) => self.on_sync(peer, result).await?,
                 Event::Timers => self.fire_timers().await?,
-                Event::Rebroadcast => self.rebroadcast().await,
+                Event::Tick => self.rebroadcast().await,
             }
         }
     }
@@ -259,12 +295,16 @@ impl Producer {
     /// restarted, a partition healed): send them again.
     async fn rebroadcast(&mut self) {
         let height = self.core.height();
-        if height == self.last_height_seen && self.quorum.is_some_and(|q| q.1) {
+        if height != self.last_height_seen.0 {
+            self.last_height_seen = (height, Instant::now());
+            return;
+        }
+        if self.last_height_seen.1.elapsed() >= self.rebroadcast_after && self.quorum.is_some_and(|q| q.1) {
             for m in self.core.own_messages() {
                 let _ = self.peers.broadcast(&signed_message(m)).await;
             }
+            self.last_height_seen.1 = Instant::now();
         }
-        self.last_height_seen = height;
     }
 
     fn note_tip(&mut self, peer: NodeId, height: Height) {
@@ -312,7 +352,10 @@ impl Producer {
         for c in blocks {
             let before = self.core.height();
             let out = self.core.handle(Input::Commit(c), now_ms());
-            self.drive(out).await?;
+            self.applying_sync = true;
+            let driven = self.drive(out).await;
+            self.applying_sync = false;
+            driven?;
             if self.core.height() == before {
                 // Not the next block, or its certificate does not verify (reported
                 // as misbehaviour by the core): stop taking blocks from this peer.
@@ -369,10 +412,17 @@ impl Producer {
                     let height = c.block.height();
                     let hash = c.block.hash();
                     self.tip.send_replace(Tip { height, hash: hash.0 });
+                    if self.applying_sync {
+                        self.metrics.blocks_synced.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let latency_ms = now_ms().saturating_sub(c.block.header.timestamp_ms);
+                        self.metrics.commit_latency.observe(latency_ms as f64 / 1000.0);
+                    }
                     tracing::debug!(height, hash = %hash.short(), round = c.cert.round, txs = c.block.txs.len(), "committed");
                     let _ = self.peers.broadcast(&Message::Tip { height, hash }).await;
                 }
                 Output::Misbehaviour { node, what } => {
+                    self.metrics.misbehaviour.fetch_add(1, Ordering::Relaxed);
                     let key = (node, what.split(':').next().unwrap_or_default().to_string());
                     if self.reported.len() < MAX_REPORTED && self.reported.insert(key) {
                         tracing::warn!(peer = %node.short(), "misbehaviour: {what}");

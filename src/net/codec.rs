@@ -139,11 +139,12 @@ fn check_header<T: Frame>(len: usize, kind: Option<u8>) -> Result<(), FrameError
 pub struct FrameReader<R> {
     stream: R,
     buf: BytesMut,
+    consumed: u64,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(stream: R) -> Self {
-        FrameReader { stream, buf: BytesMut::with_capacity(16 * 1024) }
+        FrameReader { stream, buf: BytesMut::with_capacity(16 * 1024), consumed: 0 }
     }
 
     /// The next frame, `Ok(None)` at a clean end of stream.
@@ -167,7 +168,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.buf.advance(4);
         let body = self.buf.split_to(len);
+        self.consumed += 4 + len as u64;
         decode_body(&body).map(Some)
+    }
+
+    /// Bytes of whole frames returned so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
     }
 
     /// Bytes in the buffer not yet returned as frames (tests).

@@ -153,6 +153,11 @@ pub struct Counters {
     pub rejects_received: [AtomicU64; 5],
     /// Our dials that failed at TLS (the peer refused us or is not who we expected).
     pub tls_failed: AtomicU64,
+    /// Frame bytes queued for peers and read from them (length prefixes included).
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// Turns of the manager's loop; it turns at least once a second.
+    pub manager_loops: AtomicU64,
 }
 
 /// Counts a failed handshake under its reason.
@@ -226,8 +231,10 @@ impl Peers {
         let frame = encode_checked(msg)?;
         let queue = self.shared.table().get(&to).map(|h| h.frames.clone());
         let queue = queue.ok_or(SendError::NotConnected(to))?;
+        let len = frame.len() as u64;
         queue.send(frame).await.map_err(|_| SendError::NotConnected(to))?;
         self.shared.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 
@@ -243,6 +250,7 @@ impl Peers {
             }
         }
         self.shared.counters.frames_sent.fetch_add(sent as u64, Ordering::Relaxed);
+        self.shared.counters.bytes_sent.fetch_add(sent as u64 * frame.len() as u64, Ordering::Relaxed);
         Ok(sent)
     }
 
@@ -529,6 +537,7 @@ struct Manager {
 
 impl Manager {
     async fn run(mut self, shutdown: CancellationToken) {
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         loop {
             let wake = self.next_wake();
             tokio::select! {
@@ -538,7 +547,10 @@ impl Manager {
                     None => break,
                 },
                 _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => self.handle_timers(),
+                _ = housekeeping.tick() => {}
             }
+            // Proof of progress for the service watchdog: this loop turned.
+            self.shared.counters.manager_loops.fetch_add(1, Ordering::Relaxed);
         }
         for slot in self.slots.values() {
             if let Some(a) = &slot.active {

@@ -78,10 +78,13 @@ async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
         return;
     };
     let mut reader = FrameReader::new(recv);
+    let mut counted = 0;
     loop {
         match reader.next::<Message>().await {
             Ok(Some(msg)) => {
                 shared.counters.frames_received.fetch_add(1, Ordering::Relaxed);
+                shared.counters.bytes_received.fetch_add(reader.consumed() - counted, Ordering::Relaxed);
+                counted = reader.consumed();
                 if shared.inbound.send((peer, msg)).await.is_err() {
                     return;
                 }

@@ -1,0 +1,326 @@
+//! Operating the daemon: provisioning, config layering, status, metrics, JSON
+//! logs, sd_notify. Real processes on real sockets.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::subnet;
+
+const BIN: &str = env!("CARGO_BIN_EXE_masternode");
+const PROVISION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/provision.sh");
+const FAST: [(&str, &str); 4] = [
+    ("MASTERNODE_KEEPALIVE_MS", "500"),
+    ("MASTERNODE_IDLE_TIMEOUT_MS", "3000"),
+    ("MASTERNODE_PASSIVE_WAIT_MS", "2000"),
+    ("MASTERNODE_HANDSHAKE_TIMEOUT_MS", "2000"),
+];
+
+fn provision(inventory: &Path, out: &Path, bin: &str) -> std::process::Output {
+    Command::new("bash").arg(PROVISION).arg(inventory).arg(out).env("MASTERNODE", bin).output().unwrap()
+}
+
+/// Every file under `dir` with its contents and modification time.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.clone(),
+                    (std::fs::read(&p).unwrap(), meta.modified().unwrap(), meta.permissions().mode() & 0o777),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Admin ports are on 127.0.0.1 (p2p port + 1), shared by every test process:
+/// find a block of free ones.
+fn free_port_base(n: usize) -> u16 {
+    let seed =
+        std::process::id() as u64 ^ SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed.wrapping_add(attempt * 7919)) % 20_000) as u16 * 2;
+        let free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + 10 * i as u16 + 1)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn status_of(admin: SocketAddr) -> Option<masternode::admin::Status> {
+    masternode::admin::fetch_status(admin, Duration::from_secs(2)).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b] = subnet();
+    let base = free_port_base(5);
+    let ip = |i: usize| format!("127.{a}.{b}.{i}");
+    let line = |i: usize| format!("node{i} {}:{}\n", ip(i), base + 10 * (i as u16 - 1));
+    let inventory = tmp.path().join("inventory");
+    std::fs::write(&inventory, (1..=4).map(line).collect::<String>()).unwrap();
+    let out = tmp.path().join("net");
+
+    let first = provision(&inventory, &out, BIN);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    for i in 1..=4 {
+        let dir = out.join(format!("node{i}"));
+        for f in ["node.key", "node.crt", "masternode.toml"] {
+            assert!(dir.join(f).exists(), "{f} for node{i}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(dir.join("node.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        let cfg = std::fs::read_to_string(dir.join("masternode.toml")).unwrap();
+        assert!(cfg.contains(&format!("admin = \"127.0.0.1:{}\"", base + 10 * (i as u16 - 1) + 1)), "{cfg}");
+    }
+    let before = snapshot(&out);
+    let second = provision(&inventory, &out, BIN);
+    assert!(second.status.success());
+    assert_eq!(snapshot(&out), before, "a second run changes no file");
+
+    // Bad inventories change nothing and say why.
+    let bad_cases = [
+        (
+            "duplicate name",
+            format!("{}node1 127.{a}.{b}.9:1000\n", (1..=4).map(line).collect::<String>()),
+            "duplicate name",
+        ),
+        (
+            "duplicate address",
+            format!("{}node9 {}:{}\n", (1..=4).map(line).collect::<String>(), ip(1), base),
+            "duplicate address",
+        ),
+        ("bad line", format!("{}node9 not-an-address\n", (1..=4).map(line).collect::<String>()), "bad address"),
+    ];
+    for (what, text, says) in bad_cases {
+        let bad = tmp.path().join("bad");
+        std::fs::write(&bad, text).unwrap();
+        let r = provision(&bad, &out, BIN);
+        assert!(!r.status.success(), "{what}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains(says), "{what}: {err}");
+        assert_eq!(snapshot(&out), before, "{what}: nothing changed");
+    }
+    let r = provision(&inventory, &out, "/nonexistent/masternode");
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("binary not found"));
+    assert_eq!(snapshot(&out), before);
+
+    // Run the four daemons, fast transport settings from the environment.
+    let mut daemons = Daemons(Vec::new());
+    for i in 1..=4 {
+        let log = std::fs::File::create(tmp.path().join(format!("node{i}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(out.join(format!("node{i}/masternode.toml")))
+            .envs(FAST)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        daemons.0.push(child);
+    }
+    let admins: Vec<SocketAddr> =
+        (1..=4).map(|i| format!("127.0.0.1:{}", base + 10 * (i - 1) + 1).parse().unwrap()).collect();
+    let start = Instant::now();
+    loop {
+        let mut heights = Vec::new();
+        for a in &admins {
+            heights.push(status_of(*a).await.map_or(0, |s| s.height));
+        }
+        if heights.iter().all(|h| *h >= 3) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no blocks: {heights:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // status: human form, JSON form, exit 0 when healthy.
+    let cfg1 = out.join("node1/masternode.toml");
+    let human = Command::new(BIN).args(["status", "--config"]).arg(&cfg1).output().unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert_eq!(human.status.code(), Some(0), "{text}");
+    for want in [
+        "node ",
+        "listen",
+        "network   masternode",
+        "height",
+        "quorum    4/4 active, 3 required: met",
+        "peers     3/3",
+        "outbound",
+        "rtt",
+    ] {
+        assert!(text.contains(want), "status output lacks {want:?}:\n{text}");
+    }
+    let json = Command::new(BIN).args(["status", "--json", "--admin", &admins[1].to_string()]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["quorum"]["met"], true);
+    assert_eq!(v["peers"].as_array().unwrap().len(), 3);
+    assert!(v["counters"]["dials"].is_u64());
+
+    // metrics
+    let metrics = masternode::admin::http_get(admins[0], "/metrics", Duration::from_secs(5)).await.unwrap();
+    for want in [
+        "masternode_peers_connected{direction=\"outbound\"} 3",
+        "masternode_dials_total",
+        "masternode_handshakes_total{result=\"ok\"}",
+        "masternode_handshake_rejects_total{direction=\"sent\",reason=\"wrong_network\"} 0",
+        "masternode_duplicates_closed_total",
+        "masternode_sent_bytes_total",
+        "masternode_received_bytes_total",
+        "masternode_frames_sent_total",
+        "masternode_height ",
+        "masternode_quorum_active 4",
+        "masternode_quorum_required 3",
+        "masternode_quorum_met 1",
+        "masternode_commit_latency_seconds_bucket",
+        "masternode_mempool_transactions 0",
+    ] {
+        assert!(metrics.contains(want), "metrics lack {want:?}:\n{metrics}");
+    }
+    assert!(!metrics.contains(&v["node_id"].as_str().unwrap()[..16]), "no label per peer");
+
+    // Logs are JSON when stderr is not a terminal.
+    let log = std::fs::read_to_string(tmp.path().join("node1.log")).unwrap();
+    let first_line = log.lines().next().unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(first_line).unwrap_or_else(|e| panic!("{e}: {first_line}"));
+    assert!(parsed["fields"]["message"].is_string());
+
+    // Adding a line adds a node and rewrites network.toml; nothing else changes.
+    std::fs::write(&inventory, (1..=5).map(line).collect::<String>()).unwrap();
+    let third = provision(&inventory, &out, BIN);
+    assert!(third.status.success());
+    let after = snapshot(&out);
+    let node_files_unchanged = before
+        .iter()
+        .filter(|(p, _)| !p.ends_with("network.toml") && !p.to_string_lossy().contains("/data/"))
+        .all(|(p, v)| after.get(p) == Some(v));
+    assert!(node_files_unchanged, "existing keys and configs untouched");
+    let network = std::fs::read_to_string(out.join("network.toml")).unwrap();
+    assert_eq!(network.matches("[[masternode]]").count(), 5);
+    assert!(after.keys().any(|p| p.ends_with("node5/node.key")));
+
+    // SIGTERM: every daemon exits 0 within a few seconds.
+    for c in &daemons.0 {
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+    }
+    let start = Instant::now();
+    for c in &mut daemons.0 {
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                assert_eq!(s.code(), Some(0));
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "still running after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_beat_environment_beat_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b] = subnet();
+    let ip = move |i: usize| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, b, i as u8));
+    let configs = masternode::devnet::lay_out(tmp.path(), 1, ip).unwrap();
+    // The file says 127.a.b.1:24101; the environment says .1:24111; the flag says .1:24121.
+    let env_admin = format!("127.{a}.{b}.1:24111");
+    let flag_admin = format!("127.{a}.{b}.1:24121");
+    let mut child = Daemons(vec![Command::new(BIN)
+        .args(["run", "--admin", &flag_admin, "--config"])
+        .arg(&configs[0])
+        .env("MASTERNODE_ADMIN", &env_admin)
+        .env("MASTERNODE_DATA_DIR", tmp.path().join("elsewhere"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()]);
+    let start = Instant::now();
+    while status_of(flag_admin.parse().unwrap()).await.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10), "not serving on the flag's address");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(status_of(env_admin.parse().unwrap()).await.is_none());
+    assert!(tmp.path().join("elsewhere").exists(), "data dir from the environment");
+    let _ = child.0[0].kill();
+    let _ = child.0[0].wait();
+}
+
+#[test]
+fn admin_on_a_public_address_is_refused_unless_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b] = subnet();
+    let ip = move |i: usize| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, b, i as u8));
+    let configs = masternode::devnet::lay_out(tmp.path(), 1, ip).unwrap();
+    let out =
+        Command::new(BIN).args(["run", "--admin", "0.0.0.0:24101", "--config"]).arg(&configs[0]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_public"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_reports_ready_status_watchdog_and_stopping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b] = subnet();
+    let ip = move |i: usize| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, b, i as u8));
+    let configs = masternode::devnet::lay_out(tmp.path(), 1, ip).unwrap();
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut child = Daemons(vec![Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&configs[0])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()]);
+    let mut messages: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    let mut termed = false;
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            messages.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_string));
+        }
+        let watchdogs = messages.iter().filter(|m| *m == "WATCHDOG=1").count();
+        if !termed && watchdogs >= 2 {
+            Command::new("kill").args(["-TERM", &child.0[0].id().to_string()]).status().unwrap();
+            termed = true;
+        }
+        if messages.iter().any(|m| m == "STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(messages.first().map(String::as_str), Some("READY=1"), "{messages:?}");
+    assert!(messages.iter().any(|m| m.starts_with("STATUS=peers 0/0, height 0, quorum not met")), "{messages:?}");
+    assert!(messages.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2, "{messages:?}");
+    assert!(messages.iter().any(|m| m == "STOPPING=1"), "{messages:?}");
+    assert_eq!(child.0[0].wait().unwrap().code(), Some(0));
+}
