@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::chain::block::Hash;
 use crate::chain::mempool::{AddError, Mempool};
 use crate::chain::store::Store;
 use crate::config::Network;
@@ -170,6 +171,16 @@ async fn metrics_handler(State(state): State<AdminState>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
+/// Adds a transaction to the mempool and gossips it to every peer if it is new.
+pub async fn submit_tx(mempool: &Mutex<Mempool>, peers: &Peers, tx: Vec<u8>) -> Result<Hash, AddError> {
+    let (hash, new) = lock(mempool).add(tx.clone())?;
+    if new {
+        // Peers that miss it still see it in the block.
+        let _ = peers.broadcast(&Message::Tx(tx)).await;
+    }
+    Ok(hash)
+}
+
 fn lock(m: &Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -217,15 +228,8 @@ async fn block_handler(State(state): State<AdminState>, Path(height): Path<Strin
 /// `POST /tx`: 202 and the hash; 413 over the size limit (also enforced by the
 /// body limit layer before the body is read); 429 when the mempool is full.
 async fn tx_handler(State(state): State<AdminState>, body: Bytes) -> Response {
-    let tx = body.to_vec();
-    let added = lock(&state.mempool).add(tx.clone());
-    match added {
-        Ok((hash, new)) => {
-            if new {
-                let _ = state.peers.broadcast(&Message::Tx(tx)).await;
-            }
-            (StatusCode::ACCEPTED, Json(serde_json::json!({ "hash": hash.to_hex() }))).into_response()
-        }
+    match submit_tx(&state.mempool, &state.peers, body.to_vec()).await {
+        Ok(hash) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "hash": hash.to_hex() }))).into_response(),
         Err(e @ AddError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
         Err(e @ AddError::Full { .. }) => error(StatusCode::TOO_MANY_REQUESTS, e),
         Err(e @ AddError::Empty) => error(StatusCode::BAD_REQUEST, e),

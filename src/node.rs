@@ -164,6 +164,12 @@ impl Node {
         Ok(node)
     }
 
+    /// Submits a transaction as `POST /tx` does: into the mempool, gossiped to
+    /// peers if new.
+    pub async fn submit(&self, tx: Vec<u8>) -> Result<Hash, crate::chain::mempool::AddError> {
+        admin::submit_tx(&self.mempool, &self.peers, tx).await
+    }
+
     /// True if the node stopped because of a runtime failure (a failed store write).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)

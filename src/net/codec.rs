@@ -77,7 +77,8 @@ pub fn encode_into<T: Frame>(msg: &T, buf: &mut BytesMut) {
 
 /// One frame as bytes.
 pub fn encode<T: Frame>(msg: &T) -> bytes::Bytes {
-    let mut buf = BytesMut::new();
+    // One allocation of the exact size: the size pass is cheap next to regrowing.
+    let mut buf = BytesMut::with_capacity(4 + body_len(msg));
     encode_into(msg, &mut buf);
     buf.freeze()
 }

@@ -384,6 +384,47 @@ pub fn start(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(Peers, Inbound), EndpointError> {
+    Ok(bind(cfg)?.run(shutdown, tracker))
+}
+
+/// A bound endpoint whose manager has not started: nothing is dialled or accepted
+/// yet. Lets a caller bind many nodes before any of them dials (benchmarks of mesh
+/// formation), and surfaces bind errors before anything runs.
+pub struct Bound {
+    manager: Manager,
+    hs: Arc<HandshakeCtx>,
+    cmd_tx: mpsc::Sender<Cmd>,
+    inbound: Inbound,
+    passive_wait: Duration,
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.manager.shared.local_addr
+    }
+
+    /// Starts the manager and the accept loop; everything stops when `shutdown`
+    /// is cancelled and `tracker` tracks every task.
+    pub fn run(mut self, shutdown: CancellationToken, tracker: &TaskTracker) -> (Peers, Inbound) {
+        let now = Instant::now();
+        for slot in self.manager.slots.values_mut() {
+            slot.next_dial = Some(match slot.role {
+                Role::Dial => now,
+                Role::Wait => now + self.passive_wait,
+            });
+        }
+        self.manager.tracker = tracker.clone();
+        let shared = self.manager.shared.clone();
+        let endpoint = self.manager.endpoint.clone();
+        tracker.spawn(self.manager.run(shutdown.clone()));
+        tracker.spawn(accept_loop(endpoint, self.hs, self.cmd_tx, shutdown, tracker.clone()));
+        tracing::info!(listen = %shared.local_addr, "transport listening");
+        (Peers { shared }, self.inbound)
+    }
+}
+
+/// Binds the endpoint and prepares the manager without starting it.
+pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
     let me = cfg.identity.id();
     let members: Arc<HashSet<NodeId>> = Arc::new(cfg.network.members.iter().map(|m| m.id).collect());
     let transport = endpoint::transport_config(&cfg.transport)?;
@@ -434,28 +475,18 @@ pub fn start(
         deadline: cfg.transport.handshake_timeout,
     });
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-    let now = Instant::now();
-    for slot in slots.values_mut() {
-        slot.next_dial = Some(match slot.role {
-            Role::Dial => now,
-            Role::Wait => now + cfg.transport.passive_wait,
-        });
-    }
     let manager = Manager {
         slots,
-        shared: shared.clone(),
-        endpoint: endpoint.clone(),
+        shared,
+        endpoint,
         hs: hs.clone(),
         cmd_tx: cmd_tx.clone(),
         cmd_rx,
-        tracker: tracker.clone(),
+        tracker: TaskTracker::new(),
         next_conn_id: 1,
         passive_wait: cfg.transport.passive_wait,
     };
-    tracker.spawn(manager.run(shutdown.clone()));
-    tracker.spawn(accept_loop(endpoint, hs, cmd_tx, shutdown, tracker.clone()));
-    tracing::info!(listen = %local_addr, id = %me, "transport listening");
-    Ok((Peers { shared }, Inbound { messages, requests }))
+    Ok(Bound { manager, hs, cmd_tx, inbound: Inbound { messages, requests }, passive_wait: cfg.transport.passive_wait })
 }
 
 fn random_u64() -> u64 {

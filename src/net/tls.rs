@@ -173,12 +173,22 @@ impl ServerCertVerifier for PinnedServerVerifier {
     }
 }
 
-/// rustls server configuration accepting only clients with a member key.
+/// QUIC server crypto accepting only clients with a member key.
 pub fn server_crypto(
     identity: &Identity,
     members: Arc<HashSet<NodeId>>,
     refusals: Arc<RefusalLog>,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+    let cfg = server_rustls(identity, members, refusals)?;
+    quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
+}
+
+/// The rustls server configuration behind [`server_crypto`] (also usable over TCP).
+pub fn server_rustls(
+    identity: &Identity,
+    members: Arc<HashSet<NodeId>>,
+    refusals: Arc<RefusalLog>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
     let verifier = MemberClientVerifier { members, algs, refusals };
@@ -189,7 +199,7 @@ pub fn server_crypto(
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
-    quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
+    Ok(cfg)
 }
 
 /// rustls client configuration for dialling the member `expected` and nobody else.
@@ -197,6 +207,12 @@ pub fn client_crypto(
     identity: &Identity,
     expected: NodeId,
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+    let cfg = client_rustls(identity, expected)?;
+    quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
+}
+
+/// The rustls client configuration behind [`client_crypto`] (also usable over TCP).
+pub fn client_rustls(identity: &Identity, expected: NodeId) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -206,7 +222,7 @@ pub fn client_crypto(
         .with_client_auth_cert(vec![identity.cert_der()], identity.key_der())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     cfg.resumption = rustls::client::Resumption::disabled();
-    quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
+    Ok(cfg)
 }
 
 /// The member key a connection's peer proved at TLS.

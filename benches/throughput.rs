@@ -1,0 +1,811 @@
+//! Throughput benchmarks: the node against raw quinn and TCP + TLS, in one run.
+//!
+//!     cargo bench --bench throughput -- [--quick] [--json FILE] [--only PREFIX]
+//!
+//! A harness of our own (`harness = false`) rather than criterion: every figure
+//! here is a multi-node scenario measured over a whole run (messages per second,
+//! seconds to a full mesh, submit-to-commit latency), and each one is reported
+//! next to references measured in the same run on the same machine, so a reader
+//! takes ratios, which survive a noisy 2-core machine where the same absolute
+//! figure moves by a quarter between runs. Criterion's per-iteration statistics
+//! fit neither the shape of these scenarios nor the reference-in-the-same-run rule.
+//!
+//! Memory per idle connection is measured in child processes (this binary again,
+//! with `--probe`), so one scenario's allocations cannot inflate another's.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use masternode::config::{Member, Network, NodeConfig, Transport};
+use masternode::identity::{Identity, NodeId};
+use masternode::net::handshake::{self, Expect, Intro, Tip, MAGIC, PROTOCOL_VERSION};
+use masternode::net::{self, endpoint, tls, Message, NetConfig};
+use masternode::node::{Node, NodeOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const PORT: u16 = 24100;
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Figure {
+    name: String,
+    unit: String,
+    value: f64,
+    refs: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    extra: BTreeMap<String, f64>,
+}
+
+impl Figure {
+    fn new(name: impl Into<String>, unit: &str, value: f64) -> Figure {
+        Figure { name: name.into(), unit: unit.into(), value, refs: BTreeMap::new(), extra: BTreeMap::new() }
+    }
+    fn with_ref(mut self, name: &str, value: f64) -> Figure {
+        self.refs.insert(name.into(), value);
+        self
+    }
+    fn with_extra(mut self, name: &str, value: f64) -> Figure {
+        self.extra.insert(name.into(), value);
+        self
+    }
+}
+
+struct Args {
+    quick: bool,
+    json: Option<PathBuf>,
+    only: Option<String>,
+    probe: Option<(String, usize)>,
+}
+
+fn args() -> Args {
+    let mut a = Args { quick: false, json: None, only: None, probe: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "--json" => a.json = it.next().map(PathBuf::from),
+            "--only" => a.only = it.next(),
+            "--probe" => {
+                let kind = it.next().unwrap_or_default();
+                let n = it.next().and_then(|n| n.parse().ok()).unwrap_or(17);
+                a.probe = Some((kind, n));
+            }
+            // cargo bench passes --bench; libtest-style flags are ignored.
+            _ => {}
+        }
+    }
+    a
+}
+
+/// A fresh block of loopback addresses, 127.77.S.1..
+fn subnet() -> u8 {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn addr(net: u8, i: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 77 + (i / 250) as u8, net, (i % 250) as u8 + 1)), PORT)
+}
+
+struct Cluster {
+    ids: Vec<Arc<Identity>>,
+    members: Vec<Member>,
+    network: Arc<Network>,
+}
+
+impl Cluster {
+    fn new(n: usize, interval_ms: u64) -> Cluster {
+        let net = subnet();
+        let ids: Vec<_> = (0..n).map(|_| Arc::new(Identity::generate().unwrap())).collect();
+        let members: Vec<Member> = ids.iter().enumerate().map(|(i, id)| Member { id: id.id(), addr: addr(net, i) }).collect();
+        let text = Network::render("bench", 1_764_000_000_000, interval_ms, 3, &members);
+        let network = Arc::new(Network::parse(Path::new("bench"), &text).unwrap());
+        Cluster { ids, members, network }
+    }
+
+    fn net_config(&self, i: usize) -> NetConfig {
+        let (_tx, tip) = watch::channel(Tip::default());
+        NetConfig {
+            identity: self.ids[i].clone(),
+            network: self.network.clone(),
+            advertised: self.members[i].addr,
+            listen: self.members[i].addr,
+            transport: Transport::default(),
+            request_timeout: Duration::from_secs(10),
+            tip,
+            hooks: Default::default(),
+        }
+    }
+
+    fn member_set(&self) -> Arc<HashSet<NodeId>> {
+        Arc::new(self.members.iter().map(|m| m.id).collect())
+    }
+
+    /// A plain quinn endpoint with the same TLS as the node and the given transport.
+    fn raw_endpoint(&self, i: usize, transport: Arc<quinn::TransportConfig>) -> quinn::Endpoint {
+        endpoint::bind(self.members[i].addr, &self.ids[i], self.member_set(), transport, Default::default(), None).unwrap()
+    }
+
+    fn raw_client(&self, i: usize, to: usize, transport: Arc<quinn::TransportConfig>) -> quinn::ClientConfig {
+        endpoint::client_config(&self.ids[i], self.ids[to].id(), transport).unwrap()
+    }
+}
+
+fn node_transport() -> Arc<quinn::TransportConfig> {
+    endpoint::transport_config(&Transport::default()).unwrap()
+}
+
+fn frame(size: usize) -> Vec<u8> {
+    // The same framing as the node: 4-byte length, then a body of `size` bytes.
+    let mut f = (size as u32).to_be_bytes().to_vec();
+    f.extend(std::iter::repeat_n(0xab, size));
+    f
+}
+
+/// Counts frames in a byte stream without decoding their bodies.
+struct FrameCounter {
+    pending: Vec<u8>,
+    skip: usize,
+    frames: usize,
+}
+
+impl FrameCounter {
+    fn new() -> Self {
+        FrameCounter { pending: Vec::new(), skip: 0, frames: 0 }
+    }
+    fn feed(&mut self, mut data: &[u8]) {
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                if self.skip == 0 {
+                    self.frames += 1;
+                }
+                if data.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            let need = 4 - self.pending.len();
+            let n = need.min(data.len());
+            self.pending.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.pending.len() < 4 {
+                return;
+            }
+            let len = u32::from_be_bytes([self.pending[0], self.pending[1], self.pending[2], self.pending[3]]) as usize;
+            self.pending.clear();
+            self.skip = len;
+            if len == 0 {
+                self.frames += 1;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- frames
+
+async fn frames_node(size: usize, count: usize) -> f64 {
+    let c = Cluster::new(2, 1000);
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let (a, _ina) = net::start(c.net_config(0), stop.clone(), &tracker).unwrap();
+    let (b, mut inb) = net::start(c.net_config(1), stop.clone(), &tracker).unwrap();
+    while a.connected().is_empty() || b.connected().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let to = c.ids[1].id();
+    // Message::Data's body carries a 1-byte kind and a varint length; size the
+    // payload so the frame body equals `size` bytes, as in the references.
+    let overhead = masternode::net::codec::body_len(&Message::Data(vec![0; size])) - size;
+    let payload = vec![0xab; size.saturating_sub(overhead).max(1)];
+    let start = Instant::now();
+    let sender = tokio::spawn(async move {
+        for _ in 0..count {
+            a.send(to, &Message::Data(payload.clone())).await.unwrap();
+        }
+        a
+    });
+    for _ in 0..count {
+        inb.messages.recv().await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let _a = sender.await.unwrap();
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    count as f64 / elapsed.as_secs_f64()
+}
+
+async fn frames_quinn(size: usize, count: usize) -> f64 {
+    let c = Cluster::new(2, 1000);
+    let t = node_transport();
+    let server = c.raw_endpoint(1, t.clone());
+    let client = c.raw_endpoint(0, t.clone());
+    let accept = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let mut recv = conn.accept_uni().await.unwrap();
+        let mut counter = FrameCounter::new();
+        while counter.frames < count {
+            match recv.read_chunk(usize::MAX, true).await.unwrap() {
+                Some(chunk) => counter.feed(&chunk.bytes),
+                None => break,
+            }
+        }
+        (conn, server)
+    });
+    let conn = client.connect_with(c.raw_client(0, 1, t), c.members[1].addr, tls::SERVER_NAME).unwrap().await.unwrap();
+    let f = frame(size);
+    let start = Instant::now();
+    let mut send = conn.open_uni().await.unwrap();
+    let mut buf = Vec::with_capacity(64 * 1024 + f.len());
+    for _ in 0..count {
+        buf.extend_from_slice(&f);
+        if buf.len() >= 64 * 1024 {
+            send.write_all(&buf).await.unwrap();
+            buf.clear();
+        }
+    }
+    send.write_all(&buf).await.unwrap();
+    let _keep = accept.await.unwrap();
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn frames_tcp_tls(size: usize, count: usize, batched: bool) -> f64 {
+    let c = Cluster::new(2, 1000);
+    let server_cfg = tls::server_rustls(&c.ids[1], c.member_set(), Default::default()).unwrap();
+    let client_cfg = tls::client_rustls(&c.ids[0], c.ids[1].id()).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+    let listener = tokio::net::TcpListener::bind(c.members[1].addr).await.unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut counter = FrameCounter::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while counter.frames < count {
+            let n = tls.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            counter.feed(&buf[..n]);
+        }
+    });
+    let tcp = tokio::net::TcpStream::connect(c.members[1].addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).unwrap();
+    let tls_stream = connector.connect(name, tcp).await.unwrap();
+    let f = frame(size);
+    let start = Instant::now();
+    if batched {
+        let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, tls_stream);
+        for _ in 0..count {
+            w.write_all(&f).await.unwrap();
+        }
+        w.flush().await.unwrap();
+        server.await.unwrap();
+    } else {
+        let mut s = tls_stream;
+        for _ in 0..count {
+            s.write_all(&f).await.unwrap();
+        }
+        s.flush().await.unwrap();
+        server.await.unwrap();
+    }
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn bench_frames(quick: bool, out: &mut Vec<Figure>) {
+    for size in [64usize, 256, 4096, 65536] {
+        // Enough bytes that the slowest path runs for about a second.
+        let budget: usize = if quick { 48 << 20 } else { 192 << 20 };
+        let count = (budget / (size + 4)).clamp(1_000, if quick { 600_000 } else { 2_000_000 });
+        let node = frames_node(size, count).await;
+        let quinn = frames_quinn(size, count).await;
+        let tcp = frames_tcp_tls(size, count.min(if quick { 300_000 } else { 1_000_000 }), false).await;
+        let tcp_b = frames_tcp_tls(size, count, true).await;
+        out.push(
+            Figure::new(format!("frames/size={size}"), "msg/s", node)
+                .with_ref("quinn", quinn)
+                .with_ref("tcp_tls", tcp)
+                .with_ref("tcp_tls_batched", tcp_b)
+                .with_extra("messages", count as f64),
+        );
+        report(out.last().unwrap());
+    }
+}
+
+// ---------------------------------------------------------------- handshake
+
+fn intro(c: &Cluster, i: usize) -> Intro {
+    Intro {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        network_id: c.network.id,
+        node_id: c.ids[i].id(),
+        listen: c.members[i].addr,
+        tip: Tip::default(),
+        software: "bench".into(),
+        incarnation: i as u64,
+    }
+}
+
+/// Serves handshakes on member `server`: ours (Hello/Welcome) or a raw 64 B echo.
+fn serve_handshakes(c: &Arc<Cluster>, server: usize, ours: bool) -> quinn::Endpoint {
+    let ep = c.raw_endpoint(server, node_transport());
+    let accept_ep = ep.clone();
+    let sc = c.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accept_ep.accept().await {
+            let sc = sc.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                if ours {
+                    let any = |_: &NodeId| true;
+                    let Some(key) = tls::peer_node_id(&conn) else { return };
+                    let expect = Expect { network_id: sc.network.id, version: PROTOCOL_VERSION, tls_key: key, is_member: &any };
+                    let _ = handshake::accept(&conn, &intro(&sc, server), &expect).await;
+                } else if let Ok((mut s, mut r)) = conn.accept_bi().await {
+                    let mut b = [0u8; 64];
+                    if r.read_exact(&mut b).await.is_ok() {
+                        let _ = s.write_all(&b).await;
+                        let _ = s.finish();
+                    }
+                }
+                conn.closed().await;
+            });
+        }
+    });
+    ep
+}
+
+async fn handshake_times(c: &Arc<Cluster>, client: &quinn::Endpoint, from: usize, to: usize, rounds: usize, ours: bool) -> Vec<f64> {
+    let t = node_transport();
+    let any = |_: &NodeId| true;
+    let expect = Expect { network_id: c.network.id, version: PROTOCOL_VERSION, tls_key: c.ids[to].id(), is_member: &any };
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let conn = client.connect_with(c.raw_client(from, to, t.clone()), c.members[to].addr, tls::SERVER_NAME).unwrap().await.unwrap();
+        if ours {
+            handshake::dial(&conn, &intro(c, from), &expect).await.unwrap();
+        } else {
+            let (mut s, mut r) = conn.open_bi().await.unwrap();
+            s.write_all(&[7u8; 64]).await.unwrap();
+            s.finish().unwrap();
+            let mut b = [0u8; 64];
+            r.read_exact(&mut b).await.unwrap();
+        }
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        conn.close(0u32.into(), b"");
+    }
+    times
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn bench_handshake(quick: bool, out: &mut Vec<Figure>) {
+    let rounds = if quick { 60 } else { 300 };
+    let c = Arc::new(Cluster::new(4, 1000));
+    let _ours_server = serve_handshakes(&c, 1, true);
+    let _raw_server = serve_handshakes(&c, 3, false);
+    let ours_client = c.raw_endpoint(0, node_transport());
+    let raw_client = c.raw_endpoint(2, node_transport());
+    // Interleave so drift on a noisy machine hits both equally.
+    let mut ours = Vec::new();
+    let mut raw = Vec::new();
+    for _ in 0..4 {
+        ours.extend(handshake_times(&c, &ours_client, 0, 1, rounds / 4, true).await);
+        raw.extend(handshake_times(&c, &raw_client, 2, 3, rounds / 4, false).await);
+    }
+    out.push(
+        Figure::new("handshake", "ms", percentile(&mut ours, 0.5))
+            .with_ref("quinn", percentile(&mut raw, 0.5))
+            .with_extra("p99_ms", percentile(&mut ours, 0.99)),
+    );
+    report(out.last().unwrap());
+}
+
+// ---------------------------------------------------------------- mesh
+
+async fn mesh_node(n: usize) -> (f64, u64, u64) {
+    let c = Cluster::new(n, 1000);
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let bound: Vec<_> = (0..n).map(|i| net::bind(c.net_config(i)).unwrap()).collect();
+    let start = Instant::now();
+    let nets: Vec<_> = bound.into_iter().map(|b| b.run(stop.clone(), &tracker)).collect();
+    loop {
+        if nets.iter().all(|(p, _)| p.connected().len() == n - 1) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "mesh of {n} did not form");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = start.elapsed().as_secs_f64();
+    let dials: u64 = nets.iter().map(|(p, _)| p.counters().dials.load(Ordering::Relaxed)).sum();
+    let dups: u64 = nets.iter().map(|(p, _)| p.counters().duplicates_closed.load(Ordering::Relaxed)).sum();
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    (took, dials, dups)
+}
+
+async fn mesh_quinn(n: usize) -> f64 {
+    let c = Arc::new(Cluster::new(n, 1000));
+    let t = Arc::new(quinn::TransportConfig::default());
+    let eps: Vec<_> = (0..n).map(|i| c.raw_endpoint(i, t.clone())).collect();
+    let mut servers = Vec::new();
+    for ep in &eps {
+        let ep = ep.clone();
+        servers.push(tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    if let Ok((mut s, mut r)) = conn.accept_bi().await {
+                        let mut b = [0u8; 64];
+                        if r.read_exact(&mut b).await.is_ok() {
+                            let _ = s.write_all(&b).await;
+                            let _ = s.finish();
+                        }
+                    }
+                    conn.closed().await;
+                });
+            }
+        }));
+    }
+    let start = Instant::now();
+    let mut dials = Vec::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            let ep = eps[i].clone();
+            let cfg = c.raw_client(i, j, t.clone());
+            let to = c.members[j].addr;
+            dials.push(tokio::spawn(async move {
+                let conn = ep.connect_with(cfg, to, tls::SERVER_NAME).unwrap().await.unwrap();
+                let (mut s, mut r) = conn.open_bi().await.unwrap();
+                s.write_all(&[1u8; 64]).await.unwrap();
+                s.finish().unwrap();
+                let mut b = [0u8; 64];
+                r.read_exact(&mut b).await.unwrap();
+                conn
+            }));
+        }
+    }
+    let mut conns = Vec::new();
+    for d in dials {
+        conns.push(d.await.unwrap());
+    }
+    let took = start.elapsed().as_secs_f64();
+    for s in servers {
+        s.abort();
+    }
+    for ep in &eps {
+        ep.close(0u32.into(), b"");
+    }
+    took
+}
+
+async fn bench_mesh(_quick: bool, out: &mut Vec<Figure>) {
+    for n in [8usize, 16, 32, 64] {
+        let quinn = mesh_quinn(n).await;
+        let (secs, dials, dups) = mesh_node(n).await;
+        out.push(
+            Figure::new(format!("mesh/n={n}"), "s", secs)
+                .with_ref("quinn", quinn)
+                .with_extra("dials", dials as f64)
+                .with_extra("ideal_dials", (n * (n - 1) / 2) as f64)
+                .with_extra("duplicates", dups as f64),
+        );
+        report(out.last().unwrap());
+    }
+}
+
+// ---------------------------------------------------------------- broadcast
+
+async fn bench_broadcast(quick: bool, out: &mut Vec<Figure>) {
+    let n = 16;
+    let count = if quick { 20_000 } else { 60_000 };
+    let c = Cluster::new(n, 1000);
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let bound: Vec<_> = (0..n).map(|i| net::bind(c.net_config(i)).unwrap()).collect();
+    let mut nets: Vec<_> = bound.into_iter().map(|b| b.run(stop.clone(), &tracker)).collect();
+    while !nets.iter().all(|(p, _)| p.connected().len() == n - 1) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sender = nets[0].0.clone();
+    let mut receivers = Vec::new();
+    for (_, inbound) in nets.iter_mut().skip(1) {
+        let mut rx = std::mem::replace(&mut inbound.messages, tokio::sync::mpsc::channel(1).1);
+        receivers.push(tokio::spawn(async move {
+            for _ in 0..count {
+                rx.recv().await.unwrap();
+            }
+        }));
+    }
+    let payload = vec![0x5a; 256];
+    let start = Instant::now();
+    for _ in 0..count {
+        sender.broadcast(&Message::Data(payload.clone())).await.unwrap();
+    }
+    for r in receivers {
+        r.await.unwrap();
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    out.push(Figure::new("broadcast/peers=15", "msg/s", rate).with_extra("messages", count as f64));
+    report(out.last().unwrap());
+}
+
+// ---------------------------------------------------------------- commit
+
+async fn bench_commit(quick: bool, out: &mut Vec<Figure>) {
+    let n = 4;
+    let interval_ms = 500;
+    let c = Cluster::new(n, interval_ms);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let identity = Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&c.ids[i].secret_seed())).unwrap();
+        let listen = c.members[i].addr;
+        let cfg = NodeConfig::assemble(
+            (*c.network).clone(),
+            Path::new("bench"),
+            identity,
+            listen,
+            SocketAddr::new(listen.ip(), 0),
+            dir.path().join(format!("node{i}")),
+            Transport::default(),
+        )
+        .unwrap();
+        nodes.push(Arc::new(Node::start(cfg, NodeOptions::default(), CancellationToken::new()).await.unwrap()));
+    }
+    while !nodes.iter().all(|n| n.height() >= 1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let duration = Duration::from_secs(if quick { 10 } else { 30 });
+    let submitted: Arc<std::sync::Mutex<HashMap<[u8; 32], Instant>>> = Default::default();
+    let stop_load = CancellationToken::new();
+    let mut loaders = Vec::new();
+    for (k, node) in nodes.iter().enumerate() {
+        let node = node.clone();
+        let submitted = submitted.clone();
+        let stop_load = stop_load.clone();
+        loaders.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop_load.is_cancelled() {
+                let mut tx = vec![0u8; 256];
+                tx[..8].copy_from_slice(&seq.to_be_bytes());
+                tx[8] = k as u8;
+                seq += 1;
+                let t = Instant::now();
+                match node.submit(tx).await {
+                    Ok(hash) => {
+                        submitted.lock().unwrap().insert(hash.0, t);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+                if seq % 256 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    // Watch node 0's chain; every committed transaction's latency is measured
+    // from its submission.
+    let watch_node = nodes[0].clone();
+    let start = Instant::now();
+    let mut next = watch_node.height() + 1;
+    let mut latencies = Vec::new();
+    let mut committed_in_window = 0usize;
+    let warmup = Duration::from_secs(2);
+    let mut window_start = None;
+    while start.elapsed() < duration + warmup {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while next <= watch_node.height() {
+            let block = watch_node.store().block(next).unwrap().unwrap();
+            let now = Instant::now();
+            if start.elapsed() >= warmup {
+                window_start.get_or_insert(now);
+                committed_in_window += block.block.txs.len();
+                let map = submitted.lock().unwrap();
+                for tx in &block.block.txs {
+                    if let Some(t) = map.get(&masternode::chain::block::tx_hash(tx).0) {
+                        latencies.push(now.duration_since(*t).as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+            next += 1;
+        }
+    }
+    stop_load.cancel();
+    for l in loaders {
+        let _ = l.await;
+    }
+    let window = window_start.map_or(1.0, |w| w.elapsed().as_secs_f64());
+    let rate = committed_in_window as f64 / window;
+    let p50 = percentile(&mut latencies, 0.5);
+    let p99 = percentile(&mut latencies, 0.99);
+    for node in nodes {
+        if let Ok(node) = Arc::try_unwrap(node) {
+            node.stop().await;
+        }
+    }
+    out.push(
+        Figure::new("commit/n=4", "tx/s", rate)
+            .with_extra("p50_ms", p50)
+            .with_extra("p99_ms", p99)
+            .with_extra("block_interval_ms", interval_ms as f64)
+            .with_extra("tx_bytes", 256.0),
+    );
+    report(out.last().unwrap());
+}
+
+// ---------------------------------------------------------------- memory
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+/// Child process: a mesh of `n` idle nodes (or raw quinn endpoints with quinn's
+/// default transport settings); prints resident bytes per connection end.
+async fn memory_probe(kind: &str, n: usize) {
+    let ends = (n * (n - 1)) as f64;
+    if kind == "node" {
+        let c = Cluster::new(n, 1000);
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let bound: Vec<_> = (0..n).map(|i| net::bind(c.net_config(i)).unwrap()).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rss_bytes();
+        let nets: Vec<_> = bound.into_iter().map(|b| b.run(stop.clone(), &tracker)).collect();
+        while !nets.iter().all(|(p, _)| p.connected().len() == n - 1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_bytes();
+        println!("{}", (after.saturating_sub(before)) as f64 / ends);
+    } else {
+        let c = Arc::new(Cluster::new(n, 1000));
+        let t = Arc::new(quinn::TransportConfig::default());
+        let eps: Vec<_> = (0..n).map(|i| c.raw_endpoint(i, t.clone())).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rss_bytes();
+        let mut held = Vec::new();
+        for ep in &eps {
+            let ep = ep.clone();
+            held.push(tokio::spawn(async move {
+                let mut conns = Vec::new();
+                while let Some(incoming) = ep.accept().await {
+                    if let Ok(conn) = incoming.await {
+                        conns.push(conn);
+                    }
+                }
+            }));
+        }
+        let mut conns = Vec::new();
+        for i in 0..n {
+            for j in i + 1..n {
+                let conn = eps[i].connect_with(c.raw_client(i, j, t.clone()), c.members[j].addr, tls::SERVER_NAME).unwrap();
+                conns.push(tokio::spawn(async move { conn.await.unwrap() }));
+            }
+        }
+        let mut live = Vec::new();
+        for cn in conns {
+            live.push(cn.await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_bytes();
+        println!("{}", (after.saturating_sub(before)) as f64 / ends);
+    }
+}
+
+fn run_probe(kind: &str, n: usize) -> f64 {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe).args(["--probe", kind, &n.to_string()]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN)
+}
+
+fn bench_memory(quick: bool, out: &mut Vec<Figure>) {
+    let n = if quick { 17 } else { 33 };
+    // Median of three runs each, alternating.
+    let mut node = Vec::new();
+    let mut quinn = Vec::new();
+    for _ in 0..3 {
+        node.push(run_probe("node", n));
+        quinn.push(run_probe("quinn", n));
+    }
+    out.push(
+        Figure::new("memory/idle_connection", "bytes", percentile(&mut node, 0.5))
+            .with_ref("quinn", percentile(&mut quinn, 0.5))
+            .with_extra("connection_ends", (n * (n - 1)) as f64),
+    );
+    report(out.last().unwrap());
+}
+
+// ---------------------------------------------------------------- output
+
+fn report(f: &Figure) {
+    let refs: Vec<String> = f
+        .refs
+        .iter()
+        .map(|(k, v)| {
+            let ratio = if *v != 0.0 { f.value / v } else { f64::NAN };
+            format!("{k} {} ({ratio:.2}x)", fmt(*v))
+        })
+        .collect();
+    let extra: Vec<String> = f.extra.iter().map(|(k, v)| format!("{k} {}", fmt(*v))).collect();
+    println!("{:<26} {:>12} {:<6} {}  {}", f.name, fmt(f.value), f.unit, refs.join(", "), extra.join(", "));
+}
+
+fn fmt(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+fn main() {
+    let args = args();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if let Some((kind, n)) = &args.probe {
+        rt.block_on(memory_probe(kind, *n));
+        return;
+    }
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|p| name.starts_with(p));
+    let started = Instant::now();
+    println!("{:<26} {:>12} {:<6} references (value/reference)", "figure", "value", "unit");
+    let mut figures = Vec::new();
+    rt.block_on(async {
+        if wanted("frames") {
+            bench_frames(args.quick, &mut figures).await;
+        }
+        if wanted("handshake") {
+            bench_handshake(args.quick, &mut figures).await;
+        }
+        if wanted("mesh") {
+            bench_mesh(args.quick, &mut figures).await;
+        }
+        if wanted("broadcast") {
+            bench_broadcast(args.quick, &mut figures).await;
+        }
+        if wanted("commit") {
+            bench_commit(args.quick, &mut figures).await;
+        }
+    });
+    if wanted("memory") {
+        bench_memory(args.quick, &mut figures);
+    }
+    println!("done in {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "results": figures,
+            "quick": args.quick,
+            "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        println!("wrote {}", path.display());
+    }
+}
