@@ -63,6 +63,11 @@ pub struct Block {
     pub txs: Vec<Vec<u8>>,
 }
 
+/// Transaction bytes in one block, at most. A proposal carrying a full block
+/// (plus a length prefix per transaction and the header) must stay within the
+/// codec's 4 MiB frame limit.
+pub const MAX_BLOCK_BYTES: usize = 3 * 1024 * 1024;
+
 /// Rules every block obeys.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -74,7 +79,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_block_bytes: 1024 * 1024, max_block_txs: 20_000, max_clock_drift_ms: 5_000 }
+        Limits { max_block_bytes: MAX_BLOCK_BYTES, max_block_txs: 20_000, max_clock_drift_ms: 5_000 }
     }
 }
 

@@ -286,6 +286,11 @@ impl Peers {
         self.shared.active.borrow().clone()
     }
 
+    /// How many peers are connected, without copying the set.
+    pub fn connected_count(&self) -> usize {
+        self.shared.active.borrow().len()
+    }
+
     pub fn watch_connected(&self) -> watch::Receiver<BTreeSet<NodeId>> {
         self.shared.active.subscribe()
     }

@@ -46,8 +46,9 @@ pub mod kind {
 /// Limits per kind, bytes of body.
 pub const DATA_LIMIT: usize = 1024 * 1024;
 pub const TX_LIMIT: usize = 64 * 1024 + 16;
-/// A block of up to 1 MiB of transactions, their length prefixes and the header.
-pub const PROPOSAL_LIMIT: usize = 1024 * 1024 + 128 * 1024;
+/// A full block (`MAX_BLOCK_BYTES` of transactions), a length prefix of up to 3
+/// bytes for each of its at most 20,000 transactions, and the header.
+pub const PROPOSAL_LIMIT: usize = crate::chain::block::MAX_BLOCK_BYTES + 128 * 1024;
 pub const VOTE_LIMIT: usize = 256;
 pub const TIP_LIMIT: usize = 64;
 pub const GET_BLOCKS_LIMIT: usize = 32;

@@ -35,7 +35,8 @@ pub mod tls;
 
 pub use direction::Direction;
 pub use manager::{
-    bind, start, Bound, Inbound, InboundRequest, NetConfig, PeerEvent, PeerInfo, Peers, RequestError, SendError, TestHooks,
+    bind, start, Bound, Inbound, InboundRequest, NetConfig, PeerEvent, PeerInfo, Peers, RequestError, SendError,
+    TestHooks,
 };
 pub use message::Message;
 

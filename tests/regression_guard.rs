@@ -1,0 +1,117 @@
+//! Guards that count rather than time: they fail on a regression whatever the
+//! machine's speed.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use masternode::net::codec::{self, FrameReader};
+use masternode::net::{self, Message};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Counts heap allocations per thread, so tests running in parallel do not see
+/// each other's.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: the slot may be gone while a thread is being torn down.
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(|c| c.get())
+}
+
+#[test]
+fn encoding_frames_into_a_buffer_does_not_allocate_per_frame() {
+    let msg = Message::Data(vec![7; 256]);
+    let mut buf = BytesMut::with_capacity(10_000 * 300);
+    let before = allocations();
+    for _ in 0..10_000 {
+        codec::encode_into(&msg, &mut buf);
+    }
+    let made = allocations() - before;
+    assert_eq!(made, 0, "{made} allocations for 10,000 frames");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn reading_frames_allocates_only_the_message_itself() {
+    let msg = Message::Data(vec![7; 256]);
+    let mut wire = BytesMut::new();
+    for _ in 0..10_000 {
+        codec::encode_into(&msg, &mut wire);
+    }
+    let wire = wire.freeze();
+    let mut reader = FrameReader::new(&wire[..]);
+    let before = allocations();
+    let mut n = 0;
+    while let Some(m) = reader.next::<Message>().await.unwrap() {
+        assert_eq!(m, msg);
+        n += 1;
+    }
+    let made = allocations() - before;
+    assert_eq!(n, 10_000);
+    // One allocation per frame for the owned payload, plus a few for the buffer.
+    assert!(made <= n + 16, "{made} allocations for {n} frames");
+}
+
+/// Eight nodes bound first and started together: exactly one dial per pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_of_8_forms_with_exactly_28_dials() {
+    let spec = Spec::new(8);
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let bound: Vec<_> = (0..8)
+        .map(|i| {
+            let (_tx, tip) = tokio::sync::watch::channel(Default::default());
+            net::bind(net::NetConfig {
+                identity: spec.ids[i].clone(),
+                network: std::sync::Arc::new(spec.network()),
+                advertised: spec.addr(i),
+                listen: spec.addr(i),
+                transport: fast_transport(),
+                request_timeout: Duration::from_secs(5),
+                tip,
+                hooks: Default::default(),
+            })
+            .unwrap()
+        })
+        .collect();
+    let nets: Vec<_> = bound.into_iter().map(|b| b.run(stop.clone(), &tracker)).collect();
+    eventually("full mesh of 8", Duration::from_secs(20), || nets.iter().all(|(p, _)| p.connected().len() == 7)).await;
+    let dials: u64 = nets.iter().map(|(p, _)| counter(&p.counters().dials)).sum();
+    let handshakes: u64 = nets.iter().map(|(p, _)| counter(&p.counters().handshakes_ok)).sum();
+    let duplicates: u64 = nets.iter().map(|(p, _)| counter(&p.counters().duplicates_closed)).sum();
+    assert_eq!(dials, 28);
+    assert_eq!(handshakes, 56, "each of 28 handshakes completes once at each end");
+    assert_eq!(duplicates, 0);
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
