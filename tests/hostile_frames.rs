@@ -4,66 +4,11 @@
 
 mod common;
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use masternode::net::handshake::{self, Expect, Intro, Tip, MAGIC, PROTOCOL_VERSION};
+use masternode::net::close;
 use masternode::net::message::DATA_LIMIT;
-use masternode::net::{close, endpoint, tls};
-
-/// A member key that speaks the handshake correctly and then misbehaves.
-struct Hostile {
-    endpoint: quinn::Endpoint,
-    spec_index: usize,
-}
-
-impl Hostile {
-    fn new(spec: &Spec, i: usize) -> Hostile {
-        let members: HashSet<_> = spec.members.iter().map(|m| m.id).collect();
-        let transport = endpoint::transport_config(&fast_transport()).unwrap();
-        let endpoint = endpoint::bind(
-            spec.addr(i),
-            &spec.ids[i],
-            Arc::new(members),
-            transport,
-            Arc::new(tls::RefusalLog::default()),
-            None,
-        )
-        .unwrap();
-        Hostile { endpoint, spec_index: i }
-    }
-
-    async fn connect(&self, spec: &Spec, victim: usize) -> quinn::Connection {
-        let transport = endpoint::transport_config(&fast_transport()).unwrap();
-        let client = endpoint::client_config(&spec.ids[self.spec_index], spec.id(victim), transport).unwrap();
-        let conn = self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).unwrap().await.unwrap();
-        let intro = Intro {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            network_id: spec.network().id,
-            node_id: spec.id(self.spec_index),
-            listen: spec.addr(self.spec_index),
-            tip: Tip::default(),
-            software: "hostile".into(),
-            incarnation: rand_incarnation(),
-        };
-        let any = |_: &masternode::identity::NodeId| true;
-        let expect = Expect {
-            network_id: spec.network().id,
-            version: PROTOCOL_VERSION,
-            tls_key: spec.id(victim),
-            is_member: &any,
-        };
-        handshake::dial(&conn, &intro, &expect).await.expect("hostile peer passes the handshake");
-        conn
-    }
-}
-
-fn rand_incarnation() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_the_offending_connection() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use masternode::config::{Member, Network, NodeConfig, Transport};
 use masternode::identity::{Identity, NodeId};
 use masternode::net::handshake::Tip;
-use masternode::net::{self, Inbound, NetConfig, Peers, TestHooks};
+use masternode::net::{self, endpoint, tls, Inbound, NetConfig, Peers, TestHooks};
 use masternode::node::{Node, NodeOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -220,4 +220,63 @@ pub fn check_chains_of(network: &Network, stores: &[&masternode::chain::store::S
 
 pub fn heights(nodes: &[&Node]) -> Vec<u64> {
     nodes.iter().map(|n| n.height()).collect()
+}
+
+/// A member key that speaks the handshake correctly and then misbehaves.
+pub struct Hostile {
+    pub endpoint: quinn::Endpoint,
+    pub spec_index: usize,
+}
+
+impl Hostile {
+    pub fn new(spec: &Spec, i: usize) -> Hostile {
+        let members: std::collections::HashSet<_> = spec.members.iter().map(|m| m.id).collect();
+        let transport = endpoint::transport_config(&fast_transport()).unwrap();
+        let endpoint = endpoint::bind(
+            spec.addr(i),
+            &spec.ids[i],
+            Arc::new(members),
+            transport,
+            Arc::new(tls::RefusalLog::default()),
+            None,
+        )
+        .unwrap();
+        Hostile { endpoint, spec_index: i }
+    }
+
+    /// QUIC and TLS only, no handshake.
+    pub async fn connect_tls(&self, spec: &Spec, victim: usize) -> quinn::Connection {
+        let transport = endpoint::transport_config(&fast_transport()).unwrap();
+        let client = endpoint::client_config(&spec.ids[self.spec_index], spec.id(victim), transport).unwrap();
+        self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).unwrap().await.unwrap()
+    }
+
+    pub async fn connect(&self, spec: &Spec, victim: usize) -> quinn::Connection {
+        let transport = endpoint::transport_config(&fast_transport()).unwrap();
+        let client = endpoint::client_config(&spec.ids[self.spec_index], spec.id(victim), transport).unwrap();
+        let conn = self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).unwrap().await.unwrap();
+        let intro = masternode::net::handshake::Intro {
+            magic: masternode::net::handshake::MAGIC,
+            version: masternode::net::handshake::PROTOCOL_VERSION,
+            network_id: spec.network().id,
+            node_id: spec.id(self.spec_index),
+            listen: spec.addr(self.spec_index),
+            tip: Tip::default(),
+            software: "hostile".into(),
+            incarnation: rand_incarnation(),
+        };
+        let any = |_: &masternode::identity::NodeId| true;
+        let expect = masternode::net::handshake::Expect {
+            network_id: spec.network().id,
+            version: masternode::net::handshake::PROTOCOL_VERSION,
+            tls_key: spec.id(victim),
+            is_member: &any,
+        };
+        masternode::net::handshake::dial(&conn, &intro, &expect).await.expect("hostile peer passes the handshake");
+        conn
+    }
+}
+
+pub fn rand_incarnation() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }

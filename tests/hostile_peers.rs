@@ -1,0 +1,287 @@
+//! Hostile peers on real sockets. Each probe asserts the outcome and how long it
+//! took, and that the honest nodes keep their mesh and keep committing.
+//!
+//! The network has four members: the hostile key at the lowest address (so the
+//! honest nodes wait for it and never dial it during a test) and three honest
+//! nodes, which are a quorum on their own.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use masternode::chain::vote::{SignedVote, Vote, VoteKind};
+use masternode::net::codec;
+use masternode::net::{close, Message};
+use masternode::node::Node;
+
+struct Net {
+    spec: Spec,
+    hostile: Hostile,
+    honest: Vec<Node>,
+}
+
+async fn network() -> Net {
+    let spec = Spec::new(4);
+    let hostile = Hostile::new(&spec, 0);
+    let mut transport = fast_transport();
+    transport.passive_wait = Duration::from_secs(600);
+    let mut honest = Vec::new();
+    for i in 1..4 {
+        honest.push(spec.start(i, transport.clone()).await);
+    }
+    let refs: Vec<&Node> = honest.iter().collect();
+    eventually("honest mesh and height 2", Duration::from_secs(60), || {
+        refs.iter().all(|n| n.peers().connected().len() >= 2 && n.height() >= 2)
+    })
+    .await;
+    Net { spec, hostile, honest }
+}
+
+impl Net {
+    /// The honest three still form a mesh and the chain moves on.
+    async fn assert_intact(&self, what: &str) {
+        let refs: Vec<&Node> = self.honest.iter().collect();
+        let honest_ids: Vec<_> = (1..4).map(|i| self.spec.id(i)).collect();
+        for n in &refs {
+            let connected = n.peers().connected();
+            assert!(
+                honest_ids.iter().filter(|id| **id != n.id()).all(|id| connected.contains(id)),
+                "{what}: mesh broken"
+            );
+        }
+        let target = refs.iter().map(|n| n.height()).max().unwrap() + 2;
+        eventually(&format!("{what}: chain goes on"), Duration::from_secs(30), || {
+            refs.iter().all(|n| n.height() >= target)
+        })
+        .await;
+        let stores: Vec<_> = refs.iter().map(|n| n.store().clone()).collect();
+        check_chains(&self.spec, &stores.iter().collect::<Vec<_>>());
+    }
+
+    async fn stop(self) {
+        stop_all(self.honest).await;
+    }
+}
+
+async fn closed_within(conn: &quinn::Connection, limit: Duration) -> (quinn::ConnectionError, Duration) {
+    let start = Instant::now();
+    let err = tokio::time::timeout(limit, conn.closed()).await.expect("closed in time");
+    (err, start.elapsed())
+}
+
+fn app_code(err: &quinn::ConnectionError) -> Option<u32> {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(ac) => Some(ac.error_code.into_inner() as u32),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_member_is_closed_at_the_handshake_deadline() {
+    let net = network().await;
+    let conn = net.hostile.connect_tls(&net.spec, 1).await;
+    let (err, took) = closed_within(&conn, Duration::from_secs(10)).await;
+    assert_eq!(app_code(&err), Some(close::HANDSHAKE_TIMEOUT), "{err}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "closed after {took:?}; deadline 2 s"
+    );
+    net.assert_intact("silent member").await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_absurd_lengths_on_the_handshake_stream_are_closed_at_once() {
+    let net = network().await;
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        ("absurd length prefix", vec![0xff, 0xff, 0xff, 0xff, 0, 1, 2, 3]),
+        ("a Welcome where a Hello belongs", {
+            let mut f = vec![0, 0, 0, 2, 1, 0];
+            f.truncate(6);
+            f
+        }),
+    ];
+    for (what, bytes) in cases {
+        let conn = net.hostile.connect_tls(&net.spec, 1).await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        let (err, took) = closed_within(&conn, Duration::from_secs(10)).await;
+        assert!(app_code(&err).is_some(), "{what}: {err}");
+        assert!(took < Duration::from_secs(1), "{what}: closed after {took:?}");
+    }
+    // More than the handshake limit, never finished: refused once over the limit.
+    let conn = net.hostile.connect_tls(&net.spec, 1).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let _ = send.write_all(&vec![0u8; 64 * 1024]).await;
+    let (err, took) = closed_within(&conn, Duration::from_secs(10)).await;
+    assert!(app_code(&err).is_some(), "oversized hello: {err}");
+    assert!(took < Duration::from_secs(1), "oversized hello closed after {took:?}");
+    net.assert_intact("garbage handshakes").await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_the_handshake_is_closed_at_the_deadline() {
+    let net = network().await;
+    let conn = net.hostile.connect_tls(&net.spec, 1).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let start = Instant::now();
+    let dripping = tokio::spawn(async move {
+        for b in 0..100u8 {
+            if send.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let (err, _) = closed_within(&conn, Duration::from_secs(10)).await;
+    let took = start.elapsed();
+    assert_eq!(app_code(&err), Some(close::HANDSHAKE_TIMEOUT), "{err}");
+    assert!(took < Duration::from_secs(4), "closed after {took:?}; deadline 2 s");
+    dripping.abort();
+    net.assert_intact("slowloris").await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_streams_are_held_to_the_stream_limit() {
+    let net = network().await;
+    let conn = net.hostile.connect(&net.spec, 1).await;
+    // Open 300 request streams and never finish them.
+    let mut opened = 0;
+    let mut streams = Vec::new();
+    for _ in 0..300 {
+        match tokio::time::timeout(Duration::from_millis(200), conn.open_bi()).await {
+            Ok(Ok((mut s, r))) => {
+                let _ = s.write_all(&[0, 0]).await;
+                streams.push((s, r));
+                opened += 1;
+            }
+            _ => break,
+        }
+    }
+    assert!(opened <= 16, "the node allows {opened} concurrent request streams");
+    net.assert_intact("stream flood").await;
+    drop(streams);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_certificate_are_refused_even_in_a_flood() {
+    let net = network().await;
+    let victim = net.spec.addr(1);
+    let client_ep = quinn::Endpoint::client(std::net::SocketAddr::new(net.spec.addr(0).ip(), 0)).unwrap();
+    let crypto = rustls::ClientConfig::builder_with_provider(masternode::net::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_no_client_auth();
+    let mut crypto = crypto;
+    crypto.alpn_protocols = vec![masternode::net::tls::ALPN.to_vec()];
+    let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap()));
+    let start = Instant::now();
+    let mut attempts = Vec::new();
+    for _ in 0..200 {
+        let ep = client_ep.clone();
+        let cfg = cfg.clone();
+        attempts.push(tokio::spawn(async move {
+            let conn = ep.connect_with(cfg, victim, "x").unwrap();
+            match tokio::time::timeout(Duration::from_secs(10), conn).await {
+                Ok(Ok(c)) => {
+                    // TLS 1.3: the client learns of the refusal after its flight.
+                    let err = c.closed().await;
+                    !masternode::net::is_tls_refusal(&err) && c.accept_uni().await.is_ok()
+                }
+                Ok(Err(_)) => false,
+                Err(_) => true,
+            }
+        }));
+    }
+    let mut got_through = 0;
+    for a in attempts {
+        if a.await.unwrap() {
+            got_through += 1;
+        }
+    }
+    let took = start.elapsed();
+    assert_eq!(got_through, 0, "a connection without a certificate got through");
+    assert!(took < Duration::from_secs(10), "200 refusals took {took:?}");
+    net.assert_intact("certificate-less flood").await;
+    net.stop().await;
+}
+
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        vec![rustls::SignatureScheme::ED25519]
+    }
+}
+
+/// A member that votes for a far-future height, equivocates, and replays old
+/// votes: the honest nodes report what deserves it and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_future_equivocating_and_replayed_votes_change_nothing() {
+    let net = network().await;
+    let conn = net.hostile.connect(&net.spec, 1).await;
+    let mut uni = conn.open_uni().await.unwrap();
+    let me = &net.spec.ids[0];
+    let network_id = net.spec.network().id;
+    let h = net.honest[0].height() + 1;
+    let vote = |height, round, block: Option<masternode::chain::block::Hash>| -> SignedVote {
+        Vote { kind: VoteKind::Prevote, height, round, block, voter: me.id() }.sign(&network_id, me)
+    };
+    let mut frames = bytes::BytesMut::new();
+    // Far future.
+    codec::encode_into(&Message::Vote(vote(h + 1_000_000, 0, None)), &mut frames);
+    // Equivocation: two different prevotes for one height and round.
+    codec::encode_into(&Message::Vote(vote(h, 0, None)), &mut frames);
+    codec::encode_into(&Message::Vote(vote(h, 0, Some(masternode::chain::block::Hash([9; 32])))), &mut frames);
+    // Replays of an honest node's old vote, taken from a committed certificate.
+    let old = net.honest[0].store().block(1).unwrap().unwrap().cert.precommits[0].clone();
+    for _ in 0..50 {
+        codec::encode_into(&Message::Vote(old.clone()), &mut frames);
+    }
+    uni.write_all(&frames).await.unwrap();
+    let metrics_has_misbehaviour = || {
+        let m = net.honest[0].metrics();
+        m.lines().any(|l| l.starts_with("masternode_misbehaviour_total") && !l.ends_with(" 0"))
+    };
+    eventually("equivocation is reported", Duration::from_secs(10), metrics_has_misbehaviour).await;
+    assert!(conn.close_reason().is_none(), "valid frames keep the connection open");
+    net.assert_intact("hostile votes").await;
+    conn.close(0u32.into(), b"");
+    net.stop().await;
+}
