@@ -740,8 +740,7 @@ async fn memory_probe(kind: &str, n: usize) {
         let mut conns = Vec::new();
         for (i, ep) in eps.iter().enumerate() {
             for j in i + 1..n {
-                let conn =
-                    ep.connect_with(c.raw_client(i, j, t.clone()), c.members[j].addr, tls::SERVER_NAME).unwrap();
+                let conn = ep.connect_with(c.raw_client(i, j, t.clone()), c.members[j].addr, tls::SERVER_NAME).unwrap();
                 conns.push(tokio::spawn(async move { conn.await.unwrap() }));
             }
         }

@@ -202,7 +202,13 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
     };
     tracing::info!(id = %cfg.id(), network = %cfg.network.name, members = cfg.network.members.len(), "starting masternode");
     let shutdown = CancellationToken::new();
-    let node = match Node::start(cfg, NodeOptions::default(), shutdown.clone()).await {
+    #[allow(unused_mut)]
+    let mut options = NodeOptions::default();
+    #[cfg(feature = "fault-injection")]
+    if let Some(path) = std::env::var_os("MASTERNODE_FAULTS_FILE") {
+        options.hooks.wrap_socket = Some(faults_from_file(path.into(), shutdown.clone()));
+    }
+    let node = match Node::start(cfg, options, shutdown.clone()).await {
         Ok(node) => node,
         Err(e) => {
             eprintln!("error: {e}");
@@ -272,4 +278,40 @@ async fn status(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) 
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Test builds only: faults for this process's UDP socket, read from a file the
+/// test rewrites. Lines: `partition A,B|C,D` (IP addresses; empty heals) and
+/// `loss 0.05`.
+#[cfg(feature = "fault-injection")]
+fn faults_from_file(path: PathBuf, stop: CancellationToken) -> masternode::net::endpoint::SocketWrapper {
+    use masternode::net::fault::Faults;
+    let faults = Faults::new();
+    let watched = faults.clone();
+    tokio::spawn(async move {
+        let mut last = String::new();
+        while !stop.is_cancelled() {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text != last {
+                let mut groups: Vec<Vec<std::net::IpAddr>> = Vec::new();
+                let mut loss = 0.0;
+                for line in text.lines() {
+                    if let Some(spec) = line.strip_prefix("partition ") {
+                        groups = spec
+                            .split('|')
+                            .map(|g| g.split(',').filter_map(|ip| ip.trim().parse().ok()).collect())
+                            .collect();
+                    } else if let Some(l) = line.strip_prefix("loss ") {
+                        loss = l.trim().parse().unwrap_or(0.0);
+                    }
+                }
+                let slices: Vec<&[std::net::IpAddr]> = groups.iter().map(|g| g.as_slice()).collect();
+                watched.partition(&slices);
+                watched.set_loss(loss);
+                last = text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    std::sync::Arc::new(move |socket, local| faults.wrap(socket, local))
 }

@@ -2,6 +2,8 @@
 //! addresses, real nodes, polling with generous deadlines.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -1,0 +1,118 @@
+//! Nodes as child processes of the `masternode` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use masternode::admin::{fetch_status, Status};
+
+use super::subnet;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_masternode");
+
+/// Fast liveness settings so the scenarios take seconds: the contract's defaults
+/// scaled down, in the same proportions.
+pub const TRANSPORT: &str =
+    "\n[transport]\nkeepalive_ms = 500\nidle_timeout_ms = 3000\npassive_wait_ms = 2000\nhandshake_timeout_ms = 2000\n";
+
+pub struct Net {
+    pub dir: tempfile::TempDir,
+    pub configs: Vec<PathBuf>,
+    pub admins: Vec<SocketAddr>,
+    pub procs: Vec<Option<Child>>,
+    /// Extra environment for every node started.
+    pub env: Vec<(String, String)>,
+}
+
+impl Net {
+    pub fn new(n: usize) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b] = subnet();
+        let ip = move |i: usize| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, b, i as u8));
+        let configs = masternode::devnet::lay_out(dir.path(), n, ip).unwrap();
+        for c in &configs {
+            let mut text = std::fs::read_to_string(c).unwrap();
+            text.push_str(TRANSPORT);
+            std::fs::write(c, text).unwrap();
+        }
+        let admins = (1..=n).map(|i| SocketAddr::new(ip(i), masternode::devnet::ADMIN_PORT)).collect();
+        Net { dir, configs, admins, procs: (0..n).map(|_| None).collect(), env: Vec::new() }
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{}.log", i + 1)))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.configs[i])
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs[i] = Some(child);
+    }
+
+    pub fn signal(&self, i: usize, sig: &str) {
+        let pid = self.procs[i].as_ref().unwrap().id();
+        let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        let mut child = self.procs[i].take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Status> {
+        fetch_status(self.admins[i], Duration::from_secs(2)).await.ok()
+    }
+
+    /// Polls until every running node listed has exactly `want` peers, returning
+    /// their statuses.
+    pub async fn until_peers(&self, nodes: &[usize], want: usize, deadline: Duration, what: &str) -> Vec<Status> {
+        let start = Instant::now();
+        loop {
+            let mut all = Vec::new();
+            for &i in nodes {
+                match self.status(i).await {
+                    Some(s) if s.peers.len() == want => all.push(s),
+                    _ => break,
+                }
+            }
+            if all.len() == nodes.len() {
+                return all;
+            }
+            if start.elapsed() > deadline {
+                panic!("not within {deadline:?}: {what}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.configs.len() {
+            let p = self.dir.path().join(format!("node{}.log", i + 1));
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<_> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            out.push_str(&format!("--- node{} ---\n{}\n", i + 1, tail.join("\n")));
+        }
+        out
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut().flatten() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
