@@ -17,6 +17,8 @@ use crate::identity::{Identity, IdentityError, NodeId};
 /// `required = max(min_active, floor(2n/3) + 1)` uses this when the file is silent.
 pub const DEFAULT_MIN_ACTIVE: usize = 3;
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:24101";
+/// Transport timings above an hour are mistakes, not tuning.
+pub const MAX_TRANSPORT_MS: u64 = 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -223,6 +225,72 @@ struct NodeFile {
     transport: TransportFile,
 }
 
+/// The values of a `masternode.toml`, checked, with paths resolved against the
+/// file's folder; the files they name are not read yet.
+#[derive(Debug, Clone)]
+pub struct NodeFileValues {
+    pub network: PathBuf,
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub transport: Transport,
+}
+
+impl NodeFileValues {
+    pub fn parse(path: &Path, text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut file: NodeFile = toml::from_str(text).map_err(|e| parse_error(path, e))?;
+        overrides.apply(&mut file);
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let listen: SocketAddr =
+            file.listen.parse().map_err(|_| invalid(format!("listen {:?} is not ip:port", file.listen)))?;
+        let admin_text = file.admin.as_deref().unwrap_or(DEFAULT_ADMIN);
+        let admin: SocketAddr =
+            admin_text.parse().map_err(|_| invalid(format!("admin {admin_text:?} is not ip:port")))?;
+        if !admin.ip().is_loopback() && file.admin_public != Some(true) {
+            return Err(invalid(format!(
+                "admin {admin} is not a loopback address; the admin API has no authentication \
+                 (set admin_public = true to serve it there anyway)"
+            )));
+        }
+        let mut transport = Transport::default();
+        let t = &file.transport;
+        for (value, slot, name) in [
+            (t.keepalive_ms, &mut transport.keepalive, "keepalive_ms"),
+            (t.idle_timeout_ms, &mut transport.idle_timeout, "idle_timeout_ms"),
+            (t.passive_wait_ms, &mut transport.passive_wait, "passive_wait_ms"),
+            (t.handshake_timeout_ms, &mut transport.handshake_timeout, "handshake_timeout_ms"),
+        ] {
+            if let Some(ms) = value {
+                if ms == 0 || ms > MAX_TRANSPORT_MS {
+                    return Err(invalid(format!(
+                        "transport.{name} must be between 1 and {MAX_TRANSPORT_MS}, not {ms}"
+                    )));
+                }
+                *slot = Duration::from_millis(ms);
+            }
+        }
+        if transport.keepalive >= transport.idle_timeout {
+            return Err(invalid(format!(
+                "transport.keepalive_ms ({}) must be below idle_timeout_ms ({})",
+                transport.keepalive.as_millis(),
+                transport.idle_timeout.as_millis()
+            )));
+        }
+        Ok(NodeFileValues {
+            network: base.join(&file.network),
+            key: base.join(&file.key),
+            cert: base.join(&file.cert),
+            listen,
+            admin,
+            data_dir: base.join(file.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            transport,
+        })
+    }
+}
+
 /// Values that override the config file, from `MASTERNODE_*` variables or flags.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -281,48 +349,10 @@ impl NodeConfig {
     /// variables and flags) on top: defaults < file < environment < flags.
     pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let text = read(path)?;
-        let mut file: NodeFile = toml::from_str(&text).map_err(|e| parse_error(path, e))?;
-        overrides.apply(&mut file);
-        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
-        let base = path.parent().unwrap_or(Path::new("."));
-        let network_path = base.join(&file.network);
-        let network = Network::load(&network_path)?;
-        let identity = Identity::load(&base.join(&file.key), &base.join(&file.cert))?;
-        let listen: SocketAddr =
-            file.listen.parse().map_err(|_| invalid(format!("listen {:?} is not ip:port", file.listen)))?;
-        let admin_text = file.admin.as_deref().unwrap_or(DEFAULT_ADMIN);
-        let admin: SocketAddr =
-            admin_text.parse().map_err(|_| invalid(format!("admin {admin_text:?} is not ip:port")))?;
-        if !admin.ip().is_loopback() && file.admin_public != Some(true) {
-            return Err(invalid(format!(
-                "admin {admin} is not a loopback address; the admin API has no authentication \
-                 (set admin_public = true to serve it there anyway)"
-            )));
-        }
-        let mut transport = Transport::default();
-        let t = &file.transport;
-        for (value, slot, name) in [
-            (t.keepalive_ms, &mut transport.keepalive, "keepalive_ms"),
-            (t.idle_timeout_ms, &mut transport.idle_timeout, "idle_timeout_ms"),
-            (t.passive_wait_ms, &mut transport.passive_wait, "passive_wait_ms"),
-            (t.handshake_timeout_ms, &mut transport.handshake_timeout, "handshake_timeout_ms"),
-        ] {
-            if let Some(ms) = value {
-                if ms == 0 {
-                    return Err(invalid(format!("transport.{name} must be positive")));
-                }
-                *slot = Duration::from_millis(ms);
-            }
-        }
-        if transport.keepalive >= transport.idle_timeout {
-            return Err(invalid(format!(
-                "transport.keepalive_ms ({}) must be below idle_timeout_ms ({})",
-                transport.keepalive.as_millis(),
-                transport.idle_timeout.as_millis()
-            )));
-        }
-        let data_dir = base.join(file.data_dir.unwrap_or_else(|| PathBuf::from("data")));
-        Self::assemble(network, &network_path, identity, listen, admin, data_dir, transport)
+        let f = NodeFileValues::parse(path, &text, overrides)?;
+        let network = Network::load(&f.network)?;
+        let identity = Identity::load(&f.key, &f.cert)?;
+        Self::assemble(network, &f.network, identity, f.listen, f.admin, f.data_dir, f.transport)
     }
 
     /// Cross-checks the parts: the node's key must be a member of the set.

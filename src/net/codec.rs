@@ -45,6 +45,8 @@ pub enum FrameError {
     Decode(String),
     #[error("frame body has {0} trailing bytes")]
     TrailingBytes(usize),
+    #[error("frame body is not in canonical form")]
+    NonCanonical,
     #[error("read failed: {0}")]
     Read(#[from] std::io::Error),
 }
@@ -101,6 +103,12 @@ pub fn decode_body<T: Frame>(body: &[u8]) -> Result<T, FrameError> {
     let (msg, used) = bincode::decode_from_slice(body, BINCODE).map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(FrameError::TrailingBytes(body.len() - used));
+    }
+    // bincode accepts integers in longer varint forms than needed; one message
+    // has exactly one encoding here, so a frame that does not re-encode to its own
+    // length is refused (found by the `message` fuzz target).
+    if body_len(&msg) != body.len() {
+        return Err(FrameError::NonCanonical);
     }
     Ok(msg)
 }
@@ -259,6 +267,17 @@ mod tests {
         // A Data whose claimed length exceeds the body.
         assert!(matches!(decode_body::<Message>(&[0, 200]), Err(FrameError::Decode(_))));
         assert!(matches!(decode_body::<Message>(&[]), Err(FrameError::Empty)));
+    }
+
+    /// Fuzz regression (`message` target): an overlong varint decoded, so one
+    /// message had two encodings.
+    #[test]
+    fn overlong_varints_are_refused() {
+        let crash = [5u8, 253, 0, 0, 0, 0, 2, 253, 59, 137, 1];
+        assert!(matches!(decode_body::<Message>(&crash), Err(FrameError::NonCanonical)));
+        let canonical = [5u8, 252, 2, 253, 59, 137, 1];
+        let msg = decode_body::<Message>(&canonical).unwrap();
+        assert_eq!(&encode(&msg)[4..], &canonical[..]);
     }
 
     #[test]

@@ -1,0 +1,13 @@
+//! One frame body of any kind; what decodes must re-encode to the same bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use masternode::net::codec::{decode_body, encode};
+use masternode::net::Message;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(msg) = decode_body::<Message>(data) {
+        let again = encode(&msg);
+        assert_eq!(&again[4..], data, "canonical encoding");
+    }
+});

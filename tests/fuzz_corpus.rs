@@ -1,0 +1,106 @@
+//! The fuzz targets' checks over their committed corpora, on stable, in the normal
+//! test run: whatever the fuzzers found interesting once stays handled.
+
+use std::path::{Path, PathBuf};
+
+use masternode::chain::block::{genesis_hash, Limits};
+use masternode::chain::vote::Committed;
+use masternode::config::{Network, NodeFileValues, Overrides};
+use masternode::identity::NodeId;
+use masternode::net::codec::{decode_all, decode_body, encode, FrameReader, BINCODE};
+use masternode::net::handshake::{check_intro, Expect, HandshakeMsg, PROTOCOL_VERSION};
+use masternode::net::Message;
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn frame_decoder_corpus() {
+    let inputs = corpus("frame_decoder");
+    assert!(!inputs.is_empty(), "corpus committed");
+    for (_, data) in inputs {
+        let mut reader = FrameReader::new(&data[..]);
+        while let Ok(Some(_)) = reader.next::<Message>().await {}
+        let _ = decode_all::<Message>(&data);
+    }
+}
+
+#[test]
+fn message_corpus_decodes_canonically() {
+    let inputs = corpus("message");
+    assert!(!inputs.is_empty());
+    for (path, data) in inputs {
+        if let Ok(msg) = decode_body::<Message>(&data) {
+            assert_eq!(&encode(&msg)[4..], &data[..], "{}", path.display());
+        }
+    }
+}
+
+#[test]
+fn hello_corpus() {
+    let inputs = corpus("hello");
+    assert!(!inputs.is_empty());
+    for (_, data) in inputs {
+        if let Ok(msgs) = decode_all::<HandshakeMsg>(&data) {
+            for m in msgs {
+                if let HandshakeMsg::Hello(intro) | HandshakeMsg::Welcome(intro) = m {
+                    let member = |id: &NodeId| id.0[0] % 2 == 0;
+                    let expect = Expect {
+                        network_id: [1; 32],
+                        version: PROTOCOL_VERSION,
+                        tls_key: intro.node_id,
+                        is_member: &member,
+                    };
+                    let _ = check_intro(&intro, &expect);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn committed_corpus() {
+    let inputs = corpus("committed");
+    assert!(!inputs.is_empty());
+    let members = [NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]), NodeId([4; 32])];
+    for (_, data) in inputs {
+        let Ok((c, _)) = bincode::decode_from_slice::<Committed, _>(&data, BINCODE) else { continue };
+        assert!(c.cert.verify(&c.block, &members, &[0; 32]).is_err(), "nothing random carries a valid certificate");
+        let h = c.block.height();
+        let _ = c.block.validate(
+            genesis_hash(&[0; 32]),
+            h.saturating_sub(1),
+            0,
+            |_| members[0],
+            Some(0),
+            &Limits::default(),
+        );
+    }
+}
+
+#[test]
+fn config_corpus_gives_one_line_errors() {
+    let inputs = corpus("config");
+    assert!(!inputs.is_empty());
+    for (_, data) in inputs {
+        let Ok(text) = std::str::from_utf8(&data) else { continue };
+        if let Err(e) = Network::parse(Path::new("network.toml"), text) {
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        if let Err(e) = NodeFileValues::parse(Path::new("masternode.toml"), text, &Overrides::default()) {
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+}
