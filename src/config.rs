@@ -188,6 +188,12 @@ pub struct Transport {
     pub idle_timeout: Duration,
     pub passive_wait: Duration,
     pub handshake_timeout: Duration,
+    /// Request streams a peer may have open at once (QUIC's bidirectional stream
+    /// limit; the handshake uses one).
+    pub max_request_streams: u32,
+    /// Handshakes in progress at once, in total and from one IP address.
+    pub max_pending_handshakes: usize,
+    pub max_pending_handshakes_per_ip: usize,
 }
 
 impl Default for Transport {
@@ -197,6 +203,9 @@ impl Default for Transport {
             idle_timeout: Duration::from_millis(20_000),
             passive_wait: Duration::from_millis(10_000),
             handshake_timeout: Duration::from_millis(5_000),
+            max_request_streams: 16,
+            max_pending_handshakes: 64,
+            max_pending_handshakes_per_ip: 8,
         }
     }
 }
@@ -208,6 +217,43 @@ struct TransportFile {
     idle_timeout_ms: Option<u64>,
     passive_wait_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+}
+
+/// Limits of what the node accepts and keeps, beyond the transport's; every one
+/// has a default and can be set in `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLimits {
+    pub mempool: crate::chain::mempool::MempoolLimits,
+    /// Blocks per sync response, at most, and their encoded bytes.
+    pub sync_batch_blocks: u32,
+    pub sync_response_bytes: usize,
+    /// Sync requests one peer may make per second (a burst of twice that).
+    pub sync_requests_per_sec: u32,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            mempool: Default::default(),
+            sync_batch_blocks: 64,
+            sync_response_bytes: 3 * 1024 * 1024,
+            sync_requests_per_sec: 20,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_request_streams: Option<u32>,
+    max_pending_handshakes: Option<usize>,
+    max_pending_handshakes_per_ip: Option<usize>,
+    sync_batch_blocks: Option<u32>,
+    sync_response_bytes: Option<usize>,
+    sync_requests_per_sec: Option<u32>,
+    mempool_max_txs: Option<usize>,
+    mempool_max_bytes: Option<usize>,
+    tx_max_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +269,8 @@ struct NodeFile {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     transport: TransportFile,
+    #[serde(default)]
+    limits: LimitsFile,
 }
 
 /// The values of a `masternode.toml`, checked, with paths resolved against the
@@ -236,6 +284,7 @@ pub struct NodeFileValues {
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub transport: Transport,
+    pub limits: NodeLimits,
 }
 
 impl NodeFileValues {
@@ -279,7 +328,46 @@ impl NodeFileValues {
                 transport.idle_timeout.as_millis()
             )));
         }
+        let l = &file.limits;
+        let mut limits = NodeLimits::default();
+        let positive = |v: Option<usize>, name: &str, max: usize| -> Result<Option<usize>, ConfigError> {
+            match v {
+                Some(n) if n == 0 || n > max => {
+                    Err(invalid(format!("limits.{name} must be between 1 and {max}, not {n}")))
+                }
+                other => Ok(other),
+            }
+        };
+        if let Some(n) = positive(l.max_request_streams.map(|n| n as usize), "max_request_streams", 1024)? {
+            transport.max_request_streams = n as u32;
+        }
+        if let Some(n) = positive(l.max_pending_handshakes, "max_pending_handshakes", 100_000)? {
+            transport.max_pending_handshakes = n;
+        }
+        if let Some(n) = positive(l.max_pending_handshakes_per_ip, "max_pending_handshakes_per_ip", 100_000)? {
+            transport.max_pending_handshakes_per_ip = n;
+        }
+        if let Some(n) = positive(l.sync_batch_blocks.map(|n| n as usize), "sync_batch_blocks", 1024)? {
+            limits.sync_batch_blocks = n as u32;
+        }
+        let max_frame = crate::net::codec::MAX_FRAME;
+        if let Some(n) = positive(l.sync_response_bytes, "sync_response_bytes", max_frame - 64 * 1024)? {
+            limits.sync_response_bytes = n;
+        }
+        if let Some(n) = positive(l.sync_requests_per_sec.map(|n| n as usize), "sync_requests_per_sec", 100_000)? {
+            limits.sync_requests_per_sec = n as u32;
+        }
+        if let Some(n) = positive(l.mempool_max_txs, "mempool_max_txs", 10_000_000)? {
+            limits.mempool.max_txs = n;
+        }
+        if let Some(n) = positive(l.mempool_max_bytes, "mempool_max_bytes", 1 << 34)? {
+            limits.mempool.max_bytes = n;
+        }
+        if let Some(n) = positive(l.tx_max_bytes, "tx_max_bytes", crate::net::message::TX_LIMIT - 16)? {
+            limits.mempool.max_tx_bytes = n;
+        }
         Ok(NodeFileValues {
+            limits,
             network: base.join(&file.network),
             key: base.join(&file.key),
             cert: base.join(&file.cert),
@@ -333,6 +421,7 @@ pub struct NodeConfig {
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub transport: Transport,
+    pub limits: NodeLimits,
 }
 
 impl NodeConfig {
@@ -352,7 +441,9 @@ impl NodeConfig {
         let f = NodeFileValues::parse(path, &text, overrides)?;
         let network = Network::load(&f.network)?;
         let identity = Identity::load(&f.key, &f.cert)?;
-        Self::assemble(network, &f.network, identity, f.listen, f.admin, f.data_dir, f.transport)
+        let mut cfg = Self::assemble(network, &f.network, identity, f.listen, f.admin, f.data_dir, f.transport)?;
+        cfg.limits = f.limits;
+        Ok(cfg)
     }
 
     /// Cross-checks the parts: the node's key must be a member of the set.
@@ -372,7 +463,16 @@ impl NodeConfig {
                 message: format!("this node's key {} is not in the masternode set", identity.id()),
             })?
             .addr;
-        Ok(NodeConfig { network, identity, listen, advertised, admin, data_dir, transport })
+        Ok(NodeConfig {
+            network,
+            identity,
+            listen,
+            advertised,
+            admin,
+            data_dir,
+            transport,
+            limits: NodeLimits::default(),
+        })
     }
 }
 
@@ -417,6 +517,24 @@ mod tests {
     }
 
     const HEAD: &str = "name = \"t\"\ngenesis_time_ms = 1\nblock_interval_ms = 1000\n";
+
+    #[test]
+    fn limits_section_sets_values_and_refuses_nonsense() {
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("masternode.toml");
+        let ok = format!(
+            "{base}[limits]\nmempool_max_txs = 7\nmax_pending_handshakes_per_ip = 2\nsync_requests_per_sec = 3\n"
+        );
+        let v = NodeFileValues::parse(path, &ok, &Overrides::default()).unwrap();
+        assert_eq!(v.limits.mempool.max_txs, 7);
+        assert_eq!(v.transport.max_pending_handshakes_per_ip, 2);
+        assert_eq!(v.limits.sync_requests_per_sec, 3);
+        for bad in ["mempool_max_txs = 0", "tx_max_bytes = 999999999", "sync_response_bytes = 99999999", "colour = 1"] {
+            let text = format!("{base}[limits]\n{bad}\n");
+            let err = NodeFileValues::parse(path, &text, &Overrides::default()).err().unwrap().to_string();
+            assert!(err.starts_with("masternode.toml") && !err.contains('\n'), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn required_follows_the_formula() {

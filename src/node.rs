@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use crate::admin::{self, Status};
 use crate::chain::block::{genesis_hash, Hash, Limits};
 use crate::chain::consensus::{self, Core, Timeouts};
-use crate::chain::mempool::{Mempool, MempoolLimits};
+use crate::chain::mempool::Mempool;
 use crate::chain::producer::{ChainMetrics, Producer};
 use crate::chain::store::{Store, StoreError};
 use crate::config::{Network, NodeConfig};
@@ -42,7 +42,6 @@ pub enum NodeError {
 /// Options that are not part of the config file.
 #[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
-    pub mempool: MempoolLimits,
     #[doc(hidden)]
     pub hooks: TestHooks,
 }
@@ -109,7 +108,7 @@ impl Node {
         };
         let mut core = Core::new(core_cfg, identity, height + 1, prev_hash, prev_ts, last_signed);
         core.restore_own(store.own_signed(height + 1).map_err(store_err)?);
-        let mempool = Arc::new(Mutex::new(Mempool::new(options.mempool)));
+        let mempool = Arc::new(Mutex::new(Mempool::new(cfg.limits.mempool)));
         let chain_metrics = Arc::new(ChainMetrics::default());
         let producer = Producer::new(
             core,
@@ -121,6 +120,7 @@ impl Node {
             limits,
             tracker.clone(),
             chain_metrics.clone(),
+            cfg.limits,
         );
         let failed = Arc::new(AtomicBool::new(false));
         {

@@ -199,9 +199,9 @@ async fn two_hundred_transactions_reach_every_node() {
 async fn full_mempool_answers_429() {
     let spec = Spec::new(4);
     // One node alone: no quorum, no blocks, so nothing leaves the mempool.
-    let cfg = spec.config(0, spec.network(), fast_transport());
-    let options = NodeOptions { mempool: MempoolLimits { max_txs: 5, ..Default::default() }, ..Default::default() };
-    let node = Node::start(cfg, options, CancellationToken::new()).await.unwrap();
+    let mut cfg = spec.config(0, spec.network(), fast_transport());
+    cfg.limits.mempool = MempoolLimits { max_txs: 5, ..Default::default() };
+    let node = Node::start(cfg, NodeOptions::default(), CancellationToken::new()).await.unwrap();
     let mut codes = Vec::new();
     for k in 0..7u8 {
         let (code, _) =

@@ -285,3 +285,65 @@ async fn far_future_equivocating_and_replayed_votes_change_nothing() {
     conn.close(0u32.into(), b"");
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_handshakes_from_one_address_are_capped() {
+    let net = network().await;
+    // 20 connections from one address that complete TLS and then say nothing:
+    // the node holds at most max_pending_handshakes_per_ip (8) of them at once
+    // and refuses the rest outright.
+    let mut attempts = Vec::new();
+    for _ in 0..20 {
+        let transport = masternode::net::endpoint::transport_config(&fast_transport()).unwrap();
+        let client = masternode::net::endpoint::client_config(&net.spec.ids[0], net.spec.id(1), transport).unwrap();
+        let connecting =
+            net.hostile.endpoint.connect_with(client, net.spec.addr(1), masternode::net::tls::SERVER_NAME).unwrap();
+        attempts.push(tokio::spawn(connecting));
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for a in attempts {
+        match a.await.unwrap() {
+            Ok(conn) => accepted.push(conn),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(accepted.len() <= 8, "{} silent handshakes held at once", accepted.len());
+    assert!(refused >= 12, "{refused} refused");
+    for conn in &accepted {
+        let (err, took) = closed_within(conn, Duration::from_secs(10)).await;
+        assert_eq!(app_code(&err), Some(close::HANDSHAKE_TIMEOUT), "{err}");
+        assert!(took < Duration::from_secs(4));
+    }
+    net.assert_intact("handshake flood from one address").await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_requests_over_the_rate_are_refused_with_a_typed_code() {
+    let net = network().await;
+    let conn = net.hostile.connect(&net.spec, 1).await;
+    let frame = codec::encode(&Message::GetBlocks { from: 1, count: 64 });
+    let mut answered = 0;
+    let mut limited = 0;
+    for _ in 0..100 {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&frame).await.unwrap();
+        send.finish().unwrap();
+        match recv.read_to_end(8 * 1024 * 1024).await {
+            Ok(_) => answered += 1,
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)))
+                if code.into_inner() == close::RATE_LIMITED as u64 =>
+            {
+                limited += 1
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    // 20 per second with bursts of 40: most of a quick hundred are refused.
+    assert!((30..=60).contains(&answered), "{answered} answered");
+    assert_eq!(answered + limited, 100);
+    assert!(conn.close_reason().is_none(), "refusing a request keeps the connection");
+    net.assert_intact("sync flood").await;
+    net.stop().await;
+}

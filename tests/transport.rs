@@ -73,7 +73,7 @@ async fn broadcast_reaches_every_peer_exactly_once_in_order() {
                 continue;
             };
             d.reverse();
-            let _ = req.reply.send(Message::Data(d));
+            let _ = req.reply.send(Ok(Message::Data(d)));
         }
     });
     let answer = sender.request(responder_id, &Message::Data(vec![1, 2, 3])).await.unwrap();

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::block::{tx_hash, Hash};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MempoolLimits {
     pub max_txs: usize,
     pub max_bytes: usize,

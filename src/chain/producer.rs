@@ -24,14 +24,11 @@ use super::block::{Height, Limits};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
 use super::mempool::Mempool;
 use super::store::{Store, StoreError};
-use crate::config::Network;
+use crate::config::{Network, NodeLimits};
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
-use crate::net::{Inbound, InboundRequest, Message, PeerEvent, Peers, RequestError};
+use crate::net::{Inbound, InboundRequest, Message, PeerEvent, Peers, Refusal, RequestError};
 
-/// Blocks per sync request, and the bytes a response may carry.
-pub const SYNC_BATCH: u32 = 64;
-pub const SYNC_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
 /// Misbehaviour reports logged at warn level before falling back to debug.
 const MAX_REPORTED: usize = 1024;
 
@@ -65,6 +62,10 @@ impl Default for ChainMetrics {
 }
 
 pub struct Producer {
+    node_limits: NodeLimits,
+    sync_buckets: HashMap<NodeId, (f64, Instant)>,
+    /// Peers already reported for going over their sync rate.
+    rate_limited: HashSet<NodeId>,
     metrics: Arc<ChainMetrics>,
     applying_sync: bool,
     core: Core,
@@ -116,11 +117,15 @@ impl Producer {
         limits: Limits,
         tracker: TaskTracker,
         metrics: Arc<ChainMetrics>,
+        node_limits: NodeLimits,
     ) -> Producer {
         let (sync_tx, sync_rx) = mpsc::channel(4);
         let last_height_seen = (core.height(), Instant::now());
         let rebroadcast_after = Duration::from_millis((network.block_interval_ms * 3).max(3_000));
         Producer {
+            node_limits,
+            sync_buckets: HashMap::new(),
+            rate_limited: HashSet::new(),
             metrics,
             applying_sync: false,
             core,
@@ -232,17 +237,24 @@ impl Producer {
         self.drive(out).await
     }
 
-    fn on_request(&self, req: InboundRequest) {
+    fn on_request(&mut self, req: InboundRequest) {
         match req.message {
             Message::GetBlocks { from, count } => {
+                if !self.sync_allowance(req.from) {
+                    if self.rate_limited.insert(req.from) {
+                        tracing::warn!(peer = %req.from.short(), "sync requests over the limit; refusing some");
+                    }
+                    let _ = req.reply.send(Err(Refusal::RateLimited));
+                    return;
+                }
                 let store = self.store.clone();
-                let count = count.min(SYNC_BATCH) as usize;
+                let count = count.min(self.node_limits.sync_batch_blocks) as usize;
+                let max_bytes = self.node_limits.sync_response_bytes;
                 self.tracker.spawn(async move {
-                    let blocks =
-                        tokio::task::spawn_blocking(move || store.range(from, count, SYNC_RESPONSE_BYTES)).await;
+                    let blocks = tokio::task::spawn_blocking(move || store.range(from, count, max_bytes)).await;
                     match blocks {
                         Ok(Ok(blocks)) => {
-                            let _ = req.reply.send(Message::Blocks(blocks));
+                            let _ = req.reply.send(Ok(Message::Blocks(blocks)));
                         }
                         Ok(Err(e)) => tracing::error!("cannot read blocks for a peer: {e}"),
                         Err(e) => tracing::error!("block read task failed: {e}"),
@@ -251,9 +263,27 @@ impl Producer {
             }
             // Echo: the transport's request/response probe.
             Message::Data(d) => {
-                let _ = req.reply.send(Message::Data(d));
+                let _ = req.reply.send(Ok(Message::Data(d)));
             }
-            other => tracing::debug!(peer = %req.from.short(), kind = other.kind_name(), "unexpected request"),
+            other => {
+                tracing::debug!(peer = %req.from.short(), kind = other.kind_name(), "unexpected request");
+                let _ = req.reply.send(Err(Refusal::Unsupported));
+            }
+        }
+    }
+
+    /// A token bucket per peer: `sync_requests_per_sec`, bursts of twice that.
+    fn sync_allowance(&mut self, peer: NodeId) -> bool {
+        let rate = self.node_limits.sync_requests_per_sec as f64;
+        let now = Instant::now();
+        let (tokens, last) = self.sync_buckets.entry(peer).or_insert((2.0 * rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(2.0 * rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -325,7 +355,7 @@ impl Producer {
         tracing::debug!(peer = %peer.short(), our_tip, their_tip, "fetching blocks");
         let peers = self.peers.clone();
         let tx = self.sync_tx.clone();
-        let request = Message::GetBlocks { from: our_tip + 1, count: SYNC_BATCH };
+        let request = Message::GetBlocks { from: our_tip + 1, count: self.node_limits.sync_batch_blocks };
         self.tracker.spawn(async move {
             let result = peers.request(peer, &request).await;
             let _ = tx.send((peer, result)).await;

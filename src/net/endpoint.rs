@@ -32,7 +32,7 @@ pub fn transport_config(t: &Transport) -> Result<Arc<quinn::TransportConfig>, En
     let idle = quinn::IdleTimeout::try_from(t.idle_timeout).map_err(|e| EndpointError::Setting(e.to_string()))?;
     cfg.max_idle_timeout(Some(idle));
     cfg.max_concurrent_uni_streams(1u32.into());
-    cfg.max_concurrent_bidi_streams(16u32.into());
+    cfg.max_concurrent_bidi_streams(t.max_request_streams.into());
     Ok(Arc::new(cfg))
 }
 

@@ -41,8 +41,6 @@ use crate::identity::{Identity, NodeId};
 const DUPLICATE_RETRY: Duration = Duration::from_secs(1);
 /// Frames queued per peer before `send` waits.
 const QUEUE_FRAMES: usize = 1024;
-/// Handshakes in progress at once; more incoming connections are refused.
-const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// Everything the transport needs to run.
 pub struct NetConfig {
@@ -91,7 +89,26 @@ pub struct Inbound {
 pub struct InboundRequest {
     pub from: NodeId,
     pub message: Message,
-    pub reply: oneshot::Sender<Message>,
+    pub reply: oneshot::Sender<Result<Message, Refusal>>,
+}
+
+/// Why a request was not answered; the peer sees the stream reset with the
+/// matching close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The peer asks more often than its limit allows.
+    RateLimited,
+    /// Not a request this node serves.
+    Unsupported,
+}
+
+impl Refusal {
+    pub fn code(self) -> u32 {
+        match self {
+            Refusal::RateLimited => close::RATE_LIMITED,
+            Refusal::Unsupported => close::PROTOCOL,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,6 +418,7 @@ pub struct Bound {
     cmd_tx: mpsc::Sender<Cmd>,
     inbound: Inbound,
     passive_wait: Duration,
+    pending_limits: (usize, usize),
 }
 
 impl Bound {
@@ -422,7 +440,7 @@ impl Bound {
         let shared = self.manager.shared.clone();
         let endpoint = self.manager.endpoint.clone();
         tracker.spawn(self.manager.run(shutdown.clone()));
-        tracker.spawn(accept_loop(endpoint, self.hs, self.cmd_tx, shutdown, tracker.clone()));
+        tracker.spawn(accept_loop(endpoint, self.pending_limits, self.hs, self.cmd_tx, shutdown, tracker.clone()));
         tracing::info!(listen = %shared.local_addr, "transport listening");
         (Peers { shared }, self.inbound)
     }
@@ -491,7 +509,14 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         next_conn_id: 1,
         passive_wait: cfg.transport.passive_wait,
     };
-    Ok(Bound { manager, hs, cmd_tx, inbound: Inbound { messages, requests }, passive_wait: cfg.transport.passive_wait })
+    Ok(Bound {
+        manager,
+        hs,
+        cmd_tx,
+        inbound: Inbound { messages, requests },
+        passive_wait: cfg.transport.passive_wait,
+        pending_limits: (cfg.transport.max_pending_handshakes, cfg.transport.max_pending_handshakes_per_ip),
+    })
 }
 
 fn random_u64() -> u64 {
@@ -858,14 +883,51 @@ async fn dial(
     }
 }
 
+/// A handshake in progress from one IP address; counted while it lives.
+struct IpSlot {
+    map: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl IpSlot {
+    fn take(
+        map: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<IpSlot> {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { map: map.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
+    limits: (usize, usize),
     hs: Arc<HandshakeCtx>,
     cmd_tx: mpsc::Sender<Cmd>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending = Arc::new(Semaphore::new(limits.0));
+    let per_ip: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Default::default();
+    let mut refused = 0u64;
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -874,8 +936,16 @@ async fn accept_loop(
                 None => break,
             },
         };
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes in progress; refusing");
+        let ip = incoming.remote_address().ip();
+        let permit = pending.clone().try_acquire_owned().ok();
+        let ip_slot = IpSlot::take(&per_ip, ip, limits.1);
+        let (Some(permit), Some(ip_slot)) = (permit, ip_slot) else {
+            // One line for the first refusal and then every thousandth: a flood
+            // must not flood the log too.
+            refused += 1;
+            if refused == 1 || refused % 1000 == 0 {
+                tracing::warn!(remote = %ip, "too many handshakes in progress; refusing ({refused} refused so far)");
+            }
             incoming.refuse();
             continue;
         };
@@ -883,6 +953,7 @@ async fn accept_loop(
         let cmd_tx = cmd_tx.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             let cmd = match accept(incoming, &hs).await {
                 Ok((conn, intro)) => Cmd::Accepted { conn, intro },
                 Err((peer, error)) => Cmd::InboundFailed { peer, error },

@@ -35,8 +35,8 @@ pub mod tls;
 
 pub use direction::Direction;
 pub use manager::{
-    bind, start, Bound, Inbound, InboundRequest, NetConfig, PeerEvent, PeerInfo, Peers, RequestError, SendError,
-    TestHooks,
+    bind, start, Bound, Inbound, InboundRequest, NetConfig, PeerEvent, PeerInfo, Peers, Refusal, RequestError,
+    SendError, TestHooks,
 };
 pub use message::Message;
 
@@ -58,6 +58,8 @@ pub mod close {
     pub const PROTOCOL: u32 = 6;
     /// A request stream the node did not answer in time.
     pub const REQUEST_TIMEOUT: u32 = 7;
+    /// A request over the peer's rate limit.
+    pub const RATE_LIMITED: u32 = 8;
 
     pub fn name(code: u64) -> &'static str {
         match code as u32 {
@@ -69,6 +71,7 @@ pub mod close {
             MALFORMED_FRAME => "malformed frame",
             PROTOCOL => "protocol error",
             REQUEST_TIMEOUT => "request timeout",
+            RATE_LIMITED => "rate limited",
             _ => "unknown",
         }
     }

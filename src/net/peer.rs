@@ -158,7 +158,10 @@ async fn serve_one(
         return;
     }
     match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(response)) => {
+        Ok(Ok(Err(refusal))) => {
+            let _ = send.reset(refusal.code().into());
+        }
+        Ok(Ok(Ok(response))) => {
             let frame = codec::encode(&response);
             if send.write_all(&frame).await.is_ok() {
                 let _ = send.finish();

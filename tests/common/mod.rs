@@ -42,6 +42,7 @@ pub fn fast_transport() -> Transport {
         idle_timeout: Duration::from_millis(3000),
         passive_wait: Duration::from_millis(2000),
         handshake_timeout: Duration::from_millis(2000),
+        ..Transport::default()
     }
 }
 
@@ -101,7 +102,7 @@ impl Spec {
 
     pub async fn start_with(&self, i: usize, network: Network, transport: Transport, hooks: TestHooks) -> Node {
         let cfg = self.config(i, network, transport);
-        Node::start(cfg, NodeOptions { hooks, ..Default::default() }, CancellationToken::new()).await.unwrap()
+        Node::start(cfg, NodeOptions { hooks }, CancellationToken::new()).await.unwrap()
     }
 
     /// The transport alone, with its inbound channels in the test's hands.
