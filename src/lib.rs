@@ -8,8 +8,13 @@
 //! * [`identity`]: the node's ed25519 key, its `NodeId`, key and certificate files.
 //! * [`net`]: the transport: pinned mutual TLS, the direction rule, the handshake,
 //!   frames, the connection manager and the [`net::Peers`] handle.
-//! * [`node`]: one running node: transport, admin API, shutdown.
-//! * [`admin`]: `/status` over local HTTP, and the client `masternode status` uses.
+//! * [`chain`]: quorum-gated block production: blocks, signed votes, Tendermint as
+//!   a pure state machine, the fjall store, the mempool, the producer task.
+//! * [`node`]: one running node: transport, producer, admin API, shutdown.
+//! * [`admin`]: `/status`, `/blocks`, `/tx` over local HTTP, and the client that
+//!   `masternode status` uses.
+//! * [`metrics`]: `/metrics` in Prometheus text.
+//! * [`service`]: systemd readiness, status, watchdog.
 //! * [`devnet`]: N nodes on 127.0.0.1..N in one process.
 
 pub mod admin;

@@ -13,7 +13,8 @@ fuzz_target!(|data: &[u8]| {
     let members = [NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]), NodeId([4; 32])];
     let _ = c.cert.verify(&c.block, &members, &[0; 32]);
     let h = c.block.height();
-    let _ = c.block.validate(genesis_hash(&[0; 32]), h.saturating_sub(1), 0, |_| members[0], Some(0), &Limits::default());
+    let _ =
+        c.block.validate(genesis_hash(&[0; 32]), h.saturating_sub(1), 0, |_| members[0], Some(0), &Limits::default());
     let _ = c.block.hash();
     let _ = c.cert.signers();
 });

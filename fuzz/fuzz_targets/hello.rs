@@ -11,7 +11,12 @@ fuzz_target!(|data: &[u8]| {
         for m in msgs {
             if let HandshakeMsg::Hello(intro) | HandshakeMsg::Welcome(intro) = m {
                 let member = |id: &NodeId| id.0[0] % 2 == 0;
-                let expect = Expect { network_id: [1; 32], version: PROTOCOL_VERSION, tls_key: intro.node_id, is_member: &member };
+                let expect = Expect {
+                    network_id: [1; 32],
+                    version: PROTOCOL_VERSION,
+                    tls_key: intro.node_id,
+                    is_member: &member,
+                };
                 let _ = check_intro(&intro, &expect);
             }
         }
