@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::block::Hash;
-use crate::chain::mempool::{AddError, Mempool};
+use crate::chain::mempool::{lock, AddError, Mempool};
 use crate::chain::store::Store;
 use crate::config::Network;
 use crate::identity::{hex, NodeId};
@@ -179,10 +179,6 @@ pub async fn submit_tx(mempool: &Mutex<Mempool>, peers: &Peers, tx: Vec<u8>) -> 
         let _ = peers.broadcast(&Message::Tx(tx)).await;
     }
     Ok(hash)
-}
-
-fn lock(m: &Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `GET /blocks/{height}`, as the contract gives it.

@@ -268,7 +268,7 @@ impl StatusSource {
     pub fn metrics(&self) -> String {
         let status = self.status();
         let (mempool_txs, mempool_bytes) = {
-            let m = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            let m = crate::chain::mempool::lock(&self.mempool);
             (m.len(), m.bytes())
         };
         crate::metrics::render(&crate::metrics::Snapshot {

@@ -32,6 +32,13 @@ pub enum AddError {
     Full { txs: usize, bytes: usize },
 }
 
+/// Locks a shared mempool. A panic while holding the lock leaves the pool in a
+/// consistent state (every operation is a few map updates that cannot panic
+/// half-way), so a poisoned lock is used as it is.
+pub fn lock(m: &std::sync::Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Debug)]
 pub struct Mempool {
     limits: MempoolLimits,

@@ -470,7 +470,7 @@ impl Producer {
     }
 
     fn lock_mempool(&self) -> std::sync::MutexGuard<'_, Mempool> {
-        self.mempool.lock().unwrap_or_else(|p| p.into_inner())
+        super::mempool::lock(&self.mempool)
     }
 }
 
