@@ -281,8 +281,8 @@ async fn status(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) 
 }
 
 /// Test builds only: faults for this process's UDP socket, read from a file the
-/// test rewrites. Lines: `partition A,B|C,D` (IP addresses; empty heals) and
-/// `loss 0.05`.
+/// test rewrites. Lines: `partition A,B|C,D` (IP addresses; empty heals),
+/// `loss 0.05` and `delay_ms 40`.
 #[cfg(feature = "fault-injection")]
 fn faults_from_file(path: PathBuf, stop: CancellationToken) -> masternode::net::endpoint::SocketWrapper {
     use masternode::net::fault::Faults;
@@ -295,6 +295,7 @@ fn faults_from_file(path: PathBuf, stop: CancellationToken) -> masternode::net::
             if text != last {
                 let mut groups: Vec<Vec<std::net::IpAddr>> = Vec::new();
                 let mut loss = 0.0;
+                let mut delay_ms = 0;
                 for line in text.lines() {
                     if let Some(spec) = line.strip_prefix("partition ") {
                         groups = spec
@@ -303,11 +304,14 @@ fn faults_from_file(path: PathBuf, stop: CancellationToken) -> masternode::net::
                             .collect();
                     } else if let Some(l) = line.strip_prefix("loss ") {
                         loss = l.trim().parse().unwrap_or(0.0);
+                    } else if let Some(d) = line.strip_prefix("delay_ms ") {
+                        delay_ms = d.trim().parse().unwrap_or(0);
                     }
                 }
                 let slices: Vec<&[std::net::IpAddr]> = groups.iter().map(|g| g.as_slice()).collect();
                 watched.partition(&slices);
                 watched.set_loss(loss);
+                watched.set_delay(Duration::from_millis(delay_ms));
                 last = text;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

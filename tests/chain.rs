@@ -217,3 +217,19 @@ async fn full_mempool_answers_429() {
     assert_eq!(code, 202, "a duplicate is accepted again (same hash), not counted twice");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_through_delay_and_loss() {
+    let spec = Spec::new(4);
+    let faults = Faults::new();
+    faults.set_delay(Duration::from_millis(40));
+    faults.set_loss(0.05);
+    let nodes = start_all(&spec, &[0, 1, 2, 3], Some(&faults)).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    eventually("height 5 through 40 ms delay and 5% loss", BLOCK_WAIT, || refs.iter().all(|n| n.height() >= 5)).await;
+    assert!(faults.dropped() > 0, "the loss was real");
+    let rtt = nodes[0].peers().peers().iter().map(|p| p.rtt).min().unwrap();
+    assert!(rtt >= Duration::from_millis(70), "the delay was real: rtt {rtt:?}");
+    check(&spec, &refs);
+    stop_all(nodes).await;
+}

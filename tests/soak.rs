@@ -119,7 +119,8 @@ async fn chaos_soak() {
             }
             _ => {
                 let loss = 0.01 * (1 + rng.next(10)) as f64;
-                std::fs::write(&faults, format!("loss {loss}\n")).unwrap();
+                let delay_ms = rng.next(60);
+                std::fs::write(&faults, format!("loss {loss}\ndelay_ms {delay_ms}\n")).unwrap();
                 summary.loss_periods += 1;
                 tokio::time::sleep(Duration::from_secs(5 + rng.next(10))).await;
                 check_no_fork(&net, &mut seen, &mut summary).await;

@@ -1,7 +1,7 @@
 //! Fault injection for tests: a wrapper around quinn's UDP socket that drops
-//! datagrams between partitioned groups of addresses, or at random. The kernel here
-//! has no netem, so faults live in the process. Built only with the
-//! `fault-injection` feature, which the tests enable.
+//! datagrams between partitioned groups of addresses or at random, and delays
+//! them. The kernel here has no netem, so faults live in the process. Built only
+//! with the `fault-injection` feature, which the tests enable.
 //!
 //! One [`Faults`] value is shared by every node of a test: each node's socket knows
 //! its own address and drops what it would send across a partition, so no packet
@@ -25,6 +25,7 @@ pub struct Faults {
     /// no partition.
     groups: RwLock<HashMap<IpAddr, usize>>,
     loss_ppm: AtomicU32,
+    delay_us: AtomicU64,
     rng: AtomicU64,
     dropped: AtomicU64,
 }
@@ -59,6 +60,11 @@ impl Faults {
     /// Drops this fraction of datagrams (0.0 to 1.0) on every link.
     pub fn set_loss(&self, fraction: f64) {
         self.loss_ppm.store((fraction.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
+    }
+
+    /// Delays every datagram by this much before it is sent.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_us.store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn dropped(&self) -> u64 {
@@ -113,6 +119,21 @@ impl AsyncUdpSocket for FaultySocket {
         if self.faults.drops(self.local, transmit.destination.ip()) {
             self.faults.dropped.fetch_add(1, Ordering::Relaxed);
             // A lost datagram looks sent to the sender.
+            return Ok(());
+        }
+        let delay = self.faults.delay_us.load(Ordering::Relaxed);
+        if delay > 0 {
+            // Sent later from a task of its own, with a copy of the datagram; if
+            // the socket is busy then, the datagram is lost, as on a real link.
+            let inner = self.inner.clone();
+            let contents = transmit.contents.to_vec();
+            let (destination, ecn, segment_size, src_ip) =
+                (transmit.destination, transmit.ecn, transmit.segment_size, transmit.src_ip);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
+                let t = Transmit { destination, ecn, contents: &contents, segment_size, src_ip };
+                let _ = inner.try_send(&t);
+            });
             return Ok(());
         }
         self.inner.try_send(transmit)
