@@ -47,7 +47,10 @@ impl Figure {
         Figure { name: name.into(), unit: unit.into(), value, refs: BTreeMap::new(), extra: BTreeMap::new() }
     }
     fn with_ref(mut self, name: &str, value: f64) -> Figure {
-        self.refs.insert(name.into(), value);
+        // A reference not measured in this run (--node-only) is left out.
+        if value > 0.0 {
+            self.refs.insert(name.into(), value);
+        }
         self
     }
     fn with_extra(mut self, name: &str, value: f64) -> Figure {
@@ -58,17 +61,20 @@ impl Figure {
 
 struct Args {
     quick: bool,
+    /// Frames through the node only, no references: for profiling.
+    node_only: bool,
     json: Option<PathBuf>,
     only: Option<String>,
     probe: Option<(String, usize)>,
 }
 
 fn args() -> Args {
-    let mut a = Args { quick: false, json: None, only: None, probe: None };
+    let mut a = Args { quick: false, node_only: false, json: None, only: None, probe: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => a.quick = true,
+            "--node-only" => a.node_only = true,
             "--json" => a.json = it.next().map(PathBuf::from),
             "--only" => a.only = it.next(),
             "--probe" => {
@@ -207,11 +213,11 @@ async fn frames_node(size: usize, count: usize) -> f64 {
     // Message::Data's body carries a 1-byte kind and a varint length; size the
     // payload so the frame body equals `size` bytes, as in the references.
     let overhead = masternode::net::codec::body_len(&Message::Data(vec![0; size])) - size;
-    let payload = vec![0xab; size.saturating_sub(overhead).max(1)];
+    let msg = Message::Data(vec![0xab; size.saturating_sub(overhead).max(1)]);
     let start = Instant::now();
     let sender = tokio::spawn(async move {
         for _ in 0..count {
-            a.send(to, &Message::Data(payload.clone())).await.unwrap();
+            a.send(to, &msg).await.unwrap();
         }
         a
     });
@@ -305,7 +311,7 @@ async fn frames_tcp_tls(size: usize, count: usize, batched: bool) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn bench_frames(quick: bool, out: &mut Vec<Figure>) {
+async fn bench_frames(quick: bool, node_only: bool, out: &mut Vec<Figure>) {
     for size in [64usize, 256, 4096, 65536] {
         // Enough bytes that the slowest path runs for about a second.
         let budget: usize = if quick { 24 << 20 } else { 96 << 20 };
@@ -319,6 +325,9 @@ async fn bench_frames(quick: bool, out: &mut Vec<Figure>) {
         let mut tcp_b = Vec::new();
         for _ in 0..3 {
             node.push(frames_node(size, count).await);
+            if node_only {
+                continue;
+            }
             quinn.push(frames_quinn(size, count * 4).await);
             tcp.push(frames_tcp_tls(size, count, false).await);
             tcp_b.push(frames_tcp_tls(size, count * 4, true).await);
@@ -421,10 +430,10 @@ async fn handshake_times(
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     if v.is_empty() {
         return 0.0;
     }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
@@ -568,10 +577,10 @@ async fn bench_broadcast(quick: bool, out: &mut Vec<Figure>) {
             }
         }));
     }
-    let payload = vec![0x5a; 256];
+    let msg = Message::Data(vec![0x5a; 256]);
     let start = Instant::now();
     for _ in 0..count {
-        sender.broadcast(&Message::Data(payload.clone())).await.unwrap();
+        sender.broadcast(&msg).await.unwrap();
     }
     for r in receivers {
         r.await.unwrap();
@@ -815,7 +824,7 @@ fn main() {
     let mut figures = Vec::new();
     rt.block_on(async {
         if wanted("frames") {
-            bench_frames(args.quick, &mut figures).await;
+            bench_frames(args.quick, args.node_only, &mut figures).await;
         }
         if wanted("handshake") {
             bench_handshake(args.quick, &mut figures).await;

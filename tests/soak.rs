@@ -32,6 +32,7 @@ impl Rng {
 struct Summary {
     kills: u32,
     partitions: u32,
+    partitions_seen: u32,
     loss_periods: u32,
     heals: u32,
     heights_checked: u64,
@@ -113,6 +114,15 @@ async fn chaos_soak() {
                 std::fs::write(&faults, format!("partition {}|{}\n", side(a), side(b))).unwrap();
                 summary.partitions += 1;
                 tokio::time::sleep(Duration::from_secs(5 + rng.next(10))).await;
+                // The cut is real: past the idle timeout, a node on the small side
+                // sees none of the other side.
+                if let Some(s) = net.status(a[0]).await {
+                    let other: Vec<String> = b.iter().map(|&i| net.admins[i].ip().to_string()).collect();
+                    let across =
+                        s.peers.iter().filter(|p| other.iter().any(|ip| p.addr.starts_with(&format!("{ip}:")))).count();
+                    assert_eq!(across, 0, "partition not in effect: {s:?}");
+                    summary.partitions_seen += 1;
+                }
                 check_no_fork(&net, &mut seen, &mut summary).await;
                 std::fs::write(&faults, "").unwrap();
                 summary.heals += 1;
