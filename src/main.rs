@@ -99,6 +99,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Every TLS configuration names ring explicitly; installing it as the process
+    // default as well keeps a dependency that asks for "the default" on ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // The devnet prints its own progress; its nodes log warnings and errors only
     // unless RUST_LOG asks for more.

@@ -240,6 +240,25 @@ fn keygen_writes_a_private_key_and_never_overwrites_without_force() {
         assert!(from_key.status.success(), "openssl pkey: {}", String::from_utf8_lossy(&from_key.stderr));
         assert_eq!(from_key.stdout, from_crt.stdout, "key and certificate carry the same public key");
     }
+    // So does Python's `cryptography` (CI installs it).
+    let script =
+        "import sys\nfrom cryptography.hazmat.primitives import serialization as s\nfrom cryptography import x509\n\
+        k = s.load_pem_private_key(open(sys.argv[1], 'rb').read(), None)\n\
+        c = x509.load_pem_x509_certificate(open(sys.argv[2], 'rb').read())\n\
+        raw = lambda p: p.public_bytes(s.Encoding.Raw, s.PublicFormat.Raw).hex()\n\
+        assert raw(k.public_key()) == raw(c.public_key())\nprint(raw(k.public_key()))\n";
+    let has_cryptography =
+        Command::new("python3").args(["-c", "import cryptography"]).status().is_ok_and(|s| s.success());
+    if has_cryptography {
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(dir.path().join("node.key"))
+            .arg(dir.path().join("node.crt"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "python cryptography: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&forced.stdout).trim());
+    }
 }
 
 /// kill -9 of producing nodes at random moments, ten times. Each restart opens
