@@ -54,7 +54,7 @@ pub fn bind(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity, members, refusals)?));
     server.transport_config(transport);
     let bind_error = |source| EndpointError::Bind { addr: listen, source };
-    let socket = std::net::UdpSocket::bind(listen).map_err(bind_error)?;
+    let socket = udp_socket(listen).map_err(bind_error)?;
     let runtime = Arc::new(quinn::TokioRuntime);
     match wrap {
         None => quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_error),
@@ -66,6 +66,25 @@ pub fn bind(
                 .map_err(bind_error)
         }
     }
+}
+
+/// UDP socket buffers we ask for. Linux's default receive buffer (208 KiB) drops
+/// datagrams on loopback when a node is busy (many handshakes at once, bulk
+/// blocks); a dropped Initial costs a dial a full retransmission timeout. The
+/// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+fn udp_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!("cannot raise the UDP receive buffer: {e}");
+    }
+    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!("cannot raise the UDP send buffer: {e}");
+    }
+    socket.bind(&listen.into())?;
+    Ok(socket.into())
 }
 
 /// Client configuration for dialling `peer`, pinned to its key.
