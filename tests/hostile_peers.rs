@@ -347,3 +347,55 @@ async fn sync_requests_over_the_rate_are_refused_with_a_typed_code() {
     net.assert_intact("sync flood").await;
     net.stop().await;
 }
+
+/// A member that keeps announcing a far-future tip and never answers a sync
+/// request cannot keep a restarted node from catching up from honest peers.
+/// Seven members (the liar and six honest), so that five honest nodes are a
+/// quorum while the sixth is away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_future_tip_announcer_cannot_stall_catch_up() {
+    init_logs();
+    let spec = Spec::new(7);
+    let hostile = Hostile::new(&spec, 0);
+    let mut transport = fast_transport();
+    transport.passive_wait = Duration::from_secs(600);
+    let mut honest = Vec::new();
+    for i in 1..6 {
+        honest.push(spec.start(i, transport.clone()).await);
+    }
+    {
+        let refs: Vec<&Node> = honest.iter().collect();
+        eventually("five honest nodes reach height 8", Duration::from_secs(60), || {
+            refs.iter().all(|n| n.height() >= 8)
+        })
+        .await;
+    }
+    // The sixth starts from nothing, fetching one block per request so that
+    // catching up takes many requests; the liar reaches it first.
+    let mut cfg = spec.config(6, spec.network(), transport);
+    cfg.limits.sync_batch_blocks = 1;
+    let late = Node::start(cfg, Default::default(), tokio_util::sync::CancellationToken::new()).await.unwrap();
+    let started = Instant::now();
+    let conn = hostile.connect(&spec, 6).await;
+    let liar = tokio::spawn(async move {
+        let Ok(mut uni) = conn.open_uni().await else { return };
+        let tip = codec::encode(&Message::Tip { height: 1_000_000, hash: masternode::chain::block::Hash([7; 32]) });
+        // It accepts no request streams: every sync request to it times out.
+        loop {
+            if uni.write_all(&tip).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let target = honest.iter().map(|n| n.height()).max().unwrap();
+    eventually("the late node catches up despite the liar", Duration::from_secs(60), || late.height() >= target).await;
+    let took = started.elapsed();
+    liar.abort();
+    honest.push(late);
+    let refs: Vec<&Node> = honest.iter().collect();
+    let stores: Vec<_> = refs.iter().map(|n| n.store().clone()).collect();
+    check_chains(&spec, &stores.iter().collect::<Vec<_>>());
+    assert!(took < Duration::from_secs(30), "caught up after {took:?}");
+    stop_all(honest).await;
+}

@@ -29,6 +29,8 @@ use crate::identity::NodeId;
 use crate::net::handshake::Tip;
 use crate::net::{Inbound, InboundRequest, Message, PeerEvent, Peers, Refusal, RequestError};
 
+/// How long a peer that failed a sync request is not asked again.
+const SYNC_PENALTY: Duration = Duration::from_secs(15);
 /// Misbehaviour reports logged at warn level before falling back to debug.
 const MAX_REPORTED: usize = 1024;
 
@@ -64,6 +66,7 @@ impl Default for ChainMetrics {
 pub struct Producer {
     node_limits: NodeLimits,
     sync_buckets: HashMap<NodeId, (f64, Instant)>,
+    sync_penalty: HashMap<NodeId, Instant>,
     /// Peers already reported for going over their sync rate.
     rate_limited: HashSet<NodeId>,
     metrics: Arc<ChainMetrics>,
@@ -125,6 +128,7 @@ impl Producer {
         Producer {
             node_limits,
             sync_buckets: HashMap::new(),
+            sync_penalty: HashMap::new(),
             rate_limited: HashSet::new(),
             metrics,
             applying_sync: false,
@@ -338,8 +342,21 @@ impl Producer {
     }
 
     fn note_tip(&mut self, peer: NodeId, height: Height) {
+        if self.sync_penalty.get(&peer).is_some_and(|until| Instant::now() < *until) {
+            return;
+        }
         let e = self.peer_tips.entry(peer).or_insert(0);
         *e = (*e).max(height);
+    }
+
+    /// A peer that claimed blocks it did not deliver (no answer, a wrong answer,
+    /// nothing, or blocks that do not verify) is not asked again for a while, and
+    /// the next best peer is asked at once: a member announcing a far-future tip
+    /// cannot hold the sync slot.
+    fn penalize(&mut self, peer: NodeId) {
+        self.peer_tips.remove(&peer);
+        self.sync_penalty.retain(|_, until| Instant::now() < *until);
+        self.sync_penalty.insert(peer, Instant::now() + SYNC_PENALTY);
     }
 
     fn maybe_sync(&mut self) {
@@ -368,15 +385,21 @@ impl Producer {
             Ok(Message::Blocks(blocks)) => blocks,
             Ok(other) => {
                 tracing::warn!(peer = %peer.short(), kind = other.kind_name(), "sync answered with the wrong message");
-                self.peer_tips.remove(&peer);
+                self.penalize(peer);
+                self.maybe_sync();
                 return Ok(());
             }
             Err(e) => {
                 tracing::debug!(peer = %peer.short(), "sync request failed: {e}");
-                self.peer_tips.remove(&peer);
+                self.penalize(peer);
+                self.maybe_sync();
                 return Ok(());
             }
         };
+        if blocks.is_empty() {
+            tracing::debug!(peer = %peer.short(), "peer announced blocks it does not have");
+            self.penalize(peer);
+        }
         let first = self.core.height();
         let mut applied = 0;
         for c in blocks {
@@ -389,7 +412,7 @@ impl Producer {
             if self.core.height() == before {
                 // Not the next block, or its certificate does not verify (reported
                 // as misbehaviour by the core): stop taking blocks from this peer.
-                self.peer_tips.remove(&peer);
+                self.penalize(peer);
                 break;
             }
             applied += 1;
