@@ -335,7 +335,7 @@ impl Producer {
         }
         if self.last_height_seen.1.elapsed() >= self.rebroadcast_after && self.quorum.is_some_and(|q| q.1) {
             for m in self.core.own_messages() {
-                let _ = self.peers.broadcast(&signed_message(m)).await;
+                self.broadcast(&signed_message(m)).await;
             }
             self.last_height_seen.1 = Instant::now();
         }
@@ -447,7 +447,7 @@ impl Producer {
                     let message =
                         tokio::task::spawn_blocking(move || store.record_signed(record, &message).map(|()| message))
                             .await??;
-                    let _ = self.peers.broadcast(&signed_message(message)).await;
+                    self.broadcast(&signed_message(message)).await;
                 }
                 Output::Schedule { timeout, after_ms } => {
                     self.timer_seq += 1;
@@ -472,7 +472,7 @@ impl Producer {
                         self.metrics.commit_latency.observe(latency_ms as f64 / 1000.0);
                     }
                     tracing::debug!(height, hash = %hash.short(), round = c.cert.round, txs = c.block.txs.len(), "committed");
-                    let _ = self.peers.broadcast(&Message::Tip { height, hash }).await;
+                    self.broadcast(&Message::Tip { height, hash }).await;
                 }
                 Output::Misbehaviour { node, what } => {
                     self.metrics.misbehaviour.fetch_add(1, Ordering::Relaxed);
@@ -490,6 +490,15 @@ impl Producer {
             }
         }
         Ok(())
+    }
+
+    /// Sends to every peer. The only error is a message over its kind's limit,
+    /// which block limits rule out for our own messages: if it happens anyway it
+    /// is a bug worth a loud line, not a silent stall.
+    async fn broadcast(&self, msg: &Message) {
+        if let Err(e) = self.peers.broadcast(msg).await {
+            tracing::error!(kind = msg.kind_name(), "cannot send: {e}");
+        }
     }
 
     fn lock_mempool(&self) -> std::sync::MutexGuard<'_, Mempool> {
