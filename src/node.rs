@@ -108,6 +108,7 @@ impl Node {
         };
         let mut core = Core::new(core_cfg, identity, height + 1, prev_hash, prev_ts, last_signed);
         core.restore_own(store.own_signed(height + 1).map_err(store_err)?);
+        core.restore_lock(store.lock().map_err(store_err)?);
         let mempool = Arc::new(Mutex::new(Mempool::new(cfg.limits.mempool)));
         let chain_metrics = Arc::new(ChainMetrics::default());
         let producer = Producer::new(

@@ -95,14 +95,18 @@ pub enum Input {
     Quorum(bool),
 }
 
-pub use super::vote::Signed;
+pub use super::vote::{Lock, Signed};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Persist `record` durably, then broadcast `message`.
+    /// Persist `record` (and `lock`, when there is one) durably, then broadcast
+    /// `message`.
     Sign {
         record: SignRecord,
         message: Signed,
+        /// Set with a precommit for a value: the lock it comes from (L36), which
+        /// must survive a restart for the lock to mean anything.
+        lock: Option<Box<Lock>>,
     },
     Schedule {
         timeout: Timeout,
@@ -256,6 +260,16 @@ impl Core {
                 Signed::Vote(v) if v.vote.height == self.height && v.vote.voter == self.me => self.insert_vote(v),
                 _ => {}
             }
+        }
+    }
+
+    /// Restores the lock (L36) this node held at the current height before a
+    /// restart: without it, a restarted node could prevote another value in a
+    /// later round than the one it had locked on.
+    pub fn restore_lock(&mut self, lock: Option<Lock>) {
+        if let Some(lock) = lock.filter(|l| l.block.height() == self.height) {
+            self.locked = Some((lock.round, lock.block.clone()));
+            self.valid = Some((lock.round, lock.block));
         }
     }
 
@@ -501,7 +515,7 @@ impl Core {
         let ok = self.validate_block(&sp.proposal.block, self.round, None).is_ok();
         self.proposal_ok.insert(self.round, ok);
         self.proposals.insert(self.round, sp.clone());
-        out.push(Output::Sign { record, message: Signed::Proposal(sp) });
+        out.push(Output::Sign { record, message: Signed::Proposal(sp), lock: None });
     }
 
     fn vote(&mut self, kind: VoteKind, block: Option<Hash>, out: &mut Vec<Output>) {
@@ -513,7 +527,13 @@ impl Core {
         let sv = vote.sign(&self.cfg.network_id, &self.identity);
         self.last_signed = Some(record);
         self.insert_vote(sv.clone());
-        out.push(Output::Sign { record, message: Signed::Vote(sv) });
+        let lock = match (kind, block, &self.locked) {
+            (VoteKind::Precommit, Some(_), Some((round, value))) => {
+                Some(Box::new(Lock { round: *round, block: value.clone() }))
+            }
+            _ => None,
+        };
+        out.push(Output::Sign { record, message: Signed::Vote(sv), lock });
     }
 
     /// Double-sign protection: only strictly after the last signature.

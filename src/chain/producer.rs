@@ -442,11 +442,12 @@ impl Producer {
         let mut work: VecDeque<Output> = outputs.into();
         while let Some(o) = work.pop_front() {
             match o {
-                Output::Sign { record, message } => {
+                Output::Sign { record, message, lock } => {
                     let store = self.store.clone();
-                    let message =
-                        tokio::task::spawn_blocking(move || store.record_signed(record, &message).map(|()| message))
-                            .await??;
+                    let message = tokio::task::spawn_blocking(move || {
+                        store.record_signed(record, &message, lock.as_deref()).map(|()| message)
+                    })
+                    .await??;
                     self.broadcast(&signed_message(message)).await;
                 }
                 Output::Schedule { timeout, after_ms } => {

@@ -11,7 +11,7 @@ use std::path::Path;
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::block::{Block, Hash, Height};
-use super::vote::{Certificate, Committed, SignRecord, Signed};
+use super::vote::{Certificate, Committed, Lock, SignRecord, Signed};
 use crate::net::codec::BINCODE;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,7 @@ fn signed_key(r: SignRecord) -> [u8; 13] {
     k
 }
 const LAST_SIGNED: &str = "last_signed";
+const LOCK: &str = "lock";
 
 fn encode<T: bincode::Encode>(v: &T) -> Vec<u8> {
     // Into a Vec, under the codec's 4 MiB limit, which blocks respect.
@@ -85,13 +86,22 @@ impl Store {
     /// Records a signature and the signed message durably; returns only once the
     /// journal is on disk. After a restart the node refuses to sign at or below
     /// the record, and replays the messages it already signed at that height.
-    pub fn record_signed(&self, record: SignRecord, message: &Signed) -> Result<(), StoreError> {
+    pub fn record_signed(&self, record: SignRecord, message: &Signed, lock: Option<&Lock>) -> Result<(), StoreError> {
         let mut batch = self.keyspace.batch();
         batch.insert(&self.meta, LAST_SIGNED, encode(&record));
         batch.insert(&self.signed, signed_key(record), encode(message));
+        if let Some(lock) = lock {
+            batch.insert(&self.meta, LOCK, encode(lock));
+        }
         batch.commit()?;
         self.keyspace.persist(PersistMode::SyncAll)?;
         Ok(())
+    }
+
+    /// The lock held when the node last precommitted a value, if any. Callers
+    /// check its height: a lock of a finished height means nothing.
+    pub fn lock(&self) -> Result<Option<Lock>, StoreError> {
+        self.meta.get(LOCK)?.map(|b| decode(&b, "lock")).transpose()
     }
 
     /// What we signed at `height`, in signing order.
@@ -202,14 +212,35 @@ mod tests {
                 voter: NodeId([1; 32]),
             };
             let signed = Signed::Vote(crate::chain::vote::SignedVote { vote, signature: [0; 64] });
-            store.record_signed(SignRecord { height: 6, round: 1, step: Step::Prevote }, &signed).unwrap();
-            assert_eq!(store.own_signed(6).unwrap(), vec![signed]);
+            store.record_signed(SignRecord { height: 6, round: 1, step: Step::Prevote }, &signed, None).unwrap();
+            assert_eq!(store.lock().unwrap(), None);
+            let lock = Lock { round: 2, block: committed(6, prev).block };
+            let precommit = Signed::Vote(crate::chain::vote::SignedVote {
+                vote: crate::chain::vote::Vote {
+                    kind: crate::chain::vote::VoteKind::Precommit,
+                    height: 6,
+                    round: 2,
+                    block: Some(lock.block.hash()),
+                    voter: NodeId([1; 32]),
+                },
+                signature: [0; 64],
+            });
+            store
+                .record_signed(SignRecord { height: 6, round: 2, step: Step::Precommit }, &precommit, Some(&lock))
+                .unwrap();
+            assert_eq!(store.own_signed(6).unwrap(), vec![signed.clone(), precommit]);
             assert!(matches!(store.commit(&committed(9, prev)), Err(StoreError::NotNext { .. })));
         }
         let store = Store::open(dir.path()).unwrap();
         let tip = store.tip().unwrap().unwrap();
         assert_eq!((tip.height, tip.hash), (5, prev));
-        assert_eq!(store.last_signed().unwrap(), Some(SignRecord { height: 6, round: 1, step: Step::Prevote }));
+        assert_eq!(store.last_signed().unwrap(), Some(SignRecord { height: 6, round: 2, step: Step::Precommit }));
+        assert_eq!(
+            store.lock().unwrap().map(|l| (l.round, l.block.height())),
+            Some((2, 6)),
+            "the lock survives a reopen"
+        );
+        assert_eq!(store.own_signed(6).unwrap().len(), 2);
         assert_eq!(store.block(3).unwrap().unwrap().block.height(), 3);
         assert!(store.block(6).unwrap().is_none());
         assert_eq!(store.range(2, 10, usize::MAX).unwrap().len(), 4);

@@ -69,6 +69,14 @@ pub enum Signed {
     Vote(SignedVote),
 }
 
+/// A lock (the paper's `lockedRound`, `lockedValue`), persisted with the
+/// precommit it produced.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Lock {
+    pub round: Round,
+    pub block: Block,
+}
+
 /// The precommits that committed a block: its proof for anyone who syncs it.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct Certificate {
