@@ -9,7 +9,9 @@
 //!
 //! * Members are sorted by `NodeId`; `proposer(h, r) = members[(h + r) mod n]`.
 //! * `q = floor(2n/3) + 1` votes make a quorum ("2f+1"); `n - q + 1` make "f+1".
-//! * Timeouts grow with the round: `base + delta * r`.
+//! * Timeouts grow with the round, `base + delta * min(r, 8)`: enough to find a
+//!   timeout that fits the network, bounded so a long partition does not leave
+//!   timeouts of tens of seconds behind it.
 //! * A height starts `block_interval` after its parent's timestamp (the
 //!   "commit timeout"), so blocks come at the configured pace.
 //! * The quorum gate: while fewer than the required masternodes are connected the
@@ -51,7 +53,18 @@ pub struct Timeouts {
     pub delta_ms: u64,
 }
 
+/// Rounds after which timeouts stop growing. Growth lets a network find a
+/// timeout that fits its latency; without a cap, a long partition leaves every
+/// node at a high round with timeouts of tens of seconds, and the chain resumes
+/// that much later after the partition heals (seen in the chaos soak: 20 s).
+pub const MAX_TIMEOUT_GROWTH_ROUNDS: Round = 8;
+
 impl Timeouts {
+    /// The growth added to a base timeout in `round`.
+    pub fn grow(&self, round: Round) -> u64 {
+        self.delta_ms * round.min(MAX_TIMEOUT_GROWTH_ROUNDS) as u64
+    }
+
     pub fn for_interval(block_interval_ms: u64) -> Self {
         let base = block_interval_ms.clamp(500, 3_000);
         Timeouts { propose_ms: base + 500, prevote_ms: base, precommit_ms: base, delta_ms: 500 }
@@ -467,7 +480,7 @@ impl Core {
         self.round = round;
         self.step = Step::Propose;
         let t = &self.cfg.timeouts;
-        let after_ms = t.propose_ms + t.delta_ms * round as u64;
+        let after_ms = t.propose_ms + t.grow(round);
         out.push(Output::Schedule { timeout: Timeout::Propose { height: self.height, round }, after_ms });
         if self.proposer(self.height, round) == self.me {
             match self.valid.clone() {
@@ -601,7 +614,7 @@ impl Core {
             let t = &self.cfg.timeouts;
             out.push(Output::Schedule {
                 timeout: Timeout::Prevote { height: h, round: r },
-                after_ms: t.prevote_ms + t.delta_ms * r as u64,
+                after_ms: t.prevote_ms + t.grow(r),
             });
         }
         // L36
@@ -630,7 +643,7 @@ impl Core {
             let t = &self.cfg.timeouts;
             out.push(Output::Schedule {
                 timeout: Timeout::Precommit { height: h, round: r },
-                after_ms: t.precommit_ms + t.delta_ms * r as u64,
+                after_ms: t.precommit_ms + t.grow(r),
             });
         }
         // L55: f+1 members are in a later round: skip to it.
