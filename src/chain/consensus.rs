@@ -675,15 +675,7 @@ impl Core {
             out.push(Output::Misbehaviour { node: c.block.header.proposer, what: format!("synced block: {e}") });
             return;
         }
-        let height = self.height;
-        if let Err(e) = c.block.validate(
-            self.prev_hash,
-            height - 1,
-            self.prev_ts,
-            |r| self.proposer(height, r),
-            None,
-            &self.cfg.limits,
-        ) {
+        if let Err(e) = self.validate_block(&c.block, c.block.header.round, None) {
             out.push(Output::Misbehaviour { node: c.block.header.proposer, what: format!("synced block: {e}") });
             return;
         }

@@ -34,10 +34,6 @@ impl Backoff {
         self.attempt = 0;
     }
 
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
     fn random(&mut self) -> u64 {
         // xorshift64: jitter needs spread, not unpredictability.
         let mut x = self.rng;

@@ -129,6 +129,16 @@ pub fn decode_all<T: Frame>(mut bytes: &[u8]) -> Result<Vec<T>, FrameError> {
     Ok(out)
 }
 
+/// Exactly one frame, as a handshake, request or response stream carries.
+pub fn decode_single<T: Frame>(bytes: &[u8]) -> Result<T, FrameError> {
+    let mut msgs = decode_all::<T>(bytes)?;
+    match msgs.len() {
+        1 => Ok(msgs.remove(0)),
+        0 => Err(FrameError::Empty),
+        n => Err(FrameError::TrailingBytes(n - 1)),
+    }
+}
+
 fn check_header<T: Frame>(len: usize, kind: Option<u8>) -> Result<(), FrameError> {
     if len == 0 {
         return Err(FrameError::Empty);

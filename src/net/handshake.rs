@@ -166,7 +166,7 @@ pub async fn dial(conn: &quinn::Connection, ours: &Intro, expect: &Expect<'_>) -
     send.write_all(&frame).await.map_err(|e| stream_error(conn, e))?;
     send.finish().map_err(|e| HandshakeError::Stream(e.to_string()))?;
     let bytes = recv.read_to_end(HANDSHAKE_LIMIT + 4).await.map_err(|e| stream_error(conn, e))?;
-    match decode_one(&bytes)? {
+    match codec::decode_single::<HandshakeMsg>(&bytes)? {
         HandshakeMsg::Welcome(theirs) => {
             if let Err(reason) = check_intro(&theirs, expect) {
                 conn.close(close::REJECTED.into(), reason.as_str().as_bytes());
@@ -185,15 +185,15 @@ pub async fn dial(conn: &quinn::Connection, ours: &Intro, expect: &Expect<'_>) -
 pub async fn accept(conn: &quinn::Connection, ours: &Intro, expect: &Expect<'_>) -> Result<Intro, HandshakeError> {
     let (mut send, mut recv) = conn.accept_bi().await?;
     let bytes = recv.read_to_end(HANDSHAKE_LIMIT + 4).await.map_err(|e| stream_error(conn, e))?;
-    let theirs = match decode_one(&bytes) {
+    let theirs = match codec::decode_single::<HandshakeMsg>(&bytes) {
         Ok(HandshakeMsg::Hello(intro)) => intro,
         Ok(_) => return Err(HandshakeError::Unexpected),
-        Err(HandshakeError::Frame(e)) if looks_like_other_version(&bytes) => {
+        Err(e) if looks_like_other_version(&bytes) => {
             tracing::trace!("undecodable hello of another version: {e}");
             reject(conn, &mut send, RejectReason::UnsupportedVersion).await;
             return Err(HandshakeError::RejectedPeer(RejectReason::UnsupportedVersion));
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     if theirs.magic != MAGIC {
         return Err(HandshakeError::BadMagic);
@@ -222,14 +222,6 @@ async fn reject(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: 
 fn looks_like_other_version(frame: &[u8]) -> bool {
     // Frame: 4-byte length, kind 0 (Hello), 4 magic bytes, version (varint).
     frame.len() > 9 && frame[4] == 0 && frame[5..9] == MAGIC
-}
-
-fn decode_one(bytes: &[u8]) -> Result<HandshakeMsg, HandshakeError> {
-    let mut msgs = codec::decode_all::<HandshakeMsg>(bytes)?;
-    match (msgs.pop(), msgs.is_empty()) {
-        (Some(m), true) => Ok(m),
-        _ => Err(HandshakeError::Unexpected),
-    }
 }
 
 /// A stream error during the handshake; when the connection itself was closed with
@@ -310,7 +302,7 @@ mod tests {
         {
             let bytes = codec::encode(&m);
             assert!(bytes.len() < HANDSHAKE_LIMIT);
-            assert_eq!(decode_one(&bytes).unwrap(), m);
+            assert_eq!(codec::decode_single::<HandshakeMsg>(&bytes).unwrap(), m);
         }
         let hello = codec::encode(&HandshakeMsg::Hello(intro()));
         assert!(looks_like_other_version(&hello));

@@ -385,6 +385,15 @@ struct HandshakeCtx {
 }
 
 impl HandshakeCtx {
+    /// Who may be on the other end: a member of the set other than ourselves.
+    fn is_peer(&self, id: &NodeId) -> bool {
+        *id != self.me && self.network.is_member(id)
+    }
+
+    /// What a peer's `Intro` is checked against; `is_peer` is [`Self::is_peer`].
+    fn expect<'a>(&self, tls_key: NodeId, is_peer: &'a (dyn Fn(&NodeId) -> bool + Sync)) -> Expect<'a> {
+        Expect { network_id: self.network.id, version: PROTOCOL_VERSION, tls_key, is_member: is_peer }
+    }
     fn intro(&self) -> Intro {
         Intro {
             magic: MAGIC,
@@ -864,10 +873,9 @@ async fn dial(
         Ok(Err(e)) => return Err(DialError::Connection(e)),
         Err(_) => return Err(DialError::Unreachable(hs.deadline)),
     };
-    let me = hs.me;
-    let is_member = |id: &NodeId| *id != me && hs.network.is_member(id);
+    let is_peer = |id: &NodeId| hs.is_peer(id);
     // The certificate was pinned to `peer`; the Welcome must name the same key.
-    let expect = Expect { network_id: hs.network.id, version: PROTOCOL_VERSION, tls_key: peer, is_member: &is_member };
+    let expect = hs.expect(peer, &is_peer);
     match timeout_at(deadline, handshake::dial(&conn, &hs.intro(), &expect)).await {
         Ok(Ok(intro)) => Ok((conn, intro)),
         Ok(Err(e)) => {
@@ -977,9 +985,8 @@ async fn accept(
         conn.close(close::PROTOCOL.into(), b"no certificate");
         return Err((None, HandshakeError::Unexpected));
     };
-    let me = hs.me;
-    let is_member = |id: &NodeId| *id != me && hs.network.is_member(id);
-    let expect = Expect { network_id: hs.network.id, version: PROTOCOL_VERSION, tls_key, is_member: &is_member };
+    let is_peer = |id: &NodeId| hs.is_peer(id);
+    let expect = hs.expect(tls_key, &is_peer);
     match timeout_at(deadline, handshake::accept(&conn, &hs.intro(), &expect)).await {
         Ok(Ok(intro)) => Ok((conn, intro)),
         Ok(Err(e)) => {

@@ -146,7 +146,7 @@ async fn serve_one(
             return;
         }
     };
-    let request = match decode_single(&bytes) {
+    let request = match codec::decode_single::<Message>(&bytes) {
         Ok(m) => m,
         Err(e) => {
             reject_frame(&conn, peer, &e, &shared);
@@ -173,16 +173,6 @@ async fn serve_one(
     }
 }
 
-/// Exactly one frame, as a request or response stream carries.
-pub(crate) fn decode_single(bytes: &[u8]) -> Result<Message, FrameError> {
-    let mut msgs = codec::decode_all::<Message>(bytes)?;
-    match msgs.len() {
-        1 => Ok(msgs.remove(0)),
-        0 => Err(FrameError::Empty),
-        n => Err(FrameError::TrailingBytes(n - 1)),
-    }
-}
-
 /// Sends one request on a stream of its own and reads the response.
 pub(crate) async fn request(
     conn: &quinn::Connection,
@@ -195,7 +185,7 @@ pub(crate) async fn request(
         send.write_all(&frame).await.map_err(|e| RequestError::Stream(e.to_string()))?;
         send.finish().map_err(|e| RequestError::Stream(e.to_string()))?;
         let bytes = recv.read_to_end(MAX_FRAME + 4).await.map_err(|e| RequestError::Stream(e.to_string()))?;
-        decode_single(&bytes).map_err(RequestError::Frame)
+        codec::decode_single::<Message>(&bytes).map_err(RequestError::Frame)
     };
     // Dropping the exchange on timeout drops both stream halves with it.
     tokio::time::timeout(timeout, exchange).await.map_err(|_| RequestError::Timeout(timeout))?

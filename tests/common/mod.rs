@@ -255,9 +255,7 @@ impl Hostile {
     }
 
     pub async fn connect(&self, spec: &Spec, victim: usize) -> quinn::Connection {
-        let transport = endpoint::transport_config(&fast_transport()).unwrap();
-        let client = endpoint::client_config(&spec.ids[self.spec_index], spec.id(victim), transport).unwrap();
-        let conn = self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).unwrap().await.unwrap();
+        let conn = self.connect_tls(spec, victim).await;
         let intro = masternode::net::handshake::Intro {
             magic: masternode::net::handshake::MAGIC,
             version: masternode::net::handshake::PROTOCOL_VERSION,
