@@ -832,6 +832,15 @@ impl Manager {
         }
         let by_duplicate =
             matches!(&error, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::DUPLICATE.into());
+        // The dialer checks our Welcome after we sent it; if it rejects it, we learn
+        // so only from its close. That is a rejection like any other: counted,
+        // logged with its reason, and followed by backoff rather than a passive wait.
+        let rejected = handshake::rejection_in(&error);
+        if let Some(reason) = rejected {
+            let c = &self.shared.counters;
+            c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            c.rejects_received[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+        }
         let now = Instant::now();
         let next = if by_duplicate {
             match slot.role {
@@ -839,7 +848,7 @@ impl Manager {
                 Role::Wait => now + self.passive_wait,
             }
         } else {
-            match (slot.role, active.via_fallback) {
+            match (slot.role, active.via_fallback || rejected.is_some()) {
                 (Role::Dial, _) | (Role::Wait, true) => now + slot.backoff.next_delay(),
                 (Role::Wait, false) => now + self.passive_wait,
             }
@@ -848,6 +857,8 @@ impl Manager {
         let why = super::describe_close(&error);
         if by_duplicate {
             tracing::debug!(peer = %peer.short(), "peer disconnected: {why}");
+        } else if let Some(reason) = rejected {
+            slot.note_failure(&format!("peer rejected our welcome: {reason}"), Some(next - now));
         } else {
             tracing::info!(peer = %peer.short(), addr = %slot.member.addr, after_secs = uptime.as_secs(), "peer disconnected: {why}");
         }
