@@ -3,9 +3,7 @@
 //! `GET /status` returns the JSON object of the contract in DESIGN.md. The same
 //! module holds the small client that `masternode status` uses.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,123 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chain::block::Hash;
 use crate::chain::mempool::{lock, AddError, Mempool};
+use crate::chain::message::Message;
 use crate::chain::store::Store;
-use crate::config::Network;
-use crate::identity::{hex, NodeId};
-use crate::net::handshake::{RejectReason, Tip};
-use crate::net::Message;
 use crate::net::Peers;
-use crate::node::StatusSource;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    pub node_id: String,
-    pub listen: String,
-    pub network: String,
-    /// Size of the masternode set.
-    pub members: usize,
-    pub height: u64,
-    pub tip_hash: Option<String>,
-    pub quorum: Quorum,
-    pub peers: Vec<PeerStatus>,
-    pub counters: Counters,
-    /// Handshake rejections this node sent, by reason.
-    pub rejects_sent: BTreeMap<String, u64>,
-    /// Handshake rejections peers sent this node, by reason.
-    pub rejects_received: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Quorum {
-    pub active: usize,
-    pub required: usize,
-    pub met: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PeerStatus {
-    pub node_id: String,
-    pub addr: String,
-    pub direction: String,
-    pub rtt_ms: f64,
-    pub connected_secs: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Counters {
-    pub dials: u64,
-    pub handshakes_ok: u64,
-    pub handshakes_failed: u64,
-    pub duplicates_closed: u64,
-    pub dial_failures: u64,
-    pub handshake_timeouts: u64,
-    pub tls_refused: u64,
-    pub tls_failed: u64,
-    pub bad_frames: u64,
-    pub frames_sent: u64,
-    pub frames_received: u64,
-}
-
-impl Status {
-    /// Members of the set that are not connected (this node aside).
-    pub fn missing_peers(&self) -> usize {
-        self.members.saturating_sub(1).saturating_sub(self.peers.len())
-    }
-
-    /// Healthy: quorum met and every member connected.
-    pub fn healthy(&self) -> bool {
-        self.quorum.met && self.missing_peers() == 0
-    }
-}
-
-pub fn build_status(id: NodeId, advertised: SocketAddr, network: &Network, peers: &Peers, tip: Tip) -> Status {
-    let infos = peers.peers();
-    let active = infos.len() + 1;
-    let required = network.required();
-    let c = peers.counters();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let by_reason = |arr: &[std::sync::atomic::AtomicU64; 5]| {
-        RejectReason::ALL
-            .iter()
-            .zip(arr.iter())
-            .map(|(r, n)| (r.as_str().to_string(), load(n)))
-            .collect::<BTreeMap<_, _>>()
-    };
-    Status {
-        node_id: id.to_hex(),
-        listen: advertised.to_string(),
-        network: network.name.clone(),
-        members: network.members.len(),
-        height: tip.height,
-        tip_hash: (tip.height > 0).then(|| hex(&tip.hash)),
-        quorum: Quorum { active, required, met: active >= required },
-        peers: infos
-            .iter()
-            .map(|p| PeerStatus {
-                node_id: p.id.to_hex(),
-                addr: p.addr.to_string(),
-                direction: p.direction.as_str().to_string(),
-                rtt_ms: (p.rtt.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-                connected_secs: p.connected_for.as_secs(),
-            })
-            .collect(),
-        counters: Counters {
-            dials: load(&c.dials),
-            handshakes_ok: load(&c.handshakes_ok),
-            handshakes_failed: load(&c.handshakes_failed),
-            duplicates_closed: load(&c.duplicates_closed),
-            dial_failures: load(&c.dial_failures),
-            handshake_timeouts: load(&c.handshake_timeouts),
-            tls_refused: peers.tls_refused(),
-            tls_failed: load(&c.tls_failed),
-            bad_frames: load(&c.bad_frames),
-            frames_sent: load(&c.frames_sent),
-            frames_received: load(&c.frames_received),
-        },
-        rejects_sent: by_reason(&c.rejects_sent),
-        rejects_received: by_reason(&c.rejects_received),
-    }
-}
+use crate::status::{Status, StatusSource};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -167,16 +52,22 @@ async fn status_handler(State(state): State<AdminState>) -> Json<Status> {
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> Response {
-    let body = state.status.metrics();
+    let body = crate::metrics::render(&state.status);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 /// Adds a transaction to the mempool and gossips it to every peer if it is new.
-pub async fn submit_tx(mempool: &Mutex<Mempool>, peers: &Peers, tx: Vec<u8>) -> Result<Hash, AddError> {
+pub fn submit_tx(mempool: &Mutex<Mempool>, peers: &Peers, tx: Vec<u8>) -> Result<Hash, AddError> {
     let (hash, new) = lock(mempool).add(tx.clone())?;
     if new {
-        // Peers that miss it still see it in the block.
-        let _ = peers.broadcast(&Message::Tx(tx)).await;
+        // Queued for every peer without waiting on any; peers that miss it (a
+        // full outbox drops txs) still see it in the block.
+        match Message::Tx(tx).outgoing() {
+            Ok(out) => {
+                peers.broadcast(&out);
+            }
+            Err(e) => tracing::error!("cannot gossip a transaction: {e}"),
+        }
     }
     Ok(hash)
 }
@@ -224,7 +115,7 @@ async fn block_handler(State(state): State<AdminState>, Path(height): Path<Strin
 /// `POST /tx`: 202 and the hash; 413 over the size limit (also enforced by the
 /// body limit layer before the body is read); 429 when the mempool is full.
 async fn tx_handler(State(state): State<AdminState>, body: Bytes) -> Response {
-    match submit_tx(&state.mempool, &state.peers, body.to_vec()).await {
+    match submit_tx(&state.mempool, &state.peers, body.to_vec()) {
         Ok(hash) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "hash": hash.to_hex() }))).into_response(),
         Err(e @ AddError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
         Err(e @ AddError::Full { .. }) => error(StatusCode::TOO_MANY_REQUESTS, e),
@@ -297,6 +188,18 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(out, "listen    {}", s.listen);
     let _ = writeln!(out, "network   {}", s.network);
     let _ = writeln!(out, "height    {} {}", s.height, s.tip_hash.as_deref().unwrap_or("-"));
+    let age = s.last_block_age_secs.map_or("no block yet".to_string(), |a| format!("last block {a:.1} s ago"));
+    let _ = writeln!(out, "round     {} at height {}, {age}", s.round, s.height + 1);
+    let sync = match (s.sync.syncing, s.sync.best_peer_tip) {
+        (true, Some(best)) => format!("catching up: {} of {best} ({} behind)", s.height, best.saturating_sub(s.height)),
+        (_, Some(best)) => format!("up to date (best peer tip {best})"),
+        (_, None) => "up to date (no peer tip known)".to_string(),
+    };
+    let _ = writeln!(out, "sync      {sync}");
+    let clock = s.clock_offset_ms.map_or("offset unknown (no proposal from a peer yet)".to_string(), |o| {
+        format!("{:+.3} s from the peers' median", o as f64 / 1000.0)
+    });
+    let _ = writeln!(out, "clock     {clock}");
     let _ = writeln!(
         out,
         "quorum    {}/{} active, {} required: {}",
@@ -309,12 +212,13 @@ pub fn render_status(s: &Status) -> String {
     for p in &s.peers {
         let _ = writeln!(
             out,
-            "  {}  {:<21} {:<8} rtt {:>7.3} ms  up {}s",
+            "  {}  {:<21} {:<8} rtt {:>7.3} ms  up {}s  queued {} B",
             &p.node_id[..16],
             p.addr,
             p.direction,
             p.rtt_ms,
-            p.connected_secs
+            p.connected_secs,
+            p.outbox_bytes
         );
     }
     let c = &s.counters;
@@ -323,5 +227,16 @@ pub fn render_status(s: &Status) -> String {
         "counters  dials {} handshakes ok {} failed {} duplicates closed {}",
         c.dials, c.handshakes_ok, c.handshakes_failed, c.duplicates_closed
     );
+    let dropped: u64 = c.outbox_dropped.values().sum();
+    if c.slow_peer_disconnects > 0 || dropped > 0 {
+        let _ = writeln!(
+            out,
+            "slow      {} peer(s) disconnected as too slow, {} frame(s) dropped from full outboxes",
+            c.slow_peer_disconnects, dropped
+        );
+    }
+    for w in &s.warnings {
+        let _ = writeln!(out, "WARNING   {w}");
+    }
     out
 }

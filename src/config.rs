@@ -116,7 +116,7 @@ impl Network {
                 .addr
                 .parse()
                 .map_err(|_| invalid(format!("masternode #{}: addr {:?} is not ip:port", i + 1, m.addr)))?;
-            let addr = crate::net::direction::canonical(addr);
+            let addr = crate::net::canonical(addr);
             if addr.ip().is_unspecified() || addr.port() == 0 {
                 return Err(invalid(format!("masternode #{}: addr {addr} is not dialable", i + 1)));
             }
@@ -130,6 +130,17 @@ impl Network {
         }
         members.sort_by_key(|m| m.id);
         let min_active = file.min_active.unwrap_or(DEFAULT_MIN_ACTIVE);
+        // A quorum needs `min_active` masternodes up; with fewer in the set it never
+        // forms and the chain waits forever. Refused here, not discovered later.
+        if min_active > members.len() {
+            let source = if file.min_active.is_some() { "" } else { " (the default)" };
+            return Err(invalid(format!(
+                "min_active = {min_active}{source} exceeds the {} masternodes listed: no quorum could ever form; \
+                 set min_active to at most {}",
+                members.len(),
+                members.len()
+            )));
+        }
         let id = Self::compute_id(&file.name, file.genesis_time_ms, file.block_interval_ms, min_active, &members);
         Ok(Network {
             name: file.name,
@@ -194,6 +205,13 @@ pub struct Transport {
     /// Handshakes in progress at once, in total and from one IP address.
     pub max_pending_handshakes: usize,
     pub max_pending_handshakes_per_ip: usize,
+    /// How long a peer may leave what we queued for it untaken (not grant our
+    /// stream, not read) before it is disconnected as too slow.
+    pub slow_peer_timeout: Duration,
+    /// Bytes read from one peer and waiting for the node, at most.
+    pub inbound_peer_bytes: usize,
+    /// Byte budgets of each peer's outbox, by class.
+    pub outbox: crate::net::OutboxLimits,
 }
 
 impl Default for Transport {
@@ -206,6 +224,9 @@ impl Default for Transport {
             max_request_streams: 16,
             max_pending_handshakes: 64,
             max_pending_handshakes_per_ip: 8,
+            slow_peer_timeout: Duration::from_millis(10_000),
+            inbound_peer_bytes: 4 * 1024 * 1024,
+            outbox: Default::default(),
         }
     }
 }
@@ -217,6 +238,7 @@ struct TransportFile {
     idle_timeout_ms: Option<u64>,
     passive_wait_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+    slow_peer_timeout_ms: Option<u64>,
 }
 
 /// Limits of what the node accepts and keeps, beyond the transport's; every one
@@ -311,6 +333,7 @@ impl NodeFileValues {
             (t.idle_timeout_ms, &mut transport.idle_timeout, "idle_timeout_ms"),
             (t.passive_wait_ms, &mut transport.passive_wait, "passive_wait_ms"),
             (t.handshake_timeout_ms, &mut transport.handshake_timeout, "handshake_timeout_ms"),
+            (t.slow_peer_timeout_ms, &mut transport.slow_peer_timeout, "slow_peer_timeout_ms"),
         ] {
             if let Some(ms) = value {
                 if ms == 0 || ms > MAX_TRANSPORT_MS {
@@ -350,7 +373,7 @@ impl NodeFileValues {
         if let Some(n) = positive(l.sync_batch_blocks.map(|n| n as usize), "sync_batch_blocks", 1024)? {
             limits.sync_batch_blocks = n as u32;
         }
-        let max_frame = crate::net::codec::MAX_FRAME;
+        let max_frame = crate::codec::MAX_FRAME;
         if let Some(n) = positive(l.sync_response_bytes, "sync_response_bytes", max_frame - 64 * 1024)? {
             limits.sync_response_bytes = n;
         }
@@ -363,7 +386,7 @@ impl NodeFileValues {
         if let Some(n) = positive(l.mempool_max_bytes, "mempool_max_bytes", 1 << 34)? {
             limits.mempool.max_bytes = n;
         }
-        if let Some(n) = positive(l.tx_max_bytes, "tx_max_bytes", crate::net::message::TX_LIMIT - 16)? {
+        if let Some(n) = positive(l.tx_max_bytes, "tx_max_bytes", crate::chain::message::TX_LIMIT - 16)? {
             limits.mempool.max_tx_bytes = n;
         }
         Ok(NodeFileValues {
@@ -548,7 +571,7 @@ mod tests {
     #[test]
     fn parses_a_valid_network() {
         let text = format!(
-            "{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n[[masternode]]\nid = \"{}\"\naddr = \"[::ffff:127.0.0.1]:1\"\n",
+            "{HEAD}min_active = 2\n[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n[[masternode]]\nid = \"{}\"\naddr = \"[::ffff:127.0.0.1]:1\"\n",
             id(1),
             id(2)
         );
@@ -558,11 +581,38 @@ mod tests {
         assert!(n.members.iter().any(|m| m.addr == "127.0.0.1:1".parse().unwrap()), "mapped address normalised");
     }
 
+    /// `min_active` above the member count can never be met: the chain would wait
+    /// forever for masternodes that do not exist. Refused at start-up instead.
+    #[test]
+    fn min_active_above_the_member_count_is_refused() {
+        let members = |n: u8| {
+            (1..=n)
+                .map(|i| format!("[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.{i}:1\"\n", id(i)))
+                .collect::<String>()
+        };
+        let Err(err) = net(&format!("{HEAD}min_active = 4\n{}", members(3))) else { panic!("4 of 3 accepted") };
+        let err = err.to_string();
+        assert!(err.starts_with("network.toml") && !err.contains('\n'), "{err}");
+        assert!(err.contains("min_active = 4") && err.contains("3 masternodes"), "{err}");
+        assert!(matches!(net(&format!("{HEAD}min_active = 4\n{}", members(3))), Err(ConfigError::Invalid { .. })));
+        // The default (3) with fewer members is the same impossibility.
+        let Err(err) = net(&format!("{HEAD}{}", members(2))) else { panic!("the default 3 of 2 accepted") };
+        let err = err.to_string();
+        assert!(err.contains("min_active = 3"), "{err}");
+        // At the member count, and below it, a quorum can form.
+        assert_eq!(net(&format!("{HEAD}min_active = 3\n{}", members(3))).unwrap().required(), 3);
+        assert_eq!(net(&format!("{HEAD}min_active = 2\n{}", members(2))).unwrap().required(), 2);
+        assert_eq!(net(&format!("{HEAD}min_active = 1\n{}", members(1))).unwrap().required(), 1);
+    }
+
     #[test]
     fn network_id_ignores_addresses_but_not_members() {
-        let a = net(&format!("{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n", id(1))).unwrap();
-        let b = net(&format!("{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.9:7\"\n", id(1))).unwrap();
-        let c = net(&format!("{HEAD}[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n", id(2))).unwrap();
+        let a = net(&format!("{HEAD}min_active = 1\n[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n", id(1)))
+            .unwrap();
+        let b = net(&format!("{HEAD}min_active = 1\n[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.9:7\"\n", id(1)))
+            .unwrap();
+        let c = net(&format!("{HEAD}min_active = 1\n[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n", id(2)))
+            .unwrap();
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
     }

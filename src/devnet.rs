@@ -75,7 +75,9 @@ pub fn lay_out(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     let net_path = dir.join("network.toml");
     if !net_path.exists() {
-        let text = Network::render("devnet", genesis, 1000, crate::config::DEFAULT_MIN_ACTIVE, &members);
+        // A devnet of one or two nodes needs a min_active it can meet.
+        let min_active = crate::config::DEFAULT_MIN_ACTIVE.min(members.len());
+        let text = Network::render("devnet", genesis, 1000, min_active, &members);
         std::fs::write(&net_path, text).map_err(io(&net_path))?;
     }
     Ok(configs)

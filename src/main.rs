@@ -99,6 +99,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    masternode::tune_allocator();
     // Every TLS configuration names ring explicitly; installing it as the process
     // default as well keeps a dependency that asks for "the default" on ring.
     let _ = rustls::crypto::ring::default_provider().install_default();

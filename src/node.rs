@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use crate::admin::{self, Status};
+use crate::admin;
 use crate::chain::block::{genesis_hash, Hash, Limits};
 use crate::chain::consensus::{self, Core, Timeouts};
 use crate::chain::mempool::Mempool;
@@ -21,6 +21,7 @@ use crate::config::{Network, NodeConfig};
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
 use crate::net::{self, NetConfig, Peers, TestHooks};
+use crate::status::{Status, StatusSource};
 
 /// How long a request to a peer may take before it is abandoned.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +45,10 @@ pub enum NodeError {
 pub struct NodeOptions {
     #[doc(hidden)]
     pub hooks: TestHooks,
+    /// Shifts the node's clock as its consensus sees it, in ms (tests of members
+    /// whose clocks are off). Never set in production.
+    #[doc(hidden)]
+    pub clock_skew_ms: i64,
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::stop`] or cancel the
@@ -94,6 +99,7 @@ impl Node {
             transport: cfg.transport,
             request_timeout: REQUEST_TIMEOUT,
             tip: tip.clone(),
+            protocol: crate::chain::message::PROTOCOL,
             hooks: options.hooks.clone(),
         };
         let (peers, inbound) = net::start(net_cfg, shutdown.clone(), &tracker)?;
@@ -111,6 +117,9 @@ impl Node {
         core.restore_lock(store.lock().map_err(store_err)?);
         let mempool = Arc::new(Mutex::new(Mempool::new(cfg.limits.mempool)));
         let chain_metrics = Arc::new(ChainMetrics::default());
+        if height > 0 {
+            chain_metrics.last_block_timestamp_ms.store(prev_ts, Ordering::Relaxed);
+        }
         let producer = Producer::new(
             core,
             store.clone(),
@@ -122,7 +131,8 @@ impl Node {
             tracker.clone(),
             chain_metrics.clone(),
             cfg.limits,
-        );
+        )
+        .with_clock_skew(options.clock_skew_ms);
         let failed = Arc::new(AtomicBool::new(false));
         {
             let failed = failed.clone();
@@ -168,7 +178,7 @@ impl Node {
     /// Submits a transaction as `POST /tx` does: into the mempool, gossiped to
     /// peers if new.
     pub async fn submit(&self, tx: Vec<u8>) -> Result<Hash, crate::chain::mempool::AddError> {
-        admin::submit_tx(&self.mempool, &self.peers, tx).await
+        admin::submit_tx(&self.mempool, &self.peers, tx)
     }
 
     /// True if the node stopped because of a runtime failure (a failed store write).
@@ -223,7 +233,7 @@ impl Node {
     }
 
     pub fn metrics(&self) -> String {
-        self.status_source().metrics()
+        crate::metrics::render(&self.status_source())
     }
 
     /// Stops the node: closes every connection with the shutdown code and waits for
@@ -239,46 +249,5 @@ impl Node {
         self.peers.close_all(CLOSE_WAIT).await;
         self.tracker.close();
         self.tracker.wait().await;
-    }
-}
-
-/// Builds `/status` from the live parts of a node.
-#[derive(Clone)]
-pub struct StatusSource {
-    id: NodeId,
-    advertised: SocketAddr,
-    network: Arc<Network>,
-    peers: Peers,
-    tip: watch::Receiver<Tip>,
-    chain: Arc<ChainMetrics>,
-    mempool: Arc<Mutex<Mempool>>,
-}
-
-impl StatusSource {
-    pub fn status(&self) -> Status {
-        let tip = *self.tip.borrow();
-        admin::build_status(self.id, self.advertised, &self.network, &self.peers, tip)
-    }
-
-    /// Turns of the node's own loops (transport manager, producer): the service
-    /// watchdog is fed only while both move.
-    pub fn progress(&self) -> (u64, u64) {
-        (self.peers.counters().manager_loops.load(Ordering::Relaxed), self.chain.loops.load(Ordering::Relaxed))
-    }
-
-    pub fn metrics(&self) -> String {
-        let status = self.status();
-        let (mempool_txs, mempool_bytes) = {
-            let m = crate::chain::mempool::lock(&self.mempool);
-            (m.len(), m.bytes())
-        };
-        crate::metrics::render(&crate::metrics::Snapshot {
-            status: &status,
-            net: self.peers.counters(),
-            tls_refused: self.peers.tls_refused(),
-            chain: &self.chain,
-            mempool_txs,
-            mempool_bytes,
-        })
     }
 }

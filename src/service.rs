@@ -13,8 +13,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Status;
-use crate::node::StatusSource;
+use crate::status::{Status, StatusSource};
 
 /// The one-line summary systemd shows for the unit.
 pub fn summary(s: &Status) -> String {

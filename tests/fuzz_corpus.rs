@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use masternode::chain::block::{genesis_hash, Limits};
+use masternode::chain::message::Message;
 use masternode::chain::vote::Committed;
+use masternode::codec::{decode_all, decode_body, encode, FrameReader, BINCODE};
 use masternode::config::{Network, NodeFileValues, Overrides};
 use masternode::identity::NodeId;
-use masternode::net::codec::{decode_all, decode_body, encode, FrameReader, BINCODE};
 use masternode::net::handshake::{check_intro, Expect, HandshakeMsg, PROTOCOL_VERSION};
-use masternode::net::Message;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);

@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use masternode::chain::message::{kind, VOTE_LIMIT};
 use masternode::net::close;
-use masternode::net::message::DATA_LIMIT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_the_offending_connection() {
@@ -26,19 +26,21 @@ async fn bad_frames_close_only_the_offending_connection() {
     .await;
     let honest_conns: Vec<_> = victim.peers().peers().iter().map(|p| (p.id, p.conn_id)).collect();
 
-    let mut header_too_large = (DATA_LIMIT as u32 + 1).to_be_bytes().to_vec();
-    header_too_large.push(0);
+    let mut header_too_large = (VOTE_LIMIT as u32 + 1).to_be_bytes().to_vec();
+    header_too_large.push(kind::VOTE);
     let truncated = {
         let mut v = 100u32.to_be_bytes().to_vec();
         v.extend_from_slice(&[0, 98, 1, 2, 3]);
         v
     };
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
-        ("absurd length prefix", vec![0xff, 0xff, 0xff, 0xff, 0], close::FRAME_TOO_LARGE),
-        ("a data frame one byte over its limit", header_too_large, close::FRAME_TOO_LARGE),
+        ("absurd length prefix", vec![0xff, 0xff, 0xff, 0xff, kind::VOTE], close::FRAME_TOO_LARGE),
+        ("a vote frame one byte over its limit", header_too_large, close::FRAME_TOO_LARGE),
         ("a frame cut short by the end of the stream", truncated, close::MALFORMED_FRAME),
-        ("a body that does not decode", vec![0, 0, 0, 2, 0, 200], close::MALFORMED_FRAME),
+        ("a body that does not decode", vec![0, 0, 0, 2, kind::TX, 200], close::MALFORMED_FRAME),
         ("a kind that does not exist", vec![0, 0, 0, 1, 77], close::MALFORMED_FRAME),
+        ("a kind the gossip stream does not carry (data)", vec![0, 0, 0, 2, kind::DATA, 0], close::MALFORMED_FRAME),
+        ("a kind the gossip stream does not carry (blocks)", vec![0, 0, 0, 2, kind::BLOCKS, 0], close::MALFORMED_FRAME),
     ];
     for (n, (what, bytes, code)) in cases.into_iter().enumerate() {
         let conn = hostile.connect(&spec, 1).await;
@@ -69,8 +71,9 @@ async fn bad_frames_close_only_the_offending_connection() {
         assert_eq!(now, honest_conns, "{what}: honest peers untouched");
     }
     // And they still carry traffic.
-    let answer = victim.peers().request(spec.id(2), &masternode::net::Message::Data(vec![5; 10])).await.unwrap();
-    assert_eq!(answer, masternode::net::Message::Data(vec![5; 10]));
+    let probe = masternode::chain::message::Message::Data(vec![5; 10]);
+    let answer = victim.peers().request(spec.id(2), probe.encode().unwrap()).await.unwrap();
+    assert_eq!(decode(&answer), probe);
     let [a, b] = others;
     stop_all(vec![victim, a, b]).await;
 }

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use masternode::chain::message::Message;
 use masternode::chain::vote::{SignedVote, Vote, VoteKind};
-use masternode::net::codec;
-use masternode::net::{close, Message};
+use masternode::codec;
+use masternode::net::close;
 use masternode::node::Node;
 
 struct Net {

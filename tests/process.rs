@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::procs::{Net, BIN};
 use common::subnet;
-use masternode::admin::Status;
+use masternode::status::Status;
 
 /// Each pair once: every node lists every other node exactly once.
 fn assert_one_connection_per_pair(statuses: &[Status]) {
@@ -68,14 +68,14 @@ async fn sigstop_beyond_idle_timeout_then_sigcont_ends_with_one_connection_per_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_0_within_seconds_and_status_reports_down_after() {
-    let mut net = Net::new(2);
+    let mut net = Net::new(3);
     net.start(0);
     net.start(1);
     net.until_peers(&[0, 1], 1, Duration::from_secs(20), "pair connects").await;
     let out = Command::new(BIN).args(["status", "--admin", &net.admins[0].to_string()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("quorum") && text.contains("outbound"), "{text}");
-    // Two of two members is below min_active 3: degraded.
+    // Two of three members is below min_active 3: degraded.
     assert_eq!(out.status.code(), Some(1), "{text}");
 
     net.signal(0, "TERM");
@@ -182,6 +182,12 @@ fn bad_configurations_exit_78_with_one_clear_line() {
             }),
             "network.toml",
             "not in the masternode set",
+        ),
+        (
+            "min_active above the member count",
+            Box::new(|| std::fs::write(&network, net_original.replace("min_active = 2", "min_active = 3")).unwrap()),
+            "network.toml",
+            "min_active = 3 exceeds the 2 masternodes",
         ),
         ("missing config file", Box::new(|| std::fs::remove_file(cfg).unwrap()), "masternode.toml", "cannot read"),
     ];

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use masternode::net::codec::{self, FrameReader};
-use masternode::net::{self, Message};
+use masternode::chain::message::Message;
+use masternode::codec::{self, FrameReader};
+use masternode::net;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -98,6 +99,7 @@ async fn mesh_of_8_forms_with_exactly_28_dials() {
                 transport: fast_transport(),
                 request_timeout: Duration::from_secs(5),
                 tip,
+                protocol: OPEN,
                 hooks: Default::default(),
             })
             .unwrap()

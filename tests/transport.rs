@@ -5,8 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use masternode::chain::message::Message;
 use masternode::net::handshake::RejectReason;
-use masternode::net::{Message, TestHooks};
+use masternode::net::TestHooks;
 use masternode::node::Node;
 
 /// The contract scenario: five nodes started at the same instant, twenty times.
@@ -45,17 +46,21 @@ async fn broadcast_reaches_every_peer_exactly_once_in_order() {
 
     let sender = nets[0].0.clone();
     for k in 0..200u32 {
-        let n = sender.broadcast(&Message::Data(k.to_be_bytes().to_vec())).await.unwrap();
-        assert_eq!(n, 3);
+        let sent = sender.broadcast(&outgoing(&Message::Data(k.to_be_bytes().to_vec())));
+        assert_eq!(sent.len(), 3);
     }
     for (i, (_, inbound)) in nets.iter_mut().enumerate().skip(1) {
         for k in 0..200u32 {
-            let (from, msg) = tokio::time::timeout(Duration::from_secs(10), inbound.messages.recv())
+            let d = tokio::time::timeout(Duration::from_secs(10), inbound.messages.recv())
                 .await
                 .expect("message arrives")
                 .unwrap();
-            assert_eq!(from, spec.id(0), "node {i}: sender's NodeId");
-            assert_eq!(msg, Message::Data(k.to_be_bytes().to_vec()), "node {i}: message {k} once, in order");
+            assert_eq!(d.from, spec.id(0), "node {i}: sender's NodeId");
+            assert_eq!(
+                decode(&d.body),
+                Message::Data(k.to_be_bytes().to_vec()),
+                "node {i}: message {k} once, in order"
+            );
         }
         // Nothing more: no duplicate delivery.
         assert!(
@@ -69,18 +74,17 @@ async fn broadcast_reaches_every_peer_exactly_once_in_order() {
     let (_, mut inbound1) = nets.remove(1);
     tokio::spawn(async move {
         while let Some(req) = inbound1.requests.recv().await {
-            let Message::Data(mut d) = req.message else {
+            let Message::Data(mut d) = decode(&req.body) else {
                 continue;
             };
             d.reverse();
-            let _ = req.reply.send(Ok(Message::Data(d)));
+            let _ = req.reply.send(Ok(masternode::codec::encode(&Message::Data(d))));
         }
     });
-    let answer = sender.request(responder_id, &Message::Data(vec![1, 2, 3])).await.unwrap();
-    assert_eq!(answer, Message::Data(vec![3, 2, 1]));
+    let answer = sender.request(responder_id, masternode::codec::encode(&Message::Data(vec![1, 2, 3]))).await.unwrap();
+    assert_eq!(decode(&answer), Message::Data(vec![3, 2, 1]));
     // A message over its kind's limit is refused before it leaves.
-    let too_big = Message::Tx(vec![0; 200 * 1024]);
-    assert!(sender.send(responder_id, &too_big).await.is_err());
+    assert!(Message::Tx(vec![0; 200 * 1024]).outgoing().is_err());
 
     shutdown.cancel();
     tracker.close();

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use masternode::chain::block::{genesis_hash, Limits};
 use masternode::chain::vote::Committed;
 use masternode::identity::NodeId;
-use masternode::net::codec::BINCODE;
+use masternode::codec::BINCODE;
 
 fuzz_target!(|data: &[u8]| {
     let Ok((c, _)) = bincode::decode_from_slice::<Committed, _>(data, BINCODE) else { return };

@@ -2,8 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use masternode::net::codec::FrameReader;
-use masternode::net::Message;
+use masternode::codec::FrameReader;
+use masternode::chain::message::Message;
 
 fuzz_target!(|data: &[u8]| {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -12,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
         // Every outcome is a frame, a clean end or a typed error; never a panic.
         while let Ok(Some(_)) = reader.next::<Message>().await {}
     });
-    let _ = masternode::net::codec::decode_all::<Message>(data);
+    let _ = masternode::codec::decode_all::<Message>(data);
 });

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use masternode::identity::NodeId;
-use masternode::net::codec::decode_all;
+use masternode::codec::decode_all;
 use masternode::net::handshake::{check_intro, Expect, HandshakeMsg, PROTOCOL_VERSION};
 
 fuzz_target!(|data: &[u8]| {

@@ -2,8 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use masternode::net::codec::{decode_body, encode};
-use masternode::net::Message;
+use masternode::codec::{decode_body, encode};
+use masternode::chain::message::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = decode_body::<Message>(data) {

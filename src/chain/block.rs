@@ -3,8 +3,8 @@
 
 use std::fmt;
 
+use crate::codec::BINCODE;
 use crate::identity::{hex, NodeId};
-use crate::net::codec::BINCODE;
 
 /// A SHA-256 digest.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, bincode::Encode, bincode::Decode)]
@@ -73,13 +73,15 @@ pub const MAX_BLOCK_BYTES: usize = 3 * 1024 * 1024;
 pub struct Limits {
     pub max_block_bytes: usize,
     pub max_block_txs: usize,
-    /// How far ahead of our clock a proposer's timestamp may be.
+    /// How far ahead of our clock a proposer's timestamp may be. Members' clocks
+    /// may disagree by up to 30 s (an operator's NTP gone wrong) without their
+    /// blocks being refused; the node warns when its own clock is off.
     pub max_clock_drift_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_block_bytes: MAX_BLOCK_BYTES, max_block_txs: 20_000, max_clock_drift_ms: 5_000 }
+        Limits { max_block_bytes: MAX_BLOCK_BYTES, max_block_txs: 20_000, max_clock_drift_ms: 31_000 }
     }
 }
 
@@ -99,6 +101,10 @@ pub enum BlockError {
     TxRootMismatch,
     #[error("block carries {count} transactions, {bytes} bytes: over the limit")]
     TooLarge { count: usize, bytes: usize },
+    #[error("block of round {block_round} proposed as a fresh value in round {round}")]
+    NotFresh { block_round: Round, round: Round },
+    #[error("block of round {block_round} carried by round {round}, before it existed")]
+    NewerThanRound { block_round: Round, round: Round },
 }
 
 impl Header {

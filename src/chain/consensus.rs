@@ -9,21 +9,32 @@
 //!
 //! * Members are sorted by `NodeId`; `proposer(h, r) = members[(h + r) mod n]`.
 //! * `q = floor(2n/3) + 1` votes make a quorum ("2f+1"); `n - q + 1` make "f+1".
-//! * Timeouts grow with the round, `base + delta * min(r, 8)`: enough to find a
-//!   timeout that fits the network, bounded so a long partition does not leave
-//!   timeouts of tens of seconds behind it.
+//! * Timeouts grow with the round, `base + delta * r`, without a bound short of
+//!   [`MAX_TIMEOUT_MS`]: the paper's liveness needs timeouts that outgrow any
+//!   message delay (see [`Timeouts`]).
 //! * A height starts `block_interval` after its parent's timestamp (the
-//!   "commit timeout"), so blocks come at the configured pace.
+//!   "commit timeout"), so blocks come at the configured pace; never more than one
+//!   interval after the commit here, so a clock behind the proposers' does not
+//!   slow this node (the wait is paced by the local clock from the commit).
 //! * The quorum gate: while fewer than the required masternodes are connected the
 //!   core proposes nothing and advances no round; fired timeouts wait for the gate.
+//! * Every message is verified before it is counted, buffered or reported: its
+//!   signer is a member (the proposer of its height and round, for a proposal),
+//!   its signature is valid, and a proposal's transactions match its signed
+//!   header. Only then is anything said about its signer ([`Misbehaviour`]).
+//!   Messages for the next height wait in a buffer with one slot per proposal
+//!   round and per (voter, round, step), for a few rounds, bounded in bytes.
 //! * Double-sign protection: the core never signs at or below the last
 //!   `(height, round, step)` it signed, which the shell persists before a signature
 //!   leaves the node and hands back after a restart.
+//! * The lock (`lockedRound`) and `validRound` never move to an older round,
+//!   across restarts too: a restarted node resumes at the round it last signed
+//!   in, with the lock it persisted, never at round 0 below them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::block::{tx_root, Block, Hash, Header, Height, Limits, Round};
+use super::block::{tx_root, Block, BlockError, Hash, Header, Height, Limits, Round};
 use super::vote::{
     quorum, Certificate, Committed, Proposal, SignRecord, SignedProposal, SignedVote, Step, Vote, VoteKind,
 };
@@ -32,8 +43,18 @@ use crate::identity::{Identity, NodeId};
 /// Votes for rounds this far beyond ours are dropped: a member cannot make us
 /// store votes for a million rounds.
 pub const MAX_ROUND_AHEAD: Round = 64;
-/// Messages buffered for the next height, at most.
-const MAX_FUTURE: usize = 1024;
+/// Rounds of the next height whose messages are buffered: a node one block
+/// behind needs the first rounds of the next height, not a member's hundredth.
+pub const MAX_FUTURE_ROUND: Round = 8;
+/// Bytes buffered for the next height, at most (proposals by their transactions,
+/// votes at [`FUTURE_VOTE_BYTES`] each).
+pub const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
+const FUTURE_VOTE_BYTES: usize = 256;
+/// Conflicting votes kept per member, round and kind, beyond its first.
+const MAX_CONFLICTING: usize = 2;
+/// A member shown to be ahead at a height is reported again after this long, so a
+/// sync that failed is tried again.
+pub const AHEAD_REPEAT_MS: u64 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -53,16 +74,33 @@ pub struct Timeouts {
     pub delta_ms: u64,
 }
 
-/// Rounds after which timeouts stop growing. Growth lets a network find a
-/// timeout that fits its latency; without a cap, a long partition leaves every
-/// node at a high round with timeouts of tens of seconds, and the chain resumes
-/// that much later after the partition heals (seen in the chaos soak: 20 s).
-pub const MAX_TIMEOUT_GROWTH_ROUNDS: Round = 8;
+/// The longest timeout: an overflow guard, far above any delay the chain is
+/// meant to survive.
+pub const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
+/// Timeouts of round `r` are `base + delta * r`, growing without a bound short
+/// of [`MAX_TIMEOUT_MS`] (saturating, so no round overflows them).
+///
+/// Growth is what makes Tendermint live: after the network stabilises, messages
+/// take at most some unknown Δ, and a round can only succeed once its timeouts
+/// exceed Δ. A cap on growth (timeouts stopped growing after round 8, at about
+/// 5 s) meant that where delays exceed the cap no round ever succeeds.
+///
+/// The cap was there because a long run of failed rounds (a partition, a flapping
+/// quorum) left nodes at high rounds with long timeouts, and the chain resumed
+/// late once it healed. Growth without a cap does not bring that back in a form
+/// that matters: rounds reset to 0 at every height, so long timeouts last for one
+/// stuck height only; a round whose proposer is up and reachable ends as soon as
+/// its votes arrive, never waiting for a timeout; a node behind the others joins
+/// their round as soon as f+1 of them are there (L55), without waiting out its
+/// own; and a node whose messages were lost in the partition sends them again
+/// after a few block intervals without a block (the producer's rebroadcast). What
+/// a long timeout can still cost is one wait in a round whose proposer is down,
+/// which is the price of being live when delays are long.
 impl Timeouts {
-    /// The growth added to a base timeout in `round`.
-    pub fn grow(&self, round: Round) -> u64 {
-        self.delta_ms * round.min(MAX_TIMEOUT_GROWTH_ROUNDS) as u64
+    /// A timeout of `base_ms` in `round`.
+    pub fn in_round(&self, base_ms: u64, round: Round) -> u64 {
+        base_ms.saturating_add(self.delta_ms.saturating_mul(round as u64)).min(MAX_TIMEOUT_MS)
     }
 
     pub fn for_interval(block_interval_ms: u64) -> Self {
@@ -108,6 +146,7 @@ pub enum Input {
     Quorum(bool),
 }
 
+pub use super::misbehaviour::Misbehaviour;
 pub use super::vote::{Lock, Signed};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,12 +171,11 @@ pub enum Output {
     },
     /// Store durably before anything else happens; the core has moved on.
     Decided(Committed),
-    /// A member broke the protocol (equivocation, a bad signature, an invalid block).
-    Misbehaviour {
-        node: NodeId,
-        what: String,
-    },
-    /// A member is at a higher height than we are: time to sync.
+    /// A message broke the protocol; [`Misbehaviour::culprit`] says whether it
+    /// proves a member guilty.
+    Misbehaviour(Misbehaviour),
+    /// A member signed a message for a higher height than ours: time to sync.
+    /// Reported once per member and height (again after [`AHEAD_REPEAT_MS`]).
     Ahead {
         node: NodeId,
         height: Height,
@@ -148,6 +186,14 @@ pub enum Output {
 struct RoundVotes {
     prevotes: BTreeMap<NodeId, SignedVote>,
     precommits: BTreeMap<NodeId, SignedVote>,
+    /// Second votes of equivocating members, one per (voter, kind), kept only
+    /// when they are for nil or for a value proposed at this height. They count towards
+    /// that value: the paper counts messages from distinct processes per value,
+    /// and a member that sent a value to some of us and nil to others must not
+    /// leave the ones who saw one version unable ever to see the polka the
+    /// others saw (found by the simulation: a height stalled for good). Two
+    /// quorums for different values would still need f+1 equivocators.
+    conflicting: BTreeMap<(NodeId, VoteKind, Option<Hash>), SignedVote>,
 }
 
 impl RoundVotes {
@@ -158,13 +204,91 @@ impl RoundVotes {
         }
     }
 
+    /// Every vote of `kind` for `value`: each voter's first, and its conflicting
+    /// second where that is the one for `value`.
+    fn for_value(&self, kind: VoteKind, value: Option<Hash>) -> impl Iterator<Item = &SignedVote> {
+        let firsts = self.of(kind).values().filter(move |v| v.vote.block == value);
+        let seconds = self.conflicting.iter().filter(move |((_, k, b), _)| *k == kind && *b == value);
+        firsts.chain(seconds.map(|(_, v)| v))
+    }
+
     fn count(&self, kind: VoteKind, value: Option<Hash>) -> usize {
-        self.of(kind).values().filter(|v| v.vote.block == value).count()
+        self.for_value(kind, value).count()
+    }
+
+    /// Whether this exact vote is held, as a first or a second version.
+    fn holds(&self, v: &Vote) -> bool {
+        self.of(v.kind).get(&v.voter).is_some_and(|f| f.vote == *v)
+            || self.conflicting.get(&(v.voter, v.kind, v.block)).is_some_and(|c| c.vote == *v)
+    }
+
+    /// Adds a verified vote: its voter's first of its kind, or, where
+    /// `may_conflict` (the value is nil or proposed at this height), a second
+    /// version, at most [`MAX_CONFLICTING`] more per voter and kind: memory stays
+    /// bounded, and a member cannot crowd out the version others count.
+    fn add(&mut self, sv: SignedVote, may_conflict: bool) -> Added {
+        let (voter, kind, value) = (sv.vote.voter, sv.vote.kind, sv.vote.block);
+        let firsts = match kind {
+            VoteKind::Prevote => &mut self.prevotes,
+            VoteKind::Precommit => &mut self.precommits,
+        };
+        match firsts.get(&voter) {
+            None => {
+                firsts.insert(voter, sv);
+                return Added::First;
+            }
+            Some(first) if first.vote.block == value => return Added::Again,
+            Some(_) => {}
+        }
+        if self.conflicting.contains_key(&(voter, kind, value)) {
+            return Added::Again;
+        }
+        let seconds = self.conflicting.keys().filter(|(v, k, _)| *v == voter && *k == kind).count();
+        if may_conflict && seconds < MAX_CONFLICTING {
+            self.conflicting.insert((voter, kind, value), sv);
+            Added::Second { news: seconds == 0 }
+        } else {
+            Added::NotCounted { news: seconds == 0 }
+        }
     }
 
     fn total(&self, kind: VoteKind) -> usize {
         self.of(kind).len()
     }
+}
+
+/// What [`RoundVotes::add`] did with a vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Added {
+    /// The voter's first vote of its kind in the round.
+    First,
+    /// A version already held.
+    Again,
+    /// A conflicting version, counted; `news` when it is the voter's first.
+    Second { news: bool },
+    /// A conflicting version not kept; `news` when no other is held.
+    NotCounted { news: bool },
+}
+
+/// Verified messages for the next height, one per slot.
+#[derive(Debug, Default)]
+struct NextHeight {
+    proposals: BTreeMap<Round, SignedProposal>,
+    votes: BTreeMap<(Round, Step, NodeId), SignedVote>,
+    bytes: usize,
+}
+
+impl NextHeight {
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.proposals.len() + self.votes.len()
+    }
+}
+
+/// About what a buffered proposal holds in memory.
+fn proposal_bytes(p: &SignedProposal) -> usize {
+    let block = &p.proposal.block;
+    block.tx_bytes() + block.txs.len() * std::mem::size_of::<Vec<u8>>() + 512
 }
 
 pub struct Core {
@@ -191,7 +315,9 @@ pub struct Core {
     last_signed: Option<SignRecord>,
     quorum: bool,
     deferred: Vec<Timeout>,
-    future: Vec<Input>,
+    future: NextHeight,
+    /// The highest height each member was reported ahead at, and when.
+    ahead: BTreeMap<NodeId, (Height, u64)>,
 }
 
 impl Core {
@@ -230,12 +356,23 @@ impl Core {
             last_signed,
             quorum: false,
             deferred: Vec::new(),
-            future: Vec::new(),
+            future: NextHeight::default(),
+            ahead: BTreeMap::new(),
         }
     }
 
     pub fn height(&self) -> Height {
         self.height
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The timestamp of the current height's parent block.
+    pub fn parent_timestamp(&self) -> u64 {
+        self.prev_ts
     }
 
     pub fn round(&self) -> Round {
@@ -246,6 +383,11 @@ impl Core {
         self.step
     }
 
+    /// The lock (L36): `lockedRound` and the hash of `lockedValue`.
+    pub fn lock(&self) -> Option<(Round, Hash)> {
+        self.locked.as_ref().map(|(r, b)| (*r, b.hash()))
+    }
+
     pub fn proposer(&self, height: Height, round: Round) -> NodeId {
         let n = self.cfg.members.len() as u64;
         self.cfg.members[((height + round as u64) % n) as usize]
@@ -254,7 +396,10 @@ impl Core {
     /// Schedules the start of the current height; call once after `new`.
     pub fn start(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
-        let after_ms = (self.prev_ts + self.cfg.block_interval_ms).saturating_sub(now_ms);
+        // At most one interval from now, whatever the parent's timestamp says: a
+        // parent stamped by a clock ahead of ours must not hold this node back.
+        let interval = self.cfg.block_interval_ms;
+        let after_ms = (self.prev_ts + interval).saturating_sub(now_ms).min(interval);
         out.push(Output::Schedule { timeout: Timeout::StartHeight { height: self.height }, after_ms });
         out
     }
@@ -266,7 +411,8 @@ impl Core {
         for m in own {
             match m {
                 Signed::Proposal(p) if p.proposal.height == self.height && p.proposal.proposer == self.me => {
-                    let ok = self.validate_block(&p.proposal.block, p.proposal.round, None).is_ok();
+                    let ok = self.validate_block(&p.proposal.block, p.proposal.round, p.proposal.valid_round, None);
+                    let ok = ok.is_ok();
                     self.proposal_ok.insert(p.proposal.round, ok);
                     self.proposals.insert(p.proposal.round, p);
                 }
@@ -281,6 +427,15 @@ impl Core {
     /// later round than the one it had locked on.
     pub fn restore_lock(&mut self, lock: Option<Lock>) {
         if let Some(lock) = lock.filter(|l| l.block.height() == self.height) {
+            // The polka's prevotes were verified before they were stored with the
+            // lock; they count again, and the rebroadcast relays them.
+            for v in lock.polka {
+                if v.vote.height != self.height || v.vote.round != lock.round || v.vote.kind != VoteKind::Prevote {
+                    continue;
+                }
+                // Votes for the locked value, which this node knows.
+                self.votes.entry(v.vote.round).or_default().add(v, true);
+            }
             self.locked = Some((lock.round, lock.block.clone()));
             self.valid = Some((lock.round, lock.block));
         }
@@ -300,6 +455,27 @@ impl Core {
                 if let Some(v) = rv.of(kind).get(&self.me) {
                     out.push(Signed::Vote(v.clone()));
                 }
+            }
+        }
+        out
+    }
+
+    /// What this node holds for the current height that peers may lack: every
+    /// verified vote (others' too, conflicting ones included) and the proposals of
+    /// the current round and of the round its valid value comes from. Sent again
+    /// when no block came for a while: Tendermint assumes that a message one
+    /// correct process received, every correct process eventually receives.
+    pub fn relay_messages(&self) -> Vec<Signed> {
+        let mut out = Vec::new();
+        let valid_round = self.valid.as_ref().map(|(r, _)| *r);
+        for r in [Some(self.round), valid_round].into_iter().flatten().collect::<BTreeSet<_>>() {
+            if let Some(p) = self.proposals.get(&r) {
+                out.push(Signed::Proposal(p.clone()));
+            }
+        }
+        for rv in self.votes.values() {
+            for v in rv.prevotes.values().chain(rv.precommits.values()).chain(rv.conflicting.values()) {
+                out.push(Signed::Vote(v.clone()));
             }
         }
         out
@@ -333,109 +509,196 @@ impl Core {
 
     fn on_proposal(&mut self, sp: SignedProposal, now_ms: u64, out: &mut Vec<Output>) {
         let p = &sp.proposal;
-        if p.height < self.height {
+        let (height, round, proposer) = (p.height, p.round, p.proposer);
+        if height < self.height || !self.cfg.members.contains(&proposer) {
             return;
         }
-        if p.height > self.height {
-            self.hold_future(p.proposer, p.height, Input::Proposal(sp), out);
-            return;
-        }
-        if p.round > self.round + MAX_ROUND_AHEAD {
-            return;
-        }
-        if p.proposer != self.proposer(p.height, p.round) {
-            out.push(Output::Misbehaviour {
-                node: p.proposer,
-                what: format!("proposal for round {} it does not lead", p.round),
-            });
-            return;
-        }
-        if p.valid_round.is_some_and(|vr| vr >= p.round) {
-            out.push(Output::Misbehaviour {
-                node: p.proposer,
-                what: "proposal with valid_round not below its round".into(),
-            });
-            return;
-        }
-        if let Some(existing) = self.proposals.get(&p.round) {
-            if existing != &sp {
-                out.push(Output::Misbehaviour {
-                    node: p.proposer,
-                    what: format!("two proposals for height {} round {}", p.height, p.round),
-                });
+        let future = height > self.height;
+        if future {
+            let slot_free = !self.future.proposals.contains_key(&round)
+                && self.future.bytes + proposal_bytes(&sp) <= MAX_FUTURE_BYTES;
+            let wanted = (self.buffers(height, round) && slot_free) || self.ahead_due(proposer, height, now_ms);
+            if !wanted {
+                return;
             }
+        } else {
+            if round > self.round + MAX_ROUND_AHEAD {
+                return;
+            }
+            // The same proposal again (gossip, a replay): verified when it first came.
+            if self.proposals.get(&round).is_some_and(|e| e.proposal == sp.proposal) {
+                return;
+            }
+        }
+        if !self.authenticate(&sp, out) {
             return;
         }
-        if let Err(e) = sp.verify(&self.cfg.network_id) {
-            out.push(Output::Misbehaviour { node: p.proposer, what: format!("proposal: {e}") });
+        if future {
+            self.hold_future(proposer, height, Input::Proposal(sp), now_ms, out);
             return;
         }
-        let round = p.round;
-        let ok = self.validate_block(&p.block, round, Some(now_ms));
-        if let Err(what) = &ok {
-            out.push(Output::Misbehaviour { node: p.proposer, what: format!("invalid block: {what}") });
+        if self.proposals.contains_key(&round) {
+            out.push(Output::Misbehaviour(Misbehaviour::Equivocation {
+                node: proposer,
+                height,
+                round,
+                step: Step::Propose,
+            }));
+            return;
+        }
+        let ok = self.validate_block(&sp.proposal.block, round, sp.proposal.valid_round, Some(now_ms));
+        if let Err(reason) = &ok {
+            out.push(Output::Misbehaviour(Misbehaviour::InvalidBlock {
+                node: proposer,
+                height,
+                round,
+                reason: reason.clone(),
+            }));
         }
         self.proposal_ok.insert(round, ok.is_ok());
         self.proposals.insert(round, sp);
         self.check_rules(now_ms, out);
     }
 
-    fn validate_block(&self, block: &Block, round: Round, now_ms: Option<u64>) -> Result<(), String> {
-        if block.header.round > round {
-            return Err(format!("block of round {} proposed in round {round}", block.header.round));
+    /// What a proposal's signature proves, checked in that order: the signature
+    /// (else nothing is known of its signer), then what the signer answers for
+    /// (leading the round, the valid round below it), then that the transactions
+    /// are the ones its signed header commits to.
+    fn authenticate(&self, sp: &SignedProposal, out: &mut Vec<Output>) -> bool {
+        let p = &sp.proposal;
+        let (node, height, round) = (p.proposer, p.height, p.round);
+        let refused = if sp.verify(&self.cfg.network_id).is_err() {
+            Misbehaviour::BadSignature { claimed: node, height, round, step: Step::Propose }
+        } else if node != self.proposer(height, round) {
+            Misbehaviour::WrongProposer { node, height, round }
+        } else if let Some(valid_round) = p.valid_round.filter(|vr| *vr >= round) {
+            Misbehaviour::BadValidRound { node, height, round, valid_round }
+        } else if p.block.txs.len() > self.cfg.limits.max_block_txs || tx_root(&p.block.txs) != p.block.header.tx_root {
+            Misbehaviour::BadTransactions { claimed: node, height, round }
+        } else {
+            return true;
+        };
+        out.push(Output::Misbehaviour(refused));
+        false
+    }
+
+    /// Checks a block proposed in `round` with `valid_round` against our parent
+    /// and the block rules. A fresh value (no valid round) is built in the round
+    /// that proposes it, so its header carries that round and that round's
+    /// proposer. A re-proposed value is the one that had a polka in `valid_round`
+    /// (L36 sets `validValue` from that round's proposal), which was itself fresh
+    /// there or carried from an earlier round: its header's round is at most
+    /// `valid_round`, and its proposer is the proposer of the header's round.
+    fn validate_block(
+        &self,
+        block: &Block,
+        round: Round,
+        valid_round: Option<Round>,
+        now_ms: Option<u64>,
+    ) -> Result<(), BlockError> {
+        let block_round = block.header.round;
+        match valid_round {
+            None if block_round != round => return Err(BlockError::NotFresh { block_round, round }),
+            Some(vr) if block_round > vr => return Err(BlockError::NewerThanRound { block_round, round: vr }),
+            _ => {}
         }
         let height = self.height;
-        block
-            .validate(self.prev_hash, height - 1, self.prev_ts, |r| self.proposer(height, r), now_ms, &self.cfg.limits)
-            .map_err(|e| e.to_string())
+        block.validate(self.prev_hash, height - 1, self.prev_ts, |r| self.proposer(height, r), now_ms, &self.cfg.limits)
     }
 
     fn on_vote(&mut self, sv: SignedVote, now_ms: u64, out: &mut Vec<Output>) {
         let v = &sv.vote;
-        if v.height < self.height {
+        let (height, round, voter, step) = (v.height, v.round, v.voter, v.kind.step());
+        if height < self.height || !self.cfg.members.contains(&voter) {
             return;
         }
-        if !self.cfg.members.contains(&v.voter) {
-            return;
-        }
-        if v.height > self.height {
-            self.hold_future(v.voter, v.height, Input::Vote(sv), out);
-            return;
-        }
-        if v.round > self.round + MAX_ROUND_AHEAD {
-            return;
-        }
-        let existing = self.votes.get(&v.round).and_then(|rv| rv.of(v.kind).get(&v.voter));
-        if let Some(existing) = existing {
-            if existing.vote != sv.vote {
-                out.push(Output::Misbehaviour {
-                    node: v.voter,
-                    what: format!("two {:?}s for height {} round {}", v.kind, v.height, v.round),
-                });
+        let future = height > self.height;
+        if future {
+            let slot_free = !self.future.votes.contains_key(&(round, step, voter))
+                && self.future.bytes + FUTURE_VOTE_BYTES <= MAX_FUTURE_BYTES;
+            let wanted = (self.buffers(height, round) && slot_free) || self.ahead_due(voter, height, now_ms);
+            if !wanted {
+                return;
             }
+        } else {
+            if round > self.round + MAX_ROUND_AHEAD {
+                return;
+            }
+            // The same vote again (a relay, a replay): verified when it first came.
+            if self.votes.get(&round).is_some_and(|rv| rv.holds(&sv.vote)) {
+                return;
+            }
+        }
+        if sv.verify(&self.cfg.network_id).is_err() {
+            out.push(Output::Misbehaviour(Misbehaviour::BadSignature { claimed: voter, height, round, step }));
             return;
         }
-        if let Err(e) = sv.verify(&self.cfg.network_id) {
-            out.push(Output::Misbehaviour { node: v.voter, what: format!("vote: {e}") });
+        if future {
+            self.hold_future(voter, height, Input::Vote(sv), now_ms, out);
             return;
         }
-        self.insert_vote(sv);
-        self.check_rules(now_ms, out);
+        // A value proposed in any round of this height (a re-proposal makes a
+        // value known after its round).
+        let known = sv.vote.block.is_none_or(|b| self.proposals.values().any(|p| p.proposal.block.hash() == b));
+        let added = self.votes.entry(round).or_default().add(sv, known);
+        if let Added::Second { news: true } | Added::NotCounted { news: true } = added {
+            out.push(Output::Misbehaviour(Misbehaviour::Equivocation { node: voter, height, round, step }));
+        }
+        if let Added::First | Added::Second { .. } = added {
+            self.check_rules(now_ms, out);
+        }
     }
 
+    /// Our own vote, or one restored from the store.
     fn insert_vote(&mut self, sv: SignedVote) {
-        let rv = self.votes.entry(sv.vote.round).or_default();
-        let map = match sv.vote.kind {
-            VoteKind::Prevote => &mut rv.prevotes,
-            VoteKind::Precommit => &mut rv.precommits,
-        };
-        map.insert(sv.vote.voter, sv);
+        self.votes.entry(sv.vote.round).or_default().add(sv, false);
     }
 
-    fn hold_future(&mut self, from: NodeId, height: Height, input: Input, out: &mut Vec<Output>) {
-        out.push(Output::Ahead { node: from, height });
-        if height == self.height + 1 && self.future.len() < MAX_FUTURE {
-            self.future.push(input);
+    /// Whether messages of `(height, round)` go into the next-height buffer.
+    fn buffers(&self, height: Height, round: Round) -> bool {
+        height == self.height + 1 && round <= MAX_FUTURE_ROUND
+    }
+
+    /// Whether `node`, at `height`, is news: a higher height than it was last
+    /// reported at, or the same one reported long enough ago.
+    fn ahead_due(&self, node: NodeId, height: Height, now_ms: u64) -> bool {
+        self.ahead
+            .get(&node)
+            .is_none_or(|(h, at)| height > *h || (height == *h && now_ms >= at.saturating_add(AHEAD_REPEAT_MS)))
+    }
+
+    /// A verified message for a later height: report its signer ahead (when
+    /// that is news), and keep it if it is for the next height and its slot is free.
+    fn hold_future(&mut self, from: NodeId, height: Height, input: Input, now_ms: u64, out: &mut Vec<Output>) {
+        if self.ahead_due(from, height, now_ms) {
+            self.ahead.insert(from, (height, now_ms));
+            out.push(Output::Ahead { node: from, height });
+        }
+        let round = match &input {
+            Input::Proposal(p) => p.proposal.round,
+            Input::Vote(v) => v.vote.round,
+            _ => return,
+        };
+        if !self.buffers(height, round) {
+            return;
+        }
+        let next = &mut self.future;
+        match input {
+            Input::Proposal(p) => {
+                let bytes = proposal_bytes(&p);
+                if !next.proposals.contains_key(&p.proposal.round) && next.bytes + bytes <= MAX_FUTURE_BYTES {
+                    next.bytes += bytes;
+                    next.proposals.insert(p.proposal.round, p);
+                }
+            }
+            Input::Vote(v) => {
+                let slot = (v.vote.round, v.vote.kind.step(), v.vote.voter);
+                if !next.votes.contains_key(&slot) && next.bytes + FUTURE_VOTE_BYTES <= MAX_FUTURE_BYTES {
+                    next.bytes += FUTURE_VOTE_BYTES;
+                    next.votes.insert(slot, v);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -450,7 +713,7 @@ impl Core {
         match t {
             Timeout::StartHeight { height } if height == self.height && !self.started => {
                 self.started = true;
-                self.start_round(0, now_ms, out);
+                self.start_round(self.resume_round(), now_ms, out);
             }
             // L57
             Timeout::Propose { height, round }
@@ -475,14 +738,32 @@ impl Core {
         self.check_rules(now_ms, out);
     }
 
+    /// The round a height starts in: 0, or after a restart the round this node
+    /// last signed in at this height. Restarting at round 0 would put the node
+    /// below its own lock and its own signatures: every old round that f+1 members
+    /// (one of them replaying) appear in would be entered again by the round skip
+    /// (L55), with rules that assume rounds only grow. The paper's process never
+    /// goes back a round; neither does a restarted one.
+    fn resume_round(&self) -> Round {
+        let signed = self.last_signed.filter(|s| s.height == self.height).map_or(0, |s| s.round);
+        let locked = self.locked.as_ref().map_or(0, |(r, _)| *r);
+        signed.max(locked)
+    }
+
     /// L11-L21
     fn start_round(&mut self, round: Round, now_ms: u64, out: &mut Vec<Output>) {
         self.round = round;
         self.step = Step::Propose;
+        // A round we already signed in (only after a restart) resumes at the step
+        // after that signature: the rules of the steps before it have run.
+        let signed_here = self.last_signed.filter(|s| s.height == self.height && s.round == round);
+        if let Some(s) = signed_here {
+            self.step = s.step;
+        }
         let t = &self.cfg.timeouts;
-        let after_ms = t.propose_ms + t.grow(round);
+        let after_ms = t.in_round(t.propose_ms, round);
         out.push(Output::Schedule { timeout: Timeout::Propose { height: self.height, round }, after_ms });
-        if self.proposer(self.height, round) == self.me {
+        if self.proposer(self.height, round) == self.me && signed_here.is_none() {
             match self.valid.clone() {
                 Some((vr, block)) => self.propose(block, Some(vr), out),
                 None => out.push(Output::NeedValue { height: self.height, round }),
@@ -525,7 +806,7 @@ impl Core {
         let proposal = Proposal { height: self.height, round: self.round, block, valid_round, proposer: self.me };
         let sp = proposal.sign(&self.cfg.network_id, &self.identity);
         self.last_signed = Some(record);
-        let ok = self.validate_block(&sp.proposal.block, self.round, None).is_ok();
+        let ok = self.validate_block(&sp.proposal.block, self.round, valid_round, None).is_ok();
         self.proposal_ok.insert(self.round, ok);
         self.proposals.insert(self.round, sp.clone());
         out.push(Output::Sign { record, message: Signed::Proposal(sp), lock: None });
@@ -542,7 +823,12 @@ impl Core {
         self.insert_vote(sv.clone());
         let lock = match (kind, block, &self.locked) {
             (VoteKind::Precommit, Some(_), Some((round, value))) => {
-                Some(Box::new(Lock { round: *round, block: value.clone() }))
+                let polka = self
+                    .votes
+                    .get(round)
+                    .map(|rv| rv.for_value(VoteKind::Prevote, Some(value.hash())).cloned().collect())
+                    .unwrap_or_default();
+                Some(Box::new(Lock { round: *round, block: value.clone(), polka }))
             }
             _ => None,
         };
@@ -614,21 +900,26 @@ impl Core {
             let t = &self.cfg.timeouts;
             out.push(Output::Schedule {
                 timeout: Timeout::Prevote { height: h, round: r },
-                after_ms: t.prevote_ms + t.grow(r),
+                after_ms: t.in_round(t.prevote_ms, r),
             });
         }
-        // L36
+        // L36. `lockedRound` and `validRound` only ever grow: in the paper they
+        // are set to the current round, which never decreases. The comparison
+        // keeps that true whatever round this core is in (a restored lock may be
+        // of a later round than one we are made to revisit).
         if let Some((block, _)) = &proposal {
             let id = block.hash();
             let polka = rv.is_some_and(|rv| rv.count(VoteKind::Prevote, Some(id)) >= q);
             if ok && polka && self.step >= Step::Prevote && !self.polka_seen.contains(&r) {
                 self.polka_seen.insert(r);
-                if self.step == Step::Prevote {
+                if self.step == Step::Prevote && self.locked.as_ref().is_none_or(|(lr, _)| *lr <= r) {
                     self.locked = Some((r, block.clone()));
                     self.vote(VoteKind::Precommit, Some(id), out);
                     self.step = Step::Precommit;
                 }
-                self.valid = Some((r, block.clone()));
+                if self.valid.as_ref().is_none_or(|(vr, _)| *vr <= r) {
+                    self.valid = Some((r, block.clone()));
+                }
             }
         }
         // L44
@@ -643,8 +934,18 @@ impl Core {
             let t = &self.cfg.timeouts;
             out.push(Output::Schedule {
                 timeout: Timeout::Precommit { height: h, round: r },
-                after_ms: t.precommit_ms + t.grow(r),
+                after_ms: t.in_round(t.precommit_ms, r),
             });
+        }
+        // L47's wait is for precommits of a value that could still reach a quorum.
+        // Once f+1 precommits are nil, no value can: go to the next round at once
+        // rather than after the timeout (a liveness shortcut; a round change never
+        // touches safety). A member that is down or paused as proposer costs one
+        // quick nil round instead of a timeout.
+        let nil_precommits = self.votes.get(&r).map_or(0, |rv| rv.count(VoteKind::Precommit, None));
+        if self.step == Step::Precommit && nil_precommits >= self.f1 {
+            self.start_round(r + 1, now_ms, out);
+            return;
         }
         // L55: f+1 members are in a later round: skip to it.
         let skip_to = self.votes.iter().filter(|(vr, _)| **vr > r).find_map(|(vr, rv)| {
@@ -662,7 +963,7 @@ impl Core {
     fn decide(&mut self, round: Round, block: Block, now_ms: u64, out: &mut Vec<Output>) {
         let id = block.hash();
         let precommits: Vec<SignedVote> =
-            self.votes[&round].precommits.values().filter(|v| v.vote.block == Some(id)).cloned().collect();
+            self.votes[&round].for_value(VoteKind::Precommit, Some(id)).cloned().collect();
         let cert = Certificate { height: self.height, round, block: id, precommits };
         self.advance(block, now_ms, out, cert);
     }
@@ -671,12 +972,14 @@ impl Core {
         if c.block.height() != self.height {
             return;
         }
-        if let Err(e) = c.cert.verify(&c.block, &self.cfg.members, &self.cfg.network_id) {
-            out.push(Output::Misbehaviour { node: c.block.header.proposer, what: format!("synced block: {e}") });
+        let height = self.height;
+        if let Err(reason) = c.cert.verify(&c.block, &self.cfg.members, &self.cfg.network_id) {
+            out.push(Output::Misbehaviour(Misbehaviour::BadCertificate { height, reason }));
             return;
         }
-        if let Err(e) = self.validate_block(&c.block, c.block.header.round, None) {
-            out.push(Output::Misbehaviour { node: c.block.header.proposer, what: format!("synced block: {e}") });
+        // Decided in the certificate's round: the block existed by then.
+        if let Err(reason) = self.validate_block(&c.block, c.cert.round, Some(c.cert.round), None) {
+            out.push(Output::Misbehaviour(Misbehaviour::InvalidSyncedBlock { height, reason }));
             return;
         }
         self.advance(c.block, now_ms, out, c.cert);
@@ -701,15 +1004,14 @@ impl Core {
         self.polka_seen.clear();
         self.deferred.clear();
         out.extend(self.start(now_ms));
-        for input in std::mem::take(&mut self.future) {
-            let belongs = match &input {
-                Input::Proposal(p) => p.proposal.height == self.height,
-                Input::Vote(v) => v.vote.height == self.height,
-                _ => false,
-            };
-            if belongs {
-                self.apply(input, now_ms, out);
-            }
+        // Buffered for what is now the current height; verified again on the way
+        // in, now against the parent they build on.
+        let next = std::mem::take(&mut self.future);
+        for p in next.proposals.into_values() {
+            self.apply(Input::Proposal(p), now_ms, out);
+        }
+        for v in next.votes.into_values() {
+            self.apply(Input::Vote(v), now_ms, out);
         }
     }
 }

@@ -8,8 +8,8 @@
 //! fetches the missing blocks with their certificates over request streams, in
 //! bounded batches, and feeds them to the core, which verifies every certificate.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,18 +21,26 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::block::{Height, Limits};
+use super::clock::{ClockConfig, ClockEstimator, ClockEvent};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
 use super::mempool::Mempool;
+use super::message::Message;
 use super::store::{Store, StoreError};
+use super::sync::{Failure, Outcome, SyncConfig, SyncPlanner, TokenBucket};
+use crate::codec::FrameError;
 use crate::config::{Network, NodeLimits};
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
-use crate::net::{Inbound, InboundRequest, Message, PeerEvent, Peers, Refusal, RequestError};
+use crate::net::{Delivery, Inbound, InboundRequest, PeerEvent, Peers, Refusal, RequestError};
 
-/// How long a peer that failed a sync request is not asked again.
-const SYNC_PENALTY: Duration = Duration::from_secs(15);
 /// Misbehaviour reports logged at warn level before falling back to debug.
 const MAX_REPORTED: usize = 1024;
+/// Propose timeout for a proposer we cannot hear (ms): a proposal already in
+/// flight may still land.
+const ABSENT_PROPOSER_WAIT_MS: u64 = 100;
+/// Messages taken from the inbox per turn of the loop, at most: timers and sync
+/// are served between batches, however many messages wait.
+const BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
@@ -49,7 +57,21 @@ pub struct ChainMetrics {
     /// Seconds from a block's timestamp (its proposal) to its commit here.
     pub commit_latency: Histogram,
     pub blocks_synced: AtomicU64,
+    /// Failed sync requests, by [`Failure`] (in `Failure::ALL` order).
+    pub sync_failures: [AtomicU64; 6],
     pub misbehaviour: AtomicU64,
+    /// The consensus round at the current height.
+    pub round: AtomicU64,
+    /// The committed tip's header timestamp (ms since the epoch; 0 before the
+    /// first block).
+    pub last_block_timestamp_ms: AtomicU64,
+    /// Our clock's offset from the peers' (ms, positive when ours is ahead),
+    /// valid while `clock_peers` is above 0; see [`super::clock`].
+    pub clock_offset_ms: AtomicI64,
+    /// Peers the clock offset is estimated from.
+    pub clock_peers: AtomicU64,
+    /// The highest tip a usable peer claims (0 if none).
+    pub best_peer_tip: AtomicU64,
 }
 
 impl Default for ChainMetrics {
@@ -58,15 +80,20 @@ impl Default for ChainMetrics {
             loops: AtomicU64::new(0),
             commit_latency: Histogram::new(exponential_buckets(0.05, 2.0, 11)),
             blocks_synced: AtomicU64::new(0),
+            sync_failures: Default::default(),
             misbehaviour: AtomicU64::new(0),
+            round: AtomicU64::new(0),
+            last_block_timestamp_ms: AtomicU64::new(0),
+            clock_offset_ms: AtomicI64::new(0),
+            clock_peers: AtomicU64::new(0),
+            best_peer_tip: AtomicU64::new(0),
         }
     }
 }
 
 pub struct Producer {
     node_limits: NodeLimits,
-    sync_buckets: HashMap<NodeId, (f64, Instant)>,
-    sync_penalty: HashMap<NodeId, Instant>,
+    sync_buckets: HashMap<NodeId, TokenBucket>,
     /// Peers already reported for going over their sync rate.
     rate_limited: HashSet<NodeId>,
     metrics: Arc<ChainMetrics>,
@@ -80,28 +107,44 @@ pub struct Producer {
     limits: Limits,
     timers: BTreeMap<(Instant, u64), Timeout>,
     timer_seq: u64,
-    peer_tips: HashMap<NodeId, Height>,
-    syncing: Option<NodeId>,
-    sync_tx: mpsc::Sender<(NodeId, Result<Message, RequestError>)>,
-    sync_rx: mpsc::Receiver<(NodeId, Result<Message, RequestError>)>,
+    sync: SyncPlanner,
+    sync_tx: mpsc::Sender<(NodeId, SyncResult)>,
+    sync_rx: mpsc::Receiver<(NodeId, SyncResult)>,
     quorum: Option<(usize, bool)>,
-    reported: HashSet<(NodeId, String)>,
+    reported: HashSet<(Option<NodeId>, &'static str)>,
     /// The height we were at, and since when: no block for a while means our
     /// messages may have been lost.
     last_height_seen: (Height, Instant),
     rebroadcast_after: Duration,
     tracker: TaskTracker,
+    /// Added to our clock's readings (tests of skewed clocks; 0 otherwise).
+    clock_skew_ms: i64,
+    /// When each peer last sent us anything.
+    last_heard: HashMap<NodeId, Instant>,
+    clock: ClockEstimator,
 }
 
 enum Event {
     Stop,
-    Message(NodeId, Message),
+    Messages,
     Request(InboundRequest),
     Connected,
     Peer(PeerEvent),
-    Sync(NodeId, Result<Message, RequestError>),
+    Sync(NodeId, Box<SyncResult>),
     Timers,
     Tick,
+}
+
+/// A sync response: the message and its body's size.
+type SyncResult = Result<(Message, usize), SyncError>;
+
+/// Why a sync request produced no blocks.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("response does not decode: {0}")]
+    Decode(#[from] FrameError),
 }
 
 pub fn now_ms() -> u64 {
@@ -109,6 +152,12 @@ pub fn now_ms() -> u64 {
 }
 
 impl Producer {
+    /// The wall clock as the consensus core sees it: ours, shifted by the test
+    /// hook that simulates a member whose clock is off (0 in production).
+    fn now(&self) -> u64 {
+        now_ms().saturating_add_signed(self.clock_skew_ms)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: Core,
@@ -125,10 +174,14 @@ impl Producer {
         let (sync_tx, sync_rx) = mpsc::channel(4);
         let last_height_seen = (core.height(), Instant::now());
         let rebroadcast_after = Duration::from_millis((network.block_interval_ms * 3).max(3_000));
+        // An estimate from at least half of the peers, so one peer whose clock
+        // is off cannot make the others think theirs are.
+        let min_peers = network.members.len().saturating_sub(1).div_ceil(2).max(1);
+        let clock =
+            ClockEstimator::new(ClockConfig { min_peers, ..ClockConfig::for_interval(network.block_interval_ms) });
         Producer {
             node_limits,
             sync_buckets: HashMap::new(),
-            sync_penalty: HashMap::new(),
             rate_limited: HashSet::new(),
             metrics,
             applying_sync: false,
@@ -141,8 +194,7 @@ impl Producer {
             limits,
             timers: BTreeMap::new(),
             timer_seq: 0,
-            peer_tips: HashMap::new(),
-            syncing: None,
+            sync: SyncPlanner::new(SyncConfig { batch: node_limits.sync_batch_blocks, ..SyncConfig::default() }),
             sync_tx,
             sync_rx,
             quorum: None,
@@ -150,7 +202,17 @@ impl Producer {
             last_height_seen,
             rebroadcast_after,
             tracker,
+            last_heard: HashMap::new(),
+            clock_skew_ms: 0,
+            clock,
         }
+    }
+
+    /// Shifts this node's clock by `ms` (tests of members whose clocks are off).
+    #[doc(hidden)]
+    pub fn with_clock_skew(mut self, ms: i64) -> Self {
+        self.clock_skew_ms = ms;
+        self
     }
 
     /// Runs until `shutdown`; returns an error only for a failed store write, after
@@ -160,20 +222,28 @@ impl Producer {
         let mut events = self.peers.subscribe();
         // A tick a second: the loop turns even when idle (the watchdog's proof of
         // progress) and checks whether to re-send our votes.
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let start = self.core.start(now_ms());
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let start = self.core.start(self.now());
         self.drive(start).await?;
-        let set = connected.borrow_and_update().clone();
-        self.on_connected(&set).await?;
+        let count = connected.count();
+        self.on_connected(count).await?;
+        let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
         loop {
+            // Shutdown first: the transport empties the peer set as it stops,
+            // which must not read as a lost quorum.
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            // Due timers go before anything else, so no flood of messages can
+            // starve them; the select below is unbiased for the same reason.
+            if self.timers.keys().next().is_some_and(|(at, _)| *at <= Instant::now()) {
+                self.fire_timers().await?;
+            }
             let next_timer = self.timers.keys().next().map(|(at, _)| *at);
             let event = tokio::select! {
-                // Shutdown first: the transport empties the peer set as it stops,
-                // which must not read as a lost quorum.
-                biased;
                 _ = shutdown.cancelled() => Event::Stop,
-                m = inbound.messages.recv() => match m {
-                    Some((from, msg)) => Event::Message(from, msg),
+                m = inbound.messages.recv_batch(BATCH, &mut batch) => match m {
+                    Some(_) => Event::Messages,
                     None => Event::Stop,
                 },
                 r = inbound.requests.recv() => match r {
@@ -190,35 +260,136 @@ impl Producer {
                     Err(broadcast::error::RecvError::Closed) => Event::Stop,
                 },
                 s = self.sync_rx.recv() => match s {
-                    Some((peer, result)) => Event::Sync(peer, result),
+                    Some((peer, result)) => Event::Sync(peer, Box::new(result)),
                     None => Event::Stop,
                 },
                 _ = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => Event::Timers,
                 _ = tick.tick() => Event::Tick,
             };
             self.metrics.loops.fetch_add(1, Ordering::Relaxed);
+            self.publish_state();
             match event {
                 Event::Stop => return Ok(()),
-                Event::Message(from, msg) => self.on_message(from, msg).await?,
+                Event::Messages => {
+                    for d in batch.drain(..) {
+                        if self.beyond_next_height(&d.body) {
+                            continue;
+                        }
+                        match Message::decode(&d.body) {
+                            Ok(msg) => self.on_message(d.from, msg).await?,
+                            Err(e) => self.peers.reject(d.from, &e),
+                        }
+                    }
+                }
                 Event::Request(req) => self.on_request(req),
                 Event::Connected => {
-                    let set = connected.borrow_and_update().clone();
-                    self.on_connected(&set).await?;
+                    let count = connected.count();
+                    self.on_connected(count).await?;
                 }
-                Event::Peer(PeerEvent::Up { id, .. }) => self.on_peer_up(id).await,
+                Event::Peer(PeerEvent::Up { id, .. }) => {
+                    self.last_heard.insert(id, Instant::now());
+                    self.on_peer_up(id)
+                }
                 Event::Peer(PeerEvent::Down { id }) => {
-                    self.peer_tips.remove(&id);
+                    self.sync.handle_down(id);
                 }
-                Event::Sync(peer, result) => self.on_sync(peer, result).await?,
+                Event::Sync(peer, result) => self.on_sync(peer, *result).await?,
                 Event::Timers => self.fire_timers().await?,
-                Event::Tick => self.rebroadcast().await,
+                Event::Tick => {
+                    self.rebroadcast();
+                    // A slow request may be due for a hedge.
+                    self.maybe_sync();
+                }
             }
         }
     }
 
+    /// Publishes the round, the sync state and the clock estimate for status and
+    /// metrics; once a loop turn.
+    fn publish_state(&mut self) {
+        let now = self.now();
+        self.clock.handle_round(self.core.height(), self.core.round(), now);
+        self.metrics.round.store(self.core.round() as u64, Ordering::Relaxed);
+        let best = self.sync.best_claim(std::time::Instant::now());
+        self.metrics.best_peer_tip.store(best, Ordering::Relaxed);
+        for (counter, n) in self.metrics.sync_failures.iter().zip(self.sync.failures()) {
+            counter.store(n, Ordering::Relaxed);
+        }
+        let offset = self.clock.offset_ms(now);
+        self.metrics.clock_offset_ms.store(offset.unwrap_or(0), Ordering::Relaxed);
+        self.metrics.clock_peers.store(self.clock.peers(now) as u64, Ordering::Relaxed);
+    }
+
+    /// A proposal's timestamp is a reading of its proposer's clock (see
+    /// [`super::clock`]); warns once when ours is off by more than a second.
+    fn sample_clock(&mut self, from: NodeId, proposal: &super::vote::Proposal) {
+        let now = self.now();
+        self.clock.handle_round(self.core.height(), self.core.round(), now);
+        self.clock.handle_parent(self.core.parent_timestamp());
+        match self.clock.handle_proposal(from, proposal, now) {
+            Some(ClockEvent::Off { offset_ms, peers }) => tracing::warn!(
+                offset_ms,
+                peers,
+                "this node's clock is {:.1} s {} its peers' clocks: check NTP (timedatectl, chronyc tracking)",
+                offset_ms.unsigned_abs() as f64 / 1000.0,
+                if offset_ms > 0 { "ahead of" } else { "behind" }
+            ),
+            Some(ClockEvent::Back { offset_ms, peers }) => {
+                tracing::info!(offset_ms, peers, "this node's clock agrees with its peers' again")
+            }
+            None => {}
+        }
+    }
+
+    /// A proposal for a height past the next one: nothing could use it (only the
+    /// next height is buffered, and votes tell us a peer is ahead), so it is
+    /// dropped from its header, before its up to 3 MiB are decoded.
+    fn beyond_next_height(&self, body: &[u8]) -> bool {
+        super::message::proposal_height(body).is_some_and(|h| h > self.core.height() + 1)
+    }
+
+    /// How long to wait for a round's proposal. Waiting the whole propose timeout
+    /// for a proposer we cannot hear (not connected, or silent for several block
+    /// intervals: paused, or cut off) only slows the chain down: nothing can arrive
+    /// from it. So we prevote nil at once (always allowed by the protocol; it only
+    /// gives up on that round's block), and the round passes to the next proposer.
+    fn propose_wait(&self, timeout: Timeout, after_ms: u64) -> u64 {
+        let Timeout::Propose { height, round } = timeout else { return after_ms };
+        let proposer = self.core.proposer(height, round);
+        if proposer == self.core.id() {
+            return after_ms;
+        }
+        // The window grows with the round, as the rounds' timeouts do: in a late
+        // round an honest proposer's last message may be a whole round old.
+        let base = (3 * self.network.block_interval_ms).max(1_500);
+        let silent_for = Duration::from_millis(base.saturating_mul(1 + round as u64));
+        let heard = self.last_heard.get(&proposer).is_some_and(|at| at.elapsed() < silent_for);
+        if heard && self.peers.is_connected(&proposer) {
+            after_ms
+        } else {
+            ABSENT_PROPOSER_WAIT_MS.min(after_ms)
+        }
+    }
+
     async fn on_message(&mut self, from: NodeId, msg: Message) -> Result<(), ProducerError> {
+        // A peer counts as heard when it takes part in consensus here and now: a
+        // vote or proposal for our height or the one before. Anything else (a
+        // flood of junk, far-future messages) says nothing about whether it will
+        // propose.
+        let height = match &msg {
+            Message::Proposal(p) => Some(p.proposal.height),
+            Message::Vote(v) => Some(v.vote.height),
+            _ => None,
+        };
+        let ours = self.core.height();
+        if height.is_some_and(|h| h >= ours.saturating_sub(1) && h <= ours) {
+            self.last_heard.insert(from, Instant::now());
+        }
         let input = match msg {
-            Message::Proposal(p) => Input::Proposal(p),
+            Message::Proposal(p) => {
+                self.sample_clock(from, &p.proposal);
+                Input::Proposal(p)
+            }
             Message::Vote(v) => Input::Vote(v),
             Message::Tx(tx) => {
                 let added = self.lock_mempool().add(tx);
@@ -228,7 +399,7 @@ impl Producer {
                 return Ok(());
             }
             Message::Tip { height, .. } => {
-                self.note_tip(from, height);
+                self.sync.handle_claim(from, height, std::time::Instant::now());
                 self.maybe_sync();
                 return Ok(());
             }
@@ -237,12 +408,25 @@ impl Producer {
                 return Ok(());
             }
         };
-        let out = self.core.handle(input, now_ms());
+        let out = self.core.handle(input, self.now());
         self.drive(out).await
     }
 
     fn on_request(&mut self, req: InboundRequest) {
-        match req.message {
+        let message = match Message::decode(&req.body) {
+            Ok(m) => m,
+            Err(e) => {
+                self.peers.reject(req.from, &e);
+                return;
+            }
+        };
+        let reply = |req: InboundRequest, m: Message| match m.encode() {
+            Ok(frame) => {
+                let _ = req.reply.send(Ok(frame));
+            }
+            Err(e) => tracing::error!("cannot answer a request: {e}"),
+        };
+        match message {
             Message::GetBlocks { from, count } => {
                 if !self.sync_allowance(req.from) {
                     if self.rate_limited.insert(req.from) {
@@ -257,17 +441,20 @@ impl Producer {
                 self.tracker.spawn(async move {
                     let blocks = tokio::task::spawn_blocking(move || store.range(from, count, max_bytes)).await;
                     match blocks {
-                        Ok(Ok(blocks)) => {
-                            let _ = req.reply.send(Ok(Message::Blocks(blocks)));
-                        }
+                        Ok(Ok(blocks)) => reply(req, Message::Blocks(blocks)),
                         Ok(Err(e)) => tracing::error!("cannot read blocks for a peer: {e}"),
                         Err(e) => tracing::error!("block read task failed: {e}"),
                     }
                 });
             }
-            // Echo: the transport's request/response probe.
+            // The echo probe (the transport's request/response check), under the
+            // same rate limit as sync.
             Message::Data(d) => {
-                let _ = req.reply.send(Ok(Message::Data(d)));
+                if self.sync_allowance(req.from) {
+                    reply(req, Message::Data(d));
+                } else {
+                    let _ = req.reply.send(Err(Refusal::RateLimited));
+                }
             }
             other => {
                 tracing::debug!(peer = %req.from.short(), kind = other.kind_name(), "unexpected request");
@@ -279,23 +466,14 @@ impl Producer {
     /// A token bucket per peer: `sync_requests_per_sec`, bursts of twice that.
     fn sync_allowance(&mut self, peer: NodeId) -> bool {
         let rate = self.node_limits.sync_requests_per_sec as f64;
-        let now = Instant::now();
-        let (tokens, last) = self.sync_buckets.entry(peer).or_insert((2.0 * rate, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(2.0 * rate);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let now = Instant::now().into_std();
+        self.sync_buckets.entry(peer).or_insert_with(|| TokenBucket::new(rate, 2.0 * rate, now)).take(now)
     }
 
-    async fn on_connected(&mut self, set: &BTreeSet<NodeId>) -> Result<(), ProducerError> {
-        let active = set.len() + 1;
-        let required = self.network.required();
+    async fn on_connected(&mut self, peers: usize) -> Result<(), ProducerError> {
         let n = self.network.members.len();
-        let met = active >= required;
+        let super::quorum::Quorum { active, required, met } =
+            super::quorum::quorum(peers + 1, n, self.network.min_active);
         let previous = self.quorum.replace((active, met));
         if previous == Some((active, met)) {
             return Ok(());
@@ -308,120 +486,132 @@ impl Producer {
             (_, false) => tracing::info!("waiting for quorum: {active}/{n} active, {required} required"),
         }
         if previous.map(|p| p.1) != Some(met) {
-            let out = self.core.handle(Input::Quorum(met), now_ms());
+            let out = self.core.handle(Input::Quorum(met), self.now());
             self.drive(out).await?;
         }
         Ok(())
     }
 
     /// A peer that just connected missed what we signed at this height: replay it.
-    async fn on_peer_up(&mut self, id: NodeId) {
+    fn on_peer_up(&mut self, id: NodeId) {
         for m in self.core.own_messages() {
-            let _ = self.peers.send(id, &signed_message(m)).await;
+            self.send(id, &signed_message(m));
         }
         if let Some(info) = self.peers.peers().into_iter().find(|p| p.id == id) {
-            self.note_tip(id, info.tip.height);
+            self.sync.handle_claim(id, info.tip.height, std::time::Instant::now());
             self.maybe_sync();
         }
     }
 
-    /// When no block came for a while, our messages may have been lost (a peer
-    /// restarted, a partition healed): send them again.
-    async fn rebroadcast(&mut self) {
+    /// When no block came for a while, messages may have been lost (a peer
+    /// restarted, a partition healed) or reached only some of us: send what we
+    /// hold for this height again.
+    fn rebroadcast(&mut self) {
         let height = self.core.height();
         if height != self.last_height_seen.0 {
             self.last_height_seen = (height, Instant::now());
             return;
         }
         if self.last_height_seen.1.elapsed() >= self.rebroadcast_after && self.quorum.is_some_and(|q| q.1) {
-            for m in self.core.own_messages() {
-                self.broadcast(&signed_message(m)).await;
+            // Ours and what we hold of others': a vote only some of us saw (an
+            // equivocator's, or one lost in a partition) reaches the rest.
+            for m in self.core.relay_messages() {
+                self.broadcast(&signed_message(m));
             }
             self.last_height_seen.1 = Instant::now();
         }
     }
 
-    fn note_tip(&mut self, peer: NodeId, height: Height) {
-        if self.sync_penalty.get(&peer).is_some_and(|until| Instant::now() < *until) {
-            return;
-        }
-        let e = self.peer_tips.entry(peer).or_insert(0);
-        *e = (*e).max(height);
-    }
-
-    /// A peer that claimed blocks it did not deliver (no answer, a wrong answer,
-    /// nothing, or blocks that do not verify) is not asked again for a while, and
-    /// the next best peer is asked at once: a member announcing a far-future tip
-    /// cannot hold the sync slot.
-    fn penalize(&mut self, peer: NodeId) {
-        self.peer_tips.remove(&peer);
-        self.sync_penalty.retain(|_, until| Instant::now() < *until);
-        self.sync_penalty.insert(peer, Instant::now() + SYNC_PENALTY);
-    }
-
+    /// Asks for blocks when a peer claims more than we have, or hedges a slow
+    /// request with another peer; the planner decides.
     fn maybe_sync(&mut self) {
-        if self.syncing.is_some() {
-            return;
-        }
         let our_tip = self.core.height() - 1;
-        let Some((&peer, &their_tip)) = self.peer_tips.iter().max_by_key(|(_, h)| **h) else { return };
-        if their_tip <= our_tip {
-            return;
-        }
-        self.syncing = Some(peer);
-        tracing::debug!(peer = %peer.short(), our_tip, their_tip, "fetching blocks");
+        let Some(req) = self.sync.poll_request(our_tip, std::time::Instant::now()) else { return };
+        tracing::debug!(peer = %req.peer.short(), our_tip, "fetching blocks");
+        let request = Message::GetBlocks { from: req.from, count: req.count };
+        let frame = match request.encode() {
+            Ok(f) => f,
+            Err(e) => return tracing::error!("cannot ask for blocks: {e}"),
+        };
         let peers = self.peers.clone();
         let tx = self.sync_tx.clone();
-        let request = Message::GetBlocks { from: our_tip + 1, count: self.node_limits.sync_batch_blocks };
+        let peer = req.peer;
         self.tracker.spawn(async move {
-            let result = peers.request(peer, &request).await;
+            let result = match peers.request(peer, frame).await {
+                Ok(body) => Message::decode(&body).map(|m| (m, body.len())).map_err(SyncError::from),
+                Err(e) => Err(SyncError::from(e)),
+            };
             let _ = tx.send((peer, result)).await;
         });
     }
 
-    async fn on_sync(&mut self, peer: NodeId, result: Result<Message, RequestError>) -> Result<(), ProducerError> {
-        self.syncing = None;
-        let blocks = match result {
-            Ok(Message::Blocks(blocks)) => blocks,
-            Ok(other) => {
-                tracing::warn!(peer = %peer.short(), kind = other.kind_name(), "sync answered with the wrong message");
-                self.penalize(peer);
-                self.maybe_sync();
+    async fn on_sync(
+        &mut self,
+        peer: NodeId,
+        result: Result<(Message, usize), SyncError>,
+    ) -> Result<(), ProducerError> {
+        let (blocks, bytes) = match result {
+            Ok((Message::Blocks(blocks), bytes)) => (blocks, bytes),
+            Ok((other, _)) => {
+                self.sync_outcome(
+                    peer,
+                    Outcome::Failed(Failure::Malformed),
+                    &format!("answered with {}", other.kind_name()),
+                );
                 return Ok(());
             }
             Err(e) => {
-                tracing::debug!(peer = %peer.short(), "sync request failed: {e}");
-                self.penalize(peer);
-                self.maybe_sync();
+                let failure = match &e {
+                    SyncError::Request(RequestError::Timeout(_)) => Failure::Timeout,
+                    SyncError::Request(RequestError::Frame(_)) | SyncError::Decode(_) => Failure::Malformed,
+                    SyncError::Request(_) => Failure::Request,
+                };
+                self.sync_outcome(peer, Outcome::Failed(failure), &e.to_string());
                 return Ok(());
             }
         };
-        if blocks.is_empty() {
-            tracing::debug!(peer = %peer.short(), "peer announced blocks it does not have");
-            self.penalize(peer);
-        }
+        let count = blocks.len();
         let first = self.core.height();
-        let mut applied = 0;
+        let mut applied: usize = 0;
+        let mut invalid = false;
         for c in blocks {
             let before = self.core.height();
-            let out = self.core.handle(Input::Commit(c), now_ms());
+            if c.block.height() < before {
+                continue; // another peer's answer got there first
+            }
+            let out = self.core.handle(Input::Commit(c), self.now());
             self.applying_sync = true;
             let driven = self.drive(out).await;
             self.applying_sync = false;
             driven?;
             if self.core.height() == before {
-                // Not the next block, or its certificate does not verify (reported
-                // as misbehaviour by the core): stop taking blocks from this peer.
-                self.penalize(peer);
+                // Not the next block, or its certificate does not verify.
+                invalid = true;
                 break;
             }
             applied += 1;
         }
         if applied > 0 {
-            tracing::info!(peer = %peer.short(), "caught up {applied} block(s): heights {first}..{}", first + applied - 1);
+            tracing::info!(peer = %peer.short(), "caught up {applied} block(s): heights {first}..{}", first + applied as u64 - 1);
+        }
+        self.sync_outcome(peer, Outcome::Blocks { blocks: count, bytes, applied, invalid }, "");
+        Ok(())
+    }
+
+    /// Hands a response's outcome to the planner (which counts failures); a
+    /// failure is warned about once per peer and cause, and the next best peer is
+    /// asked at once.
+    fn sync_outcome(&mut self, peer: NodeId, outcome: Outcome, detail: &str) {
+        let verdict = self.sync.handle_response(peer, outcome, std::time::Instant::now());
+        if let Some(f) = verdict.failure {
+            let penalty = self.sync.penalty().as_secs();
+            if verdict.first_of_its_kind {
+                tracing::warn!(peer = %peer.short(), reason = f.as_str(), "sync from peer failed{}{detail}; not asking it for {penalty} s", if detail.is_empty() { "" } else { ": " });
+            } else {
+                tracing::debug!(peer = %peer.short(), reason = f.as_str(), "sync from peer failed {detail}");
+            }
         }
         self.maybe_sync();
-        Ok(())
     }
 
     async fn fire_timers(&mut self) -> Result<(), ProducerError> {
@@ -431,7 +621,7 @@ impl Producer {
                 break;
             }
             let t = entry.remove();
-            let out = self.core.handle(Input::Timeout(t), now_ms());
+            let out = self.core.handle(Input::Timeout(t), self.now());
             self.drive(out).await?;
         }
         Ok(())
@@ -448,15 +638,16 @@ impl Producer {
                         store.record_signed(record, &message, lock.as_deref()).map(|()| message)
                     })
                     .await??;
-                    self.broadcast(&signed_message(message)).await;
+                    self.broadcast(&signed_message(message));
                 }
                 Output::Schedule { timeout, after_ms } => {
+                    let after_ms = self.propose_wait(timeout, after_ms);
                     self.timer_seq += 1;
                     self.timers.insert((Instant::now() + Duration::from_millis(after_ms), self.timer_seq), timeout);
                 }
                 Output::NeedValue { height, round } => {
                     let txs = self.lock_mempool().take(self.limits.max_block_txs, self.limits.max_block_bytes);
-                    work.extend(self.core.handle(Input::Value { height, round, txs }, now_ms()));
+                    work.extend(self.core.handle(Input::Value { height, round, txs }, self.now()));
                 }
                 Output::Decided(c) => {
                     let store = self.store.clone();
@@ -466,26 +657,29 @@ impl Producer {
                     let height = c.block.height();
                     let hash = c.block.hash();
                     self.tip.send_replace(Tip { height, hash: hash.0 });
+                    self.metrics.last_block_timestamp_ms.store(c.block.header.timestamp_ms, Ordering::Relaxed);
                     if self.applying_sync {
                         self.metrics.blocks_synced.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        let latency_ms = now_ms().saturating_sub(c.block.header.timestamp_ms);
+                        let latency_ms = self.now().saturating_sub(c.block.header.timestamp_ms);
                         self.metrics.commit_latency.observe(latency_ms as f64 / 1000.0);
                     }
                     tracing::debug!(height, hash = %hash.short(), round = c.cert.round, txs = c.block.txs.len(), "committed");
-                    self.broadcast(&Message::Tip { height, hash }).await;
+                    self.broadcast(&Message::Tip { height, hash });
                 }
-                Output::Misbehaviour { node, what } => {
+                Output::Misbehaviour(m) => {
                     self.metrics.misbehaviour.fetch_add(1, Ordering::Relaxed);
-                    let key = (node, what.split(':').next().unwrap_or_default().to_string());
-                    if self.reported.len() < MAX_REPORTED && self.reported.insert(key) {
-                        tracing::warn!(peer = %node.short(), "misbehaviour: {what}");
+                    // One warn line per culprit and kind of misbehaviour; reports
+                    // without a culprit (forgeries) share one line per kind.
+                    let culprit = m.culprit();
+                    if self.reported.len() < MAX_REPORTED && self.reported.insert((culprit, m.kind())) {
+                        tracing::warn!(kind = m.kind(), "misbehaviour: {m}");
                     } else {
-                        tracing::debug!(peer = %node.short(), "misbehaviour: {what}");
+                        tracing::debug!(kind = m.kind(), "misbehaviour: {m}");
                     }
                 }
                 Output::Ahead { node, height } => {
-                    self.note_tip(node, height.saturating_sub(1));
+                    self.sync.handle_claim(node, height.saturating_sub(1), std::time::Instant::now());
                     self.maybe_sync();
                 }
             }
@@ -493,12 +687,25 @@ impl Producer {
         Ok(())
     }
 
-    /// Sends to every peer. The only error is a message over its kind's limit,
-    /// which block limits rule out for our own messages: if it happens anyway it
-    /// is a bug worth a loud line, not a silent stall.
-    async fn broadcast(&self, msg: &Message) {
-        if let Err(e) = self.peers.broadcast(msg).await {
-            tracing::error!(kind = msg.kind_name(), "cannot send: {e}");
+    /// Queues for every peer; returns at once. The only error is a message over
+    /// its kind's limit, which block limits rule out for our own messages: if it
+    /// happens anyway it is a bug worth a loud line, not a silent stall.
+    fn broadcast(&self, msg: &Message) {
+        match msg.outgoing() {
+            Ok(out) => {
+                self.peers.broadcast(&out);
+            }
+            Err(e) => tracing::error!("cannot send: {e}"),
+        }
+    }
+
+    /// Queues for one peer, as [`Self::broadcast`] does for all.
+    fn send(&self, to: NodeId, msg: &Message) {
+        match msg.outgoing() {
+            Ok(out) => {
+                let _ = self.peers.send(to, &out);
+            }
+            Err(e) => tracing::error!("cannot send: {e}"),
         }
     }
 

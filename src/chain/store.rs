@@ -11,8 +11,9 @@ use std::path::Path;
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::block::{Block, Hash, Height};
+use super::message::BLOCKS_LIMIT;
 use super::vote::{Certificate, Committed, Lock, SignRecord, Signed};
-use crate::net::codec::BINCODE;
+use crate::codec::{self, BINCODE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,7 +53,9 @@ fn signed_key(r: SignRecord) -> [u8; 13] {
     k
 }
 const LAST_SIGNED: &str = "last_signed";
-const LOCK: &str = "lock";
+/// The lock with its polka. (An earlier format without the polka used the key
+/// "lock"; it is no longer read.)
+const LOCK: &str = "lock+polka";
 
 fn encode<T: bincode::Encode>(v: &T) -> Vec<u8> {
     // Into a Vec, under the codec's 4 MiB limit, which blocks respect.
@@ -60,9 +63,7 @@ fn encode<T: bincode::Encode>(v: &T) -> Vec<u8> {
 }
 
 fn decode<T: bincode::Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
-    bincode::decode_from_slice(bytes, BINCODE)
-        .map(|(v, _)| v)
-        .map_err(|e| StoreError::Corrupt { what, reason: e.to_string() })
+    codec::decode_bounded(bytes).map(|(v, _)| v).map_err(|e| StoreError::Corrupt { what, reason: e.to_string() })
 }
 
 impl Store {
@@ -150,15 +151,20 @@ impl Store {
         }))
     }
 
-    /// Up to `count` consecutive blocks from `from`, stopping before `max_bytes` of
-    /// encoded blocks would be exceeded (at least one is returned if it exists).
+    /// Up to `count` consecutive blocks from `from` for a `Blocks` response, whose
+    /// encoded body stays within `max_bytes` and the receiver's `BLOCKS_LIMIT`; a
+    /// first block over that budget travels alone (block limits keep one block
+    /// under `BLOCKS_LIMIT`). Sized by the encoding, not by transaction bytes: the
+    /// receiver's limit counts the encoding, whatever the blocks hold.
     pub fn range(&self, from: Height, count: usize, max_bytes: usize) -> Result<Vec<Committed>, StoreError> {
+        let budget = max_bytes.min(BLOCKS_LIMIT);
         let mut out = Vec::new();
-        let mut bytes = 0;
+        // The body's kind byte and the block count (a varint of at most 9 bytes).
+        let mut bytes = 1 + 9;
         for h in from..from.saturating_add(count as u64) {
             let Some(c) = self.block(h)? else { break };
-            let size = c.block.tx_bytes() + 200 + c.cert.precommits.len() * 150;
-            if !out.is_empty() && bytes + size > max_bytes {
+            let size = codec::encoded_len(&c);
+            if !out.is_empty() && bytes + size > budget {
                 break;
             }
             bytes += size;
@@ -192,6 +198,66 @@ mod tests {
         Committed { block, cert }
     }
 
+    /// Field report: blocks of 20,000 10-byte transactions, served in a response
+    /// sized by transaction bytes, did not decode at the receiver (bincode counts
+    /// 24 bytes of memory for each 11-byte transaction). A response is sized by its
+    /// encoded size under the receiver's limit, and whatever fits that limit
+    /// decodes.
+    #[test]
+    fn a_sync_response_of_many_tiny_transactions_decodes() {
+        use crate::chain::message::{Message, BLOCKS_LIMIT};
+        use crate::codec;
+        use crate::config::NodeLimits;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut prev = genesis_hash(&[0; 32]);
+        for height in 1..=40u64 {
+            let txs: Vec<Vec<u8>> =
+                (0..20_000u32).map(|i| [&height.to_be_bytes()[6..], &i.to_be_bytes()[..], &[0; 4]].concat()).collect();
+            assert!(txs.iter().all(|t| t.len() == 10));
+            let block = Block {
+                header: Header {
+                    height,
+                    round: 0,
+                    prev_hash: prev,
+                    timestamp_ms: height,
+                    proposer: NodeId([1; 32]),
+                    tx_root: tx_root(&txs),
+                },
+                txs,
+            };
+            let precommits = (0..3u8)
+                .map(|i| crate::chain::vote::SignedVote {
+                    vote: crate::chain::vote::Vote {
+                        kind: crate::chain::vote::VoteKind::Precommit,
+                        height,
+                        round: 0,
+                        block: Some(block.hash()),
+                        voter: NodeId([i; 32]),
+                    },
+                    signature: [i; 64],
+                })
+                .collect();
+            let cert = Certificate { height, round: 0, block: block.hash(), precommits };
+            prev = block.hash();
+            store.commit(&Committed { block, cert }).unwrap();
+        }
+        let limits = NodeLimits::default();
+        let mut from = 1;
+        while from <= 40 {
+            let blocks = store.range(from, limits.sync_batch_blocks as usize, limits.sync_response_bytes).unwrap();
+            assert!(blocks.len() > 1, "several blocks per response");
+            let n = blocks.len() as u64;
+            let response = Message::Blocks(blocks);
+            let wire = codec::encode(&response);
+            assert!(wire.len() - 4 <= BLOCKS_LIMIT);
+            let decoded: Message = codec::decode_single(&wire).expect("a response within its limit decodes");
+            assert_eq!(decoded, response);
+            from += n;
+        }
+    }
+
     #[test]
     fn blocks_and_meta_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -214,7 +280,7 @@ mod tests {
             let signed = Signed::Vote(crate::chain::vote::SignedVote { vote, signature: [0; 64] });
             store.record_signed(SignRecord { height: 6, round: 1, step: Step::Prevote }, &signed, None).unwrap();
             assert_eq!(store.lock().unwrap(), None);
-            let lock = Lock { round: 2, block: committed(6, prev).block };
+            let lock = Lock { round: 2, block: committed(6, prev).block, polka: vec![] };
             let precommit = Signed::Vote(crate::chain::vote::SignedVote {
                 vote: crate::chain::vote::Vote {
                     kind: crate::chain::vote::VoteKind::Precommit,

@@ -5,8 +5,8 @@
 //! on another network, at another height or round, or as another kind of message.
 
 use super::block::{Block, Hash, Height, Round};
+use crate::codec::BINCODE;
 use crate::identity::{Identity, NodeId};
-use crate::net::codec::BINCODE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
 pub enum Step {
@@ -15,7 +15,7 @@ pub enum Step {
     Precommit = 2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
 pub enum VoteKind {
     Prevote,
     Precommit,
@@ -75,6 +75,10 @@ pub enum Signed {
 pub struct Lock {
     pub round: Round,
     pub block: Block,
+    /// The prevotes that made the polka it locked on. A restarted node holds
+    /// them again and relays them, so peers that missed some of them can still
+    /// see the polka that justifies a re-proposal of this block.
+    pub polka: Vec<SignedVote>,
 }
 
 /// The precommits that committed a block: its proof for anyone who syncs it.
@@ -119,6 +123,10 @@ pub enum CertError {
     TooFewSigners { got: usize, needed: usize },
     #[error("certificate holds a vote that is not a precommit for its block, height and round")]
     StrayVote,
+    #[error("certificate holds {got} precommits for {members} members")]
+    TooManyPrecommits { got: usize, members: usize },
+    #[error("certificate holds two precommits of {0:?}")]
+    DuplicateVoter(NodeId),
     #[error(transparent)]
     Signature(#[from] SignatureError),
 }
@@ -195,13 +203,21 @@ pub fn quorum(n: usize) -> usize {
 
 impl Certificate {
     /// Checks that more than two thirds of `members` precommitted `block` at its
-    /// height in the certificate's round, each with a valid signature.
+    /// height in the certificate's round, each once, with a valid signature.
+    ///
+    /// A certificate is canonical: one precommit per voter, so at most one per
+    /// member. The whole structure is checked before the first signature, so a
+    /// bloated or malformed certificate costs no signature checks, and a valid one
+    /// costs at most one per member.
     pub fn verify(&self, block: &Block, members: &[NodeId], network_id: &[u8; 32]) -> Result<(), CertError> {
         if self.height != block.height() {
             return Err(CertError::WrongHeight { got: self.height, expected: block.height() });
         }
         if self.block != block.hash() {
             return Err(CertError::WrongBlock);
+        }
+        if self.precommits.len() > members.len() {
+            return Err(CertError::TooManyPrecommits { got: self.precommits.len(), members: members.len() });
         }
         let mut signers = std::collections::BTreeSet::new();
         for pc in &self.precommits {
@@ -216,12 +232,16 @@ impl Certificate {
             if !members.contains(&v.voter) {
                 return Err(SignatureError::UnknownSigner(v.voter).into());
             }
-            pc.verify(network_id)?;
-            signers.insert(v.voter);
+            if !signers.insert(v.voter) {
+                return Err(CertError::DuplicateVoter(v.voter));
+            }
         }
         let needed = quorum(members.len());
         if signers.len() < needed {
             return Err(CertError::TooFewSigners { got: signers.len(), needed });
+        }
+        for pc in &self.precommits {
+            pc.verify(network_id)?;
         }
         Ok(())
     }
@@ -231,5 +251,89 @@ impl Certificate {
         v.sort();
         v.dedup();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::chain::block::{tx_root, Header};
+
+    const NET: [u8; 32] = [9; 32];
+
+    fn ids() -> Vec<Arc<Identity>> {
+        let mut ids: Vec<_> = (1..=4u8)
+            .map(|i| Arc::new(Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[i; 32])).unwrap()))
+            .collect();
+        ids.sort_by_key(|i| i.id());
+        ids
+    }
+
+    fn block() -> Block {
+        let txs = vec![b"tx".to_vec()];
+        let header = Header {
+            height: 3,
+            round: 1,
+            prev_hash: Hash([1; 32]),
+            timestamp_ms: 10,
+            proposer: NodeId([2; 32]),
+            tx_root: tx_root(&txs),
+        };
+        Block { header, txs }
+    }
+
+    fn precommit(b: &Block, who: &Identity) -> SignedVote {
+        Vote { kind: VoteKind::Precommit, height: 3, round: 1, block: Some(b.hash()), voter: who.id() }.sign(&NET, who)
+    }
+
+    #[test]
+    fn a_certificate_names_each_voter_once() {
+        let ids = ids();
+        let members: Vec<NodeId> = ids.iter().map(|i| i.id()).collect();
+        let b = block();
+        let cert = |precommits: Vec<SignedVote>| Certificate { height: 3, round: 1, block: b.hash(), precommits };
+        let three: Vec<SignedVote> = ids[..3].iter().map(|i| precommit(&b, i)).collect();
+        assert_eq!(cert(three.clone()).verify(&b, &members, &NET), Ok(()));
+        // Two distinct voters and one repeated: not a quorum, and a duplicate.
+        let dup = vec![three[0].clone(), three[1].clone(), three[1].clone()];
+        assert_eq!(cert(dup).verify(&b, &members, &NET), Err(CertError::DuplicateVoter(ids[1].id())));
+        // A quorum plus a repeat: still refused, the certificate is not canonical.
+        let mut repeat = three.clone();
+        repeat.push(three[0].clone());
+        assert_eq!(cert(repeat).verify(&b, &members, &NET), Err(CertError::DuplicateVoter(ids[0].id())));
+        let mut bloated = three.clone();
+        bloated.extend(std::iter::repeat_n(three[0].clone(), 10_000));
+        assert_eq!(
+            cert(bloated).verify(&b, &members, &NET),
+            Err(CertError::TooManyPrecommits { got: 10_003, members: 4 }),
+            "10,000 repeats"
+        );
+    }
+
+    /// Structure is checked before any signature: a certificate that is bloated,
+    /// repeats a voter or falls short of a quorum is refused without one signature
+    /// check, whatever its signatures.
+    #[test]
+    fn certificate_structure_is_checked_before_signatures() {
+        let ids = ids();
+        let members: Vec<NodeId> = ids.iter().map(|i| i.id()).collect();
+        let b = block();
+        let forged = |who: &Identity| {
+            let mut v = precommit(&b, who);
+            v.signature = [7; 64];
+            v
+        };
+        let cert = |precommits: Vec<SignedVote>| Certificate { height: 3, round: 1, block: b.hash(), precommits };
+        let five: Vec<SignedVote> = ids.iter().chain(&ids[..1]).map(|i| forged(i)).collect();
+        assert!(matches!(cert(five).verify(&b, &members, &NET), Err(CertError::TooManyPrecommits { .. })));
+        let dup = vec![forged(&ids[0]), forged(&ids[0]), forged(&ids[1])];
+        assert!(matches!(cert(dup).verify(&b, &members, &NET), Err(CertError::DuplicateVoter(_))));
+        let two = vec![forged(&ids[0]), forged(&ids[1])];
+        assert!(matches!(cert(two).verify(&b, &members, &NET), Err(CertError::TooFewSigners { got: 2, needed: 3 })));
+        // A quorum of them: now the signatures are checked.
+        let three: Vec<SignedVote> = ids[..3].iter().map(|i| forged(i)).collect();
+        assert!(matches!(cert(three).verify(&b, &members, &NET), Err(CertError::Signature(_))));
     }
 }

@@ -33,6 +33,9 @@ pub fn transport_config(t: &Transport) -> Result<Arc<quinn::TransportConfig>, En
     cfg.max_idle_timeout(Some(idle));
     cfg.max_concurrent_uni_streams(1u32.into());
     cfg.max_concurrent_bidi_streams(t.max_request_streams.into());
+    // The protocol sends no datagrams; quinn would otherwise keep a receive buffer
+    // for them on every connection.
+    cfg.datagram_receive_buffer_size(None);
     Ok(Arc::new(cfg))
 }
 

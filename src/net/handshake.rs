@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::close;
-use super::codec::{self, Frame, FrameError};
+use crate::codec::{self, Frame, FrameError};
 use crate::identity::NodeId;
 
 pub const MAGIC: [u8; 4] = *b"MNOD";

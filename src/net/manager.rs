@@ -1,52 +1,49 @@
-//! The connection manager: the one task that owns the peer table.
+//! The manager: the one task that owns the connection rules ([`Slots`]) and the
+//! peer table, with binding, dialling and accepting.
 //!
-//! It decides when to dial (the direction rule, the passive wait, backoff), takes in
-//! every connection whose handshake completed (dialled or accepted), resolves
-//! duplicates, and publishes the result: a snapshot table that [`Peers`] reads to
-//! send, peer-up/peer-down events, and the set of connected peers for the quorum
-//! gate. Every connection gets a generation number (`conn_id`); the end of an old
-//! connection can never remove its replacement.
+//! The manager feeds the rules what happens (a dial's outcome, an accepted
+//! handshake, a closed connection, a timer) and carries out what they decide: dial,
+//! close, publish a peer as up or down. The peer table is published as one
+//! immutable snapshot ([`Table`]); sends, the quorum gate, `/status`, metrics and
+//! the service status all read that one snapshot. Every connection has a
+//! generation number (`ConnId`), so the end of an old connection can never remove
+//! its replacement.
 //!
 //! Dial and accept tasks run the QUIC and TLS handshake and our own handshake under
 //! one deadline and report back over the manager's channel; they never touch the
 //! table.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::backoff::{Backoff, RESET_AFTER};
+use super::admission::{Admission, AdmissionSlot, Admit};
 use super::close;
-use super::codec::{self, Frame};
-use super::direction::{self, ConnFacts, Direction, Role};
+use super::direction::Direction;
 use super::endpoint::{self, EndpointError};
 use super::handshake::{self, Expect, HandshakeError, Intro, RejectReason, Tip, MAGIC, PROTOCOL_VERSION};
-use super::message::Message;
+use super::inbox::Inbox;
+use super::outbox::{Outbox, OutboxLimits};
 use super::peer;
+use super::peers::{Counters, Inbound, Link, Messages, PeerEvent, Peers, Shared, Table};
+use super::slots::{Action, CloseCause, ConnId, DialFailure, Slots};
 use super::tls::{self, RefusalLog};
-use crate::config::{Member, Network, Transport};
+use super::Protocol;
+use crate::config::{Network, Transport};
 use crate::identity::{Identity, NodeId};
-
-/// Retry delay after a peer closed our connection as a duplicate while we hold no
-/// other: the peer believes it has one with us, which will soon prove stale or
-/// reach us. Not a failure, so no backoff step.
-const DUPLICATE_RETRY: Duration = Duration::from_secs(1);
-/// Frames queued per peer before `send` waits.
-const QUEUE_FRAMES: usize = 1024;
 
 /// Everything the transport needs to run.
 pub struct NetConfig {
     pub identity: Arc<Identity>,
     pub network: Arc<Network>,
-    /// This node's address in the network file: what the direction rule uses.
+    /// This node's address in the member set: what the direction rule uses.
     pub advertised: SocketAddr,
     /// The UDP address to bind.
     pub listen: SocketAddr,
@@ -54,6 +51,8 @@ pub struct NetConfig {
     pub request_timeout: Duration,
     /// The chain tip announced in handshakes.
     pub tip: watch::Receiver<Tip>,
+    /// Which kinds each stream carries.
+    pub protocol: Protocol,
     pub hooks: TestHooks,
 }
 
@@ -79,104 +78,6 @@ impl std::fmt::Debug for TestHooks {
     }
 }
 
-/// What the rest of the node receives from peers.
-pub struct Inbound {
-    pub messages: mpsc::Receiver<(NodeId, Message)>,
-    pub requests: mpsc::Receiver<InboundRequest>,
-}
-
-/// A request from a peer; answer it through `reply` (dropping it resets the stream).
-pub struct InboundRequest {
-    pub from: NodeId,
-    pub message: Message,
-    pub reply: oneshot::Sender<Result<Message, Refusal>>,
-}
-
-/// Why a request was not answered; the peer sees the stream reset with the
-/// matching close code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The peer asks more often than its limit allows.
-    RateLimited,
-    /// Not a request this node serves.
-    Unsupported,
-}
-
-impl Refusal {
-    pub fn code(self) -> u32 {
-        match self {
-            Refusal::RateLimited => close::RATE_LIMITED,
-            Refusal::Unsupported => close::PROTOCOL,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerEvent {
-    Up { id: NodeId, direction: Direction },
-    Down { id: NodeId },
-}
-
-/// A connected peer, as `/status` shows it.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    pub id: NodeId,
-    pub addr: SocketAddr,
-    pub direction: Direction,
-    pub rtt: Duration,
-    pub connected_for: Duration,
-    pub conn_id: u64,
-    pub tip: Tip,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("peer {0} is not connected")]
-    NotConnected(NodeId),
-    #[error("message of {len} bytes is over the {limit}-byte limit of its kind")]
-    TooLarge { len: usize, limit: usize },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    #[error(transparent)]
-    Send(#[from] SendError),
-    #[error("no response within {0:?}")]
-    Timeout(Duration),
-    #[error("connection: {0}")]
-    Connection(String),
-    #[error("stream: {0}")]
-    Stream(String),
-    #[error("response: {0}")]
-    Frame(codec::FrameError),
-}
-
-/// Transport counters. `dials`, `handshakes_ok`, `handshakes_failed` and
-/// `duplicates_closed` are part of the `/status` contract.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub dials: AtomicU64,
-    pub dial_failures: AtomicU64,
-    pub handshakes_ok: AtomicU64,
-    pub handshakes_failed: AtomicU64,
-    pub handshake_timeouts: AtomicU64,
-    pub duplicates_closed: AtomicU64,
-    pub bad_frames: AtomicU64,
-    pub frames_sent: AtomicU64,
-    pub frames_received: AtomicU64,
-    /// Rejections we sent, by [`RejectReason`] (in `RejectReason::ALL` order).
-    pub rejects_sent: [AtomicU64; 5],
-    /// Rejections peers sent us, by reason.
-    pub rejects_received: [AtomicU64; 5],
-    /// Our dials that failed at TLS (the peer refused us or is not who we expected).
-    pub tls_failed: AtomicU64,
-    /// Frame bytes queued for peers and read from them (length prefixes included).
-    pub bytes_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
-    /// Turns of the manager's loop; it turns at least once a second.
-    pub manager_loops: AtomicU64,
-}
-
 /// Counts a failed handshake under its reason.
 fn count_handshake_error(c: &Counters, e: &HandshakeError) {
     match e {
@@ -200,158 +101,11 @@ fn reason_index(r: RejectReason) -> usize {
     RejectReason::ALL.iter().position(|x| *x == r).unwrap_or(0)
 }
 
-#[derive(Clone)]
-struct PeerHandle {
-    conn: quinn::Connection,
-    conn_id: u64,
-    addr: SocketAddr,
-    direction: Direction,
-    established: Instant,
-    tip: Tip,
-    frames: mpsc::Sender<Bytes>,
-}
-
-pub(crate) struct Shared {
-    /// Written only by the manager; read by senders. A std lock, never held across
-    /// an `.await`: readers clone what they need and let go.
-    table: RwLock<HashMap<NodeId, PeerHandle>>,
-    pub(crate) counters: Counters,
-    events: broadcast::Sender<PeerEvent>,
-    active: watch::Sender<BTreeSet<NodeId>>,
-    pub(crate) inbound: mpsc::Sender<(NodeId, Message)>,
-    pub(crate) requests: mpsc::Sender<InboundRequest>,
-    pub(crate) request_timeout: Duration,
-    refusals: Arc<RefusalLog>,
-    local_addr: SocketAddr,
-    endpoint: quinn::Endpoint,
-}
-
-impl Shared {
-    fn table(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, PeerHandle>> {
-        self.table.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, PeerHandle>> {
-        self.table.write().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The handle the node uses to talk to its peers. Cheap to clone.
-#[derive(Clone)]
-pub struct Peers {
-    shared: Arc<Shared>,
-}
-
-impl Peers {
-    /// Queues `msg` for `to`; waits while that peer's queue is full.
-    pub async fn send(&self, to: NodeId, msg: &Message) -> Result<(), SendError> {
-        let frame = encode_checked(msg)?;
-        let queue = self.shared.table().get(&to).map(|h| h.frames.clone());
-        let queue = queue.ok_or(SendError::NotConnected(to))?;
-        let len = frame.len() as u64;
-        queue.send(frame).await.map_err(|_| SendError::NotConnected(to))?;
-        self.shared.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
-        self.shared.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Queues `msg` for every connected peer, encoding it once. Returns the number
-    /// of peers it was queued for.
-    pub async fn broadcast(&self, msg: &Message) -> Result<usize, SendError> {
-        let frame = encode_checked(msg)?;
-        let queues: Vec<_> = self.shared.table().values().map(|h| h.frames.clone()).collect();
-        let mut sent = 0;
-        for q in queues {
-            if q.send(frame.clone()).await.is_ok() {
-                sent += 1;
-            }
-        }
-        self.shared.counters.frames_sent.fetch_add(sent as u64, Ordering::Relaxed);
-        self.shared.counters.bytes_sent.fetch_add(sent as u64 * frame.len() as u64, Ordering::Relaxed);
-        Ok(sent)
-    }
-
-    /// Sends `msg` on a stream of its own and waits for the peer's response.
-    pub async fn request(&self, to: NodeId, msg: &Message) -> Result<Message, RequestError> {
-        let frame = encode_checked(msg)?;
-        let conn = self.shared.table().get(&to).map(|h| h.conn.clone());
-        let conn = conn.ok_or(SendError::NotConnected(to))?;
-        peer::request(&conn, frame, self.shared.request_timeout).await
-    }
-
-    pub fn peers(&self) -> Vec<PeerInfo> {
-        let mut v: Vec<PeerInfo> = self
-            .shared
-            .table()
-            .iter()
-            .map(|(id, h)| PeerInfo {
-                id: *id,
-                addr: h.addr,
-                direction: h.direction,
-                rtt: h.conn.rtt(),
-                connected_for: h.established.elapsed(),
-                conn_id: h.conn_id,
-                tip: h.tip,
-            })
-            .collect();
-        v.sort_by_key(|p| p.id);
-        v
-    }
-
-    /// The connected peers (handshake complete), this node not included.
-    pub fn connected(&self) -> BTreeSet<NodeId> {
-        self.shared.active.borrow().clone()
-    }
-
-    /// How many peers are connected, without copying the set.
-    pub fn connected_count(&self) -> usize {
-        self.shared.active.borrow().len()
-    }
-
-    pub fn watch_connected(&self) -> watch::Receiver<BTreeSet<NodeId>> {
-        self.shared.active.subscribe()
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
-        self.shared.events.subscribe()
-    }
-
-    pub fn counters(&self) -> &Counters {
-        &self.shared.counters
-    }
-
-    /// Certificates refused at TLS by this node's server side.
-    pub fn tls_refused(&self) -> u64 {
-        self.shared.refusals.total.load(Ordering::Relaxed)
-    }
-
-    /// The bound UDP address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
-    }
-
-    /// Closes every connection with the shutdown code and waits (bounded) for the
-    /// peers to acknowledge.
-    pub async fn close_all(&self, wait: Duration) {
-        self.shared.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
-        let _ = tokio::time::timeout(wait, self.shared.endpoint.wait_idle()).await;
-    }
-}
-
-fn encode_checked(msg: &Message) -> Result<Bytes, SendError> {
-    let frame = codec::encode(msg);
-    let limit = Message::limit(msg.kind()).unwrap_or(0);
-    if frame.len() - 4 > limit {
-        return Err(SendError::TooLarge { len: frame.len() - 4, limit });
-    }
-    Ok(frame)
-}
-
 pub(crate) enum Cmd {
     Dialed { peer: NodeId, result: Result<(quinn::Connection, Intro), DialError> },
     Accepted { conn: quinn::Connection, intro: Intro },
     InboundFailed { peer: Option<NodeId>, error: HandshakeError },
-    Closed { peer: NodeId, conn_id: u64, error: quinn::ConnectionError },
+    Closed { peer: NodeId, conn_id: ConnId, error: quinn::ConnectionError },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -382,6 +136,10 @@ struct HandshakeCtx {
     tip: watch::Receiver<Tip>,
     hooks: TestHooks,
     deadline: Duration,
+    /// QUIC + TLS must complete within this, a shorter deadline than the whole
+    /// handshake's: a stranger that sends an Initial and stalls holds an admission
+    /// slot only this long.
+    tls_deadline: Duration,
 }
 
 impl HandshakeCtx {
@@ -394,6 +152,7 @@ impl HandshakeCtx {
     fn expect<'a>(&self, tls_key: NodeId, is_peer: &'a (dyn Fn(&NodeId) -> bool + Sync)) -> Expect<'a> {
         Expect { network_id: self.network.id, version: PROTOCOL_VERSION, tls_key, is_member: is_peer }
     }
+
     fn intro(&self) -> Intro {
         Intro {
             magic: MAGIC,
@@ -426,8 +185,10 @@ pub struct Bound {
     hs: Arc<HandshakeCtx>,
     cmd_tx: mpsc::Sender<Cmd>,
     inbound: Inbound,
+    admission: Admission,
+    member_addrs: Vec<(NodeId, SocketAddr)>,
     passive_wait: Duration,
-    pending_limits: (usize, usize),
+    seed: u64,
 }
 
 impl Bound {
@@ -439,17 +200,44 @@ impl Bound {
     /// is cancelled and `tracker` tracks every task.
     pub fn run(mut self, shutdown: CancellationToken, tracker: &TaskTracker) -> (Peers, Inbound) {
         let now = Instant::now();
-        for slot in self.manager.slots.values_mut() {
-            slot.next_dial = Some(match slot.role {
-                Role::Dial => now,
-                Role::Wait => now + self.passive_wait,
-            });
+        let local = self.manager.shared.local_addr;
+        let unreachable: Vec<(NodeId, SocketAddr)> = self
+            .member_addrs
+            .iter()
+            .filter(|(id, addr)| *id != self.hs.me && !reaches(local, *addr))
+            .copied()
+            .collect();
+        self.manager.slots = Slots::new(
+            (self.hs.advertised, self.hs.me),
+            self.member_addrs,
+            self.passive_wait,
+            self.seed,
+            now.into_std(),
+        );
+        for (id, _) in &unreachable {
+            self.manager.slots.set_unreachable(id);
+        }
+        if let Some((_, example)) = unreachable.first() {
+            tracing::warn!(
+                listen = %local,
+                "bound to one address family while {} member(s) have addresses of the other (such as {example}): this node cannot dial them and waits for them to dial it; listen on [::]:{} to reach both",
+                unreachable.len(),
+                local.port()
+            );
         }
         self.manager.tracker = tracker.clone();
         let shared = self.manager.shared.clone();
         let endpoint = self.manager.endpoint.clone();
         tracker.spawn(self.manager.run(shutdown.clone()));
-        tracker.spawn(accept_loop(endpoint, self.pending_limits, self.hs, self.cmd_tx, shutdown, tracker.clone()));
+        tracker.spawn(accept_loop(
+            endpoint,
+            Arc::new(self.admission),
+            self.hs,
+            self.cmd_tx,
+            shared.clone(),
+            shutdown,
+            tracker.clone(),
+        ));
         tracing::info!(listen = %shared.local_addr, "transport listening");
         (Peers { shared }, self.inbound)
     }
@@ -471,28 +259,26 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
     )?;
     let local_addr = endpoint.local_addr().map_err(|source| EndpointError::Bind { addr: cfg.listen, source })?;
 
-    let mut slots = HashMap::new();
-    let mut seed = random_u64();
+    let mut clients = HashMap::new();
     for m in &cfg.network.members {
-        let Some(role) = direction::role((cfg.advertised, me), (m.addr, m.id)) else {
-            continue;
-        };
-        let client = endpoint::client_config(&cfg.identity, m.id, transport.clone())?;
-        seed = seed.wrapping_mul(0x9e3779b97f4a7c15).wrapping_add(1);
-        slots.insert(m.id, Slot::new(m.clone(), role, client, seed));
+        if m.id != me {
+            clients.insert(m.id, endpoint::client_config(&cfg.identity, m.id, transport.clone())?);
+        }
     }
+    let member_addrs: Vec<(NodeId, SocketAddr)> = cfg.network.members.iter().map(|m| (m.id, m.addr)).collect();
 
-    let (messages_tx, messages) = mpsc::channel(4096);
     let (requests_tx, requests) = mpsc::channel(256);
     let (events, _) = broadcast::channel(256);
+    let inbox = Arc::new(Inbox::new(cfg.transport.inbound_peer_bytes));
     let shared = Arc::new(Shared {
-        table: RwLock::new(HashMap::new()),
+        table: watch::Sender::new(Arc::new(Table::new())),
         counters: Counters::default(),
         events,
-        active: watch::Sender::new(BTreeSet::new()),
-        inbound: messages_tx,
+        inbox: inbox.clone(),
         requests: requests_tx,
         request_timeout: cfg.request_timeout,
+        protocol: cfg.protocol,
+        slow_after: cfg.transport.slow_peer_timeout,
         refusals,
         local_addr,
         endpoint: endpoint.clone(),
@@ -501,14 +287,23 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         me,
         network: cfg.network.clone(),
         advertised: cfg.advertised,
-        incarnation: random_u64(),
+        incarnation: incarnation(),
         tip: cfg.tip,
         hooks: cfg.hooks,
         deadline: cfg.transport.handshake_timeout,
+        tls_deadline: cfg.transport.handshake_timeout.min(TLS_DEADLINE),
     });
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let admission = Admission::new(
+        cfg.transport.max_pending_handshakes,
+        cfg.transport.max_pending_handshakes_per_ip,
+        cfg.network.members.iter().filter(|m| m.id != me).map(|m| m.addr.ip()),
+    );
     let manager = Manager {
-        slots,
+        slots: Slots::new((cfg.advertised, me), [], cfg.transport.passive_wait, 0, std::time::Instant::now()),
+        conns: HashMap::new(),
+        clients,
+        outbox_limits: cfg.transport.outbox,
         shared,
         endpoint,
         hs: hs.clone(),
@@ -516,23 +311,27 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         cmd_rx,
         tracker: TaskTracker::new(),
         next_conn_id: 1,
-        passive_wait: cfg.transport.passive_wait,
     };
     Ok(Bound {
         manager,
         hs,
         cmd_tx,
-        inbound: Inbound { messages, requests },
+        inbound: Inbound { messages: Messages { inbox }, requests },
+        admission,
+        member_addrs,
         passive_wait: cfg.transport.passive_wait,
-        pending_limits: (cfg.transport.max_pending_handshakes, cfg.transport.max_pending_handshakes_per_ip),
+        seed: random_u64(),
     })
 }
+
+/// QUIC + TLS deadline, at most.
+const TLS_DEADLINE: Duration = Duration::from_secs(2);
 
 fn random_u64() -> u64 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
     // The system RNG failing is not recoverable and not worth a panic either: fall
-    // back to the clock, which is unique enough for an incarnation number.
+    // back to the clock, which is unique enough for a seed.
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         return t.as_nanos() as u64;
@@ -540,128 +339,114 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-struct ActiveConn {
-    conn: quinn::Connection,
-    conn_id: u64,
-    facts: ConnFacts,
-    established: Instant,
-    /// We dialled it as the waiting side: the peer may be unable to reach us.
-    via_fallback: bool,
-}
-
-struct Slot {
-    member: Member,
-    role: Role,
-    client: quinn::ClientConfig,
-    active: Option<ActiveConn>,
-    dialing: bool,
-    next_dial: Option<Instant>,
-    backoff: Backoff,
-    /// Failed attempts (either direction) since the last success, for log summaries.
-    failures: u32,
-}
-
-impl Slot {
-    fn new(member: Member, role: Role, client: quinn::ClientConfig, seed: u64) -> Self {
-        Slot {
-            member,
-            role,
-            client,
-            active: None,
-            dialing: false,
-            next_dial: None,
-            backoff: Backoff::new(seed),
-            failures: 0,
-        }
-    }
-
-    /// Logs the first failure of a streak and then every power of two, so a peer
-    /// that stays away for an hour costs a dozen lines, not thousands.
-    fn note_failure(&mut self, what: &str, retry: Option<Duration>) {
-        self.failures += 1;
-        if self.failures.is_power_of_two() {
-            let retry = retry.map(|d| format!("; retry in {} ms", d.as_millis())).unwrap_or_default();
-            tracing::warn!(
-                peer = %self.member.id.short(),
-                addr = %self.member.addr,
-                "{what}{retry} ({} failed attempt(s) in a row)",
-                self.failures
-            );
-        } else {
-            tracing::debug!(peer = %self.member.id.short(), "{what}");
-        }
-    }
+/// This process's incarnation: microseconds since the epoch at start-up, with 8
+/// random low bits. It grows from one start of a node to the next (as long as the
+/// clock does not jump back between them), which lets peers tell the newer of two
+/// processes with one key apart from a leftover of the older.
+fn incarnation() -> u64 {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
+    ((micros as u64) << 8) | (random_u64() & 0xff)
 }
 
 struct Manager {
-    slots: HashMap<NodeId, Slot>,
+    slots: Slots,
+    /// Every connection the rules know of (kept or about to be closed by them).
+    conns: HashMap<ConnId, (NodeId, quinn::Connection, Tip)>,
+    clients: HashMap<NodeId, quinn::ClientConfig>,
+    outbox_limits: OutboxLimits,
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     hs: Arc<HandshakeCtx>,
     cmd_tx: mpsc::Sender<Cmd>,
     cmd_rx: mpsc::Receiver<Cmd>,
     tracker: TaskTracker,
-    next_conn_id: u64,
-    passive_wait: Duration,
+    next_conn_id: ConnId,
 }
 
 impl Manager {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let wake = self.next_wake();
+            self.slots.handle_timeout(std::time::Instant::now());
+            self.apply_actions();
+            let wake = self.slots.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 cmd = self.cmd_rx.recv() => match cmd {
                     Some(cmd) => self.handle_cmd(cmd),
                     None => break,
                 },
-                _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => self.handle_timers(),
+                _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
                 _ = housekeeping.tick() => {}
             }
+            self.apply_actions();
             // Proof of progress for the service watchdog: this loop turned.
             self.shared.counters.manager_loops.fetch_add(1, Ordering::Relaxed);
         }
-        for slot in self.slots.values() {
-            if let Some(a) = &slot.active {
-                a.conn.close(close::SHUTDOWN.into(), b"shutdown");
-            }
+        for (_, conn, _) in self.conns.values() {
+            conn.close(close::SHUTDOWN.into(), b"shutdown");
         }
         self.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
-        self.shared.table_mut().clear();
-        self.shared.active.send_replace(BTreeSet::new());
+        self.shared.table.send_replace(Arc::new(Table::new()));
+        self.shared.inbox.close();
     }
 
-    fn next_wake(&self) -> Option<Instant> {
-        self.slots.values().filter(|s| s.active.is_none() && !s.dialing).filter_map(|s| s.next_dial).min()
-    }
-
-    fn handle_timers(&mut self) {
-        let now = Instant::now();
-        let due: Vec<NodeId> = self
-            .slots
-            .values()
-            .filter(|s| s.active.is_none() && !s.dialing && s.next_dial.is_some_and(|t| t <= now))
-            .map(|s| s.member.id)
-            .collect();
-        for id in due {
-            self.start_dial(id);
+    fn apply_actions(&mut self) {
+        while let Some(action) = self.slots.poll_action() {
+            match action {
+                Action::Dial { peer, addr, .. } => self.start_dial(peer, addr),
+                Action::Close { conn, code, reason, .. } => {
+                    if let Some((_, c, _)) = self.conns.remove(&conn) {
+                        c.close(code.into(), reason.as_bytes());
+                    }
+                    if code == close::DUPLICATE {
+                        self.shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Action::Up { peer, conn, direction, .. } => self.publish_up(peer, conn, direction),
+                Action::Down { peer } => {
+                    let mut changed = false;
+                    self.shared.table.send_if_modified(|t| {
+                        let mut table = (**t).clone();
+                        changed = table.remove(&peer).is_some();
+                        if changed {
+                            *t = Arc::new(table);
+                        }
+                        changed
+                    });
+                    let _ = self.shared.events.send(PeerEvent::Down { id: peer });
+                }
+            }
         }
     }
 
-    fn start_dial(&mut self, id: NodeId) {
-        let Some(slot) = self.slots.get_mut(&id) else {
-            return;
-        };
-        slot.dialing = true;
-        slot.next_dial = None;
-        if slot.role == Role::Wait {
-            tracing::info!(peer = %id.short(), addr = %slot.member.addr, "no connection from peer after the passive wait; dialling it");
-        }
+    fn publish_up(&mut self, peer: NodeId, conn_id: ConnId, direction: Direction) {
+        let Some((_, conn, tip)) = self.conns.get(&conn_id) else { return };
+        let link = Arc::new(Link {
+            id: peer,
+            conn: conn.clone(),
+            conn_id,
+            addr: self.slots.addr(&peer).unwrap_or(conn.remote_address()),
+            direction,
+            established: Instant::now(),
+            tip: *tip,
+            outbox: Mutex::new(Outbox::new(self.outbox_limits)),
+            wake: Notify::new(),
+            drained: Notify::new(),
+        });
+        self.shared.table.send_modify(|t| {
+            let mut table = (**t).clone();
+            table.insert(peer, link.clone());
+            *t = Arc::new(table);
+        });
+        peer::spawn(&self.tracker, link, self.shared.clone());
+        let _ = self.shared.events.send(PeerEvent::Up { id: peer, direction });
+    }
+
+    fn start_dial(&mut self, id: NodeId, addr: SocketAddr) {
+        let Some(client) = self.clients.get(&id).cloned() else { return };
         self.shared.counters.dials.fetch_add(1, Ordering::Relaxed);
         let endpoint = self.endpoint.clone();
-        let client = slot.client.clone();
-        let addr = slot.member.addr;
         let hs = self.hs.clone();
         let cmd_tx = self.cmd_tx.clone();
         self.tracker.spawn(async move {
@@ -671,24 +456,40 @@ impl Manager {
     }
 
     fn handle_cmd(&mut self, cmd: Cmd) {
+        let now = std::time::Instant::now();
         match cmd {
-            Cmd::Dialed { peer, result } => self.handle_dialed(peer, result),
+            Cmd::Dialed { peer, result } => match result {
+                Ok((conn, intro)) => self.handle_established(conn, Direction::Outbound, intro),
+                Err(e) => {
+                    let failure = self.count_dial_failure(&e);
+                    self.slots.handle_dial_failed(peer, failure, now);
+                }
+            },
             Cmd::Accepted { conn, intro } => self.handle_established(conn, Direction::Inbound, intro),
-            Cmd::InboundFailed { peer, error } => self.handle_inbound_failed(peer, error),
-            Cmd::Closed { peer, conn_id, error } => self.handle_closed(peer, conn_id, error),
+            Cmd::InboundFailed { peer, error } => {
+                let c = &self.shared.counters;
+                c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                count_handshake_error(c, &error);
+                let what = match &error {
+                    HandshakeError::RejectedPeer(r) => format!("rejected the peer's hello: {r}"),
+                    other => format!("inbound handshake failed: {other}"),
+                };
+                match peer.filter(|p| self.slots.contains(p)) {
+                    Some(p) => self.slots.handle_inbound_failed(p, &what),
+                    None => tracing::debug!("{what}"),
+                }
+            }
+            Cmd::Closed { peer, conn_id, error } => {
+                self.conns.remove(&conn_id);
+                let cause = self.close_cause(&error);
+                self.slots.handle_closed(peer, conn_id, cause, now);
+            }
         }
     }
 
-    fn handle_dialed(&mut self, peer: NodeId, result: Result<(quinn::Connection, Intro), DialError>) {
-        if let Some(slot) = self.slots.get_mut(&peer) {
-            slot.dialing = false;
-        }
-        let error = match result {
-            Ok((conn, intro)) => return self.handle_established(conn, Direction::Outbound, intro),
-            Err(e) => e,
-        };
+    fn count_dial_failure(&self, error: &DialError) -> DialFailure {
         let c = &self.shared.counters;
-        match &error {
+        match error {
             DialError::Connect(_) | DialError::Unreachable(_) => {
                 c.dial_failures.fetch_add(1, Ordering::Relaxed);
             }
@@ -704,164 +505,69 @@ impl Manager {
                 count_handshake_error(c, h);
             }
         }
-        let Some(slot) = self.slots.get_mut(&peer) else {
-            return;
-        };
-        if slot.active.is_some() {
-            // The peer reached us meanwhile; this attempt no longer matters.
-            tracing::debug!(peer = %peer.short(), "dial failed while connected inbound: {error}");
-            return;
-        }
-        let duplicate = matches!(&error, DialError::Handshake(HandshakeError::RejectedByPeer(RejectReason::Duplicate)));
-        let delay = if duplicate { DUPLICATE_RETRY } else { slot.backoff.next_delay() };
-        slot.next_dial = Some(Instant::now() + delay);
-        if duplicate {
-            tracing::debug!(peer = %peer.short(), "peer holds another connection with us; retrying shortly");
-        } else {
-            let what = match &error {
-                DialError::Handshake(HandshakeError::RejectedByPeer(r)) => {
-                    format!("peer rejected our hello: {r}")
-                }
-                DialError::Handshake(HandshakeError::Connection(e)) if super::is_tls_refusal(e) => {
-                    format!("refused at TLS: {e}")
-                }
-                DialError::Handshake(HandshakeError::RejectedPeer(r)) => {
-                    format!("rejected the peer's welcome: {r}")
-                }
-                other => format!("dial failed: {other}"),
-            };
-            slot.note_failure(&what, Some(delay));
+        match error {
+            DialError::Handshake(HandshakeError::RejectedByPeer(RejectReason::Duplicate)) => {
+                DialFailure::DuplicateAtPeer
+            }
+            DialError::Handshake(HandshakeError::RejectedByPeer(r)) => {
+                DialFailure::Failed(format!("peer rejected our hello: {r}"))
+            }
+            DialError::Handshake(HandshakeError::Connection(e)) if super::is_tls_refusal(e) => {
+                DialFailure::Failed(format!("refused at TLS: {e}"))
+            }
+            DialError::Handshake(HandshakeError::RejectedPeer(r)) => {
+                DialFailure::Failed(format!("rejected the peer's welcome: {r}"))
+            }
+            other => DialFailure::Failed(format!("dial failed: {other}")),
         }
     }
 
-    fn handle_inbound_failed(&mut self, peer: Option<NodeId>, error: HandshakeError) {
-        let c = &self.shared.counters;
-        c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-        count_handshake_error(c, &error);
-        let what = match &error {
-            HandshakeError::RejectedPeer(r) => format!("rejected the peer's hello: {r}"),
-            other => format!("inbound handshake failed: {other}"),
-        };
-        match peer.and_then(|p| self.slots.get_mut(&p)) {
-            Some(slot) => slot.note_failure(&what, None),
-            None => tracing::debug!("{what}"),
+    /// What a connection's end means to the rules; a rejection of our Welcome is
+    /// counted here (the acceptor learns of it only from the close).
+    fn close_cause(&self, error: &quinn::ConnectionError) -> CloseCause {
+        if matches!(error, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::DUPLICATE.into()) {
+            return CloseCause::Duplicate;
         }
+        if let Some(reason) = handshake::rejection_in(error) {
+            let c = &self.shared.counters;
+            c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            c.rejects_received[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+            return CloseCause::Rejected(reason.to_string());
+        }
+        CloseCause::Other(super::describe_close(error))
     }
 
     fn handle_established(&mut self, conn: quinn::Connection, direction: Direction, intro: Intro) {
         let peer = intro.node_id;
-        let Some(slot) = self.slots.get_mut(&peer) else {
-            // The handshake admits members other than ourselves only.
-            conn.close(close::PROTOCOL.into(), b"not a peer");
-            return;
-        };
-        self.shared.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
-        let facts = ConnFacts { direction, peer_incarnation: intro.incarnation };
-        if let Some(active) = &slot.active {
-            if !direction::new_wins(slot.role, active.facts, facts) {
-                tracing::debug!(peer = %peer.short(), ?direction, "closing duplicate connection; keeping the existing one");
-                conn.close(close::DUPLICATE.into(), b"duplicate");
-                self.shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            tracing::debug!(peer = %peer.short(), ?direction, "new connection replaces the existing one");
-            active.conn.close(close::DUPLICATE.into(), b"duplicate");
-            self.shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
-        }
-        let replaced = slot.active.is_some();
         let conn_id = self.next_conn_id;
         self.next_conn_id += 1;
-        let now = Instant::now();
-        slot.active = Some(ActiveConn {
-            conn: conn.clone(),
-            conn_id,
-            facts,
-            established: now,
-            via_fallback: direction == Direction::Outbound && slot.role == Role::Wait,
-        });
-        slot.next_dial = None;
-        if slot.failures > 0 {
-            tracing::info!(peer = %peer.short(), "connected after {} failed attempt(s)", slot.failures);
+        if self.slots.contains(&peer) {
+            self.shared.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
         }
-        slot.failures = 0;
-        let (frames_tx, frames_rx) = mpsc::channel(QUEUE_FRAMES);
-        let handle = PeerHandle {
-            conn: conn.clone(),
-            conn_id,
-            addr: slot.member.addr,
-            direction,
-            established: now,
-            tip: intro.tip,
-            frames: frames_tx,
-        };
-        self.shared.table_mut().insert(peer, handle);
-        peer::spawn(&self.tracker, conn, peer, conn_id, frames_rx, self.shared.clone(), self.cmd_tx.clone());
-        if !replaced {
-            tracing::info!(peer = %peer.short(), addr = %slot.member.addr, direction = direction.as_str(), "peer connected");
-            self.shared.active.send_modify(|set| {
-                set.insert(peer);
+        self.conns.insert(conn_id, (peer, conn.clone(), intro.tip));
+        let now = std::time::Instant::now();
+        if self.slots.handle_established(peer, conn_id, direction, intro.listen, intro.incarnation, now) {
+            let cmd_tx = self.cmd_tx.clone();
+            self.tracker.spawn(async move {
+                let error = conn.closed().await;
+                // The manager is gone only when the node is shutting down.
+                let _ = cmd_tx.send(Cmd::Closed { peer, conn_id, error }).await;
             });
-            let _ = self.shared.events.send(PeerEvent::Up { id: peer, direction });
         }
     }
+}
 
-    fn handle_closed(&mut self, peer: NodeId, conn_id: u64, error: quinn::ConnectionError) {
-        let Some(slot) = self.slots.get_mut(&peer) else {
-            return;
-        };
-        if slot.active.as_ref().map(|a| a.conn_id) != Some(conn_id) {
-            return; // an older generation, already replaced
-        }
-        let Some(active) = slot.active.take() else {
-            return;
-        };
-        {
-            let mut table = self.shared.table_mut();
-            if table.get(&peer).is_some_and(|h| h.conn_id == conn_id) {
-                table.remove(&peer);
-            }
-        }
-        self.shared.active.send_modify(|set| {
-            set.remove(&peer);
-        });
-        let _ = self.shared.events.send(PeerEvent::Down { id: peer });
-
-        let uptime = active.established.elapsed();
-        if uptime >= RESET_AFTER {
-            slot.backoff.reset();
-        }
-        let by_duplicate =
-            matches!(&error, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::DUPLICATE.into());
-        // The dialer checks our Welcome after we sent it; if it rejects it, we learn
-        // so only from its close. That is a rejection like any other: counted,
-        // logged with its reason, and followed by backoff rather than a passive wait.
-        let rejected = handshake::rejection_in(&error);
-        if let Some(reason) = rejected {
-            let c = &self.shared.counters;
-            c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-            c.rejects_received[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
-        }
-        let now = Instant::now();
-        let next = if by_duplicate {
-            match slot.role {
-                Role::Dial => now + DUPLICATE_RETRY,
-                Role::Wait => now + self.passive_wait,
-            }
-        } else {
-            match (slot.role, active.via_fallback || rejected.is_some()) {
-                (Role::Dial, _) | (Role::Wait, true) => now + slot.backoff.next_delay(),
-                (Role::Wait, false) => now + self.passive_wait,
-            }
-        };
-        slot.next_dial = Some(next);
-        let why = super::describe_close(&error);
-        if by_duplicate {
-            tracing::debug!(peer = %peer.short(), "peer disconnected: {why}");
-        } else if let Some(reason) = rejected {
-            slot.note_failure(&format!("peer rejected our welcome: {reason}"), Some(next - now));
-        } else {
-            tracing::info!(peer = %peer.short(), addr = %slot.member.addr, after_secs = uptime.as_secs(), "peer disconnected: {why}");
-        }
+/// Whether a socket bound to `local` can send to `peer`: an IPv4 socket reaches
+/// IPv4 (also written IPv4-mapped); an IPv6 socket bound to `[::]` reaches both
+/// families (Linux's default dual stack); one bound to a specific IPv6 address
+/// reaches IPv6 only.
+fn reaches(local: SocketAddr, peer: SocketAddr) -> bool {
+    let peer_v4 = super::canonical(peer).is_ipv4();
+    match local.ip() {
+        std::net::IpAddr::V4(_) => peer_v4,
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => true,
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => peer_v4,
+        std::net::IpAddr::V6(_) => !peer_v4,
     }
 }
 
@@ -902,50 +608,15 @@ async fn dial(
     }
 }
 
-/// A handshake in progress from one IP address; counted while it lives.
-struct IpSlot {
-    map: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
-    ip: std::net::IpAddr,
-}
-
-impl IpSlot {
-    fn take(
-        map: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
-        ip: std::net::IpAddr,
-        max: usize,
-    ) -> Option<IpSlot> {
-        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot { map: map.clone(), ip })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
 async fn accept_loop(
     endpoint: quinn::Endpoint,
-    limits: (usize, usize),
+    admission: Arc<Admission>,
     hs: Arc<HandshakeCtx>,
     cmd_tx: mpsc::Sender<Cmd>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let pending = Arc::new(Semaphore::new(limits.0));
-    let per_ip: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Default::default();
     let mut refused = 0u64;
     loop {
         let incoming = tokio::select! {
@@ -956,24 +627,37 @@ async fn accept_loop(
             },
         };
         let ip = incoming.remote_address().ip();
-        let permit = pending.clone().try_acquire_owned().ok();
-        let ip_slot = IpSlot::take(&per_ip, ip, limits.1);
-        let (Some(permit), Some(ip_slot)) = (permit, ip_slot) else {
-            // One line for the first refusal and then every thousandth: a flood
-            // must not flood the log too.
-            refused += 1;
-            if refused == 1 || refused % 1000 == 0 {
-                tracing::warn!(remote = %ip, "too many handshakes in progress; refusing ({refused} refused so far)");
+        match admission.admit(ip, incoming.remote_address_validated()) {
+            Admit::Accept => {}
+            Admit::Retry if incoming.may_retry() => {
+                shared.counters.retries_sent.fetch_add(1, Ordering::Relaxed);
+                let _ = incoming.retry();
+                continue;
             }
-            incoming.refuse();
-            continue;
-        };
+            Admit::Ignore => {
+                shared.counters.admission_refused.fetch_add(1, Ordering::Relaxed);
+                incoming.ignore();
+                continue;
+            }
+            Admit::Retry | Admit::Refuse => {
+                // One line for the first refusal and then every thousandth: a flood
+                // must not flood the log too.
+                refused += 1;
+                shared.counters.admission_refused.fetch_add(1, Ordering::Relaxed);
+                if refused == 1 || refused % 1000 == 0 {
+                    tracing::warn!(remote = %ip, "too many handshakes in progress; refusing ({refused} refused so far)");
+                }
+                incoming.refuse();
+                continue;
+            }
+        }
+        let member = admission.member(ip);
+        let slot = AdmissionSlot { admission: admission.clone(), ip };
         let hs = hs.clone();
         let cmd_tx = cmd_tx.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            let _ip_slot = ip_slot;
-            let cmd = match accept(incoming, &hs).await {
+            let _slot = slot;
+            let cmd = match accept(incoming, &hs, member).await {
                 Ok((conn, intro)) => Cmd::Accepted { conn, intro },
                 Err((peer, error)) => Cmd::InboundFailed { peer, error },
             };
@@ -982,15 +666,20 @@ async fn accept_loop(
     }
 }
 
+/// Accepts one connection: QUIC and TLS, then our handshake. A stranger's
+/// address gets the short QUIC + TLS deadline; a member's the whole handshake
+/// deadline (a lossy, distant path may need a retransmission or two).
 async fn accept(
     incoming: quinn::Incoming,
     hs: &HandshakeCtx,
+    member: bool,
 ) -> Result<(quinn::Connection, Intro), (Option<NodeId>, HandshakeError)> {
-    let deadline = Instant::now() + hs.deadline;
-    let conn = match timeout_at(deadline, incoming).await {
+    let start = Instant::now();
+    let tls_deadline = if member { hs.deadline } else { hs.tls_deadline };
+    let conn = match timeout_at(start + tls_deadline, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return Err((None, HandshakeError::Connection(e))),
-        Err(_) => return Err((None, HandshakeError::Timeout(hs.deadline))),
+        Err(_) => return Err((None, HandshakeError::Timeout(tls_deadline))),
     };
     let Some(tls_key) = tls::peer_node_id(&conn) else {
         conn.close(close::PROTOCOL.into(), b"no certificate");
@@ -998,7 +687,7 @@ async fn accept(
     };
     let is_peer = |id: &NodeId| hs.is_peer(id);
     let expect = hs.expect(tls_key, &is_peer);
-    match timeout_at(deadline, handshake::accept(&conn, &hs.intro(), &expect)).await {
+    match timeout_at(start + hs.deadline, handshake::accept(&conn, &hs.intro(), &expect)).await {
         Ok(Ok(intro)) => Ok((conn, intro)),
         Ok(Err(e)) => {
             if conn.close_reason().is_none() {
@@ -1010,5 +699,22 @@ async fn accept(
             conn.close(close::HANDSHAKE_TIMEOUT.into(), b"handshake timeout");
             Err((Some(tls_key), HandshakeError::Timeout(hs.deadline)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_bound_socket_reaches_which_family() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(reaches(sa("127.0.0.1:1"), sa("10.0.0.1:2")));
+        assert!(reaches(sa("127.0.0.1:1"), sa("[::ffff:10.0.0.1]:2")), "IPv4-mapped is IPv4");
+        assert!(!reaches(sa("0.0.0.0:1"), sa("[2001:db8::1]:2")));
+        assert!(reaches(sa("[::]:1"), sa("[2001:db8::1]:2")));
+        assert!(reaches(sa("[::]:1"), sa("10.0.0.1:2")), "dual stack");
+        assert!(!reaches(sa("[::1]:1"), sa("127.0.0.1:2")));
+        assert!(reaches(sa("[::1]:1"), sa("[::1]:2")));
     }
 }

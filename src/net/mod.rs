@@ -4,41 +4,78 @@
 //! * **Identity.** TLS 1.3 with both certificates pinned to the member keys of the
 //!   network file ([`tls`]). A stranger never gets a stream.
 //! * **Direction.** The member with the lower configured address dials, the other
-//!   waits ([`direction`]). A waiting node that has heard nothing from the lower one
+//!   waits (`direction`). A waiting node that has heard nothing from the lower one
 //!   for `passive_wait` dials itself (the lower one may be unable to reach it), so
 //!   nobody waits forever.
 //! * **Duplicates.** Should a pair hold two connections, both ends keep the same one
-//!   ([`direction::new_wins`]) once its handshake is complete and close the other
+//!   (`direction::new_wins`) once its handshake is complete and close the other
 //!   with [`close::DUPLICATE`]: not a failure, no backoff.
 //! * **Handshake.** On the connection's first bidirectional stream, then finished
 //!   ([`handshake`]); no application data before it succeeds.
 //! * **Liveness.** QUIC keepalive and idle timeout; no ping/pong. A peer whose
 //!   connection closes leaves the active set at once.
-//! * **Messages.** Length-prefixed frames with a limit per kind ([`codec`],
-//!   [`message`]): one long-lived unidirectional stream per direction for gossip and
-//!   consensus, a bidirectional stream per request.
+//! * **Messages.** Length-prefixed frames ([`crate::codec`]) whose kinds and limits
+//!   the application supplies per stream ([`Protocol`]): one long-lived
+//!   unidirectional stream per direction for gossip and consensus, a bidirectional
+//!   stream per request. The transport carries bytes; it knows nothing of blocks.
+//! * **No peer can slow the others.** Sending never waits: `send` and `broadcast`
+//!   queue into a per-peer outbox bounded in bytes per [`Class`] and return at once
+//!   (consensus superseded by later heights, transactions dropped when full,
+//!   consensus first on the wire). A peer that does not take what we have for it
+//!   within the slow-peer deadline is disconnected with [`close::TOO_SLOW`].
+//!   Inbound, each peer has a byte budget and peers are served in turn.
+//! * **Admission.** Handshakes in progress are bounded in total and per address
+//!   (IPv6 per /64), with a share reserved for the member set's addresses; under
+//!   load, strangers must prove their address (QUIC Retry) first, and a QUIC/TLS
+//!   handshake has a short deadline of its own.
 //!
-//! One task, the [`manager`], owns the peer table; connection tasks ([`peer`]) carry
-//! bytes; [`Peers`] is the handle the rest of the node uses.
+//! The per-member connection rules are a state machine without IO (`slots`);
+//! one task, the manager, owns it and the peer table, and publishes the table as
+//! one snapshot that sends, the quorum gate, status and metrics all read.
+//! Connection tasks carry bytes; [`Peers`] is the handle the rest of the node uses.
 
-pub mod backoff;
-pub mod codec;
-pub mod direction;
+mod admission;
+mod backoff;
+mod direction;
 pub mod endpoint;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod handshake;
-pub mod manager;
-pub mod message;
-pub mod peer;
+mod inbox;
+mod manager;
+mod outbox;
+mod peer;
+mod peers;
+mod slots;
 pub mod tls;
 
-pub use direction::Direction;
-pub use manager::{
-    bind, start, Bound, Inbound, InboundRequest, NetConfig, PeerEvent, PeerInfo, Peers, Refusal, RequestError,
-    SendError, TestHooks,
+pub use direction::{canonical, rank, Direction, Rank, Role};
+pub use inbox::Delivery;
+pub use manager::{bind, start, Bound, NetConfig, TestHooks};
+pub use outbox::{Class, OutboxLimits, Outgoing, Pushed};
+pub use peers::{
+    ConnectedWatch, Counters, Inbound, InboundRequest, Messages, PeerEvent, PeerInfo, Peers, Refusal, RequestError,
+    SendError,
 };
-pub use message::Message;
+
+/// Which kinds each stream carries, with their body size limits; `None` for a kind
+/// the stream does not carry. Supplied by the application (the chain), so the
+/// transport checks every frame from its header without knowing what it means.
+#[derive(Clone, Copy)]
+pub struct Protocol {
+    /// The long-lived unidirectional stream.
+    pub gossip: fn(u8) -> Option<usize>,
+    /// A request on a bidirectional stream.
+    pub request: fn(u8) -> Option<usize>,
+    /// The response to a request.
+    pub response: fn(u8) -> Option<usize>,
+}
+
+impl std::fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Protocol")
+    }
+}
 
 /// Application close codes (QUIC `CONNECTION_CLOSE` and stream reset codes).
 pub mod close {
@@ -60,6 +97,10 @@ pub mod close {
     pub const REQUEST_TIMEOUT: u32 = 7;
     /// A request over the peer's rate limit.
     pub const RATE_LIMITED: u32 = 8;
+    /// The peer did not take what we had for it within the slow-peer deadline.
+    pub const TOO_SLOW: u32 = 9;
+    /// A newer process with the same key holds the pair's connection.
+    pub const SUPERSEDED: u32 = 10;
 
     pub fn name(code: u64) -> &'static str {
         match code as u32 {
@@ -72,8 +113,20 @@ pub mod close {
             PROTOCOL => "protocol error",
             REQUEST_TIMEOUT => "request timeout",
             RATE_LIMITED => "rate limited",
+            TOO_SLOW => "too slow",
+            SUPERSEDED => "superseded",
             _ => "unknown",
         }
+    }
+}
+
+/// The application close code a peer gets for sending a bad frame.
+pub fn frame_error_code(e: &crate::codec::FrameError) -> u32 {
+    use crate::codec::FrameError;
+    match e {
+        FrameError::TooLarge { .. } => close::FRAME_TOO_LARGE,
+        FrameError::Read(_) => close::PROTOCOL,
+        _ => close::MALFORMED_FRAME,
     }
 }
 

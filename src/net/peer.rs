@@ -1,86 +1,154 @@
 //! The tasks that carry one established connection's bytes.
 //!
-//! Per connection: a writer that owns our unidirectional stream and batches queued
-//! frames into few large writes; a reader that owns the peer's unidirectional stream
-//! and its [`FrameReader`] (frames are read in this task alone, never beside a timer
-//! in a `select!`, so a half-read frame cannot be lost); a request server that
-//! answers the peer's bidirectional request streams; and a watcher that tells the
-//! manager when the connection ends. All of them end with the connection.
+//! Per connection: a writer that drains the peer's outbox into our unidirectional
+//! stream, batching small frames into few large writes; a reader that owns the
+//! peer's unidirectional stream and its [`FrameReader`] (frames are read in this task
+//! alone, never beside a timer in a `select!`, so a half-read frame cannot be lost)
+//! and pushes what it reads into the inbox; and a request server that answers the
+//! peer's bidirectional request streams. All of them end with the connection.
+//!
+//! **Slow peers.** The writer gives every step that depends on the peer (the peer
+//! granting our stream, the peer's flow control taking a batch) the slow-peer
+//! deadline. A peer that keeps its connection alive but does not read, or never
+//! grants a stream, is disconnected with [`close::TOO_SLOW`] when the deadline
+//! passes; meanwhile its outbox drops by policy and nobody else waits.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use super::close;
-use super::codec::{self, FrameError, FrameReader, MAX_FRAME};
-use super::manager::{Cmd, InboundRequest, Shared};
-use super::message::Message;
+use super::peers::{read_one, reject_frame, InboundRequest, Link, Shared};
+use crate::codec::{FrameError, FrameReader};
 use crate::identity::NodeId;
 
-/// Queued frames a writer batches into one write, at most.
+/// Bytes of queued frames a writer takes into one write, at most.
 const BATCH_BYTES: usize = 64 * 1024;
 /// Frames this large are handed to quinn as they are, without a copy.
 const DIRECT_BYTES: usize = 16 * 1024;
 
-pub(crate) fn spawn(
-    tracker: &TaskTracker,
-    conn: quinn::Connection,
-    peer: NodeId,
-    conn_id: u64,
-    frames: mpsc::Receiver<Bytes>,
-    shared: Arc<Shared>,
-    manager: mpsc::Sender<Cmd>,
-) {
-    tracker.spawn(write_loop(conn.clone(), frames));
-    tracker.spawn(read_loop(conn.clone(), peer, shared.clone()));
-    tracker.spawn(serve_requests(conn.clone(), peer, shared, tracker.clone()));
-    tracker.spawn(async move {
-        let error = conn.closed().await;
-        // The manager is gone only when the node is shutting down.
-        let _ = manager.send(Cmd::Closed { peer, conn_id, error }).await;
-    });
+pub(crate) fn spawn(tracker: &TaskTracker, link: Arc<Link>, shared: Arc<Shared>) {
+    tracker.spawn(write_loop(link.clone(), shared.clone()));
+    tracker.spawn(read_loop(link.conn.clone(), link.id, shared.clone()));
+    tracker.spawn(serve_requests(link.conn.clone(), link.id, shared, tracker.clone()));
 }
 
-/// Writes queued frames to our long-lived stream. Frames are already encoded (a
-/// broadcast encodes once for all peers). Whatever queued while the previous write
-/// was in flight is copied into one reusable buffer and written at once: quinn
-/// pays per write call and per chunk, and a memcpy of small frames costs far less
-/// than either. Frames of [`DIRECT_BYTES`] or more skip the copy.
-async fn write_loop(conn: quinn::Connection, mut frames: mpsc::Receiver<Bytes>) {
-    let Ok(mut send) = conn.open_uni().await else { return };
+/// Drains the outbox into our long-lived stream. Whatever queued while the
+/// previous write was in flight is copied into one reusable buffer and written at
+/// once: quinn pays per write call and per chunk, and a memcpy of small frames
+/// costs far less than either. Frames of [`DIRECT_BYTES`] or more skip the copy.
+async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
+    let conn = &link.conn;
+    let slow_after = shared.slow_after;
+    let mut stream: Option<quinn::SendStream> = None;
+    let mut batch: Vec<Bytes> = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(BATCH_BYTES + 4096);
-    while let Some(first) = frames.recv().await {
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            if frame.len() >= DIRECT_BYTES {
-                if !buf.is_empty() && send.write_all(&buf).await.is_err() {
-                    return;
-                }
-                buf.clear();
-                if send.write_chunk(frame).await.is_err() {
-                    return;
-                }
-            } else {
-                buf.extend_from_slice(&frame);
-            }
-            if buf.len() >= BATCH_BYTES {
+    loop {
+        // Wait for work (or the connection's end).
+        loop {
+            let taken = link.outbox().pop_batch(BATCH_BYTES, &mut batch);
+            if taken > 0 {
                 break;
             }
-            next = frames.try_recv().ok();
+            tokio::select! {
+                _ = link.wake.notified() => {}
+                _ = conn.closed() => return,
+            }
         }
-        if !buf.is_empty() {
-            if send.write_all(&buf).await.is_err() {
+        link.drained.notify_waiters();
+        let send = match &mut stream {
+            Some(s) => s,
+            None => match tokio::time::timeout(slow_after, conn.open_uni()).await {
+                Ok(Ok(s)) => stream.insert(s),
+                Ok(Err(_)) => return,
+                Err(_) => return too_slow(&link, &shared, "granted no stream"),
+            },
+        };
+        match write_batch(send, &mut batch, &mut buf, slow_after).await {
+            Ok(()) => {}
+            Err(WriteFailure::Stalled) => return too_slow(&link, &shared, "took nothing"),
+            Err(WriteFailure::Stream) => {
+                // The peer stopped our stream, or it broke: without it the peer
+                // gets nothing from us, so it must not stay in the table.
+                if conn.close_reason().is_none() {
+                    conn.close(close::PROTOCOL.into(), b"gossip stream closed");
+                }
                 return;
             }
-            buf.clear();
         }
     }
-    // The queue closed: the connection was replaced or the node is stopping.
-    let _ = send.finish();
+}
+
+/// Why a batch was not written.
+enum WriteFailure {
+    /// No piece of it was taken within the slow-peer deadline.
+    Stalled,
+    Stream,
+}
+
+/// Writes a batch in pieces of at most [`BATCH_BYTES`], each under the slow-peer
+/// deadline: the deadline measures progress, not the time a large frame takes
+/// over a slow link. (Cancelling a write on timeout is harmless: the connection
+/// is closed right after.)
+async fn write_batch(
+    send: &mut quinn::SendStream,
+    batch: &mut Vec<Bytes>,
+    buf: &mut Vec<u8>,
+    slow_after: Duration,
+) -> Result<(), WriteFailure> {
+    async fn piece(send: &mut quinn::SendStream, bytes: Bytes, slow_after: Duration) -> Result<(), WriteFailure> {
+        match tokio::time::timeout(slow_after, send.write_chunk(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteFailure::Stream),
+            Err(_) => Err(WriteFailure::Stalled),
+        }
+    }
+    async fn copied(send: &mut quinn::SendStream, buf: &mut Vec<u8>, slow_after: Duration) -> Result<(), WriteFailure> {
+        let written = tokio::time::timeout(slow_after, send.write_all(buf)).await;
+        buf.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteFailure::Stream),
+            Err(_) => Err(WriteFailure::Stalled),
+        }
+    }
+    for frame in batch.drain(..) {
+        if frame.len() >= DIRECT_BYTES {
+            if !buf.is_empty() {
+                copied(send, buf, slow_after).await?;
+            }
+            let mut at = 0;
+            while at < frame.len() {
+                let end = (at + BATCH_BYTES).min(frame.len());
+                piece(send, frame.slice(at..end), slow_after).await?;
+                at = end;
+            }
+        } else {
+            buf.extend_from_slice(&frame);
+        }
+    }
+    if !buf.is_empty() {
+        copied(send, buf, slow_after).await?;
+    }
+    Ok(())
+}
+
+fn too_slow(link: &Link, shared: &Shared, what: &str) {
+    shared.counters.slow_peer_disconnects.fetch_add(1, Ordering::Relaxed);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    shared.counters.last_slow_disconnect_ms.store(now_ms as u64, Ordering::Relaxed);
+    let queued = link.outbox().total_bytes();
+    tracing::warn!(
+        peer = %link.id.short(),
+        queued_bytes = queued,
+        "peer {what} within {} ms; disconnecting it as too slow (it reconnects and catches up by sync)",
+        shared.slow_after.as_millis()
+    );
+    link.conn.close(close::TOO_SLOW.into(), b"too slow");
 }
 
 async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
@@ -90,17 +158,16 @@ async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
     let mut reader = FrameReader::new(recv);
     let mut counted = 0;
     loop {
-        match reader.next::<Message>().await {
-            Ok(Some(msg)) => {
+        match next_gossip(&mut reader, &conn, peer, &shared).await {
+            Ok(Some(body)) => {
                 shared.counters.frames_received.fetch_add(1, Ordering::Relaxed);
                 shared.counters.bytes_received.fetch_add(reader.consumed() - counted, Ordering::Relaxed);
                 counted = reader.consumed();
-                if shared.inbound.send((peer, msg)).await.is_err() {
-                    return;
-                }
+                shared.inbox.put(peer, body);
             }
             Ok(None) => return,
-            Err(e) => {
+            Err(None) => return,
+            Err(Some(e)) => {
                 if conn.close_reason().is_none() {
                     reject_frame(&conn, peer, &e, &shared);
                 }
@@ -110,11 +177,23 @@ async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
     }
 }
 
-/// One log line and a typed close for a peer that sent a bad frame.
-fn reject_frame(conn: &quinn::Connection, peer: NodeId, e: &FrameError, shared: &Shared) {
-    shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(peer = %peer.short(), "bad frame from peer: {e}; closing the connection");
-    conn.close(e.close_code().into(), e.to_string().as_bytes());
+/// The next frame's body from a peer's gossip stream. The header comes first, and
+/// the reader waits for room in the inbox before it buffers the body: while the
+/// peer is over its budget we stop reading, and QUIC flow control holds it back.
+/// `Err(None)`: the node is stopping or the connection ended.
+async fn next_gossip(
+    reader: &mut FrameReader<quinn::RecvStream>,
+    conn: &quinn::Connection,
+    peer: NodeId,
+    shared: &Shared,
+) -> Result<Option<Bytes>, Option<FrameError>> {
+    let limit = shared.protocol.gossip;
+    let Some(len) = reader.next_len(limit).await.map_err(Some)? else { return Ok(None) };
+    tokio::select! {
+        room = shared.inbox.room(peer, len) => room.map_err(|_| None)?,
+        _ = conn.closed() => return Err(None),
+    }
+    reader.next_body(limit).await.map_err(Some)
 }
 
 async fn serve_requests(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>, tracker: TaskTracker) {
@@ -127,66 +206,44 @@ async fn serve_one(
     conn: quinn::Connection,
     peer: NodeId,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     shared: Arc<Shared>,
 ) {
     let timeout = shared.request_timeout;
     // The whole request is abandoned on timeout, stream included, so cancelling the
     // read here cannot tear a frame that anyone reads later.
-    let bytes = match tokio::time::timeout(timeout, recv.read_to_end(MAX_FRAME + 4)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(quinn::ReadToEndError::TooLong)) => {
-            let e = FrameError::TooLarge { kind: 0, len: MAX_FRAME + 1, limit: MAX_FRAME };
+    let body = match tokio::time::timeout(timeout, read_one(recv, shared.protocol.request)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(FrameError::Read(_))) => return,
+        Ok(Err(e)) => {
             reject_frame(&conn, peer, &e, &shared);
             return;
         }
-        Ok(Err(_)) => return,
         Err(_) => {
             let _ = send.reset(close::REQUEST_TIMEOUT.into());
             return;
         }
     };
-    let request = match codec::decode_single::<Message>(&bytes) {
-        Ok(m) => m,
-        Err(e) => {
-            reject_frame(&conn, peer, &e, &shared);
-            return;
-        }
-    };
     let (reply, answer) = oneshot::channel();
-    if shared.requests.send(InboundRequest { from: peer, message: request, reply }).await.is_err() {
+    if shared.requests.send(InboundRequest { from: peer, body, reply }).await.is_err() {
         return;
     }
     match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(Err(refusal))) => {
             let _ = send.reset(refusal.code().into());
         }
-        Ok(Ok(Ok(response))) => {
-            let frame = codec::encode(&response);
-            if send.write_all(&frame).await.is_ok() {
+        Ok(Ok(Ok(frame))) => {
+            // A response is written under the same deadline: a requester that does
+            // not read its answer holds only this task, and not for long.
+            let written = tokio::time::timeout(timeout, send.write_all(&frame)).await;
+            if matches!(written, Ok(Ok(()))) {
                 let _ = send.finish();
+            } else {
+                let _ = send.reset(close::REQUEST_TIMEOUT.into());
             }
         }
         _ => {
             let _ = send.reset(close::REQUEST_TIMEOUT.into());
         }
     }
-}
-
-/// Sends one request on a stream of its own and reads the response.
-pub(crate) async fn request(
-    conn: &quinn::Connection,
-    frame: Bytes,
-    timeout: Duration,
-) -> Result<Message, super::RequestError> {
-    use super::RequestError;
-    let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| RequestError::Connection(e.to_string()))?;
-        send.write_all(&frame).await.map_err(|e| RequestError::Stream(e.to_string()))?;
-        send.finish().map_err(|e| RequestError::Stream(e.to_string()))?;
-        let bytes = recv.read_to_end(MAX_FRAME + 4).await.map_err(|e| RequestError::Stream(e.to_string()))?;
-        codec::decode_single::<Message>(&bytes).map_err(RequestError::Frame)
-    };
-    // Dropping the exchange on timeout drops both stream halves with it.
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| RequestError::Timeout(timeout))?
 }

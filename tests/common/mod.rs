@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use masternode::chain::message::Message;
 use masternode::config::{Member, Network, NodeConfig, Transport};
 use masternode::identity::{Identity, NodeId};
 use masternode::net::handshake::Tip;
@@ -70,7 +71,9 @@ impl Spec {
     }
 
     pub fn network_with(&self, name: &str, members: &[Member]) -> Network {
-        let text = Network::render(name, 1_764_000_000_000, 1000, 3, members);
+        // min_active 3, or the member count for smaller test networks (a
+        // min_active above it is refused).
+        let text = Network::render(name, 1_764_000_000_000, 1000, 3.min(members.len()), members);
         Network::parse(Path::new("network.toml"), &text).unwrap()
     }
 
@@ -102,7 +105,7 @@ impl Spec {
 
     pub async fn start_with(&self, i: usize, network: Network, transport: Transport, hooks: TestHooks) -> Node {
         let cfg = self.config(i, network, transport);
-        Node::start(cfg, NodeOptions { hooks }, CancellationToken::new()).await.unwrap()
+        Node::start(cfg, NodeOptions { hooks, ..Default::default() }, CancellationToken::new()).await.unwrap()
     }
 
     /// The transport alone, with its inbound channels in the test's hands.
@@ -122,10 +125,30 @@ impl Spec {
             transport,
             request_timeout: Duration::from_secs(5),
             tip,
+            protocol: OPEN,
             hooks: TestHooks::default(),
         };
         net::start(cfg, shutdown.clone(), tracker).unwrap()
     }
+}
+
+/// The transport tests' protocol: every kind of the chain's messages on every
+/// stream, so the transport is exercised on its own.
+pub const OPEN: net::Protocol = net::Protocol {
+    gossip: <Message as masternode::codec::Frame>::limit,
+    request: <Message as masternode::codec::Frame>::limit,
+    response: <Message as masternode::codec::Frame>::limit,
+};
+
+/// `msg` as a frame queued in the transaction class (dropped when a peer's outbox
+/// is full).
+pub fn outgoing(msg: &Message) -> net::Outgoing {
+    net::Outgoing { frame: masternode::codec::encode(msg), class: net::Class::Tx, epoch: 0 }
+}
+
+/// Decodes a delivered body.
+pub fn decode(body: &[u8]) -> Message {
+    Message::decode(body).expect("a frame the test sent")
 }
 
 /// Polls `check` every 50 ms until it returns true or `deadline` passes.
@@ -229,28 +252,73 @@ pub fn heights(nodes: &[&Node]) -> Vec<u64> {
 pub struct Hostile {
     pub endpoint: quinn::Endpoint,
     pub spec_index: usize,
+    uni: Option<u32>,
+    send_window: Option<u64>,
 }
 
 impl Hostile {
     pub fn new(spec: &Spec, i: usize) -> Hostile {
+        Self::bind(spec, spec.addr(i), &spec.ids[i], i, None)
+    }
+
+    /// A member that grants the peer at most `uni` unidirectional streams.
+    pub fn with_uni_streams(spec: &Spec, i: usize, uni: u32) -> Hostile {
+        Self::bind(spec, spec.addr(i), &spec.ids[i], i, Some(uni))
+    }
+
+    /// A member whose QUIC send buffer holds at most `bytes` (a flooder that does
+    /// not pile up memory in the test's own process).
+    pub fn with_send_window(spec: &Spec, i: usize, bytes: u64) -> Hostile {
+        let mut h = Self::bind(spec, spec.addr(i), &spec.ids[i], i, None);
+        h.send_window = Some(bytes);
+        h
+    }
+
+    /// A stranger: a key in no member set, on an address of the test's subnet.
+    pub fn stranger(spec: &Spec) -> Hostile {
+        let id = Identity::generate().unwrap();
+        let at = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, spec.net[0], spec.net[1], 201)), 0);
+        Self::bind(spec, at, &id, usize::MAX, None)
+    }
+
+    fn bind(spec: &Spec, at: SocketAddr, id: &Identity, i: usize, uni: Option<u32>) -> Hostile {
         let members: std::collections::HashSet<_> = spec.members.iter().map(|m| m.id).collect();
-        let transport = endpoint::transport_config(&fast_transport()).unwrap();
-        let endpoint = endpoint::bind(
-            spec.addr(i),
-            &spec.ids[i],
-            Arc::new(members),
-            transport,
-            Arc::new(tls::RefusalLog::default()),
-            None,
-        )
-        .unwrap();
-        Hostile { endpoint, spec_index: i }
+        let transport = Self::transport(uni);
+        let endpoint =
+            endpoint::bind(at, id, Arc::new(members), transport, Arc::new(tls::RefusalLog::default()), None).unwrap();
+        Hostile { endpoint, spec_index: i, uni, send_window: None }
+    }
+
+    fn transport(uni: Option<u32>) -> Arc<quinn::TransportConfig> {
+        Self::transport_with(uni, None)
+    }
+
+    fn transport_with(uni: Option<u32>, send_window: Option<u64>) -> Arc<quinn::TransportConfig> {
+        if uni.is_none() && send_window.is_none() {
+            return endpoint::transport_config(&fast_transport()).unwrap();
+        }
+        let fast = fast_transport();
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(fast.keepalive));
+        t.max_idle_timeout(Some(fast.idle_timeout.try_into().unwrap()));
+        t.max_concurrent_uni_streams(uni.unwrap_or(1).into());
+        if let Some(w) = send_window {
+            t.send_window(w);
+        }
+        Arc::new(t)
+    }
+
+    /// Starts a connection attempt to any address (it will not complete).
+    pub fn connect_to(&self, to: SocketAddr) -> quinn::Connecting {
+        let id = Identity::generate().unwrap();
+        let client = endpoint::client_config(&id, id.id(), Self::transport(None)).unwrap();
+        self.endpoint.connect_with(client, to, tls::SERVER_NAME).unwrap()
     }
 
     /// QUIC and TLS only, no handshake.
     pub async fn connect_tls(&self, spec: &Spec, victim: usize) -> quinn::Connection {
-        let transport = endpoint::transport_config(&fast_transport()).unwrap();
-        let client = endpoint::client_config(&spec.ids[self.spec_index], spec.id(victim), transport).unwrap();
+        let client =
+            endpoint::client_config(&spec.ids[self.spec_index], spec.id(victim), Self::transport(self.uni)).unwrap();
         self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).unwrap().await.unwrap()
     }
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use masternode::admin::{fetch_status, Status};
+use masternode::admin::fetch_status;
+use masternode::status::Status;
 
 use super::subnet;
 
@@ -27,13 +28,18 @@ pub struct Net {
 
 impl Net {
     pub fn new(n: usize) -> Net {
+        Self::with_transport(n, TRANSPORT)
+    }
+
+    /// `n` nodes whose configs end with `transport` (empty: the defaults).
+    pub fn with_transport(n: usize, transport: &str) -> Net {
         let dir = tempfile::tempdir().unwrap();
         let [a, b] = subnet();
         let ip = move |i: usize| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, b, i as u8));
         let configs = masternode::devnet::lay_out(dir.path(), n, ip).unwrap();
         for c in &configs {
             let mut text = std::fs::read_to_string(c).unwrap();
-            text.push_str(TRANSPORT);
+            text.push_str(transport);
             std::fs::write(c, text).unwrap();
         }
         let admins = (1..=n).map(|i| SocketAddr::new(ip(i), masternode::devnet::ADMIN_PORT)).collect();
@@ -56,6 +62,17 @@ impl Net {
             .spawn()
             .unwrap();
         self.procs[i] = Some(child);
+    }
+
+    /// Sets the block interval in the genesis file (before any node starts).
+    pub fn set_block_interval(&self, ms: u64) {
+        let path = self.dir.path().join("network.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| if l.starts_with("block_interval_ms") { format!("block_interval_ms = {ms}") } else { l.into() })
+            .collect();
+        std::fs::write(&path, text.join("\n") + "\n").unwrap();
     }
 
     pub fn signal(&self, i: usize, sig: &str) {

@@ -1,0 +1,218 @@
+//! The chain's messages, as they cross the wire.
+//!
+//! The transport carries frames of bytes and knows nothing of blocks; this module
+//! says what the chain sends and which stream carries each kind ([`PROTOCOL`]).
+//! Proposals, votes, tips and transactions travel on the long-lived gossip stream
+//! (each in its outbox class, see [`Message::outgoing`]); each sync request gets a
+//! bidirectional stream of its own with one request frame and one response frame.
+//! Each kind has a size limit, checked from the frame header before its body is
+//! read; the variant order is the wire's kind byte, so new kinds are appended,
+//! never inserted.
+
+use bytes::Bytes;
+
+use super::block::{Hash, Height};
+use super::vote::{Committed, SignedProposal, SignedVote};
+use crate::codec::{self, Frame, FrameError, MAX_FRAME};
+use crate::net::{Class, Outgoing, Protocol};
+
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum Message {
+    /// Opaque payload: the request/response probe (echoed).
+    Data(Vec<u8>),
+    /// A transaction gossiped between mempools.
+    Tx(Vec<u8>),
+    Proposal(SignedProposal),
+    Vote(SignedVote),
+    /// The sender committed this block.
+    Tip {
+        height: Height,
+        hash: Hash,
+    },
+    /// Request: up to `count` committed blocks from `from`.
+    GetBlocks {
+        from: Height,
+        count: u32,
+    },
+    /// Response to `GetBlocks`.
+    Blocks(Vec<Committed>),
+}
+
+/// Kind bytes, equal to the variant indexes above.
+pub mod kind {
+    pub const DATA: u8 = 0;
+    pub const TX: u8 = 1;
+    pub const PROPOSAL: u8 = 2;
+    pub const VOTE: u8 = 3;
+    pub const TIP: u8 = 4;
+    pub const GET_BLOCKS: u8 = 5;
+    pub const BLOCKS: u8 = 6;
+}
+
+/// Limits per kind, bytes of body.
+pub const DATA_LIMIT: usize = 1024 * 1024;
+pub const TX_LIMIT: usize = 64 * 1024 + 16;
+/// A full block (`MAX_BLOCK_BYTES` of transactions), a length prefix of up to 3
+/// bytes for each of its at most 20,000 transactions, and the header.
+pub const PROPOSAL_LIMIT: usize = crate::chain::block::MAX_BLOCK_BYTES + 128 * 1024;
+pub const VOTE_LIMIT: usize = 256;
+pub const TIP_LIMIT: usize = 64;
+pub const GET_BLOCKS_LIMIT: usize = 32;
+pub const BLOCKS_LIMIT: usize = MAX_FRAME;
+
+impl Frame for Message {
+    fn limit(kind: u8) -> Option<usize> {
+        match kind {
+            kind::DATA => Some(DATA_LIMIT),
+            kind::TX => Some(TX_LIMIT),
+            kind::PROPOSAL => Some(PROPOSAL_LIMIT),
+            kind::VOTE => Some(VOTE_LIMIT),
+            kind::TIP => Some(TIP_LIMIT),
+            kind::GET_BLOCKS => Some(GET_BLOCKS_LIMIT),
+            kind::BLOCKS => Some(BLOCKS_LIMIT),
+            _ => None,
+        }
+    }
+}
+
+impl Message {
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Data(_) => kind::DATA,
+            Message::Tx(_) => kind::TX,
+            Message::Proposal(_) => kind::PROPOSAL,
+            Message::Vote(_) => kind::VOTE,
+            Message::Tip { .. } => kind::TIP,
+            Message::GetBlocks { .. } => kind::GET_BLOCKS,
+            Message::Blocks(_) => kind::BLOCKS,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Message::Data(_) => "data",
+            Message::Tx(_) => "tx",
+            Message::Proposal(_) => "proposal",
+            Message::Vote(_) => "vote",
+            Message::Tip { .. } => "tip",
+            Message::GetBlocks { .. } => "get_blocks",
+            Message::Blocks(_) => "blocks",
+        }
+    }
+}
+
+/// The height a proposal's body names, read from its first bytes without decoding
+/// the block (`None` for other kinds, or a body too short to say). The encoding
+/// starts with the kind byte and then the proposal's height as a varint.
+pub fn proposal_height(body: &[u8]) -> Option<Height> {
+    if body.first() != Some(&kind::PROPOSAL) {
+        return None;
+    }
+    let (height, _): (Height, usize) = bincode::decode_from_slice(&body[1..], codec::BINCODE).ok()?;
+    Some(height)
+}
+
+/// Which stream carries which kinds, and their limits.
+pub const PROTOCOL: Protocol = Protocol { gossip: gossip_limit, request: request_limit, response: response_limit };
+
+fn gossip_limit(k: u8) -> Option<usize> {
+    matches!(k, kind::TX | kind::PROPOSAL | kind::VOTE | kind::TIP).then(|| Message::limit(k)).flatten()
+}
+
+fn request_limit(k: u8) -> Option<usize> {
+    matches!(k, kind::GET_BLOCKS | kind::DATA).then(|| Message::limit(k)).flatten()
+}
+
+fn response_limit(k: u8) -> Option<usize> {
+    matches!(k, kind::BLOCKS | kind::DATA).then(|| Message::limit(k)).flatten()
+}
+
+/// Our own message is over its kind's limit: block limits rule that out, so it is
+/// a bug, reported loudly by the caller.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} message of {len} bytes is over the {limit}-byte limit of its kind")]
+pub struct TooLarge {
+    pub kind: &'static str,
+    pub len: usize,
+    pub limit: usize,
+}
+
+impl Message {
+    /// One encoded frame (length prefix included), checked against its kind's limit.
+    pub fn encode(&self) -> Result<Bytes, TooLarge> {
+        let frame = codec::encode(self);
+        let limit = Message::limit(self.kind()).unwrap_or(0);
+        if frame.len() - 4 > limit {
+            return Err(TooLarge { kind: self.kind_name(), len: frame.len() - 4, limit });
+        }
+        Ok(frame)
+    }
+
+    /// The frame queued for peers on the gossip stream, in its outbox class.
+    /// Consensus messages and tips are superseded by those of a later height.
+    pub fn outgoing(&self) -> Result<Outgoing, TooLarge> {
+        let (class, epoch) = match self {
+            Message::Proposal(p) => (Class::Consensus, p.proposal.height),
+            Message::Vote(v) => (Class::Consensus, v.vote.height),
+            Message::Tip { height, .. } => (Class::Tip, *height),
+            _ => (Class::Tx, 0),
+        };
+        Ok(Outgoing { frame: self.encode()?, class, epoch })
+    }
+
+    /// Decodes a frame body the transport delivered.
+    pub fn decode(body: &[u8]) -> Result<Message, FrameError> {
+        codec::decode_body(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stream_carries_only_its_kinds() {
+        let gossip: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.gossip)(*k).is_some()).collect();
+        assert_eq!(gossip, vec![kind::TX, kind::PROPOSAL, kind::VOTE, kind::TIP]);
+        let request: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.request)(*k).is_some()).collect();
+        assert_eq!(request, vec![kind::DATA, kind::GET_BLOCKS]);
+        let response: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.response)(*k).is_some()).collect();
+        assert_eq!(response, vec![kind::DATA, kind::BLOCKS]);
+        assert_eq!((PROTOCOL.request)(kind::GET_BLOCKS), Some(GET_BLOCKS_LIMIT), "a request's limit is its kind's");
+    }
+
+    #[test]
+    fn a_proposal_height_is_read_from_its_first_bytes() {
+        use crate::chain::block::{tx_root, Block, Header};
+        use crate::chain::vote::Proposal;
+        use crate::identity::Identity;
+        let id = Identity::generate().unwrap();
+        let txs = vec![vec![1; 100]];
+        let block = Block {
+            header: Header {
+                height: 300_000,
+                round: 2,
+                prev_hash: Hash([0; 32]),
+                timestamp_ms: 1,
+                proposer: id.id(),
+                tx_root: tx_root(&txs),
+            },
+            txs,
+        };
+        let p = Proposal { height: 300_000, round: 2, block, valid_round: None, proposer: id.id() }.sign(&[0; 32], &id);
+        let frame = Message::Proposal(p).encode().unwrap();
+        assert_eq!(proposal_height(&frame[4..]), Some(300_000));
+        assert_eq!(proposal_height(&frame[4..10]), Some(300_000), "the kind and the varint suffice");
+        let tip = Message::Tip { height: 5, hash: Hash([0; 32]) }.encode().unwrap();
+        assert_eq!(proposal_height(&tip[4..]), None);
+    }
+
+    #[test]
+    fn votes_and_tips_are_superseded_by_height_and_txs_are_not() {
+        let tip = Message::Tip { height: 7, hash: Hash([0; 32]) }.outgoing().unwrap();
+        assert_eq!((tip.class, tip.epoch), (Class::Tip, 7));
+        let tx = Message::Tx(vec![1; 10]).outgoing().unwrap();
+        assert_eq!(tx.class, Class::Tx);
+        assert!(Message::Tx(vec![0; TX_LIMIT + 1]).outgoing().is_err());
+    }
+}

@@ -1,0 +1,425 @@
+//! Catch-up planning, without IO: which peer to ask for which blocks, and what a
+//! response says about the peer that sent it.
+//!
+//! A node behind asks its peers for blocks with their certificates and verifies
+//! every certificate, so a peer cannot make it accept a wrong block; what a lying
+//! or slow peer *can* do is waste the node's time. The planner bounds that:
+//!
+//! * **Chosen by what they deliver.** Peers are ranked by the blocks per second
+//!   they delivered to us (a peer not yet asked ranks as promising, so each gets
+//!   its chance), then by the tip they claim. A claim alone buys nothing more.
+//! * **Hedged.** A request not answered within `hedge_after` is asked of the next
+//!   best peer too; the first answer wins. A peer that answers just before the
+//!   request timeout costs at most `hedge_after`.
+//! * **Dropped for a while.** A peer that times out, fails, answers with nothing
+//!   while claiming more, *drips* (a short answer far below the byte budget while it
+//!   claims more blocks), or sends blocks that do not verify is not asked again for
+//!   `penalty`, and its claim is forgotten.
+//! * **Reported once.** Each (peer, reason) is worth one warning; every failure is
+//!   counted by reason for `masternode_sync_failures_total{reason}`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::block::Height;
+use crate::identity::NodeId;
+
+/// Why a sync request was a failure. The labels are the metric's fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Failure {
+    /// No answer within the request timeout.
+    Timeout,
+    /// The stream or connection failed, or the peer refused (rate limit).
+    Request,
+    /// The answer was not a `Blocks` message, or did not decode.
+    Malformed,
+    /// No blocks, from a peer that claimed to have them.
+    Empty,
+    /// Fewer blocks than asked, far below the byte budget, while claiming more.
+    Drip,
+    /// Blocks that do not extend our chain or whose certificates do not verify.
+    Invalid,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 6] =
+        [Failure::Timeout, Failure::Request, Failure::Malformed, Failure::Empty, Failure::Drip, Failure::Invalid];
+
+    /// Its place in [`Failure::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Request => "request",
+            Failure::Malformed => "malformed",
+            Failure::Empty => "empty",
+            Failure::Drip => "drip",
+            Failure::Invalid => "invalid",
+        }
+    }
+}
+
+/// What came of a request, as the shell saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A `Blocks` answer: how many blocks, how many bytes, how many of them
+    /// extended our chain, and whether one failed to verify.
+    Blocks {
+        blocks: usize,
+        bytes: usize,
+        applied: usize,
+        invalid: bool,
+    },
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SyncConfig {
+    /// Blocks asked for per request.
+    pub batch: u32,
+    /// A response at or above this many bytes is full, whatever its block count.
+    pub full_bytes: usize,
+    pub hedge_after: Duration,
+    pub penalty: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch: 64,
+            full_bytes: 64 * 1024,
+            hedge_after: Duration::from_secs(1),
+            penalty: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A request to send: `count` blocks from `from`, to `peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub peer: NodeId,
+    pub from: Height,
+    pub count: u32,
+}
+
+#[derive(Debug, Default, Clone)]
+struct PeerSync {
+    claimed: Height,
+    delivered: u64,
+    busy: Duration,
+    penalized_until: Option<Instant>,
+}
+
+impl PeerSync {
+    /// Blocks per second delivered; `None` before the first delivery.
+    fn rate(&self) -> Option<f64> {
+        (self.delivered > 0).then(|| self.delivered as f64 / self.busy.as_secs_f64().max(1e-3))
+    }
+}
+
+#[derive(Debug)]
+pub struct SyncPlanner {
+    cfg: SyncConfig,
+    peers: BTreeMap<NodeId, PeerSync>,
+    in_flight: BTreeMap<NodeId, (Request, Instant)>,
+    reported: BTreeSet<(NodeId, Failure)>,
+    failures: [u64; 6],
+}
+
+/// What a response meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub failure: Option<Failure>,
+    /// The first time this peer failed for this reason: worth a warning.
+    pub first_of_its_kind: bool,
+}
+
+impl SyncPlanner {
+    pub fn new(cfg: SyncConfig) -> Self {
+        SyncPlanner {
+            cfg,
+            peers: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            failures: [0; 6],
+        }
+    }
+
+    /// `peer` claims to have committed up to `height` (a tip announcement, its
+    /// handshake, a message for a later height). Ignored while it is penalized.
+    pub fn handle_claim(&mut self, peer: NodeId, height: Height, now: Instant) {
+        let p = self.peers.entry(peer).or_default();
+        if p.penalized_until.is_some_and(|t| now < t) {
+            return;
+        }
+        p.claimed = p.claimed.max(height);
+    }
+
+    /// `peer` disconnected: its claim and any request to it are gone.
+    pub fn handle_down(&mut self, peer: NodeId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.claimed = 0;
+        }
+        self.in_flight.remove(&peer);
+    }
+
+    /// Failures so far, by reason (in [`Failure::ALL`] order).
+    pub fn failures(&self) -> [u64; 6] {
+        self.failures
+    }
+
+    /// How long a failed peer is not asked again.
+    pub fn penalty(&self) -> Duration {
+        self.cfg.penalty
+    }
+
+    /// Whether a request is under way.
+    pub fn busy(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// The highest tip any usable peer claims.
+    pub fn best_claim(&self, now: Instant) -> Height {
+        self.peers.values().filter(|p| p.penalized_until.is_none_or(|t| now >= t)).map(|p| p.claimed).max().unwrap_or(0)
+    }
+
+    /// The next request to send, if any: when nothing is in flight and a usable
+    /// peer claims more than `our_tip`, or when the request in flight is older
+    /// than `hedge_after` (then to another peer, for the same blocks).
+    pub fn poll_request(&mut self, our_tip: Height, now: Instant) -> Option<Request> {
+        match self.in_flight.len() {
+            0 => {}
+            1 => {
+                let (_, sent) = self.in_flight.values().next().expect("one in flight");
+                if now.saturating_duration_since(*sent) < self.cfg.hedge_after {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+        let peer = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                p.claimed > our_tip && p.penalized_until.is_none_or(|t| now >= t) && !self.in_flight.contains_key(id)
+            })
+            // Untried peers first (optimistically fast), then the fastest; ties
+            // by the higher claim.
+            .max_by(|(_, a), (_, b)| {
+                let score = |p: &PeerSync| p.rate().unwrap_or(f64::INFINITY);
+                score(a).total_cmp(&score(b)).then(a.claimed.cmp(&b.claimed))
+            })
+            .map(|(id, _)| *id)?;
+        let request = Request { peer, from: our_tip + 1, count: self.cfg.batch };
+        self.in_flight.insert(peer, (request, now));
+        Some(request)
+    }
+
+    /// The answer to the request in flight to `peer`.
+    pub fn handle_response(&mut self, peer: NodeId, outcome: Outcome, now: Instant) -> Verdict {
+        let Some((request, sent)) = self.in_flight.remove(&peer) else {
+            return Verdict { failure: None, first_of_its_kind: false };
+        };
+        let p = self.peers.entry(peer).or_default();
+        p.busy += now.saturating_duration_since(sent);
+        let failure = match outcome {
+            Outcome::Failed(f) => Some(f),
+            Outcome::Blocks { invalid: true, .. } => Some(Failure::Invalid),
+            Outcome::Blocks { blocks: 0, .. } => Some(Failure::Empty),
+            Outcome::Blocks { blocks, bytes, applied, .. } => {
+                p.delivered += applied as u64;
+                let last = request.from + blocks as u64 - 1;
+                let short = (blocks as u32) < request.count && bytes < self.cfg.full_bytes;
+                (short && p.claimed > last).then_some(Failure::Drip)
+            }
+        };
+        let Some(f) = failure else {
+            return Verdict { failure: None, first_of_its_kind: false };
+        };
+        p.penalized_until = Some(now + self.cfg.penalty);
+        p.claimed = 0;
+        self.failures[f.index()] += 1;
+        Verdict { failure: Some(f), first_of_its_kind: self.reported.insert((peer, f)) }
+    }
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        TokenBucket { tokens: burst, last: now, rate, burst }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> NodeId {
+        NodeId([b; 32])
+    }
+
+    fn planner() -> SyncPlanner {
+        SyncPlanner::new(SyncConfig::default())
+    }
+
+    const FULL: usize = 3 * 1024 * 1024;
+
+    #[test]
+    fn nothing_to_ask_when_no_peer_claims_more() {
+        let t = Instant::now();
+        let mut s = planner();
+        s.handle_claim(id(1), 10, t);
+        assert_eq!(s.poll_request(10, t), None);
+        assert_eq!(s.poll_request(9, t), Some(Request { peer: id(1), from: 10, count: 64 }));
+    }
+
+    #[test]
+    fn one_request_at_a_time_until_it_is_slow_then_a_hedge_to_another_peer() {
+        let t = Instant::now();
+        let mut s = planner();
+        s.handle_claim(id(1), 100, t);
+        s.handle_claim(id(2), 100, t);
+        let first = s.poll_request(0, t).unwrap();
+        assert_eq!(s.poll_request(0, t + Duration::from_millis(999)), None);
+        let hedge = s.poll_request(0, t + Duration::from_secs(1)).unwrap();
+        assert_ne!(hedge.peer, first.peer);
+        assert_eq!(hedge.from, first.from, "the same blocks");
+        assert_eq!(s.poll_request(0, t + Duration::from_secs(5)), None, "two at most");
+    }
+
+    #[test]
+    fn a_dripping_peer_is_dropped_and_the_next_is_asked_at_once() {
+        let t = Instant::now();
+        let mut s = planner();
+        s.handle_claim(id(1), 1_000_000, t); // the liar claims the most
+        s.handle_claim(id(2), 500, t);
+        let r = s.poll_request(0, t).unwrap();
+        assert_eq!(r.peer, id(1), "untried, and the highest claim");
+        let t1 = t + Duration::from_millis(9_900);
+        let v = s.handle_response(id(1), Outcome::Blocks { blocks: 1, bytes: 400, applied: 1, invalid: false }, t1);
+        assert_eq!(v, Verdict { failure: Some(Failure::Drip), first_of_its_kind: true });
+        assert_eq!(s.poll_request(1, t1).unwrap().peer, id(2));
+        // Its claims are ignored while it is penalized.
+        s.handle_claim(id(1), 2_000_000, t1);
+        assert_eq!(s.best_claim(t1), 500);
+        assert_eq!(s.failures()[4], 1);
+    }
+
+    #[test]
+    fn a_short_answer_is_not_a_drip_when_the_peer_reached_its_tip_or_the_byte_budget() {
+        let t = Instant::now();
+        let mut s = planner();
+        s.handle_claim(id(1), 5, t);
+        s.poll_request(0, t).unwrap();
+        let v = s.handle_response(id(1), Outcome::Blocks { blocks: 5, bytes: 900, applied: 5, invalid: false }, t);
+        assert_eq!(v.failure, None, "all it claimed");
+        s.handle_claim(id(1), 100, t);
+        s.poll_request(5, t).unwrap();
+        let v = s.handle_response(id(1), Outcome::Blocks { blocks: 3, bytes: FULL, applied: 3, invalid: false }, t);
+        assert_eq!(v.failure, None, "three big blocks fill the budget");
+    }
+
+    #[test]
+    fn the_fastest_deliverer_is_preferred_over_a_higher_claim() {
+        let t = Instant::now();
+        let mut s = planner();
+        s.handle_claim(id(1), 1000, t);
+        s.handle_claim(id(2), 2000, t);
+        // Both tried once: 1 fast, 2 slow (but not a drip: full answers).
+        let a = s.poll_request(0, t).unwrap();
+        s.handle_response(
+            a.peer,
+            Outcome::Blocks { blocks: 64, bytes: FULL, applied: 64, invalid: false },
+            t + Duration::from_secs(8),
+        );
+        let b = s.poll_request(64, t + Duration::from_secs(8)).unwrap();
+        assert_ne!(a.peer, b.peer);
+        s.handle_response(
+            b.peer,
+            Outcome::Blocks { blocks: 64, bytes: FULL, applied: 64, invalid: false },
+            t + Duration::from_millis(8_050),
+        );
+        let next = s.poll_request(128, t + Duration::from_secs(9)).unwrap();
+        assert_eq!(next.peer, b.peer, "the one that answered in 50 ms");
+    }
+
+    #[test]
+    fn failures_are_reported_once_per_peer_and_reason_and_counted_every_time() {
+        let t = Instant::now();
+        let mut s = SyncPlanner::new(SyncConfig { penalty: Duration::ZERO, ..SyncConfig::default() });
+        for i in 0..3 {
+            s.handle_claim(id(1), 10, t);
+            s.poll_request(0, t).unwrap();
+            let v = s.handle_response(id(1), Outcome::Failed(Failure::Timeout), t);
+            assert_eq!(v.first_of_its_kind, i == 0);
+        }
+        s.handle_claim(id(1), 10, t);
+        s.poll_request(0, t).unwrap();
+        let v = s.handle_response(id(1), Outcome::Blocks { blocks: 2, bytes: 100, applied: 0, invalid: true }, t);
+        assert_eq!(v, Verdict { failure: Some(Failure::Invalid), first_of_its_kind: true });
+        assert_eq!(s.failures(), [3, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn an_answer_nobody_waits_for_changes_nothing() {
+        let t = Instant::now();
+        let mut s = planner();
+        let v = s.handle_response(id(9), Outcome::Failed(Failure::Timeout), t);
+        assert_eq!(v.failure, None);
+        assert_eq!(s.failures(), [0; 6]);
+    }
+
+    #[test]
+    fn a_disconnected_peer_is_neither_asked_nor_waited_for() {
+        let t = Instant::now();
+        let mut s = planner();
+        s.handle_claim(id(1), 10, t);
+        s.poll_request(0, t).unwrap();
+        s.handle_down(id(1));
+        assert!(!s.busy());
+        assert_eq!(s.poll_request(0, t), None);
+    }
+
+    #[test]
+    fn failures_are_listed_in_their_own_order() {
+        for (i, f) in Failure::ALL.iter().enumerate() {
+            assert_eq!(f.index(), i);
+        }
+    }
+
+    #[test]
+    fn a_token_bucket_allows_its_burst_then_its_rate() {
+        let t = Instant::now();
+        let mut b = TokenBucket::new(10.0, 20.0, t);
+        assert_eq!((0..25).filter(|_| b.take(t)).count(), 20);
+        assert!(!b.take(t));
+        assert!(b.take(t + Duration::from_millis(100)), "one token after 100 ms at 10/s");
+        assert!(!b.take(t + Duration::from_millis(100)));
+        assert_eq!((0..100).filter(|_| b.take(t + Duration::from_secs(60))).count(), 20, "never more than the burst");
+    }
+}

@@ -1,0 +1,528 @@
+//! The one codec for everything that crosses the wire.
+//!
+//! A frame is a 4-byte big-endian body length followed by the body, the bincode 2
+//! encoding (standard config) of a typed enum. The first byte of the body is the
+//! enum's variant index and doubles as the frame's *kind*: each kind has its own size
+//! limit, checked from the 5 header bytes before a single byte of the body is
+//! buffered, so an absurd length prefix costs the reader nothing. A body that does not
+//! decode, or decodes with bytes left over, is an error; so is a stream that ends
+//! inside a frame.
+//!
+//! Decoding bounds memory by the body's size. bincode counts "claims" against a
+//! limit: before allocating a container of `len` elements it claims
+//! `len * size_of::<T>()` (24 bytes for each `Vec<u8>` of a `Vec<Vec<u8>>`, not
+//! its 1-byte length prefix), and every decoded value claims its in-memory size
+//! (8 for a `u64`, even in a 1-byte varint). A limit sized in body bytes refused
+//! honest bodies (blocks of 20,000 10-byte transactions claim 24 bytes per 11
+//! encoded ones); a limit sized for the largest body let a 10-byte body claim and
+//! allocate megabytes. So the limit follows the body: [`CLAIMS_PER_BYTE`] times
+//! the body's size, rounded up to a tier (see [`decode_bounded`]).
+//!
+//! bincode is pinned to `=2.0.1` (bincode 3 on crates.io is an empty tombstone); all
+//! encoding goes through this module so it can be swapped in one place.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// bincode configuration for every frame body. The limit bounds what a decoder
+/// may allocate for a claimed length inside a body.
+pub const BINCODE: bincode::config::Configuration<
+    bincode::config::BigEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<{ MAX_FRAME }>,
+> = bincode::config::standard().with_big_endian().with_limit::<{ MAX_FRAME }>();
+
+/// The largest body of any kind.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// Bodies smaller than this are copied out of the read buffer (see
+/// [`FrameReader::next_body`]).
+const COPY_BELOW: usize = 4096;
+
+/// Bytes bincode may claim per byte of body. Each body byte is counted by at
+/// most one claim that is still open: a decoded value's own size, or one element
+/// of a container still to be decoded, which needs at least one body byte of its
+/// own. The largest ratio among our types is an element of `Vec<Vec<u8>>`: a
+/// `Vec<u8>` (24 bytes) encoded as one byte when empty; integers claim at most 8
+/// per byte, and the other containers' elements (`SignedVote`, `Committed`) take
+/// more body bytes than half their size (checked by a test). So no well-formed
+/// body claims more than this many times its length, and a body that claims
+/// more is lying about a length.
+pub const CLAIMS_PER_BYTE: usize = std::mem::size_of::<Vec<u8>>();
+
+/// Decodes one value from the front of `bytes` with claims bounded by
+/// [`CLAIMS_PER_BYTE`] times its length, rounded up to a power of 4 (from 4 KiB):
+/// a small body can make the decoder allocate at most a few times what its
+/// contents could fill, and every body within its kind's limit decodes. Returns
+/// the value and the bytes it used.
+pub fn decode_bounded<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+    // The limit is a type parameter of bincode's configuration: one per tier.
+    macro_rules! tiers {
+        ($($size:expr),*) => {
+            $(
+                if bytes.len() <= $size {
+                    let config = bincode::config::standard()
+                        .with_big_endian()
+                        .with_limit::<{ CLAIMS_PER_BYTE * $size }>();
+                    return bincode::decode_from_slice(bytes, config);
+                }
+            )*
+        };
+    }
+    tiers!(4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20);
+    let config = bincode::config::standard().with_big_endian().with_limit::<{ CLAIMS_PER_BYTE * MAX_FRAME }>();
+    if bytes.len() > MAX_FRAME {
+        return Err(bincode::error::DecodeError::LimitExceeded);
+    }
+    bincode::decode_from_slice(bytes, config)
+}
+
+/// A type that travels in frames, with a size limit per kind (variant index).
+pub trait Frame: bincode::Encode + bincode::Decode<()> {
+    /// Limit of the body for this kind, or `None` for a kind that does not exist.
+    fn limit(kind: u8) -> Option<usize>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of kind {kind} is {len} bytes, over its limit of {limit}")]
+    TooLarge { kind: u8, len: usize, limit: usize },
+    #[error("frame of unknown kind {0}")]
+    UnknownKind(u8),
+    #[error("empty frame")]
+    Empty,
+    #[error("stream ended inside a frame ({got} of {expected} bytes)")]
+    Truncated { expected: usize, got: usize },
+    #[error("frame body does not decode: {0}")]
+    Decode(String),
+    #[error("frame body has {0} trailing bytes")]
+    TrailingBytes(usize),
+    #[error("frame body is not in canonical form")]
+    NonCanonical,
+    #[error("read failed: {0}")]
+    Read(#[from] std::io::Error),
+}
+
+/// Appends one frame carrying `msg` to `buf`.
+pub fn encode_into<T: Frame>(msg: &T, buf: &mut BytesMut) {
+    let start = buf.len();
+    buf.put_u32(0);
+    let mut writer = BytesMutWriter(buf);
+    // Encoding into memory fails only on a limit overflow, which our own messages,
+    // checked against their limits by the sender, never reach.
+    if bincode::encode_into_writer(msg, &mut writer, BINCODE).is_err() {
+        buf.truncate(start);
+        return;
+    }
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// One frame as bytes.
+pub fn encode<T: Frame>(msg: &T) -> bytes::Bytes {
+    // One allocation of the exact size: the size pass is cheap next to regrowing.
+    let mut buf = BytesMut::with_capacity(4 + body_len(msg));
+    encode_into(msg, &mut buf);
+    buf.freeze()
+}
+
+/// Length of the body `msg` encodes to (without the 4-byte prefix).
+pub fn body_len<T: Frame>(msg: &T) -> usize {
+    encoded_len(msg)
+}
+
+/// Length of the encoding of any value (a frame body is one).
+pub fn encoded_len<T: bincode::Encode>(value: &T) -> usize {
+    let mut counter = bincode::enc::write::SizeWriter::default();
+    // SizeWriter cannot fail.
+    let _ = bincode::encode_into_writer(value, &mut counter, BINCODE);
+    counter.bytes_written
+}
+
+/// Decodes one whole body (without its length prefix), rejecting trailing bytes.
+pub fn decode_body<T: Frame>(body: &[u8]) -> Result<T, FrameError> {
+    let kind = *body.first().ok_or(FrameError::Empty)?;
+    let limit = T::limit(kind).ok_or(FrameError::UnknownKind(kind))?;
+    if body.len() > limit {
+        return Err(FrameError::TooLarge { kind, len: body.len(), limit });
+    }
+    let (msg, used) = decode_bounded(body).map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::TrailingBytes(body.len() - used));
+    }
+    // bincode accepts integers in longer varint forms than needed; one message
+    // has exactly one encoding here, so a frame that does not re-encode to its own
+    // length is refused (found by the `message` fuzz target).
+    if body_len(&msg) != body.len() {
+        return Err(FrameError::NonCanonical);
+    }
+    Ok(msg)
+}
+
+/// Decodes every frame in `bytes` (a whole stream's contents).
+pub fn decode_all<T: Frame>(mut bytes: &[u8]) -> Result<Vec<T>, FrameError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 4 {
+            return Err(FrameError::Truncated { expected: 4, got: bytes.len() });
+        }
+        let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        check_header::<T>(len, bytes.get(4).copied())?;
+        let body = bytes.get(4..4 + len).ok_or(FrameError::Truncated { expected: len, got: bytes.len() - 4 })?;
+        out.push(decode_body(body)?);
+        bytes = &bytes[4 + len..];
+    }
+    Ok(out)
+}
+
+/// Exactly one frame, as a handshake, request or response stream carries.
+pub fn decode_single<T: Frame>(bytes: &[u8]) -> Result<T, FrameError> {
+    let mut msgs = decode_all::<T>(bytes)?;
+    match msgs.len() {
+        1 => Ok(msgs.remove(0)),
+        0 => Err(FrameError::Empty),
+        n => Err(FrameError::TrailingBytes(n - 1)),
+    }
+}
+
+fn check_header<T: Frame>(len: usize, kind: Option<u8>) -> Result<(), FrameError> {
+    check_len(len, kind, &T::limit)
+}
+
+fn check_len(len: usize, kind: Option<u8>, limit: &impl Fn(u8) -> Option<usize>) -> Result<(), FrameError> {
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if let Some(kind) = kind {
+        let limit = limit(kind).ok_or(FrameError::UnknownKind(kind))?;
+        if len > limit {
+            return Err(FrameError::TooLarge { kind, len, limit });
+        }
+    } else if len > MAX_FRAME {
+        return Err(FrameError::TooLarge { kind: 0, len, limit: MAX_FRAME });
+    }
+    Ok(())
+}
+
+/// Reads frames from a stream. It owns its buffer, so a frame is never lost or torn
+/// by a cancelled read: `next` may be dropped at any `.await` and called again. Even
+/// so, frames are read in a task of their own, never beside a timer in a `select!`.
+pub struct FrameReader<R> {
+    stream: R,
+    buf: BytesMut,
+    consumed: u64,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(stream: R) -> Self {
+        FrameReader { stream, buf: BytesMut::with_capacity(16 * 1024), consumed: 0 }
+    }
+
+    /// The next frame, `Ok(None)` at a clean end of stream.
+    pub async fn next<T: Frame>(&mut self) -> Result<Option<T>, FrameError> {
+        let Some(len) = self.fill_frame(&T::limit).await? else { return Ok(None) };
+        let msg = decode_body(&self.buf[4..4 + len]);
+        self.buf.advance(4 + len);
+        msg.map(Some)
+    }
+
+    /// The next frame's body (kind byte first), undecoded, `Ok(None)` at a clean
+    /// end of stream. `limit` says which kinds this stream carries and their size
+    /// limits; both are checked from the header, before the body is buffered.
+    pub async fn next_body(&mut self, limit: impl Fn(u8) -> Option<usize>) -> Result<Option<Bytes>, FrameError> {
+        let Some(len) = self.fill_frame(&limit).await? else { return Ok(None) };
+        self.buf.advance(4);
+        // A small body is copied out so that it does not pin the whole read buffer
+        // for as long as it waits (queues count a body's length, not its buffer's);
+        // a large one was read into a buffer sized for it and is split off as is.
+        if len < COPY_BELOW {
+            let body = Bytes::copy_from_slice(&self.buf[..len]);
+            self.buf.advance(len);
+            Ok(Some(body))
+        } else {
+            Ok(Some(self.buf.split_to(len).freeze()))
+        }
+    }
+
+    /// Reads and checks the next frame's header without buffering its body:
+    /// its body length, or `None` at a clean end of stream. A caller can make room
+    /// for the body before [`FrameReader::next_body`] reads it.
+    pub async fn next_len(&mut self, limit: impl Fn(u8) -> Option<usize>) -> Result<Option<usize>, FrameError> {
+        if !self.fill(5).await? {
+            return match self.buf.len() {
+                0 => Ok(None),
+                n if n >= 4 => {
+                    let len = self.peek_len();
+                    check_len(len, None, &limit)?;
+                    Err(FrameError::Truncated { expected: len, got: n - 4 })
+                }
+                n => Err(FrameError::Truncated { expected: 4, got: n }),
+            };
+        }
+        let len = self.peek_len();
+        check_len(len, Some(self.buf[4]), &limit)?;
+        Ok(Some(len))
+    }
+
+    /// Buffers the next whole frame (its header checked first); returns its body
+    /// length, or `None` at a clean end of stream.
+    async fn fill_frame(&mut self, limit: &impl Fn(u8) -> Option<usize>) -> Result<Option<usize>, FrameError> {
+        if !self.fill(5).await? {
+            return match self.buf.len() {
+                0 => Ok(None),
+                n if n >= 4 => {
+                    let len = self.peek_len();
+                    check_len(len, None, limit)?;
+                    Err(FrameError::Truncated { expected: len, got: n - 4 })
+                }
+                n => Err(FrameError::Truncated { expected: 4, got: n }),
+            };
+        }
+        let len = self.peek_len();
+        check_len(len, Some(self.buf[4]), limit)?;
+        if !self.fill(4 + len).await? {
+            return Err(FrameError::Truncated { expected: len, got: self.buf.len() - 4 });
+        }
+        self.consumed += 4 + len as u64;
+        Ok(Some(len))
+    }
+
+    /// Bytes of whole frames returned so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Bytes in the buffer not yet returned as frames (tests).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn peek_len(&self) -> usize {
+        u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize
+    }
+
+    /// Reads until `n` bytes are buffered; false if the stream ended first.
+    async fn fill(&mut self, n: usize) -> Result<bool, FrameError> {
+        if self.buf.capacity() < n {
+            self.buf.reserve(n - self.buf.len());
+        }
+        while self.buf.len() < n {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+struct BytesMutWriter<'a>(&'a mut BytesMut);
+
+impl bincode::enc::write::Writer for BytesMutWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::message::Message;
+
+    #[tokio::test]
+    async fn frames_round_trip_through_a_stream() {
+        let msgs = vec![Message::Data(vec![1, 2, 3]), Message::Data(vec![]), Message::Data(vec![7; 5000])];
+        let mut wire = BytesMut::new();
+        for m in &msgs {
+            encode_into(m, &mut wire);
+        }
+        let mut reader = FrameReader::new(&wire[..]);
+        let mut got = Vec::new();
+        while let Some(m) = reader.next::<Message>().await.unwrap() {
+            got.push(m);
+        }
+        assert_eq!(got, msgs);
+        assert_eq!(decode_all::<Message>(&wire).unwrap(), msgs);
+    }
+
+    #[tokio::test]
+    async fn absurd_length_is_refused_before_buffering() {
+        let mut wire = vec![0xff, 0xff, 0xff, 0xff, 0];
+        wire.extend_from_slice(&[0; 16]);
+        let mut reader = FrameReader::new(&wire[..]);
+        let err = reader.next::<Message>().await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
+        assert!(reader.buffered() <= wire.len());
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_error_not_an_end() {
+        let wire = encode(&Message::Data(vec![9; 100]));
+        let mut reader = FrameReader::new(&wire[..50]);
+        assert!(matches!(reader.next::<Message>().await, Err(FrameError::Truncated { .. })));
+        let mut reader = FrameReader::new(&wire[..2]);
+        assert!(matches!(reader.next::<Message>().await, Err(FrameError::Truncated { .. })));
+    }
+
+    #[test]
+    fn garbage_unknown_kind_and_trailing_bytes_are_errors() {
+        assert!(matches!(decode_body::<Message>(&[250, 1, 2]), Err(FrameError::UnknownKind(250))));
+        let mut body = encode(&Message::Data(vec![1])).to_vec().split_off(4);
+        body.push(0);
+        assert!(matches!(decode_body::<Message>(&body), Err(FrameError::TrailingBytes(1))));
+        // A Data whose claimed length exceeds the body.
+        assert!(matches!(decode_body::<Message>(&[0, 200]), Err(FrameError::Decode(_))));
+        assert!(matches!(decode_body::<Message>(&[]), Err(FrameError::Empty)));
+    }
+
+    /// Fuzz regression (`message` target): an overlong varint decoded, so one
+    /// message had two encodings.
+    #[test]
+    fn overlong_varints_are_refused() {
+        let crash = [5u8, 253, 0, 0, 0, 0, 2, 253, 59, 137, 1];
+        assert!(matches!(decode_body::<Message>(&crash), Err(FrameError::NonCanonical)));
+        let canonical = [5u8, 252, 2, 253, 59, 137, 1];
+        let msg = decode_body::<Message>(&canonical).unwrap();
+        assert_eq!(&encode(&msg)[4..], &canonical[..]);
+    }
+
+    /// Records the largest single allocation per thread, so a test can see what a
+    /// decode allocated (tests in parallel do not see each other's).
+    mod probe {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Largest;
+
+        thread_local! {
+            static LARGEST: Cell<usize> = const { Cell::new(0) };
+        }
+
+        fn note(size: usize) {
+            // `try_with`: the slot may be gone while a thread is being torn down.
+            let _ = LARGEST.try_with(|c| c.set(c.get().max(size)));
+        }
+
+        unsafe impl GlobalAlloc for Largest {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                unsafe { System.alloc_zeroed(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                unsafe { System.dealloc(ptr, layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                note(new_size);
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        /// `f`'s result and the largest allocation it made on this thread.
+        pub fn largest_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+            LARGEST.with(|c| c.set(0));
+            let r = f();
+            (r, LARGEST.with(|c| c.get()))
+        }
+    }
+
+    #[global_allocator]
+    static LARGEST: probe::Largest = probe::Largest;
+
+    /// A few bytes claiming a huge container fail cleanly, having allocated no
+    /// more than a few times what such a body could fill.
+    #[test]
+    fn a_small_body_claiming_a_huge_length_allocates_little() {
+        use crate::chain::message::kind;
+        // Varint 252: a 4-byte big-endian length follows.
+        let claim = |kind: u8, len: u32| [&[kind, 252][..], &len.to_be_bytes()[..], &[0; 8][..]].concat();
+        let bodies = [
+            // A transaction of 3 MiB with 8 bytes of it present.
+            claim(kind::TX, 3 << 20),
+            // Data of 1 MiB.
+            claim(kind::DATA, 1 << 20),
+            // A million blocks, and a hundred thousand.
+            claim(kind::BLOCKS, 1 << 20),
+            claim(kind::BLOCKS, 100_000),
+            claim(kind::BLOCKS, 10_000),
+        ];
+        for body in bodies {
+            let (result, largest) = probe::largest_during(|| decode_body::<Message>(&body));
+            assert!(matches!(result, Err(FrameError::Decode(_))), "{body:?}: {result:?}");
+            assert!(
+                largest <= CLAIMS_PER_BYTE * 4096,
+                "{body:?}: allocated {largest} bytes for a {}-byte body",
+                body.len()
+            );
+        }
+    }
+
+    /// The ratio [`CLAIMS_PER_BYTE`] rests on: no container element of a frame
+    /// claims more memory than that many times its smallest encoding.
+    #[test]
+    fn container_elements_claim_at_most_claims_per_byte() {
+        use crate::chain::block::{Block, Hash, Header};
+        use crate::chain::vote::{Certificate, Committed, SignedVote, Vote, VoteKind};
+        use crate::identity::NodeId;
+        let vote = SignedVote {
+            vote: Vote { kind: VoteKind::Prevote, height: 0, round: 0, block: None, voter: NodeId([0; 32]) },
+            signature: [0; 64],
+        };
+        let header = Header {
+            height: 0,
+            round: 0,
+            prev_hash: Hash([0; 32]),
+            timestamp_ms: 0,
+            proposer: NodeId([0; 32]),
+            tx_root: Hash([0; 32]),
+        };
+        let committed = Committed {
+            block: Block { header, txs: vec![] },
+            cert: Certificate { height: 0, round: 0, block: Hash([0; 32]), precommits: vec![] },
+        };
+        let ratios = [
+            ("Vec<u8>", std::mem::size_of::<Vec<u8>>(), encoded_len(&Vec::<u8>::new())),
+            ("SignedVote", std::mem::size_of::<SignedVote>(), encoded_len(&vote)),
+            ("Committed", std::mem::size_of::<Committed>(), encoded_len(&committed)),
+        ];
+        for (name, size, min_encoded) in ratios {
+            assert!(size <= CLAIMS_PER_BYTE * min_encoded, "{name}: {size} bytes in memory, {min_encoded} encoded");
+        }
+    }
+
+    /// The worst case of [`CLAIMS_PER_BYTE`]: a block of empty transactions, as
+    /// large as a tier allows, decodes.
+    #[test]
+    fn the_densest_body_of_each_tier_decodes() {
+        use crate::chain::block::{Block, Hash, Header};
+        use crate::chain::vote::{Certificate, Committed};
+        use crate::identity::NodeId;
+        for tier in [4usize << 10, 64 << 10, 1 << 20] {
+            let header = Header {
+                height: 1,
+                round: 0,
+                prev_hash: Hash([0; 32]),
+                timestamp_ms: 0,
+                proposer: NodeId([0; 32]),
+                tx_root: Hash([0; 32]),
+            };
+            let cert = Certificate { height: 1, round: 0, block: Hash([0; 32]), precommits: vec![] };
+            let mut block = Committed { block: Block { header, txs: vec![] }, cert };
+            let overhead = body_len(&Message::Blocks(vec![block.clone()])) + 5;
+            block.block.txs = vec![vec![]; tier - overhead];
+            let msg = Message::Blocks(vec![block]);
+            let len = body_len(&msg);
+            assert!(len <= tier && len + 8 > tier, "{len} bytes for the tier of {tier}");
+            assert_eq!(decode_body::<Message>(&encode(&msg)[4..]).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn body_len_matches_encoding() {
+        let m = Message::Data(vec![3; 300]);
+        assert_eq!(body_len(&m) + 4, encode(&m).len());
+    }
+}

@@ -1,0 +1,420 @@
+//! The transport's public face: [`Peers`], the handle the node sends through, and
+//! [`Inbound`], what it receives; with the state they share with the manager and
+//! the connection tasks (the published peer table, each connection's outbox).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+
+use super::close;
+use super::direction::Direction;
+use super::handshake::Tip;
+use super::inbox::{Delivery, Inbox};
+use super::outbox::{Class, Outbox, Outgoing};
+use super::slots::ConnId;
+use super::tls::RefusalLog;
+use super::Protocol;
+use crate::codec::{FrameError, FrameReader};
+use crate::identity::NodeId;
+
+/// What the rest of the node receives from peers.
+pub struct Inbound {
+    pub messages: Messages,
+    pub requests: mpsc::Receiver<InboundRequest>,
+}
+
+/// Messages from the gossip streams of every peer, served fairly between peers.
+pub struct Messages {
+    pub(crate) inbox: Arc<Inbox>,
+}
+
+impl Messages {
+    /// Waits for messages and moves up to `max` of them into `out`, one per peer in
+    /// turn. Cancel-safe. `None` once the transport stopped.
+    pub async fn recv_batch(&self, max: usize, out: &mut Vec<Delivery>) -> Option<usize> {
+        self.inbox.recv_batch(max, out).await.ok()
+    }
+
+    /// One message (tests and simple consumers).
+    pub async fn recv(&self) -> Option<Delivery> {
+        let mut out = Vec::with_capacity(1);
+        self.recv_batch(1, &mut out).await?;
+        out.pop()
+    }
+}
+
+/// A request from a peer; answer it through `reply` with an encoded frame
+/// (dropping it resets the stream).
+pub struct InboundRequest {
+    pub from: NodeId,
+    /// The request frame's body (kind byte first).
+    pub body: Bytes,
+    pub reply: oneshot::Sender<Result<Bytes, Refusal>>,
+}
+
+/// Why a request was not answered; the peer sees the stream reset with the
+/// matching close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The peer asks more often than its limit allows.
+    RateLimited,
+    /// Not a request this node serves.
+    Unsupported,
+}
+
+impl Refusal {
+    pub fn code(self) -> u32 {
+        match self {
+            Refusal::RateLimited => close::RATE_LIMITED,
+            Refusal::Unsupported => close::PROTOCOL,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// The peer has a new active connection: new, or replacing one (the peer may
+    /// have restarted and lost what we sent it).
+    Up {
+        id: NodeId,
+        direction: Direction,
+    },
+    Down {
+        id: NodeId,
+    },
+}
+
+/// A connected peer, as `/status` shows it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub direction: Direction,
+    pub rtt: Duration,
+    pub connected_for: Duration,
+    pub conn_id: u64,
+    pub tip: Tip,
+    /// Bytes waiting in our outbox for this peer.
+    pub outbox_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("peer {0} is not connected")]
+    NotConnected(NodeId),
+    /// Dropped by the outbox's policy (its class's budget is full); counted.
+    #[error("outbox for peer {0} is full")]
+    Full(NodeId),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("connection: {0}")]
+    Connection(String),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("response: {0}")]
+    Frame(FrameError),
+}
+
+/// Transport counters. `dials`, `handshakes_ok`, `handshakes_failed` and
+/// `duplicates_closed` are part of the `/status` contract.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub dials: AtomicU64,
+    pub dial_failures: AtomicU64,
+    pub handshakes_ok: AtomicU64,
+    pub handshakes_failed: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub duplicates_closed: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+    /// Rejections we sent, by [`RejectReason`] (in `RejectReason::ALL` order).
+    pub rejects_sent: [AtomicU64; 5],
+    /// Rejections peers sent us, by reason.
+    pub rejects_received: [AtomicU64; 5],
+    /// Our dials that failed at TLS (the peer refused us or is not who we expected).
+    pub tls_failed: AtomicU64,
+    /// Frame bytes queued for peers and read from them (length prefixes included).
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    /// Frames the outboxes dropped, by [`Class`] (superseded ones not included).
+    pub outbox_dropped: [AtomicU64; 3],
+    /// Peers disconnected for not taking what we had for them in time.
+    pub slow_peer_disconnects: AtomicU64,
+    /// Wall-clock time of the last such disconnect, ms since the epoch (0: none).
+    pub last_slow_disconnect_ms: AtomicU64,
+    /// Connection attempts refused before any handshake (admission limits).
+    pub admission_refused: AtomicU64,
+    /// Connection attempts asked to prove their address first (QUIC Retry).
+    pub retries_sent: AtomicU64,
+    /// Turns of the manager's loop; it turns at least once a second.
+    pub manager_loops: AtomicU64,
+}
+
+/// One established connection, as the table publishes it. The outbox is the only
+/// mutable part: a std lock, held only to push or pop, never across an `.await`.
+pub(crate) struct Link {
+    pub(crate) id: NodeId,
+    pub(crate) conn: quinn::Connection,
+    pub(crate) conn_id: ConnId,
+    pub(crate) addr: SocketAddr,
+    pub(crate) direction: Direction,
+    pub(crate) established: Instant,
+    pub(crate) tip: Tip,
+    pub(crate) outbox: Mutex<Outbox>,
+    /// Wakes the writer when something was queued.
+    pub(crate) wake: Notify,
+    /// Wakes bulk senders waiting for room (`Peers::writable`).
+    pub(crate) drained: Notify,
+}
+
+impl Link {
+    pub(crate) fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The published peer table: every peer with a completed handshake.
+pub(crate) type Table = BTreeMap<NodeId, Arc<Link>>;
+
+pub(crate) struct Shared {
+    /// Written only by the manager; read by everyone else.
+    pub(crate) table: watch::Sender<Arc<Table>>,
+    pub(crate) counters: Counters,
+    pub(crate) events: broadcast::Sender<PeerEvent>,
+    pub(crate) inbox: Arc<Inbox>,
+    pub(crate) requests: mpsc::Sender<InboundRequest>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) protocol: Protocol,
+    /// How long a peer may leave what we queued for it untaken.
+    pub(crate) slow_after: Duration,
+    pub(crate) refusals: Arc<RefusalLog>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) endpoint: quinn::Endpoint,
+}
+
+impl Shared {
+    fn snapshot(&self) -> Arc<Table> {
+        self.table.borrow().clone()
+    }
+}
+
+/// The handle the node uses to talk to its peers. Cheap to clone. No method waits
+/// on a peer, except `request` (which waits for its answer in the caller's task)
+/// and `writable`.
+#[derive(Clone)]
+pub struct Peers {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Peers {
+    /// Queues `out` for `to` and returns at once. `Full` means the outbox's policy
+    /// dropped it (counted), which callers may ignore.
+    pub fn send(&self, to: NodeId, out: &Outgoing) -> Result<(), SendError> {
+        let table = self.shared.snapshot();
+        let link = table.get(&to).ok_or(SendError::NotConnected(to))?;
+        if self.push(link, out) {
+            Ok(())
+        } else {
+            Err(SendError::Full(to))
+        }
+    }
+
+    /// Queues `out` for every connected peer and returns at once with the peers it
+    /// was queued for.
+    pub fn broadcast(&self, out: &Outgoing) -> Vec<NodeId> {
+        let table = self.shared.snapshot();
+        table.values().filter(|link| self.push(link, out)).map(|link| link.id).collect()
+    }
+
+    fn push(&self, link: &Link, out: &Outgoing) -> bool {
+        let pushed = link.outbox().push(out);
+        let c = &self.shared.counters;
+        if pushed.overflowed > 0 {
+            // Superseded frames are not losses; overflowed ones of the pushed
+            // frame's class are. Txs are the class that overflows in practice.
+            c.outbox_dropped[out.class.index()].fetch_add(pushed.overflowed as u64, Ordering::Relaxed);
+        }
+        if pushed.queued {
+            c.frames_sent.fetch_add(1, Ordering::Relaxed);
+            c.bytes_sent.fetch_add(out.frame.len() as u64, Ordering::Relaxed);
+            link.wake.notify_one();
+        }
+        pushed.queued
+    }
+
+    /// Waits until the writer for `to` took frames from its outbox (for bulk
+    /// senders that prefer waiting to dropping: benchmarks and tests).
+    pub async fn writable(&self, to: NodeId) -> Result<(), SendError> {
+        let link = self.shared.snapshot().get(&to).cloned().ok_or(SendError::NotConnected(to))?;
+        let drained = link.drained.notified();
+        if link.outbox().is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = drained => Ok(()),
+            _ = link.conn.closed() => Err(SendError::NotConnected(to)),
+        }
+    }
+
+    /// Sends one request frame on a stream of its own and waits for the response's
+    /// body (checked against the protocol's response kinds and limits).
+    pub async fn request(&self, to: NodeId, frame: Bytes) -> Result<Bytes, RequestError> {
+        let conn = self.shared.snapshot().get(&to).map(|l| l.conn.clone());
+        let conn = conn.ok_or(SendError::NotConnected(to))?;
+        request(&conn, frame, self.shared.request_timeout, self.shared.protocol).await
+    }
+
+    /// Closes the connection to `peer` for a message the application could not
+    /// accept (a frame that did not decode), with one log line.
+    pub fn reject(&self, peer: NodeId, e: &FrameError) {
+        if let Some(link) = self.shared.snapshot().get(&peer) {
+            reject_frame(&link.conn, peer, e, &self.shared);
+        }
+    }
+
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.shared
+            .snapshot()
+            .values()
+            .map(|l| PeerInfo {
+                id: l.id,
+                addr: l.addr,
+                direction: l.direction,
+                rtt: l.conn.rtt(),
+                connected_for: l.established.elapsed(),
+                conn_id: l.conn_id,
+                tip: l.tip,
+                outbox_bytes: l.outbox().total_bytes(),
+            })
+            .collect()
+    }
+
+    /// The connected peers (handshake complete), this node not included.
+    pub fn connected(&self) -> BTreeSet<NodeId> {
+        self.shared.snapshot().keys().copied().collect()
+    }
+
+    /// Whether `id` is connected (handshake complete).
+    pub fn is_connected(&self, id: &NodeId) -> bool {
+        self.shared.table.borrow().contains_key(id)
+    }
+
+    /// How many peers are connected.
+    pub fn connected_count(&self) -> usize {
+        self.shared.table.borrow().len()
+    }
+
+    /// Follows the peer table: wakes on every change.
+    pub fn watch_connected(&self) -> ConnectedWatch {
+        ConnectedWatch(self.shared.table.subscribe())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
+        self.shared.events.subscribe()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Bytes queued in the outboxes, all peers, by class.
+    pub fn outbox_bytes(&self) -> [u64; 3] {
+        let mut total = [0u64; 3];
+        for l in self.shared.snapshot().values() {
+            let o = l.outbox();
+            for c in Class::ALL {
+                total[c.index()] += o.bytes(c) as u64;
+            }
+        }
+        total
+    }
+
+    /// Bytes read from peers and not yet taken by the node.
+    pub fn inbound_bytes(&self) -> u64 {
+        self.shared.inbox.queued_bytes()
+    }
+
+    /// Certificates refused at TLS by this node's server side.
+    pub fn tls_refused(&self) -> u64 {
+        self.shared.refusals.total.load(Ordering::Relaxed)
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Closes every connection with the shutdown code and waits (bounded) for the
+    /// peers to acknowledge.
+    pub async fn close_all(&self, wait: Duration) {
+        self.shared.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
+        self.shared.inbox.close();
+        let _ = tokio::time::timeout(wait, self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+/// A view of the connected set that wakes on every change (the quorum gate).
+pub struct ConnectedWatch(watch::Receiver<Arc<Table>>);
+
+impl ConnectedWatch {
+    /// Waits for the next change; `Err` once the transport stopped. Cancel-safe.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.0.changed().await
+    }
+
+    /// How many peers are connected now (marks the current state as seen).
+    pub fn count(&mut self) -> usize {
+        self.0.borrow_and_update().len()
+    }
+}
+
+/// One log line and a typed close for a peer that sent a bad frame.
+pub(crate) fn reject_frame(conn: &quinn::Connection, peer: NodeId, e: &FrameError, shared: &Shared) {
+    shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(peer = %peer.short(), "bad frame from peer: {e}; closing the connection");
+    conn.close(super::frame_error_code(e).into(), e.to_string().as_bytes());
+}
+
+/// Sends one request on a stream of its own and reads the response.
+pub(crate) async fn request(
+    conn: &quinn::Connection,
+    frame: Bytes,
+    timeout: Duration,
+    protocol: Protocol,
+) -> Result<Bytes, RequestError> {
+    let exchange = async {
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| RequestError::Connection(e.to_string()))?;
+        send.write_all(&frame).await.map_err(|e| RequestError::Stream(e.to_string()))?;
+        send.finish().map_err(|e| RequestError::Stream(e.to_string()))?;
+        read_one(recv, protocol.response).await.map_err(|e| match e {
+            FrameError::Read(e) => RequestError::Stream(e.to_string()),
+            other => RequestError::Frame(other),
+        })
+    };
+    // Dropping the exchange on timeout drops both stream halves with it.
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| RequestError::Timeout(timeout))?
+}
+
+/// Reads exactly one frame (its kind and limit checked from the header) and the
+/// end of the stream.
+pub(crate) async fn read_one(recv: quinn::RecvStream, limit: fn(u8) -> Option<usize>) -> Result<Bytes, FrameError> {
+    let mut reader = FrameReader::new(recv);
+    let body = reader.next_body(limit).await?.ok_or(FrameError::Empty)?;
+    match reader.next_body(limit).await? {
+        None => Ok(body),
+        Some(_) => Err(FrameError::TrailingBytes(1)),
+    }
+}

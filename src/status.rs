@@ -1,0 +1,394 @@
+//! What a node reports about itself: `/status`, the service status and the
+//! metrics all read the same [`StatusSource`], which reads the transport's one
+//! published peer table and computes the quorum with the one pure rule,
+//! [`quorum`] (in `chain::quorum`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::chain::mempool::Mempool;
+use crate::chain::producer::ChainMetrics;
+use crate::chain::quorum::{quorum, Quorum};
+use crate::config::Network;
+use crate::identity::{hex, NodeId};
+use crate::net::handshake::{RejectReason, Tip};
+use crate::net::Peers;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub node_id: String,
+    pub listen: String,
+    pub network: String,
+    /// Size of the masternode set.
+    pub members: usize,
+    pub height: u64,
+    pub tip_hash: Option<String>,
+    pub quorum: Quorum,
+    pub peers: Vec<PeerStatus>,
+    pub counters: Counters,
+    /// Handshake rejections this node sent, by reason.
+    pub rejects_sent: BTreeMap<String, u64>,
+    /// Handshake rejections peers sent this node, by reason.
+    pub rejects_received: BTreeMap<String, u64>,
+    /// The committed tip's header timestamp (the proposer's clock), ms since the
+    /// epoch; null before the first block.
+    #[serde(default)]
+    pub last_block_timestamp_ms: Option<u64>,
+    /// Seconds since that timestamp, by this node's clock.
+    #[serde(default)]
+    pub last_block_age_secs: Option<f64>,
+    /// The consensus round at the current height (height + 1).
+    #[serde(default)]
+    pub round: u64,
+    #[serde(default)]
+    pub sync: SyncStatus,
+    /// This node's clock minus the median of its peers' clocks, in ms (positive:
+    /// ours is ahead); null until a peer's proposal has been seen.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
+    /// Conditions an operator should look at, one line each; empty when all is
+    /// well.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Whether the node is catching up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SyncStatus {
+    /// A usable peer claims blocks this node does not have.
+    pub syncing: bool,
+    /// The highest tip a usable peer claims, if any peer claimed one.
+    pub best_peer_tip: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    pub node_id: String,
+    pub addr: String,
+    pub direction: String,
+    pub rtt_ms: f64,
+    pub connected_secs: u64,
+    /// Bytes waiting in our outbox for this peer.
+    #[serde(default)]
+    pub outbox_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Counters {
+    pub dials: u64,
+    pub handshakes_ok: u64,
+    pub handshakes_failed: u64,
+    pub duplicates_closed: u64,
+    pub dial_failures: u64,
+    pub handshake_timeouts: u64,
+    pub tls_refused: u64,
+    pub tls_failed: u64,
+    pub bad_frames: u64,
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    /// Peers disconnected for not taking what we had queued for them in time.
+    #[serde(default)]
+    pub slow_peer_disconnects: u64,
+    /// Frames dropped because a peer's outbox was full, by class.
+    #[serde(default)]
+    pub outbox_dropped: BTreeMap<String, u64>,
+    /// Bytes read from peers and waiting for the node.
+    #[serde(default)]
+    pub inbound_bytes: u64,
+}
+
+impl Status {
+    /// Members of the set that are not connected (this node aside).
+    pub fn missing_peers(&self) -> usize {
+        self.members.saturating_sub(1).saturating_sub(self.peers.len())
+    }
+
+    /// Healthy: quorum met and every member connected.
+    pub fn healthy(&self) -> bool {
+        self.quorum.met && self.missing_peers() == 0
+    }
+}
+
+pub fn build_status(id: NodeId, advertised: SocketAddr, network: &Network, peers: &Peers, tip: Tip) -> Status {
+    let infos = peers.peers();
+    let c = peers.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let by_reason = |arr: &[std::sync::atomic::AtomicU64; 5]| {
+        RejectReason::ALL
+            .iter()
+            .zip(arr.iter())
+            .map(|(r, n)| (r.as_str().to_string(), load(n)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    Status {
+        node_id: id.to_hex(),
+        listen: advertised.to_string(),
+        network: network.name.clone(),
+        members: network.members.len(),
+        height: tip.height,
+        tip_hash: (tip.height > 0).then(|| hex(&tip.hash)),
+        quorum: quorum(infos.len() + 1, network.members.len(), network.min_active),
+        peers: infos
+            .iter()
+            .map(|p| PeerStatus {
+                node_id: p.id.to_hex(),
+                addr: p.addr.to_string(),
+                direction: p.direction.as_str().to_string(),
+                rtt_ms: (p.rtt.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+                connected_secs: p.connected_for.as_secs(),
+                outbox_bytes: p.outbox_bytes as u64,
+            })
+            .collect(),
+        counters: Counters {
+            dials: load(&c.dials),
+            handshakes_ok: load(&c.handshakes_ok),
+            handshakes_failed: load(&c.handshakes_failed),
+            duplicates_closed: load(&c.duplicates_closed),
+            dial_failures: load(&c.dial_failures),
+            handshake_timeouts: load(&c.handshake_timeouts),
+            tls_refused: peers.tls_refused(),
+            tls_failed: load(&c.tls_failed),
+            bad_frames: load(&c.bad_frames),
+            frames_sent: load(&c.frames_sent),
+            frames_received: load(&c.frames_received),
+            slow_peer_disconnects: load(&c.slow_peer_disconnects),
+            outbox_dropped: crate::net::Class::ALL
+                .iter()
+                .map(|class| (class.as_str().to_string(), load(&c.outbox_dropped[*class as usize])))
+                .collect(),
+            inbound_bytes: peers.inbound_bytes(),
+        },
+        rejects_sent: by_reason(&c.rejects_sent),
+        rejects_received: by_reason(&c.rejects_received),
+        last_block_timestamp_ms: None,
+        last_block_age_secs: None,
+        round: 0,
+        sync: SyncStatus::default(),
+        clock_offset_ms: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// A clock further than this from the peers' is worth a warning.
+pub const CLOCK_WARN_MS: u64 = 1_000;
+/// A slow peer disconnected within this long still shows as a warning.
+pub const SLOW_PEER_RECENT_MS: u64 = 10 * 60 * 1000;
+
+/// What the producer knows, as of one moment, for [`add_chain`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ChainState {
+    pub last_block_timestamp_ms: Option<u64>,
+    pub round: u64,
+    pub best_peer_tip: u64,
+    pub clock_offset_ms: Option<i64>,
+    /// Wall-clock time of the last slow-peer disconnect (ms), if any.
+    pub last_slow_disconnect_ms: Option<u64>,
+}
+
+/// Fills in the chain's part of a status and the warnings, as of `now_ms`.
+/// `missing` names the members that are not connected; `block_interval_ms` is
+/// the network's.
+pub fn add_chain(s: &mut Status, chain: ChainState, missing: &[String], block_interval_ms: u64, now_ms: u64) {
+    s.last_block_timestamp_ms = chain.last_block_timestamp_ms;
+    s.last_block_age_secs =
+        chain.last_block_timestamp_ms.map(|ts| (now_ms as i64 - ts as i64) as f64 / 1000.0).map(|a| a.max(0.0));
+    s.round = chain.round;
+    s.sync = SyncStatus {
+        syncing: chain.best_peer_tip > s.height,
+        best_peer_tip: (chain.best_peer_tip > 0).then_some(chain.best_peer_tip),
+    };
+    s.clock_offset_ms = chain.clock_offset_ms;
+    let mut w = Vec::new();
+    if !s.quorum.met {
+        w.push(format!("quorum not met: {}/{} active, {} required", s.quorum.active, s.members, s.quorum.required));
+    }
+    if !missing.is_empty() {
+        w.push(format!("{} member(s) not connected: {}", missing.len(), missing.join(", ")));
+    }
+    let stalled_after_secs = (5 * block_interval_ms).max(30_000) as f64 / 1000.0;
+    if let Some(age) = s.last_block_age_secs.filter(|a| s.quorum.met && *a > stalled_after_secs) {
+        w.push(format!("no block for {age:.0} s although the quorum is met (round {})", s.round));
+    }
+    if let Some(offset) = chain.clock_offset_ms.filter(|o| o.unsigned_abs() > CLOCK_WARN_MS) {
+        let side = if offset > 0 { "ahead of" } else { "behind" };
+        w.push(format!("clock {:.1} s {side} the peers' clocks: check NTP", offset.unsigned_abs() as f64 / 1000.0));
+    }
+    if let Some(at) = chain.last_slow_disconnect_ms.filter(|at| now_ms.saturating_sub(*at) <= SLOW_PEER_RECENT_MS) {
+        w.push(format!(
+            "slow peers disconnected: {} in all, the last {} s ago",
+            s.counters.slow_peer_disconnects,
+            now_ms.saturating_sub(at) / 1000
+        ));
+    }
+    s.warnings = w;
+}
+
+/// Builds `/status` from the live parts of a node.
+#[derive(Clone)]
+pub struct StatusSource {
+    pub(crate) id: NodeId,
+    pub(crate) advertised: SocketAddr,
+    pub(crate) network: Arc<Network>,
+    pub(crate) peers: Peers,
+    pub(crate) tip: watch::Receiver<Tip>,
+    pub(crate) chain: Arc<ChainMetrics>,
+    pub(crate) mempool: Arc<Mutex<Mempool>>,
+}
+
+impl StatusSource {
+    pub fn status(&self) -> Status {
+        let tip = *self.tip.borrow();
+        let mut s = build_status(self.id, self.advertised, &self.network, &self.peers, tip);
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let connected: std::collections::BTreeSet<&str> = s.peers.iter().map(|p| p.node_id.as_str()).collect();
+        let missing: Vec<String> = self
+            .network
+            .members
+            .iter()
+            .filter(|m| m.id != self.id && !connected.contains(m.id.to_hex().as_str()))
+            .map(|m| format!("{} ({})", m.id.short(), m.addr))
+            .collect();
+        let chain = ChainState {
+            last_block_timestamp_ms: (tip.height > 0).then(|| load(&self.chain.last_block_timestamp_ms)),
+            round: load(&self.chain.round),
+            best_peer_tip: load(&self.chain.best_peer_tip),
+            clock_offset_ms: (load(&self.chain.clock_peers) > 0)
+                .then(|| self.chain.clock_offset_ms.load(Ordering::Relaxed)),
+            last_slow_disconnect_ms: Some(load(&self.peers.counters().last_slow_disconnect_ms)).filter(|t| *t > 0),
+        };
+        add_chain(&mut s, chain, &missing, self.network.block_interval_ms, crate::chain::producer::now_ms());
+        s
+    }
+
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    pub(crate) fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub(crate) fn chain(&self) -> &ChainMetrics {
+        &self.chain
+    }
+
+    /// Transactions and bytes in the mempool.
+    pub(crate) fn mempool(&self) -> (usize, usize) {
+        let m = crate::chain::mempool::lock(&self.mempool);
+        (m.len(), m.bytes())
+    }
+
+    /// Turns of the node's own loops (transport manager, producer): the service
+    /// watchdog is fed only while both move.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.peers.counters().manager_loops.load(Ordering::Relaxed), self.chain.loops.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(height: u64, met: bool) -> Status {
+        Status {
+            node_id: "00".repeat(32),
+            listen: "127.0.0.1:24100".into(),
+            network: "devnet".into(),
+            members: 4,
+            height,
+            tip_hash: None,
+            quorum: Quorum { active: if met { 4 } else { 2 }, required: 3, met },
+            peers: vec![],
+            counters: Counters { slow_peer_disconnects: 2, ..Counters::default() },
+            rejects_sent: BTreeMap::new(),
+            rejects_received: BTreeMap::new(),
+            last_block_timestamp_ms: None,
+            last_block_age_secs: None,
+            round: 0,
+            sync: SyncStatus::default(),
+            clock_offset_ms: None,
+            warnings: vec![],
+        }
+    }
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_healthy_node_has_no_warning() {
+        let mut s = status(10, true);
+        let chain = ChainState {
+            last_block_timestamp_ms: Some(NOW - 800),
+            round: 0,
+            best_peer_tip: 10,
+            clock_offset_ms: Some(-999),
+            last_slow_disconnect_ms: Some(NOW - SLOW_PEER_RECENT_MS - 1),
+        };
+        add_chain(&mut s, chain, &[], 1_000, NOW);
+        assert_eq!(s.warnings, Vec::<String>::new());
+        assert_eq!(s.last_block_age_secs, Some(0.8));
+        assert_eq!(s.sync, SyncStatus { syncing: false, best_peer_tip: Some(10) });
+    }
+
+    #[test]
+    fn each_kind_of_trouble_gives_its_warning() {
+        // (what, quorum met, chain state, missing members, the warning it gives)
+        let base = ChainState { last_block_timestamp_ms: Some(NOW - 500), best_peer_tip: 10, ..ChainState::default() };
+        let table: [(&str, bool, ChainState, &[&str], &str); 5] = [
+            ("quorum lost", false, base, &[], "quorum not met: 2/4 active, 3 required"),
+            ("a member away", true, base, &["aaaa (127.0.0.2:24100)"], "1 member(s) not connected: aaaa"),
+            (
+                "stalled",
+                true,
+                ChainState { last_block_timestamp_ms: Some(NOW - 31_000), round: 7, ..base },
+                &[],
+                "no block for 31 s although the quorum is met (round 7)",
+            ),
+            (
+                "clock ahead",
+                true,
+                ChainState { clock_offset_ms: Some(1_500), ..base },
+                &[],
+                "clock 1.5 s ahead of the peers' clocks",
+            ),
+            (
+                "slow peers",
+                true,
+                ChainState { last_slow_disconnect_ms: Some(NOW - 42_000), ..base },
+                &[],
+                "slow peers disconnected: 2 in all, the last 42 s ago",
+            ),
+        ];
+        for (what, met, chain, missing, want) in table {
+            let mut s = status(10, met);
+            let missing: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
+            add_chain(&mut s, chain, &missing, 1_000, NOW);
+            assert_eq!(s.warnings.len(), 1, "{what}: {:?}", s.warnings);
+            assert!(s.warnings[0].starts_with(want), "{what}: {:?}", s.warnings);
+        }
+    }
+
+    #[test]
+    fn catching_up_is_a_state_not_a_warning() {
+        let mut s = status(10, true);
+        let chain = ChainState { last_block_timestamp_ms: Some(NOW - 500), best_peer_tip: 50, ..ChainState::default() };
+        add_chain(&mut s, chain, &[], 1_000, NOW);
+        assert_eq!(s.sync, SyncStatus { syncing: true, best_peer_tip: Some(50) });
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn a_status_without_the_newer_fields_still_parses() {
+        let mut v = serde_json::to_value(status(3, true)).unwrap();
+        for k in ["last_block_timestamp_ms", "last_block_age_secs", "round", "sync", "clock_offset_ms", "warnings"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let s: Status = serde_json::from_value(v).unwrap();
+        assert_eq!(s.height, 3);
+        assert!(s.warnings.is_empty());
+    }
+}
