@@ -12,7 +12,7 @@
 //!   a re-proposal (`valid_round` set) carries the block of an older round and
 //!   its older time. One sample per member and round (a rebroadcast is not a new
 //!   reading); the last sample per member is kept, for `max_age_ms`.
-//! * The peers' clocks are ahead of ours by the median of those samples; our
+//! * The peers' clocks are ahead of ours by the median of those samples (of an even count, the middle one nearer zero); our
 //!   offset is its negation: positive when our clock is ahead of the peers'.
 //!   The median lets a minority of members with wrong clocks (or lying ones)
 //!   move the estimate only as far as an honest sample.
@@ -152,7 +152,7 @@ impl ClockEstimator {
         }
         ahead.sort_unstable();
         let mid = ahead.len() / 2;
-        let median = if ahead.len() % 2 == 1 { ahead[mid] } else { (ahead[mid - 1] + ahead[mid]) / 2 };
+        let median = if ahead.len() % 2 == 1 { ahead[mid] } else { nearer_zero(ahead[mid - 1], ahead[mid]) };
         Some(-median)
     }
 
@@ -188,6 +188,20 @@ impl ClockEstimator {
             return Some(ClockEvent::Back { offset_ms, peers });
         }
         None
+    }
+}
+
+/// Of the two middle samples of an even count, the one that says less: 0 when
+/// they disagree in sign, else the smaller in size. Half the peers alone then
+/// never make a warning (with two samples, one of them a wrong clock, the mean
+/// would put every honest node half-way to the wrong one).
+fn nearer_zero(a: i64, b: i64) -> i64 {
+    if (a < 0) != (b < 0) {
+        0
+    } else if a.abs() <= b.abs() {
+        a
+    } else {
+        b
     }
 }
 
@@ -241,15 +255,19 @@ mod tests {
     #[test]
     fn offset_is_minus_the_median_of_what_peers_are_ahead() {
         // (what each peer's clock is ahead of ours in ms, our offset)
-        let table: [(&[i64], Option<i64>); 6] = [
+        let table: [(&[i64], Option<i64>); 9] = [
             (&[], None),
             (&[300], Some(-300)),
             (&[-2_000, -2_010, -1_990], Some(2_000)),
             // One member far off does not move the median.
             (&[10, -5, 60_000], Some(-10)),
-            // An even count takes the mean of the middle two.
-            (&[0, 100, 200, 10_000], Some(-150)),
-            (&[-40, -20], Some(30)),
+            // An even count takes whichever middle sample says less.
+            (&[0, 100, 200, 10_000], Some(-100)),
+            (&[-40, -20], Some(20)),
+            (&[-30, 50], Some(0)),
+            // Two peers, one of them 20 s ahead: that one alone makes no offset.
+            (&[1, 20_000], Some(-1)),
+            (&[-20_000, -1], Some(1)),
         ];
         for (ahead, want) in table {
             let mut c = estimator();
