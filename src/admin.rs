@@ -1,7 +1,10 @@
 //! The admin API: plain HTTP on a local address.
 //!
-//! `GET /status` returns the JSON object of the contract in DESIGN.md. The same
-//! module holds the small client that `masternode status` uses.
+//! `GET /status` returns the JSON object of the contract in DESIGN.md;
+//! `GET /members` the member set and the changes collecting approvals;
+//! `POST /members` asks this node to approve a change (signed with its key). The
+//! same module holds the small client that `masternode status`, `members` and
+//! `member` use.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,9 +21,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::block::Hash;
+use crate::chain::members::ChangeError;
 use crate::chain::mempool::{lock, AddError, Mempool};
 use crate::chain::message::Message;
+use crate::chain::producer::{ChangeRequest, MemberRequest, MembersView, Submitted};
 use crate::chain::store::Store;
+use crate::identity::NodeId;
 use crate::net::Peers;
 use crate::status::{Status, StatusSource};
 
@@ -30,6 +36,7 @@ pub struct AdminState {
     pub store: Store,
     pub mempool: Arc<Mutex<Mempool>>,
     pub peers: Peers,
+    pub member_requests: tokio::sync::mpsc::Sender<MemberRequest>,
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdown: CancellationToken) {
@@ -39,6 +46,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdow
         .route("/metrics", get(metrics_handler))
         .route("/blocks/{height}", get(block_handler))
         .route("/tx", post(tx_handler))
+        .route("/members", get(members_handler).post(change_handler))
         .layer(DefaultBodyLimit::max(max_tx))
         .with_state(state);
     let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
@@ -121,6 +129,223 @@ async fn tx_handler(State(state): State<AdminState>, body: Bytes) -> Response {
         Err(e @ AddError::Full { .. }) => error(StatusCode::TOO_MANY_REQUESTS, e),
         Err(e @ AddError::Empty) => error(StatusCode::BAD_REQUEST, e),
     }
+}
+
+/// `GET /members`, as the contract gives it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MembersInfo {
+    /// The tip's height; `members` is the set in force at the next height.
+    pub height: u64,
+    pub members: Vec<MemberEntry>,
+    pub pending: Vec<PendingEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberEntry {
+    pub node_id: String,
+    pub addr: String,
+    /// The first height it was a member at (0: the genesis set).
+    pub since_height: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingEntry {
+    /// `add`, `remove` or `set-addr`.
+    pub change: String,
+    pub node_id: String,
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Members whose approvals count (on chain, or waiting for a block here).
+    pub approvals: Vec<String>,
+    pub required: usize,
+    pub expires_at_height: u64,
+}
+
+pub fn members_info(view: &MembersView) -> MembersInfo {
+    let m = &view.membership;
+    let pending = crate::status::pending_changes(view);
+    let approvers = |kind: &str, node: &str| -> Vec<String> {
+        let mut changes = m.pending().into_iter().map(|p| p.change).collect::<Vec<_>>();
+        changes.extend(view.waiting.iter().map(|a| a.change.clone()));
+        changes
+            .into_iter()
+            .find(|c| c.kind() == kind && c.subject().to_hex() == node)
+            .map(|c| view.approvers(&c).iter().map(|a| a.to_hex()).collect())
+            .unwrap_or_default()
+    };
+    MembersInfo {
+        height: m.applied(),
+        members: m
+            .current()
+            .iter()
+            .map(|(id, info)| MemberEntry {
+                node_id: id.to_hex(),
+                addr: info.addr.to_string(),
+                since_height: info.since,
+            })
+            .collect(),
+        pending: pending
+            .into_iter()
+            .map(|p| PendingEntry {
+                approvals: approvers(&p.change, &p.node_id),
+                change: p.change,
+                node_id: p.node_id,
+                addr: p.addr,
+                required: p.required,
+                expires_at_height: p.expires_at_height,
+            })
+            .collect(),
+    }
+}
+
+async fn members_handler(State(state): State<AdminState>) -> Json<MembersInfo> {
+    Json(members_info(&state.status.members()))
+}
+
+/// `POST /members`'s body: `{"change": "add", "id": HEX, "addr": "ip:port"}`,
+/// `{"change": "remove", "id": HEX}` or `{"change": "set-addr", "addr": "ip:port"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChangeBody {
+    pub change: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+}
+
+/// `POST /members`'s answer once the node signed and accepted its approval.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChangeAccepted {
+    pub change: String,
+    pub node_id: String,
+    #[serde(default)]
+    pub addr: Option<String>,
+    pub approvals: usize,
+    pub required: usize,
+    pub expires_at_height: u64,
+}
+
+impl ChangeBody {
+    pub fn request(&self) -> Result<ChangeRequest, String> {
+        let id = || -> Result<NodeId, String> {
+            let hex = self.id.as_deref().ok_or("\"id\" is required")?;
+            let id = NodeId::from_hex(hex).map_err(|_| format!("id {hex:?} is not 64 hex characters"))?;
+            id.verifying_key().ok_or(format!("id {hex} is not an ed25519 public key"))?;
+            Ok(id)
+        };
+        let addr = || -> Result<SocketAddr, String> {
+            let text = self.addr.as_deref().ok_or("\"addr\" is required")?;
+            text.parse().map_err(|_| format!("addr {text:?} is not ip:port"))
+        };
+        match self.change.as_str() {
+            "add" => Ok(ChangeRequest::Add { id: id()?, addr: addr()? }),
+            "remove" => Ok(ChangeRequest::Remove { id: id()? }),
+            "set-addr" => Ok(ChangeRequest::SetAddr { addr: addr()? }),
+            other => Err(format!("change {other:?} is not one of add, remove, set-addr")),
+        }
+    }
+}
+
+/// Why a change request came to nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeRequestError {
+    #[error("refused: {0}")]
+    Refused(#[from] ChangeError),
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// Hands a change to the producer and waits for its verdict.
+pub async fn request_change(
+    requests: &tokio::sync::mpsc::Sender<MemberRequest>,
+    request: ChangeRequest,
+) -> Result<Submitted, ChangeRequestError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    requests.send(MemberRequest { request, reply }).await.map_err(|_| ChangeRequestError::Stopped)?;
+    Ok(answer.await.map_err(|_| ChangeRequestError::Stopped)??)
+}
+
+async fn change_handler(State(state): State<AdminState>, body: Bytes) -> Response {
+    let parsed: ChangeBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not a change: {e}")),
+    };
+    let request = match parsed.request() {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match request_change(&state.member_requests, request).await {
+        Ok(s) => {
+            let addr = match &s.change {
+                crate::chain::members::Change::Add { addr, .. }
+                | crate::chain::members::Change::SetAddr { addr, .. } => Some(addr.to_string()),
+                crate::chain::members::Change::Remove { .. } => None,
+            };
+            let accepted = ChangeAccepted {
+                change: s.change.kind().to_string(),
+                node_id: s.change.subject().to_hex(),
+                addr,
+                approvals: s.approvals,
+                required: s.required,
+                expires_at_height: s.expires_at,
+            };
+            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+        }
+        Err(ChangeRequestError::Refused(e)) => {
+            (StatusCode::CONFLICT, Json(serde_json::json!({ "error": e.to_string(), "reason": e.reason() })))
+                .into_response()
+        }
+        Err(e @ ChangeRequestError::Stopped) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+pub async fn fetch_members(addr: SocketAddr, timeout: Duration) -> Result<MembersInfo, ClientError> {
+    let body = http_get(addr, "/members", timeout).await?;
+    serde_json::from_str(&body).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
+}
+
+/// Posts a change; the node's answer, or its one-line refusal.
+pub async fn post_change(
+    addr: SocketAddr,
+    change: &ChangeBody,
+    timeout: Duration,
+) -> Result<ChangeAccepted, ClientError> {
+    let body = serde_json::to_vec(change).unwrap_or_default();
+    let (code, text) = http_request(addr, "POST", "/members", &body, timeout).await?;
+    if code != 202 {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(text);
+        return Err(ClientError::Http { addr, status: format!("{code}: {message}") });
+    }
+    serde_json::from_str(&text).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
+}
+
+/// The human form of `/members`, as `masternode members` prints it.
+pub fn render_members(m: &MembersInfo) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} member(s) at height {}", m.members.len(), m.height + 1);
+    for e in &m.members {
+        let _ = writeln!(out, "  {}  {:<24} since height {}", e.node_id, e.addr, e.since_height);
+    }
+    if m.pending.is_empty() {
+        let _ = writeln!(out, "no pending changes");
+    }
+    for p in &m.pending {
+        let _ = writeln!(
+            out,
+            "pending   {} {}{}: {} of {} approvals, expires at height {}",
+            p.change,
+            p.node_id,
+            p.addr.as_deref().map(|a| format!(" at {a}")).unwrap_or_default(),
+            p.approvals.len(),
+            p.required,
+            p.expires_at_height
+        );
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +433,19 @@ pub fn render_status(s: &Status) -> String {
         s.quorum.required,
         if s.quorum.met { "met" } else { "NOT met" }
     );
-    let _ = writeln!(out, "peers     {}/{}", s.peers.len(), s.members.saturating_sub(1));
+    let _ = writeln!(out, "peers     {}/{}", s.peers.len(), s.members.saturating_sub(s.member as usize));
+    for p in &s.pending_changes {
+        let _ = writeln!(
+            out,
+            "pending   {} {}{}: {} of {} approvals, expires at height {}",
+            p.change,
+            &p.node_id[..16.min(p.node_id.len())],
+            p.addr.as_deref().map(|a| format!(" at {a}")).unwrap_or_default(),
+            p.approvals,
+            p.required,
+            p.expires_at_height
+        );
+    }
     for p in &s.peers {
         let _ = writeln!(
             out,

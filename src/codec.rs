@@ -478,6 +478,7 @@ mod tests {
             timestamp_ms: 0,
             proposer: NodeId([0; 32]),
             tx_root: Hash([0; 32]),
+            changes: vec![],
         };
         let committed = Committed {
             block: Block { header, txs: vec![] },
@@ -508,6 +509,7 @@ mod tests {
                 timestamp_ms: 0,
                 proposer: NodeId([0; 32]),
                 tx_root: Hash([0; 32]),
+                changes: vec![],
             };
             let cert = Certificate { height: 1, round: 0, block: Hash([0; 32]), precommits: vec![] };
             let mut block = Committed { block: Block { header, txs: vec![] }, cert };

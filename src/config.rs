@@ -1,9 +1,10 @@
 //! Node configuration (`masternode.toml`) and the network file (`network.toml`).
 //!
 //! Both are parsed strictly: an unknown key, a missing file, a bad address, a
-//! duplicate member, a key that does not match its certificate or a node whose key
-//! is not in the set is a [`ConfigError`] naming the file and the problem, and the
-//! daemon refuses to start (exit code 78, EX_CONFIG).
+//! duplicate member, a key that does not match its certificate, or a joiner (a key
+//! not in the genesis set) on an address no member can dial is a [`ConfigError`]
+//! naming the file and the problem, and the daemon refuses to start (exit code 78,
+//! EX_CONFIG).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -469,7 +470,9 @@ impl NodeConfig {
         Ok(cfg)
     }
 
-    /// Cross-checks the parts: the node's key must be a member of the set.
+    /// Cross-checks the parts. A key in the genesis set takes its address from
+    /// there; any other key is a joiner (members add it on chain), which members
+    /// will dial at `listen`, so that must be a specific address.
     pub fn assemble(
         network: Network,
         network_path: &Path,
@@ -479,13 +482,21 @@ impl NodeConfig {
         data_dir: PathBuf,
         transport: Transport,
     ) -> Result<Self, ConfigError> {
-        let advertised = network
-            .member(&identity.id())
-            .ok_or_else(|| ConfigError::Invalid {
-                path: network_path.into(),
-                message: format!("this node's key {} is not in the masternode set", identity.id()),
-            })?
-            .addr;
+        let advertised = match network.member(&identity.id()) {
+            Some(m) => m.addr,
+            None if listen.ip().is_unspecified() || listen.port() == 0 => {
+                return Err(ConfigError::Invalid {
+                    path: network_path.into(),
+                    message: format!(
+                        "this node's key {} is not in the genesis set, so it joins as a new member, and its \
+                         listen address {listen} is not one members can dial: set listen to the address \
+                         given in `masternode member add`",
+                        identity.id()
+                    ),
+                })
+            }
+            None => crate::net::canonical(listen),
+        };
         Ok(NodeConfig {
             network,
             identity,

@@ -14,8 +14,9 @@ use std::sync::Mutex;
 use crate::admin;
 use crate::chain::block::{genesis_hash, Hash, Limits};
 use crate::chain::consensus::{self, Core, Timeouts};
+use crate::chain::members::{Membership, Params};
 use crate::chain::mempool::Mempool;
-use crate::chain::producer::{ChainMetrics, Producer};
+use crate::chain::producer::{ChainMetrics, MemberLinks, MemberRequest, MembersView, Producer};
 use crate::chain::store::{Store, StoreError};
 use crate::config::{Network, NodeConfig};
 use crate::identity::NodeId;
@@ -38,6 +39,8 @@ pub enum NodeError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("store in {path}: {source}")]
     Store { path: std::path::PathBuf, source: StoreError },
+    #[error("store in {path}: the membership recorded is of height {members}, the tip is {tip}")]
+    MembershipMismatch { path: std::path::PathBuf, members: u64, tip: u64 },
 }
 
 /// Options that are not part of the config file.
@@ -64,6 +67,8 @@ pub struct Node {
     mempool: Arc<Mutex<Mempool>>,
     chain_metrics: Arc<ChainMetrics>,
     failed: Arc<AtomicBool>,
+    members: watch::Receiver<Arc<MembersView>>,
+    member_requests: tokio::sync::mpsc::Sender<MemberRequest>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -88,17 +93,54 @@ impl Node {
         if let Some(t) = stored_tip {
             tracing::info!(height = t.height, hash = %t.hash.short(), "opened chain");
         }
+        // The membership the tip left: written with every block, so it matches.
+        let membership = match store.membership().map_err(store_err)? {
+            Some(state) => Membership::restore(Params::for_network(&network), state),
+            None => Membership::genesis(&network),
+        };
+        if membership.applied() != height {
+            return Err(NodeError::MembershipMismatch {
+                path: cfg.data_dir.clone(),
+                members: membership.applied(),
+                tip: height,
+            });
+        }
+        let me_member = membership.current().contains(&id) || membership.next().contains(&id);
+        if !me_member {
+            tracing::info!(
+                members = membership.current().len(),
+                "this node's key is not in the member set at height {}: it starts as a joiner, syncs the chain \
+                 from the members it can reach, and is accepted once a block adds it",
+                height + 1
+            );
+        }
+        // The address members dial us at: the chain's (a member that moved
+        // announced it there), else the genesis file's, else `listen` (a joiner).
+        let chain_addr = membership.next().get(&id).map(|m| m.addr);
+        let advertised = chain_addr.unwrap_or(cfg.advertised);
+        let listen_ip = cfg.listen.ip();
+        if !listen_ip.is_unspecified() && cfg.listen.port() != 0 && crate::net::canonical(cfg.listen) != advertised {
+            tracing::warn!(
+                listen = %cfg.listen,
+                member_set = %advertised,
+                "this node listens on {} but the member set has it at {advertised}: peers dial that address; \
+                 if the node moved, announce the new address with `masternode member set-addr --addr {}`",
+                cfg.listen,
+                cfg.listen
+            );
+        }
         let announced = Tip { height, hash: if height == 0 { [0; 32] } else { prev_hash.0 } };
         let (tip_tx, tip) = watch::channel(announced);
         let identity = Arc::new(cfg.identity);
         let net_cfg = NetConfig {
             identity: identity.clone(),
             network: network.clone(),
-            advertised: cfg.advertised,
+            advertised,
             listen: cfg.listen,
             transport: cfg.transport,
             request_timeout: REQUEST_TIMEOUT,
             tip: tip.clone(),
+            members: membership.reachable(),
             protocol: crate::chain::message::PROTOCOL,
             hooks: options.hooks.clone(),
         };
@@ -107,15 +149,16 @@ impl Node {
         let limits = Limits::default();
         let core_cfg = consensus::Config {
             network_id: network.id,
-            members: network.members.iter().map(|m| m.id).collect(),
+            members: membership.clone(),
             block_interval_ms: network.block_interval_ms,
             limits,
             timeouts: Timeouts::for_interval(network.block_interval_ms),
         };
-        let mut core = Core::new(core_cfg, identity, height + 1, prev_hash, prev_ts, last_signed);
+        let mut core = Core::new(core_cfg, identity.clone(), height + 1, prev_hash, prev_ts, last_signed);
         core.restore_own(store.own_signed(height + 1).map_err(store_err)?);
         core.restore_lock(store.lock().map_err(store_err)?);
         let mempool = Arc::new(Mutex::new(Mempool::new(cfg.limits.mempool)));
+        let (links, members, member_requests) = MemberLinks::new(membership);
         let chain_metrics = Arc::new(ChainMetrics::default());
         if height > 0 {
             chain_metrics.last_block_timestamp_ms.store(prev_ts, Ordering::Relaxed);
@@ -131,6 +174,8 @@ impl Node {
             tracker.clone(),
             chain_metrics.clone(),
             cfg.limits,
+            identity,
+            links,
         )
         .with_clock_skew(options.clock_skew_ms);
         let failed = Arc::new(AtomicBool::new(false));
@@ -153,7 +198,7 @@ impl Node {
         let node = Node {
             id,
             network,
-            advertised: cfg.advertised,
+            advertised,
             peers,
             admin_addr,
             tip,
@@ -161,6 +206,8 @@ impl Node {
             mempool,
             chain_metrics,
             failed,
+            members,
+            member_requests,
             shutdown: shutdown.clone(),
             tracker,
         };
@@ -169,6 +216,7 @@ impl Node {
             store: node.store.clone(),
             mempool: node.mempool.clone(),
             peers: node.peers.clone(),
+            member_requests: node.member_requests.clone(),
         };
         node.tracker.spawn(admin::serve(listener, state, shutdown));
         tracing::info!(admin = %admin_addr, "admin API listening");
@@ -179,6 +227,20 @@ impl Node {
     /// peers if new.
     pub async fn submit(&self, tx: Vec<u8>) -> Result<Hash, crate::chain::mempool::AddError> {
         admin::submit_tx(&self.mempool, &self.peers, tx)
+    }
+
+    /// Asks this node to approve a membership change (or announce its own
+    /// address), as `POST /members` does.
+    pub async fn request_change(
+        &self,
+        request: crate::chain::producer::ChangeRequest,
+    ) -> Result<crate::chain::producer::Submitted, admin::ChangeRequestError> {
+        admin::request_change(&self.member_requests, request).await
+    }
+
+    /// The membership after the tip, and approvals waiting for a block.
+    pub fn members(&self) -> Arc<MembersView> {
+        self.members.borrow().clone()
     }
 
     /// True if the node stopped because of a runtime failure (a failed store write).
@@ -229,6 +291,7 @@ impl Node {
             tip: self.tip.clone(),
             chain: self.chain_metrics.clone(),
             mempool: self.mempool.clone(),
+            members: self.members.clone(),
         }
     }
 

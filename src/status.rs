@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::chain::members::MemberSet;
 use crate::chain::mempool::Mempool;
-use crate::chain::producer::ChainMetrics;
+use crate::chain::producer::{ChainMetrics, MembersView};
 use crate::chain::quorum::{quorum, Quorum};
 use crate::config::Network;
 use crate::identity::{hex, NodeId};
@@ -24,8 +25,14 @@ pub struct Status {
     pub node_id: String,
     pub listen: String,
     pub network: String,
-    /// Size of the masternode set.
+    /// Size of the masternode set in force at the next height.
     pub members: usize,
+    /// Whether this node is in that set (a joiner, or a removed member, is not).
+    #[serde(default = "yes")]
+    pub member: bool,
+    /// Membership changes collecting approvals (on chain or waiting for a block).
+    #[serde(default)]
+    pub pending_changes: Vec<PendingChange>,
     pub height: u64,
     pub tip_hash: Option<String>,
     pub quorum: Quorum,
@@ -55,6 +62,23 @@ pub struct Status {
     /// well.
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A membership change that has not completed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingChange {
+    /// `add`, `remove` or `set-addr`.
+    pub change: String,
+    pub node_id: String,
+    #[serde(default)]
+    pub addr: Option<String>,
+    pub approvals: usize,
+    pub required: usize,
+    pub expires_at_height: u64,
 }
 
 /// Whether the node is catching up.
@@ -114,7 +138,16 @@ impl Status {
     }
 }
 
-pub fn build_status(id: NodeId, advertised: SocketAddr, network: &Network, peers: &Peers, tip: Tip) -> Status {
+/// The transport's and the set's part of a status; `set` is the member set in
+/// force at the next height.
+pub fn build_status(
+    id: NodeId,
+    advertised: SocketAddr,
+    network: &Network,
+    set: &MemberSet,
+    peers: &Peers,
+    tip: Tip,
+) -> Status {
     let infos = peers.peers();
     let c = peers.counters();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -129,10 +162,16 @@ pub fn build_status(id: NodeId, advertised: SocketAddr, network: &Network, peers
         node_id: id.to_hex(),
         listen: advertised.to_string(),
         network: network.name.clone(),
-        members: network.members.len(),
+        members: set.len(),
+        member: set.contains(&id),
+        pending_changes: Vec::new(),
         height: tip.height,
         tip_hash: (tip.height > 0).then(|| hex(&tip.hash)),
-        quorum: quorum(infos.len() + 1, network.members.len(), network.min_active),
+        quorum: quorum(
+            infos.iter().filter(|p| set.contains(&p.id)).count() + set.contains(&id) as usize,
+            set.len(),
+            network.min_active,
+        ),
         peers: infos
             .iter()
             .map(|p| PeerStatus {
@@ -204,6 +243,12 @@ pub fn add_chain(s: &mut Status, chain: ChainState, missing: &[String], block_in
     };
     s.clock_offset_ms = chain.clock_offset_ms;
     let mut w = Vec::new();
+    if !s.member {
+        w.push(format!(
+            "this node is not in the member set ({} members): it follows the chain and is accepted once a block adds it",
+            s.members
+        ));
+    }
     if !s.quorum.met {
         w.push(format!("quorum not met: {}/{} active, {} required", s.quorum.active, s.members, s.quorum.required));
     }
@@ -238,20 +283,22 @@ pub struct StatusSource {
     pub(crate) tip: watch::Receiver<Tip>,
     pub(crate) chain: Arc<ChainMetrics>,
     pub(crate) mempool: Arc<Mutex<Mempool>>,
+    pub(crate) members: watch::Receiver<Arc<MembersView>>,
 }
 
 impl StatusSource {
     pub fn status(&self) -> Status {
         let tip = *self.tip.borrow();
-        let mut s = build_status(self.id, self.advertised, &self.network, &self.peers, tip);
+        let view = self.members.borrow().clone();
+        let set = view.membership.current();
+        let mut s = build_status(self.id, self.advertised, &self.network, set, &self.peers, tip);
+        s.pending_changes = pending_changes(&view);
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let connected: std::collections::BTreeSet<&str> = s.peers.iter().map(|p| p.node_id.as_str()).collect();
-        let missing: Vec<String> = self
-            .network
-            .members
+        let missing: Vec<String> = set
             .iter()
-            .filter(|m| m.id != self.id && !connected.contains(m.id.to_hex().as_str()))
-            .map(|m| format!("{} ({})", m.id.short(), m.addr))
+            .filter(|(id, _)| **id != self.id && !connected.contains(id.to_hex().as_str()))
+            .map(|(id, m)| format!("{} ({})", id.short(), m.addr))
             .collect();
         let chain = ChainState {
             last_block_timestamp_ms: (tip.height > 0).then(|| load(&self.chain.last_block_timestamp_ms)),
@@ -263,6 +310,11 @@ impl StatusSource {
         };
         add_chain(&mut s, chain, &missing, self.network.block_interval_ms, crate::chain::producer::now_ms());
         s
+    }
+
+    /// The membership after the tip, and approvals waiting for a block.
+    pub fn members(&self) -> Arc<MembersView> {
+        self.members.borrow().clone()
     }
 
     pub(crate) fn peers(&self) -> &Peers {
@@ -300,6 +352,8 @@ mod tests {
             listen: "127.0.0.1:24100".into(),
             network: "devnet".into(),
             members: 4,
+            member: true,
+            pending_changes: vec![],
             height,
             tip_hash: None,
             quorum: Quorum { active: if met { 4 } else { 2 }, required: 3, met },
@@ -391,4 +445,38 @@ mod tests {
         assert_eq!(s.height, 3);
         assert!(s.warnings.is_empty());
     }
+}
+
+/// Changes collecting approvals: those on chain, and those only this node's
+/// pool holds so far.
+pub fn pending_changes(view: &MembersView) -> Vec<PendingChange> {
+    use crate::chain::members::Change;
+    let membership = &view.membership;
+    let mut changes: BTreeMap<Change, (usize, u64)> = BTreeMap::new();
+    for p in membership.pending() {
+        changes.insert(p.change.clone(), (p.required, p.expires_at));
+    }
+    let ttl = membership.params().ttl;
+    for a in &view.waiting {
+        let required = if a.change.needs_vote() { membership.current().quorum() } else { 1 };
+        let entry = changes.entry(a.change.clone()).or_insert((required, a.signed_at + ttl));
+        entry.1 = entry.1.min(a.signed_at + ttl);
+    }
+    changes
+        .into_iter()
+        .map(|(change, (required, expires_at_height))| {
+            let addr = match &change {
+                Change::Add { addr, .. } | Change::SetAddr { addr, .. } => Some(addr.to_string()),
+                Change::Remove { .. } => None,
+            };
+            PendingChange {
+                change: change.kind().to_string(),
+                node_id: change.subject().to_hex(),
+                addr,
+                approvals: view.approvers(&change).len(),
+                required,
+                expires_at_height,
+            }
+        })
+        .collect()
 }

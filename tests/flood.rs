@@ -56,6 +56,7 @@ async fn member_flooding_maximum_size_frames_delays_only_itself() {
                     timestamp_ms: 0,
                     proposer: spec.id(0),
                     tx_root: tx_root(&txs),
+                    changes: vec![],
                 },
                 txs,
             };

@@ -168,7 +168,7 @@ fn bad_configurations_exit_78_with_one_clear_line() {
             "does not match",
         ),
         (
-            "own key not in the set",
+            "a joiner (key not in the genesis) on an address no member can dial",
             Box::new(|| {
                 let key = other.path().join("node.key");
                 let crt = other.path().join("node.crt");
@@ -176,12 +176,13 @@ fn bad_configurations_exit_78_with_one_clear_line() {
                     cfg,
                     original
                         .replace("key = \"node.key\"", &format!("key = {key:?}"))
-                        .replace("cert = \"node.crt\"", &format!("cert = {crt:?}")),
+                        .replace("cert = \"node.crt\"", &format!("cert = {crt:?}"))
+                        .replace(&format!("listen = \"127.{a}.{b}.1:"), "listen = \"0.0.0.0:"),
                 )
                 .unwrap()
             }),
             "network.toml",
-            "not in the masternode set",
+            "not in the genesis set",
         ),
         (
             "min_active above the member count",

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::members::{ChangeError, SignedApproval};
 use crate::codec::BINCODE;
 use crate::identity::{hex, NodeId};
 
@@ -55,6 +56,9 @@ pub struct Header {
     pub proposer: NodeId,
     /// SHA-256 over the transactions' hashes, in order.
     pub tx_root: Hash,
+    /// Membership approvals ([`super::members`]), checked against the chain's
+    /// member state at this height; most blocks carry none.
+    pub changes: Vec<SignedApproval>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
@@ -105,6 +109,8 @@ pub enum BlockError {
     NotFresh { block_round: Round, round: Round },
     #[error("block of round {block_round} carried by round {round}, before it existed")]
     NewerThanRound { block_round: Round, round: Round },
+    #[error("membership approval #{index} refused: {reason}")]
+    BadChange { index: usize, reason: ChangeError },
 }
 
 impl Header {
@@ -112,7 +118,7 @@ impl Header {
         let mut buf = Vec::with_capacity(128);
         // Encoding a header into a Vec cannot fail: no limit is near.
         let _ = bincode::encode_into_std_write(self, &mut buf, BINCODE);
-        Hash::of(&[b"masternode/header/v1\0", &buf])
+        Hash::of(&[b"masternode/header/v2\0", &buf])
     }
 }
 

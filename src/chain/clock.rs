@@ -226,6 +226,7 @@ mod tests {
                     timestamp_ms,
                     proposer: id(from),
                     tx_root: Hash([0; 32]),
+                    changes: vec![],
                 },
                 txs: vec![],
             },

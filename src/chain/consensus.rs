@@ -7,8 +7,11 @@
 //! schedule that timeout, this block is decided). It reads no clock, opens no socket
 //! and touches no disk, so every rule is tested exhaustively and fast.
 //!
-//! * Members are sorted by `NodeId`; `proposer(h, r) = members[(h + r) mod n]`.
-//! * `q = floor(2n/3) + 1` votes make a quorum ("2f+1"); `n - q + 1` make "f+1".
+//! * The member set is the one in force at each height ([`Membership`]: changes
+//!   committed in block H count from H + 2). Members are sorted by `NodeId`;
+//!   `proposer(h, r) = members_h[(h + r) mod n_h]`.
+//! * `q = floor(2n/3) + 1` votes make a quorum ("2f+1"); `n - q + 1` make "f+1",
+//!   with `n` the size of the current height's set.
 //! * Timeouts grow with the round, `base + delta * r`, without a bound short of
 //!   [`MAX_TIMEOUT_MS`]: the paper's liveness needs timeouts that outgrow any
 //!   message delay (see [`Timeouts`]).
@@ -35,6 +38,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::block::{tx_root, Block, BlockError, Hash, Header, Height, Limits, Round};
+use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
 use super::vote::{
     quorum, Certificate, Committed, Proposal, SignRecord, SignedProposal, SignedVote, Step, Vote, VoteKind,
 };
@@ -59,8 +63,9 @@ pub const AHEAD_REPEAT_MS: u64 = 10_000;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub network_id: [u8; 32],
-    /// Sorted.
-    pub members: Vec<NodeId>,
+    /// The member sets from the height the core starts at: `applied()` is the
+    /// height before it.
+    pub members: Membership,
     pub block_interval_ms: u64,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -139,6 +144,8 @@ pub enum Input {
         height: Height,
         round: Round,
         txs: Vec<Vec<u8>>,
+        /// Membership approvals, chosen with [`Membership::select`].
+        changes: Vec<SignedApproval>,
     },
     /// A block with its certificate, fetched by sync.
     Commit(Committed),
@@ -169,8 +176,15 @@ pub enum Output {
         height: Height,
         round: Round,
     },
-    /// Store durably before anything else happens; the core has moved on.
-    Decided(Committed),
+    /// Store durably (the block with the membership it leaves) before anything
+    /// else happens; the core has moved on.
+    Decided {
+        committed: Committed,
+        /// The membership after this block, to persist with it.
+        membership: Box<MembershipState>,
+        /// The member changes this block completed (in force two heights on).
+        completed: Vec<Completed>,
+    },
     /// A message broke the protocol; [`Misbehaviour::culprit`] says whether it
     /// proves a member guilty.
     Misbehaviour(Misbehaviour),
@@ -331,7 +345,8 @@ impl Core {
         prev_ts: u64,
         last_signed: Option<SignRecord>,
     ) -> Core {
-        let n = cfg.members.len();
+        debug_assert_eq!(cfg.members.applied() + 1, height, "the membership is the one before `height`");
+        let n = cfg.members.current().len();
         let q = quorum(n);
         Core {
             me: identity.id(),
@@ -389,8 +404,20 @@ impl Core {
     }
 
     pub fn proposer(&self, height: Height, round: Round) -> NodeId {
-        let n = self.cfg.members.len() as u64;
-        self.cfg.members[((height + round as u64) % n) as usize]
+        // A set is never empty (changes keep at least `min_active` members); an
+        // empty one would have no proposer, and no id is all zeros.
+        self.members_at(height).nth_cyclic(height + round as u64).unwrap_or(NodeId([0; 32]))
+    }
+
+    /// The member set in force at `height` (past the next height: the latest
+    /// known, which is what a message from there can be checked against).
+    pub fn members_at(&self, height: Height) -> &MemberSet {
+        self.cfg.members.at(height)
+    }
+
+    /// The membership as of the last committed block.
+    pub fn membership(&self) -> &Membership {
+        &self.cfg.members
     }
 
     /// Schedules the start of the current height; call once after `new`.
@@ -492,7 +519,7 @@ impl Core {
             Input::Proposal(p) => self.on_proposal(p, now_ms, out),
             Input::Vote(v) => self.on_vote(v, now_ms, out),
             Input::Timeout(t) => self.on_timeout(t, now_ms, out),
-            Input::Value { height, round, txs } => self.on_value(height, round, txs, now_ms, out),
+            Input::Value { height, round, txs, changes } => self.on_value(height, round, txs, changes, now_ms, out),
             Input::Commit(c) => self.on_commit(c, now_ms, out),
             Input::Quorum(met) => {
                 let was = self.quorum;
@@ -510,7 +537,7 @@ impl Core {
     fn on_proposal(&mut self, sp: SignedProposal, now_ms: u64, out: &mut Vec<Output>) {
         let p = &sp.proposal;
         let (height, round, proposer) = (p.height, p.round, p.proposer);
-        if height < self.height || !self.cfg.members.contains(&proposer) {
+        if height < self.height || !self.members_at(height).contains(&proposer) {
             return;
         }
         let future = height > self.height;
@@ -603,13 +630,24 @@ impl Core {
             _ => {}
         }
         let height = self.height;
-        block.validate(self.prev_hash, height - 1, self.prev_ts, |r| self.proposer(height, r), now_ms, &self.cfg.limits)
+        block.validate(
+            self.prev_hash,
+            height - 1,
+            self.prev_ts,
+            |r| self.proposer(height, r),
+            now_ms,
+            &self.cfg.limits,
+        )?;
+        self.cfg
+            .members
+            .validate(&block.header.changes, &self.cfg.network_id)
+            .map_err(|(index, reason)| BlockError::BadChange { index, reason })
     }
 
     fn on_vote(&mut self, sv: SignedVote, now_ms: u64, out: &mut Vec<Output>) {
         let v = &sv.vote;
         let (height, round, voter, step) = (v.height, v.round, v.voter, v.kind.step());
-        if height < self.height || !self.cfg.members.contains(&voter) {
+        if height < self.height || !self.members_at(height).contains(&voter) {
             return;
         }
         let future = height > self.height;
@@ -772,7 +810,15 @@ impl Core {
         self.check_rules(now_ms, out);
     }
 
-    fn on_value(&mut self, height: Height, round: Round, txs: Vec<Vec<u8>>, now_ms: u64, out: &mut Vec<Output>) {
+    fn on_value(
+        &mut self,
+        height: Height,
+        round: Round,
+        txs: Vec<Vec<u8>>,
+        changes: Vec<SignedApproval>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
         if height != self.height
             || round != self.round
             || self.step != Step::Propose
@@ -791,6 +837,7 @@ impl Core {
                 timestamp_ms: now_ms.max(self.prev_ts + 1),
                 proposer: self.me,
                 tx_root: tx_root(&txs),
+                changes,
             },
             txs,
         };
@@ -837,7 +884,7 @@ impl Core {
 
     /// Double-sign protection: only strictly after the last signature.
     fn may_sign(&self, record: SignRecord) -> bool {
-        self.cfg.members.contains(&self.me) && self.last_signed.is_none_or(|last| record > last)
+        self.members_at(self.height).contains(&self.me) && self.last_signed.is_none_or(|last| record > last)
     }
 
     /// Re-evaluates every `upon` rule until none fires.
@@ -973,7 +1020,7 @@ impl Core {
             return;
         }
         let height = self.height;
-        if let Err(reason) = c.cert.verify(&c.block, &self.cfg.members, &self.cfg.network_id) {
+        if let Err(reason) = c.cert.verify(&c.block, &self.members_at(height).ids(), &self.cfg.network_id) {
             out.push(Output::Misbehaviour(Misbehaviour::BadCertificate { height, reason }));
             return;
         }
@@ -989,8 +1036,14 @@ impl Core {
     fn advance(&mut self, block: Block, now_ms: u64, out: &mut Vec<Output>, cert: Certificate) {
         self.prev_hash = block.hash();
         self.prev_ts = block.header.timestamp_ms;
-        out.push(Output::Decided(Committed { block, cert }));
+        // Checked with the block (`validate_block`), so every approval applies.
+        let completed = self.cfg.members.apply(&block.header.changes, &self.cfg.network_id);
+        let membership = Box::new(self.cfg.members.state().clone());
+        out.push(Output::Decided { committed: Committed { block, cert }, membership, completed });
         self.height += 1;
+        let n = self.members_at(self.height).len();
+        self.q = quorum(n);
+        self.f1 = n - self.q + 1;
         self.round = 0;
         self.step = Step::Propose;
         self.started = false;

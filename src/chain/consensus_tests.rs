@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::chain::block::{genesis_hash, Limits};
+use crate::chain::members::Membership;
 use crate::chain::vote::{Committed, SignRecord, Step};
 use crate::identity::Identity;
 
@@ -27,7 +28,7 @@ fn identities(n: usize) -> Vec<Arc<Identity>> {
 fn config(ids: &[Arc<Identity>]) -> Config {
     Config {
         network_id: NET,
-        members: ids.iter().map(|i| i.id()).collect(),
+        members: Membership::of_ids(&ids.iter().map(|i| i.id()).collect::<Vec<_>>(), 1),
         block_interval_ms: INTERVAL,
         limits: Limits::default(),
         timeouts: Timeouts::for_interval(INTERVAL),
@@ -135,9 +136,9 @@ impl Sim {
                 Output::Schedule { timeout, after_ms } => self.at(self.now + after_ms, node, Input::Timeout(timeout)),
                 Output::NeedValue { height, round } => {
                     let txs = vec![format!("tx h{height} r{round}").into_bytes()];
-                    self.queue.push_back((node, Input::Value { height, round, txs }));
+                    self.queue.push_back((node, Input::Value { height, round, txs, changes: vec![] }));
                 }
-                Output::Decided(c) => self.decided[node].push(c),
+                Output::Decided { committed, .. } => self.decided[node].push(committed),
                 Output::Misbehaviour(m) => self.misbehaviour.push(m),
                 Output::Ahead { .. } => {}
             }
@@ -321,7 +322,7 @@ fn double_sign_guard_survives_a_restart() {
 fn locking_and_valid_round_follow_the_paper() {
     let ids = identities(4);
     let cfg = config(&ids);
-    let members = cfg.members.clone();
+    let members = cfg.members.current().ids();
     // The core under test is the one that is not proposer of rounds 0..=2 at height 1.
     let proposer = |r: u32| members[((1 + r as u64) % 4) as usize];
     let me = ids.iter().find(|i| ![proposer(0), proposer(1), proposer(2)].contains(&i.id())).unwrap().clone();
@@ -341,6 +342,7 @@ fn locking_and_valid_round_follow_the_paper() {
                 timestamp_ms: 4_000 + r as u64,
                 proposer: proposer(r),
                 tx_root: tx_root(&txs),
+                changes: vec![],
             },
             txs,
         }
@@ -468,6 +470,7 @@ fn equivocating_proposer_cannot_split_the_network() {
                 timestamp_ms: prev.header.timestamp_ms + 1,
                 proposer: evil_id,
                 tx_root: tx_root(&txs),
+                changes: vec![],
             },
             txs,
         };
@@ -499,19 +502,19 @@ impl OneCore {
     fn new() -> OneCore {
         let ids = identities(4);
         let cfg = config(&ids);
-        let members = cfg.members.clone();
+        let members = cfg.members.current().ids();
         let leads = |r: u32| members[((1 + r as u64) % 4) as usize];
         let me = ids.iter().find(|i| ![leads(0), leads(1), leads(2)].contains(&i.id())).unwrap().clone();
         OneCore { ids, cfg, me }
     }
     fn proposer(&self, r: u32) -> NodeId {
-        self.cfg.members[((1 + r as u64) % 4) as usize]
+        self.cfg.members.current().ids()[((1 + r as u64) % 4) as usize]
     }
     fn identity(&self, n: NodeId) -> Arc<Identity> {
         self.ids.iter().find(|i| i.id() == n).unwrap().clone()
     }
     fn others(&self) -> Vec<NodeId> {
-        self.cfg.members.iter().copied().filter(|m| *m != self.me.id()).collect()
+        self.cfg.members.current().ids().into_iter().filter(|m| *m != self.me.id()).collect()
     }
     fn block(&self, r: u32, tag: &str) -> Block {
         let txs = vec![tag.as_bytes().to_vec()];
@@ -523,6 +526,7 @@ impl OneCore {
                 timestamp_ms: 4_000 + r as u64,
                 proposer: self.proposer(r),
                 tx_root: tx_root(&txs),
+                changes: vec![],
             },
             txs,
         }
@@ -743,7 +747,7 @@ fn future_messages_are_verified_before_they_are_reported() {
     let p = Proposal { height: 7, round: 0, block: block.clone(), valid_round: None, proposer: outsider.id() };
     assert_eq!(ahead(&core.handle(Input::Proposal(p.sign(&NET, &outsider)), now)), 0, "an outsider is not a peer tip");
     // A member that does not lead (7, 0).
-    let not_leader = *f.cfg.members.iter().find(|m| **m != core.proposer(7, 0)).unwrap();
+    let not_leader = f.cfg.members.current().ids().into_iter().find(|m| *m != core.proposer(7, 0)).unwrap();
     block.header.proposer = not_leader;
     let p = Proposal { height: 7, round: 0, block, valid_round: None, proposer: not_leader };
     assert_eq!(ahead(&core.handle(Input::Proposal(p.sign(&NET, &f.identity(not_leader))), now)), 0);
@@ -884,6 +888,7 @@ fn next_height_buffer_is_bounded_in_bytes() {
             timestamp_ms: 4_000,
             proposer,
             tx_root: tx_root(&txs),
+            changes: vec![],
         };
         let p = Proposal { height: 2, round, block: Block { header, txs }, valid_round: None, proposer };
         core.handle(Input::Proposal(p.sign(&NET, &f.identity(proposer))), now);

@@ -12,6 +12,7 @@
 use bytes::Bytes;
 
 use super::block::{Hash, Height};
+use super::members::SignedApproval;
 use super::vote::{Committed, SignedProposal, SignedVote};
 use crate::codec::{self, Frame, FrameError, MAX_FRAME};
 use crate::net::{Class, Outgoing, Protocol};
@@ -36,6 +37,8 @@ pub enum Message {
     },
     /// Response to `GetBlocks`.
     Blocks(Vec<Committed>),
+    /// A member's approval of a membership change, gossiped to proposers.
+    Approval(SignedApproval),
 }
 
 /// Kind bytes, equal to the variant indexes above.
@@ -47,6 +50,7 @@ pub mod kind {
     pub const TIP: u8 = 4;
     pub const GET_BLOCKS: u8 = 5;
     pub const BLOCKS: u8 = 6;
+    pub const APPROVAL: u8 = 7;
 }
 
 /// Limits per kind, bytes of body.
@@ -59,6 +63,7 @@ pub const VOTE_LIMIT: usize = 256;
 pub const TIP_LIMIT: usize = 64;
 pub const GET_BLOCKS_LIMIT: usize = 32;
 pub const BLOCKS_LIMIT: usize = MAX_FRAME;
+pub const APPROVAL_LIMIT: usize = 512;
 
 impl Frame for Message {
     fn limit(kind: u8) -> Option<usize> {
@@ -70,6 +75,7 @@ impl Frame for Message {
             kind::TIP => Some(TIP_LIMIT),
             kind::GET_BLOCKS => Some(GET_BLOCKS_LIMIT),
             kind::BLOCKS => Some(BLOCKS_LIMIT),
+            kind::APPROVAL => Some(APPROVAL_LIMIT),
             _ => None,
         }
     }
@@ -85,6 +91,7 @@ impl Message {
             Message::Tip { .. } => kind::TIP,
             Message::GetBlocks { .. } => kind::GET_BLOCKS,
             Message::Blocks(_) => kind::BLOCKS,
+            Message::Approval(_) => kind::APPROVAL,
         }
     }
 
@@ -97,6 +104,7 @@ impl Message {
             Message::Tip { .. } => "tip",
             Message::GetBlocks { .. } => "get_blocks",
             Message::Blocks(_) => "blocks",
+            Message::Approval(_) => "approval",
         }
     }
 }
@@ -116,7 +124,9 @@ pub fn proposal_height(body: &[u8]) -> Option<Height> {
 pub const PROTOCOL: Protocol = Protocol { gossip: gossip_limit, request: request_limit, response: response_limit };
 
 fn gossip_limit(k: u8) -> Option<usize> {
-    matches!(k, kind::TX | kind::PROPOSAL | kind::VOTE | kind::TIP).then(|| Message::limit(k)).flatten()
+    matches!(k, kind::TX | kind::PROPOSAL | kind::VOTE | kind::TIP | kind::APPROVAL)
+        .then(|| Message::limit(k))
+        .flatten()
 }
 
 fn request_limit(k: u8) -> Option<usize> {
@@ -173,7 +183,7 @@ mod tests {
     #[test]
     fn each_stream_carries_only_its_kinds() {
         let gossip: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.gossip)(*k).is_some()).collect();
-        assert_eq!(gossip, vec![kind::TX, kind::PROPOSAL, kind::VOTE, kind::TIP]);
+        assert_eq!(gossip, vec![kind::TX, kind::PROPOSAL, kind::VOTE, kind::TIP, kind::APPROVAL]);
         let request: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.request)(*k).is_some()).collect();
         assert_eq!(request, vec![kind::DATA, kind::GET_BLOCKS]);
         let response: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.response)(*k).is_some()).collect();
@@ -196,6 +206,7 @@ mod tests {
                 timestamp_ms: 1,
                 proposer: id.id(),
                 tx_root: tx_root(&txs),
+                changes: vec![],
             },
             txs,
         };

@@ -10,6 +10,7 @@
 //! * [`sync`]: catch-up planning (which peer, which blocks, what a response
 //!   says about its sender) and a token bucket, without IO.
 //! * [`mempool`]: transactions waiting for a block.
+//! * [`members`]: the member set at each height and the signed changes that move it.
 //! * [`message`]: what the chain sends its peers, and on which stream.
 //! * `producer`: the task that runs consensus over the transport and the store,
 //!   and catches up from peers.
@@ -17,6 +18,7 @@
 pub mod block;
 pub mod clock;
 pub mod consensus;
+pub mod members;
 pub mod mempool;
 pub mod message;
 pub mod misbehaviour;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,13 +23,14 @@ use tokio_util::task::TaskTracker;
 use super::block::{Height, Limits};
 use super::clock::{ClockConfig, ClockEstimator, ClockEvent};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
+use super::members::{Approval, ApprovalPool, Change, ChangeError, Membership, SignedApproval};
 use super::mempool::Mempool;
 use super::message::Message;
 use super::store::{Store, StoreError};
 use super::sync::{Failure, Outcome, SyncConfig, SyncPlanner, TokenBucket};
 use crate::codec::FrameError;
 use crate::config::{Network, NodeLimits};
-use crate::identity::NodeId;
+use crate::identity::{Identity, NodeId};
 use crate::net::handshake::Tip;
 use crate::net::{Delivery, Inbound, InboundRequest, PeerEvent, Peers, Refusal, RequestError};
 
@@ -91,6 +92,59 @@ impl Default for ChainMetrics {
     }
 }
 
+/// A membership change an operator asks this node to approve (or, for its own
+/// address, to announce), through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeRequest {
+    Add {
+        id: NodeId,
+        addr: std::net::SocketAddr,
+    },
+    Remove {
+        id: NodeId,
+    },
+    /// This node's own new address.
+    SetAddr {
+        addr: std::net::SocketAddr,
+    },
+}
+
+pub struct MemberRequest {
+    pub request: ChangeRequest,
+    pub reply: oneshot::Sender<Result<Submitted, ChangeError>>,
+}
+
+/// A signed approval this node accepted and gossiped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub change: Change,
+    /// Members whose approvals count so far (on chain and waiting for a block).
+    pub approvals: usize,
+    pub required: usize,
+    pub expires_at: Height,
+}
+
+/// What `/members` and `/status` show: the membership after the tip, and the
+/// approvals this node holds that no block carries yet.
+#[derive(Debug, Clone)]
+pub struct MembersView {
+    pub membership: Membership,
+    pub waiting: Vec<Approval>,
+}
+
+impl MembersView {
+    /// Members approving `change`: on chain (still counting) and waiting.
+    pub fn approvers(&self, change: &Change) -> Vec<NodeId> {
+        let current = self.membership.current();
+        let mut out: std::collections::BTreeSet<NodeId> =
+            self.membership.pending().into_iter().filter(|p| &p.change == change).flat_map(|p| p.approvals).collect();
+        out.extend(
+            self.waiting.iter().filter(|a| &a.change == change && current.contains(&a.approver)).map(|a| a.approver),
+        );
+        out.into_iter().collect()
+    }
+}
+
 pub struct Producer {
     node_limits: NodeLimits,
     sync_buckets: HashMap<NodeId, TokenBucket>,
@@ -122,6 +176,31 @@ pub struct Producer {
     /// When each peer last sent us anything.
     last_heard: HashMap<NodeId, Instant>,
     clock: ClockEstimator,
+    identity: Arc<Identity>,
+    approvals: ApprovalPool,
+    members_view: watch::Sender<Arc<MembersView>>,
+    member_requests: mpsc::Receiver<MemberRequest>,
+    /// The members last handed to the transport.
+    reachable: Vec<(NodeId, std::net::SocketAddr)>,
+    /// Whether this node is a member of the current height's set.
+    member: bool,
+}
+
+/// The producer's links to the admin API for membership.
+pub struct MemberLinks {
+    pub view: watch::Sender<Arc<MembersView>>,
+    pub requests: mpsc::Receiver<MemberRequest>,
+}
+
+impl MemberLinks {
+    /// Links and the admin API's ends of them.
+    pub fn new(
+        membership: Membership,
+    ) -> (MemberLinks, watch::Receiver<Arc<MembersView>>, mpsc::Sender<MemberRequest>) {
+        let (view, view_rx) = watch::channel(Arc::new(MembersView { membership, waiting: vec![] }));
+        let (tx, requests) = mpsc::channel(16);
+        (MemberLinks { view, requests }, view_rx, tx)
+    }
 }
 
 enum Event {
@@ -131,6 +210,7 @@ enum Event {
     Connected,
     Peer(PeerEvent),
     Sync(NodeId, Box<SyncResult>),
+    Member(MemberRequest),
     Timers,
     Tick,
 }
@@ -170,13 +250,17 @@ impl Producer {
         tracker: TaskTracker,
         metrics: Arc<ChainMetrics>,
         node_limits: NodeLimits,
+        identity: Arc<Identity>,
+        links: MemberLinks,
     ) -> Producer {
         let (sync_tx, sync_rx) = mpsc::channel(4);
         let last_height_seen = (core.height(), Instant::now());
         let rebroadcast_after = Duration::from_millis((network.block_interval_ms * 3).max(3_000));
         // An estimate from at least half of the peers, so one peer whose clock
         // is off cannot make the others think theirs are.
-        let min_peers = network.members.len().saturating_sub(1).div_ceil(2).max(1);
+        let min_peers = core.members_at(core.height()).len().saturating_sub(1).div_ceil(2).max(1);
+        let reachable = core.membership().reachable();
+        let member = core.members_at(core.height()).contains(&core.id());
         let clock =
             ClockEstimator::new(ClockConfig { min_peers, ..ClockConfig::for_interval(network.block_interval_ms) });
         Producer {
@@ -205,6 +289,12 @@ impl Producer {
             last_heard: HashMap::new(),
             clock_skew_ms: 0,
             clock,
+            identity,
+            approvals: ApprovalPool::default(),
+            members_view: links.view,
+            member_requests: links.requests,
+            reachable,
+            member,
         }
     }
 
@@ -225,8 +315,7 @@ impl Producer {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let start = self.core.start(self.now());
         self.drive(start).await?;
-        let count = connected.count();
-        self.on_connected(count).await?;
+        self.on_connected().await?;
         let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
         loop {
             // Shutdown first: the transport empties the peer set as it stops,
@@ -263,6 +352,7 @@ impl Producer {
                     Some((peer, result)) => Event::Sync(peer, Box::new(result)),
                     None => Event::Stop,
                 },
+                Some(req) = self.member_requests.recv() => Event::Member(req),
                 _ = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => Event::Timers,
                 _ = tick.tick() => Event::Tick,
             };
@@ -282,10 +372,7 @@ impl Producer {
                     }
                 }
                 Event::Request(req) => self.on_request(req),
-                Event::Connected => {
-                    let count = connected.count();
-                    self.on_connected(count).await?;
-                }
+                Event::Connected => self.on_connected().await?,
                 Event::Peer(PeerEvent::Up { id, .. }) => {
                     self.last_heard.insert(id, Instant::now());
                     self.on_peer_up(id)
@@ -294,6 +381,7 @@ impl Producer {
                     self.sync.handle_down(id);
                 }
                 Event::Sync(peer, result) => self.on_sync(peer, *result).await?,
+                Event::Member(req) => self.on_member_request(req),
                 Event::Timers => self.fire_timers().await?,
                 Event::Tick => {
                     self.rebroadcast();
@@ -403,6 +491,10 @@ impl Producer {
                 self.maybe_sync();
                 return Ok(());
             }
+            Message::Approval(sa) => {
+                self.on_approval(from, sa);
+                return Ok(());
+            }
             other => {
                 tracing::debug!(peer = %from.short(), kind = other.kind_name(), "ignoring message on the gossip stream");
                 return Ok(());
@@ -470,13 +562,24 @@ impl Producer {
         self.sync_buckets.entry(peer).or_insert_with(|| TokenBucket::new(rate, 2.0 * rate, now)).take(now)
     }
 
-    async fn on_connected(&mut self, peers: usize) -> Result<(), ProducerError> {
-        let n = self.network.members.len();
+    /// Recomputes the quorum gate: members of the current height's set that are
+    /// connected, this node included when it is one.
+    async fn on_connected(&mut self) -> Result<(), ProducerError> {
+        let out = self.check_quorum();
+        self.drive(out).await
+    }
+
+    /// The quorum gate's state now; the core's outputs if it changed.
+    fn check_quorum(&mut self) -> Vec<Output> {
+        let set = self.core.members_at(self.core.height());
+        let n = set.len();
+        let me = set.contains(&self.core.id()) as usize;
+        let connected = self.peers.peers().iter().filter(|p| set.contains(&p.id)).count();
         let super::quorum::Quorum { active, required, met } =
-            super::quorum::quorum(peers + 1, n, self.network.min_active);
+            super::quorum::quorum(connected + me, n, self.network.min_active);
         let previous = self.quorum.replace((active, met));
         if previous == Some((active, met)) {
-            return Ok(());
+            return Vec::new();
         }
         match (previous.map(|p| p.1), met) {
             (Some(true), true) => tracing::debug!("quorum met: {active}/{n} active, {required} required"),
@@ -486,16 +589,19 @@ impl Producer {
             (_, false) => tracing::info!("waiting for quorum: {active}/{n} active, {required} required"),
         }
         if previous.map(|p| p.1) != Some(met) {
-            let out = self.core.handle(Input::Quorum(met), self.now());
-            self.drive(out).await?;
+            return self.core.handle(Input::Quorum(met), self.now());
         }
-        Ok(())
+        Vec::new()
     }
 
     /// A peer that just connected missed what we signed at this height: replay it.
     fn on_peer_up(&mut self, id: NodeId) {
         for m in self.core.own_messages() {
             self.send(id, &signed_message(m));
+        }
+        // Approvals waiting for a block: the peer may propose the next one.
+        for sa in self.approvals.iter() {
+            self.send(id, &Message::Approval(sa.clone()));
         }
         if let Some(info) = self.peers.peers().into_iter().find(|p| p.id == id) {
             self.sync.handle_claim(id, info.tip.height, std::time::Instant::now());
@@ -647,12 +753,23 @@ impl Producer {
                 }
                 Output::NeedValue { height, round } => {
                     let txs = self.lock_mempool().take(self.limits.max_block_txs, self.limits.max_block_bytes);
-                    work.extend(self.core.handle(Input::Value { height, round, txs }, self.now()));
+                    let changes = self.core.membership().select(self.approvals.iter(), &self.network.id);
+                    work.extend(self.core.handle(Input::Value { height, round, txs, changes }, self.now()));
                 }
-                Output::Decided(c) => {
+                Output::Decided { committed: c, membership, completed } => {
                     let store = self.store.clone();
                     let stored = c.clone();
-                    tokio::task::spawn_blocking(move || store.commit(&stored)).await??;
+                    tokio::task::spawn_blocking(move || store.commit(&stored, &membership)).await??;
+                    for done in &completed {
+                        tracing::info!(
+                            height = done.height,
+                            in_force = done.in_force,
+                            "member change committed: {}, in force from height {}",
+                            done.change,
+                            done.in_force
+                        );
+                    }
+                    work.extend(self.after_block(!c.block.header.changes.is_empty() || !completed.is_empty()));
                     self.lock_mempool().remove_committed(&c.block.txs);
                     let height = c.block.height();
                     let hash = c.block.hash();
@@ -707,6 +824,110 @@ impl Producer {
             }
             Err(e) => tracing::error!("cannot send: {e}"),
         }
+    }
+
+    /// After a block: approvals it carried or made void leave the pool, the
+    /// transport follows the set, the quorum gate counts the new height's set.
+    fn after_block(&mut self, membership_changed: bool) -> Vec<Output> {
+        if membership_changed || !self.approvals.is_empty() {
+            self.approvals.retain_valid(self.core.membership(), &self.network.id);
+        }
+        self.publish_members();
+        let reachable = self.core.membership().reachable();
+        if reachable != self.reachable {
+            self.peers.set_members(reachable.clone());
+            self.reachable = reachable;
+        }
+        let height = self.core.height();
+        let now_member = self.core.members_at(height).contains(&self.core.id());
+        if now_member != self.member {
+            self.member = now_member;
+            if now_member {
+                tracing::info!(height, "this node is a member from height {height}: it votes from here on");
+            } else {
+                tracing::warn!(height, "this node is no longer a member from height {height}: it stops voting");
+            }
+        }
+        self.check_quorum()
+    }
+
+    fn publish_members(&self) {
+        let waiting = self.approvals.iter().map(|sa| sa.approval.clone()).collect();
+        self.members_view.send_replace(Arc::new(MembersView { membership: self.core.membership().clone(), waiting }));
+    }
+
+    /// An approval gossiped by a peer: kept and passed on once if the next block
+    /// could carry it.
+    fn on_approval(&mut self, from: NodeId, sa: SignedApproval) {
+        match self.core.membership().check(&sa, &self.network.id) {
+            Ok(()) => {
+                if self.approvals.add(sa.clone()) {
+                    self.broadcast(&Message::Approval(sa));
+                    self.publish_members();
+                }
+            }
+            Err(e) => tracing::debug!(peer = %from.short(), "gossiped membership approval dropped: {e}"),
+        }
+    }
+
+    /// An operator's change: signed with this node's key, checked as the next
+    /// block would check it, kept for proposers and gossiped.
+    fn on_member_request(&mut self, req: MemberRequest) {
+        let result = self.approve(req.request);
+        if let Ok(s) = &result {
+            tracing::info!(
+                approvals = s.approvals,
+                required = s.required,
+                "approved member change: {} ({} of {} approvals)",
+                s.change,
+                s.approvals,
+                s.required
+            );
+        }
+        let _ = req.reply.send(result);
+    }
+
+    fn approve(&mut self, request: ChangeRequest) -> Result<Submitted, ChangeError> {
+        let me = self.core.id();
+        let membership = self.core.membership();
+        let change = match request {
+            ChangeRequest::Add { id, addr } => Change::Add { id, addr: crate::net::canonical(addr) },
+            ChangeRequest::Remove { id } => Change::Remove { id },
+            ChangeRequest::SetAddr { addr } => {
+                let Some(info) = membership.next().get(&me) else { return Err(ChangeError::UnknownMember(me)) };
+                // After any announcement of ours still waiting for a block.
+                let waiting = self
+                    .approvals
+                    .iter()
+                    .filter_map(|sa| match sa.approval.change {
+                        Change::SetAddr { id, seq, .. } if id == me => Some(seq),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                Change::SetAddr { id: me, addr: crate::net::canonical(addr), seq: info.addr_seq.max(waiting) + 1 }
+            }
+        };
+        let signed_at = membership.applied();
+        let sa = Approval { change: change.clone(), approver: me, signed_at }.sign(&self.network.id, &self.identity);
+        let held = self.approvals.iter().any(|x| x.approval.change == change && x.approval.approver == me);
+        if !held {
+            membership.check(&sa, &self.network.id)?;
+            if !self.approvals.add(sa.clone()) {
+                return Err(ChangeError::TooManyPending(me));
+            }
+            self.broadcast(&Message::Approval(sa));
+            self.publish_members();
+        }
+        let view = self.members_view.borrow().clone();
+        let membership = self.core.membership();
+        let required = if change.needs_vote() { membership.current().quorum() } else { 1 };
+        Ok(Submitted {
+            approvals: view.approvers(&change).len(),
+            required,
+            expires_at: signed_at + membership.params().ttl,
+            change,
+        })
     }
 
     fn lock_mempool(&self) -> std::sync::MutexGuard<'_, Mempool> {

@@ -1,5 +1,5 @@
 //! The chain on disk, in fjall: blocks and their certificates by height, and meta
-//! (the tip, the last signed vote).
+//! (the tip, the last signed vote, the membership the tip leaves, the format).
 //!
 //! Every write that matters is followed by a journal fsync (`PersistMode::SyncAll`)
 //! before the call returns: a block is durable before the node reports it committed,
@@ -11,6 +11,7 @@ use std::path::Path;
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::block::{Block, Hash, Height};
+use super::members::MembershipState;
 use super::message::BLOCKS_LIMIT;
 use super::vote::{Certificate, Committed, Lock, SignRecord, Signed};
 use crate::codec::{self, BINCODE};
@@ -23,6 +24,11 @@ pub enum StoreError {
     Corrupt { what: &'static str, reason: String },
     #[error("block {got} does not follow the tip {tip}")]
     NotNext { got: Height, tip: Height },
+    #[error(
+        "the data dir holds a chain in format {found}, this node writes format {FORMAT}: \
+         move the data dir away and start again; the node syncs the chain from its peers"
+    )]
+    OldFormat { found: u32 },
 }
 
 #[derive(Clone)]
@@ -44,6 +50,11 @@ pub struct TipRecord {
 }
 
 const TIP: &str = "tip";
+/// The membership after the tip block, written with it.
+const MEMBERS: &str = "members";
+/// The store's format: 2 since block headers carry membership approvals.
+const FORMAT_KEY: &str = "format";
+pub const FORMAT: u32 = 2;
 
 fn signed_key(r: SignRecord) -> [u8; 13] {
     let mut k = [0u8; 13];
@@ -73,7 +84,26 @@ impl Store {
         let certs = keyspace.open_partition("certs", PartitionCreateOptions::default())?;
         let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
         let signed = keyspace.open_partition("signed", PartitionCreateOptions::default())?;
-        Ok(Store { keyspace, blocks, certs, meta, signed })
+        let store = Store { keyspace, blocks, certs, meta, signed };
+        let format: Option<u32> = store.meta.get(FORMAT_KEY)?.map(|b| decode(&b, "format")).transpose()?;
+        match format {
+            Some(FORMAT) => {}
+            Some(found) => return Err(StoreError::OldFormat { found }),
+            // A store with blocks and no format key is of format 1.
+            None if store.meta.get(TIP)?.is_some() || store.meta.get(LAST_SIGNED)?.is_some() => {
+                return Err(StoreError::OldFormat { found: 1 })
+            }
+            None => {
+                store.meta.insert(FORMAT_KEY, encode(&FORMAT))?;
+                store.keyspace.persist(PersistMode::SyncAll)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The membership after the tip block (`None` before the first block).
+    pub fn membership(&self) -> Result<Option<MembershipState>, StoreError> {
+        self.meta.get(MEMBERS)?.map(|b| decode(&b, "membership")).transpose()
     }
 
     pub fn tip(&self) -> Result<Option<TipRecord>, StoreError> {
@@ -115,9 +145,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Appends a committed block at the tip, atomically with its certificate and
-    /// the new tip, and fsyncs.
-    pub fn commit(&self, c: &Committed) -> Result<(), StoreError> {
+    /// Appends a committed block at the tip, atomically with its certificate, the
+    /// new tip and the membership it leaves, and fsyncs.
+    pub fn commit(&self, c: &Committed, membership: &MembershipState) -> Result<(), StoreError> {
         let height = c.block.height();
         let tip = self.tip()?.map_or(0, |t| t.height);
         if height != tip + 1 {
@@ -129,6 +159,7 @@ impl Store {
         batch.insert(&self.blocks, key, encode(&c.block));
         batch.insert(&self.certs, key, encode(&c.cert));
         batch.insert(&self.meta, TIP, encode(&record));
+        batch.insert(&self.meta, MEMBERS, encode(membership));
         // Signed messages of finished heights are of no further use.
         for kv in self.signed.range(..(height + 1).to_be_bytes()) {
             let (k, _) = kv?;
@@ -191,6 +222,7 @@ mod tests {
                 timestamp_ms: height,
                 proposer: NodeId([1; 32]),
                 tx_root: tx_root(&txs),
+                changes: vec![],
             },
             txs,
         };
@@ -224,6 +256,7 @@ mod tests {
                     timestamp_ms: height,
                     proposer: NodeId([1; 32]),
                     tx_root: tx_root(&txs),
+                    changes: vec![],
                 },
                 txs,
             };
@@ -241,7 +274,7 @@ mod tests {
                 .collect();
             let cert = Certificate { height, round: 0, block: block.hash(), precommits };
             prev = block.hash();
-            store.commit(&Committed { block, cert }).unwrap();
+            store.commit(&Committed { block, cert }, &membership(height)).unwrap();
         }
         let limits = NodeLimits::default();
         let mut from = 1;
@@ -258,6 +291,31 @@ mod tests {
         }
     }
 
+    fn membership(applied: Height) -> MembershipState {
+        let mut state = crate::chain::members::Membership::of_ids(&[NodeId([1; 32])], 1).state().clone();
+        state.applied = applied;
+        state
+    }
+
+    #[test]
+    fn a_data_dir_of_the_older_format_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Format 1 had a tip and no format key.
+            let keyspace = Config::new(dir.path()).open().unwrap();
+            let meta = keyspace.open_partition("meta", PartitionCreateOptions::default()).unwrap();
+            meta.insert(TIP, encode(&TipRecord { height: 3, hash: Hash([1; 32]), timestamp_ms: 1 })).unwrap();
+            keyspace.persist(PersistMode::SyncAll).unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("refused");
+        assert!(matches!(err, StoreError::OldFormat { found: 1 }), "{err}");
+        assert!(err.to_string().contains("move the data dir away"), "{err}");
+        // A fresh data dir is written in the current format and opens again.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Store::open(fresh.path()).unwrap());
+        assert!(Store::open(fresh.path()).is_ok());
+    }
+
     #[test]
     fn blocks_and_meta_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -268,7 +326,7 @@ mod tests {
             for h in 1..=5 {
                 let c = committed(h, prev);
                 prev = c.block.hash();
-                store.commit(&c).unwrap();
+                store.commit(&c, &membership(h)).unwrap();
             }
             let vote = crate::chain::vote::Vote {
                 kind: crate::chain::vote::VoteKind::Prevote,
@@ -295,11 +353,12 @@ mod tests {
                 .record_signed(SignRecord { height: 6, round: 2, step: Step::Precommit }, &precommit, Some(&lock))
                 .unwrap();
             assert_eq!(store.own_signed(6).unwrap(), vec![signed.clone(), precommit]);
-            assert!(matches!(store.commit(&committed(9, prev)), Err(StoreError::NotNext { .. })));
+            assert!(matches!(store.commit(&committed(9, prev), &membership(9)), Err(StoreError::NotNext { .. })));
         }
         let store = Store::open(dir.path()).unwrap();
         let tip = store.tip().unwrap().unwrap();
         assert_eq!((tip.height, tip.hash), (5, prev));
+        assert_eq!(store.membership().unwrap(), Some(membership(5)), "the membership of the tip");
         assert_eq!(store.last_signed().unwrap(), Some(SignRecord { height: 6, round: 2, step: Step::Precommit }));
         assert_eq!(
             store.lock().unwrap().map(|l| (l.round, l.block.height())),

@@ -280,6 +280,7 @@ mod tests {
             timestamp_ms: 10,
             proposer: NodeId([2; 32]),
             tx_root: tx_root(&txs),
+            changes: vec![],
         };
         Block { header, txs }
     }

@@ -23,7 +23,9 @@ use crate::codec::{self, Frame, FrameError};
 use crate::identity::NodeId;
 
 pub const MAGIC: [u8; 4] = *b"MNOD";
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: block headers carry membership approvals (version 1 peers could not
+/// decode our blocks, nor we theirs).
+pub const PROTOCOL_VERSION: u16 = 2;
 const HANDSHAKE_LIMIT: usize = 1024;
 
 /// The chain tip a node announces.

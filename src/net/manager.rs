@@ -51,6 +51,8 @@ pub struct NetConfig {
     pub request_timeout: Duration,
     /// The chain tip announced in handshakes.
     pub tip: watch::Receiver<Tip>,
+    /// TEMPORARY until the transport follows the set.
+    pub members: Vec<(NodeId, SocketAddr)>,
     /// Which kinds each stream carries.
     pub protocol: Protocol,
     pub hooks: TestHooks,

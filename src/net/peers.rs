@@ -308,6 +308,9 @@ impl Peers {
     }
 
     /// Whether `id` is connected (handshake complete).
+    /// TEMPORARY stub until the transport follows the set.
+    pub fn set_members(&self, _members: Vec<(NodeId, std::net::SocketAddr)>) {}
+
     pub fn is_connected(&self, id: &NodeId) -> bool {
         self.shared.table.borrow().contains_key(id)
     }

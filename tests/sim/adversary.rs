@@ -448,6 +448,7 @@ impl Adversary {
                         timestamp_ms: prev.1 + 1,
                         proposer: self.proposer(from_height, 0),
                         tx_root: tx_root(&txs),
+                        changes: vec![],
                     },
                     txs,
                 }

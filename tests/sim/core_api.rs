@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use masternode::chain::block::{genesis_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
 pub use masternode::chain::consensus::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
+pub use masternode::chain::members::Membership;
 pub use masternode::chain::vote::{
     quorum, Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step, Vote,
     VoteKind,
@@ -57,7 +58,7 @@ pub fn effects(outputs: Vec<Output>) -> Vec<Effect> {
             Output::Sign { record, message, lock } => Effect::Sign { record, message, lock: lock.map(|l| *l) },
             Output::Schedule { timeout, after_ms } => Effect::Schedule { timeout, after_ms },
             Output::NeedValue { height, round } => Effect::NeedValue { height, round },
-            Output::Decided(c) => Effect::Decided(c),
+            Output::Decided { committed, .. } => Effect::Decided(committed),
             Output::Misbehaviour(m) => Effect::Misbehaviour { node: m.culprit(), what: m.to_string() },
             Output::Ahead { node, height } => Effect::Ahead { node, height },
         })
@@ -74,7 +75,7 @@ pub fn input_of(message: Signed) -> Input {
 pub fn config(members: &[NodeId]) -> Config {
     Config {
         network_id: NET,
-        members: members.to_vec(),
+        members: Membership::of_ids(members, 1),
         block_interval_ms: INTERVAL_MS,
         limits: Limits::default(),
         timeouts: Timeouts::for_interval(INTERVAL_MS),

@@ -816,7 +816,7 @@ impl World {
                         }
                     }
                     let txs = vec![format!("tx {} h{height} r{round}", self.nodes[s].label).into_bytes()];
-                    let out = self.handle(s, Input::Value { height, round, txs });
+                    let out = self.handle(s, Input::Value { height, round, txs, changes: vec![] });
                     work.extend(effects(out));
                 }
                 Effect::Decided(c) => {
