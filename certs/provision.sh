@@ -7,11 +7,16 @@
 # skipped). Writes OUTDIR/network.toml and, per node, OUTDIR/NAME/node.key (0600),
 # node.crt and masternode.toml (admin API on 127.0.0.1, port = p2p port + 1).
 #
+# network.toml is the genesis: written once, on the first run, and never again
+# (the network id is its hash; later changes to the member set are made on
+# chain). A node added to the inventory after that is a joiner: it gets its key
+# and masternode.toml, and the script prints the `masternode member add` line
+# the members run to approve it.
+#
 # Idempotent: existing keys are never replaced, an existing masternode.toml is
-# left alone (operators may have edited it), and network.toml is rewritten only
-# when the member list changed; its name and genesis time are kept. Any error
-# (bad line, duplicate name or address, no masternode binary) is reported before
-# anything is written.
+# left alone (operators may have edited it), and network.toml is never rewritten.
+# Any error (bad line, duplicate name or address, no masternode binary) is
+# reported before anything is written.
 #
 # Environment: MASTERNODE (binary, default: masternode on PATH), NETWORK_NAME
 # (default masternode), BLOCK_INTERVAL_MS (1000), MIN_ACTIVE (3).
@@ -94,20 +99,20 @@ TOML
 done
 
 network=$outdir/network.toml
+if [ -e "$network" ]; then
+  # The genesis stays as it is; nodes it does not name are joiners.
+  for i in "${!names[@]}"; do
+    if ! grep -q "^id = \"${ids[$i]}\"$" "$network"; then
+      echo "provision: ${names[$i]} is a joiner (not in the genesis $network); on members holding more than 2/3 of the set run:"
+      echo "  masternode member add --id ${ids[$i]} --addr ${addrs[$i]} --config NODE/masternode.toml"
+    fi
+  done
+  exit 0
+fi
 name=${NETWORK_NAME:-masternode}
 genesis=$(($(date +%s) * 1000))
 interval=${BLOCK_INTERVAL_MS:-1000}
 min_active=${MIN_ACTIVE:-3}
-if [ -e "$network" ]; then
-  # Keep the network's identity; only the member list may change.
-  name=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$network")
-  genesis=$(sed -n 's/^genesis_time_ms = \([0-9]*\)$/\1/p' "$network")
-  interval=$(sed -n 's/^block_interval_ms = \([0-9]*\)$/\1/p' "$network")
-  min_active=$(sed -n 's/^min_active = \([0-9]*\)$/\1/p' "$network")
-  if [ -z "$name" ] || [ -z "$genesis" ] || [ -z "$interval" ] || [ -z "$min_active" ]; then
-    die "$network: cannot read name, genesis_time_ms, block_interval_ms and min_active from it"
-  fi
-fi
 tmp=$(mktemp "$outdir/.network.toml.XXXXXX")
 {
   printf 'name = "%s"\ngenesis_time_ms = %s\nblock_interval_ms = %s\nmin_active = %s\n' "$name" "$genesis" "$interval" "$min_active"
@@ -115,10 +120,6 @@ tmp=$(mktemp "$outdir/.network.toml.XXXXXX")
     printf '\n# %s\n[[masternode]]\nid = "%s"\naddr = "%s"\n' "${names[$i]}" "${ids[$i]}" "${addrs[$i]}"
   done
 } >"$tmp"
-if [ -e "$network" ] && cmp -s "$tmp" "$network"; then
-  rm -f "$tmp"
-else
-  chmod 0644 "$tmp"
-  mv "$tmp" "$network"
-  echo "provision: wrote $network (${#names[@]} masternodes)"
-fi
+chmod 0644 "$tmp"
+mv "$tmp" "$network"
+echo "provision: wrote $network (genesis, ${#names[@]} masternodes)"

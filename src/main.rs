@@ -82,6 +82,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Approve a membership change with this node's key (or announce its new address).
+    Member {
+        #[command(subcommand)]
+        action: MemberAction,
+    },
+    /// Show the member set and the changes collecting approvals.
+    Members {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print the /members JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run N nodes on 127.0.0.1..N in this process.
     Devnet {
         #[arg(long, default_value_t = 4)]
@@ -95,6 +108,42 @@ enum Command {
         /// End with one JSON line holding every node's status.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Which node's admin API to ask: from its config file, or its address.
+#[derive(clap::Args)]
+struct AdminTarget {
+    #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum MemberAction {
+    /// Approve adding a node: its NodeId and the address members will dial.
+    Add {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        addr: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Approve removing a member.
+    Remove {
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Announce this node's new address (signed by this node alone).
+    SetAddr {
+        #[arg(long)]
+        addr: String,
+        #[command(flatten)]
+        target: AdminTarget,
     },
 }
 
@@ -150,6 +199,8 @@ fn main() -> ExitCode {
                 run(config, overrides).await
             }
             Command::Status { config, admin, json } => status(config, admin, json).await,
+            Command::Member { action } => member(action).await,
+            Command::Members { target, json } => members(target, json).await,
             Command::Devnet { nodes, duration, dir, json } => {
                 let opts =
                     masternode::devnet::DevnetOptions { nodes, duration: duration.map(Duration::from_secs), dir, json };
@@ -250,17 +301,96 @@ fn spawn_signal_handler(stop: CancellationToken) {
     });
 }
 
-async fn status(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) -> ExitCode {
-    let addr = match (admin, config) {
-        (Some(addr), _) => addr,
-        (None, Some(path)) => match NodeConfig::load(&path) {
-            Ok(cfg) => cfg.admin,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
+/// The admin address named by `--admin`, or by the config file's `admin`.
+fn admin_addr(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<SocketAddr, ExitCode> {
+    match (admin, config) {
+        (Some(addr), _) => Ok(addr),
+        (None, Some(path)) => NodeConfig::load(&path).map(|cfg| cfg.admin).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }),
+        (None, None) => {
+            eprintln!("error: --config or --admin is required");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// `masternode member ...`: exit 0 once the node accepted its signed approval.
+async fn member(action: MemberAction) -> ExitCode {
+    use masternode::admin::ChangeBody;
+    let (body, target) = match action {
+        MemberAction::Add { id, addr, target } => {
+            (ChangeBody { change: "add".into(), id: Some(id), addr: Some(addr) }, target)
+        }
+        MemberAction::Remove { id, target } => (ChangeBody { change: "remove".into(), id: Some(id), addr: None }, target),
+        MemberAction::SetAddr { addr, target } => {
+            (ChangeBody { change: "set-addr".into(), id: None, addr: Some(addr) }, target)
+        }
+    };
+    // Refuse what the node would refuse before asking it, with the same words.
+    if let Err(e) = body.request() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let addr = match admin_addr(target.config, target.admin) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match masternode::admin::post_change(addr, &body, Duration::from_secs(10)).await {
+        Ok(a) => {
+            let what = match &a.addr {
+                Some(at) => format!("{} {} at {at}", a.change, a.node_id),
+                None => format!("{} {}", a.change, a.node_id),
+            };
+            if a.approvals >= a.required {
+                println!(
+                    "approved {what}: {} of {} approvals; in force two blocks after a block carries the last one",
+                    a.approvals, a.required
+                );
+            } else {
+                println!(
+                    "approved {what}: {} of {} approvals so far; the others must approve it before height {}",
+                    a.approvals, a.required, a.expires_at_height
+                );
             }
-        },
-        (None, None) => unreachable!("clap requires --config or --admin"),
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn members(target: AdminTarget, json: bool) -> ExitCode {
+    let addr = match admin_addr(target.config, target.admin) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match masternode::admin::fetch_members(addr, Duration::from_secs(5)).await {
+        Ok(m) => {
+            if json {
+                match serde_json::to_string_pretty(&m) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            } else {
+                print!("{}", masternode::admin::render_members(&m));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("down: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn status(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) -> ExitCode {
+    let addr = match admin_addr(config, admin) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let status = match masternode::admin::fetch_status(addr, Duration::from_secs(5)).await {
         Ok(s) => s,

@@ -213,19 +213,25 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
     let parsed: serde_json::Value = serde_json::from_str(first_line).unwrap_or_else(|e| panic!("{e}: {first_line}"));
     assert!(parsed["fields"]["message"].is_string());
 
-    // Adding a line adds a node and rewrites network.toml; nothing else changes.
+    // Adding a line provisions a joiner: its key and config, the genesis
+    // untouched, and the line the members run to approve it.
+    let genesis = std::fs::read_to_string(out.join("network.toml")).unwrap();
     std::fs::write(&inventory, (1..=5).map(line).collect::<String>()).unwrap();
     let third = provision(&inventory, &out, BIN);
     assert!(third.status.success());
     let after = snapshot(&out);
-    let node_files_unchanged = before
-        .iter()
-        .filter(|(p, _)| !p.ends_with("network.toml") && !p.to_string_lossy().contains("/data/"))
-        .all(|(p, v)| after.get(p) == Some(v));
-    assert!(node_files_unchanged, "existing keys and configs untouched");
-    let network = std::fs::read_to_string(out.join("network.toml")).unwrap();
-    assert_eq!(network.matches("[[masternode]]").count(), 5);
+    let node_files_unchanged =
+        before.iter().filter(|(p, _)| !p.to_string_lossy().contains("/data/")).all(|(p, v)| after.get(p) == Some(v));
+    assert!(node_files_unchanged, "existing keys, configs and the genesis untouched");
+    assert_eq!(std::fs::read_to_string(out.join("network.toml")).unwrap(), genesis);
     assert!(after.keys().any(|p| p.ends_with("node5/node.key")));
+    let said = String::from_utf8_lossy(&third.stdout);
+    let joiner = Command::new(BIN).args(["id", "--dir"]).arg(out.join("node5")).output().unwrap();
+    let joiner = String::from_utf8_lossy(&joiner.stdout).trim().to_string();
+    assert!(
+        said.contains(&format!("masternode member add --id {joiner} --addr")),
+        "the approval line for the joiner: {said}"
+    );
 
     // SIGTERM: every daemon exits 0 within a few seconds.
     for c in &daemons.0 {

@@ -23,6 +23,7 @@ pub mod mempool;
 pub mod message;
 pub mod misbehaviour;
 pub(crate) mod producer;
+pub use producer::{ChangeRequest, MemberRequest, MembersView, Submitted};
 pub mod quorum;
 pub mod store;
 pub mod sync;

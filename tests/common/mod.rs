@@ -125,6 +125,7 @@ impl Spec {
             transport,
             request_timeout: Duration::from_secs(5),
             tip,
+            members: self.members.iter().map(|m| (m.id, m.addr)).collect(),
             protocol: OPEN,
             hooks: TestHooks::default(),
         };
@@ -222,7 +223,9 @@ pub fn check_chains(spec: &Spec, stores: &[&masternode::chain::store::Store]) ->
 
 pub fn check_chains_of(network: &Network, stores: &[&masternode::chain::store::Store]) -> Vec<u64> {
     use masternode::chain::block::genesis_hash;
-    let members: Vec<NodeId> = network.members.iter().map(|m| m.id).collect();
+    // The member set of each height, from the genesis and every block's changes,
+    // as a node that syncs from scratch computes it.
+    let mut membership = masternode::chain::members::Membership::genesis(network);
     let heights: Vec<u64> = stores.iter().map(|s| s.tip().unwrap().map_or(0, |t| t.height)).collect();
     let top = heights.iter().copied().max().unwrap_or(0);
     let mut prev_hash = genesis_hash(&network.id);
@@ -231,6 +234,7 @@ pub fn check_chains_of(network: &Network, stores: &[&masternode::chain::store::S
         let blocks: Vec<_> = stores.iter().filter_map(|s| s.block(h).unwrap()).collect();
         assert!(!blocks.is_empty(), "height {h} missing everywhere");
         let first = &blocks[0];
+        let members = membership.current().ids();
         for (i, c) in blocks.iter().enumerate() {
             assert_eq!(c.block.hash(), first.block.hash(), "fork at height {h} (block {i})");
             c.cert.verify(&c.block, &members, &network.id).unwrap_or_else(|e| panic!("height {h}: {e}"));
@@ -240,6 +244,7 @@ pub fn check_chains_of(network: &Network, stores: &[&masternode::chain::store::S
         assert!(first.block.header.timestamp_ms > prev_ts, "height {h}: timestamps grow");
         prev_hash = first.block.hash();
         prev_ts = first.block.header.timestamp_ms;
+        membership.apply(&first.block.header.changes, &network.id);
     }
     heights
 }
