@@ -753,7 +753,11 @@ impl Producer {
                 }
                 Output::NeedValue { height, round } => {
                     let txs = self.lock_mempool().take(self.limits.max_block_txs, self.limits.max_block_bytes);
-                    let changes = self.core.membership().select(self.approvals.iter(), &self.network.id);
+                    let changes = if self.approvals.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.core.membership().select(self.approvals.iter(), &self.network.id)
+                    };
                     work.extend(self.core.handle(Input::Value { height, round, txs, changes }, self.now()));
                 }
                 Output::Decided { committed: c, membership, completed } => {

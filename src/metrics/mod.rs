@@ -56,7 +56,17 @@ pub fn render(source: &StatusSource) -> String {
     let build = Family::<Labels, Gauge>::default();
     build.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())]).set(1);
     reg.register("build_info", "Always 1; the version of the running binary in its label", build);
-    reg.register("members", "Size of the masternode set", gauge(status.members as i64));
+    reg.register("members", "Size of the masternode set in force at the next height", gauge(status.members as i64));
+    reg.register(
+        "member",
+        "1 while this node is in the member set (0: a joiner, or removed)",
+        gauge(status.member as i64),
+    );
+    reg.register(
+        "member_changes_pending",
+        "Membership changes collecting approvals",
+        gauge(status.pending_changes.len() as i64),
+    );
     reg.register(
         "block_interval_seconds",
         "The network's configured time between blocks",

@@ -274,7 +274,11 @@ mod tests {
         let cases: Vec<(&str, Tweak, Result<(), RejectReason>)> = vec![
             ("a matching hello is accepted", Box::new(|_, _| {}), Ok(())),
             ("another network id", Box::new(|i, _| i.network_id = [8; 32]), Err(RejectReason::WrongNetwork)),
-            ("another version", Box::new(|i, _| i.version = 2), Err(RejectReason::UnsupportedVersion)),
+            (
+                "another version",
+                Box::new(|i, _| i.version = PROTOCOL_VERSION + 1),
+                Err(RejectReason::UnsupportedVersion),
+            ),
             (
                 "claims a key TLS did not prove",
                 Box::new(|i, _| i.node_id = NodeId([2; 32])),
