@@ -1,0 +1,173 @@
+//! Membership through the command line, as an operator runs it: daemons as
+//! processes, `masternode member add|remove|set-addr` and `masternode members`.
+//! A joiner is added, a member moves to a new address, the joiner is removed, and
+//! a change that breaks the rules is refused with one line.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::procs::{Net, BIN};
+use masternode::admin::{fetch_members, MembersInfo};
+
+fn node_id(net: &Net, i: usize) -> String {
+    let dir = net.configs[i].parent().unwrap();
+    let out = Command::new(BIN).args(["id", "--dir"]).arg(dir).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn p2p_addr(net: &Net, i: usize) -> SocketAddr {
+    SocketAddr::new(net.admins[i].ip(), masternode::devnet::P2P_PORT)
+}
+
+/// Runs `masternode ARGS`; exit code, stdout, stderr.
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+async fn members(net: &Net, i: usize) -> Option<MembersInfo> {
+    fetch_members(net.admins[i], Duration::from_secs(2)).await.ok()
+}
+
+async fn until<F, Fut>(net: &Net, what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        if start.elapsed() > deadline {
+            panic!("not within {deadline:?}: {what}\n{}", net.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_add_move_and_remove_members_with_the_cli() {
+    let mut net = Net::new(5);
+    net.set_block_interval(500);
+    // Node 5 is provisioned but not in the genesis: a joiner.
+    let joiner = node_id(&net, 4);
+    let genesis = net.dir.path().join("network.toml");
+    let text = std::fs::read_to_string(&genesis).unwrap();
+    let cut = text.find(&format!("id = \"{joiner}\"")).unwrap();
+    let start_of_entry = text[..cut].rfind("[[masternode]]").unwrap();
+    let end_of_entry = text[cut..].find("[[masternode]]").map_or(text.len(), |e| cut + e);
+    std::fs::write(&genesis, format!("{}{}", &text[..start_of_entry], &text[end_of_entry..])).unwrap();
+    for i in 0..5 {
+        net.start(i);
+    }
+    until(&net, "the four genesis members commit", Duration::from_secs(30), || async {
+        let mut ok = true;
+        for i in 0..4 {
+            ok &= net.status(i).await.is_some_and(|s| s.height >= 2);
+        }
+        ok
+    })
+    .await;
+    let s = net.status(4).await.expect("the joiner runs (no exit 78)");
+    assert!(!s.member, "the joiner says it is not a member");
+
+    // Join: three of four members approve.
+    let joiner_addr = p2p_addr(&net, 4).to_string();
+    for i in 0..3 {
+        let admin = net.admins[i].to_string();
+        let (code, out, err) = cli(&["member", "add", "--id", &joiner, "--addr", &joiner_addr, "--admin", &admin]);
+        assert_eq!(code, Some(0), "member add on node {i}: {err}");
+        assert!(out.starts_with("approved add"), "{out}");
+        assert!(out.contains(" of 3 approvals"), "node {i}: {out}");
+    }
+    until(&net, "the joiner is a member everywhere and caught up", Duration::from_secs(30), || async {
+        let mut ok = true;
+        for i in 0..5 {
+            ok &= members(&net, i).await.is_some_and(|m| m.members.iter().any(|e| e.node_id == joiner));
+        }
+        let tip = net.status(0).await.map_or(0, |s| s.height);
+        ok && net.status(4).await.is_some_and(|s| s.member && s.height + 2 >= tip)
+    })
+    .await;
+    let (code, out, _) = cli(&["members", "--admin", &net.admins[4].to_string(), "--json"]);
+    assert_eq!(code, Some(0));
+    let parsed: MembersInfo = serde_json::from_str(&out).unwrap();
+    assert_eq!(parsed.members.len(), 5);
+    assert!(parsed.members.iter().find(|e| e.node_id == joiner).is_some_and(|e| e.since_height > 0));
+
+    // Move: node 3 announces a new address, then restarts there.
+    let moved = node_id(&net, 2);
+    let new_addr = SocketAddr::new(
+        std::net::IpAddr::V4(match net.admins[2].ip() {
+            std::net::IpAddr::V4(v4) => {
+                let o = v4.octets();
+                std::net::Ipv4Addr::new(o[0], o[1], o[2], 9)
+            }
+            _ => unreachable!(),
+        }),
+        masternode::devnet::P2P_PORT,
+    );
+    let cfg3 = net.configs[2].to_string_lossy().to_string();
+    let (code, out, err) = cli(&["member", "set-addr", "--addr", &new_addr.to_string(), "--config", &cfg3]);
+    assert_eq!(code, Some(0), "set-addr: {err}");
+    assert!(out.contains("1 of 1 approvals"), "{out}");
+    until(&net, "the new address is in force", Duration::from_secs(20), || async {
+        members(&net, 0)
+            .await
+            .is_some_and(|m| m.members.iter().any(|e| e.node_id == moved && e.addr == new_addr.to_string()))
+    })
+    .await;
+    net.signal(2, "TERM");
+    let _ = net.procs[2].take().unwrap().wait();
+    let text = std::fs::read_to_string(&net.configs[2]).unwrap();
+    let old_listen = format!("listen = \"{}\"", p2p_addr(&net, 2));
+    std::fs::write(&net.configs[2], text.replace(&old_listen, &format!("listen = \"{new_addr}\""))).unwrap();
+    net.start(2);
+    until(&net, "the peers reconnect to the moved member at its new address", Duration::from_secs(15), || async {
+        let mut ok = true;
+        for i in [0, 1, 3, 4] {
+            ok &= net
+                .status(i)
+                .await
+                .is_some_and(|s| s.peers.iter().any(|p| p.node_id == moved && p.addr == new_addr.to_string()));
+        }
+        ok
+    })
+    .await;
+
+    // A change against the rules: one line, exit 1, nothing pending.
+    let admin0 = net.admins[0].to_string();
+    let (code, out, err) = cli(&["member", "add", "--id", &moved, "--addr", "127.0.0.1:1", "--admin", &admin0]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("already a member"), "{err}");
+    let (code, _, err) = cli(&["member", "remove", "--id", "not-hex", "--admin", &admin0]);
+    assert_eq!(code, Some(2), "a malformed id is refused before asking the node: {err}");
+
+    // Leave: four of five approve removing the joiner.
+    for i in 0..4 {
+        let admin = net.admins[i].to_string();
+        let (code, _, err) = cli(&["member", "remove", "--id", &joiner, "--admin", &admin]);
+        assert_eq!(code, Some(0), "member remove on node {i}: {err}");
+    }
+    until(&net, "the removed member is out and disconnected", Duration::from_secs(30), || async {
+        let mut ok = true;
+        for i in 0..4 {
+            ok &= members(&net, i).await.is_some_and(|m| !m.members.iter().any(|e| e.node_id == joiner));
+            ok &= net.status(i).await.is_some_and(|s| !s.peers.iter().any(|p| p.node_id == joiner));
+        }
+        ok
+    })
+    .await;
+    let h = net.status(0).await.unwrap().height;
+    until(&net, "blocks go on with four members", Duration::from_secs(20), || async {
+        net.status(0).await.is_some_and(|s| s.height >= h + 3 && s.quorum.met)
+    })
+    .await;
+}
