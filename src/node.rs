@@ -94,6 +94,7 @@ impl Node {
         let net_cfg = NetConfig {
             identity: identity.clone(),
             network: network.clone(),
+            members: network.members.iter().map(|m| (m.id, m.addr)).collect(),
             advertised: cfg.advertised,
             listen: cfg.listen,
             transport: cfg.transport,
