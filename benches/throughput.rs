@@ -122,6 +122,7 @@ impl Cluster {
         NetConfig {
             identity: self.ids[i].clone(),
             network: self.network.clone(),
+            members: self.members.iter().map(|m| (m.id, m.addr)).collect(),
             advertised: self.members[i].addr,
             listen: self.members[i].addr,
             transport: Transport::default(),

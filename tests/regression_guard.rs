@@ -94,6 +94,7 @@ async fn mesh_of_8_forms_with_exactly_28_dials() {
             net::bind(net::NetConfig {
                 identity: spec.ids[i].clone(),
                 network: std::sync::Arc::new(spec.network()),
+                members: spec.members.iter().map(|m| (m.id, m.addr)).collect(),
                 advertised: spec.addr(i),
                 listen: spec.addr(i),
                 transport: fast_transport(),

@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct Admission {
     total: usize,
     per_key: usize,
-    member_ips: HashSet<IpAddr>,
     state: Mutex<AdmissionState>,
 }
 
 #[derive(Default)]
 struct AdmissionState {
+    /// The member set's addresses; replaced when the set changes.
+    member_ips: HashSet<IpAddr>,
     per_key: HashMap<AddrKey, usize>,
     strangers: usize,
     members: usize,
@@ -76,28 +77,44 @@ pub(crate) enum Admit {
 
 impl Admission {
     pub(crate) fn new(total: usize, per_key: usize, member_ips: impl IntoIterator<Item = IpAddr>) -> Self {
-        Admission {
-            total: total.max(2),
-            per_key: per_key.max(1),
-            member_ips: member_ips.into_iter().map(canonical_ip).collect(),
-            state: Mutex::default(),
-        }
+        let state =
+            AdmissionState { member_ips: member_ips.into_iter().map(canonical_ip).collect(), ..Default::default() };
+        Admission { total: total.max(2), per_key: per_key.max(1), state: Mutex::new(state) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AdmissionState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Replaces the member set's addresses. Slots already taken stay counted
+    /// under what they were taken as, and are released as that.
+    pub(crate) fn set_member_ips(&self, member_ips: impl IntoIterator<Item = IpAddr>) {
+        self.lock().member_ips = member_ips.into_iter().map(canonical_ip).collect();
+    }
+
+    #[cfg(test)]
     fn is_member_ip(&self, ip: IpAddr) -> bool {
-        self.member_ips.contains(&canonical_ip(ip))
+        self.lock().member_ips.contains(&canonical_ip(ip))
     }
 
     /// Decides, and takes a slot when the answer is `Accept` (release it with
     /// [`Admission::release`]).
+    #[cfg(test)]
     pub(crate) fn admit(&self, ip: IpAddr, validated: bool) -> Admit {
-        let member = self.is_member_ip(ip);
-        let key = self.key(ip, member);
+        self.admit_as(ip, validated).0
+    }
+
+    /// [`Admission::admit`], also saying whether `ip` counted as a member's
+    /// address: what the slot must be released as, and whether the handshake gets
+    /// a member's deadline.
+    pub(crate) fn admit_as(&self, ip: IpAddr, validated: bool) -> (Admit, bool) {
         let mut s = self.lock();
+        let member = s.member_ips.contains(&canonical_ip(ip));
+        (self.decide(&mut s, ip, member, validated), member)
+    }
+
+    fn decide(&self, s: &mut AdmissionState, ip: IpAddr, member: bool, validated: bool) -> Admit {
+        let key = key(ip, member);
         let stranger_budget = self.total / 2;
         let n = s.per_key.get(&key).copied().unwrap_or(0);
         // An unvalidated attempt proves nothing about its source address, which
@@ -131,25 +148,10 @@ impl Admission {
         Admit::Accept
     }
 
-    /// What an address is counted under: a member's own address exactly (a
-    /// stranger sharing its /64 must not use up its slots), a stranger's IPv4
-    /// address or IPv6 /64.
-    fn key(&self, ip: IpAddr, member: bool) -> AddrKey {
-        if member {
-            AddrKey::Member(canonical_ip(ip))
-        } else {
-            addr_key(ip)
-        }
-    }
-
-    /// Whether `ip` is a member's address (its handshakes get the full deadline).
-    pub(crate) fn member(&self, ip: IpAddr) -> bool {
-        self.is_member_ip(ip)
-    }
-
-    fn release(&self, ip: IpAddr) {
-        let member = self.is_member_ip(ip);
-        let key = self.key(ip, member);
+    /// Frees a slot taken by `admit_as` for `ip`, counted then as a member's
+    /// address or not.
+    fn release(&self, ip: IpAddr, member: bool) {
+        let key = key(ip, member);
         let mut s = self.lock();
         if let Some(n) = s.per_key.get_mut(&key) {
             *n -= 1;
@@ -165,15 +167,28 @@ impl Admission {
     }
 }
 
+/// What an address is counted under: a member's own address exactly (a stranger
+/// sharing its /64 must not use up its slots), a stranger's IPv4 address or IPv6
+/// /64.
+fn key(ip: IpAddr, member: bool) -> AddrKey {
+    if member {
+        AddrKey::Member(canonical_ip(ip))
+    } else {
+        addr_key(ip)
+    }
+}
+
 /// An admitted handshake's slot, released when it ends.
 pub(crate) struct AdmissionSlot {
     pub(crate) admission: Arc<Admission>,
     pub(crate) ip: IpAddr,
+    /// Whether it was taken as a member's address.
+    pub(crate) member: bool,
 }
 
 impl Drop for AdmissionSlot {
     fn drop(&mut self) {
-        self.admission.release(self.ip);
+        self.admission.release(self.ip, self.member);
     }
 }
 
@@ -198,7 +213,7 @@ mod tests {
         assert_eq!(a.admit(ip("127.0.0.2"), false), Admit::Accept, "a member still gets in, unvalidated");
         assert_eq!(a.admit(ip("127.0.0.2"), true), Admit::Accept);
         assert_eq!(a.admit(ip("127.0.0.2"), true), Admit::Refuse, "up to its per-address cap");
-        a.release(ip("127.0.1.0"));
+        a.release(ip("127.0.1.0"), false);
         assert_eq!(a.admit(ip("127.0.1.99"), true), Admit::Accept, "a released slot is free again");
     }
 
@@ -248,6 +263,25 @@ mod tests {
         assert_eq!(a.admit(ip("2001:db8:1:2::ffff"), true), Admit::Accept);
         assert_eq!(a.admit(ip("2001:db8:1:2:abcd::7"), true), Admit::Refuse, "same /64");
         assert_eq!(a.admit(ip("2001:db8:1:3::1"), true), Admit::Accept, "another /64");
+    }
+
+    #[test]
+    fn a_changed_member_set_counts_new_attempts_and_releases_old_ones_as_taken() {
+        let a = Admission::new(4, 1, [ip("127.0.0.2")]);
+        assert_eq!(a.admit_as(ip("127.0.0.2"), true), (Admit::Accept, true));
+        assert_eq!(a.admit_as(ip("127.0.0.3"), true), (Admit::Accept, false));
+        assert_eq!(a.admit_as(ip("127.0.0.5"), true), (Admit::Accept, false));
+        assert_eq!(a.admit(ip("127.0.0.4"), true), Admit::Refuse, "strangers hold their half");
+        a.set_member_ips([ip("127.0.0.3"), ip("127.0.0.4")]);
+        assert!(!a.is_member_ip(ip("127.0.0.2")), "a removed member's address is a stranger's");
+        assert_eq!(a.admit_as(ip("127.0.0.4"), true), (Admit::Accept, true), "an added member's is a member's");
+        // Released as what they were taken as: the counts return to zero.
+        a.release(ip("127.0.0.2"), true);
+        a.release(ip("127.0.0.3"), false);
+        a.release(ip("127.0.0.5"), false);
+        a.release(ip("127.0.0.4"), true);
+        let s = a.lock();
+        assert_eq!((s.members, s.strangers, s.per_key.len()), (0, 0, 0));
     }
 
     #[test]

@@ -1,13 +1,12 @@
 //! The QUIC endpoint: one UDP socket, serving and dialling.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Transport;
 use crate::identity::{Identity, NodeId};
 
-use super::tls::{self, RefusalLog, TlsError};
+use super::tls::{self, MemberKeys, RefusalLog, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -42,11 +41,12 @@ pub fn transport_config(t: &Transport) -> Result<Arc<quinn::TransportConfig>, En
 /// Binds the endpoint. The stateless-reset key is derived from the node key, so a
 /// restarted node answers packets of its previous life's connections with a reset
 /// the peer accepts: peers drop those connections within a round trip instead of
-/// waiting for the idle timeout.
+/// waiting for the idle timeout. The server side accepts clients whose key is in
+/// `members` at the time of their handshake (see [`MemberKeys::replace`]).
 pub fn bind(
     listen: SocketAddr,
     identity: &Identity,
-    members: Arc<HashSet<NodeId>>,
+    members: impl Into<MemberKeys>,
     transport: Arc<quinn::TransportConfig>,
     refusals: Arc<RefusalLog>,
     wrap: Option<SocketWrapper>,

@@ -12,8 +12,14 @@
 //! Dial and accept tasks run the QUIC and TLS handshake and our own handshake under
 //! one deadline and report back over the manager's channel; they never touch the
 //! table.
+//!
+//! The member set arrives on a watch channel ([`Peers::set_members`]); the latest
+//! set wins. The manager applies it in one step: the keys TLS and the handshake
+//! accept ([`MemberKeys`]), the addresses admission favours, and the slots. A
+//! handshake that passed the old set is settled by the slots, which close a
+//! connection with a member removed meanwhile.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -34,7 +40,7 @@ use super::outbox::{Outbox, OutboxLimits};
 use super::peer;
 use super::peers::{Counters, Inbound, Link, Messages, PeerEvent, Peers, Shared, Table};
 use super::slots::{Action, CloseCause, ConnId, DialFailure, Slots};
-use super::tls::{self, RefusalLog};
+use super::tls::{self, MemberKeys, RefusalLog};
 use super::Protocol;
 use crate::config::{Network, Transport};
 use crate::identity::{Identity, NodeId};
@@ -42,8 +48,15 @@ use crate::identity::{Identity, NodeId};
 /// Everything the transport needs to run.
 pub struct NetConfig {
     pub identity: Arc<Identity>,
+    /// The network's identity (its id goes in every handshake). Its member list
+    /// plays no part here: the transport follows `members`.
     pub network: Arc<Network>,
-    /// This node's address in the member set: what the direction rule uses.
+    /// The initial member set: whom the transport accepts and dials, until
+    /// [`Peers::set_members`] replaces it. Our own entry, if any, is ignored; a
+    /// node whose key is not in the set still dials the members it knows.
+    pub members: Vec<(NodeId, SocketAddr)>,
+    /// This node's address in the member set (or the one it will have): what the
+    /// direction rule uses.
     pub advertised: SocketAddr,
     /// The UDP address to bind.
     pub listen: SocketAddr,
@@ -51,8 +64,6 @@ pub struct NetConfig {
     pub request_timeout: Duration,
     /// The chain tip announced in handshakes.
     pub tip: watch::Receiver<Tip>,
-    /// TEMPORARY until the transport follows the set.
-    pub members: Vec<(NodeId, SocketAddr)>,
     /// Which kinds each stream carries.
     pub protocol: Protocol,
     pub hooks: TestHooks,
@@ -104,7 +115,7 @@ fn reason_index(r: RejectReason) -> usize {
 }
 
 pub(crate) enum Cmd {
-    Dialed { peer: NodeId, result: Result<(quinn::Connection, Intro), DialError> },
+    Dialed { peer: NodeId, addr: SocketAddr, result: Result<(quinn::Connection, Intro), DialError> },
     Accepted { conn: quinn::Connection, intro: Intro },
     InboundFailed { peer: Option<NodeId>, error: HandshakeError },
     Closed { peer: NodeId, conn_id: ConnId, error: quinn::ConnectionError },
@@ -125,14 +136,21 @@ pub(crate) enum DialError {
 fn describe_connection_error(e: &quinn::ConnectionError) -> String {
     match e {
         e if super::is_tls_refusal(e) => format!("refused at TLS: {e}"),
+        e if super::is_removal(e) => NOT_IN_ITS_SET.to_string(),
         other => super::describe_close(other),
     }
 }
 
-/// What dial and accept tasks need to run a handshake; shared, immutable.
+/// What a node hears when a peer closes a connection as [`close::REMOVED`].
+const NOT_IN_ITS_SET: &str = "peer closed the connection: this node is not in its member set";
+
+/// What dial and accept tasks need to run a handshake; shared. Only the member
+/// keys change, and only the manager changes them.
 struct HandshakeCtx {
     me: NodeId,
     network: Arc<Network>,
+    /// The member set's keys, shared with the TLS verifier.
+    members: MemberKeys,
     advertised: SocketAddr,
     incarnation: u64,
     tip: watch::Receiver<Tip>,
@@ -147,7 +165,7 @@ struct HandshakeCtx {
 impl HandshakeCtx {
     /// Who may be on the other end: a member of the set other than ourselves.
     fn is_peer(&self, id: &NodeId) -> bool {
-        *id != self.me && self.network.is_member(id)
+        *id != self.me && self.members.contains(id)
     }
 
     /// What a peer's `Intro` is checked against; `is_peer` is [`Self::is_peer`].
@@ -187,7 +205,7 @@ pub struct Bound {
     hs: Arc<HandshakeCtx>,
     cmd_tx: mpsc::Sender<Cmd>,
     inbound: Inbound,
-    admission: Admission,
+    admission: Arc<Admission>,
     member_addrs: Vec<(NodeId, SocketAddr)>,
     passive_wait: Duration,
     seed: u64,
@@ -217,7 +235,7 @@ impl Bound {
             now.into_std(),
         );
         for (id, _) in &unreachable {
-            self.manager.slots.set_unreachable(id);
+            self.manager.slots.set_reachable(id, false);
         }
         if let Some((_, example)) = unreachable.first() {
             tracing::warn!(
@@ -233,7 +251,7 @@ impl Bound {
         tracker.spawn(self.manager.run(shutdown.clone()));
         tracker.spawn(accept_loop(
             endpoint,
-            Arc::new(self.admission),
+            self.admission,
             self.hs,
             self.cmd_tx,
             shared.clone(),
@@ -248,32 +266,30 @@ impl Bound {
 /// Binds the endpoint and prepares the manager without starting it.
 pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
     let me = cfg.identity.id();
-    let members: Arc<HashSet<NodeId>> = Arc::new(cfg.network.members.iter().map(|m| m.id).collect());
+    // Of two entries for one id the last counts, as in `set_members`.
+    let member_addrs: Vec<(NodeId, SocketAddr)> =
+        cfg.members.iter().copied().collect::<BTreeMap<_, _>>().into_iter().collect();
+    let keys = MemberKeys::new(member_addrs.iter().map(|(id, _)| *id));
     let transport = endpoint::transport_config(&cfg.transport)?;
     let refusals = Arc::new(RefusalLog::default());
     let endpoint = endpoint::bind(
         cfg.listen,
         &cfg.identity,
-        members,
+        keys.clone(),
         transport.clone(),
         refusals.clone(),
         cfg.hooks.wrap_socket.clone(),
     )?;
     let local_addr = endpoint.local_addr().map_err(|source| EndpointError::Bind { addr: cfg.listen, source })?;
 
-    let mut clients = HashMap::new();
-    for m in &cfg.network.members {
-        if m.id != me {
-            clients.insert(m.id, endpoint::client_config(&cfg.identity, m.id, transport.clone())?);
-        }
-    }
-    let member_addrs: Vec<(NodeId, SocketAddr)> = cfg.network.members.iter().map(|m| (m.id, m.addr)).collect();
-
     let (requests_tx, requests) = mpsc::channel(256);
     let (events, _) = broadcast::channel(256);
     let inbox = Arc::new(Inbox::new(cfg.transport.inbound_peer_bytes));
+    let members = watch::Sender::new(member_addrs.clone());
+    let members_rx = members.subscribe();
     let shared = Arc::new(Shared {
         table: watch::Sender::new(Arc::new(Table::new())),
+        members,
         counters: Counters::default(),
         events,
         inbox: inbox.clone(),
@@ -288,6 +304,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
     let hs = Arc::new(HandshakeCtx {
         me,
         network: cfg.network.clone(),
+        members: keys,
         advertised: cfg.advertised,
         incarnation: incarnation(),
         tip: cfg.tip,
@@ -296,15 +313,19 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         tls_deadline: cfg.transport.handshake_timeout.min(TLS_DEADLINE),
     });
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-    let admission = Admission::new(
+    let admission = Arc::new(Admission::new(
         cfg.transport.max_pending_handshakes,
         cfg.transport.max_pending_handshakes_per_ip,
-        cfg.network.members.iter().filter(|m| m.id != me).map(|m| m.addr.ip()),
-    );
+        member_ips(me, &member_addrs),
+    ));
     let manager = Manager {
         slots: Slots::new((cfg.advertised, me), [], cfg.transport.passive_wait, 0, std::time::Instant::now()),
         conns: HashMap::new(),
-        clients,
+        clients: HashMap::new(),
+        identity: cfg.identity.clone(),
+        transport,
+        members: members_rx,
+        admission: admission.clone(),
         outbox_limits: cfg.transport.outbox,
         shared,
         endpoint,
@@ -328,6 +349,11 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
 
 /// QUIC + TLS deadline, at most.
 const TLS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The addresses admission treats as members': every member's but ours.
+fn member_ips(me: NodeId, members: &[(NodeId, SocketAddr)]) -> Vec<std::net::IpAddr> {
+    members.iter().filter(|(id, _)| *id != me).map(|(_, addr)| addr.ip()).collect()
+}
 
 fn random_u64() -> u64 {
     use ring::rand::SecureRandom;
@@ -354,7 +380,13 @@ struct Manager {
     slots: Slots,
     /// Every connection the rules know of (kept or about to be closed by them).
     conns: HashMap<ConnId, (NodeId, quinn::Connection, Tip)>,
+    /// Client configurations pinned to each member's key, made at its first dial.
     clients: HashMap<NodeId, quinn::ClientConfig>,
+    identity: Arc<Identity>,
+    transport: Arc<quinn::TransportConfig>,
+    /// The member set, as `Peers::set_members` last published it.
+    members: watch::Receiver<Vec<(NodeId, SocketAddr)>>,
+    admission: Arc<Admission>,
     outbox_limits: OutboxLimits,
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
@@ -369,6 +401,12 @@ impl Manager {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         loop {
+            // Also here, not only in its branch below: `select!` may pick another
+            // ready branch, and a set published meanwhile must not wait for a
+            // second wake-up.
+            if self.members.has_changed().unwrap_or(false) {
+                self.apply_members();
+            }
             self.slots.handle_timeout(std::time::Instant::now());
             self.apply_actions();
             let wake = self.slots.poll_timeout().map(Instant::from_std);
@@ -378,6 +416,8 @@ impl Manager {
                     Some(cmd) => self.handle_cmd(cmd),
                     None => break,
                 },
+                // Never fails: `shared` holds the sender as long as we run.
+                Ok(()) = self.members.changed() => self.apply_members(),
                 _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
                 _ = housekeeping.tick() => {}
             }
@@ -391,6 +431,27 @@ impl Manager {
         self.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
         self.shared.table.send_replace(Arc::new(Table::new()));
         self.shared.inbox.close();
+    }
+
+    /// Applies the latest member set: TLS, handshake and admission accept exactly
+    /// it from now on, and the slots follow it (their actions are carried out by
+    /// the caller's next `apply_actions`).
+    fn apply_members(&mut self) {
+        let members = self.members.borrow_and_update().clone();
+        let me = self.hs.me;
+        let members: BTreeMap<NodeId, SocketAddr> = members.into_iter().collect();
+        let entries: Vec<(NodeId, SocketAddr)> = members.iter().map(|(id, addr)| (*id, *addr)).collect();
+        self.hs.members.replace(members.keys().copied());
+        self.admission.set_member_ips(member_ips(me, &entries));
+        self.slots.handle_members(entries.iter().copied(), std::time::Instant::now());
+        let local = self.shared.local_addr;
+        for (id, addr) in entries.iter().filter(|(id, _)| *id != me) {
+            let reachable = reaches(local, *addr);
+            if self.slots.set_reachable(id, reachable) && !reachable {
+                tracing::warn!(peer = %id.short(), %addr, listen = %local, "member's address is of the other address family: this node cannot dial it and waits for it to dial");
+            }
+        }
+        self.clients.retain(|id, _| members.contains_key(id));
     }
 
     fn apply_actions(&mut self) {
@@ -446,25 +507,43 @@ impl Manager {
     }
 
     fn start_dial(&mut self, id: NodeId, addr: SocketAddr) {
-        let Some(client) = self.clients.get(&id).cloned() else { return };
+        let client = match self.client(id) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(peer = %id.short(), "cannot make a TLS client configuration: {e}");
+                let failure = DialFailure::Failed(format!("TLS client configuration: {e}"));
+                self.slots.handle_dial_failed(id, addr, failure, std::time::Instant::now());
+                return;
+            }
+        };
         self.shared.counters.dials.fetch_add(1, Ordering::Relaxed);
         let endpoint = self.endpoint.clone();
         let hs = self.hs.clone();
         let cmd_tx = self.cmd_tx.clone();
         self.tracker.spawn(async move {
             let result = dial(&endpoint, client, addr, id, &hs).await;
-            let _ = cmd_tx.send(Cmd::Dialed { peer: id, result }).await;
+            let _ = cmd_tx.send(Cmd::Dialed { peer: id, addr, result }).await;
         });
+    }
+
+    /// The client configuration pinned to `id`'s key, made on first use.
+    fn client(&mut self, id: NodeId) -> Result<quinn::ClientConfig, EndpointError> {
+        if let Some(client) = self.clients.get(&id) {
+            return Ok(client.clone());
+        }
+        let client = endpoint::client_config(&self.identity, id, self.transport.clone())?;
+        self.clients.insert(id, client.clone());
+        Ok(client)
     }
 
     fn handle_cmd(&mut self, cmd: Cmd) {
         let now = std::time::Instant::now();
         match cmd {
-            Cmd::Dialed { peer, result } => match result {
+            Cmd::Dialed { peer, addr, result } => match result {
                 Ok((conn, intro)) => self.handle_established(conn, Direction::Outbound, intro),
                 Err(e) => {
                     let failure = self.count_dial_failure(&e);
-                    self.slots.handle_dial_failed(peer, failure, now);
+                    self.slots.handle_dial_failed(peer, addr, failure, now);
                 }
             },
             Cmd::Accepted { conn, intro } => self.handle_established(conn, Direction::Inbound, intro),
@@ -495,6 +574,10 @@ impl Manager {
             DialError::Connect(_) | DialError::Unreachable(_) => {
                 c.dial_failures.fetch_add(1, Ordering::Relaxed);
             }
+            DialError::Connection(e) | DialError::Handshake(HandshakeError::Connection(e)) if super::is_removal(e) => {
+                c.dial_failures.fetch_add(1, Ordering::Relaxed);
+                c.removed_by_peer.fetch_add(1, Ordering::Relaxed);
+            }
             DialError::Connection(e) if super::is_tls_refusal(e) => {
                 c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
                 c.tls_failed.fetch_add(1, Ordering::Relaxed);
@@ -517,6 +600,9 @@ impl Manager {
             DialError::Handshake(HandshakeError::Connection(e)) if super::is_tls_refusal(e) => {
                 DialFailure::Failed(format!("refused at TLS: {e}"))
             }
+            DialError::Handshake(HandshakeError::Connection(e)) if super::is_removal(e) => {
+                DialFailure::Failed(NOT_IN_ITS_SET.to_string())
+            }
             DialError::Handshake(HandshakeError::RejectedPeer(r)) => {
                 DialFailure::Failed(format!("rejected the peer's welcome: {r}"))
             }
@@ -529,6 +615,10 @@ impl Manager {
     fn close_cause(&self, error: &quinn::ConnectionError) -> CloseCause {
         if matches!(error, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::DUPLICATE.into()) {
             return CloseCause::Duplicate;
+        }
+        if super::is_removal(error) {
+            self.shared.counters.removed_by_peer.fetch_add(1, Ordering::Relaxed);
+            return CloseCause::Removed;
         }
         if let Some(reason) = handshake::rejection_in(error) {
             let c = &self.shared.counters;
@@ -629,7 +719,8 @@ async fn accept_loop(
             },
         };
         let ip = incoming.remote_address().ip();
-        match admission.admit(ip, incoming.remote_address_validated()) {
+        let (admit, member) = admission.admit_as(ip, incoming.remote_address_validated());
+        match admit {
             Admit::Accept => {}
             Admit::Retry if incoming.may_retry() => {
                 shared.counters.retries_sent.fetch_add(1, Ordering::Relaxed);
@@ -653,8 +744,7 @@ async fn accept_loop(
                 continue;
             }
         }
-        let member = admission.member(ip);
-        let slot = AdmissionSlot { admission: admission.clone(), ip };
+        let slot = AdmissionSlot { admission: admission.clone(), ip, member };
         let hs = hs.clone();
         let cmd_tx = cmd_tx.clone();
         tracker.spawn(async move {

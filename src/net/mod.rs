@@ -1,10 +1,21 @@
 //! The transport: exactly one mutually authenticated QUIC connection per pair of
 //! masternodes.
 //!
-//! * **Identity.** TLS 1.3 with both certificates pinned to the member keys of the
-//!   network file ([`tls`]). A stranger never gets a stream.
-//! * **Direction.** The member with the lower configured address dials, the other
-//!   waits (`direction`). A waiting node that has heard nothing from the lower one
+//! * **Identity.** TLS 1.3 with both certificates pinned to the keys of the
+//!   current member set ([`tls`]). A stranger never gets a stream.
+//! * **Membership.** The member set is not fixed: it starts as
+//!   [`NetConfig::members`] and is replaced at run time by [`Peers::set_members`]
+//!   (the chain's set, as changes come into force). TLS, the handshake, admission
+//!   and the connection rules all follow the latest set at once: a new member is
+//!   accepted and dialled or awaited like any other; a removed member's connection
+//!   is closed with [`close::REMOVED`] and its key refused from then on; a moved
+//!   member is dialled at its new address (a live connection is kept). A node
+//!   outside the set it names (a joiner) still dials the members it knows; they
+//!   refuse it at TLS, which costs it only backoff, until they add it. A node
+//!   whose connection is closed with [`close::REMOVED`] backs off as from a
+//!   rejection.
+//! * **Direction.** The member with the lower address in the member set dials,
+//!   the other waits (`direction`). A waiting node that has heard nothing from the lower one
 //!   for `passive_wait` dials itself (the lower one may be unable to reach it), so
 //!   nobody waits forever.
 //! * **Duplicates.** Should a pair hold two connections, both ends keep the same one
@@ -101,6 +112,8 @@ pub mod close {
     pub const TOO_SLOW: u32 = 9;
     /// A newer process with the same key holds the pair's connection.
     pub const SUPERSEDED: u32 = 10;
+    /// The peer is no longer in the closing node's member set.
+    pub const REMOVED: u32 = 11;
 
     pub fn name(code: u64) -> &'static str {
         match code as u32 {
@@ -115,6 +128,7 @@ pub mod close {
             RATE_LIMITED => "rate limited",
             TOO_SLOW => "too slow",
             SUPERSEDED => "superseded",
+            REMOVED => "removed",
             _ => "unknown",
         }
     }
@@ -149,6 +163,11 @@ pub fn describe_close(err: &quinn::ConnectionError) -> String {
     }
 }
 
+/// Whether the peer closed the connection because we are not in its member set.
+pub fn is_removal(err: &quinn::ConnectionError) -> bool {
+    matches!(err, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::REMOVED.into())
+}
+
 /// Whether a connection ended because TLS refused a certificate, at either end.
 /// In TLS 1.3 the client sends its certificate last, so a client refused by the
 /// server learns it only after its side of the handshake completed.
@@ -160,4 +179,21 @@ pub fn is_tls_refusal(err: &quinn::ConnectionError) -> bool {
     };
     // QUIC carries TLS alerts as CRYPTO_ERROR, 0x0100 + alert (RFC 9001, 4.8).
     (0x100..0x200).contains(&code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close;
+
+    #[test]
+    fn every_close_code_has_a_name_of_its_own() {
+        let names: Vec<&str> = (0..=u64::from(close::REMOVED)).map(close::name).collect();
+        assert!(!names.contains(&"unknown"), "{names:?}");
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!(close::name(close::REMOVED.into()), "removed");
+        assert_eq!(close::name(u64::from(close::REMOVED) + 1), "unknown");
+    }
 }

@@ -159,6 +159,8 @@ pub struct Counters {
     pub admission_refused: AtomicU64,
     /// Connection attempts asked to prove their address first (QUIC Retry).
     pub retries_sent: AtomicU64,
+    /// Connections peers closed because this node is not in their member set.
+    pub removed_by_peer: AtomicU64,
     /// Turns of the manager's loop; it turns at least once a second.
     pub manager_loops: AtomicU64,
 }
@@ -192,6 +194,8 @@ pub(crate) type Table = BTreeMap<NodeId, Arc<Link>>;
 pub(crate) struct Shared {
     /// Written only by the manager; read by everyone else.
     pub(crate) table: watch::Sender<Arc<Table>>,
+    /// The member set the manager is to follow; the latest one wins.
+    pub(crate) members: watch::Sender<Vec<(NodeId, SocketAddr)>>,
     pub(crate) counters: Counters,
     pub(crate) events: broadcast::Sender<PeerEvent>,
     pub(crate) inbox: Arc<Inbox>,
@@ -277,6 +281,20 @@ impl Peers {
         request(&conn, frame, self.shared.request_timeout, self.shared.protocol).await
     }
 
+    /// Makes `members` the member set and returns at once; the transport's task
+    /// applies it moments later, and a later call supersedes an earlier one not
+    /// yet applied. From then on TLS, the handshake and admission accept exactly
+    /// these keys and addresses. A new member is dialled or awaited by the
+    /// direction rule; a removed one's connection is closed with
+    /// [`close::REMOVED`] and it is never dialled again; a member whose address
+    /// changed keeps its connection, or else is dialled at the new address at
+    /// once (or awaited there). Unchanged members are left alone, so the same set
+    /// twice is a no-op. Our own entry, if any, is ignored; of two entries for one
+    /// id the last counts.
+    pub fn set_members(&self, members: Vec<(NodeId, SocketAddr)>) {
+        self.shared.members.send_replace(members);
+    }
+
     /// Closes the connection to `peer` for a message the application could not
     /// accept (a frame that did not decode), with one log line.
     pub fn reject(&self, peer: NodeId, e: &FrameError) {
@@ -308,9 +326,6 @@ impl Peers {
     }
 
     /// Whether `id` is connected (handshake complete).
-    /// TEMPORARY stub until the transport follows the set.
-    pub fn set_members(&self, _members: Vec<(NodeId, std::net::SocketAddr)>) {}
-
     pub fn is_connected(&self, id: &NodeId) -> bool {
         self.shared.table.borrow().contains_key(id)
     }

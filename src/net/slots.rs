@@ -1,11 +1,12 @@
 //! The connection rules per member, as a state machine without IO.
 //!
-//! One slot per member other than ourselves. The slot decides when to dial (the
-//! direction rule, the passive wait, backoff), which connection a pair keeps when it
-//! has two, and what the rest of the node hears (`Up`, `Down`). It reads no clock
-//! and touches no socket: inputs come in through `handle_*` with the current time,
-//! decisions come out of [`Slots::poll_action`] and [`Slots::poll_timeout`], in the
-//! style of quinn-proto. The async shell ([`super::manager`]) carries them out.
+//! One slot per member other than ourselves, in the member set as it stands now:
+//! the set changes while the node runs ([`Slots::handle_members`]). The slot
+//! decides when to dial (the direction rule, the passive wait, backoff), which
+//! connection a pair keeps when it has two, and what the rest of the node hears
+//! (`Up`, `Down`). It reads no clock and touches no socket: inputs come in
+//! through `handle_*` with the current time, decisions come out of
+//! [`Slots::poll_action`] and [`Slots::poll_timeout`], in the style of quinn-proto. The async shell ([`super::manager`]) carries them out.
 //!
 //! The rules:
 //!
@@ -31,6 +32,20 @@
 //! * **Events.** `Up` when a peer gets an active connection, also when a newer one
 //!   replaced it (the peer may have restarted and lost what we sent), `Down` when it
 //!   has none.
+//! * **Members come and go.** A member added to the set gets a slot as the initial
+//!   members did: dialled at once if we rank lower, else awaited for the passive
+//!   wait. A member removed loses its slot: its connection is closed with
+//!   [`close::REMOVED`] and it goes `Down`; a connection from it that completes
+//!   later is closed the same way. A member whose address changed keeps its
+//!   connection, if it has one (QUIC follows a peer's new address); otherwise its
+//!   backoff is forgotten and it is dialled at the new address at once (or awaited
+//!   there for a fresh passive wait, whichever the rule says for the new address).
+//!   A member whose entry did not change is left alone. Our own entry, if the set
+//!   has one, plays no part: a node whose key is not (yet) in the set still dials
+//!   and accepts the members it knows.
+//! * **Being removed.** A peer that closes our connection with [`close::REMOVED`]
+//!   no longer counts us as a member: that is a rejection, met with backoff, not a
+//!   prompt redial.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -80,6 +95,8 @@ pub enum CloseCause {
     Duplicate,
     /// The peer rejected our Welcome after we sent it, with this reason.
     Rejected(String),
+    /// The peer closed it because we are not in its member set.
+    Removed,
     /// Anything else, described for the log.
     Other(String),
 }
@@ -136,11 +153,14 @@ pub struct Slots {
     slots: BTreeMap<NodeId, Slot>,
     actions: VecDeque<Action>,
     passive_wait: Duration,
+    /// Seeds each new slot's backoff jitter, so slots do not redial in lockstep.
+    seed: u64,
 }
 
 impl Slots {
     /// Slots for every member of `members` other than ourselves (`me`: our address
-    /// in the member set and our id), with first dials scheduled from `now`.
+    /// in the member set, or the one we advertise if we are not in it, and our id),
+    /// with first dials scheduled from `now`.
     pub fn new(
         me: (SocketAddr, NodeId),
         members: impl IntoIterator<Item = (NodeId, SocketAddr)>,
@@ -148,40 +168,116 @@ impl Slots {
         seed: u64,
         now: Instant,
     ) -> Slots {
-        let mut slots = BTreeMap::new();
-        let mut seed = seed;
+        let mut slots = Slots { me, slots: BTreeMap::new(), actions: VecDeque::new(), passive_wait, seed };
         for (id, addr) in members {
-            let Some(role) = direction::role(me, (addr, id)) else { continue };
-            seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
-            let next_dial = Some(match role {
-                Role::Dial => now,
-                Role::Wait => now + passive_wait,
-            });
-            slots.insert(
-                id,
-                Slot {
-                    id,
-                    addr,
-                    role,
-                    active: None,
-                    dialing: false,
-                    next_dial,
-                    backoff: Backoff::new(seed),
-                    failures: 0,
-                    older_seen: 0,
-                    unreachable: false,
-                },
-            );
+            slots.insert(id, addr, now);
         }
-        Slots { me, slots, actions: VecDeque::new(), passive_wait }
+        slots
     }
 
-    /// Our socket cannot reach `id`'s address (another address family): we never
-    /// dial it and wait for it to dial us, whatever the direction rule says.
-    pub fn set_unreachable(&mut self, id: &NodeId) {
-        if let Some(slot) = self.slots.get_mut(id) {
-            slot.unreachable = true;
+    /// A fresh slot for member `id` at `addr`, its first dial scheduled by the
+    /// rule: now if we dial, after the passive wait if we wait. Returns its role,
+    /// `None` for ourselves (no slot).
+    fn insert(&mut self, id: NodeId, addr: SocketAddr, now: Instant) -> Option<Role> {
+        let role = direction::role(self.me, (addr, id))?;
+        self.seed = self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+        let slot = Slot {
+            id,
+            addr,
+            role,
+            active: None,
+            dialing: false,
+            next_dial: Some(first_dial(role, now, self.passive_wait)),
+            backoff: Backoff::new(self.seed),
+            failures: 0,
+            older_seen: 0,
+            unreachable: false,
+        };
+        self.slots.insert(id, slot);
+        Some(role)
+    }
+
+    /// Whether our socket can reach `id`'s address. One it cannot (another
+    /// address family) we never dial: we wait for it to dial us, whatever the
+    /// direction rule says. Returns whether that changed.
+    pub fn set_reachable(&mut self, id: &NodeId, reachable: bool) -> bool {
+        match self.slots.get_mut(id) {
+            Some(slot) if slot.unreachable == reachable => {
+                slot.unreachable = !reachable;
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// The member set is now `members` (the whole set; our own entry, if any, is
+    /// ignored; of two entries for one id the last counts). Members not in it any
+    /// more lose their slot and connection, new ones get a slot, moved ones their
+    /// new address; unchanged ones are left alone.
+    pub fn handle_members(&mut self, members: impl IntoIterator<Item = (NodeId, SocketAddr)>, now: Instant) {
+        let me = self.me.1;
+        let members: BTreeMap<NodeId, SocketAddr> = members.into_iter().filter(|(id, _)| *id != me).collect();
+        let removed: Vec<NodeId> = self.slots.keys().filter(|id| !members.contains_key(id)).copied().collect();
+        for id in removed {
+            self.remove(id);
+        }
+        for (id, addr) in members {
+            match self.slots.get(&id) {
+                None => {
+                    let waits = match self.insert(id, addr, now) {
+                        Some(Role::Dial) => "dialling it",
+                        Some(Role::Wait) => "waiting for it to dial",
+                        None => continue,
+                    };
+                    tracing::info!(peer = %id.short(), %addr, "member added to the set; {waits}");
+                }
+                Some(slot) if direction::canonical(slot.addr) != direction::canonical(addr) => {
+                    self.moved(id, addr, now)
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn remove(&mut self, id: NodeId) {
+        let Some(slot) = self.slots.remove(&id) else { return };
+        match slot.active {
+            Some(active) => {
+                tracing::info!(peer = %id.short(), addr = %slot.addr, "member removed from the set; closing its connection");
+                self.actions.push_back(Action::Close {
+                    peer: id,
+                    conn: active.conn,
+                    code: close::REMOVED,
+                    reason: "removed",
+                });
+                self.actions.push_back(Action::Down { peer: id });
+            }
+            None => tracing::info!(peer = %id.short(), addr = %slot.addr, "member removed from the set"),
+        }
+    }
+
+    fn moved(&mut self, id: NodeId, addr: SocketAddr, now: Instant) {
+        let (me, passive_wait) = (self.me, self.passive_wait);
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        let Some(role) = direction::role(me, (addr, id)) else { return };
+        let from = std::mem::replace(&mut slot.addr, addr);
+        slot.role = role;
+        if slot.active.is_some() {
+            tracing::info!(peer = %id.short(), %from, to = %addr, "member moved to a new address; keeping its connection");
+            return;
+        }
+        // The old address's failures say nothing about the new one. A dial still
+        // under way goes to the old address: its outcome no longer counts
+        // (`handle_dial_failed` ignores it), so the new one need not wait for it.
+        slot.backoff.reset();
+        slot.failures = 0;
+        slot.dialing = false;
+        slot.next_dial = Some(first_dial(role, now, passive_wait));
+        let what = match role {
+            Role::Dial => "dialling it there",
+            Role::Wait => "waiting for it to dial",
+        };
+        tracing::info!(peer = %id.short(), %from, to = %addr, "member moved to a new address; {what}");
     }
 
     /// Whether `id` is a member we keep a slot for.
@@ -228,15 +324,24 @@ impl Slots {
             slot.dialing = true;
             slot.next_dial = None;
             let fallback = slot.role == Role::Wait;
-            if fallback {
+            // Once per streak: a redial after a failure is backoff, not news.
+            if fallback && slot.failures == 0 {
                 tracing::info!(peer = %slot.id.short(), addr = %slot.addr, "no connection from peer after the passive wait; dialling it");
+            } else if fallback {
+                tracing::debug!(peer = %slot.id.short(), "dialling the peer again after backoff");
             }
             self.actions.push_back(Action::Dial { peer: slot.id, addr: slot.addr, fallback });
         }
     }
 
-    pub fn handle_dial_failed(&mut self, peer: NodeId, failure: DialFailure, now: Instant) {
+    /// Our dial of `peer` at `addr` produced no connection.
+    pub fn handle_dial_failed(&mut self, peer: NodeId, addr: SocketAddr, failure: DialFailure, now: Instant) {
         let Some(slot) = self.slots.get_mut(&peer) else { return };
+        if slot.addr != addr {
+            // A dial of the address the member had before it moved.
+            tracing::debug!(peer = %peer.short(), %addr, "dial of a former address failed: {failure:?}");
+            return;
+        }
         slot.dialing = false;
         if slot.active.is_some() {
             // The peer reached us meanwhile; this attempt no longer matters.
@@ -278,7 +383,9 @@ impl Slots {
     ) -> bool {
         let me = self.me;
         let Some(slot) = self.slots.get_mut(&peer) else {
-            self.actions.push_back(Action::Close { peer, conn, code: close::PROTOCOL, reason: "not a peer" });
+            // Its handshake passed while it was a member: removed since.
+            tracing::debug!(peer = %peer.short(), "connection from a node not in the member set; closing it");
+            self.actions.push_back(Action::Close { peer, conn, code: close::REMOVED, reason: "not a member" });
             return false;
         };
         if direction == Direction::Outbound {
@@ -364,7 +471,7 @@ impl Slots {
             },
             // A rejection, or a fallback connection lost: the peer may be unable
             // to reach us or to accept us; back off rather than wait passively.
-            CloseCause::Rejected(_) => now + slot.backoff.next_delay(),
+            CloseCause::Rejected(_) | CloseCause::Removed => now + slot.backoff.next_delay(),
             CloseCause::Other(_) => match (slot.role, active.via_fallback) {
                 (Role::Dial, _) | (Role::Wait, true) => now + slot.backoff.next_delay(),
                 (Role::Wait, false) => now + passive_wait,
@@ -376,10 +483,22 @@ impl Slots {
             CloseCause::Rejected(reason) => {
                 slot.note_failure(&format!("peer rejected our welcome: {reason}"), Some(next - now))
             }
+            CloseCause::Removed => {
+                slot.note_failure("peer closed the connection: this node is not in its member set", Some(next - now))
+            }
             CloseCause::Other(why) => {
                 tracing::info!(peer = %peer.short(), addr = %slot.addr, after_secs = uptime.as_secs(), "peer disconnected: {why}")
             }
         }
+    }
+}
+
+/// When a new slot, or a moved one, first dials: at once if we dial, after the
+/// passive wait if we wait.
+fn first_dial(role: Role, now: Instant, passive_wait: Duration) -> Instant {
+    match role {
+        Role::Dial => now,
+        Role::Wait => now + passive_wait,
     }
 }
 
@@ -456,7 +575,7 @@ mod tests {
         for _ in 0..6 {
             s.handle_timeout(now);
             assert_eq!(dials(&mut s), vec![id(2)]);
-            s.handle_dial_failed(id(2), DialFailure::Failed("unreachable".into()), now);
+            s.handle_dial_failed(id(2), addr(2), DialFailure::Failed("unreachable".into()), now);
             let next = s.poll_timeout().unwrap();
             delays.push(next - now);
             now = next;
@@ -473,7 +592,7 @@ mod tests {
         let mut s = slots(1, 2, t0);
         for i in 0..5 {
             s.handle_timeout(t0 + Duration::from_secs(100 * i));
-            s.handle_dial_failed(id(2), DialFailure::Failed("x".into()), t0 + Duration::from_secs(100 * i));
+            s.handle_dial_failed(id(2), addr(2), DialFailure::Failed("x".into()), t0 + Duration::from_secs(100 * i));
         }
         let up = t0 + Duration::from_secs(1000);
         s.handle_timeout(up);
@@ -619,7 +738,7 @@ mod tests {
         let mut s = slots(1, 2, t0);
         s.handle_timeout(t0);
         actions(&mut s);
-        s.handle_dial_failed(id(2), DialFailure::DuplicateAtPeer, t0);
+        s.handle_dial_failed(id(2), addr(2), DialFailure::DuplicateAtPeer, t0);
         assert_eq!(s.poll_timeout(), Some(t0 + DUPLICATE_RETRY));
         assert_eq!(s.slots[&id(2)].failures, 0, "not a failure");
     }
@@ -638,7 +757,8 @@ mod tests {
     fn a_member_of_an_address_family_we_cannot_reach_is_never_dialled() {
         let t0 = Instant::now();
         let mut s = slots(1, 3, t0);
-        s.set_unreachable(&id(2));
+        assert!(s.set_reachable(&id(2), false));
+        assert!(!s.set_reachable(&id(2), false), "no change the second time");
         for k in 0..10 {
             s.handle_timeout(t0 + WAIT * k);
             assert_eq!(dials(&mut s), if k == 0 { vec![id(3)] } else { vec![] });
@@ -648,13 +768,166 @@ mod tests {
     }
 
     #[test]
-    fn strangers_and_ourselves_are_closed_at_once() {
+    fn a_connection_from_a_node_outside_the_set_is_closed_as_removed() {
+        // TLS and the handshake admit members only, so this is a member removed
+        // while its handshake was under way.
         let t0 = Instant::now();
         let mut s = slots(1, 2, t0);
         assert!(!s.handle_established(id(9), 1, Direction::Inbound, addr(9), 1, t0));
         assert_eq!(
             actions(&mut s),
-            vec![Action::Close { peer: id(9), conn: 1, code: close::PROTOCOL, reason: "not a peer" }]
+            vec![Action::Close { peer: id(9), conn: 1, code: close::REMOVED, reason: "not a member" }]
         );
+    }
+
+    /// `ids` at 127.0.0.id, as a member set.
+    fn set(ids: &[u8]) -> Vec<(NodeId, SocketAddr)> {
+        ids.iter().map(|&i| (id(i), addr(i))).collect()
+    }
+
+    #[test]
+    fn a_member_added_at_run_time_is_dialled_or_awaited_like_an_initial_one() {
+        // Node 5 starts outside the set (a joiner) and knows nobody yet.
+        let t0 = Instant::now();
+        let mut s = Slots::new((addr(5), id(5)), [], WAIT, 7, t0);
+        assert!(!s.handle_established(id(7), 1, Direction::Inbound, addr(7), 1, t0), "7 is not a member yet");
+        actions(&mut s);
+        let t1 = t0 + Duration::from_secs(3);
+        s.handle_members(set(&[3, 5, 7]), t1);
+        assert!(actions(&mut s).is_empty(), "dials come from the timer");
+        s.handle_timeout(t1);
+        assert_eq!(actions(&mut s), vec![Action::Dial { peer: id(7), addr: addr(7), fallback: false }], "5 < 7");
+        assert_eq!(s.poll_timeout(), Some(t1 + WAIT), "3 < 5: a passive wait from the addition");
+        s.handle_timeout(t1 + WAIT);
+        assert_eq!(actions(&mut s), vec![Action::Dial { peer: id(3), addr: addr(3), fallback: true }]);
+        assert!(s.handle_established(id(7), 2, Direction::Outbound, addr(7), 1, t1), "7 is a peer now");
+    }
+
+    #[test]
+    fn a_removed_member_is_closed_with_the_removed_code_and_never_dialled_again() {
+        let t0 = Instant::now();
+        let mut s = slots(1, 3, t0);
+        s.handle_timeout(t0);
+        assert_eq!(dials(&mut s), vec![id(2), id(3)]);
+        s.handle_established(id(2), 10, Direction::Outbound, addr(2), 1, t0);
+        actions(&mut s);
+        // 2 is connected, 3's dial is still under way; both are removed.
+        let t1 = t0 + Duration::from_secs(1);
+        s.handle_members(set(&[1]), t1);
+        assert_eq!(
+            actions(&mut s),
+            vec![
+                Action::Close { peer: id(2), conn: 10, code: close::REMOVED, reason: "removed" },
+                Action::Down { peer: id(2) },
+            ]
+        );
+        assert!(!s.contains(&id(2)) && !s.contains(&id(3)));
+        // What was under way ends quietly: the closed connection, 3's dial, and a
+        // handshake with 3 that completes late is closed as removed.
+        s.handle_closed(id(2), 10, CloseCause::Other("closed locally".into()), t1);
+        s.handle_dial_failed(id(3), addr(3), DialFailure::Failed("timeout".into()), t1);
+        assert!(actions(&mut s).is_empty());
+        assert!(!s.handle_established(id(3), 11, Direction::Outbound, addr(3), 1, t1));
+        assert_eq!(
+            actions(&mut s),
+            vec![Action::Close { peer: id(3), conn: 11, code: close::REMOVED, reason: "not a member" }]
+        );
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_timeout(t1 + WAIT * 10);
+        assert!(dials(&mut s).is_empty(), "never dialled again");
+    }
+
+    #[test]
+    fn a_moved_member_is_dialled_at_its_new_address_at_once_with_its_backoff_forgotten() {
+        let t0 = Instant::now();
+        let mut s = slots(1, 2, t0);
+        let mut now = t0;
+        for _ in 0..5 {
+            s.handle_timeout(now);
+            assert_eq!(dials(&mut s), vec![id(2)]);
+            s.handle_dial_failed(id(2), addr(2), DialFailure::Failed("no answer".into()), now);
+            now = s.poll_timeout().unwrap();
+        }
+        s.handle_timeout(now);
+        assert_eq!(dials(&mut s), vec![id(2)], "a dial of the old address is under way");
+        let moved = now + Duration::from_millis(100);
+        s.handle_members([(id(1), addr(1)), (id(2), addr(9))], moved);
+        s.handle_timeout(moved);
+        assert_eq!(actions(&mut s), vec![Action::Dial { peer: id(2), addr: addr(9), fallback: false }]);
+        // The old dial's failure does not count against the new address.
+        s.handle_dial_failed(id(2), addr(2), DialFailure::Failed("no answer".into()), moved);
+        assert_eq!(s.poll_timeout(), None, "the new dial is under way");
+        assert_eq!(s.slots[&id(2)].failures, 0);
+        s.handle_dial_failed(id(2), addr(9), DialFailure::Failed("no answer".into()), moved);
+        assert!(s.poll_timeout().unwrap() - moved <= Duration::from_millis(500), "backoff from its first step");
+    }
+
+    #[test]
+    fn a_member_moving_across_our_address_swaps_who_dials() {
+        let t0 = Instant::now();
+        // 2 waits for 1; 1 moves above 2: 2 dials it at once.
+        let mut s = slots(2, 2, t0);
+        assert_eq!(s.role(&id(1)), Some(Role::Wait));
+        s.handle_members(set(&[2]).into_iter().chain([(id(1), addr(9))]), t0);
+        assert_eq!(s.role(&id(1)), Some(Role::Dial));
+        s.handle_timeout(t0);
+        assert_eq!(actions(&mut s), vec![Action::Dial { peer: id(1), addr: addr(9), fallback: false }]);
+        // 1 dials 2; 2 moves below 1: the passive wait starts over from the move.
+        let mut s = slots(1, 2, t0);
+        s.handle_timeout(t0);
+        s.handle_dial_failed(id(2), addr(2), DialFailure::Failed("no answer".into()), t0);
+        let below = SocketAddr::from(([127, 0, 0, 0], 24100));
+        let t1 = t0 + Duration::from_secs(2);
+        s.handle_members([(id(1), addr(1)), (id(2), below)], t1);
+        assert_eq!(s.role(&id(2)), Some(Role::Wait));
+        assert_eq!(s.poll_timeout(), Some(t1 + WAIT));
+    }
+
+    #[test]
+    fn a_connected_member_that_moves_keeps_its_connection() {
+        let t0 = Instant::now();
+        let mut s = slots(1, 2, t0);
+        s.handle_established(id(2), 4, Direction::Inbound, addr(2), 1, t0);
+        actions(&mut s);
+        s.handle_members([(id(1), addr(1)), (id(2), addr(9))], t0);
+        assert!(actions(&mut s).is_empty(), "no close, no Down");
+        assert_eq!(s.active(&id(2)), Some(4));
+        assert_eq!(s.addr(&id(2)), Some(addr(9)), "the next dial goes to the new address");
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_same_set_again_changes_nothing() {
+        let t0 = Instant::now();
+        let mut s = slots(2, 4, t0);
+        s.handle_timeout(t0);
+        assert_eq!(dials(&mut s), vec![id(3), id(4)]);
+        s.handle_established(id(1), 1, Direction::Inbound, addr(1), 1, t0);
+        s.handle_established(id(3), 2, Direction::Outbound, addr(3), 1, t0);
+        s.handle_dial_failed(id(4), addr(4), DialFailure::Failed("no answer".into()), t0);
+        actions(&mut s);
+        let timeout = s.poll_timeout();
+        // Another order, our own entry, and an entry repeated: the same set.
+        let t1 = t0 + Duration::from_millis(10);
+        s.handle_members(set(&[4, 3, 1, 4]), t1);
+        s.handle_members(set(&[4, 3, 2, 1]), t1);
+        assert!(actions(&mut s).is_empty());
+        assert_eq!(s.poll_timeout(), timeout, "backoff kept");
+        assert_eq!((s.active(&id(1)), s.active(&id(3))), (Some(1), Some(2)));
+        assert_eq!(s.slots[&id(4)].failures, 1);
+        s.handle_timeout(t1);
+        assert!(dials(&mut s).is_empty());
+    }
+
+    #[test]
+    fn being_closed_as_removed_backs_off_even_for_the_waiting_side() {
+        let t0 = Instant::now();
+        let mut s = slots(2, 2, t0);
+        s.handle_established(id(1), 1, Direction::Inbound, addr(1), 1, t0);
+        actions(&mut s);
+        s.handle_closed(id(1), 1, CloseCause::Removed, t0);
+        assert_eq!(actions(&mut s), vec![Action::Down { peer: id(1) }]);
+        assert!(s.poll_timeout().unwrap() - t0 <= Duration::from_millis(500), "backoff, not a passive wait");
+        assert_eq!(s.slots[&id(1)].failures, 1, "a failure: its streak is logged once");
     }
 }

@@ -2,15 +2,17 @@
 //!
 //! Certificates are self-signed and carry nothing but the node's ed25519 key: no
 //! names, no CAs, no validity dates play a part. The server accepts a client
-//! certificate only if its key is a member of the set; the client accepts the
-//! server's only if its key is the one of the member it meant to dial. Both still
-//! verify the TLS 1.3 handshake signature with the ring provider, which proves the
-//! peer holds the private key. Session resumption is off, so every connection
+//! certificate only if its key is in the current member set ([`MemberKeys`], which
+//! the transport replaces whenever the set changes: a member added at run time is
+//! accepted and a removed one refused from the next handshake on); the client
+//! accepts the server's only if its key is the one of the member it meant to dial.
+//! Both still verify the TLS 1.3 handshake signature with the ring provider, which
+//! proves the peer holds the private key. Session resumption is off, so every connection
 //! proves its key afresh. ALPN is `masternode/1`.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -66,9 +68,44 @@ impl RefusalLog {
     }
 }
 
+/// The keys the server side accepts, swappable while the endpoint runs. Clones
+/// share one set. Readers take the current set with a brief read lock (never held
+/// across an await or a handshake), so a replacement never waits on a TLS
+/// handshake in progress and a handshake sees either the old set or the new one.
+#[derive(Debug, Clone, Default)]
+pub struct MemberKeys(Arc<RwLock<Arc<HashSet<NodeId>>>>);
+
+impl MemberKeys {
+    pub fn new(keys: impl IntoIterator<Item = NodeId>) -> Self {
+        MemberKeys(Arc::new(RwLock::new(Arc::new(keys.into_iter().collect()))))
+    }
+
+    /// The current set.
+    pub fn current(&self) -> Arc<HashSet<NodeId>> {
+        // A poisoned lock still holds a whole set: replacing it is one store.
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.current().contains(id)
+    }
+
+    /// Replaces the set; handshakes from now on are checked against `keys`.
+    pub fn replace(&self, keys: impl IntoIterator<Item = NodeId>) {
+        let keys = Arc::new(keys.into_iter().collect());
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+}
+
+impl From<Arc<HashSet<NodeId>>> for MemberKeys {
+    fn from(keys: Arc<HashSet<NodeId>>) -> Self {
+        MemberKeys(Arc::new(RwLock::new(keys)))
+    }
+}
+
 #[derive(Debug)]
 struct MemberClientVerifier {
-    members: Arc<HashSet<NodeId>>,
+    members: MemberKeys,
     algs: WebPkiSupportedAlgorithms,
     refusals: Arc<RefusalLog>,
 }
@@ -176,7 +213,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
 /// QUIC server crypto accepting only clients with a member key.
 pub fn server_crypto(
     identity: &Identity,
-    members: Arc<HashSet<NodeId>>,
+    members: impl Into<MemberKeys>,
     refusals: Arc<RefusalLog>,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
     let cfg = server_rustls(identity, members, refusals)?;
@@ -186,12 +223,12 @@ pub fn server_crypto(
 /// The rustls server configuration behind [`server_crypto`] (also usable over TCP).
 pub fn server_rustls(
     identity: &Identity,
-    members: Arc<HashSet<NodeId>>,
+    members: impl Into<MemberKeys>,
     refusals: Arc<RefusalLog>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
-    let verifier = MemberClientVerifier { members, algs, refusals };
+    let verifier = MemberClientVerifier { members: members.into(), algs, refusals };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))

@@ -116,20 +116,36 @@ impl Spec {
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> (Peers, Inbound) {
+        net::start(self.net_config(i, self.addr(i), self.member_set(), transport), shutdown.clone(), tracker).unwrap()
+    }
+
+    /// The member set of the network file, as the transport takes it.
+    pub fn member_set(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.members.iter().map(|m| (m.id, m.addr)).collect()
+    }
+
+    /// The transport config of node `i`, listening at `at` (its advertised
+    /// address too) with the initial member set `members`.
+    pub fn net_config(
+        &self,
+        i: usize,
+        at: SocketAddr,
+        members: Vec<(NodeId, SocketAddr)>,
+        transport: Transport,
+    ) -> NetConfig {
         let (_tip_tx, tip) = watch::channel(Tip::default());
-        let cfg = NetConfig {
+        NetConfig {
             identity: self.ids[i].clone(),
             network: Arc::new(self.network()),
-            advertised: self.addr(i),
-            listen: self.addr(i),
+            members,
+            advertised: at,
+            listen: at,
             transport,
             request_timeout: Duration::from_secs(5),
             tip,
-            members: self.members.iter().map(|m| (m.id, m.addr)).collect(),
             protocol: OPEN,
             hooks: TestHooks::default(),
-        };
-        net::start(cfg, shutdown.clone(), tracker).unwrap()
+        }
     }
 }
 
