@@ -265,7 +265,17 @@ pub async fn request_change(
     Ok(answer.await.map_err(|_| ChangeRequestError::Stopped)??)
 }
 
-async fn change_handler(State(state): State<AdminState>, body: Bytes) -> Response {
+async fn change_handler(State(state): State<AdminState>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    // A browser may send a cross-site form or text/plain body without asking
+    // first, never an application/json one: the node signs only what a client
+    // that can set the type asked for.
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if !json {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "POST /members takes Content-Type: application/json");
+    }
     let parsed: ChangeBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not a change: {e}")),
@@ -311,7 +321,7 @@ pub async fn post_change(
     timeout: Duration,
 ) -> Result<ChangeAccepted, ClientError> {
     let body = serde_json::to_vec(change).unwrap_or_default();
-    let (code, text) = http_request(addr, "POST", "/members", &body, timeout).await?;
+    let (code, text) = http_exchange(addr, "POST", "/members", Some("application/json"), &body, timeout).await?;
     if code != 202 {
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
@@ -367,10 +377,22 @@ pub async fn http_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), ClientError> {
+    http_exchange(addr, method, path, None, body, timeout).await
+}
+
+async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String), ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
-        let head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n", body.len());
+        let typed = content_type.map(|t| format!("Content-Type: {t}\r\n")).unwrap_or_default();
+        let head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{typed}Content-Length: {}\r\n\r\n", body.len());
         stream.write_all(head.as_bytes()).await.map_err(|e| unreachable(e.to_string()))?;
         // A server may answer (413) and close before reading a large body.
         let _ = stream.write_all(body).await;

@@ -147,6 +147,13 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     assert_eq!(code, Some(1), "{out}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("already a member"), "{err}");
+    // The node signs only for a client that can set the content type.
+    let body = format!("{{\"change\":\"remove\",\"id\":\"{joiner}\"}}");
+    let (status, _) =
+        masternode::admin::http_request(net.admins[0], "POST", "/members", body.as_bytes(), Duration::from_secs(5))
+            .await
+            .unwrap();
+    assert_eq!(status, 415, "a body without Content-Type: application/json is refused");
     let (code, _, err) = cli(&["member", "remove", "--id", "not-hex", "--admin", &admin0]);
     assert_eq!(code, Some(2), "a malformed id is refused before asking the node: {err}");
 

@@ -302,7 +302,7 @@ impl NextHeight {
 /// About what a buffered proposal holds in memory.
 fn proposal_bytes(p: &SignedProposal) -> usize {
     let block = &p.proposal.block;
-    block.tx_bytes() + block.txs.len() * std::mem::size_of::<Vec<u8>>() + 512
+    block.tx_bytes() + block.txs.len() * std::mem::size_of::<Vec<u8>>() + block.header.changes.len() * 256 + 512
 }
 
 pub struct Core {
@@ -600,7 +600,10 @@ impl Core {
             Misbehaviour::WrongProposer { node, height, round }
         } else if let Some(valid_round) = p.valid_round.filter(|vr| *vr >= round) {
             Misbehaviour::BadValidRound { node, height, round, valid_round }
-        } else if p.block.txs.len() > self.cfg.limits.max_block_txs || tx_root(&p.block.txs) != p.block.header.tx_root {
+        } else if p.block.txs.len() > self.cfg.limits.max_block_txs
+            || p.block.header.changes.len() > super::members::MAX_CHANGES_PER_BLOCK
+            || tx_root(&p.block.txs) != p.block.header.tx_root
+        {
             Misbehaviour::BadTransactions { claimed: node, height, round }
         } else {
             return true;

@@ -912,6 +912,14 @@ impl Producer {
                 Change::SetAddr { id: me, addr: crate::net::canonical(addr), seq: info.addr_seq.max(waiting) + 1 }
             }
         };
+        // Two members on one address is an operator's mistake worth refusing
+        // here; the chain cannot refuse it (genesis addresses are outside the
+        // network id, so nodes may disagree on who holds an address).
+        if let Change::Add { id, addr } | Change::SetAddr { id, addr, .. } = &change {
+            if let Some(holder) = membership.next().holder_of(*addr, *id) {
+                return Err(ChangeError::AddressInUse(*addr, holder));
+            }
+        }
         let signed_at = membership.applied();
         let sa = Approval { change: change.clone(), approver: me, signed_at }.sign(&self.network.id, &self.identity);
         let held = self.approvals.iter().any(|x| x.approval.change == change && x.approval.approver == me);
