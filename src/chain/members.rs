@@ -414,6 +414,7 @@ impl Membership {
     pub fn check(&self, sa: &SignedApproval, network_id: &[u8; 32]) -> Result<(), ChangeError> {
         let mut scratch = self.clone();
         let mut after = self.state.next.clone();
+        scratch.settle(&mut after);
         scratch.admit(sa, network_id, &mut after).map(|_| ())
     }
 
@@ -428,6 +429,7 @@ impl Membership {
         }
         let mut scratch = self.clone();
         let mut after = self.state.next.clone();
+        scratch.settle(&mut after);
         for (i, sa) in changes.iter().enumerate() {
             scratch.admit(sa, network_id, &mut after).map_err(|e| (i, e))?;
         }
@@ -443,6 +445,7 @@ impl Membership {
     ) -> Vec<SignedApproval> {
         let mut scratch = self.clone();
         let mut after = self.state.next.clone();
+        scratch.settle(&mut after);
         let mut out = Vec::new();
         for sa in candidates {
             if out.len() == MAX_CHANGES_PER_BLOCK {
@@ -463,7 +466,7 @@ impl Membership {
     pub fn apply(&mut self, changes: &[SignedApproval], network_id: &[u8; 32]) -> Vec<Completed> {
         let height = self.state.applied + 1;
         let mut after = self.state.next.clone();
-        let mut completed = Vec::new();
+        let mut completed = self.settle(&mut after);
         for sa in changes.iter().take(MAX_CHANGES_PER_BLOCK) {
             if let Ok(Some(c)) = self.admit(sa, network_id, &mut after) {
                 completed.push(c);
@@ -478,6 +481,85 @@ impl Membership {
         }
         self.state.pending.retain(|_, a| !a.is_empty());
         completed
+    }
+
+    /// What a change would do to `after` (the latest set) is allowed.
+    fn effect_allowed(&self, change: &Change, after: &MemberSet) -> Result<(), ChangeError> {
+        match change {
+            Change::Add { id, addr } => {
+                if after.contains(id) {
+                    return Err(ChangeError::AlreadyMember(*id));
+                }
+                if after.len() >= MAX_MEMBERS {
+                    return Err(ChangeError::SetFull(after.len()));
+                }
+                check_addr(*addr)?;
+            }
+            Change::Remove { id } => {
+                if !after.contains(id) {
+                    return Err(ChangeError::UnknownMember(*id));
+                }
+                let left = after.len() - 1;
+                if left < self.params.min_active.max(1) {
+                    return Err(ChangeError::BelowMinActive { members: left, min_active: self.params.min_active });
+                }
+            }
+            Change::SetAddr { id, addr, seq } => {
+                let Some(m) = after.get(id) else { return Err(ChangeError::UnknownMember(*id)) };
+                if *seq <= m.addr_seq {
+                    return Err(ChangeError::StaleSequence { got: *seq, current: m.addr_seq });
+                }
+                check_addr(*addr)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes `change` in block `applied + 1`: in force two heights later.
+    fn complete(&mut self, change: Change, after: &mut MemberSet) -> Completed {
+        let height = self.state.applied + 1;
+        let a_change = &change;
+        let subject = change.subject();
+        let in_force = height + 2;
+        match a_change {
+            Change::Add { id, addr } => {
+                after.0.insert(*id, MemberInfo { addr: *addr, since: in_force, addr_seq: 0 });
+            }
+            Change::Remove { id } => {
+                after.0.remove(id);
+            }
+            Change::SetAddr { id, addr, seq } => {
+                if let Some(m) = after.0.get_mut(id) {
+                    m.addr = *addr;
+                    m.addr_seq = *seq;
+                }
+            }
+        }
+        self.state.pending.remove(a_change);
+        if a_change.needs_vote() {
+            // Approvals of other changes about this member were signed for a
+            // set it is no longer in (or now in): they lapse.
+            self.state.touched.insert(subject, height);
+            self.state.pending.retain(|c, _| c.subject() != subject || !c.needs_vote());
+        }
+        Completed { change, height, in_force }
+    }
+
+    /// Before block `applied + 1`'s approvals: a change whose approvers already
+    /// hold more than 2/3 of the set in force now (the set shrank since they
+    /// approved) completes in this block, in key order, if it still may.
+    fn settle(&mut self, after: &mut MemberSet) -> Vec<Completed> {
+        let mut done = Vec::new();
+        let keys: Vec<Change> = self.state.pending.keys().filter(|c| c.needs_vote()).cloned().collect();
+        for change in keys {
+            let Some(approvers) = self.state.pending.get(&change) else { continue };
+            let current = &self.state.current;
+            let count = approvers.keys().filter(|x| current.contains(x)).count();
+            if count >= current.quorum() && self.effect_allowed(&change, after).is_ok() {
+                done.push(self.complete(change, after));
+            }
+        }
+        done
     }
 
     /// One approval in block `applied + 1`: checked, then counted. `after` is the
@@ -513,34 +595,7 @@ impl Membership {
         } else if a.approver != subject {
             return Err(ChangeError::NotSelfSigned);
         }
-        // What the change does to the latest set.
-        match &a.change {
-            Change::Add { id, addr } => {
-                if after.contains(id) {
-                    return Err(ChangeError::AlreadyMember(*id));
-                }
-                if after.len() >= MAX_MEMBERS {
-                    return Err(ChangeError::SetFull(after.len()));
-                }
-                check_addr(*addr)?;
-            }
-            Change::Remove { id } => {
-                if !after.contains(id) {
-                    return Err(ChangeError::UnknownMember(*id));
-                }
-                let left = after.len() - 1;
-                if left < self.params.min_active.max(1) {
-                    return Err(ChangeError::BelowMinActive { members: left, min_active: self.params.min_active });
-                }
-            }
-            Change::SetAddr { id, addr, seq } => {
-                let Some(m) = after.get(id) else { return Err(ChangeError::UnknownMember(*id)) };
-                if *seq <= m.addr_seq {
-                    return Err(ChangeError::StaleSequence { got: *seq, current: m.addr_seq });
-                }
-                check_addr(*addr)?;
-            }
-        }
+        self.effect_allowed(&a.change, after)?;
         if self.state.pending.get(&a.change).is_some_and(|p| p.contains_key(&a.approver)) {
             return Err(ChangeError::Duplicate(a.approver));
         }
@@ -561,29 +616,8 @@ impl Membership {
         if !done {
             return Ok(None);
         }
-        let in_force = height + 2;
-        match &a.change {
-            Change::Add { id, addr } => {
-                after.0.insert(*id, MemberInfo { addr: *addr, since: in_force, addr_seq: 0 });
-            }
-            Change::Remove { id } => {
-                after.0.remove(id);
-            }
-            Change::SetAddr { id, addr, seq } => {
-                if let Some(m) = after.0.get_mut(id) {
-                    m.addr = *addr;
-                    m.addr_seq = *seq;
-                }
-            }
-        }
-        self.state.pending.remove(&a.change);
-        if a.change.needs_vote() {
-            // Approvals of other changes about this member were signed for a
-            // set it is no longer in (or now in): they lapse.
-            self.state.touched.insert(subject, height);
-            self.state.pending.retain(|c, _| c.subject() != subject || !c.needs_vote());
-        }
-        Ok(Some(Completed { change: a.change.clone(), height, in_force }))
+        let change = a.change.clone();
+        Ok(Some(self.complete(change, after)))
     }
 }
 
@@ -852,6 +886,24 @@ mod tests {
         // Two more of the four complete it (3 of 4).
         let done = m.apply(&[approve(1, add(6), 12), approve(2, add(6), 12)], &NET);
         assert_eq!(done.len(), 1);
+    }
+
+    #[test]
+    fn a_change_completes_when_a_removal_leaves_its_approvers_a_quorum() {
+        let mut m = genesis(5);
+        advance_to(&mut m, 10);
+        // 1, 2 and 3 approve adding 6: three of five, four needed.
+        m.apply(&[approve(1, add(6), 9), approve(2, add(6), 9), approve(3, add(6), 9)], &NET);
+        // 5 is removed (four of five), in force at 13: four members, three needed.
+        let rm: Vec<_> = (1..=4).map(|i| approve(i, remove(5), 10)).collect();
+        m.apply(&rm, &NET);
+        advance_to(&mut m, 13);
+        assert_eq!(m.pending()[0].approvals.len(), 3);
+        assert_eq!(m.pending()[0].required, 3);
+        // The next block completes it with no new approval.
+        let done = m.apply(&[], &NET);
+        assert_eq!(done, vec![Completed { change: add(6), height: 13, in_force: 15 }]);
+        assert!(m.pending().is_empty());
     }
 
     #[test]
