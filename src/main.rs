@@ -323,7 +323,9 @@ async fn member(action: MemberAction) -> ExitCode {
         MemberAction::Add { id, addr, target } => {
             (ChangeBody { change: "add".into(), id: Some(id), addr: Some(addr) }, target)
         }
-        MemberAction::Remove { id, target } => (ChangeBody { change: "remove".into(), id: Some(id), addr: None }, target),
+        MemberAction::Remove { id, target } => {
+            (ChangeBody { change: "remove".into(), id: Some(id), addr: None }, target)
+        }
         MemberAction::SetAddr { addr, target } => {
             (ChangeBody { change: "set-addr".into(), id: None, addr: Some(addr) }, target)
         }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use masternode::admin::ChangeRequestError;
 use masternode::chain::members::ChangeError;
 use masternode::chain::ChangeRequest;
-use masternode::admin::ChangeRequestError;
 use masternode::config::Network;
 use masternode::identity::NodeId;
 use masternode::node::{Node, NodeOptions};
@@ -79,8 +79,7 @@ fn longest_pause(node: &Node, from: u64) -> (u64, u64) {
 
 /// Whether `id` signed the certificate of some block after `after` on `node`.
 fn signed_after(node: &Node, id: NodeId, after: u64) -> bool {
-    (after + 1..=node.height())
-        .any(|h| node.store().block(h).unwrap().is_some_and(|c| c.cert.signers().contains(&id)))
+    (after + 1..=node.height()).any(|h| node.store().block(h).unwrap().is_some_and(|c| c.cert.signers().contains(&id)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

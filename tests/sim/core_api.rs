@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use masternode::chain::block::{genesis_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
 pub use masternode::chain::consensus::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
-pub use masternode::chain::members::Membership;
+pub use masternode::chain::members::{Completed, Membership, MembershipState, Params};
 pub use masternode::chain::vote::{
     quorum, Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step, Vote,
     VoteKind,
@@ -39,7 +39,13 @@ pub enum Effect {
         height: Height,
         round: Round,
     },
-    Decided(Committed),
+    /// A block to store with the membership it leaves, and the member changes
+    /// it completed.
+    Decided {
+        committed: Committed,
+        membership: MembershipState,
+        completed: Vec<Completed>,
+    },
     /// A protocol violation; `node` is the member blamed, when one is.
     Misbehaviour {
         node: Option<NodeId>,
@@ -58,7 +64,9 @@ pub fn effects(outputs: Vec<Output>) -> Vec<Effect> {
             Output::Sign { record, message, lock } => Effect::Sign { record, message, lock: lock.map(|l| *l) },
             Output::Schedule { timeout, after_ms } => Effect::Schedule { timeout, after_ms },
             Output::NeedValue { height, round } => Effect::NeedValue { height, round },
-            Output::Decided { committed, .. } => Effect::Decided(committed),
+            Output::Decided { committed, membership, completed } => {
+                Effect::Decided { committed, membership: *membership, completed }
+            }
             Output::Misbehaviour(m) => Effect::Misbehaviour { node: m.culprit(), what: m.to_string() },
             Output::Ahead { node, height } => Effect::Ahead { node, height },
         })
@@ -72,10 +80,21 @@ pub fn input_of(message: Signed) -> Input {
     }
 }
 
+/// Heights an approval stays valid in the simulation: short, so that approvals
+/// expire within a scenario (honest nodes approve again, forged old ones are
+/// refused as expired).
+pub const APPROVAL_TTL: Height = 24;
+
+/// The genesis membership of `members`, with the simulation's parameters.
+pub fn genesis(members: &[NodeId]) -> Membership {
+    let m = Membership::of_ids(members, MIN_ACTIVE);
+    Membership::restore(Params { min_active: MIN_ACTIVE, ttl: APPROVAL_TTL }, m.state().clone())
+}
+
 pub fn config(members: &[NodeId]) -> Config {
     Config {
         network_id: NET,
-        members: Membership::of_ids(members, 1),
+        members: genesis(members),
         block_interval_ms: INTERVAL_MS,
         limits: Limits::default(),
         timeouts: Timeouts::for_interval(INTERVAL_MS),
@@ -85,17 +104,25 @@ pub fn config(members: &[NodeId]) -> Config {
 /// What the store hands a node at start-up.
 pub struct Persisted<'a> {
     pub tip: Option<&'a Committed>,
+    /// The membership the tip left, stored with it.
+    pub membership: Option<MembershipState>,
     pub last_signed: Option<SignRecord>,
     pub own: Vec<Signed>,
     pub lock: Option<Lock>,
 }
 
 /// A core as `Node::start` builds it from the store.
-pub fn boot(cfg: Config, identity: Arc<Identity>, stored: Persisted<'_>) -> Core {
+/// `cfg` holds the genesis membership; the stored one replaces it, as
+/// `Node::start` restores it.
+pub fn boot(mut cfg: Config, identity: Arc<Identity>, stored: Persisted<'_>) -> Core {
     let (height, prev_hash, prev_ts) = match stored.tip {
         Some(c) => (c.block.height(), c.block.hash(), c.block.header.timestamp_ms),
         None => (0, genesis_hash(&NET), GENESIS_MS),
     };
+    if let Some(state) = stored.membership {
+        cfg.members = Membership::restore(cfg.members.params(), state);
+    }
+    assert_eq!(cfg.members.applied(), height, "the store holds the membership of its tip");
     let mut core = Core::new(cfg, identity, height + 1, prev_hash, prev_ts, stored.last_signed);
     core.restore_own(stored.own);
     core.restore_lock(stored.lock);

@@ -97,6 +97,8 @@ struct Store {
     own: BTreeMap<SignRecord, Signed>,
     lock: Option<Lock>,
     chain: Vec<Committed>,
+    /// The membership the tip left, written with each block.
+    membership: Option<MembershipState>,
 }
 
 struct Node {
@@ -248,13 +250,6 @@ impl World {
             rewinds: 0,
             plan: plan.clone(),
         }
-    }
-
-    /// The consensus configuration in force at `height`. The member set is fixed
-    /// for now; member-set changes (`Add`/`Remove` committed at H, in force from
-    /// H+2) enter here once the core takes them.
-    fn config_at(&self, _height: Height) -> Config {
-        self.cfg.clone()
     }
 
     fn at(&mut self, t: u64, ev: Event) {
@@ -449,7 +444,7 @@ impl World {
     fn boot(&mut self, s: usize) {
         let now = self.now;
         let h = self.nodes[s].store.chain.len() as u64 + 1;
-        let cfg = self.config_at(h);
+        let cfg = self.cfg.clone();
         let node = &mut self.nodes[s];
         node.up = true;
         node.epoch += 1;
@@ -467,6 +462,7 @@ impl World {
             .collect();
         let stored = Persisted {
             tip: node.store.chain.last(),
+            membership: node.store.membership.clone(),
             last_signed: node.store.last_signed,
             own,
             lock: node.store.lock.clone(),
@@ -819,7 +815,7 @@ impl World {
                     let out = self.handle(s, Input::Value { height, round, txs, changes: vec![] });
                     work.extend(effects(out));
                 }
-                Effect::Decided(c) => {
+                Effect::Decided { committed: c, membership, completed } => {
                     let node = &mut self.nodes[s];
                     let prev =
                         node.store.chain.last().map_or((0, genesis_hash(&NET)), |p| (p.block.height(), p.block.hash()));
@@ -831,8 +827,19 @@ impl World {
                     self.log(1 << s, Some(h), true, |w| {
                         format!("{} commits height {h} {} (round {})", w.name(s), c.block.hash().short(), c.cert.round)
                     });
+                    for done in &completed {
+                        self.log(1 << s, Some(h), true, |w| {
+                            format!(
+                                "{} sees member change completed: {} (in force at {})",
+                                w.name(s),
+                                done.change,
+                                done.in_force
+                            )
+                        });
+                    }
                     let node = &mut self.nodes[s];
                     node.store.chain.push(c);
+                    node.store.membership = Some(membership);
                     node.store.own.retain(|r, _| r.height > h);
                     self.broadcast(s, Wire::Tip(h));
                     self.check_finished();
