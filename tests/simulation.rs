@@ -1,7 +1,8 @@
 //! Adversarial simulation of whole nodes: seeded scenarios on a simulated network
 //! with virtual time (delay, loss, partitions, crash-restart from the persisted
-//! state, Byzantine members), checking agreement, validity, lock monotonicity, no
-//! honest double-sign and progress after every step (see `sim/`).
+//! state, Byzantine members, member sets that change on chain), checking
+//! agreement, validity, the member sets, lock monotonicity, no honest
+//! double-sign and progress after every step (see `sim/`).
 //!
 //! * `cargo test --test simulation`: a few hundred scenarios.
 //! * `SIM_SCENARIOS=N cargo test --release --test simulation -- --ignored --nocapture`:
@@ -84,8 +85,8 @@ fn fails(plan: &Plan, kind: Kind) -> bool {
     run(plan, &RunOpts { trace: false, max_steps: None }).violation.is_some_and(|(_, v)| v.kind == kind)
 }
 
-/// Removes strategies and faults one at a time, keeping every removal after which
-/// the scenario still fails the same way, until none can go.
+/// Removes strategies, member changes and faults one at a time, keeping every
+/// removal after which the scenario still fails the same way, until none can go.
 fn shrink(plan: &Plan, kind: Kind) -> Plan {
     let mut best = plan.clone();
     let mut runs = 0;
@@ -101,6 +102,20 @@ fn shrink(plan: &Plan, kind: Kind) -> Plan {
             }
             let mut p = best.clone();
             p.strategies.remove(&s);
+            runs += 1;
+            if fails(&p, kind) {
+                best = p;
+                changed = true;
+            }
+        }
+        let mut i = best.changes.len();
+        while i > 0 {
+            i -= 1;
+            if runs >= SHRINK_RUNS || started.elapsed() > SHRINK_TIME {
+                return best;
+            }
+            let mut p = best.clone();
+            p.changes.remove(i);
             runs += 1;
             if fails(&p, kind) {
                 best = p;
@@ -178,11 +193,13 @@ fn report(seed: u64, kind: Kind) {
     let plan = Plan::from_seed(seed);
     let small = shrink(&plan, kind);
     println!(
-        "seed {seed} fails; shrunk from {} to {} faults and {} to {} strategies",
+        "seed {seed} fails; shrunk from {} to {} faults, {} to {} strategies and {} to {} member changes",
         plan.faults.len(),
         small.faults.len(),
         plan.strategies.len(),
-        small.strategies.len()
+        small.strategies.len(),
+        plan.changes.len(),
+        small.changes.len()
     );
     let outcome = run(&small, &RunOpts { trace: true, max_steps: None });
     print_outcome(&small, &outcome, true, &trace_file(&format!("{seed}-shrunk")));

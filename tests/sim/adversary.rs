@@ -5,6 +5,8 @@
 //! forged messages, lying sync answers. The adversary sees every message on the
 //! network (an omniscient scheduler, as in Twins) and keeps them as its history.
 //! Twins (Bano et al. 2020) are two slots with one key, each with its own core.
+//! A Byzantine proposer may also put invalid membership approvals in its blocks,
+//! which honest members must refuse.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,8 +42,15 @@ pub enum Strategy {
     /// locks above an older polka for another value, it crashes right after, and
     /// restarts cut off from the other nodes that prevoted its lock.
     RewindLock,
+    /// Its blocks carry an invalid membership approval beside the valid ones (a
+    /// bad signature, a non-member approver, a duplicate, an expired one, one
+    /// from the future, a removal below `min_active`, an impossible change), and
+    /// it gossips forged approvals.
+    BadChanges,
 }
 
+/// The strategies a plan draws from its main stream ([`Strategy::BadChanges`] is
+/// drawn apart, so that older seeds keep their plans).
 pub const ALL: [Strategy; 11] = [
     Strategy::Equivocate,
     Strategy::VoteAll,
@@ -55,6 +64,9 @@ pub const ALL: [Strategy; 11] = [
     Strategy::LieSync,
     Strategy::RewindLock,
 ];
+
+/// The ways [`Strategy::BadChanges`] makes an approval invalid.
+const BAD_KINDS: u64 = 6;
 
 /// A message between slots.
 // Sizes do not matter here: a few thousand messages in flight at most.
@@ -72,6 +84,8 @@ pub enum Wire {
         req: u64,
         blocks: Vec<Committed>,
     },
+    /// A membership approval, gossiped for proposers' pools.
+    Approval(SignedApproval),
 }
 
 /// A message the adversary wants sent; `genuine` when it carries a valid signature.
@@ -94,8 +108,9 @@ pub struct Adversary {
     /// Cleared when the network turns calm: from then on Byzantine slots behave.
     pub active: bool,
     rng: Rng,
-    members: Vec<NodeId>,
-    q: usize,
+    /// The member set from each height on where it changed (the chain's, as
+    /// honest nodes commit it: the adversary is omniscient).
+    sets: BTreeMap<Height, Vec<NodeId>>,
     history: BTreeMap<(Height, Round), RoundLog>,
     blocks: BTreeMap<Hash, Block>,
     voted_all: BTreeSet<(NodeId, Height, Round, Hash)>,
@@ -109,8 +124,7 @@ impl Adversary {
             active: !strategies.is_empty(),
             strategies,
             rng,
-            q: quorum(members.len()),
-            members,
+            sets: BTreeMap::from([(1, members)]),
             history: BTreeMap::new(),
             blocks: BTreeMap::new(),
             voted_all: BTreeSet::new(),
@@ -122,8 +136,23 @@ impl Adversary {
         self.active && self.strategies.contains(&s)
     }
 
+    /// The chain's member sets, by the height from which each is in force.
+    pub fn set_members(&mut self, sets: &BTreeMap<Height, Vec<NodeId>>) {
+        self.sets.clone_from(sets);
+    }
+
+    /// The member set at `h` (past the known heights: the latest).
+    fn members(&self, h: Height) -> &[NodeId] {
+        self.sets.range(..=h).next_back().map_or(&[], |(_, ids)| ids.as_slice())
+    }
+
+    fn q(&self, h: Height) -> usize {
+        quorum(self.members(h).len())
+    }
+
     fn proposer(&self, h: Height, r: Round) -> NodeId {
-        self.members[((h + r as u64) % self.members.len() as u64) as usize]
+        let members = self.members(h);
+        members[((h + r as u64) % members.len() as u64) as usize]
     }
 
     /// A genuine message went onto the network.
@@ -153,15 +182,16 @@ impl Adversary {
     /// the adversary has seen.
     fn polkas(&self, h: Height) -> Vec<(Round, Hash)> {
         let mut out = Vec::new();
+        let (members, q) = (self.members(h), self.q(h));
         for ((_, r), log) in self.history.range((h, 0)..=(h, Round::MAX)) {
             let mut by_value: BTreeMap<Hash, BTreeSet<NodeId>> = BTreeMap::new();
             for v in &log.prevotes {
-                if let Some(b) = v.vote.block {
+                if let Some(b) = v.vote.block.filter(|_| members.contains(&v.vote.voter)) {
                     by_value.entry(b).or_default().insert(v.vote.voter);
                 }
             }
             for (value, voters) in by_value {
-                if voters.len() >= self.q && self.blocks.contains_key(&value) {
+                if voters.len() >= q && self.blocks.contains_key(&value) {
                     out.push((*r, value));
                 }
             }
@@ -369,7 +399,7 @@ impl Adversary {
         let Some(block) = self.blocks.get(&value).cloned() else { return out };
         // The next rounds this key leads past everything the target signed.
         let from = last.map_or(0, |l| l.round).max(lock.map_or(0, |l| l.0)) + 1;
-        let mine: Vec<Round> = (from..from + 3 * self.members.len() as Round)
+        let mine: Vec<Round> = (from..from + 3 * self.members(h).len() as Round)
             .filter(|r| self.proposer(h, *r) == me.id())
             .take(2)
             .collect();
@@ -402,7 +432,8 @@ impl Adversary {
             out.push(Self::send(to, Signed::Vote(v), 0));
         }
         if self.on(Strategy::Forge) && self.rng.chance(150) {
-            let victim = *self.rng.pick(&self.members.clone()).unwrap_or(&me.id());
+            let members = self.members(h).to_vec();
+            let victim = *self.rng.pick(&members).unwrap_or(&me.id());
             let mut v = prevote(h, r, Some(Hash([self.rng.below(255) as u8; 32])), me);
             v.vote.voter = victim;
             if self.rng.chance(500) {
@@ -420,7 +451,70 @@ impl Adversary {
         if self.on(Strategy::LieSync) && self.rng.chance(100) {
             out.push(Send { to, msg: Wire::Tip(h + self.rng.range(1, 50)), extra_delay: 0, genuine: false });
         }
+        if self.on(Strategy::BadChanges) && self.rng.chance(100) {
+            let members = self.members(h).to_vec();
+            let victim = *self.rng.pick(&members).unwrap_or(&me.id());
+            let mut sa =
+                Approval { change: Change::Remove { id: victim }, approver: me.id(), signed_at: h - 1 }.sign(&NET, me);
+            sa.signature[self.rng.below(64) as usize] ^= 0x10;
+            out.push(Send { to, msg: Wire::Approval(sa), extra_delay: 0, genuine: false });
+        }
         out
+    }
+
+    /// With [`Strategy::BadChanges`], now and then: the approvals of a block this
+    /// Byzantine proposer builds at `membership.applied() + 1`, the valid ones
+    /// (`valid`, chosen from its pool) with an invalid one among them.
+    pub fn bad_changes(
+        &mut self,
+        me: &Identity,
+        membership: &Membership,
+        valid: &[SignedApproval],
+    ) -> Option<Vec<SignedApproval>> {
+        if !self.on(Strategy::BadChanges) || !self.rng.chance(600) {
+            return None;
+        }
+        let tip = membership.applied();
+        let ttl = membership.params().ttl;
+        let outsider = outsider();
+        let outsider_add = Change::Add { id: outsider.id(), addr: outsider_addr() };
+        // The set the valid approvals leave two heights on.
+        let mut after = membership.clone();
+        after.apply(valid, &NET);
+        let after = after.next().clone();
+        let members: Vec<NodeId> = after.ids();
+        let victim = *self.rng.pick(&members).unwrap_or(&me.id());
+        let mine = |change: Change, signed_at: Height| Approval { change, approver: me.id(), signed_at }.sign(&NET, me);
+        let mut out = valid.to_vec();
+        let bad = match self.rng.below(BAD_KINDS) {
+            // A signature that does not verify.
+            0 => {
+                let mut sa = mine(Change::Remove { id: victim }, tip);
+                sa.signature[self.rng.below(64) as usize] ^= 0x01;
+                sa
+            }
+            // Signed by a key outside the set.
+            1 => Approval { change: outsider_add, approver: outsider.id(), signed_at: tip }.sign(&NET, &outsider),
+            // Twice the same approval.
+            2 => {
+                let sa = valid.first().cloned().unwrap_or_else(|| mine(outsider_add, tip));
+                out.push(sa.clone());
+                sa
+            }
+            // Signed too long ago, or ahead of the chain when the chain is young.
+            3 if tip > ttl => mine(outsider_add, tip - ttl - 1 - self.rng.below(tip - ttl)),
+            3 => mine(outsider_add, tip + 1 + self.rng.below(3)),
+            // A removal below `min_active` when the set is that small; else the
+            // removal of a non-member.
+            4 if after.len() <= MIN_ACTIVE => mine(Change::Remove { id: victim }, tip),
+            4 => mine(Change::Remove { id: outsider.id() }, tip),
+            // Adding a member, or moving another member's address.
+            _ if self.rng.chance(500) => mine(Change::Add { id: victim, addr: outsider_addr() }, tip),
+            _ => mine(Change::SetAddr { id: victim, addr: outsider_addr(), seq: 1 }, tip),
+        };
+        let at = self.rng.below(out.len() as u64 + 1) as usize;
+        out.insert(at, bad);
+        Some(out)
     }
 
     /// The answer to a sync request, or `None` to answer honestly.
@@ -458,10 +552,10 @@ impl Adversary {
         let mine = precommit(from_height, 0, Some(id), me);
         let precommits = match self.rng.below(4) {
             // Bloated: one precommit counted q times.
-            0 => vec![mine; self.q],
+            0 => vec![mine; self.q(from_height)],
             // Forged: other members' names with made-up signatures.
             1 => self
-                .members
+                .members(from_height)
                 .iter()
                 .map(|m| {
                     let mut v = mine.clone();

@@ -2,8 +2,12 @@
 //! node makes and on every block it commits.
 //!
 //! * Agreement: no two honest nodes commit different blocks at one height.
-//! * Validity: a committed block's certificate verifies against the member set,
-//!   and the block extends the block the node committed before it.
+//! * Validity: a committed block's certificate verifies against the member set
+//!   of its height (from the genesis and every block's approvals, as a node
+//!   syncing from scratch computes it), its approvals are valid, and the block
+//!   extends the block the node committed before it.
+//! * Membership: every honest node leaves a block with the membership the chain
+//!   gives, and an honest key signs only at heights whose set holds it.
 //! * Lock monotonicity: an honest node's lock (the round and value of its last
 //!   precommit for a value at a height) never moves to an older round, across
 //!   restarts too; and it prevotes another value in a later round only for a
@@ -23,6 +27,7 @@ use super::core_api::*;
 pub enum Kind {
     Agreement,
     Validity,
+    Membership,
     LockMonotonicity,
     DoubleSign,
     Progress,
@@ -47,7 +52,13 @@ impl fmt::Display for Violation {
 type ValueAndValidRound = (Hash, Option<Round>);
 
 pub struct Checker {
-    members: Vec<NodeId>,
+    /// The chain's membership after the highest height committed (each height
+    /// applied when an honest node first commits it).
+    chain: Membership,
+    /// The member set from each height on where it changed.
+    sets: BTreeMap<Height, Vec<NodeId>>,
+    /// The membership each height left.
+    states: BTreeMap<Height, MembershipState>,
     honest: BTreeSet<NodeId>,
     /// Every message an honest key signed, by (signer, height, round, step).
     signed: BTreeMap<(NodeId, SignRecord), Signed>,
@@ -67,7 +78,7 @@ pub struct Checker {
 
 impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
-        [Kind::Agreement, Kind::Validity, Kind::LockMonotonicity, Kind::DoubleSign, Kind::Progress]
+        [Kind::Agreement, Kind::Validity, Kind::Membership, Kind::LockMonotonicity, Kind::DoubleSign, Kind::Progress]
             .into_iter()
             .find(|k| format!("{k:?}").eq_ignore_ascii_case(s.trim()))
     }
@@ -79,9 +90,11 @@ fn skipped() -> BTreeSet<Kind> {
 }
 
 impl Checker {
-    pub fn new(members: Vec<NodeId>, honest: BTreeSet<NodeId>, label: Box<dyn Fn(&NodeId) -> String + Send>) -> Self {
+    pub fn new(genesis: Membership, honest: BTreeSet<NodeId>, label: Box<dyn Fn(&NodeId) -> String + Send>) -> Self {
         Checker {
-            members,
+            sets: BTreeMap::from([(1, genesis.current().ids())]),
+            chain: genesis,
+            states: BTreeMap::new(),
             honest,
             signed: BTreeMap::new(),
             locks: BTreeMap::new(),
@@ -92,6 +105,16 @@ impl Checker {
             label,
             skip: skipped(),
         }
+    }
+
+    /// The member set in force at `height` (past the known heights: the latest).
+    pub fn members_at(&self, height: Height) -> &[NodeId] {
+        self.sets.range(..=height).next_back().map_or(&[], |(_, ids)| ids.as_slice())
+    }
+
+    /// The member sets from each height on where they changed.
+    pub fn sets(&self) -> &BTreeMap<Height, Vec<NodeId>> {
+        &self.sets
     }
 
     fn fail(&mut self, kind: Kind, height: Option<Height>, nodes: Vec<NodeId>, detail: String) {
@@ -116,6 +139,12 @@ impl Checker {
         }
         let record = record_of(message);
         let name = (self.label)(&me);
+        if !self.members_at(record.height).contains(&me) {
+            let detail =
+                format!("{name} signed {} at height {}, whose set does not hold it", describe(message), record.height);
+            self.fail(Kind::Membership, Some(record.height), vec![me], detail);
+            return;
+        }
         match self.signed.get(&(me, record)) {
             Some(before) if before != message => {
                 let detail = format!("{name} signed {} and {} at {record:?}", describe(before), describe(message));
@@ -192,8 +221,15 @@ impl Checker {
     }
 
     /// An honest node committed `c` on top of `prev` (its previous block's hash
-    /// and height, or the genesis).
-    pub fn on_commit(&mut self, me: NodeId, c: &Committed, prev: (Height, Hash)) {
+    /// and height, or the genesis), leaving `membership`. Returns the member
+    /// changes the block completed when it is the first commit of its height.
+    pub fn on_commit(
+        &mut self,
+        me: NodeId,
+        c: &Committed,
+        prev: (Height, Hash),
+        membership: &MembershipState,
+    ) -> Vec<Completed> {
         let name = (self.label)(&me);
         let h = c.block.height();
         let id = c.block.hash();
@@ -201,7 +237,13 @@ impl Checker {
             let detail =
                 format!("{name} committed {} at height {h} on top of height {} {}", id.short(), prev.0, prev.1.short());
             self.fail(Kind::Validity, Some(h), vec![me], detail);
-            return;
+            return Vec::new();
+        }
+        // Honest nodes commit in order, so an honest node committed h - 1 first.
+        if h > self.chain.applied() + 1 {
+            let detail = format!("{name} committed height {h} before any honest node committed {}", h - 1);
+            self.fail(Kind::Validity, Some(h), vec![me], detail);
+            return Vec::new();
         }
         let mut key = Vec::with_capacity(64 + 96 * c.cert.precommits.len());
         key.extend_from_slice(&id.0);
@@ -212,11 +254,13 @@ impl Checker {
             key.extend_from_slice(&p.vote.round.to_be_bytes());
         }
         if !self.verified.contains(&key) {
-            if let Err(e) = c.cert.verify(&c.block, &self.members, &NET) {
-                let detail =
-                    format!("{name} committed {} at height {h} with a certificate that fails: {e}", id.short());
+            if let Err(e) = c.cert.verify(&c.block, self.members_at(h), &NET) {
+                let detail = format!(
+                    "{name} committed {} at height {h} with a certificate that fails against the set of its height: {e}",
+                    id.short()
+                );
                 self.fail(Kind::Validity, Some(h), vec![me], detail);
-                return;
+                return Vec::new();
             }
             self.verified.insert(key);
         }
@@ -231,12 +275,34 @@ impl Checker {
                 );
                 let who = *who;
                 self.fail(Kind::Agreement, Some(h), vec![who, me], detail);
+                return Vec::new();
             }
             Some(_) => {}
             None => {
                 self.committed.insert(h, (id, me));
             }
         }
+        let mut completed = Vec::new();
+        if h == self.chain.applied() + 1 {
+            let changes = &c.block.header.changes;
+            if let Err((i, e)) = self.chain.validate(changes, &NET) {
+                let detail =
+                    format!("{name} committed {} at height {h} whose approval {i} is invalid: {e}", id.short());
+                self.fail(Kind::Validity, Some(h), vec![me], detail);
+                return Vec::new();
+            }
+            completed = self.chain.apply(changes, &NET);
+            let next = self.chain.next().ids();
+            if self.members_at(h + 2) != next.as_slice() {
+                self.sets.insert(h + 2, next);
+            }
+            self.states.insert(h, self.chain.state().clone());
+        }
+        if self.states.get(&h) != Some(membership) {
+            let detail = format!("{name} left height {h} with another membership than the chain's");
+            self.fail(Kind::Membership, Some(h), vec![me], detail);
+        }
+        completed
     }
 
     pub fn progress_failed(&mut self, nodes: Vec<NodeId>, detail: String) {

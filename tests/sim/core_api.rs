@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use masternode::chain::block::{genesis_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
 pub use masternode::chain::consensus::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
-pub use masternode::chain::members::{Completed, Membership, MembershipState, Params};
+pub use masternode::chain::members::{
+    Approval, ApprovalPool, Change, Completed, Membership, MembershipState, Params, SignedApproval,
+};
 pub use masternode::chain::vote::{
     quorum, Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step, Vote,
     VoteKind,
@@ -129,9 +131,9 @@ pub fn boot(mut cfg: Config, identity: Arc<Identity>, stored: Persisted<'_>) -> 
     core
 }
 
-/// `n` identities sorted by id, the same for every scenario (keys from fixed
-/// seeds; building one costs a self-signed certificate).
-pub fn identities(n: usize) -> Vec<Arc<Identity>> {
+/// The first `n` keys, the same for every scenario (keys from fixed seeds;
+/// building one costs a self-signed certificate).
+fn keys(n: usize) -> Vec<Arc<Identity>> {
     static CACHE: OnceLock<Mutex<Vec<Arc<Identity>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut all = cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,9 +143,41 @@ pub fn identities(n: usize) -> Vec<Arc<Identity>> {
         // A key from fixed bytes always makes a certificate.
         all.push(Arc::new(Identity::from_signing_key(key).expect("self-signed certificate")));
     }
-    let mut ids: Vec<_> = all[..n].to_vec();
+    all[..n].to_vec()
+}
+
+/// `n` member identities sorted by id.
+pub fn identities(n: usize) -> Vec<Arc<Identity>> {
+    let mut ids = keys(n);
     ids.sort_by_key(|i| i.id());
     ids
+}
+
+/// `count` identities of joiners: keys after the `n` members'.
+pub fn joiner_identities(n: usize, count: usize) -> Vec<Arc<Identity>> {
+    keys(n + count)[n..].to_vec()
+}
+
+/// A key no scenario gives a node: what a Byzantine member signs forged
+/// approvals with.
+pub fn outsider() -> Arc<Identity> {
+    static OUTSIDER: OnceLock<Arc<Identity>> = OnceLock::new();
+    OUTSIDER
+        .get_or_init(|| {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[0xee; 32]);
+            Arc::new(Identity::from_signing_key(key).expect("self-signed certificate"))
+        })
+        .clone()
+}
+
+pub fn outsider_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 40_000))
+}
+
+/// The placeholder address a key is added with (genesis members have
+/// `127.0.0.1:10000 + i`).
+pub fn joiner_addr(key: usize) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 20_000 + key as u16))
 }
 
 pub fn prevote(height: Height, round: Round, block: Option<Hash>, identity: &Identity) -> SignedVote {

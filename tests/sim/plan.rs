@@ -1,6 +1,11 @@
 //! A scenario, drawn from its seed: the members, which are Byzantine and how, the
 //! network's delays, and a schedule of faults (crashes, partitions, loss) for a
 //! faulty phase, after which the network turns calm and the chain must go on.
+//! Half the scenarios also change the member set: joiners (keys not in the
+//! genesis) run from the start, and at random heights honest members approve
+//! adding a joiner, removing a member (never below `min_active`, and never so
+//! that a set holds `f` Byzantine keys with fewer than `3f + 1` members) or a
+//! member's new address.
 //!
 //! The plan is data so that a failing scenario can be shrunk: the runner removes
 //! faults and strategies one at a time and keeps each removal after which the
@@ -10,7 +15,21 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::adversary::{Strategy, ALL};
+use super::core_api::{Height, MIN_ACTIVE};
 use super::rng::Rng;
+
+/// A member change honest members approve, by key: keys `0..n` are the genesis
+/// members (in id order), `n..n + joiners` the joiners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planned {
+    Add(usize),
+    Remove(usize),
+    /// The key announces a new address, with this port.
+    SetAddr(usize, u16),
+}
+
+/// Permille of scenarios that change the member set.
+const CHANGING_PERMILLE: u64 = 300;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -28,11 +47,20 @@ pub enum Fault {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub seed: u64,
+    /// Members in the genesis.
     pub n: usize,
+    /// Keys outside the genesis, each with a node from the start: slots and keys
+    /// `n..n + joiners`.
+    pub joiners: usize,
     /// Indices (into the sorted members) of the Byzantine keys.
     pub byzantine: Vec<usize>,
-    /// The first Byzantine key runs as two slots (twins); the twin is slot `n`.
+    /// The first Byzantine key runs as two slots (twins); the twin is the last
+    /// slot, `n + joiners`.
     pub twins: bool,
+    /// Member changes, one after the other: honest members approve the first
+    /// once their chain reaches its height, each next one once the one before
+    /// completed on chain (and its height is reached).
+    pub changes: Vec<(Height, Planned)>,
     pub strategies: BTreeSet<Strategy>,
     /// Per-message delay, uniform in this range.
     pub delay_ms: (u64, u64),
@@ -44,13 +72,29 @@ pub struct Plan {
     /// Byzantine slots go silent when calm (otherwise they behave).
     pub silent_when_calm: bool,
     /// Within this much virtual time after calm, every honest node commits two
-    /// heights past the highest height any honest node had.
+    /// heights past the highest height any honest node had, and every member
+    /// change due by that height completes on chain (with 20 s more for each
+    /// such change not done at calm).
     pub window_ms: u64,
 }
 
 impl Plan {
     pub fn slots(&self) -> usize {
-        self.n + usize::from(self.twins)
+        self.n + self.joiners + usize::from(self.twins)
+    }
+
+    /// Genesis members and joiners.
+    pub fn keys(&self) -> usize {
+        self.n + self.joiners
+    }
+
+    /// The key a slot runs with.
+    pub fn key_of(&self, slot: usize) -> usize {
+        if slot < self.keys() {
+            slot
+        } else {
+            self.byzantine[0]
+        }
     }
 
     pub fn from_seed(seed: u64) -> Plan {
@@ -126,9 +170,10 @@ impl Plan {
             }
         }
         faults.sort_by_key(|(t, _)| *t);
-        Plan {
+        let mut plan = Plan {
             seed,
             n,
+            joiners: 0,
             byzantine,
             twins,
             strategies,
@@ -137,24 +182,135 @@ impl Plan {
             calm_at,
             silent_when_calm: rng.chance(500),
             window_ms: 60_000,
+            changes: Vec::new(),
+        };
+        // A stream of its own, so that a scenario without member changes is the
+        // one the seed drew before there were any.
+        let mut mrng = Rng::new(seed ^ 0x6d65_6d62_6572_7321);
+        if mrng.chance(CHANGING_PERMILLE) {
+            plan.add_member_changes(&mut mrng);
         }
+        if !plan.byzantine.is_empty() && mrng.chance(350) {
+            plan.strategies.insert(Strategy::BadChanges);
+        }
+        plan
+    }
+
+    /// Joiners, their faults, and a sequence of member changes each of which
+    /// keeps the set within `min_active` and the fault budget.
+    fn add_member_changes(&mut self, rng: &mut Rng) {
+        let (n, joiners) = (self.n, if rng.chance(250) { 2 } else { 1 });
+        self.joiners = joiners;
+        // The twin moves behind the joiners; joiners join the partitions.
+        for (_, f) in &mut self.faults {
+            match f {
+                Fault::Crash(s) | Fault::CrashAfterPersist(s) | Fault::Restart(s) if *s >= n => *s += joiners,
+                Fault::Partition(g) => {
+                    let max = u64::from(g.iter().copied().max().unwrap_or(0)).max(1);
+                    for _ in 0..joiners {
+                        g.insert(n, rng.range(0, max) as u8);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for j in n..n + joiners {
+            if rng.chance(300) {
+                let t = rng.below(self.calm_at);
+                self.faults.push((t, Fault::Crash(j)));
+                self.faults.push((t + rng.range(100, 8_000), Fault::Restart(j)));
+            }
+        }
+        self.faults.sort_by_key(|(t, _)| *t);
+        let keys = n + joiners;
+        let mut set: BTreeSet<usize> = (0..n).collect();
+        let mut removed: Vec<usize> = Vec::new();
+        let mut height = rng.range(1, 6);
+        for i in 0..rng.range(1, 5) {
+            let fits = |set: &BTreeSet<usize>| self.fits(set);
+            let adds: Vec<usize> = (0..keys)
+                .filter(|k| !set.contains(k))
+                .filter(|k| fits(&set.iter().copied().chain([*k]).collect()))
+                .collect();
+            let removes: Vec<usize> =
+                set.iter().copied().filter(|k| fits(&set.iter().copied().filter(|x| x != k).collect())).collect();
+            let movers: Vec<usize> = set.iter().copied().filter(|k| !self.byzantine.contains(k)).collect();
+            // A member removed before comes back now and then.
+            let readd = removed.iter().copied().rfind(|k| adds.contains(k));
+            let planned = match rng.below(10) {
+                0..=3 if readd.is_some() && rng.chance(500) => readd.map(Planned::Add),
+                0..=3 => rng.pick(&adds).copied().map(Planned::Add),
+                4..=7 => rng.pick(&removes).copied().map(Planned::Remove),
+                _ => rng.pick(&movers).copied().map(|k| Planned::SetAddr(k, 30_000 + i as u16)),
+            };
+            let Some(planned) = planned else { continue };
+            match planned {
+                Planned::Add(k) => {
+                    set.insert(k);
+                }
+                Planned::Remove(k) => {
+                    set.remove(&k);
+                    removed.push(k);
+                }
+                Planned::SetAddr(..) => {}
+            }
+            self.changes.push((height, planned));
+            height += rng.range(0, 4);
+        }
+    }
+
+    /// Whether a set of keys keeps `n >= 3f + 1` (with `f` its Byzantine keys)
+    /// and `n >= min_active`.
+    fn fits(&self, set: &BTreeSet<usize>) -> bool {
+        let f = set.iter().filter(|k| self.byzantine.contains(k)).count();
+        set.len() >= MIN_ACTIVE.max(3 * f + 1)
+    }
+
+    /// The member changes that apply in order from the genesis, each leaving a
+    /// set that fits: all of them as drawn; fewer once shrinking removed some
+    /// that later ones depend on.
+    pub fn applicable_changes(&self) -> Vec<(Height, Planned)> {
+        let mut set: BTreeSet<usize> = (0..self.n).collect();
+        let mut out = Vec::new();
+        for &(h, p) in &self.changes {
+            let ok = match p {
+                Planned::Add(k) => !set.contains(&k) && self.fits(&set.iter().copied().chain([k]).collect()),
+                Planned::Remove(k) => set.contains(&k) && self.fits(&set.iter().copied().filter(|x| *x != k).collect()),
+                Planned::SetAddr(k, _) => set.contains(&k) && !self.byzantine.contains(&k),
+            };
+            if !ok {
+                continue;
+            }
+            match p {
+                Planned::Add(k) => {
+                    set.insert(k);
+                }
+                Planned::Remove(k) => {
+                    set.remove(&k);
+                }
+                Planned::SetAddr(..) => {}
+            }
+            out.push((h, p));
+        }
+        out
     }
 }
 
 impl Plan {
     /// The same scenario with every member honest: crashes, partitions and loss
-    /// only. The twin's slot goes, with the faults that name it.
+    /// only (and the member changes). The twin's slot goes, with the faults
+    /// that name it.
     pub fn without_byzantine(mut self) -> Plan {
-        let n = self.n;
+        let keys = self.keys();
         self.byzantine.clear();
         self.strategies.clear();
         self.twins = false;
         self.faults.retain(
-            |(_, f)| !matches!(f, Fault::Crash(s) | Fault::CrashAfterPersist(s) | Fault::Restart(s) if *s >= n),
+            |(_, f)| !matches!(f, Fault::Crash(s) | Fault::CrashAfterPersist(s) | Fault::Restart(s) if *s >= keys),
         );
         for (_, f) in &mut self.faults {
             if let Fault::Partition(g) = f {
-                g.truncate(n);
+                g.truncate(keys);
             }
         }
         self
@@ -162,11 +318,16 @@ impl Plan {
 
     /// One line: members, Byzantine keys and what they do after calm.
     pub fn headline(&self) -> String {
+        let members = if self.changes.is_empty() {
+            String::new()
+        } else {
+            format!(", {} joiners, {} member changes", self.joiners, self.changes.len())
+        };
         if self.byzantine.is_empty() {
-            return format!("n={}, honest only, {} faults", self.n, self.faults.len());
+            return format!("n={}{members}, honest only, {} faults", self.n, self.faults.len());
         }
         format!(
-            "n={}, {} Byzantine{}, {} strategies, {} faults, {} when calm",
+            "n={}{members}, {} Byzantine{}, {} strategies, {} faults, {} when calm",
             self.n,
             self.byzantine.len(),
             if self.twins { " (twins)" } else { "" },
@@ -192,9 +353,25 @@ impl fmt::Display for Plan {
             self.calm_at,
             if self.silent_when_calm { "Byzantine then silent" } else { "Byzantine then behaving" },
         )?;
+        if self.joiners > 0 {
+            let joiners: Vec<char> = (self.n..self.keys()).map(super::world::letter).collect();
+            writeln!(f, "  joiners {joiners:?}")?;
+        }
+        for (h, change) in &self.changes {
+            writeln!(f, "  member change from height {h}: {}", describe_planned(change))?;
+        }
         for (t, fault) in &self.faults {
             writeln!(f, "  fault at {t} ms: {}", super::world::describe_fault(fault))?;
         }
         Ok(())
+    }
+}
+
+pub fn describe_planned(p: &Planned) -> String {
+    use super::world::letter;
+    match p {
+        Planned::Add(k) => format!("add {}", letter(*k)),
+        Planned::Remove(k) => format!("remove {}", letter(*k)),
+        Planned::SetAddr(k, port) => format!("{} moves to port {port}", letter(*k)),
     }
 }

@@ -10,7 +10,15 @@
 //! * a peer that connects gets our own messages of the current height;
 //! * after `3 * block_interval` (at least 3 s) without a new height, own
 //!   messages are sent again;
-//! * the quorum gate follows the set of connected peers;
+//! * the quorum gate follows the set of connected peers that are members of the
+//!   current height's set (this node too when it is one), recomputed after
+//!   every block;
+//! * membership approvals wait in a pool (in memory: a crash loses it), go to
+//!   every peer (which keeps them if its membership's `check` passes) and to a
+//!   peer that connects, and proposers put `Membership::select` of the pool in
+//!   their blocks; honest members approve the plan's member changes with
+//!   `signed_at` their committed tip, again when the approval expired or a
+//!   crash lost it;
 //! * a node that learns a peer is ahead (a `Tip`, an `Ahead` from the core, the
 //!   peer's tip at connection) fetches blocks with certificates from it and
 //!   feeds them to the core; a peer that fails is not asked for 15 s.
@@ -25,7 +33,7 @@ use std::sync::Arc;
 use super::adversary::{Adversary, Send, Wire};
 use super::checker::{Checker, Violation};
 use super::core_api::*;
-use super::plan::{Fault, Plan};
+use super::plan::{describe_planned, Fault, Plan, Planned};
 use super::rng::Rng;
 
 const START_MS: u64 = 1_000_000;
@@ -34,6 +42,8 @@ const REBROADCAST_AFTER_MS: u64 = 3_000;
 const SYNC_BATCH: usize = 16;
 const SYNC_TIMEOUT_MS: u64 = 10_000;
 const SYNC_PENALTY_MS: u64 = 15_000;
+/// Time after calm for each member change due then and not yet done.
+const CHANGE_WINDOW_MS: u64 = 20_000;
 /// A scenario that runs this many steps is a message storm, not a test.
 const STEP_LIMIT: u64 = 400_000;
 
@@ -117,6 +127,8 @@ struct Node {
     last_height_seen: (Height, u64),
     crash_after_persist: bool,
     booted_at: u64,
+    /// Approvals waiting for a block.
+    pool: ApprovalPool,
 }
 
 // Sizes do not matter here: events live in one queue of a few thousand.
@@ -142,7 +154,13 @@ pub struct World {
     groups: Vec<u8>,
     loss: u64,
     cfg: Config,
-    required: usize,
+    /// Every key's id: the genesis members' then the joiners'.
+    key_ids: Vec<NodeId>,
+    /// The plan's member change honest members approve now.
+    next_change: usize,
+    /// Set when calm: the changes that must complete for the scenario to end
+    /// (those due by the height every honest node must pass).
+    due_changes: usize,
     checker: Checker,
     adv: Adversary,
     trace: Option<Vec<TraceLine>>,
@@ -191,23 +209,25 @@ pub fn run(plan: &Plan, opts: &RunOpts) -> Outcome {
 
 impl World {
     fn new(plan: &Plan, trace: bool) -> World {
-        let ids = identities(plan.n);
+        let mut ids = identities(plan.n);
         let members: Vec<NodeId> = ids.iter().map(|i| i.id()).collect();
+        ids.extend(joiner_identities(plan.n, plan.joiners));
+        let key_ids: Vec<NodeId> = ids.iter().map(|i| i.id()).collect();
         let mut nodes = Vec::new();
         for s in 0..plan.slots() {
-            let member = if s < plan.n { s } else { plan.byzantine[0] };
-            let honest = !plan.byzantine.contains(&member);
-            let mut label = letter(member).to_string();
+            let key = plan.key_of(s);
+            let honest = !plan.byzantine.contains(&key);
+            let mut label = letter(key).to_string();
             if !honest {
                 label.push('*');
             }
-            if s >= plan.n {
+            if s >= plan.keys() {
                 label.push('\'');
             }
             nodes.push(Node {
                 label,
-                identity: ids[member].clone(),
-                id: ids[member].id(),
+                identity: ids[key].clone(),
+                id: ids[key].id(),
                 honest,
                 up: false,
                 epoch: 0,
@@ -220,12 +240,13 @@ impl World {
                 last_height_seen: (0, 0),
                 crash_after_persist: false,
                 booted_at: 0,
+                pool: ApprovalPool::default(),
             });
         }
         let honest: BTreeSet<NodeId> =
-            (0..plan.n).filter(|i| !plan.byzantine.contains(i)).map(|i| members[i]).collect();
-        let names: BTreeMap<NodeId, String> = (0..plan.n)
-            .map(|i| (members[i], format!("{}{}", letter(i), if plan.byzantine.contains(&i) { "*" } else { "" })))
+            (0..plan.keys()).filter(|i| !plan.byzantine.contains(i)).map(|i| key_ids[i]).collect();
+        let names: BTreeMap<NodeId, String> = (0..plan.keys())
+            .map(|i| (key_ids[i], format!("{}{}", letter(i), if plan.byzantine.contains(&i) { "*" } else { "" })))
             .collect();
         let label = Box::new(move |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| id.short()));
         let mut rng = Rng::new(plan.seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
@@ -239,8 +260,10 @@ impl World {
             nodes,
             loss: 0,
             cfg: config(&members),
-            required: required_active(plan.n, MIN_ACTIVE),
-            checker: Checker::new(members.clone(), honest, label),
+            key_ids,
+            next_change: 0,
+            due_changes: 0,
+            checker: Checker::new(genesis(&members), honest, label),
             adv: Adversary::new(plan.strategies.clone(), members, adv_rng),
             trace: trace.then(Vec::new),
             steps: 0,
@@ -248,7 +271,8 @@ impl World {
             finished: false,
             next_req: 0,
             rewinds: 0,
-            plan: plan.clone(),
+            // Shrinking may have removed a change a later one builds on.
+            plan: Plan { changes: plan.applicable_changes(), ..plan.clone() },
         }
     }
 
@@ -360,8 +384,14 @@ impl World {
                             }
                         }
                     }
+                    let changes = match self.plan.changes.get(self.next_change) {
+                        Some((from, p)) if self.next_change < self.due_changes => {
+                            format!("; member change from height {from} not done: {}", describe_planned(p))
+                        }
+                        _ => String::new(),
+                    };
                     let detail = format!(
-                        "{} ms after the network turned calm, not every honest node committed height {} ({})",
+                        "{} ms after the network turned calm, not every honest node committed height {} ({}){changes}",
                         self.plan.window_ms,
                         base + 2,
                         state.join(", ")
@@ -409,7 +439,7 @@ impl World {
         for s in 0..self.nodes.len() {
             self.nodes[s].crash_after_persist = false;
             let node = &self.nodes[s];
-            let twin = s >= self.plan.n;
+            let twin = s >= self.plan.keys();
             if node.honest && !node.up {
                 self.boot(s);
             } else if !node.honest && node.up && (self.plan.silent_when_calm || twin) {
@@ -418,14 +448,21 @@ impl World {
         }
         let base = self.nodes.iter().filter(|n| n.honest).map(|n| n.store.chain.len() as u64).max().unwrap_or(0);
         self.calm_base = Some(base);
+        // The change under way, if it is due by the height every honest node
+        // must pass, must complete too (one: each takes a few blocks, and the
+        // quick run's time is bounded).
+        let due = self.plan.changes.iter().filter(|(from, _)| *from <= base + 2).count();
+        self.due_changes = due.min(self.next_change + 1);
         self.apply_links(&before);
-        self.at(self.now + self.plan.window_ms, Event::Deadline);
+        let outstanding = self.due_changes.saturating_sub(self.next_change) as u64;
+        self.at(self.now + self.plan.window_ms + CHANGE_WINDOW_MS * outstanding, Event::Deadline);
         self.check_finished();
     }
 
     fn check_finished(&mut self) {
         if let Some(base) = self.calm_base {
-            self.finished = self.nodes.iter().filter(|n| n.honest).all(|n| n.store.chain.len() as u64 >= base + 2);
+            self.finished = self.next_change >= self.due_changes
+                && self.nodes.iter().filter(|n| n.honest).all(|n| n.store.chain.len() as u64 >= base + 2);
         }
     }
 
@@ -437,6 +474,7 @@ impl World {
         node.core = None;
         node.epoch += 1;
         node.crash_after_persist = false;
+        node.pool = ApprovalPool::default();
         self.apply_links(&before);
     }
 
@@ -480,6 +518,116 @@ impl World {
         });
         self.at(now + TICK_MS, Event::Tick { node: s, epoch });
         self.drive(s, out, None);
+        self.maybe_approve(s);
+    }
+
+    /// The quorum gate as the producer computes it: connected members of the
+    /// current height's set, this node included when it is one. The core's
+    /// outputs when the gate opened or closed.
+    fn gate(&mut self, s: usize) -> Vec<Output> {
+        let Some(core) = self.nodes[s].core.as_ref() else { return Vec::new() };
+        let set = core.members_at(core.height());
+        let mut active: BTreeSet<NodeId> =
+            self.peers_of(s).into_iter().map(|p| self.nodes[p].id).filter(|id| set.contains(id)).collect();
+        if set.contains(&self.nodes[s].id) {
+            active.insert(self.nodes[s].id);
+        }
+        let met = active.len() >= required_active(set.len(), MIN_ACTIVE);
+        if met == self.nodes[s].quorum {
+            return Vec::new();
+        }
+        self.nodes[s].quorum = met;
+        self.log(1 << s, None, true, |w| format!("{} quorum {}", w.name(s), if met { "met" } else { "lost" }));
+        self.handle(s, Input::Quorum(met))
+    }
+
+    /// The plan's current member change as node `s` approves it, if it is one of
+    /// those who approve it (a member for a vote, the member itself for an
+    /// address) and its chain does not already hold it.
+    fn planned_change(&self, s: usize) -> Option<Change> {
+        let node = &self.nodes[s];
+        let &(from, planned) = self.plan.changes.get(self.next_change)?;
+        if !node.honest || !node.up || (node.store.chain.len() as u64) < from {
+            return None;
+        }
+        let m = node.core.as_ref()?.membership();
+        let change = match planned {
+            Planned::Add(k) => {
+                let id = self.key_ids[k];
+                (!m.next().contains(&id)).then_some(Change::Add { id, addr: joiner_addr(k) })?
+            }
+            Planned::Remove(k) => {
+                let id = self.key_ids[k];
+                m.next().contains(&id).then_some(Change::Remove { id })?
+            }
+            Planned::SetAddr(k, port) => {
+                let id = self.key_ids[k];
+                let info = m.next().get(&id).filter(|_| id == node.id)?;
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                (info.addr != addr).then_some(Change::SetAddr { id, addr, seq: info.addr_seq + 1 })?
+            }
+        };
+        if change.needs_vote() && !m.current().contains(&node.id) {
+            return None;
+        }
+        let on_chain = m.state().pending.get(&change).is_some_and(|a| a.contains_key(&node.id));
+        let pooled = node.pool.iter().any(|sa| sa.approval.change == change && sa.approval.approver == node.id);
+        (!on_chain && !pooled).then_some(change)
+    }
+
+    /// An honest node approves the plan's current member change, as an operator
+    /// asks it to (again after its approval expired or a crash lost its pool):
+    /// signed at its tip, checked as the next block would, pooled and gossiped.
+    fn maybe_approve(&mut self, s: usize) {
+        let Some(change) = self.planned_change(s) else { return };
+        let node = &self.nodes[s];
+        let signed_at = node.store.chain.len() as u64;
+        let sa = Approval { change, approver: node.id, signed_at }.sign(&NET, &node.identity);
+        let Some(core) = node.core.as_ref() else { return };
+        if core.membership().check(&sa, &NET).is_err() || !self.nodes[s].pool.add(sa.clone()) {
+            return;
+        }
+        self.log(1 << s, None, true, |w| {
+            format!("{} approves: {} (signed at {signed_at})", w.name(s), w.change_text(&sa.approval.change))
+        });
+        self.broadcast(s, Wire::Approval(sa));
+    }
+
+    /// A member change with the simulation's names for its members.
+    fn change_text(&self, c: &Change) -> String {
+        let name = |id: &NodeId| (self.checker.label)(id);
+        match c {
+            Change::Add { id, addr } => format!("add {} at {addr}", name(id)),
+            Change::Remove { id } => format!("remove {}", name(id)),
+            Change::SetAddr { id, addr, seq } => format!("move {} to {addr} (seq {seq})", name(id)),
+        }
+    }
+
+    /// The chain (its first honest commit of a height) completed `completed`:
+    /// the adversary learns the sets, and the plan moves to its next change.
+    fn on_chain_completed(&mut self, completed: &[Completed]) {
+        if completed.is_empty() {
+            return;
+        }
+        self.adv.set_members(self.checker.sets());
+        let Some(&(_, planned)) = self.plan.changes.get(self.next_change) else { return };
+        let done = completed.iter().any(|c| match (planned, &c.change) {
+            (Planned::Add(k), Change::Add { id, .. }) | (Planned::Remove(k), Change::Remove { id }) => {
+                *id == self.key_ids[k]
+            }
+            (Planned::SetAddr(k, port), Change::SetAddr { id, addr, .. }) => {
+                *id == self.key_ids[k] && addr.port() == port
+            }
+            _ => false,
+        });
+        if !done {
+            return;
+        }
+        self.log(u32::MAX, None, true, |_| format!("planned member change done: {}", describe_planned(&planned)));
+        self.next_change += 1;
+        for s in 0..self.nodes.len() {
+            self.maybe_approve(s);
+        }
     }
 
     /// Carries out what changed in connectivity: the quorum gate of every node,
@@ -490,14 +638,8 @@ impl World {
             if !self.nodes[s].up {
                 continue;
             }
-            let ids: BTreeSet<NodeId> = self.peers_of(s).into_iter().map(|p| self.nodes[p].id).collect();
-            let met = ids.len() + 1 >= self.required;
-            if met != self.nodes[s].quorum {
-                self.nodes[s].quorum = met;
-                self.log(1 << s, None, true, |w| format!("{} quorum {}", w.name(s), if met { "met" } else { "lost" }));
-                let out = self.handle(s, Input::Quorum(met));
-                self.drive(s, out, None);
-            }
+            let out = self.gate(s);
+            self.drive(s, out, None);
         }
         for (a, row) in before.iter().enumerate() {
             for (b, was) in row.iter().enumerate() {
@@ -516,6 +658,11 @@ impl World {
         let own = self.core(a).own_messages();
         for m in own {
             self.send_signed(a, &[b], m);
+        }
+        // Approvals waiting for a block: the peer may propose the next one.
+        let pooled: Vec<SignedApproval> = self.nodes[a].pool.iter().cloned().collect();
+        for sa in pooled {
+            self.send(a, b, Wire::Approval(sa), 0);
         }
         let tip = self.nodes[b].store.chain.len() as u64;
         self.note_tip(a, b, tip);
@@ -632,6 +779,24 @@ impl World {
                     }
                 }
                 self.maybe_sync(to);
+            }
+            Wire::Approval(sa) => {
+                // Held already: what the pool would refuse, without checking a signature again.
+                let a = &sa.approval;
+                if self.nodes[to]
+                    .pool
+                    .iter()
+                    .any(|p| p.approval.approver == a.approver && p.approval.change == a.change)
+                {
+                    return;
+                }
+                // Kept if the next block could carry it. Not passed on (the producer
+                // passes it on once): in the simulation's full mesh only loss or a
+                // partition keeps it from a peer, and a peer that connects gets
+                // the pool (`link_up`); the passing on cost a sixth of the steps.
+                if self.core(to).membership().check(&sa, &NET).is_ok() {
+                    self.nodes[to].pool.add(sa);
+                }
             }
         }
     }
@@ -812,7 +977,20 @@ impl World {
                         }
                     }
                     let txs = vec![format!("tx {} h{height} r{round}", self.nodes[s].label).into_bytes()];
-                    let out = self.handle(s, Input::Value { height, round, txs, changes: vec![] });
+                    let node = &self.nodes[s];
+                    let Some(membership) = node.core.as_ref().map(|c| c.membership()) else { return };
+                    let mut changes = membership.select(node.pool.iter(), &NET);
+                    if !node.honest {
+                        if let Some(bad) = self.adv.bad_changes(&node.identity, membership, &changes) {
+                            let why = membership.validate(&bad, &NET).err();
+                            self.log(1 << s, Some(height), true, |w| {
+                                let why = why.map_or("none".into(), |(i, e)| format!("#{i}: {e}"));
+                                format!("{} proposes {} approvals, one invalid ({why})", w.name(s), bad.len())
+                            });
+                            changes = bad;
+                        }
+                    }
+                    let out = self.handle(s, Input::Value { height, round, txs, changes });
                     work.extend(effects(out));
                 }
                 Effect::Decided { committed: c, membership, completed } => {
@@ -820,10 +998,12 @@ impl World {
                     let prev =
                         node.store.chain.last().map_or((0, genesis_hash(&NET)), |p| (p.block.height(), p.block.hash()));
                     let h = c.block.height();
-                    if node.honest {
+                    let chain_completed = if node.honest {
                         let id = node.id;
-                        self.checker.on_commit(id, &c, prev);
-                    }
+                        self.checker.on_commit(id, &c, prev, &membership)
+                    } else {
+                        Vec::new()
+                    };
                     self.log(1 << s, Some(h), true, |w| {
                         format!("{} commits height {h} {} (round {})", w.name(s), c.block.hash().short(), c.cert.round)
                     });
@@ -832,7 +1012,7 @@ impl World {
                             format!(
                                 "{} sees member change completed: {} (in force at {})",
                                 w.name(s),
-                                done.change,
+                                w.change_text(&done.change),
                                 done.in_force
                             )
                         });
@@ -841,7 +1021,16 @@ impl World {
                     node.store.chain.push(c);
                     node.store.membership = Some(membership);
                     node.store.own.retain(|r, _| r.height > h);
+                    if !node.pool.is_empty() {
+                        let Some(core) = node.core.as_ref() else { return };
+                        node.pool.retain_valid(core.membership(), &NET);
+                    }
                     self.broadcast(s, Wire::Tip(h));
+                    // The gate counts the new height's set.
+                    let out = self.gate(s);
+                    work.extend(effects(out));
+                    self.on_chain_completed(&chain_completed);
+                    self.maybe_approve(s);
                     self.check_finished();
                 }
                 Effect::Misbehaviour { node, what } => {
