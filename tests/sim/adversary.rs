@@ -484,9 +484,16 @@ impl Adversary {
         let after = after.next().clone();
         let members: Vec<NodeId> = after.ids();
         let victim = *self.rng.pick(&members).unwrap_or(&me.id());
+        let others: Vec<NodeId> = members.iter().copied().filter(|m| *m != me.id()).collect();
+        let other = self.rng.pick(&others).copied();
         let mine = |change: Change, signed_at: Height| Approval { change, approver: me.id(), signed_at }.sign(&NET, me);
         let mut out = valid.to_vec();
-        let bad = match self.rng.below(BAD_KINDS) {
+        // A removal below `min_active` can only be made while the set is that
+        // small (after a removal the valid approvals complete, or one the chain
+        // completed but not yet in force): take the chance when it comes.
+        let small = after.len() <= MIN_ACTIVE;
+        let kind = if small && self.rng.chance(500) { 4 } else { self.rng.below(BAD_KINDS) };
+        let bad = match kind {
             // A signature that does not verify.
             0 => {
                 let mut sa = mine(Change::Remove { id: victim }, tip);
@@ -506,11 +513,13 @@ impl Adversary {
             3 => mine(outsider_add, tip + 1 + self.rng.below(3)),
             // A removal below `min_active` when the set is that small; else the
             // removal of a non-member.
-            4 if after.len() <= MIN_ACTIVE => mine(Change::Remove { id: victim }, tip),
+            4 if small => mine(Change::Remove { id: victim }, tip),
             4 => mine(Change::Remove { id: outsider.id() }, tip),
             // Adding a member, or moving another member's address.
-            _ if self.rng.chance(500) => mine(Change::Add { id: victim, addr: outsider_addr() }, tip),
-            _ => mine(Change::SetAddr { id: victim, addr: outsider_addr(), seq: 1 }, tip),
+            _ => match other.filter(|_| self.rng.chance(500)) {
+                Some(other) => mine(Change::SetAddr { id: other, addr: outsider_addr(), seq: 1 }, tip),
+                None => mine(Change::Add { id: victim, addr: outsider_addr() }, tip),
+            },
         };
         let at = self.rng.below(out.len() as u64 + 1) as usize;
         out.insert(at, bad);

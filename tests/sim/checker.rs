@@ -8,6 +8,8 @@
 //!   extends the block the node committed before it.
 //! * Membership: every honest node leaves a block with the membership the chain
 //!   gives, and an honest key signs only at heights whose set holds it.
+//! * Refused approvals: no honest node votes for a block whose approvals are
+//!   invalid at its height (a Byzantine proposer's forged ones).
 //! * Lock monotonicity: an honest node's lock (the round and value of its last
 //!   precommit for a value at a height) never moves to an older round, across
 //!   restarts too; and it prevotes another value in a later round only for a
@@ -50,6 +52,9 @@ impl fmt::Display for Violation {
 }
 
 type ValueAndValidRound = (Hash, Option<Round>);
+/// A proposed block's height and approvals, and once checked why they are
+/// invalid there (`Some(None)`: valid).
+type ProposedApprovals = (Height, Vec<SignedApproval>, Option<Option<String>>);
 
 pub struct Checker {
     /// The chain's membership after the highest height committed (each height
@@ -57,8 +62,12 @@ pub struct Checker {
     chain: Membership,
     /// The member set from each height on where it changed.
     sets: BTreeMap<Height, Vec<NodeId>>,
-    /// The membership each height left.
+    /// The membership each height left (0: the genesis).
     states: BTreeMap<Height, MembershipState>,
+    params: Params,
+    /// The approvals of every block proposed with some, and once checked why
+    /// they are invalid at its height (`None`: valid).
+    approvals: BTreeMap<Hash, ProposedApprovals>,
     honest: BTreeSet<NodeId>,
     /// Every message an honest key signed, by (signer, height, round, step).
     signed: BTreeMap<(NodeId, SignRecord), Signed>,
@@ -93,8 +102,10 @@ impl Checker {
     pub fn new(genesis: Membership, honest: BTreeSet<NodeId>, label: Box<dyn Fn(&NodeId) -> String + Send>) -> Self {
         Checker {
             sets: BTreeMap::from([(1, genesis.current().ids())]),
+            states: BTreeMap::from([(0, genesis.state().clone())]),
+            params: genesis.params(),
+            approvals: BTreeMap::new(),
             chain: genesis,
-            states: BTreeMap::new(),
             honest,
             signed: BTreeMap::new(),
             locks: BTreeMap::new(),
@@ -127,8 +138,24 @@ impl Checker {
     pub fn observe(&mut self, m: &Signed) {
         if let Signed::Proposal(p) = m {
             let p = &p.proposal;
-            self.proposals.entry((p.height, p.round)).or_default().insert((p.block.hash(), p.valid_round));
+            let id = p.block.hash();
+            self.proposals.entry((p.height, p.round)).or_default().insert((id, p.valid_round));
+            if !p.block.header.changes.is_empty() {
+                self.approvals.entry(id).or_insert_with(|| (p.height, p.block.header.changes.clone(), None));
+            }
         }
+    }
+
+    /// Why the block `value` carries approvals that are invalid at its height
+    /// (checked once, against the membership its parent left), if it does.
+    fn invalid_approvals(&mut self, value: Hash) -> Option<String> {
+        let (h, changes, verdict) = self.approvals.get(&value)?;
+        if verdict.is_none() {
+            let parent = Membership::restore(self.params, self.states.get(&(h - 1))?.clone());
+            let why = parent.validate(changes, &NET).err().map(|(i, e)| format!("approval {i}: {e}"));
+            self.approvals.get_mut(&value)?.2 = Some(why);
+        }
+        self.approvals.get(&value)?.2.clone().flatten()
     }
 
     /// An honest node signed `message`, with `lock` persisted beside it.
@@ -160,6 +187,12 @@ impl Checker {
         let Signed::Vote(v) = message else { return };
         let v = &v.vote;
         let Some(value) = v.block else { return };
+        if let Some(why) = self.invalid_approvals(value) {
+            let detail =
+                format!("{name} voted {} for {} whose approvals are invalid ({why})", describe(message), value.short());
+            self.fail(Kind::Validity, Some(v.height), vec![me], detail);
+            return;
+        }
         let held = self.locks.get(&(me, v.height)).copied();
         match v.kind {
             VoteKind::Prevote => {

@@ -85,7 +85,7 @@ pub fn input_of(message: Signed) -> Input {
 /// Heights an approval stays valid in the simulation: short, so that approvals
 /// expire within a scenario (honest nodes approve again, forged old ones are
 /// refused as expired).
-pub const APPROVAL_TTL: Height = 24;
+pub const APPROVAL_TTL: Height = 12;
 
 /// The genesis membership of `members`, with the simulation's parameters.
 pub fn genesis(members: &[NodeId]) -> Membership {
