@@ -464,13 +464,14 @@ impl Adversary {
 
     /// With [`Strategy::BadChanges`], now and then: the approvals of a block this
     /// Byzantine proposer builds at `membership.applied() + 1`, the valid ones
-    /// (`valid`, chosen from its pool) with an invalid one among them.
+    /// (`valid`, chosen from its pool) with an invalid one among them, and
+    /// where that one is.
     pub fn bad_changes(
         &mut self,
         me: &Identity,
         membership: &Membership,
         valid: &[SignedApproval],
-    ) -> Option<Vec<SignedApproval>> {
+    ) -> Option<(Vec<SignedApproval>, usize)> {
         if !self.on(Strategy::BadChanges) || !self.rng.chance(600) {
             return None;
         }
@@ -505,7 +506,9 @@ impl Adversary {
             // Twice the same approval.
             2 => {
                 let sa = valid.first().cloned().unwrap_or_else(|| mine(outsider_add, tip));
-                out.push(sa.clone());
+                if valid.is_empty() {
+                    out.push(sa.clone());
+                }
                 sa
             }
             // Signed too long ago, or ahead of the chain when the chain is young.
@@ -521,9 +524,12 @@ impl Adversary {
                 None => mine(Change::Add { id: victim, addr: outsider_addr() }, tip),
             },
         };
-        let at = self.rng.below(out.len() as u64 + 1) as usize;
+        // Anywhere among the valid ones; after them where it is refused for what
+        // they do (a duplicate, a removal below `min_active`).
+        let at =
+            if kind == 2 || (kind == 4 && small) { out.len() } else { self.rng.below(out.len() as u64 + 1) as usize };
         out.insert(at, bad);
-        Some(out)
+        Some((out, at))
     }
 
     /// The answer to a sync request, or `None` to answer honestly.

@@ -981,11 +981,19 @@ impl World {
                     let Some(membership) = node.core.as_ref().map(|c| c.membership()) else { return };
                     let mut changes = membership.select(node.pool.iter(), &NET);
                     if !node.honest {
-                        if let Some(bad) = self.adv.bad_changes(&node.identity, membership, &changes) {
+                        if let Some((bad, at)) = self.adv.bad_changes(&node.identity, membership, &changes) {
                             let why = membership.validate(&bad, &NET).err();
+                            let forged = bad[at].approval.clone();
                             self.log(1 << s, Some(height), true, |w| {
-                                let why = why.map_or("none".into(), |(i, e)| format!("#{i}: {e}"));
-                                format!("{} proposes {} approvals, one invalid ({why})", w.name(s), bad.len())
+                                let why = why.map_or("valid after all".into(), |(i, e)| format!("#{i} refused: {e}"));
+                                let by = (w.checker.label)(&forged.approver);
+                                format!(
+                                    "{} proposes {} approvals with #{at} invalid: {} by {by} signed at {} ({why})",
+                                    w.name(s),
+                                    bad.len(),
+                                    w.change_text(&forged.change),
+                                    forged.signed_at
+                                )
                             });
                             changes = bad;
                         }
