@@ -2,7 +2,8 @@
 //!
 //! * [`rng`]: the seeded PRNG everything draws from.
 //! * [`core_api`]: the one place that speaks the consensus core's API.
-//! * [`plan`]: a scenario drawn from a seed: members, Byzantine strategies, faults.
+//! * [`plan`]: a scenario drawn from a seed: members, joiners, Byzantine
+//!   strategies, faults, member changes.
 //! * [`adversary`]: what Byzantine slots sign and send.
 //! * [`world`]: nodes (core, producer's rules, modelled store), network, event queue.
 //! * [`checker`]: the invariants, checked on every signature and commit.

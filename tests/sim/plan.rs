@@ -1,15 +1,16 @@
 //! A scenario, drawn from its seed: the members, which are Byzantine and how, the
 //! network's delays, and a schedule of faults (crashes, partitions, loss) for a
 //! faulty phase, after which the network turns calm and the chain must go on.
-//! Half the scenarios also change the member set: joiners (keys not in the
+//! Three scenarios in ten also change the member set: joiners (keys not in the
 //! genesis) run from the start, and at random heights honest members approve
 //! adding a joiner, removing a member (never below `min_active`, and never so
 //! that a set holds `f` Byzantine keys with fewer than `3f + 1` members) or a
-//! member's new address.
+//! member's new address. Byzantine scenarios may also forge approvals
+//! ([`Strategy::BadChanges`]).
 //!
 //! The plan is data so that a failing scenario can be shrunk: the runner removes
-//! faults and strategies one at a time and keeps each removal after which the
-//! scenario still fails.
+//! faults, strategies and member changes one at a time and keeps each removal
+//! after which the scenario still fails.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -13,10 +13,10 @@
 //! * the quorum gate follows the set of connected peers that are members of the
 //!   current height's set (this node too when it is one), recomputed after
 //!   every block;
-//! * membership approvals wait in a pool (in memory: a crash loses it), go to
-//!   every peer (which keeps them if its membership's `check` passes) and to a
-//!   peer that connects, and proposers put `Membership::select` of the pool in
-//!   their blocks; honest members approve the plan's member changes with
+//! * membership approvals wait in a pool (in memory: a crash loses it), are
+//!   gossiped (a peer keeps and passes on once what its membership's `check`
+//!   passes), handed to a peer that connects, and proposers put
+//!   `Membership::select` of the pool in their blocks; honest members approve the plan's member changes with
 //!   `signed_at` their committed tip, again when the approval expired or a
 //!   crash lost it;
 //! * a node that learns a peer is ahead (a `Tip`, an `Ahead` from the core, the
@@ -790,12 +790,9 @@ impl World {
                 {
                     return;
                 }
-                // Kept if the next block could carry it. Not passed on (the producer
-                // passes it on once): in the simulation's full mesh only loss or a
-                // partition keeps it from a peer, and a peer that connects gets
-                // the pool (`link_up`); the passing on cost a sixth of the steps.
-                if self.core(to).membership().check(&sa, &NET).is_ok() {
-                    self.nodes[to].pool.add(sa);
+                // Kept and passed on once if the next block could carry it.
+                if self.core(to).membership().check(&sa, &NET).is_ok() && self.nodes[to].pool.add(sa.clone()) {
+                    self.broadcast(to, Wire::Approval(sa));
                 }
             }
         }
@@ -982,7 +979,7 @@ impl World {
                     let mut changes = membership.select(node.pool.iter(), &NET);
                     if !node.honest {
                         if let Some((bad, at)) = self.adv.bad_changes(&node.identity, membership, &changes) {
-                            let why = membership.validate(&bad, &NET).err();
+                            let why = self.trace.is_some().then(|| membership.validate(&bad, &NET).err()).flatten();
                             let forged = bad[at].approval.clone();
                             self.log(1 << s, Some(height), true, |w| {
                                 let why = why.map_or("valid after all".into(), |(i, e)| format!("#{i} refused: {e}"));
