@@ -1,7 +1,7 @@
 //! A scenario, drawn from its seed: the members, which are Byzantine and how, the
 //! network's delays, and a schedule of faults (crashes, partitions, loss) for a
 //! faulty phase, after which the network turns calm and the chain must go on.
-//! Three scenarios in ten also change the member set: joiners (keys not in the
+//! A quarter of the scenarios also change the member set: joiners (keys not in the
 //! genesis) run from the start, and at random heights honest members approve
 //! adding a joiner, removing a member (never below `min_active`, and never so
 //! that a set holds `f` Byzantine keys with fewer than `3f + 1` members) or a
@@ -30,7 +30,7 @@ pub enum Planned {
 }
 
 /// Permille of scenarios that change the member set.
-const CHANGING_PERMILLE: u64 = 300;
+const CHANGING_PERMILLE: u64 = 250;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
