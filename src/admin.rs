@@ -163,16 +163,6 @@ pub struct PendingEntry {
 
 pub fn members_info(view: &MembersView) -> MembersInfo {
     let m = &view.membership;
-    let pending = crate::status::pending_changes(view);
-    let approvers = |kind: &str, node: &str| -> Vec<String> {
-        let mut changes = m.pending().into_iter().map(|p| p.change).collect::<Vec<_>>();
-        changes.extend(view.waiting.iter().map(|a| a.change.clone()));
-        changes
-            .into_iter()
-            .find(|c| c.kind() == kind && c.subject().to_hex() == node)
-            .map(|c| view.approvers(&c).iter().map(|a| a.to_hex()).collect())
-            .unwrap_or_default()
-    };
     MembersInfo {
         height: m.applied(),
         members: m
@@ -184,15 +174,16 @@ pub fn members_info(view: &MembersView) -> MembersInfo {
                 since_height: info.since,
             })
             .collect(),
-        pending: pending
+        pending: view
+            .pending()
             .into_iter()
             .map(|p| PendingEntry {
-                approvals: approvers(&p.change, &p.node_id),
-                change: p.change,
-                node_id: p.node_id,
-                addr: p.addr,
+                change: p.change.kind().to_string(),
+                node_id: p.change.subject().to_hex(),
+                addr: p.change.addr().map(|a| a.to_string()),
+                approvals: p.approvals.iter().map(|a| a.to_hex()).collect(),
                 required: p.required,
-                expires_at_height: p.expires_at_height,
+                expires_at_height: p.expires_at,
             })
             .collect(),
     }
@@ -286,15 +277,10 @@ async fn change_handler(State(state): State<AdminState>, headers: axum::http::He
     };
     match request_change(&state.member_requests, request).await {
         Ok(s) => {
-            let addr = match &s.change {
-                crate::chain::members::Change::Add { addr, .. }
-                | crate::chain::members::Change::SetAddr { addr, .. } => Some(addr.to_string()),
-                crate::chain::members::Change::Remove { .. } => None,
-            };
             let accepted = ChangeAccepted {
                 change: s.change.kind().to_string(),
                 node_id: s.change.subject().to_hex(),
-                addr,
+                addr: s.change.addr().map(|a| a.to_string()),
                 approvals: s.approvals,
                 required: s.required,
                 expires_at_height: s.expires_at,

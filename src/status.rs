@@ -345,33 +345,15 @@ impl StatusSource {
 /// Changes collecting approvals: those on chain, and those only this node's
 /// pool holds so far.
 pub fn pending_changes(view: &MembersView) -> Vec<PendingChange> {
-    use crate::chain::members::Change;
-    let membership = &view.membership;
-    let mut changes: BTreeMap<Change, (usize, u64)> = BTreeMap::new();
-    for p in membership.pending() {
-        changes.insert(p.change.clone(), (p.required, p.expires_at));
-    }
-    let ttl = membership.params().ttl;
-    for a in &view.waiting {
-        let required = if a.change.needs_vote() { membership.current().quorum() } else { 1 };
-        let entry = changes.entry(a.change.clone()).or_insert((required, a.signed_at + ttl));
-        entry.1 = entry.1.min(a.signed_at + ttl);
-    }
-    changes
+    view.pending()
         .into_iter()
-        .map(|(change, (required, expires_at_height))| {
-            let addr = match &change {
-                Change::Add { addr, .. } | Change::SetAddr { addr, .. } => Some(addr.to_string()),
-                Change::Remove { .. } => None,
-            };
-            PendingChange {
-                change: change.kind().to_string(),
-                node_id: change.subject().to_hex(),
-                addr,
-                approvals: view.approvers(&change).len(),
-                required,
-                expires_at_height,
-            }
+        .map(|p| PendingChange {
+            change: p.change.kind().to_string(),
+            node_id: p.change.subject().to_hex(),
+            addr: p.change.addr().map(|a| a.to_string()),
+            approvals: p.approvals.len(),
+            required: p.required,
+            expires_at_height: p.expires_at,
         })
         .collect()
 }

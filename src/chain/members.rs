@@ -78,6 +78,14 @@ impl Change {
         }
     }
 
+    /// The address it names, if any.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Change::Add { addr, .. } | Change::SetAddr { addr, .. } => Some(*addr),
+            Change::Remove { .. } => None,
+        }
+    }
+
     /// Whether it needs approvals of more than two thirds of the set.
     pub fn needs_vote(&self) -> bool {
         !matches!(self, Change::SetAddr { .. })
@@ -409,12 +417,20 @@ impl Membership {
             .collect()
     }
 
-    /// Checks one approval as the next block (`applied + 1`) would, without
-    /// applying it: what a node asks before it gossips or signs one.
-    pub fn check(&self, sa: &SignedApproval, network_id: &[u8; 32]) -> Result<(), ChangeError> {
+    /// A copy of this state as block `applied + 1` begins (pending changes
+    /// settled), and the set two heights after it: where `check`, `validate`
+    /// and `select` try approvals without touching `self`.
+    fn draft(&self) -> (Membership, MemberSet) {
         let mut scratch = self.clone();
         let mut after = self.state.next.clone();
         scratch.settle(&mut after);
+        (scratch, after)
+    }
+
+    /// Checks one approval as the next block (`applied + 1`) would, without
+    /// applying it: what a node asks before it gossips or signs one.
+    pub fn check(&self, sa: &SignedApproval, network_id: &[u8; 32]) -> Result<(), ChangeError> {
+        let (mut scratch, mut after) = self.draft();
         scratch.admit(sa, network_id, &mut after).map(|_| ())
     }
 
@@ -427,9 +443,7 @@ impl Membership {
         if changes.len() > MAX_CHANGES_PER_BLOCK {
             return Err((MAX_CHANGES_PER_BLOCK, ChangeError::TooMany));
         }
-        let mut scratch = self.clone();
-        let mut after = self.state.next.clone();
-        scratch.settle(&mut after);
+        let (mut scratch, mut after) = self.draft();
         for (i, sa) in changes.iter().enumerate() {
             scratch.admit(sa, network_id, &mut after).map_err(|e| (i, e))?;
         }
@@ -443,9 +457,7 @@ impl Membership {
         candidates: impl IntoIterator<Item = &'a SignedApproval>,
         network_id: &[u8; 32],
     ) -> Vec<SignedApproval> {
-        let mut scratch = self.clone();
-        let mut after = self.state.next.clone();
-        scratch.settle(&mut after);
+        let (mut scratch, mut after) = self.draft();
         let mut out = Vec::new();
         for sa in candidates {
             if out.len() == MAX_CHANGES_PER_BLOCK {

@@ -143,6 +143,31 @@ impl MembersView {
         );
         out.into_iter().collect()
     }
+
+    /// Every change collecting approvals, on chain or only waiting here, with
+    /// its approvers, in `Change` order: what `/status` and `/members` show.
+    pub fn pending(&self) -> Vec<super::members::PendingView> {
+        let membership = &self.membership;
+        let mut changes: BTreeMap<Change, (usize, Height)> = BTreeMap::new();
+        for p in membership.pending() {
+            changes.insert(p.change, (p.required, p.expires_at));
+        }
+        let ttl = membership.params().ttl;
+        for a in &self.waiting {
+            let required = if a.change.needs_vote() { membership.current().quorum() } else { 1 };
+            let entry = changes.entry(a.change.clone()).or_insert((required, a.signed_at + ttl));
+            entry.1 = entry.1.min(a.signed_at + ttl);
+        }
+        changes
+            .into_iter()
+            .map(|(change, (required, expires_at))| super::members::PendingView {
+                approvals: self.approvers(&change),
+                change,
+                required,
+                expires_at,
+            })
+            .collect()
+    }
 }
 
 pub struct Producer {
