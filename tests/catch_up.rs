@@ -71,26 +71,9 @@ async fn late_node_catches_up_through_blocks_of_tiny_transactions() {
 async fn a_dripping_sync_peer_delays_catch_up_by_at_most_a_few_seconds() {
     init_logs();
     let spec = Spec::new(7);
-    let hostile = Hostile::new(&spec, 0);
-    let mut transport = fast_transport();
-    transport.passive_wait = Duration::from_secs(600);
-    let mut honest = Vec::new();
-    for i in 1..6 {
-        honest.push(spec.start(i, transport.clone()).await);
-    }
-    {
-        let refs: Vec<&Node> = honest.iter().collect();
-        eventually("five honest nodes reach height 12", Duration::from_secs(60), || {
-            refs.iter().all(|n| n.height() >= 12)
-        })
-        .await;
-    }
     // Small batches, so that catching up takes several requests.
-    let mut cfg = spec.config(6, spec.network(), transport);
-    cfg.limits.sync_batch_blocks = 3;
-    let late = Node::start(cfg, Default::default(), tokio_util::sync::CancellationToken::new()).await.unwrap();
-    let started = Instant::now();
-    let conn = hostile.connect(&spec, 6).await;
+    let LateBesideHostile { mut honest, late, conn, started, hostile: _hostile } =
+        late_beside_hostile(&spec, 12, 3).await;
     let source = honest[0].store().clone();
     let dripper = tokio::spawn(async move {
         let announcer = {

@@ -357,27 +357,10 @@ async fn sync_requests_over_the_rate_are_refused_with_a_typed_code() {
 async fn far_future_tip_announcer_cannot_stall_catch_up() {
     init_logs();
     let spec = Spec::new(7);
-    let hostile = Hostile::new(&spec, 0);
-    let mut transport = fast_transport();
-    transport.passive_wait = Duration::from_secs(600);
-    let mut honest = Vec::new();
-    for i in 1..6 {
-        honest.push(spec.start(i, transport.clone()).await);
-    }
-    {
-        let refs: Vec<&Node> = honest.iter().collect();
-        eventually("five honest nodes reach height 8", Duration::from_secs(60), || {
-            refs.iter().all(|n| n.height() >= 8)
-        })
-        .await;
-    }
     // The sixth starts from nothing, fetching one block per request so that
     // catching up takes many requests; the liar reaches it first.
-    let mut cfg = spec.config(6, spec.network(), transport);
-    cfg.limits.sync_batch_blocks = 1;
-    let late = Node::start(cfg, Default::default(), tokio_util::sync::CancellationToken::new()).await.unwrap();
-    let started = Instant::now();
-    let conn = hostile.connect(&spec, 6).await;
+    let LateBesideHostile { mut honest, late, conn, started, hostile: _hostile } =
+        late_beside_hostile(&spec, 8, 1).await;
     let liar = tokio::spawn(async move {
         let Ok(mut uni) = conn.open_uni().await else { return };
         let tip = codec::encode(&Message::Tip { height: 1_000_000, hash: masternode::chain::block::Hash([7; 32]) });

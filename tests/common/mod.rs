@@ -269,6 +269,44 @@ pub fn heights(nodes: &[&Node]) -> Vec<u64> {
     nodes.iter().map(|n| n.height()).collect()
 }
 
+/// A late node beside a hostile member, for catch-up tests: seven members, the
+/// hostile key at node 0 (the lowest address), five honest nodes (1 to 5) that
+/// reach `height`, and node 6 started from nothing, fetching `batch` blocks per
+/// request, with the hostile member connected to it.
+pub struct LateBesideHostile {
+    pub honest: Vec<Node>,
+    pub late: Node,
+    /// The hostile member's connection to the late node, after the handshake.
+    pub conn: quinn::Connection,
+    /// When the late node started.
+    pub started: Instant,
+    /// Keeps the hostile endpoint open.
+    pub hostile: Hostile,
+}
+
+pub async fn late_beside_hostile(spec: &Spec, height: u64, batch: u32) -> LateBesideHostile {
+    let hostile = Hostile::new(spec, 0);
+    let mut transport = fast_transport();
+    transport.passive_wait = Duration::from_secs(600);
+    let mut honest = Vec::new();
+    for i in 1..6 {
+        honest.push(spec.start(i, transport.clone()).await);
+    }
+    {
+        let refs: Vec<&Node> = honest.iter().collect();
+        eventually(&format!("five honest nodes reach height {height}"), Duration::from_secs(60), || {
+            refs.iter().all(|n| n.height() >= height)
+        })
+        .await;
+    }
+    let mut cfg = spec.config(6, spec.network(), transport);
+    cfg.limits.sync_batch_blocks = batch;
+    let late = Node::start(cfg, Default::default(), CancellationToken::new()).await.unwrap();
+    let started = Instant::now();
+    let conn = hostile.connect(spec, 6).await;
+    LateBesideHostile { honest, late, conn, started, hostile }
+}
+
 /// A member key that speaks the handshake correctly and then misbehaves.
 pub struct Hostile {
     pub endpoint: quinn::Endpoint,
