@@ -660,6 +660,12 @@ impl ApprovalPool {
         self.items.values()
     }
 
+    /// Whether an approval of `change` by `approver` is held (one per pair:
+    /// [`Self::add`] refuses another).
+    pub fn has(&self, change: &Change, approver: NodeId) -> bool {
+        self.items.contains_key(&(change.clone(), approver))
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }

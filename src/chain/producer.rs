@@ -798,7 +798,7 @@ impl Producer {
                             done.in_force
                         );
                     }
-                    work.extend(self.after_block(!c.block.header.changes.is_empty() || !completed.is_empty()));
+                    work.extend(self.after_block());
                     self.lock_mempool().remove_committed(&c.block.txs);
                     let height = c.block.height();
                     let hash = c.block.hash();
@@ -857,10 +857,8 @@ impl Producer {
 
     /// After a block: approvals it carried or made void leave the pool, the
     /// transport follows the set, the quorum gate counts the new height's set.
-    fn after_block(&mut self, membership_changed: bool) -> Vec<Output> {
-        if membership_changed || !self.approvals.is_empty() {
-            self.approvals.retain_valid(self.core.membership(), &self.network.id);
-        }
+    fn after_block(&mut self) -> Vec<Output> {
+        self.approvals.retain_valid(self.core.membership(), &self.network.id);
         self.publish_members();
         let reachable = self.core.membership().reachable();
         if reachable != self.reachable {
@@ -888,6 +886,11 @@ impl Producer {
     /// An approval gossiped by a peer: kept and passed on once if the next block
     /// could carry it.
     fn on_approval(&mut self, from: NodeId, sa: SignedApproval) {
+        // Every peer relays a new approval once: the copies after the first
+        // cost no signature check.
+        if self.approvals.has(&sa.approval.change, sa.approval.approver) {
+            return;
+        }
         match self.core.membership().check(&sa, &self.network.id) {
             Ok(()) => {
                 if self.approvals.add(sa.clone()) {
@@ -947,7 +950,7 @@ impl Producer {
         }
         let signed_at = membership.applied();
         let sa = Approval { change: change.clone(), approver: me, signed_at }.sign(&self.network.id, &self.identity);
-        let held = self.approvals.iter().any(|x| x.approval.change == change && x.approval.approver == me);
+        let held = self.approvals.has(&change, me);
         if !held {
             membership.check(&sa, &self.network.id)?;
             if !self.approvals.add(sa.clone()) {
