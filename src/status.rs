@@ -273,6 +273,19 @@ pub fn add_chain(s: &mut Status, chain: ChainState, missing: &[String], block_in
     s.warnings = w;
 }
 
+/// A warning when this node's socket, bound to `local`, cannot reach some of
+/// the members' `addrs` because they are of the other address family.
+pub fn family_mismatch(local: SocketAddr, addrs: impl IntoIterator<Item = SocketAddr>) -> Option<String> {
+    let other: Vec<SocketAddr> = addrs.into_iter().filter(|a| !crate::net::reaches(local, *a)).collect();
+    let example = other.first()?;
+    let (ours, theirs) = if local.is_ipv4() { ("IPv4", "IPv6") } else { ("IPv6", "IPv4") };
+    Some(format!(
+        "listening on {local} ({ours} only) while {} member(s) have {theirs} addresses (such as {example}): this node cannot dial them and waits for them to dial it; listen on [::]:{} to reach both",
+        other.len(),
+        local.port()
+    ))
+}
+
 /// Builds `/status` from the live parts of a node.
 #[derive(Clone)]
 pub struct StatusSource {
@@ -309,6 +322,8 @@ impl StatusSource {
             last_slow_disconnect_ms: Some(load(&self.peers.counters().last_slow_disconnect_ms)).filter(|t| *t > 0),
         };
         add_chain(&mut s, chain, &missing, self.network.block_interval_ms, crate::chain::producer::now_ms());
+        let others = view.membership.reachable().into_iter().filter(|(id, _)| *id != self.id).map(|(_, a)| a);
+        s.warnings.extend(family_mismatch(self.peers.local_addr(), others));
         s
     }
 
@@ -361,6 +376,20 @@ pub fn pending_changes(view: &MembersView) -> Vec<PendingChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_of_one_family_among_members_of_both_says_so() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let v4 = [a("10.0.0.2:24100"), a("10.0.0.3:24100")];
+        let v6 = [a("[fd00::2]:24100")];
+        let mixed = || v4.iter().chain(&v6).copied();
+        assert_eq!(family_mismatch(a("0.0.0.0:24100"), v4), None, "one family everywhere");
+        assert_eq!(family_mismatch(a("[::]:24100"), mixed()), None, "[::] reaches both");
+        let w = family_mismatch(a("0.0.0.0:24100"), mixed()).expect("an IPv4 socket cannot reach IPv6 members");
+        assert!(w.contains("IPv4 only") && w.contains("1 member(s) have IPv6") && w.contains("[::]:24100"), "{w}");
+        let w = family_mismatch(a("[fd00::1]:24100"), mixed()).expect("an IPv6 address reaches no IPv4 member");
+        assert!(w.contains("2 member(s) have IPv4") && w.contains("10.0.0.2:24100"), "{w}");
+    }
 
     fn status(height: u64, met: bool) -> Status {
         Status {

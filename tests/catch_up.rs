@@ -80,8 +80,11 @@ async fn a_dripping_sync_peer_delays_catch_up_by_at_most_a_few_seconds() {
             let conn = conn.clone();
             tokio::spawn(async move {
                 let Ok(mut uni) = conn.open_uni().await else { return };
-                let tip =
-                    codec::encode(&Message::Tip { height: 1_000_000, hash: masternode::chain::block::Hash([7; 32]) });
+                let tip = codec::encode(&Message::Tip {
+                    height: 1_000_000,
+                    hash: masternode::chain::block::Hash([7; 32]),
+                    time_ms: 0,
+                });
                 while uni.write_all(&tip).await.is_ok() {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -363,7 +363,11 @@ async fn far_future_tip_announcer_cannot_stall_catch_up() {
         late_beside_hostile(&spec, 8, 1).await;
     let liar = tokio::spawn(async move {
         let Ok(mut uni) = conn.open_uni().await else { return };
-        let tip = codec::encode(&Message::Tip { height: 1_000_000, hash: masternode::chain::block::Hash([7; 32]) });
+        let tip = codec::encode(&Message::Tip {
+            height: 1_000_000,
+            hash: masternode::chain::block::Hash([7; 32]),
+            time_ms: 0,
+        });
         // It accepts no request streams: every sync request to it times out.
         loop {
             if uni.write_all(&tip).await.is_err() {

@@ -1,73 +1,58 @@
-//! How far this node's wall clock is from its peers' clocks, from the timestamps
-//! their proposals carry. Pure: it takes the local time as an argument.
+//! How far this node's wall clock is from its peers' clocks, from the readings
+//! of their clocks that their tips carry. Pure: it takes the local time as an
+//! argument.
 //!
 //! # Rule
 //!
-//! * A proposer stamps its block with its own clock (`header.timestamp_ms`).
-//!   When a member's proposal for our current height and round arrives while
-//!   that round is fresh here (entered at most `fresh_within_ms` ago), the
-//!   sample `timestamp_ms - local_now_ms` is how far that member's clock is
-//!   ahead of ours (less the one-way delay, a few ms on a healthy network).
-//! * Only a block proposed in that very round by the member that sent it counts:
-//!   a re-proposal (`valid_round` set) carries the block of an older round and
-//!   its older time. One sample per member and round (a rebroadcast is not a new
-//!   reading); the last sample per member is kept, for `max_age_ms`.
-//! * The peers' clocks are ahead of ours by the median of those samples (of an even count, the middle one nearer zero); our
-//!   offset is its negation: positive when our clock is ahead of the peers'.
-//!   The median lets a minority of members with wrong clocks (or lying ones)
-//!   move the estimate only as far as an honest sample.
+//! * After every commit a node tells its peers its new tip together with what
+//!   its wall clock read when it sent it (`Message::Tip { time_ms, .. }`). On
+//!   arrival, `time_ms - local_now_ms` is how far the sender's clock is ahead of
+//!   ours, less the time the tip spent on its way: a few ms on a healthy
+//!   network, more when it waited in a queue behind other traffic.
+//! * Transit only ever lowers a reading, so of a member's last
+//!   [`ClockConfig::readings`] readings (within `max_age_ms`) the largest is the
+//!   least delayed one and counts as that member's sample (NTP keeps the sample
+//!   of least delay for the same reason).
+//! * The peers' clocks are ahead of ours by the median of the members' samples
+//!   (of an even count, the middle one nearer zero); our offset is its negation:
+//!   positive when our clock is ahead of the peers'. The median lets a minority
+//!   of members with wrong clocks (or lying ones) move the estimate only as far
+//!   as an honest sample.
 //! * A warning is due when |offset| exceeds `warn_over_ms`, once, and the
 //!   all-clear when it falls to `clear_under_ms`; the gap between the two keeps
 //!   an offset hovering around the threshold from logging a line per block.
 //!
-//! # Caveats
-//!
-//! * A proposer whose clock is behind its parent block's timestamp stamps the
-//!   block `parent + 1 ms` instead of its clock (timestamps must increase), so a
-//!   member far behind the others reads as less behind than it is. The median
-//!   over peers keeps that from moving our estimate as long as most clocks are
-//!   right.
-//! * A proposal sent again (after a peer reconnects, or when no block came for
-//!   a while) carries the time it was first made. The freshness window bounds
-//!   how stale such a sample can be, and a sample per member is replaced by the
-//!   next one.
+//! Tips are readings of clocks, unlike block timestamps: a proposer whose clock
+//! is behind its parent's timestamp stamps `parent + 1 ms`, so once a member
+//! whose clock is ahead has proposed, the blocks after it say nothing of their
+//! proposers' clocks. Tips tell a node whose clock is ahead that it is, as well
+//! as one whose clock is behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
-use super::block::{Height, Round};
-use super::vote::Proposal;
 use crate::identity::NodeId;
 
 /// Thresholds of the estimator.
 #[derive(Debug, Clone, Copy)]
 pub struct ClockConfig {
-    /// A proposal counts only if it arrives within this long of entering its
-    /// round here.
-    pub fresh_within_ms: u64,
-    /// A member's sample is forgotten after this long.
+    /// Readings kept per member; the largest of them is its sample.
+    pub readings: usize,
+    /// A reading is forgotten after this long.
     pub max_age_ms: u64,
     /// Warn when |offset| is above this.
     pub warn_over_ms: u64,
     /// After a warning, the all-clear once |offset| is at most this.
     pub clear_under_ms: u64,
-    /// An estimate needs recent samples from at least this many members: one
+    /// An estimate needs recent readings from at least this many members: one
     /// peer alone (perhaps the one whose clock is off) says little.
     pub min_peers: usize,
 }
 
-impl ClockConfig {
-    /// For a network with `block_interval_ms` between heights: round 0's
-    /// proposal comes about one interval after the commit that opened the
-    /// height, so twice that (at least 2 s) is fresh; a rebroadcast of an
-    /// unanswered proposal comes after three intervals (at least 3 s).
-    pub fn for_interval(block_interval_ms: u64) -> Self {
-        ClockConfig {
-            fresh_within_ms: 2 * block_interval_ms.max(1_000),
-            max_age_ms: 300_000,
-            warn_over_ms: 1_000,
-            clear_under_ms: 750,
-            min_peers: 1,
-        }
+impl Default for ClockConfig {
+    /// A member's last 8 tips, the last 5 minutes of them (a stalled chain
+    /// sends no tips, and an estimate from long ago says little).
+    fn default() -> Self {
+        ClockConfig { readings: 8, max_age_ms: 300_000, warn_over_ms: 1_000, clear_under_ms: 750, min_peers: 1 }
     }
 }
 
@@ -81,84 +66,71 @@ pub enum ClockEvent {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    /// The member's clock minus ours, in ms.
+struct Reading {
+    /// The member's clock minus ours, in ms, less the transit.
     ahead_ms: i64,
-    /// Local time of the sample.
+    /// Local time of the reading.
     at_ms: u64,
-    height: Height,
-    round: Round,
 }
 
 #[derive(Debug)]
 pub struct ClockEstimator {
     cfg: ClockConfig,
-    samples: BTreeMap<NodeId, Sample>,
-    /// Our current height and round, and the local time we entered it.
-    round: Option<(Height, Round, u64)>,
-    /// The parent block's timestamp at the current height.
-    parent_ms: Option<u64>,
+    readings: BTreeMap<NodeId, VecDeque<Reading>>,
     warned: bool,
 }
 
 impl ClockEstimator {
     pub fn new(cfg: ClockConfig) -> Self {
-        ClockEstimator { cfg, samples: BTreeMap::new(), round: None, parent_ms: None, warned: false }
-    }
-
-    /// Our consensus position now; a change of height or round restarts the
-    /// freshness window.
-    pub fn handle_round(&mut self, height: Height, round: Round, now_ms: u64) {
-        if self.round.is_none_or(|(h, r, _)| (h, r) != (height, round)) {
-            self.round = Some((height, round, now_ms));
+        ClockEstimator {
+            cfg: ClockConfig { readings: cfg.readings.max(1), ..cfg },
+            readings: BTreeMap::new(),
+            warned: false,
         }
     }
 
-    /// A proposal from `from` arrived at `now_ms`. Returns a warning or an
-    /// all-clear when the estimate crossed a threshold.
-    /// The parent's timestamp at the current height. A proposal stamped one
-    /// millisecond after it was stamped so because its proposer's clock read
-    /// less than the parent's (the parent came from a clock ahead of it): that is
-    /// no reading of the proposer's clock and is not sampled.
-    pub fn handle_parent(&mut self, parent_ms: u64) {
-        self.parent_ms = Some(parent_ms);
-    }
-
-    pub fn handle_proposal(&mut self, from: NodeId, p: &Proposal, now_ms: u64) -> Option<ClockEvent> {
-        let header = &p.block.header;
-        if self.parent_ms.is_some_and(|parent| header.timestamp_ms == parent + 1) {
-            return None;
+    /// A tip from `from`, sent when its clock read `time_ms`, arrived at
+    /// `now_ms`. Returns a warning or an all-clear when the estimate crossed a
+    /// threshold.
+    pub fn handle_tip(&mut self, from: NodeId, time_ms: u64, now_ms: u64) -> Option<ClockEvent> {
+        // Any u64 a peer sends fits once clamped: a lie of centuries is one
+        // sample, and the median caps what it does.
+        let ahead_ms = (i128::from(time_ms) - i128::from(now_ms)).clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+        let keep = self.cfg.readings;
+        let q = self.readings.entry(from).or_default();
+        if q.len() == keep {
+            q.pop_front();
         }
-        let fresh_block = p.valid_round.is_none() && header.round == p.round && header.proposer == from;
-        let (height, round, entered_ms) = self.round?;
-        let current = p.proposer == from && p.height == height && p.round == round;
-        if !fresh_block || !current || now_ms.saturating_sub(entered_ms) > self.cfg.fresh_within_ms {
-            return None;
-        }
-        if self.samples.get(&from).is_some_and(|s| (s.height, s.round) == (height, round)) {
-            return None;
-        }
-        let ahead_ms = header.timestamp_ms as i64 - now_ms as i64;
-        self.samples.insert(from, Sample { ahead_ms, at_ms: now_ms, height, round });
+        q.push_back(Reading { ahead_ms, at_ms: now_ms });
         self.poll_event(now_ms)
     }
 
+    /// How many members an estimate needs, as the set grows or shrinks.
+    pub fn set_min_peers(&mut self, n: usize) {
+        self.cfg.min_peers = n;
+    }
+
+    /// Forgets a member that left the set.
+    pub fn retain(&mut self, mut keep: impl FnMut(&NodeId) -> bool) {
+        self.readings.retain(|id, _| keep(id));
+    }
+
     /// Our offset from the peers' clocks in ms (positive: ours is ahead), or
-    /// `None` with no recent sample.
+    /// `None` without recent readings from enough members.
     pub fn offset_ms(&self, now_ms: u64) -> Option<i64> {
-        let mut ahead: Vec<i64> = self.recent(now_ms).map(|s| s.ahead_ms).collect();
+        let mut ahead: Vec<i64> = self.samples(now_ms).collect();
         if ahead.is_empty() || ahead.len() < self.cfg.min_peers {
             return None;
         }
         ahead.sort_unstable();
         let mid = ahead.len() / 2;
         let median = if ahead.len() % 2 == 1 { ahead[mid] } else { nearer_zero(ahead[mid - 1], ahead[mid]) };
-        Some(-median)
+        Some(median.saturating_neg())
     }
 
-    /// Members with a recent sample (0 while there are too few for an estimate).
+    /// Members with a recent reading (0 while there are too few for an estimate).
     pub fn peers(&self, now_ms: u64) -> usize {
-        let n = self.recent(now_ms).count();
+        let n = self.samples(now_ms).count();
         if n < self.cfg.min_peers {
             0
         } else {
@@ -171,8 +143,11 @@ impl ClockEstimator {
         self.warned
     }
 
-    fn recent(&self, now_ms: u64) -> impl Iterator<Item = &Sample> {
-        self.samples.values().filter(move |s| now_ms.saturating_sub(s.at_ms) <= self.cfg.max_age_ms)
+    /// Each member's sample: the largest of its recent readings.
+    fn samples(&self, now_ms: u64) -> impl Iterator<Item = i64> + '_ {
+        self.readings.values().filter_map(move |q| {
+            q.iter().filter(|r| now_ms.saturating_sub(r.at_ms) <= self.cfg.max_age_ms).map(|r| r.ahead_ms).max()
+        })
     }
 
     fn poll_event(&mut self, now_ms: u64) -> Option<ClockEvent> {
@@ -208,47 +183,22 @@ fn nearer_zero(a: i64, b: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::block::{Block, Hash, Header};
 
     fn id(i: u8) -> NodeId {
         NodeId([i; 32])
     }
 
-    fn proposal(from: u8, height: Height, round: Round, timestamp_ms: u64) -> Proposal {
-        Proposal {
-            height,
-            round,
-            block: Block {
-                header: Header {
-                    height,
-                    round,
-                    prev_hash: Hash([0; 32]),
-                    timestamp_ms,
-                    proposer: id(from),
-                    tx_root: Hash([0; 32]),
-                    changes: vec![],
-                },
-                txs: vec![],
-            },
-            valid_round: None,
-            proposer: id(from),
-        }
-    }
-
     fn estimator() -> ClockEstimator {
-        ClockEstimator::new(ClockConfig::for_interval(1_000))
+        ClockEstimator::new(ClockConfig::default())
     }
 
-    /// Feeds one proposal per member `i + 1` whose clock is `ahead[i]` ms ahead
-    /// of ours, each at its own height (round-robin proposers), 1 s apart.
+    /// One tip from each member `i + 1`, whose clock reads `ahead[i]` ms ahead
+    /// of ours when it arrives, 1 s apart from `start_ms`.
     fn feed(c: &mut ClockEstimator, start_ms: u64, ahead: &[i64]) -> Vec<ClockEvent> {
         let mut events = vec![];
         for (i, a) in ahead.iter().enumerate() {
             let now = start_ms + 1_000 * i as u64;
-            let height = now / 1_000;
-            c.handle_round(height, 0, now - 500);
-            let ts = (now as i64 + a) as u64;
-            events.extend(c.handle_proposal(id(i as u8 + 1), &proposal(i as u8 + 1, height, 0, ts), now));
+            events.extend(c.handle_tip(id(i as u8 + 1), (now as i64 + a) as u64, now));
         }
         events
     }
@@ -256,10 +206,12 @@ mod tests {
     #[test]
     fn offset_is_minus_the_median_of_what_peers_are_ahead() {
         // (what each peer's clock is ahead of ours in ms, our offset)
-        let table: [(&[i64], Option<i64>); 9] = [
+        let table: [(&[i64], Option<i64>); 10] = [
             (&[], None),
             (&[300], Some(-300)),
             (&[-2_000, -2_010, -1_990], Some(2_000)),
+            // Ours is 20 s ahead of all three peers.
+            (&[-20_000, -19_990, -20_010], Some(20_000)),
             // One member far off does not move the median.
             (&[10, -5, 60_000], Some(-10)),
             // An even count takes whichever middle sample says less.
@@ -278,73 +230,41 @@ mod tests {
     }
 
     #[test]
-    fn only_fresh_proposals_of_the_current_round_count() {
-        let now = 50_000;
-        // (what, the proposal, who sent it, our height, round and when we entered it)
-        type Case = (&'static str, Proposal, NodeId, (Height, Round, u64));
-        let cases: [Case; 6] = [
-            ("another height", proposal(1, 8, 0, now + 5_000), id(1), (7, 0, now - 100)),
-            ("another round", proposal(1, 7, 1, now + 5_000), id(1), (7, 0, now - 100)),
-            ("relayed by someone else", proposal(1, 7, 0, now + 5_000), id(2), (7, 0, now - 100)),
-            ("long after the round began", proposal(1, 7, 0, now + 5_000), id(1), (7, 0, now - 2_001)),
-            (
-                "a re-proposal of an older round's block",
-                Proposal { valid_round: Some(0), round: 1, ..proposal(1, 7, 0, now + 5_000) },
-                id(1),
-                (7, 1, now - 100),
-            ),
-            (
-                "someone else's block",
-                Proposal { proposer: id(2), ..proposal(1, 7, 0, now + 5_000) },
-                id(2),
-                (7, 0, now - 100),
-            ),
-        ];
-        for (what, p, from, (h, r, entered)) in cases {
-            let mut c = estimator();
-            c.handle_round(h, r, entered);
-            assert_eq!(c.handle_proposal(from, &p, now), None, "{what}");
-            assert_eq!(c.offset_ms(now), None, "{what}: not a sample");
+    fn of_a_members_readings_the_least_delayed_counts() {
+        let mut c = estimator();
+        // The member's clock is 500 ms ahead; its tips spend 2 ms, 900 ms (a
+        // queue behind a burst of transactions) and 5 ms on the way.
+        for (i, transit) in [2, 900, 5].into_iter().enumerate() {
+            let now = 10_000 + 1_000 * i as u64;
+            c.handle_tip(id(1), now + 500 - transit, now);
         }
-        // The counterfactual: the same proposal, fresh and current, is one.
-        let mut c = estimator();
-        c.handle_round(7, 0, now - 100);
-        c.handle_proposal(id(1), &proposal(1, 7, 0, now + 5_000), now);
-        assert_eq!(c.offset_ms(now), Some(-5_000));
+        assert_eq!(c.offset_ms(12_000), Some(-498));
     }
 
     #[test]
-    fn a_rebroadcast_is_not_a_new_reading() {
+    fn readings_are_replaced_by_newer_ones_and_expire() {
         let mut c = estimator();
-        c.handle_round(7, 0, 10_000);
-        let p = proposal(1, 7, 0, 10_500);
-        c.handle_proposal(id(1), &p, 10_500);
-        // The same proposal again 1.5 s later would read as a clock 1.5 s behind.
-        c.handle_proposal(id(1), &p, 12_000);
-        assert_eq!(c.offset_ms(12_000), Some(0));
-    }
-
-    #[test]
-    fn the_latest_sample_per_member_counts_and_old_ones_expire() {
-        let mut c = estimator();
-        feed(&mut c, 100_000, &[-3_000]);
+        c.handle_tip(id(1), 97_000, 100_000);
         assert_eq!(c.offset_ms(100_000), Some(3_000));
-        // The member fixed its clock: its next proposal replaces the sample.
-        feed(&mut c, 200_000, &[20]);
-        assert_eq!(c.offset_ms(200_000), Some(-20));
-        assert_eq!(c.peers(200_000), 1);
-        // Five minutes without a proposal from it: no estimate.
-        assert_eq!(c.offset_ms(200_000 + 300_001), None);
+        // The member fixed its clock: after `readings` more tips the old one is gone.
+        for i in 1..=8u64 {
+            let now = 100_000 + i * 1_000;
+            c.handle_tip(id(1), now + 20, now);
+        }
+        assert_eq!(c.offset_ms(108_000), Some(-20));
+        assert_eq!(c.peers(108_000), 1);
+        // Five minutes without a tip from it: no estimate.
+        assert_eq!(c.offset_ms(108_000 + 300_001), None);
+        assert_eq!(c.peers(108_000 + 300_001), 0);
     }
 
     #[test]
     fn warns_once_and_clears_once_with_a_gap_between() {
-        let mut c = estimator();
+        let mut c = ClockEstimator::new(ClockConfig { readings: 1, ..ClockConfig::default() });
         let mut t = 100_000;
         let mut step = |c: &mut ClockEstimator, ahead: i64| {
             t += 1_000;
-            c.handle_round(t / 1_000, 0, t - 500);
-            c.handle_proposal(id(1), &proposal(1, t / 1_000, 0, (t as i64 + ahead) as u64), t)
+            c.handle_tip(id(1), (t as i64 + ahead) as u64, t)
         };
         assert_eq!(step(&mut c, -900), None, "under a second");
         assert_eq!(step(&mut c, -1_200), Some(ClockEvent::Off { offset_ms: 1_200, peers: 1 }));
@@ -357,24 +277,32 @@ mod tests {
     }
 
     #[test]
-    fn a_timestamp_pulled_up_to_the_parents_is_no_clock_reading() {
-        let mut c = ClockEstimator::new(ClockConfig::for_interval(1_000));
-        c.handle_round(7, 0, 10_000);
-        c.handle_parent(30_000);
-        // Our clock reads 10 s; the parent says 30 s (a clock ahead made it): the
-        // proposer, whose clock reads less, stamps 30.001 s.
-        assert_eq!(c.handle_proposal(id(1), &proposal(1, 7, 0, 30_001), 10_100), None);
-        assert_eq!(c.offset_ms(10_100), None, "nothing learnt from it");
+    fn one_peer_alone_makes_no_estimate_when_more_are_required() {
+        let mut c = ClockEstimator::new(ClockConfig { min_peers: 2, ..ClockConfig::default() });
+        c.handle_tip(id(1), 30_000, 10_000);
+        assert_eq!(c.offset_ms(10_000), None, "the one peer might be the one that is off");
+        assert_eq!(c.peers(10_000), 0);
+        c.handle_tip(id(2), 10_010, 10_000);
+        assert_eq!(c.offset_ms(10_000), Some(-10), "two peers: the one nearer zero");
     }
 
     #[test]
-    fn one_peer_alone_makes_no_estimate_when_more_are_required() {
-        let mut cfg = ClockConfig::for_interval(1_000);
-        cfg.min_peers = 2;
-        let mut c = ClockEstimator::new(cfg);
-        c.handle_round(7, 0, 10_000);
-        c.handle_proposal(id(1), &proposal(1, 7, 0, 30_000), 10_000);
-        assert_eq!(c.offset_ms(10_000), None, "the one peer might be the one that is off");
-        assert_eq!(c.peers(10_000), 0);
+    fn any_time_a_lying_peer_sends_is_one_sample_and_no_overflow() {
+        let mut c = estimator();
+        c.handle_tip(id(1), u64::MAX, 5);
+        c.handle_tip(id(2), 0, u64::MAX);
+        c.handle_tip(id(3), 1_000, 1_000);
+        assert_eq!(c.offset_ms(1_000), Some(0), "the honest member is the median");
+        let mut alone = estimator();
+        alone.handle_tip(id(1), 0, u64::MAX);
+        assert_eq!(alone.offset_ms(u64::MAX), Some(i64::MAX), "saturates instead of overflowing");
+    }
+
+    #[test]
+    fn a_member_that_left_is_forgotten() {
+        let mut c = estimator();
+        c.handle_tip(id(1), 40_000, 10_000);
+        c.retain(|m| *m != id(1));
+        assert_eq!(c.offset_ms(10_000), None);
     }
 }

@@ -315,6 +315,8 @@ pub struct Core {
     round: Round,
     step: Step,
     started: bool,
+    /// Local time the last height started here (its `StartHeight` fired).
+    started_at_ms: Option<u64>,
     prev_hash: Hash,
     prev_ts: u64,
     locked: Option<(Round, Block)>,
@@ -358,6 +360,7 @@ impl Core {
             round: 0,
             step: Step::Propose,
             started: false,
+            started_at_ms: None,
             prev_hash,
             prev_ts,
             locked: None,
@@ -383,11 +386,6 @@ impl Core {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.me
-    }
-
-    /// The timestamp of the current height's parent block.
-    pub fn parent_timestamp(&self) -> u64 {
-        self.prev_ts
     }
 
     pub fn round(&self) -> Round {
@@ -423,10 +421,17 @@ impl Core {
     /// Schedules the start of the current height; call once after `new`.
     pub fn start(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
+        let interval = self.cfg.block_interval_ms;
+        // One interval after the parent's timestamp, which makes up for the
+        // time consensus took, and at least one interval after the last height
+        // started here: a parent stamped by a clock behind ours (its proposer's
+        // clock read less than its own parent's stamp, so it stamped that + 1 ms)
+        // must not make the chain faster than its pace.
+        let by_parent = (self.prev_ts + interval).saturating_sub(now_ms);
+        let by_start = self.started_at_ms.map_or(0, |at| (at + interval).saturating_sub(now_ms));
         // At most one interval from now, whatever the parent's timestamp says: a
         // parent stamped by a clock ahead of ours must not hold this node back.
-        let interval = self.cfg.block_interval_ms;
-        let after_ms = (self.prev_ts + interval).saturating_sub(now_ms).min(interval);
+        let after_ms = by_parent.max(by_start).min(interval);
         out.push(Output::Schedule { timeout: Timeout::StartHeight { height: self.height }, after_ms });
         out
     }
@@ -754,6 +759,7 @@ impl Core {
         match t {
             Timeout::StartHeight { height } if height == self.height && !self.started => {
                 self.started = true;
+                self.started_at_ms = Some(now_ms);
                 self.start_round(self.resume_round(), now_ms, out);
             }
             // L57

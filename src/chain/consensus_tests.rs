@@ -53,6 +53,8 @@ struct Sim {
     down: HashSet<usize>,
     /// Deliver a node's messages only to these nodes (None: to everyone).
     partition: Option<Vec<HashSet<usize>>>,
+    /// How far each node's clock is off (ms, positive: ahead).
+    skew_ms: Vec<i64>,
 }
 
 impl Sim {
@@ -73,6 +75,7 @@ impl Sim {
             misbehaviour: Vec::new(),
             down: HashSet::new(),
             partition: None,
+            skew_ms: vec![0; n],
         };
         for i in 0..n {
             let mut out = sim.cores[i].start(sim.now);
@@ -154,7 +157,7 @@ impl Sim {
         if self.down.contains(&to) {
             return;
         }
-        let out = self.cores[to].handle(input, self.now);
+        let out = self.cores[to].handle(input, self.now.saturating_add_signed(self.skew_ms[to]));
         self.process(to, out);
     }
 
@@ -220,6 +223,26 @@ fn n4_all_up_commits_at_the_block_interval() {
     // Ten blocks at one per interval.
     let elapsed = sim.now - start;
     assert!(elapsed <= 11 * INTERVAL, "{elapsed} ms for 10 blocks");
+}
+
+#[test]
+fn a_proposer_whose_clock_is_off_by_20_s_neither_speeds_nor_slows_the_pace() {
+    for skew in [-20_000, 20_000] {
+        let mut sim = Sim::new(4);
+        sim.skew_ms[3] = skew;
+        assert!(sim.run_until(60_000, |s| s.min_height(&[0, 1, 2, 3]) >= 2));
+        let (start, from) = (sim.now, sim.decided[0].len());
+        assert!(sim.run_until(60_000, |s| s.decided[0].len() >= from + 12));
+        let per_block = (sim.now - start) / 12;
+        // A stamp of a clock behind (its parent's + 1 ms) once made the next
+        // height start at once; one ahead made it wait out the clock.
+        assert!(
+            (INTERVAL * 9 / 10..=INTERVAL * 11 / 10).contains(&per_block),
+            "clock {skew:+} ms: {per_block} ms per block, pace {INTERVAL} ms"
+        );
+        sim.check_invariants();
+        assert!(sim.misbehaviour.is_empty(), "clock {skew:+} ms: {:?}", sim.misbehaviour);
+    }
 }
 
 #[test]

@@ -25,10 +25,12 @@ pub enum Message {
     Tx(Vec<u8>),
     Proposal(SignedProposal),
     Vote(SignedVote),
-    /// The sender committed this block.
+    /// The sender committed this block; `time_ms` is what its wall clock read
+    /// when it sent this (see [`super::clock`]).
     Tip {
         height: Height,
         hash: Hash,
+        time_ms: u64,
     },
     /// Request: up to `count` committed blocks from `from`.
     GetBlocks {
@@ -214,13 +216,13 @@ mod tests {
         let frame = Message::Proposal(p).encode().unwrap();
         assert_eq!(proposal_height(&frame[4..]), Some(300_000));
         assert_eq!(proposal_height(&frame[4..10]), Some(300_000), "the kind and the varint suffice");
-        let tip = Message::Tip { height: 5, hash: Hash([0; 32]) }.encode().unwrap();
+        let tip = Message::Tip { height: 5, hash: Hash([0; 32]), time_ms: 1 }.encode().unwrap();
         assert_eq!(proposal_height(&tip[4..]), None);
     }
 
     #[test]
     fn votes_and_tips_are_superseded_by_height_and_txs_are_not() {
-        let tip = Message::Tip { height: 7, hash: Hash([0; 32]) }.outgoing().unwrap();
+        let tip = Message::Tip { height: 7, hash: Hash([0; 32]), time_ms: 1 }.outgoing().unwrap();
         assert_eq!((tip.class, tip.epoch), (Class::Tip, 7));
         let tx = Message::Tx(vec![1; 10]).outgoing().unwrap();
         assert_eq!(tx.class, Class::Tx);

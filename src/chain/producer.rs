@@ -281,13 +281,12 @@ impl Producer {
         let (sync_tx, sync_rx) = mpsc::channel(4);
         let last_height_seen = (core.height(), Instant::now());
         let rebroadcast_after = Duration::from_millis((network.block_interval_ms * 3).max(3_000));
-        // An estimate from at least half of the peers, so one peer whose clock
-        // is off cannot make the others think theirs are.
-        let min_peers = core.members_at(core.height()).len().saturating_sub(1).div_ceil(2).max(1);
         let reachable = core.membership().reachable();
         let member = core.members_at(core.height()).contains(&core.id());
-        let clock =
-            ClockEstimator::new(ClockConfig { min_peers, ..ClockConfig::for_interval(network.block_interval_ms) });
+        let clock = ClockEstimator::new(ClockConfig {
+            min_peers: clock_min_peers(core.members_at(core.height()).len()),
+            ..ClockConfig::default()
+        });
         Producer {
             node_limits,
             sync_buckets: HashMap::new(),
@@ -421,7 +420,6 @@ impl Producer {
     /// metrics; once a loop turn.
     fn publish_state(&mut self) {
         let now = self.now();
-        self.clock.handle_round(self.core.height(), self.core.round(), now);
         self.metrics.round.store(self.core.round() as u64, Ordering::Relaxed);
         let best = self.sync.best_claim(std::time::Instant::now());
         self.metrics.best_peer_tip.store(best, Ordering::Relaxed);
@@ -433,13 +431,10 @@ impl Producer {
         self.metrics.clock_peers.store(self.clock.peers(now) as u64, Ordering::Relaxed);
     }
 
-    /// A proposal's timestamp is a reading of its proposer's clock (see
-    /// [`super::clock`]); warns once when ours is off by more than a second.
-    fn sample_clock(&mut self, from: NodeId, proposal: &super::vote::Proposal) {
-        let now = self.now();
-        self.clock.handle_round(self.core.height(), self.core.round(), now);
-        self.clock.handle_parent(self.core.parent_timestamp());
-        match self.clock.handle_proposal(from, proposal, now) {
+    /// A tip carries a reading of its sender's clock (see [`super::clock`]);
+    /// warns once when ours is off by more than a second.
+    fn sample_clock(&mut self, from: NodeId, time_ms: u64) {
+        match self.clock.handle_tip(from, time_ms, self.now()) {
             Some(ClockEvent::Off { offset_ms, peers }) => tracing::warn!(
                 offset_ms,
                 peers,
@@ -499,10 +494,7 @@ impl Producer {
             self.last_heard.insert(from, Instant::now());
         }
         let input = match msg {
-            Message::Proposal(p) => {
-                self.sample_clock(from, &p.proposal);
-                Input::Proposal(p)
-            }
+            Message::Proposal(p) => Input::Proposal(p),
             Message::Vote(v) => Input::Vote(v),
             Message::Tx(tx) => {
                 let added = self.lock_mempool().add(tx);
@@ -511,7 +503,8 @@ impl Producer {
                 }
                 return Ok(());
             }
-            Message::Tip { height, .. } => {
+            Message::Tip { height, time_ms, .. } => {
+                self.sample_clock(from, time_ms);
                 self.sync.handle_claim(from, height, std::time::Instant::now());
                 self.maybe_sync();
                 return Ok(());
@@ -811,7 +804,8 @@ impl Producer {
                         self.metrics.commit_latency.observe(latency_ms as f64 / 1000.0);
                     }
                     tracing::debug!(height, hash = %hash.short(), round = c.cert.round, txs = c.block.txs.len(), "committed");
-                    self.broadcast(&Message::Tip { height, hash });
+                    let time_ms = self.now();
+                    self.broadcast(&Message::Tip { height, hash, time_ms });
                 }
                 Output::Misbehaviour(m) => {
                     self.metrics.misbehaviour.fetch_add(1, Ordering::Relaxed);
@@ -863,9 +857,11 @@ impl Producer {
         let reachable = self.core.membership().reachable();
         if reachable != self.reachable {
             self.peers.set_members(reachable.clone());
+            self.clock.retain(|id| reachable.iter().any(|(m, _)| m == id));
             self.reachable = reachable;
         }
         let height = self.core.height();
+        self.clock.set_min_peers(clock_min_peers(self.core.members_at(height).len()));
         let now_member = self.core.members_at(height).contains(&self.core.id());
         if now_member != self.member {
             self.member = now_member;
@@ -980,4 +976,11 @@ fn signed_message(m: Signed) -> Message {
         Signed::Proposal(p) => Message::Proposal(p),
         Signed::Vote(v) => Message::Vote(v),
     }
+}
+
+/// A clock estimate needs readings from at least half of the peers of a set of
+/// `members`, so that one peer whose clock is off cannot make the others think
+/// theirs are.
+fn clock_min_peers(members: usize) -> usize {
+    members.saturating_sub(1).div_ceil(2).max(1)
 }

@@ -653,7 +653,9 @@ impl Manager {
 /// IPv4 (also written IPv4-mapped); an IPv6 socket bound to `[::]` reaches both
 /// families (Linux's default dual stack); one bound to a specific IPv6 address
 /// reaches IPv6 only.
-fn reaches(local: SocketAddr, peer: SocketAddr) -> bool {
+/// Whether a socket bound to `local` can send to `peer` (an IPv4 socket
+/// reaches no IPv6 address and the reverse; `[::]` reaches both).
+pub(crate) fn reaches(local: SocketAddr, peer: SocketAddr) -> bool {
     let peer_v4 = super::canonical(peer).is_ipv4();
     match local.ip() {
         std::net::IpAddr::V4(_) => peer_v4,

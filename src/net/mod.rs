@@ -62,6 +62,7 @@ pub mod tls;
 
 pub use direction::{canonical, rank, Direction, Rank, Role};
 pub use inbox::Delivery;
+pub(crate) use manager::reaches;
 pub use manager::{bind, start, Bound, NetConfig, TestHooks};
 pub use outbox::{Class, OutboxLimits, Outgoing, Pushed};
 pub use peers::{
