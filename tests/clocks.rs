@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::procs::Net;
 use common::*;
 use masternode::node::{Node, NodeOptions};
 use tokio_util::sync::CancellationToken;
@@ -74,6 +75,61 @@ async fn one_clock_of_four_off_by_20_s_neither_slows_the_chain_nor_is_called_mis
         for (i, s) in status[..3].iter().enumerate() {
             let offset = s.clock_offset_ms.expect("an estimate from the peers' tips");
             assert!(offset.abs() <= 1_000, "clock {skew:+} ms: node {i}, whose clock is right, estimated {offset} ms");
+        }
+    }
+}
+
+/// libfaketime's preload library, where Debian's `faketime` package puts it.
+fn libfaketime() -> Option<&'static str> {
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+/// Blocks node 0 commits in `window`.
+async fn blocks_in(net: &Net, window: Duration) -> u64 {
+    let before = net.status(0).await.expect("node 1 answers").height;
+    tokio::time::sleep(window).await;
+    net.status(0).await.expect("node 1 answers").height - before
+}
+
+/// The same with real daemons: node 4 restarted under libfaketime 20 s behind
+/// commits as many blocks as before it, names its offset, warns once, and no
+/// daemon calls anything misbehaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_under_libfaketime_20_s_behind_keeps_the_pace_and_warns_once() {
+    let Some(lib) = libfaketime() else {
+        eprintln!("skipped: libfaketime is missing (Debian package faketime; .ci/run installs it)");
+        return;
+    };
+    let mut net = Net::new(4);
+    net.set_block_interval(500);
+    for i in 0..4 {
+        net.start(i);
+    }
+    net.until_peers(&[0, 1, 2, 3], 3, Duration::from_secs(30), "a full mesh").await;
+    let window = Duration::from_secs(10);
+    let reference = blocks_in(&net, window).await;
+    net.kill9(3);
+    net.start_with_env(3, &[("LD_PRELOAD", lib), ("FAKETIME", "-20s")]);
+    net.until_peers(&[0, 1, 2, 3], 3, Duration::from_secs(30), "node 4 back under a clock 20 s behind").await;
+    let skewed = blocks_in(&net, window).await;
+    eprintln!("{skewed} blocks in {window:?} with node 4's clock 20 s behind, {reference} with true clocks");
+    assert!(skewed as f64 >= 0.85 * reference as f64, "{skewed} blocks against {reference} with true clocks");
+    let status = net.status(3).await.expect("node 4 answers");
+    let offset = status.clock_offset_ms.expect("node 4 estimates its offset");
+    assert!((offset + 20_000).abs() <= 1_000, "node 4 estimated {offset} ms");
+    for i in 0..3 {
+        let offset = net.status(i).await.expect("answers").clock_offset_ms.expect("an estimate");
+        assert!(offset.abs() <= 1_000, "node {}, whose clock is right, estimated {offset} ms", i + 1);
+    }
+    let warnings = net.log(3).lines().filter(|l| l.contains("clock is 20.0 s behind")).count();
+    assert_eq!(warnings, 1, "one clock warning on node 4:\n{}", net.logs());
+    for i in 0..4 {
+        let log = net.log(i);
+        assert!(!log.contains("misbehaviour"), "node {}: {}", i + 1, net.logs());
+        if i < 3 {
+            assert!(!log.contains("clock is"), "node {}, whose clock is right, warns: {}", i + 1, net.logs());
         }
     }
 }

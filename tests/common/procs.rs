@@ -47,6 +47,11 @@ impl Net {
     }
 
     pub fn start(&mut self, i: usize) {
+        self.start_with_env(i, &[]);
+    }
+
+    /// Starts node `i` with `env` added to its environment.
+    pub fn start_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -57,6 +62,7 @@ impl Net {
             .arg(&self.configs[i])
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -111,6 +117,11 @@ impl Net {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Node `i`'s whole log.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{}.log", i + 1))).unwrap_or_default()
     }
 
     pub fn logs(&self) -> String {
