@@ -46,8 +46,12 @@ pub const MAX_CHANGES_PER_BLOCK: usize = 64;
 /// Approvals of one member waiting on chain, at most: a member cannot grow the
 /// state every node keeps by approving changes nobody else wants.
 pub const MAX_PENDING_PER_APPROVER: usize = 16;
-/// Approvals a node holds for the next blocks, at most, and per approver.
-pub const MAX_POOL: usize = 256;
+/// Approvals a node holds for the next blocks, per approver. There is no cap
+/// on the whole pool: one would let members that approve a lot (32 Byzantine
+/// ones would do) crowd out everyone else's approvals, this node's own
+/// included. Approvers are members ([`Membership::check`] comes first), so the
+/// pool holds at most this many times [`MAX_MEMBERS`] (1,024 approvals, about
+/// 200 KiB).
 pub const MAX_POOL_PER_APPROVER: usize = 8;
 
 /// A change of the member set.
@@ -634,18 +638,19 @@ impl Membership {
 }
 
 /// Approvals this node holds until a block carries them: its own, and those
-/// gossiped by its peers. Bounded in all and per approver.
+/// gossiped by its peers. Bounded per approver.
 #[derive(Debug, Default)]
 pub struct ApprovalPool {
     items: BTreeMap<(Change, NodeId), SignedApproval>,
 }
 
 impl ApprovalPool {
-    /// Adds an approval the caller checked; false when it is held already or
-    /// there is no room for it.
+    /// Adds an approval the caller checked (so its approver is a member);
+    /// false when it is held already or its approver has
+    /// [`MAX_POOL_PER_APPROVER`] waiting.
     pub fn add(&mut self, sa: SignedApproval) -> bool {
         let key = (sa.approval.change.clone(), sa.approval.approver);
-        if self.items.contains_key(&key) || self.items.len() >= MAX_POOL {
+        if self.items.contains_key(&key) {
             return false;
         }
         let mine = self.items.keys().filter(|(_, a)| *a == sa.approval.approver).count();
@@ -733,6 +738,24 @@ mod tests {
 
     fn add(i: u8) -> Change {
         Change::Add { id: identity(i).id(), addr: addr(i) }
+    }
+
+    #[test]
+    fn the_pool_holds_a_share_per_approver_that_no_other_approver_can_take() {
+        let mut pool = ApprovalPool::default();
+        // 40 members approve as much as they may (more than a cap of 256 on
+        // the whole pool would have held).
+        for by in 1..=40u8 {
+            for j in 0..MAX_POOL_PER_APPROVER as u8 {
+                assert!(pool.add(approve(by, add(100 + j), 1)), "approver {by}'s approval {j}");
+            }
+            assert!(!pool.add(approve(by, add(120), 1)), "approver {by}: one over its share");
+        }
+        assert_eq!(pool.len(), 40 * MAX_POOL_PER_APPROVER);
+        // Another member (this node, say) still has its whole share.
+        assert!(pool.add(approve(41, remove(7), 1)));
+        assert!(!pool.add(approve(41, remove(7), 1)), "held already");
+        assert!(pool.has(&remove(7), identity(41).id()));
     }
 
     fn remove(i: u8) -> Change {
