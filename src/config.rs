@@ -290,6 +290,10 @@ struct NodeFile {
     /// Serve the admin API on a non-loopback address.
     admin_public: Option<bool>,
     data_dir: Option<PathBuf>,
+    /// Members to reach for catching up beyond what the genesis names, as
+    /// `"<node id>@ip:port"`.
+    #[serde(default)]
+    bootstrap: Vec<String>,
     #[serde(default)]
     transport: TransportFile,
     #[serde(default)]
@@ -306,6 +310,7 @@ pub struct NodeFileValues {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
+    pub bootstrap: Vec<Member>,
     pub transport: Transport,
     pub limits: NodeLimits,
 }
@@ -327,6 +332,11 @@ impl NodeFileValues {
                  (set admin_public = true to serve it there anyway)"
             )));
         }
+        let bootstrap = file
+            .bootstrap
+            .iter()
+            .map(|entry| parse_bootstrap(entry).map_err(|why| invalid(format!("bootstrap {entry:?}: {why}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut transport = Transport::default();
         let t = &file.transport;
         for (value, slot, name) in [
@@ -398,6 +408,7 @@ impl NodeFileValues {
             listen,
             admin,
             data_dir: base.join(file.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            bootstrap,
             transport,
         })
     }
@@ -446,6 +457,11 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub transport: Transport,
     pub limits: NodeLimits,
+    /// Members this node reaches besides those its chain names: a node whose
+    /// chain is far behind (an empty data dir) knows only the genesis set,
+    /// which may have been replaced since. Certificates prove what they
+    /// send, so these are trusted only to be members of the set of today.
+    pub bootstrap: Vec<Member>,
 }
 
 impl NodeConfig {
@@ -467,6 +483,7 @@ impl NodeConfig {
         let identity = Identity::load(&f.key, &f.cert)?;
         let mut cfg = Self::assemble(network, &f.network, identity, f.listen, f.admin, f.data_dir, f.transport)?;
         cfg.limits = f.limits;
+        cfg.bootstrap = f.bootstrap;
         Ok(cfg)
     }
 
@@ -506,8 +523,20 @@ impl NodeConfig {
             data_dir,
             transport,
             limits: NodeLimits::default(),
+            bootstrap: Vec::new(),
         })
     }
+}
+
+/// `"<node id in hex>@ip:port"`, the address a specific one (members dial it).
+fn parse_bootstrap(entry: &str) -> Result<Member, String> {
+    let (id, addr) = entry.split_once('@').ok_or("expected <node id>@ip:port")?;
+    let id = NodeId::from_hex(id.trim()).map_err(|e| format!("node id: {e}"))?;
+    let addr: SocketAddr = addr.trim().parse().map_err(|_| format!("{addr:?} is not ip:port"))?;
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(format!("{addr} is not an address to dial"));
+    }
+    Ok(Member { id, addr: crate::net::canonical(addr) })
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -567,6 +596,30 @@ mod tests {
             let text = format!("{base}[limits]\n{bad}\n");
             let err = NodeFileValues::parse(path, &text, &Overrides::default()).err().unwrap().to_string();
             assert!(err.starts_with("masternode.toml") && !err.contains('\n'), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bootstrap_peers_are_id_at_address_and_nonsense_is_refused() {
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("masternode.toml");
+        let ok = format!("{base}bootstrap = [\"{}@203.0.113.7:24100\", \" {}@[::ffff:10.0.0.1]:9 \"]\n", id(1), id(2));
+        let v = NodeFileValues::parse(path, &ok, &Overrides::default()).unwrap();
+        let addrs: Vec<String> = v.bootstrap.iter().map(|m| m.addr.to_string()).collect();
+        assert_eq!(addrs, ["203.0.113.7:24100", "10.0.0.1:9"], "a mapped address is the IPv4 one");
+        assert_eq!(v.bootstrap[0].id.to_hex(), id(1));
+        let none = NodeFileValues::parse(path, base, &Overrides::default()).unwrap();
+        assert!(none.bootstrap.is_empty());
+        for bad in [
+            "203.0.113.7:24100".to_string(),
+            format!("{}@203.0.113.7", id(1)),
+            format!("{}@0.0.0.0:24100", id(1)),
+            format!("{}@203.0.113.7:0", id(1)),
+            "abcd@203.0.113.7:24100".to_string(),
+        ] {
+            let text = format!("{base}bootstrap = [\"{bad}\"]\n");
+            let err = NodeFileValues::parse(path, &text, &Overrides::default()).err().unwrap().to_string();
+            assert!(err.starts_with("masternode.toml: bootstrap") && !err.contains('\n'), "{bad}: {err}");
         }
     }
 

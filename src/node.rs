@@ -132,6 +132,7 @@ impl Node {
         let announced = Tip { height, hash: if height == 0 { [0; 32] } else { prev_hash.0 } };
         let (tip_tx, tip) = watch::channel(announced);
         let identity = Arc::new(cfg.identity);
+        let bootstrap: Vec<_> = cfg.bootstrap.iter().map(|m| (m.id, m.addr)).collect();
         let net_cfg = NetConfig {
             identity: identity.clone(),
             network: network.clone(),
@@ -140,7 +141,7 @@ impl Node {
             transport: cfg.transport,
             request_timeout: REQUEST_TIMEOUT,
             tip: tip.clone(),
-            members: membership.reachable(),
+            members: membership.reachable_with(&bootstrap),
             protocol: crate::chain::message::PROTOCOL,
             hooks: options.hooks.clone(),
         };
@@ -177,7 +178,8 @@ impl Node {
             identity,
             links,
         )
-        .with_clock_skew(options.clock_skew_ms);
+        .with_clock_skew(options.clock_skew_ms)
+        .with_bootstrap(bootstrap);
         let failed = Arc::new(AtomicBool::new(false));
         {
             let failed = failed.clone();

@@ -310,3 +310,86 @@ async fn changes_that_break_the_rules_are_refused_with_a_reason_and_the_chain_go
     }
     stop_all(nodes).await;
 }
+
+/// Every genesis key but one is replaced; then the remaining genesis member
+/// loses its data dir. Its genesis names no member that is still there (three
+/// left the set, the new ones are unknown to it), so it catches up only
+/// through a `bootstrap` peer: from there certificates prove every block and
+/// change, and it is a voting member again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_catches_up_through_a_bootstrap_peer_after_the_genesis_keys_left() {
+    let spec = Spec::new(7);
+    let network = genesis(&spec, 4);
+    let mut nodes = Vec::new();
+    for i in 0..7 {
+        nodes.push(start(&spec, i, &network).await);
+    }
+    eventually("first blocks", Duration::from_secs(30), || nodes[..4].iter().all(|n| n.height() >= 2)).await;
+    for joiner in 4..7 {
+        approve(&nodes, &[0, 1, 2, 3], ChangeRequest::Add { id: spec.id(joiner), addr: spec.addr(joiner) }).await;
+    }
+    eventually("the joiners are members everywhere", Duration::from_secs(40), || {
+        let all: Vec<&Node> = nodes.iter().collect();
+        (4..7).all(|j| all_see(&all, spec.id(j), true))
+    })
+    .await;
+    for leaver in 0..3 {
+        approve(&nodes, &[0, 1, 2, 3, 4, 5, 6], ChangeRequest::Remove { id: spec.id(leaver) }).await;
+    }
+    eventually("genesis members 0, 1 and 2 are out everywhere", Duration::from_secs(40), || {
+        let staying: Vec<&Node> = nodes[3..].iter().collect();
+        (0..3).all(|l| all_see(&staying, spec.id(l), false))
+    })
+    .await;
+    let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    for node in &mut nodes[..4] {
+        node.take().unwrap().stop().await;
+    }
+    std::fs::remove_dir_all(spec.data_dir(3)).unwrap();
+    let live = |nodes: &[Option<Node>]| nodes[4..].iter().map(|n| n.as_ref().unwrap().height()).min().unwrap();
+
+    // Without a bootstrap peer it finds no one: its genesis names only the
+    // members that left and itself.
+    let wiped = start(&spec, 3, &network).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(wiped.height(), 0, "caught up although its genesis names no member that is still there");
+    assert!(live(&nodes) > 5, "the new set goes on");
+    wiped.stop().await;
+
+    let bootstrap = vec![masternode::config::Member { id: spec.id(4), addr: spec.addr(4) }];
+    // The stopped node's socket may take a moment to close.
+    let mut tries = 0;
+    let node3 = loop {
+        let mut cfg = spec.config(3, network.clone(), fast_transport());
+        cfg.bootstrap = bootstrap.clone();
+        match Node::start(cfg, NodeOptions::default(), CancellationToken::new()).await {
+            Ok(node) => break node,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                eprintln!("restart: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    };
+    let top = live(&nodes);
+    let took = eventually("the wiped member catches up through its bootstrap peer", Duration::from_secs(60), || {
+        node3.height() >= top
+    })
+    .await;
+    eprintln!("caught up {top} blocks through the bootstrap peer in {} ms", took.as_millis());
+    let h = node3.height();
+    eventually("blocks signed by it again", Duration::from_secs(30), || {
+        signed_after(nodes[4].as_ref().unwrap(), spec.id(3), h)
+    })
+    .await;
+    assert!(
+        node3.peers().is_connected(&spec.id(5)),
+        "it reaches the members its chain names, not only the bootstrap peer"
+    );
+    let mut nodes: Vec<Node> = nodes.into_iter().flatten().collect();
+    nodes.insert(0, node3);
+    let stores: Vec<_> = nodes.iter().map(|n| n.store().clone()).collect();
+    check_chains_of(&network, &stores.iter().collect::<Vec<_>>());
+    stop_all(nodes).await;
+}

@@ -405,6 +405,14 @@ impl Membership {
         out.into_iter().collect()
     }
 
+    /// [`Self::reachable`] and the `extra` members it does not name (a node's
+    /// `bootstrap` peers): where both name a member, the chain's address counts.
+    pub fn reachable_with(&self, extra: &[(NodeId, SocketAddr)]) -> Vec<(NodeId, SocketAddr)> {
+        let mut out: BTreeMap<NodeId, SocketAddr> = extra.iter().copied().collect();
+        out.extend(self.reachable());
+        out.into_iter().collect()
+    }
+
     /// Changes collecting approvals, with the approvers that still count.
     pub fn pending(&self) -> Vec<PendingView> {
         let height = self.state.applied + 1;

@@ -207,6 +207,8 @@ pub struct Producer {
     member_requests: mpsc::Receiver<MemberRequest>,
     /// The members last handed to the transport.
     reachable: Vec<(NodeId, std::net::SocketAddr)>,
+    /// Members to reach besides those the chain names (`bootstrap`).
+    bootstrap: Vec<(NodeId, std::net::SocketAddr)>,
     /// Whether this node is a member of the current height's set.
     member: bool,
 }
@@ -318,8 +320,17 @@ impl Producer {
             members_view: links.view,
             member_requests: links.requests,
             reachable,
+            bootstrap: Vec::new(),
             member,
         }
+    }
+
+    /// Members to reach besides those the chain names, for as long as the node
+    /// runs (the transport starts with the same list).
+    pub fn with_bootstrap(mut self, bootstrap: Vec<(NodeId, std::net::SocketAddr)>) -> Self {
+        self.reachable = self.core.membership().reachable_with(&bootstrap);
+        self.bootstrap = bootstrap;
+        self
     }
 
     /// Shifts this node's clock by `ms` (tests of members whose clocks are off).
@@ -854,7 +865,7 @@ impl Producer {
     fn after_block(&mut self) -> Vec<Output> {
         self.approvals.retain_valid(self.core.membership(), &self.network.id);
         self.publish_members();
-        let reachable = self.core.membership().reachable();
+        let reachable = self.core.membership().reachable_with(&self.bootstrap);
         if reachable != self.reachable {
             self.peers.set_members(reachable.clone());
             self.clock.retain(|id| reachable.iter().any(|(m, _)| m == id));
