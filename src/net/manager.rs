@@ -651,7 +651,7 @@ impl Manager {
 
 /// Whether a socket bound to `local` can send to `peer`: an IPv4 socket reaches
 /// IPv4 (also written IPv4-mapped); an IPv6 socket bound to `[::]` reaches both
-/// families (Linux's default dual stack); one bound to a specific IPv6 address
+/// families (the endpoint asks for dual stack); one bound to a specific IPv6 address
 /// reaches IPv6 only.
 fn reaches(local: SocketAddr, peer: SocketAddr) -> bool {
     let peer_v4 = super::canonical(peer).is_ipv4();
