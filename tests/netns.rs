@@ -976,3 +976,66 @@ fn dual_stack_members_commit_together() {
     );
     assert!(count * 2 >= tip as usize, "blocks carry both families' signatures");
 }
+
+/// The same change on a node that ranks highest, so its peers dialled it and it
+/// is the server of every connection. QUIC moves only the dialling end: the
+/// peers go on sending to the old address. The node notices the address gone
+/// at its next keepalive tick and dials each peer from the new one, under a
+/// newer incarnation the peers prefer to the connection they dialled; so it is
+/// reachable again within two keepalives, not after an idle timeout and a
+/// passive wait.
+#[test]
+#[ignore = "root: network namespaces, nft"]
+fn address_change_of_a_dialled_node_is_followed_within_two_keepalives() {
+    let _serial = serial();
+    let mut lab = lab_or_skip!("address-change-dialled");
+    let n1 = lab.host("n1", &["10.77.0.11/24"]);
+    let n2 = lab.host("n2", &["10.77.0.12/24"]);
+    let n3 = lab.host("n3", &["10.77.0.13/24"]);
+    let m = lab.host("m", &["10.77.0.14/24"]);
+    lab.network(&[
+        (&n1, "10.77.0.11:24100", "0.0.0.0:24100"),
+        (&n2, "10.77.0.12:24100", "0.0.0.0:24100"),
+        (&n3, "10.77.0.13:24100", "0.0.0.0:24100"),
+        (&m, "10.77.0.14:24100", "0.0.0.0:24100"),
+    ]);
+    lab.start_all();
+    lab.until_mesh(&[0, 1, 2, 3], 3, 2, Duration::from_secs(30));
+    let s = lab.status(3).unwrap();
+    assert!(s.peers.iter().all(|p| p.direction == "inbound"), "the peers dialled it: {:?}", s.peers);
+    let before: Vec<u64> = (0..4).map(|i| lab.handshakes_ok(i)).collect();
+    let heights = Heights::watch(&lab);
+
+    let changed = Instant::now();
+    must("ip", &["-n", &m, "addr", "del", "10.77.0.14/24", "dev", "eth0"]);
+    add_addr(&m, "eth0", "10.77.0.34/24");
+    // Reachable again: every peer holds a connection with it younger than the
+    // change (the old ones are dead at the old address).
+    let reached = lab.until("every peer is connected to the node again", Duration::from_secs(30), |lab| {
+        (0..3).all(|i| {
+            lab.status(i).is_some_and(|s| {
+                s.peers.iter().any(|p| p.node_id == lab.nodes[3].id && p.connected_secs < 2 && p.direction == "inbound")
+            })
+        })
+    });
+    let h = lab.status(3).unwrap().height;
+    lab.until("the moved node keeps committing", Duration::from_secs(20), |lab| {
+        lab.status(3).is_some_and(|s| s.height >= h + 2 && s.peers.len() == 3)
+    });
+    let after: Vec<u64> = (0..4).map(|i| lab.handshakes_ok(i)).collect();
+    let pause = (0..3).map(|i| heights.longest_pause(i, changed, Instant::now())).max().unwrap();
+    println!(
+        "netns: address-change-dialled: every peer connected again {} ms after the change (keepalive {} ms); handshakes {before:?} -> {after:?}; longest block pause at the peers {} ms",
+        ms(reached),
+        ms(KEEPALIVE),
+        ms(pause)
+    );
+    assert!(reached <= KEEPALIVE * 2, "reachable again after {reached:?}, over 2 keepalives");
+    assert_eq!(after[3], before[3] + 3, "one new connection per peer, no redial storm");
+    assert!(pause <= lab.interval() * 3, "blocks kept coming: pause {pause:?}");
+    for i in 0..4 {
+        lab.until(&format!("node {} sees three peers", i + 1), Duration::from_secs(5), |lab| {
+            lab.status(i).is_some_and(|s| s.peers.len() == 3 && s.quorum.met)
+        });
+    }
+}

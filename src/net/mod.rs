@@ -114,6 +114,9 @@ pub mod close {
     pub const SUPERSEDED: u32 = 10;
     /// The peer is no longer in the closing node's member set.
     pub const REMOVED: u32 = 11;
+    /// The closing node's address of this connection is gone from its host (the
+    /// close itself rarely arrives: it has no address left to leave from).
+    pub const ADDRESS_LOST: u32 = 12;
 
     pub fn name(code: u64) -> &'static str {
         match code as u32 {
@@ -129,6 +132,7 @@ pub mod close {
             TOO_SLOW => "too slow",
             SUPERSEDED => "superseded",
             REMOVED => "removed",
+            ADDRESS_LOST => "address lost",
             _ => "unknown",
         }
     }
