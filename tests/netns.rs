@@ -8,9 +8,11 @@
 //!
 //! Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN), `ip` and `tc` (iproute2) and
 //! `nft` (nftables; installed with apt-get when missing). Without them each case
-//! says why it skipped and passes. Every namespace carries the run's prefix
-//! (`mnt<pid>-`); a guard deletes them when the case ends, also when it panics,
-//! which takes their interfaces, nft rules and qdiscs with them.
+//! says why it skipped and passes. Every namespace carries its case's prefix
+//! (`mnt<pid>-<n>-`); a guard stops the nodes and deletes the namespaces when the
+//! case ends, also when it panics, which takes their interfaces, nft rules and
+//! qdiscs with them. Namespaces of a run killed by a signal are deleted by the
+//! next run.
 //!
 //! Liveness settings are the process tests' ([`TRANSPORT`]): keepalive 500 ms,
 //! idle timeout 3 s, passive wait 2 s.
@@ -19,7 +21,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -210,7 +212,8 @@ struct Node {
 impl Lab {
     fn new(case: &str) -> Lab {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let prefix = format!("mnt{}{}-", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        sweep_leftovers();
+        let prefix = format!("mnt{}-{}-", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let mut lab = Lab {
             case: case.into(),
             switch: format!("{prefix}sw"),
@@ -422,9 +425,7 @@ impl Drop for Lab {
             }
         }
         for ns in self.namespaces.iter().rev() {
-            if let Err(e) = run("ip", &["netns", "del", ns], None) {
-                eprintln!("netns: cleanup: {e}");
-            }
+            delete_ns(ns);
         }
         let left: Vec<String> = run("ip", &["netns", "list"], None)
             .unwrap_or_default()
@@ -436,6 +437,30 @@ impl Drop for Lab {
             println!("netns: {}: removed {} namespaces", self.case, self.namespaces.len());
         } else {
             eprintln!("netns: {}: namespaces left behind: {left:?}", self.case);
+        }
+    }
+}
+
+/// Stops whatever still runs in `ns`, then deletes it (with its interfaces,
+/// nft rules and qdiscs).
+fn delete_ns(ns: &str) {
+    for pid in run("ip", &["netns", "pids", ns], None).unwrap_or_default().split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    if let Err(e) = run("ip", &["netns", "del", ns], None) {
+        eprintln!("netns: cleanup: {e}");
+    }
+}
+
+/// Deletes the namespaces of earlier runs whose process is gone (a run killed
+/// by a signal, where no guard ran): `mnt<pid>-<n>-*`.
+fn sweep_leftovers() {
+    for line in run("ip", &["netns", "list"], None).unwrap_or_default().lines() {
+        let ns = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = ns.strip_prefix("mnt").and_then(|r| r.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+            println!("netns: removing {ns}, left by an earlier run");
+            delete_ns(ns);
         }
     }
 }
