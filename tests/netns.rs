@@ -100,6 +100,12 @@ fn cannot_run() -> Option<String> {
             return Some(format!("`{tool}` is missing (Debian package iproute2)"));
         }
     }
+    // Root in a container may still lack CAP_NET_ADMIN or CAP_SYS_ADMIN.
+    let probe = format!("mnt{}-probe", std::process::id());
+    if let Err(e) = run("ip", &["netns", "add", &probe], None) {
+        return Some(format!("cannot create a network namespace: {e}"));
+    }
+    let _ = run("ip", &["netns", "del", &probe], None);
     if !have("nft") {
         static INSTALL: std::sync::Once = std::sync::Once::new();
         INSTALL.call_once(|| {
@@ -480,10 +486,13 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 // ------------------------------------------------------------------ heights
 
+type Samples = Vec<(Instant, u64)>;
+
 /// Records every node's height every 100 ms on a thread of its own, so a case
 /// can ask for the longest time a node went without a new block.
 struct Heights {
-    samples: Arc<Mutex<Vec<Vec<(Instant, u64)>>>>,
+    /// Per node: (when, height) samples.
+    samples: Arc<Mutex<Vec<Samples>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -654,11 +663,11 @@ fn nat_node_joins_through_the_passive_wait_and_survives_rebinding() {
         ms(moved)
     );
     assert_eq!(after, again, "the connections migrated: no new handshake");
-    for i in 0..4 {
+    for (i, age) in age.iter().enumerate() {
         let s = lab.status(i).unwrap();
         assert_eq!(s.peers.len(), 3, "node {} keeps its peers", i + 1);
         assert!(s.quorum.met && s.quorum.active == 4, "node {}: quorum {:?}", i + 1, s.quorum);
-        let grown = age[i] + rebound.elapsed().as_secs() - 1;
+        let grown = age + rebound.elapsed().as_secs() - 1;
         assert!(
             s.peers.iter().all(|p| p.connected_secs >= grown),
             "node {}: a connection is younger than the rebinding: {:?}",

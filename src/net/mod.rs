@@ -191,13 +191,13 @@ mod tests {
 
     #[test]
     fn every_close_code_has_a_name_of_its_own() {
-        let names: Vec<&str> = (0..=u64::from(close::REMOVED)).map(close::name).collect();
+        let names: Vec<&str> = (0..=u64::from(close::ADDRESS_LOST)).map(close::name).collect();
         assert!(!names.contains(&"unknown"), "{names:?}");
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         assert_eq!(close::name(close::REMOVED.into()), "removed");
-        assert_eq!(close::name(u64::from(close::REMOVED) + 1), "unknown");
+        assert_eq!(close::name(u64::from(close::ADDRESS_LOST) + 1), "unknown");
     }
 }

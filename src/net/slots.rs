@@ -922,8 +922,8 @@ mod tests {
     #[test]
     fn a_connection_whose_local_address_vanished_is_replaced_by_a_fallback_dial_at_once() {
         let t0 = Instant::now();
-        // 5 waits for 1, which dialled it.
-        let mut s = slots(5, 5, t0);
+        // 2 waits for 1, which dialled it.
+        let mut s = slots(2, 2, t0);
         assert!(s.handle_established(id(1), 7, Direction::Inbound, addr(1), 1, t0));
         actions(&mut s);
         let t1 = t0 + Duration::from_secs(30);
