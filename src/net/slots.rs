@@ -470,8 +470,14 @@ impl Slots {
         slot.active = None;
         self.actions.push_back(Action::Close { peer, conn, code: close::ADDRESS_LOST, reason: "address lost" });
         self.actions.push_back(Action::Down { peer });
-        slot.next_dial = Some(now);
         tracing::info!(peer = %peer.short(), addr = %slot.addr, "our address of the connection the peer dialled is gone; dialling the peer from the new one");
+        if slot.dialing || slot.unreachable {
+            slot.next_dial = Some(now);
+            return;
+        }
+        slot.dialing = true;
+        slot.next_dial = None;
+        self.actions.push_back(Action::Dial { peer, addr: slot.addr, fallback: true });
     }
 
     /// Connection `conn` with `peer` ended.
@@ -933,11 +939,10 @@ mod tests {
             vec![
                 Action::Close { peer: id(1), conn: 7, code: close::ADDRESS_LOST, reason: "address lost" },
                 Action::Down { peer: id(1) },
+                // No passive wait: the peer cannot reach us.
+                Action::Dial { peer: id(1), addr: addr(1), fallback: true },
             ]
         );
-        assert_eq!(s.poll_timeout(), Some(t1), "no passive wait: the peer cannot reach us");
-        s.handle_timeout(t1);
-        assert_eq!(actions(&mut s), vec![Action::Dial { peer: id(1), addr: addr(1), fallback: true }]);
         // Without the rule the waiter would sit out the idle timeout and then a
         // passive wait, while the peer kept its dead connection.
         assert!(s.handle_established(id(1), 8, Direction::Outbound, addr(1), 1, t1));
