@@ -80,6 +80,14 @@ const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 fn udp_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    if is_dual_stack(listen) {
+        // `[::]` is the documented way to reach IPv4 and IPv6 members with one
+        // socket. Whether an IPv6 socket also carries IPv4 is otherwise the
+        // system's choice (`net.ipv6.bindv6only`, 1 on some systems and the BSDs),
+        // and a node that believes it reaches both families while it reaches one
+        // never dials, and is never reached by, the members of the other.
+        socket.set_only_v6(false)?;
+    }
     if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
         tracing::debug!("cannot raise the UDP receive buffer: {e}");
     }
@@ -88,6 +96,11 @@ fn udp_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     }
     socket.bind(&listen.into())?;
     Ok(socket.into())
+}
+
+/// A socket bound to the IPv6 wildcard serves both families.
+fn is_dual_stack(listen: SocketAddr) -> bool {
+    matches!(listen.ip(), std::net::IpAddr::V6(v6) if v6.is_unspecified())
 }
 
 /// Client configuration for dialling `peer`, pinned to its key.
@@ -99,4 +112,27 @@ pub fn client_config(
     let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity, peer)?));
     cfg.transport_config(transport);
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket asks for dual stack itself, whatever `net.ipv6.bindv6only`
+    /// says (the namespace suite runs with it set to 1).
+    #[test]
+    fn an_ipv6_wildcard_socket_carries_ipv4_too() {
+        let socket = udp_socket("[::]:0".parse().unwrap()).unwrap();
+        assert!(!socket2::SockRef::from(&socket).only_v6().unwrap());
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        v4.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 8];
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        let (n, from) = socket.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        assert_eq!(crate::net::canonical(from), v4.local_addr().unwrap(), "an IPv4 sender, IPv4-mapped");
+        assert!(is_dual_stack("[::]:1".parse().unwrap()));
+        assert!(!is_dual_stack("[::1]:1".parse().unwrap()) && !is_dual_stack("0.0.0.0:1".parse().unwrap()));
+    }
 }

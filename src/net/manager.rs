@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -152,7 +152,9 @@ struct HandshakeCtx {
     /// The member set's keys, shared with the TLS verifier.
     members: MemberKeys,
     advertised: SocketAddr,
-    incarnation: u64,
+    /// This process's incarnation ([`incarnation`]); raised when one of our
+    /// addresses vanishes ([`Manager::check_local_addresses`]).
+    incarnation: AtomicU64,
     tip: watch::Receiver<Tip>,
     hooks: TestHooks,
     deadline: Duration,
@@ -182,7 +184,7 @@ impl HandshakeCtx {
             listen: self.advertised,
             tip: *self.tip.borrow(),
             software: concat!("masternode/", env!("CARGO_PKG_VERSION")).to_string(),
-            incarnation: self.incarnation,
+            incarnation: self.incarnation.load(Ordering::Relaxed),
         }
     }
 }
@@ -306,7 +308,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         network: cfg.network.clone(),
         members: keys,
         advertised: cfg.advertised,
-        incarnation: incarnation(),
+        incarnation: AtomicU64::new(incarnation()),
         tip: cfg.tip,
         hooks: cfg.hooks,
         deadline: cfg.transport.handshake_timeout,
@@ -334,6 +336,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         cmd_rx,
         tracker: TaskTracker::new(),
         next_conn_id: 1,
+        keepalive: cfg.transport.keepalive,
     };
     Ok(Bound {
         manager,
@@ -395,11 +398,16 @@ struct Manager {
     cmd_rx: mpsc::Receiver<Cmd>,
     tracker: TaskTracker,
     next_conn_id: ConnId,
+    /// How often the local addresses of connections are checked: a connection
+    /// that lost its address is replaced before the next keepalive would be due.
+    keepalive: Duration,
 }
 
 impl Manager {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        let mut addresses = tokio::time::interval(self.keepalive);
+        addresses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Also here, not only in its branch below: `select!` may pick another
             // ready branch, and a set published meanwhile must not wait for a
@@ -420,6 +428,7 @@ impl Manager {
                 Ok(()) = self.members.changed() => self.apply_members(),
                 _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
                 _ = housekeeping.tick() => {}
+                _ = addresses.tick() => self.check_local_addresses(),
             }
             self.apply_actions();
             // Proof of progress for the service watchdog: this loop turned.
@@ -452,6 +461,37 @@ impl Manager {
             }
         }
         self.clients.retain(|id, _| members.contains_key(id));
+    }
+
+    /// Finds connections whose local address is gone from the host (a new DHCP
+    /// lease, an interface reconfigured): those the peers dialled, since quinn
+    /// records the address a server-side connection was reached at and a client
+    /// has none. Each such peer is dialled anew from the address we have now,
+    /// under a newer incarnation so the peer prefers that connection to the one
+    /// it dialled, which it cannot know is dead until its idle timeout.
+    fn check_local_addresses(&mut self) {
+        let mut present: HashMap<std::net::IpAddr, bool> = HashMap::new();
+        let lost: Vec<(NodeId, ConnId, std::net::IpAddr)> = self
+            .conns
+            .iter()
+            .filter_map(|(conn_id, (peer, conn, _))| {
+                let ip = conn.local_ip()?;
+                let here = *present.entry(ip).or_insert_with(|| is_local_address(ip));
+                (!here).then_some((*peer, *conn_id, ip))
+            })
+            .collect();
+        let Some((_, _, ip)) = lost.first() else { return };
+        let next = incarnation().max(self.hs.incarnation.load(Ordering::Relaxed) + 1);
+        self.hs.incarnation.store(next, Ordering::Relaxed);
+        tracing::warn!(
+            address = %ip,
+            peers = lost.len(),
+            "this node's address is gone from the host: dialling the peers that reached us there from the current one; if the member set has the old address, announce the new one with `masternode member set-addr`"
+        );
+        let now = std::time::Instant::now();
+        for (peer, conn, _) in lost {
+            self.slots.handle_address_lost(peer, conn, now);
+        }
     }
 
     fn apply_actions(&mut self) {
@@ -651,7 +691,7 @@ impl Manager {
 
 /// Whether a socket bound to `local` can send to `peer`: an IPv4 socket reaches
 /// IPv4 (also written IPv4-mapped); an IPv6 socket bound to `[::]` reaches both
-/// families (Linux's default dual stack); one bound to a specific IPv6 address
+/// families (the endpoint asks for dual stack); one bound to a specific IPv6 address
 /// reaches IPv6 only.
 /// Whether a socket bound to `local` can send to `peer` (an IPv4 socket
 /// reaches no IPv6 address and the reverse; `[::]` reaches both).
@@ -662,6 +702,24 @@ pub(crate) fn reaches(local: SocketAddr, peer: SocketAddr) -> bool {
         std::net::IpAddr::V6(v6) if v6.is_unspecified() => true,
         std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => peer_v4,
         std::net::IpAddr::V6(_) => !peer_v4,
+    }
+}
+
+/// Whether `ip` is an address of this host, by binding a UDP socket to it (what
+/// the kernel refuses with "address not available" otherwise). In doubt (any
+/// other error, a link-local IPv6 address that needs its interface) it answers
+/// yes: a wrong yes only leaves a connection to its idle timeout.
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+        return true;
+    }
+    match std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AddrNotAvailable,
     }
 }
 
@@ -799,6 +857,14 @@ async fn accept(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_of_this_host_is_told_from_one_it_does_not_have() {
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        assert!(is_local_address("::ffff:127.0.0.1".parse().unwrap()), "IPv4-mapped is IPv4");
+        // TEST-NET-3, never assigned to a host running the tests.
+        assert!(!is_local_address("203.0.113.77".parse().unwrap()));
+    }
 
     #[test]
     fn which_bound_socket_reaches_which_family() {

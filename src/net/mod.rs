@@ -115,6 +115,9 @@ pub mod close {
     pub const SUPERSEDED: u32 = 10;
     /// The peer is no longer in the closing node's member set.
     pub const REMOVED: u32 = 11;
+    /// The closing node's address of this connection is gone from its host (the
+    /// close itself rarely arrives: it has no address left to leave from).
+    pub const ADDRESS_LOST: u32 = 12;
 
     pub fn name(code: u64) -> &'static str {
         match code as u32 {
@@ -130,6 +133,7 @@ pub mod close {
             TOO_SLOW => "too slow",
             SUPERSEDED => "superseded",
             REMOVED => "removed",
+            ADDRESS_LOST => "address lost",
             _ => "unknown",
         }
     }
@@ -188,13 +192,13 @@ mod tests {
 
     #[test]
     fn every_close_code_has_a_name_of_its_own() {
-        let names: Vec<&str> = (0..=u64::from(close::REMOVED)).map(close::name).collect();
+        let names: Vec<&str> = (0..=u64::from(close::ADDRESS_LOST)).map(close::name).collect();
         assert!(!names.contains(&"unknown"), "{names:?}");
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         assert_eq!(close::name(close::REMOVED.into()), "removed");
-        assert_eq!(close::name(u64::from(close::REMOVED) + 1), "unknown");
+        assert_eq!(close::name(u64::from(close::ADDRESS_LOST) + 1), "unknown");
     }
 }

@@ -43,6 +43,13 @@
 //!   A member whose entry did not change is left alone. Our own entry, if the set
 //!   has one, plays no part: a node whose key is not (yet) in the set still dials
 //!   and accepts the members it knows.
+//! * **Our address moves.** QUIC carries a connection we dialled to our new
+//!   address, but not one the peer dialled: the peer goes on sending to the
+//!   address we no longer have. When the shell finds a connection's local address
+//!   gone from the host ([`Slots::handle_address_lost`]), that connection is
+//!   closed and the peer dialled at once as a fallback, from the new address;
+//!   the shell announces a newer incarnation in that handshake, so the peer
+//!   takes the new connection over the one it dialled and cannot know is dead.
 //! * **Being removed.** A peer that closes our connection with [`close::REMOVED`]
 //!   no longer counts us as a member: that is a rejection, met with backoff, not a
 //!   prompt redial.
@@ -449,6 +456,28 @@ impl Slots {
         }
         self.actions.push_back(Action::Up { peer, conn, direction, replaced });
         true
+    }
+
+    /// Our local address of `conn` with `peer` is gone from the host: the peer
+    /// dialled it and cannot reach us there any more, and QUIC moves only the
+    /// dialling end. Closes it and dials the peer at once, as a fallback (the
+    /// peer may not learn our new address before the member set has it).
+    pub fn handle_address_lost(&mut self, peer: NodeId, conn: ConnId, now: Instant) {
+        let Some(slot) = self.slots.get_mut(&peer) else { return };
+        if slot.active.as_ref().map(|a| a.conn) != Some(conn) {
+            return;
+        }
+        slot.active = None;
+        self.actions.push_back(Action::Close { peer, conn, code: close::ADDRESS_LOST, reason: "address lost" });
+        self.actions.push_back(Action::Down { peer });
+        tracing::info!(peer = %peer.short(), addr = %slot.addr, "our address of the connection the peer dialled is gone; dialling the peer from the new one");
+        if slot.dialing || slot.unreachable {
+            slot.next_dial = Some(now);
+            return;
+        }
+        slot.dialing = true;
+        slot.next_dial = None;
+        self.actions.push_back(Action::Dial { peer, addr: slot.addr, fallback: true });
     }
 
     /// Connection `conn` with `peer` ended.
@@ -894,6 +923,31 @@ mod tests {
         assert_eq!(s.active(&id(2)), Some(4));
         assert_eq!(s.addr(&id(2)), Some(addr(9)), "the next dial goes to the new address");
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_connection_whose_local_address_vanished_is_replaced_by_a_fallback_dial_at_once() {
+        let t0 = Instant::now();
+        // 2 waits for 1, which dialled it.
+        let mut s = slots(2, 2, t0);
+        assert!(s.handle_established(id(1), 7, Direction::Inbound, addr(1), 1, t0));
+        actions(&mut s);
+        let t1 = t0 + Duration::from_secs(30);
+        s.handle_address_lost(id(1), 7, t1);
+        assert_eq!(
+            actions(&mut s),
+            vec![
+                Action::Close { peer: id(1), conn: 7, code: close::ADDRESS_LOST, reason: "address lost" },
+                Action::Down { peer: id(1) },
+                // No passive wait: the peer cannot reach us.
+                Action::Dial { peer: id(1), addr: addr(1), fallback: true },
+            ]
+        );
+        // Without the rule the waiter would sit out the idle timeout and then a
+        // passive wait, while the peer kept its dead connection.
+        assert!(s.handle_established(id(1), 8, Direction::Outbound, addr(1), 1, t1));
+        s.handle_address_lost(id(1), 7, t1);
+        assert_eq!(s.active(&id(1)), Some(8), "a stale report about the old connection changes nothing");
     }
 
     #[test]
