@@ -214,8 +214,8 @@ async fn transfer(
 }
 
 /// Once the peer's encode buffer is warm, queueing a message allocates nothing:
-/// small frames are copied into runs of one buffer (an allocation per 64 KiB at
-/// most, none once QUIC released the previous runs). Across the whole transfer
+/// small frames are copied into runs of one buffer (allocated per 64 KiB at
+/// most, reclaimed once QUIC released the previous runs). Across the whole transfer
 /// (both nodes, QUIC included) there is no allocation per message: frames leave
 /// in runs, arrive in runs and are delivered as slices of them, many per
 /// wake-up of the consumer.
@@ -228,12 +228,13 @@ async fn the_message_path_allocates_and_wakes_per_batch_not_per_message() {
     }
     let n = 10_000;
     let (sending, total, wakeups) = transfer(&a, &inb, to, n).await;
+    // A run is a buffer and its shared header: two allocations per 64 KiB.
     let runs = n * 260 / (64 * 1024) + 1;
-    assert!(sending <= runs + 4, "{sending} allocations to queue {n} messages");
+    assert!(sending <= 2 * runs + 8, "{sending} allocations to queue {n} messages");
     // QUIC allocates per packet (about 4.5 of these frames each); the transport
     // must add nothing per message.
-    assert!(total <= n / 2, "{total} allocations to carry {n} messages");
-    assert!(wakeups <= n / 20, "{wakeups} deliveries for {n} messages");
+    assert!(total <= n / 4, "{total} allocations to carry {n} messages");
+    assert!(wakeups <= n / 100, "{wakeups} deliveries for {n} messages");
     eprintln!("{n} messages: {sending} allocations to queue, {total} in all, {wakeups} deliveries");
     stop.cancel();
     tracker.close();
