@@ -199,11 +199,16 @@ impl Inbox {
             let Some(run) = q.runs.front_mut() else { continue };
             // The reader checked every header of a run before it queued it.
             let len = u32::from_be_bytes([run[0], run[1], run[2], run[3]]) as usize;
-            let body = run.slice(4..4 + len);
-            run.advance(4 + len);
-            if run.is_empty() {
-                q.runs.pop_front();
-            }
+            let body = if run.len() == 4 + len {
+                // The run's last frame: the run itself becomes the body.
+                let mut last = q.runs.pop_front().unwrap_or_default();
+                last.advance(4);
+                last
+            } else {
+                let body = run.slice(4..4 + len);
+                run.advance(4 + len);
+                body
+            };
             q.bytes -= 4 + len;
             bytes += 4 + len;
             if q.waiting {
