@@ -207,15 +207,96 @@ fn check_len(len: usize, kind: Option<u8>, limit: &impl Fn(u8) -> Option<usize>)
 /// Reads frames from a stream. It owns its buffer, so a frame is never lost or torn
 /// by a cancelled read: `next` may be dropped at any `.await` and called again. Even
 /// so, frames are read in a task of their own, never beside a timer in a `select!`.
+///
+/// Two ways to read: frame by frame ([`FrameReader::next`],
+/// [`FrameReader::next_len`] and [`FrameReader::next_body`]), or in runs
+/// ([`FrameReader::read_more`] and [`FrameReader::take_frames`]): as many whole
+/// frames as one read brought, handed on as one piece of the read buffer, with no
+/// copy and no allocation per frame. A stream is read one way only.
 pub struct FrameReader<R> {
     stream: R,
     buf: BytesMut,
     consumed: u64,
+    /// Runs: the front `scanned` bytes of `buf` are `scanned_frames` whole frames
+    /// whose headers were checked.
+    scanned: usize,
+    scanned_frames: usize,
 }
+
+/// Bytes a run read asks the stream for, at least.
+const RUN_READ: usize = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(stream: R) -> Self {
-        FrameReader { stream, buf: BytesMut::with_capacity(16 * 1024), consumed: 0 }
+        FrameReader { stream, buf: BytesMut::with_capacity(16 * 1024), consumed: 0, scanned: 0, scanned_frames: 0 }
+    }
+
+    /// Runs: reads once, whatever the stream has ready, into room for the frame
+    /// being read (its size known from its checked header) or at least 64 KiB.
+    /// `Ok(false)` at the end of the stream; then [`FrameReader::finish`] says
+    /// whether it ended cleanly.
+    pub async fn read_more(&mut self) -> Result<bool, FrameError> {
+        let want = self.wanted().max(self.buf.len() + 1);
+        let spare = self.buf.capacity() - self.buf.len();
+        if self.buf.capacity() < want || spare < RUN_READ / 4 {
+            // When every piece taken from the buffer is gone, this reclaims it;
+            // else a new one is allocated (and the partial frame moved there).
+            self.buf.reserve((want - self.buf.len()).max(RUN_READ));
+        }
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// Runs: every whole frame at the front of the buffer, as one piece (length
+    /// prefixes included), and how many frames it holds; `None` when no whole
+    /// frame is buffered. Every header is checked against `limit` as soon as it
+    /// is buffered, so a frame over its limit or of a kind the stream does not
+    /// carry fails before its body is read.
+    pub fn take_frames(&mut self, limit: impl Fn(u8) -> Option<usize>) -> Result<Option<(Bytes, usize)>, FrameError> {
+        while self.buf.len() >= self.scanned + 5 {
+            let at = self.scanned;
+            let len = u32::from_be_bytes([self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]]) as usize;
+            check_len(len, Some(self.buf[at + 4]), &limit)?;
+            if self.buf.len() < at + 4 + len {
+                break;
+            }
+            self.scanned = at + 4 + len;
+            self.scanned_frames += 1;
+        }
+        if self.scanned == 0 {
+            return Ok(None);
+        }
+        let run = self.buf.split_to(self.scanned).freeze();
+        let frames = self.scanned_frames;
+        self.consumed += self.scanned as u64;
+        self.scanned = 0;
+        self.scanned_frames = 0;
+        Ok(Some((run, frames)))
+    }
+
+    /// Runs: the size (prefix included) of the frame at the front of the buffer
+    /// once its header is buffered and checked, 0 before. A reader makes room
+    /// for it downstream before reading its body.
+    pub fn wanted(&self) -> usize {
+        if self.buf.len() >= self.scanned + 5 {
+            let at = self.scanned;
+            4 + u32::from_be_bytes([self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]]) as usize
+        } else {
+            0
+        }
+    }
+
+    /// Runs, at the end of the stream: whether it ended between frames (after
+    /// [`FrameReader::take_frames`] took every whole one).
+    pub fn finish(&self, limit: impl Fn(u8) -> Option<usize>) -> Result<(), FrameError> {
+        match self.buf.len() {
+            0 => Ok(()),
+            n if n >= 4 => {
+                let len = self.peek_len();
+                check_len(len, self.buf.get(4).copied(), &limit)?;
+                Err(FrameError::Truncated { expected: len, got: n - 4 })
+            }
+            n => Err(FrameError::Truncated { expected: 4, got: n }),
+        }
     }
 
     /// The next frame, `Ok(None)` at a clean end of stream.

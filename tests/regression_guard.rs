@@ -118,3 +118,125 @@ async fn mesh_of_8_forms_with_exactly_28_dials() {
     tracker.close();
     tracker.wait().await;
 }
+
+/// The gossip reader takes frames in runs: one piece of its read buffer per read,
+/// whatever the number of frames in it, and no allocation per frame.
+#[tokio::test(flavor = "current_thread")]
+async fn reading_frames_in_runs_allocates_per_run_not_per_frame() {
+    let msg = Message::Data(vec![7; 256]);
+    let mut wire = BytesMut::new();
+    for _ in 0..10_000 {
+        codec::encode_into(&msg, &mut wire);
+    }
+    let wire = wire.freeze();
+    let body = codec::encode(&msg).slice(4..);
+    let mut reader = FrameReader::new(&wire[..]);
+    let limit = <Message as codec::Frame>::limit;
+    let before = allocations();
+    let (mut frames, mut runs) = (0, 0);
+    while reader.read_more().await.unwrap() {
+        if let Some((run, n)) = reader.take_frames(limit).unwrap() {
+            assert_eq!(&run[4..4 + body.len()], &body[..]);
+            frames += n;
+            runs += 1;
+        }
+    }
+    reader.finish(limit).unwrap();
+    let made = allocations() - before;
+    assert_eq!(frames, 10_000);
+    assert!(runs <= wire.len() / (16 * 1024) + 1, "{runs} runs of {} bytes", wire.len());
+    assert!(made <= runs + 4, "{made} allocations for {frames} frames in {runs} runs");
+}
+
+/// Two nodes on one thread, a sender and a receiver: every allocation of the
+/// transfer (both nodes, quinn included) is counted here.
+async fn pair() -> (net::Peers, net::Inbound, masternode::identity::NodeId, CancellationToken, TaskTracker) {
+    let spec = Spec::new(2);
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let mut nets: Vec<_> = (0..2)
+        .map(|i| {
+            let (_tx, tip) = tokio::sync::watch::channel(Default::default());
+            net::start(
+                net::NetConfig {
+                    identity: spec.ids[i].clone(),
+                    network: std::sync::Arc::new(spec.network()),
+                    members: spec.members.iter().map(|m| (m.id, m.addr)).collect(),
+                    advertised: spec.addr(i),
+                    listen: spec.addr(i),
+                    transport: fast_transport(),
+                    request_timeout: Duration::from_secs(5),
+                    tip,
+                    protocol: DATA_GOSSIP,
+                    hooks: Default::default(),
+                },
+                stop.clone(),
+                &tracker,
+            )
+            .unwrap()
+        })
+        .collect();
+    let (b, inb) = nets.pop().unwrap();
+    let (a, _ina) = nets.pop().unwrap();
+    eventually("connected", Duration::from_secs(10), || a.connected().len() == 1 && b.connected().len() == 1).await;
+    (a, inb, spec.id(1), stop, tracker)
+}
+
+/// The node's own protocol, with `Data` on the gossip stream.
+const DATA_GOSSIP: net::Protocol = net::Protocol { gossip: <Message as codec::Frame>::limit, ..OPEN };
+
+/// Sends `n` frames (no `.await` between them, so the writer and the receiver
+/// run only after) and receives them all; allocations during the sends, during
+/// the whole transfer, and the consumer's wake-ups.
+async fn transfer(
+    a: &net::Peers,
+    inb: &net::Inbound,
+    to: masternode::identity::NodeId,
+    n: usize,
+) -> (usize, usize, usize) {
+    let out = outgoing(&Message::Data(vec![7; 250]));
+    let start = allocations();
+    for _ in 0..n {
+        a.send(to, &out).unwrap();
+    }
+    let sending = allocations() - start;
+    let mut batch = Vec::with_capacity(n);
+    let (mut got, mut wakeups) = (0, 0);
+    while got < n {
+        got += tokio::time::timeout(Duration::from_secs(10), inb.messages.recv_batch(n, &mut batch))
+            .await
+            .expect("frames arrive")
+            .unwrap();
+        wakeups += 1;
+        batch.clear();
+    }
+    (sending, allocations() - start, wakeups)
+}
+
+/// Once the peer's encode buffer is warm, queueing a message allocates nothing:
+/// small frames are copied into runs of one buffer (allocated per 64 KiB at
+/// most, reclaimed once QUIC released the previous runs). Across the whole transfer
+/// (both nodes, QUIC included) there is no allocation per message: frames leave
+/// in runs, arrive in runs and are delivered as slices of them, many per
+/// wake-up of the consumer.
+#[tokio::test(flavor = "current_thread")]
+async fn the_message_path_allocates_and_wakes_per_batch_not_per_message() {
+    let (a, inb, to, stop, tracker) = pair().await;
+    // Warm-up: buffers, streams and windows.
+    for _ in 0..3 {
+        transfer(&a, &inb, to, 5_000).await;
+    }
+    let n = 10_000;
+    let (sending, total, wakeups) = transfer(&a, &inb, to, n).await;
+    // A run is a buffer and its shared header: two allocations per 64 KiB.
+    let runs = n * 260 / (64 * 1024) + 1;
+    assert!(sending <= 2 * runs + 8, "{sending} allocations to queue {n} messages");
+    // QUIC allocates per packet (about 4.5 of these frames each); the transport
+    // must add nothing per message.
+    assert!(total <= n / 4, "{total} allocations to carry {n} messages");
+    assert!(wakeups <= n / 100, "{wakeups} deliveries for {n} messages");
+    eprintln!("{n} messages: {sending} allocations to queue, {total} in all, {wakeups} deliveries");
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+}

@@ -13,12 +13,27 @@
 //! * **Tips** are superseded the same way, with a small budget.
 //! * **Transactions** are dropped when the budget is full, and counted.
 //!
+//! Consensus messages and tips are few and may be dropped from the middle of their
+//! queue, so they wait as the frames they were encoded to (one encoding shared by
+//! every peer of a broadcast). Transactions are many, small and only ever leave
+//! from the front, so a small one is copied at once into the peer's *encode
+//! buffer*: a run of contiguous frames that the writer hands to QUIC as one chunk,
+//! without another copy. Queueing a transaction is a memcpy under the lock, with no
+//! allocation per frame and no reference count shared between the sending and the
+//! writing thread; the buffer's memory is reused once QUIC releases what it sent.
+//! A frame of [`DIRECT_BYTES`] or more is queued as it is, without a copy.
+//!
 //! The outbox is a plain data structure; the writer task and the slow-peer deadline
 //! live in [`super::peer`].
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+
+/// Frames this large are queued and written as they are, without a copy.
+pub(crate) const DIRECT_BYTES: usize = 16 * 1024;
+/// The encode buffer grows by this much when it is full.
+const RUN_BYTES: usize = 64 * 1024;
 
 /// A class of traffic on the gossip stream, in priority order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,10 +56,6 @@ impl Class {
 
     pub(crate) fn index(self) -> usize {
         self as usize
-    }
-
-    fn supersedes(self) -> bool {
-        matches!(self, Class::Consensus | Class::Tip)
     }
 }
 
@@ -100,16 +111,67 @@ struct Entry {
     epoch: u64,
 }
 
+/// The transactions' queue: frames in order, the small ones copied into runs of
+/// one buffer (see the module docs).
+#[derive(Debug, Default)]
+struct Runs {
+    /// Sealed pieces, oldest first: runs of small frames, or one large frame each.
+    sealed: VecDeque<Bytes>,
+    /// The run being appended to; it comes after everything in `sealed`.
+    tail: BytesMut,
+}
+
+impl Runs {
+    fn push(&mut self, frame: &Bytes) {
+        if frame.len() >= DIRECT_BYTES {
+            self.seal();
+            self.sealed.push_back(frame.clone());
+            return;
+        }
+        if self.tail.capacity() - self.tail.len() < frame.len() {
+            self.seal();
+            // Reclaims the buffer when QUIC released every run taken from it,
+            // else starts a new one.
+            self.tail.reserve(RUN_BYTES);
+        }
+        self.tail.extend_from_slice(frame);
+    }
+
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.sealed.push_back(self.tail.split().freeze());
+        }
+    }
+
+    fn front_len(&self) -> usize {
+        self.sealed.front().map_or(self.tail.len(), Bytes::len)
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        match self.sealed.pop_front() {
+            Some(b) => Some(b),
+            None if !self.tail.is_empty() => Some(self.tail.split().freeze()),
+            None => None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sealed.is_empty() && self.tail.is_empty()
+    }
+}
+
 #[derive(Debug)]
 pub struct Outbox {
     limits: OutboxLimits,
-    queues: [VecDeque<Entry>; 3],
+    /// Consensus and tips, one entry per frame.
+    queues: [VecDeque<Entry>; 2],
+    txs: Runs,
     bytes: [usize; 3],
 }
 
 impl Outbox {
     pub fn new(limits: OutboxLimits) -> Self {
-        Outbox { limits, queues: Default::default(), bytes: [0; 3] }
+        Outbox { limits, queues: Default::default(), txs: Runs::default(), bytes: [0; 3] }
     }
 
     pub fn push(&mut self, out: &Outgoing) -> Pushed {
@@ -117,31 +179,38 @@ impl Outbox {
         let limit = self.limits.of(out.class);
         let len = out.frame.len();
         let mut result = Pushed::default();
-        let queue = &mut self.queues[c];
-        if out.class.supersedes() {
-            let before = queue.len();
-            let mut freed = 0;
-            queue.retain(|e| {
-                let keep = e.epoch >= out.epoch;
-                if !keep {
-                    freed += e.frame.len();
-                }
-                keep
-            });
-            self.bytes[c] -= freed;
-            result.dropped += before - queue.len();
-            // Past the budget the oldest go first; a frame larger than the whole
-            // budget still travels, alone.
-            while self.bytes[c] + len > limit {
-                let Some(old) = queue.pop_front() else { break };
-                self.bytes[c] -= old.frame.len();
-                result.dropped += 1;
-                result.overflowed += 1;
+        if out.class == Class::Tx {
+            // Dropped when full; a frame larger than the whole budget still
+            // travels, alone.
+            if self.bytes[c] + len > limit && self.bytes[c] > 0 {
+                result.dropped = 1;
+                result.overflowed = 1;
+                return result;
             }
-        } else if self.bytes[c] + len > limit && !queue.is_empty() {
-            result.dropped = 1;
-            result.overflowed = 1;
+            self.txs.push(&out.frame);
+            self.bytes[c] += len;
+            result.queued = true;
             return result;
+        }
+        let queue = &mut self.queues[c];
+        let before = queue.len();
+        let mut freed = 0;
+        queue.retain(|e| {
+            let keep = e.epoch >= out.epoch;
+            if !keep {
+                freed += e.frame.len();
+            }
+            keep
+        });
+        self.bytes[c] -= freed;
+        result.dropped += before - queue.len();
+        // Past the budget the oldest go first; a frame larger than the whole
+        // budget still travels, alone.
+        while self.bytes[c] + len > limit {
+            let Some(old) = queue.pop_front() else { break };
+            self.bytes[c] -= old.frame.len();
+            result.dropped += 1;
+            result.overflowed += 1;
         }
         queue.push_back(Entry { frame: out.frame.clone(), epoch: out.epoch });
         self.bytes[c] += len;
@@ -149,8 +218,10 @@ impl Outbox {
         result
     }
 
-    /// Moves frames into `batch` in priority order until about `max_bytes` are
-    /// taken (at least one frame when any is queued). Returns the bytes taken.
+    /// Moves queued bytes into `batch` in priority order until about `max_bytes`
+    /// are taken (at least one piece when anything is queued): consensus frames
+    /// and tips one by one, transactions as runs of whole frames. Returns the
+    /// bytes taken.
     pub fn pop_batch(&mut self, max_bytes: usize, batch: &mut Vec<Bytes>) -> usize {
         let mut taken = 0;
         for c in 0..self.queues.len() {
@@ -158,17 +229,27 @@ impl Outbox {
                 if taken > 0 && taken + e.frame.len() > max_bytes {
                     return taken;
                 }
-                let e = self.queues[c].pop_front().expect("front() was Some");
+                let Some(e) = self.queues[c].pop_front() else { break };
                 self.bytes[c] -= e.frame.len();
                 taken += e.frame.len();
                 batch.push(e.frame);
             }
         }
+        let c = Class::Tx.index();
+        while !self.txs.is_empty() {
+            if taken > 0 && taken + self.txs.front_len() > max_bytes {
+                return taken;
+            }
+            let Some(piece) = self.txs.pop_front() else { break };
+            self.bytes[c] -= piece.len();
+            taken += piece.len();
+            batch.push(piece);
+        }
         taken
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queues.iter().all(VecDeque::is_empty)
+        self.queues.iter().all(VecDeque::is_empty) && self.txs.is_empty()
     }
 
     /// Queued bytes of one class.
@@ -185,8 +266,26 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    /// A frame of `len` bytes in all (prefix included), its body filled with `tag`.
     fn out(class: Class, epoch: u64, len: usize, tag: u8) -> Outgoing {
-        Outgoing { frame: Bytes::from(vec![tag; len]), class, epoch }
+        let mut frame = ((len - 4) as u32).to_be_bytes().to_vec();
+        frame.resize(len, tag);
+        Outgoing { frame: Bytes::from(frame), class, epoch }
+    }
+
+    /// The tags of the frames in `pieces`, in order.
+    fn tags(pieces: &[Bytes]) -> Vec<u8> {
+        let mut tags = Vec::new();
+        for piece in pieces {
+            let mut at = 0;
+            while at < piece.len() {
+                let len = u32::from_be_bytes(piece[at..at + 4].try_into().unwrap()) as usize;
+                tags.push(piece[at + 4]);
+                at += 4 + len;
+            }
+            assert_eq!(at, piece.len(), "pieces hold whole frames");
+        }
+        tags
     }
 
     fn limits() -> OutboxLimits {
@@ -196,7 +295,7 @@ mod tests {
     fn drain(o: &mut Outbox) -> Vec<u8> {
         let mut batch = Vec::new();
         while o.pop_batch(usize::MAX, &mut batch) > 0 {}
-        batch.iter().map(|f| f[0]).collect()
+        tags(&batch)
     }
 
     #[test]
@@ -274,5 +373,35 @@ mod tests {
         assert_eq!(o.pop_batch(1000, &mut batch), 300);
         assert_eq!(o.pop_batch(1000, &mut batch), 0);
         assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn small_txs_leave_as_one_run_in_order_and_a_large_one_without_a_copy() {
+        let mut o = Outbox::new(OutboxLimits { consensus: 1000, tip: 100, tx: 1 << 20 });
+        for i in 0..10 {
+            o.push(&out(Class::Tx, 0, 100, i));
+        }
+        let large = out(Class::Tx, 0, DIRECT_BYTES, 10);
+        o.push(&large);
+        o.push(&out(Class::Tx, 0, 100, 11));
+        let mut batch = Vec::new();
+        while o.pop_batch(usize::MAX, &mut batch) > 0 {}
+        assert_eq!(batch.len(), 3, "a run, the large frame, a run");
+        assert_eq!(batch[1].as_ptr(), large.frame.as_ptr(), "the large frame was not copied");
+        assert_eq!(tags(&batch), (0..12).collect::<Vec<u8>>());
+        assert_eq!(o.total_bytes(), 0);
+    }
+
+    #[test]
+    fn runs_stop_near_the_batch_budget() {
+        let mut o = Outbox::new(OutboxLimits { consensus: 1000, tip: 100, tx: 1 << 20 });
+        // Three runs' worth of small frames.
+        for i in 0..(3 * RUN_BYTES / 1000) {
+            o.push(&out(Class::Tx, 0, 1000, i as u8));
+        }
+        let mut batch = Vec::new();
+        let taken = o.pop_batch(RUN_BYTES, &mut batch);
+        assert!(taken <= RUN_BYTES && taken > RUN_BYTES / 2, "{taken}");
+        assert_eq!(o.total_bytes(), 3 * RUN_BYTES / 1000 * 1000 - taken);
     }
 }

@@ -22,14 +22,14 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use super::close;
+use super::inbox::Slot;
 use super::peers::{read_one, reject_frame, InboundRequest, Link, Shared};
 use crate::codec::{FrameError, FrameReader};
 use crate::identity::NodeId;
 
-/// Bytes of queued frames a writer takes into one write, at most.
+/// Bytes a writer takes from the outbox into one write, about; also the
+/// largest piece of a frame written under one slow-peer deadline.
 const BATCH_BYTES: usize = 64 * 1024;
-/// Frames this large are handed to quinn as they are, without a copy.
-const DIRECT_BYTES: usize = 16 * 1024;
 
 pub(crate) fn spawn(tracker: &TaskTracker, link: Arc<Link>, shared: Arc<Shared>) {
     tracker.spawn(write_loop(link.clone(), shared.clone()));
@@ -38,17 +38,18 @@ pub(crate) fn spawn(tracker: &TaskTracker, link: Arc<Link>, shared: Arc<Shared>)
 }
 
 /// Drains the outbox into our long-lived stream. Whatever queued while the
-/// previous write was in flight is copied into one reusable buffer and written at
-/// once: quinn pays per write call and per chunk, and a memcpy of small frames
-/// costs far less than either. Frames of [`DIRECT_BYTES`] or more skip the copy.
+/// previous write was in flight goes out in one write: transactions as runs of
+/// the peer's encode buffer, consensus frames and tips as they were encoded, all
+/// handed to quinn without a copy (quinn pays per write call, not per chunk of
+/// one call).
 async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
     let conn = &link.conn;
     let slow_after = shared.slow_after;
     let mut stream: Option<quinn::SendStream> = None;
     let mut batch: Vec<Bytes> = Vec::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(BATCH_BYTES + 4096);
     loop {
-        // Wait for work (or the connection's end).
+        // Wait for work (or the connection's end). A sender wakes us only when
+        // it queues into an empty outbox: we look again before we sleep.
         loop {
             let taken = link.outbox().pop_batch(BATCH_BYTES, &mut batch);
             if taken > 0 {
@@ -68,7 +69,7 @@ async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
                 Err(_) => return too_slow(&link, &shared, "granted no stream"),
             },
         };
-        match write_batch(send, &mut batch, &mut buf, slow_after).await {
+        match write_batch(send, &mut batch, slow_after).await {
             Ok(()) => {}
             Err(WriteFailure::Stalled) => return too_slow(&link, &shared, "took nothing"),
             Err(WriteFailure::Stream) => {
@@ -90,49 +91,40 @@ enum WriteFailure {
     Stream,
 }
 
-/// Writes a batch in pieces of at most [`BATCH_BYTES`], each under the slow-peer
-/// deadline: the deadline measures progress, not the time a large frame takes
-/// over a slow link. (Cancelling a write on timeout is harmless: the connection
-/// is closed right after.)
+/// Writes a batch in pieces of about [`BATCH_BYTES`] (a larger frame is cut into
+/// pieces of that size), each under the slow-peer deadline: the deadline
+/// measures progress, not the time a large frame takes over a slow link.
+/// (Cancelling a write on timeout is harmless: the connection is closed right
+/// after.)
 async fn write_batch(
     send: &mut quinn::SendStream,
     batch: &mut Vec<Bytes>,
-    buf: &mut Vec<u8>,
     slow_after: Duration,
 ) -> Result<(), WriteFailure> {
-    async fn piece(send: &mut quinn::SendStream, bytes: Bytes, slow_after: Duration) -> Result<(), WriteFailure> {
-        match tokio::time::timeout(slow_after, send.write_chunk(bytes)).await {
+    async fn piece(
+        send: &mut quinn::SendStream,
+        chunks: &mut [Bytes],
+        slow_after: Duration,
+    ) -> Result<(), WriteFailure> {
+        match tokio::time::timeout(slow_after, send.write_all_chunks(chunks)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteFailure::Stream),
             Err(_) => Err(WriteFailure::Stalled),
         }
     }
-    async fn copied(send: &mut quinn::SendStream, buf: &mut Vec<u8>, slow_after: Duration) -> Result<(), WriteFailure> {
-        let written = tokio::time::timeout(slow_after, send.write_all(buf)).await;
-        buf.clear();
-        match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(WriteFailure::Stream),
-            Err(_) => Err(WriteFailure::Stalled),
-        }
+    let total: usize = batch.iter().map(Bytes::len).sum();
+    if total <= BATCH_BYTES {
+        piece(send, batch, slow_after).await?;
+        batch.clear();
+        return Ok(());
     }
-    for frame in batch.drain(..) {
-        if frame.len() >= DIRECT_BYTES {
-            if !buf.is_empty() {
-                copied(send, buf, slow_after).await?;
-            }
-            let mut at = 0;
-            while at < frame.len() {
-                let end = (at + BATCH_BYTES).min(frame.len());
-                piece(send, frame.slice(at..end), slow_after).await?;
-                at = end;
-            }
-        } else {
-            buf.extend_from_slice(&frame);
+    for chunk in batch.drain(..) {
+        let mut at = 0;
+        while at < chunk.len() {
+            let end = (at + BATCH_BYTES).min(chunk.len());
+            piece(send, &mut [chunk.slice(at..end)], slow_after).await?;
+            at = end;
         }
-    }
-    if !buf.is_empty() {
-        copied(send, buf, slow_after).await?;
     }
     Ok(())
 }
@@ -156,44 +148,48 @@ async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
         return;
     };
     let mut reader = FrameReader::new(recv);
-    let mut counted = 0;
-    loop {
-        match next_gossip(&mut reader, &conn, peer, &shared).await {
-            Ok(Some(body)) => {
-                shared.counters.frames_received.fetch_add(1, Ordering::Relaxed);
-                shared.counters.bytes_received.fetch_add(reader.consumed() - counted, Ordering::Relaxed);
-                counted = reader.consumed();
-                shared.inbox.put(peer, body);
-            }
-            Ok(None) => return,
-            Err(None) => return,
-            Err(Some(e)) => {
-                if conn.close_reason().is_none() {
-                    reject_frame(&conn, peer, &e, &shared);
-                }
-                return;
-            }
+    let slot = shared.inbox.slot(peer);
+    let failure = loop {
+        match read_run(&mut reader, &conn, slot, &shared).await {
+            Ok(true) => {}
+            Ok(false) | Err(None) => return,
+            Err(Some(e)) => break e,
         }
+    };
+    if conn.close_reason().is_none() {
+        reject_frame(&conn, peer, &failure, &shared);
     }
 }
 
-/// The next frame's body from a peer's gossip stream. The header comes first, and
-/// the reader waits for room in the inbox before it buffers the body: while the
-/// peer is over its budget we stop reading, and QUIC flow control holds it back.
-/// `Err(None)`: the node is stopping or the connection ended.
-async fn next_gossip(
+/// Reads once from a peer's gossip stream and queues the whole frames it
+/// completed as one run. Every header is checked as soon as it is read; before
+/// reading on, the reader waits for room in the inbox for the frame it is in (its
+/// size known from its header) or for any at all: while the peer is over its
+/// budget we stop reading, and QUIC flow control holds it back. `Ok(false)` at a
+/// clean end of the stream; `Err(None)`: the node is stopping or the connection
+/// ended.
+async fn read_run(
     reader: &mut FrameReader<quinn::RecvStream>,
     conn: &quinn::Connection,
-    peer: NodeId,
+    slot: Slot,
     shared: &Shared,
-) -> Result<Option<Bytes>, Option<FrameError>> {
+) -> Result<bool, Option<FrameError>> {
     let limit = shared.protocol.gossip;
-    let Some(len) = reader.next_len(limit).await.map_err(Some)? else { return Ok(None) };
     tokio::select! {
-        room = shared.inbox.room(peer, len) => room.map_err(|_| None)?,
+        room = shared.inbox.room(slot, reader.wanted().max(1)) => room.map_err(|_| None)?,
         _ = conn.closed() => return Err(None),
     }
-    reader.next_body(limit).await.map_err(Some)
+    if !reader.read_more().await.map_err(Some)? {
+        reader.finish(limit).map_err(Some)?;
+        return Ok(false);
+    }
+    if let Some((run, frames)) = reader.take_frames(limit).map_err(Some)? {
+        let c = &shared.counters;
+        c.frames_received.fetch_add(frames as u64, Ordering::Relaxed);
+        c.bytes_received.fetch_add(run.len() as u64, Ordering::Relaxed);
+        shared.inbox.put(slot, run);
+    }
+    Ok(true)
 }
 
 async fn serve_requests(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>, tracker: TaskTracker) {

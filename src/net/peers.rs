@@ -227,7 +227,9 @@ impl Peers {
     /// Queues `out` for `to` and returns at once. `Full` means the outbox's policy
     /// dropped it (counted), which callers may ignore.
     pub fn send(&self, to: NodeId, out: &Outgoing) -> Result<(), SendError> {
-        let table = self.shared.snapshot();
+        // The table's read lock, held for one push: the manager replaces the
+        // table rarely, and nobody holds this lock across an `.await`.
+        let table = self.shared.table.borrow();
         let link = table.get(&to).ok_or(SendError::NotConnected(to))?;
         if self.push(link, out) {
             Ok(())
@@ -244,7 +246,11 @@ impl Peers {
     }
 
     fn push(&self, link: &Link, out: &Outgoing) -> bool {
-        let pushed = link.outbox().push(out);
+        let (pushed, was_empty) = {
+            let mut outbox = link.outbox();
+            let was_empty = outbox.is_empty();
+            (outbox.push(out), was_empty)
+        };
         let c = &self.shared.counters;
         if pushed.overflowed > 0 {
             // Superseded frames are not losses; overflowed ones of the pushed
@@ -254,7 +260,12 @@ impl Peers {
         if pushed.queued {
             c.frames_sent.fetch_add(1, Ordering::Relaxed);
             c.bytes_sent.fetch_add(out.frame.len() as u64, Ordering::Relaxed);
-            link.wake.notify_one();
+            // The writer sleeps only after it found the outbox empty (under the
+            // same lock), so it needs waking only when this push made it
+            // non-empty: one wake-up per batch, not per frame.
+            if was_empty {
+                link.wake.notify_one();
+            }
         }
         pushed.queued
     }
