@@ -315,8 +315,9 @@ pub struct Core {
     round: Round,
     step: Step,
     started: bool,
-    /// Local time the last height started here (its `StartHeight` fired).
-    started_at_ms: Option<u64>,
+    /// The last height started here (its `StartHeight` fired) and the local
+    /// time it did.
+    started_at: Option<(Height, u64)>,
     prev_hash: Hash,
     prev_ts: u64,
     locked: Option<(Round, Block)>,
@@ -360,7 +361,7 @@ impl Core {
             round: 0,
             step: Step::Propose,
             started: false,
-            started_at_ms: None,
+            started_at: None,
             prev_hash,
             prev_ts,
             locked: None,
@@ -422,15 +423,22 @@ impl Core {
     pub fn start(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
         let interval = self.cfg.block_interval_ms;
-        // One interval after the parent's timestamp, which makes up for the
-        // time consensus took, and at least one interval after the last height
-        // started here: a parent stamped by a clock behind ours (its proposer's
-        // clock read less than its own parent's stamp, so it stamped that + 1 ms)
-        // must not make the chain faster than its pace.
-        let by_parent = (self.prev_ts + interval).saturating_sub(now_ms);
-        let by_start = self.started_at_ms.map_or(0, |at| (at + interval).saturating_sub(now_ms));
-        // At most one interval from now, whatever the parent's timestamp says: a
-        // parent stamped by a clock ahead of ours must not hold this node back.
+        // One interval after the height before started here, and one interval
+        // after the parent's timestamp, which keeps this node in step with the
+        // proposers. A parent stamped by a clock behind ours (its proposer's
+        // clock read less than its own parent's stamp, so it stamped that
+        // + 1 ms) must not make the chain faster than its pace, nor one stamped
+        // by a clock ahead of ours slower: when this node started the parent's
+        // height, a stamp ahead of our clock says nothing of when that was.
+        let started_parent = self.started_at.filter(|(h, _)| h + 1 == self.height).map(|(_, at)| at);
+        let by_start = self.started_at.map_or(0, |(_, at)| (at + interval).saturating_sub(now_ms));
+        let by_parent = if started_parent.is_some() && self.prev_ts > now_ms {
+            0
+        } else {
+            (self.prev_ts + interval).saturating_sub(now_ms)
+        };
+        // At most one interval from now, whatever the parent's timestamp says
+        // (after a restart or a sync this node started no height it can go by).
         let after_ms = by_parent.max(by_start).min(interval);
         out.push(Output::Schedule { timeout: Timeout::StartHeight { height: self.height }, after_ms });
         out
@@ -759,7 +767,7 @@ impl Core {
         match t {
             Timeout::StartHeight { height } if height == self.height && !self.started => {
                 self.started = true;
-                self.started_at_ms = Some(now_ms);
+                self.started_at = Some((height, now_ms));
                 self.start_round(self.resume_round(), now_ms, out);
             }
             // L57

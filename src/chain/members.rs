@@ -49,9 +49,11 @@ pub const MAX_PENDING_PER_APPROVER: usize = 16;
 /// Approvals a node holds for the next blocks, per approver. There is no cap
 /// on the whole pool: one would let members that approve a lot (32 Byzantine
 /// ones would do) crowd out everyone else's approvals, this node's own
-/// included. Approvers are members ([`Membership::check`] comes first), so the
-/// pool holds at most this many times [`MAX_MEMBERS`] (1,024 approvals, about
-/// 200 KiB).
+/// included. Approvers are members of the set in force or the next one
+/// ([`Membership::check`] comes first, and `retain_valid` drops those of a
+/// member that left after every block), so the pool holds at most this many
+/// times their number (a few thousand approvals, well under 1 MiB, with
+/// [`MAX_MEMBERS`] in each set).
 pub const MAX_POOL_PER_APPROVER: usize = 8;
 
 /// A change of the member set.

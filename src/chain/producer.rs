@@ -442,6 +442,13 @@ impl Producer {
         self.metrics.clock_peers.store(self.clock.peers(now) as u64, Ordering::Relaxed);
     }
 
+    /// Whether the member set in force or the next one has `id` (a peer may
+    /// also be reached only as a `bootstrap` peer).
+    fn chain_names(&self, id: &NodeId) -> bool {
+        let m = self.core.membership();
+        m.current().contains(id) || m.next().contains(id)
+    }
+
     /// A tip carries a reading of its sender's clock (see [`super::clock`]);
     /// warns once when ours is off by more than a second.
     fn sample_clock(&mut self, from: NodeId, time_ms: u64) {
@@ -507,6 +514,15 @@ impl Producer {
         let input = match msg {
             Message::Proposal(p) => Input::Proposal(p),
             Message::Vote(v) => Input::Vote(v),
+            // A `bootstrap` peer the chain does not name (yet) serves sync
+            // only: its transactions and its clock do not count here.
+            Message::Tx(_) | Message::Tip { .. } if !self.chain_names(&from) => {
+                if let Message::Tip { height, .. } = msg {
+                    self.sync.handle_claim(from, height, std::time::Instant::now());
+                    self.maybe_sync();
+                }
+                return Ok(());
+            }
             Message::Tx(tx) => {
                 let added = self.lock_mempool().add(tx);
                 if let Err(e) = added {
@@ -989,9 +1005,10 @@ fn signed_message(m: Signed) -> Message {
     }
 }
 
-/// A clock estimate needs readings from at least half of the peers of a set of
-/// `members`, so that one peer whose clock is off cannot make the others think
-/// theirs are.
+/// A clock estimate needs readings from a majority of the peers of a set of
+/// `members`, so that the peers whose clocks are off (or that lie), fewer than
+/// a third, are never half of the readings: they can neither make the others
+/// think their clocks are off nor hide that one is.
 fn clock_min_peers(members: usize) -> usize {
-    members.saturating_sub(1).div_ceil(2).max(1)
+    members.saturating_sub(1) / 2 + 1
 }
