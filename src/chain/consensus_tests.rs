@@ -960,3 +960,45 @@ fn an_equivocators_second_vote_counts_towards_a_polka_once_relayed() {
     let relayed = core.relay_messages().len();
     assert!(relayed >= 5, "the proposal, four prevotes and our precommit: {relayed}");
 }
+
+/// A synced block certified by more than two thirds of its height's members
+/// that does not build on our block below it: two certified histories exist.
+/// Reported as such (the shell logs it as an error), and nothing is committed.
+#[test]
+fn a_certified_block_on_another_parent_is_reported_and_not_committed() {
+    let mut sim = Sim::new(4);
+    assert!(sim.run_until(30_000, |s| s.min_height(&[0, 1, 2, 3]) >= 1));
+    let core = &mut sim.cores[0];
+    let height = core.height();
+    let txs = vec![b"another history".to_vec()];
+    let block = Block {
+        header: Header {
+            height,
+            round: 0,
+            prev_hash: Hash([9; 32]),
+            timestamp_ms: sim.now + 1,
+            proposer: sim.ids[(height as usize) % 4].id(),
+            tx_root: tx_root(&txs),
+            changes: vec![],
+        },
+        txs,
+    };
+    let precommits = sim.ids[..3]
+        .iter()
+        .map(|id| {
+            let vote = Vote { kind: VoteKind::Precommit, height, round: 0, block: Some(block.hash()), voter: id.id() };
+            vote.sign(&NET, id)
+        })
+        .collect();
+    let cert = Certificate { height, round: 0, block: block.hash(), precommits };
+    let out = core.handle(Input::Commit(Committed { block, cert }), sim.now);
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            Output::Misbehaviour(Misbehaviour::InvalidSyncedBlock { reason: BlockError::WrongParent { .. }, .. })
+        )),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::Decided { .. })));
+    assert_eq!(core.height(), height);
+}

@@ -839,8 +839,27 @@ impl Producer {
                     // One warn line per culprit and kind of misbehaviour; reports
                     // without a culprit (forgeries) share one line per kind.
                     let culprit = m.culprit();
+                    let fork = matches!(
+                        m,
+                        super::misbehaviour::Misbehaviour::InvalidSyncedBlock {
+                            reason: super::block::BlockError::WrongParent { .. },
+                            ..
+                        }
+                    );
                     if self.reported.len() < MAX_REPORTED && self.reported.insert((culprit, m.kind())) {
-                        tracing::warn!(kind = m.kind(), "misbehaviour: {m}");
+                        if fork {
+                            // More than two thirds of a height's members signed a
+                            // block on another parent than ours: two certified
+                            // histories exist.
+                            tracing::error!(
+                                kind = m.kind(),
+                                "two certified histories: {m}; either keys of that height's members signed both \
+                                 (members that have left the set, or more than a third of it) or this node synced \
+                                 a forged history; stop and compare `masternode status` tip hashes with members you trust"
+                            );
+                        } else {
+                            tracing::warn!(kind = m.kind(), "misbehaviour: {m}");
+                        }
                     } else {
                         tracing::debug!(kind = m.kind(), "misbehaviour: {m}");
                     }
