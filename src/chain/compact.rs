@@ -89,8 +89,14 @@ impl CompactProposal {
         if tx_root_of_ids(self.ids.len(), self.ids.iter().copied()) != self.header.tx_root {
             return Err(CompactError::RootMismatch);
         }
-        let bytes =
-            proposal_sign_bytes(network_id, self.height, self.round, self.header.hash(), self.valid_round, self.proposer);
+        let bytes = proposal_sign_bytes(
+            network_id,
+            self.height,
+            self.round,
+            self.header.hash(),
+            self.valid_round,
+            self.proposer,
+        );
         verify(&self.proposer, &bytes, &self.signature)?;
         Ok(())
     }

@@ -398,15 +398,15 @@ impl Core {
         self.step
     }
 
-    /// Whether a proposal of `(height, round)` is here already (this height's,
-    /// or the next one's buffered): another for that slot needs no assembling.
-    pub fn holds_proposal(&self, height: Height, round: Round) -> bool {
+    /// Whether a proposal of `(height, round)` could be taken in now: one of this
+    /// height within the rounds a proposal is accepted for, or of the next height
+    /// within the rounds buffered for it, whose slot holds none yet. A compact
+    /// proposal that could not is neither rebuilt nor fetched.
+    pub fn wants_proposal(&self, height: Height, round: Round) -> bool {
         if height == self.height {
-            self.proposals.contains_key(&round)
-        } else if height == self.height + 1 {
-            self.future.proposals.contains_key(&round)
+            round <= self.round + MAX_ROUND_AHEAD && !self.proposals.contains_key(&round)
         } else {
-            false
+            self.buffers(height, round) && !self.future.proposals.contains_key(&round)
         }
     }
 
@@ -961,8 +961,7 @@ impl Core {
                     Some(vr) => {
                         let polka = self.votes.get(&vr).is_some_and(|rv| rv.count(VoteKind::Prevote, Some(id)) >= q);
                         if polka && vr < r {
-                            let accept =
-                                ok && self.locked.as_ref().is_none_or(|(lr, lv)| *lr <= vr || lv.hash() == id);
+                            let accept = ok && self.locked.as_ref().is_none_or(|(lr, lv)| *lr <= vr || lv.hash() == id);
                             self.vote(VoteKind::Prevote, accept.then_some(id), out);
                             self.step = Step::Prevote;
                         }

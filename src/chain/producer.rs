@@ -556,11 +556,7 @@ impl Producer {
     /// its transactions are here the core does not see it; one that never
     /// completes is a proposal that never came (the propose timeout runs).
     async fn on_compact(&mut self, from: NodeId, cp: CompactProposal) -> Result<(), ProducerError> {
-        let height = self.core.height();
-        if cp.height < height || cp.height > height + 1 {
-            return Ok(());
-        }
-        if self.core.holds_proposal(cp.height, cp.round) || self.waiting.contains(cp.height, cp.round) {
+        if !self.core.wants_proposal(cp.height, cp.round) || self.waiting.contains(cp.height, cp.round) {
             return Ok(());
         }
         let proposer = self.core.proposer(cp.height, cp.round);
