@@ -650,7 +650,7 @@ async fn commit_saturation(n: usize, quick: bool, out: &mut Vec<Figure>) {
     while !nodes.iter().all(|n| n.height() >= 1) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let load = Duration::from_secs(if quick { 3 } else { 8 });
+    let load = Duration::from_secs(if quick { 4 } else { 9 });
     let budget = if quick { 6 } else { 9 };
     let mut rate: u64 = std::env::var("COMMIT_START_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(16_000);
     let mut best: Option<Step> = None;
@@ -726,7 +726,8 @@ struct Step {
     committed: usize,
     committed_per_s: f64,
     p50_ms: f64,
-    /// Over every accepted transaction, an uncommitted one counting as infinite.
+    /// Over the transactions submitted after the first third of the step (the
+    /// steady state), an uncommitted one counting as infinite.
     p99_ms: f64,
     /// CPU seconds per second of the whole process (nodes, their stores' threads
     /// and the load generator), divided by the number of nodes: the nodes run
@@ -775,6 +776,8 @@ fn process_cpu_s() -> f64 {
 /// 0's chain. Each transaction carries its step and its submission time, so the
 /// watcher needs no shared map. The step passes when every accepted transaction
 /// is committed, none is refused, and p99 is at most four block intervals.
+/// Latencies are those of the transactions submitted after the step's first
+/// third: a short step would otherwise hide a growing queue behind its start.
 async fn commit_step(nodes: &[Arc<Node>], step: u8, rate: u64, load: Duration) -> Step {
     let n = nodes.len();
     let base = Instant::now();
@@ -817,6 +820,8 @@ async fn commit_step(nodes: &[Arc<Node>], step: u8, rate: u64, load: Duration) -
     let deadline = load + interval * (COMMIT_P99_INTERVALS as u32 + 2);
     let mut totals = None;
     let (mut blocks, mut fullest) = (0usize, 0usize);
+    let mut committed = 0usize;
+    let steady_from_us = (load / 3).as_micros() as u64;
     while base.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
         if base.elapsed() >= load && totals.is_none() {
@@ -838,23 +843,28 @@ async fn commit_step(nodes: &[Arc<Node>], step: u8, rate: u64, load: Duration) -
             for tx in &block.block.txs {
                 if tx.len() == 256 && tx[9] == step {
                     let at = u64::from_be_bytes(tx[10..18].try_into().unwrap());
-                    latencies.push(now_us.saturating_sub(at) as f64 / 1000.0);
+                    committed += 1;
+                    // Latency in the steady state: a queue that grows shows in
+                    // the later submissions, and a short step's start is left out.
+                    if at >= steady_from_us {
+                        latencies.push(now_us.saturating_sub(at) as f64 / 1000.0);
+                    }
                 }
             }
             next += 1;
         }
         if let Some((submitted, refused)) = totals {
-            if latencies.len() >= submitted - refused {
+            if committed >= submitted - refused {
                 break;
             }
         }
     }
     let (submitted, refused) = totals.unwrap_or((0, 0));
     let accepted = submitted - refused;
-    let committed = latencies.len();
     let cpu = (cpu_end.unwrap_or_else(process_cpu_s) - cpu_start) / load.as_secs_f64();
     // Uncommitted transactions count as infinitely late.
-    latencies.resize(accepted.max(committed), f64::INFINITY);
+    let late = accepted.saturating_sub(committed);
+    latencies.resize(latencies.len() + late, f64::INFINITY);
     let p50 = percentile(&mut latencies, 0.5);
     let p99 = percentile(&mut latencies, 0.99);
     // A load generator that could not keep up offered less than the rate.

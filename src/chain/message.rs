@@ -5,6 +5,9 @@
 //! Proposals, votes, tips and transactions travel on the long-lived gossip stream
 //! (each in its outbox class, see [`Message::outgoing`]); each sync request gets a
 //! bidirectional stream of its own with one request frame and one response frame.
+//! A node sends its proposals compact (header and transaction ids,
+//! [`super::compact`]) and answers `GetTxs` for what a peer misses on a request
+//! stream; full proposals are still accepted, and sync sends full blocks.
 //! Each kind has a size limit, checked from the frame header before its body is
 //! read; the variant order is the wire's kind byte, so new kinds are appended,
 //! never inserted.
