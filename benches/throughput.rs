@@ -618,8 +618,11 @@ async fn bench_commit(quick: bool, out: &mut Vec<Figure>) {
     }
 }
 
-/// Block interval of the commit figures.
-const COMMIT_INTERVAL_MS: u64 = 500;
+/// Block interval of the commit figures: 500 ms, or `COMMIT_INTERVAL_MS` from
+/// the environment (to see how the limit moves with the interval).
+fn commit_interval_ms() -> u64 {
+    std::env::var("COMMIT_INTERVAL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500)
+}
 /// p99 bound of a passing step, in block intervals.
 const COMMIT_P99_INTERVALS: u64 = 4;
 
@@ -628,7 +631,7 @@ const COMMIT_P99_INTERVALS: u64 = 4;
 /// then bisecting between the best passing and the lowest failing rate. The
 /// search stops at a step budget, or when the bracket is within an eighth.
 async fn commit_saturation(n: usize, quick: bool, out: &mut Vec<Figure>) {
-    let c = Cluster::new(n, COMMIT_INTERVAL_MS);
+    let c = Cluster::new(n, commit_interval_ms());
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for i in 0..n {
@@ -703,7 +706,7 @@ async fn commit_saturation(n: usize, quick: bool, out: &mut Vec<Figure>) {
     let mut f = Figure::new(format!("commit/n={n}"), "tx/s", s.committed_per_s)
         .with_extra("p50_ms", s.p50_ms)
         .with_extra("p99_ms", s.p99_ms)
-        .with_extra("block_interval_ms", COMMIT_INTERVAL_MS as f64)
+        .with_extra("block_interval_ms", commit_interval_ms() as f64)
         .with_extra("offered_tx_per_s", s.offered as f64)
         .with_extra("tx_bytes", 256.0)
         .with_extra("cpu_s_per_s_per_node", s.cpu_per_node)
@@ -816,7 +819,7 @@ async fn commit_step(nodes: &[Arc<Node>], step: u8, rate: u64, load: Duration) -
     let mut latencies = Vec::new();
     let cpu_start = process_cpu_s();
     let mut cpu_end = None;
-    let interval = Duration::from_millis(COMMIT_INTERVAL_MS);
+    let interval = Duration::from_millis(commit_interval_ms());
     let deadline = load + interval * (COMMIT_P99_INTERVALS as u32 + 2);
     let mut totals = None;
     let (mut blocks, mut fullest) = (0usize, 0usize);
@@ -872,7 +875,7 @@ async fn commit_step(nodes: &[Arc<Node>], step: u8, rate: u64, load: Duration) -
     let passed = offered_in_full
         && refused == 0
         && committed >= accepted
-        && p99 <= (COMMIT_P99_INTERVALS * COMMIT_INTERVAL_MS) as f64;
+        && p99 <= (COMMIT_P99_INTERVALS * commit_interval_ms()) as f64;
     Step {
         offered: rate,
         submitted,
