@@ -254,6 +254,11 @@ impl Node {
         &self.store
     }
 
+    /// Transactions waiting in this node's mempool.
+    pub fn mempool_len(&self) -> usize {
+        crate::chain::mempool::lock(&self.mempool).len()
+    }
+
     pub fn height(&self) -> u64 {
         self.tip.borrow().height
     }

@@ -83,9 +83,12 @@ pub struct Limits {
     pub max_clock_drift_ms: u64,
 }
 
+/// Transactions in one block, at most.
+pub const MAX_BLOCK_TXS: usize = 20_000;
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_block_bytes: MAX_BLOCK_BYTES, max_block_txs: 20_000, max_clock_drift_ms: 31_000 }
+        Limits { max_block_bytes: MAX_BLOCK_BYTES, max_block_txs: MAX_BLOCK_TXS, max_clock_drift_ms: 31_000 }
     }
 }
 
@@ -146,6 +149,22 @@ impl Block {
         now_ms: Option<u64>,
         limits: &Limits,
     ) -> Result<(), BlockError> {
+        self.validate_with(parent_hash, parent_height, parent_ts, proposer_of, now_ms, limits, TxCheck::Needed)
+    }
+
+    /// [`Self::validate`], hashing the transactions against the root only when
+    /// `txs` says the caller has not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn validate_with(
+        &self,
+        parent_hash: Hash,
+        parent_height: Height,
+        parent_ts: u64,
+        proposer_of: impl Fn(Round) -> NodeId,
+        now_ms: Option<u64>,
+        limits: &Limits,
+        txs: TxCheck,
+    ) -> Result<(), BlockError> {
         let h = &self.header;
         if h.height != parent_height + 1 {
             return Err(BlockError::WrongHeight { got: h.height, expected: parent_height + 1 });
@@ -167,11 +186,21 @@ impl Block {
         if self.txs.len() > limits.max_block_txs || self.tx_bytes() > limits.max_block_bytes {
             return Err(BlockError::TooLarge { count: self.txs.len(), bytes: self.tx_bytes() });
         }
-        if tx_root(&self.txs) != h.tx_root {
+        if txs == TxCheck::Needed && tx_root(&self.txs) != h.tx_root {
             return Err(BlockError::TxRootMismatch);
         }
         Ok(())
     }
+}
+
+/// Whether [`Block::validate`] still has to hash the transactions against the
+/// header's `tx_root`, or the caller already did (a proposal's transactions are
+/// checked when it is authenticated, our own block's root is computed from
+/// them): hashing every transaction once per block, not once per check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxCheck {
+    Needed,
+    Done,
 }
 
 pub fn tx_hash(tx: &[u8]) -> Hash {
@@ -179,11 +208,17 @@ pub fn tx_hash(tx: &[u8]) -> Hash {
 }
 
 pub fn tx_root(txs: &[Vec<u8>]) -> Hash {
+    tx_root_of_ids(txs.len(), txs.iter().map(|t| tx_hash(t)))
+}
+
+/// The root over `count` transaction ids ([`tx_hash`]es), in order: a compact
+/// proposal's ids are checked against its header without their transactions.
+pub fn tx_root_of_ids(count: usize, ids: impl Iterator<Item = Hash>) -> Hash {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(b"masternode/txs\0");
-    ctx.update(&(txs.len() as u64).to_be_bytes());
-    for t in txs {
-        ctx.update(&tx_hash(t).0);
+    ctx.update(&(count as u64).to_be_bytes());
+    for id in ids {
+        ctx.update(&id.0);
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());

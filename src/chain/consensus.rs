@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::block::{tx_root, Block, BlockError, Hash, Header, Height, Limits, Round};
+use super::block::{tx_root, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
 use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
 use super::vote::{
     quorum, Certificate, Committed, Proposal, SignRecord, SignedProposal, SignedVote, Step, Vote, VoteKind,
@@ -397,6 +397,24 @@ impl Core {
         self.step
     }
 
+    /// Whether a proposal of `(height, round)` could be taken in now: one of this
+    /// height within the rounds a proposal is accepted for, or of the next height
+    /// within the rounds buffered for it, whose slot holds none yet. A compact
+    /// proposal that could not is neither rebuilt nor fetched.
+    pub fn wants_proposal(&self, height: Height, round: Round) -> bool {
+        if height == self.height {
+            round <= self.round + MAX_ROUND_AHEAD && !self.proposals.contains_key(&round)
+        } else {
+            self.buffers(height, round) && !self.future.proposals.contains_key(&round)
+        }
+    }
+
+    /// The block proposed in `(height, round)`, if this height's proposal of
+    /// that round is here: a peer rebuilding it may ask for its transactions.
+    pub fn proposed_block(&self, height: Height, round: Round) -> Option<&Block> {
+        (height == self.height).then(|| self.proposals.get(&round)).flatten().map(|sp| &sp.proposal.block)
+    }
+
     /// The lock (L36): `lockedRound` and the hash of `lockedValue`.
     pub fn lock(&self) -> Option<(Round, Hash)> {
         self.locked.as_ref().map(|(r, b)| (*r, b.hash()))
@@ -451,8 +469,9 @@ impl Core {
         for m in own {
             match m {
                 Signed::Proposal(p) if p.proposal.height == self.height && p.proposal.proposer == self.me => {
-                    let ok = self.validate_block(&p.proposal.block, p.proposal.round, p.proposal.valid_round, None);
-                    let ok = ok.is_ok();
+                    // Read back from disk: checked in full.
+                    let (round, vr) = (p.proposal.round, p.proposal.valid_round);
+                    let ok = self.validate_block(&p.proposal.block, round, vr, None, TxCheck::Needed).is_ok();
                     self.proposal_ok.insert(p.proposal.round, ok);
                     self.proposals.insert(p.proposal.round, p);
                 }
@@ -586,7 +605,8 @@ impl Core {
             }));
             return;
         }
-        let ok = self.validate_block(&sp.proposal.block, round, sp.proposal.valid_round, Some(now_ms));
+        // `authenticate` checked the transactions against the header.
+        let ok = self.validate_block(&sp.proposal.block, round, sp.proposal.valid_round, Some(now_ms), TxCheck::Done);
         if let Err(reason) = &ok {
             out.push(Output::Misbehaviour(Misbehaviour::InvalidBlock {
                 node: proposer,
@@ -638,6 +658,7 @@ impl Core {
         round: Round,
         valid_round: Option<Round>,
         now_ms: Option<u64>,
+        txs: TxCheck,
     ) -> Result<(), BlockError> {
         let block_round = block.header.round;
         match valid_round {
@@ -646,13 +667,14 @@ impl Core {
             _ => {}
         }
         let height = self.height;
-        block.validate(
+        block.validate_with(
             self.prev_hash,
             height - 1,
             self.prev_ts,
             |r| self.proposer(height, r),
             now_ms,
             &self.cfg.limits,
+            txs,
         )?;
         self.cfg
             .members
@@ -870,7 +892,9 @@ impl Core {
         let proposal = Proposal { height: self.height, round: self.round, block, valid_round, proposer: self.me };
         let sp = proposal.sign(&self.cfg.network_id, &self.identity);
         self.last_signed = Some(record);
-        let ok = self.validate_block(&sp.proposal.block, self.round, valid_round, None).is_ok();
+        // Our own block: its root was computed from its transactions (`on_value`),
+        // or it is a value that passed `authenticate` in an earlier round.
+        let ok = self.validate_block(&sp.proposal.block, self.round, valid_round, None, TxCheck::Done).is_ok();
         self.proposal_ok.insert(self.round, ok);
         self.proposals.insert(self.round, sp.clone());
         out.push(Output::Sign { record, message: Signed::Proposal(sp), lock: None });
@@ -920,10 +944,12 @@ impl Core {
         let decided = self.proposals.iter().find_map(|(r, sp)| {
             let id = sp.proposal.block.hash();
             let enough = self.votes.get(r).is_some_and(|rv| rv.count(VoteKind::Precommit, Some(id)) >= self.q);
-            (enough && self.proposal_ok.get(r) == Some(&true)).then(|| (*r, sp.proposal.block.clone()))
+            (enough && self.proposal_ok.get(r) == Some(&true)).then_some(*r)
         });
-        if let Some((r, block)) = decided {
-            self.decide(r, block, now_ms, out);
+        // The height ends here and its proposals are cleared: the block moves
+        // out rather than being copied.
+        if let Some(sp) = decided.and_then(|r| self.proposals.remove(&r)) {
+            self.decide(sp.proposal.round, sp.proposal.block, now_ms, out);
             return;
         }
         if !self.started || !self.quorum {
@@ -932,11 +958,12 @@ impl Core {
         let h = self.height;
         let r = self.round;
         let q = self.q;
-        let proposal = self.proposals.get(&r).map(|sp| (sp.proposal.block.clone(), sp.proposal.valid_round));
+        // The proposal's hash only: the block itself is copied where a rule
+        // keeps it (a lock, a valid value), not on every pass.
+        let proposal = self.proposals.get(&r).map(|sp| (sp.proposal.block.hash(), sp.proposal.valid_round));
         let ok = self.proposal_ok.get(&r) == Some(&true);
         if self.step == Step::Propose {
-            if let Some((block, vr)) = &proposal {
-                let id = block.hash();
+            if let Some((id, vr)) = proposal {
                 match vr {
                     // L22
                     None => {
@@ -946,10 +973,9 @@ impl Core {
                     }
                     // L28
                     Some(vr) => {
-                        let polka = self.votes.get(vr).is_some_and(|rv| rv.count(VoteKind::Prevote, Some(id)) >= q);
-                        if polka && *vr < r {
-                            let accept =
-                                ok && self.locked.as_ref().is_none_or(|(lr, lv)| *lr <= *vr || lv.hash() == id);
+                        let polka = self.votes.get(&vr).is_some_and(|rv| rv.count(VoteKind::Prevote, Some(id)) >= q);
+                        if polka && vr < r {
+                            let accept = ok && self.locked.as_ref().is_none_or(|(lr, lv)| *lr <= vr || lv.hash() == id);
                             self.vote(VoteKind::Prevote, accept.then_some(id), out);
                             self.step = Step::Prevote;
                         }
@@ -971,18 +997,18 @@ impl Core {
         // are set to the current round, which never decreases. The comparison
         // keeps that true whatever round this core is in (a restored lock may be
         // of a later round than one we are made to revisit).
-        if let Some((block, _)) = &proposal {
-            let id = block.hash();
+        if let Some((id, _)) = proposal {
             let polka = rv.is_some_and(|rv| rv.count(VoteKind::Prevote, Some(id)) >= q);
             if ok && polka && self.step >= Step::Prevote && !self.polka_seen.contains(&r) {
                 self.polka_seen.insert(r);
+                let block = self.proposals[&r].proposal.block.clone();
                 if self.step == Step::Prevote && self.locked.as_ref().is_none_or(|(lr, _)| *lr <= r) {
                     self.locked = Some((r, block.clone()));
                     self.vote(VoteKind::Precommit, Some(id), out);
                     self.step = Step::Precommit;
                 }
                 if self.valid.as_ref().is_none_or(|(vr, _)| *vr <= r) {
-                    self.valid = Some((r, block.clone()));
+                    self.valid = Some((r, block));
                 }
             }
         }
@@ -1042,7 +1068,7 @@ impl Core {
             return;
         }
         // Decided in the certificate's round: the block existed by then.
-        if let Err(reason) = self.validate_block(&c.block, c.cert.round, Some(c.cert.round), None) {
+        if let Err(reason) = self.validate_block(&c.block, c.cert.round, Some(c.cert.round), None, TxCheck::Needed) {
             out.push(Output::Misbehaviour(Misbehaviour::InvalidSyncedBlock { height, reason }));
             return;
         }

@@ -93,6 +93,26 @@ impl Mempool {
         out
     }
 
+    /// The transactions with these ids, where this pool holds them, in order.
+    pub fn lookup(&self, ids: &[Hash]) -> Vec<Option<Vec<u8>>> {
+        ids.iter().map(|id| self.txs.get(id).cloned()).collect()
+    }
+
+    /// The transactions with these ids that this pool holds, in order, up to
+    /// `max_bytes` of transaction bytes (a `GetTxs` answer within its frame).
+    pub fn lookup_within(&self, ids: &[Hash], max_bytes: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for tx in ids.iter().filter_map(|id| self.txs.get(id)) {
+            if bytes + tx.len() > max_bytes {
+                break;
+            }
+            bytes += tx.len();
+            out.push(tx.clone());
+        }
+        out
+    }
+
     pub fn remove_committed(&mut self, txs: &[Vec<u8>]) {
         let mut removed = false;
         for tx in txs {

@@ -5,13 +5,17 @@
 //! Proposals, votes, tips and transactions travel on the long-lived gossip stream
 //! (each in its outbox class, see [`Message::outgoing`]); each sync request gets a
 //! bidirectional stream of its own with one request frame and one response frame.
+//! A node sends its proposals compact (header and transaction ids,
+//! [`super::compact`]) and answers `GetTxs` for what a peer misses on a request
+//! stream; full proposals are still accepted, and sync sends full blocks.
 //! Each kind has a size limit, checked from the frame header before its body is
 //! read; the variant order is the wire's kind byte, so new kinds are appended,
 //! never inserted.
 
 use bytes::Bytes;
 
-use super::block::{Hash, Height};
+use super::block::{Hash, Height, Round, MAX_BLOCK_TXS};
+use super::compact::CompactProposal;
 use super::members::SignedApproval;
 use super::vote::{Committed, SignedProposal, SignedVote};
 use crate::codec::{self, Frame, FrameError, MAX_FRAME};
@@ -41,6 +45,18 @@ pub enum Message {
     Blocks(Vec<Committed>),
     /// A member's approval of a membership change, gossiped to proposers.
     Approval(SignedApproval),
+    /// A proposal as its header and transaction ids ([`super::compact`]).
+    CompactProposal(CompactProposal),
+    /// Request: the transactions with these ids, for the compact proposal of
+    /// this height and round.
+    GetTxs {
+        height: Height,
+        round: Round,
+        ids: Vec<Hash>,
+    },
+    /// Response to `GetTxs`: the transactions the answerer holds, in the order
+    /// asked, those it lacks left out.
+    Txs(Vec<Vec<u8>>),
 }
 
 /// Kind bytes, equal to the variant indexes above.
@@ -53,6 +69,9 @@ pub mod kind {
     pub const GET_BLOCKS: u8 = 5;
     pub const BLOCKS: u8 = 6;
     pub const APPROVAL: u8 = 7;
+    pub const COMPACT_PROPOSAL: u8 = 8;
+    pub const GET_TXS: u8 = 9;
+    pub const TXS: u8 = 10;
 }
 
 /// Limits per kind, bytes of body.
@@ -66,6 +85,14 @@ pub const TIP_LIMIT: usize = 64;
 pub const GET_BLOCKS_LIMIT: usize = 32;
 pub const BLOCKS_LIMIT: usize = MAX_FRAME;
 pub const APPROVAL_LIMIT: usize = 512;
+/// A header with its most approvals (64 of at most 512 bytes), and an id of 32
+/// bytes for each of a block's at most 20,000 transactions.
+pub const COMPACT_PROPOSAL_LIMIT: usize = MAX_BLOCK_TXS * 32 + 64 * 1024;
+pub const GET_TXS_LIMIT: usize = MAX_BLOCK_TXS * 32 + 64;
+pub const TXS_LIMIT: usize = MAX_FRAME;
+/// Transaction bytes in one `Txs` answer, at most: with a length prefix of up to
+/// 3 bytes for each of at most 20,000 transactions it stays within `TXS_LIMIT`.
+pub const TXS_ANSWER_BYTES: usize = TXS_LIMIT - 128 * 1024;
 
 impl Frame for Message {
     fn limit(kind: u8) -> Option<usize> {
@@ -78,6 +105,9 @@ impl Frame for Message {
             kind::GET_BLOCKS => Some(GET_BLOCKS_LIMIT),
             kind::BLOCKS => Some(BLOCKS_LIMIT),
             kind::APPROVAL => Some(APPROVAL_LIMIT),
+            kind::COMPACT_PROPOSAL => Some(COMPACT_PROPOSAL_LIMIT),
+            kind::GET_TXS => Some(GET_TXS_LIMIT),
+            kind::TXS => Some(TXS_LIMIT),
             _ => None,
         }
     }
@@ -94,6 +124,9 @@ impl Message {
             Message::GetBlocks { .. } => kind::GET_BLOCKS,
             Message::Blocks(_) => kind::BLOCKS,
             Message::Approval(_) => kind::APPROVAL,
+            Message::CompactProposal(_) => kind::COMPACT_PROPOSAL,
+            Message::GetTxs { .. } => kind::GET_TXS,
+            Message::Txs(_) => kind::TXS,
         }
     }
 
@@ -107,15 +140,19 @@ impl Message {
             Message::GetBlocks { .. } => "get_blocks",
             Message::Blocks(_) => "blocks",
             Message::Approval(_) => "approval",
+            Message::CompactProposal(_) => "compact_proposal",
+            Message::GetTxs { .. } => "get_txs",
+            Message::Txs(_) => "txs",
         }
     }
 }
 
-/// The height a proposal's body names, read from its first bytes without decoding
-/// the block (`None` for other kinds, or a body too short to say). The encoding
-/// starts with the kind byte and then the proposal's height as a varint.
+/// The height a proposal's body names, full or compact, read from its first bytes
+/// without decoding the block (`None` for other kinds, or a body too short to
+/// say). The encoding starts with the kind byte and then the proposal's height as
+/// a varint.
 pub fn proposal_height(body: &[u8]) -> Option<Height> {
-    if body.first() != Some(&kind::PROPOSAL) {
+    if !matches!(body.first(), Some(&kind::PROPOSAL | &kind::COMPACT_PROPOSAL)) {
         return None;
     }
     let (height, _): (Height, usize) = bincode::decode_from_slice(&body[1..], codec::BINCODE).ok()?;
@@ -126,17 +163,17 @@ pub fn proposal_height(body: &[u8]) -> Option<Height> {
 pub const PROTOCOL: Protocol = Protocol { gossip: gossip_limit, request: request_limit, response: response_limit };
 
 fn gossip_limit(k: u8) -> Option<usize> {
-    matches!(k, kind::TX | kind::PROPOSAL | kind::VOTE | kind::TIP | kind::APPROVAL)
+    matches!(k, kind::TX | kind::PROPOSAL | kind::VOTE | kind::TIP | kind::APPROVAL | kind::COMPACT_PROPOSAL)
         .then(|| Message::limit(k))
         .flatten()
 }
 
 fn request_limit(k: u8) -> Option<usize> {
-    matches!(k, kind::GET_BLOCKS | kind::DATA).then(|| Message::limit(k)).flatten()
+    matches!(k, kind::GET_BLOCKS | kind::DATA | kind::GET_TXS).then(|| Message::limit(k)).flatten()
 }
 
 fn response_limit(k: u8) -> Option<usize> {
-    matches!(k, kind::BLOCKS | kind::DATA).then(|| Message::limit(k)).flatten()
+    matches!(k, kind::BLOCKS | kind::DATA | kind::TXS).then(|| Message::limit(k)).flatten()
 }
 
 /// Our own message is over its kind's limit: block limits rule that out, so it is
@@ -165,6 +202,7 @@ impl Message {
     pub fn outgoing(&self) -> Result<Outgoing, TooLarge> {
         let (class, epoch) = match self {
             Message::Proposal(p) => (Class::Consensus, p.proposal.height),
+            Message::CompactProposal(p) => (Class::Consensus, p.height),
             Message::Vote(v) => (Class::Consensus, v.vote.height),
             Message::Tip { height, .. } => (Class::Tip, *height),
             _ => (Class::Tx, 0),
@@ -185,11 +223,14 @@ mod tests {
     #[test]
     fn each_stream_carries_only_its_kinds() {
         let gossip: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.gossip)(*k).is_some()).collect();
-        assert_eq!(gossip, vec![kind::TX, kind::PROPOSAL, kind::VOTE, kind::TIP, kind::APPROVAL]);
+        assert_eq!(
+            gossip,
+            vec![kind::TX, kind::PROPOSAL, kind::VOTE, kind::TIP, kind::APPROVAL, kind::COMPACT_PROPOSAL]
+        );
         let request: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.request)(*k).is_some()).collect();
-        assert_eq!(request, vec![kind::DATA, kind::GET_BLOCKS]);
+        assert_eq!(request, vec![kind::DATA, kind::GET_BLOCKS, kind::GET_TXS]);
         let response: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.response)(*k).is_some()).collect();
-        assert_eq!(response, vec![kind::DATA, kind::BLOCKS]);
+        assert_eq!(response, vec![kind::DATA, kind::BLOCKS, kind::TXS]);
         assert_eq!((PROTOCOL.request)(kind::GET_BLOCKS), Some(GET_BLOCKS_LIMIT), "a request's limit is its kind's");
     }
 
@@ -213,11 +254,48 @@ mod tests {
             txs,
         };
         let p = Proposal { height: 300_000, round: 2, block, valid_round: None, proposer: id.id() }.sign(&[0; 32], &id);
+        let compact = Message::CompactProposal(CompactProposal::of(&p)).encode().unwrap();
         let frame = Message::Proposal(p).encode().unwrap();
         assert_eq!(proposal_height(&frame[4..]), Some(300_000));
         assert_eq!(proposal_height(&frame[4..10]), Some(300_000), "the kind and the varint suffice");
+        assert_eq!(proposal_height(&compact[4..10]), Some(300_000), "a compact proposal's too");
         let tip = Message::Tip { height: 5, hash: Hash([0; 32]), time_ms: 1 }.encode().unwrap();
         assert_eq!(proposal_height(&tip[4..]), None);
+    }
+
+    /// The largest compact proposal and `GetTxs` fit their kinds' limits, and a
+    /// `Txs` answer within its byte budget fits its frame whatever the sizes.
+    #[test]
+    fn compact_kinds_fit_their_limits_at_the_block_limits() {
+        use crate::chain::block::{tx_root_of_ids, Header};
+        use crate::chain::members::MAX_CHANGES_PER_BLOCK;
+        let ids = vec![Hash([0xff; 32]); MAX_BLOCK_TXS];
+        let header = Header {
+            height: u64::MAX,
+            round: u32::MAX,
+            prev_hash: Hash([0; 32]),
+            timestamp_ms: u64::MAX,
+            proposer: crate::identity::NodeId([0; 32]),
+            tx_root: tx_root_of_ids(ids.len(), ids.iter().copied()),
+            changes: vec![],
+        };
+        let cp = CompactProposal {
+            height: u64::MAX,
+            round: u32::MAX,
+            header,
+            ids: ids.clone(),
+            valid_round: Some(u32::MAX),
+            proposer: crate::identity::NodeId([0; 32]),
+            signature: [0; 64],
+        };
+        let body = codec::body_len(&Message::CompactProposal(cp));
+        assert!(body + MAX_CHANGES_PER_BLOCK * APPROVAL_LIMIT <= COMPACT_PROPOSAL_LIMIT, "{body}");
+        let get = Message::GetTxs { height: u64::MAX, round: u32::MAX, ids };
+        assert!(get.encode().is_ok());
+        for size in [1, 40, 256, 64 * 1024] {
+            let n = (TXS_ANSWER_BYTES / size).min(MAX_BLOCK_TXS);
+            assert!(Message::Txs(vec![vec![0xab; size]; n]).encode().is_ok(), "{n} txs of {size} bytes");
+        }
     }
 
     #[test]

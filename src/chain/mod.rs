@@ -3,6 +3,7 @@
 //! * [`block`]: blocks and their hashes.
 //! * [`clock`]: this node's clock offset from its peers', from their proposals.
 //! * [`vote`]: signed proposals and votes, commit certificates.
+//! * [`compact`]: proposals as a header and transaction ids, rebuilt from the mempool.
 //! * [`consensus`]: Tendermint as a pure state machine.
 //! * [`misbehaviour`]: what the core reports about messages that break the protocol.
 //! * [`store`]: blocks, certificates and the last signed vote in fjall.
@@ -17,6 +18,7 @@
 
 pub mod block;
 pub mod clock;
+pub mod compact;
 pub mod consensus;
 pub mod members;
 pub mod mempool;

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::block::{Height, Limits};
 use super::clock::{ClockConfig, ClockEstimator, ClockEvent};
+use super::compact::{Assembly, CompactProposal, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
 use super::members::{Approval, ApprovalPool, Change, ChangeError, Membership, SignedApproval};
 use super::mempool::Mempool;
@@ -211,6 +212,18 @@ pub struct Producer {
     bootstrap: Vec<(NodeId, std::net::SocketAddr)>,
     /// Whether this node is a member of the current height's set.
     member: bool,
+    /// Compact proposals waiting for transactions from a peer.
+    waiting: Waiting,
+    fetched_tx: mpsc::Sender<Fetched>,
+    fetched_rx: mpsc::Receiver<Fetched>,
+}
+
+/// A peer's answer to `GetTxs` for the compact proposal of `(height, round)`.
+struct Fetched {
+    from: NodeId,
+    height: Height,
+    round: super::block::Round,
+    result: Result<Vec<Vec<u8>>, String>,
 }
 
 /// The producer's links to the admin API for membership.
@@ -237,6 +250,7 @@ enum Event {
     Connected,
     Peer(PeerEvent),
     Sync(NodeId, Box<SyncResult>),
+    Fetched(Fetched),
     Member(MemberRequest),
     Timers,
     Tick,
@@ -281,6 +295,7 @@ impl Producer {
         links: MemberLinks,
     ) -> Producer {
         let (sync_tx, sync_rx) = mpsc::channel(4);
+        let (fetched_tx, fetched_rx) = mpsc::channel(super::compact::MAX_WAITING);
         let last_height_seen = (core.height(), Instant::now());
         let rebroadcast_after = Duration::from_millis((network.block_interval_ms * 3).max(3_000));
         let reachable = core.membership().reachable();
@@ -322,6 +337,9 @@ impl Producer {
             reachable,
             bootstrap: Vec::new(),
             member,
+            waiting: Waiting::default(),
+            fetched_tx,
+            fetched_rx,
         }
     }
 
@@ -388,6 +406,7 @@ impl Producer {
                     None => Event::Stop,
                 },
                 Some(req) = self.member_requests.recv() => Event::Member(req),
+                Some(f) = self.fetched_rx.recv() => Event::Fetched(f),
                 _ = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => Event::Timers,
                 _ = tick.tick() => Event::Tick,
             };
@@ -416,6 +435,7 @@ impl Producer {
                     self.sync.handle_down(id);
                 }
                 Event::Sync(peer, result) => self.on_sync(peer, *result).await?,
+                Event::Fetched(f) => self.on_fetched(f).await?,
                 Event::Member(req) => self.on_member_request(req),
                 Event::Timers => self.fire_timers().await?,
                 Event::Tick => {
@@ -504,6 +524,7 @@ impl Producer {
         // propose.
         let height = match &msg {
             Message::Proposal(p) => Some(p.proposal.height),
+            Message::CompactProposal(p) => Some(p.height),
             Message::Vote(v) => Some(v.vote.height),
             _ => None,
         };
@@ -514,6 +535,7 @@ impl Producer {
         let input = match msg {
             Message::Proposal(p) => Input::Proposal(p),
             Message::Vote(v) => Input::Vote(v),
+            Message::CompactProposal(cp) => return self.on_compact(from, cp).await,
             // A `bootstrap` peer the chain does not name (yet) serves sync
             // only: its transactions and its clock do not count here.
             Message::Tx(_) | Message::Tip { .. } if !self.chain_names(&from) => {
@@ -546,6 +568,98 @@ impl Producer {
             }
         };
         let out = self.core.handle(input, self.now());
+        self.drive(out).await
+    }
+
+    /// A compact proposal: checked without its transactions, rebuilt from the
+    /// mempool, and what is missing asked of the peer that sent it. Until all of
+    /// its transactions are here the core does not see it; one that never
+    /// completes is a proposal that never came (the propose timeout runs).
+    async fn on_compact(&mut self, from: NodeId, cp: CompactProposal) -> Result<(), ProducerError> {
+        if !self.core.wants_proposal(cp.height, cp.round) || self.waiting.contains(cp.height, cp.round) {
+            return Ok(());
+        }
+        let proposer = self.core.proposer(cp.height, cp.round);
+        if let Err(e) = cp.check(&self.network.id, proposer, self.limits.max_block_txs) {
+            self.metrics.misbehaviour.fetch_add(1, Ordering::Relaxed);
+            if self.reported.len() < MAX_REPORTED && self.reported.insert((Some(from), "bad_compact_proposal")) {
+                tracing::warn!(peer = %from.short(), "compact proposal refused: {e}");
+            } else {
+                tracing::debug!(peer = %from.short(), "compact proposal refused: {e}");
+            }
+            return Ok(());
+        }
+        let found = self.lock_mempool().lookup(&cp.ids);
+        let assembly = Assembly::new(cp, found);
+        if assembly.is_complete() {
+            return self.assembled(assembly).await;
+        }
+        self.fetch_txs(from, assembly);
+        Ok(())
+    }
+
+    /// Asks `from` for what `assembly` misses; the answer comes back as
+    /// [`Event::Fetched`] within two block intervals (at least a second), or a
+    /// failure does.
+    fn fetch_txs(&mut self, from: NodeId, assembly: Assembly) {
+        let (height, round) = (assembly.proposal.height, assembly.proposal.round);
+        let request = Message::GetTxs { height, round, ids: assembly.missing_ids() };
+        if !self.waiting.insert(assembly) {
+            tracing::debug!(peer = %from.short(), height, round, "compact proposal dropped: too many waiting");
+            return;
+        }
+        let frame = match request.encode() {
+            Ok(f) => f,
+            Err(e) => {
+                self.waiting.take(height, round);
+                return tracing::error!("cannot ask for transactions: {e}");
+            }
+        };
+        let peers = self.peers.clone();
+        let tx = self.fetched_tx.clone();
+        let wait = Duration::from_millis((2 * self.network.block_interval_ms).max(1_000));
+        self.tracker.spawn(async move {
+            let result = match tokio::time::timeout(wait, peers.request(from, frame)).await {
+                Ok(Ok(body)) => match Message::decode(&body) {
+                    Ok(Message::Txs(txs)) => Ok(txs),
+                    Ok(other) => Err(format!("answered with {}", other.kind_name())),
+                    Err(e) => Err(e.to_string()),
+                },
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
+            };
+            let _ = tx.send(Fetched { from, height, round, result }).await;
+        });
+    }
+
+    /// A peer's answer for a waiting compact proposal: complete, it goes to the
+    /// core; otherwise it is dropped (withheld, or answered with transactions
+    /// that are not the block's).
+    async fn on_fetched(&mut self, f: Fetched) -> Result<(), ProducerError> {
+        let Some(mut assembly) = self.waiting.take(f.height, f.round) else { return Ok(()) };
+        let missing = assembly.missing_ids().len();
+        let outcome = match f.result {
+            Ok(txs) => {
+                assembly.handle_txs(txs);
+                if assembly.is_complete() {
+                    return self.assembled(assembly).await;
+                }
+                format!("{} of {missing} missing transactions not sent", assembly.missing_ids().len())
+            }
+            Err(e) => e,
+        };
+        if self.reported.len() < MAX_REPORTED && self.reported.insert((Some(f.from), "compact_proposal_incomplete")) {
+            tracing::warn!(peer = %f.from.short(), height = f.height, round = f.round, "compact proposal dropped: {outcome}");
+        } else {
+            tracing::debug!(peer = %f.from.short(), height = f.height, round = f.round, "compact proposal dropped: {outcome}");
+        }
+        Ok(())
+    }
+
+    /// A rebuilt proposal goes to the core as a full one would.
+    async fn assembled(&mut self, assembly: Assembly) -> Result<(), ProducerError> {
+        let Some(sp) = assembly.into_signed() else { return Ok(()) };
+        let out = self.core.handle(Input::Proposal(sp), self.now());
         self.drive(out).await
     }
 
@@ -583,6 +697,23 @@ impl Producer {
                         Err(e) => tracing::error!("block read task failed: {e}"),
                     }
                 });
+            }
+            // A peer rebuilding a compact proposal: from the mempool, and from the
+            // proposal itself when it is here (our own after a restart, whose
+            // transactions the mempool no longer holds). Under the sync rate limit.
+            Message::GetTxs { height, round, ids } => {
+                if !self.sync_allowance(req.from) {
+                    let _ = req.reply.send(Err(Refusal::RateLimited));
+                    return;
+                }
+                let budget = super::message::TXS_ANSWER_BYTES;
+                let mut txs = self.lock_mempool().lookup_within(&ids, budget);
+                if txs.len() < ids.len() {
+                    if let Some(block) = self.core.proposed_block(height, round) {
+                        txs = answer_from_block(block, &ids, budget);
+                    }
+                }
+                reply(req, Message::Txs(txs));
             }
             // The echo probe (the transport's request/response check), under the
             // same rate limit as sync.
@@ -820,6 +951,7 @@ impl Producer {
                     }
                     work.extend(self.after_block());
                     self.lock_mempool().remove_committed(&c.block.txs);
+                    self.waiting.retain_from(self.core.height());
                     let height = c.block.height();
                     let hash = c.block.hash();
                     self.tip.send_replace(Tip { height, hash: hash.0 });
@@ -1017,9 +1149,11 @@ impl Producer {
     }
 }
 
+/// What goes to peers for a signed message: a proposal in its compact form
+/// ([`super::compact`]), whose transactions the peers hold or fetch.
 fn signed_message(m: Signed) -> Message {
     match m {
-        Signed::Proposal(p) => Message::Proposal(p),
+        Signed::Proposal(p) => Message::CompactProposal(CompactProposal::of(&p)),
         Signed::Vote(v) => Message::Vote(v),
     }
 }
@@ -1030,4 +1164,21 @@ fn signed_message(m: Signed) -> Message {
 /// think their clocks are off nor hide that one is.
 fn clock_min_peers(members: usize) -> usize {
     members.saturating_sub(1) / 2 + 1
+}
+
+/// The transactions of `block` with these ids, in the order asked, within
+/// `max_bytes`: each of the block's transactions hashed once.
+fn answer_from_block(block: &super::block::Block, ids: &[super::block::Hash], max_bytes: usize) -> Vec<Vec<u8>> {
+    let by_id: HashMap<super::block::Hash, &Vec<u8>> =
+        block.txs.iter().map(|t| (super::block::tx_hash(t), t)).collect();
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for tx in ids.iter().filter_map(|id| by_id.get(id)) {
+        if bytes + tx.len() > max_bytes {
+            break;
+        }
+        bytes += tx.len();
+        out.push((*tx).clone());
+    }
+    out
 }

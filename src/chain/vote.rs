@@ -165,17 +165,7 @@ impl SignedVote {
 
 impl Proposal {
     pub fn sign_bytes(&self, network_id: &[u8; 32]) -> Vec<u8> {
-        let mut out = b"masternode/proposal/v1\0".to_vec();
-        out.extend_from_slice(network_id);
-        out.extend(encode(&(
-            self.height,
-            self.round,
-            Step::Propose,
-            self.block.hash(),
-            self.valid_round,
-            self.proposer,
-        )));
-        out
+        proposal_sign_bytes(network_id, self.height, self.round, self.block.hash(), self.valid_round, self.proposer)
     }
 
     pub fn sign(self, network_id: &[u8; 32], identity: &Identity) -> SignedProposal {
@@ -190,7 +180,24 @@ impl SignedProposal {
     }
 }
 
-fn verify(signer: &NodeId, msg: &[u8], sig: &[u8; 64]) -> Result<(), SignatureError> {
+/// What a proposer signs: the block only through its header's hash, which commits
+/// to the transactions by their root. So a compact proposal (the header and the
+/// transactions' ids) carries the very signature of the full one.
+pub fn proposal_sign_bytes(
+    network_id: &[u8; 32],
+    height: Height,
+    round: Round,
+    block: Hash,
+    valid_round: Option<Round>,
+    proposer: NodeId,
+) -> Vec<u8> {
+    let mut out = b"masternode/proposal/v1\0".to_vec();
+    out.extend_from_slice(network_id);
+    out.extend(encode(&(height, round, Step::Propose, block, valid_round, proposer)));
+    out
+}
+
+pub(crate) fn verify(signer: &NodeId, msg: &[u8], sig: &[u8; 64]) -> Result<(), SignatureError> {
     let key = signer.verifying_key().ok_or(SignatureError::UnknownSigner(*signer))?;
     let sig = ed25519_dalek::Signature::from_bytes(sig);
     key.verify_strict(msg, &sig).map_err(|_| SignatureError::BadSignature(*signer))

@@ -24,7 +24,8 @@ use crate::identity::NodeId;
 
 pub const MAGIC: [u8; 4] = *b"MNOD";
 /// 2: block headers carry membership approvals (version 1 peers could not
-/// decode our blocks, nor we theirs). 3: tips carry the sender's clock.
+/// decode our blocks, nor we theirs). 3: tips carry the sender's clock, and
+/// proposals travel compact (header and transaction ids; kinds 8 to 10).
 pub const PROTOCOL_VERSION: u16 = 3;
 const HANDSHAKE_LIMIT: usize = 1024;
 

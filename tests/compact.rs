@@ -1,0 +1,134 @@
+//! Compact proposals on real sockets: a block whose transactions only its
+//! proposer holds is fetched by the others and committed; a member that proposes
+//! ids nobody holds and withholds them, or ids that do not match its header,
+//! changes nothing but its own round.
+//!
+//! Four members: a hostile key at the lowest address (the honest nodes wait for
+//! it and never dial it) and three honest nodes, a quorum on their own.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use masternode::chain::block::{tx_hash, tx_root_of_ids, Hash, Header};
+use masternode::chain::compact::CompactProposal;
+use masternode::chain::message::Message;
+use masternode::chain::vote::proposal_sign_bytes;
+use masternode::codec;
+use masternode::node::Node;
+
+async fn network() -> (Spec, Hostile, Vec<Node>) {
+    let spec = Spec::new(4);
+    let hostile = Hostile::new(&spec, 0);
+    let mut transport = fast_transport();
+    transport.passive_wait = Duration::from_secs(600);
+    let mut honest = Vec::new();
+    for i in 1..4 {
+        honest.push(spec.start(i, transport.clone()).await);
+    }
+    let refs: Vec<&Node> = honest.iter().collect();
+    eventually("honest mesh and height 2", Duration::from_secs(60), || {
+        refs.iter().all(|n| n.peers().connected().len() >= 2 && n.height() >= 2)
+    })
+    .await;
+    (spec, hostile, honest)
+}
+
+/// The chain goes on at every honest node, and the nodes agree on it.
+async fn goes_on(spec: &Spec, honest: &[Node], what: &str) {
+    let target = honest.iter().map(|n| n.height()).max().unwrap() + 3;
+    eventually(&format!("{what}: chain goes on"), Duration::from_secs(30), || {
+        honest.iter().all(|n| n.height() >= target)
+    })
+    .await;
+    let stores: Vec<_> = honest.iter().map(|n| n.store().clone()).collect();
+    check_chains(spec, &stores.iter().collect::<Vec<_>>());
+}
+
+/// Transactions gossiped to one honest node only: the others rebuild its blocks
+/// by fetching them, and every honest node commits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_only_the_proposer_holds_are_fetched_and_committed() {
+    let (spec, hostile, honest) = network().await;
+    let conn = hostile.connect(&spec, 1).await;
+    let mut uni = conn.open_uni().await.unwrap();
+    let txs: Vec<Vec<u8>> = (0..300u32).map(|i| [b"only-at-node-1:".as_slice(), &i.to_be_bytes()].concat()).collect();
+    let mut frames = bytes::BytesMut::new();
+    for tx in &txs {
+        codec::encode_into(&Message::Tx(tx.clone()), &mut frames);
+    }
+    uni.write_all(&frames).await.unwrap();
+    let wanted: std::collections::HashSet<Hash> = txs.iter().map(|t| tx_hash(t)).collect();
+    let committed_everywhere = || {
+        honest.iter().all(|n| {
+            let mut seen = 0;
+            for h in 1..=n.height() {
+                if let Ok(Some(c)) = n.store().block(h) {
+                    seen += c.block.txs.iter().filter(|t| wanted.contains(&tx_hash(t))).count();
+                }
+            }
+            seen == wanted.len()
+        })
+    };
+    eventually("every honest node commits the transactions only node 1 had", Duration::from_secs(60), || {
+        committed_everywhere()
+    })
+    .await;
+    goes_on(&spec, &honest, "after fetching").await;
+    conn.close(0u32.into(), b"");
+    stop_all(honest).await;
+}
+
+/// The hostile member, as the proposer of a round, announces ids nobody holds
+/// and never answers the request for them; and for another round, ids that do
+/// not hash to its header's root. The first is a proposal that never came, the
+/// second is refused and reported, and neither stalls the chain nor is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_or_mismatched_compact_proposals_change_nothing() {
+    let (spec, hostile, honest) = network().await;
+    let conn = hostile.connect(&spec, 1).await;
+    let mut uni = conn.open_uni().await.unwrap();
+    let me = &spec.ids[0];
+    let network_id = spec.network().id;
+    let height = honest[0].height() + 1;
+    let mut sorted: Vec<_> = (0..4).map(|i| spec.id(i)).collect();
+    sorted.sort();
+    let index = sorted.iter().position(|id| *id == me.id()).unwrap() as u64;
+    // proposer(h, r) = sorted[(h + r) mod n]: the hostile member's rounds here.
+    let round = ((index + 4 - height % 4) % 4) as u32;
+    let proposal = |round: u32, ids: Vec<Hash>, root: Hash| {
+        let header = Header {
+            height,
+            round,
+            prev_hash: honest[0].tip_hash().unwrap(),
+            timestamp_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                as u64,
+            proposer: me.id(),
+            tx_root: root,
+            changes: vec![],
+        };
+        let bytes = proposal_sign_bytes(&network_id, height, round, header.hash(), None, me.id());
+        let signature = me.sign(&bytes);
+        CompactProposal { height, round, header, ids, valid_round: None, proposer: me.id(), signature }
+    };
+    let ids: Vec<Hash> = (0..1000u32).map(|i| tx_hash(&i.to_be_bytes())).collect();
+    let withheld = proposal(round, ids.clone(), tx_root_of_ids(ids.len(), ids.iter().copied()));
+    let mismatched = proposal(round + 4, ids.clone(), Hash([7; 32]));
+    let withheld_hash = withheld.header.hash();
+    let mut frames = bytes::BytesMut::new();
+    codec::encode_into(&Message::CompactProposal(mismatched), &mut frames);
+    codec::encode_into(&Message::CompactProposal(withheld), &mut frames);
+    uni.write_all(&frames).await.unwrap();
+    let reported = || {
+        let m = honest[0].metrics();
+        m.lines().any(|l| l.starts_with("masternode_misbehaviour_total") && !l.ends_with(" 0"))
+    };
+    eventually("the mismatched ids are reported", Duration::from_secs(10), reported).await;
+    assert!(conn.close_reason().is_none(), "well-formed frames keep the connection open");
+    goes_on(&spec, &honest, "withheld proposal").await;
+    let c = honest[0].store().block(height).unwrap().unwrap();
+    assert_ne!(c.block.hash(), withheld_hash, "a block nobody could rebuild is never committed");
+    conn.close(0u32.into(), b"");
+    stop_all(honest).await;
+}
