@@ -176,7 +176,14 @@ impl Assembly {
 #[derive(Debug, Default)]
 pub struct Waiting {
     by_slot: BTreeMap<(Height, Round), Assembly>,
+    /// Checked proposals for rounds past the fetching window, with the peer
+    /// that sent them, until the window reaches them; at most [`MAX_LATER`],
+    /// the latest rounds given up first.
+    later: BTreeMap<(Height, Round), (NodeId, Assembly)>,
 }
+
+/// Proposals kept for rounds past the fetching window, at most.
+pub const MAX_LATER: usize = 8;
 
 impl Waiting {
     pub fn contains(&self, height: Height, round: Round) -> bool {
@@ -192,6 +199,31 @@ impl Waiting {
         }
         self.by_slot.insert(slot, a);
         true
+    }
+
+    /// Drops what waits for rounds before `(height, round)` (their fetches may
+    /// still answer; nothing takes the answer).
+    pub fn retain_window(&mut self, height: Height, round: Round) {
+        self.by_slot.retain(|&(h, r), _| h > height || (h == height && r >= round));
+        self.later.retain(|&(h, r), _| h > height || (h == height && r >= round));
+    }
+
+    /// Keeps a checked proposal of a round past the window until it is due.
+    pub fn defer(&mut self, from: NodeId, a: Assembly) {
+        let slot = (a.proposal.height, a.proposal.round);
+        if self.by_slot.contains_key(&slot) || self.later.contains_key(&slot) {
+            return;
+        }
+        self.later.insert(slot, (from, a));
+        if self.later.len() > MAX_LATER {
+            self.later.pop_last();
+        }
+    }
+
+    /// The kept proposals `due` now says are in the window.
+    pub fn take_due(&mut self, mut due: impl FnMut(Height, Round) -> bool) -> Vec<(NodeId, Assembly)> {
+        let slots: Vec<_> = self.later.keys().copied().filter(|&(h, r)| due(h, r)).collect();
+        slots.into_iter().filter_map(|s| self.later.remove(&s)).collect()
     }
 
     pub fn take(&mut self, height: Height, round: Round) -> Option<Assembly> {
@@ -318,5 +350,38 @@ mod tests {
         assert_eq!(w.len(), MAX_WAITING - 1);
         assert!(!w.contains(5, 0));
         assert!(w.take(6, 1).is_some());
+    }
+
+    /// Proposals past the fetching window wait, a few, the latest rounds given
+    /// up first, and come out when the window reaches them; rounds the node
+    /// left behind go from both lists.
+    #[test]
+    fn later_rounds_are_kept_a_few_and_come_out_when_due() {
+        let id = Identity::generate().unwrap();
+        let from = id.id();
+        let mut w = Waiting::default();
+        let mk = |h: Height, r: Round| {
+            let mut cp = CompactProposal::of(&signed(&id, txs(2)));
+            cp.height = h;
+            cp.round = r;
+            Assembly::new(cp, vec![None, None])
+        };
+        // A member signs proposals for many of its future rounds at height 5.
+        for r in (4..40).rev() {
+            w.defer(from, mk(5, r));
+        }
+        w.defer(from, mk(5, 4));
+        assert_eq!(w.later.len(), MAX_LATER, "bounded");
+        assert!(w.later.contains_key(&(5, 4)) && !w.later.contains_key(&(5, 39)), "the latest rounds go first");
+        assert!(w.take_due(|h, r| h == 5 && r <= 3).is_empty(), "nothing due before round 4");
+        let due = w.take_due(|h, r| h == 5 && r <= 5);
+        let rounds: Vec<Round> = due.iter().map(|(_, a)| a.proposal.round).collect();
+        assert_eq!(rounds, [4, 5]);
+        assert!(w.insert(mk(5, 6)));
+        w.retain_window(5, 8);
+        assert!(!w.contains(5, 6), "a round left behind no longer waits");
+        assert_eq!(w.later.keys().next(), Some(&(5, 8)));
+        w.retain_window(6, 0);
+        assert!(w.later.is_empty());
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::block::{Height, Limits};
+use super::block::{Height, Limits, Round};
 use super::clock::{ClockConfig, ClockEstimator, ClockEvent};
 use super::compact::{Assembly, CompactProposal, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
@@ -412,6 +412,7 @@ impl Producer {
             };
             self.metrics.loops.fetch_add(1, Ordering::Relaxed);
             self.publish_state();
+            self.fetch_due();
             match event {
                 Event::Stop => return Ok(()),
                 Event::Messages => {
@@ -594,8 +595,36 @@ impl Producer {
         if assembly.is_complete() {
             return self.assembled(assembly).await;
         }
-        self.fetch_txs(from, assembly);
+        // Fetching waits only for the rounds that come next: this round and
+        // the one after, and the next height's first two. A proposal for a
+        // later round is asked for again when it is relayed in its time, so a
+        // member cannot hold the waiting slots with its future rounds; at most
+        // four (height, round) slots are in the window, as many as may wait.
+        let (h, r) = (self.core.height(), self.core.round());
+        self.waiting.retain_window(h, r);
+        if !in_fetch_window((h, r), assembly.proposal.height, assembly.proposal.round) {
+            self.waiting.defer(from, assembly);
+            return Ok(());
+        }
+        self.fetch_for(from, assembly);
         Ok(())
+    }
+
+    /// Fetches what `assembly` misses from its proposer, which holds every
+    /// transaction of its block, or else from the peer that sent it.
+    fn fetch_for(&mut self, from: NodeId, assembly: Assembly) {
+        let proposer = assembly.proposal.proposer;
+        let ask = if proposer != self.core.id() && self.peers.is_connected(&proposer) { proposer } else { from };
+        self.fetch_txs(ask, assembly);
+    }
+
+    /// Kept compact proposals whose round the window has reached: fetched now.
+    fn fetch_due(&mut self) {
+        let (h, r) = (self.core.height(), self.core.round());
+        self.waiting.retain_window(h, r);
+        for (from, assembly) in self.waiting.take_due(|ph, pr| in_fetch_window((h, r), ph, pr)) {
+            self.fetch_for(from, assembly);
+        }
     }
 
     /// Asks `from` for what `assembly` misses; the answer comes back as
@@ -701,11 +730,20 @@ impl Producer {
             // A peer rebuilding a compact proposal: from the mempool, and from the
             // proposal itself when it is here (our own after a restart, whose
             // transactions the mempool no longer holds). Under the sync rate limit.
-            Message::GetTxs { height, round, ids } => {
+            Message::GetTxs { height, round, mut ids } => {
+                // Members rebuilding a proposal ask; a `bootstrap` peer the
+                // chain does not name only syncs.
+                if !self.chain_names(&req.from) {
+                    let _ = req.reply.send(Err(Refusal::Unsupported));
+                    return;
+                }
                 if !self.sync_allowance(req.from) {
                     let _ = req.reply.send(Err(Refusal::RateLimited));
                     return;
                 }
+                // Each transaction once, however often it is asked for.
+                let mut seen = std::collections::HashSet::with_capacity(ids.len());
+                ids.retain(|id| seen.insert(*id));
                 let budget = super::message::TXS_ANSWER_BYTES;
                 let mut txs = self.lock_mempool().lookup_within(&ids, budget);
                 if txs.len() < ids.len() {
@@ -1158,6 +1196,15 @@ fn signed_message(m: Signed) -> Message {
     }
 }
 
+/// Whether a compact proposal of `(height, round)` is fetched now, at `at`:
+/// this round and the next, the next height's first two. Later rounds wait
+/// (kept, a few), so a member cannot hold the waiting slots with its future
+/// rounds: at most four slots are in the window, as many as may wait.
+fn in_fetch_window(at: (Height, Round), height: Height, round: Round) -> bool {
+    let (h, r) = at;
+    (height == h && round <= r + 1) || (height == h + 1 && round <= 1)
+}
+
 /// A clock estimate needs readings from a majority of the peers of a set of
 /// `members`, so that the peers whose clocks are off (or that lie), fewer than
 /// a third, are never half of the readings: they can neither make the others
@@ -1181,4 +1228,26 @@ fn answer_from_block(block: &super::block::Block, ids: &[super::block::Hash], ma
         out.push((*tx).clone());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_fetch_window;
+
+    #[test]
+    fn the_fetch_window_is_this_round_the_next_and_the_next_heights_first_two() {
+        let at = (10, 3);
+        for (h, r, want) in [
+            (10, 3, true),
+            (10, 4, true),
+            (10, 5, false),
+            (10, 2, true),
+            (11, 0, true),
+            (11, 1, true),
+            (11, 2, false),
+            (12, 0, false),
+        ] {
+            assert_eq!(in_fetch_window(at, h, r), want, "height {h} round {r}");
+        }
+    }
 }
