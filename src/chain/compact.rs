@@ -201,8 +201,9 @@ impl Waiting {
         true
     }
 
-    /// Drops what waits for rounds before `(height, round)` (their fetches may
-    /// still answer; nothing takes the answer).
+    /// Drops what waits for rounds before `(height, round)`, and for heights
+    /// below it: those proposals are moot (their fetches may still answer;
+    /// nothing takes the answer).
     pub fn retain_window(&mut self, height: Height, round: Round) {
         self.by_slot.retain(|&(h, r), _| h > height || (h == height && r >= round));
         self.later.retain(|&(h, r), _| h > height || (h == height && r >= round));
@@ -220,6 +221,11 @@ impl Waiting {
         }
     }
 
+    /// Whether proposals of later rounds are kept.
+    pub fn has_later(&self) -> bool {
+        !self.later.is_empty()
+    }
+
     /// The kept proposals `due` now says are in the window.
     pub fn take_due(&mut self, mut due: impl FnMut(Height, Round) -> bool) -> Vec<(NodeId, Assembly)> {
         let slots: Vec<_> = self.later.keys().copied().filter(|&(h, r)| due(h, r)).collect();
@@ -228,11 +234,6 @@ impl Waiting {
 
     pub fn take(&mut self, height: Height, round: Round) -> Option<Assembly> {
         self.by_slot.remove(&(height, round))
-    }
-
-    /// Drops what waits for heights below `height`: those proposals are moot.
-    pub fn retain_from(&mut self, height: Height) {
-        self.by_slot.retain(|(h, _), _| *h >= height);
     }
 
     pub fn len(&self) -> usize {
@@ -330,23 +331,24 @@ mod tests {
         assert_eq!(a.into_signed().unwrap(), sp);
     }
 
+    /// An assembly of `id`'s compact proposal of two transactions, neither
+    /// here, for `(height, round)`.
+    fn waiting_assembly(id: &Identity, height: Height, round: Round) -> Assembly {
+        let cp = CompactProposal { height, round, ..CompactProposal::of(&signed(id, txs(2))) };
+        Assembly::new(cp, vec![None, None])
+    }
+
     #[test]
     fn waiting_assemblies_are_bounded_one_per_round() {
         let id = Identity::generate().unwrap();
         let mut w = Waiting::default();
-        let mk = |h: Height, r: Round| {
-            let mut cp = CompactProposal::of(&signed(&id, txs(2)));
-            cp.height = h;
-            cp.round = r;
-            Assembly::new(cp, vec![None, None])
-        };
-        assert!(w.insert(mk(5, 0)));
-        assert!(!w.insert(mk(5, 0)), "one per round");
+        assert!(w.insert(waiting_assembly(&id, 5, 0)));
+        assert!(!w.insert(waiting_assembly(&id, 5, 0)), "one per round");
         for r in 1..MAX_WAITING as Round {
-            assert!(w.insert(mk(6, r)));
+            assert!(w.insert(waiting_assembly(&id, 6, r)));
         }
-        assert!(!w.insert(mk(6, 99)), "at most MAX_WAITING");
-        w.retain_from(6);
+        assert!(!w.insert(waiting_assembly(&id, 6, 99)), "at most MAX_WAITING");
+        w.retain_window(6, 0);
         assert_eq!(w.len(), MAX_WAITING - 1);
         assert!(!w.contains(5, 0));
         assert!(w.take(6, 1).is_some());
@@ -360,24 +362,18 @@ mod tests {
         let id = Identity::generate().unwrap();
         let from = id.id();
         let mut w = Waiting::default();
-        let mk = |h: Height, r: Round| {
-            let mut cp = CompactProposal::of(&signed(&id, txs(2)));
-            cp.height = h;
-            cp.round = r;
-            Assembly::new(cp, vec![None, None])
-        };
         // A member signs proposals for many of its future rounds at height 5.
         for r in (4..40).rev() {
-            w.defer(from, mk(5, r));
+            w.defer(from, waiting_assembly(&id, 5, r));
         }
-        w.defer(from, mk(5, 4));
+        w.defer(from, waiting_assembly(&id, 5, 4));
         assert_eq!(w.later.len(), MAX_LATER, "bounded");
         assert!(w.later.contains_key(&(5, 4)) && !w.later.contains_key(&(5, 39)), "the latest rounds go first");
         assert!(w.take_due(|h, r| h == 5 && r <= 3).is_empty(), "nothing due before round 4");
         let due = w.take_due(|h, r| h == 5 && r <= 5);
         let rounds: Vec<Round> = due.iter().map(|(_, a)| a.proposal.round).collect();
         assert_eq!(rounds, [4, 5]);
-        assert!(w.insert(mk(5, 6)));
+        assert!(w.insert(waiting_assembly(&id, 5, 6)));
         w.retain_window(5, 8);
         assert!(!w.contains(5, 6), "a round left behind no longer waits");
         assert_eq!(w.later.keys().next(), Some(&(5, 8)));

@@ -619,7 +619,11 @@ impl Producer {
     }
 
     /// Kept compact proposals whose round the window has reached: fetched now.
+    /// Once a loop turn; nothing to do unless proposals of later rounds are kept.
     fn fetch_due(&mut self) {
+        if !self.waiting.has_later() {
+            return;
+        }
         let (h, r) = (self.core.height(), self.core.round());
         self.waiting.retain_window(h, r);
         for (from, assembly) in self.waiting.take_due(|ph, pr| in_fetch_window((h, r), ph, pr)) {
@@ -989,7 +993,7 @@ impl Producer {
                     }
                     work.extend(self.after_block());
                     self.lock_mempool().remove_committed(&c.block.txs);
-                    self.waiting.retain_from(self.core.height());
+                    self.waiting.retain_window(self.core.height(), 0);
                     let height = c.block.height();
                     let hash = c.block.hash();
                     self.tip.send_replace(Tip { height, hash: hash.0 });
