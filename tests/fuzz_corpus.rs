@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use masternode::chain::block::{genesis_hash, Limits};
+use masternode::chain::block::{genesis_hash, Limits, TxCheck};
 use masternode::chain::message::Message;
 use masternode::chain::vote::Committed;
 use masternode::codec::{decode_all, decode_body, encode, FrameReader, BINCODE};
@@ -86,6 +86,7 @@ fn committed_corpus() {
             |_| members[0],
             Some(0),
             &Limits::default(),
+            TxCheck::Needed,
         );
     }
 }

@@ -61,14 +61,19 @@ fn encoding_frames_into_a_buffer_does_not_allocate_per_frame() {
     assert_eq!(made, 0, "{made} allocations for 10,000 frames");
 }
 
+/// `n` frames of `msg`, back to back.
+fn frames_of(msg: &Message, n: usize) -> bytes::Bytes {
+    let mut wire = BytesMut::new();
+    for _ in 0..n {
+        codec::encode_into(msg, &mut wire);
+    }
+    wire.freeze()
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn reading_frames_allocates_only_the_message_itself() {
     let msg = Message::Data(vec![7; 256]);
-    let mut wire = BytesMut::new();
-    for _ in 0..10_000 {
-        codec::encode_into(&msg, &mut wire);
-    }
-    let wire = wire.freeze();
+    let wire = frames_of(&msg, 10_000);
     let mut reader = FrameReader::new(&wire[..]);
     let before = allocations();
     let mut n = 0;
@@ -89,22 +94,7 @@ async fn mesh_of_8_forms_with_exactly_28_dials() {
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let bound: Vec<_> = (0..8)
-        .map(|i| {
-            let (_tx, tip) = tokio::sync::watch::channel(Default::default());
-            net::bind(net::NetConfig {
-                identity: spec.ids[i].clone(),
-                network: std::sync::Arc::new(spec.network()),
-                members: spec.members.iter().map(|m| (m.id, m.addr)).collect(),
-                advertised: spec.addr(i),
-                listen: spec.addr(i),
-                transport: fast_transport(),
-                request_timeout: Duration::from_secs(5),
-                tip,
-                protocol: OPEN,
-                hooks: Default::default(),
-            })
-            .unwrap()
-        })
+        .map(|i| net::bind(spec.net_config(i, spec.addr(i), spec.member_set(), fast_transport())).unwrap())
         .collect();
     let nets: Vec<_> = bound.into_iter().map(|b| b.run(stop.clone(), &tracker)).collect();
     eventually("full mesh of 8", Duration::from_secs(20), || nets.iter().all(|(p, _)| p.connected().len() == 7)).await;
@@ -124,11 +114,7 @@ async fn mesh_of_8_forms_with_exactly_28_dials() {
 #[tokio::test(flavor = "current_thread")]
 async fn reading_frames_in_runs_allocates_per_run_not_per_frame() {
     let msg = Message::Data(vec![7; 256]);
-    let mut wire = BytesMut::new();
-    for _ in 0..10_000 {
-        codec::encode_into(&msg, &mut wire);
-    }
-    let wire = wire.freeze();
+    let wire = frames_of(&msg, 10_000);
     let body = codec::encode(&msg).slice(4..);
     let mut reader = FrameReader::new(&wire[..]);
     let limit = <Message as codec::Frame>::limit;
@@ -154,36 +140,11 @@ async fn pair() -> (net::Peers, net::Inbound, masternode::identity::NodeId, Canc
     let spec = Spec::new(2);
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    let mut nets: Vec<_> = (0..2)
-        .map(|i| {
-            let (_tx, tip) = tokio::sync::watch::channel(Default::default());
-            net::start(
-                net::NetConfig {
-                    identity: spec.ids[i].clone(),
-                    network: std::sync::Arc::new(spec.network()),
-                    members: spec.members.iter().map(|m| (m.id, m.addr)).collect(),
-                    advertised: spec.addr(i),
-                    listen: spec.addr(i),
-                    transport: fast_transport(),
-                    request_timeout: Duration::from_secs(5),
-                    tip,
-                    protocol: DATA_GOSSIP,
-                    hooks: Default::default(),
-                },
-                stop.clone(),
-                &tracker,
-            )
-            .unwrap()
-        })
-        .collect();
-    let (b, inb) = nets.pop().unwrap();
-    let (a, _ina) = nets.pop().unwrap();
+    let (a, _ina) = spec.start_net(0, fast_transport(), &tracker, &stop);
+    let (b, inb) = spec.start_net(1, fast_transport(), &tracker, &stop);
     eventually("connected", Duration::from_secs(10), || a.connected().len() == 1 && b.connected().len() == 1).await;
     (a, inb, spec.id(1), stop, tracker)
 }
-
-/// The node's own protocol, with `Data` on the gossip stream.
-const DATA_GOSSIP: net::Protocol = net::Protocol { gossip: <Message as codec::Frame>::limit, ..OPEN };
 
 /// Sends `n` frames (no `.await` between them, so the writer and the receiver
 /// run only after) and receives them all; allocations during the sends, during

@@ -139,23 +139,11 @@ impl Block {
     }
 
     /// Checks the block against its parent and the rules that need no state beyond
-    /// it; `proposer_of(round)` gives the proposer of a round at this height.
-    pub fn validate(
-        &self,
-        parent_hash: Hash,
-        parent_height: Height,
-        parent_ts: u64,
-        proposer_of: impl Fn(Round) -> NodeId,
-        now_ms: Option<u64>,
-        limits: &Limits,
-    ) -> Result<(), BlockError> {
-        self.validate_with(parent_hash, parent_height, parent_ts, proposer_of, now_ms, limits, TxCheck::Needed)
-    }
-
-    /// [`Self::validate`], hashing the transactions against the root only when
-    /// `txs` says the caller has not.
+    /// it; `proposer_of(round)` gives the proposer of a round at this height. The
+    /// transactions are hashed against the root only when `txs` says the caller
+    /// has not.
     #[allow(clippy::too_many_arguments)]
-    pub fn validate_with(
+    pub fn validate(
         &self,
         parent_hash: Hash,
         parent_height: Height,

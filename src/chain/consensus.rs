@@ -667,7 +667,7 @@ impl Core {
             _ => {}
         }
         let height = self.height;
-        block.validate_with(
+        block.validate(
             self.prev_hash,
             height - 1,
             self.prev_ts,
