@@ -20,18 +20,7 @@ use masternode::node::Node;
 
 async fn network() -> (Spec, Hostile, Vec<Node>) {
     let spec = Spec::new(4);
-    let hostile = Hostile::new(&spec, 0);
-    let mut transport = fast_transport();
-    transport.passive_wait = Duration::from_secs(600);
-    let mut honest = Vec::new();
-    for i in 1..4 {
-        honest.push(spec.start(i, transport.clone()).await);
-    }
-    let refs: Vec<&Node> = honest.iter().collect();
-    eventually("honest mesh and height 2", Duration::from_secs(60), || {
-        refs.iter().all(|n| n.peers().connected().len() >= 2 && n.height() >= 2)
-    })
-    .await;
+    let (hostile, honest) = honest_beside_hostile(&spec, 3, 2).await;
     (spec, hostile, honest)
 }
 

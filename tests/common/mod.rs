@@ -269,6 +269,28 @@ pub fn heights(nodes: &[&Node]) -> Vec<u64> {
     nodes.iter().map(|n| n.height()).collect()
 }
 
+/// The transport of honest nodes beside a hostile member at node 0, the lowest
+/// address: they wait for it to dial and never dial it.
+pub fn beside_hostile_transport() -> Transport {
+    Transport { passive_wait: Duration::from_secs(600), ..fast_transport() }
+}
+
+/// A hostile member at node 0 and honest nodes 1 to `count`, meshed among
+/// themselves and at `height` or above.
+pub async fn honest_beside_hostile(spec: &Spec, count: usize, height: u64) -> (Hostile, Vec<Node>) {
+    let hostile = Hostile::new(spec, 0);
+    let mut honest = Vec::new();
+    for i in 1..=count {
+        honest.push(spec.start(i, beside_hostile_transport()).await);
+    }
+    let refs: Vec<&Node> = honest.iter().collect();
+    eventually(&format!("{count} honest nodes meshed at height {height}"), Duration::from_secs(60), || {
+        refs.iter().all(|n| n.peers().connected().len() >= count - 1 && n.height() >= height)
+    })
+    .await;
+    (hostile, honest)
+}
+
 /// A late node beside a hostile member, for catch-up tests: seven members, the
 /// hostile key at node 0 (the lowest address), five honest nodes (1 to 5) that
 /// reach `height`, and node 6 started from nothing, fetching `batch` blocks per
@@ -285,21 +307,8 @@ pub struct LateBesideHostile {
 }
 
 pub async fn late_beside_hostile(spec: &Spec, height: u64, batch: u32) -> LateBesideHostile {
-    let hostile = Hostile::new(spec, 0);
-    let mut transport = fast_transport();
-    transport.passive_wait = Duration::from_secs(600);
-    let mut honest = Vec::new();
-    for i in 1..6 {
-        honest.push(spec.start(i, transport.clone()).await);
-    }
-    {
-        let refs: Vec<&Node> = honest.iter().collect();
-        eventually(&format!("five honest nodes reach height {height}"), Duration::from_secs(60), || {
-            refs.iter().all(|n| n.height() >= height)
-        })
-        .await;
-    }
-    let mut cfg = spec.config(6, spec.network(), transport);
+    let (hostile, honest) = honest_beside_hostile(spec, 5, height).await;
+    let mut cfg = spec.config(6, spec.network(), beside_hostile_transport());
     cfg.limits.sync_batch_blocks = batch;
     let late = Node::start(cfg, Default::default(), CancellationToken::new()).await.unwrap();
     let started = Instant::now();
