@@ -325,6 +325,13 @@ impl Lab {
         std::fs::write(self.dir.path().join("network.toml"), text).unwrap();
     }
 
+    /// [`Self::network`] for nodes that all listen on `listen`: (namespace,
+    /// address in the member set).
+    fn network_listening(&mut self, nodes: &[(String, String)], listen: &str) {
+        let nodes: Vec<(&str, &str, &str)> = nodes.iter().map(|(ns, a)| (ns.as_str(), a.as_str(), listen)).collect();
+        self.network(&nodes);
+    }
+
     fn start(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(node.dir.join("node.log")).unwrap();
@@ -787,9 +794,7 @@ fn partition_leaving_a_quorum_keeps_blocks_coming_and_the_cut_node_catches_up() 
     for i in 1..=4 {
         spec.push((lab.host(&format!("n{i}"), &[&format!("10.77.0.1{i}/24")]), format!("10.77.0.1{i}:24100")));
     }
-    let spec_ref: Vec<(&str, &str, &str)> =
-        spec.iter().map(|(ns, a)| (ns.as_str(), a.as_str(), "0.0.0.0:24100")).collect();
-    lab.network(&spec_ref);
+    lab.network_listening(&spec, "0.0.0.0:24100");
     lab.start_all();
     lab.until_mesh(&[0, 1, 2, 3], 3, 2, Duration::from_secs(30));
     let heights = Heights::watch(&lab);
@@ -863,9 +868,7 @@ fn bandwidth_cap_under_load_keeps_blocks_coming() {
         );
         spec.push((ns, format!("10.77.0.1{i}:24100")));
     }
-    let spec_ref: Vec<(&str, &str, &str)> =
-        spec.iter().map(|(ns, a)| (ns.as_str(), a.as_str(), "0.0.0.0:24100")).collect();
-    lab.network(&spec_ref);
+    lab.network_listening(&spec, "0.0.0.0:24100");
     lab.start_all();
     lab.until_mesh(&[0, 1, 2, 3], 3, 2, Duration::from_secs(30));
     let heights = Heights::watch(&lab);
@@ -985,9 +988,7 @@ fn dual_stack_members_commit_together() {
         let member = if i <= 2 { format!("10.77.0.1{i}:24100") } else { format!("[fd77::1{i}]:24100") };
         spec.push((ns, member));
     }
-    let spec_ref: Vec<(&str, &str, &str)> =
-        spec.iter().map(|(ns, a)| (ns.as_str(), a.as_str(), "[::]:24100")).collect();
-    lab.network(&spec_ref);
+    lab.network_listening(&spec, "[::]:24100");
     let started = Instant::now();
     lab.start_all();
     let meshed = lab.until_mesh(&[0, 1, 2, 3], 3, 3, Duration::from_secs(30));
