@@ -245,6 +245,21 @@ impl Waiting {
     }
 }
 
+/// Copies of `txs`, in order, as long as they fit in `max_bytes` of
+/// transaction bytes: a `Txs` answer within its frame.
+pub fn within_bytes<'a>(txs: impl Iterator<Item = &'a Vec<u8>>, max_bytes: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for tx in txs {
+        if bytes + tx.len() > max_bytes {
+            break;
+        }
+        bytes += tx.len();
+        out.push(tx.clone());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

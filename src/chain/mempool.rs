@@ -101,16 +101,7 @@ impl Mempool {
     /// The transactions with these ids that this pool holds, in order, up to
     /// `max_bytes` of transaction bytes (a `GetTxs` answer within its frame).
     pub fn lookup_within(&self, ids: &[Hash], max_bytes: usize) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for tx in ids.iter().filter_map(|id| self.txs.get(id)) {
-            if bytes + tx.len() > max_bytes {
-                break;
-            }
-            bytes += tx.len();
-            out.push(tx.clone());
-        }
-        out
+        super::compact::within_bytes(ids.iter().filter_map(|id| self.txs.get(id)), max_bytes)
     }
 
     pub fn remove_committed(&mut self, txs: &[Vec<u8>]) {

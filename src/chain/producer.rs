@@ -463,6 +463,13 @@ impl Producer {
         self.metrics.clock_peers.store(self.clock.peers(now) as u64, Ordering::Relaxed);
     }
 
+    /// Whether this is the first report of `kind` about `culprit`, which is
+    /// logged at warn (later ones at debug); at most [`MAX_REPORTED`] are
+    /// remembered.
+    fn first_report(&mut self, culprit: Option<NodeId>, kind: &'static str) -> bool {
+        self.reported.len() < MAX_REPORTED && self.reported.insert((culprit, kind))
+    }
+
     /// Whether the member set in force or the next one has `id` (a peer may
     /// also be reached only as a `bootstrap` peer).
     fn chain_names(&self, id: &NodeId) -> bool {
@@ -583,7 +590,7 @@ impl Producer {
         let proposer = self.core.proposer(cp.height, cp.round);
         if let Err(e) = cp.check(&self.network.id, proposer, self.limits.max_block_txs) {
             self.metrics.misbehaviour.fetch_add(1, Ordering::Relaxed);
-            if self.reported.len() < MAX_REPORTED && self.reported.insert((Some(from), "bad_compact_proposal")) {
+            if self.first_report(Some(from), "bad_compact_proposal") {
                 tracing::warn!(peer = %from.short(), "compact proposal refused: {e}");
             } else {
                 tracing::debug!(peer = %from.short(), "compact proposal refused: {e}");
@@ -595,11 +602,8 @@ impl Producer {
         if assembly.is_complete() {
             return self.assembled(assembly).await;
         }
-        // Fetching waits only for the rounds that come next: this round and
-        // the one after, and the next height's first two. A proposal for a
-        // later round is asked for again when it is relayed in its time, so a
-        // member cannot hold the waiting slots with its future rounds; at most
-        // four (height, round) slots are in the window, as many as may wait.
+        // Fetched now only within the window (`in_fetch_window`); a later
+        // round's proposal is kept until the window reaches it.
         let (h, r) = (self.core.height(), self.core.round());
         self.waiting.retain_window(h, r);
         if !in_fetch_window((h, r), assembly.proposal.height, assembly.proposal.round) {
@@ -681,7 +685,7 @@ impl Producer {
             }
             Err(e) => e,
         };
-        if self.reported.len() < MAX_REPORTED && self.reported.insert((Some(f.from), "compact_proposal_incomplete")) {
+        if self.first_report(Some(f.from), "compact_proposal_incomplete") {
             tracing::warn!(peer = %f.from.short(), height = f.height, round = f.round, "compact proposal dropped: {outcome}");
         } else {
             tracing::debug!(peer = %f.from.short(), height = f.height, round = f.round, "compact proposal dropped: {outcome}");
@@ -1020,7 +1024,7 @@ impl Producer {
                             ..
                         }
                     );
-                    if self.reported.len() < MAX_REPORTED && self.reported.insert((culprit, m.kind())) {
+                    if self.first_report(culprit, m.kind()) {
                         if fork {
                             // More than two thirds of a height's members signed a
                             // block on another parent than ours: two certified
@@ -1222,16 +1226,7 @@ fn clock_min_peers(members: usize) -> usize {
 fn answer_from_block(block: &super::block::Block, ids: &[super::block::Hash], max_bytes: usize) -> Vec<Vec<u8>> {
     let by_id: HashMap<super::block::Hash, &Vec<u8>> =
         block.txs.iter().map(|t| (super::block::tx_hash(t), t)).collect();
-    let mut out = Vec::new();
-    let mut bytes = 0;
-    for tx in ids.iter().filter_map(|id| by_id.get(id)) {
-        if bytes + tx.len() > max_bytes {
-            break;
-        }
-        bytes += tx.len();
-        out.push((*tx).clone());
-    }
-    out
+    super::compact::within_bytes(ids.iter().filter_map(|id| by_id.get(id).copied()), max_bytes)
 }
 
 #[cfg(test)]
