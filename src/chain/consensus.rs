@@ -448,13 +448,10 @@ impl Core {
         // + 1 ms) must not make the chain faster than its pace, nor one stamped
         // by a clock ahead of ours slower: when this node started the parent's
         // height, a stamp ahead of our clock says nothing of when that was.
-        let started_parent = self.started_at.filter(|(h, _)| h + 1 == self.height).map(|(_, at)| at);
+        let started_parent = self.started_at.is_some_and(|(h, _)| h + 1 == self.height);
         let by_start = self.started_at.map_or(0, |(_, at)| (at + interval).saturating_sub(now_ms));
-        let by_parent = if started_parent.is_some() && self.prev_ts > now_ms {
-            0
-        } else {
-            (self.prev_ts + interval).saturating_sub(now_ms)
-        };
+        let by_parent =
+            if started_parent && self.prev_ts > now_ms { 0 } else { (self.prev_ts + interval).saturating_sub(now_ms) };
         // At most one interval from now, whatever the parent's timestamp says
         // (after a restart or a sync this node started no height it can go by).
         let after_ms = by_parent.max(by_start).min(interval);
