@@ -56,6 +56,16 @@ impl Default for ClockConfig {
     }
 }
 
+/// The readings an estimate needs in a member set of `members`: `2f + 1`, with
+/// `f = (members - 1) / 3` the members that may lie or have wrong clocks. Then
+/// the `f` can never be half of the samples, so the median (and either middle
+/// sample of an even count) lies between two honest ones: they can neither make
+/// an honest node believe its clock is off nor hide that it is. A majority of
+/// the peers is not enough: at four members, one liar is one of two.
+pub fn min_peers_for(members: usize) -> usize {
+    2 * (members.saturating_sub(1) / 3) + 1
+}
+
 /// A change worth a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClockEvent {
@@ -296,6 +306,29 @@ mod tests {
         let mut alone = estimator();
         alone.handle_tip(id(1), 0, u64::MAX);
         assert_eq!(alone.offset_ms(u64::MAX), Some(i64::MAX), "saturates instead of overflowing");
+    }
+
+    #[test]
+    fn an_estimate_needs_twice_the_liars_plus_one() {
+        for (members, need) in [(1, 1), (3, 1), (4, 3), (5, 3), (6, 3), (7, 5), (10, 7), (100, 67)] {
+            assert_eq!(min_peers_for(members), need, "{members} members");
+            let f = (members - 1) / 3;
+            assert!(f < need - f, "{members} members: the {f} liars are fewer than the other samples");
+        }
+    }
+
+    /// At four members one lying peer of the two that answer decided the
+    /// estimate with a majority rule (two of three peers); it needs all three.
+    #[test]
+    fn one_liar_of_four_members_cannot_hide_a_wrong_clock() {
+        let mut c = ClockEstimator::new(ClockConfig { min_peers: min_peers_for(4), ..ClockConfig::default() });
+        // Our clock is 5 s behind: the two honest peers read 5 s ahead; the
+        // liar claims to agree with us. With only it and one honest peer
+        // heard, no estimate is made rather than an estimate of 0.
+        assert!(feed(&mut c, 1_000, &[0, 5_000]).is_empty());
+        assert_eq!(c.offset_ms(2_000), None, "two of three peers are not enough");
+        let events = feed(&mut c, 3_000, &[0, 5_000, 5_000]);
+        assert_eq!(events, vec![ClockEvent::Off { offset_ms: -5_000, peers: 3 }]);
     }
 
     #[test]

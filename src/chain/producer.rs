@@ -301,7 +301,7 @@ impl Producer {
         let reachable = core.membership().reachable();
         let member = core.members_at(core.height()).contains(&core.id());
         let clock = ClockEstimator::new(ClockConfig {
-            min_peers: clock_min_peers(core.members_at(core.height()).len()),
+            min_peers: super::clock::min_peers_for(core.members_at(core.height()).len()),
             ..ClockConfig::default()
         });
         Producer {
@@ -1085,7 +1085,7 @@ impl Producer {
             self.reachable = reachable;
         }
         let height = self.core.height();
-        self.clock.set_min_peers(clock_min_peers(self.core.members_at(height).len()));
+        self.clock.set_min_peers(super::clock::min_peers_for(self.core.members_at(height).len()));
         let now_member = self.core.members_at(height).contains(&self.core.id());
         if now_member != self.member {
             self.member = now_member;
@@ -1211,14 +1211,6 @@ fn signed_message(m: Signed) -> Message {
 fn in_fetch_window(at: (Height, Round), height: Height, round: Round) -> bool {
     let (h, r) = at;
     (height == h && round <= r + 1) || (height == h + 1 && round <= 1)
-}
-
-/// A clock estimate needs readings from a majority of the peers of a set of
-/// `members`, so that the peers whose clocks are off (or that lie), fewer than
-/// a third, are never half of the readings: they can neither make the others
-/// think their clocks are off nor hide that one is.
-fn clock_min_peers(members: usize) -> usize {
-    members.saturating_sub(1) / 2 + 1
 }
 
 /// The transactions of `block` with these ids, in the order asked, within
