@@ -199,6 +199,8 @@ pub struct Producer {
     tracker: TaskTracker,
     /// Added to our clock's readings (tests of skewed clocks; 0 otherwise).
     clock_skew_ms: i64,
+    /// When the producer started: the monotonic clock's origin.
+    started: Instant,
     /// When each peer last sent us anything.
     last_heard: HashMap<NodeId, Instant>,
     clock: ClockEstimator,
@@ -279,6 +281,12 @@ impl Producer {
         now_ms().saturating_add_signed(self.clock_skew_ms)
     }
 
+    /// Milliseconds since the producer started, by the monotonic clock: what the
+    /// sync planner and the rate limits count in.
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: Core,
@@ -329,6 +337,7 @@ impl Producer {
             tracker,
             last_heard: HashMap::new(),
             clock_skew_ms: 0,
+            started: Instant::now(),
             clock,
             identity,
             approvals: ApprovalPool::default(),
@@ -453,7 +462,7 @@ impl Producer {
     fn publish_state(&mut self) {
         let now = self.now();
         self.metrics.round.store(self.core.round() as u64, Ordering::Relaxed);
-        let best = self.sync.best_claim(std::time::Instant::now());
+        let best = self.sync.best_claim(self.mono_ms());
         self.metrics.best_peer_tip.store(best, Ordering::Relaxed);
         for (counter, n) in self.metrics.sync_failures.iter().zip(self.sync.failures()) {
             counter.store(n, Ordering::Relaxed);
@@ -548,7 +557,7 @@ impl Producer {
             // only: its transactions and its clock do not count here.
             Message::Tx(_) | Message::Tip { .. } if !self.chain_names(&from) => {
                 if let Message::Tip { height, .. } = msg {
-                    self.sync.handle_claim(from, height, std::time::Instant::now());
+                    self.sync.handle_claim(from, height, self.mono_ms());
                     self.maybe_sync();
                 }
                 return Ok(());
@@ -562,7 +571,7 @@ impl Producer {
             }
             Message::Tip { height, time_ms, .. } => {
                 self.sample_clock(from, time_ms);
-                self.sync.handle_claim(from, height, std::time::Instant::now());
+                self.sync.handle_claim(from, height, self.mono_ms());
                 self.maybe_sync();
                 return Ok(());
             }
@@ -780,7 +789,7 @@ impl Producer {
     /// A token bucket per peer: `sync_requests_per_sec`, bursts of twice that.
     fn sync_allowance(&mut self, peer: NodeId) -> bool {
         let rate = self.node_limits.sync_requests_per_sec as f64;
-        let now = Instant::now().into_std();
+        let now = self.mono_ms();
         self.sync_buckets.entry(peer).or_insert_with(|| TokenBucket::new(rate, 2.0 * rate, now)).take(now)
     }
 
@@ -826,7 +835,7 @@ impl Producer {
             self.send(id, &Message::Approval(sa.clone()));
         }
         if let Some(info) = self.peers.peers().into_iter().find(|p| p.id == id) {
-            self.sync.handle_claim(id, info.tip.height, std::time::Instant::now());
+            self.sync.handle_claim(id, info.tip.height, self.mono_ms());
             self.maybe_sync();
         }
     }
@@ -854,7 +863,7 @@ impl Producer {
     /// request with another peer; the planner decides.
     fn maybe_sync(&mut self) {
         let our_tip = self.core.height() - 1;
-        let Some(req) = self.sync.poll_request(our_tip, std::time::Instant::now()) else { return };
+        let Some(req) = self.sync.poll_request(our_tip, self.mono_ms()) else { return };
         tracing::debug!(peer = %req.peer.short(), our_tip, "fetching blocks");
         let request = Message::GetBlocks { from: req.from, count: req.count };
         let frame = match request.encode() {
@@ -930,9 +939,9 @@ impl Producer {
     /// failure is warned about once per peer and cause, and the next best peer is
     /// asked at once.
     fn sync_outcome(&mut self, peer: NodeId, outcome: Outcome, detail: &str) {
-        let verdict = self.sync.handle_response(peer, outcome, std::time::Instant::now());
+        let verdict = self.sync.handle_response(peer, outcome, self.mono_ms());
         if let Some(f) = verdict.failure {
-            let penalty = self.sync.penalty().as_secs();
+            let penalty = self.sync.penalty_ms() / 1000;
             if verdict.first_of_its_kind {
                 tracing::warn!(peer = %peer.short(), reason = f.as_str(), "sync from peer failed{}{detail}; not asking it for {penalty} s", if detail.is_empty() { "" } else { ": " });
             } else {
@@ -1043,7 +1052,7 @@ impl Producer {
                     }
                 }
                 Output::Ahead { node, height } => {
-                    self.sync.handle_claim(node, height.saturating_sub(1), std::time::Instant::now());
+                    self.sync.handle_claim(node, height.saturating_sub(1), self.mono_ms());
                     self.maybe_sync();
                 }
             }

@@ -8,18 +8,20 @@
 //! * **Chosen by what they deliver.** Peers are ranked by the blocks per second
 //!   they delivered to us (a peer not yet asked ranks as promising, so each gets
 //!   its chance), then by the tip they claim. A claim alone buys nothing more.
-//! * **Hedged.** A request not answered within `hedge_after` is asked of the next
+//! * **Hedged.** A request not answered within `hedge_after_ms` is asked of the next
 //!   best peer too; the first answer wins. A peer that answers just before the
-//!   request timeout costs at most `hedge_after`.
+//!   request timeout costs at most `hedge_after_ms`.
 //! * **Dropped for a while.** A peer that times out, fails, answers with nothing
 //!   while claiming more, *drips* (a short answer far below the byte budget while it
 //!   claims more blocks), or sends blocks that do not verify is not asked again for
-//!   `penalty`, and its claim is forgotten.
+//!   `penalty_ms`, and its claim is forgotten.
 //! * **Reported once.** Each (peer, reason) is worth one warning; every failure is
 //!   counted by reason for `masternode_sync_failures_total{reason}`.
+//!
+//! Times are milliseconds of the caller's monotonic clock (`now_ms`), so a
+//! simulation drives the planner and the token bucket with virtual time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
 
 use super::block::Height;
 use crate::identity::NodeId;
@@ -82,18 +84,13 @@ pub struct SyncConfig {
     pub batch: u32,
     /// A response at or above this many bytes is full, whatever its block count.
     pub full_bytes: usize,
-    pub hedge_after: Duration,
-    pub penalty: Duration,
+    pub hedge_after_ms: u64,
+    pub penalty_ms: u64,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        SyncConfig {
-            batch: 64,
-            full_bytes: 64 * 1024,
-            hedge_after: Duration::from_secs(1),
-            penalty: Duration::from_secs(30),
-        }
+        SyncConfig { batch: 64, full_bytes: 64 * 1024, hedge_after_ms: 1_000, penalty_ms: 30_000 }
     }
 }
 
@@ -109,14 +106,15 @@ pub struct Request {
 struct PeerSync {
     claimed: Height,
     delivered: u64,
-    busy: Duration,
-    penalized_until: Option<Instant>,
+    /// Milliseconds spent waiting for its answers.
+    busy_ms: u64,
+    penalized_until_ms: Option<u64>,
 }
 
 impl PeerSync {
     /// Blocks per second delivered; `None` before the first delivery.
     fn rate(&self) -> Option<f64> {
-        (self.delivered > 0).then(|| self.delivered as f64 / self.busy.as_secs_f64().max(1e-3))
+        (self.delivered > 0).then(|| self.delivered as f64 * 1000.0 / self.busy_ms.max(1) as f64)
     }
 }
 
@@ -124,7 +122,7 @@ impl PeerSync {
 pub struct SyncPlanner {
     cfg: SyncConfig,
     peers: BTreeMap<NodeId, PeerSync>,
-    in_flight: BTreeMap<NodeId, (Request, Instant)>,
+    in_flight: BTreeMap<NodeId, (Request, u64)>,
     reported: BTreeSet<(NodeId, Failure)>,
     failures: [u64; 6],
 }
@@ -150,9 +148,9 @@ impl SyncPlanner {
 
     /// `peer` claims to have committed up to `height` (a tip announcement, its
     /// handshake, a message for a later height). Ignored while it is penalized.
-    pub fn handle_claim(&mut self, peer: NodeId, height: Height, now: Instant) {
+    pub fn handle_claim(&mut self, peer: NodeId, height: Height, now_ms: u64) {
         let p = self.peers.entry(peer).or_default();
-        if p.penalized_until.is_some_and(|t| now < t) {
+        if p.penalized_until_ms.is_some_and(|t| now_ms < t) {
             return;
         }
         p.claimed = p.claimed.max(height);
@@ -171,9 +169,9 @@ impl SyncPlanner {
         self.failures
     }
 
-    /// How long a failed peer is not asked again.
-    pub fn penalty(&self) -> Duration {
-        self.cfg.penalty
+    /// How long a failed peer is not asked again, in ms.
+    pub fn penalty_ms(&self) -> u64 {
+        self.cfg.penalty_ms
     }
 
     /// Whether a request is under way.
@@ -182,19 +180,24 @@ impl SyncPlanner {
     }
 
     /// The highest tip any usable peer claims.
-    pub fn best_claim(&self, now: Instant) -> Height {
-        self.peers.values().filter(|p| p.penalized_until.is_none_or(|t| now >= t)).map(|p| p.claimed).max().unwrap_or(0)
+    pub fn best_claim(&self, now_ms: u64) -> Height {
+        self.peers
+            .values()
+            .filter(|p| p.penalized_until_ms.is_none_or(|t| now_ms >= t))
+            .map(|p| p.claimed)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The next request to send, if any: when nothing is in flight and a usable
     /// peer claims more than `our_tip`, or when the request in flight is older
     /// than `hedge_after` (then to another peer, for the same blocks).
-    pub fn poll_request(&mut self, our_tip: Height, now: Instant) -> Option<Request> {
+    pub fn poll_request(&mut self, our_tip: Height, now_ms: u64) -> Option<Request> {
         match self.in_flight.len() {
             0 => {}
             1 => {
                 let (_, sent) = self.in_flight.values().next().expect("one in flight");
-                if now.saturating_duration_since(*sent) < self.cfg.hedge_after {
+                if now_ms.saturating_sub(*sent) < self.cfg.hedge_after_ms {
                     return None;
                 }
             }
@@ -204,7 +207,9 @@ impl SyncPlanner {
             .peers
             .iter()
             .filter(|(id, p)| {
-                p.claimed > our_tip && p.penalized_until.is_none_or(|t| now >= t) && !self.in_flight.contains_key(id)
+                p.claimed > our_tip
+                    && p.penalized_until_ms.is_none_or(|t| now_ms >= t)
+                    && !self.in_flight.contains_key(id)
             })
             // Untried peers first (optimistically fast), then the fastest; ties
             // by the higher claim.
@@ -214,17 +219,17 @@ impl SyncPlanner {
             })
             .map(|(id, _)| *id)?;
         let request = Request { peer, from: our_tip + 1, count: self.cfg.batch };
-        self.in_flight.insert(peer, (request, now));
+        self.in_flight.insert(peer, (request, now_ms));
         Some(request)
     }
 
     /// The answer to the request in flight to `peer`.
-    pub fn handle_response(&mut self, peer: NodeId, outcome: Outcome, now: Instant) -> Verdict {
+    pub fn handle_response(&mut self, peer: NodeId, outcome: Outcome, now_ms: u64) -> Verdict {
         let Some((request, sent)) = self.in_flight.remove(&peer) else {
             return Verdict { failure: None, first_of_its_kind: false };
         };
         let p = self.peers.entry(peer).or_default();
-        p.busy += now.saturating_duration_since(sent);
+        p.busy_ms += now_ms.saturating_sub(sent);
         let failure = match outcome {
             Outcome::Failed(f) => Some(f),
             Outcome::Blocks { invalid: true, .. } => Some(Failure::Invalid),
@@ -239,7 +244,7 @@ impl SyncPlanner {
         let Some(f) = failure else {
             return Verdict { failure: None, first_of_its_kind: false };
         };
-        p.penalized_until = Some(now + self.cfg.penalty);
+        p.penalized_until_ms = Some(now_ms.saturating_add(self.cfg.penalty_ms));
         p.claimed = 0;
         self.failures[f.index()] += 1;
         Verdict { failure: Some(f), first_of_its_kind: self.reported.insert((peer, f)) }
@@ -250,22 +255,22 @@ impl SyncPlanner {
 #[derive(Debug, Clone, Copy)]
 pub struct TokenBucket {
     tokens: f64,
-    last: Instant,
+    last_ms: u64,
     rate: f64,
     burst: f64,
 }
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
-        TokenBucket { tokens: burst, last: now, rate, burst }
+    pub fn new(rate: f64, burst: f64, now_ms: u64) -> Self {
+        TokenBucket { tokens: burst, last_ms: now_ms, rate, burst }
     }
 
     /// Takes a token if there is one.
-    pub fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+    pub fn take(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
+        self.last_ms = self.last_ms.max(now_ms);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -291,7 +296,7 @@ mod tests {
 
     #[test]
     fn nothing_to_ask_when_no_peer_claims_more() {
-        let t = Instant::now();
+        let t: u64 = 1_000_000;
         let mut s = planner();
         s.handle_claim(id(1), 10, t);
         assert_eq!(s.poll_request(10, t), None);
@@ -300,27 +305,27 @@ mod tests {
 
     #[test]
     fn one_request_at_a_time_until_it_is_slow_then_a_hedge_to_another_peer() {
-        let t = Instant::now();
+        let t: u64 = 1_000_000;
         let mut s = planner();
         s.handle_claim(id(1), 100, t);
         s.handle_claim(id(2), 100, t);
         let first = s.poll_request(0, t).unwrap();
-        assert_eq!(s.poll_request(0, t + Duration::from_millis(999)), None);
-        let hedge = s.poll_request(0, t + Duration::from_secs(1)).unwrap();
+        assert_eq!(s.poll_request(0, t + 999), None);
+        let hedge = s.poll_request(0, t + 1_000).unwrap();
         assert_ne!(hedge.peer, first.peer);
         assert_eq!(hedge.from, first.from, "the same blocks");
-        assert_eq!(s.poll_request(0, t + Duration::from_secs(5)), None, "two at most");
+        assert_eq!(s.poll_request(0, t + 5_000), None, "two at most");
     }
 
     #[test]
     fn a_dripping_peer_is_dropped_and_the_next_is_asked_at_once() {
-        let t = Instant::now();
+        let t: u64 = 1_000_000;
         let mut s = planner();
         s.handle_claim(id(1), 1_000_000, t); // the liar claims the most
         s.handle_claim(id(2), 500, t);
         let r = s.poll_request(0, t).unwrap();
         assert_eq!(r.peer, id(1), "untried, and the highest claim");
-        let t1 = t + Duration::from_millis(9_900);
+        let t1 = t + 9_900;
         let v = s.handle_response(id(1), Outcome::Blocks { blocks: 1, bytes: 400, applied: 1, invalid: false }, t1);
         assert_eq!(v, Verdict { failure: Some(Failure::Drip), first_of_its_kind: true });
         assert_eq!(s.poll_request(1, t1).unwrap().peer, id(2));
@@ -332,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_short_answer_is_not_a_drip_when_the_peer_reached_its_tip_or_the_byte_budget() {
-        let t = Instant::now();
+        let t: u64 = 1_000_000;
         let mut s = planner();
         s.handle_claim(id(1), 5, t);
         s.poll_request(0, t).unwrap();
@@ -346,32 +351,24 @@ mod tests {
 
     #[test]
     fn the_fastest_deliverer_is_preferred_over_a_higher_claim() {
-        let t = Instant::now();
+        let t: u64 = 1_000_000;
         let mut s = planner();
         s.handle_claim(id(1), 1000, t);
         s.handle_claim(id(2), 2000, t);
         // Both tried once: 1 fast, 2 slow (but not a drip: full answers).
         let a = s.poll_request(0, t).unwrap();
-        s.handle_response(
-            a.peer,
-            Outcome::Blocks { blocks: 64, bytes: FULL, applied: 64, invalid: false },
-            t + Duration::from_secs(8),
-        );
-        let b = s.poll_request(64, t + Duration::from_secs(8)).unwrap();
+        s.handle_response(a.peer, Outcome::Blocks { blocks: 64, bytes: FULL, applied: 64, invalid: false }, t + 8_000);
+        let b = s.poll_request(64, t + 8_000).unwrap();
         assert_ne!(a.peer, b.peer);
-        s.handle_response(
-            b.peer,
-            Outcome::Blocks { blocks: 64, bytes: FULL, applied: 64, invalid: false },
-            t + Duration::from_millis(8_050),
-        );
-        let next = s.poll_request(128, t + Duration::from_secs(9)).unwrap();
+        s.handle_response(b.peer, Outcome::Blocks { blocks: 64, bytes: FULL, applied: 64, invalid: false }, t + 8_050);
+        let next = s.poll_request(128, t + 9_000).unwrap();
         assert_eq!(next.peer, b.peer, "the one that answered in 50 ms");
     }
 
     #[test]
     fn failures_are_reported_once_per_peer_and_reason_and_counted_every_time() {
-        let t = Instant::now();
-        let mut s = SyncPlanner::new(SyncConfig { penalty: Duration::ZERO, ..SyncConfig::default() });
+        let t: u64 = 1_000_000;
+        let mut s = SyncPlanner::new(SyncConfig { penalty_ms: 0, ..SyncConfig::default() });
         for i in 0..3 {
             s.handle_claim(id(1), 10, t);
             s.poll_request(0, t).unwrap();
@@ -387,7 +384,7 @@ mod tests {
 
     #[test]
     fn an_answer_nobody_waits_for_changes_nothing() {
-        let t = Instant::now();
+        let t: u64 = 1_000_000;
         let mut s = planner();
         let v = s.handle_response(id(9), Outcome::Failed(Failure::Timeout), t);
         assert_eq!(v.failure, None);
@@ -396,7 +393,7 @@ mod tests {
 
     #[test]
     fn a_disconnected_peer_is_neither_asked_nor_waited_for() {
-        let t = Instant::now();
+        let t: u64 = 1_000_000;
         let mut s = planner();
         s.handle_claim(id(1), 10, t);
         s.poll_request(0, t).unwrap();
@@ -414,12 +411,12 @@ mod tests {
 
     #[test]
     fn a_token_bucket_allows_its_burst_then_its_rate() {
-        let t = Instant::now();
+        let t: u64 = 1_000_000;
         let mut b = TokenBucket::new(10.0, 20.0, t);
         assert_eq!((0..25).filter(|_| b.take(t)).count(), 20);
         assert!(!b.take(t));
-        assert!(b.take(t + Duration::from_millis(100)), "one token after 100 ms at 10/s");
-        assert!(!b.take(t + Duration::from_millis(100)));
-        assert_eq!((0..100).filter(|_| b.take(t + Duration::from_secs(60))).count(), 20, "never more than the burst");
+        assert!(b.take(t + 100), "one token after 100 ms at 10/s");
+        assert!(!b.take(t + 100));
+        assert_eq!((0..100).filter(|_| b.take(t + 60_000)).count(), 20, "never more than the burst");
     }
 }
