@@ -76,7 +76,7 @@ impl Network {
     /// Number of masternodes that must be connected (this node included) for the
     /// network to make progress: `max(min_active, floor(2n/3) + 1)`.
     pub fn required(&self) -> usize {
-        required_active(self.members.len(), self.min_active)
+        crate::chain::quorum::required_active(self.members.len(), self.min_active)
     }
 
     pub fn member(&self, id: &NodeId) -> Option<&Member> {
@@ -169,10 +169,6 @@ impl Network {
         }
         s
     }
-}
-
-pub fn required_active(n: usize, min_active: usize) -> usize {
-    min_active.max(2 * n / 3 + 1)
 }
 
 #[derive(Deserialize)]
@@ -620,15 +616,6 @@ mod tests {
             let text = format!("{base}bootstrap = [\"{bad}\"]\n");
             let err = NodeFileValues::parse(path, &text, &Overrides::default()).err().unwrap().to_string();
             assert!(err.starts_with("masternode.toml: bootstrap") && !err.contains('\n'), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn required_follows_the_formula() {
-        for (n, min, want) in
-            [(1, 3, 3), (3, 3, 3), (4, 3, 3), (5, 3, 4), (6, 3, 5), (7, 3, 5), (10, 3, 7), (4, 1, 3), (2, 1, 2)]
-        {
-            assert_eq!(required_active(n, min), want, "n={n} min_active={min}");
         }
     }
 

@@ -39,9 +39,8 @@ use std::sync::Arc;
 
 use super::block::{tx_root, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
 use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
-use super::vote::{
-    quorum, Certificate, Committed, Proposal, SignRecord, SignedProposal, SignedVote, Step, Vote, VoteKind,
-};
+use super::quorum::vote_threshold;
+use super::vote::{Certificate, Committed, Proposal, SignRecord, SignedProposal, SignedVote, Step, Vote, VoteKind};
 use crate::identity::{Identity, NodeId};
 
 /// Votes for rounds this far beyond ours are dropped: a member cannot make us
@@ -350,7 +349,7 @@ impl Core {
     ) -> Core {
         debug_assert_eq!(cfg.members.applied() + 1, height, "the membership is the one before `height`");
         let n = cfg.members.current().len();
-        let q = quorum(n);
+        let q = vote_threshold(n);
         Core {
             me: identity.id(),
             identity,
@@ -1082,7 +1081,7 @@ impl Core {
         out.push(Output::Decided { committed: Committed { block, cert }, membership, completed });
         self.height += 1;
         let n = self.members_at(self.height).len();
-        self.q = quorum(n);
+        self.q = vote_threshold(n);
         self.f1 = n - self.q + 1;
         self.round = 0;
         self.step = Step::Propose;

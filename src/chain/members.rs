@@ -34,7 +34,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use super::block::Height;
-use super::vote::quorum;
+use super::quorum::vote_threshold;
 use crate::codec::BINCODE;
 use crate::config::Network;
 use crate::identity::{Identity, NodeId};
@@ -256,7 +256,7 @@ impl MemberSet {
 
     /// Votes that make a quorum of this set (more than two thirds).
     pub fn quorum(&self) -> usize {
-        quorum(self.0.len())
+        vote_threshold(self.0.len())
     }
 
     /// The member other than `except` at `addr`, if any.

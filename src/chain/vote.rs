@@ -203,11 +203,6 @@ pub(crate) fn verify(signer: &NodeId, msg: &[u8], sig: &[u8; 64]) -> Result<(), 
     key.verify_strict(msg, &sig).map_err(|_| SignatureError::BadSignature(*signer))
 }
 
-/// Votes needed for a decision: more than two thirds of `n`.
-pub fn quorum(n: usize) -> usize {
-    2 * n / 3 + 1
-}
-
 impl Certificate {
     /// Checks that more than two thirds of `members` precommitted `block` at its
     /// height in the certificate's round, each once, with a valid signature.
@@ -243,7 +238,7 @@ impl Certificate {
                 return Err(CertError::DuplicateVoter(v.voter));
             }
         }
-        let needed = quorum(members.len());
+        let needed = super::quorum::vote_threshold(members.len());
         if signers.len() < needed {
             return Err(CertError::TooFewSigners { got: signers.len(), needed });
         }

@@ -10,11 +10,10 @@ pub use masternode::chain::consensus::{Config, Core, Input, Output, Timeout, Tim
 pub use masternode::chain::members::{
     Approval, ApprovalPool, Change, Completed, Membership, MembershipState, Params, SignedApproval,
 };
+pub use masternode::chain::quorum::{required_active, vote_threshold as quorum};
 pub use masternode::chain::vote::{
-    quorum, Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step, Vote,
-    VoteKind,
+    Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step, Vote, VoteKind,
 };
-pub use masternode::config::required_active;
 pub use masternode::identity::{Identity, NodeId};
 
 /// The simulated network's id.
