@@ -7,7 +7,7 @@
 //! `member` use.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -21,26 +21,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::block::Hash;
+use crate::chain::driver::{ChangeRequest, MembersView, Submitted};
+use crate::chain::links::{Mailbox, MemberRequest, TxRequest};
 use crate::chain::members::ChangeError;
-use crate::chain::mempool::{lock, AddError, Mempool};
-use crate::chain::message::Message;
-use crate::chain::producer::{ChangeRequest, MemberRequest, MembersView, Submitted};
+use crate::chain::mempool::AddError;
 use crate::chain::store::Store;
 use crate::identity::NodeId;
-use crate::net::Peers;
 use crate::status::{Status, StatusSource};
 
 #[derive(Clone)]
 pub struct AdminState {
     pub status: Arc<StatusSource>,
     pub store: Store,
-    pub mempool: Arc<Mutex<Mempool>>,
-    pub peers: Peers,
-    pub member_requests: tokio::sync::mpsc::Sender<MemberRequest>,
+    /// The mempool's limit on one transaction: bodies over it are refused
+    /// before they are read.
+    pub max_tx_bytes: usize,
+    /// The producer's channels: transactions and change requests go through it.
+    pub producer: Mailbox,
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let max_tx = lock(&state.mempool).limits().max_tx_bytes;
+    let max_tx = state.max_tx_bytes;
     let app = Router::new()
         .route("/status", get(status_handler))
         .route("/metrics", get(metrics_handler))
@@ -64,20 +65,21 @@ async fn metrics_handler(State(state): State<AdminState>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
-/// Adds a transaction to the mempool and gossips it to every peer if it is new.
-pub fn submit_tx(mempool: &Mutex<Mempool>, peers: &Peers, tx: Vec<u8>) -> Result<Hash, AddError> {
-    let (hash, new) = lock(mempool).add(tx.clone())?;
-    if new {
-        // Queued for every peer without waiting on any; peers that miss it (a
-        // full outbox drops txs) still see it in the block.
-        match Message::Tx(tx).outgoing() {
-            Ok(out) => {
-                peers.broadcast(&out);
-            }
-            Err(e) => tracing::error!("cannot gossip a transaction: {e}"),
-        }
-    }
-    Ok(hash)
+/// Why a submitted transaction was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Refused(#[from] AddError),
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// Hands a transaction to the producer, which adds it to the mempool and
+/// gossips it to every peer if it is new, and waits for its verdict.
+pub async fn submit_tx(txs: &tokio::sync::mpsc::Sender<TxRequest>, tx: Vec<u8>) -> Result<Hash, SubmitError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    txs.send(TxRequest { tx, reply }).await.map_err(|_| SubmitError::Stopped)?;
+    Ok(answer.await.map_err(|_| SubmitError::Stopped)??)
 }
 
 /// `GET /blocks/{height}`, as the contract gives it.
@@ -121,13 +123,15 @@ async fn block_handler(State(state): State<AdminState>, Path(height): Path<Strin
 }
 
 /// `POST /tx`: 202 and the hash; 413 over the size limit (also enforced by the
-/// body limit layer before the body is read); 429 when the mempool is full.
+/// body limit layer before the body is read); 429 when the mempool is full;
+/// 503 while the node stops.
 async fn tx_handler(State(state): State<AdminState>, body: Bytes) -> Response {
-    match submit_tx(&state.mempool, &state.peers, body.to_vec()) {
+    match submit_tx(&state.producer.txs, body.to_vec()).await {
         Ok(hash) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "hash": hash.to_hex() }))).into_response(),
-        Err(e @ AddError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
-        Err(e @ AddError::Full { .. }) => error(StatusCode::TOO_MANY_REQUESTS, e),
-        Err(e @ AddError::Empty) => error(StatusCode::BAD_REQUEST, e),
+        Err(SubmitError::Refused(e @ AddError::TooLarge { .. })) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
+        Err(SubmitError::Refused(e @ AddError::Full { .. })) => error(StatusCode::TOO_MANY_REQUESTS, e),
+        Err(SubmitError::Refused(e @ AddError::Empty)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ SubmitError::Stopped) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
@@ -275,7 +279,7 @@ async fn change_handler(State(state): State<AdminState>, headers: axum::http::He
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match request_change(&state.member_requests, request).await {
+    match request_change(&state.producer.member_requests, request).await {
         Ok(s) => {
             let accepted = ChangeAccepted {
                 change: s.change.kind().to_string(),

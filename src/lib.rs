@@ -11,7 +11,8 @@
 //!   the connection rules, outboxes and inbox, the [`net::Peers`] handle. It carries
 //!   frames of bytes and knows nothing of blocks.
 //! * [`chain`]: quorum-gated block production: blocks, signed votes, Tendermint as
-//!   a pure state machine, the fjall store, the mempool, the producer task.
+//!   a pure state machine, the fjall store, the mempool, the producer's rules as
+//!   a pure driver ([`chain::driver`]) and the task that carries them out.
 //! * [`node`]: one running node: transport, producer, admin API, shutdown.
 //! * [`admin`]: `/status`, `/blocks`, `/tx` over local HTTP, and the client that
 //!   `masternode status` uses.

@@ -9,14 +9,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 use crate::admin;
 use crate::chain::block::{genesis_hash, Hash, Limits};
 use crate::chain::consensus::{self, Core, Timeouts};
+use crate::chain::driver::{ChangeRequest, DriverConfig, MembersView, Submitted};
+use crate::chain::links::{ChainMetrics, Links, Mailbox};
 use crate::chain::members::{Membership, Params};
-use crate::chain::mempool::Mempool;
-use crate::chain::producer::{ChainMetrics, MemberLinks, MemberRequest, MembersView, Producer};
+use crate::chain::producer::{Parts, Producer};
 use crate::chain::store::{Store, StoreError};
 use crate::config::{Network, NodeConfig};
 use crate::identity::NodeId;
@@ -64,11 +64,11 @@ pub struct Node {
     admin_addr: SocketAddr,
     tip: watch::Receiver<Tip>,
     store: Store,
-    mempool: Arc<Mutex<Mempool>>,
     chain_metrics: Arc<ChainMetrics>,
     failed: Arc<AtomicBool>,
-    members: watch::Receiver<Arc<MembersView>>,
-    member_requests: tokio::sync::mpsc::Sender<MemberRequest>,
+    /// The producer's channels: the member view, change requests, transactions.
+    producer: Mailbox,
+    max_tx_bytes: usize,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -158,28 +158,30 @@ impl Node {
         let mut core = Core::new(core_cfg, identity.clone(), height + 1, prev_hash, prev_ts, last_signed);
         core.restore_own(store.own_signed(height + 1).map_err(store_err)?);
         core.restore_lock(store.lock().map_err(store_err)?);
-        let mempool = Arc::new(Mutex::new(Mempool::new(cfg.limits.mempool)));
-        let (links, members, member_requests) = MemberLinks::new(membership);
+        let (links, mailbox) = Links::new(membership);
         let chain_metrics = Arc::new(ChainMetrics::default());
         if height > 0 {
             chain_metrics.last_block_timestamp_ms.store(prev_ts, Ordering::Relaxed);
         }
-        let producer = Producer::new(
-            core,
-            store.clone(),
-            peers.clone(),
-            mempool.clone(),
-            tip_tx,
-            network.clone(),
+        let driver_cfg = DriverConfig {
+            network_id: network.id,
+            block_interval_ms: network.block_interval_ms,
+            min_active: network.min_active,
             limits,
-            tracker.clone(),
-            chain_metrics.clone(),
-            cfg.limits,
+            node_limits: cfg.limits,
             identity,
+            bootstrap,
+        };
+        let parts = Parts {
+            store: store.clone(),
+            peers: peers.clone(),
+            tip: tip_tx,
+            metrics: chain_metrics.clone(),
+            tracker: tracker.clone(),
             links,
-        )
-        .with_clock_skew(options.clock_skew_ms)
-        .with_bootstrap(bootstrap);
+            clock_skew_ms: options.clock_skew_ms,
+        };
+        let producer = Producer::new(core, driver_cfg, parts);
         let failed = Arc::new(AtomicBool::new(false));
         {
             let failed = failed.clone();
@@ -205,20 +207,18 @@ impl Node {
             admin_addr,
             tip,
             store,
-            mempool,
             chain_metrics,
             failed,
-            members,
-            member_requests,
+            producer: mailbox,
+            max_tx_bytes: cfg.limits.mempool.max_tx_bytes,
             shutdown: shutdown.clone(),
             tracker,
         };
         let state = admin::AdminState {
             status: Arc::new(node.status_source()),
             store: node.store.clone(),
-            mempool: node.mempool.clone(),
-            peers: node.peers.clone(),
-            member_requests: node.member_requests.clone(),
+            max_tx_bytes: node.max_tx_bytes,
+            producer: node.producer.clone(),
         };
         node.tracker.spawn(admin::serve(listener, state, shutdown));
         tracing::info!(admin = %admin_addr, "admin API listening");
@@ -227,22 +227,19 @@ impl Node {
 
     /// Submits a transaction as `POST /tx` does: into the mempool, gossiped to
     /// peers if new.
-    pub async fn submit(&self, tx: Vec<u8>) -> Result<Hash, crate::chain::mempool::AddError> {
-        admin::submit_tx(&self.mempool, &self.peers, tx)
+    pub async fn submit(&self, tx: Vec<u8>) -> Result<Hash, admin::SubmitError> {
+        admin::submit_tx(&self.producer.txs, tx).await
     }
 
     /// Asks this node to approve a membership change (or announce its own
     /// address), as `POST /members` does.
-    pub async fn request_change(
-        &self,
-        request: crate::chain::producer::ChangeRequest,
-    ) -> Result<crate::chain::producer::Submitted, admin::ChangeRequestError> {
-        admin::request_change(&self.member_requests, request).await
+    pub async fn request_change(&self, request: ChangeRequest) -> Result<Submitted, admin::ChangeRequestError> {
+        admin::request_change(&self.producer.member_requests, request).await
     }
 
     /// The membership after the tip, and approvals waiting for a block.
     pub fn members(&self) -> Arc<MembersView> {
-        self.members.borrow().clone()
+        self.producer.members.borrow().clone()
     }
 
     /// True if the node stopped because of a runtime failure (a failed store write).
@@ -254,9 +251,10 @@ impl Node {
         &self.store
     }
 
-    /// Transactions waiting in this node's mempool.
+    /// Transactions waiting in this node's mempool, as the producer last
+    /// published (once a turn of its loop, at least every 250 ms).
     pub fn mempool_len(&self) -> usize {
-        crate::chain::mempool::lock(&self.mempool).len()
+        self.chain_metrics.mempool_txs.load(Ordering::Relaxed) as usize
     }
 
     pub fn height(&self) -> u64 {
@@ -297,8 +295,7 @@ impl Node {
             peers: self.peers.clone(),
             tip: self.tip.clone(),
             chain: self.chain_metrics.clone(),
-            mempool: self.mempool.clone(),
-            members: self.members.clone(),
+            members: self.producer.members.clone(),
         }
     }
 

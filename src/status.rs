@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::chain::driver::MembersView;
+use crate::chain::links::ChainMetrics;
 use crate::chain::members::MemberSet;
-use crate::chain::mempool::Mempool;
-use crate::chain::producer::{ChainMetrics, MembersView};
 use crate::chain::quorum::{quorum, Quorum};
 use crate::config::Network;
 use crate::identity::{hex, NodeId};
@@ -295,7 +295,6 @@ pub struct StatusSource {
     pub(crate) peers: Peers,
     pub(crate) tip: watch::Receiver<Tip>,
     pub(crate) chain: Arc<ChainMetrics>,
-    pub(crate) mempool: Arc<Mutex<Mempool>>,
     pub(crate) members: watch::Receiver<Arc<MembersView>>,
 }
 
@@ -344,10 +343,10 @@ impl StatusSource {
         &self.chain
     }
 
-    /// Transactions and bytes in the mempool.
+    /// Transactions and bytes in the mempool, as the producer last published.
     pub(crate) fn mempool(&self) -> (usize, usize) {
-        let m = crate::chain::mempool::lock(&self.mempool);
-        (m.len(), m.bytes())
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as usize;
+        (load(&self.chain.mempool_txs), load(&self.chain.mempool_bytes))
     }
 
     /// Turns of the node's own loops (transport manager, producer): the service

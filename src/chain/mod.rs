@@ -7,25 +7,34 @@
 //! * [`consensus`]: Tendermint as a pure state machine.
 //! * [`misbehaviour`]: what the core reports about messages that break the protocol.
 //! * [`store`]: blocks, certificates and the last signed vote in fjall.
-//! * [`quorum`]: the one quorum rule.
+//! * [`quorum`]: the quorum rules: the vote threshold and the gate.
 //! * [`sync`]: catch-up planning (which peer, which blocks, what a response
 //!   says about its sender) and a token bucket, without IO.
 //! * [`mempool`]: transactions waiting for a block.
 //! * [`members`]: the member set at each height and the signed changes that move it.
 //! * [`message`]: what the chain sends its peers, and on which stream.
-//! * `producer`: the task that runs consensus over the transport and the store,
-//!   and catches up from peers.
+//! * [`driver`]: the producer's rules as a state machine without IO: the core,
+//!   its timers, the quorum gate, the mempool, compact proposals, sync and rate
+//!   limits; inputs through `handle_*` with the time, effects out through
+//!   `poll_effect`.
+//! * `links`: what crosses the producer task's boundary: bounded channels in
+//!   from the admin API, the member view and `ChainMetrics` out.
+//! * `producer`: the shell, the one task that owns the driver and carries out its
+//!   effects over the transport and the store.
 
 pub mod block;
 pub mod clock;
 pub mod compact;
 pub mod consensus;
+pub mod driver;
+pub(crate) mod links;
 pub mod members;
 pub mod mempool;
 pub mod message;
 pub mod misbehaviour;
 pub(crate) mod producer;
-pub use producer::{ChangeRequest, MemberRequest, MembersView, Submitted};
+pub use driver::{ChangeRequest, MembersView, Submitted};
+pub use links::{Mailbox, MemberRequest, TxRequest};
 pub mod quorum;
 pub mod store;
 pub mod sync;

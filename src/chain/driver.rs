@@ -1,0 +1,1166 @@
+//! The block producer's rules, as a state machine without IO.
+//!
+//! The driver owns the consensus [`Core`] and everything that decides around it:
+//! its timers, the quorum gate, the mempool, compact proposals waiting for their
+//! transactions, the sync planner and the per-peer rate limits, the approval
+//! pool, the clock estimate. It reads no clock and touches no socket or disk:
+//! inputs come in through `handle_*` with the time ([`Now`]), decisions come out
+//! of [`Driver::poll_effect`] and [`Driver::poll_timeout`], in the style of
+//! [`crate::net::slots`]. The async shell ([`super::producer`]) carries them out;
+//! a simulation can run many drivers on virtual time.
+//!
+//! The rules:
+//!
+//! * **Order.** Effects come out in the order they must be carried out, and the
+//!   shell runs each to completion before the next. A signature is recorded
+//!   ([`Effect::Persist`]) before the message it signed is broadcast; a decided
+//!   block is stored ([`Effect::Commit`]) before its `Tip` is broadcast and
+//!   before anything the block caused (the next height's votes, the new member
+//!   set handed to the transport).
+//! * **The quorum gate.** Members of the current height's set that are
+//!   connected, this node included when it is one, against
+//!   [`quorum::required_active`]. The core hears `Input::Quorum` when the gate
+//!   opens or closes; each change of the count or state is logged once (a lost
+//!   quorum at warn).
+//! * **The propose wait.** A round's proposer we cannot hear (not connected, or
+//!   silent for `max(3 intervals, 1.5 s) × (round + 1)`) gets a propose timeout
+//!   of [`ABSENT_PROPOSER_WAIT_MS`]: nothing can arrive from it, and prevoting
+//!   nil at once only gives up that round's block. A peer counts as heard when
+//!   it comes up and when it sends a proposal or vote for our height or the one
+//!   before.
+//! * **Rebroadcast.** When no new height came for `max(3 intervals, 3 s)` and the
+//!   quorum is met, everything held for this height (ours and others' votes, the
+//!   round's proposal) is broadcast again: messages may have been lost, or
+//!   reached only some of us. Checked on the housekeeping tick, every
+//!   [`TICK_MS`].
+//! * **Compact proposals** ([`super::compact`]). Checked without their
+//!   transactions, rebuilt from the mempool; what is missing is fetched from the
+//!   proposer when connected, else from the peer that sent it, for this round,
+//!   the next, and the next height's first two (later rounds are kept, a few,
+//!   until the window reaches them). A fetch not answered within `max(2
+//!   intervals, 1 s)` drops its proposal ([`Effect::CancelTxs`]); the propose
+//!   timeout then runs as if it never came.
+//! * **Sync** ([`super::sync`]). Peers' claims come from tips, handshakes and
+//!   messages of later heights; the planner picks whom to ask. Blocks of an
+//!   answer go to the core in order; the first one that does not advance the
+//!   chain makes the answer invalid.
+//! * **Requests.** `GetBlocks`, `GetTxs` and the `Data` echo are served under a
+//!   token bucket per peer (`sync_requests_per_sec`, bursts of twice that);
+//!   `GetTxs` only for peers the chain names; anything else is refused. Every
+//!   request gets exactly one answer ([`Effect::ServeBlocks`],
+//!   [`Effect::Reply`] or [`Effect::Refuse`]).
+//! * **Bootstrap peers.** A peer that neither the set in force nor the next one
+//!   names (a `bootstrap` entry) serves sync only: its transactions and its
+//!   clock readings do not count here; its tip does.
+//! * **Reports.** A misbehaviour or failure is logged at warn the first time per
+//!   culprit and kind, at debug after that; at most [`MAX_REPORTED`] are
+//!   remembered.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::block::{tx_hash, Block, Hash, Height, Limits, Round};
+use super::clock::{self, ClockConfig, ClockEstimator, ClockEvent};
+use super::compact::{self, Assembly, CompactProposal, Waiting};
+use super::consensus::{Core, Input, Output, Signed, Timeout};
+use super::members::{
+    Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, PendingView, SignedApproval,
+};
+use super::mempool::{AddError, Mempool};
+use super::message::{self, Message, TooLarge};
+use super::misbehaviour::Misbehaviour;
+use super::quorum::{self, Quorum};
+use super::sync::{Failure, Outcome, SyncConfig, SyncPlanner, TokenBucket};
+use super::vote::{Committed, Lock, SignRecord};
+use crate::codec::FrameError;
+use crate::config::NodeLimits;
+use crate::identity::{Identity, NodeId};
+use crate::net::{Refusal, RequestError};
+
+/// Misbehaviour reports logged at warn level before falling back to debug.
+pub const MAX_REPORTED: usize = 1024;
+/// Propose timeout for a proposer we cannot hear (ms): a proposal already in
+/// flight may still land.
+pub const ABSENT_PROPOSER_WAIT_MS: u64 = 100;
+/// The housekeeping tick (ms): rebroadcast, sync hedges. The shell's loop turns
+/// at least this often, which the service watchdog counts as progress.
+pub const TICK_MS: u64 = 250;
+
+/// What the shell's clocks read. `mono_ms`: a monotonic count of milliseconds
+/// (timers, pacing of rebroadcasts, sync rates, "last heard"); `wall_ms`: the
+/// wall clock as consensus sees it (block timestamps, tips' clock readings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono_ms: u64,
+    pub wall_ms: u64,
+}
+
+/// What the driver needs to know of the network and this node.
+#[derive(Clone)]
+pub struct DriverConfig {
+    pub network_id: [u8; 32],
+    pub block_interval_ms: u64,
+    pub min_active: usize,
+    pub limits: Limits,
+    /// Sync batch and response sizes, request rates, mempool limits.
+    pub node_limits: NodeLimits,
+    /// Signs this node's membership approvals.
+    pub identity: Arc<Identity>,
+    /// Members to reach besides those the chain names, for as long as the node
+    /// runs (the transport starts with the same list).
+    pub bootstrap: Vec<(NodeId, SocketAddr)>,
+}
+
+/// The shell's name for an inbound request, carried by its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// What the shell must do, in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Record durably (fsync) that we signed `message` (with the lock beside a
+    /// precommit for a value); nothing after it may run before it is on disk.
+    Persist { record: SignRecord, message: Signed, lock: Option<Box<Lock>> },
+    /// Store the block with the membership it leaves, durably, before anything
+    /// after it. `synced`: fetched by sync, not decided by this node's rounds.
+    Commit { committed: Committed, membership: Box<MembershipState>, synced: bool },
+    /// Queue for every peer.
+    Broadcast(Message),
+    /// Queue for one peer.
+    Send { to: NodeId, msg: Message },
+    /// Ask `peer` for blocks; answer with [`Driver::handle_blocks`].
+    RequestBlocks { peer: NodeId, from: Height, count: u32 },
+    /// Ask `peer` for a compact proposal's missing transactions; answer with
+    /// [`Driver::handle_txs`].
+    RequestTxs { peer: NodeId, height: Height, round: Round, ids: Vec<Hash> },
+    /// The assembly of `(height, round)` is gone: end its fetch, drop any answer.
+    CancelTxs { height: Height, round: Round },
+    /// Read blocks from the store and answer request `id` with `Message::Blocks`.
+    ServeBlocks { id: RequestId, from: Height, count: usize, max_bytes: usize },
+    /// Answer request `id`.
+    Reply { id: RequestId, msg: Message },
+    /// Refuse request `id`.
+    Refuse { id: RequestId, refusal: Refusal },
+    /// Hand the transport the members to reach.
+    SetMembers(Vec<(NodeId, SocketAddr)>),
+    /// The member view changed (for `/members` and `/status`).
+    PublishMembers(Arc<MembersView>),
+}
+
+/// A `Blocks` answer and its body's size.
+#[derive(Debug, Clone)]
+pub struct BlocksAnswer {
+    pub blocks: Vec<Committed>,
+    pub bytes: usize,
+}
+
+/// Why a request to a peer (`GetBlocks`, `GetTxs`) brought nothing usable.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("response does not decode: {0}")]
+    Decode(#[from] FrameError),
+    #[error("answered with {0}")]
+    Unexpected(&'static str),
+    #[error("cannot ask: {0}")]
+    Encode(#[from] TooLarge),
+}
+
+impl AnswerError {
+    /// How the sync planner counts it.
+    pub fn failure(&self) -> Failure {
+        match self {
+            AnswerError::Request(RequestError::Timeout(_)) => Failure::Timeout,
+            AnswerError::Request(RequestError::Frame(_)) | AnswerError::Decode(_) | AnswerError::Unexpected(_) => {
+                Failure::Malformed
+            }
+            AnswerError::Request(_) | AnswerError::Encode(_) => Failure::Request,
+        }
+    }
+}
+
+/// A membership change an operator asks this node to approve (or, for its own
+/// address, to announce), through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeRequest {
+    Add {
+        id: NodeId,
+        addr: SocketAddr,
+    },
+    Remove {
+        id: NodeId,
+    },
+    /// This node's own new address.
+    SetAddr {
+        addr: SocketAddr,
+    },
+}
+
+/// A signed approval this node accepted and gossiped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub change: Change,
+    /// Members whose approvals count so far (on chain and waiting for a block).
+    pub approvals: usize,
+    pub required: usize,
+    pub expires_at: Height,
+}
+
+/// What `/members` and `/status` show: the membership after the tip, and the
+/// approvals this node holds that no block carries yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersView {
+    pub membership: Membership,
+    pub waiting: Vec<Approval>,
+}
+
+impl MembersView {
+    /// Members approving `change`: on chain (still counting) and waiting.
+    pub fn approvers(&self, change: &Change) -> Vec<NodeId> {
+        let current = self.membership.current();
+        let mut out: BTreeSet<NodeId> =
+            self.membership.pending().into_iter().filter(|p| &p.change == change).flat_map(|p| p.approvals).collect();
+        out.extend(
+            self.waiting.iter().filter(|a| &a.change == change && current.contains(&a.approver)).map(|a| a.approver),
+        );
+        out.into_iter().collect()
+    }
+
+    /// Every change collecting approvals, on chain or only waiting here, with
+    /// its approvers, in `Change` order: what `/status` and `/members` show.
+    pub fn pending(&self) -> Vec<PendingView> {
+        let membership = &self.membership;
+        let mut changes: BTreeMap<Change, (usize, Height)> = BTreeMap::new();
+        for p in membership.pending() {
+            changes.insert(p.change, (p.required, p.expires_at));
+        }
+        let ttl = membership.params().ttl;
+        for a in &self.waiting {
+            let required = required_approvals(membership, &a.change);
+            let entry = changes.entry(a.change.clone()).or_insert((required, a.signed_at + ttl));
+            entry.1 = entry.1.min(a.signed_at + ttl);
+        }
+        changes
+            .into_iter()
+            .map(|(change, (required, expires_at))| PendingView {
+                approvals: self.approvers(&change),
+                change,
+                required,
+                expires_at,
+            })
+            .collect()
+    }
+}
+
+/// Approvals `change` needs: a vote of the current set, or its subject's alone.
+fn required_approvals(membership: &Membership, change: &Change) -> usize {
+    if change.needs_vote() {
+        membership.current().quorum()
+    } else {
+        1
+    }
+}
+
+/// The figures the shell publishes for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// The consensus round at the current height.
+    pub round: u64,
+    /// The highest tip a usable peer claims (0 if none).
+    pub best_peer_tip: Height,
+    /// Failed sync requests, by [`Failure`] (in `Failure::ALL` order).
+    pub sync_failures: [u64; 6],
+    pub misbehaviour: u64,
+    pub blocks_synced: u64,
+    /// Our clock's offset from the peers' (ms, positive when ours is ahead),
+    /// when enough peers were heard.
+    pub clock_offset_ms: Option<i64>,
+    /// Peers the clock offset is estimated from (0 while there is none).
+    pub clock_peers: usize,
+    pub mempool_txs: usize,
+    pub mempool_bytes: usize,
+}
+
+/// A compact proposal's fetch under way: whom we asked, and until when.
+#[derive(Debug, Clone, Copy)]
+struct Fetch {
+    peer: NodeId,
+    deadline_ms: u64,
+}
+
+/// The quorum gate: whom the transport has connected, and what that made of
+/// the gate last time.
+#[derive(Debug, Default)]
+struct Gate {
+    connected: BTreeSet<NodeId>,
+    /// `(active, met)` as last computed; `None` before the first time.
+    last: Option<(usize, bool)>,
+}
+
+impl Gate {
+    fn met(&self) -> bool {
+        self.last.is_some_and(|(_, met)| met)
+    }
+}
+
+pub struct Driver {
+    cfg: DriverConfig,
+    core: Core,
+    effects: VecDeque<Effect>,
+    /// Core timeouts by `(deadline, sequence)`.
+    timers: BTreeMap<(u64, u64), Timeout>,
+    timer_seq: u64,
+    next_tick_ms: u64,
+    /// The height we were at, and since when (or since the last rebroadcast).
+    last_height_seen: (Height, u64),
+    gate: Gate,
+    mempool: Mempool,
+    waiting: Waiting,
+    fetches: BTreeMap<(Height, Round), Fetch>,
+    sync: SyncPlanner,
+    sync_buckets: HashMap<NodeId, TokenBucket>,
+    /// Peers already reported for going over their sync rate.
+    rate_limited: HashSet<NodeId>,
+    /// When each peer was last heard taking part (mono ms).
+    last_heard: HashMap<NodeId, u64>,
+    clock: ClockEstimator,
+    approvals: ApprovalPool,
+    members_view: Arc<MembersView>,
+    /// The members last handed to the transport.
+    reachable: Vec<(NodeId, SocketAddr)>,
+    /// Whether this node is a member of the current height's set.
+    member: bool,
+    reported: HashSet<(Option<NodeId>, &'static str)>,
+    misbehaviour: u64,
+    blocks_synced: u64,
+}
+
+impl Driver {
+    /// A driver around `core`, whose current height it starts (`core.start`).
+    pub fn new(mut core: Core, cfg: DriverConfig, now: Now) -> Driver {
+        let membership = core.membership().clone();
+        let height = core.height();
+        let members = core.members_at(height);
+        let clock = ClockEstimator::new(ClockConfig {
+            min_peers: clock::min_peers_for(members.len()),
+            ..ClockConfig::default()
+        });
+        let member = members.contains(&core.id());
+        let start = core.start(now.wall_ms);
+        let mut driver = Driver {
+            member,
+            reachable: membership.reachable_with(&cfg.bootstrap),
+            members_view: Arc::new(MembersView { membership, waiting: Vec::new() }),
+            mempool: Mempool::new(cfg.node_limits.mempool),
+            sync: SyncPlanner::new(SyncConfig { batch: cfg.node_limits.sync_batch_blocks, ..SyncConfig::default() }),
+            last_height_seen: (height, now.mono_ms),
+            next_tick_ms: now.mono_ms + TICK_MS,
+            cfg,
+            core,
+            effects: VecDeque::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            gate: Gate::default(),
+            waiting: Waiting::default(),
+            fetches: BTreeMap::new(),
+            sync_buckets: HashMap::new(),
+            rate_limited: HashSet::new(),
+            last_heard: HashMap::new(),
+            clock,
+            approvals: ApprovalPool::default(),
+            reported: HashSet::new(),
+            misbehaviour: 0,
+            blocks_synced: 0,
+        };
+        driver.drive(start, false, now);
+        driver
+    }
+
+    /// The next thing to carry out, in order.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] next has something to do (mono ms): a core
+    /// timer, a fetch deadline, or the housekeeping tick.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let timer = self.timers.keys().next().map(|(at, _)| *at);
+        let fetch = self.fetches.values().map(|f| f.deadline_ms).min();
+        [timer, fetch, Some(self.next_tick_ms)].into_iter().flatten().min()
+    }
+
+    /// The height being decided (the tip's + 1).
+    pub fn height(&self) -> Height {
+        self.core.height()
+    }
+
+    /// The consensus core, for views (lock, round, members).
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The membership after the tip and the approvals waiting here, as last
+    /// published.
+    pub fn members_view(&self) -> Arc<MembersView> {
+        self.members_view.clone()
+    }
+
+    /// The figures for status and metrics, as of `now`.
+    pub fn stats(&self, now: Now) -> Stats {
+        Stats {
+            round: self.core.round() as u64,
+            best_peer_tip: self.sync.best_claim(now.mono_ms),
+            sync_failures: self.sync.failures(),
+            misbehaviour: self.misbehaviour,
+            blocks_synced: self.blocks_synced,
+            clock_offset_ms: self.clock.offset_ms(now.wall_ms),
+            clock_peers: self.clock.peers(now.wall_ms),
+            mempool_txs: self.mempool.len(),
+            mempool_bytes: self.mempool.bytes(),
+        }
+    }
+
+    /// Whether a gossiped frame can be dropped undecoded: a proposal for a
+    /// height past the next one, which nothing could use (only the next height
+    /// is buffered, and votes tell us a peer is ahead), before its up to 3 MiB
+    /// are decoded.
+    pub fn skip_undecoded(&self, body: &[u8]) -> bool {
+        message::proposal_height(body).is_some_and(|h| h > self.core.height() + 1)
+    }
+
+    /// Fires every timer due at `now`: core timeouts, fetch deadlines, and the
+    /// housekeeping tick (rebroadcast, sync hedges).
+    pub fn handle_timeout(&mut self, now: Now) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now.mono_ms {
+                break;
+            }
+            let timeout = entry.remove();
+            let out = self.core.handle(Input::Timeout(timeout), now.wall_ms);
+            self.drive(out, false, now);
+        }
+        self.expire_fetches(now);
+        if now.mono_ms >= self.next_tick_ms {
+            self.next_tick_ms = now.mono_ms + TICK_MS;
+            self.rebroadcast(now);
+            // A slow request may be due for a hedge.
+            self.maybe_sync(now);
+        }
+        self.fetch_due(now);
+    }
+
+    /// The transport's connected peers are now `connected`: the gate is
+    /// recomputed.
+    pub fn handle_connected(&mut self, connected: BTreeSet<NodeId>, now: Now) {
+        self.gate.connected = connected;
+        let out = self.check_quorum(now);
+        self.drive(out, false, now);
+        self.fetch_due(now);
+    }
+
+    /// `id` has a new connection, its handshake claiming `tip` (when the shell
+    /// knows it). It missed what we signed at this height and the approvals
+    /// waiting for a block: both are sent again.
+    pub fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
+        self.last_heard.insert(id, now.mono_ms);
+        for m in self.core.own_messages() {
+            self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m) });
+        }
+        // Approvals waiting for a block: the peer may propose the next one.
+        for sa in self.approvals.iter() {
+            self.effects.push_back(Effect::Send { to: id, msg: Message::Approval(sa.clone()) });
+        }
+        if let Some(height) = tip {
+            self.sync.handle_claim(id, height, now.mono_ms);
+            self.maybe_sync(now);
+        }
+    }
+
+    /// `id` has no connection any more: its claim and its sync request are gone.
+    pub fn handle_peer_down(&mut self, id: NodeId, _now: Now) {
+        self.sync.handle_down(id);
+    }
+
+    /// A message from `from`'s gossip stream.
+    pub fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
+        // A peer counts as heard when it takes part in consensus here and now: a
+        // vote or proposal for our height or the one before. Anything else (a
+        // flood of junk, far-future messages) says nothing about whether it will
+        // propose.
+        let height = match &msg {
+            Message::Proposal(p) => Some(p.proposal.height),
+            Message::CompactProposal(p) => Some(p.height),
+            Message::Vote(v) => Some(v.vote.height),
+            _ => None,
+        };
+        let ours = self.core.height();
+        if height.is_some_and(|h| h >= ours.saturating_sub(1) && h <= ours) {
+            self.last_heard.insert(from, now.mono_ms);
+        }
+        let input = match msg {
+            Message::Proposal(p) => Input::Proposal(p),
+            Message::Vote(v) => Input::Vote(v),
+            Message::CompactProposal(cp) => return self.on_compact(from, cp, now),
+            Message::Tx(tx) => return self.on_tx(from, tx),
+            Message::Tip { height, time_ms, .. } => return self.on_tip(from, height, time_ms, now),
+            Message::Approval(sa) => return self.on_approval(from, sa),
+            other => {
+                tracing::debug!(peer = %from.short(), kind = other.kind_name(), "ignoring message on the gossip stream");
+                return;
+            }
+        };
+        let out = self.core.handle(input, now.wall_ms);
+        self.drive(out, false, now);
+        self.fetch_due(now);
+    }
+
+    /// A request from `from`, to be answered as `id`.
+    pub fn handle_request(&mut self, from: NodeId, id: RequestId, msg: Message, now: Now) {
+        let answer = match msg {
+            Message::GetBlocks { from: start, count } => {
+                if !self.sync_allowance(from, now) {
+                    if self.rate_limited.insert(from) {
+                        tracing::warn!(peer = %from.short(), "sync requests over the limit; refusing some");
+                    }
+                    Effect::Refuse { id, refusal: Refusal::RateLimited }
+                } else {
+                    let limits = &self.cfg.node_limits;
+                    let count = count.min(limits.sync_batch_blocks) as usize;
+                    Effect::ServeBlocks { id, from: start, count, max_bytes: limits.sync_response_bytes }
+                }
+            }
+            Message::GetTxs { height, round, ids } => self.answer_txs(from, id, height, round, ids, now),
+            // The echo probe (the transport's request/response check), under the
+            // same rate limit as sync.
+            Message::Data(d) if self.sync_allowance(from, now) => Effect::Reply { id, msg: Message::Data(d) },
+            Message::Data(_) => Effect::Refuse { id, refusal: Refusal::RateLimited },
+            other => {
+                tracing::debug!(peer = %from.short(), kind = other.kind_name(), "unexpected request");
+                Effect::Refuse { id, refusal: Refusal::Unsupported }
+            }
+        };
+        self.effects.push_back(answer);
+    }
+
+    /// `peer`'s answer to our `GetBlocks`: its blocks go to the core in order,
+    /// the outcome to the planner.
+    pub fn handle_blocks(&mut self, peer: NodeId, result: Result<BlocksAnswer, AnswerError>, now: Now) {
+        let BlocksAnswer { blocks, bytes } = match result {
+            Ok(answer) => answer,
+            Err(e) => return self.sync_outcome(peer, Outcome::Failed(e.failure()), &e.to_string(), now),
+        };
+        let count = blocks.len();
+        let first = self.core.height();
+        let mut applied: usize = 0;
+        let mut invalid = false;
+        for c in blocks {
+            let before = self.core.height();
+            if c.block.height() < before {
+                continue; // another peer's answer got there first
+            }
+            let out = self.core.handle(Input::Commit(c), now.wall_ms);
+            self.drive(out, true, now);
+            if self.core.height() == before {
+                // Not the next block, or its certificate does not verify.
+                invalid = true;
+                break;
+            }
+            applied += 1;
+        }
+        if applied > 0 {
+            tracing::info!(peer = %peer.short(), "caught up {applied} block(s): heights {first}..{}", first + applied as u64 - 1);
+        }
+        self.sync_outcome(peer, Outcome::Blocks { blocks: count, bytes, applied, invalid }, "", now);
+        self.fetch_due(now);
+    }
+
+    /// `from`'s answer to our `GetTxs` for the compact proposal of `(height,
+    /// round)`: complete, the proposal goes to the core; otherwise it is dropped
+    /// (withheld, or answered with transactions that are not the block's).
+    pub fn handle_txs(
+        &mut self,
+        from: NodeId,
+        height: Height,
+        round: Round,
+        result: Result<Vec<Vec<u8>>, AnswerError>,
+        now: Now,
+    ) {
+        self.fetches.remove(&(height, round));
+        let Some(mut assembly) = self.waiting.take(height, round) else { return };
+        let missing = assembly.missing_ids().len();
+        let outcome = match result {
+            Ok(txs) => {
+                assembly.handle_txs(txs);
+                if assembly.is_complete() {
+                    self.assembled(assembly, now);
+                    return self.fetch_due(now);
+                }
+                format!("{} of {missing} missing transactions not sent", assembly.missing_ids().len())
+            }
+            Err(e) => e.to_string(),
+        };
+        self.report_dropped(from, height, round, &outcome);
+    }
+
+    /// A transaction submitted here (`POST /tx`, `Node::submit`): into the
+    /// mempool, and gossiped if it is new.
+    pub fn handle_submit(&mut self, tx: Vec<u8>, _now: Now) -> Result<Hash, AddError> {
+        let (hash, new) = self.mempool.add(tx.clone())?;
+        if new {
+            // Queued for every peer without waiting on any; peers that miss it (a
+            // full outbox drops txs) still see it in the block.
+            self.effects.push_back(Effect::Broadcast(Message::Tx(tx)));
+        }
+        Ok(hash)
+    }
+
+    /// An operator's change (`POST /members`): signed with this node's key,
+    /// checked as the next block would check it, kept for proposers and
+    /// gossiped.
+    pub fn handle_change(&mut self, request: ChangeRequest, _now: Now) -> Result<Submitted, ChangeError> {
+        let result = self.approve(request);
+        if let Ok(s) = &result {
+            tracing::info!(
+                approvals = s.approvals,
+                required = s.required,
+                "approved member change: {} ({} of {} approvals)",
+                s.change,
+                s.approvals,
+                s.required
+            );
+        }
+        result
+    }
+}
+
+/// Consensus outputs, timers and blocks.
+impl Driver {
+    /// Carries out the core's outputs in order, feeding back what it asks for.
+    /// `synced`: the outputs of a block fetched by sync.
+    fn drive(&mut self, outputs: Vec<Output>, synced: bool, now: Now) {
+        let mut work: VecDeque<Output> = outputs.into();
+        while let Some(o) = work.pop_front() {
+            match o {
+                Output::Sign { record, message, lock } => {
+                    let gossip = gossip_form(&message);
+                    self.effects.push_back(Effect::Persist { record, message, lock });
+                    self.effects.push_back(Effect::Broadcast(gossip));
+                }
+                Output::Schedule { timeout, after_ms } => {
+                    let after_ms = self.propose_wait(timeout, after_ms, now);
+                    self.timer_seq += 1;
+                    self.timers.insert((now.mono_ms.saturating_add(after_ms), self.timer_seq), timeout);
+                }
+                Output::NeedValue { height, round } => {
+                    let limits = self.cfg.limits;
+                    let txs = self.mempool.take(limits.max_block_txs, limits.max_block_bytes);
+                    let changes = if self.approvals.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.core.membership().select(self.approvals.iter(), &self.cfg.network_id)
+                    };
+                    work.extend(self.core.handle(Input::Value { height, round, txs, changes }, now.wall_ms));
+                }
+                Output::Decided { committed, membership, completed } => {
+                    work.extend(self.decided(committed, membership, &completed, synced, now));
+                }
+                Output::Misbehaviour(m) => self.report_misbehaviour(&m),
+                Output::Ahead { node, height } => {
+                    self.sync.handle_claim(node, height.saturating_sub(1), now.mono_ms);
+                    self.maybe_sync(now);
+                }
+            }
+        }
+    }
+
+    /// How long to wait for a round's proposal. Waiting the whole propose timeout
+    /// for a proposer we cannot hear (not connected, or silent for several block
+    /// intervals: paused, or cut off) only slows the chain down: nothing can arrive
+    /// from it. So we prevote nil at once (always allowed by the protocol; it only
+    /// gives up on that round's block), and the round passes to the next proposer.
+    fn propose_wait(&self, timeout: Timeout, after_ms: u64, now: Now) -> u64 {
+        let Timeout::Propose { height, round } = timeout else { return after_ms };
+        let proposer = self.core.proposer(height, round);
+        if proposer == self.core.id() {
+            return after_ms;
+        }
+        // The window grows with the round, as the rounds' timeouts do: in a late
+        // round an honest proposer's last message may be a whole round old.
+        let base = (3 * self.cfg.block_interval_ms).max(1_500);
+        let silent_for = base.saturating_mul(1 + round as u64);
+        let heard = self.last_heard.get(&proposer).is_some_and(|at| now.mono_ms.saturating_sub(*at) < silent_for);
+        if heard && self.gate.connected.contains(&proposer) {
+            after_ms
+        } else {
+            ABSENT_PROPOSER_WAIT_MS.min(after_ms)
+        }
+    }
+
+    /// A decided block: stored before anything it causes is carried out; the
+    /// mempool, the waiting proposals, the approvals, the member set and the
+    /// gate follow it. Returns the core's outputs from the gate.
+    fn decided(
+        &mut self,
+        c: Committed,
+        membership: Box<MembershipState>,
+        completed: &[Completed],
+        synced: bool,
+        now: Now,
+    ) -> Vec<Output> {
+        let (height, hash) = (c.block.height(), c.block.hash());
+        self.mempool.remove_committed(&c.block.txs);
+        self.effects.push_back(Effect::Commit { committed: c, membership, synced });
+        if synced {
+            self.blocks_synced += 1;
+        }
+        for done in completed {
+            tracing::info!(
+                height = done.height,
+                in_force = done.in_force,
+                "member change committed: {}, in force from height {}",
+                done.change,
+                done.in_force
+            );
+        }
+        let out = self.after_block(now);
+        self.prune_waiting(self.core.height(), 0);
+        self.effects.push_back(Effect::Broadcast(Message::Tip { height, hash, time_ms: now.wall_ms }));
+        out
+    }
+
+    /// After a block: approvals it carried or made void leave the pool, the
+    /// transport follows the set, the quorum gate counts the new height's set.
+    fn after_block(&mut self, now: Now) -> Vec<Output> {
+        self.approvals.retain_valid(self.core.membership(), &self.cfg.network_id);
+        self.publish_members();
+        let reachable = self.core.membership().reachable_with(&self.cfg.bootstrap);
+        if reachable != self.reachable {
+            self.effects.push_back(Effect::SetMembers(reachable.clone()));
+            self.clock.retain(|id| reachable.iter().any(|(m, _)| m == id));
+            self.reachable = reachable;
+        }
+        let height = self.core.height();
+        self.clock.set_min_peers(clock::min_peers_for(self.core.members_at(height).len()));
+        let now_member = self.core.members_at(height).contains(&self.core.id());
+        if now_member != self.member {
+            self.member = now_member;
+            if now_member {
+                tracing::info!(height, "this node is a member from height {height}: it votes from here on");
+            } else {
+                tracing::warn!(height, "this node is no longer a member from height {height}: it stops voting");
+            }
+        }
+        self.check_quorum(now)
+    }
+
+    /// The quorum gate now: members of the current height's set that are
+    /// connected, this node included when it is one. The core's outputs if the
+    /// gate opened or closed.
+    fn check_quorum(&mut self, now: Now) -> Vec<Output> {
+        let set = self.core.members_at(self.core.height());
+        let n = set.len();
+        let me = set.contains(&self.core.id()) as usize;
+        let connected = self.gate.connected.iter().filter(|id| set.contains(id)).count();
+        let Quorum { active, required, met } = quorum::quorum(connected + me, n, self.cfg.min_active);
+        let previous = self.gate.last.replace((active, met));
+        if previous == Some((active, met)) {
+            return Vec::new();
+        }
+        match (previous.map(|p| p.1), met) {
+            (Some(true), true) => tracing::debug!("quorum met: {active}/{n} active, {required} required"),
+            (_, true) => tracing::info!("quorum met: {active}/{n} active, {required} required"),
+            // Losing a quorum is worth a warning; forming one at start-up is not.
+            (Some(true), false) => tracing::warn!("waiting for quorum: {active}/{n} active, {required} required"),
+            (_, false) => tracing::info!("waiting for quorum: {active}/{n} active, {required} required"),
+        }
+        if previous.map(|p| p.1) != Some(met) {
+            return self.core.handle(Input::Quorum(met), now.wall_ms);
+        }
+        Vec::new()
+    }
+
+    /// When no block came for a while, messages may have been lost (a peer
+    /// restarted, a partition healed) or reached only some of us: send what we
+    /// hold for this height again.
+    fn rebroadcast(&mut self, now: Now) {
+        let height = self.core.height();
+        if height != self.last_height_seen.0 {
+            self.last_height_seen = (height, now.mono_ms);
+            return;
+        }
+        let after_ms = (self.cfg.block_interval_ms * 3).max(3_000);
+        if now.mono_ms.saturating_sub(self.last_height_seen.1) >= after_ms && self.gate.met() {
+            // Ours and what we hold of others': a vote only some of us saw (an
+            // equivocator's, or one lost in a partition) reaches the rest.
+            for m in self.core.relay_messages() {
+                self.effects.push_back(Effect::Broadcast(gossip_form(&m)));
+            }
+            self.last_height_seen.1 = now.mono_ms;
+        }
+    }
+
+    /// One warn line per culprit and kind of misbehaviour; reports without a
+    /// culprit (forgeries) share one line per kind.
+    fn report_misbehaviour(&mut self, m: &Misbehaviour) {
+        self.misbehaviour += 1;
+        let fork =
+            matches!(m, Misbehaviour::InvalidSyncedBlock { reason: super::block::BlockError::WrongParent { .. }, .. });
+        if !self.first_report(m.culprit(), m.kind()) {
+            return tracing::debug!(kind = m.kind(), "misbehaviour: {m}");
+        }
+        if fork {
+            // More than two thirds of a height's members signed a block on
+            // another parent than ours: two certified histories exist.
+            tracing::error!(
+                kind = m.kind(),
+                "two certified histories: {m}; either keys of that height's members signed both \
+                 (members that have left the set, or more than a third of it) or this node synced \
+                 a forged history; stop and compare `masternode status` tip hashes with members you trust"
+            );
+        } else {
+            tracing::warn!(kind = m.kind(), "misbehaviour: {m}");
+        }
+    }
+
+    /// Whether this is the first report of `kind` about `culprit`, which is
+    /// logged at warn (later ones at debug); at most [`MAX_REPORTED`] are
+    /// remembered.
+    fn first_report(&mut self, culprit: Option<NodeId>, kind: &'static str) -> bool {
+        self.reported.len() < MAX_REPORTED && self.reported.insert((culprit, kind))
+    }
+
+    /// Whether the member set in force or the next one has `id` (a peer may
+    /// also be reached only as a `bootstrap` peer).
+    fn chain_names(&self, id: &NodeId) -> bool {
+        let m = self.core.membership();
+        m.current().contains(id) || m.next().contains(id)
+    }
+}
+
+/// Gossip other than consensus messages: transactions, tips, approvals.
+impl Driver {
+    fn on_tx(&mut self, from: NodeId, tx: Vec<u8>) {
+        // A `bootstrap` peer the chain does not name (yet) serves sync only: its
+        // transactions do not count here.
+        if !self.chain_names(&from) {
+            return;
+        }
+        if let Err(e) = self.mempool.add(tx) {
+            tracing::debug!(peer = %from.short(), "gossiped transaction dropped: {e}");
+        }
+    }
+
+    /// A tip says how far the sender got (for sync) and what its clock read
+    /// (for the clock estimate, from peers the chain names only).
+    fn on_tip(&mut self, from: NodeId, height: Height, time_ms: u64, now: Now) {
+        if self.chain_names(&from) {
+            self.sample_clock(from, time_ms, now);
+        }
+        self.sync.handle_claim(from, height, now.mono_ms);
+        self.maybe_sync(now);
+    }
+
+    /// Warns once when our clock is off by more than a second (see
+    /// [`super::clock`]).
+    fn sample_clock(&mut self, from: NodeId, time_ms: u64, now: Now) {
+        match self.clock.handle_tip(from, time_ms, now.wall_ms) {
+            Some(ClockEvent::Off { offset_ms, peers }) => tracing::warn!(
+                offset_ms,
+                peers,
+                "this node's clock is {:.1} s {} its peers' clocks: check NTP (timedatectl, chronyc tracking)",
+                offset_ms.unsigned_abs() as f64 / 1000.0,
+                if offset_ms > 0 { "ahead of" } else { "behind" }
+            ),
+            Some(ClockEvent::Back { offset_ms, peers }) => {
+                tracing::info!(offset_ms, peers, "this node's clock agrees with its peers' again")
+            }
+            None => {}
+        }
+    }
+
+    /// An approval gossiped by a peer: kept and passed on once if the next block
+    /// could carry it.
+    fn on_approval(&mut self, from: NodeId, sa: SignedApproval) {
+        // Every peer relays a new approval once: the copies after the first
+        // cost no signature check.
+        if self.approvals.has(&sa.approval.change, sa.approval.approver) {
+            return;
+        }
+        match self.core.membership().check(&sa, &self.cfg.network_id) {
+            Ok(()) => {
+                if self.approvals.add(sa.clone()) {
+                    self.effects.push_back(Effect::Broadcast(Message::Approval(sa)));
+                    self.publish_members();
+                }
+            }
+            Err(e) => tracing::debug!(peer = %from.short(), "gossiped membership approval dropped: {e}"),
+        }
+    }
+
+    fn approve(&mut self, request: ChangeRequest) -> Result<Submitted, ChangeError> {
+        let me = self.core.id();
+        let membership = self.core.membership();
+        let change = match request {
+            ChangeRequest::Add { id, addr } => Change::Add { id, addr: crate::net::canonical(addr) },
+            ChangeRequest::Remove { id } => Change::Remove { id },
+            ChangeRequest::SetAddr { addr } => {
+                let Some(info) = membership.next().get(&me) else { return Err(ChangeError::UnknownMember(me)) };
+                // After any announcement of ours still waiting for a block.
+                let waiting = self
+                    .approvals
+                    .iter()
+                    .filter_map(|sa| match sa.approval.change {
+                        Change::SetAddr { id, seq, .. } if id == me => Some(seq),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                Change::SetAddr { id: me, addr: crate::net::canonical(addr), seq: info.addr_seq.max(waiting) + 1 }
+            }
+        };
+        // Two members on one address is an operator's mistake worth refusing
+        // here; the chain cannot refuse it (genesis addresses are outside the
+        // network id, so nodes may disagree on who holds an address).
+        if let Change::Add { id, addr } | Change::SetAddr { id, addr, .. } = &change {
+            if let Some(holder) = membership.next().holder_of(*addr, *id) {
+                return Err(ChangeError::AddressInUse(*addr, holder));
+            }
+        }
+        let signed_at = membership.applied();
+        let network_id = self.cfg.network_id;
+        let sa = Approval { change: change.clone(), approver: me, signed_at }.sign(&network_id, &self.cfg.identity);
+        if !self.approvals.has(&change, me) {
+            membership.check(&sa, &network_id)?;
+            if !self.approvals.add(sa.clone()) {
+                return Err(ChangeError::TooManyPending(me));
+            }
+            self.effects.push_back(Effect::Broadcast(Message::Approval(sa)));
+            self.publish_members();
+        }
+        let membership = self.core.membership();
+        Ok(Submitted {
+            approvals: self.members_view.approvers(&change).len(),
+            required: required_approvals(membership, &change),
+            expires_at: signed_at + membership.params().ttl,
+            change,
+        })
+    }
+
+    fn publish_members(&mut self) {
+        let waiting = self.approvals.iter().map(|sa| sa.approval.clone()).collect();
+        self.members_view = Arc::new(MembersView { membership: self.core.membership().clone(), waiting });
+        self.effects.push_back(Effect::PublishMembers(self.members_view.clone()));
+    }
+}
+
+/// Compact proposals and their fetches.
+impl Driver {
+    /// A compact proposal: checked without its transactions, rebuilt from the
+    /// mempool, and what is missing asked of a peer. Until all of its
+    /// transactions are here the core does not see it; one that never completes
+    /// is a proposal that never came (the propose timeout runs).
+    fn on_compact(&mut self, from: NodeId, cp: CompactProposal, now: Now) {
+        if !self.core.wants_proposal(cp.height, cp.round) || self.waiting.contains(cp.height, cp.round) {
+            return;
+        }
+        let proposer = self.core.proposer(cp.height, cp.round);
+        if let Err(e) = cp.check(&self.cfg.network_id, proposer, self.cfg.limits.max_block_txs) {
+            self.misbehaviour += 1;
+            if self.first_report(Some(from), "bad_compact_proposal") {
+                tracing::warn!(peer = %from.short(), "compact proposal refused: {e}");
+            } else {
+                tracing::debug!(peer = %from.short(), "compact proposal refused: {e}");
+            }
+            return;
+        }
+        let found = self.mempool.lookup(&cp.ids);
+        let assembly = Assembly::new(cp, found);
+        if assembly.is_complete() {
+            self.assembled(assembly, now);
+            return self.fetch_due(now);
+        }
+        // Fetched now only within the window (`in_fetch_window`); a later
+        // round's proposal is kept until the window reaches it.
+        let (h, r) = (self.core.height(), self.core.round());
+        self.prune_waiting(h, r);
+        if !in_fetch_window((h, r), assembly.proposal.height, assembly.proposal.round) {
+            return self.waiting.defer(from, assembly);
+        }
+        self.fetch_for(from, assembly, now);
+    }
+
+    /// A rebuilt proposal goes to the core as a full one would.
+    fn assembled(&mut self, assembly: Assembly, now: Now) {
+        let Some(sp) = assembly.into_signed() else { return };
+        let out = self.core.handle(Input::Proposal(sp), now.wall_ms);
+        self.drive(out, false, now);
+    }
+
+    /// Fetches what `assembly` misses from its proposer, which holds every
+    /// transaction of its block, or else from the peer that sent it.
+    fn fetch_for(&mut self, from: NodeId, assembly: Assembly, now: Now) {
+        let proposer = assembly.proposal.proposer;
+        let ask = if proposer != self.core.id() && self.gate.connected.contains(&proposer) { proposer } else { from };
+        let (height, round) = (assembly.proposal.height, assembly.proposal.round);
+        let ids = assembly.missing_ids();
+        if !self.waiting.insert(assembly) {
+            tracing::debug!(peer = %ask.short(), height, round, "compact proposal dropped: too many waiting");
+            return;
+        }
+        let deadline_ms = now.mono_ms.saturating_add(self.fetch_wait_ms());
+        self.fetches.insert((height, round), Fetch { peer: ask, deadline_ms });
+        self.effects.push_back(Effect::RequestTxs { peer: ask, height, round, ids });
+    }
+
+    /// How long a peer has to answer a `GetTxs`: two block intervals, at least
+    /// a second.
+    fn fetch_wait_ms(&self) -> u64 {
+        (2 * self.cfg.block_interval_ms).max(1_000)
+    }
+
+    /// Kept compact proposals whose round the window has reached: fetched now.
+    /// After every input; nothing to do unless proposals of later rounds are
+    /// kept.
+    fn fetch_due(&mut self, now: Now) {
+        if !self.waiting.has_later() {
+            return;
+        }
+        let (h, r) = (self.core.height(), self.core.round());
+        self.prune_waiting(h, r);
+        for (from, assembly) in self.waiting.take_due(|ph, pr| in_fetch_window((h, r), ph, pr)) {
+            self.fetch_for(from, assembly, now);
+        }
+    }
+
+    /// Drops what waits for rounds before `(height, round)`; their fetches end.
+    fn prune_waiting(&mut self, height: Height, round: Round) {
+        self.waiting.retain_window(height, round);
+        let gone: Vec<(Height, Round)> =
+            self.fetches.keys().filter(|(h, r)| !self.waiting.contains(*h, *r)).copied().collect();
+        for (height, round) in gone {
+            self.fetches.remove(&(height, round));
+            self.effects.push_back(Effect::CancelTxs { height, round });
+        }
+    }
+
+    /// Fetches past their deadline: the proposal is dropped.
+    fn expire_fetches(&mut self, now: Now) {
+        let due: Vec<((Height, Round), Fetch)> =
+            self.fetches.iter().filter(|(_, f)| f.deadline_ms <= now.mono_ms).map(|(k, f)| (*k, *f)).collect();
+        for ((height, round), fetch) in due {
+            self.fetches.remove(&(height, round));
+            self.waiting.take(height, round);
+            self.effects.push_back(Effect::CancelTxs { height, round });
+            let outcome = format!("no answer within {} ms", self.fetch_wait_ms());
+            self.report_dropped(fetch.peer, height, round, &outcome);
+        }
+    }
+
+    fn report_dropped(&mut self, peer: NodeId, height: Height, round: Round, outcome: &str) {
+        if self.first_report(Some(peer), "compact_proposal_incomplete") {
+            tracing::warn!(peer = %peer.short(), height, round, "compact proposal dropped: {outcome}");
+        } else {
+            tracing::debug!(peer = %peer.short(), height, round, "compact proposal dropped: {outcome}");
+        }
+    }
+
+    /// A peer rebuilding a compact proposal: from the mempool, and from the
+    /// proposal itself when it is here (our own after a restart, whose
+    /// transactions the mempool no longer holds). Under the sync rate limit,
+    /// and only for members: a `bootstrap` peer the chain does not name only
+    /// syncs.
+    fn answer_txs(
+        &mut self,
+        from: NodeId,
+        id: RequestId,
+        height: Height,
+        round: Round,
+        mut ids: Vec<Hash>,
+        now: Now,
+    ) -> Effect {
+        if !self.chain_names(&from) {
+            return Effect::Refuse { id, refusal: Refusal::Unsupported };
+        }
+        if !self.sync_allowance(from, now) {
+            return Effect::Refuse { id, refusal: Refusal::RateLimited };
+        }
+        // Each transaction once, however often it is asked for.
+        let mut seen = HashSet::with_capacity(ids.len());
+        ids.retain(|id| seen.insert(*id));
+        let budget = message::TXS_ANSWER_BYTES;
+        let mut txs = self.mempool.lookup_within(&ids, budget);
+        if txs.len() < ids.len() {
+            if let Some(block) = self.core.proposed_block(height, round) {
+                txs = answer_from_block(block, &ids, budget);
+            }
+        }
+        Effect::Reply { id, msg: Message::Txs(txs) }
+    }
+}
+
+/// Sync.
+impl Driver {
+    /// A token bucket per peer: `sync_requests_per_sec`, bursts of twice that.
+    fn sync_allowance(&mut self, peer: NodeId, now: Now) -> bool {
+        let rate = self.cfg.node_limits.sync_requests_per_sec as f64;
+        let bucket = self.sync_buckets.entry(peer).or_insert_with(|| TokenBucket::new(rate, 2.0 * rate, now.mono_ms));
+        bucket.take(now.mono_ms)
+    }
+
+    /// Asks for blocks when a peer claims more than we have, or hedges a slow
+    /// request with another peer; the planner decides.
+    fn maybe_sync(&mut self, now: Now) {
+        let our_tip = self.core.height() - 1;
+        let Some(req) = self.sync.poll_request(our_tip, now.mono_ms) else { return };
+        tracing::debug!(peer = %req.peer.short(), our_tip, "fetching blocks");
+        self.effects.push_back(Effect::RequestBlocks { peer: req.peer, from: req.from, count: req.count });
+    }
+
+    /// Hands a response's outcome to the planner (which counts failures); a
+    /// failure is warned about once per peer and cause, and the next best peer is
+    /// asked at once.
+    fn sync_outcome(&mut self, peer: NodeId, outcome: Outcome, detail: &str, now: Now) {
+        let verdict = self.sync.handle_response(peer, outcome, now.mono_ms);
+        if let Some(f) = verdict.failure {
+            let penalty = self.sync.penalty_ms() / 1000;
+            if verdict.first_of_its_kind {
+                let sep = if detail.is_empty() { "" } else { ": " };
+                tracing::warn!(peer = %peer.short(), reason = f.as_str(), "sync from peer failed{sep}{detail}; not asking it for {penalty} s");
+            } else {
+                tracing::debug!(peer = %peer.short(), reason = f.as_str(), "sync from peer failed {detail}");
+            }
+        }
+        self.maybe_sync(now);
+    }
+}
+
+/// What goes to peers for a signed message: a proposal in its compact form
+/// ([`super::compact`]), whose transactions the peers hold or fetch.
+fn gossip_form(m: &Signed) -> Message {
+    match m {
+        Signed::Proposal(p) => Message::CompactProposal(CompactProposal::of(p)),
+        Signed::Vote(v) => Message::Vote(v.clone()),
+    }
+}
+
+/// Whether a compact proposal of `(height, round)` is fetched now, at `at`:
+/// this round and the next, the next height's first two. Later rounds wait
+/// (kept, a few), so a member cannot hold the waiting slots with its future
+/// rounds: at most four slots are in the window, as many as may wait.
+fn in_fetch_window(at: (Height, Round), height: Height, round: Round) -> bool {
+    let (h, r) = at;
+    (height == h && round <= r + 1) || (height == h + 1 && round <= 1)
+}
+
+/// The transactions of `block` with these ids, in the order asked, within
+/// `max_bytes`: each of the block's transactions hashed once.
+fn answer_from_block(block: &Block, ids: &[Hash], max_bytes: usize) -> Vec<Vec<u8>> {
+    let by_id: HashMap<Hash, &Vec<u8>> = block.txs.iter().map(|t| (tx_hash(t), t)).collect();
+    compact::within_bytes(ids.iter().filter_map(|id| by_id.get(id).copied()), max_bytes)
+}
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;
