@@ -1,6 +1,208 @@
-//! The driver's rules, each test named after one.
+//! The driver's rules, each test named after one. Time is advanced by hand; a
+//! small in-memory network of drivers stands in for peers where a rule needs
+//! a decided block.
+
+use std::io::Write;
+use std::sync::Mutex;
 
 use super::*;
+use crate::chain::block::{genesis_hash, tx_root, Header};
+use crate::chain::consensus::{self, Timeouts};
+use crate::chain::vote::{Proposal, SignedProposal, Step};
+
+const NET: [u8; 32] = [9; 32];
+const INTERVAL: u64 = 1000;
+/// The clocks' reading when a test starts (mono and wall alike).
+const T0: u64 = 1_000_000;
+
+fn at(ms: u64) -> Now {
+    Now { mono_ms: ms, wall_ms: ms }
+}
+
+/// `n` identities in the order of the member set (proposer of `(h, r)`: index
+/// `(h + r) % n`).
+fn identities(n: usize) -> Vec<Arc<Identity>> {
+    let mut ids: Vec<_> = (0..n)
+        .map(|i| {
+            Arc::new(Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 1; 32])).unwrap())
+        })
+        .collect();
+    ids.sort_by_key(|i| i.id());
+    ids
+}
+
+/// The driver of member `me` of the genesis set `ids`, at height 1.
+fn driver_with(ids: &[Arc<Identity>], me: &Arc<Identity>, bootstrap: Vec<(NodeId, SocketAddr)>) -> Driver {
+    let members = Membership::of_ids(&ids.iter().map(|i| i.id()).collect::<Vec<_>>(), 3);
+    let cfg = consensus::Config {
+        network_id: NET,
+        members,
+        block_interval_ms: INTERVAL,
+        limits: Limits::default(),
+        timeouts: Timeouts::for_interval(INTERVAL),
+    };
+    let core = Core::new(cfg, me.clone(), 1, genesis_hash(&NET), 0, None);
+    let cfg = DriverConfig {
+        network_id: NET,
+        block_interval_ms: INTERVAL,
+        min_active: 3,
+        limits: Limits::default(),
+        node_limits: NodeLimits::default(),
+        identity: me.clone(),
+        bootstrap,
+    };
+    Driver::new(core, cfg, at(T0))
+}
+
+fn driver(ids: &[Arc<Identity>], me: usize) -> Driver {
+    driver_with(ids, &ids[me], Vec::new())
+}
+
+fn effects(d: &mut Driver) -> Vec<Effect> {
+    std::iter::from_fn(|| d.poll_effect()).collect()
+}
+
+/// A key outside `ids`.
+fn stranger(ids: &[Arc<Identity>]) -> Arc<Identity> {
+    identities(ids.len() + 1).into_iter().find(|i| !ids.iter().any(|m| m.id() == i.id())).expect("one more key")
+}
+
+/// Fires every deadline up to `ms` in turn, as the shell's loop would; the
+/// effects, in order.
+fn run_to(d: &mut Driver, ms: u64) -> Vec<Effect> {
+    let mut out = Vec::new();
+    while let Some(t) = d.poll_timeout().filter(|t| *t <= ms) {
+        d.handle_timeout(at(t));
+        out.extend(effects(d));
+    }
+    out
+}
+
+/// Everyone in `ids` but `me`.
+fn others(ids: &[Arc<Identity>], me: usize) -> BTreeSet<NodeId> {
+    ids.iter().enumerate().filter(|(i, _)| *i != me).map(|(_, id)| id.id()).collect()
+}
+
+/// The core timeouts scheduled, by deadline.
+fn timers(d: &Driver) -> Vec<(u64, Timeout)> {
+    d.timers.iter().map(|((at, _), t)| (*at, *t)).collect()
+}
+
+/// `proposer`'s signed proposal of `txs` at `(1, round)`.
+fn proposal(proposer: &Identity, round: Round, txs: Vec<Vec<u8>>) -> SignedProposal {
+    let header = Header {
+        height: 1,
+        round,
+        prev_hash: genesis_hash(&NET),
+        timestamp_ms: T0,
+        proposer: proposer.id(),
+        tx_root: tx_root(&txs),
+        changes: vec![],
+    };
+    let block = Block { header, txs };
+    Proposal { height: 1, round, block, valid_round: None, proposer: proposer.id() }.sign(&NET, proposer)
+}
+
+/// Log lines written while `f` runs, at debug and above, without timestamps.
+fn logs<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    (out, text.lines().map(str::to_string).collect())
+}
+
+/// `n` drivers, all connected to each other, delivering each other's messages
+/// at once; every `Persist` and `Commit` succeeds. Each driver's effects are
+/// kept in the order it emitted them.
+struct Net {
+    ids: Vec<Arc<Identity>>,
+    drivers: Vec<Driver>,
+    now: u64,
+    log: Vec<Vec<Effect>>,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let ids = identities(n);
+        let mut drivers: Vec<Driver> = (0..n).map(|i| driver(&ids, i)).collect();
+        for (i, d) in drivers.iter_mut().enumerate() {
+            d.handle_connected(others(&ids, i), at(T0));
+        }
+        let mut net = Net { ids, drivers, now: T0, log: vec![Vec::new(); n] };
+        net.settle();
+        net
+    }
+
+    fn index(&self, id: NodeId) -> usize {
+        self.ids.iter().position(|i| i.id() == id).expect("a member")
+    }
+
+    /// Carries out every effect, delivering messages, until none is left.
+    fn settle(&mut self) {
+        loop {
+            let mut mail = Vec::new();
+            for i in 0..self.drivers.len() {
+                while let Some(e) = self.drivers[i].poll_effect() {
+                    match &e {
+                        Effect::Broadcast(m) => {
+                            mail.extend((0..self.drivers.len()).filter(|j| *j != i).map(|j| (i, j, m.clone())))
+                        }
+                        Effect::Send { to, msg } => mail.push((i, self.index(*to), msg.clone())),
+                        _ => {}
+                    }
+                    self.log[i].push(e);
+                }
+            }
+            if mail.is_empty() {
+                return;
+            }
+            for (from, to, m) in mail {
+                let from = self.ids[from].id();
+                self.drivers[to].handle_message(from, m, at(self.now));
+            }
+        }
+    }
+
+    /// Moves the clock to the earliest deadline and fires what is due.
+    fn step(&mut self) {
+        self.now = self.drivers.iter().filter_map(|d| d.poll_timeout()).min().expect("the tick is always due");
+        for d in &mut self.drivers {
+            if d.poll_timeout().is_some_and(|t| t <= self.now) {
+                d.handle_timeout(at(self.now));
+            }
+        }
+        self.settle();
+    }
+
+    fn run_until(&mut self, what: &str, done: impl Fn(&Net) -> bool) {
+        for _ in 0..10_000 {
+            if done(self) {
+                return;
+            }
+            self.step();
+        }
+        panic!("never: {what}");
+    }
+}
 
 #[test]
 fn the_fetch_window_is_this_round_the_next_and_the_next_heights_first_two() {
@@ -16,5 +218,410 @@ fn the_fetch_window_is_this_round_the_next_and_the_next_heights_first_two() {
         (12, 0, false),
     ] {
         assert_eq!(in_fetch_window(at, h, r), want, "height {h} round {r}");
+    }
+}
+
+/// A row of the propose-wait table: the proposer of `(1, round)` seen from
+/// member 0.
+struct Wait {
+    what: &'static str,
+    connected: bool,
+    /// How long ago the proposer was last heard, if ever.
+    heard_ago: Option<u64>,
+    round: Round,
+    asked: u64,
+    waited: u64,
+}
+
+#[test]
+fn a_proposer_that_cannot_be_heard_gets_the_short_propose_wait() {
+    let ids = identities(4);
+    let (full, short) = (1_500, ABSENT_PROPOSER_WAIT_MS);
+    // A proposer counts as heard within 3 intervals (at least 1.5 s) times
+    // the round + 1. In round 3, member 0 itself proposes.
+    let w =
+        |what, connected, heard_ago, round, asked, waited| Wait { what, connected, heard_ago, round, asked, waited };
+    let table = [
+        w("connected and heard a second ago", true, Some(1_000), 0, full, full),
+        w("connected but never heard", true, None, 0, full, short),
+        w("heard, then silent for over 3 intervals", true, Some(3_001), 0, full, short),
+        w("the same silence in round 1: the window doubled", true, Some(3_001), 1, full, full),
+        w("heard just now but not connected", false, Some(0), 0, full, short),
+        w("a timeout shorter than the short wait stays", false, None, 0, 50, 50),
+        w("this node proposes", false, None, 3, full, full),
+        w("silent for 11 s in round 2: a 9 s window", true, Some(11_000), 2, full, short),
+    ];
+    for Wait { what, connected, heard_ago, round, asked, waited } in table {
+        let mut d = driver(&ids, 0);
+        let now = at(T0 + 20_000);
+        let proposer = ids[(1 + round as usize) % 4].id();
+        assert_eq!(d.core.proposer(1, round), proposer, "{what}");
+        if connected {
+            d.gate.connected.insert(proposer);
+        }
+        if let Some(ago) = heard_ago {
+            d.last_heard.insert(proposer, now.mono_ms - ago);
+        }
+        assert_eq!(d.propose_wait(Timeout::Propose { height: 1, round }, asked, now), waited, "{what}");
+    }
+    let d = driver(&ids, 0);
+    let prevote = Timeout::Prevote { height: 1, round: 0 };
+    assert_eq!(d.propose_wait(prevote, full, at(T0)), full, "only the propose timeout is shortened");
+}
+
+#[test]
+fn an_absent_proposer_s_round_is_given_up_after_the_short_wait() {
+    let ids = identities(4);
+    for (heard, want) in [(false, T0 + ABSENT_PROPOSER_WAIT_MS), (true, T0 + 1_500)] {
+        let mut d = driver(&ids, 0);
+        d.handle_connected(others(&ids, 0), at(T0));
+        if heard {
+            // A peer that comes up counts as heard.
+            d.handle_peer_up(ids[1].id(), None, at(T0));
+        }
+        d.handle_timeout(at(T0));
+        assert_eq!(timers(&d), [(want, Timeout::Propose { height: 1, round: 0 })], "heard: {heard}");
+        assert_eq!(d.poll_timeout(), Some(want.min(T0 + TICK_MS)));
+    }
+}
+
+#[test]
+fn a_signature_is_persisted_before_its_message_is_broadcast() {
+    let ids = identities(4);
+    // Member 1 proposes at (1, 0): its proposal, then its prevote for it.
+    let mut d = driver(&ids, 1);
+    d.handle_submit(b"tx".to_vec(), at(T0)).unwrap();
+    effects(&mut d);
+    d.handle_connected(others(&ids, 1), at(T0));
+    d.handle_timeout(at(T0));
+    let out = effects(&mut d);
+    let signed: Vec<(&Effect, &Effect)> =
+        out.windows(2).filter(|w| matches!(w[0], Effect::Persist { .. })).map(|w| (&w[0], &w[1])).collect();
+    assert_eq!(signed.len(), 2, "a proposal and a prevote: {out:?}");
+    assert_eq!(out.iter().filter(|e| matches!(e, Effect::Broadcast(_))).count(), 2, "nothing else goes out");
+    for (persist, broadcast) in signed {
+        let (Effect::Persist { message, record, .. }, Effect::Broadcast(sent)) = (persist, broadcast) else {
+            panic!("a Persist not followed by its Broadcast: {out:?}");
+        };
+        match (message, sent) {
+            (Signed::Proposal(p), Message::CompactProposal(cp)) => {
+                assert_eq!(record.step, Step::Propose);
+                assert_eq!(*cp, CompactProposal::of(p), "the proposal goes out compact");
+                assert_eq!(p.proposal.block.txs, vec![b"tx".to_vec()], "from the mempool");
+            }
+            (Signed::Vote(v), Message::Vote(sent)) => {
+                assert_eq!(record.step, Step::Prevote);
+                assert_eq!(sent, v);
+            }
+            other => panic!("persisted one thing and broadcast another: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_block_is_committed_before_its_tip_and_the_next_height_go_out() {
+    let mut net = Net::new(4);
+    net.run_until("every node at height 2 and voting", |n| {
+        n.drivers.iter().all(|d| d.height() == 3)
+            || n.log.iter().all(|l| l.iter().any(|e| matches!(e, Effect::Persist { record, .. } if record.height == 2)))
+    });
+    for (i, log) in net.log.iter().enumerate() {
+        let commit = log
+            .iter()
+            .position(|e| matches!(e, Effect::Commit { committed, synced: false, .. } if committed.block.height() == 1))
+            .unwrap_or_else(|| panic!("node {i} committed block 1"));
+        let tip = log
+            .iter()
+            .position(|e| matches!(e, Effect::Broadcast(Message::Tip { height: 1, .. })))
+            .unwrap_or_else(|| panic!("node {i} announced tip 1"));
+        assert!(commit < tip, "node {i}: the tip after the commit");
+        for (at, e) in log.iter().enumerate() {
+            let of_next = match e {
+                Effect::Persist { record, .. } => record.height >= 2,
+                Effect::Broadcast(Message::Vote(v)) => v.vote.height >= 2,
+                Effect::Broadcast(Message::CompactProposal(p)) => p.height >= 2,
+                _ => false,
+            };
+            assert!(!of_next || at > commit, "node {i}: {e:?} before block 1 was stored");
+        }
+    }
+}
+
+#[test]
+fn a_synced_block_is_stored_as_synced_before_its_tip_and_counted() {
+    let mut net = Net::new(4);
+    net.run_until("block 1", |n| n.drivers[0].height() == 2);
+    let committed = net.log[0]
+        .iter()
+        .find_map(|e| match e {
+            Effect::Commit { committed, .. } => Some(committed.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let ids = &net.ids;
+    let mut behind = driver_with(ids, &ids[3], Vec::new());
+    let answer = BlocksAnswer { blocks: vec![committed.clone(), committed], bytes: 1_000 };
+    behind.handle_blocks(ids[0].id(), Ok(answer), at(T0 + 5_000));
+    let out = effects(&mut behind);
+    let commit = out.iter().position(|e| matches!(e, Effect::Commit { synced: true, .. })).expect("stored");
+    let tip = out.iter().position(|e| matches!(e, Effect::Broadcast(Message::Tip { height: 1, .. }))).unwrap();
+    assert!(commit < tip);
+    assert_eq!(out.iter().filter(|e| matches!(e, Effect::Commit { .. })).count(), 1, "the repeat is skipped");
+    assert_eq!(behind.height(), 2);
+    assert_eq!(behind.stats(at(T0 + 5_000)).blocks_synced, 1);
+}
+
+#[test]
+fn the_quorum_gate_follows_the_connected_members_and_logs_each_change_once() {
+    let ids = identities(4);
+    let stranger = stranger(&ids).id();
+    let mut d = driver(&ids, 0);
+    let set = |n: usize| -> BTreeSet<NodeId> { ids[1..=n].iter().map(|i| i.id()).collect() };
+    // The deferred start: with the gate closed the height does not begin.
+    d.handle_timeout(at(T0));
+    let table: [(&str, BTreeSet<NodeId>, bool, Option<&str>); 7] = [
+        ("alone", set(0), false, Some("INFO waiting for quorum: 1/4 active, 3 required")),
+        ("the same set again", set(0), false, None),
+        ("a stranger does not count", [stranger].into(), false, None),
+        ("two members: the gate opens", set(2), true, Some("INFO quorum met: 3/4 active, 3 required")),
+        ("all three: still open", set(3), true, Some("DEBUG quorum met: 4/4 active, 3 required")),
+        ("one left: the gate closes", set(1), false, Some("WARN waiting for quorum: 2/4 active, 3 required")),
+        ("back to two", set(2), true, Some("INFO quorum met: 3/4 active, 3 required")),
+    ];
+    for (step, (what, connected, met, line)) in table.into_iter().enumerate() {
+        let now = at(T0 + step as u64);
+        let ((), lines) = logs(|| d.handle_connected(connected, now));
+        let gate: Vec<&String> = lines.iter().filter(|l| l.contains("quorum")).collect();
+        match line {
+            Some(want) => assert!(gate.len() == 1 && gate[0].trim().ends_with(want), "{what}: {gate:?}"),
+            None => assert!(gate.is_empty(), "{what}: {gate:?}"),
+        }
+        assert_eq!(d.gate.met(), met, "{what}");
+        if step == 3 {
+            // The core heard the gate open: the height it had deferred begins.
+            assert!(
+                timers(&d).iter().any(|(_, t)| matches!(t, Timeout::Propose { height: 1, round: 0 })),
+                "{what}: round 0 started"
+            );
+        }
+        effects(&mut d);
+    }
+}
+
+#[test]
+fn without_a_new_height_for_three_intervals_what_the_height_holds_is_sent_again_with_the_quorum_met() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    d.handle_connected(others(&ids, 0), at(T0));
+    d.handle_timeout(at(T0));
+    // The proposer is silent: the short propose wait, then our prevote for nil.
+    d.handle_timeout(at(T0 + ABSENT_PROPOSER_WAIT_MS));
+    let vote = effects(&mut d)
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Broadcast(Message::Vote(v)) => Some(v),
+            _ => None,
+        })
+        .expect("a prevote");
+    let resent = |d: &mut Driver, ms: u64| {
+        run_to(d, T0 + ms).into_iter().filter(|e| *e == Effect::Broadcast(Message::Vote(vote.clone()))).count()
+    };
+    let quorum = |d: &mut Driver, met: bool, ms: u64| {
+        let set = if met { others(&ids, 0) } else { BTreeSet::new() };
+        d.handle_connected(set, at(T0 + ms));
+        effects(d);
+    };
+    // The height began at T0, when the driver was made; the rule is checked on
+    // the housekeeping tick, every 250 ms.
+    assert_eq!(resent(&mut d, 2_999), 0, "under three intervals");
+    assert_eq!(resent(&mut d, 3_000), 1, "after three intervals");
+    assert_eq!(resent(&mut d, 5_999), 0, "three intervals after the last time, not before");
+    quorum(&mut d, false, 6_000);
+    assert_eq!(resent(&mut d, 6_000), 0, "not without the quorum");
+    quorum(&mut d, true, 6_100);
+    assert_eq!(resent(&mut d, 6_249), 0, "until the next tick");
+    assert_eq!(resent(&mut d, 6_250), 1, "once the quorum is back");
+}
+
+#[test]
+fn a_compact_proposal_not_completed_in_two_intervals_is_dropped_and_its_fetch_cancelled() {
+    let ids = identities(4);
+    let sp = proposal(&ids[1], 0, vec![b"one".to_vec(), b"two".to_vec()]);
+    let ids_of = CompactProposal::of(&sp).ids;
+    for (what, proposer_connected, ask) in [("from the proposer", true, 1), ("from the sender", false, 2)] {
+        let mut d = driver(&ids, 0);
+        let mut connected = others(&ids, 0);
+        if !proposer_connected {
+            connected.remove(&ids[1].id());
+        }
+        d.handle_connected(connected, at(T0));
+        d.handle_submit(b"one".to_vec(), at(T0)).unwrap();
+        effects(&mut d);
+        // Relayed by member 2.
+        d.handle_message(ids[2].id(), Message::CompactProposal(CompactProposal::of(&sp)), at(T0));
+        let want = Effect::RequestTxs { peer: ids[ask].id(), height: 1, round: 0, ids: vec![ids_of[1]] };
+        assert_eq!(effects(&mut d), [want], "{what}: only the missing one");
+        assert_eq!(d.fetches.get(&(1, 0)).map(|f| f.deadline_ms), Some(T0 + 2_000), "{what}: two intervals");
+        d.handle_timeout(at(T0 + 1_999));
+        assert!(!effects(&mut d).iter().any(|e| matches!(e, Effect::CancelTxs { .. })), "{what}: not yet");
+        d.handle_timeout(at(T0 + 2_000));
+        assert!(effects(&mut d).contains(&Effect::CancelTxs { height: 1, round: 0 }), "{what}: cancelled");
+        assert!(!d.waiting.contains(1, 0), "{what}: dropped");
+        // A late answer finds nothing to fill.
+        d.handle_txs(ids[ask].id(), 1, 0, Ok(vec![b"two".to_vec()]), at(T0 + 2_001));
+        assert!(d.core.proposed_block(1, 0).is_none(), "{what}: the core never saw it");
+        assert!(effects(&mut d).is_empty());
+    }
+}
+
+#[test]
+fn a_compact_proposal_completed_by_its_answer_reaches_the_core_and_its_deadline_ends() {
+    let ids = identities(4);
+    let sp = proposal(&ids[1], 0, vec![b"one".to_vec(), b"two".to_vec()]);
+    let mut d = driver(&ids, 0);
+    d.handle_connected(others(&ids, 0), at(T0));
+    d.handle_message(ids[1].id(), Message::CompactProposal(CompactProposal::of(&sp)), at(T0));
+    effects(&mut d);
+    // An answer with a stranger's transaction besides: matched by hash.
+    d.handle_txs(ids[1].id(), 1, 0, Ok(vec![b"two".to_vec(), b"junk".to_vec(), b"one".to_vec()]), at(T0 + 10));
+    assert_eq!(d.core.proposed_block(1, 0), Some(&sp.proposal.block));
+    d.handle_timeout(at(T0 + 5_000));
+    assert!(!effects(&mut d).iter().any(|e| matches!(e, Effect::CancelTxs { .. })));
+}
+
+#[test]
+fn transactions_for_a_compact_proposal_are_given_only_to_peers_the_chain_names() {
+    let ids = identities(4);
+    let stranger = stranger(&ids).id();
+    let mut d = driver(&ids, 0);
+    for tx in [b"a".to_vec(), b"b".to_vec()] {
+        d.handle_submit(tx, at(T0)).unwrap();
+    }
+    effects(&mut d);
+    let (a, b, nobody) = (tx_hash(b"a"), tx_hash(b"b"), tx_hash(b"none"));
+    let ask = |d: &mut Driver, from: NodeId, id: u64| {
+        let msg = Message::GetTxs { height: 1, round: 0, ids: vec![a, nobody, b, a] };
+        d.handle_request(from, RequestId(id), msg, at(T0));
+        effects(d)
+    };
+    assert_eq!(ask(&mut d, stranger, 1), [Effect::Refuse { id: RequestId(1), refusal: Refusal::Unsupported }]);
+    let answer = Effect::Reply { id: RequestId(2), msg: Message::Txs(vec![b"a".to_vec(), b"b".to_vec()]) };
+    assert_eq!(ask(&mut d, ids[2].id(), 2), [answer], "what it holds, in order, each once");
+}
+
+#[test]
+fn sync_requests_over_a_peer_s_rate_are_refused() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    let limits = NodeLimits::default();
+    let burst = 2 * limits.sync_requests_per_sec as u64;
+    let peer = ids[1].id();
+    let ask = |d: &mut Driver, id: u64, msg: Message, ms: u64| {
+        d.handle_request(peer, RequestId(id), msg, at(T0 + ms));
+        let out = effects(d);
+        assert_eq!(out.len(), 1, "one answer per request: {out:?}");
+        out.into_iter().next().unwrap()
+    };
+    let blocks = Message::GetBlocks { from: 1, count: 1_000 };
+    let served = Effect::ServeBlocks {
+        id: RequestId(0),
+        from: 1,
+        count: limits.sync_batch_blocks as usize,
+        max_bytes: limits.sync_response_bytes,
+    };
+    assert_eq!(ask(&mut d, 0, blocks.clone(), 0), served, "the count is capped at the batch");
+    for id in 1..burst {
+        assert!(matches!(ask(&mut d, id, blocks.clone(), 0), Effect::ServeBlocks { .. }), "within the burst");
+    }
+    let refused = |id| Effect::Refuse { id: RequestId(id), refusal: Refusal::RateLimited };
+    let ((), lines) = logs(|| {
+        assert_eq!(ask(&mut d, 100, blocks.clone(), 0), refused(100), "over the burst");
+        assert_eq!(ask(&mut d, 101, Message::Data(vec![1]), 0), refused(101), "the echo shares the bucket");
+        assert_eq!(ask(&mut d, 102, blocks.clone(), 0), refused(102));
+    });
+    assert_eq!(lines.iter().filter(|l| l.contains("over the limit")).count(), 1, "warned once: {lines:?}");
+    let token_ms = 1_000 / limits.sync_requests_per_sec as u64;
+    assert_eq!(
+        ask(&mut d, 103, Message::Data(vec![1]), token_ms),
+        Effect::Reply { id: RequestId(103), msg: Message::Data(vec![1]) }
+    );
+    assert_eq!(ask(&mut d, 104, blocks, token_ms), refused(104), "one token per interval");
+    // Another peer has a bucket of its own; other kinds are refused as unsupported.
+    d.handle_request(ids[2].id(), RequestId(105), Message::Tx(vec![1]), at(T0));
+    assert_eq!(effects(&mut d), [Effect::Refuse { id: RequestId(105), refusal: Refusal::Unsupported }]);
+}
+
+#[test]
+fn a_bootstrap_peer_serves_sync_but_its_transactions_and_clock_do_not_count() {
+    let ids = identities(4);
+    let outsider = stranger(&ids);
+    let bootstrap = vec![(outsider.id(), SocketAddr::from(([127, 0, 0, 9], 1)))];
+    let mut d = driver_with(&ids, &ids[0], bootstrap);
+    let now = at(T0);
+    let ahead = T0 + 5_000;
+    d.handle_message(outsider.id(), Message::Tx(b"from outside".to_vec()), now);
+    assert_eq!(d.stats(now).mempool_txs, 0, "its transaction is not taken");
+    d.handle_message(ids[1].id(), Message::Tx(b"from a member".to_vec()), now);
+    assert_eq!(d.stats(now).mempool_txs, 1);
+    // Three readings make an estimate among four members; the outsider's is
+    // not one of them.
+    for from in [ids[1].id(), ids[2].id(), outsider.id()] {
+        d.handle_message(from, Message::Tip { height: 0, hash: Hash([0; 32]), time_ms: ahead }, now);
+    }
+    assert_eq!((d.stats(now).clock_offset_ms, d.stats(now).clock_peers), (None, 0));
+    d.handle_message(ids[3].id(), Message::Tip { height: 0, hash: Hash([0; 32]), time_ms: ahead }, now);
+    assert_eq!((d.stats(now).clock_offset_ms, d.stats(now).clock_peers), (Some(-5_000), 3));
+    effects(&mut d);
+    // Its tip still counts for sync.
+    d.handle_message(outsider.id(), Message::Tip { height: 7, hash: Hash([1; 32]), time_ms: ahead }, now);
+    assert_eq!(effects(&mut d), [Effect::RequestBlocks { peer: outsider.id(), from: 1, count: 64 }]);
+    assert_eq!(d.stats(now).best_peer_tip, 7);
+}
+
+#[test]
+fn a_far_proposal_is_dropped_before_it_is_decoded() {
+    let ids = identities(4);
+    let d = driver(&ids, 0);
+    for (height, skip) in [(1, false), (2, false), (3, true)] {
+        let cp = CompactProposal { height, ..CompactProposal::of(&proposal(&ids[1], 0, vec![])) };
+        let frame = Message::CompactProposal(cp).encode().unwrap();
+        assert_eq!(d.skip_undecoded(&frame[4..]), skip, "height {height} at height 1");
+    }
+    let vote = Message::Tip { height: 99, hash: Hash([0; 32]), time_ms: 0 }.encode().unwrap();
+    assert!(!d.skip_undecoded(&vote[4..]), "only proposals");
+}
+
+#[test]
+fn a_peer_that_comes_up_is_sent_what_this_node_signed_and_the_approvals_waiting() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    d.handle_connected(others(&ids, 0), at(T0));
+    d.handle_timeout(at(T0));
+    d.handle_timeout(at(T0 + ABSENT_PROPOSER_WAIT_MS));
+    let submitted = d.handle_change(ChangeRequest::Remove { id: ids[3].id() }, at(T0 + 200)).expect("a valid removal");
+    assert_eq!((submitted.approvals, submitted.required), (1, 3));
+    assert!(effects(&mut d).iter().any(|e| matches!(e, Effect::PublishMembers(v) if v.waiting.len() == 1)));
+    d.handle_peer_up(ids[2].id(), Some(0), at(T0 + 300));
+    let sent: Vec<&'static str> = effects(&mut d)
+        .iter()
+        .map(|e| match e {
+            Effect::Send { to, msg } if *to == ids[2].id() => msg.kind_name(),
+            other => panic!("only sends to the peer: {other:?}"),
+        })
+        .collect();
+    assert_eq!(sent, ["vote", "approval"], "our prevote and our approval");
+}
+
+#[test]
+fn every_answer_error_counts_as_the_failure_the_planner_knows() {
+    let table: [(AnswerError, Failure); 5] = [
+        (AnswerError::Request(RequestError::Timeout(std::time::Duration::from_secs(10))), Failure::Timeout),
+        (AnswerError::Request(RequestError::Stream("reset".into())), Failure::Request),
+        (AnswerError::Request(RequestError::Frame(FrameError::Empty)), Failure::Malformed),
+        (AnswerError::Decode(FrameError::Empty), Failure::Malformed),
+        (AnswerError::Unexpected("txs"), Failure::Malformed),
+    ];
+    for (e, want) in table {
+        assert_eq!(e.failure(), want, "{e}");
     }
 }
