@@ -6,7 +6,7 @@
 //! pool, the clock estimate. It reads no clock and touches no socket or disk:
 //! inputs come in through `handle_*` with the time ([`Now`]), decisions come out
 //! of [`Driver::poll_effect`] and [`Driver::poll_timeout`], in the style of
-//! [`crate::net::slots`]. The async shell ([`super::producer`]) carries them out;
+//! `net::slots`. The async shell (`chain::producer`) carries them out;
 //! a simulation can run many drivers on virtual time.
 //!
 //! The rules:

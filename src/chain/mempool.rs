@@ -1,9 +1,9 @@
 //! Transactions waiting for a block: deduplicated by hash, bounded in count and
 //! bytes, taken in arrival order by the proposer, removed once committed.
 //!
-//! Shared between the admin API (which adds), the producer (which takes and
-//! removes) and gossip, behind a `std::sync::Mutex`: every operation is a few map
-//! updates, and the lock is never held across an `.await`.
+//! Owned by the producer's driver ([`super::driver`]), which adds what the admin
+//! API submits and peers gossip, takes for its proposals and removes what is
+//! committed; nobody else touches it, so it needs no lock.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -30,13 +30,6 @@ pub enum AddError {
     Empty,
     #[error("mempool is full ({txs} transactions, {bytes} bytes)")]
     Full { txs: usize, bytes: usize },
-}
-
-/// Locks a shared mempool. A panic while holding the lock leaves the pool in a
-/// consistent state (every operation is a few map updates that cannot panic
-/// half-way), so a poisoned lock is used as it is.
-pub fn lock(m: &std::sync::Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Debug)]
