@@ -4,21 +4,20 @@
 //!
 //! With a real Prometheus (Debian package `prometheus`), opt-in:
 //!
-//!     cargo test --test monitoring -- --ignored --nocapture
+//!     cargo test --test suite monitoring:: -- --ignored --nocapture
 //!
 //! starts three nodes, a Prometheus scraping their admin APIs on loopback with
 //! the alert rules loaded, and checks that every dashboard query returns data,
 //! every rule evaluates, and stopping a member raises the quorum and member
 //! alerts on the others.
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, fast_transport, stop_all, Spec};
+use crate::common::{eventually, fast_transport, stop_all, Spec};
 use masternode::node::Node;
 
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/monitoring/alerts.yml");

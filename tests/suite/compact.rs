@@ -6,11 +6,10 @@
 //! Four members: a hostile key at the lowest address (the honest nodes wait for
 //! it and never dial it) and three honest nodes, a quorum on their own.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use masternode::chain::block::{tx_hash, tx_root_of_ids, Hash, Header};
 use masternode::chain::compact::CompactProposal;
 use masternode::chain::message::Message;

@@ -2,11 +2,10 @@
 //! disk, faults injected in the UDP socket. Every test ends with the invariant
 //! checker over every node's store.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use masternode::chain::mempool::MempoolLimits;
 use masternode::net::fault::Faults;
 use masternode::node::{Node, NodeOptions};

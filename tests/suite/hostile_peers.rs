@@ -5,12 +5,11 @@
 //! honest nodes wait for it and never dial it during a test) and three honest
 //! nodes, which are a quorum on their own.
 
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use masternode::chain::message::Message;
 use masternode::chain::vote::{SignedVote, Vote, VoteKind};
 use masternode::codec;

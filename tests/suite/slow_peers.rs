@@ -3,17 +3,14 @@
 //! Initials. In each case the honest quorum keeps its block rate, `POST /tx`
 //! answers promptly, and the offender costs only itself.
 
-mod common;
-#[path = "common/honest.rs"]
-mod honest;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::procs::Net;
-use common::*;
-use honest::*;
+use crate::common::procs::Net;
+use crate::common::*;
+use crate::honest::*;
 use masternode::node::Node;
 
 /// Posts transactions to `admins` in turn at about `per_sec`, recording the
