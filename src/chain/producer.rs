@@ -730,22 +730,19 @@ impl Producer {
         let tx = self.fetched_tx.clone();
         let wait = Duration::from_millis((2 * self.network.block_interval_ms).max(1_000));
         let held = FetchBytes::new(&self.fetch_bytes, frame.len());
-        self.tracker.spawn(async move {
-            let _held = held;
-            let fetch = async {
-                let result = match tokio::time::timeout(wait, peers.request(from, frame)).await {
-                    Ok(Ok(body)) => match Message::decode(&body) {
-                        Ok(Message::Txs(txs)) => Ok(txs),
-                        Ok(other) => Err(format!("answered with {}", other.kind_name())),
-                        Err(e) => Err(e.to_string()),
-                    },
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
-                };
-                let _ = tx.send(Fetched { from, height, round, result }).await;
+        let fetch = async move {
+            let result = match tokio::time::timeout(wait, peers.request(from, frame)).await {
+                Ok(Ok(body)) => match Message::decode(&body) {
+                    Ok(Message::Txs(txs)) => Ok(txs),
+                    Ok(other) => Err(format!("answered with {}", other.kind_name())),
+                    Err(e) => Err(e.to_string()),
+                },
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
             };
-            ends.run_until_cancelled(fetch).await;
-        });
+            let _ = tx.send(Fetched { from, height, round, result }).await;
+        };
+        self.tracker.spawn(fetch_task(ends, held, fetch));
     }
 
     /// A peer's answer for a waiting compact proposal: complete, it goes to the
@@ -1304,6 +1301,13 @@ fn in_fetch_window(at: (Height, Round), height: Height, round: Round) -> bool {
     (height == h && (round == r || round == r + 1)) || (height == h + 1 && round <= 1)
 }
 
+/// A fetch's task: `fetch` until it ends or `ends` is cancelled (its assembly
+/// left [`Waiting`]), its request's bytes counted meanwhile.
+async fn fetch_task(ends: CancellationToken, held: FetchBytes, fetch: impl std::future::Future<Output = ()>) {
+    let _held = held;
+    ends.run_until_cancelled(fetch).await;
+}
+
 /// The bytes of one `GetTxs` request, counted in the producer's figure while
 /// its task runs, however the task ends.
 struct FetchBytes {
@@ -1342,7 +1346,55 @@ fn answer_from_block(block: &super::block::Block, ids: &[super::block::Hash], ma
 
 #[cfg(test)]
 mod tests {
-    use super::in_fetch_window;
+    use super::*;
+    use crate::chain::block::{Hash, Header};
+
+    /// A compact proposal of `(height, round)` naming one transaction nobody
+    /// has, as it waits for its fetch.
+    fn assembly(height: Height, round: Round) -> Assembly {
+        let header = Header {
+            height,
+            round,
+            prev_hash: Hash::default(),
+            timestamp_ms: 1,
+            proposer: NodeId([1; 32]),
+            tx_root: Hash::default(),
+            changes: vec![],
+        };
+        let ids = vec![Hash([2; 32])];
+        let cp = CompactProposal {
+            height,
+            round,
+            header,
+            ids,
+            valid_round: None,
+            proposer: NodeId([1; 32]),
+            signature: [0; 64],
+        };
+        Assembly::new(cp, vec![None])
+    }
+
+    /// However long its request would take, a fetch's task ends, and stops
+    /// counting its bytes, once its assembly leaves the waiting ones: taken,
+    /// or left behind by the window.
+    #[tokio::test]
+    async fn a_fetch_task_ends_with_its_assembly() {
+        let mut waiting = Waiting::new(&Limits::default());
+        let total = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for round in [0, 1] {
+            let ends = waiting.insert(assembly(5, round)).unwrap();
+            let held = FetchBytes::new(&total, 100);
+            tasks.push(tokio::spawn(fetch_task(ends, held, std::future::pending())));
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 200, "two requests in flight");
+        waiting.take(5, 0);
+        waiting.retain_window(6, 0);
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(10), task).await.expect("the task ended").unwrap();
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn the_fetch_window_is_this_round_the_next_and_the_next_heights_first_two_nothing_earlier() {
