@@ -1,7 +1,7 @@
 //! A member that multiplies its own bytes through compact proposals, against
 //! honest daemons running as processes of their own.
 //!
-//! The hostile member (node 1, the lowest address, which the honest nodes wait
+//! The hostile member (`node1`, the lowest address, which the honest nodes wait
 //! for and never dial) gossips one 64 KiB transaction and then sends, for its
 //! own rounds, compact proposals of 20,000 ids that all name that one
 //! transaction, or all name one 4 MiB transaction it gives only in answer to
