@@ -129,6 +129,18 @@ impl Mempool {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// The transactions with these ids, where this pool holds them, in order,
+    /// refused the moment their bytes would pass `max_block_bytes` (a compact
+    /// proposal rebuilt no larger than a block, see
+    /// [`super::compact::place_within`]).
+    pub fn lookup_within_block(
+        &self,
+        ids: &[Hash],
+        max_block_bytes: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, super::compact::CompactError> {
+        super::compact::place_within(ids, |id| self.txs.get(id), max_block_bytes)
+    }
 }
 
 #[cfg(test)]

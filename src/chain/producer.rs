@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::block::{Height, Limits, Round};
 use super::clock::{ClockConfig, ClockEstimator, ClockEvent};
-use super::compact::{Assembly, CompactProposal, Waiting};
+use super::compact::{Assembly, CompactError, CompactProposal, FillError, RebuildLimits, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
 use super::members::{Approval, ApprovalPool, Change, ChangeError, Membership, SignedApproval};
 use super::mempool::Mempool;
@@ -74,6 +74,47 @@ pub struct ChainMetrics {
     pub clock_peers: AtomicU64,
     /// The highest tip a usable peer claims (0 if none).
     pub best_peer_tip: AtomicU64,
+    /// Bytes held for what peers sent, by [`Held`] (in `Held::ALL` order).
+    held: [AtomicU64; Held::ALL.len()],
+}
+
+/// Declares [`Held`]: one line per structure, its label and what it holds.
+macro_rules! held {
+    ($($name:ident => $label:literal: $doc:literal,)*) => {
+        /// The structures that hold what peers send, each reported in bytes as
+        /// `masternode_held_bytes{what}`: a fixed set, so labels never come
+        /// from a peer.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Held {
+            $(#[doc = $doc] $name,)*
+        }
+
+        impl Held {
+            pub const ALL: [Held; [$(Held::$name),*].len()] = [$(Held::$name),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Held::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+held! {
+    CompactWaiting => "compact_waiting": "Compact proposals being fetched: their ids and the transactions placed.",
+    CompactLater => "compact_later": "Compact proposals kept for a later round: their ids and headers.",
+    FetchRequests => "fetch_requests": "`GetTxs` requests in flight.",
+}
+
+impl ChainMetrics {
+    pub fn set_held(&self, what: Held, bytes: usize) {
+        self.held[what as usize].store(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn held(&self, what: Held) -> u64 {
+        self.held[what as usize].load(Ordering::Relaxed)
+    }
 }
 
 impl Default for ChainMetrics {
@@ -89,6 +130,7 @@ impl Default for ChainMetrics {
             clock_offset_ms: AtomicI64::new(0),
             clock_peers: AtomicU64::new(0),
             best_peer_tip: AtomicU64::new(0),
+            held: Default::default(),
         }
     }
 }
@@ -214,6 +256,9 @@ pub struct Producer {
     member: bool,
     /// Compact proposals waiting for transactions from a peer.
     waiting: Waiting,
+    /// Bytes of the `GetTxs` requests whose tasks are running, kept by the
+    /// tasks themselves ([`FetchBytes`]).
+    fetch_bytes: Arc<AtomicU64>,
     fetched_tx: mpsc::Sender<Fetched>,
     fetched_rx: mpsc::Receiver<Fetched>,
 }
@@ -337,7 +382,8 @@ impl Producer {
             reachable,
             bootstrap: Vec::new(),
             member,
-            waiting: Waiting::default(),
+            waiting: Waiting::new(&limits),
+            fetch_bytes: Arc::new(AtomicU64::new(0)),
             fetched_tx,
             fetched_rx,
         }
@@ -412,7 +458,7 @@ impl Producer {
             };
             self.metrics.loops.fetch_add(1, Ordering::Relaxed);
             self.publish_state();
-            self.fetch_due();
+            self.fetch_due().await?;
             match event {
                 Event::Stop => return Ok(()),
                 Event::Messages => {
@@ -461,6 +507,9 @@ impl Producer {
         let offset = self.clock.offset_ms(now);
         self.metrics.clock_offset_ms.store(offset.unwrap_or(0), Ordering::Relaxed);
         self.metrics.clock_peers.store(self.clock.peers(now) as u64, Ordering::Relaxed);
+        self.metrics.set_held(Held::CompactWaiting, self.waiting.bytes());
+        self.metrics.set_held(Held::CompactLater, self.waiting.later_bytes());
+        self.metrics.set_held(Held::FetchRequests, self.fetch_bytes.load(Ordering::Relaxed) as usize);
     }
 
     /// Whether this is the first report of `kind` about `culprit`, which is
@@ -589,29 +638,52 @@ impl Producer {
         }
         let proposer = self.core.proposer(cp.height, cp.round);
         if let Err(e) = cp.check(&self.network.id, proposer, self.limits.max_block_txs) {
-            self.metrics.misbehaviour.fetch_add(1, Ordering::Relaxed);
-            if self.first_report(Some(from), "bad_compact_proposal") {
-                tracing::warn!(peer = %from.short(), "compact proposal refused: {e}");
-            } else {
-                tracing::debug!(peer = %from.short(), "compact proposal refused: {e}");
-            }
+            let culprit = if e.signed_by_proposer() { cp.proposer } else { from };
+            self.refuse_compact(culprit, &e);
             return Ok(());
         }
-        let found = self.lock_mempool().lookup(&cp.ids);
+        self.rebuild(from, cp).await
+    }
+
+    /// Rebuilds a checked compact proposal from the mempool, within the block's
+    /// byte limit: complete, it goes to the core; otherwise it is fetched if its
+    /// round is in the window (`in_fetch_window`), kept in its compact form if
+    /// the round is later, and dropped if this node has left the round behind.
+    async fn rebuild(&mut self, from: NodeId, cp: CompactProposal) -> Result<(), ProducerError> {
+        let found = self.lock_mempool().lookup_within_block(&cp.ids, self.limits.max_block_bytes);
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                self.refuse_compact(cp.proposer, &e);
+                return Ok(());
+            }
+        };
         let assembly = Assembly::new(cp, found);
         if assembly.is_complete() {
             return self.assembled(assembly).await;
         }
-        // Fetched now only within the window (`in_fetch_window`); a later
-        // round's proposal is kept until the window reaches it.
         let (h, r) = (self.core.height(), self.core.round());
+        let slot = (assembly.proposal.height, assembly.proposal.round);
         self.waiting.retain_window(h, r);
-        if !in_fetch_window((h, r), assembly.proposal.height, assembly.proposal.round) {
-            self.waiting.defer(from, assembly);
-            return Ok(());
+        if in_fetch_window((h, r), slot.0, slot.1) {
+            self.fetch_for(from, assembly);
+        } else if slot > (h, r) {
+            self.waiting.defer(from, assembly.proposal);
+        } else {
+            tracing::debug!(peer = %from.short(), height = slot.0, round = slot.1, "compact proposal of a round left behind: not fetched");
         }
-        self.fetch_for(from, assembly);
         Ok(())
+    }
+
+    /// A compact proposal refused: counted as misbehaviour of `culprit`, one
+    /// warn line per culprit and kind.
+    fn refuse_compact(&mut self, culprit: NodeId, e: &CompactError) {
+        self.metrics.misbehaviour.fetch_add(1, Ordering::Relaxed);
+        if self.first_report(Some(culprit), e.kind()) {
+            tracing::warn!(peer = %culprit.short(), kind = e.kind(), "compact proposal refused: {e}");
+        } else {
+            tracing::debug!(peer = %culprit.short(), kind = e.kind(), "compact proposal refused: {e}");
+        }
     }
 
     /// Fetches what `assembly` misses from its proposer, which holds every
@@ -622,40 +694,43 @@ impl Producer {
         self.fetch_txs(ask, assembly);
     }
 
-    /// Kept compact proposals whose round the window has reached: fetched now.
-    /// Once a loop turn; nothing to do unless proposals of later rounds are kept.
-    fn fetch_due(&mut self) {
+    /// Kept compact proposals whose round the window has reached: looked up in
+    /// the mempool again, and fetched if anything is missing. Once a loop turn;
+    /// nothing to do unless proposals of later rounds are kept.
+    async fn fetch_due(&mut self) -> Result<(), ProducerError> {
         if !self.waiting.has_later() {
-            return;
+            return Ok(());
         }
         let (h, r) = (self.core.height(), self.core.round());
         self.waiting.retain_window(h, r);
-        for (from, assembly) in self.waiting.take_due(|ph, pr| in_fetch_window((h, r), ph, pr)) {
-            self.fetch_for(from, assembly);
+        for (from, cp) in self.waiting.take_due(|ph, pr| in_fetch_window((h, r), ph, pr)) {
+            if self.core.wants_proposal(cp.height, cp.round) {
+                self.rebuild(from, cp).await?;
+            }
         }
+        Ok(())
     }
 
     /// Asks `from` for what `assembly` misses; the answer comes back as
     /// [`Event::Fetched`] within two block intervals (at least a second), or a
-    /// failure does.
+    /// failure does. The task ends early, without a word, once the assembly
+    /// leaves `waiting`.
     fn fetch_txs(&mut self, from: NodeId, assembly: Assembly) {
         let (height, round) = (assembly.proposal.height, assembly.proposal.round);
         let request = Message::GetTxs { height, round, ids: assembly.missing_ids() };
-        if !self.waiting.insert(assembly) {
-            tracing::debug!(peer = %from.short(), height, round, "compact proposal dropped: too many waiting");
-            return;
-        }
         let frame = match request.encode() {
             Ok(f) => f,
-            Err(e) => {
-                self.waiting.take(height, round);
-                return tracing::error!("cannot ask for transactions: {e}");
-            }
+            Err(e) => return tracing::error!("cannot ask for transactions: {e}"),
+        };
+        let ends = match self.waiting.insert(assembly) {
+            Ok(token) => token,
+            Err(e) => return tracing::debug!(peer = %from.short(), height, round, "compact proposal dropped: {e}"),
         };
         let peers = self.peers.clone();
         let tx = self.fetched_tx.clone();
         let wait = Duration::from_millis((2 * self.network.block_interval_ms).max(1_000));
-        self.tracker.spawn(async move {
+        let held = FetchBytes::new(&self.fetch_bytes, frame.len());
+        let fetch = async move {
             let result = match tokio::time::timeout(wait, peers.request(from, frame)).await {
                 Ok(Ok(body)) => match Message::decode(&body) {
                     Ok(Message::Txs(txs)) => Ok(txs),
@@ -666,26 +741,37 @@ impl Producer {
                 Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
             };
             let _ = tx.send(Fetched { from, height, round, result }).await;
-        });
+        };
+        self.tracker.spawn(fetch_task(ends, held, fetch));
     }
 
     /// A peer's answer for a waiting compact proposal: complete, it goes to the
-    /// core; otherwise it is dropped (withheld, or answered with transactions
-    /// that are not the block's).
+    /// core; otherwise it is dropped (withheld, answered with transactions that
+    /// are not the block's, or with one over the mempool's limit), or refused
+    /// as the proposer's misbehaviour (its transactions pass the block's limit).
     async fn on_fetched(&mut self, f: Fetched) -> Result<(), ProducerError> {
         let Some(mut assembly) = self.waiting.take(f.height, f.round) else { return Ok(()) };
         let missing = assembly.missing_ids().len();
-        let outcome = match f.result {
-            Ok(txs) => {
-                assembly.handle_txs(txs);
-                if assembly.is_complete() {
-                    return self.assembled(assembly).await;
-                }
-                format!("{} of {missing} missing transactions not sent", assembly.missing_ids().len())
-            }
-            Err(e) => e,
+        let limits = RebuildLimits {
+            max_block_bytes: self.limits.max_block_bytes,
+            max_tx_bytes: self.lock_mempool().limits().max_tx_bytes,
         };
-        if self.first_report(Some(f.from), "compact_proposal_incomplete") {
+        let (kind, outcome) = match f.result {
+            Ok(txs) => match assembly.handle_txs(txs, limits) {
+                Ok(_) if assembly.is_complete() => return self.assembled(assembly).await,
+                Ok(_) => (
+                    "compact_proposal_incomplete",
+                    format!("{} of {missing} missing transactions not sent", assembly.missing_ids().len()),
+                ),
+                Err(FillError::Proposal(e)) => {
+                    self.refuse_compact(assembly.proposal.proposer, &e);
+                    return Ok(());
+                }
+                Err(e @ FillError::Answer(_)) => ("txs_answer_refused", e.to_string()),
+            },
+            Err(e) => ("compact_proposal_incomplete", e),
+        };
+        if self.first_report(Some(f.from), kind) {
             tracing::warn!(peer = %f.from.short(), height = f.height, round = f.round, "compact proposal dropped: {outcome}");
         } else {
             tracing::debug!(peer = %f.from.short(), height = f.height, round = f.round, "compact proposal dropped: {outcome}");
@@ -1207,10 +1293,39 @@ fn signed_message(m: Signed) -> Message {
 /// Whether a compact proposal of `(height, round)` is fetched now, at `at`:
 /// this round and the next, the next height's first two. Later rounds wait
 /// (kept, a few), so a member cannot hold the waiting slots with its future
-/// rounds: at most four slots are in the window, as many as may wait.
+/// rounds; earlier rounds are not fetched at all, so a member cannot make
+/// fetches of rounds this node has left faster than the window drops them. At
+/// most four slots are in the window, as many as may wait.
 fn in_fetch_window(at: (Height, Round), height: Height, round: Round) -> bool {
     let (h, r) = at;
-    (height == h && round <= r + 1) || (height == h + 1 && round <= 1)
+    (height == h && (round == r || round == r + 1)) || (height == h + 1 && round <= 1)
+}
+
+/// A fetch's task: `fetch` until it ends or `ends` is cancelled (its assembly
+/// left [`Waiting`]), its request's bytes counted meanwhile.
+async fn fetch_task(ends: CancellationToken, held: FetchBytes, fetch: impl std::future::Future<Output = ()>) {
+    let _held = held;
+    ends.run_until_cancelled(fetch).await;
+}
+
+/// The bytes of one `GetTxs` request, counted in the producer's figure while
+/// its task runs, however the task ends.
+struct FetchBytes {
+    total: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl FetchBytes {
+    fn new(total: &Arc<AtomicU64>, bytes: usize) -> FetchBytes {
+        total.fetch_add(bytes as u64, Ordering::Relaxed);
+        FetchBytes { total: total.clone(), bytes: bytes as u64 }
+    }
+}
+
+impl Drop for FetchBytes {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// The transactions of `block` with these ids, in the order asked, within
@@ -1223,16 +1338,66 @@ fn answer_from_block(block: &super::block::Block, ids: &[super::block::Hash], ma
 
 #[cfg(test)]
 mod tests {
-    use super::in_fetch_window;
+    use super::*;
+    use crate::chain::block::{Hash, Header};
+
+    /// A compact proposal of `(height, round)` naming one transaction nobody
+    /// has, as it waits for its fetch.
+    fn assembly(height: Height, round: Round) -> Assembly {
+        let header = Header {
+            height,
+            round,
+            prev_hash: Hash::default(),
+            timestamp_ms: 1,
+            proposer: NodeId([1; 32]),
+            tx_root: Hash::default(),
+            changes: vec![],
+        };
+        let ids = vec![Hash([2; 32])];
+        let cp = CompactProposal {
+            height,
+            round,
+            header,
+            ids,
+            valid_round: None,
+            proposer: NodeId([1; 32]),
+            signature: [0; 64],
+        };
+        Assembly::new(cp, vec![None])
+    }
+
+    /// However long its request would take, a fetch's task ends, and stops
+    /// counting its bytes, once its assembly leaves the waiting ones: taken,
+    /// or left behind by the window.
+    #[tokio::test]
+    async fn a_fetch_task_ends_with_its_assembly() {
+        let mut waiting = Waiting::new(&Limits::default());
+        let total = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for round in [0, 1] {
+            let ends = waiting.insert(assembly(5, round)).unwrap();
+            let held = FetchBytes::new(&total, 100);
+            tasks.push(tokio::spawn(fetch_task(ends, held, std::future::pending())));
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 200, "two requests in flight");
+        waiting.take(5, 0);
+        waiting.retain_window(6, 0);
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(10), task).await.expect("the task ended").unwrap();
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
-    fn the_fetch_window_is_this_round_the_next_and_the_next_heights_first_two() {
+    fn the_fetch_window_is_this_round_the_next_and_the_next_heights_first_two_nothing_earlier() {
         let at = (10, 3);
         for (h, r, want) in [
             (10, 3, true),
             (10, 4, true),
             (10, 5, false),
-            (10, 2, true),
+            (10, 2, false),
+            (10, 0, false),
+            (9, 5, false),
             (11, 0, true),
             (11, 1, true),
             (11, 2, false),

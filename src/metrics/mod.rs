@@ -21,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::chain::producer::Held;
 use crate::net::handshake::RejectReason;
 use crate::net::Class;
 use crate::status::StatusSource;
@@ -191,6 +192,11 @@ pub fn render(source: &StatusSource) -> String {
     reg.register("misbehaviour", "Protocol violations seen from members", counter(load(&chain.misbehaviour)));
     reg.register("mempool_transactions", "Transactions waiting for a block", gauge(mempool_txs as i64));
     reg.register("mempool_bytes", "Bytes of transactions waiting for a block", gauge(mempool_bytes as i64));
+    let held = Family::<Labels, Gauge>::default();
+    for what in Held::ALL {
+        held.get_or_create(&vec![("what".into(), what.as_str().into())]).set(chain.held(what) as i64);
+    }
+    reg.register("held_bytes", "Bytes held for what peers sent, by structure", held);
 
     let mut out = String::new();
     // Encoding into a String cannot fail.

@@ -71,10 +71,18 @@ impl Spec {
     }
 
     pub fn network_with(&self, name: &str, members: &[Member]) -> Network {
+        Network::parse(Path::new("network.toml"), &Self::network_text(name, members)).unwrap()
+    }
+
+    /// The genesis file of this network, as daemons read it.
+    pub fn network_file(&self) -> String {
+        Self::network_text(&self.name, &self.members)
+    }
+
+    fn network_text(name: &str, members: &[Member]) -> String {
         // min_active 3, or the member count for smaller test networks (a
         // min_active above it is refused).
-        let text = Network::render(name, 1_764_000_000_000, 1000, 3.min(members.len()), members);
-        Network::parse(Path::new("network.toml"), &text).unwrap()
+        Network::render(name, 1_764_000_000_000, 1000, 3.min(members.len()), members)
     }
 
     pub fn addr(&self, i: usize) -> SocketAddr {
