@@ -110,7 +110,7 @@ impl Drop for Open {
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets the connections in
-/// flight finish (for at most [`CLOSE_GRACE`]) and returns.
+/// flight finish (for at most a second) and returns.
 pub async fn run(
     listener: tokio::net::TcpListener,
     router: Router,
