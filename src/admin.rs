@@ -93,43 +93,23 @@ async fn admit(State(state): State<AdminState>, request: Request, next: Next) ->
         None => Ok(()),
     });
     if let Err(refused) = checked {
-        let reason = refused.refusal();
-        if state.stats.refuse(reason) {
-            let hint =
-                if reason == guard::Refusal::HostName { " (as a web page does after DNS rebinding)" } else { "" };
-            tracing::warn!(
-                reason = reason.as_str(),
-                "admin API refused a request: {refused}{hint}; later refusals for this reason are logged at debug"
-            );
-        } else {
-            tracing::debug!(reason = reason.as_str(), "admin API refused a request: {refused}");
-        }
+        let hint = match refused {
+            guard::HostRefused::Name(_) => " (as a web page does after DNS rebinding)",
+            _ => "",
+        };
+        report(&state.stats, refused.refusal(), format_args!("{refused}{hint}"));
         return error(StatusCode::MISDIRECTED_REQUEST, refused);
     }
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
-    if let (Some(token), false) = (&state.token, read) {
-        let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| guard::bearer(v.as_bytes()));
-        let reason = match presented {
-            Some(p) if token.admits(p) => None,
-            Some(_) => Some(guard::Refusal::TokenWrong),
-            None => Some(guard::Refusal::TokenMissing),
-        };
-        if let Some(reason) = reason {
-            let message = match reason {
-                guard::Refusal::TokenWrong => "the bearer token is not this node's admin_token",
-                _ => "this node takes a POST only with its admin token: Authorization: Bearer <admin_token>",
-            };
-            if state.stats.refuse(reason) {
-                tracing::warn!(
-                    reason = reason.as_str(),
-                    "admin API refused a {} {}: {message}; later refusals for this reason are logged at debug",
-                    request.method(),
-                    request.uri().path()
-                );
-            } else {
-                tracing::debug!(reason = reason.as_str(), "admin API refused a request: {message}");
-            }
-            let mut response = error(StatusCode::UNAUTHORIZED, message);
+    if let Some(token) = state.token.as_deref().filter(|_| !read) {
+        let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if let Err(refused) = guard::check_token(token, authorization) {
+            report(
+                &state.stats,
+                refused.refusal(),
+                format_args!("{} {}: {refused}", request.method(), request.uri().path()),
+            );
+            let mut response = error(StatusCode::UNAUTHORIZED, refused);
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             return response;
         }
@@ -145,16 +125,22 @@ async fn wants(wanted: &'static str, State(state): State<AdminState>, request: R
     if guard::has_content_type(value, wanted) {
         return next.run(request).await;
     }
-    let path = request.uri().path().to_string();
-    if state.stats.refuse(guard::Refusal::ContentType) {
+    let message = format!("POST {} takes Content-Type: {wanted}", request.uri().path());
+    report(&state.stats, guard::Refusal::ContentType, &message);
+    error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+}
+
+/// Counts a refusal and logs it: the first of its reason at warn (the operator
+/// should know), later ones at debug (a page can retry in a loop).
+fn report(stats: &AdminStats, reason: guard::Refusal, what: impl std::fmt::Display) {
+    if stats.refuse(reason) {
         tracing::warn!(
-            "admin API refused a POST {path} that is not Content-Type: {wanted} (a web page's form sends \
-             another); later ones are logged at debug"
+            reason = reason.as_str(),
+            "admin API refused a request: {what}; later refusals for this reason are logged at debug"
         );
     } else {
-        tracing::debug!("admin API refused a POST {path} that is not Content-Type: {wanted}");
+        tracing::debug!(reason = reason.as_str(), "admin API refused a request: {what}");
     }
-    error(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("POST {path} takes Content-Type: {wanted}"))
 }
 
 async fn status_handler(State(state): State<AdminState>) -> Json<Status> {

@@ -19,10 +19,15 @@
 //!   the one content type it takes (415 otherwise), which such a page cannot
 //!   send without a CORS preflight that this API never answers.
 //!
+//! While `admin_token` is set, every request that is not a read must also
+//! carry it as `Authorization: Bearer` (401 otherwise; see [`super::token`]).
+//!
 //! The port in `Host` is not compared: rebinding changes what a name resolves
 //! to, never the port, and a forwarded port should still work.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::token::AdminToken;
 
 /// What `POST /tx` takes: the raw transaction.
 pub const OCTET_STREAM: &str = "application/octet-stream";
@@ -98,6 +103,33 @@ impl HostRefused {
             HostRefused::Name(_) => Refusal::HostName,
             HostRefused::Address { .. } => Refusal::HostAddress,
         }
+    }
+}
+
+/// A POST refused while `admin_token` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefused {
+    #[error("this node takes a POST only with its admin token: Authorization: Bearer <admin_token>")]
+    Missing,
+    #[error("the bearer token is not this node's admin_token")]
+    Wrong,
+}
+
+impl TokenRefused {
+    pub fn refusal(self) -> Refusal {
+        match self {
+            TokenRefused::Missing => Refusal::TokenMissing,
+            TokenRefused::Wrong => Refusal::TokenWrong,
+        }
+    }
+}
+
+/// Whether an `Authorization` value carries `token` as a bearer token.
+pub fn check_token(token: &AdminToken, authorization: Option<&[u8]>) -> Result<(), TokenRefused> {
+    match authorization.and_then(bearer) {
+        Some(presented) if token.admits(presented) => Ok(()),
+        Some(_) => Err(TokenRefused::Wrong),
+        None => Err(TokenRefused::Missing),
     }
 }
 
