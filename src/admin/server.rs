@@ -3,9 +3,9 @@
 //!
 //! - At most [`MAX_CONNECTIONS`] connections are open at once. The loop takes
 //!   a slot before it accepts, so past the bound new connections wait in the
-//!   kernel's listen backlog (and, once that is full, their SYNs go unanswered
-//!   and are retried by the client) until a connection closes: nothing is
-//!   allocated for them and no file descriptor is taken.
+//!   kernel's listen backlog (128 deep, as tokio binds; once that is full their
+//!   SYNs go unanswered and the clients retry) until a connection closes:
+//!   nothing is allocated for them and no file descriptor is taken.
 //! - A connection must deliver each request's headers within
 //!   [`HEADER_TIMEOUT`] of when the server starts waiting for them (an idle
 //!   keep-alive connection included), each request must be answered within
