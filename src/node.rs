@@ -66,6 +66,7 @@ pub struct Node {
     store: Store,
     mempool: Arc<Mutex<Mempool>>,
     chain_metrics: Arc<ChainMetrics>,
+    admin_stats: Arc<admin::AdminStats>,
     failed: Arc<AtomicBool>,
     members: watch::Receiver<Arc<MembersView>>,
     member_requests: tokio::sync::mpsc::Sender<MemberRequest>,
@@ -207,6 +208,7 @@ impl Node {
             store,
             mempool,
             chain_metrics,
+            admin_stats: Arc::default(),
             failed,
             members,
             member_requests,
@@ -219,7 +221,16 @@ impl Node {
             mempool: node.mempool.clone(),
             peers: node.peers.clone(),
             member_requests: node.member_requests.clone(),
+            token: cfg.admin_token.map(Arc::new),
+            stats: node.admin_stats.clone(),
         };
+        if !admin_addr.ip().is_loopback() && state.token.is_none() {
+            tracing::warn!(
+                admin = %admin_addr,
+                "the admin API is on a non-loopback address without admin_token: whoever can reach it \
+                 can make this node sign membership changes"
+            );
+        }
         node.tracker.spawn(admin::serve(listener, state, shutdown));
         tracing::info!(admin = %admin_addr, "admin API listening");
         Ok(node)
@@ -297,6 +308,7 @@ impl Node {
             peers: self.peers.clone(),
             tip: self.tip.clone(),
             chain: self.chain_metrics.clone(),
+            admin: self.admin_stats.clone(),
             mempool: self.mempool.clone(),
             members: self.members.clone(),
         }

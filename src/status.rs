@@ -295,6 +295,7 @@ pub struct StatusSource {
     pub(crate) peers: Peers,
     pub(crate) tip: watch::Receiver<Tip>,
     pub(crate) chain: Arc<ChainMetrics>,
+    pub(crate) admin: Arc<crate::admin::AdminStats>,
     pub(crate) mempool: Arc<Mutex<Mempool>>,
     pub(crate) members: watch::Receiver<Arc<MembersView>>,
 }
@@ -342,6 +343,10 @@ impl StatusSource {
 
     pub(crate) fn chain(&self) -> &ChainMetrics {
         &self.chain
+    }
+
+    pub(crate) fn admin(&self) -> &crate::admin::AdminStats {
+        &self.admin
     }
 
     /// Transactions and bytes in the mempool.

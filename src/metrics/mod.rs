@@ -198,6 +198,23 @@ pub fn render(source: &StatusSource) -> String {
     }
     reg.register("held_bytes", "Bytes held for what peers sent, by structure", held);
 
+    let admin = source.admin();
+    reg.register(
+        "admin_connections",
+        "Admin API connections open now (at most 64; more wait in the listen backlog)",
+        gauge(admin.connections() as i64),
+    );
+    reg.register(
+        "admin_connection_waits",
+        "Times the admin API had its most connections open and new ones waited",
+        counter(admin.connection_waits()),
+    );
+    let refused = Family::<Labels, Counter>::default();
+    for reason in crate::admin::guard::Refusal::ALL {
+        refused.get_or_create(&vec![("reason".into(), reason.as_str().into())]).inc_by(admin.refused(reason));
+    }
+    reg.register("admin_refused", "Admin API requests refused before their handler, by reason", refused);
+
     let mut out = String::new();
     // Encoding into a String cannot fail.
     let _ = encode(&mut out, &root);

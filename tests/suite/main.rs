@@ -9,10 +9,12 @@ mod common;
 #[path = "../common/honest.rs"]
 mod honest;
 
+mod admin;
 mod catch_up;
 mod chain;
 mod clocks;
 mod compact;
+mod compact_memory;
 mod fuzz_corpus;
 mod hostile_frames;
 mod hostile_peers;

@@ -32,7 +32,7 @@ fn tx_load(
             k += 1;
             let tx = format!("tx-{k}-{}", rand_incarnation()).into_bytes();
             let t = Instant::now();
-            let r = masternode::admin::http_request(admin, "POST", "/tx", &tx, Duration::from_secs(10)).await;
+            let r = masternode::admin::post_tx(admin, &tx, None, Duration::from_secs(10)).await;
             slowest = slowest.max(t.elapsed());
             assert!(matches!(r, Ok((202, _)) | Ok((429, _))), "POST /tx: {r:?}");
             sent += 1;

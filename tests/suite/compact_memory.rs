@@ -17,14 +17,13 @@
 //! node that does copy (the code before these refusals) fails the test within
 //! moments instead of taking the machine's memory.
 
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procs::Net;
-use common::*;
+use crate::common::procs::Net;
+use crate::common::*;
 use masternode::chain::block::{tx_hash, tx_root_of_ids, Hash, Header, MAX_BLOCK_TXS};
 use masternode::chain::compact::CompactProposal;
 use masternode::chain::message::{Message, GET_TXS_LIMIT, TXS_LIMIT};
