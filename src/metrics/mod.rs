@@ -196,6 +196,16 @@ pub fn render(source: &StatusSource) -> String {
     for what in Held::ALL {
         held.get_or_create(&vec![("what".into(), what.as_str().into())]).set(chain.held(what) as i64);
     }
+    // What the transport holds: frames read and not yet taken, frames queued
+    // for peers by class, answers to peers' requests being written.
+    let mut transport: Vec<(&str, u64)> = vec![("inbox", peers_handle.inbound_bytes())];
+    for class in crate::net::Class::ALL {
+        transport.push((class.held_label(), outbox_bytes[class.index()]));
+    }
+    transport.push(("answers", peers_handle.answer_bytes()));
+    for (what, bytes) in transport {
+        held.get_or_create(&vec![("what".into(), what.into())]).set(bytes as i64);
+    }
     reg.register("held_bytes", "Bytes held for what peers sent, by structure", held);
 
     let admin = source.admin();
