@@ -49,7 +49,7 @@ pub fn render(source: &StatusSource) -> String {
     let peers_handle = source.peers();
     let net = peers_handle.counters();
     let chain = source.chain();
-    let (mempool_txs, mempool_bytes) = source.mempool();
+    let mempool = source.mempool();
     let mut root = Registry::default();
     register_process(&mut root);
     let reg = root.sub_registry_with_prefix("masternode");
@@ -189,8 +189,23 @@ pub fn render(source: &StatusSource) -> String {
     }
     reg.register("sync_failures", "Sync requests that failed, by reason", sync_failures);
     reg.register("misbehaviour", "Protocol violations seen from members", counter(load(&chain.misbehaviour)));
-    reg.register("mempool_transactions", "Transactions waiting for a block", gauge(mempool_txs as i64));
-    reg.register("mempool_bytes", "Bytes of transactions waiting for a block", gauge(mempool_bytes as i64));
+    reg.register("mempool_transactions", "Transactions waiting for a block", gauge(mempool.txs as i64));
+    reg.register("mempool_bytes", "Bytes of transactions waiting for a block", gauge(mempool.bytes as i64));
+    let c = mempool.counters;
+    let refused = Family::<Labels, Counter>::default();
+    for (share, n) in [("local", c.refused_local), ("members", c.refused_members)] {
+        refused.get_or_create(&vec![("share".into(), share.into())]).inc_by(n);
+    }
+    reg.register(
+        "mempool_refused",
+        "Transactions refused because their source's share of the mempool was full, by share",
+        refused,
+    );
+    let dropped = Family::<Labels, Counter>::default();
+    for (reason, n) in [("expired", c.expired), ("member_left", c.member_left), ("trimmed", c.trimmed)] {
+        dropped.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n);
+    }
+    reg.register("mempool_dropped", "Transactions dropped from the mempool without a block, by reason", dropped);
 
     let mut out = String::new();
     // Encoding into a String cannot fail.
