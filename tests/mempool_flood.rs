@@ -22,9 +22,12 @@ const JUNK_BYTES: usize = 60 * 1024;
 /// What each honest node's client posts: 256 B transactions, this many a second.
 const CLIENT_TX_PER_SEC: u64 = 200;
 const CLIENT_TX_BYTES: usize = 256;
+/// Connections each client posts on at once, kept alive: a POST may take
+/// 20 ms before the client falls behind its schedule.
+const CONNECTIONS: u64 = 4;
 const FLOOD: Duration = Duration::from_secs(20);
-/// The test network's block interval (`Spec::network`).
-const BLOCK_INTERVAL: Duration = Duration::from_millis(1000);
+/// The test network's block interval.
+const BLOCK_INTERVAL: Duration = Duration::from_millis(2000);
 
 /// One member of four streams unique 60 KiB transactions to each of the three
 /// honest nodes as fast as it can for 20 s, while a client posts 200
@@ -36,6 +39,7 @@ const BLOCK_INTERVAL: Duration = Duration::from_millis(1000);
 async fn a_member_flooding_junk_transactions_refuses_and_delays_no_client() {
     init_logs();
     let spec = Arc::new(Spec::new(4));
+    let network = Arc::new(spec.network_paced(&spec.name, &spec.members, BLOCK_INTERVAL.as_millis() as u64));
     let stop = Arc::new(AtomicBool::new(false));
     // The hostile member and the clients run on threads of their own, as the
     // other machines they are: what they cost the honest nodes is the CPU the
@@ -43,7 +47,7 @@ async fn a_member_flooding_junk_transactions_refuses_and_delays_no_client() {
     let (ready, hostile_ready) = tokio::sync::oneshot::channel();
     let (go, flood_go) = tokio::sync::oneshot::channel::<()>();
     let flood = {
-        let (spec, stop) = (spec.clone(), stop.clone());
+        let (spec, network, stop) = (spec.clone(), network.clone(), stop.clone());
         on_own_thread(move || async move {
             let hostile = Arc::new(Hostile::new(&spec, 0));
             let _ = ready.send(());
@@ -53,8 +57,11 @@ async fn a_member_flooding_junk_transactions_refuses_and_delays_no_client() {
             let sent = Arc::new(AtomicU64::new(0));
             let mut floods = Vec::new();
             for victim in 1..=3u8 {
-                let (hostile, spec, stop, sent) = (hostile.clone(), spec.clone(), stop.clone(), sent.clone());
-                floods.push(tokio::spawn(async move { flood_junk(&hostile, &spec, victim, &stop, &sent).await }));
+                let (hostile, spec, network) = (hostile.clone(), spec.clone(), network.clone());
+                let (stop, sent) = (stop.clone(), sent.clone());
+                floods.push(tokio::spawn(
+                    async move { flood_junk(&hostile, &spec, &network, victim, &stop, &sent).await },
+                ));
             }
             for f in floods {
                 let _ = f.await;
@@ -65,7 +72,8 @@ async fn a_member_flooding_junk_transactions_refuses_and_delays_no_client() {
     hostile_ready.await.unwrap();
     let mut honest = Vec::new();
     for i in 1..=3 {
-        honest.push(spec.start(i, beside_hostile_transport()).await);
+        let hooks = masternode::net::TestHooks::default();
+        honest.push(spec.start_with(i, (*network).clone(), beside_hostile_transport(), hooks).await);
     }
     {
         let refs: Vec<&masternode::node::Node> = honest.iter().collect();
@@ -190,8 +198,15 @@ where
 
 /// Streams unique junk transactions of [`JUNK_BYTES`] to `victim` as fast as it
 /// takes them, until `stop`.
-async fn flood_junk(hostile: &Hostile, spec: &Spec, victim: u8, stop: &AtomicBool, sent: &AtomicU64) {
-    let conn = hostile.connect(spec, victim as usize).await;
+async fn flood_junk(
+    hostile: &Hostile,
+    spec: &Spec,
+    network: &masternode::config::Network,
+    victim: u8,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) {
+    let conn = hostile.connect_in(spec, network, victim as usize).await;
     // It reads what the victim sends, so it is not dropped as too slow.
     let reader = conn.clone();
     tokio::spawn(async move {
@@ -234,18 +249,47 @@ impl Posts {
     }
 }
 
-/// Posts unique 256 B transactions to `admin` at [`CLIENT_TX_PER_SEC`] over one
-/// kept-alive connection until `stop`, each in `pending` from just before it
-/// is sent until a block carries it (or it is refused).
-async fn post_load(admin: SocketAddr, client: u8, pending: Arc<Mutex<HashMap<Hash, Instant>>>, stop: Arc<AtomicBool>) -> Posts {
+/// Posts unique 256 B transactions to `admin` at [`CLIENT_TX_PER_SEC`] over
+/// [`CONNECTIONS`] kept-alive connections until `stop`, each in `pending` from
+/// just before it is sent until a block carries it (or it is refused).
+async fn post_load(
+    admin: SocketAddr,
+    client: u8,
+    pending: Arc<Mutex<HashMap<Hash, Instant>>>,
+    stop: Arc<AtomicBool>,
+) -> Posts {
+    let start = Instant::now();
+    let lanes: Vec<_> = (0..CONNECTIONS)
+        .map(|lane| {
+            let (pending, stop) = (pending.clone(), stop.clone());
+            tokio::spawn(async move { post_lane(admin, client, lane, start, &pending, &stop).await })
+        })
+        .collect();
+    let mut posts = Posts::default();
+    for lane in lanes {
+        posts = posts.plus(&lane.await.unwrap());
+    }
+    posts
+}
+
+/// One connection's part of [`post_load`]: the `lane`-th of every
+/// [`CONNECTIONS`] transactions of the schedule.
+async fn post_lane(
+    admin: SocketAddr,
+    client: u8,
+    lane: u64,
+    start: Instant,
+    pending: &Mutex<HashMap<Hash, Instant>>,
+    stop: &AtomicBool,
+) -> Posts {
     let mut http = Http::connect(admin).await;
     let mut posts = Posts::default();
-    let start = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let due = start + Duration::from_micros(1_000_000 * posts.sent / CLIENT_TX_PER_SEC);
+        let k = posts.sent * CONNECTIONS + lane;
+        let due = start + Duration::from_micros(1_000_000 * k / CLIENT_TX_PER_SEC);
         tokio::time::sleep_until(due.into()).await;
         let mut tx = vec![client; CLIENT_TX_BYTES];
-        tx[1..9].copy_from_slice(&posts.sent.to_le_bytes());
+        tx[1..9].copy_from_slice(&k.to_le_bytes());
         tx[9..17].copy_from_slice(&rand_incarnation().to_le_bytes());
         let hash = tx_hash(&tx);
         pending.lock().unwrap().insert(hash, Instant::now());
