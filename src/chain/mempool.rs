@@ -276,7 +276,7 @@ impl Mempool {
     pub fn take(&self, max_txs: usize, max_bytes: usize) -> Vec<Vec<u8>> {
         // Each share's oldest first, and its credit.
         let mut queues: Vec<(Oldest<'_>, usize)> =
-            self.shares.values().filter(|s| !s.order.is_empty()).map(|s| (s.order.values().peekable(), 0)).collect();
+            self.shares.values().map(|s| (s.order.values().peekable(), 0)).collect();
         if queues.is_empty() {
             return Vec::new();
         }
