@@ -26,7 +26,11 @@ const CLIENT_TX_BYTES: usize = 256;
 /// 20 ms before the client falls behind its schedule.
 const CONNECTIONS: u64 = 4;
 const FLOOD: Duration = Duration::from_secs(20);
-/// The test network's block interval.
+/// The test network's block interval. Under the flood every block is full (the
+/// junk takes what the clients leave: 3 MiB, fetched by the followers and
+/// written to each store), which costs this 2-core machine about 0.7 s a
+/// block; with 1 s blocks the p99 measured 2.7 to 4.6 s against the 4 s bound
+/// while other builds ran, with 2 s blocks 5.0 to 6.3 s against 8 s.
 const BLOCK_INTERVAL: Duration = Duration::from_millis(2000);
 
 /// One member of four streams unique 60 KiB transactions to each of the three
@@ -177,7 +181,8 @@ async fn a_member_flooding_junk_transactions_refuses_and_delays_no_client() {
         during.iter().map(|b| b.1).sum::<usize>() as f64 / during.len().max(1) as f64,
     );
     assert!(refused_members > 0, "the flood filled the hostile member's share");
-    assert!(total.sent as f64 >= 0.9 * (3 * CLIENT_TX_PER_SEC) as f64 * FLOOD.as_secs_f64(), "the load was offered");
+    let offered = (3 * CLIENT_TX_PER_SEC) as f64 * FLOOD.as_secs_f64();
+    assert!(total.sent as f64 >= 0.9 * offered, "the load was offered: {} POSTs of {offered}", total.sent);
     assert_eq!(total.too_many, 0, "no client POST is answered 429");
     assert_eq!(total.other, 0, "every client POST is answered 202");
     let bound = 4 * BLOCK_INTERVAL;
