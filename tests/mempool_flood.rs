@@ -30,7 +30,7 @@ const FLOOD: Duration = Duration::from_secs(20);
 /// junk takes what the clients leave: 3 MiB, fetched by the followers and
 /// written to each store), which costs this 2-core machine about 0.7 s a
 /// block; with 1 s blocks the p99 measured 2.7 to 4.6 s against the 4 s bound
-/// while other builds ran, with 2 s blocks 5.0 to 6.3 s against 8 s.
+/// while other builds ran, with 2 s blocks 5.0 to 6.5 s against 8 s.
 const BLOCK_INTERVAL: Duration = Duration::from_millis(2000);
 
 /// One member of four streams unique 60 KiB transactions to each of the three
