@@ -286,6 +286,16 @@ pub fn family_mismatch(local: SocketAddr, addrs: impl IntoIterator<Item = Socket
     ))
 }
 
+/// What the mempool holds and did, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct MempoolFigures {
+    pub txs: usize,
+    pub bytes: usize,
+    /// For `masternode_held_bytes{what="mempool_local"|"mempool_members"}`.
+    pub by_share: crate::chain::mempool::ByShare,
+    pub counters: crate::chain::mempool::Counters,
+}
+
 /// Builds `/status` from the live parts of a node.
 #[derive(Clone)]
 pub struct StatusSource {
@@ -349,10 +359,11 @@ impl StatusSource {
         &self.admin
     }
 
-    /// Transactions and bytes in the mempool.
-    pub(crate) fn mempool(&self) -> (usize, usize) {
+    /// The mempool's figures: what it holds, by kind of share, and what it
+    /// refused and dropped.
+    pub fn mempool(&self) -> MempoolFigures {
         let m = crate::chain::mempool::lock(&self.mempool);
-        (m.len(), m.bytes())
+        MempoolFigures { txs: m.len(), bytes: m.bytes(), by_share: m.bytes_by_share(), counters: m.counters() }
     }
 
     /// Turns of the node's own loops (transport manager, producer): the service

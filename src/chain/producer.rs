@@ -349,7 +349,7 @@ impl Producer {
             min_peers: super::clock::min_peers_for(core.members_at(core.height()).len()),
             ..ClockConfig::default()
         });
-        Producer {
+        let producer = Producer {
             node_limits,
             sync_buckets: HashMap::new(),
             rate_limited: HashSet::new(),
@@ -386,7 +386,9 @@ impl Producer {
             fetch_bytes: Arc::new(AtomicU64::new(0)),
             fetched_tx,
             fetched_rx,
-        }
+        };
+        producer.mempool_follows_chain(producer.core.height() - 1, &[]);
+        producer
     }
 
     /// Members to reach besides those the chain names, for as long as the node
@@ -602,8 +604,10 @@ impl Producer {
                 }
                 return Ok(());
             }
+            // Into the share of the member whose gossip brought it: nodes
+            // gossip only their own clients' transactions and relay none.
             Message::Tx(tx) => {
-                let added = self.lock_mempool().add(tx);
+                let added = self.lock_mempool().add_gossiped(from, tx);
                 if let Err(e) = added {
                     tracing::debug!(peer = %from.short(), "gossiped transaction dropped: {e}");
                 }
@@ -1082,9 +1086,9 @@ impl Producer {
                         );
                     }
                     work.extend(self.after_block());
-                    self.lock_mempool().remove_committed(&c.block.txs);
-                    self.waiting.retain_window(self.core.height(), 0);
                     let height = c.block.height();
+                    self.mempool_follows_chain(height, &c.block.txs);
+                    self.waiting.retain_window(self.core.height(), 0);
                     let hash = c.block.hash();
                     self.tip.send_replace(Tip { height, hash: hash.0 });
                     self.metrics.last_block_timestamp_ms.store(c.block.header.timestamp_ms, Ordering::Relaxed);
@@ -1274,6 +1278,18 @@ impl Producer {
             expires_at: signed_at + membership.params().ttl,
             change,
         })
+    }
+
+    /// The mempool after the block at `height` committed `txs`: they leave
+    /// it, what waited too long expires, and a share is kept for each member
+    /// the chain names besides this node (as [`Self::chain_names`] does).
+    fn mempool_follows_chain(&self, height: Height, txs: &[Vec<u8>]) {
+        let membership = self.core.membership();
+        let me = self.core.id();
+        let members = membership.current().ids().into_iter().chain(membership.next().ids()).filter(|id| *id != me);
+        let mut pool = self.lock_mempool();
+        pool.handle_commit(height, txs);
+        pool.set_members(members);
     }
 
     fn lock_mempool(&self) -> std::sync::MutexGuard<'_, Mempool> {

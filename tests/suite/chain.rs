@@ -193,9 +193,10 @@ async fn two_hundred_transactions_reach_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_mempool_answers_429() {
     let spec = Spec::new(4);
-    // One node alone: no quorum, no blocks, so nothing leaves the mempool.
+    // One node alone: no quorum, no blocks, so nothing leaves the mempool. Its
+    // clients' share is half of it: 5 transactions.
     let mut cfg = spec.config(0, spec.network(), fast_transport());
-    cfg.limits.mempool = MempoolLimits { max_txs: 5, ..Default::default() };
+    cfg.limits.mempool = MempoolLimits { max_txs: 10, ..Default::default() };
     let node = Node::start(cfg, NodeOptions::default(), CancellationToken::new()).await.unwrap();
     let mut codes = Vec::new();
     for k in 0..7u8 {

@@ -2,7 +2,7 @@
 //! test binary so the crate is linked once for all of them. Binaries of their
 //! own: `simulation` and `netns` (opt-in commands of their own), `flood` and
 //! `regression_guard` (they measure the whole process: its resident memory, its
-//! allocations).
+//! allocations), `mempool_flood` (a timed figure under a flood of its own).
 
 #[path = "../common/mod.rs"]
 mod common;
