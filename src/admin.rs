@@ -5,14 +5,28 @@
 //! `POST /members` asks this node to approve a change (signed with its key). The
 //! same module holds the small client that `masternode status`, `members` and
 //! `member` use.
+//!
+//! What the API trusts, and how a web page is kept out, is in [`guard`]; the
+//! token in [`token`]; the connection budget and deadlines in [`server`].
+//! Before a handler runs, every request passes the Host rule (421), every POST
+//! the token while one is set (401), and each POST route its content type
+//! (415), so nothing is queued or signed for a request refused.
+
+pub mod guard;
+pub mod server;
+pub mod token;
+
+pub use server::{AdminStats, LocalAddr};
+pub use token::{AdminToken, TokenError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -38,21 +52,95 @@ pub struct AdminState {
     pub max_tx_bytes: usize,
     /// The producer's channels: transactions and change requests go through it.
     pub producer: Mailbox,
+    /// While set, every POST must carry it as a bearer token.
+    pub token: Option<Arc<AdminToken>>,
+    pub stats: Arc<AdminStats>,
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdown: CancellationToken) {
+    let stats = state.stats.clone();
+    server::run(listener, router(state), stats, shutdown).await;
+}
+
+/// The routes, behind the Host rule and the token, each POST behind its
+/// content type.
+fn router(state: AdminState) -> Router {
     let max_tx = state.max_tx_bytes;
-    let app = Router::new()
+    let typed = |wanted: &'static str| {
+        middleware::from_fn_with_state(state.clone(), move |s: State<AdminState>, r: Request, n: Next| {
+            wants(wanted, s, r, n)
+        })
+    };
+    Router::new()
         .route("/status", get(status_handler))
         .route("/metrics", get(metrics_handler))
         .route("/blocks/{height}", get(block_handler))
-        .route("/tx", post(tx_handler))
-        .route("/members", get(members_handler).post(change_handler))
+        .route("/tx", post(tx_handler).route_layer(typed(guard::OCTET_STREAM)))
+        .route("/members", get(members_handler).merge(post(change_handler).route_layer(typed(guard::JSON))))
         .layer(DefaultBodyLimit::max(max_tx))
-        .with_state(state);
-    let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-    if let Err(e) = result {
-        tracing::error!("admin API stopped: {e}");
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .with_state(state)
+}
+
+/// The Host rule for every request, then the token for every request that is
+/// not a read.
+async fn admit(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let local = request.extensions().get::<LocalAddr>().map(|l| l.0.ip());
+    let host = request.headers().get(header::HOST).map(|v| v.as_bytes());
+    // An absolute request target names the host too; both must be ours.
+    let target = request.uri().authority().map(|a| a.as_str().as_bytes());
+    let checked = guard::check_host(host, local).and_then(|()| match target {
+        Some(t) => guard::check_host(Some(t), local),
+        None => Ok(()),
+    });
+    if let Err(refused) = checked {
+        let hint = match refused {
+            guard::HostRefused::Name(_) => " (as a web page does after DNS rebinding)",
+            _ => "",
+        };
+        report(&state.stats, refused.refusal(), format_args!("{refused}{hint}"));
+        return error(StatusCode::MISDIRECTED_REQUEST, refused);
+    }
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    if let Some(token) = state.token.as_deref().filter(|_| !read) {
+        let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if let Err(refused) = guard::check_token(token, authorization) {
+            report(
+                &state.stats,
+                refused.refusal(),
+                format_args!("{} {}: {refused}", request.method(), request.uri().path()),
+            );
+            let mut response = error(StatusCode::UNAUTHORIZED, refused);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// A browser may send a cross-site form or text/plain body without asking
+/// first, never one of the types a POST route here takes: the node queues and
+/// signs only what a client that can set the type asked for.
+async fn wants(wanted: &'static str, State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let value = request.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+    if guard::has_content_type(value, wanted) {
+        return next.run(request).await;
+    }
+    let message = format!("POST {} takes Content-Type: {wanted}", request.uri().path());
+    report(&state.stats, guard::Refusal::ContentType, &message);
+    error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+}
+
+/// Counts a refusal and logs it: the first of its reason at warn (the operator
+/// should know), later ones at debug (a page can retry in a loop).
+fn report(stats: &AdminStats, reason: guard::Refusal, what: impl std::fmt::Display) {
+    if stats.refuse(reason) {
+        tracing::warn!(
+            reason = reason.as_str(),
+            "admin API refused a request: {what}; later refusals for this reason are logged at debug"
+        );
+    } else {
+        tracing::debug!(reason = reason.as_str(), "admin API refused a request: {what}");
     }
 }
 
@@ -260,17 +348,7 @@ pub async fn request_change(
     Ok(answer.await.map_err(|_| ChangeRequestError::Stopped)??)
 }
 
-async fn change_handler(State(state): State<AdminState>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
-    // A browser may send a cross-site form or text/plain body without asking
-    // first, never an application/json one: the node signs only what a client
-    // that can set the type asked for.
-    let json = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
-    if !json {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "POST /members takes Content-Type: application/json");
-    }
+async fn change_handler(State(state): State<AdminState>, body: Bytes) -> Response {
     let parsed: ChangeBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not a change: {e}")),
@@ -304,20 +382,23 @@ pub async fn fetch_members(addr: SocketAddr, timeout: Duration) -> Result<Member
     serde_json::from_str(&body).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
 }
 
-/// Posts a change; the node's answer, or its one-line refusal.
+/// Posts a change, with the admin token if the node wants one; the node's
+/// answer, or its one-line refusal.
 pub async fn post_change(
     addr: SocketAddr,
     change: &ChangeBody,
+    token: Option<&AdminToken>,
     timeout: Duration,
 ) -> Result<ChangeAccepted, ClientError> {
     let body = serde_json::to_vec(change).unwrap_or_default();
-    let (code, text) = http_exchange(addr, "POST", "/members", Some("application/json"), &body, timeout).await?;
+    let request = HttpRequest { token, ..HttpRequest::post("/members", guard::JSON, &body) };
+    let (code, text) = send(addr, &request, timeout).await?;
     if code != 202 {
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or(text);
-        return Err(ClientError::Http { addr, status: format!("{code}: {message}") });
+        return Err(ClientError::Http { addr, code, message });
     }
     serde_json::from_str(&text).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
 }
@@ -352,14 +433,14 @@ pub fn render_members(m: &MembersInfo) -> String {
 pub enum ClientError {
     #[error("no answer from {addr}: {reason}")]
     Unreachable { addr: SocketAddr, reason: String },
-    #[error("{addr} answered {status}")]
-    Http { addr: SocketAddr, status: String },
+    #[error("{addr} answered {code}: {message}")]
+    Http { addr: SocketAddr, code: u16, message: String },
     #[error("{addr} sent a status that does not parse: {reason}")]
     Body { addr: SocketAddr, reason: String },
 }
 
-/// One HTTP/1.0 request (so the answer is never chunked); returns the status
-/// code and the body.
+/// One HTTP/1.0 request (so the answer is never chunked) with neither a
+/// content type nor a token; returns the status code and the body.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -367,22 +448,53 @@ pub async fn http_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), ClientError> {
-    http_exchange(addr, method, path, None, body, timeout).await
+    send(addr, &HttpRequest { method, path, content_type: None, token: None, body }, timeout).await
 }
 
-async fn http_exchange(
+/// `POST /tx` with the raw transaction (and the admin token, if given); the
+/// status code and the body.
+pub async fn post_tx(
     addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: &[u8],
+    tx: &[u8],
+    token: Option<&AdminToken>,
     timeout: Duration,
 ) -> Result<(u16, String), ClientError> {
+    send(addr, &HttpRequest { token, ..HttpRequest::post("/tx", guard::OCTET_STREAM, tx) }, timeout).await
+}
+
+/// A request as the client sends it. `Host` is always the address it connects
+/// to, which the node accepts when that is the address it listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub content_type: Option<&'a str>,
+    pub token: Option<&'a AdminToken>,
+    pub body: &'a [u8],
+}
+
+impl<'a> HttpRequest<'a> {
+    pub fn post(path: &'a str, content_type: &'a str, body: &'a [u8]) -> Self {
+        HttpRequest { method: "POST", path, content_type: Some(content_type), token: None, body }
+    }
+}
+
+/// Sends one HTTP/1.0 request; the status code and the body.
+pub async fn send(
+    addr: SocketAddr,
+    request: &HttpRequest<'_>,
+    timeout: Duration,
+) -> Result<(u16, String), ClientError> {
+    let HttpRequest { method, path, content_type, token, body } = *request;
     let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
         let typed = content_type.map(|t| format!("Content-Type: {t}\r\n")).unwrap_or_default();
-        let head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{typed}Content-Length: {}\r\n\r\n", body.len());
+        let authorized = token.map(|t| format!("Authorization: {}\r\n", t.authorization())).unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{typed}{authorized}Content-Length: {}\r\n\r\n",
+            body.len()
+        );
         stream.write_all(head.as_bytes()).await.map_err(|e| unreachable(e.to_string()))?;
         // A server may answer (413) and close before reading a large body.
         let _ = stream.write_all(body).await;
@@ -407,7 +519,7 @@ async fn http_exchange(
 pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, ClientError> {
     let (code, body) = http_request(addr, "GET", path, b"", timeout).await?;
     if code != 200 {
-        return Err(ClientError::Http { addr, status: format!("{code} {body}") });
+        return Err(ClientError::Http { addr, code, message: body });
     }
     Ok(body)
 }

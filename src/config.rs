@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::admin::{AdminToken, TokenError};
 use crate::identity::{Identity, IdentityError, NodeId};
 
 /// `required = max(min_active, floor(2n/3) + 1)` uses this when the file is silent.
@@ -31,6 +32,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    AdminToken(#[from] TokenError),
 }
 
 /// One member of the masternode set.
@@ -285,6 +288,8 @@ struct NodeFile {
     admin: Option<String>,
     /// Serve the admin API on a non-loopback address.
     admin_public: Option<bool>,
+    /// A file holding the bearer token every POST to the admin API must carry.
+    admin_token: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     /// Members to reach for catching up beyond what the genesis names, as
     /// `"<node id>@ip:port"`.
@@ -305,6 +310,7 @@ pub struct NodeFileValues {
     pub cert: PathBuf,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    pub admin_token: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub bootstrap: Vec<Member>,
     pub transport: Transport,
@@ -324,8 +330,8 @@ impl NodeFileValues {
             admin_text.parse().map_err(|_| invalid(format!("admin {admin_text:?} is not ip:port")))?;
         if !admin.ip().is_loopback() && file.admin_public != Some(true) {
             return Err(invalid(format!(
-                "admin {admin} is not a loopback address; the admin API has no authentication \
-                 (set admin_public = true to serve it there anyway)"
+                "admin {admin} is not a loopback address; the admin API trusts whoever can reach it \
+                 (set admin_public = true, and admin_token, to serve it there anyway)"
             )));
         }
         let bootstrap = file
@@ -403,6 +409,7 @@ impl NodeFileValues {
             cert: base.join(&file.cert),
             listen,
             admin,
+            admin_token: file.admin_token.map(|t| base.join(t)),
             data_dir: base.join(file.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
             bootstrap,
             transport,
@@ -450,6 +457,8 @@ pub struct NodeConfig {
     /// This node's address in the network file: what the direction rule uses.
     pub advertised: SocketAddr,
     pub admin: SocketAddr,
+    /// The bearer token every POST to the admin API must carry, if any.
+    pub admin_token: Option<AdminToken>,
     pub data_dir: PathBuf,
     pub transport: Transport,
     pub limits: NodeLimits,
@@ -477,7 +486,9 @@ impl NodeConfig {
         let f = NodeFileValues::parse(path, &text, overrides)?;
         let network = Network::load(&f.network)?;
         let identity = Identity::load(&f.key, &f.cert)?;
+        let admin_token = f.admin_token.as_deref().map(AdminToken::load).transpose()?;
         let mut cfg = Self::assemble(network, &f.network, identity, f.listen, f.admin, f.data_dir, f.transport)?;
+        cfg.admin_token = admin_token;
         cfg.limits = f.limits;
         cfg.bootstrap = f.bootstrap;
         Ok(cfg)
@@ -516,6 +527,7 @@ impl NodeConfig {
             listen,
             advertised,
             admin,
+            admin_token: None,
             data_dir,
             transport,
             limits: NodeLimits::default(),
@@ -593,6 +605,19 @@ mod tests {
             let err = NodeFileValues::parse(path, &text, &Overrides::default()).err().unwrap().to_string();
             assert!(err.starts_with("masternode.toml") && !err.contains('\n'), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn admin_token_names_a_file_beside_the_config() {
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("/etc/masternode/masternode.toml");
+        let with = format!("admin_token = \"admin.token\"\n{base}");
+        let v = NodeFileValues::parse(path, &with, &Overrides::default()).unwrap();
+        assert_eq!(v.admin_token.as_deref(), Some(Path::new("/etc/masternode/admin.token")));
+        let absolute = format!("admin_token = \"/run/secrets/token\"\n{base}");
+        let v = NodeFileValues::parse(path, &absolute, &Overrides::default()).unwrap();
+        assert_eq!(v.admin_token.as_deref(), Some(Path::new("/run/secrets/token")));
+        assert_eq!(NodeFileValues::parse(path, base, &Overrides::default()).unwrap().admin_token, None);
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //!   a pure state machine, the fjall store, the mempool, the producer's rules as
 //!   a pure driver ([`chain::driver`]) and the task that carries them out.
 //! * [`node`]: one running node: transport, producer, admin API, shutdown.
-//! * [`admin`]: `/status`, `/blocks`, `/tx` over local HTTP, and the client that
-//!   `masternode status` uses.
+//! * [`admin`]: `/status`, `/blocks`, `/tx`, `/members` over local HTTP behind
+//!   the Host rule, content types and the optional token ([`admin::guard`]), a
+//!   bounded accept loop ([`admin::server`]), and the client the CLI uses.
 //! * [`status`]: what a node reports about itself (status, quorum), read by the
 //!   admin API, metrics and the service alike.
 //! * `metrics`: `/metrics` in Prometheus text.

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use masternode::admin::AdminToken;
 use masternode::config::{ConfigError, NodeConfig, Overrides};
 use masternode::identity::Identity;
 use masternode::node::{Node, NodeOptions};
@@ -120,6 +121,17 @@ struct AdminTarget {
     admin: Option<SocketAddr>,
 }
 
+/// A node to POST to, and the admin token it wants.
+#[derive(clap::Args)]
+struct PostTarget {
+    #[command(flatten)]
+    target: AdminTarget,
+    /// File holding the node's admin token (default: the config's `admin_token`).
+    /// The variable names the file, never the token itself.
+    #[arg(long, env = "MASTERNODE_ADMIN_TOKEN_FILE")]
+    admin_token: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum MemberAction {
     /// Approve adding a node: its NodeId and the address members will dial.
@@ -129,21 +141,21 @@ enum MemberAction {
         #[arg(long)]
         addr: String,
         #[command(flatten)]
-        target: AdminTarget,
+        target: PostTarget,
     },
     /// Approve removing a member.
     Remove {
         #[arg(long)]
         id: String,
         #[command(flatten)]
-        target: AdminTarget,
+        target: PostTarget,
     },
     /// Announce this node's new address (signed by this node alone).
     SetAddr {
         #[arg(long)]
         addr: String,
         #[command(flatten)]
-        target: AdminTarget,
+        target: PostTarget,
     },
 }
 
@@ -316,6 +328,24 @@ fn admin_addr(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<Sock
     }
 }
 
+/// The admin address and the token to POST with: `--admin-token` (or its
+/// variable) if given, else the config's `admin_token`.
+fn post_target(target: PostTarget) -> Result<(SocketAddr, Option<AdminToken>), ExitCode> {
+    let config_error = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    };
+    let flagged = target.admin_token.as_deref().map(AdminToken::load).transpose().map_err(|e| config_error(&e))?;
+    match (target.target.admin, target.target.config) {
+        (Some(addr), _) => Ok((addr, flagged)),
+        (None, Some(path)) => {
+            let cfg = NodeConfig::load(&path).map_err(|e| config_error(&e))?;
+            Ok((cfg.admin, flagged.or(cfg.admin_token)))
+        }
+        (None, None) => Err(config_error(&"--config or --admin is required")),
+    }
+}
+
 /// `masternode member ...`: exit 0 once the node accepted its signed approval.
 async fn member(action: MemberAction) -> ExitCode {
     use masternode::admin::ChangeBody;
@@ -335,11 +365,11 @@ async fn member(action: MemberAction) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let addr = match admin_addr(target.config, target.admin) {
-        Ok(a) => a,
+    let (addr, token) = match post_target(target) {
+        Ok(t) => t,
         Err(code) => return code,
     };
-    match masternode::admin::post_change(addr, &body, Duration::from_secs(10)).await {
+    match masternode::admin::post_change(addr, &body, token.as_ref(), Duration::from_secs(10)).await {
         Ok(a) => {
             let what = match &a.addr {
                 Some(at) => format!("{} {} at {at}", a.change, a.node_id),
@@ -357,6 +387,10 @@ async fn member(action: MemberAction) -> ExitCode {
                 );
             }
             ExitCode::SUCCESS
+        }
+        Err(e @ masternode::admin::ClientError::Http { code: 401, .. }) => {
+            eprintln!("error: {e} (give the node's admin token with --admin-token FILE, or use --config)");
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -65,6 +65,7 @@ pub struct Node {
     tip: watch::Receiver<Tip>,
     store: Store,
     chain_metrics: Arc<ChainMetrics>,
+    admin_stats: Arc<admin::AdminStats>,
     failed: Arc<AtomicBool>,
     /// The producer's channels: the member view, change requests, transactions.
     producer: Mailbox,
@@ -208,6 +209,7 @@ impl Node {
             tip,
             store,
             chain_metrics,
+            admin_stats: Arc::default(),
             failed,
             producer: mailbox,
             max_tx_bytes: cfg.limits.mempool.max_tx_bytes,
@@ -219,7 +221,16 @@ impl Node {
             store: node.store.clone(),
             max_tx_bytes: node.max_tx_bytes,
             producer: node.producer.clone(),
+            token: cfg.admin_token.map(Arc::new),
+            stats: node.admin_stats.clone(),
         };
+        if !admin_addr.ip().is_loopback() && state.token.is_none() {
+            tracing::warn!(
+                admin = %admin_addr,
+                "the admin API is on a non-loopback address without admin_token: whoever can reach it \
+                 can make this node sign membership changes"
+            );
+        }
         node.tracker.spawn(admin::serve(listener, state, shutdown));
         tracing::info!(admin = %admin_addr, "admin API listening");
         Ok(node)
@@ -254,7 +265,7 @@ impl Node {
     /// Transactions waiting in this node's mempool, as the producer last
     /// published (once a turn of its loop, at least every 250 ms).
     pub fn mempool_len(&self) -> usize {
-        self.chain_metrics.mempool_txs.load(Ordering::Relaxed) as usize
+        self.chain_metrics.mempool().txs
     }
 
     pub fn height(&self) -> u64 {
@@ -295,6 +306,7 @@ impl Node {
             peers: self.peers.clone(),
             tip: self.tip.clone(),
             chain: self.chain_metrics.clone(),
+            admin: self.admin_stats.clone(),
             members: self.producer.members.clone(),
         }
     }

@@ -286,6 +286,8 @@ pub fn family_mismatch(local: SocketAddr, addrs: impl IntoIterator<Item = Socket
     ))
 }
 
+pub use crate::chain::mempool::Figures as MempoolFigures;
+
 /// Builds `/status` from the live parts of a node.
 #[derive(Clone)]
 pub struct StatusSource {
@@ -295,6 +297,7 @@ pub struct StatusSource {
     pub(crate) peers: Peers,
     pub(crate) tip: watch::Receiver<Tip>,
     pub(crate) chain: Arc<ChainMetrics>,
+    pub(crate) admin: Arc<crate::admin::AdminStats>,
     pub(crate) members: watch::Receiver<Arc<MembersView>>,
 }
 
@@ -343,10 +346,14 @@ impl StatusSource {
         &self.chain
     }
 
-    /// Transactions and bytes in the mempool, as the producer last published.
-    pub(crate) fn mempool(&self) -> (usize, usize) {
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as usize;
-        (load(&self.chain.mempool_txs), load(&self.chain.mempool_bytes))
+    pub(crate) fn admin(&self) -> &crate::admin::AdminStats {
+        &self.admin
+    }
+
+    /// The mempool's figures: what it holds, by kind of share, and what it
+    /// refused and dropped, as the producer last published them.
+    pub fn mempool(&self) -> MempoolFigures {
+        self.chain.mempool()
     }
 
     /// Turns of the node's own loops (transport manager, producer): the service

@@ -181,8 +181,10 @@ fn http_here(method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Str
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     s.set_nodelay(true)?;
-    let mut req =
-        format!("{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    // The admin API answers only to a Host naming it; /tx takes raw bytes only.
+    let typed = if path == "/tx" { "Content-Type: application/octet-stream\r\n" } else { "" };
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {ADMIN}\r\n{typed}Content-Length: {}\r\n\r\n", body.len())
+        .into_bytes();
     req.extend_from_slice(body);
     s.write_all(&req)?;
     let mut resp = Vec::new();

@@ -253,7 +253,7 @@ fn rebuilding_a_compact_proposal_copies_each_transaction_once() {
     }
     let cp = CompactProposal::of(&sp);
     let before = allocations();
-    let found = pool.lookup(&cp.ids);
+    let found = pool.lookup_within_block(&cp.ids, masternode::chain::block::MAX_BLOCK_BYTES).unwrap();
     let rebuilt = Assembly::new(cp, found).into_signed().unwrap();
     let made = allocations() - before;
     assert_eq!(rebuilt, sp);

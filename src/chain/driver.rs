@@ -62,12 +62,12 @@ use std::sync::Arc;
 
 use super::block::{tx_hash, Block, Hash, Height, Limits, Round};
 use super::clock::{self, ClockConfig, ClockEstimator, ClockEvent};
-use super::compact::{self, Assembly, CompactProposal, Waiting};
+use super::compact::{self, Assembly, CompactError, CompactProposal, FillError, RebuildLimits, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
 use super::members::{
     Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, PendingView, SignedApproval,
 };
-use super::mempool::{AddError, Mempool};
+use super::mempool::{AddError, Figures, Mempool};
 use super::message::{self, Message, TooLarge};
 use super::misbehaviour::Misbehaviour;
 use super::quorum::{self, Quorum};
@@ -157,7 +157,7 @@ pub struct BlocksAnswer {
 
 /// Why a request to a peer (`GetBlocks`, `GetTxs`) brought nothing usable.
 #[derive(Debug, thiserror::Error)]
-pub enum AnswerError {
+pub enum RequestFailure {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error("response does not decode: {0}")]
@@ -168,15 +168,15 @@ pub enum AnswerError {
     Encode(#[from] TooLarge),
 }
 
-impl AnswerError {
+impl RequestFailure {
     /// How the sync planner counts it.
     pub fn failure(&self) -> Failure {
         match self {
-            AnswerError::Request(RequestError::Timeout(_)) => Failure::Timeout,
-            AnswerError::Request(RequestError::Frame(_)) | AnswerError::Decode(_) | AnswerError::Unexpected(_) => {
-                Failure::Malformed
-            }
-            AnswerError::Request(_) | AnswerError::Encode(_) => Failure::Request,
+            RequestFailure::Request(RequestError::Timeout(_)) => Failure::Timeout,
+            RequestFailure::Request(RequestError::Frame(_))
+            | RequestFailure::Decode(_)
+            | RequestFailure::Unexpected(_) => Failure::Malformed,
+            RequestFailure::Request(_) | RequestFailure::Encode(_) => Failure::Request,
         }
     }
 }
@@ -264,7 +264,7 @@ fn required_approvals(membership: &Membership, change: &Change) -> usize {
 }
 
 /// The figures the shell publishes for status and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// The consensus round at the current height.
     pub round: u64,
@@ -279,16 +279,26 @@ pub struct Stats {
     pub clock_offset_ms: Option<i64>,
     /// Peers the clock offset is estimated from (0 while there is none).
     pub clock_peers: usize,
-    pub mempool_txs: usize,
-    pub mempool_bytes: usize,
+    pub mempool: Figures,
+    /// Bytes held for what peers sent: compact proposals being fetched, kept
+    /// for later rounds, and the `GetTxs` requests in flight.
+    pub compact_waiting_bytes: usize,
+    pub compact_later_bytes: usize,
+    pub fetch_request_bytes: usize,
 }
 
-/// A compact proposal's fetch under way: whom we asked, and until when.
+/// A compact proposal's fetch under way: whom we asked, until when, and about
+/// how many bytes its request holds while it runs.
 #[derive(Debug, Clone, Copy)]
 struct Fetch {
     peer: NodeId,
     deadline_ms: u64,
+    request_bytes: usize,
 }
+
+/// A `GetTxs` request's bytes besides its ids: the frame's length prefix,
+/// kind, height, round and the ids' count, at most.
+const GET_TXS_HEAD_BYTES: usize = 4 + 1 + 9 + 5 + 5;
 
 /// The quorum gate: whom the transport has connected, and what that made of
 /// the gate last time.
@@ -354,6 +364,7 @@ impl Driver {
             reachable: membership.reachable_with(&cfg.bootstrap),
             members_view: Arc::new(MembersView { membership, waiting: Vec::new() }),
             mempool: Mempool::new(cfg.node_limits.mempool),
+            waiting: Waiting::new(&cfg.limits),
             sync: SyncPlanner::new(SyncConfig { batch: cfg.node_limits.sync_batch_blocks, ..SyncConfig::default() }),
             last_height_seen: (height, now.mono_ms),
             next_tick_ms: now.mono_ms + TICK_MS,
@@ -363,7 +374,6 @@ impl Driver {
             timers: BTreeMap::new(),
             timer_seq: 0,
             gate: Gate::default(),
-            waiting: Waiting::default(),
             fetches: BTreeMap::new(),
             sync_buckets: HashMap::new(),
             rate_limited: HashSet::new(),
@@ -374,6 +384,7 @@ impl Driver {
             misbehaviour: 0,
             blocks_synced: 0,
         };
+        driver.mempool_follows_chain(height - 1, &[]);
         driver.drive(start, false, now);
         driver
     }
@@ -417,8 +428,10 @@ impl Driver {
             blocks_synced: self.blocks_synced,
             clock_offset_ms: self.clock.offset_ms(now.wall_ms),
             clock_peers: self.clock.peers(now.wall_ms),
-            mempool_txs: self.mempool.len(),
-            mempool_bytes: self.mempool.bytes(),
+            mempool: self.mempool.figures(),
+            compact_waiting_bytes: self.waiting.bytes(),
+            compact_later_bytes: self.waiting.later_bytes(),
+            fetch_request_bytes: self.fetches.values().map(|f| f.request_bytes).sum(),
         }
     }
 
@@ -502,7 +515,10 @@ impl Driver {
         let input = match msg {
             Message::Proposal(p) => Input::Proposal(p),
             Message::Vote(v) => Input::Vote(v),
-            Message::CompactProposal(cp) => return self.on_compact(from, cp, now),
+            Message::CompactProposal(cp) => {
+                self.on_compact(from, cp, now);
+                return self.fetch_due(now);
+            }
             Message::Tx(tx) => return self.on_tx(from, tx),
             Message::Tip { height, time_ms, .. } => return self.on_tip(from, height, time_ms, now),
             Message::Approval(sa) => return self.on_approval(from, sa),
@@ -546,7 +562,7 @@ impl Driver {
 
     /// `peer`'s answer to our `GetBlocks`: its blocks go to the core in order,
     /// the outcome to the planner.
-    pub fn handle_blocks(&mut self, peer: NodeId, result: Result<BlocksAnswer, AnswerError>, now: Now) {
+    pub fn handle_blocks(&mut self, peer: NodeId, result: Result<BlocksAnswer, RequestFailure>, now: Now) {
         let BlocksAnswer { blocks, bytes } = match result {
             Ok(answer) => answer,
             Err(e) => return self.sync_outcome(peer, Outcome::Failed(e.failure()), &e.to_string(), now),
@@ -584,24 +600,30 @@ impl Driver {
         from: NodeId,
         height: Height,
         round: Round,
-        result: Result<Vec<Vec<u8>>, AnswerError>,
+        result: Result<Vec<Vec<u8>>, RequestFailure>,
         now: Now,
     ) {
         self.fetches.remove(&(height, round));
         let Some(mut assembly) = self.waiting.take(height, round) else { return };
         let missing = assembly.missing_ids().len();
-        let outcome = match result {
-            Ok(txs) => {
-                assembly.handle_txs(txs);
-                if assembly.is_complete() {
-                    self.assembled(assembly, now);
-                    return self.fetch_due(now);
-                }
-                format!("{} of {missing} missing transactions not sent", assembly.missing_ids().len())
-            }
-            Err(e) => e.to_string(),
+        let limits = RebuildLimits {
+            max_block_bytes: self.cfg.limits.max_block_bytes,
+            max_tx_bytes: self.mempool.limits().max_tx_bytes,
         };
-        self.report_dropped(from, height, round, &outcome);
+        let (kind, outcome) = match result.map(|txs| assembly.handle_txs(txs, limits)) {
+            Ok(Ok(_)) if assembly.is_complete() => {
+                self.assembled(assembly, now);
+                return self.fetch_due(now);
+            }
+            Ok(Ok(_)) => (
+                "compact_proposal_incomplete",
+                format!("{} of {missing} missing transactions not sent", assembly.missing_ids().len()),
+            ),
+            Ok(Err(FillError::Proposal(e))) => return self.refuse_compact(assembly.proposal.proposer, &e),
+            Ok(Err(e @ FillError::Answer(_))) => ("txs_answer_refused", e.to_string()),
+            Err(e) => ("compact_proposal_incomplete", e.to_string()),
+        };
+        self.report_dropped(from, height, round, kind, &outcome);
     }
 
     /// A transaction submitted here (`POST /tx`, `Node::submit`): into the
@@ -710,7 +732,7 @@ impl Driver {
         now: Now,
     ) -> Vec<Output> {
         let (height, hash) = (c.block.height(), c.block.hash());
-        self.mempool.remove_committed(&c.block.txs);
+        self.mempool_follows_chain(height, &c.block.txs);
         self.effects.push_back(Effect::Commit { committed: c, membership, synced });
         if synced {
             self.blocks_synced += 1;
@@ -847,7 +869,7 @@ impl Driver {
         if !self.chain_names(&from) {
             return;
         }
-        if let Err(e) = self.mempool.add(tx) {
+        if let Err(e) = self.mempool.add_gossiped(from, tx) {
             tracing::debug!(peer = %from.short(), "gossiped transaction dropped: {e}");
         }
     }
@@ -948,6 +970,17 @@ impl Driver {
         })
     }
 
+    /// The mempool after the block at `height` committed `txs`: they leave
+    /// it, what waited too long expires, and a share is kept for each member
+    /// the chain names besides this node (as [`Self::chain_names`] does).
+    fn mempool_follows_chain(&mut self, height: Height, txs: &[Vec<u8>]) {
+        let membership = self.core.membership();
+        let me = self.core.id();
+        let members = membership.current().ids().into_iter().chain(membership.next().ids()).filter(|id| *id != me);
+        self.mempool.handle_commit(height, txs);
+        self.mempool.set_members(members);
+    }
+
     fn publish_members(&mut self) {
         let waiting = self.approvals.iter().map(|sa| sa.approval.clone()).collect();
         self.members_view = Arc::new(MembersView { membership: self.core.membership().clone(), waiting });
@@ -967,28 +1000,46 @@ impl Driver {
         }
         let proposer = self.core.proposer(cp.height, cp.round);
         if let Err(e) = cp.check(&self.cfg.network_id, proposer, self.cfg.limits.max_block_txs) {
-            self.misbehaviour += 1;
-            if self.first_report(Some(from), "bad_compact_proposal") {
-                tracing::warn!(peer = %from.short(), "compact proposal refused: {e}");
-            } else {
-                tracing::debug!(peer = %from.short(), "compact proposal refused: {e}");
-            }
-            return;
+            let culprit = if e.signed_by_proposer() { cp.proposer } else { from };
+            return self.refuse_compact(culprit, &e);
         }
-        let found = self.mempool.lookup(&cp.ids);
+        self.rebuild(from, cp, now);
+    }
+
+    /// Rebuilds a checked compact proposal from the mempool, within the block's
+    /// byte limit: complete, it goes to the core; otherwise it is fetched if its
+    /// round is in the window ([`in_fetch_window`]), kept in its compact form if
+    /// the round is later, and dropped if this node has left the round behind.
+    fn rebuild(&mut self, from: NodeId, cp: CompactProposal, now: Now) {
+        let found = match self.mempool.lookup_within_block(&cp.ids, self.cfg.limits.max_block_bytes) {
+            Ok(found) => found,
+            Err(e) => return self.refuse_compact(cp.proposer, &e),
+        };
         let assembly = Assembly::new(cp, found);
         if assembly.is_complete() {
-            self.assembled(assembly, now);
-            return self.fetch_due(now);
+            return self.assembled(assembly, now);
         }
-        // Fetched now only within the window (`in_fetch_window`); a later
-        // round's proposal is kept until the window reaches it.
         let (h, r) = (self.core.height(), self.core.round());
+        let slot = (assembly.proposal.height, assembly.proposal.round);
         self.prune_waiting(h, r);
-        if !in_fetch_window((h, r), assembly.proposal.height, assembly.proposal.round) {
-            return self.waiting.defer(from, assembly);
+        if in_fetch_window((h, r), slot.0, slot.1) {
+            self.fetch_for(from, assembly, now);
+        } else if slot > (h, r) {
+            self.waiting.defer(from, assembly.proposal);
+        } else {
+            tracing::debug!(peer = %from.short(), height = slot.0, round = slot.1, "compact proposal of a round left behind: not fetched");
         }
-        self.fetch_for(from, assembly, now);
+    }
+
+    /// A compact proposal refused: counted as misbehaviour of `culprit`, one
+    /// warn line per culprit and kind.
+    fn refuse_compact(&mut self, culprit: NodeId, e: &CompactError) {
+        self.misbehaviour += 1;
+        if self.first_report(Some(culprit), e.kind()) {
+            tracing::warn!(peer = %culprit.short(), kind = e.kind(), "compact proposal refused: {e}");
+        } else {
+            tracing::debug!(peer = %culprit.short(), kind = e.kind(), "compact proposal refused: {e}");
+        }
     }
 
     /// A rebuilt proposal goes to the core as a full one would.
@@ -999,18 +1050,19 @@ impl Driver {
     }
 
     /// Fetches what `assembly` misses from its proposer, which holds every
-    /// transaction of its block, or else from the peer that sent it.
+    /// transaction of its block, or else from the peer that sent it; the
+    /// answer is due within [`Self::fetch_wait_ms`].
     fn fetch_for(&mut self, from: NodeId, assembly: Assembly, now: Now) {
         let proposer = assembly.proposal.proposer;
         let ask = if proposer != self.core.id() && self.gate.connected.contains(&proposer) { proposer } else { from };
         let (height, round) = (assembly.proposal.height, assembly.proposal.round);
         let ids = assembly.missing_ids();
-        if !self.waiting.insert(assembly) {
-            tracing::debug!(peer = %ask.short(), height, round, "compact proposal dropped: too many waiting");
-            return;
+        if let Err(e) = self.waiting.insert(assembly) {
+            return tracing::debug!(peer = %ask.short(), height, round, "compact proposal dropped: {e}");
         }
         let deadline_ms = now.mono_ms.saturating_add(self.fetch_wait_ms());
-        self.fetches.insert((height, round), Fetch { peer: ask, deadline_ms });
+        let request_bytes = GET_TXS_HEAD_BYTES + ids.len() * std::mem::size_of::<Hash>();
+        self.fetches.insert((height, round), Fetch { peer: ask, deadline_ms, request_bytes });
         self.effects.push_back(Effect::RequestTxs { peer: ask, height, round, ids });
     }
 
@@ -1020,27 +1072,32 @@ impl Driver {
         (2 * self.cfg.block_interval_ms).max(1_000)
     }
 
-    /// Kept compact proposals whose round the window has reached: fetched now.
-    /// After every input; nothing to do unless proposals of later rounds are
-    /// kept.
+    /// Kept compact proposals whose round the window has reached: looked up in
+    /// the mempool again, and fetched if anything is missing. After every
+    /// input; nothing to do unless proposals of later rounds are kept.
     fn fetch_due(&mut self, now: Now) {
         if !self.waiting.has_later() {
             return;
         }
         let (h, r) = (self.core.height(), self.core.round());
         self.prune_waiting(h, r);
-        for (from, assembly) in self.waiting.take_due(|ph, pr| in_fetch_window((h, r), ph, pr)) {
-            self.fetch_for(from, assembly, now);
+        for (from, cp) in self.waiting.take_due(|ph, pr| in_fetch_window((h, r), ph, pr)) {
+            if self.core.wants_proposal(cp.height, cp.round) {
+                self.rebuild(from, cp, now);
+            }
         }
     }
 
     /// Drops what waits for rounds before `(height, round)`; their fetches end.
     fn prune_waiting(&mut self, height: Height, round: Round) {
-        self.waiting.retain_window(height, round);
-        let gone: Vec<(Height, Round)> =
-            self.fetches.keys().filter(|(h, r)| !self.waiting.contains(*h, *r)).copied().collect();
-        for (height, round) in gone {
-            self.fetches.remove(&(height, round));
+        for (height, round) in self.waiting.retain_window(height, round) {
+            self.end_fetch(height, round);
+        }
+    }
+
+    /// The fetch of `(height, round)` ends: its assembly left.
+    fn end_fetch(&mut self, height: Height, round: Round) {
+        if self.fetches.remove(&(height, round)).is_some() {
             self.effects.push_back(Effect::CancelTxs { height, round });
         }
     }
@@ -1050,16 +1107,15 @@ impl Driver {
         let due: Vec<((Height, Round), Fetch)> =
             self.fetches.iter().filter(|(_, f)| f.deadline_ms <= now.mono_ms).map(|(k, f)| (*k, *f)).collect();
         for ((height, round), fetch) in due {
-            self.fetches.remove(&(height, round));
             self.waiting.take(height, round);
-            self.effects.push_back(Effect::CancelTxs { height, round });
+            self.end_fetch(height, round);
             let outcome = format!("no answer within {} ms", self.fetch_wait_ms());
-            self.report_dropped(fetch.peer, height, round, &outcome);
+            self.report_dropped(fetch.peer, height, round, "compact_proposal_incomplete", &outcome);
         }
     }
 
-    fn report_dropped(&mut self, peer: NodeId, height: Height, round: Round, outcome: &str) {
-        if self.first_report(Some(peer), "compact_proposal_incomplete") {
+    fn report_dropped(&mut self, peer: NodeId, height: Height, round: Round, kind: &'static str, outcome: &str) {
+        if self.first_report(Some(peer), kind) {
             tracing::warn!(peer = %peer.short(), height, round, "compact proposal dropped: {outcome}");
         } else {
             tracing::debug!(peer = %peer.short(), height, round, "compact proposal dropped: {outcome}");
@@ -1148,10 +1204,12 @@ fn gossip_form(m: &Signed) -> Message {
 /// Whether a compact proposal of `(height, round)` is fetched now, at `at`:
 /// this round and the next, the next height's first two. Later rounds wait
 /// (kept, a few), so a member cannot hold the waiting slots with its future
-/// rounds: at most four slots are in the window, as many as may wait.
+/// rounds; earlier rounds are not fetched at all, so a member cannot make
+/// fetches of rounds this node has left faster than the window drops them. At
+/// most four slots are in the window, as many as may wait.
 fn in_fetch_window(at: (Height, Round), height: Height, round: Round) -> bool {
     let (h, r) = at;
-    (height == h && round <= r + 1) || (height == h + 1 && round <= 1)
+    (height == h && (round == r || round == r + 1)) || (height == h + 1 && round <= 1)
 }
 
 /// The transactions of `block` with these ids, in the order asked, within

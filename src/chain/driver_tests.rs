@@ -205,13 +205,15 @@ impl Net {
 }
 
 #[test]
-fn the_fetch_window_is_this_round_the_next_and_the_next_heights_first_two() {
+fn the_fetch_window_is_this_round_the_next_and_the_next_heights_first_two_nothing_earlier() {
     let at = (10, 3);
     for (h, r, want) in [
         (10, 3, true),
         (10, 4, true),
         (10, 5, false),
-        (10, 2, true),
+        (10, 2, false),
+        (10, 0, false),
+        (9, 5, false),
         (11, 0, true),
         (11, 1, true),
         (11, 2, false),
@@ -560,9 +562,9 @@ fn a_bootstrap_peer_serves_sync_but_its_transactions_and_clock_do_not_count() {
     let now = at(T0);
     let ahead = T0 + 5_000;
     d.handle_message(outsider.id(), Message::Tx(b"from outside".to_vec()), now);
-    assert_eq!(d.stats(now).mempool_txs, 0, "its transaction is not taken");
+    assert_eq!(d.stats(now).mempool.txs, 0, "its transaction is not taken");
     d.handle_message(ids[1].id(), Message::Tx(b"from a member".to_vec()), now);
-    assert_eq!(d.stats(now).mempool_txs, 1);
+    assert_eq!(d.stats(now).mempool.txs, 1);
     // Three readings make an estimate among four members; the outsider's is
     // not one of them.
     for from in [ids[1].id(), ids[2].id(), outsider.id()] {
@@ -613,15 +615,45 @@ fn a_peer_that_comes_up_is_sent_what_this_node_signed_and_the_approvals_waiting(
 }
 
 #[test]
-fn every_answer_error_counts_as_the_failure_the_planner_knows() {
-    let table: [(AnswerError, Failure); 5] = [
-        (AnswerError::Request(RequestError::Timeout(std::time::Duration::from_secs(10))), Failure::Timeout),
-        (AnswerError::Request(RequestError::Stream("reset".into())), Failure::Request),
-        (AnswerError::Request(RequestError::Frame(FrameError::Empty)), Failure::Malformed),
-        (AnswerError::Decode(FrameError::Empty), Failure::Malformed),
-        (AnswerError::Unexpected("txs"), Failure::Malformed),
+fn every_request_failure_counts_as_the_failure_the_planner_knows() {
+    let table: [(RequestFailure, Failure); 5] = [
+        (RequestFailure::Request(RequestError::Timeout(std::time::Duration::from_secs(10))), Failure::Timeout),
+        (RequestFailure::Request(RequestError::Stream("reset".into())), Failure::Request),
+        (RequestFailure::Request(RequestError::Frame(FrameError::Empty)), Failure::Malformed),
+        (RequestFailure::Decode(FrameError::Empty), Failure::Malformed),
+        (RequestFailure::Unexpected("txs"), Failure::Malformed),
     ];
     for (e, want) in table {
         assert_eq!(e.failure(), want, "{e}");
     }
+}
+
+/// However long its request would take, a fetch ends, and its request stops
+/// counting among the bytes held, once its assembly leaves the waiting ones:
+/// taken by an answer, or left behind by the window.
+#[test]
+fn a_fetch_ends_with_its_assembly() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    d.handle_connected(others(&ids, 0), at(T0));
+    d.handle_timeout(at(T0));
+    effects(&mut d);
+    for round in [0, 1] {
+        let sp = proposal(&ids[(1 + round as usize) % 4], round, vec![vec![round as u8; 10]]);
+        d.handle_message(ids[2].id(), Message::CompactProposal(CompactProposal::of(&sp)), at(T0));
+    }
+    let asked = effects(&mut d).iter().filter(|e| matches!(e, Effect::RequestTxs { .. })).count();
+    assert_eq!(asked, 2, "rounds 0 and 1 are in the window");
+    let held = |d: &Driver| d.stats(at(T0)).fetch_request_bytes;
+    assert_eq!(held(&d), 2 * (GET_TXS_HEAD_BYTES + 32), "two requests in flight");
+    assert!(d.stats(at(T0)).compact_waiting_bytes > 0);
+    // Round 0's answer withholds its transaction: taken, dropped, not cancelled
+    // (its fetch is over already).
+    d.handle_txs(ids[1].id(), 1, 0, Ok(vec![]), at(T0 + 10));
+    assert_eq!(held(&d), GET_TXS_HEAD_BYTES + 32);
+    assert!(effects(&mut d).is_empty());
+    // The next height leaves round 1 behind: its fetch is cancelled.
+    d.prune_waiting(2, 0);
+    assert_eq!(effects(&mut d), [Effect::CancelTxs { height: 1, round: 1 }]);
+    assert_eq!((held(&d), d.stats(at(T0)).compact_waiting_bytes), (0, 0));
 }

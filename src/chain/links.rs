@@ -9,8 +9,8 @@
 //! a queue. Status and metrics read what the producer published, once a turn of
 //! its loop.
 
-use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::block::Hash;
 use super::driver::{ChangeRequest, MembersView, Submitted};
 use super::members::{ChangeError, Membership};
-use super::mempool::AddError;
+use super::mempool::{AddError, Figures};
 
 /// Submissions waiting for the producer, at most.
 const TX_QUEUE: usize = 1024;
@@ -88,9 +88,59 @@ pub struct ChainMetrics {
     pub clock_peers: AtomicU64,
     /// The highest tip a usable peer claims (0 if none).
     pub best_peer_tip: AtomicU64,
-    /// Transactions and their bytes in the mempool.
-    pub mempool_txs: AtomicU64,
-    pub mempool_bytes: AtomicU64,
+    /// Bytes held for what peers sent, by [`Held`] (in `Held::ALL` order).
+    held: [AtomicU64; Held::ALL.len()],
+    /// The mempool's figures as last published: a snapshot of a few numbers,
+    /// replaced whole once a loop turn; the lock is held only to copy it.
+    mempool: Mutex<Figures>,
+}
+
+/// Declares [`Held`]: one line per structure, its label and what it holds.
+macro_rules! held {
+    ($($name:ident => $label:literal: $doc:literal,)*) => {
+        /// The structures that hold what peers send, each reported in bytes as
+        /// `masternode_held_bytes{what}`: a fixed set, so labels never come
+        /// from a peer.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Held {
+            $(#[doc = $doc] $name,)*
+        }
+
+        impl Held {
+            pub const ALL: [Held; [$(Held::$name),*].len()] = [$(Held::$name),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Held::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+held! {
+    CompactWaiting => "compact_waiting": "Compact proposals being fetched: their ids and the transactions placed.",
+    CompactLater => "compact_later": "Compact proposals kept for a later round: their ids and headers.",
+    FetchRequests => "fetch_requests": "`GetTxs` requests in flight.",
+}
+
+impl ChainMetrics {
+    pub fn set_held(&self, what: Held, bytes: usize) {
+        self.held[what as usize].store(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn held(&self, what: Held) -> u64 {
+        self.held[what as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn set_mempool(&self, figures: Figures) {
+        *self.mempool.lock().unwrap_or_else(|p| p.into_inner()) = figures;
+    }
+
+    /// The mempool's figures as the producer last published them.
+    pub fn mempool(&self) -> Figures {
+        *self.mempool.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Default for ChainMetrics {
@@ -106,8 +156,8 @@ impl Default for ChainMetrics {
             clock_offset_ms: AtomicI64::new(0),
             clock_peers: AtomicU64::new(0),
             best_peer_tip: AtomicU64::new(0),
-            mempool_txs: AtomicU64::new(0),
-            mempool_bytes: AtomicU64::new(0),
+            held: Default::default(),
+            mempool: Mutex::new(Figures::default()),
         }
     }
 }

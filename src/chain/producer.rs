@@ -29,8 +29,8 @@ use tokio_util::task::TaskTracker;
 
 use super::block::{Hash, Height, Round};
 use super::consensus::Core;
-use super::driver::{AnswerError, BlocksAnswer, Driver, DriverConfig, Effect, Now, RequestId};
-use super::links::{ChainMetrics, Links, MemberRequest, TxRequest};
+use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Now, RequestFailure, RequestId};
+use super::links::{ChainMetrics, Held, Links, MemberRequest, TxRequest};
 use super::members::MembershipState;
 use super::message::Message;
 use super::store::{Store, StoreError};
@@ -88,8 +88,8 @@ impl Clock {
 
 /// A peer's answer to one of our requests.
 enum Answer {
-    Blocks { peer: NodeId, result: Result<BlocksAnswer, AnswerError> },
-    Txs { fetch: u64, peer: NodeId, height: Height, round: Round, result: Result<Vec<Vec<u8>>, AnswerError> },
+    Blocks { peer: NodeId, result: Result<BlocksAnswer, RequestFailure> },
+    Txs { fetch: u64, peer: NodeId, height: Height, round: Round, result: Result<Vec<Vec<u8>>, RequestFailure> },
 }
 
 enum Event {
@@ -334,8 +334,10 @@ impl Producer {
         m.blocks_synced.store(s.blocks_synced, Ordering::Relaxed);
         m.clock_offset_ms.store(s.clock_offset_ms.unwrap_or(0), Ordering::Relaxed);
         m.clock_peers.store(s.clock_peers as u64, Ordering::Relaxed);
-        m.mempool_txs.store(s.mempool_txs as u64, Ordering::Relaxed);
-        m.mempool_bytes.store(s.mempool_bytes as u64, Ordering::Relaxed);
+        m.set_mempool(s.mempool);
+        m.set_held(Held::CompactWaiting, s.compact_waiting_bytes);
+        m.set_held(Held::CompactLater, s.compact_later_bytes);
+        m.set_held(Held::FetchRequests, s.fetch_request_bytes);
     }
 
     /// Queues for every peer; returns at once. The only error is a message over
@@ -383,7 +385,7 @@ impl Producer {
         self.tracker.spawn(async move {
             let result = ask(&peers, peer, Message::GetBlocks { from, count }).await.and_then(|(m, bytes)| match m {
                 Message::Blocks(blocks) => Ok(BlocksAnswer { blocks, bytes }),
-                other => Err(AnswerError::Unexpected(other.kind_name())),
+                other => Err(RequestFailure::Unexpected(other.kind_name())),
             });
             let _ = answers.send(Answer::Blocks { peer, result }).await;
         });
@@ -398,7 +400,7 @@ impl Producer {
         let task = self.tracker.spawn(async move {
             let result = ask(&peers, peer, Message::GetTxs { height, round, ids }).await.and_then(|(m, _)| match m {
                 Message::Txs(txs) => Ok(txs),
-                other => Err(AnswerError::Unexpected(other.kind_name())),
+                other => Err(RequestFailure::Unexpected(other.kind_name())),
             });
             let _ = answers.send(Answer::Txs { fetch, peer, height, round, result }).await;
         });
@@ -408,9 +410,19 @@ impl Producer {
     }
 }
 
+/// A fetch is as long-lived as its assembly, which goes with the driver: when
+/// the producer stops, its fetches end.
+impl Drop for Producer {
+    fn drop(&mut self) {
+        for (_, task) in self.fetches.values() {
+            task.abort();
+        }
+    }
+}
+
 /// Sends `request` to `peer` on a stream of its own; the answer and its body's
 /// size.
-async fn ask(peers: &Peers, peer: NodeId, request: Message) -> Result<(Message, usize), AnswerError> {
+async fn ask(peers: &Peers, peer: NodeId, request: Message) -> Result<(Message, usize), RequestFailure> {
     let body = peers.request(peer, request.encode()?).await?;
     Ok((Message::decode(&body)?, body.len()))
 }

@@ -21,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::chain::links::Held;
 use crate::net::handshake::RejectReason;
 use crate::net::Class;
 use crate::status::StatusSource;
@@ -49,7 +50,7 @@ pub fn render(source: &StatusSource) -> String {
     let peers_handle = source.peers();
     let net = peers_handle.counters();
     let chain = source.chain();
-    let (mempool_txs, mempool_bytes) = source.mempool();
+    let mempool = source.mempool();
     let mut root = Registry::default();
     register_process(&mut root);
     let reg = root.sub_registry_with_prefix("masternode");
@@ -189,8 +190,58 @@ pub fn render(source: &StatusSource) -> String {
     }
     reg.register("sync_failures", "Sync requests that failed, by reason", sync_failures);
     reg.register("misbehaviour", "Protocol violations seen from members", counter(load(&chain.misbehaviour)));
-    reg.register("mempool_transactions", "Transactions waiting for a block", gauge(mempool_txs as i64));
-    reg.register("mempool_bytes", "Bytes of transactions waiting for a block", gauge(mempool_bytes as i64));
+    reg.register("mempool_transactions", "Transactions waiting for a block", gauge(mempool.txs as i64));
+    reg.register("mempool_bytes", "Bytes of transactions waiting for a block", gauge(mempool.bytes as i64));
+    let c = mempool.counters;
+    let refused = Family::<Labels, Counter>::default();
+    for (share, n) in [("local", c.refused_local), ("members", c.refused_members)] {
+        refused.get_or_create(&vec![("share".into(), share.into())]).inc_by(n);
+    }
+    reg.register(
+        "mempool_refused",
+        "Transactions refused because their source's share of the mempool was full, by share",
+        refused,
+    );
+    let dropped = Family::<Labels, Counter>::default();
+    for (reason, n) in [("expired", c.expired), ("member_left", c.member_left), ("trimmed", c.trimmed)] {
+        dropped.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n);
+    }
+    reg.register("mempool_dropped", "Transactions dropped from the mempool without a block, by reason", dropped);
+    let held = Family::<Labels, Gauge>::default();
+    for what in Held::ALL {
+        held.get_or_create(&vec![("what".into(), what.as_str().into())]).set(chain.held(what) as i64);
+    }
+    // What the transport holds (frames read and not yet taken, frames queued
+    // for peers by class, answers to peers' requests being written) and the
+    // mempool's two kinds of share.
+    let mut transport: Vec<(&str, u64)> = vec![("inbox", peers_handle.inbound_bytes())];
+    for class in crate::net::Class::ALL {
+        transport.push((class.held_label(), outbox_bytes[class.index()]));
+    }
+    transport.push(("answers", peers_handle.answer_bytes()));
+    transport.push(("mempool_local", mempool.by_share.local as u64));
+    transport.push(("mempool_members", mempool.by_share.members as u64));
+    for (what, bytes) in transport {
+        held.get_or_create(&vec![("what".into(), what.into())]).set(bytes as i64);
+    }
+    reg.register("held_bytes", "Bytes held for what peers sent, by structure", held);
+
+    let admin = source.admin();
+    reg.register(
+        "admin_connections",
+        "Admin API connections open now (at most 64; more wait in the listen backlog)",
+        gauge(admin.connections() as i64),
+    );
+    reg.register(
+        "admin_connection_waits",
+        "Times the admin API had its most connections open and new ones waited",
+        counter(admin.connection_waits()),
+    );
+    let refused = Family::<Labels, Counter>::default();
+    for reason in crate::admin::guard::Refusal::ALL {
+        refused.get_or_create(&vec![("reason".into(), reason.as_str().into())]).inc_by(admin.refused(reason));
+    }
+    reg.register("admin_refused", "Admin API requests refused before their handler, by reason", refused);
 
     let mut out = String::new();
     // Encoding into a String cannot fail.

@@ -302,6 +302,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         refusals,
         local_addr,
         endpoint: endpoint.clone(),
+        answer_bytes: Default::default(),
     });
     let hs = Arc::new(HandshakeCtx {
         me,

@@ -65,6 +65,7 @@ pub use inbox::Delivery;
 pub(crate) use manager::reaches;
 pub use manager::{bind, start, Bound, NetConfig, TestHooks};
 pub use outbox::{Class, OutboxLimits, Outgoing, Pushed};
+pub use peer::ANSWERS_PER_PEER;
 pub use peers::{
     ConnectedWatch, Counters, Inbound, InboundRequest, Messages, PeerEvent, PeerInfo, Peers, Refusal, RequestError,
     SendError,

@@ -54,6 +54,15 @@ impl Class {
         }
     }
 
+    /// The class's outboxes as a `masternode_held_bytes{what}` label.
+    pub fn held_label(self) -> &'static str {
+        match self {
+            Class::Consensus => "outbox_consensus",
+            Class::Tip => "outbox_tip",
+            Class::Tx => "outbox_tx",
+        }
+    }
+
     pub(crate) fn index(self) -> usize {
         self as usize
     }

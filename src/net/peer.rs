@@ -31,6 +31,17 @@ use crate::identity::NodeId;
 /// largest piece of a frame written under one slow-peer deadline.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// Requests of one peer answered at once, at most. An answer can be far larger
+/// than its request (a 32-byte `GetBlocks` draws up to a 4 MiB frame), and a
+/// peer that never reads its answers would have us hold one per request stream
+/// until the request timeout: 16 streams, 64 MiB. Past this bound a request
+/// waits, holding only its own bytes, for an answer ahead of it to be written
+/// (or for the request timeout); so one peer makes us hold at most this many
+/// answers, `ANSWERS_PER_PEER * MAX_FRAME` bytes. A syncing node asks each peer
+/// one batch at a time, and a compact proposal's fetch is one request, so an
+/// honest peer never waits here for long.
+pub const ANSWERS_PER_PEER: usize = 4;
+
 pub(crate) fn spawn(tracker: &TaskTracker, link: Arc<Link>, shared: Arc<Shared>) {
     tracker.spawn(write_loop(link.clone(), shared.clone()));
     tracker.spawn(read_loop(link.conn.clone(), link.id, shared.clone()));
@@ -193,8 +204,9 @@ async fn read_run(
 }
 
 async fn serve_requests(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>, tracker: TaskTracker) {
+    let answers = Arc::new(tokio::sync::Semaphore::new(ANSWERS_PER_PEER));
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tracker.spawn(serve_one(conn.clone(), peer, send, recv, shared.clone()));
+        tracker.spawn(serve_one(conn.clone(), peer, send, recv, shared.clone(), answers.clone()));
     }
 }
 
@@ -204,8 +216,10 @@ async fn serve_one(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     shared: Arc<Shared>,
+    answers: Arc<tokio::sync::Semaphore>,
 ) {
     let timeout = shared.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     // The whole request is abandoned on timeout, stream included, so cancelling the
     // read here cannot tear a frame that anyone reads later.
     let body = match tokio::time::timeout(timeout, read_one(recv, shared.protocol.request)).await {
@@ -220,6 +234,12 @@ async fn serve_one(
             return;
         }
     };
+    // The answer is made only once one of the peer's answer slots is free, and
+    // the slot is held until it is written (see `ANSWERS_PER_PEER`).
+    let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, answers.acquire_owned()).await else {
+        let _ = send.reset(close::REQUEST_TIMEOUT.into());
+        return;
+    };
     let (reply, answer) = oneshot::channel();
     if shared.requests.send(InboundRequest { from: peer, body, reply }).await.is_err() {
         return;
@@ -231,7 +251,10 @@ async fn serve_one(
         Ok(Ok(Ok(frame))) => {
             // A response is written under the same deadline: a requester that does
             // not read its answer holds only this task, and not for long.
+            let held = frame.len() as u64;
+            shared.answer_bytes.fetch_add(held, Ordering::Relaxed);
             let written = tokio::time::timeout(timeout, send.write_all(&frame)).await;
+            shared.answer_bytes.fetch_sub(held, Ordering::Relaxed);
             if matches!(written, Ok(Ok(()))) {
                 let _ = send.finish();
             } else {

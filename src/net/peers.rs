@@ -207,6 +207,9 @@ pub(crate) struct Shared {
     pub(crate) refusals: Arc<RefusalLog>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) endpoint: quinn::Endpoint,
+    /// Bytes of answers to peers' requests being written (see
+    /// `peer::ANSWERS_PER_PEER`).
+    pub(crate) answer_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -374,6 +377,12 @@ impl Peers {
     /// Bytes read from peers and not yet taken by the node.
     pub fn inbound_bytes(&self) -> u64 {
         self.shared.inbox.queued_bytes()
+    }
+
+    /// Bytes of answers to peers' requests being written now: at most
+    /// [`super::ANSWERS_PER_PEER`] frames per peer.
+    pub fn answer_bytes(&self) -> u64 {
+        self.shared.answer_bytes.load(Ordering::Relaxed)
     }
 
     /// Certificates refused at TLS by this node's server side.

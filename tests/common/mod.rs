@@ -71,10 +71,23 @@ impl Spec {
     }
 
     pub fn network_with(&self, name: &str, members: &[Member]) -> Network {
+        self.network_paced(name, members, 1000)
+    }
+
+    /// The genesis file of this network, as daemons read it.
+    pub fn network_file(&self) -> String {
+        Self::network_text(&self.name, &self.members, 1000)
+    }
+
+    /// The network of `members` with blocks every `block_interval_ms`.
+    pub fn network_paced(&self, name: &str, members: &[Member], block_interval_ms: u64) -> Network {
+        Network::parse(Path::new("network.toml"), &Self::network_text(name, members, block_interval_ms)).unwrap()
+    }
+
+    fn network_text(name: &str, members: &[Member], block_interval_ms: u64) -> String {
         // min_active 3, or the member count for smaller test networks (a
         // min_active above it is refused).
-        let text = Network::render(name, 1_764_000_000_000, 1000, 3.min(members.len()), members);
-        Network::parse(Path::new("network.toml"), &text).unwrap()
+        Network::render(name, 1_764_000_000_000, block_interval_ms, 3.min(members.len()), members)
     }
 
     pub fn addr(&self, i: usize) -> SocketAddr {
@@ -391,11 +404,17 @@ impl Hostile {
     }
 
     pub async fn connect(&self, spec: &Spec, victim: usize) -> quinn::Connection {
+        self.connect_in(spec, &spec.network(), victim).await
+    }
+
+    /// As [`Self::connect`], to a node of `network` (the spec's members on
+    /// another block interval).
+    pub async fn connect_in(&self, spec: &Spec, network: &Network, victim: usize) -> quinn::Connection {
         let conn = self.connect_tls(spec, victim).await;
         let intro = masternode::net::handshake::Intro {
             magic: masternode::net::handshake::MAGIC,
             version: masternode::net::handshake::PROTOCOL_VERSION,
-            network_id: spec.network().id,
+            network_id: network.id,
             node_id: spec.id(self.spec_index),
             listen: spec.addr(self.spec_index),
             tip: Tip::default(),
@@ -404,7 +423,7 @@ impl Hostile {
         };
         let any = |_: &masternode::identity::NodeId| true;
         let expect = masternode::net::handshake::Expect {
-            network_id: spec.network().id,
+            network_id: network.id,
             version: masternode::net::handshake::PROTOCOL_VERSION,
             tls_key: spec.id(victim),
             is_member: &any,

@@ -46,6 +46,36 @@ impl Net {
         Net { dir, configs, admins, procs: (0..n).map(|_| None).collect(), env: Vec::new() }
     }
 
+    /// Daemons of `spec`'s members (node i of the spec in `node{i+1}`), with its
+    /// keys and genesis file and configs ending with `transport`; none started.
+    /// A test can then play one member itself with [`super::Hostile`].
+    pub fn of_spec(spec: &super::Spec, transport: &str) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("network.toml"), spec.network_file()).unwrap();
+        let mut configs = Vec::new();
+        let mut admins = Vec::new();
+        for (i, id) in spec.ids.iter().enumerate() {
+            let node_dir = dir.path().join(format!("node{}", i + 1));
+            id.write(&node_dir, false).unwrap();
+            let listen = spec.addr(i);
+            let admin = SocketAddr::new(listen.ip(), masternode::devnet::ADMIN_PORT);
+            let cfg = format!(
+                "network = \"../network.toml\"\nkey = \"node.key\"\ncert = \"node.crt\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\ndata_dir = \"data\"\n{transport}"
+            );
+            let path = node_dir.join("masternode.toml");
+            std::fs::write(&path, cfg).unwrap();
+            configs.push(path);
+            admins.push(admin);
+        }
+        let procs = (0..configs.len()).map(|_| None).collect();
+        Net { dir, configs, admins, procs, env: Vec::new() }
+    }
+
+    /// The process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].as_ref().map(|c| c.id())
+    }
+
     pub fn start(&mut self, i: usize) {
         self.start_with_env(i, &[]);
     }

@@ -3,17 +3,13 @@
 //! Initials. In each case the honest quorum keeps its block rate, `POST /tx`
 //! answers promptly, and the offender costs only itself.
 
-mod common;
-#[path = "common/honest.rs"]
-mod honest;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::procs::Net;
-use common::*;
-use honest::*;
+use crate::common::procs::Net;
+use crate::common::*;
+use crate::honest::*;
 use masternode::node::Node;
 
 /// Posts transactions to `admins` in turn at about `per_sec`, recording the
@@ -35,7 +31,7 @@ fn tx_load(
             k += 1;
             let tx = format!("tx-{k}-{}", rand_incarnation()).into_bytes();
             let t = Instant::now();
-            let r = masternode::admin::http_request(admin, "POST", "/tx", &tx, Duration::from_secs(10)).await;
+            let r = masternode::admin::post_tx(admin, &tx, None, Duration::from_secs(10)).await;
             slowest = slowest.max(t.elapsed());
             assert!(matches!(r, Ok((202, _)) | Ok((429, _))), "POST /tx: {r:?}");
             sent += 1;

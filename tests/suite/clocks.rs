@@ -3,12 +3,10 @@
 //! node learns from the clock readings its peers' tips carry that its clock is
 //! off, and warns; the others do not.
 
-mod common;
-
 use std::time::Duration;
 
-use common::procs::Net;
-use common::*;
+use crate::common::procs::Net;
+use crate::common::*;
 use masternode::node::{Node, NodeOptions};
 use tokio_util::sync::CancellationToken;
 

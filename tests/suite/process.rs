@@ -1,14 +1,12 @@
 //! The `masternode` binary as operators run it: child processes, kill -9, SIGSTOP,
 //! SIGTERM, bad configurations.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::procs::{Net, BIN};
-use common::subnet;
+use crate::common::procs::{Net, BIN};
+use crate::common::subnet;
 use masternode::status::Status;
 
 /// Each pair once: every node lists every other node exactly once.
@@ -335,6 +333,6 @@ async fn kill_9_ten_times_never_forks_or_double_signs() {
     let stores: Vec<_> = (1..=4)
         .map(|i| masternode::chain::store::Store::open(&net.dir.path().join(format!("node{i}/data"))).unwrap())
         .collect();
-    let hs = common::check_chains_of(&network, &stores.iter().collect::<Vec<_>>());
+    let hs = crate::common::check_chains_of(&network, &stores.iter().collect::<Vec<_>>());
     assert!(hs.iter().all(|h| *h >= top + 2), "{hs:?}");
 }

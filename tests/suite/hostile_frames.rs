@@ -2,11 +2,9 @@
 //! closes that connection with a typed code and one log line, and keeps serving its
 //! other peers on the connections it already had.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use masternode::chain::message::{kind, VOTE_LIMIT};
 use masternode::net::close;
 

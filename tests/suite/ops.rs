@@ -1,8 +1,6 @@
 //! Operating the daemon: provisioning, config layering, status, metrics, JSON
 //! logs, sd_notify. Real processes on real sockets.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
@@ -10,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::subnet;
+use crate::common::subnet;
 
 const BIN: &str = env!("CARGO_BIN_EXE_masternode");
 const PROVISION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/provision.sh");

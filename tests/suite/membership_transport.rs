@@ -2,12 +2,10 @@
 //! (`Peers::set_members`): joiners admitted, members removed and moved, on real
 //! QUIC sockets at distinct 127.x.y.z addresses.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use masternode::config::Transport;
 use masternode::identity::NodeId;
 use masternode::net::{Direction, Inbound, Peers};

@@ -1,10 +1,8 @@
 //! The transport on real QUIC sockets, nodes on distinct 127.x.y.z addresses.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use masternode::chain::message::Message;
 use masternode::net::handshake::RejectReason;
 use masternode::net::TestHooks;

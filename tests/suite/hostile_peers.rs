@@ -5,12 +5,10 @@
 //! honest nodes wait for it and never dial it during a test) and three honest
 //! nodes, which are a quorum on their own.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use masternode::chain::message::Message;
 use masternode::chain::vote::{SignedVote, Vote, VoteKind};
 use masternode::codec;
@@ -375,4 +373,44 @@ async fn far_future_tip_announcer_cannot_stall_catch_up() {
     check_chains(&spec, &stores.iter().collect::<Vec<_>>());
     assert!(took < Duration::from_secs(30), "caught up after {took:?}");
     stop_all(honest).await;
+}
+
+/// A member that asks for blocks on every request stream it may open and never
+/// reads the answers makes a node hold at most `ANSWERS_PER_PEER` of them: the
+/// other requests wait, holding only their own few bytes, and the honest nodes
+/// go on. (Answered at once, 16 streams of 3 MiB each would be 48 MiB held for
+/// a 32-byte request apiece.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_reads_its_answers_holds_few_of_them() {
+    let net = network().await;
+    let victim = &net.honest[0];
+    // Blocks of about 3 MiB: an answer to `GetBlocks` fills its byte budget.
+    for i in 0..100u32 {
+        let mut tx = vec![0u8; 60 * 1024];
+        tx[..4].copy_from_slice(&i.to_le_bytes());
+        victim.submit(tx).await.unwrap();
+    }
+    eventually("the transactions are committed", Duration::from_secs(60), || victim.mempool_len() == 0).await;
+    let conn = net.hostile.connect(&net.spec, 1).await;
+    let frame = codec::encode(&Message::GetBlocks { from: 1, count: 64 });
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&frame).await.unwrap();
+        send.finish().unwrap();
+        // Kept, never read.
+        streams.push((send, recv));
+    }
+    let bound = (masternode::net::ANSWERS_PER_PEER * masternode::codec::MAX_FRAME) as u64;
+    let mut most = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        most = most.max(victim.peers().answer_bytes());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most > 2 * 1024 * 1024, "answers were made and held: {most} bytes at most");
+    assert!(most <= bound, "{most} bytes of answers held for one peer, bound {bound}");
+    net.assert_intact("answers never read").await;
+    drop(streams);
+    net.stop().await;
 }

@@ -2,14 +2,12 @@
 //! through signed approvals committed on chain, under a transaction load, and the
 //! chain never stops. Real nodes on distinct loopback addresses, real storage.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use masternode::admin::ChangeRequestError;
 use masternode::chain::members::ChangeError;
 use masternode::chain::ChangeRequest;

@@ -1,6 +1,6 @@
 //! Chaos soak, opt-in:
 //!
-//!     SOAK_MINUTES=10 cargo test --release --test soak -- --ignored --nocapture
+//!     SOAK_MINUTES=10 cargo test --release --test suite soak:: -- --ignored --nocapture
 //!
 //! Five nodes as child processes; at random, kill -9 and restart, partitions and
 //! packet loss (through the fault-injecting socket, driven by a file each node
@@ -10,12 +10,10 @@
 //! every store verifies in full (certificates, links) and no node ever saw a
 //! double signature. Prints a summary of what it did and saw.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::procs::Net;
+use crate::common::procs::Net;
 
 struct Rng(u64);
 
@@ -180,7 +178,7 @@ async fn chaos_soak() {
     let stores: Vec<_> = (1..=n)
         .map(|i| masternode::chain::store::Store::open(&net.dir.path().join(format!("node{i}/data"))).unwrap())
         .collect();
-    let final_heights = common::check_chains_of(&network, &stores.iter().collect::<Vec<_>>());
+    let final_heights = crate::common::check_chains_of(&network, &stores.iter().collect::<Vec<_>>());
     println!("soak summary: {summary:#?}");
     println!("final heights {final_heights:?}; misbehaviour lines {misbehaviour}");
     assert_eq!(misbehaviour, 0, "no double signature, no equivocation");

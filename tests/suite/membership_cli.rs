@@ -3,13 +3,11 @@
 //! A joiner is added, a member moves to a new address, the joiner is removed, and
 //! a change that breaks the rules is refused with one line.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::procs::{Net, BIN};
+use crate::common::procs::{Net, BIN};
 use masternode::admin::{fetch_members, MembersInfo};
 
 fn node_id(net: &Net, i: usize) -> String {

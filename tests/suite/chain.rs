@@ -2,11 +2,9 @@
 //! disk, faults injected in the UDP socket. Every test ends with the invariant
 //! checker over every node's store.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use masternode::chain::mempool::MempoolLimits;
 use masternode::net::fault::Faults;
 use masternode::node::{Node, NodeOptions};
@@ -154,8 +152,7 @@ async fn two_hundred_transactions_reach_every_node() {
     let mut hashes = Vec::new();
     for k in 0..200u32 {
         let tx = format!("transaction number {k:04} {}", "x".repeat(230)).into_bytes();
-        let (code, body) =
-            masternode::admin::http_request(admin, "POST", "/tx", &tx, Duration::from_secs(5)).await.unwrap();
+        let (code, body) = masternode::admin::post_tx(admin, &tx, None, Duration::from_secs(5)).await.unwrap();
         assert_eq!(code, 202, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         hashes.push(v["hash"].as_str().unwrap().to_string());
@@ -163,9 +160,7 @@ async fn two_hundred_transactions_reach_every_node() {
     }
     // Over the size limit: 413.
     let (code, _) =
-        masternode::admin::http_request(admin, "POST", "/tx", &vec![7u8; 70 * 1024], Duration::from_secs(5))
-            .await
-            .unwrap();
+        masternode::admin::post_tx(admin, &vec![7u8; 70 * 1024], None, Duration::from_secs(5)).await.unwrap();
     assert_eq!(code, 413);
 
     let refs: Vec<&Node> = nodes.iter().collect();
@@ -198,22 +193,20 @@ async fn two_hundred_transactions_reach_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_mempool_answers_429() {
     let spec = Spec::new(4);
-    // One node alone: no quorum, no blocks, so nothing leaves the mempool.
+    // One node alone: no quorum, no blocks, so nothing leaves the mempool. Its
+    // clients' share is half of it: 5 transactions.
     let mut cfg = spec.config(0, spec.network(), fast_transport());
-    cfg.limits.mempool = MempoolLimits { max_txs: 5, ..Default::default() };
+    cfg.limits.mempool = MempoolLimits { max_txs: 10, ..Default::default() };
     let node = Node::start(cfg, NodeOptions::default(), CancellationToken::new()).await.unwrap();
     let mut codes = Vec::new();
     for k in 0..7u8 {
         let (code, _) =
-            masternode::admin::http_request(node.admin_addr(), "POST", "/tx", &[k; 32], Duration::from_secs(5))
-                .await
-                .unwrap();
+            masternode::admin::post_tx(node.admin_addr(), &[k; 32], None, Duration::from_secs(5)).await.unwrap();
         codes.push(code);
     }
     assert_eq!(codes, [202, 202, 202, 202, 202, 429, 429]);
-    let (code, _) = masternode::admin::http_request(node.admin_addr(), "POST", "/tx", &[1; 32], Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (code, _) =
+        masternode::admin::post_tx(node.admin_addr(), &[1; 32], None, Duration::from_secs(5)).await.unwrap();
     assert_eq!(code, 202, "a duplicate is accepted again (same hash), not counted twice");
     node.stop().await;
 }

@@ -4,21 +4,19 @@
 //!
 //! With a real Prometheus (Debian package `prometheus`), opt-in:
 //!
-//!     cargo test --test monitoring -- --ignored --nocapture
+//!     cargo test --test suite monitoring:: -- --ignored --nocapture
 //!
 //! starts three nodes, a Prometheus scraping their admin APIs on loopback with
 //! the alert rules loaded, and checks that every dashboard query returns data,
 //! every rule evaluates, and stopping a member raises the quorum and member
 //! alerts on the others.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, fast_transport, stop_all, Spec};
+use crate::common::{eventually, fast_transport, stop_all, Spec};
 use masternode::node::Node;
 
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/monitoring/alerts.yml");
@@ -144,6 +142,9 @@ async fn every_metric_the_monitoring_uses_is_exported() {
         "masternode_slow_peer_disconnects_total ",
         "masternode_sync_failures_total{reason=\"timeout\"} ",
         "masternode_peer_rtt_seconds{stat=\"max\"} ",
+        "masternode_held_bytes{what=\"compact_waiting\"} ",
+        "masternode_held_bytes{what=\"compact_later\"} ",
+        "masternode_held_bytes{what=\"fetch_requests\"} ",
         "process_resident_memory_bytes ",
         "process_cpu_seconds_total ",
         "process_start_time_seconds ",

@@ -3,11 +3,9 @@
 //! sync peer that announces a far tip and answers with one block just before the
 //! request timeout.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use masternode::chain::message::Message;
 use masternode::codec;
 use masternode::node::Node;
