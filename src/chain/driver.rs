@@ -869,6 +869,8 @@ impl Driver {
         if !self.chain_names(&from) {
             return;
         }
+        // Into the share of the member whose gossip brought it: nodes gossip
+        // only their own clients' transactions and relay none.
         if let Err(e) = self.mempool.add_gossiped(from, tx) {
             tracing::debug!(peer = %from.short(), "gossiped transaction dropped: {e}");
         }
