@@ -34,12 +34,20 @@
 //!   reached only some of us. Checked on the housekeeping tick, every
 //!   [`TICK_MS`].
 //! * **Compact proposals** ([`super::compact`]). Checked without their
-//!   transactions, rebuilt from the mempool; what is missing is fetched from the
-//!   proposer when connected, else from the peer that sent it, for this round,
-//!   the next, and the next height's first two (later rounds are kept, a few,
-//!   until the window reaches them). A fetch not answered within `max(2
-//!   intervals, 1 s)` drops its proposal ([`Effect::CancelTxs`]); the propose
-//!   timeout then runs as if it never came.
+//!   transactions, rebuilt from the mempool within the block's byte limit; a
+//!   refusal the proposer's signature proves (an id twice, too many bytes) is
+//!   counted against the proposer, any other against the sender. What is
+//!   missing is fetched from the proposer when connected, else from the peer
+//!   that sent it, for this round, the next, and the next height's first two;
+//!   later rounds are kept in compact form, a few, until the window reaches
+//!   them, and earlier ones are not fetched. A fetch ends ([`Effect::CancelTxs`])
+//!   as soon as its proposal leaves: left behind by the window, or not
+//!   answered within `max(2 intervals, 1 s)`, which drops the proposal; the
+//!   propose timeout then runs as if it never came.
+//! * **Mempool** ([`super::mempool`]). A submission goes to the local share and
+//!   is broadcast if new; a member's gossip goes to that member's share. After
+//!   every block the committed transactions leave, old ones expire and the
+//!   shares follow the member set.
 //! * **Sync** ([`super::sync`]). Peers' claims come from tips, handshakes and
 //!   messages of later heights; the planner picks whom to ask. Blocks of an
 //!   answer go to the core in order; the first one that does not advance the
