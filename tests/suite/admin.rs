@@ -4,7 +4,6 @@
 //! Each refusal is checked with its positive control (the same request done
 //! right is served), so none of these can pass by the node answering nothing.
 
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,6 @@
 //! sync peer that announces a far tip and answers with one block just before the
 //! request timeout.
 
-
 use std::time::{Duration, Instant};
 
 use crate::common::*;

@@ -2,7 +2,6 @@
 //! disk, faults injected in the UDP socket. Every test ends with the invariant
 //! checker over every node's store.
 
-
 use std::time::Duration;
 
 use crate::common::*;

@@ -3,7 +3,6 @@
 //! node learns from the clock readings its peers' tips carry that its clock is
 //! off, and warns; the others do not.
 
-
 use std::time::Duration;
 
 use crate::common::procs::Net;

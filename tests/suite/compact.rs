@@ -9,7 +9,6 @@
 //! Four members: a hostile key at the lowest address (the honest nodes wait for
 //! it and never dial it) and three honest nodes, a quorum on their own.
 
-
 use std::time::Duration;
 
 use crate::common::*;

@@ -17,7 +17,6 @@
 //! node that does copy (the code before these refusals) fails the test within
 //! moments instead of taking the machine's memory.
 
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -2,7 +2,6 @@
 //! closes that connection with a typed code and one log line, and keeps serving its
 //! other peers on the connections it already had.
 
-
 use std::time::{Duration, Instant};
 
 use crate::common::*;

@@ -5,7 +5,6 @@
 //! honest nodes wait for it and never dial it during a test) and three honest
 //! nodes, which are a quorum on their own.
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,6 @@
 //! through signed approvals committed on chain, under a transaction load, and the
 //! chain never stops. Real nodes on distinct loopback addresses, real storage.
 
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

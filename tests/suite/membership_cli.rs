@@ -3,7 +3,6 @@
 //! A joiner is added, a member moves to a new address, the joiner is removed, and
 //! a change that breaks the rules is refused with one line.
 
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};

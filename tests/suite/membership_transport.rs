@@ -2,7 +2,6 @@
 //! (`Peers::set_members`): joiners admitted, members removed and moved, on real
 //! QUIC sockets at distinct 127.x.y.z addresses.
 
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

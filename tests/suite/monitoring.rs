@@ -11,7 +11,6 @@
 //! every rule evaluates, and stopping a member raises the quorum and member
 //! alerts on the others.
 
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

@@ -1,7 +1,6 @@
 //! Operating the daemon: provisioning, config layering, status, metrics, JSON
 //! logs, sd_notify. Real processes on real sockets.
 
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;

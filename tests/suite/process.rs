@@ -1,7 +1,6 @@
 //! The `masternode` binary as operators run it: child processes, kill -9, SIGSTOP,
 //! SIGTERM, bad configurations.
 
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -3,7 +3,6 @@
 //! Initials. In each case the honest quorum keeps its block rate, `POST /tx`
 //! answers promptly, and the offender costs only itself.
 
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -10,7 +10,6 @@
 //! every store verifies in full (certificates, links) and no node ever saw a
 //! double signature. Prints a summary of what it did and saw.
 
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

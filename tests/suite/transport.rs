@@ -1,6 +1,5 @@
 //! The transport on real QUIC sockets, nodes on distinct 127.x.y.z addresses.
 
-
 use std::time::Duration;
 
 use crate::common::*;
