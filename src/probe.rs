@@ -44,7 +44,7 @@ use crate::identity::NodeId;
 use crate::status::Status;
 
 /// Why a node is not ready. The names are stable: a supervisor may match them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotReady {
     Starting,
@@ -271,7 +271,8 @@ mod tests {
     fn readiness_needs_started_synced_member_and_quorum_and_names_the_first_missing() {
         use NotReady::*;
         // (what, started, height, best peer tip, member, active of 4 (3 required), reason)
-        let table: [(&str, bool, u64, Option<u64>, bool, usize, Option<NotReady>); 13] = [
+        type Row = (&'static str, bool, u64, Option<u64>, bool, usize, Option<NotReady>);
+        let table: [Row; 13] = [
             ("all well", true, 10, Some(10), true, 4, None),
             ("all well at the quorum", true, 10, Some(10), true, 3, None),
             ("no peer claims a tip", true, 0, None, true, 3, None),
