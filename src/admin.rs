@@ -1,6 +1,8 @@
 //! The admin API: plain HTTP on a local address.
 //!
-//! `GET /status` returns the JSON object of the contract in DESIGN.md;
+//! `GET /status` returns the JSON object of the contract in DESIGN.md (the
+//! liveness probe: it answers whenever the process runs); `GET /ready` the
+//! readiness probe, 200 or 503 with the reason ([`ready`], [`crate::probe`]);
 //! `GET /members` the member set and the changes collecting approvals;
 //! `POST /members` asks this node to approve a change (signed with its key). The
 //! same module holds the small client that `masternode status`, `members` and
@@ -13,6 +15,7 @@
 //! (415), so nothing is queued or signed for a request refused.
 
 pub mod guard;
+pub mod ready;
 pub mod server;
 pub mod token;
 
@@ -72,6 +75,7 @@ fn router(state: AdminState) -> Router {
     };
     Router::new()
         .route("/status", get(status_handler))
+        .route("/ready", get(ready::ready_handler))
         .route("/metrics", get(metrics_handler))
         .route("/blocks/{height}", get(block_handler))
         .route("/tx", post(tx_handler).route_layer(typed(guard::OCTET_STREAM)))

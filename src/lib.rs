@@ -16,6 +16,8 @@
 //! * [`admin`]: `/status`, `/blocks`, `/tx`, `/members` over local HTTP behind
 //!   the Host rule, content types and the optional token ([`admin::guard`]), a
 //!   bounded accept loop ([`admin::server`]), and the client the CLI uses.
+//! * [`probe`]: readiness (`/ready`) and whether stopping a node keeps the
+//!   quorum (`status --can-stop`), as pure rules over a status.
 //! * [`status`]: what a node reports about itself (status, quorum), read by the
 //!   admin API, metrics and the service alike.
 //! * `metrics`: `/metrics` in Prometheus text.
@@ -31,6 +33,7 @@ pub mod identity;
 mod metrics;
 pub mod net;
 pub mod node;
+pub mod probe;
 pub mod service;
 pub mod status;
 
