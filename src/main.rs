@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use masternode::config::{ConfigError, NodeConfig, Overrides};
@@ -152,7 +152,13 @@ fn main() -> ExitCode {
     // Every TLS configuration names ring explicitly; installing it as the process
     // default as well keeps a dependency that asks for "the default" on ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    // `--version` names the commit, the wire versions and the store format, which
+    // clap's derive cannot put in a constant.
+    let version: &'static str = Box::leak(masternode::version().into_boxed_str());
+    let cli = match Cli::command().version(version).try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The devnet prints its own progress; its nodes log warnings and errors only
     // unless RUST_LOG asks for more.
     let default_level = if matches!(cli.command, Command::Devnet { .. }) { "warn" } else { "info" };
