@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use masternode::config::{ConfigError, NodeConfig, Overrides};
 use masternode::identity::Identity;
-use masternode::node::{Node, NodeOptions};
+use masternode::node::{Node, NodeError, NodeOptions};
 
 /// EX_CONFIG from sysexits.h: a bad configuration or key. systemd's
 /// `RestartPreventExitStatus=78` keeps a misconfigured node from restart-looping.
@@ -271,9 +271,12 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
     }
     let node = match Node::start(cfg, options, shutdown.clone()).await {
         Ok(node) => node,
+        // A data dir of a format this release cannot run on stays so across
+        // restarts: EX_CONFIG keeps systemd from restart-looping.
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            let format = matches!(&e, NodeError::Store { source, .. } if source.is_format());
+            return if format { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE };
         }
     };
     spawn_signal_handler(shutdown.clone());

@@ -59,6 +59,14 @@ pub enum StoreError {
     UnknownFormat { found: u32 },
 }
 
+impl StoreError {
+    /// A data dir this release cannot run on as it is: the operator must act
+    /// (a restart changes nothing).
+    pub fn is_format(&self) -> bool {
+        matches!(self, StoreError::Format1 | StoreError::NewerFormat { .. } | StoreError::UnknownFormat { .. })
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     keyspace: Keyspace,
