@@ -14,13 +14,18 @@ fn main() {
     let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=MASTERNODE_COMMIT={commit}");
     println!("cargo:rerun-if-changed=build.rs");
-    // A new commit moves HEAD (a detached checkout) or the branch it names.
+    // A new commit moves HEAD (a detached checkout) or the branch it names. Only
+    // files that exist: cargo reruns a script for a missing one every build.
+    let mut watched = Vec::new();
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
+        watched.push(format!("{dir}/HEAD"));
     }
     if let (Some(common), Some(head)) = (git(&["rev-parse", "--git-common-dir"]), git(&["symbolic-ref", "-q", "HEAD"]))
     {
-        println!("cargo:rerun-if-changed={common}/{head}");
-        println!("cargo:rerun-if-changed={common}/packed-refs");
+        watched.push(format!("{common}/{head}"));
+        watched.push(format!("{common}/packed-refs"));
+    }
+    for path in watched.iter().filter(|p| std::path::Path::new(p).exists()) {
+        println!("cargo:rerun-if-changed={path}");
     }
 }
