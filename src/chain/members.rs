@@ -749,10 +749,14 @@ impl Membership {
 }
 
 /// Approvals this node holds until a block carries them: its own, and those
-/// gossiped by its peers. Bounded per approver.
+/// gossiped by its peers. Bounded per approver. Approvals of upgrade plans are
+/// held but offered ([`Self::iter`]) only while the proposer policy allows it
+/// ([`Self::set_carry_plans`] with [`may_carry_plans`]); until told, never, so
+/// a proposer never puts a plan in a block a member of 0.1.0 cannot decode.
 #[derive(Debug, Default)]
 pub struct ApprovalPool {
     items: BTreeMap<(Change, NodeId), SignedApproval>,
+    carry_plans: bool,
 }
 
 impl ApprovalPool {
@@ -772,14 +776,18 @@ impl ApprovalPool {
         true
     }
 
+    /// The approvals on offer for the next blocks (and for peers that connect):
+    /// every one held, those of upgrade plans only while plans may be carried.
     pub fn iter(&self) -> impl Iterator<Item = &SignedApproval> {
-        self.items.values()
+        let carry = self.carry_plans;
+        self.items.values().filter(move |sa| carry || sa.approval.change.plan().is_none())
     }
 
-    /// What a proposer may offer the next block: every approval held, those of
-    /// upgrade plans only if `carry_plans` ([`may_carry_plans`]).
-    pub fn proposable(&self, carry_plans: bool) -> impl Iterator<Item = &SignedApproval> {
-        self.items.values().filter(move |sa| carry_plans || sa.approval.change.plan().is_none())
+    /// Whether approvals of upgrade plans are on offer: the proposer policy's
+    /// answer ([`may_carry_plans`]) for the connected peers, set before each
+    /// proposal.
+    pub fn set_carry_plans(&mut self, carry: bool) {
+        self.carry_plans = carry;
     }
 
     /// Whether an approval of `change` by `approver` is held (one per pair:
@@ -1205,8 +1213,13 @@ mod tests {
         let mut pool = ApprovalPool::default();
         pool.add(approve(2, upgrade(4, 100), 1));
         pool.add(approve(2, add(5), 1));
-        assert_eq!(pool.proposable(false).map(|sa| sa.approval.change.clone()).collect::<Vec<_>>(), vec![add(5)]);
-        assert_eq!(pool.proposable(true).count(), 2);
+        let offered = |pool: &ApprovalPool| pool.iter().map(|sa| sa.approval.change.clone()).collect::<Vec<_>>();
+        assert_eq!(offered(&pool), vec![add(5)], "no plans on offer until the policy says so");
+        assert!(pool.has(&upgrade(4, 100), identity(2).id()), "the plan is held all the same");
+        pool.set_carry_plans(true);
+        assert_eq!(offered(&pool), vec![add(5), upgrade(4, 100)]);
+        pool.set_carry_plans(false);
+        assert_eq!(offered(&pool), vec![add(5)]);
     }
 
     #[test]

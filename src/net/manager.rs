@@ -79,7 +79,8 @@ pub struct NetConfig {
 #[doc(hidden)]
 #[derive(Clone, Default)]
 pub struct TestHooks {
-    /// Announce this range of wire versions instead of ours.
+    /// Announce this range of wire versions instead of ours (a peer's range is
+    /// still checked against ours).
     pub versions: Option<Versions>,
     /// Offer and accept only these handshake generations, in this order (a node
     /// of 0.1.0 speaks `[Generation::V1]`) instead of [`Generation::offered`].
@@ -482,6 +483,7 @@ impl Manager {
             }
         }
         self.clients.retain(|id, _| members.contains_key(id));
+        self.mismatches.retain(|id, _| members.contains_key(id));
     }
 
     /// Finds connections whose local address is gone from the host (a new DHCP
