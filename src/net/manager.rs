@@ -620,7 +620,9 @@ impl Manager {
                 c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
                 count_handshake_error(c, &error);
                 let what = match &error {
-                    HandshakeError::RejectedPeer(..) => format!("rejected the peer's hello: {error}"),
+                    HandshakeError::RejectedPeer(..) => {
+                        format!("rejected the peer's hello: {}", handshake::rejection_text(&error))
+                    }
                     other => format!("inbound handshake failed: {other}"),
                 };
                 match (peer.filter(|p| self.slots.contains(p)), error.mismatch()) {
