@@ -26,6 +26,10 @@ const INTERVAL_MS: u64 = 500;
 /// The longest a running network may go without a block while nodes are
 /// replaced: five block intervals.
 const MAX_GAP_MS: u64 = 5 * INTERVAL_MS;
+/// How long each node stays down, as installing the binary takes an operator:
+/// long enough for its turns as proposer to come while it is away (four block
+/// intervals), which the three others must ride out.
+const DOWN_FOR: Duration = Duration::from_secs(2);
 
 /// 0.1.0's binary, built once and kept.
 fn old_release() -> PathBuf {
@@ -149,6 +153,7 @@ async fn rolling_upgrade_from_0_1_0_keeps_the_chain_running_and_its_history() {
         assert_eq!(net.stop(i, Duration::from_secs(10)).await, Some(0), "node {} stops cleanly", i + 1);
         let stopped_in = t0.elapsed();
         net.bins[i] = PathBuf::from(BIN);
+        tokio::time::sleep(DOWN_FOR).await;
         net.start(i);
         // Up on the data dir it had (not synced from nothing), meshed with all
         // three, and at the others' height.
@@ -244,7 +249,11 @@ async fn rolling_upgrade_from_0_1_0_keeps_the_chain_running_and_its_history() {
         })
         .collect();
 
-    println!("rolling upgrade 0.1.0 -> {}: 4 nodes, {INTERVAL_MS} ms blocks", env!("CARGO_PKG_VERSION"));
+    println!(
+        "rolling upgrade 0.1.0 -> {}: 4 nodes, {INTERVAL_MS} ms blocks, each down {} ms",
+        env!("CARGO_PKG_VERSION"),
+        DOWN_FOR.as_millis()
+    );
     for r in &replacements {
         println!(
             "  node {}: stopped in {} ms, back and caught up {} ms after the stop; height {} at the stop, {} at the start",
