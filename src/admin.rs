@@ -242,11 +242,17 @@ pub struct MemberEntry {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PendingEntry {
-    /// `add`, `remove` or `set-addr`.
+    /// `add`, `remove`, `set-addr` or `upgrade`.
     pub change: String,
+    /// The member it is about; empty for an upgrade plan.
     pub node_id: String,
     #[serde(default)]
     pub addr: Option<String>,
+    /// An upgrade plan's protocol version and the height it applies from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_height: Option<u64>,
     /// Members whose approvals count (on chain, or waiting for a block here).
     pub approvals: Vec<String>,
     pub required: usize,
@@ -271,8 +277,10 @@ pub fn members_info(view: &MembersView) -> MembersInfo {
             .into_iter()
             .map(|p| PendingEntry {
                 change: p.change.kind().to_string(),
-                node_id: p.change.subject().to_hex(),
+                node_id: p.change.subject().map(|id| id.to_hex()).unwrap_or_default(),
                 addr: p.change.addr().map(|a| a.to_string()),
+                version: p.change.plan().map(|plan| plan.version),
+                activation_height: p.change.plan().map(|plan| plan.height),
                 approvals: p.approvals.iter().map(|a| a.to_hex()).collect(),
                 required: p.required,
                 expires_at_height: p.expires_at,
@@ -361,7 +369,7 @@ async fn change_handler(State(state): State<AdminState>, body: Bytes) -> Respons
         Ok(s) => {
             let accepted = ChangeAccepted {
                 change: s.change.kind().to_string(),
-                node_id: s.change.subject().to_hex(),
+                node_id: s.change.subject().map(|id| id.to_hex()).unwrap_or_default(),
                 addr: s.change.addr().map(|a| a.to_string()),
                 approvals: s.approvals,
                 required: s.required,
@@ -415,12 +423,18 @@ pub fn render_members(m: &MembersInfo) -> String {
         let _ = writeln!(out, "no pending changes");
     }
     for p in &m.pending {
+        let what = match (p.version, p.activation_height) {
+            (Some(v), Some(h)) => format!("upgrade to protocol {v} at height {h}"),
+            _ => format!(
+                "{} {}{}",
+                p.change,
+                p.node_id,
+                p.addr.as_deref().map(|a| format!(" at {a}")).unwrap_or_default()
+            ),
+        };
         let _ = writeln!(
             out,
-            "pending   {} {}{}: {} of {} approvals, expires at height {}",
-            p.change,
-            p.node_id,
-            p.addr.as_deref().map(|a| format!(" at {a}")).unwrap_or_default(),
+            "pending   {what}: {} of {} approvals, expires at height {}",
             p.approvals.len(),
             p.required,
             p.expires_at_height

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use masternode::admin::AdminToken;
 use masternode::config::{ConfigError, LogFormat, NodeConfig, Overrides};
 use masternode::identity::Identity;
-use masternode::node::{Node, NodeOptions};
+use masternode::node::{Node, NodeError, NodeOptions};
 
 /// EX_CONFIG from sysexits.h: a bad configuration or key. systemd's
 /// `RestartPreventExitStatus=78` keeps a misconfigured node from restart-looping.
@@ -164,7 +164,13 @@ fn main() -> ExitCode {
     // Every TLS configuration names ring explicitly; installing it as the process
     // default as well keeps a dependency that asks for "the default" on ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    // `--version` names the commit, the wire versions and the store format, which
+    // clap's derive cannot put in a constant.
+    let version: &'static str = Box::leak(masternode::version().into_boxed_str());
+    let cli = match Cli::command().version(version).try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The devnet prints its own progress; its nodes log warnings and errors only
     // unless RUST_LOG asks for more.
     let default_level = if matches!(cli.command, Command::Devnet { .. }) { "warn" } else { "info" };
@@ -282,9 +288,12 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
     }
     let node = match Node::start(cfg, options, shutdown.clone()).await {
         Ok(node) => node,
+        // A data dir of a format this release cannot run on stays so across
+        // restarts: EX_CONFIG keeps systemd from restart-looping.
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            let format = matches!(&e, NodeError::Store { source, .. } if source.is_format());
+            return if format { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE };
         }
     };
     spawn_signal_handler(shutdown.clone());

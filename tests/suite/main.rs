@@ -2,7 +2,8 @@
 //! test binary so the crate is linked once for all of them. Binaries of their
 //! own: `simulation` and `netns` (opt-in commands of their own), `flood` and
 //! `regression_guard` (they measure the whole process: its resident memory, its
-//! allocations), `mempool_flood` (a timed figure under a flood of its own).
+//! allocations), `mempool_flood` (a timed figure under a flood of its own), `upgrade` (opt-in: it
+//! builds the previous release).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -28,4 +29,6 @@ mod process;
 mod readiness;
 mod slow_peers;
 mod soak;
+mod store_formats;
 mod transport;
+mod wire_versions;
