@@ -102,7 +102,13 @@ async fn admit(State(state): State<AdminState>, request: Request, next: Next) ->
             _ => "",
         };
         report(&state.stats, refused.refusal(), format_args!("{refused}{hint}"));
-        return error(StatusCode::MISDIRECTED_REQUEST, refused);
+        return closing(error(StatusCode::MISDIRECTED_REQUEST, refused));
+    }
+    let origin = request.headers().get(header::ORIGIN).map(|v| v.as_bytes());
+    let site = request.headers().get("sec-fetch-site").map(|v| v.as_bytes());
+    if let Err(refused) = guard::check_browser(origin, site) {
+        report(&state.stats, guard::Refusal::Browser, &refused);
+        return closing(error(StatusCode::FORBIDDEN, refused));
     }
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
     if let Some(token) = state.token.as_deref().filter(|_| !read) {
@@ -115,7 +121,7 @@ async fn admit(State(state): State<AdminState>, request: Request, next: Next) ->
             );
             let mut response = error(StatusCode::UNAUTHORIZED, refused);
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            return response;
+            return closing(response);
         }
     }
     next.run(request).await
@@ -131,7 +137,15 @@ async fn wants(wanted: &'static str, State(state): State<AdminState>, request: R
     }
     let message = format!("POST {} takes Content-Type: {wanted}", request.uri().path());
     report(&state.stats, guard::Refusal::ContentType, &message);
-    error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+    closing(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message))
+}
+
+/// A refusal ends its connection: a client refused once is one that should
+/// not keep a connection slot (a page retrying in a loop, a misconfigured
+/// script); the CLI opens a connection per request anyway.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
 }
 
 /// Counts a refusal and logs it: the first of its reason at warn (the operator
