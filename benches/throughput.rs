@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use masternode::chain::message::{Message, PROTOCOL};
 use masternode::config::{Member, Network, NodeConfig, Transport};
 use masternode::identity::{Identity, NodeId};
-use masternode::net::handshake::{self, Expect, Intro, Tip, MAGIC, PROTOCOL_VERSION};
+use masternode::net::handshake::{self, Expect, Intro, Tip, GENERATIONS, MAGIC, WIRE};
 use masternode::net::{self, endpoint, tls, NetConfig, Outgoing, Peers, SendError};
 use masternode::node::{Node, NodeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,12 +139,20 @@ impl Cluster {
 
     /// A plain quinn endpoint with the same TLS as the node and the given transport.
     fn raw_endpoint(&self, i: usize, transport: Arc<quinn::TransportConfig>) -> quinn::Endpoint {
-        endpoint::bind(self.members[i].addr, &self.ids[i], self.member_set(), transport, Default::default(), None)
-            .unwrap()
+        endpoint::bind(
+            self.members[i].addr,
+            &self.ids[i],
+            self.member_set(),
+            transport,
+            Default::default(),
+            None,
+            &GENERATIONS,
+        )
+        .unwrap()
     }
 
     fn raw_client(&self, i: usize, to: usize, transport: Arc<quinn::TransportConfig>) -> quinn::ClientConfig {
-        endpoint::client_config(&self.ids[i], self.ids[to].id(), transport).unwrap()
+        endpoint::client_config(&self.ids[i], self.ids[to].id(), transport, &GENERATIONS).unwrap()
     }
 }
 
@@ -274,8 +282,8 @@ async fn frames_quinn(size: usize, count: usize) -> f64 {
 
 async fn frames_tcp_tls(size: usize, count: usize, batched: bool) -> f64 {
     let c = Cluster::new(2, 1000);
-    let server_cfg = tls::server_rustls(&c.ids[1], c.member_set(), Default::default()).unwrap();
-    let client_cfg = tls::client_rustls(&c.ids[0], c.ids[1].id()).unwrap();
+    let server_cfg = tls::server_rustls(&c.ids[1], c.member_set(), Default::default(), &GENERATIONS).unwrap();
+    let client_cfg = tls::client_rustls(&c.ids[0], c.ids[1].id(), &GENERATIONS).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
     let listener = tokio::net::TcpListener::bind(c.members[1].addr).await.unwrap();
@@ -360,7 +368,7 @@ async fn bench_frames(quick: bool, node_only: bool, out: &mut Vec<Figure>) {
 fn intro(c: &Cluster, i: usize) -> Intro {
     Intro {
         magic: MAGIC,
-        version: PROTOCOL_VERSION,
+        versions: WIRE,
         network_id: c.network.id,
         node_id: c.ids[i].id(),
         listen: c.members[i].addr,
@@ -383,8 +391,7 @@ fn serve_handshakes(c: &Arc<Cluster>, server: usize, ours: bool) -> quinn::Endpo
                 if ours {
                     let any = |_: &NodeId| true;
                     let Some(key) = tls::peer_node_id(&conn) else { return };
-                    let expect =
-                        Expect { network_id: sc.network.id, version: PROTOCOL_VERSION, tls_key: key, is_member: &any };
+                    let expect = Expect { network_id: sc.network.id, versions: WIRE, tls_key: key, is_member: &any };
                     let _ = handshake::accept(&conn, &intro(&sc, server), &expect).await;
                 } else if let Ok((mut s, mut r)) = conn.accept_bi().await {
                     let mut b = [0u8; 64];
@@ -410,8 +417,7 @@ async fn handshake_times(
 ) -> Vec<f64> {
     let t = node_transport();
     let any = |_: &NodeId| true;
-    let expect =
-        Expect { network_id: c.network.id, version: PROTOCOL_VERSION, tls_key: c.ids[to].id(), is_member: &any };
+    let expect = Expect { network_id: c.network.id, versions: WIRE, tls_key: c.ids[to].id(), is_member: &any };
     let mut times = Vec::new();
     for _ in 0..rounds {
         let start = Instant::now();
@@ -1081,7 +1087,7 @@ fn bench_gossip_limit(kind: u8) -> Option<usize> {
 /// A frame queued in the transaction class, which drops when full: bulk senders
 /// wait for room with [`send_waiting`] instead.
 fn bulk(msg: &Message) -> Outgoing {
-    Outgoing { frame: masternode::codec::encode(msg), class: net::Class::Tx, epoch: 0 }
+    Outgoing { frame: masternode::codec::encode(msg), class: net::Class::Tx, epoch: 0, wire: 3 }
 }
 
 /// Sends through the node's send path, waiting for room rather than dropping.

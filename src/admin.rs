@@ -1,6 +1,8 @@
 //! The admin API: plain HTTP on a local address.
 //!
-//! `GET /status` returns the JSON object of the contract in DESIGN.md;
+//! `GET /status` returns the JSON object of the contract in DESIGN.md (the
+//! liveness probe: it answers whenever the process runs); `GET /ready` the
+//! readiness probe, 200 or 503 with the reason ([`ready`], [`crate::probe`]);
 //! `GET /members` the member set and the changes collecting approvals;
 //! `POST /members` asks this node to approve a change (signed with its key). The
 //! same module holds the small client that `masternode status`, `members` and
@@ -13,6 +15,7 @@
 //! (415), so nothing is queued or signed for a request refused.
 
 pub mod guard;
+pub mod ready;
 pub mod server;
 pub mod token;
 
@@ -73,6 +76,7 @@ fn router(state: AdminState) -> Router {
     };
     Router::new()
         .route("/status", get(status_handler))
+        .route("/ready", get(ready::ready_handler))
         .route("/metrics", get(metrics_handler))
         .route("/blocks/{height}", get(block_handler))
         .route("/tx", post(tx_handler).route_layer(typed(guard::OCTET_STREAM)))
@@ -99,7 +103,13 @@ async fn admit(State(state): State<AdminState>, request: Request, next: Next) ->
             _ => "",
         };
         report(&state.stats, refused.refusal(), format_args!("{refused}{hint}"));
-        return error(StatusCode::MISDIRECTED_REQUEST, refused);
+        return closing(error(StatusCode::MISDIRECTED_REQUEST, refused));
+    }
+    let origin = request.headers().get(header::ORIGIN).map(|v| v.as_bytes());
+    let site = request.headers().get("sec-fetch-site").map(|v| v.as_bytes());
+    if let Err(refused) = guard::check_browser(origin, site) {
+        report(&state.stats, guard::Refusal::Browser, &refused);
+        return closing(error(StatusCode::FORBIDDEN, refused));
     }
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
     if let Some(token) = state.token.as_deref().filter(|_| !read) {
@@ -112,7 +122,7 @@ async fn admit(State(state): State<AdminState>, request: Request, next: Next) ->
             );
             let mut response = error(StatusCode::UNAUTHORIZED, refused);
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            return response;
+            return closing(response);
         }
     }
     next.run(request).await
@@ -128,7 +138,15 @@ async fn wants(wanted: &'static str, State(state): State<AdminState>, request: R
     }
     let message = format!("POST {} takes Content-Type: {wanted}", request.uri().path());
     report(&state.stats, guard::Refusal::ContentType, &message);
-    error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+    closing(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message))
+}
+
+/// A refusal ends its connection: a client refused once is one that should
+/// not keep a connection slot (a page retrying in a loop, a misconfigured
+/// script); the CLI opens a connection per request anyway.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
 }
 
 /// Counts a refusal and logs it: the first of its reason at warn (the operator
@@ -242,11 +260,17 @@ pub struct MemberEntry {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PendingEntry {
-    /// `add`, `remove` or `set-addr`.
+    /// `add`, `remove`, `set-addr` or `upgrade`.
     pub change: String,
+    /// The member it is about; empty for an upgrade plan.
     pub node_id: String,
     #[serde(default)]
     pub addr: Option<String>,
+    /// An upgrade plan's protocol version and the height it applies from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_height: Option<u64>,
     /// Members whose approvals count (on chain, or waiting for a block here).
     pub approvals: Vec<String>,
     pub required: usize,
@@ -271,8 +295,10 @@ pub fn members_info(view: &MembersView) -> MembersInfo {
             .into_iter()
             .map(|p| PendingEntry {
                 change: p.change.kind().to_string(),
-                node_id: p.change.subject().to_hex(),
+                node_id: p.change.subject().map(|id| id.to_hex()).unwrap_or_default(),
                 addr: p.change.addr().map(|a| a.to_string()),
+                version: p.change.plan().map(|plan| plan.version),
+                activation_height: p.change.plan().map(|plan| plan.height),
                 approvals: p.approvals.iter().map(|a| a.to_hex()).collect(),
                 required: p.required,
                 expires_at_height: p.expires_at,
@@ -361,7 +387,7 @@ async fn change_handler(State(state): State<AdminState>, body: Bytes) -> Respons
         Ok(s) => {
             let accepted = ChangeAccepted {
                 change: s.change.kind().to_string(),
-                node_id: s.change.subject().to_hex(),
+                node_id: s.change.subject().map(|id| id.to_hex()).unwrap_or_default(),
                 addr: s.change.addr().map(|a| a.to_string()),
                 approvals: s.approvals,
                 required: s.required,
@@ -415,12 +441,18 @@ pub fn render_members(m: &MembersInfo) -> String {
         let _ = writeln!(out, "no pending changes");
     }
     for p in &m.pending {
+        let what = match (p.version, p.activation_height) {
+            (Some(v), Some(h)) => format!("upgrade to protocol {v} at height {h}"),
+            _ => format!(
+                "{} {}{}",
+                p.change,
+                p.node_id,
+                p.addr.as_deref().map(|a| format!(" at {a}")).unwrap_or_default()
+            ),
+        };
         let _ = writeln!(
             out,
-            "pending   {} {}{}: {} of {} approvals, expires at height {}",
-            p.change,
-            p.node_id,
-            p.addr.as_deref().map(|a| format!(" at {a}")).unwrap_or_default(),
+            "pending   {what}: {} of {} approvals, expires at height {}",
             p.approvals.len(),
             p.required,
             p.expires_at_height

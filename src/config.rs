@@ -278,6 +278,43 @@ struct LimitsFile {
     tx_max_bytes: Option<usize>,
 }
 
+/// How the daemon writes its log lines to stderr: `log_format` in
+/// `masternode.toml`, `MASTERNODE_LOG_FORMAT`, `--log-format` (in that order
+/// of precedence, the flag last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Text when stderr is a terminal, else JSON lines (journald, a file, a
+    /// pipe): what a node does when nothing is set.
+    #[default]
+    Auto,
+    /// Text lines: time, level, target, fields, message.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`
+    /// (`message` and the event's fields) and the span's fields.
+    Json,
+}
+
+impl LogFormat {
+    pub const NAMES: [&'static str; 3] = ["text", "json", "auto"];
+
+    pub fn parse(text: &str) -> Option<LogFormat> {
+        match text {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            "auto" => Some(LogFormat::Auto),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Auto => "auto",
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeFile {
@@ -295,6 +332,8 @@ struct NodeFile {
     /// `"<node id>@ip:port"`.
     #[serde(default)]
     bootstrap: Vec<String>,
+    /// `"text"` or `"json"` (or `"auto"`, the default); see [`LogFormat`].
+    log_format: Option<String>,
     #[serde(default)]
     transport: TransportFile,
     #[serde(default)]
@@ -315,6 +354,7 @@ pub struct NodeFileValues {
     pub bootstrap: Vec<Member>,
     pub transport: Transport,
     pub limits: NodeLimits,
+    pub log_format: LogFormat,
 }
 
 impl NodeFileValues {
@@ -334,6 +374,14 @@ impl NodeFileValues {
                  (set admin_public = true, and admin_token, to serve it there anyway)"
             )));
         }
+        let log_format = match file.log_format.as_deref() {
+            None => LogFormat::Auto,
+            Some(text) => LogFormat::parse(text).ok_or_else(|| {
+                invalid(format!(
+                    "log_format {text:?} is not \"text\" or \"json\" (or \"auto\": text on a terminal, JSON otherwise)"
+                ))
+            })?,
+        };
         let bootstrap = file
             .bootstrap
             .iter()
@@ -413,6 +461,7 @@ impl NodeFileValues {
             data_dir: base.join(file.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
             bootstrap,
             transport,
+            log_format,
         })
     }
 }
@@ -427,6 +476,7 @@ pub struct Overrides {
     pub idle_timeout_ms: Option<u64>,
     pub passive_wait_ms: Option<u64>,
     pub handshake_timeout_ms: Option<u64>,
+    pub log_format: Option<String>,
 }
 
 impl Overrides {
@@ -439,6 +489,9 @@ impl Overrides {
         }
         if let Some(v) = &self.data_dir {
             file.data_dir = Some(v.clone());
+        }
+        if let Some(v) = &self.log_format {
+            file.log_format = Some(v.clone());
         }
         let t = &mut file.transport;
         t.keepalive_ms = self.keepalive_ms.or(t.keepalive_ms);
@@ -467,6 +520,8 @@ pub struct NodeConfig {
     /// which may have been replaced since. Certificates prove what they
     /// send, so these are trusted only to be members of the set of today.
     pub bootstrap: Vec<Member>,
+    /// Read by the command line before it sets logging up.
+    pub log_format: LogFormat,
 }
 
 impl NodeConfig {
@@ -491,6 +546,7 @@ impl NodeConfig {
         cfg.admin_token = admin_token;
         cfg.limits = f.limits;
         cfg.bootstrap = f.bootstrap;
+        cfg.log_format = f.log_format;
         Ok(cfg)
     }
 
@@ -532,6 +588,7 @@ impl NodeConfig {
             transport,
             limits: NodeLimits::default(),
             bootstrap: Vec::new(),
+            log_format: LogFormat::Auto,
         })
     }
 }
@@ -605,6 +662,29 @@ mod tests {
             let err = NodeFileValues::parse(path, &text, &Overrides::default()).err().unwrap().to_string();
             assert!(err.starts_with("masternode.toml") && !err.contains('\n'), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn log_format_is_text_json_or_auto_and_a_flag_beats_the_file() {
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("masternode.toml");
+        let parse = |text: &str, flag: Option<&str>| {
+            let overrides = Overrides { log_format: flag.map(str::to_string), ..Overrides::default() };
+            NodeFileValues::parse(path, text, &overrides).map(|v| v.log_format)
+        };
+        assert_eq!(parse(base, None).unwrap(), LogFormat::Auto, "unset: text on a terminal, JSON otherwise");
+        for (value, want) in [("text", LogFormat::Text), ("json", LogFormat::Json), ("auto", LogFormat::Auto)] {
+            assert_eq!(parse(&format!("log_format = \"{value}\"\n{base}"), None).unwrap(), want, "{value}");
+            assert_eq!(parse(base, Some(value)).unwrap(), want, "flag {value}");
+        }
+        let json_file = format!("log_format = \"json\"\n{base}");
+        assert_eq!(parse(&json_file, Some("text")).unwrap(), LogFormat::Text, "the flag (or variable) wins");
+        for (text, flag) in [(format!("log_format = \"xml\"\n{base}"), None), (base.to_string(), Some("JSON"))] {
+            let err = parse(&text, flag).err().unwrap().to_string();
+            assert!(err.starts_with("masternode.toml: log_format") && !err.contains('\n'), "{err}");
+        }
+        let err = parse(&format!("log_format = 1\n{base}"), None).err().unwrap().to_string();
+        assert!(err.starts_with("masternode.toml") && !err.contains('\n'), "{err}");
     }
 
     #[test]

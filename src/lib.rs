@@ -17,6 +17,8 @@
 //! * [`admin`]: `/status`, `/blocks`, `/tx`, `/members` over local HTTP behind
 //!   the Host rule, content types and the optional token ([`admin::guard`]), a
 //!   bounded accept loop ([`admin::server`]), and the client the CLI uses.
+//! * [`probe`]: readiness (`/ready`) and whether stopping a node keeps the
+//!   quorum (`status --can-stop`), as pure rules over a status.
 //! * [`status`]: what a node reports about itself (status, quorum), read by the
 //!   admin API, metrics and the service alike.
 //! * `metrics`: `/metrics` in Prometheus text.
@@ -32,8 +34,25 @@ pub mod identity;
 mod metrics;
 pub mod net;
 pub mod node;
+pub mod probe;
 pub mod service;
 pub mod status;
+
+/// The commit this binary was built from (`git rev-parse --short HEAD` at build
+/// time), "unknown" when built outside a git checkout.
+pub const COMMIT: &str = env!("MASTERNODE_COMMIT");
+
+/// What `masternode --version` prints after the name: the release, the commit,
+/// the wire versions it speaks and the store format it writes, e.g. `0.2.0
+/// (commit abc1234) wire 3..4 store 3`.
+pub fn version() -> String {
+    format!(
+        "{} (commit {COMMIT}) wire {} store {}",
+        env!("CARGO_PKG_VERSION"),
+        net::handshake::WIRE,
+        chain::store::FORMAT
+    )
+}
 
 /// Sets the C allocator up for a long-running node (glibc on Linux; elsewhere it
 /// does nothing). Frames of up to a few MiB are allocated and freed all the time;

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use masternode::admin::AdminToken;
-use masternode::config::{ConfigError, NodeConfig, Overrides};
+use masternode::config::{ConfigError, LogFormat, NodeConfig, Overrides};
 use masternode::identity::Identity;
-use masternode::node::{Node, NodeOptions};
+use masternode::node::{Node, NodeError, NodeOptions};
 
 /// EX_CONFIG from sysexits.h: a bad configuration or key. systemd's
 /// `RestartPreventExitStatus=78` keeps a misconfigured node from restart-looping.
@@ -24,13 +24,6 @@ const EXIT_CONFIG: u8 = 78;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Auto,
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -69,9 +62,10 @@ enum Command {
         passive_wait_ms: Option<u64>,
         #[arg(long, env = "MASTERNODE_HANDSHAKE_TIMEOUT_MS")]
         handshake_timeout_ms: Option<u64>,
-        /// Log format: text on a terminal and JSON otherwise, unless set.
-        #[arg(long, env = "MASTERNODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
-        log_format: LogFormat,
+        /// Log format: text, json, or auto (text on a terminal, JSON lines
+        /// otherwise); overrides `log_format`. Unset everywhere: auto.
+        #[arg(long, env = "MASTERNODE_LOG_FORMAT", value_name = "text|json|auto")]
+        log_format: Option<String>,
     },
     /// Show a running node's status. Exit 0 healthy, 1 degraded, 2 down.
     Status {
@@ -79,9 +73,15 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         admin: Option<SocketAddr>,
-        /// Print the /status JSON.
+        /// Print the /status JSON (with --can-stop: the verdict as JSON).
         #[arg(long)]
         json: bool,
+        /// Exit 0 if stopping this node now leaves the members it is connected
+        /// to at or above the quorum (or it is not a member), 1 otherwise or
+        /// when the node does not answer; one line says why. Counts what this
+        /// node sees: whether the others reach each other is not visible here.
+        #[arg(long)]
+        can_stop: bool,
     },
     /// Approve a membership change with this node's key (or announce its new address).
     Member {
@@ -164,15 +164,21 @@ fn main() -> ExitCode {
     // Every TLS configuration names ring explicitly; installing it as the process
     // default as well keeps a dependency that asks for "the default" on ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    // `--version` names the commit, the wire versions and the store format, which
+    // clap's derive cannot put in a constant.
+    let version: &'static str = Box::leak(masternode::version().into_boxed_str());
+    let cli = match Cli::command().version(version).try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The devnet prints its own progress; its nodes log warnings and errors only
     // unless RUST_LOG asks for more.
     let default_level = if matches!(cli.command, Command::Devnet { .. }) { "warn" } else { "info" };
-    let format = match &cli.command {
-        Command::Run { log_format, .. } => *log_format,
-        _ => LogFormat::Text,
-    };
-    init_tracing(default_level, format);
+    // `run` sets logging up once its configuration (which may name the format)
+    // is loaded; a configuration error is one line on stderr either way.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_tracing(default_level, LogFormat::Text);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -197,7 +203,7 @@ fn main() -> ExitCode {
                 idle_timeout_ms,
                 passive_wait_ms,
                 handshake_timeout_ms,
-                log_format: _,
+                log_format,
             } => {
                 let overrides = Overrides {
                     listen,
@@ -207,10 +213,12 @@ fn main() -> ExitCode {
                     idle_timeout_ms,
                     passive_wait_ms,
                     handshake_timeout_ms,
+                    log_format,
                 };
                 run(config, overrides).await
             }
-            Command::Status { config, admin, json } => status(config, admin, json).await,
+            Command::Status { config, admin, json, can_stop: false } => status(config, admin, json).await,
+            Command::Status { config, admin, json, can_stop: true } => can_stop(config, admin, json).await,
             Command::Member { action } => member(action).await,
             Command::Members { target, json } => members(target, json).await,
             Command::Devnet { nodes, duration, dir, json } => {
@@ -224,6 +232,8 @@ fn main() -> ExitCode {
     })
 }
 
+/// Logs to stderr at `RUST_LOG`'s level (else `default_level`): text, with
+/// colours on a terminal, or one JSON object per line.
 fn init_tracing(default_level: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -233,7 +243,7 @@ fn init_tracing(default_level: &str, format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Auto if !terminal => builder.json().init(),
-        _ => builder.with_ansi(terminal).init(),
+        LogFormat::Auto | LogFormat::Text => builder.with_ansi(terminal).init(),
     }
 }
 
@@ -267,6 +277,7 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_tracing("info", cfg.log_format);
     tracing::info!(id = %cfg.id(), network = %cfg.network.name, members = cfg.network.members.len(), "starting masternode");
     let shutdown = CancellationToken::new();
     #[allow(unused_mut)]
@@ -277,9 +288,12 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
     }
     let node = match Node::start(cfg, options, shutdown.clone()).await {
         Ok(node) => node,
+        // A data dir of a format this release cannot run on stays so across
+        // restarts: EX_CONFIG keeps systemd from restart-looping.
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            let format = matches!(&e, NodeError::Store { source, .. } if source.is_format());
+            return if format { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE };
         }
     };
     spawn_signal_handler(shutdown.clone());
@@ -444,6 +458,38 @@ async fn status(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) 
         print!("{}", masternode::admin::render_status(&status));
     }
     if status.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `masternode status --can-stop`: exit 0 when stopping the node now keeps
+/// the quorum as it sees it, 1 when it does not or the node does not answer.
+async fn can_stop(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) -> ExitCode {
+    let addr = match admin_addr(config, admin) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let verdict = match masternode::admin::ready::fetch_stop_verdict(addr, Duration::from_secs(5)).await {
+        Ok(v) => v,
+        Err(e @ masternode::admin::ClientError::Unreachable { .. }) => {
+            masternode::probe::unanswered_verdict(masternode::probe::StopReason::Down, e)
+        }
+        Err(e) => masternode::probe::unanswered_verdict(masternode::probe::StopReason::Unknown, e),
+    };
+    if json {
+        match serde_json::to_string(&verdict) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    } else if matches!(verdict.reason, masternode::probe::StopReason::Down | masternode::probe::StopReason::Unknown) {
+        eprintln!("{}", verdict.message);
+    } else {
+        let said = if verdict.can_stop { "can stop" } else { "cannot stop" };
+        println!("{said}: {}", verdict.message);
+    }
+    if verdict.can_stop {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -71,11 +71,17 @@ fn yes() -> bool {
 /// A membership change that has not completed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PendingChange {
-    /// `add`, `remove` or `set-addr`.
+    /// `add`, `remove`, `set-addr` or `upgrade`.
     pub change: String,
+    /// The member it is about; empty for an upgrade plan.
     pub node_id: String,
     #[serde(default)]
     pub addr: Option<String>,
+    /// An upgrade plan's protocol version and the height it applies from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_height: Option<u64>,
     pub approvals: usize,
     pub required: usize,
     pub expires_at_height: u64,
@@ -100,6 +106,10 @@ pub struct PeerStatus {
     /// Bytes waiting in our outbox for this peer.
     #[serde(default)]
     pub outbox_bytes: u64,
+    /// The wire version the connection uses (null from a node of 0.1.0, which
+    /// does not report it).
+    #[serde(default)]
+    pub wire_version: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -181,6 +191,7 @@ pub fn build_status(
                 rtt_ms: (p.rtt.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
                 connected_secs: p.connected_for.as_secs(),
                 outbox_bytes: p.outbox_bytes as u64,
+                wire_version: Some(p.wire_version),
             })
             .collect(),
         counters: Counters {
@@ -370,8 +381,10 @@ pub fn pending_changes(view: &MembersView) -> Vec<PendingChange> {
         .into_iter()
         .map(|p| PendingChange {
             change: p.change.kind().to_string(),
-            node_id: p.change.subject().to_hex(),
+            node_id: p.change.subject().map(|id| id.to_hex()).unwrap_or_default(),
             addr: p.change.addr().map(|a| a.to_string()),
+            version: p.change.plan().map(|plan| plan.version),
+            activation_height: p.change.plan().map(|plan| plan.height),
             approvals: p.approvals.len(),
             required: p.required,
             expires_at_height: p.expires_at,

@@ -52,10 +52,13 @@ pub enum Refusal {
     TokenWrong,
     /// A POST whose content type is not the one its route takes.
     ContentType,
+    /// A request a browser made for a page (`Origin`, or `Sec-Fetch-Site`
+    /// other than `none`).
+    Browser,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::HostMissing,
         Refusal::HostMalformed,
         Refusal::HostName,
@@ -63,6 +66,7 @@ impl Refusal {
         Refusal::TokenMissing,
         Refusal::TokenWrong,
         Refusal::ContentType,
+        Refusal::Browser,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +78,7 @@ impl Refusal {
             Refusal::TokenMissing => "token_missing",
             Refusal::TokenWrong => "token_wrong",
             Refusal::ContentType => "content_type",
+            Refusal::Browser => "browser",
         }
     }
 
@@ -121,6 +126,34 @@ impl TokenRefused {
             TokenRefused::Missing => Refusal::TokenMissing,
             TokenRefused::Wrong => Refusal::TokenWrong,
         }
+    }
+}
+
+/// A request a browser sent on a page's behalf.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrowserRefused {
+    #[error("a request from a web page (Origin {0}) is refused: this API serves the CLI and scrapers, not pages")]
+    Origin(String),
+    #[error("a request a browser sent for a {0} page is refused: this API serves the CLI and scrapers, not pages")]
+    FetchSite(String),
+}
+
+/// Browsers mark what they send for a page: `Origin` on every cross-origin
+/// request and on POSTs, `Sec-Fetch-Site` (`cross-site`, `same-site`,
+/// `same-origin`) on every request a page makes, and `none` only when the user
+/// typed the address. Neither the CLI, curl nor Prometheus sends either. The
+/// Host rule already stops a page after DNS rebinding; this stops a page that
+/// names our address outright (`<img src=http://127.0.0.1:24101/blocks/1>`),
+/// which a browser sends without asking, from costing the node a block read
+/// per tag or holding its connection slots.
+pub fn check_browser(origin: Option<&[u8]>, fetch_site: Option<&[u8]>) -> Result<(), BrowserRefused> {
+    let shown = |raw: &[u8]| String::from_utf8_lossy(raw).chars().take(SHOWN).collect::<String>();
+    if let Some(o) = origin {
+        return Err(BrowserRefused::Origin(shown(o)));
+    }
+    match fetch_site {
+        Some(site) if !site.eq_ignore_ascii_case(b"none") => Err(BrowserRefused::FetchSite(shown(site))),
+        _ => Ok(()),
     }
 }
 
@@ -225,6 +258,19 @@ pub fn bearer(value: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_a_browser_makes_for_a_page_are_refused_and_typed_ones_pass() {
+        assert_eq!(check_browser(None, None), Ok(()), "the CLI, curl, Prometheus");
+        assert_eq!(check_browser(None, Some(b"none")), Ok(()), "an address typed by the user");
+        assert_eq!(check_browser(None, Some(b"None")), Ok(()));
+        for site in [&b"cross-site"[..], b"same-site", b"same-origin"] {
+            assert!(matches!(check_browser(None, Some(site)), Err(BrowserRefused::FetchSite(_))), "{site:?}");
+        }
+        for origin in [&b"http://evil.example"[..], b"null", b"http://127.0.0.1:24101"] {
+            assert!(matches!(check_browser(Some(origin), None), Err(BrowserRefused::Origin(_))), "{origin:?}");
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -22,12 +22,32 @@
 //!   same way on every node: a block with one invalid approval is an invalid
 //!   block.
 //!
+//! # Upgrade plans
+//!
+//! * The chain's rules have a protocol version, a function of height
+//!   ([`Membership::version_at`]): [`GENESIS_VERSION`] from genesis, then the
+//!   version of each completed plan from its height on.
+//! * `Upgrade { version, height }` is approved as `Add` and `Remove` are (more
+//!   than two thirds of the set in force). It may complete in block `B` only if
+//!   `version` is above every version scheduled so far, `height` is after every
+//!   scheduled plan's height (so the version only grows with height, and each
+//!   version is scheduled once), and `height >= B + UPGRADE_NOTICE` (every node
+//!   hears of a plan well before it applies). Plans of other versions than this
+//!   release knows are accepted: a node must know where to stop.
+//! * Plans waiting for approvals may compete (two heights for one version); the
+//!   first to complete is scheduled and the others can no longer complete and
+//!   are dropped. Refusing a second plan for a version instead would let one
+//!   member hold off the plan everyone wants with a plan of its own.
+//! * Proposers carry a plan's approvals only while every member is connected at
+//!   a wire version that can decode them ([`may_carry_plans`]): a policy, not a
+//!   rule of validity, since 0.1.0 cannot decode a block that carries one.
+//!
 //! # What the state holds
 //!
 //! After block `H` ([`Membership::applied`]): the set in force at `H + 1`
 //! ([`Membership::current`]), the set at `H + 2` ([`Membership::next`]), the
-//! approvals collected for changes not yet complete, and per member the height of
-//! the last change about it.
+//! approvals collected for changes not yet complete, per member the height of
+//! the last change about it, and the upgrade plans scheduled.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,7 +76,18 @@ pub const MAX_PENDING_PER_APPROVER: usize = 16;
 /// [`MAX_MEMBERS`] in each set).
 pub const MAX_POOL_PER_APPROVER: usize = 8;
 
-/// A change of the member set.
+/// The protocol version of the chain's rules from genesis.
+pub const GENESIS_VERSION: u16 = 3;
+/// Heights between the block that completes an upgrade plan and the plan's
+/// height, at least: 10 s of 500 ms blocks, so every connected node has the
+/// plan's block well before it applies, and a node far behind meets it while
+/// it syncs.
+pub const UPGRADE_NOTICE: Height = 20;
+/// The first wire version that carries [`Change::Upgrade`]: 0.1.0 (wire 3)
+/// cannot decode an approval of one, nor a block that carries it.
+pub const UPGRADE_WIRE: u16 = 4;
+
+/// A change of the member set, or of the chain's rules.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
 pub enum Change {
     /// A new member with its node key and address.
@@ -65,22 +96,27 @@ pub enum Change {
     Remove { id: NodeId },
     /// A member announces a new address; `seq` grows with each announcement.
     SetAddr { id: NodeId, addr: SocketAddr, seq: u64 },
+    /// From `height` on, the chain's rules are those of protocol `version`.
+    Upgrade { version: u16, height: Height },
 }
 
 impl Change {
-    /// The member the change is about.
-    pub fn subject(&self) -> NodeId {
+    /// The member the change is about (none for an upgrade plan).
+    pub fn subject(&self) -> Option<NodeId> {
         match self {
-            Change::Add { id, .. } | Change::Remove { id } | Change::SetAddr { id, .. } => *id,
+            Change::Add { id, .. } | Change::Remove { id } | Change::SetAddr { id, .. } => Some(*id),
+            Change::Upgrade { .. } => None,
         }
     }
 
-    /// The change's name in the admin API: `add`, `remove` or `set-addr`.
+    /// The change's name in the admin API: `add`, `remove`, `set-addr` or
+    /// `upgrade`.
     pub fn kind(&self) -> &'static str {
         match self {
             Change::Add { .. } => "add",
             Change::Remove { .. } => "remove",
             Change::SetAddr { .. } => "set-addr",
+            Change::Upgrade { .. } => "upgrade",
         }
     }
 
@@ -88,7 +124,15 @@ impl Change {
     pub fn addr(&self) -> Option<SocketAddr> {
         match self {
             Change::Add { addr, .. } | Change::SetAddr { addr, .. } => Some(*addr),
-            Change::Remove { .. } => None,
+            Change::Remove { .. } | Change::Upgrade { .. } => None,
+        }
+    }
+
+    /// The plan it is, if it is an upgrade plan.
+    pub fn plan(&self) -> Option<Plan> {
+        match self {
+            Change::Upgrade { version, height } => Some(Plan { version: *version, height: *height }),
+            _ => None,
         }
     }
 
@@ -104,8 +148,16 @@ impl fmt::Display for Change {
             Change::Add { id, addr } => write!(f, "add {} at {addr}", id.short()),
             Change::Remove { id } => write!(f, "remove {}", id.short()),
             Change::SetAddr { id, addr, seq } => write!(f, "move {} to {addr} (seq {seq})", id.short()),
+            Change::Upgrade { version, height } => write!(f, "upgrade to protocol {version} at height {height}"),
         }
     }
+}
+
+/// A scheduled upgrade: protocol `version` from `height` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
+pub struct Plan {
+    pub version: u16,
+    pub height: Height,
 }
 
 /// One member's approval of a change.
@@ -181,6 +233,12 @@ pub enum ChangeError {
     TooMany,
     #[error("{0} has {MAX_PENDING_PER_APPROVER} approvals waiting already")]
     TooManyPending(NodeId),
+    #[error("protocol {version} is not above {scheduled}, the latest version scheduled")]
+    VersionNotAbove { version: u16, scheduled: u16 },
+    #[error("height {height} is not after {scheduled}, the height of the latest plan")]
+    PlanNotAfter { height: Height, scheduled: Height },
+    #[error("height {height} is too soon: a plan completed now may name height {earliest} at the earliest")]
+    PlanTooSoon { height: Height, earliest: Height },
 }
 
 impl ChangeError {
@@ -203,6 +261,9 @@ impl ChangeError {
             ChangeError::StaleSequence { .. } => "stale_sequence",
             ChangeError::TooMany => "too_many",
             ChangeError::TooManyPending(_) => "too_many_pending",
+            ChangeError::VersionNotAbove { .. } => "version_not_above",
+            ChangeError::PlanNotAfter { .. } => "plan_not_after",
+            ChangeError::PlanTooSoon { .. } => "plan_too_soon",
         }
     }
 }
@@ -292,6 +353,8 @@ pub struct MembershipState {
     pub pending: BTreeMap<Change, BTreeMap<NodeId, Height>>,
     /// Per member, the height of the block that completed the last change about it.
     pub touched: BTreeMap<NodeId, Height>,
+    /// The upgrade plans completed, in height order (and so in version order).
+    pub schedule: Vec<Plan>,
 }
 
 /// A change completed by a block.
@@ -334,6 +397,7 @@ impl Membership {
                 next: set,
                 pending: BTreeMap::new(),
                 touched: BTreeMap::new(),
+                schedule: Vec::new(),
             },
         }
     }
@@ -358,6 +422,7 @@ impl Membership {
                 next: set,
                 pending: BTreeMap::new(),
                 touched: BTreeMap::new(),
+                schedule: Vec::new(),
             },
         }
     }
@@ -397,6 +462,19 @@ impl Membership {
         } else {
             &self.state.next
         }
+    }
+
+    /// The protocol version of the rules at `height`: that of the last plan
+    /// scheduled at or below it, [`GENESIS_VERSION`] before any. Plans
+    /// completed by later blocks may change the answer for heights at least
+    /// [`UPGRADE_NOTICE`] above the tip, never below.
+    pub fn version_at(&self, height: Height) -> u16 {
+        self.state.schedule.iter().rev().find(|p| p.height <= height).map_or(GENESIS_VERSION, |p| p.version)
+    }
+
+    /// The upgrade plans completed, in height order.
+    pub fn schedule(&self) -> &[Plan] {
+        &self.state.schedule
     }
 
     /// Every member the transport should talk to: in force now or from the next
@@ -537,6 +615,20 @@ impl Membership {
                 }
                 check_addr(*addr)?;
             }
+            Change::Upgrade { version, height } => {
+                let latest =
+                    self.state.schedule.last().copied().unwrap_or(Plan { version: GENESIS_VERSION, height: 0 });
+                if *version <= latest.version {
+                    return Err(ChangeError::VersionNotAbove { version: *version, scheduled: latest.version });
+                }
+                if *height <= latest.height {
+                    return Err(ChangeError::PlanNotAfter { height: *height, scheduled: latest.height });
+                }
+                let earliest = (self.state.applied + 1).saturating_add(UPGRADE_NOTICE);
+                if *height < earliest {
+                    return Err(ChangeError::PlanTooSoon { height: *height, earliest });
+                }
+            }
         }
         Ok(())
     }
@@ -560,14 +652,23 @@ impl Membership {
                     m.addr_seq = *seq;
                 }
             }
+            Change::Upgrade { version, height } => {
+                let plan = Plan { version: *version, height: *height };
+                self.state.schedule.push(plan);
+                // Competing plans can no longer complete: the schedule only grows.
+                self.state
+                    .pending
+                    .retain(|c, _| c.plan().is_none_or(|p| p.version > plan.version && p.height > plan.height));
+            }
         }
         self.state.pending.remove(a_change);
-        if a_change.needs_vote() {
+        if let (Some(subject), true) = (subject, a_change.needs_vote()) {
             // Approvals of other changes about this member were signed for a
             // set it is no longer in (or now in): they lapse.
             self.state.touched.insert(subject, height);
-            self.state.pending.retain(|c, _| c.subject() != subject || !c.needs_vote());
+            self.state.pending.retain(|c, _| c.subject() != Some(subject) || !c.needs_vote());
         }
+        let in_force = a_change.plan().map_or(in_force, |p| p.height);
         Completed { change, height, in_force }
     }
 
@@ -599,7 +700,6 @@ impl Membership {
     ) -> Result<Option<Completed>, ChangeError> {
         let height = self.state.applied + 1;
         let a = &sa.approval;
-        let subject = a.change.subject();
         if a.signed_at >= height {
             return Err(ChangeError::FromTheFuture { signed_at: a.signed_at, height });
         }
@@ -607,7 +707,8 @@ impl Membership {
         if height > until {
             return Err(ChangeError::Expired { signed_at: a.signed_at, until });
         }
-        if let Some(&completed) = self.state.touched.get(&subject) {
+        let subject = a.change.subject();
+        if let Some(&completed) = subject.and_then(|s| self.state.touched.get(&s)) {
             if a.signed_at < completed {
                 return Err(ChangeError::Superseded { signed_at: a.signed_at, completed });
             }
@@ -618,7 +719,7 @@ impl Membership {
             if !self.state.current.contains(&a.approver) {
                 return Err(ChangeError::NotAMember(a.approver));
             }
-        } else if a.approver != subject {
+        } else if subject != Some(a.approver) {
             return Err(ChangeError::NotSelfSigned);
         }
         self.effect_allowed(&a.change, after)?;
@@ -648,10 +749,14 @@ impl Membership {
 }
 
 /// Approvals this node holds until a block carries them: its own, and those
-/// gossiped by its peers. Bounded per approver.
+/// gossiped by its peers. Bounded per approver. Approvals of upgrade plans are
+/// held but offered ([`Self::iter`]) only while the proposer policy allows it
+/// ([`Self::set_carry_plans`] with [`may_carry_plans`]); until told, never, so
+/// a proposer never puts a plan in a block a member of 0.1.0 cannot decode.
 #[derive(Debug, Default)]
 pub struct ApprovalPool {
     items: BTreeMap<(Change, NodeId), SignedApproval>,
+    carry_plans: bool,
 }
 
 impl ApprovalPool {
@@ -671,8 +776,18 @@ impl ApprovalPool {
         true
     }
 
+    /// The approvals on offer for the next blocks (and for peers that connect):
+    /// every one held, those of upgrade plans only while plans may be carried.
     pub fn iter(&self) -> impl Iterator<Item = &SignedApproval> {
-        self.items.values()
+        let carry = self.carry_plans;
+        self.items.values().filter(move |sa| carry || sa.approval.change.plan().is_none())
+    }
+
+    /// Whether approvals of upgrade plans are on offer: the proposer policy's
+    /// answer ([`may_carry_plans`]) for the connected peers, set before each
+    /// proposal.
+    pub fn set_carry_plans(&mut self, carry: bool) {
+        self.carry_plans = carry;
     }
 
     /// Whether an approval of `change` by `approver` is held (one per pair:
@@ -694,6 +809,15 @@ impl ApprovalPool {
     pub fn retain_valid(&mut self, membership: &Membership, network_id: &[u8; 32]) {
         self.items.retain(|_, sa| membership.check(sa, network_id).is_ok());
     }
+}
+
+/// Proposer policy: whether a block this node proposes may carry approvals of
+/// upgrade plans, which a member on wire version 3 (0.1.0) cannot decode. Only
+/// while every member of `set` (in force at the proposed height) other than
+/// `me` is connected at [`UPGRADE_WIRE`] or later; `wire` holds the connected
+/// peers' versions. A member that is away may run anything: its turn waits.
+pub fn may_carry_plans(set: &MemberSet, me: NodeId, wire: &BTreeMap<NodeId, u16>) -> bool {
+    set.iter().all(|(id, _)| *id == me || wire.get(id).is_some_and(|v| *v >= UPGRADE_WIRE))
 }
 
 /// Whether an address may enter the chain. Only what the address itself says
@@ -969,11 +1093,141 @@ mod tests {
         assert!(m.pending().is_empty());
     }
 
+    fn upgrade(version: u16, height: Height) -> Change {
+        Change::Upgrade { version, height }
+    }
+
+    #[test]
+    fn an_upgrade_plan_needs_more_than_two_thirds_and_schedules_its_version() {
+        let mut m = genesis(4);
+        advance_to(&mut m, 10);
+        let plan = upgrade(4, 100);
+        assert!(m.apply(&[approve(1, plan.clone(), 9), approve(2, plan.clone(), 9)], &NET).is_empty());
+        assert_eq!(m.pending()[0].required, 3);
+        assert_eq!(m.version_at(1_000), GENESIS_VERSION, "a plan still collecting approvals schedules nothing");
+        let done = m.apply(&[approve(3, plan.clone(), 10)], &NET);
+        assert_eq!(done, vec![Completed { change: plan, height: 11, in_force: 100 }]);
+        assert!(m.pending().is_empty());
+        assert_eq!(m.schedule(), &[Plan { version: 4, height: 100 }]);
+        assert_eq!((m.version_at(11), m.version_at(99)), (3, 3), "version 3 rules until the plan's height");
+        assert_eq!((m.version_at(100), m.version_at(u64::MAX)), (4, 4));
+        assert_eq!(m.current().len(), 4, "the member set is left alone");
+    }
+
+    #[test]
+    fn a_plan_for_a_version_this_release_does_not_know_is_accepted() {
+        let mut m = genesis(4);
+        advance_to(&mut m, 10);
+        let plan = upgrade(9_000, 500);
+        let done = m.apply(&(1..=3).map(|i| approve(i, plan.clone(), 9)).collect::<Vec<_>>(), &NET);
+        assert_eq!(done.len(), 1, "a node must learn where it has to stop");
+        assert_eq!(m.version_at(500), 9_000);
+    }
+
+    #[test]
+    fn refused_upgrade_plans_say_why() {
+        let mut m = genesis(4);
+        advance_to(&mut m, 10);
+        m.apply(&(1..=3).map(|i| approve(i, upgrade(5, 200), 9)).collect::<Vec<_>>(), &NET);
+        advance_to(&mut m, 50);
+        let table: Vec<(&str, Change, ChangeError)> = vec![
+            (
+                "a version not above the one scheduled",
+                upgrade(5, 300),
+                ChangeError::VersionNotAbove { version: 5, scheduled: 5 },
+            ),
+            (
+                "a version below the one scheduled, before it",
+                upgrade(4, 150),
+                ChangeError::VersionNotAbove { version: 4, scheduled: 5 },
+            ),
+            ("the genesis version", upgrade(3, 300), ChangeError::VersionNotAbove { version: 3, scheduled: 5 }),
+            (
+                "a later version before the scheduled plan",
+                upgrade(6, 150),
+                ChangeError::PlanNotAfter { height: 150, scheduled: 200 },
+            ),
+        ];
+        for (what, change, want) in table {
+            assert_eq!(m.check(&approve(1, change, 49), &NET), Err(want), "{what}");
+        }
+        assert_eq!(
+            m.check(&approve(9, upgrade(6, 300), 49), &NET),
+            Err(ChangeError::NotAMember(identity(9).id())),
+            "only members approve plans"
+        );
+        let mut fresh = genesis(4);
+        advance_to(&mut fresh, 50);
+        assert_eq!(
+            fresh.check(&approve(1, upgrade(4, 69), 49), &NET),
+            Err(ChangeError::PlanTooSoon { height: 69, earliest: 70 }),
+        );
+        assert_eq!(fresh.check(&approve(1, upgrade(4, 70), 49), &NET), Ok(()), "exactly UPGRADE_NOTICE on");
+    }
+
+    #[test]
+    fn a_plan_whose_height_came_too_near_can_no_longer_complete() {
+        let mut m = genesis(4);
+        advance_to(&mut m, 10);
+        let plan = upgrade(4, 40);
+        m.apply(&[approve(1, plan.clone(), 9), approve(2, plan.clone(), 9)], &NET);
+        advance_to(&mut m, 25);
+        assert_eq!(
+            m.check(&approve(3, plan.clone(), 24), &NET),
+            Err(ChangeError::PlanTooSoon { height: 40, earliest: 45 }),
+            "completed in block 25 it would leave 15 heights"
+        );
+        assert_eq!(m.version_at(40), GENESIS_VERSION);
+    }
+
+    #[test]
+    fn competing_plans_for_a_version_lapse_when_one_completes() {
+        let mut m = genesis(4);
+        advance_to(&mut m, 10);
+        // Member 4 approves its own height for version 4 first.
+        m.apply(&[approve(4, upgrade(4, 900), 9)], &NET);
+        m.apply(&[approve(4, upgrade(6, 2_000), 10)], &NET);
+        let wanted: Vec<_> = (1..=3).map(|i| approve(i, upgrade(4, 300), 11)).collect();
+        assert_eq!(m.apply(&wanted, &NET).len(), 1, "the competing plan held nothing up");
+        let left: Vec<Change> = m.pending().into_iter().map(|p| p.change).collect();
+        assert_eq!(left, vec![upgrade(6, 2_000)], "the other plan for 4 lapsed; a later version may follow");
+        assert_eq!(m.schedule(), &[Plan { version: 4, height: 300 }]);
+    }
+
+    #[test]
+    fn proposers_carry_plans_only_when_every_member_speaks_a_wire_that_decodes_them() {
+        let m = genesis(4);
+        let me = identity(1).id();
+        let wire = |versions: &[(u8, u16)]| -> BTreeMap<NodeId, u16> {
+            versions.iter().map(|(i, v)| (identity(*i).id(), *v)).collect()
+        };
+        let table: [(&str, BTreeMap<NodeId, u16>, bool); 4] = [
+            ("every other member on wire 4", wire(&[(2, 4), (3, 4), (4, 4)]), true),
+            ("one member on 0.1.0 (wire 3)", wire(&[(2, 4), (3, 3), (4, 4)]), false),
+            ("one member away: it may run anything", wire(&[(2, 4), (3, 4)]), false),
+            ("a later wire version decodes them too", wire(&[(2, 5), (3, 4), (4, 9)]), true),
+        ];
+        for (what, connected, want) in table {
+            assert_eq!(may_carry_plans(m.current(), me, &connected), want, "{what}");
+        }
+        let mut pool = ApprovalPool::default();
+        pool.add(approve(2, upgrade(4, 100), 1));
+        pool.add(approve(2, add(5), 1));
+        let offered = |pool: &ApprovalPool| pool.iter().map(|sa| sa.approval.change.clone()).collect::<Vec<_>>();
+        assert_eq!(offered(&pool), vec![add(5)], "no plans on offer until the policy says so");
+        assert!(pool.has(&upgrade(4, 100), identity(2).id()), "the plan is held all the same");
+        pool.set_carry_plans(true);
+        assert_eq!(offered(&pool), vec![add(5), upgrade(4, 100)]);
+        pool.set_carry_plans(false);
+        assert_eq!(offered(&pool), vec![add(5)]);
+    }
+
     #[test]
     fn the_state_round_trips_through_the_codec() {
         let mut m = genesis(4);
         advance_to(&mut m, 10);
-        m.apply(&[approve(1, add(5), 9)], &NET);
+        m.apply(&(1..=3).map(|i| approve(i, upgrade(4, 100), 9)).collect::<Vec<_>>(), &NET);
+        m.apply(&[approve(1, add(5), 10)], &NET);
         let bytes = bincode::encode_to_vec(m.state(), BINCODE).unwrap();
         let (state, _): (MembershipState, usize) = bincode::decode_from_slice(&bytes, BINCODE).unwrap();
         assert_eq!(Membership::restore(m.params(), state), m);

@@ -16,9 +16,10 @@ use bytes::Bytes;
 
 use super::block::{Hash, Height, Round, MAX_BLOCK_TXS};
 use super::compact::CompactProposal;
-use super::members::SignedApproval;
+use super::members::{SignedApproval, UPGRADE_WIRE};
 use super::vote::{Committed, SignedProposal, SignedVote};
 use crate::codec::{self, Frame, FrameError, MAX_FRAME};
+use crate::net::handshake::WIRE;
 use crate::net::{Class, Outgoing, Protocol};
 
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
@@ -207,7 +208,27 @@ impl Message {
             Message::Tip { height, .. } => (Class::Tip, *height),
             _ => (Class::Tx, 0),
         };
-        Ok(Outgoing { frame: self.encode()?, class, epoch })
+        Ok(Outgoing { frame: self.encode()?, class, epoch, wire: self.wire() })
+    }
+
+    /// The lowest wire version that carries this message: [`UPGRADE_WIRE`] for
+    /// an upgrade plan's approval and for a proposal or blocks that carry one
+    /// (a peer of 0.1.0 could not decode them), the lowest this release speaks
+    /// for everything else.
+    pub fn wire(&self) -> u16 {
+        let plans = |changes: &[SignedApproval]| changes.iter().any(|sa| sa.approval.change.plan().is_some());
+        let carries_plan = match self {
+            Message::Approval(sa) => plans(std::slice::from_ref(sa)),
+            Message::Proposal(p) => plans(&p.proposal.block.header.changes),
+            Message::CompactProposal(p) => plans(&p.header.changes),
+            Message::Blocks(blocks) => blocks.iter().any(|c| plans(&c.block.header.changes)),
+            _ => false,
+        };
+        if carries_plan {
+            UPGRADE_WIRE
+        } else {
+            WIRE.min
+        }
     }
 
     /// Decodes a frame body the transport delivered.
@@ -219,6 +240,22 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upgrade_plan_travels_only_at_the_wire_version_that_carries_it() {
+        use crate::chain::members::{Approval, Change};
+        use crate::identity::{Identity, NodeId};
+        let identity = Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[1; 32])).unwrap();
+        let approval = |change| {
+            Message::Approval(Approval { change, approver: identity.id(), signed_at: 1 }.sign(&[0; 32], &identity))
+        };
+        let plan = approval(Change::Upgrade { version: 4, height: 100 });
+        assert_eq!(plan.wire(), UPGRADE_WIRE);
+        assert_eq!(plan.outgoing().unwrap().wire, UPGRADE_WIRE);
+        assert_eq!(approval(Change::Remove { id: NodeId([2; 32]) }).wire(), 3, "0.1.0 decodes the rest");
+        assert_eq!(Message::Tx(vec![1]).wire(), 3);
+        assert!(WIRE.contains(UPGRADE_WIRE), "this release speaks the version it needs");
+    }
 
     #[test]
     fn each_stream_carries_only_its_kinds() {

@@ -5,16 +5,35 @@
 //! before the call returns: a block is durable before the node reports it committed,
 //! and a signature record is durable before the vote leaves the node. The calls
 //! block; the async side runs them on the blocking pool.
+//!
+//! # Formats
+//!
+//! * 1 (releases before 0.1.0): no format key. Its headers have no membership
+//!   approvals and hash as `masternode/header/v1`: it cannot be rewritten without
+//!   changing every block hash, so it is refused with [`StoreError::Format1`].
+//! * 2 (0.1.0): the membership state without the upgrade schedule.
+//! * 3 (this release): the membership state with the schedule.
+//!
+//! [`Store::open`] migrates format 2 in place: in one batch it keeps the
+//! format-2 entries it replaces under `backup/2/...` keys, writes the
+//! membership state with an empty schedule and the new format, and then
+//! fsyncs. A crash leaves format 2 or format 3, never a mixture. A data dir
+//! of a later format is refused ([`StoreError::NewerFormat`]); 0.1.0 refuses
+//! format 3 in turn, so a node that ran this release cannot be rolled back onto
+//! its data dir.
 
 use std::path::Path;
 
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
+use std::collections::BTreeMap;
+
 use super::block::{Block, Hash, Height};
-use super::members::MembershipState;
+use super::members::{Change, MemberSet, MembershipState};
 use super::message::BLOCKS_LIMIT;
 use super::vote::{Certificate, Committed, Lock, SignRecord, Signed};
 use crate::codec::{self, BINCODE};
+use crate::identity::NodeId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,10 +44,27 @@ pub enum StoreError {
     #[error("block {got} does not follow the tip {tip}")]
     NotNext { got: Height, tip: Height },
     #[error(
-        "the data dir holds a chain in format {found}, this node writes format {FORMAT}: \
-         move the data dir away and start again; the node syncs the chain from its peers"
+        "the data dir holds a chain in format 1 (written before 0.1.0): its block hashes cover headers without \
+         membership approvals, so its blocks cannot be rewritten in format {FORMAT} without changing every block \
+         hash and voiding their certificates, and no release since 0.1.0 runs that chain; keep the data dir for the \
+         record elsewhere and start on an empty one: the node syncs the network's chain from its peers"
     )]
-    OldFormat { found: u32 },
+    Format1,
+    #[error(
+        "the data dir holds a chain in format {found}, written by a later release; this node reads formats 2 and \
+         {FORMAT}: run that release or a later one"
+    )]
+    NewerFormat { found: u32 },
+    #[error("the data dir holds a chain in format {found}, which no release wrote")]
+    UnknownFormat { found: u32 },
+}
+
+impl StoreError {
+    /// A data dir this release cannot run on as it is: the operator must act
+    /// (a restart changes nothing).
+    pub fn is_format(&self) -> bool {
+        matches!(self, StoreError::Format1 | StoreError::NewerFormat { .. } | StoreError::UnknownFormat { .. })
+    }
 }
 
 #[derive(Clone)]
@@ -52,9 +88,31 @@ pub struct TipRecord {
 const TIP: &str = "tip";
 /// The membership after the tip block, written with it.
 const MEMBERS: &str = "members";
-/// The store's format: 2 since block headers carry membership approvals.
+/// The store's format: 2 since block headers carry membership approvals, 3
+/// since the membership state holds the upgrade schedule.
 const FORMAT_KEY: &str = "format";
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
+/// Where a migration from format 2 keeps the entries it replaced.
+const BACKUP_FORMAT_2: &str = "backup/2/format";
+const BACKUP_MEMBERS_2: &str = "backup/2/members";
+
+/// The membership state as format 2 (0.1.0) stores it: the current one
+/// without `schedule`. `Change` decodes unchanged, its new variant being last.
+#[derive(bincode::Encode, bincode::Decode)]
+struct MembershipState2 {
+    applied: Height,
+    current: MemberSet,
+    next: MemberSet,
+    pending: BTreeMap<Change, BTreeMap<NodeId, Height>>,
+    touched: BTreeMap<NodeId, Height>,
+}
+
+impl MembershipState2 {
+    fn into_current(self) -> MembershipState {
+        let MembershipState2 { applied, current, next, pending, touched } = self;
+        MembershipState { applied, current, next, pending, touched, schedule: Vec::new() }
+    }
+}
 
 fn signed_key(r: SignRecord) -> [u8; 13] {
     let mut k = [0u8; 13];
@@ -88,10 +146,12 @@ impl Store {
         let format: Option<u32> = store.meta.get(FORMAT_KEY)?.map(|b| decode(&b, "format")).transpose()?;
         match format {
             Some(FORMAT) => {}
-            Some(found) => return Err(StoreError::OldFormat { found }),
+            Some(2) => store.migrate_2_to_3()?,
+            Some(found) if found > FORMAT => return Err(StoreError::NewerFormat { found }),
+            Some(found) => return Err(StoreError::UnknownFormat { found }),
             // A store with blocks and no format key is of format 1.
             None if store.meta.get(TIP)?.is_some() || store.meta.get(LAST_SIGNED)?.is_some() => {
-                return Err(StoreError::OldFormat { found: 1 })
+                return Err(StoreError::Format1)
             }
             None => {
                 store.meta.insert(FORMAT_KEY, encode(&FORMAT))?;
@@ -99,6 +159,29 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Format 2 to 3: the membership state gains an empty upgrade schedule
+    /// (0.1.0 knew no plans). Blocks, certificates, the lock and the signed
+    /// messages are the same in both. One batch, then an fsync.
+    fn migrate_2_to_3(&self) -> Result<(), StoreError> {
+        let mut batch = self.keyspace.batch();
+        if let Some(old) = self.meta.get(MEMBERS)? {
+            let state: MembershipState2 = decode(&old, "format-2 membership")?;
+            batch.insert(&self.meta, BACKUP_MEMBERS_2, old.to_vec());
+            batch.insert(&self.meta, MEMBERS, encode(&state.into_current()));
+        }
+        batch.insert(&self.meta, BACKUP_FORMAT_2, encode(&2u32));
+        batch.insert(&self.meta, FORMAT_KEY, encode(&FORMAT));
+        batch.commit()?;
+        self.keyspace.persist(PersistMode::SyncAll)?;
+        let tip = self.tip()?.map_or(0, |t| t.height);
+        tracing::info!(
+            tip = tip,
+            "data dir migrated from format 2 (0.1.0) to {FORMAT}: the membership state holds the upgrade schedule; the \
+             format-2 entries are kept under backup/2/; 0.1.0 no longer opens this data dir"
+        );
+        Ok(())
     }
 
     /// The membership after the tip block (`None` before the first block).
@@ -297,23 +380,76 @@ mod tests {
         state
     }
 
-    #[test]
-    fn a_data_dir_of_the_older_format_is_refused_with_what_to_do() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            // Format 1 had a tip and no format key.
-            let keyspace = Config::new(dir.path()).open().unwrap();
-            let meta = keyspace.open_partition("meta", PartitionCreateOptions::default()).unwrap();
-            meta.insert(TIP, encode(&TipRecord { height: 3, hash: Hash([1; 32]), timestamp_ms: 1 })).unwrap();
-            keyspace.persist(PersistMode::SyncAll).unwrap();
+    /// Writes meta entries straight into a data dir, as another release would.
+    fn write_meta(dir: &Path, entries: &[(&str, Vec<u8>)]) {
+        let keyspace = Config::new(dir).open().unwrap();
+        let meta = keyspace.open_partition("meta", PartitionCreateOptions::default()).unwrap();
+        for (k, v) in entries {
+            meta.insert(*k, v).unwrap();
         }
+        keyspace.persist(PersistMode::SyncAll).unwrap();
+    }
+
+    #[test]
+    fn a_data_dir_of_format_1_is_refused_with_why_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        // Format 1 had a tip and no format key.
+        write_meta(dir.path(), &[(TIP, encode(&TipRecord { height: 3, hash: Hash([1; 32]), timestamp_ms: 1 }))]);
         let err = Store::open(dir.path()).err().expect("refused");
-        assert!(matches!(err, StoreError::OldFormat { found: 1 }), "{err}");
-        assert!(err.to_string().contains("move the data dir away"), "{err}");
+        assert!(matches!(err, StoreError::Format1), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("without changing every block hash") && text.contains("start on an empty one"), "{text}");
         // A fresh data dir is written in the current format and opens again.
         let fresh = tempfile::tempdir().unwrap();
         drop(Store::open(fresh.path()).unwrap());
         assert!(Store::open(fresh.path()).is_ok());
+    }
+
+    #[test]
+    fn a_data_dir_of_a_later_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_meta(dir.path(), &[(FORMAT_KEY, encode(&(FORMAT + 1)))]);
+        let err = Store::open(dir.path()).err().expect("refused");
+        assert!(matches!(err, StoreError::NewerFormat { found } if found == FORMAT + 1), "{err}");
+        assert!(err.to_string().contains("run that release or a later one"), "{err}");
+    }
+
+    #[test]
+    fn format_2_is_migrated_in_place_keeping_what_it_replaced() {
+        use crate::chain::members::{Approval, Membership};
+        let dir = tempfile::tempdir().unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let identity = crate::identity::Identity::from_signing_key(key).unwrap();
+        let mut m = Membership::of_ids(&[identity.id(), NodeId([1; 32]), NodeId([2; 32])], 1);
+        m.apply(&[], &[0; 32]);
+        let pending =
+            Approval { change: Change::Remove { id: NodeId([2; 32]) }, approver: identity.id(), signed_at: 1 }
+                .sign(&[0; 32], &identity);
+        m.apply(&[pending], &[0; 32]);
+        let s = m.state().clone();
+        assert_eq!(s.pending.len(), 1, "a change still collecting approvals");
+        let old = MembershipState2 {
+            applied: s.applied,
+            current: s.current.clone(),
+            next: s.next.clone(),
+            pending: s.pending.clone(),
+            touched: s.touched.clone(),
+        };
+        let old_bytes = encode(&old);
+        let tip = TipRecord { height: 2, hash: Hash([4; 32]), timestamp_ms: 9 };
+        write_meta(dir.path(), &[(FORMAT_KEY, encode(&2u32)), (TIP, encode(&tip)), (MEMBERS, old_bytes.clone())]);
+        for open in ["the migrating open", "a later open"] {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.membership().unwrap(), Some(s.clone()), "{open}: the same state, an empty schedule");
+            assert_eq!(store.tip().unwrap(), Some(tip), "{open}");
+            let format: u32 = decode(&store.meta.get(FORMAT_KEY).unwrap().unwrap(), "format").unwrap();
+            assert_eq!(format, FORMAT, "{open}");
+            assert_eq!(
+                store.meta.get(BACKUP_MEMBERS_2).unwrap().unwrap().to_vec(),
+                old_bytes,
+                "{open}: kept as it was"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Transport;
 use crate::identity::{Identity, NodeId};
 
+use super::handshake::Generation;
 use super::tls::{self, MemberKeys, RefusalLog, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,8 @@ pub fn transport_config(t: &Transport) -> Result<Arc<quinn::TransportConfig>, En
 /// restarted node answers packets of its previous life's connections with a reset
 /// the peer accepts: peers drop those connections within a round trip instead of
 /// waiting for the idle timeout. The server side accepts clients whose key is in
-/// `members` at the time of their handshake (see [`MemberKeys::replace`]).
+/// `members` at the time of their handshake (see [`MemberKeys::replace`]), in one
+/// of `generations` (the first the client offers, in this order).
 pub fn bind(
     listen: SocketAddr,
     identity: &Identity,
@@ -50,11 +52,13 @@ pub fn bind(
     transport: Arc<quinn::TransportConfig>,
     refusals: Arc<RefusalLog>,
     wrap: Option<SocketWrapper>,
+    generations: &[Generation],
 ) -> Result<quinn::Endpoint, EndpointError> {
     let reset_key =
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &identity.derive_secret(b"masternode quic stateless reset"));
     let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity, members, refusals)?));
+    let mut server =
+        quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity, members, refusals, generations)?));
     server.transport_config(transport);
     let bind_error = |source| EndpointError::Bind { addr: listen, source };
     let socket = udp_socket(listen).map_err(bind_error)?;
@@ -103,13 +107,15 @@ fn is_dual_stack(listen: SocketAddr) -> bool {
     matches!(listen.ip(), std::net::IpAddr::V6(v6) if v6.is_unspecified())
 }
 
-/// Client configuration for dialling `peer`, pinned to its key.
+/// Client configuration for dialling `peer`, pinned to its key, offering
+/// `generations` in this order.
 pub fn client_config(
     identity: &Identity,
     peer: NodeId,
     transport: Arc<quinn::TransportConfig>,
+    generations: &[Generation],
 ) -> Result<quinn::ClientConfig, EndpointError> {
-    let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity, peer)?));
+    let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity, peer, generations)?));
     cfg.transport_config(transport);
     Ok(cfg)
 }

@@ -18,6 +18,10 @@
 //! accept ([`MemberKeys`]), the addresses admission favours, and the slots. A
 //! handshake that passed the old set is settled by the slots, which close a
 //! connection with a member removed meanwhile.
+//!
+//! Each connection's wire version is fixed by its handshake and published with
+//! the peer ([`super::PeerInfo::wire_version`]); a peer with no version in common
+//! is reported once per peer and range, with which side to upgrade.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -34,7 +38,9 @@ use super::admission::{Admission, AdmissionSlot, Admit};
 use super::close;
 use super::direction::Direction;
 use super::endpoint::{self, EndpointError};
-use super::handshake::{self, Expect, HandshakeError, Intro, RejectReason, Tip, MAGIC, PROTOCOL_VERSION};
+use super::handshake::{
+    self, Agreed, Expect, Generation, HandshakeError, Intro, Mismatch, RejectReason, Tip, Versions, MAGIC, WIRE,
+};
 use super::inbox::Inbox;
 use super::outbox::{Outbox, OutboxLimits};
 use super::peer;
@@ -73,8 +79,12 @@ pub struct NetConfig {
 #[doc(hidden)]
 #[derive(Clone, Default)]
 pub struct TestHooks {
-    /// Announce this protocol version instead of ours.
-    pub version: Option<u16>,
+    /// Announce this range of wire versions instead of ours (a peer's range is
+    /// still checked against ours).
+    pub versions: Option<Versions>,
+    /// Offer and accept only these handshake generations, in this order (a node
+    /// of 0.1.0 speaks `[Generation::V1]`) instead of [`Generation::offered`].
+    pub generations: Option<Vec<Generation>>,
     /// Claim this `NodeId` in our `Intro` instead of our own.
     pub claim_id: Option<NodeId>,
     /// Wraps the UDP socket (fault injection).
@@ -84,7 +94,8 @@ pub struct TestHooks {
 impl std::fmt::Debug for TestHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestHooks")
-            .field("version", &self.version)
+            .field("versions", &self.versions)
+            .field("generations", &self.generations)
             .field("claim_id", &self.claim_id)
             .field("wrap_socket", &self.wrap_socket.is_some())
             .finish()
@@ -94,10 +105,10 @@ impl std::fmt::Debug for TestHooks {
 /// Counts a failed handshake under its reason.
 fn count_handshake_error(c: &Counters, e: &HandshakeError) {
     match e {
-        HandshakeError::RejectedPeer(r) => {
+        HandshakeError::RejectedPeer(r, _) => {
             c.rejects_sent[reason_index(*r)].fetch_add(1, Ordering::Relaxed);
         }
-        HandshakeError::RejectedByPeer(r) => {
+        HandshakeError::RejectedByPeer(r, _) => {
             c.rejects_received[reason_index(*r)].fetch_add(1, Ordering::Relaxed);
         }
         HandshakeError::Timeout(_) => {
@@ -115,8 +126,8 @@ fn reason_index(r: RejectReason) -> usize {
 }
 
 pub(crate) enum Cmd {
-    Dialed { peer: NodeId, addr: SocketAddr, result: Result<(quinn::Connection, Intro), DialError> },
-    Accepted { conn: quinn::Connection, intro: Intro },
+    Dialed { peer: NodeId, addr: SocketAddr, result: Result<(quinn::Connection, Agreed), DialError> },
+    Accepted { conn: quinn::Connection, agreed: Agreed },
     InboundFailed { peer: Option<NodeId>, error: HandshakeError },
     Closed { peer: NodeId, conn_id: ConnId, error: quinn::ConnectionError },
 }
@@ -157,6 +168,8 @@ struct HandshakeCtx {
     incarnation: AtomicU64,
     tip: watch::Receiver<Tip>,
     hooks: TestHooks,
+    /// The handshake generations offered and accepted, the newest first.
+    generations: Vec<Generation>,
     deadline: Duration,
     /// QUIC + TLS must complete within this, a shorter deadline than the whole
     /// handshake's: a stranger that sends an Initial and stalls holds an admission
@@ -172,13 +185,13 @@ impl HandshakeCtx {
 
     /// What a peer's `Intro` is checked against; `is_peer` is [`Self::is_peer`].
     fn expect<'a>(&self, tls_key: NodeId, is_peer: &'a (dyn Fn(&NodeId) -> bool + Sync)) -> Expect<'a> {
-        Expect { network_id: self.network.id, version: PROTOCOL_VERSION, tls_key, is_member: is_peer }
+        Expect { network_id: self.network.id, versions: WIRE, tls_key, is_member: is_peer }
     }
 
     fn intro(&self) -> Intro {
         Intro {
             magic: MAGIC,
-            version: self.hooks.version.unwrap_or(PROTOCOL_VERSION),
+            versions: self.hooks.versions.unwrap_or(WIRE),
             network_id: self.network.id,
             node_id: self.hooks.claim_id.unwrap_or(self.me),
             listen: self.advertised,
@@ -274,6 +287,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
     let keys = MemberKeys::new(member_addrs.iter().map(|(id, _)| *id));
     let transport = endpoint::transport_config(&cfg.transport)?;
     let refusals = Arc::new(RefusalLog::default());
+    let generations = cfg.hooks.generations.clone().unwrap_or_else(|| Generation::offered(WIRE));
     let endpoint = endpoint::bind(
         cfg.listen,
         &cfg.identity,
@@ -281,6 +295,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         transport.clone(),
         refusals.clone(),
         cfg.hooks.wrap_socket.clone(),
+        &generations,
     )?;
     let local_addr = endpoint.local_addr().map_err(|source| EndpointError::Bind { addr: cfg.listen, source })?;
 
@@ -312,6 +327,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         incarnation: AtomicU64::new(incarnation()),
         tip: cfg.tip,
         hooks: cfg.hooks,
+        generations,
         deadline: cfg.transport.handshake_timeout,
         tls_deadline: cfg.transport.handshake_timeout.min(TLS_DEADLINE),
     });
@@ -338,6 +354,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         tracker: TaskTracker::new(),
         next_conn_id: 1,
         keepalive: cfg.transport.keepalive,
+        mismatches: HashMap::new(),
     };
     Ok(Bound {
         manager,
@@ -382,8 +399,9 @@ fn incarnation() -> u64 {
 
 struct Manager {
     slots: Slots,
-    /// Every connection the rules know of (kept or about to be closed by them).
-    conns: HashMap<ConnId, (NodeId, quinn::Connection, Tip)>,
+    /// Every connection the rules know of (kept or about to be closed by them),
+    /// with the tip and the wire version its handshake announced.
+    conns: HashMap<ConnId, (NodeId, quinn::Connection, Tip, u16)>,
     /// Client configurations pinned to each member's key, made at its first dial.
     clients: HashMap<NodeId, quinn::ClientConfig>,
     identity: Arc<Identity>,
@@ -402,6 +420,10 @@ struct Manager {
     /// How often the local addresses of connections are checked: a connection
     /// that lost its address is replaced before the next keepalive would be due.
     keepalive: Duration,
+    /// Per member, the version mismatch last reported: one warn line per peer and
+    /// range, however often it dials. One entry per member at most (strangers do
+    /// not pass TLS); cleared when the peer connects.
+    mismatches: HashMap<NodeId, Mismatch>,
 }
 
 impl Manager {
@@ -435,7 +457,7 @@ impl Manager {
             // Proof of progress for the service watchdog: this loop turned.
             self.shared.counters.manager_loops.fetch_add(1, Ordering::Relaxed);
         }
-        for (_, conn, _) in self.conns.values() {
+        for (_, conn, _, _) in self.conns.values() {
             conn.close(close::SHUTDOWN.into(), b"shutdown");
         }
         self.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
@@ -462,6 +484,7 @@ impl Manager {
             }
         }
         self.clients.retain(|id, _| members.contains_key(id));
+        self.mismatches.retain(|id, _| members.contains_key(id));
     }
 
     /// Finds connections whose local address is gone from the host (a new DHCP
@@ -475,7 +498,7 @@ impl Manager {
         let lost: Vec<(NodeId, ConnId, std::net::IpAddr)> = self
             .conns
             .iter()
-            .filter_map(|(conn_id, (peer, conn, _))| {
+            .filter_map(|(conn_id, (peer, conn, _, _))| {
                 let ip = conn.local_ip()?;
                 let here = *present.entry(ip).or_insert_with(|| is_local_address(ip));
                 (!here).then_some((*peer, *conn_id, ip))
@@ -500,7 +523,7 @@ impl Manager {
             match action {
                 Action::Dial { peer, addr, .. } => self.start_dial(peer, addr),
                 Action::Close { conn, code, reason, .. } => {
-                    if let Some((_, c, _)) = self.conns.remove(&conn) {
+                    if let Some((_, c, _, _)) = self.conns.remove(&conn) {
                         c.close(code.into(), reason.as_bytes());
                     }
                     if code == close::DUPLICATE {
@@ -525,7 +548,7 @@ impl Manager {
     }
 
     fn publish_up(&mut self, peer: NodeId, conn_id: ConnId, direction: Direction) {
-        let Some((_, conn, tip)) = self.conns.get(&conn_id) else { return };
+        let Some((_, conn, tip, wire)) = self.conns.get(&conn_id) else { return };
         let link = Arc::new(Link {
             id: peer,
             conn: conn.clone(),
@@ -534,6 +557,7 @@ impl Manager {
             direction,
             established: Instant::now(),
             tip: *tip,
+            wire: *wire,
             outbox: Mutex::new(Outbox::new(self.outbox_limits)),
             wake: Notify::new(),
             drained: Notify::new(),
@@ -572,7 +596,7 @@ impl Manager {
         if let Some(client) = self.clients.get(&id) {
             return Ok(client.clone());
         }
-        let client = endpoint::client_config(&self.identity, id, self.transport.clone())?;
+        let client = endpoint::client_config(&self.identity, id, self.transport.clone(), &self.hs.generations)?;
         self.clients.insert(id, client.clone());
         Ok(client)
     }
@@ -581,24 +605,34 @@ impl Manager {
         let now = std::time::Instant::now();
         match cmd {
             Cmd::Dialed { peer, addr, result } => match result {
-                Ok((conn, intro)) => self.handle_established(conn, Direction::Outbound, intro),
+                Ok((conn, agreed)) => self.handle_established(conn, Direction::Outbound, agreed),
                 Err(e) => {
-                    let failure = self.count_dial_failure(&e);
+                    let mut failure = self.count_dial_failure(&e);
+                    if let (DialFailure::Failed(what), Some(m)) = (&failure, dial_mismatch(&e)) {
+                        self.report_mismatch(peer, m);
+                        failure = DialFailure::Reported(what.clone());
+                    }
                     self.slots.handle_dial_failed(peer, addr, failure, now);
                 }
             },
-            Cmd::Accepted { conn, intro } => self.handle_established(conn, Direction::Inbound, intro),
+            Cmd::Accepted { conn, agreed } => self.handle_established(conn, Direction::Inbound, agreed),
             Cmd::InboundFailed { peer, error } => {
                 let c = &self.shared.counters;
                 c.handshakes_failed.fetch_add(1, Ordering::Relaxed);
                 count_handshake_error(c, &error);
                 let what = match &error {
-                    HandshakeError::RejectedPeer(r) => format!("rejected the peer's hello: {r}"),
+                    HandshakeError::RejectedPeer(..) => {
+                        format!("rejected the peer's hello: {}", handshake::rejection_text(&error))
+                    }
                     other => format!("inbound handshake failed: {other}"),
                 };
-                match peer.filter(|p| self.slots.contains(p)) {
-                    Some(p) => self.slots.handle_inbound_failed(p, &what),
-                    None => tracing::debug!("{what}"),
+                match (peer.filter(|p| self.slots.contains(p)), error.mismatch()) {
+                    (Some(p), Some(m)) => {
+                        self.report_mismatch(p, m);
+                        tracing::debug!(peer = %p.short(), "{what}");
+                    }
+                    (Some(p), _) => self.slots.handle_inbound_failed(p, &what),
+                    (None, _) => tracing::debug!("{what}"),
                 }
             }
             Cmd::Closed { peer, conn_id, error } => {
@@ -606,6 +640,15 @@ impl Manager {
                 let cause = self.close_cause(&error);
                 self.slots.handle_closed(peer, conn_id, cause, now);
             }
+        }
+    }
+
+    /// Reports a peer with no wire version in common, once per peer and range;
+    /// the caller logs the attempt itself at debug.
+    fn report_mismatch(&mut self, peer: NodeId, mismatch: Mismatch) {
+        if self.mismatches.get(&peer) != Some(&mismatch) {
+            tracing::warn!(peer = %peer.short(), "no wire version in common: {mismatch}");
+            self.mismatches.insert(peer, mismatch);
         }
     }
 
@@ -632,11 +675,11 @@ impl Manager {
             }
         }
         match error {
-            DialError::Handshake(HandshakeError::RejectedByPeer(RejectReason::Duplicate)) => {
+            DialError::Handshake(HandshakeError::RejectedByPeer(RejectReason::Duplicate, _)) => {
                 DialFailure::DuplicateAtPeer
             }
-            DialError::Handshake(HandshakeError::RejectedByPeer(r)) => {
-                DialFailure::Failed(format!("peer rejected our hello: {r}"))
+            DialError::Handshake(e @ HandshakeError::RejectedByPeer(..)) => {
+                DialFailure::Failed(format!("peer rejected our hello: {}", handshake::rejection_text(e)))
             }
             DialError::Handshake(HandshakeError::Connection(e)) if super::is_tls_refusal(e) => {
                 DialFailure::Failed(format!("refused at TLS: {e}"))
@@ -644,8 +687,8 @@ impl Manager {
             DialError::Handshake(HandshakeError::Connection(e)) if super::is_removal(e) => {
                 DialFailure::Failed(NOT_IN_ITS_SET.to_string())
             }
-            DialError::Handshake(HandshakeError::RejectedPeer(r)) => {
-                DialFailure::Failed(format!("rejected the peer's welcome: {r}"))
+            DialError::Handshake(e @ HandshakeError::RejectedPeer(..)) => {
+                DialFailure::Failed(format!("rejected the peer's welcome: {}", handshake::rejection_text(e)))
             }
             other => DialFailure::Failed(format!("dial failed: {other}")),
         }
@@ -670,14 +713,17 @@ impl Manager {
         CloseCause::Other(super::describe_close(error))
     }
 
-    fn handle_established(&mut self, conn: quinn::Connection, direction: Direction, intro: Intro) {
+    fn handle_established(&mut self, conn: quinn::Connection, direction: Direction, agreed: Agreed) {
+        let Agreed { intro, wire } = agreed;
         let peer = intro.node_id;
         let conn_id = self.next_conn_id;
         self.next_conn_id += 1;
         if self.slots.contains(&peer) {
             self.shared.counters.handshakes_ok.fetch_add(1, Ordering::Relaxed);
         }
-        self.conns.insert(conn_id, (peer, conn.clone(), intro.tip));
+        self.mismatches.remove(&peer);
+        tracing::debug!(peer = %peer.short(), wire, software = %intro.software, "handshake complete");
+        self.conns.insert(conn_id, (peer, conn.clone(), intro.tip, wire));
         let now = std::time::Instant::now();
         if self.slots.handle_established(peer, conn_id, direction, intro.listen, intro.incarnation, now) {
             let cmd_tx = self.cmd_tx.clone();
@@ -687,6 +733,14 @@ impl Manager {
                 let _ = cmd_tx.send(Cmd::Closed { peer, conn_id, error }).await;
             });
         }
+    }
+}
+
+/// The version mismatch behind a failed dial, in this node's terms.
+fn dial_mismatch(error: &DialError) -> Option<Mismatch> {
+    match error {
+        DialError::Handshake(h) => h.mismatch(),
+        _ => None,
     }
 }
 
@@ -735,7 +789,7 @@ async fn dial(
     addr: SocketAddr,
     peer: NodeId,
     hs: &HandshakeCtx,
-) -> Result<(quinn::Connection, Intro), DialError> {
+) -> Result<(quinn::Connection, Agreed), DialError> {
     let deadline = Instant::now() + hs.deadline;
     let connecting = endpoint.connect_with(client, addr, tls::SERVER_NAME)?;
     let conn = match timeout_at(deadline, connecting).await {
@@ -747,7 +801,7 @@ async fn dial(
     // The certificate was pinned to `peer`; the Welcome must name the same key.
     let expect = hs.expect(peer, &is_peer);
     match timeout_at(deadline, handshake::dial(&conn, &hs.intro(), &expect)).await {
-        Ok(Ok(intro)) => Ok((conn, intro)),
+        Ok(Ok(agreed)) => Ok((conn, agreed)),
         Ok(Err(e)) => {
             let code = if e.reject_reason().is_some() { close::REJECTED } else { close::PROTOCOL };
             let reason = e.reject_reason().map(|r| r.as_str()).unwrap_or("handshake failed");
@@ -811,7 +865,7 @@ async fn accept_loop(
         tracker.spawn(async move {
             let _slot = slot;
             let cmd = match accept(incoming, &hs, member).await {
-                Ok((conn, intro)) => Cmd::Accepted { conn, intro },
+                Ok((conn, agreed)) => Cmd::Accepted { conn, agreed },
                 Err((peer, error)) => Cmd::InboundFailed { peer, error },
             };
             let _ = cmd_tx.send(cmd).await;
@@ -826,7 +880,7 @@ async fn accept(
     incoming: quinn::Incoming,
     hs: &HandshakeCtx,
     member: bool,
-) -> Result<(quinn::Connection, Intro), (Option<NodeId>, HandshakeError)> {
+) -> Result<(quinn::Connection, Agreed), (Option<NodeId>, HandshakeError)> {
     let start = Instant::now();
     let tls_deadline = if member { hs.deadline } else { hs.tls_deadline };
     let conn = match timeout_at(start + tls_deadline, incoming).await {
@@ -841,7 +895,7 @@ async fn accept(
     let is_peer = |id: &NodeId| hs.is_peer(id);
     let expect = hs.expect(tls_key, &is_peer);
     match timeout_at(start + hs.deadline, handshake::accept(&conn, &hs.intro(), &expect)).await {
-        Ok(Ok(intro)) => Ok((conn, intro)),
+        Ok(Ok(agreed)) => Ok((conn, agreed)),
         Ok(Err(e)) => {
             if conn.close_reason().is_none() {
                 conn.close(close::PROTOCOL.into(), b"handshake failed");

@@ -76,6 +76,9 @@ pub struct Outgoing {
     /// For superseding classes: queued frames of a lower epoch are dropped when this
     /// one is queued. The chain uses the height.
     pub epoch: u64,
+    /// The lowest wire version that carries this frame: peers connected at a
+    /// lower one are not sent it ([`crate::net::Peers::send`]).
+    pub wire: u16,
 }
 
 /// Byte budgets per class.
@@ -279,7 +282,7 @@ mod tests {
     fn out(class: Class, epoch: u64, len: usize, tag: u8) -> Outgoing {
         let mut frame = ((len - 4) as u32).to_be_bytes().to_vec();
         frame.resize(len, tag);
-        Outgoing { frame: Bytes::from(frame), class, epoch }
+        Outgoing { frame: Bytes::from(frame), class, epoch, wire: 3 }
     }
 
     /// The tags of the frames in `pieces`, in order.

@@ -100,6 +100,8 @@ pub struct PeerInfo {
     pub connected_for: Duration,
     pub conn_id: u64,
     pub tip: Tip,
+    /// The wire version the connection's handshake settled on.
+    pub wire_version: u16,
     /// Bytes waiting in our outbox for this peer.
     pub outbox_bytes: usize,
 }
@@ -111,6 +113,9 @@ pub enum SendError {
     /// Dropped by the outbox's policy (its class's budget is full); counted.
     #[error("outbox for peer {0} is full")]
     Full(NodeId),
+    /// The peer's connection is of a wire version that cannot carry the frame.
+    #[error("peer {peer} speaks wire {wire}, the message needs {needs}")]
+    Unsupported { peer: NodeId, wire: u16, needs: u16 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +180,8 @@ pub(crate) struct Link {
     pub(crate) direction: Direction,
     pub(crate) established: Instant,
     pub(crate) tip: Tip,
+    /// The wire version the handshake settled on.
+    pub(crate) wire: u16,
     pub(crate) outbox: Mutex<Outbox>,
     /// Wakes the writer when something was queued.
     pub(crate) wake: Notify,
@@ -228,12 +235,16 @@ pub struct Peers {
 
 impl Peers {
     /// Queues `out` for `to` and returns at once. `Full` means the outbox's policy
-    /// dropped it (counted), which callers may ignore.
+    /// dropped it (counted), which callers may ignore; `Unsupported` that the
+    /// peer's wire version cannot carry it (not queued, not counted).
     pub fn send(&self, to: NodeId, out: &Outgoing) -> Result<(), SendError> {
         // The table's read lock, held for one push: the manager replaces the
         // table rarely, and nobody holds this lock across an `.await`.
         let table = self.shared.table.borrow();
         let link = table.get(&to).ok_or(SendError::NotConnected(to))?;
+        if link.wire < out.wire {
+            return Err(SendError::Unsupported { peer: to, wire: link.wire, needs: out.wire });
+        }
         if self.push(link, out) {
             Ok(())
         } else {
@@ -241,11 +252,11 @@ impl Peers {
         }
     }
 
-    /// Queues `out` for every connected peer and returns at once with the peers it
-    /// was queued for.
+    /// Queues `out` for every connected peer whose wire version carries it and
+    /// returns at once with the peers it was queued for.
     pub fn broadcast(&self, out: &Outgoing) -> Vec<NodeId> {
         let table = self.shared.snapshot();
-        table.values().filter(|link| self.push(link, out)).map(|link| link.id).collect()
+        table.values().filter(|link| link.wire >= out.wire && self.push(link, out)).map(|link| link.id).collect()
     }
 
     fn push(&self, link: &Link, out: &Outgoing) -> bool {
@@ -329,9 +340,16 @@ impl Peers {
                 connected_for: l.established.elapsed(),
                 conn_id: l.conn_id,
                 tip: l.tip,
+                wire_version: l.wire,
                 outbox_bytes: l.outbox().total_bytes(),
             })
             .collect()
+    }
+
+    /// The wire version of each connected peer: what the chain asks before it
+    /// relies on every member decoding a message of a later version.
+    pub fn wire_versions(&self) -> BTreeMap<NodeId, u16> {
+        self.shared.snapshot().values().map(|l| (l.id, l.wire)).collect()
     }
 
     /// The connected peers (handshake complete), this node not included.

@@ -93,6 +93,9 @@ pub enum DialFailure {
     Failed(String),
     /// The peer holds another connection with us and closed this one.
     DuplicateAtPeer,
+    /// As `Failed`, of a cause the caller reported to the operator already (no
+    /// wire version in common): backed off alike, logged at debug only.
+    Reported(String),
 }
 
 /// Why a connection ended, as far as the rules care.
@@ -364,6 +367,12 @@ impl Slots {
                 let delay = slot.backoff.next_delay();
                 slot.next_dial = Some(now + delay);
                 slot.note_failure(&what, Some(delay));
+            }
+            DialFailure::Reported(what) => {
+                let delay = slot.backoff.next_delay();
+                slot.next_dial = Some(now + delay);
+                slot.failures += 1;
+                tracing::debug!(peer = %peer.short(), "{what}");
             }
         }
     }

@@ -8,7 +8,9 @@
 //! accepts the server's only if its key is the one of the member it meant to dial.
 //! Both still verify the TLS 1.3 handshake signature with the ring provider, which
 //! proves the peer holds the private key. Session resumption is off, so every connection
-//! proves its key afresh. ALPN is `masternode/1`.
+//! proves its key afresh. ALPN names the handshake's generation
+//! ([`Generation`]): both sides list those they speak, the newest first, and the
+//! server takes the first of its list the client offered.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +23,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use super::handshake::Generation;
 use crate::identity::{cert_node_id, Identity, NodeId};
 
-pub const ALPN: &[u8] = b"masternode/1";
 /// The name a dialer puts in its ClientHello; nothing checks it.
 pub const SERVER_NAME: &str = "masternode";
 
@@ -215,8 +217,9 @@ pub fn server_crypto(
     identity: &Identity,
     members: impl Into<MemberKeys>,
     refusals: Arc<RefusalLog>,
+    generations: &[Generation],
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
-    let cfg = server_rustls(identity, members, refusals)?;
+    let cfg = server_rustls(identity, members, refusals, generations)?;
     quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
 }
 
@@ -225,6 +228,7 @@ pub fn server_rustls(
     identity: &Identity,
     members: impl Into<MemberKeys>,
     refusals: Arc<RefusalLog>,
+    generations: &[Generation],
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
@@ -233,7 +237,7 @@ pub fn server_rustls(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(vec![identity.cert_der()], identity.key_der())?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.alpn_protocols = alpn(generations);
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
     Ok(cfg)
@@ -243,13 +247,18 @@ pub fn server_rustls(
 pub fn client_crypto(
     identity: &Identity,
     expected: NodeId,
+    generations: &[Generation],
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
-    let cfg = client_rustls(identity, expected)?;
+    let cfg = client_rustls(identity, expected, generations)?;
     quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
 }
 
 /// The rustls client configuration behind [`client_crypto`] (also usable over TCP).
-pub fn client_rustls(identity: &Identity, expected: NodeId) -> Result<rustls::ClientConfig, TlsError> {
+pub fn client_rustls(
+    identity: &Identity,
+    expected: NodeId,
+    generations: &[Generation],
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -257,9 +266,14 @@ pub fn client_rustls(identity: &Identity, expected: NodeId) -> Result<rustls::Cl
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier { expected, algs }))
         .with_client_auth_cert(vec![identity.cert_der()], identity.key_der())?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.alpn_protocols = alpn(generations);
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
+}
+
+/// ALPN protocol names in the order given (the order of preference).
+fn alpn(generations: &[Generation]) -> Vec<Vec<u8>> {
+    generations.iter().map(|g| g.alpn().to_vec()).collect()
 }
 
 /// The member key a connection's peer proved at TLS.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use masternode::chain::message::Message;
 use masternode::config::{Member, Network, NodeConfig, Transport};
 use masternode::identity::{Identity, NodeId};
-use masternode::net::handshake::Tip;
+use masternode::net::handshake::{Tip, GENERATIONS};
 use masternode::net::{self, endpoint, tls, Inbound, NetConfig, Peers, TestHooks};
 use masternode::node::{Node, NodeOptions};
 use tokio::sync::watch;
@@ -173,7 +173,7 @@ pub const OPEN: net::Protocol = net::Protocol {
 /// `msg` as a frame queued in the transaction class (dropped when a peer's outbox
 /// is full).
 pub fn outgoing(msg: &Message) -> net::Outgoing {
-    net::Outgoing { frame: masternode::codec::encode(msg), class: net::Class::Tx, epoch: 0 }
+    net::Outgoing { frame: masternode::codec::encode(msg), class: net::Class::Tx, epoch: 0, wire: 3 }
 }
 
 /// Decodes a delivered body.
@@ -365,8 +365,16 @@ impl Hostile {
     fn bind(spec: &Spec, at: SocketAddr, id: &Identity, i: usize, uni: Option<u32>) -> Hostile {
         let members: std::collections::HashSet<_> = spec.members.iter().map(|m| m.id).collect();
         let transport = Self::transport(uni);
-        let endpoint =
-            endpoint::bind(at, id, Arc::new(members), transport, Arc::new(tls::RefusalLog::default()), None).unwrap();
+        let endpoint = endpoint::bind(
+            at,
+            id,
+            Arc::new(members),
+            transport,
+            Arc::new(tls::RefusalLog::default()),
+            None,
+            &GENERATIONS,
+        )
+        .unwrap();
         Hostile { endpoint, spec_index: i, uni, send_window: None }
     }
 
@@ -392,14 +400,19 @@ impl Hostile {
     /// Starts a connection attempt to any address (it will not complete).
     pub fn connect_to(&self, to: SocketAddr) -> quinn::Connecting {
         let id = Identity::generate().unwrap();
-        let client = endpoint::client_config(&id, id.id(), Self::transport(None)).unwrap();
+        let client = endpoint::client_config(&id, id.id(), Self::transport(None), &GENERATIONS).unwrap();
         self.endpoint.connect_with(client, to, tls::SERVER_NAME).unwrap()
     }
 
     /// QUIC and TLS only, no handshake.
     pub async fn connect_tls(&self, spec: &Spec, victim: usize) -> quinn::Connection {
-        let client =
-            endpoint::client_config(&spec.ids[self.spec_index], spec.id(victim), Self::transport(self.uni)).unwrap();
+        let client = endpoint::client_config(
+            &spec.ids[self.spec_index],
+            spec.id(victim),
+            Self::transport(self.uni),
+            &GENERATIONS,
+        )
+        .unwrap();
         self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).unwrap().await.unwrap()
     }
 
@@ -413,7 +426,7 @@ impl Hostile {
         let conn = self.connect_tls(spec, victim).await;
         let intro = masternode::net::handshake::Intro {
             magic: masternode::net::handshake::MAGIC,
-            version: masternode::net::handshake::PROTOCOL_VERSION,
+            versions: masternode::net::handshake::WIRE,
             network_id: network.id,
             node_id: spec.id(self.spec_index),
             listen: spec.addr(self.spec_index),
@@ -424,7 +437,7 @@ impl Hostile {
         let any = |_: &masternode::identity::NodeId| true;
         let expect = masternode::net::handshake::Expect {
             network_id: network.id,
-            version: masternode::net::handshake::PROTOCOL_VERSION,
+            versions: masternode::net::handshake::WIRE,
             tls_key: spec.id(victim),
             is_member: &any,
         };

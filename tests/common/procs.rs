@@ -24,6 +24,9 @@ pub struct Net {
     pub procs: Vec<Option<Child>>,
     /// Extra environment for every node started.
     pub env: Vec<(String, String)>,
+    /// The binary each node runs when started ([`BIN`] unless a test installs
+    /// another release).
+    pub bins: Vec<PathBuf>,
 }
 
 impl Net {
@@ -43,7 +46,8 @@ impl Net {
             std::fs::write(c, text).unwrap();
         }
         let admins = (1..=n).map(|i| SocketAddr::new(ip(i), masternode::devnet::ADMIN_PORT)).collect();
-        Net { dir, configs, admins, procs: (0..n).map(|_| None).collect(), env: Vec::new() }
+        let bins = vec![PathBuf::from(BIN); n];
+        Net { dir, configs, admins, procs: (0..n).map(|_| None).collect(), env: Vec::new(), bins }
     }
 
     /// Daemons of `spec`'s members (node i of the spec in `node{i+1}`), with its
@@ -68,7 +72,8 @@ impl Net {
             admins.push(admin);
         }
         let procs = (0..configs.len()).map(|_| None).collect();
-        Net { dir, configs, admins, procs, env: Vec::new() }
+        let bins = vec![PathBuf::from(BIN); configs.len()];
+        Net { dir, configs, admins, procs, env: Vec::new(), bins }
     }
 
     /// The process id of node `i`, while it runs.
@@ -87,7 +92,7 @@ impl Net {
             .append(true)
             .open(self.dir.path().join(format!("node{}.log", i + 1)))
             .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(&self.bins[i])
             .args(["run", "--config"])
             .arg(&self.configs[i])
             .env("RUST_LOG", "info")
@@ -115,6 +120,24 @@ impl Net {
         let pid = self.procs[i].as_ref().unwrap().id();
         let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
         assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// Stops node `i` with SIGTERM, as `systemctl stop` does, and waits for it
+    /// to exit; its exit code.
+    pub async fn stop(&mut self, i: usize, deadline: Duration) -> Option<i32> {
+        self.signal(i, "TERM");
+        let mut child = self.procs[i].take().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                panic!("node {} still running {deadline:?} after SIGTERM\n{}", i + 1, self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn kill9(&mut self, i: usize) {

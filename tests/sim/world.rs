@@ -600,6 +600,7 @@ impl World {
             Change::Add { id, addr } => format!("add {} at {addr}", name(id)),
             Change::Remove { id } => format!("remove {}", name(id)),
             Change::SetAddr { id, addr, seq } => format!("move {} to {addr} (seq {seq})", name(id)),
+            Change::Upgrade { .. } => c.to_string(),
         }
     }
 

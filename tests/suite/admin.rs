@@ -377,3 +377,38 @@ async fn member_cli_sends_the_token_from_its_flag_its_variable_or_the_config() {
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("mode 644"), "{err}");
 }
+
+/// What a browser sends for a page that names the node's own address (an
+/// `<img>` or a `fetch` from any site): refused with 403 before any block is
+/// read, the connection closed, nothing queued; the same request from a
+/// client (no `Origin`, no `Sec-Fetch-Site`, or `none` for an address the
+/// user typed) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_browser_makes_for_a_page_are_refused_and_close_their_connection() {
+    let (_spec, node) = lone_node(None).await;
+    let addr = node.admin_addr();
+    let host = format!("Host: {addr}");
+    for extra in
+        ["Origin: http://evil.example", "Origin: null", "Sec-Fetch-Site: cross-site", "Sec-Fetch-Site: same-origin"]
+    {
+        let (code, head, body) = raw(addr, &format!("GET /status HTTP/1.1\r\n{host}\r\n{extra}"), b"").await;
+        assert_eq!(code, 403, "{extra}: {head}");
+        assert!(head.to_ascii_lowercase().contains("connection: close"), "{extra}: {head}");
+        assert!(error_of(&body).contains("web page") || error_of(&body).contains("page"), "{body}");
+        let (code, _, _) = raw(
+            addr,
+            &format!("POST /tx HTTP/1.1\r\n{host}\r\n{extra}\r\nContent-Type: application/octet-stream"),
+            b"a page's transaction",
+        )
+        .await;
+        assert_eq!(code, 403, "{extra} on POST /tx");
+    }
+    assert_eq!(node.mempool_len(), 0, "nothing queued");
+    for extra in ["Sec-Fetch-Site: none", "User-Agent: curl/8"] {
+        let (code, head, _) = raw(addr, &format!("GET /status HTTP/1.0\r\n{host}\r\n{extra}"), b"").await;
+        assert_eq!(code, 200, "{extra}: {head}");
+    }
+    let metrics = masternode::admin::http_get(addr, "/metrics", WAIT).await.unwrap();
+    assert_eq!(metric(&metrics, "masternode_admin_refused_total{reason=\"browser\"}"), 8.0);
+    node.stop().await;
+}

@@ -9,7 +9,7 @@ use masternode::chain::vote::Committed;
 use masternode::codec::{decode_all, decode_body, encode, FrameReader, BINCODE};
 use masternode::config::{Network, NodeFileValues, Overrides};
 use masternode::identity::NodeId;
-use masternode::net::handshake::{check_intro, Expect, HandshakeMsg, PROTOCOL_VERSION};
+use masternode::net::handshake::{check_intro, Expect, HandshakeMsg, Intro, LegacyMsg, WIRE};
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -48,23 +48,28 @@ fn message_corpus_decodes_canonically() {
     }
 }
 
+/// Both generations of the handshake: the corpus holds `masternode/1` hellos
+/// (0.1.0's) and `masternode/2` ones.
 #[test]
 fn hello_corpus() {
     let inputs = corpus("hello");
     assert!(!inputs.is_empty());
+    let check = |intro: &Intro| {
+        let member = |id: &NodeId| id.0[0] % 2 == 0;
+        let expect = Expect { network_id: [1; 32], versions: WIRE, tls_key: intro.node_id, is_member: &member };
+        if let Ok(wire) = check_intro(intro, &expect) {
+            assert!(WIRE.contains(wire) && intro.versions.contains(wire), "a version both speak");
+        }
+    };
     for (_, data) in inputs {
-        if let Ok(msgs) = decode_all::<HandshakeMsg>(&data) {
-            for m in msgs {
-                if let HandshakeMsg::Hello(intro) | HandshakeMsg::Welcome(intro) = m {
-                    let member = |id: &NodeId| id.0[0] % 2 == 0;
-                    let expect = Expect {
-                        network_id: [1; 32],
-                        version: PROTOCOL_VERSION,
-                        tls_key: intro.node_id,
-                        is_member: &member,
-                    };
-                    let _ = check_intro(&intro, &expect);
-                }
+        for m in decode_all::<HandshakeMsg>(&data).unwrap_or_default() {
+            if let HandshakeMsg::Hello(intro) | HandshakeMsg::Welcome(intro) = m {
+                check(&intro);
+            }
+        }
+        for m in decode_all::<LegacyMsg>(&data).unwrap_or_default() {
+            if let LegacyMsg::Hello(intro) | LegacyMsg::Welcome(intro) = m {
+                check(&intro.into_intro());
             }
         }
     }

@@ -170,7 +170,7 @@ async fn connections_without_a_certificate_are_refused_even_in_a_flood() {
         .with_custom_certificate_verifier(Arc::new(AnyServer))
         .with_no_client_auth();
     let mut crypto = crypto;
-    crypto.alpn_protocols = vec![masternode::net::tls::ALPN.to_vec()];
+    crypto.alpn_protocols = vec![masternode::net::handshake::Generation::V2.alpn().to_vec()];
     let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap()));
     let start = Instant::now();
     let mut attempts = Vec::new();
@@ -283,7 +283,13 @@ async fn silent_handshakes_from_one_address_are_capped() {
     let mut attempts = Vec::new();
     for _ in 0..20 {
         let transport = masternode::net::endpoint::transport_config(&fast_transport()).unwrap();
-        let client = masternode::net::endpoint::client_config(&net.spec.ids[0], net.spec.id(1), transport).unwrap();
+        let client = masternode::net::endpoint::client_config(
+            &net.spec.ids[0],
+            net.spec.id(1),
+            transport,
+            &masternode::net::handshake::GENERATIONS,
+        )
+        .unwrap();
         let connecting =
             net.hostile.endpoint.connect_with(client, net.spec.addr(1), masternode::net::tls::SERVER_NAME).unwrap();
         attempts.push(tokio::spawn(connecting));

@@ -2,7 +2,8 @@
 //! test binary so the crate is linked once for all of them. Binaries of their
 //! own: `simulation` and `netns` (opt-in commands of their own), `flood` and
 //! `regression_guard` (they measure the whole process: its resident memory, its
-//! allocations), `mempool_flood` (a timed figure under a flood of its own).
+//! allocations), `mempool_flood` (a timed figure under a flood of its own), `upgrade` (opt-in: it
+//! builds the previous release).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -18,12 +19,16 @@ mod compact_memory;
 mod fuzz_corpus;
 mod hostile_frames;
 mod hostile_peers;
+mod log_format;
 mod membership;
 mod membership_cli;
 mod membership_transport;
 mod monitoring;
 mod ops;
 mod process;
+mod readiness;
 mod slow_peers;
 mod soak;
+mod store_formats;
 mod transport;
+mod wire_versions;

@@ -93,6 +93,24 @@ async fn sigterm_exits_0_within_seconds_and_status_reports_down_after() {
     assert_eq!(out.status.code(), Some(2), "status of a stopped node is 'down'");
 }
 
+#[test]
+fn version_names_the_release_commit_wire_versions_and_store_format() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let want = format!(
+        "masternode {} (commit {}) wire {} store {}",
+        env!("CARGO_PKG_VERSION"),
+        masternode::COMMIT,
+        masternode::net::handshake::WIRE,
+        masternode::chain::store::FORMAT
+    );
+    assert_eq!(text, want);
+    assert!(text.starts_with("masternode 0.2.0 (commit ") && text.ends_with(") wire 3..4 store 3"), "{text}");
+    let commit = masternode::COMMIT;
+    assert!(commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
+}
+
 fn run_config(path: &Path) -> (Option<i32>, String) {
     let out = Command::new(BIN).arg("run").arg("--config").arg(path).output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_string())

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use masternode::chain::message::Message;
-use masternode::net::handshake::RejectReason;
+use masternode::net::handshake::{RejectReason, Versions};
 use masternode::net::TestHooks;
 use masternode::node::Node;
 
@@ -161,7 +161,7 @@ async fn wrong_network_is_rejected_with_its_reason_at_both_ends_and_backs_off() 
 
 #[tokio::test]
 async fn unsupported_version_is_rejected_with_its_reason() {
-    let hooks = TestHooks { version: Some(99), ..Default::default() };
+    let hooks = TestHooks { versions: Some(Versions::exactly(99)), ..Default::default() };
     let (_spec, honest, misfit) = with_misfit(|s| s.network(), hooks, Duration::from_secs(5)).await;
     assert!(misfit.peers().connected().is_empty());
     let sent: u64 = honest.iter().map(|n| n.status().rejects_sent["unsupported_version"]).sum();

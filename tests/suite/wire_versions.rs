@@ -1,0 +1,229 @@
+//! Wire versions across releases, on real QUIC sockets: a node of this release
+//! meets a node of 0.1.0 (ALPN `masternode/1`, version-3 Hellos) in either
+//! direction, two nodes of this release use wire 4, and ranges with no version
+//! in common end in a typed `Reject` naming both ranges, reported once per peer.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::common::*;
+use masternode::codec::{decode_single, encode};
+use masternode::net::handshake::{
+    self, Expect, Generation, HandshakeError, HandshakeMsg, Intro, LegacyIntro, LegacyMsg, Mismatch, RejectReason,
+    Rejection, Tip, Versions, MAGIC, WIRE,
+};
+use masternode::net::{endpoint, tls, Class, Direction, Outgoing, SendError, TestHooks};
+
+/// What a node of 0.1.0 speaks, as far as the handshake goes.
+fn release_0_1_0() -> TestHooks {
+    TestHooks { versions: Some(Versions::exactly(3)), generations: Some(vec![Generation::V1]), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_0_1_0_is_met_at_wire_3_in_either_direction_and_two_of_this_release_use_4() {
+    let spec = Spec::new(3);
+    // The old node sits between the others: node 0 dials it, it dials node 2.
+    let a = spec.start(0, fast_transport()).await;
+    let old = spec.start_with(1, spec.network(), fast_transport(), release_0_1_0()).await;
+    let c = spec.start(2, fast_transport()).await;
+    let nodes = [&a, &old, &c];
+    eventually("full mesh across releases", Duration::from_secs(20), || {
+        nodes.iter().all(|n| n.peers().connected().len() == 2)
+    })
+    .await;
+    let wire = |n: &masternode::node::Node, peer: &masternode::node::Node| n.peers().wire_versions()[&peer.id()];
+    assert_eq!((wire(&a, &old), wire(&old, &a)), (3, 3), "node 0 dialled the old node: masternode/1");
+    assert_eq!((wire(&old, &c), wire(&c, &old)), (3, 3), "the old node dialled node 2: masternode/1");
+    assert_eq!((wire(&a, &c), wire(&c, &a)), (4, 4), "two nodes of this release: wire 4");
+    let direction = |n: &masternode::node::Node, peer: &masternode::node::Node| {
+        n.peers().peers().into_iter().find(|p| p.id == peer.id()).unwrap().direction
+    };
+    assert_eq!(direction(&a, &old), Direction::Outbound);
+    assert_eq!(direction(&old, &c), Direction::Outbound);
+    // `/status` shows each peer's version.
+    let s = a.status();
+    let shown = |id: masternode::identity::NodeId| {
+        s.peers.iter().find(|p| p.node_id == id.to_hex()).and_then(|p| p.wire_version)
+    };
+    assert_eq!((shown(old.id()), shown(c.id())), (Some(3), Some(4)));
+    for n in nodes {
+        assert_eq!(n.status().counters.handshakes_failed, 0, "no attempt failed");
+    }
+    // The chain runs across the two versions.
+    eventually("blocks at every node", Duration::from_secs(30), || nodes.iter().all(|n| n.height() >= 3)).await;
+    // A frame that needs wire 4 goes to the node of this release only.
+    let frame = Outgoing {
+        frame: encode(&masternode::chain::message::Message::Tx(vec![7])),
+        class: Class::Tx,
+        epoch: 0,
+        wire: 4,
+    };
+    assert_eq!(a.peers().broadcast(&frame), vec![c.id()]);
+    assert_eq!(a.peers().send(old.id(), &frame), Err(SendError::Unsupported { peer: old.id(), wire: 3, needs: 4 }));
+    stop_all(vec![a, old, c]).await;
+}
+
+/// The handshake as 0.1.0 sends it, byte for byte, from a raw client that offers
+/// only `masternode/1`: a version-2 Hello gets 0.1.0's Reject, a version-3 Hello
+/// a `masternode/1` Welcome.
+#[tokio::test]
+async fn a_raw_masternode_1_hello_gets_the_answer_0_1_0_would_give() {
+    let spec = Spec::new(2);
+    let node = spec.start(1, beside_hostile_transport()).await;
+    let raw = Hostile::new(&spec, 0);
+    let transport = endpoint::transport_config(&fast_transport()).unwrap();
+    let hello = |version| LegacyIntro {
+        magic: MAGIC,
+        version,
+        network_id: spec.network().id,
+        node_id: spec.id(0),
+        listen: spec.addr(0),
+        tip: Tip::default(),
+        software: "masternode/0.1.0".into(),
+        incarnation: rand_incarnation(),
+    };
+    let mut answers = Vec::new();
+    for version in [2, 3] {
+        let client = endpoint::client_config(&spec.ids[0], spec.id(1), transport.clone(), &[Generation::V1]).unwrap();
+        let conn = raw.endpoint.connect_with(client, spec.addr(1), tls::SERVER_NAME).unwrap().await.unwrap();
+        assert_eq!(Generation::of(&conn), Some(Generation::V1), "the server met the old ALPN");
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode(&LegacyMsg::Hello(hello(version)))).await.unwrap();
+        send.finish().unwrap();
+        let bytes = recv.read_to_end(2048).await.unwrap();
+        answers.push((bytes.clone(), decode_single::<LegacyMsg>(&bytes).unwrap()));
+        if version == 3 {
+            eventually("the raw peer is connected at wire 3", Duration::from_secs(5), || {
+                node.peers().wire_versions().get(&spec.id(0)) == Some(&3)
+            })
+            .await;
+        }
+    }
+    assert_eq!(answers[0].0, [0, 0, 0, 2, 2, 1], "0.1.0's Reject(UnsupportedVersion), byte for byte");
+    match &answers[1].1 {
+        LegacyMsg::Welcome(w) => {
+            assert_eq!((w.version, w.node_id), (3, spec.id(1)));
+            assert!(w.software.starts_with("masternode/0.2"), "{}", w.software);
+        }
+        other => panic!("expected a Welcome, got {other:?}"),
+    }
+    node.stop().await;
+}
+
+/// A later release announcing wire 5..6 over `masternode/2`: the typed Reject
+/// carries both ranges, also when the rest of its Hello is laid out in a way
+/// this release cannot decode.
+#[tokio::test]
+async fn a_hello_of_a_later_release_gets_the_typed_reject_with_both_ranges() {
+    let spec = Spec::new(2);
+    let node = spec.start(1, beside_hostile_transport()).await;
+    let raw = Hostile::new(&spec, 0);
+    let later = Versions { min: 5, max: 6 };
+    let intro = Intro {
+        magic: MAGIC,
+        versions: later,
+        network_id: spec.network().id,
+        node_id: spec.id(0),
+        listen: spec.addr(0),
+        tip: Tip::default(),
+        software: "masternode/9.0.0".into(),
+        incarnation: rand_incarnation(),
+    };
+    let any = |_: &masternode::identity::NodeId| true;
+    let expect = Expect { network_id: spec.network().id, versions: later, tls_key: spec.id(1), is_member: &any };
+    let conn = raw.connect_tls(&spec, 1).await;
+    assert_eq!(Generation::of(&conn), Some(Generation::V2));
+    let err = handshake::dial(&conn, &intro, &expect).await.unwrap_err();
+    let mismatch = Mismatch { ours: later, theirs: WIRE };
+    assert!(
+        matches!(err, HandshakeError::RejectedByPeer(RejectReason::UnsupportedVersion, Some(m)) if m == mismatch),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("peer speaks wire 3..4, this node 5..6: upgrade the peer"), "{err}");
+
+    // The same range at the head of a Hello whose later fields do not decode here.
+    let conn = raw.connect_tls(&spec, 1).await;
+    let mut frame = encode(&HandshakeMsg::Hello(Intro { versions: Versions { min: 7, max: 9 }, ..intro })).to_vec();
+    frame.extend_from_slice(b"a field of release 9");
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    let answer = decode_single::<HandshakeMsg>(&recv.read_to_end(2048).await.unwrap()).unwrap();
+    assert_eq!(
+        answer,
+        HandshakeMsg::Reject(Rejection::UnsupportedVersion { ours: WIRE, theirs: Versions { min: 7, max: 9 } })
+    );
+    eventually("both rejections counted", Duration::from_secs(5), || {
+        node.status().rejects_sent["unsupported_version"] >= 2
+    })
+    .await;
+    assert!(node.peers().connected().is_empty());
+    node.stop().await;
+}
+
+/// Every line logged at warn or above in this test binary.
+fn warn_lines() -> Arc<Mutex<Vec<u8>>> {
+    static LINES: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LINES
+        .get_or_init(|| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+                .with_ansi(false)
+                .with_writer(move || Sink(sink.clone()))
+                .try_init();
+            lines
+        })
+        .clone()
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_with_no_version_in_common_are_warned_once_per_peer_at_both_ends() {
+    let lines = warn_lines();
+    let spec = Spec::new(3);
+    // The later node has the lowest address: it dials both others, again and
+    // again with backoff, and after their passive wait they dial it too.
+    let later = TestHooks { versions: Some(Versions { min: 5, max: 6 }), ..Default::default() };
+    let misfit = spec.start_with(0, spec.network(), fast_transport(), later).await;
+    let b = spec.start(1, fast_transport()).await;
+    let c = spec.start(2, fast_transport()).await;
+    eventually("the pair of this release connects", Duration::from_secs(20), || b.peers().connected().len() == 1).await;
+    eventually("several attempts each way", Duration::from_secs(30), || {
+        misfit.status().counters.dials >= 4 && b.status().counters.dials + c.status().counters.dials >= 2
+    })
+    .await;
+    assert!(misfit.peers().connected().is_empty());
+    for n in [&b, &c] {
+        assert!(n.status().rejects_sent["unsupported_version"] >= 1, "{:?}", n.status().rejects_sent);
+    }
+    assert!(misfit.status().rejects_received["unsupported_version"] >= 2);
+    let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+    let count = |peer: masternode::identity::NodeId, says: &str| {
+        text.lines()
+            .filter(|l| l.contains("no wire version in common") && l.contains(&peer.short()) && l.contains(says))
+            .count()
+    };
+    let upgrade_this = "peer speaks wire 5..6, this node 3..4: upgrade this node";
+    assert_eq!(count(misfit.id(), upgrade_this), 2, "one line at each node of this release:\n{text}");
+    let upgrade_peer = "peer speaks wire 3..4, this node 5..6: upgrade the peer";
+    assert_eq!(count(b.id(), upgrade_peer), 1, "one line at the later node per peer:\n{text}");
+    assert_eq!(count(c.id(), upgrade_peer), 1, "{text}");
+    stop_all(vec![misfit, b, c]).await;
+}
