@@ -8,6 +8,7 @@
 //! * [`misbehaviour`]: what the core reports about messages that break the protocol.
 //! * [`store`]: blocks, certificates and the last signed vote in fjall.
 //! * [`quorum`]: the one quorum rule.
+//! * [`rules`]: the protocol versions and the rules each brings.
 //! * [`sync`]: catch-up planning (which peer, which blocks, what a response
 //!   says about its sender) and a token bucket, without IO.
 //! * [`mempool`]: transactions waiting for a block.
@@ -27,6 +28,7 @@ pub mod misbehaviour;
 pub(crate) mod producer;
 pub use producer::{ChangeRequest, MemberRequest, MembersView, Submitted};
 pub mod quorum;
+pub mod rules;
 pub mod store;
 pub mod sync;
 pub mod vote;
