@@ -81,7 +81,10 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
     let [a, b] = subnet();
     let base = free_port_base(5);
     let ip = |i: usize| format!("127.{a}.{b}.{i}");
-    let line = |i: usize| format!("node{i} {}:{}\n", ip(i), base + 10 * (i as u16 - 1));
+    // One p2p port on every node, as on hosts of their own; these share one
+    // host, so each gets its admin port from the third column.
+    let admin_port = |i: usize| base + 10 * (i as u16 - 1) + 1;
+    let line = |i: usize| format!("node{i} {}:24100 {}\n", ip(i), admin_port(i));
     let inventory = tmp.path().join("inventory");
     std::fs::write(&inventory, (1..=4).map(line).collect::<String>()).unwrap();
     let out = tmp.path().join("net");
@@ -96,12 +99,16 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(dir.join("node.key")).unwrap().permissions().mode() & 0o777, 0o600);
         let cfg = std::fs::read_to_string(dir.join("masternode.toml")).unwrap();
-        assert!(cfg.contains(&format!("admin = \"127.0.0.1:{}\"", base + 10 * (i as u16 - 1) + 1)), "{cfg}");
+        assert!(cfg.contains(&format!("admin = \"127.0.0.1:{}\"", admin_port(i))), "{cfg}");
+        assert!(cfg.contains(&format!("listen = \"{}:24100\"", ip(i))), "{cfg}");
     }
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(!said.contains("have admin"), "admin addresses of their own share nothing: {said}");
     let before = snapshot(&out);
     let second = provision(&inventory, &out, BIN);
     assert!(second.status.success());
     assert_eq!(snapshot(&out), before, "a second run changes no file");
+    assert!(!String::from_utf8_lossy(&second.stdout).contains("provision:"), "and says nothing");
 
     // Bad inventories change nothing and say why.
     let bad_cases = [
@@ -112,10 +119,15 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
         ),
         (
             "duplicate address",
-            format!("{}node9 {}:{}\n", (1..=4).map(line).collect::<String>(), ip(1), base),
+            format!("{}node9 {}:24100\n", (1..=4).map(line).collect::<String>(), ip(1)),
             "duplicate address",
         ),
         ("bad line", format!("{}node9 not-an-address\n", (1..=4).map(line).collect::<String>()), "bad address"),
+        (
+            "public admin",
+            format!("{}node9 {}:24100 10.0.0.1:24101\n", (1..=4).map(line).collect::<String>(), ip(9)),
+            "bad admin",
+        ),
     ];
     for (what, text, says) in bad_cases {
         let bad = tmp.path().join("bad");
@@ -145,8 +157,7 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
             .unwrap();
         daemons.0.push(child);
     }
-    let admins: Vec<SocketAddr> =
-        (1..=4).map(|i| format!("127.0.0.1:{}", base + 10 * (i - 1) + 1).parse().unwrap()).collect();
+    let admins: Vec<SocketAddr> = (1..=4).map(|i| format!("127.0.0.1:{}", admin_port(i)).parse().unwrap()).collect();
     let start = Instant::now();
     loop {
         let mut heights = Vec::new();
@@ -227,9 +238,30 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
     let joiner = Command::new(BIN).args(["id", "--dir"]).arg(out.join("node5")).output().unwrap();
     let joiner = String::from_utf8_lossy(&joiner.stdout).trim().to_string();
     assert!(
-        said.contains(&format!("masternode member add --id {joiner} --addr")),
+        said.contains(&format!("masternode member add --id {joiner} --addr {}:24100", ip(5))),
         "the approval line for the joiner: {said}"
     );
+    // Later runs do not repeat it (the chain says whether it was added since),
+    // and say where a config and the inventory part.
+    let moved = (1..=5).map(line).collect::<String>().replace(&format!("{}:24100", ip(2)), &format!("{}:24100", ip(9)));
+    std::fs::write(&inventory, moved).unwrap();
+    let fourth = provision(&inventory, &out, BIN);
+    assert!(fourth.status.success());
+    let said = String::from_utf8_lossy(&fourth.stdout);
+    assert!(!said.contains("member add"), "{said}");
+    assert!(said.contains("not in the genesis: node5"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "node2/masternode.toml has listen = \"{}:24100\", the inventory says {}:24100; left as is",
+            ip(2),
+            ip(9)
+        )),
+        "{said}"
+    );
+    std::fs::write(&inventory, (1..=5).filter(|i| *i != 3).map(line).collect::<String>()).unwrap();
+    let fifth = provision(&inventory, &out, BIN);
+    assert!(String::from_utf8_lossy(&fifth.stdout).contains("node3 is not in the inventory; left as is"));
+    assert!(out.join("node3/node.key").exists(), "a key is never deleted");
 
     // SIGTERM: every daemon exits 0 within a few seconds.
     for c in &daemons.0 {
@@ -246,6 +278,32 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The README's inventory: one port on every node, no admin column. Each
+/// config gets 127.0.0.1:<port + 1>, and the run says that nodes sharing a
+/// host would clash there.
+#[test]
+fn provision_with_one_port_on_every_node_says_admin_addresses_are_shared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inventory = tmp.path().join("inventory");
+    let text = "mn-fra 203.0.113.7:24100\nmn-ams 198.51.100.20:24100\nmn-nyc 192.0.2.33:24100 24111\n";
+    std::fs::write(&inventory, text).unwrap();
+    let out = tmp.path().join("net");
+    let r = provision(&inventory, &out, BIN);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let admin = |name: &str| {
+        let cfg = std::fs::read_to_string(out.join(name).join("masternode.toml")).unwrap();
+        cfg.lines().find(|l| l.starts_with("admin = ")).unwrap().to_string()
+    };
+    assert_eq!(admin("mn-fra"), "admin = \"127.0.0.1:24101\"");
+    assert_eq!(admin("mn-ams"), "admin = \"127.0.0.1:24101\"");
+    assert_eq!(admin("mn-nyc"), "admin = \"127.0.0.1:24111\"", "the third column");
+    let said = String::from_utf8_lossy(&r.stdout);
+    let notes: Vec<&str> = said.lines().filter(|l| l.contains("have admin")).collect();
+    assert_eq!(notes.len(), 1, "one line per shared address: {said}");
+    assert!(notes[0].contains("mn-fra mn-ams have admin 127.0.0.1:24101"), "{said}");
+    assert!(notes[0].contains("third column"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
