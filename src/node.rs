@@ -14,13 +14,14 @@ use std::sync::Mutex;
 use crate::admin;
 use crate::chain::block::{genesis_hash, Hash, Limits};
 use crate::chain::consensus::{self, Core, Timeouts};
-use crate::chain::members::{Membership, Params};
+use crate::chain::members::{Change, Membership, Params};
 use crate::chain::mempool::Mempool;
 use crate::chain::producer::{ChainMetrics, MemberLinks, MemberRequest, MembersView, Producer};
 use crate::chain::store::{Store, StoreError};
 use crate::config::{Network, NodeConfig};
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
+use crate::net::tls::Expected;
 use crate::net::{self, NetConfig, Peers, TestHooks};
 use crate::status::{Status, StatusSource};
 
@@ -41,6 +42,39 @@ pub enum NodeError {
     Store { path: std::path::PathBuf, source: StoreError },
     #[error("store in {path}: the membership recorded is of height {members}, the tip is {tip}")]
     MembershipMismatch { path: std::path::PathBuf, members: u64, tip: u64 },
+}
+
+/// Keys TLS refuses that are no strangers: joiners whose add is collecting
+/// approvals, and members that left (a removed node still running).
+pub fn expected_keys(view: &MembersView) -> Vec<(NodeId, Expected)> {
+    let m = &view.membership;
+    let member = |id: &NodeId| m.current().contains(id) || m.next().contains(id);
+    let mut out: std::collections::BTreeMap<NodeId, Expected> =
+        m.state().touched.keys().filter(|id| !member(id)).map(|id| (*id, Expected::Left)).collect();
+    for p in view.pending() {
+        if let Change::Add { id, .. } = p.change {
+            if !member(&id) {
+                out.insert(id, Expected::Joining);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Tells the transport which refused keys to expect, as the member view changes.
+async fn follow_expected_keys(
+    peers: Peers,
+    mut members: watch::Receiver<Arc<MembersView>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let view = members.borrow_and_update().clone();
+        peers.set_expected(expected_keys(&view));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = members.changed() => if changed.is_err() { break },
+        }
+    }
 }
 
 /// Options that are not part of the config file.
@@ -161,6 +195,7 @@ impl Node {
         core.restore_lock(store.lock().map_err(store_err)?);
         let mempool = Arc::new(Mutex::new(Mempool::new(cfg.limits.mempool)));
         let (links, members, member_requests) = MemberLinks::new(membership);
+        tracker.spawn(follow_expected_keys(peers.clone(), members.clone(), shutdown.clone()));
         let chain_metrics = Arc::new(ChainMetrics::default());
         if height > 0 {
             chain_metrics.last_block_timestamp_ms.store(prev_ts, Ordering::Relaxed);

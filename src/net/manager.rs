@@ -635,14 +635,22 @@ impl Manager {
             DialError::Handshake(HandshakeError::RejectedByPeer(RejectReason::Duplicate)) => {
                 DialFailure::DuplicateAtPeer
             }
+            DialError::Handshake(HandshakeError::RejectedByPeer(r @ RejectReason::NotInSet)) => {
+                DialFailure::NotAccepted(format!("peer rejected our hello: {r}"))
+            }
             DialError::Handshake(HandshakeError::RejectedByPeer(r)) => {
                 DialFailure::Failed(format!("peer rejected our hello: {r}"))
+            }
+            DialError::Connection(e) | DialError::Handshake(HandshakeError::Connection(e))
+                if super::is_tls_refusal_by_peer(e) =>
+            {
+                DialFailure::NotAccepted(format!("the peer refused our key at TLS ({e})"))
             }
             DialError::Handshake(HandshakeError::Connection(e)) if super::is_tls_refusal(e) => {
                 DialFailure::Failed(format!("refused at TLS: {e}"))
             }
-            DialError::Handshake(HandshakeError::Connection(e)) if super::is_removal(e) => {
-                DialFailure::Failed(NOT_IN_ITS_SET.to_string())
+            DialError::Connection(e) | DialError::Handshake(HandshakeError::Connection(e)) if super::is_removal(e) => {
+                DialFailure::NotAccepted(NOT_IN_ITS_SET.to_string())
             }
             DialError::Handshake(HandshakeError::RejectedPeer(r)) => {
                 DialFailure::Failed(format!("rejected the peer's welcome: {r}"))
