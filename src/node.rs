@@ -77,6 +77,33 @@ async fn follow_expected_keys(
     }
 }
 
+/// The file in the data directory that holds the admin API's address as the
+/// node last bound it: `masternode status --config` asks there, so a node
+/// started with `--admin` or `MASTERNODE_ADMIN` is found all the same.
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+
+fn record_admin_addr(data_dir: &std::path::Path, addr: SocketAddr) {
+    let path = data_dir.join(ADMIN_ADDR_FILE);
+    let tmp = data_dir.join(format!(".{ADMIN_ADDR_FILE}.tmp"));
+    let written = std::fs::write(&tmp, format!("{addr}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(
+            "cannot write {}: {e}; `masternode status --config` will ask the config's admin address",
+            path.display()
+        );
+    }
+}
+
+/// The admin address a node of `cfg` serves on: the one it recorded when it
+/// last started (which `--admin` or `MASTERNODE_ADMIN` may have set), else
+/// the config's.
+pub fn admin_addr_of(cfg: &NodeConfig) -> SocketAddr {
+    std::fs::read_to_string(cfg.data_dir.join(ADMIN_ADDR_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(cfg.admin)
+}
+
 /// Options that are not part of the config file.
 #[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
@@ -233,6 +260,7 @@ impl Node {
             .await
             .map_err(|source| NodeError::AdminBind { addr: cfg.admin, source })?;
         let admin_addr = listener.local_addr().map_err(|source| NodeError::AdminBind { addr: cfg.admin, source })?;
+        record_admin_addr(&cfg.data_dir, admin_addr);
         let node = Node {
             id,
             network,

@@ -127,7 +127,8 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     let cfg3 = net.configs[2].to_string_lossy().to_string();
     let (code, out, err) = cli(&["member", "set-addr", "--addr", &new_addr.to_string(), "--config", &cfg3]);
     assert_eq!(code, Some(0), "set-addr: {err}");
-    assert!(out.contains("1 of 1 approvals"), "{out}");
+    assert!(out.starts_with("announced set-addr") && out.contains("in force two blocks after"), "{out}");
+    assert!(!out.contains("approvals"), "a move is not voted on: {out}");
     until(&net, "the new address is in force", Duration::from_secs(20), || async {
         members(&net, 0)
             .await
@@ -157,7 +158,12 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     let (code, out, err) = cli(&["member", "add", "--id", &moved, "--addr", "127.0.0.1:1", "--admin", &admin0]);
     assert_eq!(code, Some(1), "{out}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.contains("already a member"), "{err}");
+    assert!(err.contains("already a member") && err.contains("(reason: already_member)"), "{err}");
+    let taken = p2p_addr(&net, 0).to_string();
+    let admin1 = net.admins[1].to_string();
+    let (code, _, err) = cli(&["member", "set-addr", "--addr", &taken, "--admin", &admin1]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is already used by member") && err.ends_with("(reason: address_in_use)"), "{err}");
     // The node signs only for a client that can set the content type.
     let body = format!("{{\"change\":\"remove\",\"id\":\"{joiner}\"}}");
     let (status, _) =
@@ -183,6 +189,15 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
         ok
     })
     .await;
+    until(&net, "the removed node knows it was removed", Duration::from_secs(20), || async {
+        net.status(4).await.is_some_and(|s| !s.member && s.removed_at_height.is_some())
+    })
+    .await;
+    let (code, text, _) = cli(&["status", "--admin", &net.admins[4].to_string()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("member    false: removed at height"), "{text}");
+    assert!(text.contains("WARNING   this node was removed from the member set"), "{text}");
+    assert!(!text.contains("joiner"), "not a joiner's words: {text}");
     let h = net.status(0).await.unwrap().height;
     until(&net, "blocks go on with four members", Duration::from_secs(20), || async {
         net.status(0).await.is_some_and(|s| s.height >= h + 3 && s.quorum.met)
@@ -238,6 +253,15 @@ async fn a_refused_joiner_logs_at_most_one_info_line_per_peer_and_no_warning() {
     .await;
     let s = net.status(4).await.expect("the joiner serves its status");
     assert!(!s.member && s.peers.is_empty(), "refused everywhere: {s:?}");
+    let (code, text, _) = cli(&["status", "--admin", &net.admins[4].to_string()]);
+    assert_eq!(code, Some(1), "a joiner is degraded, not healthy:\n{text}");
+    for want in [
+        "member    false: a joiner, accepted once its add is in force",
+        "sync      unknown: no peer connected to compare with",
+        "WARNING   this node is not in the member set (4 members): a joiner",
+    ] {
+        assert!(text.contains(want), "{want:?} in\n{text}");
+    }
     approve(1);
     approve(2);
     until(&net, "the joiner is a member and connected", Duration::from_secs(60), || async {

@@ -343,7 +343,85 @@ fn admin_on_a_public_address_is_refused_unless_asked_for() {
     let out =
         Command::new(BIN).args(["run", "--admin", "0.0.0.0:24101", "--config"]).arg(&configs[0]).output().unwrap();
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_public"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin_public"), "{err}");
+    assert!(
+        err.starts_with("error: --admin (or MASTERNODE_ADMIN): admin 0.0.0.0:24101"),
+        "the flag, not the file: {err}"
+    );
+}
+
+/// `status --config` asks where the node serves, also when `run` was given
+/// another admin address than the file's; and says where it asked when no
+/// one answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_config_finds_a_node_whose_admin_address_was_overridden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b] = subnet();
+    let ip = move |i: usize| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, b, i as u8));
+    let configs = masternode::devnet::lay_out(tmp.path(), 1, ip).unwrap();
+    let flag_admin = format!("127.{a}.{b}.1:24131");
+    let mut child = Daemons(vec![Command::new(BIN)
+        .args(["run", "--admin", &flag_admin, "--config"])
+        .arg(&configs[0])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()]);
+    let start = Instant::now();
+    while status_of(flag_admin.parse().unwrap()).await.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10), "not serving on the flag's address");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = Command::new(BIN).args(["status", "--config"]).arg(&configs[0]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("member    true, one of 1"), "{text}");
+    let out = Command::new(BIN).args(["members", "--config"]).arg(&configs[0]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = child.0[0].kill();
+    let _ = child.0[0].wait();
+    let out = Command::new(BIN).args(["status", "--config"]).arg(&configs[0]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("down: no answer from {flag_admin}")), "{err}");
+    assert!(err.contains("--admin ADDR"), "{err}");
+}
+
+/// A member bound to another address than the one the chain has for it:
+/// peers dial the chain's (it reaches them through the passive-wait fallback),
+/// so `status` shows both and warns, and a warning is a degraded exit, 1,
+/// even with the quorum met and every member connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_bound_address_and_exits_degraded_on_any_warning() {
+    let mut net = crate::common::procs::Net::new(4);
+    let in_set = net.admins[1].ip();
+    let elsewhere = match in_set {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            std::net::Ipv4Addr::new(o[0], o[1], o[2], 9)
+        }
+        _ => unreachable!(),
+    };
+    let bound = format!("{elsewhere}:{}", masternode::devnet::P2P_PORT);
+    for i in [0, 2, 3] {
+        net.start(i);
+    }
+    net.start_with_env(1, &[("MASTERNODE_LISTEN", &bound)]);
+    let statuses = net.until_peers(&[0, 1, 2, 3], 3, Duration::from_secs(30), "a full mesh").await;
+    assert!(statuses.iter().all(|s| s.quorum.met));
+    let s = &statuses[1];
+    assert_eq!(s.listen, format!("{in_set}:{}", masternode::devnet::P2P_PORT), "where peers dial");
+    assert_eq!(s.bound.as_deref(), Some(bound.as_str()));
+    let out = Command::new(BIN).args(["status", "--admin", &net.admins[1].to_string()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a WARNING is degraded:\n{text}");
+    assert!(text.contains(&format!("listen    {in_set}:24100 (bound {bound})")), "{text}");
+    assert!(
+        text.contains(&format!("WARNING   bound to {bound} but the member set has this node at {in_set}:24100")),
+        "{text}"
+    );
+    let out = Command::new(BIN).args(["status", "--admin", &net.admins[0].to_string()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "its peers are healthy:\n{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
