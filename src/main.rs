@@ -96,7 +96,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run N nodes on 127.0.0.1..N in this process.
+    /// Run N nodes on 127.0.0.1..N (or from --base-ip and --base-port) in this process.
     Devnet {
         #[arg(long, default_value_t = 4)]
         nodes: usize,
@@ -109,6 +109,12 @@ enum Command {
         /// End with one JSON line holding every node's status.
         #[arg(long)]
         json: bool,
+        /// Node 1's address; node i is on the (i - 1)-th address after it (in 127.0.0.0/8).
+        #[arg(long, default_value_t = masternode::devnet::BASE_IP)]
+        base_ip: std::net::Ipv4Addr,
+        /// Every node's p2p port; its admin API is on the next one.
+        #[arg(long, default_value_t = masternode::devnet::P2P_PORT)]
+        base_port: u16,
     },
 }
 
@@ -213,9 +219,15 @@ fn main() -> ExitCode {
             Command::Status { config, admin, json } => status(config, admin, json).await,
             Command::Member { action } => member(action).await,
             Command::Members { target, json } => members(target, json).await,
-            Command::Devnet { nodes, duration, dir, json } => {
-                let opts =
-                    masternode::devnet::DevnetOptions { nodes, duration: duration.map(Duration::from_secs), dir, json };
+            Command::Devnet { nodes, duration, dir, json, base_ip, base_port } => {
+                let opts = masternode::devnet::DevnetOptions {
+                    nodes,
+                    duration: duration.map(Duration::from_secs),
+                    dir,
+                    json,
+                    base_ip,
+                    base_port,
+                };
                 let stop = CancellationToken::new();
                 spawn_signal_handler(stop.clone());
                 report(masternode::devnet::run(opts, stop).await.context("devnet"))

@@ -465,3 +465,54 @@ async fn sd_notify_reports_ready_status_watchdog_and_stopping() {
     assert!(messages.iter().any(|m| m == "STOPPING=1"), "{messages:?}");
     assert_eq!(child.0[0].wait().unwrap().code(), Some(0));
 }
+
+/// `devnet --base-ip --base-port` moves the whole network off 127.0.0.i:24100:
+/// node i on the i-th address from the base, admin API on the next port, where
+/// `status --admin` finds it while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devnet_runs_off_the_default_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b] = subnet();
+    let base = format!("127.{a}.{b}.1");
+    let dir = tmp.path().join("devnet");
+    let mut child = Command::new(BIN)
+        .args(["devnet", "--nodes", "3", "--duration", "60", "--json", "--base-ip", &base, "--base-port", "24200"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let second: SocketAddr = format!("127.{a}.{b}.2:24201").parse().unwrap();
+    let start = Instant::now();
+    while !status_of(second).await.is_some_and(|s| s.height >= 1) {
+        assert!(start.elapsed() < Duration::from_secs(30), "no block from node 2 at {second}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new(BIN).args(["status", "--admin", &second.to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("listen    127.{a}.{b}.2:24200")));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
+        (child.wait().unwrap(), text)
+    })
+    .await
+    .unwrap();
+    assert!(out.0.success(), "{}", out.1);
+    let summary: serde_json::Value = serde_json::from_str(out.1.lines().last().unwrap()).unwrap();
+    let listens: Vec<&str> =
+        summary["nodes"].as_array().unwrap().iter().map(|n| n["listen"].as_str().unwrap()).collect();
+    let want: Vec<String> = (1..=3).map(|i| format!("127.{a}.{b}.{i}:24200")).collect();
+    assert_eq!(listens, want, "{}", out.1);
+
+    // The directory remembers its base; a devnet outside loopback is refused.
+    let again =
+        Command::new(BIN).args(["devnet", "--nodes", "3", "--duration", "1", "--dir"]).arg(&dir).output().unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains(&format!("has node1 at {base}:24200, not 127.0.0.1:24100")), "{err}");
+    let outside = Command::new(BIN).args(["devnet", "--base-ip", "10.0.0.1", "--duration", "1"]).output().unwrap();
+    assert!(!outside.status.success());
+    assert!(String::from_utf8_lossy(&outside.stderr).contains("loopback"));
+}
