@@ -203,6 +203,17 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
         net.status(0).await.is_some_and(|s| s.height >= h + 3 && s.quorum.met)
     })
     .await;
+
+    // The removed member's address is free again: another member takes it
+    // (as a rotated key takes back the old key's address).
+    let freed = p2p_addr(&net, 4).to_string();
+    let taker = node_id(&net, 3);
+    let (code, out, err) = cli(&["member", "set-addr", "--addr", &freed, "--admin", &net.admins[3].to_string()]);
+    assert_eq!(code, Some(0), "{out} {err}");
+    until(&net, "the freed address is the taker's", Duration::from_secs(20), || async {
+        members(&net, 0).await.is_some_and(|m| m.members.iter().any(|e| e.node_id == taker && e.addr == freed))
+    })
+    .await;
 }
 
 /// The runbook's order: one member approves, the joiner starts, the others
