@@ -398,6 +398,11 @@ impl Peers {
         self.shared.refusals.total.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the strangers' keys TLS remembers so as to warn once per key.
+    pub fn tls_strangers_bytes(&self) -> u64 {
+        self.shared.refusals.strangers_bytes()
+    }
+
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr

@@ -108,6 +108,12 @@ impl RefusalLog {
         state.expected = expected;
     }
 
+    /// Bytes held for the strangers remembered (at most [`Self::STRANGERS`]
+    /// keys), for `masternode_held_bytes`.
+    pub fn strangers_bytes(&self) -> u64 {
+        (self.lock().strangers.len() * std::mem::size_of::<NodeId>()) as u64
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, RefusalState> {
         // The lock guards a few maps and is never held across an await.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -425,6 +431,19 @@ mod tests {
             .count();
         assert_eq!(warns, 6, "60 s of strangers, a line per 10 s");
         assert_eq!(level(&log.line(Refused::NotEd25519, t1 + Duration::from_secs(70))), "warn");
+    }
+
+    #[test]
+    fn strangers_remembered_are_bounded() {
+        let log = RefusalLog::default();
+        let t0 = Instant::now();
+        for i in 0..(RefusalLog::STRANGERS as u32 + 100) {
+            let mut fresh = [9u8; 32];
+            fresh[..4].copy_from_slice(&i.to_le_bytes());
+            // A period apart, so each one is warned and remembered if there is room.
+            assert_eq!(level(&log.line(Refused::Key(NodeId(fresh)), t0 + RefusalLog::PERIOD * i)), "warn");
+        }
+        assert_eq!(log.strangers_bytes(), (RefusalLog::STRANGERS * 32) as u64);
     }
 
     #[test]
