@@ -554,11 +554,9 @@ pub fn render_status(s: &Status) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "node      {}", s.node_id);
-    match s.bound.as_deref().filter(|b| !same_addr(b, &s.listen)) {
-        Some(bound) => writeln!(out, "listen    {} (bound {bound})", s.listen),
-        None => writeln!(out, "listen    {}", s.listen),
-    }
-    .ok();
+    // Where peers dial, and where the socket is when that is elsewhere.
+    let bound = s.bound.as_deref().filter(|b| !same_addr(b, &s.listen)).map(|b| format!(" (bound {b})"));
+    let _ = writeln!(out, "listen    {}{}", s.listen, bound.unwrap_or_default());
     let member = match (s.member, s.removed_at_height) {
         (true, _) => format!("true, one of {}", s.members),
         (false, None) => "false: a joiner, accepted once its add is in force".to_string(),
@@ -572,6 +570,7 @@ pub fn render_status(s: &Status) -> String {
     let sync = match (s.sync.syncing, s.sync.best_peer_tip) {
         (true, Some(best)) => format!("catching up: {} of {best} ({} behind)", s.height, best.saturating_sub(s.height)),
         (_, Some(best)) => format!("up to date (best peer tip {best})"),
+        (_, None) if s.member && s.members <= 1 => "up to date (the only member)".to_string(),
         (_, None) if s.peers.is_empty() => "unknown: no peer connected to compare with".to_string(),
         (_, None) => "up to date (no peer has a block yet)".to_string(),
     };
