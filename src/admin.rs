@@ -420,10 +420,14 @@ pub async fn post_change(
     let request = HttpRequest { token, ..HttpRequest::post("/members", guard::JSON, &body) };
     let (code, text) = send(addr, &request, timeout).await?;
     if code != 202 {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or(text);
+        // The sentence and, for a refusal, its typed reason: what scripts match on.
+        let answer = serde_json::from_str::<serde_json::Value>(&text).ok();
+        let field = |name: &str| answer.as_ref().and_then(|v| v.get(name)?.as_str().map(str::to_string));
+        let message = match (field("error"), field("reason")) {
+            (Some(error), Some(reason)) => format!("{error} (reason: {reason})"),
+            (Some(error), None) => error,
+            _ => text,
+        };
         return Err(ClientError::Http { addr, code, message });
     }
     serde_json::from_str(&text).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
@@ -433,7 +437,8 @@ pub async fn post_change(
 pub fn render_members(m: &MembersInfo) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "{} member(s) at height {}", m.members.len(), m.height + 1);
+    let _ = writeln!(out, "height    {}", m.height);
+    let _ = writeln!(out, "members   {}, the set in force after height {}", m.members.len(), m.height);
     for e in &m.members {
         let _ = writeln!(out, "  {}  {:<24} since height {}", e.node_id, e.addr, e.since_height);
     }
@@ -441,24 +446,51 @@ pub fn render_members(m: &MembersInfo) -> String {
         let _ = writeln!(out, "no pending changes");
     }
     for p in &m.pending {
-        let what = match (p.version, p.activation_height) {
-            (Some(v), Some(h)) => format!("upgrade to protocol {v} at height {h}"),
-            _ => format!(
-                "{} {}{}",
-                p.change,
-                p.node_id,
-                p.addr.as_deref().map(|a| format!(" at {a}")).unwrap_or_default()
+        let mut line = match (p.version, p.activation_height) {
+            (Some(v), Some(h)) => format!(
+                "upgrade to protocol {v} at height {h}: {} of {} approvals, expires at height {}",
+                p.approvals.len(),
+                p.required,
+                p.expires_at_height
+            ),
+            _ => pending_line(
+                &p.change,
+                &p.node_id,
+                p.addr.as_deref(),
+                p.approvals.len(),
+                p.required,
+                p.expires_at_height,
             ),
         };
-        let _ = writeln!(
-            out,
-            "pending   {what}: {} of {} approvals, expires at height {}",
-            p.approvals.len(),
-            p.required,
-            p.expires_at_height
-        );
+        if let Some(now) = m.members.iter().find(|e| e.node_id == p.node_id && p.change == "set-addr") {
+            let _ = write!(line, "; in force: {}", now.addr);
+        }
+        let _ = writeln!(out, "pending   {line}");
     }
     out
+}
+
+/// One change collecting approvals. A `set-addr` needs no approvals: it waits
+/// only for a block, and is in force two blocks after it, so the line says
+/// that rather than "1 of 1", which reads as done.
+fn pending_line(change: &str, id: &str, addr: Option<&str>, approvals: usize, required: usize, expires: u64) -> String {
+    match (change, addr) {
+        ("set-addr", Some(addr)) => {
+            format!("set-addr {id} to {addr}: not in force yet (two blocks after a block carries it)")
+        }
+        _ => format!(
+            "{change} {id}{}: {approvals} of {required} approvals, expires at height {expires}",
+            addr.map(|a| format!(" at {a}")).unwrap_or_default()
+        ),
+    }
+}
+
+/// Whether two `ip:port` texts name one address (IPv4-mapped as IPv4).
+fn same_addr(a: &str, b: &str) -> bool {
+    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+        (Ok(a), Ok(b)) => crate::net::canonical(a) == crate::net::canonical(b),
+        _ => a == b,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -566,7 +598,15 @@ pub fn render_status(s: &Status) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "node      {}", s.node_id);
-    let _ = writeln!(out, "listen    {}", s.listen);
+    // Where peers dial, and where the socket is when that is elsewhere.
+    let bound = s.bound.as_deref().filter(|b| !same_addr(b, &s.listen)).map(|b| format!(" (bound {b})"));
+    let _ = writeln!(out, "listen    {}{}", s.listen, bound.unwrap_or_default());
+    let member = match (s.member, s.removed_at_height) {
+        (true, _) => format!("true, one of {}", s.members),
+        (false, None) => "false: a joiner, accepted once its add is in force".to_string(),
+        (false, Some(h)) => format!("false: removed at height {h}"),
+    };
+    let _ = writeln!(out, "member    {member}");
     let _ = writeln!(out, "network   {}", s.network);
     let _ = writeln!(out, "height    {} {}", s.height, s.tip_hash.as_deref().unwrap_or("-"));
     let age = s.last_block_age_secs.map_or("no block yet".to_string(), |a| format!("last block {a:.1} s ago"));
@@ -574,7 +614,9 @@ pub fn render_status(s: &Status) -> String {
     let sync = match (s.sync.syncing, s.sync.best_peer_tip) {
         (true, Some(best)) => format!("catching up: {} of {best} ({} behind)", s.height, best.saturating_sub(s.height)),
         (_, Some(best)) => format!("up to date (best peer tip {best})"),
-        (_, None) => "up to date (no peer tip known)".to_string(),
+        (_, None) if s.member && s.members <= 1 => "up to date (the only member)".to_string(),
+        (_, None) if s.peers.is_empty() => "unknown: no peer connected to compare with".to_string(),
+        (_, None) => "up to date (no peer has a block yet)".to_string(),
     };
     let _ = writeln!(out, "sync      {sync}");
     let clock = s.clock_offset_ms.map_or("offset unknown (no proposal from a peer yet)".to_string(), |o| {
@@ -591,15 +633,11 @@ pub fn render_status(s: &Status) -> String {
     );
     let _ = writeln!(out, "peers     {}/{}", s.peers.len(), s.members.saturating_sub(s.member as usize));
     for p in &s.pending_changes {
+        let id = &p.node_id[..16.min(p.node_id.len())];
         let _ = writeln!(
             out,
-            "pending   {} {}{}: {} of {} approvals, expires at height {}",
-            p.change,
-            &p.node_id[..16.min(p.node_id.len())],
-            p.addr.as_deref().map(|a| format!(" at {a}")).unwrap_or_default(),
-            p.approvals,
-            p.required,
-            p.expires_at_height
+            "pending   {}",
+            pending_line(&p.change, id, p.addr.as_deref(), p.approvals, p.required, p.expires_at_height)
         );
     }
     for p in &s.peers {
@@ -632,4 +670,99 @@ pub fn render_status(s: &Status) -> String {
         let _ = writeln!(out, "WARNING   {w}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Counters, SyncStatus};
+
+    fn joiner_status() -> Status {
+        Status {
+            node_id: "ab".repeat(32),
+            listen: "127.0.0.5:24100".into(),
+            bound: Some("127.0.0.5:24100".into()),
+            network: "devnet".into(),
+            members: 4,
+            member: false,
+            removed_at_height: None,
+            pending_changes: vec![],
+            height: 0,
+            tip_hash: None,
+            quorum: crate::chain::quorum::Quorum { active: 0, required: 3, met: false },
+            peers: vec![],
+            counters: Counters::default(),
+            rejects_sent: Default::default(),
+            rejects_received: Default::default(),
+            last_block_timestamp_ms: None,
+            last_block_age_secs: None,
+            round: 0,
+            sync: SyncStatus::default(),
+            clock_offset_ms: None,
+            warnings: vec![],
+        }
+    }
+
+    fn line<'a>(text: &'a str, field: &str) -> &'a str {
+        text.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field} line in\n{text}"))
+    }
+
+    #[test]
+    fn a_joiner_status_says_member_false_and_claims_no_sync_state() {
+        let text = render_status(&joiner_status());
+        assert_eq!(line(&text, "member "), "member    false: a joiner, accepted once its add is in force");
+        assert_eq!(line(&text, "sync "), "sync      unknown: no peer connected to compare with");
+        assert_eq!(line(&text, "listen "), "listen    127.0.0.5:24100", "bound where the set has it");
+        let removed = Status { removed_at_height: Some(40), height: 45, ..joiner_status() };
+        assert_eq!(line(&render_status(&removed), "member "), "member    false: removed at height 40");
+        let member = Status { member: true, ..joiner_status() };
+        assert_eq!(line(&render_status(&member), "member "), "member    true, one of 4");
+    }
+
+    #[test]
+    fn status_shows_the_bound_address_beside_the_one_peers_dial() {
+        let moved = Status { bound: Some("127.0.0.9:24100".into()), ..joiner_status() };
+        assert_eq!(line(&render_status(&moved), "listen "), "listen    127.0.0.5:24100 (bound 127.0.0.9:24100)");
+        let mapped = Status { bound: Some("[::ffff:127.0.0.5]:24100".into()), ..joiner_status() };
+        assert_eq!(line(&render_status(&mapped), "listen "), "listen    127.0.0.5:24100");
+    }
+
+    #[test]
+    fn members_says_the_height_the_json_says_and_a_move_is_not_taken_for_done() {
+        let m = MembersInfo {
+            height: 12,
+            members: vec![MemberEntry { node_id: "cd".repeat(32), addr: "127.0.0.3:24100".into(), since_height: 0 }],
+            pending: vec![PendingEntry {
+                change: "set-addr".into(),
+                node_id: "cd".repeat(32),
+                addr: Some("127.0.0.9:24100".into()),
+                approvals: vec!["cd".repeat(32)],
+                required: 1,
+                expires_at_height: 1012,
+                version: None,
+                activation_height: None,
+            }],
+        };
+        let text = render_members(&m);
+        assert_eq!(line(&text, "height "), "height    12");
+        assert!(!text.contains("13"), "no other height than the JSON's: {text}");
+        let pending = line(&text, "pending ");
+        assert!(pending.contains("to 127.0.0.9:24100: not in force yet"), "{pending}");
+        assert!(pending.ends_with("in force: 127.0.0.3:24100"), "{pending}");
+        assert!(!pending.contains("1 of 1"), "{pending}");
+        let status = Status {
+            pending_changes: vec![crate::status::PendingChange {
+                change: "set-addr".into(),
+                node_id: "cd".repeat(32),
+                addr: Some("127.0.0.9:24100".into()),
+                approvals: 1,
+                required: 1,
+                expires_at_height: 1012,
+                version: None,
+                activation_height: None,
+            }],
+            ..joiner_status()
+        };
+        assert!(line(&render_status(&status), "pending ").contains("not in force yet"));
+    }
 }

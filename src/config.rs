@@ -30,6 +30,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A value given on the command line or in the environment, not in a file.
+    #[error("{source_name}: {message}")]
+    Override { source_name: &'static str, message: String },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -362,17 +365,30 @@ impl NodeFileValues {
         let mut file: NodeFile = toml::from_str(text).map_err(|e| parse_error(path, e))?;
         overrides.apply(&mut file);
         let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        // An error in a value that came from a flag or variable names that,
+        // not the file.
+        let invalid_in = |overridden: bool, name: &'static str, message: String| match overridden {
+            true => ConfigError::Override { source_name: name, message },
+            false => invalid(message),
+        };
         let base = path.parent().unwrap_or(Path::new("."));
-        let listen: SocketAddr =
-            file.listen.parse().map_err(|_| invalid(format!("listen {:?} is not ip:port", file.listen)))?;
+        let listen: SocketAddr = file.listen.parse().map_err(|_| {
+            let message = format!("listen {:?} is not ip:port", file.listen);
+            invalid_in(overrides.listen.is_some(), "--listen (or MASTERNODE_LISTEN)", message)
+        })?;
         let admin_text = file.admin.as_deref().unwrap_or(DEFAULT_ADMIN);
-        let admin: SocketAddr =
-            admin_text.parse().map_err(|_| invalid(format!("admin {admin_text:?} is not ip:port")))?;
+        let from_flag = overrides.admin.is_some();
+        let admin: SocketAddr = admin_text.parse().map_err(|_| {
+            let message = format!("admin {admin_text:?} is not ip:port");
+            invalid_in(from_flag, "--admin (or MASTERNODE_ADMIN)", message)
+        })?;
         if !admin.ip().is_loopback() && file.admin_public != Some(true) {
-            return Err(invalid(format!(
+            let message = format!(
                 "admin {admin} is not a loopback address; the admin API trusts whoever can reach it \
-                 (set admin_public = true, and admin_token, to serve it there anyway)"
-            )));
+                 (set admin_public = true, and admin_token, in {} to serve it there anyway)",
+                path.display()
+            );
+            return Err(invalid_in(from_flag, "--admin (or MASTERNODE_ADMIN)", message));
         }
         let log_format = match file.log_format.as_deref() {
             None => LogFormat::Auto,
@@ -685,6 +701,22 @@ mod tests {
         }
         let err = parse(&format!("log_format = 1\n{base}"), None).err().unwrap().to_string();
         assert!(err.starts_with("masternode.toml") && !err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn an_error_in_a_flag_names_the_flag_not_the_file() {
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("/etc/masternode/masternode.toml");
+        let flagged = Overrides { admin: Some("0.0.0.0:24101".into()), ..Overrides::default() };
+        let err = NodeFileValues::parse(path, base, &flagged).err().unwrap().to_string();
+        assert!(err.starts_with("--admin (or MASTERNODE_ADMIN): admin 0.0.0.0:24101 is not a loopback"), "{err}");
+        assert!(err.contains("admin_public = true, and admin_token, in /etc/masternode/masternode.toml"), "{err}");
+        let in_file = format!("admin = \"0.0.0.0:24101\"\n{base}");
+        let err = NodeFileValues::parse(path, &in_file, &Overrides::default()).err().unwrap().to_string();
+        assert!(err.starts_with("/etc/masternode/masternode.toml: admin 0.0.0.0:24101"), "{err}");
+        let listen = Overrides { listen: Some("nowhere".into()), ..Overrides::default() };
+        let err = NodeFileValues::parse(path, base, &listen).err().unwrap().to_string();
+        assert!(err.starts_with("--listen (or MASTERNODE_LISTEN): listen \"nowhere\""), "{err}");
     }
 
     #[test]

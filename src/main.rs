@@ -96,7 +96,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run N nodes on 127.0.0.1..N in this process.
+    /// Run N nodes on 127.0.0.1..N (or from --base-ip and --base-port) in this process.
     Devnet {
         #[arg(long, default_value_t = 4)]
         nodes: usize,
@@ -109,6 +109,12 @@ enum Command {
         /// End with one JSON line holding every node's status.
         #[arg(long)]
         json: bool,
+        /// Node 1's address; node i is on the (i - 1)-th address after it (in 127.0.0.0/8).
+        #[arg(long, default_value_t = masternode::devnet::BASE_IP)]
+        base_ip: std::net::Ipv4Addr,
+        /// Every node's p2p port; its admin API is on the next one.
+        #[arg(long, default_value_t = masternode::devnet::P2P_PORT)]
+        base_port: u16,
     },
 }
 
@@ -221,9 +227,15 @@ fn main() -> ExitCode {
             Command::Status { config, admin, json, can_stop: true } => can_stop(config, admin, json).await,
             Command::Member { action } => member(action).await,
             Command::Members { target, json } => members(target, json).await,
-            Command::Devnet { nodes, duration, dir, json } => {
-                let opts =
-                    masternode::devnet::DevnetOptions { nodes, duration: duration.map(Duration::from_secs), dir, json };
+            Command::Devnet { nodes, duration, dir, json, base_ip, base_port } => {
+                let opts = masternode::devnet::DevnetOptions {
+                    nodes,
+                    duration: duration.map(Duration::from_secs),
+                    dir,
+                    json,
+                    base_ip,
+                    base_port,
+                };
                 let stop = CancellationToken::new();
                 spawn_signal_handler(stop.clone());
                 report(masternode::devnet::run(opts, stop).await.context("devnet"))
@@ -327,11 +339,24 @@ fn spawn_signal_handler(stop: CancellationToken) {
     });
 }
 
-/// The admin address named by `--admin`, or by the config file's `admin`.
+/// A config as `run` reads it, with the `MASTERNODE_*` variables that place
+/// the admin API and the data directory.
+fn load_for_client(path: &std::path::Path) -> Result<NodeConfig, ConfigError> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let overrides = Overrides {
+        admin: var("MASTERNODE_ADMIN").map(|v| v.to_string_lossy().into_owned()),
+        data_dir: var("MASTERNODE_DATA_DIR").map(PathBuf::from),
+        ..Overrides::default()
+    };
+    NodeConfig::load_with(path, &overrides)
+}
+
+/// The admin address named by `--admin`, or where the node of the config file
+/// serves it (as it last started, else the file's `admin`).
 fn admin_addr(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<SocketAddr, ExitCode> {
     match (admin, config) {
         (Some(addr), _) => Ok(addr),
-        (None, Some(path)) => NodeConfig::load(&path).map(|cfg| cfg.admin).map_err(|e| {
+        (None, Some(path)) => load_for_client(&path).map(|cfg| masternode::node::admin_addr_of(&cfg)).map_err(|e| {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
         }),
@@ -353,8 +378,8 @@ fn post_target(target: PostTarget) -> Result<(SocketAddr, Option<AdminToken>), E
     match (target.target.admin, target.target.config) {
         (Some(addr), _) => Ok((addr, flagged)),
         (None, Some(path)) => {
-            let cfg = NodeConfig::load(&path).map_err(|e| config_error(&e))?;
-            Ok((cfg.admin, flagged.or(cfg.admin_token)))
+            let cfg = load_for_client(&path).map_err(|e| config_error(&e))?;
+            Ok((masternode::node::admin_addr_of(&cfg), flagged.or(cfg.admin_token)))
         }
         (None, None) => Err(config_error(&"--config or --admin is required")),
     }
@@ -389,7 +414,12 @@ async fn member(action: MemberAction) -> ExitCode {
                 Some(at) => format!("{} {} at {at}", a.change, a.node_id),
                 None => format!("{} {}", a.change, a.node_id),
             };
-            if a.approvals >= a.required {
+            if a.change == "set-addr" {
+                println!(
+                    "announced {what}: in force two blocks after a block carries it; until then peers dial the \
+                     address in force (`masternode members` shows it), so keep the node where it is"
+                );
+            } else if a.approvals >= a.required {
                 println!(
                     "approved {what}: {} of {} approvals; in force two blocks after a block carries the last one",
                     a.approvals, a.required
@@ -414,6 +444,7 @@ async fn member(action: MemberAction) -> ExitCode {
 }
 
 async fn members(target: AdminTarget, json: bool) -> ExitCode {
+    let hint = down_hint(target.config.as_deref().filter(|_| target.admin.is_none()));
     let addr = match admin_addr(target.config, target.admin) {
         Ok(a) => a,
         Err(code) => return code,
@@ -431,13 +462,27 @@ async fn members(target: AdminTarget, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("down: {e}");
+            eprintln!("down: {e}{hint}");
             ExitCode::from(2)
         }
     }
 }
 
+/// What `down` adds when the address came from a config: where it was
+/// looked for, and how to ask elsewhere.
+fn down_hint(config: Option<&std::path::Path>) -> String {
+    match config {
+        Some(path) => format!(
+            " (the admin address the node of {} recorded when it last started, else its config's; for a node \
+             started with another --data-dir, give its address: --admin ADDR)",
+            path.display()
+        ),
+        None => String::new(),
+    }
+}
+
 async fn status(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) -> ExitCode {
+    let hint = down_hint(config.as_deref().filter(|_| admin.is_none()));
     let addr = match admin_addr(config, admin) {
         Ok(a) => a,
         Err(code) => return code,
@@ -445,7 +490,7 @@ async fn status(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) 
     let status = match masternode::admin::fetch_status(addr, Duration::from_secs(5)).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("down: {e}");
+            eprintln!("down: {e}{hint}");
             return ExitCode::from(2);
         }
     };

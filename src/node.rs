@@ -15,12 +15,13 @@ use crate::chain::block::{genesis_hash, Hash, Limits};
 use crate::chain::consensus::{self, Core, Timeouts};
 use crate::chain::driver::{ChangeRequest, DriverConfig, MembersView, Submitted};
 use crate::chain::links::{ChainMetrics, Links, Mailbox};
-use crate::chain::members::{Membership, Params};
+use crate::chain::members::{Change, Membership, Params};
 use crate::chain::producer::{Parts, Producer};
 use crate::chain::store::{Store, StoreError};
 use crate::config::{Network, NodeConfig};
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
+use crate::net::tls::Expected;
 use crate::net::{self, NetConfig, Peers, TestHooks};
 use crate::status::{Status, StatusSource};
 
@@ -41,6 +42,66 @@ pub enum NodeError {
     Store { path: std::path::PathBuf, source: StoreError },
     #[error("store in {path}: the membership recorded is of height {members}, the tip is {tip}")]
     MembershipMismatch { path: std::path::PathBuf, members: u64, tip: u64 },
+}
+
+/// Keys TLS refuses that are no strangers: joiners whose add is collecting
+/// approvals, and members that left (a removed node still running).
+pub fn expected_keys(view: &MembersView) -> Vec<(NodeId, Expected)> {
+    let m = &view.membership;
+    let member = |id: &NodeId| m.current().contains(id) || m.next().contains(id);
+    let mut out: std::collections::BTreeMap<NodeId, Expected> =
+        m.state().touched.keys().filter(|id| !member(id)).map(|id| (*id, Expected::Left)).collect();
+    for p in view.pending() {
+        if let Change::Add { id, .. } = p.change {
+            if !member(&id) {
+                out.insert(id, Expected::Joining);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Tells the transport which refused keys to expect, as the member view changes.
+async fn follow_expected_keys(
+    peers: Peers,
+    mut members: watch::Receiver<Arc<MembersView>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let view = members.borrow_and_update().clone();
+        peers.set_expected(expected_keys(&view));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = members.changed() => if changed.is_err() { break },
+        }
+    }
+}
+
+/// The file in the data directory that holds the admin API's address as the
+/// node last bound it: `masternode status --config` asks there, so a node
+/// started with `--admin` or `MASTERNODE_ADMIN` is found all the same.
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+
+fn record_admin_addr(data_dir: &std::path::Path, addr: SocketAddr) {
+    let path = data_dir.join(ADMIN_ADDR_FILE);
+    let tmp = data_dir.join(format!(".{ADMIN_ADDR_FILE}.tmp"));
+    let written = std::fs::write(&tmp, format!("{addr}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(
+            "cannot write {}: {e}; `masternode status --config` will ask the config's admin address",
+            path.display()
+        );
+    }
+}
+
+/// The admin address a node of `cfg` serves on: the one it recorded when it
+/// last started (which `--admin` or `MASTERNODE_ADMIN` may have set), else
+/// the config's.
+pub fn admin_addr_of(cfg: &NodeConfig) -> SocketAddr {
+    std::fs::read_to_string(cfg.data_dir.join(ADMIN_ADDR_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(cfg.admin)
 }
 
 /// Options that are not part of the config file.
@@ -160,6 +221,7 @@ impl Node {
         core.restore_own(store.own_signed(height + 1).map_err(store_err)?);
         core.restore_lock(store.lock().map_err(store_err)?);
         let (links, mailbox) = Links::new(membership);
+        tracker.spawn(follow_expected_keys(peers.clone(), mailbox.members.clone(), shutdown.clone()));
         let chain_metrics = Arc::new(ChainMetrics::default());
         if height > 0 {
             chain_metrics.last_block_timestamp_ms.store(prev_ts, Ordering::Relaxed);
@@ -200,6 +262,7 @@ impl Node {
             .await
             .map_err(|source| NodeError::AdminBind { addr: cfg.admin, source })?;
         let admin_addr = listener.local_addr().map_err(|source| NodeError::AdminBind { addr: cfg.admin, source })?;
+        record_admin_addr(&cfg.data_dir, admin_addr);
         let node = Node {
             id,
             network,

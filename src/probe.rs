@@ -247,9 +247,11 @@ mod tests {
         Status {
             node_id: id(0).to_hex(),
             listen: "127.0.0.1:24100".into(),
+            bound: None,
             network: "devnet".into(),
             members: 4,
             member,
+            removed_at_height: None,
             pending_changes: vec![],
             height,
             tip_hash: None,

@@ -23,13 +23,22 @@ use crate::net::Peers;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub node_id: String,
+    /// The address the member set has for this node, which peers dial (a
+    /// joiner's own `listen`).
     pub listen: String,
+    /// The address this node's socket is bound to; null from a node that does
+    /// not say.
+    #[serde(default)]
+    pub bound: Option<String>,
     pub network: String,
     /// Size of the masternode set in force at the next height.
     pub members: usize,
     /// Whether this node is in that set (a joiner, or a removed member, is not).
     #[serde(default = "yes")]
     pub member: bool,
+    /// For a member that was removed: the first height it is not in the set.
+    #[serde(default)]
+    pub removed_at_height: Option<u64>,
     /// Membership changes collecting approvals (on chain or waiting for a block).
     #[serde(default)]
     pub pending_changes: Vec<PendingChange>,
@@ -142,9 +151,11 @@ impl Status {
         self.members.saturating_sub(1).saturating_sub(self.peers.len())
     }
 
-    /// Healthy: quorum met and every member connected.
+    /// Healthy: quorum met, every member connected, and nothing to look at.
+    /// Every warning is a degradation: what is not (catching up, a change
+    /// collecting approvals) is shown but never warned about.
     pub fn healthy(&self) -> bool {
-        self.quorum.met && self.missing_peers() == 0
+        self.quorum.met && self.missing_peers() == 0 && self.warnings.is_empty()
     }
 }
 
@@ -171,9 +182,11 @@ pub fn build_status(
     Status {
         node_id: id.to_hex(),
         listen: advertised.to_string(),
+        bound: Some(peers.local_addr().to_string()),
         network: network.name.clone(),
         members: set.len(),
         member: set.contains(&id),
+        removed_at_height: None,
         pending_changes: Vec::new(),
         height: tip.height,
         tip_hash: (tip.height > 0).then(|| hex(&tip.hash)),
@@ -254,11 +267,17 @@ pub fn add_chain(s: &mut Status, chain: ChainState, missing: &[String], block_in
     };
     s.clock_offset_ms = chain.clock_offset_ms;
     let mut w = Vec::new();
-    if !s.member {
-        w.push(format!(
-            "this node is not in the member set ({} members): it follows the chain and is accepted once a block adds it",
+    match (s.member, s.removed_at_height) {
+        (true, _) => {}
+        (false, None) => w.push(format!(
+            "this node is not in the member set ({} members): a joiner, it follows the chain and is accepted once \
+             its `masternode member add` is in force",
             s.members
-        ));
+        )),
+        (false, Some(h)) => w.push(format!(
+            "this node was removed from the member set at height {h}: it follows the chain but votes no more; \
+             stop it, or have the members add it again"
+        )),
     }
     if !s.quorum.met {
         w.push(format!("quorum not met: {}/{} active, {} required", s.quorum.active, s.members, s.quorum.required));
@@ -297,6 +316,20 @@ pub fn family_mismatch(local: SocketAddr, addrs: impl IntoIterator<Item = Socket
     ))
 }
 
+/// A warning when this node's socket is bound to a specific address other
+/// than the one the member set has for it (`in_set`), which is where peers dial.
+/// A wildcard binding reaches every address of the host and says nothing.
+pub fn address_mismatch(bound: SocketAddr, in_set: SocketAddr) -> Option<String> {
+    let bound = crate::net::canonical(bound);
+    if bound.ip().is_unspecified() || bound.port() == 0 || bound == crate::net::canonical(in_set) {
+        return None;
+    }
+    Some(format!(
+        "bound to {bound} but the member set has this node at {in_set}, where peers dial it: restart it listening \
+         there, or announce this address with `masternode member set-addr --addr {bound}`"
+    ))
+}
+
 pub use crate::chain::mempool::Figures as MempoolFigures;
 
 /// Builds `/status` from the live parts of a node.
@@ -317,8 +350,12 @@ impl StatusSource {
         let tip = *self.tip.borrow();
         let view = self.members.borrow().clone();
         let set = view.membership.current();
-        let mut s = build_status(self.id, self.advertised, &self.network, set, &self.peers, tip);
+        // The address peers dial now: the chain's latest, which a `set-addr`
+        // may have moved since the node started.
+        let in_set = view.membership.next().get(&self.id).or_else(|| set.get(&self.id)).map(|m| m.addr);
+        let mut s = build_status(self.id, in_set.unwrap_or(self.advertised), &self.network, set, &self.peers, tip);
         s.pending_changes = pending_changes(&view);
+        s.removed_at_height = removed_at(&view.membership, self.id);
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let connected: std::collections::BTreeSet<&str> = s.peers.iter().map(|p| p.node_id.as_str()).collect();
         let missing: Vec<String> = set
@@ -337,6 +374,7 @@ impl StatusSource {
         add_chain(&mut s, chain, &missing, self.network.block_interval_ms, crate::chain::producer::now_ms());
         let others = view.membership.reachable().into_iter().filter(|(id, _)| *id != self.id).map(|(_, a)| a);
         s.warnings.extend(family_mismatch(self.peers.local_addr(), others));
+        s.warnings.extend(in_set.and_then(|addr| address_mismatch(self.peers.local_addr(), addr)));
         s
     }
 
@@ -372,6 +410,15 @@ impl StatusSource {
     pub fn progress(&self) -> (u64, u64) {
         (self.peers.counters().manager_loops.load(Ordering::Relaxed), self.chain.loops.load(Ordering::Relaxed))
     }
+}
+
+/// For a node that was a member and is in neither set the chain knows: the
+/// first height it is not a member (two after the block that removed it).
+fn removed_at(membership: &crate::chain::members::Membership, id: NodeId) -> Option<u64> {
+    if membership.current().contains(&id) || membership.next().contains(&id) {
+        return None;
+    }
+    membership.state().touched.get(&id).map(|h| h + 2)
 }
 
 /// Changes collecting approvals: those on chain, and those only this node's
@@ -414,9 +461,11 @@ mod tests {
         Status {
             node_id: "00".repeat(32),
             listen: "127.0.0.1:24100".into(),
+            bound: Some("127.0.0.1:24100".into()),
             network: "devnet".into(),
             members: 4,
             member: true,
+            removed_at_height: None,
             pending_changes: vec![],
             height,
             tip_hash: None,
@@ -488,6 +537,44 @@ mod tests {
             assert_eq!(s.warnings.len(), 1, "{what}: {:?}", s.warnings);
             assert!(s.warnings[0].starts_with(want), "{what}: {:?}", s.warnings);
         }
+    }
+
+    #[test]
+    fn every_warning_makes_the_status_degraded() {
+        let chain = ChainState { last_block_timestamp_ms: Some(NOW - 500), best_peer_tip: 10, ..ChainState::default() };
+        // A network of one: no peer to miss.
+        let mut s = Status { members: 1, ..status(10, true) };
+        add_chain(&mut s, chain, &[], 1_000, NOW);
+        assert!(s.healthy(), "{:?}", s.warnings);
+        // Quorum met, every member connected, but the clock is off: degraded.
+        add_chain(&mut s, ChainState { clock_offset_ms: Some(2_000), ..chain }, &[], 1_000, NOW);
+        assert_eq!(s.warnings.len(), 1);
+        assert!(!s.healthy(), "a WARNING line is never exit 0");
+    }
+
+    #[test]
+    fn a_removed_node_is_not_told_it_is_joining() {
+        let chain = ChainState { last_block_timestamp_ms: Some(NOW - 500), best_peer_tip: 10, ..ChainState::default() };
+        let mut joiner = Status { member: false, ..status(10, true) };
+        add_chain(&mut joiner, chain, &[], 1_000, NOW);
+        assert!(joiner.warnings[0].contains("a joiner") && joiner.warnings[0].contains("member add"), "{joiner:?}");
+        let mut removed = Status { member: false, removed_at_height: Some(57), ..status(10, true) };
+        add_chain(&mut removed, chain, &[], 1_000, NOW);
+        assert_eq!(removed.warnings.len(), 1);
+        assert!(removed.warnings[0].starts_with("this node was removed from the member set at height 57"));
+        assert!(!removed.warnings[0].contains("joiner"), "{:?}", removed.warnings);
+    }
+
+    #[test]
+    fn a_node_bound_elsewhere_than_its_address_in_the_set_says_so() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let w = address_mismatch(a("127.0.0.9:24100"), a("127.0.0.2:24100")).expect("peers dial .2");
+        assert!(w.contains("bound to 127.0.0.9:24100") && w.contains("has this node at 127.0.0.2:24100"), "{w}");
+        assert!(w.contains("member set-addr --addr 127.0.0.9:24100"), "{w}");
+        assert_eq!(address_mismatch(a("127.0.0.2:24100"), a("127.0.0.2:24100")), None);
+        assert_eq!(address_mismatch(a("[::ffff:127.0.0.2]:24100"), a("127.0.0.2:24100")), None, "one address");
+        assert_eq!(address_mismatch(a("0.0.0.0:24100"), a("203.0.113.7:24100")), None, "the wildcard reaches it");
+        assert_eq!(address_mismatch(a("[::]:24100"), a("203.0.113.7:24200")), None, "a forwarded port, maybe");
     }
 
     #[test]

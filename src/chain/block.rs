@@ -114,6 +114,10 @@ pub enum BlockError {
     NewerThanRound { block_round: Round, round: Round },
     #[error("membership approval #{index} refused: {reason}")]
     BadChange { index: usize, reason: ChangeError },
+    #[error(
+        "transaction #{index} repeats an earlier one (from protocol version 4, a block's transactions are distinct)"
+    )]
+    RepeatedTx { index: usize },
 }
 
 impl Header {
@@ -197,6 +201,18 @@ pub fn tx_hash(tx: &[u8]) -> Hash {
 
 pub fn tx_root(txs: &[Vec<u8>]) -> Hash {
     tx_root_of_ids(txs.len(), txs.iter().map(|t| tx_hash(t)))
+}
+
+/// [`tx_root`], each transaction hashed once; with `look_for_repeats`, also the
+/// first transaction equal to an earlier one (by id).
+pub fn tx_root_and_repeat(txs: &[Vec<u8>], look_for_repeats: bool) -> (Hash, Option<usize>) {
+    if !look_for_repeats {
+        return (tx_root(txs), None);
+    }
+    let ids: Vec<Hash> = txs.iter().map(|t| tx_hash(t)).collect();
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let first_repeat = ids.iter().position(|id| !seen.insert(*id));
+    (tx_root_of_ids(ids.len(), ids.into_iter()), first_repeat)
 }
 
 /// The root over `count` transaction ids ([`tx_hash`]es), in order: a compact

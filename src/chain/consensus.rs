@@ -27,6 +27,10 @@
 //!   header. Only then is anything said about its signer ([`Misbehaviour`]).
 //!   Messages for the next height wait in a buffer with one slot per proposal
 //!   round and per (voter, round, step), for a few rounds, bounded in bytes.
+//! * The rules of a height's protocol version apply ([`super::rules`]): from
+//!   version 4, a block's transactions are distinct and a fresh proposal is
+//!   prevoted (L22) only when its timestamp is timely, within the synchrony
+//!   bounds of its arrival here (proposer-based timestamps).
 //! * Double-sign protection: the core never signs at or below the last
 //!   `(height, round, step)` it signed, which the shell persists before a signature
 //!   leaves the node and hands back after a restart.
@@ -37,9 +41,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::block::{tx_root, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
+use super::block::{tx_root, tx_root_and_repeat, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
 use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
 use super::quorum::vote_threshold;
+use super::rules::{Rules, Synchrony};
 use super::vote::{Certificate, Committed, Proposal, SignRecord, SignedProposal, SignedVote, Step, Vote, VoteKind};
 use crate::identity::{Identity, NodeId};
 
@@ -286,7 +291,9 @@ enum Added {
 /// Verified messages for the next height, one per slot.
 #[derive(Debug, Default)]
 struct NextHeight {
-    proposals: BTreeMap<Round, SignedProposal>,
+    /// With the local time each arrived (a timely proposal is judged by when it
+    /// reached us, not by when its height began here).
+    proposals: BTreeMap<Round, (SignedProposal, u64)>,
     votes: BTreeMap<(Round, Step, NodeId), SignedVote>,
     bytes: usize,
 }
@@ -296,6 +303,18 @@ impl NextHeight {
     fn len(&self) -> usize {
         self.proposals.len() + self.votes.len()
     }
+}
+
+/// Whether a block's transactions were hashed against its root already, and
+/// what that found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hashed {
+    No,
+    /// The first transaction equal to an earlier one, where the rules asked
+    /// (see [`tx_root_and_repeat`]).
+    Yes {
+        first_repeat: Option<usize>,
+    },
 }
 
 /// About what a buffered proposal holds in memory.
@@ -324,6 +343,9 @@ pub struct Core {
     proposals: BTreeMap<Round, SignedProposal>,
     /// Result of validating each round's proposed block, computed once.
     proposal_ok: BTreeMap<Round, bool>,
+    /// When each round's proposal reached this node (local wall clock).
+    received: BTreeMap<Round, u64>,
+    synchrony: Synchrony,
     votes: BTreeMap<Round, RoundVotes>,
     prevote_timer: BTreeSet<Round>,
     precommit_timer: BTreeSet<Round>,
@@ -350,6 +372,7 @@ impl Core {
         debug_assert_eq!(cfg.members.applied() + 1, height, "the membership is the one before `height`");
         let n = cfg.members.current().len();
         let q = vote_threshold(n);
+        let synchrony = Synchrony::for_interval(cfg.block_interval_ms);
         Core {
             me: identity.id(),
             identity,
@@ -367,6 +390,8 @@ impl Core {
             valid: None,
             proposals: BTreeMap::new(),
             proposal_ok: BTreeMap::new(),
+            received: BTreeMap::new(),
+            synchrony,
             votes: BTreeMap::new(),
             prevote_timer: BTreeSet::new(),
             precommit_timer: BTreeSet::new(),
@@ -467,9 +492,11 @@ impl Core {
                 Signed::Proposal(p) if p.proposal.height == self.height && p.proposal.proposer == self.me => {
                     // Read back from disk: checked in full.
                     let (round, vr) = (p.proposal.round, p.proposal.valid_round);
-                    let ok = self.validate_block(&p.proposal.block, round, vr, None, TxCheck::Needed).is_ok();
-                    self.proposal_ok.insert(p.proposal.round, ok);
-                    self.proposals.insert(p.proposal.round, p);
+                    let ok = self.validate_block(&p.proposal.block, round, vr, None, Hashed::No).is_ok();
+                    self.proposal_ok.insert(round, ok);
+                    // Stamped by this node's clock when it made it.
+                    self.received.insert(round, p.proposal.block.header.timestamp_ms);
+                    self.proposals.insert(round, p);
                 }
                 Signed::Vote(v) if v.vote.height == self.height && v.vote.voter == self.me => self.insert_vote(v),
                 _ => {}
@@ -544,7 +571,7 @@ impl Core {
 
     fn apply(&mut self, input: Input, now_ms: u64, out: &mut Vec<Output>) {
         match input {
-            Input::Proposal(p) => self.on_proposal(p, now_ms, out),
+            Input::Proposal(p) => self.receive_proposal(p, now_ms, now_ms, out),
             Input::Vote(v) => self.on_vote(v, now_ms, out),
             Input::Timeout(t) => self.on_timeout(t, now_ms, out),
             Input::Value { height, round, txs, changes } => self.on_value(height, round, txs, changes, now_ms, out),
@@ -562,7 +589,9 @@ impl Core {
         }
     }
 
-    fn on_proposal(&mut self, sp: SignedProposal, now_ms: u64, out: &mut Vec<Output>) {
+    /// A proposal that reached this node at `received_ms` (earlier than `now_ms`
+    /// for one held for the next height), handled now.
+    fn receive_proposal(&mut self, sp: SignedProposal, received_ms: u64, now_ms: u64, out: &mut Vec<Output>) {
         let p = &sp.proposal;
         let (height, round, proposer) = (p.height, p.round, p.proposer);
         if height < self.height || !self.members_at(height).contains(&proposer) {
@@ -585,9 +614,7 @@ impl Core {
                 return;
             }
         }
-        if !self.authenticate(&sp, out) {
-            return;
-        }
+        let Some(repeat) = self.authenticate(&sp, out) else { return };
         if future {
             self.hold_future(proposer, height, Input::Proposal(sp), now_ms, out);
             return;
@@ -602,7 +629,13 @@ impl Core {
             return;
         }
         // `authenticate` checked the transactions against the header.
-        let ok = self.validate_block(&sp.proposal.block, round, sp.proposal.valid_round, Some(now_ms), TxCheck::Done);
+        let ok = self.validate_block(
+            &sp.proposal.block,
+            round,
+            sp.proposal.valid_round,
+            Some(now_ms),
+            Hashed::Yes { first_repeat: repeat },
+        );
         if let Err(reason) = &ok {
             out.push(Output::Misbehaviour(Misbehaviour::InvalidBlock {
                 node: proposer,
@@ -612,6 +645,7 @@ impl Core {
             }));
         }
         self.proposal_ok.insert(round, ok.is_ok());
+        self.received.insert(round, received_ms);
         self.proposals.insert(round, sp);
         self.check_rules(now_ms, out);
     }
@@ -620,7 +654,11 @@ impl Core {
     /// (else nothing is known of its signer), then what the signer answers for
     /// (leading the round, the valid round below it), then that the transactions
     /// are the ones its signed header commits to.
-    fn authenticate(&self, sp: &SignedProposal, out: &mut Vec<Output>) -> bool {
+    ///
+    /// `Some` with the first transaction that repeats an earlier one (looked
+    /// for only where the rules make it invalid) when the proposal passes;
+    /// `None`, reported, when it does not.
+    fn authenticate(&self, sp: &SignedProposal, out: &mut Vec<Output>) -> Option<Option<usize>> {
         let p = &sp.proposal;
         let (node, height, round) = (p.proposer, p.height, p.round);
         let refused = if sp.verify(&self.cfg.network_id).is_err() {
@@ -631,14 +669,35 @@ impl Core {
             Misbehaviour::BadValidRound { node, height, round, valid_round }
         } else if p.block.txs.len() > self.cfg.limits.max_block_txs
             || p.block.header.changes.len() > super::members::MAX_CHANGES_PER_BLOCK
-            || tx_root(&p.block.txs) != p.block.header.tx_root
         {
             Misbehaviour::BadTransactions { claimed: node, height, round }
         } else {
-            return true;
+            let (root, first_repeat) = tx_root_and_repeat(&p.block.txs, self.rules().distinct_txs);
+            if root == p.block.header.tx_root {
+                return Some(first_repeat);
+            }
+            Misbehaviour::BadTransactions { claimed: node, height, round }
         };
         out.push(Output::Misbehaviour(refused));
-        false
+        None
+    }
+
+    /// The rules of the current height's protocol version.
+    fn rules(&self) -> Rules {
+        Rules::of(self.cfg.members.version_at(self.height))
+    }
+
+    /// Whether round `round`'s proposal may be prevoted for its timestamp: always
+    /// before the version that brings proposer-based timestamps; after it, when
+    /// its block's timestamp is within the synchrony bounds of its arrival.
+    fn timely(&self, round: Round) -> bool {
+        if !self.rules().timely_proposals {
+            return true;
+        }
+        let (Some(sp), Some(&received)) = (self.proposals.get(&round), self.received.get(&round)) else {
+            return false;
+        };
+        self.synchrony.timely(sp.proposal.block.header.timestamp_ms, received, round)
     }
 
     /// Checks a block proposed in `round` with `valid_round` against our parent
@@ -654,13 +713,27 @@ impl Core {
         round: Round,
         valid_round: Option<Round>,
         now_ms: Option<u64>,
-        txs: TxCheck,
+        txs: Hashed,
     ) -> Result<(), BlockError> {
         let block_round = block.header.round;
         match valid_round {
             None if block_round != round => return Err(BlockError::NotFresh { block_round, round }),
             Some(vr) if block_round > vr => return Err(BlockError::NewerThanRound { block_round, round: vr }),
             _ => {}
+        }
+        let distinct = self.rules().distinct_txs;
+        let first_repeat = match txs {
+            Hashed::Yes { first_repeat } => first_repeat,
+            Hashed::No => {
+                let (root, first_repeat) = tx_root_and_repeat(&block.txs, distinct);
+                if root != block.header.tx_root {
+                    return Err(BlockError::TxRootMismatch);
+                }
+                first_repeat
+            }
+        };
+        if let Some(index) = first_repeat.filter(|_| distinct) {
+            return Err(BlockError::RepeatedTx { index });
         }
         let height = self.height;
         block.validate(
@@ -670,7 +743,7 @@ impl Core {
             |r| self.proposer(height, r),
             now_ms,
             &self.cfg.limits,
-            txs,
+            TxCheck::Done,
         )?;
         self.cfg
             .members
@@ -760,7 +833,7 @@ impl Core {
                 let bytes = proposal_bytes(&p);
                 if !next.proposals.contains_key(&p.proposal.round) && next.bytes + bytes <= MAX_FUTURE_BYTES {
                     next.bytes += bytes;
-                    next.proposals.insert(p.proposal.round, p);
+                    next.proposals.insert(p.proposal.round, (p, now_ms));
                 }
             }
             Input::Vote(v) => {
@@ -838,7 +911,7 @@ impl Core {
         out.push(Output::Schedule { timeout: Timeout::Propose { height: self.height, round }, after_ms });
         if self.proposer(self.height, round) == self.me && signed_here.is_none() {
             match self.valid.clone() {
-                Some((vr, block)) => self.propose(block, Some(vr), out),
+                Some((vr, block)) => self.propose(block, Some(vr), now_ms, out),
                 None => out.push(Output::NeedValue { height: self.height, round }),
             }
         }
@@ -876,11 +949,11 @@ impl Core {
             },
             txs,
         };
-        self.propose(block, None, out);
+        self.propose(block, None, now_ms, out);
         self.check_rules(now_ms, out);
     }
 
-    fn propose(&mut self, block: Block, valid_round: Option<Round>, out: &mut Vec<Output>) {
+    fn propose(&mut self, block: Block, valid_round: Option<Round>, now_ms: u64, out: &mut Vec<Output>) {
         let record = SignRecord { height: self.height, round: self.round, step: Step::Propose };
         if !self.may_sign(record) {
             return;
@@ -888,10 +961,13 @@ impl Core {
         let proposal = Proposal { height: self.height, round: self.round, block, valid_round, proposer: self.me };
         let sp = proposal.sign(&self.cfg.network_id, &self.identity);
         self.last_signed = Some(record);
-        // Our own block: its root was computed from its transactions (`on_value`),
-        // or it is a value that passed `authenticate` in an earlier round.
-        let ok = self.validate_block(&sp.proposal.block, self.round, valid_round, None, TxCheck::Done).is_ok();
+        // Our own block: its root was computed from its transactions (`on_value`,
+        // from the mempool, which holds each transaction once), or it is a
+        // value that passed `authenticate` and validation in an earlier round.
+        let hashed = Hashed::Yes { first_repeat: None };
+        let ok = self.validate_block(&sp.proposal.block, self.round, valid_round, None, hashed).is_ok();
         self.proposal_ok.insert(self.round, ok);
+        self.received.insert(self.round, now_ms);
         self.proposals.insert(self.round, sp.clone());
         out.push(Output::Sign { record, message: Signed::Proposal(sp), lock: None });
     }
@@ -961,9 +1037,10 @@ impl Core {
         if self.step == Step::Propose {
             if let Some((id, vr)) = proposal {
                 match vr {
-                    // L22
+                    // L22, with the timeliness of proposer-based timestamps where
+                    // the version has it (see `super::rules`).
                     None => {
-                        let accept = ok && self.locked.as_ref().is_none_or(|(_, lv)| lv.hash() == id);
+                        let accept = ok && self.timely(r) && self.locked.as_ref().is_none_or(|(_, lv)| lv.hash() == id);
                         self.vote(VoteKind::Prevote, accept.then_some(id), out);
                         self.step = Step::Prevote;
                     }
@@ -1064,7 +1141,7 @@ impl Core {
             return;
         }
         // Decided in the certificate's round: the block existed by then.
-        if let Err(reason) = self.validate_block(&c.block, c.cert.round, Some(c.cert.round), None, TxCheck::Needed) {
+        if let Err(reason) = self.validate_block(&c.block, c.cert.round, Some(c.cert.round), None, Hashed::No) {
             out.push(Output::Misbehaviour(Misbehaviour::InvalidSyncedBlock { height, reason }));
             return;
         }
@@ -1090,6 +1167,7 @@ impl Core {
         self.valid = None;
         self.proposals.clear();
         self.proposal_ok.clear();
+        self.received.clear();
         self.votes.clear();
         self.prevote_timer.clear();
         self.precommit_timer.clear();
@@ -1099,8 +1177,8 @@ impl Core {
         // Buffered for what is now the current height; verified again on the way
         // in, now against the parent they build on.
         let next = std::mem::take(&mut self.future);
-        for p in next.proposals.into_values() {
-            self.apply(Input::Proposal(p), now_ms, out);
+        for (p, received_ms) in next.proposals.into_values() {
+            self.receive_proposal(p, received_ms, now_ms, out);
         }
         for v in next.votes.into_values() {
             self.apply(Input::Vote(v), now_ms, out);

@@ -1002,3 +1002,113 @@ fn a_certified_block_on_another_parent_is_reported_and_not_committed() {
     assert!(!out.iter().any(|o| matches!(o, Output::Decided { .. })));
     assert_eq!(core.height(), height);
 }
+
+/// `cfg` with protocol version `version` in force from height 1 (an upgrade
+/// plan completed before the chain began, as the tests of the rules need).
+fn at_version(mut cfg: Config, version: u16) -> Config {
+    let mut state = cfg.members.state().clone();
+    state.schedule = vec![crate::chain::members::Plan { version, height: 1 }];
+    cfg.members = Membership::restore(cfg.members.params(), state);
+    cfg
+}
+
+/// The prevote a core signed, if any.
+fn prevoted(out: &[Output]) -> Option<Option<Hash>> {
+    out.iter().find_map(|o| match o {
+        Output::Sign { message: Signed::Vote(v), .. } if v.vote.kind == VoteKind::Prevote => Some(v.vote.block),
+        _ => None,
+    })
+}
+
+/// From version 4 a block's transactions are distinct: a proposal that repeats
+/// one is invalid (prevoted nil at once, its proposer reported); before it, the
+/// same block is valid, as the previous release validates it.
+#[test]
+fn from_version_4_a_block_that_repeats_a_transaction_is_invalid_and_before_it_valid() {
+    let f = OneCore::new();
+    let mut block = f.block(0, "A");
+    block.txs = vec![b"same".to_vec(), b"other".to_vec(), b"same".to_vec()];
+    block.header.tx_root = tx_root(&block.txs);
+    for (version, valid) in [(3, true), (4, false)] {
+        let cfg = at_version(f.cfg.clone(), version);
+        let mut core = Core::new(cfg, f.me.clone(), 1, genesis_hash(&NET), 0, None);
+        f.start(&mut core);
+        let out = core.handle(f.proposal(0, &block), 4_000);
+        let reported = out.iter().any(|o| {
+            matches!(
+                o,
+                Output::Misbehaviour(Misbehaviour::InvalidBlock { reason: BlockError::RepeatedTx { index: 2 }, .. })
+            )
+        });
+        assert_eq!(reported, !valid, "version {version}: {out:?}");
+        assert_eq!(prevoted(&out), Some(valid.then(|| block.hash())), "version {version}");
+    }
+}
+
+/// From version 4 a fresh proposal is prevoted only when its timestamp is
+/// within the synchrony bounds of its arrival (proposer-based timestamps):
+/// stamped 30 s ahead of the node's clock, or 30 s behind, it gets nil; stamped
+/// at the time it arrives, the block. Before version 4 both are prevoted.
+#[test]
+fn from_version_4_a_proposal_stamped_outside_the_synchrony_bounds_is_prevoted_nil() {
+    let f = OneCore::new();
+    let arrives = 40_000;
+    for (version, stamp, want_block) in [
+        (4, arrives, true),
+        (4, arrives + 900, true),
+        (4, arrives + 30_000, false),
+        (4, arrives - 30_000, false),
+        (3, arrives + 30_000, true),
+        (3, arrives - 30_000, true),
+    ] {
+        let mut block = f.block(0, "A");
+        block.header.timestamp_ms = stamp;
+        let cfg = at_version(f.cfg.clone(), version);
+        let mut core = Core::new(cfg, f.me.clone(), 1, genesis_hash(&NET), 0, None);
+        f.start(&mut core);
+        let out = core.handle(f.proposal(0, &block), arrives);
+        let want = want_block.then(|| block.hash());
+        assert_eq!(prevoted(&out), Some(want), "version {version}, stamped {:+} ms", stamp as i64 - arrives as i64);
+    }
+}
+
+/// From version 4, one member of four whose clock is 30 s ahead or behind
+/// cannot move block timestamps outside the honest members' clocks: its
+/// proposals stamped by its clock get no polka, and the chain goes on with the
+/// others' blocks. Under version 3 the same member pulls the chain's
+/// timestamps 30 s ahead (what the rule is for).
+#[test]
+fn from_version_4_a_member_whose_clock_is_off_by_30_s_cannot_move_the_chains_timestamps() {
+    for (version, skew) in [(4, 30_000i64), (4, -30_000), (3, 30_000)] {
+        let ids = identities(4);
+        let cfg = at_version(config(&ids), version);
+        let cores: Vec<Core> =
+            ids.iter().map(|id| Core::new(cfg.clone(), id.clone(), 1, genesis_hash(&NET), 0, None)).collect();
+        let mut sim = Sim::new(4);
+        sim.ids = ids;
+        sim.cores = cores;
+        sim.decided = vec![Vec::new(); 4];
+        sim.signed = vec![Vec::new(); 4];
+        for i in 0..4 {
+            let mut out = sim.cores[i].start(sim.now);
+            out.extend(sim.cores[i].handle(Input::Quorum(true), sim.now));
+            sim.process(i, out);
+        }
+        sim.skew_ms[3] = skew;
+        sim.delay_ms = 50;
+        let start = sim.now;
+        assert!(sim.run_until(120_000, |s| s.min_height(&[0, 1, 2]) >= 12), "version {version}, clock {skew:+}");
+        sim.check_invariants();
+        // The honest clocks read `sim.now` at every commit: no block of the
+        // honest chain is stamped past the precision ahead of them.
+        let end = sim.now;
+        let latest = sim.decided[0].iter().map(|c| c.block.header.timestamp_ms).max().unwrap();
+        let earliest = sim.decided[0].iter().map(|c| c.block.header.timestamp_ms).min().unwrap();
+        let within = latest <= end + 1_000 && earliest + 5_000 >= start;
+        assert_eq!(
+            within,
+            version >= 4,
+            "version {version}, clock {skew:+}: stamps {earliest}..{latest}, clocks {start}..{end}"
+        );
+    }
+}

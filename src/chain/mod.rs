@@ -8,6 +8,7 @@
 //! * [`misbehaviour`]: what the core reports about messages that break the protocol.
 //! * [`store`]: blocks, certificates and the last signed vote in fjall.
 //! * [`quorum`]: the quorum rules: the vote threshold and the gate.
+//! * [`rules`]: the protocol versions and the rules each brings.
 //! * [`sync`]: catch-up planning (which peer, which blocks, what a response
 //!   says about its sender) and a token bucket, without IO.
 //! * [`mempool`]: transactions waiting for a block.
@@ -36,6 +37,7 @@ pub(crate) mod producer;
 pub use driver::{ChangeRequest, MembersView, Submitted};
 pub use links::{Mailbox, MemberRequest, TxRequest};
 pub mod quorum;
+pub mod rules;
 pub mod store;
 pub mod sync;
 pub mod vote;

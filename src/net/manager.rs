@@ -678,14 +678,22 @@ impl Manager {
             DialError::Handshake(HandshakeError::RejectedByPeer(RejectReason::Duplicate, _)) => {
                 DialFailure::DuplicateAtPeer
             }
+            DialError::Handshake(HandshakeError::RejectedByPeer(r @ RejectReason::NotInSet, _)) => {
+                DialFailure::NotAccepted(format!("peer rejected our hello: {r}"))
+            }
             DialError::Handshake(e @ HandshakeError::RejectedByPeer(..)) => {
                 DialFailure::Failed(format!("peer rejected our hello: {}", handshake::rejection_text(e)))
+            }
+            DialError::Connection(e) | DialError::Handshake(HandshakeError::Connection(e))
+                if super::is_tls_refusal_by_peer(e) =>
+            {
+                DialFailure::NotAccepted(format!("the peer refused our key at TLS ({e})"))
             }
             DialError::Handshake(HandshakeError::Connection(e)) if super::is_tls_refusal(e) => {
                 DialFailure::Failed(format!("refused at TLS: {e}"))
             }
-            DialError::Handshake(HandshakeError::Connection(e)) if super::is_removal(e) => {
-                DialFailure::Failed(NOT_IN_ITS_SET.to_string())
+            DialError::Connection(e) | DialError::Handshake(HandshakeError::Connection(e)) if super::is_removal(e) => {
+                DialFailure::NotAccepted(NOT_IN_ITS_SET.to_string())
             }
             DialError::Handshake(e @ HandshakeError::RejectedPeer(..)) => {
                 DialFailure::Failed(format!("rejected the peer's welcome: {}", handshake::rejection_text(e)))

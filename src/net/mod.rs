@@ -187,6 +187,12 @@ pub fn is_tls_refusal(err: &quinn::ConnectionError) -> bool {
     (0x100..0x200).contains(&code)
 }
 
+/// Whether the peer's TLS refused our certificate (the alert came from it): it
+/// does not count our key as a member.
+pub fn is_tls_refusal_by_peer(err: &quinn::ConnectionError) -> bool {
+    matches!(err, quinn::ConnectionError::ConnectionClosed(_)) && is_tls_refusal(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::close;

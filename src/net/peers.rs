@@ -320,6 +320,14 @@ impl Peers {
         self.shared.members.send_replace(members);
     }
 
+    /// Keys that are not members but are expected to knock (joiners whose add
+    /// is collecting approvals, members that left): TLS still refuses them, and
+    /// logs that at info once per key and state instead of warning as it does
+    /// for strangers.
+    pub fn set_expected(&self, keys: impl IntoIterator<Item = (NodeId, super::tls::Expected)>) {
+        self.shared.refusals.expect(keys);
+    }
+
     /// Closes the connection to `peer` for a message the application could not
     /// accept (a frame that did not decode), with one log line.
     pub fn reject(&self, peer: NodeId, e: &FrameError) {
@@ -406,6 +414,11 @@ impl Peers {
     /// Certificates refused at TLS by this node's server side.
     pub fn tls_refused(&self) -> u64 {
         self.shared.refusals.total.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the strangers' keys TLS remembers so as to warn once per key.
+    pub fn tls_strangers_bytes(&self) -> u64 {
+        self.shared.refusals.strangers_bytes()
     }
 
     /// The bound UDP address.

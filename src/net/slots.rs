@@ -41,8 +41,15 @@
 //!   backoff is forgotten and it is dialled at the new address at once (or awaited
 //!   there for a fresh passive wait, whichever the rule says for the new address).
 //!   A member whose entry did not change is left alone. Our own entry, if the set
-//!   has one, plays no part: a node whose key is not (yet) in the set still dials
-//!   and accepts the members it knows.
+//!   has one, plays no part in the direction rule: a node whose key is not (yet)
+//!   in the set still dials and accepts the members it knows.
+//! * **Outside the set.** A node whose key is not in the set (a joiner, or a
+//!   member removed) is dialled by nobody, so it waits for no one: it dials every
+//!   member at once, then with backoff. Members refusing its key (at TLS, or
+//!   closing with [`close::REMOVED`]) is what it expects until its add is in
+//!   force: one info line per peer, and again only when something else happened
+//!   in between. A member refused that way is in trouble (the peer does not count
+//!   it): a warning, as for any failure.
 //! * **Our address moves.** QUIC carries a connection we dialled to our new
 //!   address, but not one the peer dialled: the peer goes on sending to the
 //!   address we no longer have. When the shell finds a connection's local address
@@ -91,6 +98,9 @@ pub enum Action {
 pub enum DialFailure {
     /// Nothing answered, or QUIC/TLS failed: `what` says how.
     Failed(String),
+    /// The peer refused our key (at TLS, or as not in its member set): it does
+    /// not count us as a member. `what` says how.
+    NotAccepted(String),
     /// The peer holds another connection with us and closed this one.
     DuplicateAtPeer,
     /// As `Failed`, of a cause the caller reported to the operator already (no
@@ -131,6 +141,9 @@ struct Slot {
     backoff: Backoff,
     /// Failed attempts (either direction) since the last success, for log summaries.
     failures: u32,
+    /// The peer's refusal of our key, expected while we are outside the set,
+    /// was logged, and nothing else has happened since.
+    refusal_logged: bool,
     /// Connections from an older incarnation than the active one, seen so far.
     older_seen: u32,
     /// Our socket cannot reach the member's address family: never dial it; it
@@ -143,6 +156,7 @@ impl Slot {
     /// that stays away for an hour costs a dozen lines, not thousands.
     fn note_failure(&mut self, what: &str, retry: Option<Duration>) {
         self.failures += 1;
+        self.refusal_logged = false;
         if self.failures.is_power_of_two() {
             let retry = retry.map(|d| format!("; retry in {} ms", d.as_millis())).unwrap_or_default();
             tracing::warn!(
@@ -155,11 +169,35 @@ impl Slot {
             tracing::debug!(peer = %self.id.short(), "{what}");
         }
     }
+
+    /// The peer refused our key. Outside the set (`member` false) that is
+    /// expected: said once at info until something else happens; a member so
+    /// refused is in trouble, as with any failure.
+    fn note_refusal(&mut self, what: &str, retry: Option<Duration>, member: bool) {
+        if member {
+            return self.note_failure(what, retry);
+        }
+        self.failures += 1;
+        if self.refusal_logged {
+            tracing::debug!(peer = %self.id.short(), "{what}");
+            return;
+        }
+        self.refusal_logged = true;
+        tracing::info!(
+            peer = %self.id.short(),
+            addr = %self.addr,
+            "{what}: expected while this node is not in the member set; retrying with backoff until its add is in \
+             force (later refusals at debug)"
+        );
+    }
 }
 
 #[derive(Debug)]
 pub struct Slots {
     me: (SocketAddr, NodeId),
+    /// Our key is in the member set. Outside it nobody dials us, so we dial
+    /// every member at once whatever the direction rule says.
+    member: bool,
     slots: BTreeMap<NodeId, Slot>,
     actions: VecDeque<Action>,
     passive_wait: Duration,
@@ -178,11 +216,22 @@ impl Slots {
         seed: u64,
         now: Instant,
     ) -> Slots {
-        let mut slots = Slots { me, slots: BTreeMap::new(), actions: VecDeque::new(), passive_wait, seed };
+        let members: Vec<(NodeId, SocketAddr)> = members.into_iter().collect();
+        let member = members.iter().any(|(id, _)| *id == me.1);
+        let mut slots = Slots { me, member, slots: BTreeMap::new(), actions: VecDeque::new(), passive_wait, seed };
         for (id, addr) in members {
             slots.insert(id, addr, now);
         }
         slots
+    }
+
+    /// When a slot for a member with `role` first dials, from `now`.
+    fn first_dial(&self, role: Role, now: Instant) -> Instant {
+        if self.member {
+            first_dial(role, now, self.passive_wait)
+        } else {
+            now
+        }
     }
 
     /// A fresh slot for member `id` at `addr`, its first dial scheduled by the
@@ -197,9 +246,10 @@ impl Slots {
             role,
             active: None,
             dialing: false,
-            next_dial: Some(first_dial(role, now, self.passive_wait)),
+            next_dial: Some(self.first_dial(role, now)),
             backoff: Backoff::new(self.seed),
             failures: 0,
+            refusal_logged: false,
             older_seen: 0,
             unreachable: false,
         };
@@ -226,6 +276,15 @@ impl Slots {
     /// new address; unchanged ones are left alone.
     pub fn handle_members(&mut self, members: impl IntoIterator<Item = (NodeId, SocketAddr)>, now: Instant) {
         let me = self.me.1;
+        let members: Vec<(NodeId, SocketAddr)> = members.into_iter().collect();
+        let member = members.iter().any(|(id, _)| *id == me);
+        if member != self.member {
+            self.member = member;
+            // Refusals of our key mean something else now.
+            for slot in self.slots.values_mut() {
+                slot.refusal_logged = false;
+            }
+        }
         let members: BTreeMap<NodeId, SocketAddr> = members.into_iter().filter(|(id, _)| *id != me).collect();
         let removed: Vec<NodeId> = self.slots.keys().filter(|id| !members.contains_key(id)).copied().collect();
         for id in removed {
@@ -267,9 +326,9 @@ impl Slots {
     }
 
     fn moved(&mut self, id: NodeId, addr: SocketAddr, now: Instant) {
-        let (me, passive_wait) = (self.me, self.passive_wait);
+        let Some(role) = direction::role(self.me, (addr, id)) else { return };
+        let first = self.first_dial(role, now);
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        let Some(role) = direction::role(me, (addr, id)) else { return };
         let from = std::mem::replace(&mut slot.addr, addr);
         slot.role = role;
         if slot.active.is_some() {
@@ -282,7 +341,7 @@ impl Slots {
         slot.backoff.reset();
         slot.failures = 0;
         slot.dialing = false;
-        slot.next_dial = Some(first_dial(role, now, passive_wait));
+        slot.next_dial = Some(first);
         let what = match role {
             Role::Dial => "dialling it there",
             Role::Wait => "waiting for it to dial",
@@ -327,6 +386,7 @@ impl Slots {
 
     /// Starts every dial that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let member = self.member;
         for slot in self.slots.values_mut() {
             if slot.active.is_some() || slot.dialing || slot.unreachable || slot.next_dial.is_none_or(|t| t > now) {
                 continue;
@@ -335,7 +395,8 @@ impl Slots {
             slot.next_dial = None;
             let fallback = slot.role == Role::Wait;
             // Once per streak: a redial after a failure is backoff, not news.
-            if fallback && slot.failures == 0 {
+            // Outside the set there is no passive wait to speak of.
+            if fallback && slot.failures == 0 && member {
                 tracing::info!(peer = %slot.id.short(), addr = %slot.addr, "no connection from peer after the passive wait; dialling it");
             } else if fallback {
                 tracing::debug!(peer = %slot.id.short(), "dialling the peer again after backoff");
@@ -373,6 +434,11 @@ impl Slots {
                 slot.next_dial = Some(now + delay);
                 slot.failures += 1;
                 tracing::debug!(peer = %peer.short(), "{what}");
+            }
+            DialFailure::NotAccepted(what) => {
+                let delay = slot.backoff.next_delay();
+                slot.next_dial = Some(now + delay);
+                slot.note_refusal(&what, Some(delay), self.member);
             }
         }
     }
@@ -460,6 +526,7 @@ impl Slots {
             tracing::info!(peer = %peer.short(), "connected after {} failed attempt(s)", slot.failures);
         }
         slot.failures = 0;
+        slot.refusal_logged = false;
         if replaced.is_none() {
             tracing::info!(peer = %peer.short(), addr = %slot.addr, direction = direction.as_str(), "peer connected");
         }
@@ -491,7 +558,7 @@ impl Slots {
 
     /// Connection `conn` with `peer` ended.
     pub fn handle_closed(&mut self, peer: NodeId, conn: ConnId, cause: CloseCause, now: Instant) {
-        let passive_wait = self.passive_wait;
+        let (passive_wait, member) = (self.passive_wait, self.member);
         let Some(slot) = self.slots.get_mut(&peer) else { return };
         if slot.active.as_ref().map(|a| a.conn) != Some(conn) {
             return; // not the active one: already replaced or never kept
@@ -521,9 +588,11 @@ impl Slots {
             CloseCause::Rejected(reason) => {
                 slot.note_failure(&format!("peer rejected our welcome: {reason}"), Some(next - now))
             }
-            CloseCause::Removed => {
-                slot.note_failure("peer closed the connection: this node is not in its member set", Some(next - now))
-            }
+            CloseCause::Removed => slot.note_refusal(
+                "peer closed the connection: this node is not in its member set",
+                Some(next - now),
+                member,
+            ),
             CloseCause::Other(why) => {
                 tracing::info!(peer = %peer.short(), addr = %slot.addr, after_secs = uptime.as_secs(), "peer disconnected: {why}")
             }
@@ -839,6 +908,46 @@ mod tests {
         s.handle_timeout(t1 + WAIT);
         assert_eq!(actions(&mut s), vec![Action::Dial { peer: id(3), addr: addr(3), fallback: true }]);
         assert!(s.handle_established(id(7), 2, Direction::Outbound, addr(7), 1, t1), "7 is a peer now");
+    }
+
+    #[test]
+    fn a_node_outside_the_set_dials_every_member_at_once_and_backs_off_when_refused() {
+        // 5 is not in the set and ranks above every member: by the rule it would
+        // wait, but no member dials a key it does not know.
+        let t0 = Instant::now();
+        let mut s = Slots::new((addr(5), id(5)), set(&[1, 2, 3, 4]), WAIT, 7, t0);
+        s.handle_timeout(t0);
+        assert_eq!(dials(&mut s), vec![id(1), id(2), id(3), id(4)], "no passive wait");
+        for i in 1..=4 {
+            s.handle_dial_failed(id(i), addr(i), DialFailure::NotAccepted("refused at TLS".into()), t0);
+        }
+        assert!(s.poll_timeout().unwrap() - t0 <= Duration::from_millis(500), "backoff, not a passive wait");
+        assert!(s.slots.values().all(|slot| slot.refusal_logged && slot.failures == 1));
+        // Refused again: still one line per peer; something else in between
+        // (the peer gone) is news, and so is the next refusal after it.
+        let t1 = t0 + Duration::from_secs(1);
+        s.handle_timeout(t1);
+        s.handle_dial_failed(id(1), addr(1), DialFailure::NotAccepted("refused at TLS".into()), t1);
+        assert!(s.slots[&id(1)].refusal_logged);
+        s.handle_timeout(t1 + Duration::from_secs(5));
+        s.handle_dial_failed(id(1), addr(1), DialFailure::Failed("no answer".into()), t1);
+        assert!(!s.slots[&id(1)].refusal_logged, "another failure clears it");
+        // Added: the direction rule again, for members that come later too.
+        let t2 = t0 + Duration::from_secs(60);
+        let low = SocketAddr::from(([127, 0, 0, 2], 1));
+        s.handle_members(set(&[1, 2, 3, 4, 5]).into_iter().chain([(id(6), low)]), t2);
+        assert!(s.slots.values().all(|slot| !slot.refusal_logged), "a refusal now means trouble");
+        assert_eq!(s.slots[&id(6)].next_dial, Some(t2 + WAIT), "6 ranks lower: awaited");
+    }
+
+    #[test]
+    fn a_member_refused_by_a_peer_is_in_trouble_not_in_an_expected_state() {
+        let t0 = Instant::now();
+        let mut s = slots(1, 2, t0);
+        s.handle_timeout(t0);
+        s.handle_dial_failed(id(2), addr(2), DialFailure::NotAccepted("refused at TLS".into()), t0);
+        assert!(!s.slots[&id(2)].refusal_logged, "logged as a failure");
+        assert_eq!(s.slots[&id(2)].failures, 1);
     }
 
     #[test]

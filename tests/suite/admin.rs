@@ -365,7 +365,7 @@ async fn member_cli_sends_the_token_from_its_flag_its_variable_or_the_config() {
         args.extend(target.iter().copied());
         let (code, out, err) = cli(&args, env);
         assert_eq!(code, Some(0), "{target:?} {env:?}: {err}\n{}", net.logs());
-        assert!(out.contains("approved set-addr"), "{out}");
+        assert!(out.contains("announced set-addr"), "{out}");
     }
     let pending = fetch_members(net.admins[0], WAIT).await.unwrap().pending;
     assert!(pending.iter().all(|p| p.change == "set-addr"), "{pending:?}");

@@ -21,6 +21,25 @@ fn p2p_addr(net: &Net, i: usize) -> SocketAddr {
     SocketAddr::new(net.admins[i].ip(), masternode::devnet::P2P_PORT)
 }
 
+/// Takes node `i` out of the genesis file (before any node starts), so it
+/// starts as a joiner; its id.
+fn drop_from_genesis(net: &Net, i: usize) -> String {
+    let joiner = node_id(net, i);
+    let genesis = net.dir.path().join("network.toml");
+    let text = std::fs::read_to_string(&genesis).unwrap();
+    let cut = text.find(&format!("id = \"{joiner}\"")).unwrap();
+    let start_of_entry = text[..cut].rfind("[[masternode]]").unwrap();
+    let end_of_entry = text[cut..].find("[[masternode]]").map_or(text.len(), |e| cut + e);
+    std::fs::write(&genesis, format!("{}{}", &text[..start_of_entry], &text[end_of_entry..])).unwrap();
+    joiner
+}
+
+/// Node `i`'s log lines at `level` (the daemons log JSON lines to a file).
+fn lines_at(net: &Net, i: usize, level: &str) -> Vec<String> {
+    let tag = format!("\"level\":\"{level}\"");
+    net.log(i).lines().filter(|l| l.contains(&tag)).map(str::to_string).collect()
+}
+
 /// Runs `masternode ARGS`; exit code, stdout, stderr.
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -54,13 +73,7 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     let mut net = Net::new(5);
     net.set_block_interval(500);
     // Node 5 is provisioned but not in the genesis: a joiner.
-    let joiner = node_id(&net, 4);
-    let genesis = net.dir.path().join("network.toml");
-    let text = std::fs::read_to_string(&genesis).unwrap();
-    let cut = text.find(&format!("id = \"{joiner}\"")).unwrap();
-    let start_of_entry = text[..cut].rfind("[[masternode]]").unwrap();
-    let end_of_entry = text[cut..].find("[[masternode]]").map_or(text.len(), |e| cut + e);
-    std::fs::write(&genesis, format!("{}{}", &text[..start_of_entry], &text[end_of_entry..])).unwrap();
+    let joiner = drop_from_genesis(&net, 4);
     for i in 0..5 {
         net.start(i);
     }
@@ -114,7 +127,8 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     let cfg3 = net.configs[2].to_string_lossy().to_string();
     let (code, out, err) = cli(&["member", "set-addr", "--addr", &new_addr.to_string(), "--config", &cfg3]);
     assert_eq!(code, Some(0), "set-addr: {err}");
-    assert!(out.contains("1 of 1 approvals"), "{out}");
+    assert!(out.starts_with("announced set-addr") && out.contains("in force two blocks after"), "{out}");
+    assert!(!out.contains("approvals"), "a move is not voted on: {out}");
     until(&net, "the new address is in force", Duration::from_secs(20), || async {
         members(&net, 0)
             .await
@@ -144,7 +158,12 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     let (code, out, err) = cli(&["member", "add", "--id", &moved, "--addr", "127.0.0.1:1", "--admin", &admin0]);
     assert_eq!(code, Some(1), "{out}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.contains("already a member"), "{err}");
+    assert!(err.contains("already a member") && err.contains("(reason: already_member)"), "{err}");
+    let taken = p2p_addr(&net, 0).to_string();
+    let admin1 = net.admins[1].to_string();
+    let (code, _, err) = cli(&["member", "set-addr", "--addr", &taken, "--admin", &admin1]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is already used by member") && err.ends_with("(reason: address_in_use)"), "{err}");
     // The node signs only for a client that can set the content type.
     let body = format!("{{\"change\":\"remove\",\"id\":\"{joiner}\"}}");
     let (status, _) =
@@ -170,9 +189,110 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
         ok
     })
     .await;
+    until(&net, "the removed node knows it was removed", Duration::from_secs(20), || async {
+        net.status(4).await.is_some_and(|s| !s.member && s.removed_at_height.is_some())
+    })
+    .await;
+    let (code, text, _) = cli(&["status", "--admin", &net.admins[4].to_string()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("member    false: removed at height"), "{text}");
+    assert!(text.contains("WARNING   this node was removed from the member set"), "{text}");
+    assert!(!text.contains("joiner"), "not a joiner's words: {text}");
     let h = net.status(0).await.unwrap().height;
     until(&net, "blocks go on with four members", Duration::from_secs(20), || async {
         net.status(0).await.is_some_and(|s| s.height >= h + 3 && s.quorum.met)
     })
     .await;
+
+    // The removed member's address is free again: another member takes it
+    // (as a rotated key takes back the old key's address).
+    let freed = p2p_addr(&net, 4).to_string();
+    let taker = node_id(&net, 3);
+    let (code, out, err) = cli(&["member", "set-addr", "--addr", &freed, "--admin", &net.admins[3].to_string()]);
+    assert_eq!(code, Some(0), "{out} {err}");
+    until(&net, "the freed address is the taker's", Duration::from_secs(20), || async {
+        members(&net, 0).await.is_some_and(|m| m.members.iter().any(|e| e.node_id == taker && e.addr == freed))
+    })
+    .await;
+}
+
+/// The runbook's order: one member approves, the joiner starts, the others
+/// approve. Until its add is in force every member refuses the joiner's key:
+/// an expected state on both ends, so at most one info line per peer and no
+/// warning, and the joiner dials at once instead of waiting its passive wait
+/// (here a minute) for members that do not know it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_joiner_logs_at_most_one_info_line_per_peer_and_no_warning() {
+    let mut net = Net::new(5);
+    net.set_block_interval(500);
+    let joiner = drop_from_genesis(&net, 4);
+    for i in 0..4 {
+        net.start(i);
+    }
+    until(&net, "the four genesis members commit", Duration::from_secs(30), || async {
+        let mut ok = true;
+        for i in 0..4 {
+            ok &= net.status(i).await.is_some_and(|s| s.height >= 2);
+        }
+        ok
+    })
+    .await;
+    let joiner_addr = p2p_addr(&net, 4).to_string();
+    let admins = net.admins.clone();
+    let approve = |i: usize| {
+        let admin = admins[i].to_string();
+        let (code, out, err) = cli(&["member", "add", "--id", &joiner, "--addr", &joiner_addr, "--admin", &admin]);
+        assert_eq!(code, Some(0), "member add on node {i}: {out} {err}");
+    };
+    approve(0);
+    until(&net, "every member knows the add is collecting approvals", Duration::from_secs(20), || async {
+        let mut ok = true;
+        for i in 0..4 {
+            ok &= members(&net, i).await.is_some_and(|m| m.pending.iter().any(|p| p.node_id == joiner));
+        }
+        ok
+    })
+    .await;
+    net.start_with_env(4, &[("MASTERNODE_PASSIVE_WAIT_MS", "60000")]);
+    until(&net, "every member refused the joiner at TLS, twice", Duration::from_secs(30), || async {
+        let mut ok = true;
+        for i in 0..4 {
+            ok &= net.status(i).await.is_some_and(|s| s.counters.tls_refused >= 2);
+        }
+        ok
+    })
+    .await;
+    let s = net.status(4).await.expect("the joiner serves its status");
+    assert!(!s.member && s.peers.is_empty(), "refused everywhere: {s:?}");
+    let (code, text, _) = cli(&["status", "--admin", &net.admins[4].to_string()]);
+    assert_eq!(code, Some(1), "a joiner is degraded, not healthy:\n{text}");
+    for want in [
+        "member    false: a joiner, accepted once its add is in force",
+        "sync      unknown: no peer connected to compare with",
+        "WARNING   this node is not in the member set (4 members): a joiner",
+    ] {
+        assert!(text.contains(want), "{want:?} in\n{text}");
+    }
+    approve(1);
+    approve(2);
+    until(&net, "the joiner is a member and connected", Duration::from_secs(60), || async {
+        net.status(4).await.is_some_and(|s| s.member && s.peers.len() == 4)
+    })
+    .await;
+
+    let warned = |i: usize| -> Vec<String> {
+        lines_at(&net, i, "WARN").into_iter().filter(|l| l.contains("TLS") || l.contains("member set")).collect()
+    };
+    for i in 0..5 {
+        assert!(warned(i).is_empty(), "node {}: refusals warned:\n{}", i + 1, warned(i).join("\n"));
+    }
+    let expected = lines_at(&net, 4, "INFO")
+        .into_iter()
+        .filter(|l| l.contains("expected while this node is not in the member set"))
+        .count();
+    assert!((1..=4).contains(&expected), "the joiner: one info line per member at most, {expected}\n{}", net.log(4));
+    for i in 0..4 {
+        let said = lines_at(&net, i, "INFO").into_iter().filter(|l| l.contains("is a joiner whose add")).count();
+        assert_eq!(said, 1, "node {}: one info line for the joiner\n{}", i + 1, net.log(i));
+    }
 }

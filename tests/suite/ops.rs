@@ -81,7 +81,10 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
     let [a, b] = subnet();
     let base = free_port_base(5);
     let ip = |i: usize| format!("127.{a}.{b}.{i}");
-    let line = |i: usize| format!("node{i} {}:{}\n", ip(i), base + 10 * (i as u16 - 1));
+    // One p2p port on every node, as on hosts of their own; these share one
+    // host, so each gets its admin port from the third column.
+    let admin_port = |i: usize| base + 10 * (i as u16 - 1) + 1;
+    let line = |i: usize| format!("node{i} {}:24100 {}\n", ip(i), admin_port(i));
     let inventory = tmp.path().join("inventory");
     std::fs::write(&inventory, (1..=4).map(line).collect::<String>()).unwrap();
     let out = tmp.path().join("net");
@@ -96,12 +99,16 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(dir.join("node.key")).unwrap().permissions().mode() & 0o777, 0o600);
         let cfg = std::fs::read_to_string(dir.join("masternode.toml")).unwrap();
-        assert!(cfg.contains(&format!("admin = \"127.0.0.1:{}\"", base + 10 * (i as u16 - 1) + 1)), "{cfg}");
+        assert!(cfg.contains(&format!("admin = \"127.0.0.1:{}\"", admin_port(i))), "{cfg}");
+        assert!(cfg.contains(&format!("listen = \"{}:24100\"", ip(i))), "{cfg}");
     }
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(!said.contains("have admin"), "admin addresses of their own share nothing: {said}");
     let before = snapshot(&out);
     let second = provision(&inventory, &out, BIN);
     assert!(second.status.success());
     assert_eq!(snapshot(&out), before, "a second run changes no file");
+    assert!(!String::from_utf8_lossy(&second.stdout).contains("provision:"), "and says nothing");
 
     // Bad inventories change nothing and say why.
     let bad_cases = [
@@ -112,10 +119,15 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
         ),
         (
             "duplicate address",
-            format!("{}node9 {}:{}\n", (1..=4).map(line).collect::<String>(), ip(1), base),
+            format!("{}node9 {}:24100\n", (1..=4).map(line).collect::<String>(), ip(1)),
             "duplicate address",
         ),
         ("bad line", format!("{}node9 not-an-address\n", (1..=4).map(line).collect::<String>()), "bad address"),
+        (
+            "public admin",
+            format!("{}node9 {}:24100 10.0.0.1:24101\n", (1..=4).map(line).collect::<String>(), ip(9)),
+            "bad admin",
+        ),
     ];
     for (what, text, says) in bad_cases {
         let bad = tmp.path().join("bad");
@@ -145,8 +157,7 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
             .unwrap();
         daemons.0.push(child);
     }
-    let admins: Vec<SocketAddr> =
-        (1..=4).map(|i| format!("127.0.0.1:{}", base + 10 * (i - 1) + 1).parse().unwrap()).collect();
+    let admins: Vec<SocketAddr> = (1..=4).map(|i| format!("127.0.0.1:{}", admin_port(i)).parse().unwrap()).collect();
     let start = Instant::now();
     loop {
         let mut heights = Vec::new();
@@ -227,9 +238,30 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
     let joiner = Command::new(BIN).args(["id", "--dir"]).arg(out.join("node5")).output().unwrap();
     let joiner = String::from_utf8_lossy(&joiner.stdout).trim().to_string();
     assert!(
-        said.contains(&format!("masternode member add --id {joiner} --addr")),
+        said.contains(&format!("masternode member add --id {joiner} --addr {}:24100", ip(5))),
         "the approval line for the joiner: {said}"
     );
+    // Later runs do not repeat it (the chain says whether it was added since),
+    // and say where a config and the inventory part.
+    let moved = (1..=5).map(line).collect::<String>().replace(&format!("{}:24100", ip(2)), &format!("{}:24100", ip(9)));
+    std::fs::write(&inventory, moved).unwrap();
+    let fourth = provision(&inventory, &out, BIN);
+    assert!(fourth.status.success());
+    let said = String::from_utf8_lossy(&fourth.stdout);
+    assert!(!said.contains("member add"), "{said}");
+    assert!(said.contains("not in the genesis: node5"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "node2/masternode.toml has listen = \"{}:24100\", the inventory says {}:24100; left as is",
+            ip(2),
+            ip(9)
+        )),
+        "{said}"
+    );
+    std::fs::write(&inventory, (1..=5).filter(|i| *i != 3).map(line).collect::<String>()).unwrap();
+    let fifth = provision(&inventory, &out, BIN);
+    assert!(String::from_utf8_lossy(&fifth.stdout).contains("node3 is not in the inventory; left as is"));
+    assert!(out.join("node3/node.key").exists(), "a key is never deleted");
 
     // SIGTERM: every daemon exits 0 within a few seconds.
     for c in &daemons.0 {
@@ -246,6 +278,32 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The README's inventory: one port on every node, no admin column. Each
+/// config gets 127.0.0.1:<port + 1>, and the run says that nodes sharing a
+/// host would clash there.
+#[test]
+fn provision_with_one_port_on_every_node_says_admin_addresses_are_shared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inventory = tmp.path().join("inventory");
+    let text = "mn-fra 203.0.113.7:24100\nmn-ams 198.51.100.20:24100\nmn-nyc 192.0.2.33:24100 24111\n";
+    std::fs::write(&inventory, text).unwrap();
+    let out = tmp.path().join("net");
+    let r = provision(&inventory, &out, BIN);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let admin = |name: &str| {
+        let cfg = std::fs::read_to_string(out.join(name).join("masternode.toml")).unwrap();
+        cfg.lines().find(|l| l.starts_with("admin = ")).unwrap().to_string()
+    };
+    assert_eq!(admin("mn-fra"), "admin = \"127.0.0.1:24101\"");
+    assert_eq!(admin("mn-ams"), "admin = \"127.0.0.1:24101\"");
+    assert_eq!(admin("mn-nyc"), "admin = \"127.0.0.1:24111\"", "the third column");
+    let said = String::from_utf8_lossy(&r.stdout);
+    let notes: Vec<&str> = said.lines().filter(|l| l.contains("have admin")).collect();
+    assert_eq!(notes.len(), 1, "one line per shared address: {said}");
+    assert!(notes[0].contains("mn-fra mn-ams have admin 127.0.0.1:24101"), "{said}");
+    assert!(notes[0].contains("third column"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +343,85 @@ fn admin_on_a_public_address_is_refused_unless_asked_for() {
     let out =
         Command::new(BIN).args(["run", "--admin", "0.0.0.0:24101", "--config"]).arg(&configs[0]).output().unwrap();
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_public"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin_public"), "{err}");
+    assert!(
+        err.starts_with("error: --admin (or MASTERNODE_ADMIN): admin 0.0.0.0:24101"),
+        "the flag, not the file: {err}"
+    );
+}
+
+/// `status --config` asks where the node serves, also when `run` was given
+/// another admin address than the file's; and says where it asked when no
+/// one answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_config_finds_a_node_whose_admin_address_was_overridden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b] = subnet();
+    let ip = move |i: usize| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, a, b, i as u8));
+    let configs = masternode::devnet::lay_out(tmp.path(), 1, ip).unwrap();
+    let flag_admin = format!("127.{a}.{b}.1:24131");
+    let mut child = Daemons(vec![Command::new(BIN)
+        .args(["run", "--admin", &flag_admin, "--config"])
+        .arg(&configs[0])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()]);
+    let start = Instant::now();
+    while status_of(flag_admin.parse().unwrap()).await.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10), "not serving on the flag's address");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = Command::new(BIN).args(["status", "--config"]).arg(&configs[0]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("member    true, one of 1"), "{text}");
+    let out = Command::new(BIN).args(["members", "--config"]).arg(&configs[0]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = child.0[0].kill();
+    let _ = child.0[0].wait();
+    let out = Command::new(BIN).args(["status", "--config"]).arg(&configs[0]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("down: no answer from {flag_admin}")), "{err}");
+    assert!(err.contains("--admin ADDR"), "{err}");
+}
+
+/// A member bound to another address than the one the chain has for it:
+/// peers dial the chain's (it reaches them through the passive-wait fallback),
+/// so `status` shows both and warns, and a warning is a degraded exit, 1,
+/// even with the quorum met and every member connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_bound_address_and_exits_degraded_on_any_warning() {
+    let mut net = crate::common::procs::Net::new(4);
+    let in_set = net.admins[1].ip();
+    let elsewhere = match in_set {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            std::net::Ipv4Addr::new(o[0], o[1], o[2], 9)
+        }
+        _ => unreachable!(),
+    };
+    let bound = format!("{elsewhere}:{}", masternode::devnet::P2P_PORT);
+    for i in [0, 2, 3] {
+        net.start(i);
+    }
+    net.start_with_env(1, &[("MASTERNODE_LISTEN", &bound)]);
+    let statuses = net.until_peers(&[0, 1, 2, 3], 3, Duration::from_secs(30), "a full mesh").await;
+    assert!(statuses.iter().all(|s| s.quorum.met));
+    let s = &statuses[1];
+    assert_eq!(s.listen, format!("{in_set}:{}", masternode::devnet::P2P_PORT), "where peers dial");
+    assert_eq!(s.bound.as_deref(), Some(bound.as_str()));
+    let out = Command::new(BIN).args(["status", "--admin", &net.admins[1].to_string()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a WARNING is degraded:\n{text}");
+    assert!(text.contains(&format!("listen    {in_set}:24100 (bound {bound})")), "{text}");
+    assert!(
+        text.contains(&format!("WARNING   bound to {bound} but the member set has this node at {in_set}:24100")),
+        "{text}"
+    );
+    let out = Command::new(BIN).args(["status", "--admin", &net.admins[0].to_string()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "its peers are healthy:\n{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,4 +464,55 @@ async fn sd_notify_reports_ready_status_watchdog_and_stopping() {
     assert!(messages.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2, "{messages:?}");
     assert!(messages.iter().any(|m| m == "STOPPING=1"), "{messages:?}");
     assert_eq!(child.0[0].wait().unwrap().code(), Some(0));
+}
+
+/// `devnet --base-ip --base-port` moves the whole network off 127.0.0.i:24100:
+/// node i on the i-th address from the base, admin API on the next port, where
+/// `status --admin` finds it while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devnet_runs_off_the_default_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b] = subnet();
+    let base = format!("127.{a}.{b}.1");
+    let dir = tmp.path().join("devnet");
+    let mut child = Command::new(BIN)
+        .args(["devnet", "--nodes", "3", "--duration", "60", "--json", "--base-ip", &base, "--base-port", "24200"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let second: SocketAddr = format!("127.{a}.{b}.2:24201").parse().unwrap();
+    let start = Instant::now();
+    while status_of(second).await.is_none_or(|s| s.height < 1) {
+        assert!(start.elapsed() < Duration::from_secs(30), "no block from node 2 at {second}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new(BIN).args(["status", "--admin", &second.to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("listen    127.{a}.{b}.2:24200")));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
+        (child.wait().unwrap(), text)
+    })
+    .await
+    .unwrap();
+    assert!(out.0.success(), "{}", out.1);
+    let summary: serde_json::Value = serde_json::from_str(out.1.lines().last().unwrap()).unwrap();
+    let listens: Vec<&str> =
+        summary["nodes"].as_array().unwrap().iter().map(|n| n["listen"].as_str().unwrap()).collect();
+    let want: Vec<String> = (1..=3).map(|i| format!("127.{a}.{b}.{i}:24200")).collect();
+    assert_eq!(listens, want, "{}", out.1);
+
+    // The directory remembers its base; a devnet outside loopback is refused.
+    let again =
+        Command::new(BIN).args(["devnet", "--nodes", "3", "--duration", "1", "--dir"]).arg(&dir).output().unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains(&format!("has node1 at {base}:24200, not 127.0.0.1:24100")), "{err}");
+    let outside = Command::new(BIN).args(["devnet", "--base-ip", "10.0.0.1", "--duration", "1"]).output().unwrap();
+    assert!(!outside.status.success());
+    assert!(String::from_utf8_lossy(&outside.stderr).contains("loopback"));
 }
