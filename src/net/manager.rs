@@ -79,8 +79,9 @@ pub struct NetConfig {
 #[doc(hidden)]
 #[derive(Clone, Default)]
 pub struct TestHooks {
-    /// Announce this range of wire versions instead of ours (a peer's range is
-    /// still checked against ours).
+    /// Speak this range of wire versions instead of ours: announced in our
+    /// `Intro`, and the range a peer's is checked against (a node of another
+    /// release, as far as the handshake goes).
     pub versions: Option<Versions>,
     /// Offer and accept only these handshake generations, in this order (a node
     /// of 0.1.0 speaks `[Generation::V1]`) instead of [`Generation::offered`].
@@ -185,7 +186,12 @@ impl HandshakeCtx {
 
     /// What a peer's `Intro` is checked against; `is_peer` is [`Self::is_peer`].
     fn expect<'a>(&self, tls_key: NodeId, is_peer: &'a (dyn Fn(&NodeId) -> bool + Sync)) -> Expect<'a> {
-        Expect { network_id: self.network.id, versions: WIRE, tls_key, is_member: is_peer }
+        Expect {
+            network_id: self.network.id,
+            versions: self.hooks.versions.unwrap_or(WIRE),
+            tls_key,
+            is_member: is_peer,
+        }
     }
 
     fn intro(&self) -> Intro {
