@@ -23,14 +23,28 @@ use tokio_util::task::TaskTracker;
 pub const PORT: u16 = 24100;
 
 /// A block of loopback addresses of our own: 127.P.S.1, 127.P.S.2, ... where P
-/// comes from the process id and S from a counter, so tests running in parallel
-/// (threads or processes) never share an address.
+/// starts from the process id and S from a counter, so tests running in
+/// parallel (threads or processes) never share an address. Two test processes
+/// whose ids agree modulo 200 would start on the same P, so each block is
+/// claimed by holding a TCP listener on its .254 for the rest of the process:
+/// a block another process holds is skipped.
 pub fn subnet() -> [u8; 2] {
-    static NEXT: AtomicU8 = AtomicU8::new(1);
-    let p = 20 + (std::process::id() % 200) as u8;
-    let s = NEXT.fetch_add(1, Ordering::Relaxed);
-    assert!(s < 250, "too many subnets in one test process");
-    [p, s]
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    static CLAIMS: std::sync::Mutex<Vec<std::net::TcpListener>> = std::sync::Mutex::new(Vec::new());
+    let first = (std::process::id() % 200) as usize;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) as usize;
+        assert!(n < 250, "too many subnets in one test process");
+        for step in 0..200 {
+            let p = 20 + ((first + step) % 200) as u8;
+            let s = 1 + n as u8;
+            let claim = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, p, s, 254)), 24_099);
+            if let Ok(l) = std::net::TcpListener::bind(claim) {
+                CLAIMS.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+                return [p, s];
+            }
+        }
+    }
 }
 
 pub fn addr(net: [u8; 2], i: u8) -> SocketAddr {
