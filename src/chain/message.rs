@@ -122,6 +122,9 @@ pub mod kind {
 
 /// Limits per kind, bytes of body.
 pub const DATA_LIMIT: usize = 1024 * 1024;
+/// A `Data` probe on a request or response stream (an echo of a few bytes):
+/// a request is read as soon as it holds an answer slot, so requests are small.
+pub const DATA_PROBE_LIMIT: usize = 1024;
 pub const TX_LIMIT: usize = 64 * 1024 + 16;
 /// A full block (`MAX_BLOCK_BYTES` of transactions), a length prefix of up to 3
 /// bytes for each of its at most 20,000 transactions, and the header.
@@ -206,7 +209,14 @@ pub fn proposal_height(body: &[u8]) -> Option<Height> {
 }
 
 /// Which stream carries which kinds, and their limits.
-pub const PROTOCOL: Protocol = Protocol { gossip: gossip_limit, request: request_limit, response: response_limit };
+pub const PROTOCOL: Protocol =
+    Protocol { gossip: gossip_limit, request: request_limit, response: response_limit, urgent: consensus };
+
+/// The kinds a peer's inbound queue serves ahead of its others: a peer's
+/// transactions and tips never hold its proposals and votes back.
+pub fn consensus(k: u8) -> bool {
+    matches!(k, kind::PROPOSAL | kind::COMPACT_PROPOSAL | kind::VOTE)
+}
 
 fn gossip_limit(k: u8) -> Option<usize> {
     matches!(k, kind::TX | kind::PROPOSAL | kind::VOTE | kind::TIP | kind::APPROVAL | kind::COMPACT_PROPOSAL)
@@ -215,11 +225,19 @@ fn gossip_limit(k: u8) -> Option<usize> {
 }
 
 fn request_limit(k: u8) -> Option<usize> {
-    matches!(k, kind::GET_BLOCKS | kind::DATA | kind::GET_TXS).then(|| Message::limit(k)).flatten()
+    match k {
+        kind::DATA => Some(DATA_PROBE_LIMIT),
+        kind::GET_BLOCKS | kind::GET_TXS => Message::limit(k),
+        _ => None,
+    }
 }
 
 fn response_limit(k: u8) -> Option<usize> {
-    matches!(k, kind::BLOCKS | kind::DATA | kind::TXS).then(|| Message::limit(k)).flatten()
+    match k {
+        kind::DATA => Some(DATA_PROBE_LIMIT),
+        kind::BLOCKS | kind::TXS => Message::limit(k),
+        _ => None,
+    }
 }
 
 /// Our own message is over its kind's limit: block limits rule that out, so it is
@@ -393,6 +411,10 @@ mod tests {
         let response: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.response)(*k).is_some()).collect();
         assert_eq!(response, vec![kind::DATA, kind::BLOCKS, kind::TXS]);
         assert_eq!((PROTOCOL.request)(kind::GET_BLOCKS), Some(GET_BLOCKS_LIMIT), "a request's limit is its kind's");
+        assert_eq!((PROTOCOL.request)(kind::DATA), Some(DATA_PROBE_LIMIT), "but for the probe's");
+        assert_eq!((PROTOCOL.response)(kind::DATA), Some(DATA_PROBE_LIMIT));
+        let urgent: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.urgent)(*k)).collect();
+        assert_eq!(urgent, vec![kind::PROPOSAL, kind::VOTE, kind::COMPACT_PROPOSAL]);
     }
 
     #[test]

@@ -168,6 +168,7 @@ pub const OPEN: net::Protocol = net::Protocol {
     gossip: <Message as masternode::codec::Frame>::limit,
     request: <Message as masternode::codec::Frame>::limit,
     response: <Message as masternode::codec::Frame>::limit,
+    urgent: masternode::chain::message::consensus,
 };
 
 /// `msg` as a frame queued in the transaction class (dropped when a peer's outbox
