@@ -112,12 +112,13 @@ fn config_corpus_gives_one_line_errors() {
 }
 
 /// Every corpus input decodes as it did before the decoding was bounded (the
-/// outcomes of 0.2.0, in `tests/fixtures/corpus-0.2.0.txt`): what decoded
-/// decodes to the same value, what was refused is still refused (perhaps for
-/// another reason: a claim of too many elements is now refused as such).
+/// outcomes of main at 560825a, in `tests/fixtures/corpus-560825a.txt`): what
+/// decoded decodes to the same value, what was refused is still refused
+/// (perhaps for another reason: a claim of too many elements is now refused
+/// as such).
 #[tokio::test(flavor = "current_thread")]
-async fn corpora_decode_as_in_the_release_before() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus-0.2.0.txt");
+async fn corpora_decode_as_before_the_bounds() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus-560825a.txt");
     let expected = std::fs::read_to_string(fixture).unwrap();
     let digest = |bytes: &[u8]| masternode::chain::block::Hash::of(&[bytes]).short();
     let variant =
