@@ -1074,8 +1074,12 @@ fn main() {
 
 /// The benchmarks' protocol: the node's own, with `Data` frames also allowed on
 /// the gossip stream (the frames and broadcast figures send them).
-const BENCH_PROTOCOL: net::Protocol =
-    net::Protocol { gossip: bench_gossip_limit, request: PROTOCOL.request, response: PROTOCOL.response };
+const BENCH_PROTOCOL: net::Protocol = net::Protocol {
+    gossip: bench_gossip_limit,
+    request: PROTOCOL.request,
+    response: PROTOCOL.response,
+    urgent: PROTOCOL.urgent,
+};
 
 fn bench_gossip_limit(kind: u8) -> Option<usize> {
     match kind {

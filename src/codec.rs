@@ -21,6 +21,8 @@
 //! bincode is pinned to `=2.0.1` (bincode 3 on crates.io is an empty tombstone); all
 //! encoding goes through this module so it can be swapped in one place.
 
+use bincode::error::DecodeError;
+use bincode::Decode;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -55,7 +57,7 @@ pub const CLAIMS_PER_BYTE: usize = std::mem::size_of::<Vec<u8>>();
 /// a small body can make the decoder allocate at most a few times what its
 /// contents could fill, and every body within its kind's limit decodes. Returns
 /// the value and the bytes it used.
-pub fn decode_bounded<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+pub fn decode_bounded<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
     // The limit is a type parameter of bincode's configuration: one per tier.
     macro_rules! tiers {
         ($($size:expr),*) => {
@@ -72,9 +74,40 @@ pub fn decode_bounded<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<(T, usize)
     tiers!(4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20);
     let config = bincode::config::standard().with_big_endian().with_limit::<{ CLAIMS_PER_BYTE * MAX_FRAME }>();
     if bytes.len() > MAX_FRAME {
-        return Err(bincode::error::DecodeError::LimitExceeded);
+        return Err(DecodeError::LimitExceeded);
     }
     bincode::decode_from_slice(bytes, config)
+}
+
+/// Decodes what bincode encodes for a `Vec<T>` (a varint length, then the
+/// elements), refusing a length over `max` before anything is allocated for it.
+/// The claims limit alone ([`decode_bounded`]) lets a large body claim as many
+/// elements as it has bytes, and a body of 1-byte transactions then costs an
+/// allocation per byte; no message may carry more elements than the rules allow
+/// (20,000 transactions in a block, say), so a length past that is refused at
+/// the cost of reading it, whatever the body's size. The bytes are those of
+/// `Vec<T>`: a type decoded with this keeps its derived `Encode`, and the wire
+/// does not change, only what is accepted. `what` names the sequence in the
+/// error ([`FrameError::TooMany`]).
+pub fn decode_seq<T, D>(decoder: &mut D, max: usize, what: &'static str) -> Result<Vec<T>, DecodeError>
+where
+    D: bincode::de::Decoder,
+    T: bincode::Decode<D::Context>,
+{
+    let len = u64::decode(decoder)?;
+    if len > max as u64 {
+        return Err(DecodeError::Other(what));
+    }
+    let len = len as usize;
+    decoder.claim_container_read::<T>(len)?;
+    let mut out = Vec::with_capacity(len);
+    for _ in 0..len {
+        // As bincode's own `Vec` decoding: each element claims its own size
+        // again as it decodes, so the container's claim is handed back.
+        decoder.unclaim_bytes_read(std::mem::size_of::<T>());
+        out.push(T::decode(decoder)?);
+    }
+    Ok(out)
 }
 
 /// A type that travels in frames, with a size limit per kind (variant index).
@@ -95,6 +128,9 @@ pub enum FrameError {
     Truncated { expected: usize, got: usize },
     #[error("frame body does not decode: {0}")]
     Decode(String),
+    /// A sequence longer than its message may carry (see [`decode_seq`]).
+    #[error("frame body claims more {0} than a message may carry")]
+    TooMany(&'static str),
     #[error("frame body has {0} trailing bytes")]
     TrailingBytes(usize),
     #[error("frame body is not in canonical form")]
@@ -146,7 +182,11 @@ pub fn decode_body<T: Frame>(body: &[u8]) -> Result<T, FrameError> {
     if body.len() > limit {
         return Err(FrameError::TooLarge { kind, len: body.len(), limit });
     }
-    let (msg, used) = decode_bounded(body).map_err(|e| FrameError::Decode(e.to_string()))?;
+    let (msg, used) = decode_bounded(body).map_err(|e| match e {
+        // Only `decode_seq` makes this error: bincode itself never does.
+        DecodeError::Other(what) => FrameError::TooMany(what),
+        e => FrameError::Decode(e.to_string()),
+    })?;
     if used != body.len() {
         return Err(FrameError::TrailingBytes(body.len() - used));
     }
@@ -467,24 +507,27 @@ mod tests {
         assert_eq!(&encode(&msg)[4..], &canonical[..]);
     }
 
-    /// Records the largest single allocation per thread, so a test can see what a
-    /// decode allocated (tests in parallel do not see each other's).
+    /// Records, per thread, the largest single allocation and the bytes
+    /// allocated in all, so a test can see what a decode allocated (tests in
+    /// parallel do not see each other's).
     mod probe {
         use std::alloc::{GlobalAlloc, Layout, System};
         use std::cell::Cell;
 
-        pub struct Largest;
+        pub struct Counting;
 
         thread_local! {
             static LARGEST: Cell<usize> = const { Cell::new(0) };
+            static TOTAL: Cell<usize> = const { Cell::new(0) };
         }
 
         fn note(size: usize) {
-            // `try_with`: the slot may be gone while a thread is being torn down.
+            // `try_with`: the slots may be gone while a thread is being torn down.
             let _ = LARGEST.try_with(|c| c.set(c.get().max(size)));
+            let _ = TOTAL.try_with(|c| c.set(c.get() + size));
         }
 
-        unsafe impl GlobalAlloc for Largest {
+        unsafe impl GlobalAlloc for Counting {
             unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
                 note(layout.size());
                 unsafe { System.alloc(layout) }
@@ -504,14 +547,22 @@ mod tests {
 
         /// `f`'s result and the largest allocation it made on this thread.
         pub fn largest_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+            let (r, largest, _) = during(f);
+            (r, largest)
+        }
+
+        /// `f`'s result, the largest allocation it made on this thread and the
+        /// bytes it allocated in all.
+        pub fn during<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
             LARGEST.with(|c| c.set(0));
+            let before = TOTAL.with(|c| c.get());
             let r = f();
-            (r, LARGEST.with(|c| c.get()))
+            (r, LARGEST.with(|c| c.get()), TOTAL.with(|c| c.get()) - before)
         }
     }
 
     #[global_allocator]
-    static LARGEST: probe::Largest = probe::Largest;
+    static COUNTING: probe::Counting = probe::Counting;
 
     /// A few bytes claiming a huge container fail cleanly, having allocated no
     /// more than a few times what such a body could fill.
@@ -525,14 +576,14 @@ mod tests {
             claim(kind::TX, 3 << 20),
             // Data of 1 MiB.
             claim(kind::DATA, 1 << 20),
-            // A million blocks, and a hundred thousand.
+            // A million blocks, a hundred thousand, and a thousand.
             claim(kind::BLOCKS, 1 << 20),
             claim(kind::BLOCKS, 100_000),
-            claim(kind::BLOCKS, 10_000),
+            claim(kind::BLOCKS, 1_000),
         ];
         for body in bodies {
             let (result, largest) = probe::largest_during(|| decode_body::<Message>(&body));
-            assert!(matches!(result, Err(FrameError::Decode(_))), "{body:?}: {result:?}");
+            assert!(matches!(result, Err(FrameError::Decode(_) | FrameError::TooMany(_))), "{body:?}: {result:?}");
             assert!(
                 largest <= CLAIMS_PER_BYTE * 4096,
                 "{body:?}: allocated {largest} bytes for a {}-byte body",
@@ -545,25 +596,10 @@ mod tests {
     /// claims more memory than that many times its smallest encoding.
     #[test]
     fn container_elements_claim_at_most_claims_per_byte() {
-        use crate::chain::block::{Block, Hash, Header};
-        use crate::chain::vote::{Certificate, Committed, SignedVote, Vote, VoteKind};
-        use crate::identity::NodeId;
+        let committed = bare_block(0);
         let vote = SignedVote {
             vote: Vote { kind: VoteKind::Prevote, height: 0, round: 0, block: None, voter: NodeId([0; 32]) },
             signature: [0; 64],
-        };
-        let header = Header {
-            height: 0,
-            round: 0,
-            prev_hash: Hash([0; 32]),
-            timestamp_ms: 0,
-            proposer: NodeId([0; 32]),
-            tx_root: Hash([0; 32]),
-            changes: vec![],
-        };
-        let committed = Committed {
-            block: Block { header, txs: vec![] },
-            cert: Certificate { height: 0, round: 0, block: Hash([0; 32]), precommits: vec![] },
         };
         let ratios = [
             ("Vec<u8>", std::mem::size_of::<Vec<u8>>(), encoded_len(&Vec::<u8>::new())),
@@ -575,31 +611,156 @@ mod tests {
         }
     }
 
-    /// The worst case of [`CLAIMS_PER_BYTE`]: a block of empty transactions, as
-    /// large as a tier allows, decodes.
+    use crate::chain::block::{Block, Hash, Header, MAX_BLOCK_TXS};
+    use crate::chain::compact::CompactProposal;
+    use crate::chain::members::{Approval, Change, MAX_CHANGES_PER_BLOCK, MAX_MEMBERS};
+    use crate::chain::message::kind;
+    use crate::chain::vote::{Certificate, Committed, Proposal, SignedProposal, SignedVote, Vote, VoteKind};
+    use crate::config::MAX_SYNC_BATCH_BLOCKS;
+    use crate::identity::NodeId;
+
+    /// A committed block with nothing in it, at `height`.
+    fn bare_block(height: u64) -> Committed {
+        let header = Header {
+            height,
+            round: 0,
+            prev_hash: Hash([0; 32]),
+            timestamp_ms: 0,
+            proposer: NodeId([0; 32]),
+            tx_root: Hash([0; 32]),
+            changes: vec![],
+        };
+        let cert = Certificate { height, round: 0, block: Hash([0; 32]), precommits: vec![] };
+        Committed { block: Block { header, txs: vec![] }, cert }
+    }
+
+    fn proposal(block: Block) -> SignedProposal {
+        SignedProposal {
+            proposal: Proposal { height: 1, round: 0, block, valid_round: None, proposer: NodeId([0; 32]) },
+            signature: [0; 64],
+        }
+    }
+
+    /// The densest bodies the count bounds allow, as large as each tier of
+    /// claims: blocks of empty transactions, [`MAX_BLOCK_TXS`] each (the worst
+    /// case of [`CLAIMS_PER_BYTE`]), decode.
     #[test]
     fn the_densest_body_of_each_tier_decodes() {
-        use crate::chain::block::{Block, Hash, Header};
-        use crate::chain::vote::{Certificate, Committed};
-        use crate::identity::NodeId;
         for tier in [4usize << 10, 64 << 10, 1 << 20] {
-            let header = Header {
+            let mut blocks = Vec::new();
+            let full = {
+                let mut b = bare_block(1);
+                b.block.txs = vec![vec![]; MAX_BLOCK_TXS];
+                b
+            };
+            // The kind byte and a count of up to 3 bytes, then the blocks.
+            let mut len = 4;
+            while len + encoded_len(&full) + 8 <= tier {
+                blocks.push(full.clone());
+                len += encoded_len(&full);
+            }
+            let mut last = bare_block(1);
+            let room = tier - len - encoded_len(&last) - 8;
+            last.block.txs = vec![vec![]; room.min(MAX_BLOCK_TXS)];
+            blocks.push(last);
+            let msg = Message::Blocks(blocks);
+            let len = body_len(&msg);
+            assert!(len <= tier && len + 16 > tier, "{len} bytes for the tier of {tier}");
+            assert_eq!(decode_body::<Message>(&encode(&msg)[4..]).unwrap(), msg);
+        }
+    }
+
+    /// Each sequence a message carries is bounded by what the rules let it
+    /// hold: at the bound it decodes, one past it is refused as malformed,
+    /// having allocated next to nothing, however dense the body. Without the
+    /// bounds the densest of these (4 million empty transactions in a `Txs`
+    /// answer of 4 MiB, 1.5 million 1-byte ones in a 3 MiB proposal) decoded
+    /// or allocated for every element they claimed.
+    #[test]
+    fn a_sequence_past_what_its_message_may_carry_is_refused_before_allocating() {
+        let identity =
+            crate::identity::Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[1; 32])).unwrap();
+        let approval =
+            Approval { change: Change::Remove { id: NodeId([2; 32]) }, approver: identity.id(), signed_at: 1 }
+                .sign(&[0; 32], &identity);
+        let precommit = SignedVote {
+            vote: Vote {
+                kind: VoteKind::Precommit,
                 height: 1,
                 round: 0,
-                prev_hash: Hash([0; 32]),
-                timestamp_ms: 0,
-                proposer: NodeId([0; 32]),
-                tx_root: Hash([0; 32]),
-                changes: vec![],
-            };
-            let cert = Certificate { height: 1, round: 0, block: Hash([0; 32]), precommits: vec![] };
-            let mut block = Committed { block: Block { header, txs: vec![] }, cert };
-            let overhead = body_len(&Message::Blocks(vec![block.clone()])) + 5;
-            block.block.txs = vec![vec![]; tier - overhead];
-            let msg = Message::Blocks(vec![block]);
-            let len = body_len(&msg);
-            assert!(len <= tier && len + 8 > tier, "{len} bytes for the tier of {tier}");
-            assert_eq!(decode_body::<Message>(&encode(&msg)[4..]).unwrap(), msg);
+                block: Some(Hash([0; 32])),
+                voter: NodeId([0; 32]),
+            },
+            signature: [0; 64],
+        };
+        let with_txs = |n: usize, tx: &[u8]| {
+            let mut c = bare_block(1);
+            c.block.txs = vec![tx.to_vec(); n];
+            c.block
+        };
+        let with_changes = |n: usize| {
+            let mut c = bare_block(1);
+            c.block.header.changes = vec![approval.clone(); n];
+            c.block
+        };
+        let with_precommits = |n: usize| {
+            let mut c = bare_block(1);
+            c.cert.precommits = vec![precommit.clone(); n];
+            c
+        };
+        let compact = |n: usize| {
+            let mut cp = CompactProposal::of(&proposal(bare_block(1).block));
+            cp.ids = vec![Hash([3; 32]); n];
+            cp
+        };
+        type Make<'a> = Box<dyn Fn(usize) -> Message + 'a>;
+        let cases: Vec<(&str, usize, Make)> = vec![
+            ("transactions in a proposal", MAX_BLOCK_TXS, Box::new(|n| Message::Proposal(proposal(with_txs(n, &[1]))))),
+            (
+                "approvals in a proposal",
+                MAX_CHANGES_PER_BLOCK,
+                Box::new(|n| Message::Proposal(proposal(with_changes(n)))),
+            ),
+            ("blocks in a response", MAX_SYNC_BATCH_BLOCKS, Box::new(|n| Message::Blocks(vec![bare_block(1); n]))),
+            (
+                "transactions in a synced block",
+                MAX_BLOCK_TXS,
+                Box::new(|n| {
+                    let mut c = bare_block(1);
+                    c.block = with_txs(n, &[]);
+                    Message::Blocks(vec![c])
+                }),
+            ),
+            ("precommits in a certificate", MAX_MEMBERS, Box::new(|n| Message::Blocks(vec![with_precommits(n)]))),
+            ("ids in a compact proposal", MAX_BLOCK_TXS, Box::new(|n| Message::CompactProposal(compact(n)))),
+            (
+                "ids in a request",
+                MAX_BLOCK_TXS,
+                Box::new(|n| Message::GetTxs { height: 1, round: 0, ids: vec![Hash([4; 32]); n] }),
+            ),
+            ("transactions in an answer", MAX_BLOCK_TXS, Box::new(|n| Message::Txs(vec![vec![]; n]))),
+        ];
+        for (what, max, make) in &cases {
+            let at = make(*max);
+            assert_eq!(decode_body::<Message>(&encode(&at)[4..]).unwrap(), at, "{what}: {max} decode");
+            let past = encode(&make(max + 1));
+            let (result, _, allocated) = probe::during(|| decode_body::<Message>(&past[4..]));
+            assert!(matches!(result, Err(FrameError::TooMany(_))), "{what}: {:?}", result.map(|_| "decoded"));
+            assert!(allocated < 64 * 1024, "{what}: {allocated} bytes allocated to refuse {} of them", max + 1);
+        }
+        // The densest frames of all, written by hand: 4 million empty
+        // transactions in a 4 MiB answer, 1.5 million 1-byte ones in a 3 MiB
+        // proposal (as many bytes as the proposal's limit allows).
+        let n = 4_000_000u32;
+        let answer = [&[kind::TXS, 252][..], &n.to_be_bytes()[..], &vec![0u8; n as usize][..]].concat();
+        let dense_proposal = encode(&Message::Proposal(proposal(with_txs(1_500_000, &[1]))));
+        for (what, body) in [("answer", &answer[..]), ("proposal", &dense_proposal[4..])] {
+            assert!(body.len() <= Message::limit(body[0]).unwrap(), "{what}: within its kind's limit");
+            let (result, largest, allocated) = probe::during(|| decode_body::<Message>(body));
+            let Err(err) = result else { panic!("{what}: decoded, {allocated} bytes allocated") };
+            assert!(matches!(err, FrameError::TooMany(_)), "{what}: {err}");
+            assert_eq!(crate::net::frame_error_code(&err), crate::net::close::MALFORMED_FRAME);
+            assert!(allocated < 64 * 1024, "{what}: {allocated} bytes allocated in all, the largest {largest}");
         }
     }
 

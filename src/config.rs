@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::admin::{AdminToken, TokenError};
+use crate::chain::members::MAX_MEMBERS;
 use crate::identity::{Identity, IdentityError, NodeId};
 
 /// `required = max(min_active, floor(2n/3) + 1)` uses this when the file is silent.
@@ -109,6 +110,14 @@ impl Network {
         }
         if file.masternode.is_empty() {
             return Err(invalid("no [[masternode]] entries".into()));
+        }
+        // The chain admits no set larger than this, and a commit certificate
+        // holding more precommits does not decode.
+        if file.masternode.len() > MAX_MEMBERS {
+            return Err(invalid(format!(
+                "{} [[masternode]] entries: a member set holds at most {MAX_MEMBERS}",
+                file.masternode.len()
+            )));
         }
         let mut members = Vec::with_capacity(file.masternode.len());
         let mut ids = HashSet::new();
@@ -243,6 +252,10 @@ struct TransportFile {
     handshake_timeout_ms: Option<u64>,
     slow_peer_timeout_ms: Option<u64>,
 }
+
+/// Blocks one sync response carries, at most: the largest `sync_batch_blocks`
+/// (the previous release's too). A `Blocks` frame naming more does not decode.
+pub const MAX_SYNC_BATCH_BLOCKS: usize = 1024;
 
 /// Limits of what the node accepts and keeps, beyond the transport's; every one
 /// has a default and can be set in `[limits]`.
@@ -447,7 +460,8 @@ impl NodeFileValues {
         if let Some(n) = positive(l.max_pending_handshakes_per_ip, "max_pending_handshakes_per_ip", 100_000)? {
             transport.max_pending_handshakes_per_ip = n;
         }
-        if let Some(n) = positive(l.sync_batch_blocks.map(|n| n as usize), "sync_batch_blocks", 1024)? {
+        if let Some(n) = positive(l.sync_batch_blocks.map(|n| n as usize), "sync_batch_blocks", MAX_SYNC_BATCH_BLOCKS)?
+        {
             limits.sync_batch_blocks = n as u32;
         }
         let max_frame = crate::codec::MAX_FRAME;
@@ -791,6 +805,28 @@ mod tests {
         assert_eq!(net(&format!("{HEAD}min_active = 3\n{}", members(3))).unwrap().required(), 3);
         assert_eq!(net(&format!("{HEAD}min_active = 2\n{}", members(2))).unwrap().required(), 2);
         assert_eq!(net(&format!("{HEAD}min_active = 1\n{}", members(1))).unwrap().required(), 1);
+    }
+
+    /// A genesis larger than any member set the chain admits is refused: its
+    /// commit certificates could hold more precommits than decode.
+    #[test]
+    fn a_genesis_over_the_largest_member_set_is_refused() {
+        let members = |n: usize| {
+            (1..=n)
+                .map(|i| {
+                    format!(
+                        "[[masternode]]\nid = \"{}\"\naddr = \"127.0.{}.{}:1\"\n",
+                        id(i as u8),
+                        i / 200,
+                        i % 200 + 1
+                    )
+                })
+                .collect::<String>()
+        };
+        assert_eq!(net(&format!("{HEAD}{}", members(MAX_MEMBERS))).unwrap().members.len(), MAX_MEMBERS);
+        let Err(err) = net(&format!("{HEAD}{}", members(MAX_MEMBERS + 1))) else { panic!("129 members accepted") };
+        let err = err.to_string();
+        assert!(err.contains("129 [[masternode]] entries") && err.contains("at most 128"), "{err}");
     }
 
     #[test]

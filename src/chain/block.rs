@@ -3,8 +3,12 @@
 
 use std::fmt;
 
-use super::members::{ChangeError, SignedApproval};
-use crate::codec::BINCODE;
+use bincode::de::Decoder;
+use bincode::error::DecodeError;
+use bincode::Decode;
+
+use super::members::{ChangeError, SignedApproval, MAX_CHANGES_PER_BLOCK};
+use crate::codec::{decode_seq, BINCODE};
 use crate::identity::{hex, NodeId};
 
 /// A SHA-256 digest.
@@ -46,7 +50,8 @@ impl fmt::Display for Hash {
 pub type Height = u64;
 pub type Round = u32;
 
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+/// Decoded by hand, as [`Block`] is, to bound `changes` before allocating it.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode)]
 pub struct Header {
     pub height: Height,
     /// The round in which this block was first proposed.
@@ -61,11 +66,37 @@ pub struct Header {
     pub changes: Vec<SignedApproval>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+/// Decoded by hand: the derived decoding with the count of `txs` bounded
+/// before anything is allocated for them ([`crate::codec::decode_seq`]). The
+/// bound is the block rule's own [`MAX_BLOCK_TXS`], so no valid block is refused.
+/// Empty transactions decode, as they always did: a block may hold them.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode)]
 pub struct Block {
     pub header: Header,
     pub txs: Vec<Vec<u8>>,
 }
+
+impl<C> Decode<C> for Header {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(Header {
+            height: Decode::decode(d)?,
+            round: Decode::decode(d)?,
+            prev_hash: Decode::decode(d)?,
+            timestamp_ms: Decode::decode(d)?,
+            proposer: Decode::decode(d)?,
+            tx_root: Decode::decode(d)?,
+            changes: decode_seq(d, MAX_CHANGES_PER_BLOCK, "membership approvals in a block")?,
+        })
+    }
+}
+bincode::impl_borrow_decode!(Header);
+
+impl<C> Decode<C> for Block {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(Block { header: Decode::decode(d)?, txs: decode_seq(d, MAX_BLOCK_TXS, "transactions in a block")? })
+    }
+}
+bincode::impl_borrow_decode!(Block);
 
 /// Transaction bytes in one block, at most. A proposal carrying a full block
 /// (plus a length prefix per transaction and the header) must stay within the

@@ -58,7 +58,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::block::{tx_hash, tx_root_of_ids, Block, Hash, Header, Height, Limits, Round};
+use super::block::{tx_hash, tx_root_of_ids, Block, Hash, Header, Height, Limits, Round, MAX_BLOCK_TXS};
 use super::members::{SignedApproval, MAX_CHANGES_PER_BLOCK};
 use super::vote::{proposal_sign_bytes, verify, Proposal, SignatureError, SignedProposal};
 use crate::identity::NodeId;
@@ -70,7 +70,8 @@ pub const MAX_WAITING: usize = 4;
 pub const MAX_LATER: usize = 8;
 
 /// A proposal whose block travels as its header and its transactions' ids.
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+/// Decoded by hand to bound `ids` by [`MAX_BLOCK_TXS`] before allocating them.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode)]
 pub struct CompactProposal {
     /// First, as in a full proposal: the height is read from the frame's first
     /// bytes to drop proposals of far heights undecoded.
@@ -83,6 +84,22 @@ pub struct CompactProposal {
     pub proposer: NodeId,
     pub signature: [u8; 64],
 }
+
+impl<C> bincode::Decode<C> for CompactProposal {
+    fn decode<D: bincode::de::Decoder<Context = C>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        use bincode::Decode;
+        Ok(CompactProposal {
+            height: Decode::decode(d)?,
+            round: Decode::decode(d)?,
+            header: Decode::decode(d)?,
+            ids: crate::codec::decode_seq(d, MAX_BLOCK_TXS, "transaction ids in a compact proposal")?,
+            valid_round: Decode::decode(d)?,
+            proposer: Decode::decode(d)?,
+            signature: Decode::decode(d)?,
+        })
+    }
+}
+bincode::impl_borrow_decode!(CompactProposal);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompactError {

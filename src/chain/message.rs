@@ -12,6 +12,9 @@
 //! read; the variant order is the wire's kind byte, so new kinds are appended,
 //! never inserted.
 
+use bincode::de::Decoder;
+use bincode::error::{AllowedEnumVariants, DecodeError};
+use bincode::Decode;
 use bytes::Bytes;
 
 use super::block::{Hash, Height, Round, MAX_BLOCK_TXS};
@@ -19,10 +22,13 @@ use super::compact::CompactProposal;
 use super::members::{SignedApproval, UPGRADE_WIRE};
 use super::vote::{Committed, SignedProposal, SignedVote};
 use crate::codec::{self, Frame, FrameError, MAX_FRAME};
+use crate::config::MAX_SYNC_BATCH_BLOCKS;
 use crate::net::handshake::WIRE;
 use crate::net::{Class, Outgoing, Protocol};
 
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+/// Encoded as derived; decoded by hand ([`Message`]'s `Decode`) to bound each
+/// sequence's length before it is allocated.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode)]
 pub enum Message {
     /// Opaque payload: the request/response probe (echoed).
     Data(Vec<u8>),
@@ -60,6 +66,45 @@ pub enum Message {
     Txs(Vec<Vec<u8>>),
 }
 
+/// The derived decoding (the variant index as a varint, then the fields in
+/// order), with `Blocks`, `GetTxs` and `Txs` bounded by what a response or a
+/// block may hold ([`codec::decode_seq`]); the sequences inside blocks and
+/// compact proposals are bounded by their own types. The golden encodings of
+/// every kind (`every_kind_encodes_and_decodes_as_before_the_bounds`) hold
+/// this to the derived form.
+impl<C> Decode<C> for Message {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
+        let index = u32::decode(d)?;
+        Ok(match u8::try_from(index).unwrap_or(u8::MAX) {
+            kind::DATA => Message::Data(Decode::decode(d)?),
+            kind::TX => Message::Tx(Decode::decode(d)?),
+            kind::PROPOSAL => Message::Proposal(Decode::decode(d)?),
+            kind::VOTE => Message::Vote(Decode::decode(d)?),
+            kind::TIP => {
+                Message::Tip { height: Decode::decode(d)?, hash: Decode::decode(d)?, time_ms: Decode::decode(d)? }
+            }
+            kind::GET_BLOCKS => Message::GetBlocks { from: Decode::decode(d)?, count: Decode::decode(d)? },
+            kind::BLOCKS => Message::Blocks(codec::decode_seq(d, MAX_SYNC_BATCH_BLOCKS, "blocks in a response")?),
+            kind::APPROVAL => Message::Approval(Decode::decode(d)?),
+            kind::COMPACT_PROPOSAL => Message::CompactProposal(Decode::decode(d)?),
+            kind::GET_TXS => Message::GetTxs {
+                height: Decode::decode(d)?,
+                round: Decode::decode(d)?,
+                ids: codec::decode_seq(d, MAX_BLOCK_TXS, "transaction ids in a request")?,
+            },
+            kind::TXS => Message::Txs(codec::decode_seq(d, MAX_BLOCK_TXS, "transactions in an answer")?),
+            _ => {
+                return Err(DecodeError::UnexpectedVariant {
+                    type_name: "Message",
+                    allowed: &AllowedEnumVariants::Range { min: 0, max: kind::TXS as u32 },
+                    found: index,
+                })
+            }
+        })
+    }
+}
+bincode::impl_borrow_decode!(Message);
+
 /// Kind bytes, equal to the variant indexes above.
 pub mod kind {
     pub const DATA: u8 = 0;
@@ -77,6 +122,9 @@ pub mod kind {
 
 /// Limits per kind, bytes of body.
 pub const DATA_LIMIT: usize = 1024 * 1024;
+/// A `Data` probe on a request or response stream (an echo of a few bytes):
+/// a request is read as soon as it holds an answer slot, so requests are small.
+pub const DATA_PROBE_LIMIT: usize = 1024;
 pub const TX_LIMIT: usize = 64 * 1024 + 16;
 /// A full block (`MAX_BLOCK_BYTES` of transactions), a length prefix of up to 3
 /// bytes for each of its at most 20,000 transactions, and the header.
@@ -161,7 +209,14 @@ pub fn proposal_height(body: &[u8]) -> Option<Height> {
 }
 
 /// Which stream carries which kinds, and their limits.
-pub const PROTOCOL: Protocol = Protocol { gossip: gossip_limit, request: request_limit, response: response_limit };
+pub const PROTOCOL: Protocol =
+    Protocol { gossip: gossip_limit, request: request_limit, response: response_limit, urgent: consensus };
+
+/// The kinds a peer's inbound queue serves ahead of its others: a peer's
+/// transactions and tips never hold its proposals and votes back.
+pub fn consensus(k: u8) -> bool {
+    matches!(k, kind::PROPOSAL | kind::COMPACT_PROPOSAL | kind::VOTE)
+}
 
 fn gossip_limit(k: u8) -> Option<usize> {
     matches!(k, kind::TX | kind::PROPOSAL | kind::VOTE | kind::TIP | kind::APPROVAL | kind::COMPACT_PROPOSAL)
@@ -170,11 +225,19 @@ fn gossip_limit(k: u8) -> Option<usize> {
 }
 
 fn request_limit(k: u8) -> Option<usize> {
-    matches!(k, kind::GET_BLOCKS | kind::DATA | kind::GET_TXS).then(|| Message::limit(k)).flatten()
+    match k {
+        kind::DATA => Some(DATA_PROBE_LIMIT),
+        kind::GET_BLOCKS | kind::GET_TXS => Message::limit(k),
+        _ => None,
+    }
 }
 
 fn response_limit(k: u8) -> Option<usize> {
-    matches!(k, kind::BLOCKS | kind::DATA | kind::TXS).then(|| Message::limit(k)).flatten()
+    match k {
+        kind::DATA => Some(DATA_PROBE_LIMIT),
+        kind::BLOCKS | kind::TXS => Message::limit(k),
+        _ => None,
+    }
 }
 
 /// Our own message is over its kind's limit: block limits rule that out, so it is
@@ -241,6 +304,86 @@ impl Message {
 mod tests {
     use super::*;
 
+    /// One message of every kind, with every container of each holding some
+    /// elements (an empty transaction among them), built deterministically.
+    fn samples() -> Vec<(&'static str, Message)> {
+        use crate::chain::block::{tx_root, Block, Header};
+        use crate::chain::members::{Approval, Change};
+        use crate::chain::vote::{Certificate, Proposal, Vote, VoteKind};
+        use crate::identity::Identity;
+        let net = [7u8; 32];
+        let key = |b: u8| Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[b; 32])).unwrap();
+        let (a, b, c) = (key(1), key(2), key(3));
+        let approval = Approval {
+            change: Change::Add { id: c.id(), addr: "127.0.0.9:24100".parse().unwrap() },
+            approver: a.id(),
+            signed_at: 4,
+        }
+        .sign(&net, &a);
+        let plan = Approval { change: Change::Upgrade { version: 4, height: 900 }, approver: b.id(), signed_at: 5 }
+            .sign(&net, &b);
+        let txs = vec![vec![], vec![1], vec![2; 300]];
+        let header = Header {
+            height: 5,
+            round: 1,
+            prev_hash: Hash([9; 32]),
+            timestamp_ms: 1_764_000_000_123,
+            proposer: a.id(),
+            tx_root: tx_root(&txs),
+            changes: vec![approval.clone(), plan],
+        };
+        let block = Block { header, txs };
+        let proposal = Proposal { height: 5, round: 1, block: block.clone(), valid_round: Some(0), proposer: a.id() }
+            .sign(&net, &a);
+        let vote =
+            |kind, id: &Identity, block| Vote { kind, height: 5, round: 1, block, voter: id.id() }.sign(&net, id);
+        let precommits: Vec<_> =
+            [&a, &b, &c].into_iter().map(|id| vote(VoteKind::Precommit, id, Some(block.hash()))).collect();
+        let cert = Certificate { height: 5, round: 1, block: block.hash(), precommits };
+        let mut bare = block.clone();
+        bare.header.changes.clear();
+        bare.txs.clear();
+        let bare_cert = Certificate { height: 5, round: 0, block: bare.hash(), precommits: vec![] };
+        vec![
+            ("data", Message::Data(vec![1, 2, 3])),
+            ("tx", Message::Tx(vec![0xab; 40])),
+            ("proposal", Message::Proposal(proposal.clone())),
+            ("vote", Message::Vote(vote(VoteKind::Prevote, &b, Some(block.hash())))),
+            ("vote_nil", Message::Vote(vote(VoteKind::Precommit, &c, None))),
+            ("tip", Message::Tip { height: 300_000, hash: Hash([3; 32]), time_ms: 1_764_000_000_999 }),
+            ("get_blocks", Message::GetBlocks { from: 70_000, count: 64 }),
+            ("blocks", Message::Blocks(vec![Committed { block, cert }, Committed { block: bare, cert: bare_cert }])),
+            ("approval", Message::Approval(approval)),
+            ("compact_proposal", Message::CompactProposal(CompactProposal::of(&proposal))),
+            ("get_txs", Message::GetTxs { height: 5, round: 1, ids: vec![Hash([4; 32]), Hash([5; 32])] }),
+            ("txs", Message::Txs(vec![vec![], vec![6; 10]])),
+        ]
+    }
+
+    /// Every kind encodes to the bytes that main at 560825a (derived `Decode`
+    /// throughout, before the bounds) wrote for it, and those bytes decode to
+    /// the same value: bounding the decoding changed what is accepted, not the
+    /// wire.
+    #[test]
+    fn every_kind_encodes_and_decodes_as_before_the_bounds() {
+        let golden = include_str!("../../tests/fixtures/messages-560825a.txt");
+        let unhex = |s: &str| -> Vec<u8> {
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        };
+        let samples = samples();
+        let mut kinds: Vec<u8> = samples.iter().map(|(_, m)| m.kind()).collect();
+        kinds.dedup();
+        assert_eq!(kinds, (0..=kind::TXS).collect::<Vec<_>>(), "a sample of every kind");
+        let lines: Vec<(&str, &str)> = golden.lines().map(|l| l.split_once(' ').unwrap()).collect();
+        assert_eq!(lines.len(), samples.len());
+        for ((name, msg), (golden_name, hex)) in samples.iter().zip(lines) {
+            assert_eq!(*name, golden_name);
+            let bytes = unhex(hex);
+            assert_eq!(&codec::encode(msg)[4..], &bytes[..], "{name}: encoding changed");
+            assert_eq!(&Message::decode(&bytes).unwrap(), msg, "{name}: decodes to another value");
+        }
+    }
+
     #[test]
     fn an_upgrade_plan_travels_only_at_the_wire_version_that_carries_it() {
         use crate::chain::members::{Approval, Change};
@@ -269,6 +412,10 @@ mod tests {
         let response: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.response)(*k).is_some()).collect();
         assert_eq!(response, vec![kind::DATA, kind::BLOCKS, kind::TXS]);
         assert_eq!((PROTOCOL.request)(kind::GET_BLOCKS), Some(GET_BLOCKS_LIMIT), "a request's limit is its kind's");
+        assert_eq!((PROTOCOL.request)(kind::DATA), Some(DATA_PROBE_LIMIT), "but for the probe's");
+        assert_eq!((PROTOCOL.response)(kind::DATA), Some(DATA_PROBE_LIMIT));
+        let urgent: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.urgent)(*k)).collect();
+        assert_eq!(urgent, vec![kind::PROPOSAL, kind::VOTE, kind::COMPACT_PROPOSAL]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! on another network, at another height or round, or as another kind of message.
 
 use super::block::{Block, Hash, Height, Round};
+use super::members::MAX_MEMBERS;
 use crate::codec::BINCODE;
 use crate::identity::{Identity, NodeId};
 
@@ -82,13 +83,28 @@ pub struct Lock {
 }
 
 /// The precommits that committed a block: its proof for anyone who syncs it.
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+/// Decoded by hand to bound `precommits` by the largest member set before
+/// allocating them (a valid certificate holds at most one per member).
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode)]
 pub struct Certificate {
     pub height: Height,
     pub round: Round,
     pub block: Hash,
     pub precommits: Vec<SignedVote>,
 }
+
+impl<C> bincode::Decode<C> for Certificate {
+    fn decode<D: bincode::de::Decoder<Context = C>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        use bincode::Decode;
+        Ok(Certificate {
+            height: Decode::decode(d)?,
+            round: Decode::decode(d)?,
+            block: Decode::decode(d)?,
+            precommits: crate::codec::decode_seq(d, MAX_MEMBERS, "precommits in a certificate")?,
+        })
+    }
+}
+bincode::impl_borrow_decode!(Certificate);
 
 /// A block with the certificate that committed it.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]

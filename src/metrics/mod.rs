@@ -212,8 +212,8 @@ pub fn render(source: &StatusSource) -> String {
         held.get_or_create(&vec![("what".into(), what.as_str().into())]).set(chain.held(what) as i64);
     }
     // What the transport holds (frames read and not yet taken, frames queued
-    // for peers by class, answers to peers' requests being written, the
-    // strangers' keys TLS has warned about) and the
+    // for peers by class, answers to peers' requests being written, requests
+    // read and not yet taken, the strangers' keys TLS has warned about) and the
     // mempool's two kinds of share.
     let mut transport: Vec<(&str, u64)> = vec![("inbox", peers_handle.inbound_bytes())];
     for class in crate::net::Class::ALL {
@@ -221,6 +221,7 @@ pub fn render(source: &StatusSource) -> String {
     }
     transport.push(("answers", peers_handle.answer_bytes()));
     transport.push(("tls_strangers", peers_handle.tls_strangers_bytes()));
+    transport.push(("requests", peers_handle.request_bytes()));
     transport.push(("mempool_local", mempool.by_share.local as u64));
     transport.push(("mempool_members", mempool.by_share.members as u64));
     for (what, bytes) in transport {

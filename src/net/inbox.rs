@@ -1,28 +1,48 @@
 //! Messages read from peers, waiting for the node: bounded in bytes per peer and
-//! served round-robin between peers.
+//! served fairly between peers, by cost.
 //!
 //! Each connection's reader pushes *runs*: as many whole frames as one read of its
 //! stream brought, as one piece of its read buffer (no copy, no allocation and no
 //! wake-up per frame). While that peer has `budget` bytes waiting, its reader
-//! waits, stops reading, and QUIC flow control holds the peer back. The consumer
-//! takes batches, one message per peer in turn, each a slice of its run, so a
-//! flooding member delays only itself: an honest vote waits behind at most one
-//! message of each other peer, never behind a flood. Memory is bounded by
-//! `budget` times the number of peers, plus each reader's buffer (one run read,
-//! or one frame larger than the budget that travels alone).
+//! waits, stops reading, and QUIC flow control holds the peer back. Memory is
+//! bounded by `budget` times the number of peers, plus each reader's buffer (one
+//! run read, or one frame larger than the budget that travels alone).
+//!
+//! **Between peers**, deficit round robin over bytes: a peer's turn delivers one
+//! frame, and a frame larger than [`QUANTUM`] waits for as many turns as it has
+//! quanta (its peer's deficit grows by one quantum each turn it waits). So a
+//! member sending 3 MiB frames gets a frame every 48 turns, while a peer with a
+//! vote waiting gets it delivered at its next turn: an honest vote waits behind
+//! at most one frame of each other peer, and behind a large one only once in as
+//! many turns as that frame holds quanta. Counting frames alone (the one-frame
+//! turn) bounds what per-message work (a signature check) a peer of small frames
+//! can cost; counting bytes bounds what a peer of large ones can (decoding is
+//! linear in the bytes, [`crate::codec::decode_seq`]).
+//!
+//! **Within a peer**, urgent kinds (the application's, [`super::Protocol`]'s
+//! `urgent`: consensus) go ahead of the rest: the sender's outbox puts votes
+//! ahead of transactions on the wire, and a peer's own transaction gossip must
+//! not hold its votes back here either. A peer's queue is one sequence of runs
+//! read by two cursors, one per lane, each skipping the other lane's frames, so
+//! nothing is copied or split; a run is released once both cursors passed it,
+//! and a peer's bytes (what its budget counts) run from the cursor furthest
+//! behind to the end, so that pinned runs count too.
 //!
 //! A delivered body shares its run's buffer until it is dropped; the node decodes
 //! a body and drops it at once, so a run's buffer lives about as long as its
 //! frames wait here.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::identity::NodeId;
+
+/// Bytes a peer's turn is worth (see the module's doc): a frame of up to this
+/// size takes one turn, a larger one a turn per quantum.
+pub(crate) const QUANTUM: usize = 64 * 1024;
 
 /// A frame body from a peer (its first byte is the kind).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,17 +56,89 @@ pub struct Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot(usize);
 
+/// Where one lane's next frame is in a peer's runs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cursor {
+    /// Index of the run (in `PeerQueue::runs`) and offset in it of the lane's
+    /// next frame; `run == runs.len()` when the lane has none.
+    run: usize,
+    at: usize,
+    /// Frame bytes from here to the end of the queue, both lanes' frames.
+    ahead: usize,
+}
+
 #[derive(Debug)]
 struct PeerQueue {
     id: NodeId,
-    /// Runs of whole frames (length prefixes included), oldest first; the front
-    /// one is partly taken.
+    /// Runs of whole frames (length prefixes included, headers checked), oldest
+    /// first; the front one may be partly taken.
     runs: VecDeque<Bytes>,
-    /// Frame bytes queued (prefixes included).
-    bytes: usize,
+    /// The urgent lane's cursor and the other lane's.
+    urgent: Cursor,
+    other: Cursor,
+    /// Bytes this peer's turns have earned towards its next frame.
+    deficit: usize,
     /// A reader waits on `room`: the consumer wakes it after it took something.
     waiting: bool,
     room: Arc<Notify>,
+}
+
+impl PeerQueue {
+    /// Bytes the peer holds here: from the cursor furthest behind to the end.
+    fn bytes(&self) -> usize {
+        self.urgent.ahead.max(self.other.ahead)
+    }
+
+    /// Moves `c` to its lane's next frame at or after where it is.
+    fn seek(runs: &VecDeque<Bytes>, c: &mut Cursor, urgent_lane: bool, urgent: fn(u8) -> bool) {
+        while let Some(run) = runs.get(c.run) {
+            if c.at == run.len() {
+                c.run += 1;
+                c.at = 0;
+                continue;
+            }
+            if urgent(run[c.at + 4]) == urgent_lane {
+                return;
+            }
+            let len = 4 + frame_len(run, c.at);
+            c.at += len;
+            c.ahead -= len;
+        }
+    }
+
+    /// The size (prefix included) of the frame a turn would deliver, urgent
+    /// first; `None` when nothing is queued.
+    fn next_len(&self) -> Option<usize> {
+        [&self.urgent, &self.other].into_iter().find_map(|c| self.runs.get(c.run).map(|run| 4 + frame_len(run, c.at)))
+    }
+
+    /// Takes the frame [`PeerQueue::next_len`] named (urgent first) and
+    /// releases the runs both cursors passed.
+    fn pop(&mut self, urgent: fn(u8) -> bool) -> Option<Bytes> {
+        let urgent_lane = self.urgent.run < self.runs.len();
+        let c = if urgent_lane { &mut self.urgent } else { &mut self.other };
+        let run = self.runs.get(c.run)?;
+        let len = frame_len(run, c.at);
+        let body = run.slice(c.at + 4..c.at + 4 + len);
+        c.at += 4 + len;
+        c.ahead -= 4 + len;
+        Self::seek(&self.runs, c, urgent_lane, urgent);
+        while self.urgent.run > 0 && self.other.run > 0 {
+            self.runs.pop_front();
+            self.urgent.run -= 1;
+            self.other.run -= 1;
+        }
+        Some(body)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes() == 0
+    }
+}
+
+/// The body length of the frame at `at` in `run` (its header was checked).
+fn frame_len(run: &[u8], at: usize) -> usize {
+    u32::from_be_bytes([run[at], run[at + 1], run[at + 2], run[at + 3]]) as usize
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +147,11 @@ struct State {
     index: HashMap<NodeId, usize>,
     /// Peers with something queued, in serving order.
     order: VecDeque<usize>,
+    /// All peers' bytes. It lives under the lock with the queues it sums, so
+    /// no reader sees it between a change of a queue and its count (when it
+    /// was counted beside the lock, a consumer could count a run out before
+    /// its reader had counted it in, and the gauge wrapped below zero).
+    queued: usize,
     closed: bool,
 }
 
@@ -63,7 +160,7 @@ pub(crate) struct Inbox {
     state: Mutex<State>,
     ready: Notify,
     budget: usize,
-    queued_bytes: AtomicU64,
+    urgent: fn(u8) -> bool,
 }
 
 /// The inbox was closed: the node is stopping.
@@ -71,8 +168,10 @@ pub(crate) struct Inbox {
 pub(crate) struct Closed;
 
 impl Inbox {
-    pub(crate) fn new(budget: usize) -> Self {
-        Inbox { state: Mutex::default(), ready: Notify::new(), budget, queued_bytes: AtomicU64::new(0) }
+    /// An inbox holding up to `budget` bytes per peer, serving the kinds that
+    /// `urgent` names ahead of the others from each peer.
+    pub(crate) fn new(budget: usize, urgent: fn(u8) -> bool) -> Self {
+        Inbox { state: Mutex::default(), ready: Notify::new(), budget, urgent }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -91,7 +190,9 @@ impl Inbox {
         s.slots.push(PeerQueue {
             id: from,
             runs: VecDeque::new(),
-            bytes: 0,
+            urgent: Cursor::default(),
+            other: Cursor::default(),
+            deficit: 0,
             waiting: false,
             room: Arc::new(Notify::new()),
         });
@@ -114,19 +215,29 @@ impl Inbox {
     /// now; the reader asked for [`Inbox::room`] first.
     pub(crate) fn put(&self, slot: Slot, run: Bytes) {
         let len = run.len();
+        if len == 0 {
+            return;
+        }
         let mut s = self.lock();
         if s.closed {
             return;
         }
+        let urgent = self.urgent;
         let q = &mut s.slots[slot.0];
-        let was_empty = q.runs.is_empty();
-        q.bytes += len;
+        let was_empty = q.is_empty();
+        let before = q.bytes();
         q.runs.push_back(run);
+        for (c, urgent_lane) in [(&mut q.urgent, true), (&mut q.other, false)] {
+            c.ahead += len;
+            // A cursor at the end was past every frame: it looks into the new run.
+            PeerQueue::seek(&q.runs, c, urgent_lane, urgent);
+        }
+        let added = q.bytes() - before;
         if was_empty {
             s.order.push_back(slot.0);
         }
+        s.queued += added;
         drop(s);
-        self.queued_bytes.fetch_add(len as u64, Ordering::Relaxed);
         self.ready.notify_one();
     }
 
@@ -142,7 +253,7 @@ impl Inbox {
                     return Err(Closed);
                 }
                 let q = &mut s.slots[slot.0];
-                if q.bytes == 0 || q.bytes + len <= self.budget {
+                if q.is_empty() || q.bytes() + len <= self.budget {
                     return Ok(());
                 }
                 q.room.clone()
@@ -159,7 +270,7 @@ impl Inbox {
                     return Err(Closed);
                 }
                 let q = &mut s.slots[slot.0];
-                if q.bytes == 0 || q.bytes + len <= self.budget {
+                if q.is_empty() || q.bytes() + len <= self.budget {
                     return Ok(());
                 }
                 q.waiting = true;
@@ -168,16 +279,14 @@ impl Inbox {
         }
     }
 
-    /// Moves up to `max` messages into `out`, one per peer in turn. Waits while
-    /// nothing is queued; `Err(Closed)` once closed and drained.
+    /// Moves up to `max` messages into `out`, in turns (see the module's doc).
+    /// Waits while nothing is queued; `Err(Closed)` once closed and drained.
     pub(crate) async fn recv_batch(&self, max: usize, out: &mut Vec<Delivery>) -> Result<usize, Closed> {
         loop {
             {
                 let mut s = self.lock();
-                let (taken, bytes) = Self::take(&mut s, max, out);
+                let taken = Self::take(&mut s, max, out, self.urgent);
                 if taken > 0 {
-                    drop(s);
-                    self.queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
                     return Ok(taken);
                 }
                 if s.closed {
@@ -188,47 +297,47 @@ impl Inbox {
         }
     }
 
-    /// Takes up to `max` messages, one per peer in turn; the messages and their
-    /// bytes. Wakes the readers waiting for the room it made, once each.
-    fn take(s: &mut State, max: usize, out: &mut Vec<Delivery>) -> (usize, usize) {
+    /// Takes up to `max` messages, a frame per turn; how many. Wakes the
+    /// readers waiting for the room it made, once each.
+    fn take(s: &mut State, max: usize, out: &mut Vec<Delivery>, urgent: fn(u8) -> bool) -> usize {
         let mut taken = 0;
-        let mut bytes = 0;
         while taken < max {
             let Some(i) = s.order.pop_front() else { break };
             let q = &mut s.slots[i];
-            let Some(run) = q.runs.front_mut() else { continue };
-            // The reader checked every header of a run before it queued it.
-            let len = u32::from_be_bytes([run[0], run[1], run[2], run[3]]) as usize;
-            let body = if run.len() == 4 + len {
-                // The run's last frame: the run itself becomes the body.
-                let mut last = q.runs.pop_front().unwrap_or_default();
-                last.advance(4);
-                last
-            } else {
-                let body = run.slice(4..4 + len);
-                run.advance(4 + len);
-                body
+            q.deficit += QUANTUM;
+            let Some(len) = q.next_len() else {
+                q.deficit = 0;
+                continue;
             };
-            q.bytes -= 4 + len;
-            bytes += 4 + len;
-            if q.waiting {
+            if len > q.deficit {
+                // Its frame needs more turns: the others' come first.
+                s.order.push_back(i);
+                continue;
+            }
+            // A turn delivers one frame; what was left of its quantum is not
+            // kept, so small frames earn no credit towards a large one.
+            q.deficit = 0;
+            let before = q.bytes();
+            let Some(body) = q.pop(urgent) else { continue };
+            let after = q.bytes();
+            s.queued -= before - after;
+            if q.waiting && after < before {
                 // Room was freed: the peer's readers may go on.
                 q.waiting = false;
                 q.room.notify_waiters();
             }
-            let from = q.id;
-            if !q.runs.is_empty() {
+            out.push(Delivery { from: q.id, body });
+            if !q.is_empty() {
                 s.order.push_back(i);
             }
-            out.push(Delivery { from, body });
             taken += 1;
         }
-        (taken, bytes)
+        taken
     }
 
     /// Bytes waiting in the inbox, all peers (length prefixes included).
     pub(crate) fn queued_bytes(&self) -> u64 {
-        self.queued_bytes.load(Ordering::Relaxed)
+        self.lock().queued as u64
     }
 
     /// Wakes every waiter with `Closed` (after the queue drains, for the consumer).
@@ -252,9 +361,111 @@ mod tests {
         NodeId([b; 32])
     }
 
+    /// Kinds 2 and 3 are urgent here (the chain's proposal and vote).
+    fn urgent(kind: u8) -> bool {
+        matches!(kind, 2 | 3)
+    }
+
+    /// Frames of `kind` with bodies of `len` bytes, `n` of them, as one run.
+    fn run_of(kind: u8, len: usize, n: usize) -> Bytes {
+        let mut run = Vec::with_capacity(n * (4 + len));
+        for _ in 0..n {
+            run.extend_from_slice(&(len as u32).to_be_bytes());
+            run.push(kind);
+            run.resize(run.len() + len - 1, 0);
+        }
+        Bytes::from(run)
+    }
+
+    /// A member flooding 3 MiB frames beside a peer sending small votes: each
+    /// vote is delivered at the voter's next turn, and the flooder gets about a
+    /// quantum per turn, so however many large frames wait, the votes are all
+    /// delivered after at most a quantum per vote (and one large frame) of the
+    /// flood. Served a message per turn whatever its size, the flood's ten
+    /// frames all came before the eleventh vote.
+    #[tokio::test]
+    async fn small_votes_beside_a_flood_of_large_frames_wait_a_bounded_number_of_bytes() {
+        const LARGE: usize = 3 << 20;
+        let inbox = Inbox::new(64 << 20, urgent);
+        let (flooder, voter) = (inbox.slot(id(1)), inbox.slot(id(2)));
+        for _ in 0..10 {
+            inbox.put(flooder, run_of(2, LARGE, 1));
+        }
+        let votes = 100;
+        for _ in 0..votes {
+            inbox.put(voter, run_of(3, 110, 1));
+        }
+        let (mut flood_bytes, mut got) = (0, 0);
+        let mut out = Vec::new();
+        while got < votes {
+            out.clear();
+            inbox.recv_batch(1, &mut out).await.unwrap();
+            if out[0].from == id(1) {
+                flood_bytes += out[0].body.len();
+            } else {
+                got += 1;
+            }
+        }
+        let bound = votes * QUANTUM + LARGE;
+        assert!(flood_bytes <= bound, "{flood_bytes} bytes of the flood delivered among {votes} votes, bound {bound}");
+        assert!(flood_bytes >= LARGE, "the flood is served too: {flood_bytes} bytes");
+    }
+
+    /// Within one peer, urgent kinds go first: a vote queued behind 4 MiB of
+    /// the same peer's transactions is delivered before them; the rest keep
+    /// their order, lane by lane. The vote's run stays counted (it is pinned)
+    /// until the transactions before it are taken.
+    #[tokio::test]
+    async fn a_vote_behind_its_peers_transactions_is_delivered_first() {
+        let inbox = Inbox::new(8 << 20, urgent);
+        let slot = inbox.slot(id(1));
+        for _ in 0..64 {
+            inbox.put(slot, run_of(1, 64 * 1024 - 4, 1));
+        }
+        // One run of a transaction, a vote, a transaction and a vote.
+        let mixed = [run_of(1, 100, 1), run_of(3, 110, 1), run_of(1, 101, 1), run_of(3, 111, 1)].concat();
+        inbox.put(slot, Bytes::from(mixed));
+        let total = inbox.queued_bytes();
+        assert_eq!(total, 64 * 64 * 1024 + 4 * 4 + 100 + 110 + 101 + 111);
+        let mut out = Vec::new();
+        inbox.recv_batch(2, &mut out).await.unwrap();
+        let lens: Vec<(u8, usize)> = out.iter().map(|d| (d.body[0], d.body.len())).collect();
+        assert_eq!(lens, vec![(3, 110), (3, 111)], "both votes first, in their order");
+        assert_eq!(inbox.queued_bytes(), total, "the votes' run is held until the transactions before it are taken");
+        out.clear();
+        while inbox.queued_bytes() > 0 {
+            inbox.recv_batch(100, &mut out).await.unwrap();
+        }
+        let lens: Vec<(u8, usize)> = out.iter().map(|d| (d.body[0], d.body.len())).collect();
+        let mut expected = vec![(1, 64 * 1024 - 4); 64];
+        expected.extend([(1, 100), (1, 101)]);
+        assert_eq!(lens, expected);
+    }
+
+    /// A peer's budget counts from its lane furthest behind: taking its urgent
+    /// frames ahead of the others frees no room while those pin their runs.
+    #[tokio::test]
+    async fn room_is_made_when_the_lane_furthest_behind_moves() {
+        let inbox = Arc::new(Inbox::new(1000, urgent));
+        inbox.push(id(1), Bytes::from(vec![1; 496])).await.unwrap();
+        inbox.push(id(1), Bytes::from(vec![3; 396])).await.unwrap();
+        let blocked = {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { inbox.push(id(1), Bytes::from(vec![1; 200])).await })
+        };
+        let mut out = Vec::new();
+        inbox.recv_batch(1, &mut out).await.unwrap();
+        assert_eq!(out[0].body[0], 3, "the vote first");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!blocked.is_finished(), "the vote's run is still held behind the transaction");
+        inbox.recv_batch(1, &mut out).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), blocked).await.expect("room made").unwrap().unwrap();
+        assert_eq!(inbox.queued_bytes(), 204);
+    }
+
     #[tokio::test]
     async fn peers_are_served_in_turn_whatever_they_queued() {
-        let inbox = Inbox::new(1 << 20);
+        let inbox = Inbox::new(1 << 20, urgent);
         for i in 0..100u8 {
             inbox.push(id(1), Bytes::from(vec![1, i])).await.unwrap();
         }
@@ -268,7 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_is_delivered_frame_by_frame_in_turn_with_other_peers() {
-        let inbox = Inbox::new(1 << 20);
+        let inbox = Inbox::new(1 << 20, urgent);
         let mut run = Vec::new();
         for i in 0..3u8 {
             run.extend_from_slice(&[0, 0, 0, 2, 1, i]);
@@ -286,7 +497,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_over_its_budget_waits_and_others_do_not() {
-        let inbox = Arc::new(Inbox::new(1000));
+        let inbox = Arc::new(Inbox::new(1000, urgent));
         inbox.push(id(1), Bytes::from(vec![0; 596])).await.unwrap();
         inbox.push(id(1), Bytes::from(vec![0; 396])).await.unwrap();
         let blocked = {
@@ -307,7 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_larger_than_the_budget_is_taken_alone() {
-        let inbox = Inbox::new(100);
+        let inbox = Inbox::new(100, urgent);
         inbox.push(id(1), Bytes::from(vec![0; 5000])).await.unwrap();
         let mut out = Vec::new();
         assert_eq!(inbox.recv_batch(10, &mut out).await.unwrap(), 1);
@@ -317,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_ends_the_consumer_after_the_queue_drains() {
-        let inbox = Inbox::new(100);
+        let inbox = Inbox::new(100, urgent);
         inbox.push(id(1), Bytes::from_static(&[1])).await.unwrap();
         inbox.close();
         assert_eq!(inbox.push(id(1), Bytes::from_static(&[1])).await, Err(Closed));

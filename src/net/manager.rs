@@ -307,7 +307,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
 
     let (requests_tx, requests) = mpsc::channel(256);
     let (events, _) = broadcast::channel(256);
-    let inbox = Arc::new(Inbox::new(cfg.transport.inbound_peer_bytes));
+    let inbox = Arc::new(Inbox::new(cfg.transport.inbound_peer_bytes, cfg.protocol.urgent));
     let members = watch::Sender::new(member_addrs.clone());
     let members_rx = members.subscribe();
     let shared = Arc::new(Shared {
@@ -324,6 +324,8 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         local_addr,
         endpoint: endpoint.clone(),
         answer_bytes: Default::default(),
+        request_bytes: Default::default(),
+        answer_slots: Default::default(),
     });
     let hs = Arc::new(HandshakeCtx {
         me,

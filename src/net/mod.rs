@@ -34,7 +34,9 @@
 //!   (consensus superseded by later heights, transactions dropped when full,
 //!   consensus first on the wire). A peer that does not take what we have for it
 //!   within the slow-peer deadline is disconnected with [`close::TOO_SLOW`].
-//!   Inbound, each peer has a byte budget and peers are served in turn.
+//!   Inbound, each peer has a byte budget, peers are served in turn by cost
+//!   (a turn per frame or per 64 KiB of it) and each peer's consensus kinds
+//!   ahead of its others.
 //! * **Admission.** Handshakes in progress are bounded in total and per address
 //!   (IPv6 per /64), with a share reserved for the member set's addresses; under
 //!   load, strangers must prove their address (QUIC Retry) first, and a QUIC/TLS
@@ -82,6 +84,9 @@ pub struct Protocol {
     pub request: fn(u8) -> Option<usize>,
     /// The response to a request.
     pub response: fn(u8) -> Option<usize>,
+    /// Gossip kinds each peer's inbound queue serves ahead of the others
+    /// (consensus ahead of transactions; see the inbox).
+    pub urgent: fn(u8) -> bool,
 }
 
 impl std::fmt::Debug for Protocol {

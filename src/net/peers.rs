@@ -36,7 +36,8 @@ pub struct Messages {
 
 impl Messages {
     /// Waits for messages and moves up to `max` of them into `out`, one per peer in
-    /// turn. Cancel-safe. `None` once the transport stopped.
+    /// turn (a frame larger than 64 KiB takes a turn per 64 KiB; each peer's
+    /// consensus kinds first). Cancel-safe. `None` once the transport stopped.
     pub async fn recv_batch(&self, max: usize, out: &mut Vec<Delivery>) -> Option<usize> {
         self.inbox.recv_batch(max, out).await.ok()
     }
@@ -217,6 +218,10 @@ pub(crate) struct Shared {
     /// Bytes of answers to peers' requests being written (see
     /// `peer::ANSWERS_PER_PEER`).
     pub(crate) answer_bytes: std::sync::atomic::AtomicU64,
+    /// Bytes of peers' requests read and not yet taken by the node.
+    pub(crate) request_bytes: std::sync::atomic::AtomicU64,
+    /// Each peer's answer slots, over its connections.
+    pub(crate) answer_slots: super::peer::AnswerSlots,
 }
 
 impl Shared {
@@ -409,6 +414,12 @@ impl Peers {
     /// [`super::ANSWERS_PER_PEER`] frames per peer.
     pub fn answer_bytes(&self) -> u64 {
         self.shared.answer_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of peers' requests read and not yet taken by the node: at most
+    /// [`super::ANSWERS_PER_PEER`] requests per peer (the others wait unread).
+    pub fn request_bytes(&self) -> u64 {
+        self.shared.request_bytes.load(Ordering::Relaxed)
     }
 
     /// Certificates refused at TLS by this node's server side.

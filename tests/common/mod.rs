@@ -182,6 +182,7 @@ pub const OPEN: net::Protocol = net::Protocol {
     gossip: <Message as masternode::codec::Frame>::limit,
     request: <Message as masternode::codec::Frame>::limit,
     response: <Message as masternode::codec::Frame>::limit,
+    urgent: masternode::chain::message::consensus,
 };
 
 /// `msg` as a frame queued in the transaction class (dropped when a peer's outbox
@@ -457,6 +458,42 @@ impl Hostile {
         };
         masternode::net::handshake::dial(&conn, &intro, &expect).await.expect("hostile peer passes the handshake");
         conn
+    }
+}
+
+impl Hostile {
+    /// As [`Self::connect`], with the send window this member was made with,
+    /// and `None` where that panics (the victim refused it, or still holds its
+    /// last connection): for a member that reconnects in a loop.
+    pub async fn try_connect(&self, spec: &Spec, victim: usize) -> Option<quinn::Connection> {
+        let client = endpoint::client_config(
+            &spec.ids[self.spec_index],
+            spec.id(victim),
+            Self::transport_with(self.uni, self.send_window),
+            &GENERATIONS,
+        )
+        .ok()?;
+        let conn = self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).ok()?.await.ok()?;
+        let network = spec.network();
+        let intro = masternode::net::handshake::Intro {
+            magic: masternode::net::handshake::MAGIC,
+            versions: masternode::net::handshake::WIRE,
+            network_id: network.id,
+            node_id: spec.id(self.spec_index),
+            listen: spec.addr(self.spec_index),
+            tip: Tip::default(),
+            software: "hostile".into(),
+            incarnation: rand_incarnation(),
+        };
+        let any = |_: &masternode::identity::NodeId| true;
+        let expect = masternode::net::handshake::Expect {
+            network_id: network.id,
+            versions: masternode::net::handshake::WIRE,
+            tls_key: spec.id(victim),
+            is_member: &any,
+        };
+        masternode::net::handshake::dial(&conn, &intro, &expect).await.ok()?;
+        Some(conn)
     }
 }
 

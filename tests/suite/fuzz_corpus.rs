@@ -110,3 +110,42 @@ fn config_corpus_gives_one_line_errors() {
         }
     }
 }
+
+/// Every corpus input decodes as it did before the decoding was bounded (the
+/// outcomes of main at 560825a, in `tests/fixtures/corpus-560825a.txt`): what
+/// decoded decodes to the same value, what was refused is still refused
+/// (perhaps for another reason: a claim of too many elements is now refused
+/// as such).
+#[tokio::test(flavor = "current_thread")]
+async fn corpora_decode_as_before_the_bounds() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus-560825a.txt");
+    let expected = std::fs::read_to_string(fixture).unwrap();
+    let digest = |bytes: &[u8]| masternode::chain::block::Hash::of(&[bytes]).short();
+    let variant =
+        |e: &masternode::codec::FrameError| format!("{e:?}").split(['(', ' ', '{']).next().unwrap().to_string();
+    let mut checked = 0;
+    for line in expected.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (target, name, before) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let data = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target).join(name))
+            .unwrap_or_else(|e| panic!("{target}/{name}: {e}"));
+        let now = match target {
+            "message" => match decode_body::<Message>(&data) {
+                Ok(m) => format!("ok {}", digest(&encode(&m)[4..])),
+                Err(e) => format!("err {}", variant(&e)),
+            },
+            "committed" => match bincode::decode_from_slice::<Committed, _>(&data, BINCODE) {
+                Ok((c, n)) => format!("ok {} {n}", c.block.hash().short()),
+                Err(_) => "err ".to_string(),
+            },
+            _ => match decode_all::<Message>(&data) {
+                Ok(v) => format!("ok {}", v.len()),
+                Err(e) => format!("err {}", variant(&e)),
+            },
+        };
+        let same = if before.starts_with("ok") { now == before } else { now.starts_with("err") };
+        assert!(same, "{target}/{name}: {before} before, {now} now");
+        checked += 1;
+    }
+    assert!(checked > 1000, "{checked} inputs");
+}

@@ -381,11 +381,14 @@ async fn far_future_tip_announcer_cannot_stall_catch_up() {
     stop_all(honest).await;
 }
 
-/// A member that asks for blocks on every request stream it may open and never
-/// reads the answers makes a node hold at most `ANSWERS_PER_PEER` of them: the
-/// other requests wait, holding only their own few bytes, and the honest nodes
-/// go on. (Answered at once, 16 streams of 3 MiB each would be 48 MiB held for
-/// a 32-byte request apiece.)
+/// A member that asks for blocks on request streams and never reads the
+/// answers makes a node hold at most `ANSWERS_PER_PEER` of them, and its
+/// further requests wait unread: it fills every stream it may open (16), four
+/// with `GetBlocks` whose answers it never reads, twelve with `GetTxs` bodies
+/// of 600 KB. The node holds at most four answers and none of the twelve
+/// bodies (read before they had a slot, they were 7 MB held for one peer),
+/// and the honest nodes go on. (Answered at once, 16 streams of 3 MiB answers
+/// each would be 48 MiB held for a 32-byte request apiece.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_never_reads_its_answers_holds_few_of_them() {
     let net = network().await;
@@ -398,24 +401,41 @@ async fn a_member_that_never_reads_its_answers_holds_few_of_them() {
     }
     eventually("the transactions are committed", Duration::from_secs(60), || victim.mempool_len() == 0).await;
     let conn = net.hostile.connect(&net.spec, 1).await;
-    let frame = codec::encode(&Message::GetBlocks { from: 1, count: 64 });
+    let slots = masternode::net::ANSWERS_PER_PEER;
     let mut streams = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..slots {
         let (mut send, recv) = conn.open_bi().await.unwrap();
-        send.write_all(&frame).await.unwrap();
+        send.write_all(&codec::encode(&Message::GetBlocks { from: 1, count: 64 })).await.unwrap();
         send.finish().unwrap();
         // Kept, never read.
         streams.push((send, recv));
     }
-    let bound = (masternode::net::ANSWERS_PER_PEER * masternode::codec::MAX_FRAME) as u64;
-    let mut most = 0;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
-        most = most.max(victim.peers().answer_bytes());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually("the answers are made and held", Duration::from_secs(5), || {
+        victim.peers().answer_bytes() > 2 * 1024 * 1024
+    })
+    .await;
+    let ids = vec![masternode::chain::block::Hash([7; 32]); 19_000];
+    let big = codec::encode(&Message::GetTxs { height: victim.height() + 1, round: 0, ids });
+    assert!(big.len() > 600_000 && big.len() - 4 <= masternode::chain::message::GET_TXS_LIMIT);
+    for _ in slots..16 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&big).await.unwrap();
+        send.finish().unwrap();
+        streams.push((send, recv));
     }
-    assert!(most > 2 * 1024 * 1024, "answers were made and held: {most} bytes at most");
-    assert!(most <= bound, "{most} bytes of answers held for one peer, bound {bound}");
+    let bound = (slots * masternode::codec::MAX_FRAME) as u64;
+    let (mut most_answers, mut most_requests) = (0, 0);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        most_answers = most_answers.max(victim.peers().answer_bytes());
+        most_requests = most_requests.max(victim.peers().request_bytes());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(most_answers > 2 * 1024 * 1024, "answers were made and held: {most_answers} bytes at most");
+    assert!(most_answers <= bound, "{most_answers} bytes of answers held for one peer, bound {bound}");
+    assert!(most_requests < big.len() as u64, "{most_requests} bytes of waiting requests read");
+    let metrics = victim.metrics();
+    assert!(metrics.contains("masternode_held_bytes{what=\"requests\"} "), "the gauge is exported");
     net.assert_intact("answers never read").await;
     drop(streams);
     net.stop().await;
