@@ -23,6 +23,10 @@ pub enum EndpointError {
 pub type SocketWrapper =
     Arc<dyn Fn(Arc<dyn quinn::AsyncUdpSocket>, SocketAddr) -> Arc<dyn quinn::AsyncUdpSocket> + Send + Sync>;
 
+/// Bytes a peer may have in flight to us, unread, per connection: two of the
+/// largest frames, so a 4 MiB frame always has room beside what is queued.
+pub const RECEIVE_WINDOW: usize = 2 * crate::codec::MAX_FRAME;
+
 /// quinn transport settings from the node's config. Stream limits are small on
 /// purpose: one unidirectional stream per direction is all the protocol uses, and
 /// each allowed stream costs memory per idle connection.
@@ -33,6 +37,11 @@ pub fn transport_config(t: &Transport) -> Result<Arc<quinn::TransportConfig>, En
     cfg.max_idle_timeout(Some(idle));
     cfg.max_concurrent_uni_streams(1u32.into());
     cfg.max_concurrent_bidi_streams(t.max_request_streams.into());
+    // What a peer may have sent that we have not read yet, over all its
+    // streams (quinn's default is unbounded; each stream's own window is
+    // 1.25 MB): a member whose frames wait behind its inbox budget, or whose
+    // requests wait for an answer slot, parks at most this much here.
+    cfg.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW as u32));
     // The protocol sends no datagrams; quinn would otherwise keep a receive buffer
     // for them on every connection.
     cfg.datagram_receive_buffer_size(None);
