@@ -45,7 +45,7 @@ pub const ANSWERS_PER_PEER: usize = 4;
 pub(crate) fn spawn(tracker: &TaskTracker, link: Arc<Link>, shared: Arc<Shared>) {
     tracker.spawn(write_loop(link.clone(), shared.clone()));
     tracker.spawn(read_loop(link.conn.clone(), link.id, shared.clone()));
-    tracker.spawn(serve_requests(link.conn.clone(), link.id, shared, tracker.clone()));
+    tracker.spawn(serve_requests(link.conn.clone(), link.id, link.wire, shared, tracker.clone()));
 }
 
 /// Drains the outbox into our long-lived stream. Whatever queued while the
@@ -203,16 +203,16 @@ async fn read_run(
     Ok(true)
 }
 
-async fn serve_requests(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>, tracker: TaskTracker) {
+async fn serve_requests(conn: quinn::Connection, peer: NodeId, wire: u16, shared: Arc<Shared>, tracker: TaskTracker) {
     let answers = Arc::new(tokio::sync::Semaphore::new(ANSWERS_PER_PEER));
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tracker.spawn(serve_one(conn.clone(), peer, send, recv, shared.clone(), answers.clone()));
+        tracker.spawn(serve_one(conn.clone(), (peer, wire), send, recv, shared.clone(), answers.clone()));
     }
 }
 
 async fn serve_one(
     conn: quinn::Connection,
-    peer: NodeId,
+    (peer, wire): (NodeId, u16),
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     shared: Arc<Shared>,
@@ -241,7 +241,7 @@ async fn serve_one(
         return;
     };
     let (reply, answer) = oneshot::channel();
-    if shared.requests.send(InboundRequest { from: peer, body, reply }).await.is_err() {
+    if shared.requests.send(InboundRequest { from: peer, wire, body, reply }).await.is_err() {
         return;
     }
     match tokio::time::timeout(timeout, answer).await {
