@@ -803,6 +803,25 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
         };
         Driver::new(core, cfg, at(net.now))
     };
+    // A node far behind with the same binary syncs up to the height and no
+    // further, whatever an answer holds.
+    let chain: Vec<_> = net.log[0]
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Commit { committed, .. } => Some(committed.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(chain.len() > 30, "blocks past the height to offer");
+    let mut behind = driver_running(&ids, &ids[3], Vec::new(), 3);
+    effects(&mut behind);
+    behind.handle_blocks(ids[0].id(), Ok(BlocksAnswer { blocks: chain, bytes: 100_000 }), at(net.now));
+    let out = effects(&mut behind);
+    let synced = out.iter().filter(|e| matches!(e, Effect::Commit { synced: true, .. })).count();
+    assert_eq!((synced, behind.height()), (29, 30), "blocks 1 to 29 applied, 30 and on left alone");
+    assert_eq!(out.last(), Some(&Effect::Halt { plan, max_version: 3 }));
+    assert!(!out.iter().any(|e| matches!(e, Effect::RequestBlocks { .. } | Effect::Persist { .. })));
+
     let mut same = restart(3);
     assert_eq!(effects(&mut same), [Effect::Halt { plan, max_version: 3 }]);
     assert!(timers(&same).is_empty(), "height 30 never starts");
