@@ -718,10 +718,11 @@ impl Driver {
     pub fn handle_change(&mut self, request: ChangeRequest, _now: Now) -> Result<Submitted, ChangeError> {
         let result = self.approve(request);
         if let Ok(s) = &result {
+            let what = if s.change.plan().is_some() { "upgrade plan" } else { "member change" };
             tracing::info!(
                 approvals = s.approvals,
                 required = s.required,
-                "approved member change: {} ({} of {} approvals)",
+                "approved {what}: {} ({} of {} approvals)",
                 s.change,
                 s.approvals,
                 s.required

@@ -107,6 +107,13 @@ async fn a_plan_scheduled_with_the_cli_applies_at_its_height_and_a_node_that_lac
         assert_eq!(code, Some(1), "{what}: {out} {err}");
         assert!(err.starts_with("refused: ") && err.contains(says) && err.lines().count() == 1, "{what}: {err}");
     }
+    // The admin API's guards hold for POST /upgrade: no content type, 415.
+    let body = format!("{{\"version\": 4, \"height\": {far}}}");
+    let (code, _) =
+        masternode::admin::http_request(net.admins[0], "POST", "/upgrade", body.as_bytes(), Duration::from_secs(2))
+            .await
+            .unwrap();
+    assert_eq!(code, 415, "POST /upgrade takes application/json only");
     assert!(upgrade(&net, 0).await.unwrap().pending.is_empty(), "nothing was signed");
 
     // Proposed on node 1, approved on nodes 2 and 3.
