@@ -4,9 +4,11 @@
 //! liveness probe: it answers whenever the process runs); `GET /ready` the
 //! readiness probe, 200 or 503 with the reason ([`ready`], [`crate::probe`]);
 //! `GET /members` the member set and the changes collecting approvals;
-//! `POST /members` asks this node to approve a change (signed with its key). The
-//! same module holds the small client that `masternode status`, `members` and
-//! `member` use.
+//! `POST /members` asks this node to approve a change (signed with its key);
+//! `GET /upgrade` the protocol versions (in force, scheduled, collecting
+//! approvals) and `POST /upgrade` asks this node to approve an upgrade plan.
+//! The same module holds the small client that `masternode status`, `members`,
+//! `member` and `upgrade` use.
 //!
 //! What the API trusts, and how a web page is kept out, is in [`guard`]; the
 //! token in [`token`]; the connection budget and deadlines in [`server`].
@@ -81,6 +83,7 @@ fn router(state: AdminState) -> Router {
         .route("/blocks/{height}", get(block_handler))
         .route("/tx", post(tx_handler).route_layer(typed(guard::OCTET_STREAM)))
         .route("/members", get(members_handler).merge(post(change_handler).route_layer(typed(guard::JSON))))
+        .route("/upgrade", get(upgrade_handler).merge(post(upgrade_post_handler).route_layer(typed(guard::JSON))))
         .layer(DefaultBodyLimit::max(max_tx))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
         .with_state(state)
@@ -403,6 +406,288 @@ async fn change_handler(State(state): State<AdminState>, body: Bytes) -> Respons
     }
 }
 
+/// `GET /upgrade`: the protocol versions of the chain as this node sees them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpgradeStatus {
+    /// The tip's height.
+    pub height: u64,
+    /// The protocol version of the tip's block.
+    pub version: u16,
+    /// The protocol version of the next height.
+    pub next_version: u16,
+    /// The highest protocol version this node's binary runs.
+    pub max_version: u16,
+    /// Heights of notice a plan needs: it completes only in a block at least
+    /// this many heights before its own.
+    pub notice: u64,
+    /// Whether every other member of the set in force is connected to this
+    /// node at a wire version that decodes a plan's approvals: proposers put
+    /// them in blocks only then.
+    pub wire_ready: bool,
+    /// Plans completed on chain, in height order.
+    pub schedule: Vec<PlanStatus>,
+    /// Plans collecting approvals (on chain, or waiting here for a block).
+    pub pending: Vec<PlanStatus>,
+}
+
+/// One upgrade plan, scheduled or collecting approvals.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanStatus {
+    pub version: u16,
+    pub height: u64,
+    /// Whether this node's binary runs the plan's version (if not, the node
+    /// stops before the height).
+    pub can_run: bool,
+    /// See [`UpgradeStatus::wire_ready`].
+    pub wire_ready: bool,
+    /// A scheduled plan: whether its height has come (it applies at the next
+    /// height or applied earlier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_force: Option<bool>,
+    /// A pending plan: members whose approvals count, how many it needs, and
+    /// the height after which the first of them expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_height: Option<u64>,
+}
+
+/// `/upgrade` of `view`, for a node running up to `max_version` whose
+/// connected peers speak `wire`.
+pub fn upgrade_status(
+    view: &MembersView,
+    me: NodeId,
+    max_version: u16,
+    wire: &std::collections::BTreeMap<NodeId, u16>,
+) -> UpgradeStatus {
+    use crate::chain::members::{may_carry_plans, UPGRADE_NOTICE};
+    let m = &view.membership;
+    let height = m.applied();
+    let wire_ready = may_carry_plans(m.current(), me, wire);
+    let plan = |version: u16, at: u64| PlanStatus {
+        version,
+        height: at,
+        can_run: version <= max_version,
+        wire_ready,
+        in_force: None,
+        approvals: None,
+        required: None,
+        expires_at_height: None,
+    };
+    UpgradeStatus {
+        height,
+        version: m.version_at(height),
+        next_version: m.version_at(height + 1),
+        max_version,
+        notice: UPGRADE_NOTICE,
+        wire_ready,
+        schedule: m
+            .schedule()
+            .iter()
+            .map(|p| PlanStatus { in_force: Some(p.height <= height + 1), ..plan(p.version, p.height) })
+            .collect(),
+        pending: view
+            .pending()
+            .into_iter()
+            .filter_map(|p| {
+                let c = p.change.plan()?;
+                Some(PlanStatus {
+                    approvals: Some(p.approvals.iter().map(|a| a.to_hex()).collect()),
+                    required: Some(p.required),
+                    expires_at_height: Some(p.expires_at),
+                    ..plan(c.version, c.height)
+                })
+            })
+            .collect(),
+    }
+}
+
+async fn upgrade_handler(State(state): State<AdminState>) -> Json<UpgradeStatus> {
+    let source = &state.status;
+    let wire = source.peers().wire_versions();
+    Json(upgrade_status(&source.members(), source.id(), source.max_version(), &wire))
+}
+
+/// `POST /upgrade`'s body: the plan to approve.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpgradeBody {
+    pub version: u16,
+    pub height: u64,
+}
+
+/// `POST /upgrade`'s answer once the node signed and accepted its approval.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpgradeAccepted {
+    pub version: u16,
+    pub height: u64,
+    pub approvals: usize,
+    pub required: usize,
+    pub expires_at_height: u64,
+}
+
+async fn upgrade_post_handler(State(state): State<AdminState>, body: Bytes) -> Response {
+    let UpgradeBody { version, height } = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not {{\"version\", \"height\"}}: {e}")),
+    };
+    let request = ChangeRequest::Upgrade { version, height };
+    match request_change(&state.producer.member_requests, request).await {
+        Ok(s) => {
+            let accepted = UpgradeAccepted {
+                version,
+                height,
+                approvals: s.approvals,
+                required: s.required,
+                expires_at_height: s.expires_at,
+            };
+            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+        }
+        Err(ChangeRequestError::Refused(e)) => {
+            (StatusCode::CONFLICT, Json(serde_json::json!({ "error": e.to_string(), "reason": e.reason() })))
+                .into_response()
+        }
+        Err(e @ ChangeRequestError::Stopped) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+pub async fn fetch_upgrade(addr: SocketAddr, timeout: Duration) -> Result<UpgradeStatus, ClientError> {
+    let body = http_get(addr, "/upgrade", timeout).await?;
+    serde_json::from_str(&body).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
+}
+
+/// Posts an upgrade plan's approval, with the admin token if the node wants
+/// one; the node's answer, or its one-line refusal.
+pub async fn post_upgrade(
+    addr: SocketAddr,
+    plan: UpgradeBody,
+    token: Option<&AdminToken>,
+    timeout: Duration,
+) -> Result<UpgradeAccepted, ClientError> {
+    let body = serde_json::to_vec(&plan).unwrap_or_default();
+    let request = HttpRequest { token, ..HttpRequest::post("/upgrade", guard::JSON, &body) };
+    let (code, text) = send(addr, &request, timeout).await?;
+    if code != 202 {
+        return Err(ClientError::Http { addr, code, message: refusal_message(text) });
+    }
+    serde_json::from_str(&text).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
+}
+
+/// Whether `plan` is worth asking the node to sign, as `/upgrade` (`now`)
+/// shows the chain: its version above every version scheduled, its height
+/// after every scheduled plan's and at least [`UpgradeStatus::notice`]
+/// heights after the next block; `proposing` a plan nobody proposed yet,
+/// approving one collecting approvals. The one line says why not.
+pub fn check_plan(now: &UpgradeStatus, plan: UpgradeBody, proposing: bool) -> Result<(), String> {
+    let UpgradeBody { version, height } = plan;
+    let (latest_version, latest_height) =
+        now.schedule.last().map_or((crate::chain::members::GENESIS_VERSION, 0), |p| (p.version, p.height));
+    if version <= latest_version {
+        return Err(match now.schedule.last() {
+            Some(p) => format!(
+                "protocol {version} is not above protocol {}, the latest scheduled (from height {})",
+                p.version, p.height
+            ),
+            None => format!("protocol {version} is not above protocol {latest_version}, the chain's from genesis"),
+        });
+    }
+    if height <= latest_height {
+        return Err(format!("height {height} is not after height {latest_height}, the latest plan's"));
+    }
+    let earliest = now.height + 1 + now.notice;
+    if height < earliest {
+        return Err(format!(
+            "height {height} is too near: the chain is at height {} and a plan must complete at least {} heights \
+             before its height; name height {earliest} or later, with room for the other members to approve it",
+            now.height, now.notice
+        ));
+    }
+    let pending = now.pending.iter().find(|p| p.version == version && p.height == height);
+    match (proposing, pending) {
+        (true, Some(p)) => Err(format!(
+            "protocol {version} at height {height} is proposed already ({} of {} approvals): approve it with \
+             `masternode upgrade approve --version {version} --height {height}`",
+            p.approvals.as_ref().map_or(0, |a| a.len()),
+            p.required.unwrap_or(0)
+        )),
+        (false, None) => Err(format!(
+            "no plan for protocol {version} at height {height} is collecting approvals at this node: \
+             `masternode upgrade propose --version {version} --height {height}` starts one (or wait until the \
+             proposer's approval reaches this node)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The sentence of a refusal and, when it has one, its typed reason: what
+/// scripts match on.
+fn refusal_message(text: String) -> String {
+    let answer = serde_json::from_str::<serde_json::Value>(&text).ok();
+    let field = |name: &str| answer.as_ref().and_then(|v| v.get(name)?.as_str().map(str::to_string));
+    match (field("error"), field("reason")) {
+        (Some(error), Some(reason)) => format!("{error} (reason: {reason})"),
+        (Some(error), None) => error,
+        _ => text,
+    }
+}
+
+/// The human form of `/upgrade`, as `masternode upgrade status` prints it.
+pub fn render_upgrade(u: &UpgradeStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "height    {}", u.height);
+    let next = if u.next_version != u.version {
+        format!(", protocol {} from height {}", u.next_version, u.height + 1)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "protocol  {} in force{next}; this binary runs up to protocol {}", u.version, u.max_version);
+    let wire = if u.wire_ready {
+        "every member is connected at wire 4 or later: proposers carry plans".to_string()
+    } else {
+        "not every member is connected at wire 4 or later (a node of 0.1.0, or one away): proposers carry no plan \
+         until they are"
+            .to_string()
+    };
+    let _ = writeln!(out, "wire      {wire}");
+    if u.schedule.is_empty() && u.pending.is_empty() {
+        let _ = writeln!(out, "no upgrade plans");
+    }
+    for p in &u.schedule {
+        let when = if p.in_force == Some(true) {
+            "in force".to_string()
+        } else {
+            format!("in {} blocks", p.height.saturating_sub(u.height + 1))
+        };
+        let run = if p.can_run {
+            String::new()
+        } else {
+            format!(
+                "; this binary cannot run it: install a release that runs protocol {} before height {}, or this node \
+                 stops there",
+                p.version, p.height
+            )
+        };
+        let _ = writeln!(out, "scheduled protocol {} from height {}: {when}{run}", p.version, p.height);
+    }
+    for p in &u.pending {
+        let approvals = p.approvals.as_ref().map_or(0, |a| a.len());
+        let run = if p.can_run { "" } else { "; this binary cannot run it" };
+        let _ = writeln!(
+            out,
+            "pending   protocol {} at height {}: {approvals} of {} approvals, expires at height {}; the last block \
+             that can complete it is {}{run}",
+            p.version,
+            p.height,
+            p.required.unwrap_or(0),
+            p.expires_at_height.unwrap_or(0),
+            p.height.saturating_sub(u.notice),
+        );
+    }
+    out
+}
+
 pub async fn fetch_members(addr: SocketAddr, timeout: Duration) -> Result<MembersInfo, ClientError> {
     let body = http_get(addr, "/members", timeout).await?;
     serde_json::from_str(&body).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
@@ -420,15 +705,7 @@ pub async fn post_change(
     let request = HttpRequest { token, ..HttpRequest::post("/members", guard::JSON, &body) };
     let (code, text) = send(addr, &request, timeout).await?;
     if code != 202 {
-        // The sentence and, for a refusal, its typed reason: what scripts match on.
-        let answer = serde_json::from_str::<serde_json::Value>(&text).ok();
-        let field = |name: &str| answer.as_ref().and_then(|v| v.get(name)?.as_str().map(str::to_string));
-        let message = match (field("error"), field("reason")) {
-            (Some(error), Some(reason)) => format!("{error} (reason: {reason})"),
-            (Some(error), None) => error,
-            _ => text,
-        };
-        return Err(ClientError::Http { addr, code, message });
+        return Err(ClientError::Http { addr, code, message: refusal_message(text) });
     }
     serde_json::from_str(&text).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
 }
@@ -725,6 +1002,114 @@ mod tests {
         assert_eq!(line(&render_status(&moved), "listen "), "listen    127.0.0.5:24100 (bound 127.0.0.9:24100)");
         let mapped = Status { bound: Some("[::ffff:127.0.0.5]:24100".into()), ..joiner_status() };
         assert_eq!(line(&render_status(&mapped), "listen "), "listen    127.0.0.5:24100");
+    }
+
+    fn upgrade_now(height: u64, schedule: &[(u16, u64)], pending: &[(u16, u64)]) -> UpgradeStatus {
+        let plan = |(version, at): &(u16, u64)| PlanStatus {
+            version: *version,
+            height: *at,
+            can_run: *version <= 4,
+            wire_ready: true,
+            in_force: None,
+            approvals: None,
+            required: None,
+            expires_at_height: None,
+        };
+        UpgradeStatus {
+            height,
+            version: 3,
+            next_version: 3,
+            max_version: 4,
+            notice: 20,
+            wire_ready: true,
+            schedule: schedule.iter().map(|p| PlanStatus { in_force: Some(false), ..plan(p) }).collect(),
+            pending: pending
+                .iter()
+                .map(|p| PlanStatus {
+                    approvals: Some(vec!["ab".repeat(32)]),
+                    required: Some(3),
+                    expires_at_height: Some(1_100),
+                    ..plan(p)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_upgrade_cli_refuses_before_signing_a_plan_the_chain_would_refuse_or_the_verb_does_not_fit() {
+        let body = |version, height| UpgradeBody { version, height };
+        let fresh = upgrade_now(100, &[], &[]);
+        let scheduled = upgrade_now(100, &[(4, 200)], &[(5, 400)]);
+        // (what, status, plan, proposing, the refusal's start)
+        let table: Vec<(&str, &UpgradeStatus, UpgradeBody, bool, Option<&str>)> = vec![
+            ("a new plan far enough ahead", &fresh, body(4, 121), true, None),
+            (
+                "one height too near",
+                &fresh,
+                body(4, 120),
+                true,
+                Some("height 120 is too near: the chain is at height 100"),
+            ),
+            ("the genesis version", &fresh, body(3, 500), true, Some("protocol 3 is not above protocol 3")),
+            (
+                "the version scheduled",
+                &scheduled,
+                body(4, 500),
+                true,
+                Some("protocol 4 is not above protocol 4, the latest scheduled (from height 200)"),
+            ),
+            ("before the scheduled plan", &scheduled, body(6, 150), true, Some("height 150 is not after height 200")),
+            (
+                "proposing one proposed already",
+                &scheduled,
+                body(5, 400),
+                true,
+                Some("protocol 5 at height 400 is proposed already (1 of 3 approvals): approve it"),
+            ),
+            ("approving one that is pending", &scheduled, body(5, 400), false, None),
+            (
+                "approving one nobody proposed",
+                &scheduled,
+                body(6, 500),
+                false,
+                Some("no plan for protocol 6 at height 500 is collecting approvals"),
+            ),
+        ];
+        for (what, now, plan, proposing, want) in table {
+            match (check_plan(now, plan, proposing), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(start)) => assert!(e.starts_with(start), "{what}: {e}"),
+                (got, want) => panic!("{what}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn upgrade_status_shows_what_this_binary_runs_and_when_it_stops() {
+        let mut u = upgrade_now(150, &[(4, 100), (5, 200)], &[(6, 900)]);
+        u.version = 4;
+        u.next_version = 4;
+        u.schedule[0].in_force = Some(true);
+        u.wire_ready = false;
+        let text = render_upgrade(&u);
+        assert_eq!(line(&text, "protocol "), "protocol  4 in force; this binary runs up to protocol 4");
+        assert!(line(&text, "wire ").contains("proposers carry no plan until they are"), "{text}");
+        assert_eq!(line(&text, "scheduled protocol 4"), "scheduled protocol 4 from height 100: in force");
+        let stop = line(&text, "scheduled protocol 5");
+        assert!(
+            stop.starts_with("scheduled protocol 5 from height 200: in 49 blocks; this binary cannot run it"),
+            "{stop}"
+        );
+        let pending = line(&text, "pending ");
+        assert!(pending.contains("protocol 6 at height 900: 1 of 3 approvals, expires at height 1100"), "{pending}");
+        assert!(pending.contains("the last block that can complete it is 880"), "{pending}");
+        let json = serde_json::to_value(&u).unwrap();
+        for field in ["height", "version", "next_version", "max_version", "notice", "wire_ready", "schedule", "pending"]
+        {
+            assert!(json.get(field).is_some(), "{field} in {json}");
+        }
+        assert_eq!(json["schedule"][1]["can_run"], false);
+        assert_eq!(json["pending"][0]["required"], 3);
     }
 
     #[test]

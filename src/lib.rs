@@ -14,7 +14,7 @@
 //!   a pure state machine, the fjall store, the mempool, the producer's rules as
 //!   a pure driver ([`chain::driver`]) and the task that carries them out.
 //! * [`node`]: one running node: transport, producer, admin API, shutdown.
-//! * [`admin`]: `/status`, `/blocks`, `/tx`, `/members` over local HTTP behind
+//! * [`admin`]: `/status`, `/blocks`, `/tx`, `/members`, `/upgrade` over local HTTP behind
 //!   the Host rule, content types and the optional token ([`admin::guard`]), a
 //!   bounded accept loop ([`admin::server`]), and the client the CLI uses.
 //! * [`probe`]: readiness (`/ready`) and whether stopping a node keeps the

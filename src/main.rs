@@ -18,6 +18,11 @@ use masternode::node::{Node, NodeError, NodeOptions};
 /// EX_CONFIG from sysexits.h: a bad configuration or key. systemd's
 /// `RestartPreventExitStatus=78` keeps a misconfigured node from restart-looping.
 const EXIT_CONFIG: u8 = 78;
+/// The node stopped before the height of an upgrade plan whose protocol version
+/// this binary does not run (it wrote `upgrade-info.json`): only another
+/// binary helps, so the units keep it from restart-looping too
+/// (`RestartPreventExitStatus=78 3`).
+const EXIT_UPGRADE: u8 = 3;
 
 #[derive(Parser)]
 #[command(name = "masternode", version, about = "Masternode daemon: QUIC mesh and quorum-gated block production")]
@@ -87,6 +92,12 @@ enum Command {
     Member {
         #[command(subcommand)]
         action: MemberAction,
+    },
+    /// Schedule a change of the chain's rules (a protocol version from a height
+    /// on), or show the schedule.
+    Upgrade {
+        #[command(subcommand)]
+        action: UpgradeAction,
     },
     /// Show the member set and the changes collecting approvals.
     Members {
@@ -165,6 +176,40 @@ enum MemberAction {
     },
 }
 
+#[derive(Subcommand)]
+enum UpgradeAction {
+    /// Propose an upgrade plan, signed with this node's key: its first approval.
+    Propose {
+        /// The protocol version the chain's rules switch to.
+        #[arg(long)]
+        version: u16,
+        /// The first height under the new rules.
+        #[arg(long)]
+        height: u64,
+        #[command(flatten)]
+        target: PostTarget,
+    },
+    /// Approve a plan another member proposed, signed with this node's key.
+    Approve {
+        #[arg(long)]
+        version: u16,
+        #[arg(long)]
+        height: u64,
+        #[command(flatten)]
+        target: PostTarget,
+    },
+    /// Show the protocol version in force, the plans scheduled and those
+    /// collecting approvals. Exit 0, 1 when a scheduled version is one this
+    /// binary does not run, 2 when the node does not answer.
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print the /upgrade JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     masternode::tune_allocator();
     // Every TLS configuration names ring explicitly; installing it as the process
@@ -227,6 +272,13 @@ fn main() -> ExitCode {
             Command::Status { config, admin, json, can_stop: true } => can_stop(config, admin, json).await,
             Command::Member { action } => member(action).await,
             Command::Members { target, json } => members(target, json).await,
+            Command::Upgrade { action: UpgradeAction::Status { target, json } } => upgrade_status(target, json).await,
+            Command::Upgrade { action: UpgradeAction::Propose { version, height, target } } => {
+                upgrade_plan(masternode::admin::UpgradeBody { version, height }, true, target).await
+            }
+            Command::Upgrade { action: UpgradeAction::Approve { version, height, target } } => {
+                upgrade_plan(masternode::admin::UpgradeBody { version, height }, false, target).await
+            }
             Command::Devnet { nodes, duration, dir, json, base_ip, base_port } => {
                 let opts = masternode::devnet::DevnetOptions {
                     nodes,
@@ -298,6 +350,13 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
     if let Some(path) = std::env::var_os("MASTERNODE_FAULTS_FILE") {
         options.hooks.wrap_socket = Some(faults_from_file(path.into(), shutdown.clone()));
     }
+    // Rehearsals of an upgrade (test builds only): this process runs protocol
+    // versions up to this one instead of MAX_VERSION.
+    #[cfg(feature = "fault-injection")]
+    if let Some(max) = std::env::var("MASTERNODE_TEST_MAX_PROTOCOL").ok().and_then(|v| v.parse().ok()) {
+        tracing::warn!("MASTERNODE_TEST_MAX_PROTOCOL: this node runs protocol versions up to {max} (a rehearsal)");
+        options.max_protocol = Some(max);
+    }
     let node = match Node::start(cfg, options, shutdown.clone()).await {
         Ok(node) => node,
         // A data dir of a format this release cannot run on stays so across
@@ -311,16 +370,25 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
     spawn_signal_handler(shutdown.clone());
     masternode::service::ready();
     let supervisor = tokio::spawn(masternode::service::supervise(node.status_source(), shutdown.clone()));
-    node.stopped().await;
+    let finished = node.finished().await;
     if let Err(e) = supervisor.await {
         tracing::warn!("service supervisor ended abnormally: {e}");
     }
-    if node.failed() {
-        tracing::error!("stopped after a runtime failure");
-        return ExitCode::FAILURE;
+    match finished {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        // The producer logged the error line with what to do.
+        Err(NodeError::UpgradeNeeded(needed)) => {
+            tracing::info!("stopped: {needed}; exit code {EXIT_UPGRADE}");
+            ExitCode::from(EXIT_UPGRADE)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
     }
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
 }
 
 /// Cancels `stop` on SIGTERM or SIGINT.
@@ -439,6 +507,102 @@ async fn member(action: MemberAction) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `masternode upgrade propose|approve`: refuses what the chain would refuse
+/// (too near, not above what is scheduled) and what does not fit the verb
+/// before asking the node to sign; exit 0 once the node accepted its approval.
+async fn upgrade_plan(plan: masternode::admin::UpgradeBody, proposing: bool, target: PostTarget) -> ExitCode {
+    use masternode::admin::{check_plan, fetch_upgrade, post_upgrade, ClientError};
+    let (addr, token) = match post_target(target) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let now = match fetch_upgrade(addr, Duration::from_secs(5)).await {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(why) = check_plan(&now, plan, proposing) {
+        eprintln!("refused: {why}");
+        return ExitCode::FAILURE;
+    }
+    let (version, height) = (plan.version, plan.height);
+    match post_upgrade(addr, plan, token.as_ref(), Duration::from_secs(10)).await {
+        Ok(a) => {
+            let verb = if proposing { "proposed" } else { "approved" };
+            if a.approvals >= a.required {
+                println!(
+                    "{verb} upgrade to protocol {version} at height {height}: {} of {} approvals; scheduled once a \
+                     block carries them",
+                    a.approvals, a.required
+                );
+            } else {
+                let last = height.saturating_sub(now.notice).min(a.expires_at_height);
+                println!(
+                    "{verb} upgrade to protocol {version} at height {height}: {} of {} approvals so far; the other \
+                     members approve it with `masternode upgrade approve --version {version} --height {height}` \
+                     before block {last}, the last that can complete it",
+                    a.approvals, a.required
+                );
+            }
+            if version > now.max_version {
+                eprintln!(
+                    "note: this node's binary runs up to protocol {}: install a release that runs protocol {version} \
+                     before height {height}, or this node stops there",
+                    now.max_version
+                );
+            }
+            if !now.wire_ready {
+                eprintln!(
+                    "note: not every member is connected to this node at wire 4 or later (a node of 0.1.0, or one \
+                     away): proposers put no plan in a block until they are"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ ClientError::Http { code: 401, .. }) => {
+            eprintln!("error: {e} (give the node's admin token with --admin-token FILE, or use --config)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `masternode upgrade status`: exit 1 when the chain has scheduled a version
+/// this binary does not run (the node will stop at its height).
+async fn upgrade_status(target: AdminTarget, json: bool) -> ExitCode {
+    let hint = down_hint(target.config.as_deref().filter(|_| target.admin.is_none()));
+    let addr = match admin_addr(target.config, target.admin) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match masternode::admin::fetch_upgrade(addr, Duration::from_secs(5)).await {
+        Ok(u) => {
+            if json {
+                match serde_json::to_string_pretty(&u) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            } else {
+                print!("{}", masternode::admin::render_upgrade(&u));
+            }
+            if u.schedule.iter().any(|p| !p.can_run) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("down: {e}{hint}");
+            ExitCode::from(2)
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::chain::consensus::{self, Core, Timeouts};
 use crate::chain::driver::{ChangeRequest, DriverConfig, MembersView, Submitted};
 use crate::chain::links::{ChainMetrics, Links, Mailbox};
 use crate::chain::members::{Change, Membership, Params};
-use crate::chain::producer::{Parts, Producer};
+use crate::chain::producer::{Parts, Producer, ProducerError};
 use crate::chain::store::{Store, StoreError};
 use crate::config::{Network, NodeConfig};
 use crate::identity::NodeId;
@@ -42,6 +42,12 @@ pub enum NodeError {
     Store { path: std::path::PathBuf, source: StoreError },
     #[error("store in {path}: the membership recorded is of height {members}, the tip is {tip}")]
     MembershipMismatch { path: std::path::PathBuf, members: u64, tip: u64 },
+    /// The node stopped before the height of an upgrade plan its binary cannot
+    /// run; it wrote `upgrade-info.json` in its data dir.
+    #[error("stopped for an upgrade: {0}")]
+    UpgradeNeeded(#[from] crate::chain::upgrade::UpgradeNeeded),
+    #[error("stopped after a runtime failure (logged above)")]
+    Failed,
 }
 
 /// Keys TLS refuses that are no strangers: joiners whose add is collecting
@@ -113,6 +119,12 @@ pub struct NodeOptions {
     /// whose clocks are off). Never set in production.
     #[doc(hidden)]
     pub clock_skew_ms: i64,
+    /// The highest protocol version this node runs, in place of
+    /// [`crate::chain::rules::MAX_VERSION`]: rehearsals of an upgrade only
+    /// (a release that lacks a version, or a later one whose rules are the
+    /// latest this build has). Never set in production.
+    #[doc(hidden)]
+    pub max_protocol: Option<u16>,
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::stop`] or cancel the
@@ -128,6 +140,9 @@ pub struct Node {
     chain_metrics: Arc<ChainMetrics>,
     admin_stats: Arc<admin::AdminStats>,
     failed: Arc<AtomicBool>,
+    /// Set when the producer stopped before a height this binary cannot run.
+    upgrade_needed: Arc<std::sync::Mutex<Option<crate::chain::upgrade::UpgradeNeeded>>>,
+    max_version: u16,
     /// The producer's channels: the member view, change requests, transactions.
     producer: Mailbox,
     max_tx_bytes: usize,
@@ -226,6 +241,7 @@ impl Node {
         if height > 0 {
             chain_metrics.last_block_timestamp_ms.store(prev_ts, Ordering::Relaxed);
         }
+        let max_version = options.max_protocol.unwrap_or(crate::chain::rules::MAX_VERSION);
         let driver_cfg = DriverConfig {
             network_id: network.id,
             block_interval_ms: network.block_interval_ms,
@@ -234,6 +250,7 @@ impl Node {
             node_limits: cfg.limits,
             identity,
             bootstrap,
+            max_version,
         };
         let parts = Parts {
             store: store.clone(),
@@ -243,17 +260,28 @@ impl Node {
             tracker: tracker.clone(),
             links,
             clock_skew_ms: options.clock_skew_ms,
+            data_dir: cfg.data_dir.clone(),
         };
         let producer = Producer::new(core, driver_cfg, parts);
         let failed = Arc::new(AtomicBool::new(false));
+        let upgrade_needed = Arc::new(std::sync::Mutex::new(None));
         {
             let failed = failed.clone();
+            let upgrade_needed = upgrade_needed.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                if let Err(e) = producer.run(inbound, shutdown.clone()).await {
-                    tracing::error!("{e}");
-                    failed.store(true, Ordering::SeqCst);
-                    shutdown.cancel();
+                match producer.run(inbound, shutdown.clone()).await {
+                    Ok(()) => {}
+                    // Logged by the producer, with what to do.
+                    Err(ProducerError::UpgradeNeeded(needed)) => {
+                        *upgrade_needed.lock().unwrap_or_else(|p| p.into_inner()) = Some(needed);
+                        shutdown.cancel();
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        failed.store(true, Ordering::SeqCst);
+                        shutdown.cancel();
+                    }
                 }
             });
         }
@@ -274,6 +302,8 @@ impl Node {
             chain_metrics,
             admin_stats: Arc::default(),
             failed,
+            upgrade_needed,
+            max_version,
             producer: mailbox,
             max_tx_bytes: cfg.limits.mempool.max_tx_bytes,
             shutdown: shutdown.clone(),
@@ -319,6 +349,31 @@ impl Node {
     /// True if the node stopped because of a runtime failure (a failed store write).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
+    }
+
+    /// The plan this node stopped before, if it stopped for an upgrade.
+    pub fn upgrade_needed(&self) -> Option<crate::chain::upgrade::UpgradeNeeded> {
+        *self.upgrade_needed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest protocol version this node runs.
+    pub fn max_version(&self) -> u16 {
+        self.max_version
+    }
+
+    /// Waits until the node has stopped (as [`Self::stopped`]) and says why:
+    /// `Ok` for a shutdown asked for, [`NodeError::UpgradeNeeded`] when it
+    /// stopped before a height its binary cannot run, [`NodeError::Failed`]
+    /// after a runtime failure.
+    pub async fn finished(&self) -> Result<(), NodeError> {
+        self.stopped().await;
+        if let Some(needed) = self.upgrade_needed() {
+            return Err(NodeError::UpgradeNeeded(needed));
+        }
+        if self.failed() {
+            return Err(NodeError::Failed);
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -371,6 +426,7 @@ impl Node {
             chain: self.chain_metrics.clone(),
             admin: self.admin_stats.clone(),
             members: self.producer.members.clone(),
+            max_version: self.max_version,
         }
     }
 

@@ -330,6 +330,19 @@ pub fn address_mismatch(bound: SocketAddr, in_set: SocketAddr) -> Option<String>
     ))
 }
 
+/// A warning when the chain has scheduled a protocol version this binary
+/// (which runs up to `max_version`) cannot run, at a height after the tip: the
+/// node will stop there.
+pub fn upgrade_warning(schedule: &[crate::chain::members::Plan], tip: u64, max_version: u16) -> Option<String> {
+    let plan = schedule.iter().find(|p| p.version > max_version && p.height > tip)?;
+    let left = plan.height - tip - 1;
+    Some(format!(
+        "the chain switches to protocol {} at height {} ({left} blocks from now); this binary runs up to protocol \
+         {max_version}: install a release that does before then, or this node stops there",
+        plan.version, plan.height
+    ))
+}
+
 pub use crate::chain::mempool::Figures as MempoolFigures;
 
 /// Builds `/status` from the live parts of a node.
@@ -343,6 +356,8 @@ pub struct StatusSource {
     pub(crate) chain: Arc<ChainMetrics>,
     pub(crate) admin: Arc<crate::admin::AdminStats>,
     pub(crate) members: watch::Receiver<Arc<MembersView>>,
+    /// The highest protocol version this node runs.
+    pub(crate) max_version: u16,
 }
 
 impl StatusSource {
@@ -375,7 +390,18 @@ impl StatusSource {
         let others = view.membership.reachable().into_iter().filter(|(id, _)| *id != self.id).map(|(_, a)| a);
         s.warnings.extend(family_mismatch(self.peers.local_addr(), others));
         s.warnings.extend(in_set.and_then(|addr| address_mismatch(self.peers.local_addr(), addr)));
+        s.warnings.extend(upgrade_warning(view.membership.schedule(), tip.height, self.max_version));
         s
+    }
+
+    /// The highest protocol version this node runs.
+    pub fn max_version(&self) -> u16 {
+        self.max_version
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
     }
 
     /// The membership after the tip, and approvals waiting for a block.
@@ -575,6 +601,18 @@ mod tests {
         assert_eq!(address_mismatch(a("[::ffff:127.0.0.2]:24100"), a("127.0.0.2:24100")), None, "one address");
         assert_eq!(address_mismatch(a("0.0.0.0:24100"), a("203.0.113.7:24100")), None, "the wildcard reaches it");
         assert_eq!(address_mismatch(a("[::]:24100"), a("203.0.113.7:24200")), None, "a forwarded port, maybe");
+    }
+
+    #[test]
+    fn a_scheduled_version_this_binary_cannot_run_is_a_warning_until_the_height() {
+        use crate::chain::members::Plan;
+        let schedule = [Plan { version: 4, height: 50 }, Plan { version: 5, height: 100 }];
+        let w = upgrade_warning(&schedule, 60, 4).expect("protocol 5 is scheduled");
+        assert!(w.starts_with("the chain switches to protocol 5 at height 100 (39 blocks from now)"), "{w}");
+        assert!(w.contains("runs up to protocol 4"), "{w}");
+        assert_eq!(upgrade_warning(&schedule, 60, 5), None, "a binary that runs it");
+        assert!(upgrade_warning(&schedule, 10, 3).unwrap().contains("protocol 4 at height 50"), "the first first");
+        assert_eq!(upgrade_warning(&[], 60, 4), None);
     }
 
     #[test]

@@ -1,7 +1,15 @@
 //! The rolling upgrade from 0.1.0 to this release, as the README's runbook does
 //! it: four nodes of 0.1.0 (commit 31283ad) on distinct loopback addresses with
 //! 500 ms blocks, then one node at a time: stop it (SIGTERM), install this
-//! build, start it on the same data dir. Opt-in, as it needs 0.1.0 built:
+//! build, start it on the same data dir. Then the rules: an upgrade plan for
+//! protocol 4 scheduled with `masternode upgrade`, in force at its height on
+//! every node with no gap in the blocks; and a plan for protocol 5 that one
+//! node's binary lacks: it stops before the height (exit 3,
+//! `upgrade-info.json`, nothing signed there) while the three others go on,
+//! and catches up once restarted with a binary that runs it. No release runs
+//! protocol 5: the three nodes "upgraded" for it run this build with the
+//! rehearsal knob `MASTERNODE_TEST_MAX_PROTOCOL=5` (test builds only), under
+//! which version 5 has version 4's rules. Opt-in, as it needs 0.1.0 built:
 //!
 //!     cargo test --release --test upgrade -- --ignored --nocapture
 //!
@@ -281,4 +289,227 @@ async fn rolling_upgrade_from_0_1_0_keeps_the_chain_running_and_its_history() {
     }
     assert!(longest_gap.0 <= MAX_GAP_MS, "a gap of {} ms at block {}", longest_gap.0, longest_gap.1);
     assert!(errors.is_empty(), "no node logged an error");
+
+    upgrade_plans(&mut net).await;
+}
+
+/// Heights of notice the test gives a plan: about 15 s of blocks.
+const PLAN_AHEAD: u64 = 30;
+
+/// Runs `masternode ARGS`; exit code, stdout, stderr.
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+async fn upgrade_status(net: &Net, i: usize) -> Option<masternode::admin::UpgradeStatus> {
+    masternode::admin::fetch_upgrade(net.admins[i], Duration::from_secs(2)).await.ok()
+}
+
+async fn height_of(net: &Net, i: usize) -> u64 {
+    net.status(i).await.map_or(0, |s| s.height)
+}
+
+/// Polls `check` every 100 ms until it holds; panics with the logs after `deadline`.
+async fn until<F, Fut>(net: &Net, what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < deadline, "not within {deadline:?}: {what}\n{}", net.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Proposes `version` from `height` on at node `proposer` and approves it at
+/// the `approvers`, with the CLI, as operators do; every node then reports it
+/// scheduled.
+async fn schedule(net: &Net, version: u16, height: u64, proposer: usize, approvers: &[usize]) {
+    let (v, h) = (version.to_string(), height.to_string());
+    let config = |i: usize| net.configs[i].display().to_string();
+    let (code, out, err) = cli(&["upgrade", "propose", "--version", &v, "--height", &h, "--config", &config(proposer)]);
+    assert_eq!(code, Some(0), "propose on node {}: {out} {err}", proposer + 1);
+    for &i in approvers {
+        until(net, "the proposal reaches the approver", Duration::from_secs(10), || async {
+            upgrade_status(net, i)
+                .await
+                .is_some_and(|u| u.pending.iter().any(|p| p.version == version && p.height == height))
+        })
+        .await;
+        let (code, out, err) = cli(&["upgrade", "approve", "--version", &v, "--height", &h, "--config", &config(i)]);
+        assert_eq!(code, Some(0), "approve on node {}: {out} {err}", i + 1);
+    }
+    until(net, "the plan is scheduled at every node", Duration::from_secs(20), || async {
+        let mut all = true;
+        for i in 0..4 {
+            all &= upgrade_status(net, i)
+                .await
+                .is_some_and(|u| u.schedule.iter().any(|p| p.version == version && p.height == height));
+        }
+        all
+    })
+    .await;
+}
+
+/// The longest gap between the timestamps of consecutive blocks `from..=to`
+/// (node `i`'s copies), and the block after it.
+async fn longest_gap_between(net: &Net, i: usize, from: u64, to: u64) -> (u64, u64) {
+    let mut longest = (0, from);
+    let mut prev = block(net.admins[i], from).await.unwrap().1;
+    for h in from + 1..=to {
+        let ts = block(net.admins[i], h).await.unwrap().1;
+        if ts - prev > longest.0 {
+            longest = (ts - prev, h);
+        }
+        prev = ts;
+    }
+    longest
+}
+
+/// Restarts node `i` (SIGTERM, start) with `env`, and waits until it is meshed
+/// and caught up again.
+async fn restart_with(net: &mut Net, i: usize, env: &[(&str, &str)]) {
+    assert_eq!(net.stop(i, Duration::from_secs(10)).await, Some(0), "node {} stops cleanly", i + 1);
+    net.start_with_env(i, env);
+    until(net, "the restarted node is back", Duration::from_secs(60), || async {
+        let mut top = 0;
+        for j in (0..4).filter(|&j| j != i) {
+            top = top.max(height_of(net, j).await);
+        }
+        net.status(i).await.is_some_and(|s| s.peers.len() == 3 && s.height + 1 >= top)
+    })
+    .await;
+}
+
+async fn upgrade_plans(net: &mut Net) {
+    // Protocol 4, which every node runs.
+    let v4_height = height_of(net, 0).await + PLAN_AHEAD;
+    schedule(net, 4, v4_height, 0, &[1, 2]).await;
+    let v4_scheduled_at = height_of(net, 0).await;
+    until(net, "every node past the activation height", Duration::from_secs(60), || async {
+        let mut all = true;
+        for i in 0..4 {
+            all &= height_of(net, i).await >= v4_height + 5;
+        }
+        all
+    })
+    .await;
+    for i in 0..4 {
+        let u = upgrade_status(net, i).await.unwrap();
+        assert_eq!((u.version, u.max_version), (4, 4), "node {} applies protocol 4: {u:?}", i + 1);
+        assert!(u.schedule[0].in_force == Some(true) && u.schedule[0].can_run);
+        assert!(net.log(i).contains(&format!("protocol 4 in force from height {v4_height} on")), "node {}", i + 1);
+    }
+    let v4_gap = longest_gap_between(net, 0, v4_height - 5, v4_height + 5).await;
+    assert!(v4_gap.0 <= MAX_GAP_MS, "a gap of {} ms at block {} across the activation", v4_gap.0, v4_gap.1);
+
+    // Protocol 5: nodes 1 to 3 get a binary that runs it, node 4 keeps this one.
+    const RUNS_5: (&str, &str) = ("MASTERNODE_TEST_MAX_PROTOCOL", "5");
+    for i in 0..3 {
+        restart_with(net, i, &[RUNS_5]).await;
+    }
+    let stopping = 3;
+    let me = net.status(stopping).await.unwrap().node_id;
+    let v5_height = height_of(net, 0).await + PLAN_AHEAD;
+    schedule(net, 5, v5_height, 0, &[1, 2]).await;
+    let u = upgrade_status(net, stopping).await.unwrap();
+    assert!(!u.schedule.iter().find(|p| p.version == 5).unwrap().can_run, "{u:?}");
+    let warned = net.status(stopping).await.unwrap().warnings;
+    assert!(warned.iter().any(|w| w.contains(&format!("protocol 5 at height {v5_height}"))), "{warned:?}");
+    // From the moment the chain's tip is the height before the plan's to
+    // node 4's exit.
+    let mut at_tip: Option<Instant> = None;
+    let waiting = Instant::now();
+    let code = loop {
+        if let Some(status) = net.procs[stopping].as_mut().unwrap().try_wait().unwrap() {
+            net.procs[stopping] = None;
+            break status.code();
+        }
+        if at_tip.is_none() && height_of(net, 0).await + 1 >= v5_height {
+            at_tip = Some(Instant::now());
+        }
+        assert!(waiting.elapsed() < Duration::from_secs(90), "node 4 stops\n{}", net.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let stop_took = at_tip.map_or(Duration::ZERO, |t| t.elapsed());
+    assert_eq!(code, Some(3), "node 4 exits 3\n{}", net.log(stopping));
+    let data = net.dir.path().join("node4").join("data");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("upgrade-info.json")).unwrap()).unwrap();
+    assert_eq!((info["name"].as_str(), info["height"].as_u64()), (Some("protocol-5"), Some(v5_height)), "{info}");
+    let (stored_tip, last_signed) = {
+        let store = masternode::chain::store::Store::open(&data).unwrap();
+        (store.tip().unwrap().unwrap().height, store.last_signed().unwrap().unwrap())
+    };
+    assert_eq!(stored_tip, v5_height - 1, "node 4 stored the block before the plan's height");
+    assert!(last_signed.height < v5_height, "node 4 signed nothing at {v5_height}: {last_signed:?}");
+    let log = net.log(stopping);
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("\"ERROR\"")).collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].contains(&format!("stopping before height {v5_height}")), "{}", errors[0]);
+    let warned_once =
+        format!("the chain switches to protocol 5 at height {v5_height}; this binary runs up to protocol 4");
+    let warnings = log.lines().filter(|l| l.contains("\"WARN\"") && l.contains(&warned_once)).count();
+    assert_eq!(warnings, 1, "warned once");
+    // The three others keep the chain going.
+    until(net, "the three others past the height", Duration::from_secs(60), || async {
+        let mut all = true;
+        for i in 0..3 {
+            all &= height_of(net, i).await >= v5_height + 5;
+        }
+        all
+    })
+    .await;
+    let v5_gap = longest_gap_between(net, 0, v5_height - 5, v5_height + 5).await;
+    assert!(v5_gap.0 <= MAX_GAP_MS, "a gap of {} ms at block {} as node 4 stopped", v5_gap.0, v5_gap.1);
+    assert_eq!(upgrade_status(net, 0).await.unwrap().version, 5);
+
+    // Node 4 with a binary that runs protocol 5: it catches up and signs again.
+    let back = Instant::now();
+    net.start_with_env(stopping, &[RUNS_5]);
+    let signed_again = loop {
+        let top = height_of(net, 0).await;
+        let caught_up = height_of(net, stopping).await + 2 >= top;
+        let signers = masternode::admin::http_get(net.admins[0], &format!("/blocks/{top}"), Duration::from_secs(2))
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .map(|b| b["signers"].to_string())
+            .unwrap_or_default();
+        if caught_up && signers.contains(&me) {
+            break top;
+        }
+        assert!(back.elapsed() < Duration::from_secs(60), "node 4 catches up and signs\n{}", net.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let back_took = back.elapsed();
+    println!(
+        "  protocol 4: scheduled by block {v4_scheduled_at} for height {v4_height}, in force on all four; longest gap \
+         between blocks {}..={} {} ms (block {})",
+        v4_height - 5,
+        v4_height + 5,
+        v4_gap.0,
+        v4_gap.1
+    );
+    println!(
+        "  protocol 5 (nodes 1-3 run it, node 4 not): node 4 exited 3 {} ms after node 1's tip reached {}, stored tip {}, \
+         last signed height {} round {}; longest gap between blocks {}..={} {} ms (block {}); node 4 restarted \
+         with protocol 5 signed block {signed_again} {} ms later",
+        stop_took.as_millis(),
+        v5_height - 1,
+        stored_tip,
+        last_signed.height,
+        last_signed.round,
+        v5_height - 5,
+        v5_height + 5,
+        v5_gap.0,
+        v5_gap.1,
+        back_took.as_millis()
+    );
 }

@@ -63,6 +63,14 @@
 //! * **Reports.** A misbehaviour or failure is logged at warn the first time per
 //!   culprit and kind, at debug after that; at most [`MAX_REPORTED`] are
 //!   remembered.
+//! * **Upgrade plans.** A proposer puts approvals of upgrade plans in its block
+//!   only while every member of the height's set is connected at a wire version
+//!   that decodes them ([`members::may_carry_plans`] over the wire versions the
+//!   shell hands in with [`Driver::handle_wire_versions`]). After every block,
+//!   and at start, the schedule goes to [`super::upgrade`]: warnings about
+//!   plans this binary cannot run, and, when the next height is one of them,
+//!   [`Effect::Halt`] after the block's `Commit`: the driver starts no height
+//!   it cannot run, signs nothing more and takes no further input.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -73,13 +81,15 @@ use super::clock::{self, ClockConfig, ClockEstimator, ClockEvent};
 use super::compact::{self, Assembly, CompactError, CompactProposal, FillError, RebuildLimits, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
 use super::members::{
-    Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, PendingView, SignedApproval,
+    self, Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, PendingView, Plan,
+    SignedApproval,
 };
 use super::mempool::{AddError, Figures, Mempool};
 use super::message::{self, Message, TooLarge};
 use super::misbehaviour::Misbehaviour;
 use super::quorum::{self, Quorum};
 use super::sync::{Failure, Outcome, SyncConfig, SyncPlanner, TokenBucket};
+use super::upgrade::{self, UpgradeWatch};
 use super::vote::{Committed, Lock, SignRecord};
 use crate::codec::FrameError;
 use crate::config::NodeLimits;
@@ -118,6 +128,10 @@ pub struct DriverConfig {
     /// Members to reach besides those the chain names, for as long as the node
     /// runs (the transport starts with the same list).
     pub bootstrap: Vec<(NodeId, SocketAddr)>,
+    /// The highest protocol version this node runs: [`super::rules::MAX_VERSION`]
+    /// (a rehearsal may set another); it stops before the height of a plan
+    /// for a later one.
+    pub max_version: u16,
 }
 
 /// The shell's name for an inbound request, carried by its answer.
@@ -154,6 +168,11 @@ pub enum Effect {
     SetMembers(Vec<(NodeId, SocketAddr)>),
     /// The member view changed (for `/members` and `/status`).
     PublishMembers(Arc<MembersView>),
+    /// The next height is `plan`'s, whose version this node does not run
+    /// (`max_version` is the highest it does): stop, with everything before
+    /// this effect carried out. The driver signs nothing more and takes no
+    /// further input.
+    Halt { plan: Plan, max_version: u16 },
 }
 
 /// A `Blocks` answer and its body's size.
@@ -203,6 +222,12 @@ pub enum ChangeRequest {
     /// This node's own new address.
     SetAddr {
         addr: SocketAddr,
+    },
+    /// An upgrade plan: protocol `version` from `height` on (the first
+    /// approval proposes it).
+    Upgrade {
+        version: u16,
+        height: Height,
     },
 }
 
@@ -353,11 +378,16 @@ pub struct Driver {
     reported: HashSet<(Option<NodeId>, &'static str)>,
     misbehaviour: u64,
     blocks_synced: u64,
+    /// The connected peers' wire versions, as the shell last handed them in.
+    wire: BTreeMap<NodeId, u16>,
+    upgrades: UpgradeWatch,
+    /// The plan this node stopped before, once it did.
+    halted: Option<Plan>,
 }
 
 impl Driver {
     /// A driver around `core`, whose current height it starts (`core.start`).
-    pub fn new(mut core: Core, cfg: DriverConfig, now: Now) -> Driver {
+    pub fn new(core: Core, cfg: DriverConfig, now: Now) -> Driver {
         let membership = core.membership().clone();
         let height = core.height();
         let members = core.members_at(height);
@@ -366,8 +396,10 @@ impl Driver {
             ..ClockConfig::default()
         });
         let member = members.contains(&core.id());
-        let start = core.start(now.wall_ms);
         let mut driver = Driver {
+            upgrades: UpgradeWatch::new(cfg.max_version),
+            wire: BTreeMap::new(),
+            halted: None,
             member,
             reachable: membership.reachable_with(&cfg.bootstrap),
             members_view: Arc::new(MembersView { membership, waiting: Vec::new() }),
@@ -393,7 +425,15 @@ impl Driver {
             blocks_synced: 0,
         };
         driver.mempool_follows_chain(height - 1, &[]);
-        driver.drive(start, false, now);
+        // A node restarted before (or past) a height it cannot run stops
+        // again without starting it.
+        match driver.follow_upgrades() {
+            Some(halt) => driver.effects.push_back(halt),
+            None => {
+                let start = driver.core.start(now.wall_ms);
+                driver.drive(start, false, now);
+            }
+        }
         driver
     }
 
@@ -403,8 +443,11 @@ impl Driver {
     }
 
     /// When [`Self::handle_timeout`] next has something to do (mono ms): a core
-    /// timer, a fetch deadline, or the housekeeping tick.
+    /// timer, a fetch deadline, or the housekeeping tick; never once halted.
     pub fn poll_timeout(&self) -> Option<u64> {
+        if self.halted.is_some() {
+            return None;
+        }
         let timer = self.timers.keys().next().map(|(at, _)| *at);
         let fetch = self.fetches.values().map(|f| f.deadline_ms).min();
         [timer, fetch, Some(self.next_tick_ms)].into_iter().flatten().min()
@@ -454,6 +497,9 @@ impl Driver {
     /// Fires every timer due at `now`: core timeouts, fetch deadlines, and the
     /// housekeeping tick (rebroadcast, sync hedges).
     pub fn handle_timeout(&mut self, now: Now) {
+        if self.halted.is_some() {
+            return;
+        }
         while let Some(entry) = self.timers.first_entry() {
             if entry.key().0 > now.mono_ms {
                 break;
@@ -475,6 +521,9 @@ impl Driver {
     /// The transport's connected peers are now `connected`: the gate is
     /// recomputed.
     pub fn handle_connected(&mut self, connected: BTreeSet<NodeId>, now: Now) {
+        if self.halted.is_some() {
+            return;
+        }
         self.gate.connected = connected;
         let out = self.check_quorum(now);
         self.drive(out, false, now);
@@ -485,12 +534,17 @@ impl Driver {
     /// knows it). It missed what we signed at this height and the approvals
     /// waiting for a block: both are sent again.
     pub fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
+        if self.halted.is_some() {
+            return;
+        }
         self.last_heard.insert(id, now.mono_ms);
         for m in self.core.own_messages() {
             self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m) });
         }
         // Approvals waiting for a block: the peer may propose the next one.
-        for sa in self.approvals.iter() {
+        // Those of plans too, which the transport sends only at a wire
+        // version that decodes them.
+        for sa in self.approvals.held() {
             self.effects.push_back(Effect::Send { to: id, msg: Message::Approval(sa.clone()) });
         }
         if let Some(height) = tip {
@@ -506,6 +560,9 @@ impl Driver {
 
     /// A message from `from`'s gossip stream.
     pub fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
+        if self.halted.is_some() {
+            return;
+        }
         // A peer counts as heard when it takes part in consensus here and now: a
         // vote or proposal for our height or the one before. Anything else (a
         // flood of junk, far-future messages) says nothing about whether it will
@@ -580,6 +637,9 @@ impl Driver {
         let mut applied: usize = 0;
         let mut invalid = false;
         for c in blocks {
+            if self.halted.is_some() {
+                break;
+            }
             let before = self.core.height();
             if c.block.height() < before {
                 continue; // another peer's answer got there first
@@ -596,6 +656,9 @@ impl Driver {
         if applied > 0 {
             tracing::info!(peer = %peer.short(), "caught up {applied} block(s): heights {first}..{}", first + applied as u64 - 1);
         }
+        if self.halted.is_some() {
+            return;
+        }
         self.sync_outcome(peer, Outcome::Blocks { blocks: count, bytes, applied, invalid }, "", now);
         self.fetch_due(now);
     }
@@ -611,6 +674,9 @@ impl Driver {
         result: Result<Vec<Vec<u8>>, RequestFailure>,
         now: Now,
     ) {
+        if self.halted.is_some() {
+            return;
+        }
         self.fetches.remove(&(height, round));
         let Some(mut assembly) = self.waiting.take(height, round) else { return };
         let missing = assembly.missing_ids().len();
@@ -652,10 +718,11 @@ impl Driver {
     pub fn handle_change(&mut self, request: ChangeRequest, _now: Now) -> Result<Submitted, ChangeError> {
         let result = self.approve(request);
         if let Ok(s) = &result {
+            let what = if s.change.plan().is_some() { "upgrade plan" } else { "member change" };
             tracing::info!(
                 approvals = s.approvals,
                 required = s.required,
-                "approved member change: {} ({} of {} approvals)",
+                "approved {what}: {} ({} of {} approvals)",
                 s.change,
                 s.approvals,
                 s.required
@@ -672,6 +739,11 @@ impl Driver {
     fn drive(&mut self, outputs: Vec<Output>, synced: bool, now: Now) {
         let mut work: VecDeque<Output> = outputs.into();
         while let Some(o) = work.pop_front() {
+            // What the core does after the block before a height this node
+            // cannot run (start it, sign in it) is never carried out.
+            if self.halted.is_some() {
+                return;
+            }
             match o {
                 Output::Sign { record, message, lock } => {
                     let gossip = gossip_form(&message);
@@ -685,6 +757,7 @@ impl Driver {
                 }
                 Output::NeedValue { height, round } => {
                     let limits = self.cfg.limits;
+                    self.approvals.set_carry_plans(self.may_carry_plans(height));
                     let txs = self.mempool.take(limits.max_block_txs, limits.max_block_bytes);
                     let changes = if self.approvals.is_empty() {
                         Vec::new()
@@ -753,6 +826,12 @@ impl Driver {
                 done.change,
                 done.in_force
             );
+        }
+        if let Some(halt) = self.follow_upgrades() {
+            // Peers learn how far this node got; nothing of the next height.
+            self.effects.push_back(Effect::Broadcast(Message::Tip { height, hash, time_ms: now.wall_ms }));
+            self.effects.push_back(halt);
+            return Vec::new();
         }
         let out = self.after_block(now);
         self.prune_waiting(self.core.height(), 0);
@@ -942,7 +1021,7 @@ impl Driver {
                 // After any announcement of ours still waiting for a block.
                 let waiting = self
                     .approvals
-                    .iter()
+                    .held()
                     .filter_map(|sa| match sa.approval.change {
                         Change::SetAddr { id, seq, .. } if id == me => Some(seq),
                         _ => None,
@@ -951,6 +1030,7 @@ impl Driver {
                     .unwrap_or(0);
                 Change::SetAddr { id: me, addr: crate::net::canonical(addr), seq: info.addr_seq.max(waiting) + 1 }
             }
+            ChangeRequest::Upgrade { version, height } => Change::Upgrade { version, height },
         };
         // Two members on one address is an operator's mistake worth refusing
         // here; the chain cannot refuse it (genesis addresses are outside the
@@ -992,9 +1072,77 @@ impl Driver {
     }
 
     fn publish_members(&mut self) {
-        let waiting = self.approvals.iter().map(|sa| sa.approval.clone()).collect();
+        let waiting = self.approvals.held().map(|sa| sa.approval.clone()).collect();
         self.members_view = Arc::new(MembersView { membership: self.core.membership().clone(), waiting });
         self.effects.push_back(Effect::PublishMembers(self.members_view.clone()));
+    }
+}
+
+/// Upgrade plans: the proposer policy for carrying them, and what their
+/// schedule means for this node.
+impl Driver {
+    /// The transport's connected peers now speak these wire versions (handed in
+    /// whenever the connected set changes): what the proposer policy for
+    /// upgrade plans goes by.
+    pub fn handle_wire_versions(&mut self, wire: BTreeMap<NodeId, u16>, _now: Now) {
+        self.wire = wire;
+    }
+
+    /// The plan this node stopped before, once it did ([`Effect::Halt`]).
+    pub fn halted(&self) -> Option<Plan> {
+        self.halted
+    }
+
+    /// Whether a block this node proposes at `height` may carry approvals of
+    /// upgrade plans: every other member of that height's set is connected at a
+    /// wire version that decodes them.
+    fn may_carry_plans(&self, height: Height) -> bool {
+        members::may_carry_plans(self.core.members_at(height), self.core.id(), &self.wire)
+    }
+
+    /// Tells the operator what the schedule means for this binary, once per
+    /// plan and stage; when the next height is one this node cannot run,
+    /// halts and returns the [`Effect::Halt`] for the caller to queue.
+    fn follow_upgrades(&mut self) -> Option<Effect> {
+        let tip = self.core.height() - 1;
+        let steps = self.upgrades.handle_tip(tip, self.core.membership().schedule());
+        for step in steps {
+            match step {
+                upgrade::Step::Unsupported { plan, blocks_left, max_version, reminder: false } => tracing::warn!(
+                    version = plan.version,
+                    height = plan.height,
+                    blocks_left,
+                    "the chain switches to protocol {} at height {}; this binary runs up to protocol {max_version}: \
+                     install a release that does before height {} ({blocks_left} blocks from now), or this node \
+                     stops there",
+                    plan.version,
+                    plan.height,
+                    plan.height
+                ),
+                upgrade::Step::Unsupported { plan, blocks_left, max_version, reminder: true } => tracing::warn!(
+                    version = plan.version,
+                    height = plan.height,
+                    blocks_left,
+                    "{blocks_left} blocks left before height {}, where the chain switches to protocol {}; this \
+                     binary runs up to protocol {max_version}: install a release that does now, or this node \
+                     stops there",
+                    plan.height,
+                    plan.version
+                ),
+                upgrade::Step::Activates { plan } => tracing::info!(
+                    version = plan.version,
+                    height = plan.height,
+                    "protocol {} in force from height {} on",
+                    plan.version,
+                    plan.height
+                ),
+                upgrade::Step::Halt { plan, max_version } => {
+                    self.halted = Some(plan);
+                    return Some(Effect::Halt { plan, max_version });
+                }
+            }
+        }
+        None
     }
 }
 

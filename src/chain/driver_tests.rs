@@ -33,6 +33,16 @@ fn identities(n: usize) -> Vec<Arc<Identity>> {
 
 /// The driver of member `me` of the genesis set `ids`, at height 1.
 fn driver_with(ids: &[Arc<Identity>], me: &Arc<Identity>, bootstrap: Vec<(NodeId, SocketAddr)>) -> Driver {
+    driver_running(ids, me, bootstrap, crate::chain::rules::MAX_VERSION)
+}
+
+/// [`driver_with`] for a binary that runs protocol versions up to `max_version`.
+fn driver_running(
+    ids: &[Arc<Identity>],
+    me: &Arc<Identity>,
+    bootstrap: Vec<(NodeId, SocketAddr)>,
+    max_version: u16,
+) -> Driver {
     let members = Membership::of_ids(&ids.iter().map(|i| i.id()).collect::<Vec<_>>(), 3);
     let cfg = consensus::Config {
         network_id: NET,
@@ -50,6 +60,7 @@ fn driver_with(ids: &[Arc<Identity>], me: &Arc<Identity>, bootstrap: Vec<(NodeId
         node_limits: NodeLimits::default(),
         identity: me.clone(),
         bootstrap,
+        max_version,
     };
     Driver::new(core, cfg, at(T0))
 }
@@ -143,7 +154,13 @@ struct Net {
 impl Net {
     fn new(n: usize) -> Net {
         let ids = identities(n);
-        let mut drivers: Vec<Driver> = (0..n).map(|i| driver(&ids, i)).collect();
+        let drivers: Vec<Driver> = (0..n).map(|i| driver(&ids, i)).collect();
+        Net::of(ids, drivers)
+    }
+
+    /// The drivers of `ids`, in their order, connected to each other.
+    fn of(ids: Vec<Arc<Identity>>, mut drivers: Vec<Driver>) -> Net {
+        let n = ids.len();
         for (i, d) in drivers.iter_mut().enumerate() {
             d.handle_connected(others(&ids, i), at(T0));
         }
@@ -656,4 +673,160 @@ fn a_fetch_ends_with_its_assembly() {
     d.prune_waiting(2, 0);
     assert_eq!(effects(&mut d), [Effect::CancelTxs { height: 1, round: 1 }]);
     assert_eq!((held(&d), d.stats(at(T0)).compact_waiting_bytes), (0, 0));
+}
+
+/// Hands every driver of `net` its peers' wire versions: `wire(observer, peer)`.
+fn hand_wire(net: &mut Net, wire: impl Fn(usize, usize) -> u16) {
+    let n = net.ids.len();
+    for i in 0..n {
+        let seen = (0..n).filter(|j| *j != i).map(|j| (net.ids[j].id(), wire(i, j))).collect();
+        net.drivers[i].handle_wire_versions(seen, at(net.now));
+    }
+}
+
+/// Whether any block `net` committed carries an upgrade plan's approval.
+fn carried_a_plan(net: &Net) -> bool {
+    net.log.iter().flatten().any(|e| {
+        matches!(e, Effect::Commit { committed, .. }
+            if committed.block.header.changes.iter().any(|sa| sa.approval.change.plan().is_some()))
+    })
+}
+
+#[test]
+fn a_plan_goes_into_a_block_only_while_every_member_speaks_a_wire_that_decodes_it() {
+    let mut net = Net::new(4);
+    // Member 3 runs 0.1.0 (wire 3) as every other member sees it; it sees
+    // member 0 so (it would carry nothing of this release either way).
+    hand_wire(&mut net, |i, j| if j == 3 || (i == 3 && j == 0) { 3 } else { 4 });
+    let plan = Change::Upgrade { version: 4, height: 80 };
+    for i in 0..3 {
+        let s = net.drivers[i].handle_change(ChangeRequest::Upgrade { version: 4, height: 80 }, at(net.now)).unwrap();
+        assert_eq!((s.change.clone(), s.required), (plan.clone(), 3));
+        assert_eq!(s.approvals, i + 1, "the approvals gossiped before count, and are shown");
+        net.settle();
+    }
+    net.run_until("twelve blocks", |n| n.drivers.iter().all(|d| d.height() > 12));
+    assert!(!carried_a_plan(&net), "no proposer put the plan in a block while a member spoke wire 3");
+    for d in &net.drivers {
+        assert!(d.core().membership().schedule().is_empty());
+        let pending = d.members_view().pending();
+        assert!(pending.iter().any(|p| p.change == plan && p.approvals.len() == 3), "held and shown: {pending:?}");
+    }
+    // Member 3 upgraded: everyone speaks 4.
+    hand_wire(&mut net, |_, _| 4);
+    let from = net.drivers[0].height();
+    net.run_until("the plan scheduled everywhere", |n| {
+        n.drivers.iter().all(|d| !d.core().membership().schedule().is_empty())
+    });
+    assert!(carried_a_plan(&net));
+    for d in &net.drivers {
+        assert_eq!(d.core().membership().schedule(), &[Plan { version: 4, height: 80 }]);
+        assert!(d.height() <= from + 2, "the next block carried it: from {from} to {}", d.height());
+    }
+}
+
+#[test]
+fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_signs_nothing_there() {
+    use crate::chain::rules::MAX_VERSION;
+    let ids = identities(4);
+    let drivers: Vec<Driver> =
+        (0..4).map(|i| driver_running(&ids, &ids[i], Vec::new(), if i == 3 { 3 } else { MAX_VERSION })).collect();
+    let mut net = Net::of(ids.clone(), drivers);
+    hand_wire(&mut net, |_, _| 4);
+    let plan = Plan { version: 4, height: 30 };
+    let ((), lines) = logs(|| {
+        for i in 0..3 {
+            net.drivers[i].handle_change(ChangeRequest::Upgrade { version: 4, height: 30 }, at(net.now)).unwrap();
+            net.settle();
+        }
+        net.run_until("the others past the plan's height", |n| n.drivers[..3].iter().all(|d| d.height() > 33));
+    });
+    // The capped node: block 29 stored, then the halt, and nothing after it.
+    let log = &net.log[3];
+    let halt = log.iter().position(|e| matches!(e, Effect::Halt { .. })).expect("it halted");
+    assert_eq!(log[halt], Effect::Halt { plan, max_version: 3 });
+    assert_eq!(halt, log.len() - 1, "nothing after the halt: {:?}", &log[halt..]);
+    let stored: Vec<Height> = log
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Commit { committed, .. } => Some(committed.block.height()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored.last(), Some(&29), "the block before the plan's height is stored");
+    let signed_at_30 = log.iter().any(|e| {
+        matches!(e, Effect::Persist { record, .. } if record.height >= 30)
+            || matches!(e, Effect::Broadcast(Message::Vote(v)) if v.vote.height >= 30)
+            || matches!(e, Effect::Broadcast(Message::CompactProposal(p)) if p.height >= 30)
+    });
+    assert!(!signed_at_30, "nothing signed at height 30");
+    assert_eq!(net.drivers[3].halted(), Some(plan));
+    net.drivers[3].handle_timeout(at(net.now + 60_000));
+    assert!(effects(&mut net.drivers[3]).is_empty(), "a halted driver takes no input");
+    // The others kept the quorum with three of four.
+    assert!(net.drivers[..3].iter().all(|d| d.height() > 33 && d.halted().is_none()));
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    let first = "the chain switches to protocol 4 at height 30; this binary runs up to protocol 3";
+    assert_eq!(count(first), 1, "warned once when the plan was scheduled: {lines:#?}");
+    assert_eq!(count("blocks left before height 30, where the chain switches to protocol 4"), 1, "reminded once");
+    assert_eq!(count("protocol 4 in force from height 30 on"), 3, "each node that runs it says so once");
+
+    // Restarted on what it stored: the same binary stops again at once, one
+    // that runs protocol 4 starts height 30.
+    let last = log
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Effect::Commit { committed, .. } => Some(committed.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let membership = net.drivers[3].core().membership().clone();
+    let restart = |max_version: u16| {
+        let cfg = consensus::Config {
+            network_id: NET,
+            members: membership.clone(),
+            block_interval_ms: INTERVAL,
+            limits: Limits::default(),
+            timeouts: Timeouts::for_interval(INTERVAL),
+        };
+        let core = Core::new(cfg, ids[3].clone(), 30, last.block.hash(), last.block.header.timestamp_ms, None);
+        let cfg = DriverConfig {
+            network_id: NET,
+            block_interval_ms: INTERVAL,
+            min_active: 3,
+            limits: Limits::default(),
+            node_limits: NodeLimits::default(),
+            identity: ids[3].clone(),
+            bootstrap: Vec::new(),
+            max_version,
+        };
+        Driver::new(core, cfg, at(net.now))
+    };
+    // A node far behind with the same binary syncs up to the height and no
+    // further, whatever an answer holds.
+    let chain: Vec<_> = net.log[0]
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Commit { committed, .. } => Some(committed.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(chain.len() > 30, "blocks past the height to offer");
+    let mut behind = driver_running(&ids, &ids[3], Vec::new(), 3);
+    effects(&mut behind);
+    behind.handle_blocks(ids[0].id(), Ok(BlocksAnswer { blocks: chain, bytes: 100_000 }), at(net.now));
+    let out = effects(&mut behind);
+    let synced = out.iter().filter(|e| matches!(e, Effect::Commit { synced: true, .. })).count();
+    assert_eq!((synced, behind.height()), (29, 30), "blocks 1 to 29 applied, 30 and on left alone");
+    assert_eq!(out.last(), Some(&Effect::Halt { plan, max_version: 3 }));
+    assert!(!out.iter().any(|e| matches!(e, Effect::RequestBlocks { .. } | Effect::Persist { .. })));
+
+    let mut same = restart(3);
+    assert_eq!(effects(&mut same), [Effect::Halt { plan, max_version: 3 }]);
+    assert!(timers(&same).is_empty(), "height 30 never starts");
+    let (mut upgraded, lines) = logs(|| restart(4));
+    assert!(effects(&mut upgraded).iter().all(|e| !matches!(e, Effect::Halt { .. })));
+    assert_eq!(timers(&upgraded).first().map(|(_, t)| *t), Some(Timeout::StartHeight { height: 30 }));
+    assert_eq!(lines.iter().filter(|l| l.contains("protocol 4 in force from height 30 on")).count(), 1);
 }

@@ -783,6 +783,14 @@ impl ApprovalPool {
         self.items.values().filter(move |sa| carry || sa.approval.change.plan().is_none())
     }
 
+    /// Every approval held, those of upgrade plans too: what this node shows
+    /// (`/members`, `/upgrade`) and relays to peers that connect (the
+    /// transport sends a plan's approval only to peers whose wire version
+    /// decodes it).
+    pub fn held(&self) -> impl Iterator<Item = &SignedApproval> {
+        self.items.values()
+    }
+
     /// Whether approvals of upgrade plans are on offer: the proposer policy's
     /// answer ([`may_carry_plans`]) for the connected peers, set before each
     /// proposal.

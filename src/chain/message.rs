@@ -294,6 +294,19 @@ impl Message {
         }
     }
 
+    /// The part of a `Blocks` answer (blocks from the height asked, in order) a
+    /// peer at wire version `wire` decodes: the blocks before the first that
+    /// carries what it cannot decode (an upgrade plan's approval, for wire 3).
+    /// A peer of 0.1.0 asking past such a block gets what comes before it; one
+    /// asking from it gets nothing, which the caller answers with a refusal.
+    pub fn blocks_for_wire(mut blocks: Vec<Committed>, wire: u16) -> Vec<Committed> {
+        let plans = |c: &Committed| c.block.header.changes.iter().any(|sa| sa.approval.change.plan().is_some());
+        let needs = |c: &Committed| if plans(c) { UPGRADE_WIRE } else { WIRE.min };
+        let decodable = blocks.iter().position(|c| needs(c) > wire).unwrap_or(blocks.len());
+        blocks.truncate(decodable);
+        blocks
+    }
+
     /// Decodes a frame body the transport delivered.
     pub fn decode(body: &[u8]) -> Result<Message, FrameError> {
         codec::decode_body(body)
@@ -398,6 +411,44 @@ mod tests {
         assert_eq!(approval(Change::Remove { id: NodeId([2; 32]) }).wire(), 3, "0.1.0 decodes the rest");
         assert_eq!(Message::Tx(vec![1]).wire(), 3);
         assert!(WIRE.contains(UPGRADE_WIRE), "this release speaks the version it needs");
+    }
+
+    #[test]
+    fn a_peer_of_wire_3_is_sent_the_blocks_before_the_first_that_carries_a_plan() {
+        use crate::chain::block::{tx_root, Block, Header};
+        use crate::chain::members::{Approval, Change};
+        use crate::chain::vote::Certificate;
+        use crate::identity::Identity;
+        let identity = Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[1; 32])).unwrap();
+        let block = |height: Height, change: Option<Change>| {
+            let changes: Vec<_> = change
+                .into_iter()
+                .map(|change| {
+                    Approval { change, approver: identity.id(), signed_at: height - 1 }.sign(&[0; 32], &identity)
+                })
+                .collect();
+            let header = Header {
+                height,
+                round: 0,
+                prev_hash: Hash([0; 32]),
+                timestamp_ms: height,
+                proposer: identity.id(),
+                tx_root: tx_root(&[]),
+                changes,
+            };
+            let block = Block { header, txs: vec![] };
+            let cert = Certificate { height, round: 0, block: block.hash(), precommits: vec![] };
+            Committed { block, cert }
+        };
+        let member = Change::Remove { id: crate::identity::NodeId([2; 32]) };
+        let plan = Change::Upgrade { version: 4, height: 100 };
+        let chain = vec![block(1, None), block(2, Some(member)), block(3, Some(plan)), block(4, None)];
+        let heights = |blocks: Vec<Committed>| blocks.iter().map(|c| c.block.height()).collect::<Vec<_>>();
+        assert_eq!(heights(Message::blocks_for_wire(chain.clone(), 3)), vec![1, 2], "up to the plan's block");
+        assert_eq!(heights(Message::blocks_for_wire(chain[2..].to_vec(), 3)), Vec::<u64>::new(), "from it: none");
+        assert_eq!(heights(Message::blocks_for_wire(chain[3..].to_vec(), 3)), vec![4], "after it: harmless");
+        assert_eq!(heights(Message::blocks_for_wire(chain.clone(), 4)), vec![1, 2, 3, 4]);
+        assert_eq!(Message::Blocks(Message::blocks_for_wire(chain, 3)).wire(), 3, "what is left decodes at 3");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! * [`store`]: blocks, certificates and the last signed vote in fjall.
 //! * [`quorum`]: the quorum rules: the vote threshold and the gate.
 //! * [`rules`]: the protocol versions and the rules each brings.
+//! * [`upgrade`]: upgrade plans as one node lives them: its warnings, and the
+//!   stop before a height whose version its binary does not run.
 //! * [`sync`]: catch-up planning (which peer, which blocks, what a response
 //!   says about its sender) and a token bucket, without IO.
 //! * [`mempool`]: transactions waiting for a block.
@@ -40,4 +42,5 @@ pub mod quorum;
 pub mod rules;
 pub mod store;
 pub mod sync;
+pub mod upgrade;
 pub mod vote;

@@ -31,9 +31,10 @@ use super::block::{Hash, Height, Round};
 use super::consensus::Core;
 use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Now, RequestFailure, RequestId};
 use super::links::{ChainMetrics, Held, Links, MemberRequest, TxRequest};
-use super::members::MembershipState;
+use super::members::{MembershipState, Plan};
 use super::message::Message;
 use super::store::{Store, StoreError};
+use super::upgrade::{UpgradeInfo, UpgradeNeeded, UPGRADE_INFO_FILE};
 use super::vote::Committed;
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
@@ -50,6 +51,9 @@ pub enum ProducerError {
     Store(#[from] StoreError),
     #[error("store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// Not a failure: the node stopped before a height its binary cannot run.
+    #[error(transparent)]
+    UpgradeNeeded(#[from] UpgradeNeeded),
 }
 
 /// What the shell works with besides the driver.
@@ -63,6 +67,8 @@ pub struct Parts {
     /// Added to the wall clock as consensus sees it (tests of members whose
     /// clocks are off; 0 otherwise).
     pub clock_skew_ms: i64,
+    /// Where `upgrade-info.json` goes when the node stops before a plan's height.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The wall clock, ms since the epoch.
@@ -113,8 +119,10 @@ pub struct Producer {
     tracker: TaskTracker,
     links: Links,
     clock: Clock,
-    /// Inbound requests the driver has yet to answer.
-    replies: HashMap<RequestId, oneshot::Sender<Result<Bytes, Refusal>>>,
+    data_dir: std::path::PathBuf,
+    /// Inbound requests the driver has yet to answer, with the wire version of
+    /// the connection each came on.
+    replies: HashMap<RequestId, (oneshot::Sender<Result<Bytes, Refusal>>, u16)>,
     next_request: u64,
     /// The `GetTxs` under way per compact proposal, by the number of its fetch:
     /// an answer of a fetch since cancelled or replaced is dropped.
@@ -137,6 +145,7 @@ impl Producer {
             metrics: parts.metrics,
             tracker: parts.tracker,
             links: parts.links,
+            data_dir: parts.data_dir,
             clock,
             replies: HashMap::new(),
             next_request: 0,
@@ -147,12 +156,14 @@ impl Producer {
         }
     }
 
-    /// Runs until `shutdown`; returns an error only for a failed store write, after
-    /// which the node must stop rather than go on with a chain it did not persist.
+    /// Runs until `shutdown`; returns an error for a failed store write, after
+    /// which the node must stop rather than go on with a chain it did not
+    /// persist, and [`ProducerError::UpgradeNeeded`] when it stopped before a
+    /// height its binary cannot run.
     pub async fn run(mut self, mut inbound: Inbound, shutdown: CancellationToken) -> Result<(), ProducerError> {
         let mut connected = self.peers.watch_connected();
         let mut events = self.peers.subscribe();
-        self.driver.handle_connected(self.peers.connected(), self.clock.now());
+        self.follow_peers(self.clock.now());
         self.carry_out().await?;
         let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
         let mut txs: Vec<TxRequest> = Vec::with_capacity(BATCH);
@@ -221,13 +232,15 @@ impl Producer {
                 Ok(msg) => {
                     let id = RequestId(self.next_request);
                     self.next_request += 1;
-                    self.replies.insert(id, req.reply);
+                    self.replies.insert(id, (req.reply, req.wire));
                     self.driver.handle_request(req.from, id, msg, now);
                 }
                 Err(e) => self.peers.reject(req.from, &e),
             },
-            Event::Connected => self.driver.handle_connected(self.peers.connected(), now),
+            Event::Connected => self.follow_peers(now),
             Event::Peer(PeerEvent::Up { id, .. }) => {
+                // A replaced connection may be of another wire version.
+                self.driver.handle_wire_versions(self.peers.wire_versions(), now);
                 let tip = self.peers.peers().into_iter().find(|p| p.id == id).map(|p| p.tip.height);
                 self.driver.handle_peer_up(id, tip, now);
             }
@@ -278,17 +291,22 @@ impl Producer {
                 }
                 Effect::ServeBlocks { id, from, count, max_bytes } => self.serve_blocks(id, from, count, max_bytes),
                 Effect::Reply { id, msg } => match (self.replies.remove(&id), msg.encode()) {
-                    (Some(reply), Ok(frame)) => {
+                    // Never an answer the requester's wire version cannot decode.
+                    (Some((reply, wire)), Ok(_)) if msg.wire() > wire => {
+                        let _ = reply.send(Err(Refusal::Unsupported));
+                    }
+                    (Some((reply, _)), Ok(frame)) => {
                         let _ = reply.send(Ok(frame));
                     }
                     (_, Err(e)) => tracing::error!("cannot answer a request: {e}"),
                     (None, _) => {}
                 },
                 Effect::Refuse { id, refusal } => {
-                    if let Some(reply) = self.replies.remove(&id) {
+                    if let Some((reply, _)) = self.replies.remove(&id) {
                         let _ = reply.send(Err(refusal));
                     }
                 }
+                Effect::Halt { plan, max_version } => return Err(self.halt(UpgradeNeeded { plan, max_version }).await),
                 Effect::SetMembers(members) => self.peers.set_members(members),
                 Effect::PublishMembers(view) => {
                     self.links.view.send_replace(view);
@@ -319,6 +337,41 @@ impl Producer {
         }
         tracing::debug!(height, hash = %hash.short(), round = c.cert.round, txs = c.block.txs.len(), "committed");
         Ok(())
+    }
+
+    /// The transport's connected set and its wire versions, for the gate and
+    /// the proposer policy on upgrade plans.
+    fn follow_peers(&mut self, now: super::driver::Now) {
+        self.driver.handle_wire_versions(self.peers.wire_versions(), now);
+        self.driver.handle_connected(self.peers.connected(), now);
+    }
+
+    /// Stops before a height this binary cannot run: `upgrade-info.json` in
+    /// the data dir (written whole, then renamed into place, so Cosmovisor
+    /// never reads half of it) and one error line saying what to do. The
+    /// store holds every block committed so far (each `Commit` is durable
+    /// before the next effect); the node closes its connections as it stops.
+    async fn halt(&mut self, needed: UpgradeNeeded) -> ProducerError {
+        let path = self.data_dir.join(UPGRADE_INFO_FILE);
+        let info = UpgradeInfo::of(&needed);
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_atomically(&target, &info)).await;
+        let file = match written {
+            Ok(Ok(())) => format!("wrote {} for Cosmovisor", path.display()),
+            Ok(Err(e)) => format!("could not write {}: {e}", path.display()),
+            Err(e) => format!("could not write {}: {e}", path.display()),
+        };
+        let Plan { version, height } = needed.plan;
+        tracing::error!(
+            version,
+            height,
+            max_version = needed.max_version,
+            "stopping before height {height}: the chain switches to protocol {version} there and this binary runs \
+             up to protocol {}; nothing is signed at height {height}. Install a release that runs protocol \
+             {version} and start the node again ({file}; exit code 3)",
+            needed.max_version
+        );
+        ProducerError::UpgradeNeeded(needed)
     }
 
     /// Publishes the driver's figures for status and metrics; once a loop turn.
@@ -362,13 +415,24 @@ impl Producer {
         }
     }
 
-    /// Answers request `id` with blocks read from the store, off the loop.
+    /// Answers request `id` with blocks read from the store, off the loop: those
+    /// the requester's wire version decodes ([`Message::blocks_for_wire`]), or
+    /// a refusal when the first block asked for is not one of them (a node of
+    /// 0.1.0 asking for a block that carries an upgrade plan's approval: it
+    /// counts a failed request, and cannot follow the chain past that block).
     fn serve_blocks(&mut self, id: RequestId, from: Height, count: usize, max_bytes: usize) {
-        let Some(reply) = self.replies.remove(&id) else { return };
+        let Some((reply, wire)) = self.replies.remove(&id) else { return };
         let store = self.store.clone();
         self.tracker.spawn(async move {
-            match tokio::task::spawn_blocking(move || store.range(from, count, max_bytes)).await {
-                Ok(Ok(blocks)) => match Message::Blocks(blocks).encode() {
+            let read = move || {
+                store.range(from, count, max_bytes).map(|blocks| (blocks.len(), Message::blocks_for_wire(blocks, wire)))
+            };
+            match tokio::task::spawn_blocking(read).await {
+                Ok(Ok((read, blocks))) if read > 0 && blocks.is_empty() => {
+                    tracing::debug!(from, wire, "blocks asked for by a peer at wire {wire} need a later wire: refused");
+                    let _ = reply.send(Err(Refusal::Unsupported));
+                }
+                Ok(Ok((_, blocks))) => match Message::Blocks(blocks).encode() {
                     Ok(frame) => {
                         let _ = reply.send(Ok(frame));
                     }
@@ -418,6 +482,18 @@ impl Drop for Producer {
             task.abort();
         }
     }
+}
+
+/// Writes `info` as JSON to a file beside `path`, flushes it, and renames it
+/// into place.
+fn write_atomically(path: &std::path::Path, info: &UpgradeInfo) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Sends `request` to `peer` on a stream of its own; the answer and its body's

@@ -26,7 +26,10 @@
 use super::block::Round;
 
 /// The highest protocol version this binary can run. A node that reaches the
-/// height of a plan for a higher version stops there.
+/// height of a plan for a higher version stops there ([`super::upgrade`]).
+/// Rehearsals of an upgrade may set another for a node (test builds only,
+/// `MASTERNODE_TEST_MAX_PROTOCOL`); versions above this one, which no release
+/// defines yet, then have [`Rules::of`] this one's rules.
 pub const MAX_VERSION: u16 = 4;
 
 /// The version that brings distinct transactions and timely proposals.

@@ -95,7 +95,7 @@ impl Drop for AnswerHold<'_> {
 pub(crate) fn spawn(tracker: &TaskTracker, link: Arc<Link>, shared: Arc<Shared>) {
     tracker.spawn(write_loop(link.clone(), shared.clone()));
     tracker.spawn(read_loop(link.conn.clone(), link.id, shared.clone()));
-    tracker.spawn(serve_requests(link.conn.clone(), link.id, shared, tracker.clone()));
+    tracker.spawn(serve_requests(link.conn.clone(), link.id, link.wire, shared, tracker.clone()));
 }
 
 /// Drains the outbox into our long-lived stream. Whatever queued while the
@@ -253,16 +253,16 @@ async fn read_run(
     Ok(true)
 }
 
-async fn serve_requests(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>, tracker: TaskTracker) {
+async fn serve_requests(conn: quinn::Connection, peer: NodeId, wire: u16, shared: Arc<Shared>, tracker: TaskTracker) {
     let hold = shared.answer_slots.enter(peer);
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tracker.spawn(serve_one(conn.clone(), peer, send, recv, shared.clone(), hold.semaphore.clone()));
+        tracker.spawn(serve_one(conn.clone(), (peer, wire), send, recv, shared.clone(), hold.semaphore.clone()));
     }
 }
 
 async fn serve_one(
     conn: quinn::Connection,
-    peer: NodeId,
+    (peer, wire): (NodeId, u16),
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     shared: Arc<Shared>,
@@ -295,7 +295,7 @@ async fn serve_one(
     let held = body.len() as u64;
     shared.request_bytes.fetch_add(held, Ordering::Relaxed);
     let (reply, answer) = oneshot::channel();
-    let queued = shared.requests.send(InboundRequest { from: peer, body, reply }).await;
+    let queued = shared.requests.send(InboundRequest { from: peer, wire, body, reply }).await;
     shared.request_bytes.fetch_sub(held, Ordering::Relaxed);
     if queued.is_err() {
         return;

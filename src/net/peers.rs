@@ -54,6 +54,9 @@ impl Messages {
 /// (dropping it resets the stream).
 pub struct InboundRequest {
     pub from: NodeId,
+    /// The wire version of the connection it came on: the answer must be one
+    /// the peer decodes.
+    pub wire: u16,
     /// The request frame's body (kind byte first).
     pub body: Bytes,
     pub reply: oneshot::Sender<Result<Bytes, Refusal>>,

@@ -140,6 +140,29 @@ impl Net {
         }
     }
 
+    /// Waits for node `i` to exit by itself; its exit code. Panics (killing
+    /// it) if it still runs after `deadline`.
+    pub async fn exited(&mut self, i: usize, deadline: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            let child = self.procs[i].as_mut().expect("node runs");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.procs[i] = None;
+                return status.code();
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                panic!("node {} still running after {deadline:?}\n{}", i + 1, self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.configs[i].parent().unwrap().join("data")
+    }
+
     pub fn kill9(&mut self, i: usize) {
         let mut child = self.procs[i].take().unwrap();
         child.kill().unwrap();

@@ -31,4 +31,5 @@ mod slow_peers;
 mod soak;
 mod store_formats;
 mod transport;
+mod upgrade_plans;
 mod wire_versions;

@@ -227,3 +227,158 @@ async fn ranges_with_no_version_in_common_are_warned_once_per_peer_at_both_ends(
     assert_eq!(count(c.id(), upgrade_peer), 1, "{text}");
     stop_all(vec![misfit, b, c]).await;
 }
+
+/// Takes and drops whatever the peer of `conn` sends on its streams, so a
+/// member played by the test is never too slow to keep.
+fn drain(conn: &quinn::Connection) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        while let Ok(mut stream) = conn.accept_uni().await {
+            tokio::spawn(async move { while let Ok(Some(_)) = stream.read_chunk(64 * 1024, true).await {} });
+        }
+    });
+}
+
+fn plan_approvals(c: &masternode::chain::vote::Committed) -> usize {
+    c.block.header.changes.iter().filter(|sa| sa.approval.change.plan().is_some()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_waits_while_a_member_speaks_wire_3_and_is_carried_once_it_speaks_4() {
+    use masternode::chain::members::{Change, Plan};
+    use masternode::chain::ChangeRequest;
+    let spec = Spec::new(4);
+    let network = spec.network_paced(&spec.name, &spec.members, 250);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(spec.start_with(i, network.clone(), fast_transport(), TestHooks::default()).await);
+    }
+    let old = spec.start_with(3, network.clone(), fast_transport(), release_0_1_0()).await;
+    eventually("the mesh across releases, and blocks", Duration::from_secs(30), || {
+        nodes.iter().chain([&old]).all(|n| n.peers().connected().len() == 3 && n.height() >= 2)
+    })
+    .await;
+    let plan_height = nodes[0].height() + 400;
+    for n in &nodes {
+        n.request_change(ChangeRequest::Upgrade { version: 4, height: plan_height }).await.unwrap();
+    }
+    let from = nodes[0].height();
+    eventually("ten more blocks", Duration::from_secs(30), || nodes[0].height() >= from + 10).await;
+    let plan = Change::Upgrade { version: 4, height: plan_height };
+    for n in nodes.iter().chain([&old]) {
+        assert!(n.members().membership.schedule().is_empty(), "not scheduled while a member speaks wire 3");
+    }
+    let pending = nodes[0].members().pending();
+    assert!(pending.iter().any(|p| p.change == plan && p.approvals.len() == 3), "held with 3 approvals: {pending:?}");
+    for h in 1..=nodes[0].height() {
+        let c = nodes[0].store().block(h).unwrap().unwrap();
+        assert_eq!(plan_approvals(&c), 0, "block {h} carries no plan");
+    }
+    let u = masternode::admin::fetch_upgrade(nodes[0].admin_addr(), Duration::from_secs(2)).await.unwrap();
+    assert!(!u.wire_ready && u.pending.len() == 1 && !u.pending[0].wire_ready, "{u:?}");
+
+    // The old node is upgraded to this release, on its data dir.
+    old.stop().await;
+    let upgraded = spec.start_with(3, network.clone(), fast_transport(), TestHooks::default()).await;
+    let all = [&nodes[0], &nodes[1], &nodes[2], &upgraded];
+    let scheduled = [Plan { version: 4, height: plan_height }];
+    eventually("the plan scheduled at all four", Duration::from_secs(30), || {
+        all.iter().all(|n| n.members().membership.schedule() == scheduled)
+    })
+    .await;
+    let u = masternode::admin::fetch_upgrade(nodes[0].admin_addr(), Duration::from_secs(2)).await.unwrap();
+    assert!(u.wire_ready && u.schedule.len() == 1 && u.schedule[0].can_run, "{u:?}");
+    let mut rest = nodes;
+    rest.push(upgraded);
+    stop_all(rest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_on_wire_3_is_sent_the_blocks_before_a_plan_s_block_and_refused_from_it() {
+    use masternode::chain::message::Message;
+    use masternode::chain::ChangeRequest;
+    let spec = Spec::new(4);
+    let network = spec.network_paced(&spec.name, &spec.members, 250);
+    // Member 0 is played by the test: connected at wire 4 while the plan is
+    // carried, then as a node of 0.1.0.
+    let hostile = Hostile::new(&spec, 0);
+    let mut honest = Vec::new();
+    for i in 1..=3 {
+        honest.push(spec.start_with(i, network.clone(), beside_hostile_transport(), TestHooks::default()).await);
+    }
+    let mut modern = Vec::new();
+    for i in 1..=3 {
+        let conn = hostile.connect_in(&spec, &network, i).await;
+        drain(&conn);
+        modern.push(conn);
+    }
+    eventually("meshed with member 0 on wire 4", Duration::from_secs(30), || {
+        honest.iter().all(|n| n.peers().connected().len() == 3 && n.height() >= 2)
+    })
+    .await;
+    let plan_height = honest[0].height() + 400;
+    for n in &honest {
+        n.request_change(ChangeRequest::Upgrade { version: 4, height: plan_height }).await.unwrap();
+    }
+    eventually("the plan scheduled", Duration::from_secs(30), || !honest[0].members().membership.schedule().is_empty())
+        .await;
+    let tip = honest[0].height();
+    let carrying: Vec<u64> =
+        (1..=tip).filter(|h| plan_approvals(&honest[0].store().block(*h).unwrap().unwrap()) > 0).collect();
+    let (first, last) = (carrying[0], *carrying.last().unwrap());
+    assert!(first <= 60, "within one batch: {first}");
+
+    let ask = |conn: quinn::Connection, from: u64, count: u32| async move {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode(&Message::GetBlocks { from, count })).await.unwrap();
+        send.finish().unwrap();
+        recv.read_to_end(64 * 1024 * 1024).await.map(|body| match decode(&body[4..]) {
+            Message::Blocks(blocks) => blocks.iter().map(|c| c.block.height()).collect::<Vec<u64>>(),
+            other => panic!("not blocks: {other:?}"),
+        })
+    };
+    // At wire 4 the plan's blocks travel.
+    eventually("two blocks after the plan's", Duration::from_secs(10), || honest[0].height() >= last + 2).await;
+    let heights = ask(modern[0].clone(), 1, (last + 2) as u32).await.unwrap();
+    assert_eq!(heights, (1..=last + 2).collect::<Vec<_>>());
+
+    // As a node of 0.1.0 (masternode/1, a version-3 Hello).
+    for conn in &modern {
+        conn.close(0u32.into(), b"restarting");
+    }
+    eventually("member 0 gone", Duration::from_secs(10), || !honest[0].peers().is_connected(&spec.id(0))).await;
+    let transport = endpoint::transport_config(&fast_transport()).unwrap();
+    let client = endpoint::client_config(&spec.ids[0], spec.id(1), transport, &[Generation::V1]).unwrap();
+    let conn = hostile.endpoint.connect_with(client, spec.addr(1), tls::SERVER_NAME).unwrap().await.unwrap();
+    let hello = LegacyIntro {
+        magic: MAGIC,
+        version: 3,
+        network_id: network.id,
+        node_id: spec.id(0),
+        listen: spec.addr(0),
+        tip: Tip::default(),
+        software: "masternode/0.1.0".into(),
+        incarnation: rand_incarnation(),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode(&LegacyMsg::Hello(hello))).await.unwrap();
+    send.finish().unwrap();
+    let welcome = decode_single::<LegacyMsg>(&recv.read_to_end(2048).await.unwrap()).unwrap();
+    assert!(matches!(welcome, LegacyMsg::Welcome(_)), "{welcome:?}");
+    drain(&conn);
+    eventually("member 0 at wire 3", Duration::from_secs(5), || {
+        honest[0].peers().wire_versions().get(&spec.id(0)) == Some(&3)
+    })
+    .await;
+    let before = ask(conn.clone(), 1, (last + 2) as u32).await.unwrap();
+    assert_eq!(before, (1..first).collect::<Vec<_>>(), "the blocks before the first that carries the plan");
+    let refused = ask(conn.clone(), first, 4).await;
+    assert!(
+        matches!(&refused, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code.into_inner() == masternode::net::close::PROTOCOL as u64),
+        "refused with the protocol code 0.1.0 knows: {refused:?}"
+    );
+    let after = ask(conn.clone(), last + 1, 2).await.unwrap();
+    assert_eq!(after, vec![last + 1, last + 2], "blocks after it carry nothing it cannot decode");
+    assert_eq!(honest[0].status().counters.bad_frames, 0);
+    stop_all(honest).await;
+}
