@@ -213,7 +213,18 @@ async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
     let failure = loop {
         match read_run(&mut reader, &conn, slot, &shared).await {
             Ok(true) => {}
-            Ok(false) | Err(None) => return,
+            Ok(false) => {
+                // Our writers never finish their stream: a peer that finished
+                // its own would stay connected (and count for the quorum) with
+                // nothing more read from it. Its connection ends instead; a peer
+                // that is stopping closes the connection itself a moment later.
+                if conn.close_reason().is_none() {
+                    tracing::debug!(peer = %peer.short(), "peer finished its gossip stream: closing");
+                    conn.close(close::PROTOCOL.into(), b"gossip stream finished");
+                }
+                return;
+            }
+            Err(None) => return,
             Err(Some(e)) => break e,
         }
     };

@@ -448,3 +448,25 @@ async fn a_member_that_never_reads_its_answers_holds_few_of_them() {
     drop(streams);
     net.stop().await;
 }
+
+/// A member that finishes its gossip stream cannot stay connected, counted for
+/// the quorum, with nothing more read from it: the node closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_finishes_its_gossip_stream_is_disconnected() {
+    let net = network().await;
+    let conn = net.hostile.connect(&net.spec, 1).await;
+    let mut uni = conn.open_uni().await.unwrap();
+    uni.write_all(&codec::encode(&Message::Tip {
+        height: 0,
+        hash: masternode::chain::block::Hash([0; 32]),
+        time_ms: 0,
+    }))
+    .await
+    .unwrap();
+    uni.finish().unwrap();
+    let (err, took) = closed_within(&conn, Duration::from_secs(5)).await;
+    assert_eq!(app_code(&err), Some(close::PROTOCOL), "{err}");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    net.assert_intact("gossip stream finished").await;
+    net.stop().await;
+}
