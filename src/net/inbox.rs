@@ -279,6 +279,12 @@ impl Inbox {
         }
     }
 
+    /// Waits until everything the peer of `slot` sent has been taken (at once when
+    /// nothing is queued).
+    pub(crate) async fn drained(&self, slot: Slot) -> Result<(), Closed> {
+        self.room(slot, self.budget).await
+    }
+
     /// Moves up to `max` messages into `out`, in turns (see the module's doc).
     /// Waits while nothing is queued; `Err(Closed)` once closed and drained.
     pub(crate) async fn recv_batch(&self, max: usize, out: &mut Vec<Delivery>) -> Result<usize, Closed> {

@@ -204,6 +204,10 @@ fn too_slow(link: &Link, shared: &Shared, what: &str) {
     link.conn.close(close::TOO_SLOW.into(), b"too slow");
 }
 
+/// How long a peer that finished its gossip stream keeps its connection after
+/// what it sent has been handled.
+const FINISHED_STREAM_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
     let Ok(recv) = conn.accept_uni().await else {
         return;
@@ -216,8 +220,12 @@ async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
             Ok(false) => {
                 // Our writers never finish their stream: a peer that finished
                 // its own would stay connected (and count for the quorum) with
-                // nothing more read from it. Its connection ends instead; a peer
-                // that is stopping closes the connection itself a moment later.
+                // nothing more read from it. Its connection ends instead, once
+                // what it sent before the end has been handled (a bad message
+                // among it closes with its own code) and after a moment in which
+                // a peer that is stopping closes the connection itself.
+                let _ = shared.inbox.drained(slot).await;
+                let _ = tokio::time::timeout(FINISHED_STREAM_GRACE, conn.closed()).await;
                 if conn.close_reason().is_none() {
                     tracing::debug!(peer = %peer.short(), "peer finished its gossip stream: closing");
                     conn.close(close::PROTOCOL.into(), b"gossip stream finished");
