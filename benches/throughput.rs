@@ -121,7 +121,7 @@ impl Cluster {
         let (_tx, tip) = watch::channel(Tip::default());
         NetConfig {
             identity: self.ids[i].clone(),
-            network: self.network.clone(),
+            network_id: self.network.id,
             members: self.members.iter().map(|m| (m.id, m.addr)).collect(),
             advertised: self.members[i].addr,
             listen: self.members[i].addr,

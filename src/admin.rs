@@ -17,10 +17,12 @@
 //! (415), so nothing is queued or signed for a request refused.
 
 pub mod guard;
+mod metrics;
 pub mod ready;
 pub mod server;
 pub mod token;
 
+pub use metrics::render as render_metrics;
 pub use server::{AdminStats, LocalAddr};
 pub use token::{AdminToken, TokenError};
 
@@ -170,7 +172,7 @@ async fn status_handler(State(state): State<AdminState>) -> Json<Status> {
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> Response {
-    let body = crate::metrics::render(&state.status);
+    let body = metrics::render(&state.status, &state.stats);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

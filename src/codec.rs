@@ -613,10 +613,10 @@ mod tests {
 
     use crate::chain::block::{Block, Hash, Header, MAX_BLOCK_TXS};
     use crate::chain::compact::CompactProposal;
+    use crate::chain::limits::MAX_SYNC_BATCH_BLOCKS;
     use crate::chain::members::{Approval, Change, MAX_CHANGES_PER_BLOCK, MAX_MEMBERS};
     use crate::chain::message::kind;
     use crate::chain::vote::{Certificate, Committed, Proposal, SignedProposal, SignedVote, Vote, VoteKind};
-    use crate::config::MAX_SYNC_BATCH_BLOCKS;
     use crate::identity::NodeId;
 
     /// A committed block with nothing in it, at `height`.

@@ -14,8 +14,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::admin::{AdminToken, TokenError};
+pub use crate::chain::genesis::{Member, Network};
+pub use crate::chain::limits::{NodeLimits, MAX_SYNC_BATCH_BLOCKS};
 use crate::chain::members::MAX_MEMBERS;
 use crate::identity::{Identity, IdentityError, NodeId};
+pub use crate::net::TransportConfig as Transport;
 
 /// `required = max(min_active, floor(2n/3) + 1)` uses this when the file is silent.
 pub const DEFAULT_MIN_ACTIVE: usize = 3;
@@ -40,58 +43,22 @@ pub enum ConfigError {
     AdminToken(#[from] TokenError),
 }
 
-/// One member of the masternode set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub id: NodeId,
-    pub addr: SocketAddr,
-}
-
-/// The network file, validated. Members are sorted by `NodeId`, which is also the
-/// proposer order.
-#[derive(Debug, Clone)]
-pub struct Network {
-    pub name: String,
-    pub genesis_time_ms: u64,
-    pub block_interval_ms: u64,
-    pub min_active: usize,
-    pub members: Vec<Member>,
-    /// Hash of the network's identity; see [`Network::compute_id`].
-    pub id: [u8; 32],
-}
-
 impl Network {
-    /// The network id is SHA-256 over the name, genesis time, block interval,
-    /// `min_active` and the sorted member keys. Addresses are left out on purpose: a
-    /// node may move to a new IP without forking the network.
-    fn compute_id(name: &str, genesis: u64, interval: u64, min_active: usize, members: &[Member]) -> [u8; 32] {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(b"masternode-network-v1\0");
-        ctx.update(&(name.len() as u64).to_be_bytes());
-        ctx.update(name.as_bytes());
-        ctx.update(&genesis.to_be_bytes());
-        ctx.update(&interval.to_be_bytes());
-        ctx.update(&(min_active as u64).to_be_bytes());
+    /// The network file text for these members (devnet, provisioning, tests).
+    pub fn render(
+        name: &str,
+        genesis_time_ms: u64,
+        block_interval_ms: u64,
+        min_active: usize,
+        members: &[Member],
+    ) -> String {
+        let mut s = format!(
+            "name = {name:?}\ngenesis_time_ms = {genesis_time_ms}\nblock_interval_ms = {block_interval_ms}\nmin_active = {min_active}\n"
+        );
         for m in members {
-            ctx.update(&m.id.0);
+            s.push_str(&format!("\n[[masternode]]\nid = \"{}\"\naddr = \"{}\"\n", m.id, m.addr));
         }
-        let mut id = [0u8; 32];
-        id.copy_from_slice(ctx.finish().as_ref());
-        id
-    }
-
-    /// Number of masternodes that must be connected (this node included) for the
-    /// network to make progress: `max(min_active, floor(2n/3) + 1)`.
-    pub fn required(&self) -> usize {
-        crate::chain::quorum::required_active(self.members.len(), self.min_active)
-    }
-
-    pub fn member(&self, id: &NodeId) -> Option<&Member> {
-        self.members.iter().find(|m| &m.id == id)
-    }
-
-    pub fn is_member(&self, id: &NodeId) -> bool {
-        self.member(id).is_some()
+        s
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -157,7 +124,7 @@ impl Network {
                 members.len()
             )));
         }
-        let id = Self::compute_id(&file.name, file.genesis_time_ms, file.block_interval_ms, min_active, &members);
+        let id = Network::compute_id(&file.name, file.genesis_time_ms, file.block_interval_ms, min_active, &members);
         Ok(Network {
             name: file.name,
             genesis_time_ms: file.genesis_time_ms,
@@ -166,23 +133,6 @@ impl Network {
             members,
             id,
         })
-    }
-
-    /// The network file text for these members (devnet, provisioning, tests).
-    pub fn render(
-        name: &str,
-        genesis_time_ms: u64,
-        block_interval_ms: u64,
-        min_active: usize,
-        members: &[Member],
-    ) -> String {
-        let mut s = format!(
-            "name = {name:?}\ngenesis_time_ms = {genesis_time_ms}\nblock_interval_ms = {block_interval_ms}\nmin_active = {min_active}\n"
-        );
-        for m in members {
-            s.push_str(&format!("\n[[masternode]]\nid = \"{}\"\naddr = \"{}\"\n", m.id, m.addr));
-        }
-        s
     }
 }
 
@@ -204,45 +154,6 @@ struct MemberEntry {
     addr: String,
 }
 
-/// Transport tunables; every field has a default.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transport {
-    pub keepalive: Duration,
-    pub idle_timeout: Duration,
-    pub passive_wait: Duration,
-    pub handshake_timeout: Duration,
-    /// Request streams a peer may have open at once (QUIC's bidirectional stream
-    /// limit; the handshake uses one).
-    pub max_request_streams: u32,
-    /// Handshakes in progress at once, in total and from one IP address.
-    pub max_pending_handshakes: usize,
-    pub max_pending_handshakes_per_ip: usize,
-    /// How long a peer may leave what we queued for it untaken (not grant our
-    /// stream, not read) before it is disconnected as too slow.
-    pub slow_peer_timeout: Duration,
-    /// Bytes read from one peer and waiting for the node, at most.
-    pub inbound_peer_bytes: usize,
-    /// Byte budgets of each peer's outbox, by class.
-    pub outbox: crate::net::OutboxLimits,
-}
-
-impl Default for Transport {
-    fn default() -> Self {
-        Transport {
-            keepalive: Duration::from_millis(5_000),
-            idle_timeout: Duration::from_millis(20_000),
-            passive_wait: Duration::from_millis(10_000),
-            handshake_timeout: Duration::from_millis(5_000),
-            max_request_streams: 16,
-            max_pending_handshakes: 64,
-            max_pending_handshakes_per_ip: 8,
-            slow_peer_timeout: Duration::from_millis(10_000),
-            inbound_peer_bytes: 4 * 1024 * 1024,
-            outbox: Default::default(),
-        }
-    }
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct TransportFile {
@@ -251,33 +162,6 @@ struct TransportFile {
     passive_wait_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     slow_peer_timeout_ms: Option<u64>,
-}
-
-/// Blocks one sync response carries, at most: the largest `sync_batch_blocks`
-/// (the previous release's too). A `Blocks` frame naming more does not decode.
-pub const MAX_SYNC_BATCH_BLOCKS: usize = 1024;
-
-/// Limits of what the node accepts and keeps, beyond the transport's; every one
-/// has a default and can be set in `[limits]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeLimits {
-    pub mempool: crate::chain::mempool::MempoolLimits,
-    /// Blocks per sync response, at most, and their encoded bytes.
-    pub sync_batch_blocks: u32,
-    pub sync_response_bytes: usize,
-    /// Sync requests one peer may make per second (a burst of twice that).
-    pub sync_requests_per_sec: u32,
-}
-
-impl Default for NodeLimits {
-    fn default() -> Self {
-        NodeLimits {
-            mempool: Default::default(),
-            sync_batch_blocks: 64,
-            sync_response_bytes: 3 * 1024 * 1024,
-            sync_requests_per_sec: 20,
-        }
-    }
 }
 
 #[derive(Deserialize, Default)]

@@ -21,7 +21,7 @@
 //!   quorum (`status --can-stop`), as pure rules over a status.
 //! * [`status`]: what a node reports about itself (status, quorum), read by the
 //!   admin API, metrics and the service alike.
-//! * `metrics`: `/metrics` in Prometheus text.
+//! * `admin::metrics` (private): `/metrics` in Prometheus text.
 //! * [`service`]: systemd readiness, status, watchdog.
 //! * [`devnet`]: N nodes on 127.0.0.1..N in one process.
 
@@ -31,7 +31,6 @@ pub mod codec;
 pub mod config;
 pub mod devnet;
 pub mod identity;
-mod metrics;
 pub mod net;
 pub mod node;
 pub mod probe;

@@ -212,7 +212,7 @@ impl Node {
         let bootstrap: Vec<_> = cfg.bootstrap.iter().map(|m| (m.id, m.addr)).collect();
         let net_cfg = NetConfig {
             identity: identity.clone(),
-            network: network.clone(),
+            network_id: network.id,
             advertised,
             listen: cfg.listen,
             transport: cfg.transport,
@@ -424,14 +424,13 @@ impl Node {
             peers: self.peers.clone(),
             tip: self.tip.clone(),
             chain: self.chain_metrics.clone(),
-            admin: self.admin_stats.clone(),
             members: self.producer.members.clone(),
             max_version: self.max_version,
         }
     }
 
     pub fn metrics(&self) -> String {
-        crate::metrics::render(&self.status_source())
+        admin::render_metrics(&self.status_source(), &self.admin_stats)
     }
 
     /// Stops the node: closes every connection with the shutdown code and waits for

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::chain::driver::MembersView;
+use crate::chain::genesis::Network;
 use crate::chain::links::ChainMetrics;
 use crate::chain::members::MemberSet;
 use crate::chain::quorum::{quorum, Quorum};
-use crate::config::Network;
 use crate::identity::{hex, NodeId};
 use crate::net::handshake::{RejectReason, Tip};
 use crate::net::Peers;
@@ -354,7 +354,6 @@ pub struct StatusSource {
     pub(crate) peers: Peers,
     pub(crate) tip: watch::Receiver<Tip>,
     pub(crate) chain: Arc<ChainMetrics>,
-    pub(crate) admin: Arc<crate::admin::AdminStats>,
     pub(crate) members: watch::Receiver<Arc<MembersView>>,
     /// The highest protocol version this node runs.
     pub(crate) max_version: u16,
@@ -419,10 +418,6 @@ impl StatusSource {
 
     pub(crate) fn chain(&self) -> &ChainMetrics {
         &self.chain
-    }
-
-    pub(crate) fn admin(&self) -> &crate::admin::AdminStats {
-        &self.admin
     }
 
     /// The mempool's figures: what it holds, by kind of share, and what it

@@ -47,8 +47,7 @@ impl fmt::Display for Hash {
     }
 }
 
-pub type Height = u64;
-pub type Round = u32;
+pub use super::height::{Height, Round};
 
 /// Decoded by hand, as [`Block`] is, to bound `changes` before allocating it.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode)]

@@ -80,6 +80,7 @@ use super::block::{tx_hash, Block, Hash, Height, Limits, Round};
 use super::clock::{self, ClockConfig, ClockEstimator, ClockEvent};
 use super::compact::{self, Assembly, CompactError, CompactProposal, FillError, RebuildLimits, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
+use super::limits::NodeLimits;
 use super::members::{
     self, Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, PendingView, Plan,
     SignedApproval,
@@ -92,7 +93,6 @@ use super::sync::{Failure, Outcome, SyncConfig, SyncPlanner, TokenBucket};
 use super::upgrade::{self, UpgradeWatch};
 use super::vote::{Committed, Lock, SignRecord};
 use crate::codec::FrameError;
-use crate::config::NodeLimits;
 use crate::identity::{Identity, NodeId};
 use crate::net::{Refusal, RequestError};
 

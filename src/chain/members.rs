@@ -53,10 +53,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::block::Height;
+use super::genesis::Network;
+use super::height::Height;
 use super::quorum::vote_threshold;
 use crate::codec::BINCODE;
-use crate::config::Network;
 use crate::identity::{Identity, NodeId};
 
 /// Members a set may hold, at most.
@@ -852,7 +852,7 @@ fn check_addr(addr: SocketAddr) -> Result<(), ChangeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Member;
+    use crate::chain::genesis::Member;
 
     const NET: [u8; 32] = [5; 32];
 

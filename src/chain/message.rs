@@ -19,10 +19,10 @@ use bytes::Bytes;
 
 use super::block::{Hash, Height, Round, MAX_BLOCK_TXS};
 use super::compact::CompactProposal;
+use super::limits::MAX_SYNC_BATCH_BLOCKS;
 use super::members::{SignedApproval, UPGRADE_WIRE};
 use super::vote::{Committed, SignedProposal, SignedVote};
 use crate::codec::{self, Frame, FrameError, MAX_FRAME};
-use crate::config::MAX_SYNC_BATCH_BLOCKS;
 use crate::net::handshake::WIRE;
 use crate::net::{Class, Outgoing, Protocol};
 

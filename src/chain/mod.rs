@@ -14,6 +14,8 @@
 //! * [`sync`]: catch-up planning (which peer, which blocks, what a response
 //!   says about its sender) and a token bucket, without IO.
 //! * [`mempool`]: transactions waiting for a block.
+//! * [`genesis`]: the network file's values and the network id.
+//! * [`limits`]: the node's limits on what it accepts and keeps (`[limits]`).
 //! * [`members`]: the member set at each height and the signed changes that move it.
 //! * [`message`]: what the chain sends its peers, and on which stream.
 //! * [`driver`]: the producer's rules as a state machine without IO: the core,
@@ -30,6 +32,9 @@ pub mod clock;
 pub mod compact;
 pub mod consensus;
 pub mod driver;
+pub mod genesis;
+mod height;
+pub mod limits;
 pub(crate) mod links;
 pub mod members;
 pub mod mempool;

@@ -320,9 +320,9 @@ mod tests {
     /// decodes.
     #[test]
     fn a_sync_response_of_many_tiny_transactions_decodes() {
+        use crate::chain::limits::NodeLimits;
         use crate::chain::message::{Message, BLOCKS_LIMIT};
         use crate::codec;
-        use crate::config::NodeLimits;
 
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

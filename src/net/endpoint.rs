@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::Transport;
+use super::TransportConfig as Transport;
 use crate::identity::{Identity, NodeId};
 
 use super::handshake::Generation;

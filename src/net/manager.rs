@@ -48,15 +48,14 @@ use super::peers::{Counters, Inbound, Link, Messages, PeerEvent, Peers, Shared, 
 use super::slots::{Action, CloseCause, ConnId, DialFailure, Slots};
 use super::tls::{self, MemberKeys, RefusalLog};
 use super::Protocol;
-use crate::config::{Network, Transport};
+use super::TransportConfig;
 use crate::identity::{Identity, NodeId};
 
 /// Everything the transport needs to run.
 pub struct NetConfig {
     pub identity: Arc<Identity>,
-    /// The network's identity (its id goes in every handshake). Its member list
-    /// plays no part here: the transport follows `members`.
-    pub network: Arc<Network>,
+    /// The network's id, which goes in every handshake.
+    pub network_id: [u8; 32],
     /// The initial member set: whom the transport accepts and dials, until
     /// [`Peers::set_members`] replaces it. Our own entry, if any, is ignored; a
     /// node whose key is not in the set still dials the members it knows.
@@ -66,7 +65,7 @@ pub struct NetConfig {
     pub advertised: SocketAddr,
     /// The UDP address to bind.
     pub listen: SocketAddr,
-    pub transport: Transport,
+    pub transport: TransportConfig,
     pub request_timeout: Duration,
     /// The chain tip announced in handshakes.
     pub tip: watch::Receiver<Tip>,
@@ -160,7 +159,7 @@ const NOT_IN_ITS_SET: &str = "peer closed the connection: this node is not in it
 /// keys change, and only the manager changes them.
 struct HandshakeCtx {
     me: NodeId,
-    network: Arc<Network>,
+    network_id: [u8; 32],
     /// The member set's keys, shared with the TLS verifier.
     members: MemberKeys,
     advertised: SocketAddr,
@@ -187,7 +186,7 @@ impl HandshakeCtx {
     /// What a peer's `Intro` is checked against; `is_peer` is [`Self::is_peer`].
     fn expect<'a>(&self, tls_key: NodeId, is_peer: &'a (dyn Fn(&NodeId) -> bool + Sync)) -> Expect<'a> {
         Expect {
-            network_id: self.network.id,
+            network_id: self.network_id,
             versions: self.hooks.versions.unwrap_or(WIRE),
             tls_key,
             is_member: is_peer,
@@ -198,7 +197,7 @@ impl HandshakeCtx {
         Intro {
             magic: MAGIC,
             versions: self.hooks.versions.unwrap_or(WIRE),
-            network_id: self.network.id,
+            network_id: self.network_id,
             node_id: self.hooks.claim_id.unwrap_or(self.me),
             listen: self.advertised,
             tip: *self.tip.borrow(),
@@ -329,7 +328,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
     });
     let hs = Arc::new(HandshakeCtx {
         me,
-        network: cfg.network.clone(),
+        network_id: cfg.network_id,
         members: keys,
         advertised: cfg.advertised,
         incarnation: AtomicU64::new(incarnation()),

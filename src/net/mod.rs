@@ -48,6 +48,7 @@
 //! Connection tasks carry bytes; [`Peers`] is the handle the rest of the node uses.
 
 mod admission;
+mod answers;
 mod backoff;
 mod direction;
 pub mod endpoint;
@@ -59,19 +60,21 @@ mod manager;
 mod outbox;
 mod peer;
 mod peers;
+mod settings;
 mod slots;
 pub mod tls;
 
+pub use answers::ANSWERS_PER_PEER;
 pub use direction::{canonical, rank, Direction, Rank, Role};
 pub use inbox::Delivery;
 pub(crate) use manager::reaches;
 pub use manager::{bind, start, Bound, NetConfig, TestHooks};
 pub use outbox::{Class, OutboxLimits, Outgoing, Pushed};
-pub use peer::ANSWERS_PER_PEER;
 pub use peers::{
     ConnectedWatch, Counters, Inbound, InboundRequest, Messages, PeerEvent, PeerInfo, Peers, Refusal, RequestError,
     SendError,
 };
+pub use settings::TransportConfig;
 
 /// Which kinds each stream carries, with their body size limits; `None` for a kind
 /// the stream does not carry. Supplied by the application (the chain), so the

@@ -224,7 +224,7 @@ pub(crate) struct Shared {
     /// Bytes of peers' requests read and not yet taken by the node.
     pub(crate) request_bytes: std::sync::atomic::AtomicU64,
     /// Each peer's answer slots, over its connections.
-    pub(crate) answer_slots: super::peer::AnswerSlots,
+    pub(crate) answer_slots: super::answers::AnswerSlots,
 }
 
 impl Shared {

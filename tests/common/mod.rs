@@ -163,7 +163,7 @@ impl Spec {
         let (_tip_tx, tip) = watch::channel(Tip::default());
         NetConfig {
             identity: self.ids[i].clone(),
-            network: Arc::new(self.network()),
+            network_id: self.network().id,
             members,
             advertised: at,
             listen: at,

@@ -21,6 +21,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::guard::Refusal;
+use super::AdminStats;
 use crate::chain::links::Held;
 use crate::net::handshake::RejectReason;
 use crate::net::Class;
@@ -45,7 +47,7 @@ fn load(a: &AtomicU64) -> u64 {
 }
 
 /// Renders every metric of the node behind `source`.
-pub fn render(source: &StatusSource) -> String {
+pub fn render(source: &StatusSource, admin: &AdminStats) -> String {
     let status = source.status();
     let peers_handle = source.peers();
     let net = peers_handle.counters();
@@ -229,7 +231,6 @@ pub fn render(source: &StatusSource) -> String {
     }
     reg.register("held_bytes", "Bytes held for what peers sent, by structure", held);
 
-    let admin = source.admin();
     reg.register(
         "admin_connections",
         "Admin API connections open now (at most 64; more wait in the listen backlog)",
@@ -241,7 +242,7 @@ pub fn render(source: &StatusSource) -> String {
         counter(admin.connection_waits()),
     );
     let refused = Family::<Labels, Counter>::default();
-    for reason in crate::admin::guard::Refusal::ALL {
+    for reason in Refusal::ALL {
         refused.get_or_create(&vec![("reason".into(), reason.as_str().into())]).inc_by(admin.refused(reason));
     }
     reg.register("admin_refused", "Admin API requests refused before their handler, by reason", refused);

@@ -1,0 +1,29 @@
+//! What the chain accepts and keeps beyond the transport's limits (`[limits]` in
+//! `masternode.toml`, which `config` reads into these).
+
+/// Blocks one sync response carries, at most: the largest `sync_batch_blocks`
+/// (the previous release's too). A `Blocks` frame naming more does not decode.
+pub const MAX_SYNC_BATCH_BLOCKS: usize = 1024;
+
+/// Limits of what the node accepts and keeps, beyond the transport's; every one
+/// has a default and can be set in `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLimits {
+    pub mempool: super::mempool::MempoolLimits,
+    /// Blocks per sync response, at most, and their encoded bytes.
+    pub sync_batch_blocks: u32,
+    pub sync_response_bytes: usize,
+    /// Sync requests one peer may make per second (a burst of twice that).
+    pub sync_requests_per_sec: u32,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            mempool: Default::default(),
+            sync_batch_blocks: 64,
+            sync_response_bytes: 3 * 1024 * 1024,
+            sync_requests_per_sec: 20,
+        }
+    }
+}
