@@ -20,11 +20,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use masternode::chain::message::{Message, PROTOCOL};
+use masternode::chain::{Message, PROTOCOL};
 use masternode::config::{Member, Network, NodeConfig, Transport};
 use masternode::identity::{Identity, NodeId};
-use masternode::net::handshake::{self, Expect, Intro, Tip, GENERATIONS, MAGIC, WIRE};
-use masternode::net::{self, endpoint, tls, NetConfig, Outgoing, Peers, SendError};
+use masternode::net::{self, Expect, Intro, NetConfig, Outgoing, Peers, SendError, Tip, GENERATIONS, MAGIC, WIRE};
 use masternode::node::{Node, NodeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -139,7 +138,7 @@ impl Cluster {
 
     /// A plain quinn endpoint with the same TLS as the node and the given transport.
     fn raw_endpoint(&self, i: usize, transport: Arc<quinn::TransportConfig>) -> quinn::Endpoint {
-        endpoint::bind(
+        net::bind_endpoint(
             self.members[i].addr,
             &self.ids[i],
             self.member_set(),
@@ -152,12 +151,12 @@ impl Cluster {
     }
 
     fn raw_client(&self, i: usize, to: usize, transport: Arc<quinn::TransportConfig>) -> quinn::ClientConfig {
-        endpoint::client_config(&self.ids[i], self.ids[to].id(), transport, &GENERATIONS).unwrap()
+        net::client_config(&self.ids[i], self.ids[to].id(), transport, &GENERATIONS).unwrap()
     }
 }
 
 fn node_transport() -> Arc<quinn::TransportConfig> {
-    endpoint::transport_config(&Transport::default()).unwrap()
+    net::quic_transport_config(&Transport::default()).unwrap()
 }
 
 fn frame(size: usize) -> Vec<u8> {
@@ -263,7 +262,7 @@ async fn frames_quinn(size: usize, count: usize) -> f64 {
         }
         (conn, server)
     });
-    let conn = client.connect_with(c.raw_client(0, 1, t), c.members[1].addr, tls::SERVER_NAME).unwrap().await.unwrap();
+    let conn = client.connect_with(c.raw_client(0, 1, t), c.members[1].addr, net::SERVER_NAME).unwrap().await.unwrap();
     let f = frame(size);
     let start = Instant::now();
     let mut send = conn.open_uni().await.unwrap();
@@ -282,8 +281,8 @@ async fn frames_quinn(size: usize, count: usize) -> f64 {
 
 async fn frames_tcp_tls(size: usize, count: usize, batched: bool) -> f64 {
     let c = Cluster::new(2, 1000);
-    let server_cfg = tls::server_rustls(&c.ids[1], c.member_set(), Default::default(), &GENERATIONS).unwrap();
-    let client_cfg = tls::client_rustls(&c.ids[0], c.ids[1].id(), &GENERATIONS).unwrap();
+    let server_cfg = net::server_rustls(&c.ids[1], c.member_set(), Default::default(), &GENERATIONS).unwrap();
+    let client_cfg = net::client_rustls(&c.ids[0], c.ids[1].id(), &GENERATIONS).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
     let listener = tokio::net::TcpListener::bind(c.members[1].addr).await.unwrap();
@@ -303,7 +302,7 @@ async fn frames_tcp_tls(size: usize, count: usize, batched: bool) -> f64 {
     });
     let tcp = tokio::net::TcpStream::connect(c.members[1].addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(net::SERVER_NAME).unwrap();
     let tls_stream = connector.connect(name, tcp).await.unwrap();
     let f = frame(size);
     let start = Instant::now();
@@ -390,9 +389,9 @@ fn serve_handshakes(c: &Arc<Cluster>, server: usize, ours: bool) -> quinn::Endpo
                 let Ok(conn) = incoming.await else { return };
                 if ours {
                     let any = |_: &NodeId| true;
-                    let Some(key) = tls::peer_node_id(&conn) else { return };
+                    let Some(key) = net::peer_node_id(&conn) else { return };
                     let expect = Expect { network_id: sc.network.id, versions: WIRE, tls_key: key, is_member: &any };
-                    let _ = handshake::accept(&conn, &intro(&sc, server), &expect).await;
+                    let _ = net::handshake_accept(&conn, &intro(&sc, server), &expect).await;
                 } else if let Ok((mut s, mut r)) = conn.accept_bi().await {
                     let mut b = [0u8; 64];
                     if r.read_exact(&mut b).await.is_ok() {
@@ -422,12 +421,12 @@ async fn handshake_times(
     for _ in 0..rounds {
         let start = Instant::now();
         let conn = client
-            .connect_with(c.raw_client(from, to, t.clone()), c.members[to].addr, tls::SERVER_NAME)
+            .connect_with(c.raw_client(from, to, t.clone()), c.members[to].addr, net::SERVER_NAME)
             .unwrap()
             .await
             .unwrap();
         if ours {
-            handshake::dial(&conn, &intro(c, from), &expect).await.unwrap();
+            net::handshake_dial(&conn, &intro(c, from), &expect).await.unwrap();
         } else {
             let (mut s, mut r) = conn.open_bi().await.unwrap();
             s.write_all(&[7u8; 64]).await.unwrap();
@@ -527,7 +526,7 @@ async fn mesh_quinn(n: usize) -> f64 {
             let cfg = c.raw_client(i, j, t.clone());
             let to = c.members[j].addr;
             dials.push(tokio::spawn(async move {
-                let conn = ep.connect_with(cfg, to, tls::SERVER_NAME).unwrap().await.unwrap();
+                let conn = ep.connect_with(cfg, to, net::SERVER_NAME).unwrap().await.unwrap();
                 let (mut s, mut r) = conn.open_bi().await.unwrap();
                 s.write_all(&[1u8; 64]).await.unwrap();
                 s.finish().unwrap();
@@ -967,7 +966,7 @@ async fn memory_probe(kind: &str, n: usize) {
         let mut conns = Vec::new();
         for (i, ep) in eps.iter().enumerate() {
             for j in i + 1..n {
-                let conn = ep.connect_with(c.raw_client(i, j, t.clone()), c.members[j].addr, tls::SERVER_NAME).unwrap();
+                let conn = ep.connect_with(c.raw_client(i, j, t.clone()), c.members[j].addr, net::SERVER_NAME).unwrap();
                 conns.push(tokio::spawn(async move { conn.await.unwrap() }));
             }
         }
@@ -1083,7 +1082,7 @@ const BENCH_PROTOCOL: net::Protocol = net::Protocol {
 
 fn bench_gossip_limit(kind: u8) -> Option<usize> {
     match kind {
-        masternode::chain::message::kind::DATA => Some(masternode::chain::message::DATA_LIMIT),
+        masternode::chain::Kind::DATA => Some(masternode::chain::DATA_LIMIT),
         k => (PROTOCOL.gossip)(k),
     }
 }

@@ -16,14 +16,15 @@
 //! the token while one is set (401), and each POST route its content type
 //! (415), so nothing is queued or signed for a request refused.
 
-pub mod guard;
+pub(crate) mod guard;
 mod metrics;
-pub mod ready;
-pub mod server;
-pub mod token;
+pub(crate) mod ready;
+pub(crate) mod server;
+pub(crate) mod token;
 
 pub use metrics::render as render_metrics;
-pub use server::{AdminStats, LocalAddr};
+pub use ready::{fetch_readiness, fetch_stop_verdict};
+pub use server::{AdminStats, LocalAddr, HEADER_TIMEOUT, MAX_CONNECTIONS};
 pub use token::{AdminToken, TokenError};
 
 use std::net::SocketAddr;
@@ -64,7 +65,7 @@ pub struct AdminState {
     pub stats: Arc<AdminStats>,
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, state: AdminState, shutdown: CancellationToken) {
     let stats = state.stats.clone();
     server::run(listener, router(state), stats, shutdown).await;
 }
@@ -187,7 +188,7 @@ pub enum SubmitError {
 
 /// Hands a transaction to the producer, which adds it to the mempool and
 /// gossips it to every peer if it is new, and waits for its verdict.
-pub async fn submit_tx(txs: &tokio::sync::mpsc::Sender<TxRequest>, tx: Vec<u8>) -> Result<Hash, SubmitError> {
+pub(crate) async fn submit_tx(txs: &tokio::sync::mpsc::Sender<TxRequest>, tx: Vec<u8>) -> Result<Hash, SubmitError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     txs.send(TxRequest { tx, reply }).await.map_err(|_| SubmitError::Stopped)?;
     Ok(answer.await.map_err(|_| SubmitError::Stopped)??)
@@ -282,7 +283,7 @@ pub struct PendingEntry {
     pub expires_at_height: u64,
 }
 
-pub fn members_info(view: &MembersView) -> MembersInfo {
+pub(crate) fn members_info(view: &MembersView) -> MembersInfo {
     let m = &view.membership;
     MembersInfo {
         height: m.applied(),
@@ -817,7 +818,7 @@ pub struct HttpRequest<'a> {
 }
 
 impl<'a> HttpRequest<'a> {
-    pub fn post(path: &'a str, content_type: &'a str, body: &'a [u8]) -> Self {
+    pub(crate) fn post(path: &'a str, content_type: &'a str, body: &'a [u8]) -> Self {
         HttpRequest { method: "POST", path, content_type: Some(content_type), token: None, body }
     }
 }

@@ -50,14 +50,14 @@ const COPY_BELOW: usize = 4096;
 /// more body bytes than half their size (checked by a test). So no well-formed
 /// body claims more than this many times its length, and a body that claims
 /// more is lying about a length.
-pub const CLAIMS_PER_BYTE: usize = std::mem::size_of::<Vec<u8>>();
+pub(crate) const CLAIMS_PER_BYTE: usize = std::mem::size_of::<Vec<u8>>();
 
 /// Decodes one value from the front of `bytes` with claims bounded by
 /// [`CLAIMS_PER_BYTE`] times its length, rounded up to a power of 4 (from 4 KiB):
 /// a small body can make the decoder allocate at most a few times what its
 /// contents could fill, and every body within its kind's limit decodes. Returns
 /// the value and the bytes it used.
-pub fn decode_bounded<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
+pub(crate) fn decode_bounded<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
     // The limit is a type parameter of bincode's configuration: one per tier.
     macro_rules! tiers {
         ($($size:expr),*) => {
@@ -89,7 +89,7 @@ pub fn decode_bounded<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<(T, usize)
 /// `Vec<T>`: a type decoded with this keeps its derived `Encode`, and the wire
 /// does not change, only what is accepted. `what` names the sequence in the
 /// error ([`FrameError::TooMany`]).
-pub fn decode_seq<T, D>(decoder: &mut D, max: usize, what: &'static str) -> Result<Vec<T>, DecodeError>
+pub(crate) fn decode_seq<T, D>(decoder: &mut D, max: usize, what: &'static str) -> Result<Vec<T>, DecodeError>
 where
     D: bincode::de::Decoder,
     T: bincode::Decode<D::Context>,
@@ -168,7 +168,7 @@ pub fn body_len<T: Frame>(msg: &T) -> usize {
 }
 
 /// Length of the encoding of any value (a frame body is one).
-pub fn encoded_len<T: bincode::Encode>(value: &T) -> usize {
+pub(crate) fn encoded_len<T: bincode::Encode>(value: &T) -> usize {
     let mut counter = bincode::enc::write::SizeWriter::default();
     // SizeWriter cannot fail.
     let _ = bincode::encode_into_writer(value, &mut counter, BINCODE);
@@ -350,7 +350,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame's body (kind byte first), undecoded, `Ok(None)` at a clean
     /// end of stream. `limit` says which kinds this stream carries and their size
     /// limits; both are checked from the header, before the body is buffered.
-    pub async fn next_body(&mut self, limit: impl Fn(u8) -> Option<usize>) -> Result<Option<Bytes>, FrameError> {
+    pub(crate) async fn next_body(&mut self, limit: impl Fn(u8) -> Option<usize>) -> Result<Option<Bytes>, FrameError> {
         let Some(len) = self.fill_frame(&limit).await? else { return Ok(None) };
         self.buf.advance(4);
         // A small body is copied out so that it does not pin the whole read buffer
@@ -363,26 +363,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         } else {
             Ok(Some(self.buf.split_to(len).freeze()))
         }
-    }
-
-    /// Reads and checks the next frame's header without buffering its body:
-    /// its body length, or `None` at a clean end of stream. A caller can make room
-    /// for the body before [`FrameReader::next_body`] reads it.
-    pub async fn next_len(&mut self, limit: impl Fn(u8) -> Option<usize>) -> Result<Option<usize>, FrameError> {
-        if !self.fill(5).await? {
-            return match self.buf.len() {
-                0 => Ok(None),
-                n if n >= 4 => {
-                    let len = self.peek_len();
-                    check_len(len, None, &limit)?;
-                    Err(FrameError::Truncated { expected: len, got: n - 4 })
-                }
-                n => Err(FrameError::Truncated { expected: 4, got: n }),
-            };
-        }
-        let len = self.peek_len();
-        check_len(len, Some(self.buf[4]), &limit)?;
-        Ok(Some(len))
     }
 
     /// Buffers the next whole frame (its header checked first); returns its body
@@ -408,13 +388,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(len))
     }
 
-    /// Bytes of whole frames returned so far.
-    pub fn consumed(&self) -> u64 {
-        self.consumed
-    }
-
     /// Bytes in the buffer not yet returned as frames (tests).
-    pub fn buffered(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
         self.buf.len()
     }
 
@@ -514,7 +490,7 @@ mod tests {
         use std::alloc::{GlobalAlloc, Layout, System};
         use std::cell::Cell;
 
-        pub struct Counting;
+        pub(super) struct Counting;
 
         thread_local! {
             static LARGEST: Cell<usize> = const { Cell::new(0) };
@@ -546,14 +522,14 @@ mod tests {
         }
 
         /// `f`'s result and the largest allocation it made on this thread.
-        pub fn largest_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+        pub(super) fn largest_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
             let (r, largest, _) = during(f);
             (r, largest)
         }
 
         /// `f`'s result, the largest allocation it made on this thread and the
         /// bytes it allocated in all.
-        pub fn during<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
+        pub(super) fn during<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
             LARGEST.with(|c| c.set(0));
             let before = TOTAL.with(|c| c.get());
             let r = f();
@@ -568,18 +544,18 @@ mod tests {
     /// more than a few times what such a body could fill.
     #[test]
     fn a_small_body_claiming_a_huge_length_allocates_little() {
-        use crate::chain::message::kind;
+        use crate::chain::message::Kind;
         // Varint 252: a 4-byte big-endian length follows.
         let claim = |kind: u8, len: u32| [&[kind, 252][..], &len.to_be_bytes()[..], &[0; 8][..]].concat();
         let bodies = [
             // A transaction of 3 MiB with 8 bytes of it present.
-            claim(kind::TX, 3 << 20),
+            claim(Kind::TX, 3 << 20),
             // Data of 1 MiB.
-            claim(kind::DATA, 1 << 20),
+            claim(Kind::DATA, 1 << 20),
             // A million blocks, a hundred thousand, and a thousand.
-            claim(kind::BLOCKS, 1 << 20),
-            claim(kind::BLOCKS, 100_000),
-            claim(kind::BLOCKS, 1_000),
+            claim(Kind::BLOCKS, 1 << 20),
+            claim(Kind::BLOCKS, 100_000),
+            claim(Kind::BLOCKS, 1_000),
         ];
         for body in bodies {
             let (result, largest) = probe::largest_during(|| decode_body::<Message>(&body));
@@ -615,7 +591,7 @@ mod tests {
     use crate::chain::compact::CompactProposal;
     use crate::chain::limits::MAX_SYNC_BATCH_BLOCKS;
     use crate::chain::members::{Approval, Change, MAX_CHANGES_PER_BLOCK, MAX_MEMBERS};
-    use crate::chain::message::kind;
+    use crate::chain::message::Kind;
     use crate::chain::vote::{Certificate, Committed, Proposal, SignedProposal, SignedVote, Vote, VoteKind};
     use crate::identity::NodeId;
 
@@ -752,14 +728,14 @@ mod tests {
         // transactions in a 4 MiB answer, 1.5 million 1-byte ones in a 3 MiB
         // proposal (as many bytes as the proposal's limit allows).
         let n = 4_000_000u32;
-        let answer = [&[kind::TXS, 252][..], &n.to_be_bytes()[..], &vec![0u8; n as usize][..]].concat();
+        let answer = [&[Kind::TXS, 252][..], &n.to_be_bytes()[..], &vec![0u8; n as usize][..]].concat();
         let dense_proposal = encode(&Message::Proposal(proposal(with_txs(1_500_000, &[1]))));
         for (what, body) in [("answer", &answer[..]), ("proposal", &dense_proposal[4..])] {
             assert!(body.len() <= Message::limit(body[0]).unwrap(), "{what}: within its kind's limit");
             let (result, largest, allocated) = probe::during(|| decode_body::<Message>(body));
             let Err(err) = result else { panic!("{what}: decoded, {allocated} bytes allocated") };
             assert!(matches!(err, FrameError::TooMany(_)), "{what}: {err}");
-            assert_eq!(crate::net::frame_error_code(&err), crate::net::close::MALFORMED_FRAME);
+            assert_eq!(crate::net::frame_error_code(&err), crate::net::Close::MALFORMED_FRAME);
             assert!(allocated < 64 * 1024, "{what}: {allocated} bytes allocated in all, the largest {largest}");
         }
     }

@@ -15,16 +15,17 @@ use serde::Deserialize;
 
 use crate::admin::{AdminToken, TokenError};
 pub use crate::chain::genesis::{Member, Network};
-pub use crate::chain::limits::{NodeLimits, MAX_SYNC_BATCH_BLOCKS};
+pub use crate::chain::limits::NodeLimits;
+use crate::chain::limits::MAX_SYNC_BATCH_BLOCKS;
 use crate::chain::members::MAX_MEMBERS;
 use crate::identity::{Identity, IdentityError, NodeId};
 pub use crate::net::TransportConfig as Transport;
 
 /// `required = max(min_active, floor(2n/3) + 1)` uses this when the file is silent.
-pub const DEFAULT_MIN_ACTIVE: usize = 3;
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:24101";
+pub(crate) const DEFAULT_MIN_ACTIVE: usize = 3;
+pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:24101";
 /// Transport timings above an hour are mistakes, not tuning.
-pub const MAX_TRANSPORT_MS: u64 = 3_600_000;
+pub(crate) const MAX_TRANSPORT_MS: u64 = 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -195,8 +196,6 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
-    pub const NAMES: [&'static str; 3] = ["text", "json", "auto"];
-
     pub fn parse(text: &str) -> Option<LogFormat> {
         match text {
             "text" => Some(LogFormat::Text),

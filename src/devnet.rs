@@ -73,7 +73,7 @@ pub fn lay_out(dir: &Path, nodes: usize, ip_of: impl Fn(usize) -> IpAddr) -> Res
 /// [`lay_out`] with every node on `port` and its admin API on `port + 1`. A
 /// genesis already in `dir` is kept, and must have the nodes where they are
 /// laid out now.
-pub fn lay_out_at(
+pub(crate) fn lay_out_at(
     dir: &Path,
     nodes: usize,
     ip_of: impl Fn(usize) -> IpAddr,

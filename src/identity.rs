@@ -37,7 +37,7 @@ impl NodeId {
         hex(&self.0[..4])
     }
 
-    pub fn verifying_key(&self) -> Option<VerifyingKey> {
+    pub(crate) fn verifying_key(&self) -> Option<VerifyingKey> {
         VerifyingKey::from_bytes(&self.0).ok()
     }
 }
@@ -119,12 +119,12 @@ impl Identity {
         self.id
     }
 
-    pub fn cert_der(&self) -> CertificateDer<'static> {
+    pub(crate) fn cert_der(&self) -> CertificateDer<'static> {
         self.cert_der.clone()
     }
 
     /// The key as rustls wants it (PKCS#8 v1 DER).
-    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+    pub(crate) fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8_v1(&self.signing)))
     }
 
@@ -139,7 +139,7 @@ impl Identity {
 
     /// Secret bytes derived from the key under a label, for keys that must survive a
     /// restart without being stored (the QUIC stateless-reset key).
-    pub fn derive_secret(&self, label: &[u8]) -> [u8; 32] {
+    pub(crate) fn derive_secret(&self, label: &[u8]) -> [u8; 32] {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.signing.as_bytes());
         let tag = ring::hmac::sign(&key, label);
         let mut out = [0u8; 32];
@@ -168,7 +168,7 @@ impl Identity {
 }
 
 /// The ed25519 public key inside a DER certificate, if it is an ed25519 certificate.
-pub fn cert_node_id(der: &CertificateDer<'_>) -> Option<NodeId> {
+pub(crate) fn cert_node_id(der: &CertificateDer<'_>) -> Option<NodeId> {
     let parsed = rustls::server::ParsedCertificate::try_from(der).ok()?;
     spki_node_id(parsed.subject_public_key_info().as_ref())
 }
@@ -223,12 +223,12 @@ fn read_pem(path: &Path, label: &'static str) -> Result<Vec<u8>, IdentityError> 
     Ok(block.into_contents())
 }
 
-pub fn read_key(path: &Path) -> Result<SigningKey, IdentityError> {
+pub(crate) fn read_key(path: &Path) -> Result<SigningKey, IdentityError> {
     let der = read_pem(path, "PRIVATE KEY")?;
     parse_pkcs8(&der).ok_or_else(|| IdentityError::NotEd25519Key(path.into()))
 }
 
-pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>, IdentityError> {
+pub(crate) fn read_cert(path: &Path) -> Result<CertificateDer<'static>, IdentityError> {
     Ok(CertificateDer::from(read_pem(path, "CERTIFICATE")?))
 }
 

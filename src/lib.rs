@@ -12,18 +12,21 @@
 //!   frames of bytes and knows nothing of blocks.
 //! * [`chain`]: quorum-gated block production: blocks, signed votes, Tendermint as
 //!   a pure state machine, the fjall store, the mempool, the producer's rules as
-//!   a pure driver ([`chain::driver`]) and the task that carries them out.
+//!   a pure driver ([`chain::Driver`]) and the task that carries them out.
 //! * [`node`]: one running node: transport, producer, admin API, shutdown.
 //! * [`admin`]: `/status`, `/blocks`, `/tx`, `/members`, `/upgrade` over local HTTP behind
-//!   the Host rule, content types and the optional token ([`admin::guard`]), a
-//!   bounded accept loop ([`admin::server`]), and the client the CLI uses.
+//!   the Host rule, content types and the optional token, a bounded accept loop,
+//!   `/metrics`, and the client the CLI uses.
 //! * [`probe`]: readiness (`/ready`) and whether stopping a node keeps the
 //!   quorum (`status --can-stop`), as pure rules over a status.
 //! * [`status`]: what a node reports about itself (status, quorum), read by the
 //!   admin API, metrics and the service alike.
-//! * `admin::metrics` (private): `/metrics` in Prometheus text.
-//! * [`service`]: systemd readiness, status, watchdog.
+//! * `service`: systemd readiness, status, watchdog (run through [`node`]).
 //! * [`devnet`]: N nodes on 127.0.0.1..N in one process.
+
+// The crate's surface is what each module re-exports: its submodules are
+// private to it, and a `pub` item that nothing re-exports is a warning.
+#![warn(unreachable_pub)]
 
 pub mod admin;
 pub mod chain;
@@ -34,7 +37,7 @@ pub mod identity;
 pub mod net;
 pub mod node;
 pub mod probe;
-pub mod service;
+pub(crate) mod service;
 pub mod status;
 
 /// The commit this binary was built from (`git rev-parse --short HEAD` at build

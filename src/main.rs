@@ -368,8 +368,8 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
         }
     };
     spawn_signal_handler(shutdown.clone());
-    masternode::service::ready();
-    let supervisor = tokio::spawn(masternode::service::supervise(node.status_source(), shutdown.clone()));
+    masternode::node::notify_ready();
+    let supervisor = tokio::spawn(masternode::node::supervise(node.status_source(), shutdown.clone()));
     let finished = node.finished().await;
     if let Err(e) = supervisor.await {
         tracing::warn!("service supervisor ended abnormally: {e}");
@@ -680,7 +680,7 @@ async fn can_stop(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool
         Ok(a) => a,
         Err(code) => return code,
     };
-    let verdict = match masternode::admin::ready::fetch_stop_verdict(addr, Duration::from_secs(5)).await {
+    let verdict = match masternode::admin::fetch_stop_verdict(addr, Duration::from_secs(5)).await {
         Ok(v) => v,
         Err(e @ masternode::admin::ClientError::Unreachable { .. }) => {
             masternode::probe::unanswered_verdict(masternode::probe::StopReason::Down, e)
@@ -709,8 +709,8 @@ async fn can_stop(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool
 /// test rewrites. Lines: `partition A,B|C,D` (IP addresses; empty heals),
 /// `loss 0.05` and `delay_ms 40`.
 #[cfg(feature = "fault-injection")]
-fn faults_from_file(path: PathBuf, stop: CancellationToken) -> masternode::net::endpoint::SocketWrapper {
-    use masternode::net::fault::Faults;
+fn faults_from_file(path: PathBuf, stop: CancellationToken) -> masternode::net::SocketWrapper {
+    use masternode::net::Faults;
     let faults = Faults::new();
     let watched = faults.clone();
     tokio::spawn(async move {

@@ -1,5 +1,7 @@
 //! One running masternode: the transport, the admin API, and their shutdown.
 
+pub use crate::service::{ready as notify_ready, supervise};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use crate::net::{self, NetConfig, Peers, TestHooks};
 use crate::status::{Status, StatusSource};
 
 /// How long a request to a peer may take before it is abandoned.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for peers to acknowledge our close.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -52,7 +54,7 @@ pub enum NodeError {
 
 /// Keys TLS refuses that are no strangers: joiners whose add is collecting
 /// approvals, and members that left (a removed node still running).
-pub fn expected_keys(view: &MembersView) -> Vec<(NodeId, Expected)> {
+pub(crate) fn expected_keys(view: &MembersView) -> Vec<(NodeId, Expected)> {
     let m = &view.membership;
     let member = |id: &NodeId| m.current().contains(id) || m.next().contains(id);
     let mut out: std::collections::BTreeMap<NodeId, Expected> =
@@ -86,7 +88,7 @@ async fn follow_expected_keys(
 /// The file in the data directory that holds the admin API's address as the
 /// node last bound it: `masternode status --config` asks there, so a node
 /// started with `--admin` or `MASTERNODE_ADMIN` is found all the same.
-pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+pub(crate) const ADMIN_ADDR_FILE: &str = "admin.addr";
 
 fn record_admin_addr(data_dir: &std::path::Path, addr: SocketAddr) {
     let path = data_dir.join(ADMIN_ADDR_FILE);
@@ -352,7 +354,7 @@ impl Node {
     }
 
     /// The plan this node stopped before, if it stopped for an upgrade.
-    pub fn upgrade_needed(&self) -> Option<crate::chain::upgrade::UpgradeNeeded> {
+    pub(crate) fn upgrade_needed(&self) -> Option<crate::chain::upgrade::UpgradeNeeded> {
         *self.upgrade_needed.lock().unwrap_or_else(|p| p.into_inner())
     }
 

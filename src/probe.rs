@@ -179,7 +179,7 @@ pub struct StopInput<'a> {
 /// Whether stopping this node now leaves the connected members at or above
 /// the quorum. Peers that are not members (a joiner being admitted, a bootstrap
 /// peer) are not counted, nor is a peer listed twice.
-pub fn stop_verdict(input: StopInput<'_>) -> StopVerdict {
+pub(crate) fn stop_verdict(input: StopInput<'_>) -> StopVerdict {
     let StopInput { this, members, connected, required } = input;
     let member = members.contains(&this);
     let connected_members =

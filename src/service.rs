@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::status::{Status, StatusSource};
 
 /// The one-line summary systemd shows for the unit.
-pub fn summary(s: &Status) -> String {
+pub(crate) fn summary(s: &Status) -> String {
     format!(
         "peers {}/{}, height {}, quorum {} ({}/{} active, {} required)",
         s.peers.len(),

@@ -147,7 +147,7 @@ pub struct Counters {
 
 impl Status {
     /// Members of the set that are not connected (this node aside).
-    pub fn missing_peers(&self) -> usize {
+    pub(crate) fn missing_peers(&self) -> usize {
         self.members.saturating_sub(1).saturating_sub(self.peers.len())
     }
 
@@ -161,7 +161,7 @@ impl Status {
 
 /// The transport's and the set's part of a status; `set` is the member set in
 /// force at the next height.
-pub fn build_status(
+pub(crate) fn build_status(
     id: NodeId,
     advertised: SocketAddr,
     network: &Network,
@@ -238,9 +238,9 @@ pub fn build_status(
 }
 
 /// A clock further than this from the peers' is worth a warning.
-pub const CLOCK_WARN_MS: u64 = 1_000;
+pub(crate) const CLOCK_WARN_MS: u64 = 1_000;
 /// A slow peer disconnected within this long still shows as a warning.
-pub const SLOW_PEER_RECENT_MS: u64 = 10 * 60 * 1000;
+pub(crate) const SLOW_PEER_RECENT_MS: u64 = 10 * 60 * 1000;
 
 /// What the producer knows, as of one moment, for [`add_chain`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -256,7 +256,7 @@ pub struct ChainState {
 /// Fills in the chain's part of a status and the warnings, as of `now_ms`.
 /// `missing` names the members that are not connected; `block_interval_ms` is
 /// the network's.
-pub fn add_chain(s: &mut Status, chain: ChainState, missing: &[String], block_interval_ms: u64, now_ms: u64) {
+pub(crate) fn add_chain(s: &mut Status, chain: ChainState, missing: &[String], block_interval_ms: u64, now_ms: u64) {
     s.last_block_timestamp_ms = chain.last_block_timestamp_ms;
     s.last_block_age_secs =
         chain.last_block_timestamp_ms.map(|ts| (now_ms as i64 - ts as i64) as f64 / 1000.0).map(|a| a.max(0.0));
@@ -305,7 +305,7 @@ pub fn add_chain(s: &mut Status, chain: ChainState, missing: &[String], block_in
 
 /// A warning when this node's socket, bound to `local`, cannot reach some of
 /// the members' `addrs` because they are of the other address family.
-pub fn family_mismatch(local: SocketAddr, addrs: impl IntoIterator<Item = SocketAddr>) -> Option<String> {
+pub(crate) fn family_mismatch(local: SocketAddr, addrs: impl IntoIterator<Item = SocketAddr>) -> Option<String> {
     let other: Vec<SocketAddr> = addrs.into_iter().filter(|a| !crate::net::reaches(local, *a)).collect();
     let example = other.first()?;
     let (ours, theirs) = if local.is_ipv4() { ("IPv4", "IPv6") } else { ("IPv6", "IPv4") };
@@ -319,7 +319,7 @@ pub fn family_mismatch(local: SocketAddr, addrs: impl IntoIterator<Item = Socket
 /// A warning when this node's socket is bound to a specific address other
 /// than the one the member set has for it (`in_set`), which is where peers dial.
 /// A wildcard binding reaches every address of the host and says nothing.
-pub fn address_mismatch(bound: SocketAddr, in_set: SocketAddr) -> Option<String> {
+pub(crate) fn address_mismatch(bound: SocketAddr, in_set: SocketAddr) -> Option<String> {
     let bound = crate::net::canonical(bound);
     if bound.ip().is_unspecified() || bound.port() == 0 || bound == crate::net::canonical(in_set) {
         return None;
@@ -333,7 +333,7 @@ pub fn address_mismatch(bound: SocketAddr, in_set: SocketAddr) -> Option<String>
 /// A warning when the chain has scheduled a protocol version this binary
 /// (which runs up to `max_version`) cannot run, at a height after the tip: the
 /// node will stop there.
-pub fn upgrade_warning(schedule: &[crate::chain::members::Plan], tip: u64, max_version: u16) -> Option<String> {
+pub(crate) fn upgrade_warning(schedule: &[crate::chain::members::Plan], tip: u64, max_version: u16) -> Option<String> {
     let plan = schedule.iter().find(|p| p.version > max_version && p.height > tip)?;
     let left = plan.height - tip - 1;
     Some(format!(
@@ -444,7 +444,7 @@ fn removed_at(membership: &crate::chain::members::Membership, id: NodeId) -> Opt
 
 /// Changes collecting approvals: those on chain, and those only this node's
 /// pool holds so far.
-pub fn pending_changes(view: &MembersView) -> Vec<PendingChange> {
+pub(crate) fn pending_changes(view: &MembersView) -> Vec<PendingChange> {
     view.pending()
         .into_iter()
         .map(|p| PendingChange {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use honest::*;
-use masternode::chain::block::{Hash, Header};
-use masternode::chain::message::PROPOSAL_LIMIT;
+use masternode::chain::PROPOSAL_LIMIT;
+use masternode::chain::{Hash, Header};
 use masternode::codec::BINCODE;
 use masternode::node::Node;
 
@@ -37,7 +37,7 @@ fn junk_proposal(height: u64, proposer: masternode::identity::NodeId, count: usi
         tx_root: Hash([0; 32]),
         changes: vec![],
     };
-    let mut body = vec![masternode::chain::message::kind::PROPOSAL];
+    let mut body = vec![masternode::chain::Kind::PROPOSAL];
     body.extend(enc(&|o| {
         bincode::encode_into_std_write((height, 0u32, &header, count as u64), o, BINCODE).unwrap();
     }));

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use common::*;
 use honest::*;
-use masternode::chain::block::{tx_root, Block, Header};
-use masternode::chain::message::Message;
-use masternode::chain::vote::Proposal;
+use masternode::chain::Message;
+use masternode::chain::Proposal;
+use masternode::chain::{tx_root, Block, Header};
 
 /// The hostile member floods proposals of the largest size the gossip stream
 /// carries (well-formed, so they are decoded and checked, and refused: it does
@@ -52,7 +52,7 @@ async fn member_flooding_maximum_size_frames_delays_only_itself() {
                 header: Header {
                     height: 1_000,
                     round: 0,
-                    prev_hash: masternode::chain::block::Hash([0; 32]),
+                    prev_hash: masternode::chain::Hash([0; 32]),
                     timestamp_ms: 0,
                     proposer: spec.id(0),
                     tx_root: tx_root(&txs),

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use masternode::chain::block::{tx_hash, Hash};
-use masternode::chain::message::Message;
+use masternode::chain::Message;
+use masternode::chain::{tx_hash, Hash};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// The junk: unique transactions of about 60 KiB, as many as the hostile

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use masternode::chain::message::Message;
+use masternode::chain::Message;
 use masternode::codec::{self, FrameReader};
 use masternode::net;
 use tokio_util::sync::CancellationToken;
@@ -203,9 +203,9 @@ async fn the_message_path_allocates_and_wakes_per_batch_not_per_message() {
 }
 
 /// A signed proposal of `n` transactions of 256 bytes.
-fn proposal_of(n: usize) -> masternode::chain::vote::SignedProposal {
-    use masternode::chain::block::{tx_root, Block, Hash, Header};
-    use masternode::chain::vote::Proposal;
+fn proposal_of(n: usize) -> masternode::chain::SignedProposal {
+    use masternode::chain::Proposal;
+    use masternode::chain::{tx_root, Block, Hash, Header};
     let id = masternode::identity::Identity::generate().unwrap();
     let txs: Vec<Vec<u8>> = (0..n as u32).map(|i| [i.to_be_bytes().as_slice(), &[7; 252]].concat()).collect();
     let block = Block {
@@ -228,7 +228,7 @@ fn proposal_of(n: usize) -> masternode::chain::vote::SignedProposal {
 /// one vector, and checked against the header without a copy.
 #[test]
 fn a_compact_proposal_is_built_sent_and_checked_without_an_allocation_per_transaction() {
-    use masternode::chain::compact::CompactProposal;
+    use masternode::chain::CompactProposal;
     let sp = proposal_of(10_000);
     let before = allocations();
     let cp = CompactProposal::of(&sp);
@@ -244,8 +244,8 @@ fn a_compact_proposal_is_built_sent_and_checked_without_an_allocation_per_transa
 /// bytes) and allocates nothing else per transaction.
 #[test]
 fn rebuilding_a_compact_proposal_copies_each_transaction_once() {
-    use masternode::chain::compact::{Assembly, CompactProposal};
-    use masternode::chain::mempool::{Mempool, MempoolLimits};
+    use masternode::chain::{Assembly, CompactProposal};
+    use masternode::chain::{Mempool, MempoolLimits};
     let sp = proposal_of(10_000);
     let mut pool = Mempool::new(MempoolLimits::default());
     for tx in &sp.proposal.block.txs {
@@ -253,7 +253,7 @@ fn rebuilding_a_compact_proposal_copies_each_transaction_once() {
     }
     let cp = CompactProposal::of(&sp);
     let before = allocations();
-    let found = pool.lookup_within_block(&cp.ids, masternode::chain::block::MAX_BLOCK_BYTES).unwrap();
+    let found = pool.lookup_within_block(&cp.ids, masternode::chain::MAX_BLOCK_BYTES).unwrap();
     let rebuilt = Assembly::new(cp, found).into_signed().unwrap();
     let made = allocations() - before;
     assert_eq!(rebuilt, sp);

@@ -444,7 +444,7 @@ async fn upgrade_plans(net: &mut Net) {
         serde_json::from_str(&std::fs::read_to_string(data.join("upgrade-info.json")).unwrap()).unwrap();
     assert_eq!((info["name"].as_str(), info["height"].as_u64()), (Some("protocol-5"), Some(v5_height)), "{info}");
     let (stored_tip, last_signed) = {
-        let store = masternode::chain::store::Store::open(&data).unwrap();
+        let store = masternode::chain::Store::open(&data).unwrap();
         (store.tip().unwrap().unwrap().height, store.last_signed().unwrap().unwrap())
     };
     assert_eq!(stored_tip, v5_height - 1, "node 4 stored the block before the plan's height");

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use masternode::chain::block::{genesis_hash, Limits, TxCheck};
-use masternode::chain::vote::Committed;
+use masternode::chain::{genesis_hash, Limits, TxCheck};
+use masternode::chain::Committed;
 use masternode::identity::NodeId;
 use masternode::codec::BINCODE;
 

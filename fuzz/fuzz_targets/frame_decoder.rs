@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use masternode::codec::FrameReader;
-use masternode::chain::message::Message;
+use masternode::chain::Message;
 
 fuzz_target!(|data: &[u8]| {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();

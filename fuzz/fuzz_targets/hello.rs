@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 use masternode::codec::decode_all;
 use masternode::identity::NodeId;
-use masternode::net::handshake::{check_intro, Expect, HandshakeMsg, Intro, LegacyMsg, WIRE};
+use masternode::net::{check_intro, Expect, HandshakeMsg, Intro, LegacyMsg, WIRE};
 
 fn check(intro: &Intro) {
     let member = |id: &NodeId| id.0[0] % 2 == 0;

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use masternode::codec::{decode_body, encode};
-use masternode::chain::message::Message;
+use masternode::chain::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = decode_body::<Message>(data) {

@@ -30,9 +30,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::token::AdminToken;
 
 /// What `POST /tx` takes: the raw transaction.
-pub const OCTET_STREAM: &str = "application/octet-stream";
+pub(crate) const OCTET_STREAM: &str = "application/octet-stream";
 /// What `POST /members` takes.
-pub const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 
 /// Why a request was refused before reaching its handler. The names are the
 /// `reason` label of `masternode_admin_refused_total`.
@@ -89,7 +89,7 @@ impl Refusal {
 
 /// A `Host` (or request-target authority) that does not name this node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HostRefused {
+pub(crate) enum HostRefused {
     #[error("a request must carry a Host header naming this node (localhost or its IP address)")]
     Missing,
     #[error("Host {0:?} is not host[:port]")]
@@ -101,7 +101,7 @@ pub enum HostRefused {
 }
 
 impl HostRefused {
-    pub fn refusal(&self) -> Refusal {
+    pub(crate) fn refusal(&self) -> Refusal {
         match self {
             HostRefused::Missing => Refusal::HostMissing,
             HostRefused::Malformed(_) => Refusal::HostMalformed,
@@ -113,7 +113,7 @@ impl HostRefused {
 
 /// A POST refused while `admin_token` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TokenRefused {
+pub(crate) enum TokenRefused {
     #[error("this node takes a POST only with its admin token: Authorization: Bearer <admin_token>")]
     Missing,
     #[error("the bearer token is not this node's admin_token")]
@@ -121,7 +121,7 @@ pub enum TokenRefused {
 }
 
 impl TokenRefused {
-    pub fn refusal(self) -> Refusal {
+    pub(crate) fn refusal(self) -> Refusal {
         match self {
             TokenRefused::Missing => Refusal::TokenMissing,
             TokenRefused::Wrong => Refusal::TokenWrong,
@@ -131,7 +131,7 @@ impl TokenRefused {
 
 /// A request a browser sent on a page's behalf.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BrowserRefused {
+pub(crate) enum BrowserRefused {
     #[error("a request from a web page (Origin {0}) is refused: this API serves the CLI and scrapers, not pages")]
     Origin(String),
     #[error("a request a browser sent for a {0} page is refused: this API serves the CLI and scrapers, not pages")]
@@ -146,7 +146,7 @@ pub enum BrowserRefused {
 /// names our address outright (`<img src=http://127.0.0.1:24101/blocks/1>`),
 /// which a browser sends without asking, from costing the node a block read
 /// per tag or holding its connection slots.
-pub fn check_browser(origin: Option<&[u8]>, fetch_site: Option<&[u8]>) -> Result<(), BrowserRefused> {
+pub(crate) fn check_browser(origin: Option<&[u8]>, fetch_site: Option<&[u8]>) -> Result<(), BrowserRefused> {
     let shown = |raw: &[u8]| String::from_utf8_lossy(raw).chars().take(SHOWN).collect::<String>();
     if let Some(o) = origin {
         return Err(BrowserRefused::Origin(shown(o)));
@@ -158,7 +158,7 @@ pub fn check_browser(origin: Option<&[u8]>, fetch_site: Option<&[u8]>) -> Result
 }
 
 /// Whether an `Authorization` value carries `token` as a bearer token.
-pub fn check_token(token: &AdminToken, authorization: Option<&[u8]>) -> Result<(), TokenRefused> {
+pub(crate) fn check_token(token: &AdminToken, authorization: Option<&[u8]>) -> Result<(), TokenRefused> {
     match authorization.and_then(bearer) {
         Some(presented) if token.admits(presented) => Ok(()),
         Some(_) => Err(TokenRefused::Wrong),
@@ -171,7 +171,7 @@ const SHOWN: usize = 64;
 
 /// The Host rule (see the module doc). `local` is the address the connection
 /// was accepted on; without it only `localhost` is accepted.
-pub fn check_host(host: Option<&[u8]>, local: Option<IpAddr>) -> Result<(), HostRefused> {
+pub(crate) fn check_host(host: Option<&[u8]>, local: Option<IpAddr>) -> Result<(), HostRefused> {
     let raw = host.ok_or(HostRefused::Missing)?;
     let shown = || {
         let text = String::from_utf8_lossy(raw);
@@ -240,7 +240,7 @@ fn check_port(port: Option<&str>) -> bool {
 
 /// Whether a `Content-Type` value is `wanted` (parameters such as `charset`
 /// aside, case-insensitive).
-pub fn has_content_type(value: Option<&[u8]>, wanted: &str) -> bool {
+pub(crate) fn has_content_type(value: Option<&[u8]>, wanted: &str) -> bool {
     value
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.split(';').next())
@@ -249,7 +249,7 @@ pub fn has_content_type(value: Option<&[u8]>, wanted: &str) -> bool {
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme is
 /// case-insensitive), or `None` for any other value.
-pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer(value: &[u8]) -> Option<&[u8]> {
     let text = std::str::from_utf8(value).ok()?;
     let (scheme, token) = text.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start().as_bytes())

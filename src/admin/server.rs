@@ -41,10 +41,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// waiting for them.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for one request, its body read and the answer made.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection is closed after this long (once its request in flight, if any,
 /// is answered): a client cannot keep a slot forever by never reading.
-pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+pub(crate) const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 /// What a connection in flight gets to finish at shutdown or at its age limit.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -71,7 +71,7 @@ impl AdminStats {
     }
 
     /// Times the connection bound was reached.
-    pub fn connection_waits(&self) -> u64 {
+    pub(crate) fn connection_waits(&self) -> u64 {
         self.connection_waits.load(Ordering::Relaxed)
     }
 
@@ -111,7 +111,7 @@ impl Drop for Open {
 
 /// Serves `router` on `listener` until `shutdown`, then lets the connections in
 /// flight finish (for at most a second) and returns.
-pub async fn run(
+pub(crate) async fn run(
     listener: tokio::net::TcpListener,
     router: Router,
     stats: Arc<AdminStats>,

@@ -57,14 +57,14 @@ impl AdminToken {
     }
 
     /// The `Authorization` header value that carries the token.
-    pub fn authorization(&self) -> String {
+    pub(crate) fn authorization(&self) -> String {
         format!("Bearer {}", self.secret)
     }
 
     /// Whether `presented` is the token. Both are hashed first and the hashes
     /// compared in full, so the time taken says nothing of how much of a guess
     /// was right, nor of the token's length.
-    pub fn admits(&self, presented: &[u8]) -> bool {
+    pub(crate) fn admits(&self, presented: &[u8]) -> bool {
         let ours = ring::digest::digest(&ring::digest::SHA256, self.secret.as_bytes());
         let theirs = ring::digest::digest(&ring::digest::SHA256, presented);
         let diff = ours.as_ref().iter().zip(theirs.as_ref()).fold(0u8, |acc, (a, b)| acc | (a ^ b));

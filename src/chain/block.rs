@@ -47,7 +47,7 @@ impl fmt::Display for Hash {
     }
 }
 
-pub use super::height::{Height, Round};
+pub(crate) use super::height::{Height, Round};
 
 /// Decoded by hand, as [`Block`] is, to bound `changes` before allocating it.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode)]
@@ -235,7 +235,7 @@ pub fn tx_root(txs: &[Vec<u8>]) -> Hash {
 
 /// [`tx_root`], each transaction hashed once; with `look_for_repeats`, also the
 /// first transaction equal to an earlier one (by id).
-pub fn tx_root_and_repeat(txs: &[Vec<u8>], look_for_repeats: bool) -> (Hash, Option<usize>) {
+pub(crate) fn tx_root_and_repeat(txs: &[Vec<u8>], look_for_repeats: bool) -> (Hash, Option<usize>) {
     if !look_for_repeats {
         return (tx_root(txs), None);
     }

@@ -34,7 +34,7 @@ use crate::identity::NodeId;
 
 /// Thresholds of the estimator.
 #[derive(Debug, Clone, Copy)]
-pub struct ClockConfig {
+pub(crate) struct ClockConfig {
     /// Readings kept per member; the largest of them is its sample.
     pub readings: usize,
     /// A reading is forgotten after this long.
@@ -62,13 +62,13 @@ impl Default for ClockConfig {
 /// sample of an even count) lies between two honest ones: they can neither make
 /// an honest node believe its clock is off nor hide that it is. A majority of
 /// the peers is not enough: at four members, one liar is one of two.
-pub fn min_peers_for(members: usize) -> usize {
+pub(crate) fn min_peers_for(members: usize) -> usize {
     2 * (members.saturating_sub(1) / 3) + 1
 }
 
 /// A change worth a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClockEvent {
+pub(crate) enum ClockEvent {
     /// The offset went over the warning threshold.
     Off { offset_ms: i64, peers: usize },
     /// Back under the all-clear threshold after a warning.
@@ -84,14 +84,14 @@ struct Reading {
 }
 
 #[derive(Debug)]
-pub struct ClockEstimator {
+pub(crate) struct ClockEstimator {
     cfg: ClockConfig,
     readings: BTreeMap<NodeId, VecDeque<Reading>>,
     warned: bool,
 }
 
 impl ClockEstimator {
-    pub fn new(cfg: ClockConfig) -> Self {
+    pub(crate) fn new(cfg: ClockConfig) -> Self {
         ClockEstimator {
             cfg: ClockConfig { readings: cfg.readings.max(1), ..cfg },
             readings: BTreeMap::new(),
@@ -102,7 +102,7 @@ impl ClockEstimator {
     /// A tip from `from`, sent when its clock read `time_ms`, arrived at
     /// `now_ms`. Returns a warning or an all-clear when the estimate crossed a
     /// threshold.
-    pub fn handle_tip(&mut self, from: NodeId, time_ms: u64, now_ms: u64) -> Option<ClockEvent> {
+    pub(crate) fn handle_tip(&mut self, from: NodeId, time_ms: u64, now_ms: u64) -> Option<ClockEvent> {
         // Any u64 a peer sends fits once clamped: a lie of centuries is one
         // sample, and the median caps what it does.
         let ahead_ms = (i128::from(time_ms) - i128::from(now_ms)).clamp(i64::MIN.into(), i64::MAX.into()) as i64;
@@ -116,18 +116,18 @@ impl ClockEstimator {
     }
 
     /// How many members an estimate needs, as the set grows or shrinks.
-    pub fn set_min_peers(&mut self, n: usize) {
+    pub(crate) fn set_min_peers(&mut self, n: usize) {
         self.cfg.min_peers = n;
     }
 
     /// Forgets a member that left the set.
-    pub fn retain(&mut self, mut keep: impl FnMut(&NodeId) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&NodeId) -> bool) {
         self.readings.retain(|id, _| keep(id));
     }
 
     /// Our offset from the peers' clocks in ms (positive: ours is ahead), or
     /// `None` without recent readings from enough members.
-    pub fn offset_ms(&self, now_ms: u64) -> Option<i64> {
+    pub(crate) fn offset_ms(&self, now_ms: u64) -> Option<i64> {
         let mut ahead: Vec<i64> = self.samples(now_ms).collect();
         if ahead.is_empty() || ahead.len() < self.cfg.min_peers {
             return None;
@@ -139,7 +139,7 @@ impl ClockEstimator {
     }
 
     /// Members with a recent reading (0 while there are too few for an estimate).
-    pub fn peers(&self, now_ms: u64) -> usize {
+    pub(crate) fn peers(&self, now_ms: u64) -> usize {
         let n = self.samples(now_ms).count();
         if n < self.cfg.min_peers {
             0
@@ -149,7 +149,8 @@ impl ClockEstimator {
     }
 
     /// Whether the last event was a warning (the offset is still off).
-    pub fn off(&self) -> bool {
+    #[cfg(test)]
+    fn off(&self) -> bool {
         self.warned
     }
 

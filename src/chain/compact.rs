@@ -67,7 +67,7 @@ use crate::identity::NodeId;
 pub const MAX_WAITING: usize = 4;
 
 /// Proposals kept for rounds past the fetching window, at most.
-pub const MAX_LATER: usize = 8;
+pub(crate) const MAX_LATER: usize = 8;
 
 /// A proposal whose block travels as its header and its transactions' ids.
 /// Decoded by hand to bound `ids` by [`MAX_BLOCK_TXS`] before allocating them.
@@ -125,7 +125,7 @@ impl CompactError {
     /// Whether the proposer's signature proves the fault: the ids hash to the
     /// root of the header it signed, so it named them, whoever relayed them.
     /// Other refusals are the sender's (it could have checked what it relayed).
-    pub fn signed_by_proposer(&self) -> bool {
+    pub(crate) fn signed_by_proposer(&self) -> bool {
         matches!(self, CompactError::RepeatedId { .. } | CompactError::OverBlockBytes { .. })
     }
 
@@ -141,7 +141,7 @@ impl CompactError {
 
 /// Why a peer's `Txs` answer was refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AnswerError {
+pub(crate) enum AnswerError {
     #[error("transaction #{index} of the answer has {len} bytes, over the {limit}-byte limit")]
     TxTooLarge { index: usize, len: usize, limit: usize },
 }
@@ -149,7 +149,7 @@ pub enum AnswerError {
 /// Why filling an assembly from an answer failed: the answer's fault or the
 /// proposal's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FillError {
+pub(crate) enum FillError {
     #[error("answer refused: {0}")]
     Answer(#[from] AnswerError),
     #[error(transparent)]
@@ -160,7 +160,7 @@ pub enum FillError {
 /// limit on one transaction, which an answer's transactions are held to as
 /// gossiped ones are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RebuildLimits {
+pub(crate) struct RebuildLimits {
     pub max_block_bytes: usize,
     pub max_tx_bytes: usize,
 }
@@ -223,7 +223,7 @@ impl CompactProposal {
     }
 
     /// The most [`Self::bytes`] of a checked proposal of at most `max_txs` ids.
-    pub fn max_bytes(max_txs: usize) -> usize {
+    pub(crate) fn max_bytes(max_txs: usize) -> usize {
         std::mem::size_of::<Self>()
             + max_txs * std::mem::size_of::<Hash>()
             + MAX_CHANGES_PER_BLOCK * std::mem::size_of::<SignedApproval>()
@@ -245,7 +245,7 @@ fn first_repeat(ids: &[Hash]) -> Option<(usize, usize)> {
 /// The transactions with these ids that `find` holds, in block order, copied
 /// one by one as long as their bytes stay within `max_block_bytes`: the moment
 /// the next would pass it, the block is refused, before that copy is made.
-pub fn place_within<'a>(
+pub(crate) fn place_within<'a>(
     ids: &[Hash],
     mut find: impl FnMut(&Hash) -> Option<&'a Vec<u8>>,
     max_block_bytes: usize,
@@ -297,12 +297,12 @@ impl Assembly {
         Assembly { proposal, txs: found, missing, unfilled, placed }
     }
 
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.unfilled == 0 && self.txs.len() == self.proposal.ids.len()
     }
 
     /// The ids to ask for, in block order.
-    pub fn missing_ids(&self) -> Vec<Hash> {
+    pub(crate) fn missing_ids(&self) -> Vec<Hash> {
         let mut at: Vec<(usize, Hash)> = self.missing.iter().map(|(id, &i)| (i, *id)).collect();
         at.sort_unstable();
         at.into_iter().map(|(_, id)| id).collect()
@@ -313,7 +313,7 @@ impl Assembly {
     /// hashes to, any other is ignored, and the proposal is refused the moment
     /// the bytes placed would pass `max_block_bytes`. Returns how many places
     /// it filled.
-    pub fn handle_txs(&mut self, txs: Vec<Vec<u8>>, limits: RebuildLimits) -> Result<usize, FillError> {
+    pub(crate) fn handle_txs(&mut self, txs: Vec<Vec<u8>>, limits: RebuildLimits) -> Result<usize, FillError> {
         check_answer(&txs, limits.max_tx_bytes)?;
         let mut filled = 0;
         for tx in txs {
@@ -343,7 +343,7 @@ impl Assembly {
 
     /// The most [`Self::bytes`] of an assembly of a checked proposal under
     /// `limits`.
-    pub fn max_bytes(limits: &Limits) -> usize {
+    pub(crate) fn max_bytes(limits: &Limits) -> usize {
         CompactProposal::max_bytes(limits.max_block_txs)
             + limits.max_block_bytes
             + limits.max_block_txs * (std::mem::size_of::<Option<Vec<u8>>>() + 2 * MISSING_ENTRY_BYTES)
@@ -374,7 +374,7 @@ impl Assembly {
 const MISSING_ENTRY_BYTES: usize = std::mem::size_of::<(Hash, usize)>() + 1;
 
 /// A `Txs` answer's transactions each within `max_tx_bytes`.
-pub fn check_answer(txs: &[Vec<u8>], max_tx_bytes: usize) -> Result<(), AnswerError> {
+pub(crate) fn check_answer(txs: &[Vec<u8>], max_tx_bytes: usize) -> Result<(), AnswerError> {
     match txs.iter().position(|t| t.len() > max_tx_bytes) {
         Some(index) => Err(AnswerError::TxTooLarge { index, len: txs[index].len(), limit: max_tx_bytes }),
         None => Ok(()),
@@ -383,7 +383,7 @@ pub fn check_answer(txs: &[Vec<u8>], max_tx_bytes: usize) -> Result<(), AnswerEr
 
 /// Why [`Waiting::insert`] did not keep an assembly.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WaitError {
+pub(crate) enum WaitError {
     #[error("a proposal of that round is already being fetched")]
     SlotTaken,
     #[error("{MAX_WAITING} proposals are already being fetched")]
@@ -400,7 +400,7 @@ pub enum WaitError {
 /// [`Waiting::retain_window`] say which left, and the producer's driver ends
 /// their fetches, so fetches never outnumber the assemblies waiting.
 #[derive(Debug)]
-pub struct Waiting {
+pub(crate) struct Waiting {
     by_slot: BTreeMap<(Height, Round), Assembly>,
     /// Checked proposals for rounds past the fetching window, with the peer
     /// that sent them, until the window reaches them; the latest rounds given
@@ -412,24 +412,24 @@ pub struct Waiting {
 impl Waiting {
     /// Room for [`MAX_WAITING`] assemblies of the largest block `limits` allow:
     /// what the count already bounds, kept as a bound of its own in bytes.
-    pub fn new(limits: &Limits) -> Waiting {
+    pub(crate) fn new(limits: &Limits) -> Waiting {
         Self::with_budget(MAX_WAITING * Assembly::max_bytes(limits))
     }
 
     /// Waiting assemblies hold at most `budget` bytes.
-    pub fn with_budget(budget: usize) -> Waiting {
+    pub(crate) fn with_budget(budget: usize) -> Waiting {
         Waiting { by_slot: BTreeMap::new(), later: BTreeMap::new(), budget }
     }
 
     /// Whether a proposal of `(height, round)` is being fetched or kept.
-    pub fn contains(&self, height: Height, round: Round) -> bool {
+    pub(crate) fn contains(&self, height: Height, round: Round) -> bool {
         self.by_slot.contains_key(&(height, round)) || self.later.contains_key(&(height, round))
     }
 
     /// Keeps `a` until its answer comes; refused (and `a` dropped) when its
     /// slot is taken, [`MAX_WAITING`] already wait, or it would pass the byte
     /// budget.
-    pub fn insert(&mut self, a: Assembly) -> Result<(), WaitError> {
+    pub(crate) fn insert(&mut self, a: Assembly) -> Result<(), WaitError> {
         let slot = (a.proposal.height, a.proposal.round);
         if self.by_slot.contains_key(&slot) {
             return Err(WaitError::SlotTaken);
@@ -448,7 +448,7 @@ impl Waiting {
     /// Drops what waits for rounds before `(height, round)`, and for heights
     /// below it: those proposals are moot. Returns the slots of the assemblies
     /// dropped, whose fetches are to end.
-    pub fn retain_window(&mut self, height: Height, round: Round) -> Vec<(Height, Round)> {
+    pub(crate) fn retain_window(&mut self, height: Height, round: Round) -> Vec<(Height, Round)> {
         let keep = |&(h, r): &(Height, Round)| h > height || (h == height && r >= round);
         let gone: Vec<_> = self.by_slot.keys().copied().filter(|s| !keep(s)).collect();
         for slot in &gone {
@@ -460,7 +460,7 @@ impl Waiting {
 
     /// Keeps a checked proposal of a round past the window until it is due, in
     /// its compact form: what it held from the mempool is looked up again then.
-    pub fn defer(&mut self, from: NodeId, cp: CompactProposal) {
+    pub(crate) fn defer(&mut self, from: NodeId, cp: CompactProposal) {
         let slot = (cp.height, cp.round);
         if self.contains(slot.0, slot.1) {
             return;
@@ -472,45 +472,42 @@ impl Waiting {
     }
 
     /// Whether proposals of later rounds are kept.
-    pub fn has_later(&self) -> bool {
+    pub(crate) fn has_later(&self) -> bool {
         !self.later.is_empty()
     }
 
     /// The kept proposals `due` now says are in the window.
-    pub fn take_due(&mut self, mut due: impl FnMut(Height, Round) -> bool) -> Vec<(NodeId, CompactProposal)> {
+    pub(crate) fn take_due(&mut self, mut due: impl FnMut(Height, Round) -> bool) -> Vec<(NodeId, CompactProposal)> {
         let slots: Vec<_> = self.later.keys().copied().filter(|&(h, r)| due(h, r)).collect();
         slots.into_iter().filter_map(|s| self.later.remove(&s)).collect()
     }
 
     /// The assembly of `(height, round)`, out of the waiting ones.
-    pub fn take(&mut self, height: Height, round: Round) -> Option<Assembly> {
+    pub(crate) fn take(&mut self, height: Height, round: Round) -> Option<Assembly> {
         self.by_slot.remove(&(height, round))
     }
 
     /// Assemblies waiting.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.by_slot.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_slot.is_empty()
-    }
-
     /// About the bytes the waiting assemblies hold.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.by_slot.values().map(Assembly::bytes).sum()
     }
 
     /// About the bytes the proposals kept for later rounds hold: at most
     /// [`MAX_LATER`] times [`CompactProposal::max_bytes`].
-    pub fn later_bytes(&self) -> usize {
+    pub(crate) fn later_bytes(&self) -> usize {
         self.later.values().map(|(_, cp)| cp.bytes()).sum()
     }
 }
 
 /// Copies of `txs`, in order, as long as they fit in `max_bytes` of
 /// transaction bytes: a `Txs` answer within its frame.
-pub fn within_bytes<'a>(txs: impl Iterator<Item = &'a Vec<u8>>, max_bytes: usize) -> Vec<Vec<u8>> {
+pub(crate) fn within_bytes<'a>(txs: impl Iterator<Item = &'a Vec<u8>>, max_bytes: usize) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut bytes = 0;
     for tx in txs {

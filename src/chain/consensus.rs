@@ -53,16 +53,16 @@ use crate::identity::{Identity, NodeId};
 pub const MAX_ROUND_AHEAD: Round = 64;
 /// Rounds of the next height whose messages are buffered: a node one block
 /// behind needs the first rounds of the next height, not a member's hundredth.
-pub const MAX_FUTURE_ROUND: Round = 8;
+pub(crate) const MAX_FUTURE_ROUND: Round = 8;
 /// Bytes buffered for the next height, at most (proposals by their transactions,
 /// votes at [`FUTURE_VOTE_BYTES`] each).
-pub const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
 const FUTURE_VOTE_BYTES: usize = 256;
 /// Conflicting votes kept per member, round and kind, beyond its first.
 const MAX_CONFLICTING: usize = 2;
 /// A member shown to be ahead at a height is reported again after this long, so a
 /// sync that failed is tried again.
-pub const AHEAD_REPEAT_MS: u64 = 10_000;
+pub(crate) const AHEAD_REPEAT_MS: u64 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -85,7 +85,7 @@ pub struct Timeouts {
 
 /// The longest timeout: an overflow guard, far above any delay the chain is
 /// meant to survive.
-pub const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+pub(crate) const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
 /// Timeouts of round `r` are `base + delta * r`, growing without a bound short
 /// of [`MAX_TIMEOUT_MS`] (saturating, so no round overflows them).
@@ -108,7 +108,7 @@ pub const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 /// which is the price of being live when delays are long.
 impl Timeouts {
     /// A timeout of `base_ms` in `round`.
-    pub fn in_round(&self, base_ms: u64, round: Round) -> u64 {
+    pub(crate) fn in_round(&self, base_ms: u64, round: Round) -> u64 {
         base_ms.saturating_add(self.delta_ms.saturating_mul(round as u64)).min(MAX_TIMEOUT_MS)
     }
 
@@ -157,8 +157,8 @@ pub enum Input {
     Quorum(bool),
 }
 
-pub use super::misbehaviour::Misbehaviour;
-pub use super::vote::{Lock, Signed};
+pub(crate) use super::misbehaviour::Misbehaviour;
+pub(crate) use super::vote::{Lock, Signed};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -425,7 +425,7 @@ impl Core {
     /// height within the rounds a proposal is accepted for, or of the next height
     /// within the rounds buffered for it, whose slot holds none yet. A compact
     /// proposal that could not is neither rebuilt nor fetched.
-    pub fn wants_proposal(&self, height: Height, round: Round) -> bool {
+    pub(crate) fn wants_proposal(&self, height: Height, round: Round) -> bool {
         if height == self.height {
             round <= self.round + MAX_ROUND_AHEAD && !self.proposals.contains_key(&round)
         } else {
@@ -435,7 +435,7 @@ impl Core {
 
     /// The block proposed in `(height, round)`, if this height's proposal of
     /// that round is here: a peer rebuilding it may ask for its transactions.
-    pub fn proposed_block(&self, height: Height, round: Round) -> Option<&Block> {
+    pub(crate) fn proposed_block(&self, height: Height, round: Round) -> Option<&Block> {
         (height == self.height).then(|| self.proposals.get(&round)).flatten().map(|sp| &sp.proposal.block)
     }
 

@@ -97,13 +97,13 @@ use crate::identity::{Identity, NodeId};
 use crate::net::{Refusal, RequestError};
 
 /// Misbehaviour reports logged at warn level before falling back to debug.
-pub const MAX_REPORTED: usize = 1024;
+pub(crate) const MAX_REPORTED: usize = 1024;
 /// Propose timeout for a proposer we cannot hear (ms): a proposal already in
 /// flight may still land.
-pub const ABSENT_PROPOSER_WAIT_MS: u64 = 100;
+pub(crate) const ABSENT_PROPOSER_WAIT_MS: u64 = 100;
 /// The housekeeping tick (ms): rebroadcast, sync hedges. The shell's loop turns
 /// at least this often, which the service watchdog counts as progress.
-pub const TICK_MS: u64 = 250;
+pub(crate) const TICK_MS: u64 = 250;
 
 /// What the shell's clocks read. `mono_ms`: a monotonic count of milliseconds
 /// (timers, pacing of rebroadcasts, sync rates, "last heard"); `wall_ms`: the
@@ -177,14 +177,14 @@ pub enum Effect {
 
 /// A `Blocks` answer and its body's size.
 #[derive(Debug, Clone)]
-pub struct BlocksAnswer {
+pub(crate) struct BlocksAnswer {
     pub blocks: Vec<Committed>,
     pub bytes: usize,
 }
 
 /// Why a request to a peer (`GetBlocks`, `GetTxs`) brought nothing usable.
 #[derive(Debug, thiserror::Error)]
-pub enum RequestFailure {
+pub(crate) enum RequestFailure {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error("response does not decode: {0}")]
@@ -197,7 +197,7 @@ pub enum RequestFailure {
 
 impl RequestFailure {
     /// How the sync planner counts it.
-    pub fn failure(&self) -> Failure {
+    pub(crate) fn failure(&self) -> Failure {
         match self {
             RequestFailure::Request(RequestError::Timeout(_)) => Failure::Timeout,
             RequestFailure::Request(RequestError::Frame(_))
@@ -438,13 +438,13 @@ impl Driver {
     }
 
     /// The next thing to carry out, in order.
-    pub fn poll_effect(&mut self) -> Option<Effect> {
+    pub(crate) fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
     }
 
     /// When [`Self::handle_timeout`] next has something to do (mono ms): a core
     /// timer, a fetch deadline, or the housekeeping tick; never once halted.
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub(crate) fn poll_timeout(&self) -> Option<u64> {
         if self.halted.is_some() {
             return None;
         }
@@ -465,7 +465,8 @@ impl Driver {
 
     /// The membership after the tip and the approvals waiting here, as last
     /// published.
-    pub fn members_view(&self) -> Arc<MembersView> {
+    #[cfg(test)]
+    pub(crate) fn members_view(&self) -> Arc<MembersView> {
         self.members_view.clone()
     }
 
@@ -490,13 +491,13 @@ impl Driver {
     /// height past the next one, which nothing could use (only the next height
     /// is buffered, and votes tell us a peer is ahead), before its up to 3 MiB
     /// are decoded.
-    pub fn skip_undecoded(&self, body: &[u8]) -> bool {
+    pub(crate) fn skip_undecoded(&self, body: &[u8]) -> bool {
         message::proposal_height(body).is_some_and(|h| h > self.core.height() + 1)
     }
 
     /// Fires every timer due at `now`: core timeouts, fetch deadlines, and the
     /// housekeeping tick (rebroadcast, sync hedges).
-    pub fn handle_timeout(&mut self, now: Now) {
+    pub(crate) fn handle_timeout(&mut self, now: Now) {
         if self.halted.is_some() {
             return;
         }
@@ -520,7 +521,7 @@ impl Driver {
 
     /// The transport's connected peers are now `connected`: the gate is
     /// recomputed.
-    pub fn handle_connected(&mut self, connected: BTreeSet<NodeId>, now: Now) {
+    pub(crate) fn handle_connected(&mut self, connected: BTreeSet<NodeId>, now: Now) {
         if self.halted.is_some() {
             return;
         }
@@ -533,7 +534,7 @@ impl Driver {
     /// `id` has a new connection, its handshake claiming `tip` (when the shell
     /// knows it). It missed what we signed at this height and the approvals
     /// waiting for a block: both are sent again.
-    pub fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
+    pub(crate) fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
         if self.halted.is_some() {
             return;
         }
@@ -554,12 +555,12 @@ impl Driver {
     }
 
     /// `id` has no connection any more: its claim and its sync request are gone.
-    pub fn handle_peer_down(&mut self, id: NodeId, _now: Now) {
+    pub(crate) fn handle_peer_down(&mut self, id: NodeId, _now: Now) {
         self.sync.handle_down(id);
     }
 
     /// A message from `from`'s gossip stream.
-    pub fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
+    pub(crate) fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
         if self.halted.is_some() {
             return;
         }
@@ -598,7 +599,7 @@ impl Driver {
     }
 
     /// A request from `from`, to be answered as `id`.
-    pub fn handle_request(&mut self, from: NodeId, id: RequestId, msg: Message, now: Now) {
+    pub(crate) fn handle_request(&mut self, from: NodeId, id: RequestId, msg: Message, now: Now) {
         let answer = match msg {
             Message::GetBlocks { from: start, count } => {
                 if !self.sync_allowance(from, now) {
@@ -627,7 +628,7 @@ impl Driver {
 
     /// `peer`'s answer to our `GetBlocks`: its blocks go to the core in order,
     /// the outcome to the planner.
-    pub fn handle_blocks(&mut self, peer: NodeId, result: Result<BlocksAnswer, RequestFailure>, now: Now) {
+    pub(crate) fn handle_blocks(&mut self, peer: NodeId, result: Result<BlocksAnswer, RequestFailure>, now: Now) {
         let BlocksAnswer { blocks, bytes } = match result {
             Ok(answer) => answer,
             Err(e) => return self.sync_outcome(peer, Outcome::Failed(e.failure()), &e.to_string(), now),
@@ -666,7 +667,7 @@ impl Driver {
     /// `from`'s answer to our `GetTxs` for the compact proposal of `(height,
     /// round)`: complete, the proposal goes to the core; otherwise it is dropped
     /// (withheld, or answered with transactions that are not the block's).
-    pub fn handle_txs(
+    pub(crate) fn handle_txs(
         &mut self,
         from: NodeId,
         height: Height,
@@ -702,7 +703,7 @@ impl Driver {
 
     /// A transaction submitted here (`POST /tx`, `Node::submit`): into the
     /// mempool, and gossiped if it is new.
-    pub fn handle_submit(&mut self, tx: Vec<u8>, _now: Now) -> Result<Hash, AddError> {
+    pub(crate) fn handle_submit(&mut self, tx: Vec<u8>, _now: Now) -> Result<Hash, AddError> {
         let (hash, new) = self.mempool.add(tx.clone())?;
         if new {
             // Queued for every peer without waiting on any; peers that miss it (a
@@ -715,7 +716,7 @@ impl Driver {
     /// An operator's change (`POST /members`): signed with this node's key,
     /// checked as the next block would check it, kept for proposers and
     /// gossiped.
-    pub fn handle_change(&mut self, request: ChangeRequest, _now: Now) -> Result<Submitted, ChangeError> {
+    pub(crate) fn handle_change(&mut self, request: ChangeRequest, _now: Now) -> Result<Submitted, ChangeError> {
         let result = self.approve(request);
         if let Ok(s) = &result {
             let what = if s.change.plan().is_some() { "upgrade plan" } else { "member change" };
@@ -1084,12 +1085,13 @@ impl Driver {
     /// The transport's connected peers now speak these wire versions (handed in
     /// whenever the connected set changes): what the proposer policy for
     /// upgrade plans goes by.
-    pub fn handle_wire_versions(&mut self, wire: BTreeMap<NodeId, u16>, _now: Now) {
+    pub(crate) fn handle_wire_versions(&mut self, wire: BTreeMap<NodeId, u16>, _now: Now) {
         self.wire = wire;
     }
 
     /// The plan this node stopped before, once it did ([`Effect::Halt`]).
-    pub fn halted(&self) -> Option<Plan> {
+    #[cfg(test)]
+    pub(crate) fn halted(&self) -> Option<Plan> {
         self.halted
     }
 

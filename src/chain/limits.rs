@@ -3,7 +3,7 @@
 
 /// Blocks one sync response carries, at most: the largest `sync_batch_blocks`
 /// (the previous release's too). A `Blocks` frame naming more does not decode.
-pub const MAX_SYNC_BATCH_BLOCKS: usize = 1024;
+pub(crate) const MAX_SYNC_BATCH_BLOCKS: usize = 1024;
 
 /// Limits of what the node accepts and keeps, beyond the transport's; every one
 /// has a default and can be set in `[limits]`.

@@ -48,7 +48,7 @@ pub struct Mailbox {
 }
 
 /// The producer's ends of the same channels.
-pub struct Links {
+pub(crate) struct Links {
     pub(crate) view: watch::Sender<Arc<MembersView>>,
     pub(crate) member_requests: mpsc::Receiver<MemberRequest>,
     pub(crate) txs: mpsc::Receiver<TxRequest>,
@@ -57,7 +57,7 @@ pub struct Links {
 impl Links {
     /// Links, and the admin API's ends of them, with `membership` as the first
     /// view.
-    pub fn new(membership: Membership) -> (Links, Mailbox) {
+    pub(crate) fn new(membership: Membership) -> (Links, Mailbox) {
         let (view, members) = watch::channel(Arc::new(MembersView { membership, waiting: vec![] }));
         let (member_tx, member_requests) = mpsc::channel(MEMBER_QUEUE);
         let (tx_tx, txs) = mpsc::channel(TX_QUEUE);
@@ -66,7 +66,7 @@ impl Links {
 }
 
 /// What the producer reports for metrics, status and the service watchdog.
-pub struct ChainMetrics {
+pub(crate) struct ChainMetrics {
     /// Turns of the producer's loop; it turns at least every
     /// [`super::driver::TICK_MS`].
     pub loops: AtomicU64,
@@ -102,14 +102,14 @@ macro_rules! held {
         /// `masternode_held_bytes{what}`: a fixed set, so labels never come
         /// from a peer.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Held {
+        pub(crate) enum Held {
             $(#[doc = $doc] $name,)*
         }
 
         impl Held {
-            pub const ALL: [Held; [$(Held::$name),*].len()] = [$(Held::$name),*];
+            pub(crate) const ALL: [Held; [$(Held::$name),*].len()] = [$(Held::$name),*];
 
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $(Held::$name => $label,)*
                 }
@@ -125,20 +125,20 @@ held! {
 }
 
 impl ChainMetrics {
-    pub fn set_held(&self, what: Held, bytes: usize) {
+    pub(crate) fn set_held(&self, what: Held, bytes: usize) {
         self.held[what as usize].store(bytes as u64, Ordering::Relaxed);
     }
 
-    pub fn held(&self, what: Held) -> u64 {
+    pub(crate) fn held(&self, what: Held) -> u64 {
         self.held[what as usize].load(Ordering::Relaxed)
     }
 
-    pub fn set_mempool(&self, figures: Figures) {
+    pub(crate) fn set_mempool(&self, figures: Figures) {
         *self.mempool.lock().unwrap_or_else(|p| p.into_inner()) = figures;
     }
 
     /// The mempool's figures as the producer last published them.
-    pub fn mempool(&self) -> Figures {
+    pub(crate) fn mempool(&self) -> Figures {
         *self.mempool.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

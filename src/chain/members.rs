@@ -60,12 +60,12 @@ use crate::codec::BINCODE;
 use crate::identity::{Identity, NodeId};
 
 /// Members a set may hold, at most.
-pub const MAX_MEMBERS: usize = 128;
+pub(crate) const MAX_MEMBERS: usize = 128;
 /// Approvals one block may carry, at most.
-pub const MAX_CHANGES_PER_BLOCK: usize = 64;
+pub(crate) const MAX_CHANGES_PER_BLOCK: usize = 64;
 /// Approvals of one member waiting on chain, at most: a member cannot grow the
 /// state every node keeps by approving changes nobody else wants.
-pub const MAX_PENDING_PER_APPROVER: usize = 16;
+pub(crate) const MAX_PENDING_PER_APPROVER: usize = 16;
 /// Approvals a node holds for the next blocks, per approver. There is no cap
 /// on the whole pool: one would let members that approve a lot (32 Byzantine
 /// ones would do) crowd out everyone else's approvals, this node's own
@@ -74,18 +74,18 @@ pub const MAX_PENDING_PER_APPROVER: usize = 16;
 /// member that left after every block), so the pool holds at most this many
 /// times their number (a few thousand approvals, well under 1 MiB, with
 /// [`MAX_MEMBERS`] in each set).
-pub const MAX_POOL_PER_APPROVER: usize = 8;
+pub(crate) const MAX_POOL_PER_APPROVER: usize = 8;
 
 /// The protocol version of the chain's rules from genesis.
-pub const GENESIS_VERSION: u16 = 3;
+pub(crate) const GENESIS_VERSION: u16 = 3;
 /// Heights between the block that completes an upgrade plan and the plan's
 /// height, at least: 10 s of 500 ms blocks, so every connected node has the
 /// plan's block well before it applies, and a node far behind meets it while
 /// it syncs.
-pub const UPGRADE_NOTICE: Height = 20;
+pub(crate) const UPGRADE_NOTICE: Height = 20;
 /// The first wire version that carries [`Change::Upgrade`]: 0.1.0 (wire 3)
 /// cannot decode an approval of one, nor a block that carries it.
-pub const UPGRADE_WIRE: u16 = 4;
+pub(crate) const UPGRADE_WIRE: u16 = 4;
 
 /// A change of the member set, or of the chain's rules.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
@@ -102,7 +102,7 @@ pub enum Change {
 
 impl Change {
     /// The member the change is about (none for an upgrade plan).
-    pub fn subject(&self) -> Option<NodeId> {
+    pub(crate) fn subject(&self) -> Option<NodeId> {
         match self {
             Change::Add { id, .. } | Change::Remove { id } | Change::SetAddr { id, .. } => Some(*id),
             Change::Upgrade { .. } => None,
@@ -176,7 +176,7 @@ pub struct SignedApproval {
 }
 
 impl Approval {
-    pub fn sign_bytes(&self, network_id: &[u8; 32]) -> Vec<u8> {
+    pub(crate) fn sign_bytes(&self, network_id: &[u8; 32]) -> Vec<u8> {
         let mut out = b"masternode/approval/v1\0".to_vec();
         out.extend_from_slice(network_id);
         // Encoding into a Vec fails only past the codec's limit, far above an approval.
@@ -308,7 +308,7 @@ impl MemberSet {
     }
 
     /// The `i`-th member in `NodeId` order, modulo the size (the proposer rule).
-    pub fn nth_cyclic(&self, i: u64) -> Option<NodeId> {
+    pub(crate) fn nth_cyclic(&self, i: u64) -> Option<NodeId> {
         if self.0.is_empty() {
             return None;
         }
@@ -321,7 +321,7 @@ impl MemberSet {
     }
 
     /// The member other than `except` at `addr`, if any.
-    pub fn holder_of(&self, addr: SocketAddr, except: NodeId) -> Option<NodeId> {
+    pub(crate) fn holder_of(&self, addr: SocketAddr, except: NodeId) -> Option<NodeId> {
         self.0.iter().find(|(id, m)| **id != except && m.addr == addr).map(|(id, _)| *id)
     }
 }
@@ -487,7 +487,7 @@ impl Membership {
 
     /// [`Self::reachable`] and the `extra` members it does not name (a node's
     /// `bootstrap` peers): where both name a member, the chain's address counts.
-    pub fn reachable_with(&self, extra: &[(NodeId, SocketAddr)]) -> Vec<(NodeId, SocketAddr)> {
+    pub(crate) fn reachable_with(&self, extra: &[(NodeId, SocketAddr)]) -> Vec<(NodeId, SocketAddr)> {
         let mut out: BTreeMap<NodeId, SocketAddr> = extra.iter().copied().collect();
         out.extend(self.reachable());
         out.into_iter().collect()
@@ -794,7 +794,7 @@ impl ApprovalPool {
     /// Whether approvals of upgrade plans are on offer: the proposer policy's
     /// answer ([`may_carry_plans`]) for the connected peers, set before each
     /// proposal.
-    pub fn set_carry_plans(&mut self, carry: bool) {
+    pub(crate) fn set_carry_plans(&mut self, carry: bool) {
         self.carry_plans = carry;
     }
 
@@ -824,7 +824,7 @@ impl ApprovalPool {
 /// while every member of `set` (in force at the proposed height) other than
 /// `me` is connected at [`UPGRADE_WIRE`] or later; `wire` holds the connected
 /// peers' versions. A member that is away may run anything: its turn waits.
-pub fn may_carry_plans(set: &MemberSet, me: NodeId, wire: &BTreeMap<NodeId, u16>) -> bool {
+pub(crate) fn may_carry_plans(set: &MemberSet, me: NodeId, wire: &BTreeMap<NodeId, u16>) -> bool {
     set.iter().all(|(id, _)| *id == me || wire.get(id).is_some_and(|v| *v >= UPGRADE_WIRE))
 }
 

@@ -47,7 +47,7 @@ use crate::identity::NodeId;
 /// heights cover a set of 56 members. Short enough that what no proposer takes
 /// (a member's gossip to a node that does not propose) leaves within ten
 /// minutes of one-second blocks.
-pub const TX_TTL_HEIGHTS: Height = 600;
+pub(crate) const TX_TTL_HEIGHTS: Height = 600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MempoolLimits {
@@ -64,20 +64,20 @@ impl Default for MempoolLimits {
 
 /// What one share may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShareLimits {
+pub(crate) struct ShareLimits {
     pub txs: usize,
     pub bytes: usize,
 }
 
 impl MempoolLimits {
     /// The local share: half the pool, rounded up.
-    pub fn local_share(&self) -> ShareLimits {
+    pub(crate) fn local_share(&self) -> ShareLimits {
         ShareLimits { txs: self.max_txs - self.max_txs / 2, bytes: self.max_bytes - self.max_bytes / 2 }
     }
 
     /// Each member's share when the chain names `members` besides this node:
     /// the other half of the pool, split equally.
-    pub fn member_share(&self, members: usize) -> ShareLimits {
+    pub(crate) fn member_share(&self, members: usize) -> ShareLimits {
         let m = members.max(1);
         ShareLimits { txs: self.max_txs / 2 / m, bytes: self.max_bytes / 2 / m }
     }
@@ -214,7 +214,7 @@ impl Mempool {
     /// Adds a transaction `from`'s gossip delivered, into its share. A full
     /// share refuses before hashing: a member flooding its share costs a
     /// length check per transaction.
-    pub fn add_gossiped(&mut self, from: NodeId, tx: Vec<u8>) -> Result<(Hash, bool), AddError> {
+    pub(crate) fn add_gossiped(&mut self, from: NodeId, tx: Vec<u8>) -> Result<(Hash, bool), AddError> {
         let source = Source::Member(from);
         self.check_size(&tx)?;
         self.check_room(source, tx.len())?;
@@ -260,7 +260,7 @@ impl Mempool {
     }
 
     /// What `source`'s share may hold now.
-    pub fn share_limits(&self, source: Source) -> ShareLimits {
+    pub(crate) fn share_limits(&self, source: Source) -> ShareLimits {
         match source {
             Source::Local => self.limits.local_share(),
             Source::Member(id) if self.members.contains(&id) => self.member_share,
@@ -323,20 +323,21 @@ impl Mempool {
     }
 
     /// The transactions with these ids, where this pool holds them, in order.
-    pub fn lookup(&self, ids: &[Hash]) -> Vec<Option<Vec<u8>>> {
+    #[cfg(test)]
+    pub(crate) fn lookup(&self, ids: &[Hash]) -> Vec<Option<Vec<u8>>> {
         ids.iter().map(|id| self.txs.get(id).map(|h| h.tx.clone())).collect()
     }
 
     /// The transactions with these ids that this pool holds, in order, up to
     /// `max_bytes` of transaction bytes (a `GetTxs` answer within its frame).
-    pub fn lookup_within(&self, ids: &[Hash], max_bytes: usize) -> Vec<Vec<u8>> {
+    pub(crate) fn lookup_within(&self, ids: &[Hash], max_bytes: usize) -> Vec<Vec<u8>> {
         super::compact::within_bytes(ids.iter().filter_map(|id| self.txs.get(id).map(|h| &h.tx)), max_bytes)
     }
 
     /// The block at `height` committed with `txs`: they leave whatever share
     /// holds them, and what arrived [`TX_TTL_HEIGHTS`] or more heights before
     /// expires. Also tells a new pool the tip it starts at (with no `txs`).
-    pub fn handle_commit(&mut self, height: Height, txs: &[Vec<u8>]) {
+    pub(crate) fn handle_commit(&mut self, height: Height, txs: &[Vec<u8>]) {
         self.height = self.height.max(height);
         for tx in txs {
             self.remove(&tx_hash(tx));
@@ -425,13 +426,14 @@ impl Mempool {
     }
 
     /// Bytes held in the local share and in the members' shares together.
-    pub fn bytes_by_share(&self) -> ByShare {
+    pub(crate) fn bytes_by_share(&self) -> ByShare {
         let local = self.shares.get(&Source::Local).map_or(0, |s| s.bytes);
         ByShare { local, members: self.bytes - local }
     }
 
     /// Transactions and bytes `source`'s share holds.
-    pub fn held_by(&self, source: Source) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn held_by(&self, source: Source) -> (usize, usize) {
         self.shares.get(&source).map_or((0, 0), |s| (s.order.len(), s.bytes))
     }
 

@@ -76,27 +76,27 @@ impl<C> Decode<C> for Message {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
         let index = u32::decode(d)?;
         Ok(match u8::try_from(index).unwrap_or(u8::MAX) {
-            kind::DATA => Message::Data(Decode::decode(d)?),
-            kind::TX => Message::Tx(Decode::decode(d)?),
-            kind::PROPOSAL => Message::Proposal(Decode::decode(d)?),
-            kind::VOTE => Message::Vote(Decode::decode(d)?),
-            kind::TIP => {
+            Kind::DATA => Message::Data(Decode::decode(d)?),
+            Kind::TX => Message::Tx(Decode::decode(d)?),
+            Kind::PROPOSAL => Message::Proposal(Decode::decode(d)?),
+            Kind::VOTE => Message::Vote(Decode::decode(d)?),
+            Kind::TIP => {
                 Message::Tip { height: Decode::decode(d)?, hash: Decode::decode(d)?, time_ms: Decode::decode(d)? }
             }
-            kind::GET_BLOCKS => Message::GetBlocks { from: Decode::decode(d)?, count: Decode::decode(d)? },
-            kind::BLOCKS => Message::Blocks(codec::decode_seq(d, MAX_SYNC_BATCH_BLOCKS, "blocks in a response")?),
-            kind::APPROVAL => Message::Approval(Decode::decode(d)?),
-            kind::COMPACT_PROPOSAL => Message::CompactProposal(Decode::decode(d)?),
-            kind::GET_TXS => Message::GetTxs {
+            Kind::GET_BLOCKS => Message::GetBlocks { from: Decode::decode(d)?, count: Decode::decode(d)? },
+            Kind::BLOCKS => Message::Blocks(codec::decode_seq(d, MAX_SYNC_BATCH_BLOCKS, "blocks in a response")?),
+            Kind::APPROVAL => Message::Approval(Decode::decode(d)?),
+            Kind::COMPACT_PROPOSAL => Message::CompactProposal(Decode::decode(d)?),
+            Kind::GET_TXS => Message::GetTxs {
                 height: Decode::decode(d)?,
                 round: Decode::decode(d)?,
                 ids: codec::decode_seq(d, MAX_BLOCK_TXS, "transaction ids in a request")?,
             },
-            kind::TXS => Message::Txs(codec::decode_seq(d, MAX_BLOCK_TXS, "transactions in an answer")?),
+            Kind::TXS => Message::Txs(codec::decode_seq(d, MAX_BLOCK_TXS, "transactions in an answer")?),
             _ => {
                 return Err(DecodeError::UnexpectedVariant {
                     type_name: "Message",
-                    allowed: &AllowedEnumVariants::Range { min: 0, max: kind::TXS as u32 },
+                    allowed: &AllowedEnumVariants::Range { min: 0, max: Kind::TXS as u32 },
                     found: index,
                 })
             }
@@ -105,58 +105,60 @@ impl<C> Decode<C> for Message {
 }
 bincode::impl_borrow_decode!(Message);
 
-/// Kind bytes, equal to the variant indexes above.
-pub mod kind {
+/// Kind bytes, equal to the variant indexes above (a frame's fifth byte).
+pub struct Kind;
+
+impl Kind {
     pub const DATA: u8 = 0;
     pub const TX: u8 = 1;
     pub const PROPOSAL: u8 = 2;
     pub const VOTE: u8 = 3;
-    pub const TIP: u8 = 4;
-    pub const GET_BLOCKS: u8 = 5;
+    pub(crate) const TIP: u8 = 4;
+    pub(crate) const GET_BLOCKS: u8 = 5;
     pub const BLOCKS: u8 = 6;
-    pub const APPROVAL: u8 = 7;
-    pub const COMPACT_PROPOSAL: u8 = 8;
-    pub const GET_TXS: u8 = 9;
-    pub const TXS: u8 = 10;
+    pub(crate) const APPROVAL: u8 = 7;
+    pub(crate) const COMPACT_PROPOSAL: u8 = 8;
+    pub(crate) const GET_TXS: u8 = 9;
+    pub(crate) const TXS: u8 = 10;
 }
 
 /// Limits per kind, bytes of body.
 pub const DATA_LIMIT: usize = 1024 * 1024;
 /// A `Data` probe on a request or response stream (an echo of a few bytes):
 /// a request is read as soon as it holds an answer slot, so requests are small.
-pub const DATA_PROBE_LIMIT: usize = 1024;
-pub const TX_LIMIT: usize = 64 * 1024 + 16;
+pub(crate) const DATA_PROBE_LIMIT: usize = 1024;
+pub(crate) const TX_LIMIT: usize = 64 * 1024 + 16;
 /// A full block (`MAX_BLOCK_BYTES` of transactions), a length prefix of up to 3
 /// bytes for each of its at most 20,000 transactions, and the header.
 pub const PROPOSAL_LIMIT: usize = crate::chain::block::MAX_BLOCK_BYTES + 128 * 1024;
 pub const VOTE_LIMIT: usize = 256;
-pub const TIP_LIMIT: usize = 64;
-pub const GET_BLOCKS_LIMIT: usize = 32;
-pub const BLOCKS_LIMIT: usize = MAX_FRAME;
-pub const APPROVAL_LIMIT: usize = 512;
+pub(crate) const TIP_LIMIT: usize = 64;
+pub(crate) const GET_BLOCKS_LIMIT: usize = 32;
+pub(crate) const BLOCKS_LIMIT: usize = MAX_FRAME;
+pub(crate) const APPROVAL_LIMIT: usize = 512;
 /// A header with its most approvals (64 of at most 512 bytes), and an id of 32
 /// bytes for each of a block's at most 20,000 transactions.
-pub const COMPACT_PROPOSAL_LIMIT: usize = MAX_BLOCK_TXS * 32 + 64 * 1024;
+pub(crate) const COMPACT_PROPOSAL_LIMIT: usize = MAX_BLOCK_TXS * 32 + 64 * 1024;
 pub const GET_TXS_LIMIT: usize = MAX_BLOCK_TXS * 32 + 64;
 pub const TXS_LIMIT: usize = MAX_FRAME;
 /// Transaction bytes in one `Txs` answer, at most: with a length prefix of up to
 /// 3 bytes for each of at most 20,000 transactions it stays within `TXS_LIMIT`.
-pub const TXS_ANSWER_BYTES: usize = TXS_LIMIT - 128 * 1024;
+pub(crate) const TXS_ANSWER_BYTES: usize = TXS_LIMIT - 128 * 1024;
 
 impl Frame for Message {
     fn limit(kind: u8) -> Option<usize> {
         match kind {
-            kind::DATA => Some(DATA_LIMIT),
-            kind::TX => Some(TX_LIMIT),
-            kind::PROPOSAL => Some(PROPOSAL_LIMIT),
-            kind::VOTE => Some(VOTE_LIMIT),
-            kind::TIP => Some(TIP_LIMIT),
-            kind::GET_BLOCKS => Some(GET_BLOCKS_LIMIT),
-            kind::BLOCKS => Some(BLOCKS_LIMIT),
-            kind::APPROVAL => Some(APPROVAL_LIMIT),
-            kind::COMPACT_PROPOSAL => Some(COMPACT_PROPOSAL_LIMIT),
-            kind::GET_TXS => Some(GET_TXS_LIMIT),
-            kind::TXS => Some(TXS_LIMIT),
+            Kind::DATA => Some(DATA_LIMIT),
+            Kind::TX => Some(TX_LIMIT),
+            Kind::PROPOSAL => Some(PROPOSAL_LIMIT),
+            Kind::VOTE => Some(VOTE_LIMIT),
+            Kind::TIP => Some(TIP_LIMIT),
+            Kind::GET_BLOCKS => Some(GET_BLOCKS_LIMIT),
+            Kind::BLOCKS => Some(BLOCKS_LIMIT),
+            Kind::APPROVAL => Some(APPROVAL_LIMIT),
+            Kind::COMPACT_PROPOSAL => Some(COMPACT_PROPOSAL_LIMIT),
+            Kind::GET_TXS => Some(GET_TXS_LIMIT),
+            Kind::TXS => Some(TXS_LIMIT),
             _ => None,
         }
     }
@@ -165,21 +167,21 @@ impl Frame for Message {
 impl Message {
     pub fn kind(&self) -> u8 {
         match self {
-            Message::Data(_) => kind::DATA,
-            Message::Tx(_) => kind::TX,
-            Message::Proposal(_) => kind::PROPOSAL,
-            Message::Vote(_) => kind::VOTE,
-            Message::Tip { .. } => kind::TIP,
-            Message::GetBlocks { .. } => kind::GET_BLOCKS,
-            Message::Blocks(_) => kind::BLOCKS,
-            Message::Approval(_) => kind::APPROVAL,
-            Message::CompactProposal(_) => kind::COMPACT_PROPOSAL,
-            Message::GetTxs { .. } => kind::GET_TXS,
-            Message::Txs(_) => kind::TXS,
+            Message::Data(_) => Kind::DATA,
+            Message::Tx(_) => Kind::TX,
+            Message::Proposal(_) => Kind::PROPOSAL,
+            Message::Vote(_) => Kind::VOTE,
+            Message::Tip { .. } => Kind::TIP,
+            Message::GetBlocks { .. } => Kind::GET_BLOCKS,
+            Message::Blocks(_) => Kind::BLOCKS,
+            Message::Approval(_) => Kind::APPROVAL,
+            Message::CompactProposal(_) => Kind::COMPACT_PROPOSAL,
+            Message::GetTxs { .. } => Kind::GET_TXS,
+            Message::Txs(_) => Kind::TXS,
         }
     }
 
-    pub fn kind_name(&self) -> &'static str {
+    pub(crate) fn kind_name(&self) -> &'static str {
         match self {
             Message::Data(_) => "data",
             Message::Tx(_) => "tx",
@@ -200,8 +202,8 @@ impl Message {
 /// without decoding the block (`None` for other kinds, or a body too short to
 /// say). The encoding starts with the kind byte and then the proposal's height as
 /// a varint.
-pub fn proposal_height(body: &[u8]) -> Option<Height> {
-    if !matches!(body.first(), Some(&kind::PROPOSAL | &kind::COMPACT_PROPOSAL)) {
+pub(crate) fn proposal_height(body: &[u8]) -> Option<Height> {
+    if !matches!(body.first(), Some(&Kind::PROPOSAL | &Kind::COMPACT_PROPOSAL)) {
         return None;
     }
     let (height, _): (Height, usize) = bincode::decode_from_slice(&body[1..], codec::BINCODE).ok()?;
@@ -210,32 +212,32 @@ pub fn proposal_height(body: &[u8]) -> Option<Height> {
 
 /// Which stream carries which kinds, and their limits.
 pub const PROTOCOL: Protocol =
-    Protocol { gossip: gossip_limit, request: request_limit, response: response_limit, urgent: consensus };
+    Protocol { gossip: gossip_limit, request: request_limit, response: response_limit, urgent: is_consensus_kind };
 
 /// The kinds a peer's inbound queue serves ahead of its others: a peer's
 /// transactions and tips never hold its proposals and votes back.
-pub fn consensus(k: u8) -> bool {
-    matches!(k, kind::PROPOSAL | kind::COMPACT_PROPOSAL | kind::VOTE)
+pub fn is_consensus_kind(k: u8) -> bool {
+    matches!(k, Kind::PROPOSAL | Kind::COMPACT_PROPOSAL | Kind::VOTE)
 }
 
 fn gossip_limit(k: u8) -> Option<usize> {
-    matches!(k, kind::TX | kind::PROPOSAL | kind::VOTE | kind::TIP | kind::APPROVAL | kind::COMPACT_PROPOSAL)
+    matches!(k, Kind::TX | Kind::PROPOSAL | Kind::VOTE | Kind::TIP | Kind::APPROVAL | Kind::COMPACT_PROPOSAL)
         .then(|| Message::limit(k))
         .flatten()
 }
 
 fn request_limit(k: u8) -> Option<usize> {
     match k {
-        kind::DATA => Some(DATA_PROBE_LIMIT),
-        kind::GET_BLOCKS | kind::GET_TXS => Message::limit(k),
+        Kind::DATA => Some(DATA_PROBE_LIMIT),
+        Kind::GET_BLOCKS | Kind::GET_TXS => Message::limit(k),
         _ => None,
     }
 }
 
 fn response_limit(k: u8) -> Option<usize> {
     match k {
-        kind::DATA => Some(DATA_PROBE_LIMIT),
-        kind::BLOCKS | kind::TXS => Message::limit(k),
+        Kind::DATA => Some(DATA_PROBE_LIMIT),
+        Kind::BLOCKS | Kind::TXS => Message::limit(k),
         _ => None,
     }
 }
@@ -299,7 +301,7 @@ impl Message {
     /// carries what it cannot decode (an upgrade plan's approval, for wire 3).
     /// A peer of 0.1.0 asking past such a block gets what comes before it; one
     /// asking from it gets nothing, which the caller answers with a refusal.
-    pub fn blocks_for_wire(mut blocks: Vec<Committed>, wire: u16) -> Vec<Committed> {
+    pub(crate) fn blocks_for_wire(mut blocks: Vec<Committed>, wire: u16) -> Vec<Committed> {
         let plans = |c: &Committed| c.block.header.changes.iter().any(|sa| sa.approval.change.plan().is_some());
         let needs = |c: &Committed| if plans(c) { UPGRADE_WIRE } else { WIRE.min };
         let decodable = blocks.iter().position(|c| needs(c) > wire).unwrap_or(blocks.len());
@@ -386,7 +388,7 @@ mod tests {
         let samples = samples();
         let mut kinds: Vec<u8> = samples.iter().map(|(_, m)| m.kind()).collect();
         kinds.dedup();
-        assert_eq!(kinds, (0..=kind::TXS).collect::<Vec<_>>(), "a sample of every kind");
+        assert_eq!(kinds, (0..=Kind::TXS).collect::<Vec<_>>(), "a sample of every kind");
         let lines: Vec<(&str, &str)> = golden.lines().map(|l| l.split_once(' ').unwrap()).collect();
         assert_eq!(lines.len(), samples.len());
         for ((name, msg), (golden_name, hex)) in samples.iter().zip(lines) {
@@ -456,17 +458,17 @@ mod tests {
         let gossip: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.gossip)(*k).is_some()).collect();
         assert_eq!(
             gossip,
-            vec![kind::TX, kind::PROPOSAL, kind::VOTE, kind::TIP, kind::APPROVAL, kind::COMPACT_PROPOSAL]
+            vec![Kind::TX, Kind::PROPOSAL, Kind::VOTE, Kind::TIP, Kind::APPROVAL, Kind::COMPACT_PROPOSAL]
         );
         let request: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.request)(*k).is_some()).collect();
-        assert_eq!(request, vec![kind::DATA, kind::GET_BLOCKS, kind::GET_TXS]);
+        assert_eq!(request, vec![Kind::DATA, Kind::GET_BLOCKS, Kind::GET_TXS]);
         let response: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.response)(*k).is_some()).collect();
-        assert_eq!(response, vec![kind::DATA, kind::BLOCKS, kind::TXS]);
-        assert_eq!((PROTOCOL.request)(kind::GET_BLOCKS), Some(GET_BLOCKS_LIMIT), "a request's limit is its kind's");
-        assert_eq!((PROTOCOL.request)(kind::DATA), Some(DATA_PROBE_LIMIT), "but for the probe's");
-        assert_eq!((PROTOCOL.response)(kind::DATA), Some(DATA_PROBE_LIMIT));
+        assert_eq!(response, vec![Kind::DATA, Kind::BLOCKS, Kind::TXS]);
+        assert_eq!((PROTOCOL.request)(Kind::GET_BLOCKS), Some(GET_BLOCKS_LIMIT), "a request's limit is its kind's");
+        assert_eq!((PROTOCOL.request)(Kind::DATA), Some(DATA_PROBE_LIMIT), "but for the probe's");
+        assert_eq!((PROTOCOL.response)(Kind::DATA), Some(DATA_PROBE_LIMIT));
         let urgent: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.urgent)(*k)).collect();
-        assert_eq!(urgent, vec![kind::PROPOSAL, kind::VOTE, kind::COMPACT_PROPOSAL]);
+        assert_eq!(urgent, vec![Kind::PROPOSAL, Kind::VOTE, Kind::COMPACT_PROPOSAL]);
     }
 
     #[test]

@@ -27,25 +27,46 @@
 //! * `producer`: the shell, the one task that owns the driver and carries out its
 //!   effects over the transport and the store.
 
-pub mod block;
-pub mod clock;
-pub mod compact;
-pub mod consensus;
-pub mod driver;
-pub mod genesis;
-mod height;
-pub mod limits;
+pub(crate) mod block;
+pub(crate) mod clock;
+pub(crate) mod compact;
+pub(crate) mod consensus;
+pub(crate) mod driver;
+pub(crate) mod genesis;
+pub(crate) mod height;
+pub(crate) mod limits;
 pub(crate) mod links;
-pub mod members;
-pub mod mempool;
-pub mod message;
-pub mod misbehaviour;
+pub(crate) mod members;
+pub(crate) mod mempool;
+pub(crate) mod message;
+pub(crate) mod misbehaviour;
 pub(crate) mod producer;
-pub use driver::{ChangeRequest, MembersView, Submitted};
+pub(crate) mod quorum;
+pub(crate) mod rules;
+pub(crate) mod store;
+pub(crate) mod sync;
+pub(crate) mod upgrade;
+pub(crate) mod vote;
+
+pub use block::{
+    genesis_hash, tx_hash, tx_root, tx_root_of_ids, Block, Hash, Header, Limits, TxCheck, MAX_BLOCK_BYTES,
+    MAX_BLOCK_TXS,
+};
+pub use compact::{Assembly, CompactProposal, MAX_WAITING};
+pub use consensus::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
+pub use driver::{ChangeRequest, Driver, Effect, MembersView, Submitted};
+pub use height::{Height, Round};
 pub use links::{Mailbox, MemberRequest, TxRequest};
-pub mod quorum;
-pub mod rules;
-pub mod store;
-pub mod sync;
-pub mod upgrade;
-pub mod vote;
+pub use members::{
+    Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, Params, Plan, SignedApproval,
+};
+pub use mempool::{Mempool, MempoolLimits};
+pub use message::{
+    is_consensus_kind, Kind, Message, DATA_LIMIT, GET_TXS_LIMIT, PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT, VOTE_LIMIT,
+};
+pub use quorum::{required_active, vote_threshold};
+pub use store::{Store, StoreError, FORMAT};
+pub use vote::{
+    proposal_sign_bytes, Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step,
+    Vote, VoteKind,
+};

@@ -46,7 +46,7 @@ use crate::net::{Delivery, Inbound, InboundRequest, PeerEvent, Peers, Refusal};
 const BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProducerError {
+pub(crate) enum ProducerError {
     #[error("store write failed, stopping: {0}")]
     Store(#[from] StoreError),
     #[error("store task failed: {0}")]
@@ -57,7 +57,7 @@ pub enum ProducerError {
 }
 
 /// What the shell works with besides the driver.
-pub struct Parts {
+pub(crate) struct Parts {
     pub store: Store,
     pub peers: Peers,
     pub tip: watch::Sender<Tip>,
@@ -72,7 +72,7 @@ pub struct Parts {
 }
 
 /// The wall clock, ms since the epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
@@ -110,7 +110,7 @@ enum Event {
     Timers,
 }
 
-pub struct Producer {
+pub(crate) struct Producer {
     driver: Driver,
     store: Store,
     peers: Peers,
@@ -134,7 +134,7 @@ pub struct Producer {
 
 impl Producer {
     /// A producer around `core`, whose current height the driver starts.
-    pub fn new(core: Core, cfg: DriverConfig, parts: Parts) -> Producer {
+    pub(crate) fn new(core: Core, cfg: DriverConfig, parts: Parts) -> Producer {
         let clock = Clock { start: Instant::now(), skew_ms: parts.clock_skew_ms };
         let (answers_tx, answers_rx) = mpsc::channel(2 * super::compact::MAX_WAITING);
         Producer {
@@ -160,7 +160,7 @@ impl Producer {
     /// which the node must stop rather than go on with a chain it did not
     /// persist, and [`ProducerError::UpgradeNeeded`] when it stopped before a
     /// height its binary cannot run.
-    pub async fn run(mut self, mut inbound: Inbound, shutdown: CancellationToken) -> Result<(), ProducerError> {
+    pub(crate) async fn run(mut self, mut inbound: Inbound, shutdown: CancellationToken) -> Result<(), ProducerError> {
         let mut connected = self.peers.watch_connected();
         let mut events = self.peers.subscribe();
         self.follow_peers(self.clock.now());

@@ -38,7 +38,7 @@ pub fn required_active(n: usize, min_active: usize) -> usize {
 
 /// The gate of `members` with `active` connected (this node and its connected
 /// peers that are members): met while `active` reaches [`required_active`].
-pub fn quorum(active: usize, members: usize, min_active: usize) -> Quorum {
+pub(crate) fn quorum(active: usize, members: usize, min_active: usize) -> Quorum {
     let required = required_active(members, min_active);
     Quorum { active, required, met: active >= required }
 }

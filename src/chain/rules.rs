@@ -30,27 +30,27 @@ use super::block::Round;
 /// Rehearsals of an upgrade may set another for a node (test builds only,
 /// `MASTERNODE_TEST_MAX_PROTOCOL`); versions above this one, which no release
 /// defines yet, then have [`Rules::of`] this one's rules.
-pub const MAX_VERSION: u16 = 4;
+pub(crate) const MAX_VERSION: u16 = 4;
 
 /// The version that brings distinct transactions and timely proposals.
-pub const V4: u16 = 4;
+pub(crate) const V4: u16 = 4;
 
 /// What the rules of one protocol version are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rules {
+pub(crate) struct Rules {
     pub distinct_txs: bool,
     pub timely_proposals: bool,
 }
 
 impl Rules {
-    pub fn of(version: u16) -> Rules {
+    pub(crate) fn of(version: u16) -> Rules {
         Rules { distinct_txs: version >= V4, timely_proposals: version >= V4 }
     }
 }
 
 /// How far a timely proposal's timestamp may be from the time it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Synchrony {
+pub(crate) struct Synchrony {
     /// How far honest clocks may be apart: the node warns of its own clock at
     /// one second off.
     pub precision_ms: u64,
@@ -64,7 +64,7 @@ pub struct Synchrony {
 }
 
 impl Synchrony {
-    pub fn for_interval(block_interval_ms: u64) -> Synchrony {
+    pub(crate) fn for_interval(block_interval_ms: u64) -> Synchrony {
         Synchrony {
             precision_ms: 1_000,
             delay_ms: (3 * block_interval_ms).max(3_000),
@@ -74,7 +74,7 @@ impl Synchrony {
 
     /// Whether a block stamped `timestamp_ms`, proposed fresh in `round`, that
     /// arrived at `received_ms`, is timely.
-    pub fn timely(&self, timestamp_ms: u64, received_ms: u64, round: Round) -> bool {
+    pub(crate) fn timely(&self, timestamp_ms: u64, received_ms: u64, round: Round) -> bool {
         let delay = self.delay_ms.saturating_add(self.delay_per_round_ms.saturating_mul(round as u64));
         let earliest = received_ms.saturating_sub(self.precision_ms.saturating_add(delay));
         let latest = received_ms.saturating_add(self.precision_ms);

@@ -200,7 +200,12 @@ impl Store {
     /// Records a signature and the signed message durably; returns only once the
     /// journal is on disk. After a restart the node refuses to sign at or below
     /// the record, and replays the messages it already signed at that height.
-    pub fn record_signed(&self, record: SignRecord, message: &Signed, lock: Option<&Lock>) -> Result<(), StoreError> {
+    pub(crate) fn record_signed(
+        &self,
+        record: SignRecord,
+        message: &Signed,
+        lock: Option<&Lock>,
+    ) -> Result<(), StoreError> {
         let mut batch = self.keyspace.batch();
         batch.insert(&self.meta, LAST_SIGNED, encode(&record));
         batch.insert(&self.signed, signed_key(record), encode(message));
@@ -219,7 +224,7 @@ impl Store {
     }
 
     /// What we signed at `height`, in signing order.
-    pub fn own_signed(&self, height: Height) -> Result<Vec<Signed>, StoreError> {
+    pub(crate) fn own_signed(&self, height: Height) -> Result<Vec<Signed>, StoreError> {
         let mut out = Vec::new();
         for kv in self.signed.prefix(height.to_be_bytes()) {
             let (_, v) = kv?;

@@ -28,7 +28,7 @@ use crate::identity::NodeId;
 
 /// Why a sync request was a failure. The labels are the metric's fixed set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// No answer within the request timeout.
     Timeout,
     /// The stream or connection failed, or the peer refused (rate limit).
@@ -44,15 +44,15 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub const ALL: [Failure; 6] =
+    pub(crate) const ALL: [Failure; 6] =
         [Failure::Timeout, Failure::Request, Failure::Malformed, Failure::Empty, Failure::Drip, Failure::Invalid];
 
     /// Its place in [`Failure::ALL`].
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Failure::Timeout => "timeout",
             Failure::Request => "request",
@@ -66,7 +66,7 @@ impl Failure {
 
 /// What came of a request, as the shell saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A `Blocks` answer: how many blocks, how many bytes, how many of them
     /// extended our chain, and whether one failed to verify.
     Blocks {
@@ -79,7 +79,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct SyncConfig {
+pub(crate) struct SyncConfig {
     /// Blocks asked for per request.
     pub batch: u32,
     /// A response at or above this many bytes is full, whatever its block count.
@@ -96,7 +96,7 @@ impl Default for SyncConfig {
 
 /// A request to send: `count` blocks from `from`, to `peer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     pub peer: NodeId,
     pub from: Height,
     pub count: u32,
@@ -119,7 +119,7 @@ impl PeerSync {
 }
 
 #[derive(Debug)]
-pub struct SyncPlanner {
+pub(crate) struct SyncPlanner {
     cfg: SyncConfig,
     peers: BTreeMap<NodeId, PeerSync>,
     in_flight: BTreeMap<NodeId, (Request, u64)>,
@@ -129,14 +129,14 @@ pub struct SyncPlanner {
 
 /// What a response meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub failure: Option<Failure>,
     /// The first time this peer failed for this reason: worth a warning.
     pub first_of_its_kind: bool,
 }
 
 impl SyncPlanner {
-    pub fn new(cfg: SyncConfig) -> Self {
+    pub(crate) fn new(cfg: SyncConfig) -> Self {
         SyncPlanner {
             cfg,
             peers: BTreeMap::new(),
@@ -148,7 +148,7 @@ impl SyncPlanner {
 
     /// `peer` claims to have committed up to `height` (a tip announcement, its
     /// handshake, a message for a later height). Ignored while it is penalized.
-    pub fn handle_claim(&mut self, peer: NodeId, height: Height, now_ms: u64) {
+    pub(crate) fn handle_claim(&mut self, peer: NodeId, height: Height, now_ms: u64) {
         let p = self.peers.entry(peer).or_default();
         if p.penalized_until_ms.is_some_and(|t| now_ms < t) {
             return;
@@ -157,7 +157,7 @@ impl SyncPlanner {
     }
 
     /// `peer` disconnected: its claim and any request to it are gone.
-    pub fn handle_down(&mut self, peer: NodeId) {
+    pub(crate) fn handle_down(&mut self, peer: NodeId) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.claimed = 0;
         }
@@ -165,22 +165,23 @@ impl SyncPlanner {
     }
 
     /// Failures so far, by reason (in [`Failure::ALL`] order).
-    pub fn failures(&self) -> [u64; 6] {
+    pub(crate) fn failures(&self) -> [u64; 6] {
         self.failures
     }
 
     /// How long a failed peer is not asked again, in ms.
-    pub fn penalty_ms(&self) -> u64 {
+    pub(crate) fn penalty_ms(&self) -> u64 {
         self.cfg.penalty_ms
     }
 
     /// Whether a request is under way.
-    pub fn busy(&self) -> bool {
+    #[cfg(test)]
+    fn busy(&self) -> bool {
         !self.in_flight.is_empty()
     }
 
     /// The highest tip any usable peer claims.
-    pub fn best_claim(&self, now_ms: u64) -> Height {
+    pub(crate) fn best_claim(&self, now_ms: u64) -> Height {
         self.peers
             .values()
             .filter(|p| p.penalized_until_ms.is_none_or(|t| now_ms >= t))
@@ -192,7 +193,7 @@ impl SyncPlanner {
     /// The next request to send, if any: when nothing is in flight and a usable
     /// peer claims more than `our_tip`, or when the request in flight is older
     /// than `hedge_after` (then to another peer, for the same blocks).
-    pub fn poll_request(&mut self, our_tip: Height, now_ms: u64) -> Option<Request> {
+    pub(crate) fn poll_request(&mut self, our_tip: Height, now_ms: u64) -> Option<Request> {
         match self.in_flight.len() {
             0 => {}
             1 => {
@@ -224,7 +225,7 @@ impl SyncPlanner {
     }
 
     /// The answer to the request in flight to `peer`.
-    pub fn handle_response(&mut self, peer: NodeId, outcome: Outcome, now_ms: u64) -> Verdict {
+    pub(crate) fn handle_response(&mut self, peer: NodeId, outcome: Outcome, now_ms: u64) -> Verdict {
         let Some((request, sent)) = self.in_flight.remove(&peer) else {
             return Verdict { failure: None, first_of_its_kind: false };
         };
@@ -253,7 +254,7 @@ impl SyncPlanner {
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug, Clone, Copy)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     last_ms: u64,
     rate: f64,
@@ -262,12 +263,12 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate: f64, burst: f64, now_ms: u64) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64, now_ms: u64) -> Self {
         TokenBucket { tokens: burst, last_ms: now_ms, rate, burst }
     }
 
     /// Takes a token if there is one.
-    pub fn take(&mut self, now_ms: u64) -> bool {
+    pub(crate) fn take(&mut self, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last_ms = self.last_ms.max(now_ms);

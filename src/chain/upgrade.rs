@@ -27,11 +27,11 @@ use super::block::Height;
 use super::members::Plan;
 
 /// Heights before a plan's height at which its warning is given again.
-pub const UPGRADE_REMINDER: Height = 5;
+pub(crate) const UPGRADE_REMINDER: Height = 5;
 
 /// The file in the data directory that a node stopping before a plan's height
 /// writes, in the form Cosmovisor watches (`$DAEMON_HOME/data/upgrade-info.json`).
-pub const UPGRADE_INFO_FILE: &str = "upgrade-info.json";
+pub(crate) const UPGRADE_INFO_FILE: &str = "upgrade-info.json";
 
 /// A node stopped before `plan`'s height: its binary runs protocol versions up
 /// to `max_version` only.
@@ -51,14 +51,14 @@ pub struct UpgradeNeeded {
 /// `cosmovisor/upgrades/<name>/bin` and lower-cases the name, so the name is
 /// lower case already.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpgradeInfo {
+pub(crate) struct UpgradeInfo {
     pub name: String,
     pub height: Height,
     pub info: String,
 }
 
 impl UpgradeInfo {
-    pub fn of(needed: &UpgradeNeeded) -> UpgradeInfo {
+    pub(crate) fn of(needed: &UpgradeNeeded) -> UpgradeInfo {
         let Plan { version, height } = needed.plan;
         UpgradeInfo {
             name: plan_name(version),
@@ -74,13 +74,13 @@ impl UpgradeInfo {
 
 /// The name of the upgrade to protocol `version`, as `upgrade-info.json` and
 /// Cosmovisor's `upgrades/<name>` directory spell it.
-pub fn plan_name(version: u16) -> String {
+pub(crate) fn plan_name(version: u16) -> String {
     format!("protocol-{version}")
 }
 
 /// What the tip moving means for the operator and for this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// A plan this binary cannot run is scheduled (`reminder`: the second
     /// warning, [`UPGRADE_REMINDER`] heights or fewer before it).
     Unsupported { plan: Plan, blocks_left: Height, max_version: u16, reminder: bool },
@@ -93,7 +93,7 @@ pub enum Step {
 
 /// What this node said about which plan, so each line comes once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpgradeWatch {
+pub(crate) struct UpgradeWatch {
     max_version: u16,
     /// Plans warned about, and those whose reminder was given.
     warned: BTreeSet<Plan>,
@@ -102,23 +102,18 @@ pub struct UpgradeWatch {
 }
 
 impl UpgradeWatch {
-    pub fn new(max_version: u16) -> UpgradeWatch {
+    pub(crate) fn new(max_version: u16) -> UpgradeWatch {
         UpgradeWatch { max_version, warned: BTreeSet::new(), reminded: BTreeSet::new(), activated: BTreeSet::new() }
     }
 
-    /// The highest protocol version this node runs.
-    pub fn max_version(&self) -> u16 {
-        self.max_version
-    }
-
     /// Whether this binary runs `plan`'s version.
-    pub fn runs(&self, plan: &Plan) -> bool {
+    pub(crate) fn runs(&self, plan: &Plan) -> bool {
         plan.version <= self.max_version
     }
 
     /// The chain's tip is now `tip` with `schedule` (in height order): what to
     /// say, and a [`Step::Halt`] last if the next height must not be started.
-    pub fn handle_tip(&mut self, tip: Height, schedule: &[Plan]) -> Vec<Step> {
+    pub(crate) fn handle_tip(&mut self, tip: Height, schedule: &[Plan]) -> Vec<Step> {
         let next = tip.saturating_add(1);
         let mut out = Vec::new();
         // The plan in force at the next height decides whether this node may

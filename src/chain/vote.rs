@@ -156,7 +156,7 @@ fn encode<T: bincode::Encode>(value: &T) -> Vec<u8> {
 }
 
 impl Vote {
-    pub fn sign_bytes(&self, network_id: &[u8; 32]) -> Vec<u8> {
+    pub(crate) fn sign_bytes(&self, network_id: &[u8; 32]) -> Vec<u8> {
         let mut out = b"masternode/vote/v1\0".to_vec();
         out.extend_from_slice(network_id);
         out.extend(encode(&(self.height, self.round, self.kind.step(), self.block, self.voter)));
@@ -180,7 +180,7 @@ impl SignedVote {
 }
 
 impl Proposal {
-    pub fn sign_bytes(&self, network_id: &[u8; 32]) -> Vec<u8> {
+    pub(crate) fn sign_bytes(&self, network_id: &[u8; 32]) -> Vec<u8> {
         proposal_sign_bytes(network_id, self.height, self.round, self.block.hash(), self.valid_round, self.proposer)
     }
 

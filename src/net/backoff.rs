@@ -6,23 +6,23 @@
 
 use std::time::Duration;
 
-pub const BASE: Duration = Duration::from_millis(500);
-pub const MAX: Duration = Duration::from_secs(30);
-pub const RESET_AFTER: Duration = Duration::from_secs(60);
+pub(super) const BASE: Duration = Duration::from_millis(500);
+pub(super) const MAX: Duration = Duration::from_secs(30);
+pub(super) const RESET_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(super) struct Backoff {
     attempt: u32,
     rng: u64,
 }
 
 impl Backoff {
-    pub fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Backoff { attempt: 0, rng: seed | 1 }
     }
 
     /// The delay before the next attempt; each call moves one step up.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(super) fn next_delay(&mut self) -> Duration {
         let step = BASE.saturating_mul(1u32 << self.attempt.min(16)).min(MAX);
         self.attempt = self.attempt.saturating_add(1);
         let half = step / 2;
@@ -30,7 +30,7 @@ impl Backoff {
         half + Duration::from_millis(jitter_ms)
     }
 
-    pub fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.attempt = 0;
     }
 

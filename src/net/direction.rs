@@ -84,7 +84,7 @@ pub fn rank(addr: SocketAddr, id: NodeId) -> Rank {
 }
 
 /// Our role towards `peer`, or `None` when `peer` is ourselves.
-pub fn role(me: (SocketAddr, NodeId), peer: (SocketAddr, NodeId)) -> Option<Role> {
+pub(super) fn role(me: (SocketAddr, NodeId), peer: (SocketAddr, NodeId)) -> Option<Role> {
     if me.1 == peer.1 {
         return None;
     }
@@ -98,7 +98,7 @@ pub fn role(me: (SocketAddr, NodeId), peer: (SocketAddr, NodeId)) -> Option<Role
 
 /// What both ends know about one of a pair's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnFacts {
+pub(super) struct ConnFacts {
     pub direction: Direction,
     /// Random number the peer picked at start-up, carried in its Hello/Welcome.
     pub peer_incarnation: u64,
@@ -106,7 +106,7 @@ pub struct ConnFacts {
 
 /// Whether `new` replaces `existing` for a peer towards which we have `role`.
 /// `new` is the connection whose handshake completed later at this node.
-pub fn new_wins(role: Role, existing: ConnFacts, new: ConnFacts) -> bool {
+pub(super) fn new_wins(role: Role, existing: ConnFacts, new: ConnFacts) -> bool {
     if existing.peer_incarnation != new.peer_incarnation {
         return true;
     }

@@ -25,7 +25,7 @@ pub type SocketWrapper =
 
 /// Bytes a peer may have in flight to us, unread, per connection: two of the
 /// largest frames, so a 4 MiB frame always has room beside what is queued.
-pub const RECEIVE_WINDOW: usize = 2 * crate::codec::MAX_FRAME;
+pub(crate) const RECEIVE_WINDOW: usize = 2 * crate::codec::MAX_FRAME;
 
 /// quinn transport settings from the node's config. Stream limits are small on
 /// purpose: one unidirectional stream per direction is all the protocol uses, and

@@ -11,7 +11,7 @@
 //!
 //! TLS already proved that the peer holds a member key; the handshake proves that
 //! both run the same network and a wire version both speak, and name themselves
-//! truthfully. A rejected connection is closed with [`close::REJECTED`] and the
+//! truthfully. A rejected connection is closed with [`Close::REJECTED`] and the
 //! reason's name as the close reason, so the reason reaches the peer even if the
 //! `Reject` frame does not. Rejection is decided by [`check_intro`], a pure
 //! function.
@@ -41,7 +41,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::close;
+use super::Close;
 use crate::codec::{self, Frame, FrameError};
 use crate::identity::NodeId;
 
@@ -53,7 +53,7 @@ pub const MAGIC: [u8; 4] = *b"MNOD";
 /// other message is as in 3.
 pub const WIRE: Versions = Versions { min: 3, max: 4 };
 /// The one version this release speaks over `masternode/1`: 0.1.0's.
-pub const V1_WIRE: u16 = 3;
+pub(crate) const V1_WIRE: u16 = 3;
 /// The generations this release offers and accepts, the newest first
 /// ([`Generation::offered`] of [`WIRE`]).
 pub const GENERATIONS: [Generation; 2] = [Generation::V2, Generation::V1];
@@ -77,7 +77,7 @@ impl Versions {
     }
 
     /// The highest version both ranges hold, if any.
-    pub fn negotiate(self, theirs: Versions) -> Option<u16> {
+    pub(crate) fn negotiate(self, theirs: Versions) -> Option<u16> {
         let (low, high) = (self.min.max(theirs.min), self.max.min(theirs.max));
         (low <= high).then_some(high)
     }
@@ -106,7 +106,7 @@ impl Generation {
         }
     }
 
-    pub fn from_alpn(protocol: &[u8]) -> Option<Generation> {
+    pub(crate) fn from_alpn(protocol: &[u8]) -> Option<Generation> {
         [Generation::V2, Generation::V1].into_iter().find(|g| g.alpn() == protocol)
     }
 
@@ -167,7 +167,7 @@ impl LegacyIntro {
     /// Ours over `masternode/1`: version [`V1_WIRE`] when our range holds it
     /// (otherwise we never offer `masternode/1`; a test announcing another range
     /// sends its highest).
-    pub fn from_intro(intro: &Intro) -> LegacyIntro {
+    pub(crate) fn from_intro(intro: &Intro) -> LegacyIntro {
         let version = if intro.versions.contains(V1_WIRE) { V1_WIRE } else { intro.versions.max };
         LegacyIntro {
             magic: intro.magic,
@@ -224,7 +224,7 @@ impl RejectReason {
         }
     }
 
-    pub fn from_name(s: &str) -> Option<Self> {
+    pub(crate) fn from_name(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
@@ -278,12 +278,12 @@ pub struct Mismatch {
 
 impl Mismatch {
     /// The same, in the other node's terms.
-    pub fn swapped(self) -> Mismatch {
+    pub(crate) fn swapped(self) -> Mismatch {
         Mismatch { ours: self.theirs, theirs: self.ours }
     }
 
     /// Which of the two is older, and so is to be upgraded.
-    pub fn advice(self) -> &'static str {
+    pub(crate) fn advice(self) -> &'static str {
         if self.theirs.min > self.theirs.max {
             "the peer announces no version at all"
         } else if self.theirs.min > self.ours.max {
@@ -410,7 +410,7 @@ fn with_detail(reason: &RejectReason, mismatch: &Option<Mismatch>) -> String {
 
 /// A rejection's reason with what is known of it, in this node's terms;
 /// otherwise the error itself.
-pub fn rejection_text(e: &HandshakeError) -> String {
+pub(crate) fn rejection_text(e: &HandshakeError) -> String {
     match e {
         HandshakeError::RejectedByPeer(r, m) | HandshakeError::RejectedPeer(r, m) => with_detail(r, m),
         other => other.to_string(),
@@ -419,7 +419,7 @@ pub fn rejection_text(e: &HandshakeError) -> String {
 
 impl HandshakeError {
     /// The reject reason behind this error, if any, as seen by either side.
-    pub fn reject_reason(&self) -> Option<RejectReason> {
+    pub(crate) fn reject_reason(&self) -> Option<RejectReason> {
         match self {
             HandshakeError::RejectedByPeer(r, _) | HandshakeError::RejectedPeer(r, _) => Some(*r),
             _ => None,
@@ -483,7 +483,7 @@ pub async fn dial(conn: &quinn::Connection, ours: &Intro, expect: &Expect<'_>) -
     match checked {
         Ok(wire) => Ok(Agreed { intro: theirs, wire }),
         Err(r) => {
-            conn.close(close::REJECTED.into(), r.reason().as_str().as_bytes());
+            conn.close(Close::REJECTED.into(), r.reason().as_str().as_bytes());
             Err(HandshakeError::rejected_peer(r))
         }
     }
@@ -559,7 +559,7 @@ async fn reject(conn: &quinn::Connection, send: &mut quinn::SendStream, frame: b
     if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {
         let _dialer_closed = tokio::time::timeout(Duration::from_millis(500), conn.closed()).await;
     }
-    conn.close(close::REJECTED.into(), reason.as_str().as_bytes());
+    conn.close(Close::REJECTED.into(), reason.as_str().as_bytes());
 }
 
 /// A `masternode/1` `Hello` that carries our magic but a version number other
@@ -593,9 +593,9 @@ fn stream_error(conn: &quinn::Connection, e: impl fmt::Display) -> HandshakeErro
 }
 
 /// The reject reason a peer put in its close, if it closed with one.
-pub fn rejection_in(err: &quinn::ConnectionError) -> Option<RejectReason> {
+pub(crate) fn rejection_in(err: &quinn::ConnectionError) -> Option<RejectReason> {
     match err {
-        quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::REJECTED.into() => {
+        quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == Close::REJECTED.into() => {
             RejectReason::from_name(std::str::from_utf8(&ac.reason).ok()?)
         }
         _ => None,

@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::admission::{Admission, AdmissionSlot, Admit};
-use super::close;
 use super::direction::Direction;
 use super::endpoint::{self, EndpointError};
 use super::handshake::{
@@ -47,6 +46,7 @@ use super::peer;
 use super::peers::{Counters, Inbound, Link, Messages, PeerEvent, Peers, Shared, Table};
 use super::slots::{Action, CloseCause, ConnId, DialFailure, Slots};
 use super::tls::{self, MemberKeys, RefusalLog};
+use super::Close;
 use super::Protocol;
 use super::TransportConfig;
 use crate::identity::{Identity, NodeId};
@@ -152,7 +152,7 @@ fn describe_connection_error(e: &quinn::ConnectionError) -> String {
     }
 }
 
-/// What a node hears when a peer closes a connection as [`close::REMOVED`].
+/// What a node hears when a peer closes a connection as [`Close::REMOVED`].
 const NOT_IN_ITS_SET: &str = "peer closed the connection: this node is not in its member set";
 
 /// What dial and accept tasks need to run a handshake; shared. Only the member
@@ -465,9 +465,9 @@ impl Manager {
             self.shared.counters.manager_loops.fetch_add(1, Ordering::Relaxed);
         }
         for (_, conn, _, _) in self.conns.values() {
-            conn.close(close::SHUTDOWN.into(), b"shutdown");
+            conn.close(Close::SHUTDOWN.into(), b"shutdown");
         }
-        self.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
+        self.endpoint.close(Close::SHUTDOWN.into(), b"shutdown");
         self.shared.table.send_replace(Arc::new(Table::new()));
         self.shared.inbox.close();
     }
@@ -533,7 +533,7 @@ impl Manager {
                     if let Some((_, c, _, _)) = self.conns.remove(&conn) {
                         c.close(code.into(), reason.as_bytes());
                     }
-                    if code == close::DUPLICATE {
+                    if code == Close::DUPLICATE {
                         self.shared.counters.duplicates_closed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -712,7 +712,7 @@ impl Manager {
     /// What a connection's end means to the rules; a rejection of our Welcome is
     /// counted here (the acceptor learns of it only from the close).
     fn close_cause(&self, error: &quinn::ConnectionError) -> CloseCause {
-        if matches!(error, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::DUPLICATE.into()) {
+        if matches!(error, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == Close::DUPLICATE.into()) {
             return CloseCause::Duplicate;
         }
         if super::is_removal(error) {
@@ -818,13 +818,13 @@ async fn dial(
     match timeout_at(deadline, handshake::dial(&conn, &hs.intro(), &expect)).await {
         Ok(Ok(agreed)) => Ok((conn, agreed)),
         Ok(Err(e)) => {
-            let code = if e.reject_reason().is_some() { close::REJECTED } else { close::PROTOCOL };
+            let code = if e.reject_reason().is_some() { Close::REJECTED } else { Close::PROTOCOL };
             let reason = e.reject_reason().map(|r| r.as_str()).unwrap_or("handshake failed");
             conn.close(code.into(), reason.as_bytes());
             Err(e.into())
         }
         Err(_) => {
-            conn.close(close::HANDSHAKE_TIMEOUT.into(), b"handshake timeout");
+            conn.close(Close::HANDSHAKE_TIMEOUT.into(), b"handshake timeout");
             Err(HandshakeError::Timeout(hs.deadline).into())
         }
     }
@@ -904,7 +904,7 @@ async fn accept(
         Err(_) => return Err((None, HandshakeError::Timeout(tls_deadline))),
     };
     let Some(tls_key) = tls::peer_node_id(&conn) else {
-        conn.close(close::PROTOCOL.into(), b"no certificate");
+        conn.close(Close::PROTOCOL.into(), b"no certificate");
         return Err((None, HandshakeError::Unexpected));
     };
     let is_peer = |id: &NodeId| hs.is_peer(id);
@@ -913,12 +913,12 @@ async fn accept(
         Ok(Ok(agreed)) => Ok((conn, agreed)),
         Ok(Err(e)) => {
             if conn.close_reason().is_none() {
-                conn.close(close::PROTOCOL.into(), b"handshake failed");
+                conn.close(Close::PROTOCOL.into(), b"handshake failed");
             }
             Err((Some(tls_key), e))
         }
         Err(_) => {
-            conn.close(close::HANDSHAKE_TIMEOUT.into(), b"handshake timeout");
+            conn.close(Close::HANDSHAKE_TIMEOUT.into(), b"handshake timeout");
             Err((Some(tls_key), HandshakeError::Timeout(hs.deadline)))
         }
     }

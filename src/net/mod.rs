@@ -8,11 +8,11 @@
 //!   (the chain's set, as changes come into force). TLS, the handshake, admission
 //!   and the connection rules all follow the latest set at once: a new member is
 //!   accepted and dialled or awaited like any other; a removed member's connection
-//!   is closed with [`close::REMOVED`] and its key refused from then on; a moved
+//!   is closed with [`Close::REMOVED`] and its key refused from then on; a moved
 //!   member is dialled at its new address (a live connection is kept). A node
 //!   outside the set it names (a joiner) still dials the members it knows; they
 //!   refuse it at TLS, which costs it only backoff, until they add it. A node
-//!   whose connection is closed with [`close::REMOVED`] backs off as from a
+//!   whose connection is closed with [`Close::REMOVED`] backs off as from a
 //!   rejection.
 //! * **Direction.** The member with the lower address in the member set dials,
 //!   the other waits (`direction`). A waiting node that has heard nothing from the lower one
@@ -20,7 +20,7 @@
 //!   nobody waits forever.
 //! * **Duplicates.** Should a pair hold two connections, both ends keep the same one
 //!   (`direction::new_wins`) once its handshake is complete and close the other
-//!   with [`close::DUPLICATE`]: not a failure, no backoff.
+//!   with [`Close::DUPLICATE`]: not a failure, no backoff.
 //! * **Handshake.** On the connection's first bidirectional stream, then finished
 //!   ([`handshake`]); no application data before it succeeds.
 //! * **Liveness.** QUIC keepalive and idle timeout; no ping/pong. A peer whose
@@ -33,7 +33,7 @@
 //!   queue into a per-peer outbox bounded in bytes per [`Class`] and return at once
 //!   (consensus superseded by later heights, transactions dropped when full,
 //!   consensus first on the wire). A peer that does not take what we have for it
-//!   within the slow-peer deadline is disconnected with [`close::TOO_SLOW`].
+//!   within the slow-peer deadline is disconnected with [`Close::TOO_SLOW`].
 //!   Inbound, each peer has a byte budget, peers are served in turn by cost
 //!   (a turn per frame or per 64 KiB of it) and each peer's consensus kinds
 //!   ahead of its others.
@@ -51,10 +51,10 @@ mod admission;
 mod answers;
 mod backoff;
 mod direction;
-pub mod endpoint;
+pub(crate) mod endpoint;
 #[cfg(feature = "fault-injection")]
-pub mod fault;
-pub mod handshake;
+pub(crate) mod fault;
+pub(crate) mod handshake;
 mod inbox;
 mod manager;
 mod outbox;
@@ -62,10 +62,19 @@ mod peer;
 mod peers;
 mod settings;
 mod slots;
-pub mod tls;
+pub(crate) mod tls;
 
 pub use answers::ANSWERS_PER_PEER;
 pub use direction::{canonical, rank, Direction, Rank, Role};
+pub use endpoint::{
+    bind as bind_endpoint, client_config, transport_config, transport_config as quic_transport_config, SocketWrapper,
+};
+#[cfg(feature = "fault-injection")]
+pub use fault::Faults;
+pub use handshake::{
+    accept as handshake_accept, check_intro, dial as handshake_dial, Expect, Generation, HandshakeError, HandshakeMsg,
+    Intro, LegacyIntro, LegacyMsg, Mismatch, RejectReason, Rejection, Tip, Versions, GENERATIONS, MAGIC, WIRE,
+};
 pub use inbox::Delivery;
 pub(crate) use manager::reaches;
 pub use manager::{bind, start, Bound, NetConfig, TestHooks};
@@ -75,6 +84,7 @@ pub use peers::{
     SendError,
 };
 pub use settings::TransportConfig;
+pub use tls::{client_rustls, peer_node_id, provider, server_rustls, RefusalLog, SERVER_NAME};
 
 /// Which kinds each stream carries, with their body size limits; `None` for a kind
 /// the stream does not carry. Supplied by the application (the chain), so the
@@ -99,13 +109,15 @@ impl std::fmt::Debug for Protocol {
 }
 
 /// Application close codes (QUIC `CONNECTION_CLOSE` and stream reset codes).
-pub mod close {
+pub struct Close;
+
+impl Close {
     /// The node is shutting down.
-    pub const SHUTDOWN: u32 = 0;
+    pub(crate) const SHUTDOWN: u32 = 0;
     /// The pair has another connection that both ends keep.
-    pub const DUPLICATE: u32 = 1;
+    pub(crate) const DUPLICATE: u32 = 1;
     /// The handshake was rejected; the close reason names the [`RejectReason`](super::handshake::RejectReason).
-    pub const REJECTED: u32 = 2;
+    pub(crate) const REJECTED: u32 = 2;
     /// The handshake did not finish within its deadline.
     pub const HANDSHAKE_TIMEOUT: u32 = 3;
     /// A frame over the limit of its kind.
@@ -115,59 +127,59 @@ pub mod close {
     /// Any other breach of the protocol.
     pub const PROTOCOL: u32 = 6;
     /// A request stream the node did not answer in time.
-    pub const REQUEST_TIMEOUT: u32 = 7;
+    pub(crate) const REQUEST_TIMEOUT: u32 = 7;
     /// A request over the peer's rate limit.
     pub const RATE_LIMITED: u32 = 8;
     /// The peer did not take what we had for it within the slow-peer deadline.
     pub const TOO_SLOW: u32 = 9;
     /// A newer process with the same key holds the pair's connection.
-    pub const SUPERSEDED: u32 = 10;
+    pub(crate) const SUPERSEDED: u32 = 10;
     /// The peer is no longer in the closing node's member set.
     pub const REMOVED: u32 = 11;
     /// The closing node's address of this connection is gone from its host (the
     /// close itself rarely arrives: it has no address left to leave from).
-    pub const ADDRESS_LOST: u32 = 12;
+    pub(crate) const ADDRESS_LOST: u32 = 12;
 
     pub fn name(code: u64) -> &'static str {
         match code as u32 {
-            SHUTDOWN => "shutdown",
-            DUPLICATE => "duplicate",
-            REJECTED => "rejected",
-            HANDSHAKE_TIMEOUT => "handshake timeout",
-            FRAME_TOO_LARGE => "frame too large",
-            MALFORMED_FRAME => "malformed frame",
-            PROTOCOL => "protocol error",
-            REQUEST_TIMEOUT => "request timeout",
-            RATE_LIMITED => "rate limited",
-            TOO_SLOW => "too slow",
-            SUPERSEDED => "superseded",
-            REMOVED => "removed",
-            ADDRESS_LOST => "address lost",
+            Self::SHUTDOWN => "shutdown",
+            Self::DUPLICATE => "duplicate",
+            Self::REJECTED => "rejected",
+            Self::HANDSHAKE_TIMEOUT => "handshake timeout",
+            Self::FRAME_TOO_LARGE => "frame too large",
+            Self::MALFORMED_FRAME => "malformed frame",
+            Self::PROTOCOL => "protocol error",
+            Self::REQUEST_TIMEOUT => "request timeout",
+            Self::RATE_LIMITED => "rate limited",
+            Self::TOO_SLOW => "too slow",
+            Self::SUPERSEDED => "superseded",
+            Self::REMOVED => "removed",
+            Self::ADDRESS_LOST => "address lost",
             _ => "unknown",
         }
     }
 }
 
 /// The application close code a peer gets for sending a bad frame.
-pub fn frame_error_code(e: &crate::codec::FrameError) -> u32 {
+pub(crate) fn frame_error_code(e: &crate::codec::FrameError) -> u32 {
     use crate::codec::FrameError;
     match e {
-        FrameError::TooLarge { .. } => close::FRAME_TOO_LARGE,
-        FrameError::Read(_) => close::PROTOCOL,
-        _ => close::MALFORMED_FRAME,
+        FrameError::TooLarge { .. } => Close::FRAME_TOO_LARGE,
+        FrameError::Read(_) => Close::PROTOCOL,
+        _ => Close::MALFORMED_FRAME,
     }
 }
 
 /// A short description of why a connection ended, for one log line.
-pub fn describe_close(err: &quinn::ConnectionError) -> String {
+pub(crate) fn describe_close(err: &quinn::ConnectionError) -> String {
     match err {
         quinn::ConnectionError::ApplicationClosed(ac) => {
             let code = ac.error_code.into_inner();
             let reason = String::from_utf8_lossy(&ac.reason);
             if reason.is_empty() {
-                format!("closed by peer: {}", close::name(code))
+                format!("closed by peer: {}", Close::name(code))
             } else {
-                format!("closed by peer: {} ({reason})", close::name(code))
+                format!("closed by peer: {} ({reason})", Close::name(code))
             }
         }
         quinn::ConnectionError::LocallyClosed => "closed locally".into(),
@@ -178,8 +190,8 @@ pub fn describe_close(err: &quinn::ConnectionError) -> String {
 }
 
 /// Whether the peer closed the connection because we are not in its member set.
-pub fn is_removal(err: &quinn::ConnectionError) -> bool {
-    matches!(err, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == close::REMOVED.into())
+pub(crate) fn is_removal(err: &quinn::ConnectionError) -> bool {
+    matches!(err, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == Close::REMOVED.into())
 }
 
 /// Whether a connection ended because TLS refused a certificate, at either end.
@@ -197,23 +209,23 @@ pub fn is_tls_refusal(err: &quinn::ConnectionError) -> bool {
 
 /// Whether the peer's TLS refused our certificate (the alert came from it): it
 /// does not count our key as a member.
-pub fn is_tls_refusal_by_peer(err: &quinn::ConnectionError) -> bool {
+pub(crate) fn is_tls_refusal_by_peer(err: &quinn::ConnectionError) -> bool {
     matches!(err, quinn::ConnectionError::ConnectionClosed(_)) && is_tls_refusal(err)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::close;
+    use super::Close;
 
     #[test]
     fn every_close_code_has_a_name_of_its_own() {
-        let names: Vec<&str> = (0..=u64::from(close::ADDRESS_LOST)).map(close::name).collect();
+        let names: Vec<&str> = (0..=u64::from(Close::ADDRESS_LOST)).map(Close::name).collect();
         assert!(!names.contains(&"unknown"), "{names:?}");
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert_eq!(close::name(close::REMOVED.into()), "removed");
-        assert_eq!(close::name(u64::from(close::ADDRESS_LOST) + 1), "unknown");
+        assert_eq!(Close::name(Close::REMOVED.into()), "removed");
+        assert_eq!(Close::name(u64::from(Close::ADDRESS_LOST) + 1), "unknown");
     }
 }

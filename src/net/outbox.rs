@@ -55,7 +55,7 @@ impl Class {
     }
 
     /// The class's outboxes as a `masternode_held_bytes{what}` label.
-    pub fn held_label(self) -> &'static str {
+    pub(crate) fn held_label(self) -> &'static str {
         match self {
             Class::Consensus => "outbox_consensus",
             Class::Tip => "outbox_tip",
@@ -173,7 +173,7 @@ impl Runs {
 }
 
 #[derive(Debug)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     limits: OutboxLimits,
     /// Consensus and tips, one entry per frame.
     queues: [VecDeque<Entry>; 2],
@@ -182,11 +182,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(limits: OutboxLimits) -> Self {
+    pub(crate) fn new(limits: OutboxLimits) -> Self {
         Outbox { limits, queues: Default::default(), txs: Runs::default(), bytes: [0; 3] }
     }
 
-    pub fn push(&mut self, out: &Outgoing) -> Pushed {
+    pub(crate) fn push(&mut self, out: &Outgoing) -> Pushed {
         let c = out.class.index();
         let limit = self.limits.of(out.class);
         let len = out.frame.len();
@@ -234,7 +234,7 @@ impl Outbox {
     /// are taken (at least one piece when anything is queued): consensus frames
     /// and tips one by one, transactions as runs of whole frames. Returns the
     /// bytes taken.
-    pub fn pop_batch(&mut self, max_bytes: usize, batch: &mut Vec<Bytes>) -> usize {
+    pub(crate) fn pop_batch(&mut self, max_bytes: usize, batch: &mut Vec<Bytes>) -> usize {
         let mut taken = 0;
         for c in 0..self.queues.len() {
             while let Some(e) = self.queues[c].front() {
@@ -260,16 +260,16 @@ impl Outbox {
         taken
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.queues.iter().all(VecDeque::is_empty) && self.txs.is_empty()
     }
 
     /// Queued bytes of one class.
-    pub fn bytes(&self, class: Class) -> usize {
+    pub(crate) fn bytes(&self, class: Class) -> usize {
         self.bytes[class.index()]
     }
 
-    pub fn total_bytes(&self) -> usize {
+    pub(crate) fn total_bytes(&self) -> usize {
         self.bytes.iter().sum()
     }
 }

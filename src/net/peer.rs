@@ -10,7 +10,7 @@
 //! **Slow peers.** The writer gives every step that depends on the peer (the peer
 //! granting our stream, the peer's flow control taking a batch) the slow-peer
 //! deadline. A peer that keeps its connection alive but does not read, or never
-//! grants a stream, is disconnected with [`close::TOO_SLOW`] when the deadline
+//! grants a stream, is disconnected with [`Close::TOO_SLOW`] when the deadline
 //! passes; meanwhile its outbox drops by policy and nobody else waits.
 
 use std::sync::atomic::Ordering;
@@ -21,9 +21,9 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use super::close;
 use super::inbox::Slot;
 use super::peers::{read_one, reject_frame, InboundRequest, Link, Shared};
+use super::Close;
 use crate::codec::{FrameError, FrameReader};
 use crate::identity::NodeId;
 
@@ -76,7 +76,7 @@ async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
                 // The peer stopped our stream, or it broke: without it the peer
                 // gets nothing from us, so it must not stay in the table.
                 if conn.close_reason().is_none() {
-                    conn.close(close::PROTOCOL.into(), b"gossip stream closed");
+                    conn.close(Close::PROTOCOL.into(), b"gossip stream closed");
                 }
                 return;
             }
@@ -140,7 +140,7 @@ fn too_slow(link: &Link, shared: &Shared, what: &str) {
         "peer {what} within {} ms; disconnecting it as too slow (it reconnects and catches up by sync)",
         shared.slow_after.as_millis()
     );
-    link.conn.close(close::TOO_SLOW.into(), b"too slow");
+    link.conn.close(Close::TOO_SLOW.into(), b"too slow");
 }
 
 /// How long a peer that finished its gossip stream keeps its connection after
@@ -167,7 +167,7 @@ async fn read_loop(conn: quinn::Connection, peer: NodeId, shared: Arc<Shared>) {
                 let _ = tokio::time::timeout(FINISHED_STREAM_GRACE, conn.closed()).await;
                 if conn.close_reason().is_none() {
                     tracing::debug!(peer = %peer.short(), "peer finished its gossip stream: closing");
-                    conn.close(close::PROTOCOL.into(), b"gossip stream finished");
+                    conn.close(Close::PROTOCOL.into(), b"gossip stream finished");
                 }
                 return;
             }
@@ -231,7 +231,7 @@ async fn serve_one(
     // The request is read only once one of the peer's answer slots is free, and
     // the slot is held until its answer is written (see [`super::ANSWERS_PER_PEER`]).
     let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, answers.acquire_owned()).await else {
-        let _ = send.reset(close::REQUEST_TIMEOUT.into());
+        let _ = send.reset(Close::REQUEST_TIMEOUT.into());
         return;
     };
     // The whole request is abandoned on timeout, stream included, so cancelling the
@@ -244,7 +244,7 @@ async fn serve_one(
             return;
         }
         Err(_) => {
-            let _ = send.reset(close::REQUEST_TIMEOUT.into());
+            let _ = send.reset(Close::REQUEST_TIMEOUT.into());
             return;
         }
     };
@@ -272,11 +272,11 @@ async fn serve_one(
             if matches!(written, Ok(Ok(()))) {
                 let _ = send.finish();
             } else {
-                let _ = send.reset(close::REQUEST_TIMEOUT.into());
+                let _ = send.reset(Close::REQUEST_TIMEOUT.into());
             }
         }
         _ => {
-            let _ = send.reset(close::REQUEST_TIMEOUT.into());
+            let _ = send.reset(Close::REQUEST_TIMEOUT.into());
         }
     }
 }

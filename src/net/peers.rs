@@ -12,13 +12,13 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
-use super::close;
 use super::direction::Direction;
 use super::handshake::Tip;
 use super::inbox::{Delivery, Inbox};
 use super::outbox::{Class, Outbox, Outgoing};
 use super::slots::ConnId;
 use super::tls::RefusalLog;
+use super::Close;
 use super::Protocol;
 use crate::codec::{FrameError, FrameReader};
 use crate::identity::NodeId;
@@ -75,8 +75,8 @@ pub enum Refusal {
 impl Refusal {
     pub fn code(self) -> u32 {
         match self {
-            Refusal::RateLimited => close::RATE_LIMITED,
-            Refusal::Unsupported => close::PROTOCOL,
+            Refusal::RateLimited => Close::RATE_LIMITED,
+            Refusal::Unsupported => Close::PROTOCOL,
         }
     }
 }
@@ -319,7 +319,7 @@ impl Peers {
     /// yet applied. From then on TLS, the handshake and admission accept exactly
     /// these keys and addresses. A new member is dialled or awaited by the
     /// direction rule; a removed one's connection is closed with
-    /// [`close::REMOVED`] and it is never dialled again; a member whose address
+    /// [`Close::REMOVED`] and it is never dialled again; a member whose address
     /// changed keeps its connection, or else is dialled at the new address at
     /// once (or awaited there). Unchanged members are left alone, so the same set
     /// twice is a no-op. Our own entry, if any, is ignored; of two entries for one
@@ -332,7 +332,7 @@ impl Peers {
     /// is collecting approvals, members that left): TLS still refuses them, and
     /// logs that at info once per key and state instead of warning as it does
     /// for strangers.
-    pub fn set_expected(&self, keys: impl IntoIterator<Item = (NodeId, super::tls::Expected)>) {
+    pub(crate) fn set_expected(&self, keys: impl IntoIterator<Item = (NodeId, super::tls::Expected)>) {
         self.shared.refusals.expect(keys);
     }
 
@@ -384,11 +384,11 @@ impl Peers {
     }
 
     /// Follows the peer table: wakes on every change.
-    pub fn watch_connected(&self) -> ConnectedWatch {
+    pub(crate) fn watch_connected(&self) -> ConnectedWatch {
         ConnectedWatch(self.shared.table.subscribe())
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
         self.shared.events.subscribe()
     }
 
@@ -397,7 +397,7 @@ impl Peers {
     }
 
     /// Bytes queued in the outboxes, all peers, by class.
-    pub fn outbox_bytes(&self) -> [u64; 3] {
+    pub(crate) fn outbox_bytes(&self) -> [u64; 3] {
         let mut total = [0u64; 3];
         for l in self.shared.snapshot().values() {
             let o = l.outbox();
@@ -409,7 +409,7 @@ impl Peers {
     }
 
     /// Bytes read from peers and not yet taken by the node.
-    pub fn inbound_bytes(&self) -> u64 {
+    pub(crate) fn inbound_bytes(&self) -> u64 {
         self.shared.inbox.queued_bytes()
     }
 
@@ -431,7 +431,7 @@ impl Peers {
     }
 
     /// Bytes of the strangers' keys TLS remembers so as to warn once per key.
-    pub fn tls_strangers_bytes(&self) -> u64 {
+    pub(crate) fn tls_strangers_bytes(&self) -> u64 {
         self.shared.refusals.strangers_bytes()
     }
 
@@ -442,8 +442,8 @@ impl Peers {
 
     /// Closes every connection with the shutdown code and waits (bounded) for the
     /// peers to acknowledge.
-    pub async fn close_all(&self, wait: Duration) {
-        self.shared.endpoint.close(close::SHUTDOWN.into(), b"shutdown");
+    pub(crate) async fn close_all(&self, wait: Duration) {
+        self.shared.endpoint.close(Close::SHUTDOWN.into(), b"shutdown");
         self.shared.inbox.close();
         let _ = tokio::time::timeout(wait, self.shared.endpoint.wait_idle()).await;
     }

@@ -22,12 +22,12 @@
 //! * **Duplicates.** With two connections, both ends keep the same one
 //!   ([`direction::new_wins`]): the peer's newer incarnation, else the rule's
 //!   direction, else the later one. The loser is closed with
-//!   [`close::DUPLICATE`]; that is not a failure.
+//!   [`Close::DUPLICATE`]; that is not a failure.
 //! * **Stale connections and twins.** Incarnations grow with each start of a
 //!   process, so a connection from an older incarnation than the active one is a
 //!   leftover of a restart (a Welcome that arrives late) or a second live process
 //!   with the same key. It never replaces the newer one: it is closed with
-//!   [`close::SUPERSEDED`]. The second time a slot sees that, it reports two
+//!   [`Close::SUPERSEDED`]. The second time a slot sees that, it reports two
 //!   processes with one key, once, at error level.
 //! * **Events.** `Up` when a peer gets an active connection, also when a newer one
 //!   replaced it (the peer may have restarted and lost what we sent), `Down` when it
@@ -35,7 +35,7 @@
 //! * **Members come and go.** A member added to the set gets a slot as the initial
 //!   members did: dialled at once if we rank lower, else awaited for the passive
 //!   wait. A member removed loses its slot: its connection is closed with
-//!   [`close::REMOVED`] and it goes `Down`; a connection from it that completes
+//!   [`Close::REMOVED`] and it goes `Down`; a connection from it that completes
 //!   later is closed the same way. A member whose address changed keeps its
 //!   connection, if it has one (QUIC follows a peer's new address); otherwise its
 //!   backoff is forgotten and it is dialled at the new address at once (or awaited
@@ -46,7 +46,7 @@
 //! * **Outside the set.** A node whose key is not in the set (a joiner, or a
 //!   member removed) is dialled by nobody, so it waits for no one: it dials every
 //!   member at once, then with backoff. Members refusing its key (at TLS, or
-//!   closing with [`close::REMOVED`]) is what it expects until its add is in
+//!   closing with [`Close::REMOVED`]) is what it expects until its add is in
 //!   force: one info line per peer, and again only when something else happened
 //!   in between. A member refused that way is in trouble (the peer does not count
 //!   it): a warning, as for any failure.
@@ -57,7 +57,7 @@
 //!   closed and the peer dialled at once as a fallback, from the new address;
 //!   the shell announces a newer incarnation in that handshake, so the peer
 //!   takes the new connection over the one it dialled and cannot know is dead.
-//! * **Being removed.** A peer that closes our connection with [`close::REMOVED`]
+//! * **Being removed.** A peer that closes our connection with [`Close::REMOVED`]
 //!   no longer counts us as a member: that is a rejection, met with backoff, not a
 //!   prompt redial.
 
@@ -66,22 +66,22 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::backoff::{Backoff, RESET_AFTER};
-use super::close;
 use super::direction::{self, ConnFacts, Direction, Role};
+use super::Close;
 use crate::identity::NodeId;
 
 /// A connection's generation number, unique for the life of the process: the end
 /// of an old connection can never remove its replacement.
-pub type ConnId = u64;
+pub(super) type ConnId = u64;
 
 /// Retry delay after a peer closed our connection as a duplicate while we hold no
 /// other: the peer believes it has one with us, which will soon prove stale or
 /// reach us. Not a failure, so no backoff step.
-pub const DUPLICATE_RETRY: Duration = Duration::from_secs(1);
+pub(super) const DUPLICATE_RETRY: Duration = Duration::from_secs(1);
 
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(super) enum Action {
     /// Dial `peer` at `addr`; report the outcome with `handle_dial_failed` or
     /// `handle_established`.
     Dial { peer: NodeId, addr: SocketAddr, fallback: bool },
@@ -95,7 +95,7 @@ pub enum Action {
 
 /// Why a dial produced no connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DialFailure {
+pub(super) enum DialFailure {
     /// Nothing answered, or QUIC/TLS failed: `what` says how.
     Failed(String),
     /// The peer refused our key (at TLS, or as not in its member set): it does
@@ -110,7 +110,7 @@ pub enum DialFailure {
 
 /// Why a connection ended, as far as the rules care.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseCause {
+pub(super) enum CloseCause {
     /// The pair kept another connection.
     Duplicate,
     /// The peer rejected our Welcome after we sent it, with this reason.
@@ -193,7 +193,7 @@ impl Slot {
 }
 
 #[derive(Debug)]
-pub struct Slots {
+pub(super) struct Slots {
     me: (SocketAddr, NodeId),
     /// Our key is in the member set. Outside it nobody dials us, so we dial
     /// every member at once whatever the direction rule says.
@@ -209,7 +209,7 @@ impl Slots {
     /// Slots for every member of `members` other than ourselves (`me`: our address
     /// in the member set, or the one we advertise if we are not in it, and our id),
     /// with first dials scheduled from `now`.
-    pub fn new(
+    pub(super) fn new(
         me: (SocketAddr, NodeId),
         members: impl IntoIterator<Item = (NodeId, SocketAddr)>,
         passive_wait: Duration,
@@ -260,7 +260,7 @@ impl Slots {
     /// Whether our socket can reach `id`'s address. One it cannot (another
     /// address family) we never dial: we wait for it to dial us, whatever the
     /// direction rule says. Returns whether that changed.
-    pub fn set_reachable(&mut self, id: &NodeId, reachable: bool) -> bool {
+    pub(super) fn set_reachable(&mut self, id: &NodeId, reachable: bool) -> bool {
         match self.slots.get_mut(id) {
             Some(slot) if slot.unreachable == reachable => {
                 slot.unreachable = !reachable;
@@ -274,7 +274,7 @@ impl Slots {
     /// ignored; of two entries for one id the last counts). Members not in it any
     /// more lose their slot and connection, new ones get a slot, moved ones their
     /// new address; unchanged ones are left alone.
-    pub fn handle_members(&mut self, members: impl IntoIterator<Item = (NodeId, SocketAddr)>, now: Instant) {
+    pub(super) fn handle_members(&mut self, members: impl IntoIterator<Item = (NodeId, SocketAddr)>, now: Instant) {
         let me = self.me.1;
         let members: Vec<(NodeId, SocketAddr)> = members.into_iter().collect();
         let member = members.iter().any(|(id, _)| *id == me);
@@ -316,7 +316,7 @@ impl Slots {
                 self.actions.push_back(Action::Close {
                     peer: id,
                     conn: active.conn,
-                    code: close::REMOVED,
+                    code: Close::REMOVED,
                     reason: "removed",
                 });
                 self.actions.push_back(Action::Down { peer: id });
@@ -350,33 +350,33 @@ impl Slots {
     }
 
     /// Whether `id` is a member we keep a slot for.
-    pub fn contains(&self, id: &NodeId) -> bool {
+    pub(super) fn contains(&self, id: &NodeId) -> bool {
         self.slots.contains_key(id)
     }
 
     /// Our part towards `id`, as the rules see it now.
     #[cfg(test)]
-    pub fn role(&self, id: &NodeId) -> Option<Role> {
+    pub(super) fn role(&self, id: &NodeId) -> Option<Role> {
         self.slots.get(id).map(|s| s.role)
     }
 
     /// The member's address we dial.
-    pub fn addr(&self, id: &NodeId) -> Option<SocketAddr> {
+    pub(super) fn addr(&self, id: &NodeId) -> Option<SocketAddr> {
         self.slots.get(id).map(|s| s.addr)
     }
 
     /// The peer's active connection, if any.
     #[cfg(test)]
-    pub fn active(&self, id: &NodeId) -> Option<ConnId> {
+    pub(super) fn active(&self, id: &NodeId) -> Option<ConnId> {
         self.slots.get(id).and_then(|s| s.active.as_ref().map(|a| a.conn))
     }
 
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub(super) fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
     /// When `handle_timeout` next has something to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
         self.slots
             .values()
             .filter(|s| s.active.is_none() && !s.dialing && !s.unreachable)
@@ -385,7 +385,7 @@ impl Slots {
     }
 
     /// Starts every dial that is due.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
         let member = self.member;
         for slot in self.slots.values_mut() {
             if slot.active.is_some() || slot.dialing || slot.unreachable || slot.next_dial.is_none_or(|t| t > now) {
@@ -406,7 +406,7 @@ impl Slots {
     }
 
     /// Our dial of `peer` at `addr` produced no connection.
-    pub fn handle_dial_failed(&mut self, peer: NodeId, addr: SocketAddr, failure: DialFailure, now: Instant) {
+    pub(super) fn handle_dial_failed(&mut self, peer: NodeId, addr: SocketAddr, failure: DialFailure, now: Instant) {
         let Some(slot) = self.slots.get_mut(&peer) else { return };
         if slot.addr != addr {
             // A dial of the address the member had before it moved.
@@ -444,7 +444,7 @@ impl Slots {
     }
 
     /// An inbound handshake from `peer` failed.
-    pub fn handle_inbound_failed(&mut self, peer: NodeId, what: &str) {
+    pub(super) fn handle_inbound_failed(&mut self, peer: NodeId, what: &str) {
         if let Some(slot) = self.slots.get_mut(&peer) {
             slot.note_failure(what, None);
         }
@@ -454,7 +454,7 @@ impl Slots {
     /// the peer named as its own, `incarnation` its process's incarnation. Returns
     /// whether the connection was kept; a connection that is not kept has its
     /// `Close` queued.
-    pub fn handle_established(
+    pub(super) fn handle_established(
         &mut self,
         peer: NodeId,
         conn: ConnId,
@@ -467,7 +467,7 @@ impl Slots {
         let Some(slot) = self.slots.get_mut(&peer) else {
             // Its handshake passed while it was a member: removed since.
             tracing::debug!(peer = %peer.short(), "connection from a node not in the member set; closing it");
-            self.actions.push_back(Action::Close { peer, conn, code: close::REMOVED, reason: "not a member" });
+            self.actions.push_back(Action::Close { peer, conn, code: Close::REMOVED, reason: "not a member" });
             return false;
         };
         if direction == Direction::Outbound {
@@ -495,19 +495,19 @@ impl Slots {
                 } else {
                     tracing::debug!(peer = %peer.short(), "connection from an older incarnation of the peer; closing it");
                 }
-                self.actions.push_back(Action::Close { peer, conn, code: close::SUPERSEDED, reason: "superseded" });
+                self.actions.push_back(Action::Close { peer, conn, code: Close::SUPERSEDED, reason: "superseded" });
                 return false;
             }
             if !direction::new_wins(slot.role, active.facts, facts) {
                 tracing::debug!(peer = %peer.short(), ?direction, "closing duplicate connection; keeping the existing one");
-                self.actions.push_back(Action::Close { peer, conn, code: close::DUPLICATE, reason: "duplicate" });
+                self.actions.push_back(Action::Close { peer, conn, code: Close::DUPLICATE, reason: "duplicate" });
                 return false;
             }
             tracing::debug!(peer = %peer.short(), ?direction, "new connection replaces the existing one");
             self.actions.push_back(Action::Close {
                 peer,
                 conn: active.conn,
-                code: close::DUPLICATE,
+                code: Close::DUPLICATE,
                 reason: "duplicate",
             });
             replaced = Some(active.conn);
@@ -538,13 +538,13 @@ impl Slots {
     /// dialled it and cannot reach us there any more, and QUIC moves only the
     /// dialling end. Closes it and dials the peer at once, as a fallback (the
     /// peer may not learn our new address before the member set has it).
-    pub fn handle_address_lost(&mut self, peer: NodeId, conn: ConnId, now: Instant) {
+    pub(super) fn handle_address_lost(&mut self, peer: NodeId, conn: ConnId, now: Instant) {
         let Some(slot) = self.slots.get_mut(&peer) else { return };
         if slot.active.as_ref().map(|a| a.conn) != Some(conn) {
             return;
         }
         slot.active = None;
-        self.actions.push_back(Action::Close { peer, conn, code: close::ADDRESS_LOST, reason: "address lost" });
+        self.actions.push_back(Action::Close { peer, conn, code: Close::ADDRESS_LOST, reason: "address lost" });
         self.actions.push_back(Action::Down { peer });
         tracing::info!(peer = %peer.short(), addr = %slot.addr, "our address of the connection the peer dialled is gone; dialling the peer from the new one");
         if slot.dialing || slot.unreachable {
@@ -557,7 +557,7 @@ impl Slots {
     }
 
     /// Connection `conn` with `peer` ended.
-    pub fn handle_closed(&mut self, peer: NodeId, conn: ConnId, cause: CloseCause, now: Instant) {
+    pub(super) fn handle_closed(&mut self, peer: NodeId, conn: ConnId, cause: CloseCause, now: Instant) {
         let (passive_wait, member) = (self.passive_wait, self.member);
         let Some(slot) = self.slots.get_mut(&peer) else { return };
         if slot.active.as_ref().map(|a| a.conn) != Some(conn) {
@@ -775,7 +775,7 @@ mod tests {
         assert_eq!(
             actions(&mut s),
             vec![
-                Action::Close { peer: id(1), conn: 1, code: close::DUPLICATE, reason: "duplicate" },
+                Action::Close { peer: id(1), conn: 1, code: Close::DUPLICATE, reason: "duplicate" },
                 Action::Up { peer: id(1), conn: 2, direction: Direction::Inbound, replaced: Some(1) },
             ]
         );
@@ -799,7 +799,7 @@ mod tests {
         assert!(actions(&mut s).contains(&Action::Close {
             peer: id(2),
             conn: 6,
-            code: close::SUPERSEDED,
+            code: Close::SUPERSEDED,
             reason: "superseded"
         }));
     }
@@ -883,7 +883,7 @@ mod tests {
         assert!(!s.handle_established(id(9), 1, Direction::Inbound, addr(9), 1, t0));
         assert_eq!(
             actions(&mut s),
-            vec![Action::Close { peer: id(9), conn: 1, code: close::REMOVED, reason: "not a member" }]
+            vec![Action::Close { peer: id(9), conn: 1, code: Close::REMOVED, reason: "not a member" }]
         );
     }
 
@@ -964,7 +964,7 @@ mod tests {
         assert_eq!(
             actions(&mut s),
             vec![
-                Action::Close { peer: id(2), conn: 10, code: close::REMOVED, reason: "removed" },
+                Action::Close { peer: id(2), conn: 10, code: Close::REMOVED, reason: "removed" },
                 Action::Down { peer: id(2) },
             ]
         );
@@ -977,7 +977,7 @@ mod tests {
         assert!(!s.handle_established(id(3), 11, Direction::Outbound, addr(3), 1, t1));
         assert_eq!(
             actions(&mut s),
-            vec![Action::Close { peer: id(3), conn: 11, code: close::REMOVED, reason: "not a member" }]
+            vec![Action::Close { peer: id(3), conn: 11, code: Close::REMOVED, reason: "not a member" }]
         );
         assert_eq!(s.poll_timeout(), None);
         s.handle_timeout(t1 + WAIT * 10);
@@ -1055,7 +1055,7 @@ mod tests {
         assert_eq!(
             actions(&mut s),
             vec![
-                Action::Close { peer: id(1), conn: 7, code: close::ADDRESS_LOST, reason: "address lost" },
+                Action::Close { peer: id(1), conn: 7, code: Close::ADDRESS_LOST, reason: "address lost" },
                 Action::Down { peer: id(1) },
                 // No passive wait: the peer cannot reach us.
                 Action::Dial { peer: id(1), addr: addr(1), fallback: true },

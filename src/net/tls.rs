@@ -112,7 +112,7 @@ impl RefusalLog {
 
     /// Bytes held for the strangers remembered (at most [`Self::STRANGERS`]
     /// keys), for `masternode_held_bytes`.
-    pub fn strangers_bytes(&self) -> u64 {
+    pub(crate) fn strangers_bytes(&self) -> u64 {
         (self.lock().strangers.len() * std::mem::size_of::<NodeId>()) as u64
     }
 
@@ -323,7 +323,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
 }
 
 /// QUIC server crypto accepting only clients with a member key.
-pub fn server_crypto(
+pub(crate) fn server_crypto(
     identity: &Identity,
     members: impl Into<MemberKeys>,
     refusals: Arc<RefusalLog>,
@@ -354,7 +354,7 @@ pub fn server_rustls(
 }
 
 /// rustls client configuration for dialling the member `expected` and nobody else.
-pub fn client_crypto(
+pub(crate) fn client_crypto(
     identity: &Identity,
     expected: NodeId,
     generations: &[Generation],

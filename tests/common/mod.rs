@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use masternode::chain::message::Message;
+use masternode::chain::Message;
 use masternode::config::{Member, Network, NodeConfig, Transport};
 use masternode::identity::{Identity, NodeId};
-use masternode::net::handshake::{Tip, GENERATIONS};
-use masternode::net::{self, endpoint, tls, Inbound, NetConfig, Peers, TestHooks};
+use masternode::net::{self, Inbound, NetConfig, Peers, TestHooks};
+use masternode::net::{Tip, GENERATIONS};
 use masternode::node::{Node, NodeOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -182,7 +182,7 @@ pub const OPEN: net::Protocol = net::Protocol {
     gossip: <Message as masternode::codec::Frame>::limit,
     request: <Message as masternode::codec::Frame>::limit,
     response: <Message as masternode::codec::Frame>::limit,
-    urgent: masternode::chain::message::consensus,
+    urgent: masternode::chain::is_consensus_kind,
 };
 
 /// `msg` as a frame queued in the transaction class (dropped when a peer's outbox
@@ -252,7 +252,7 @@ where
 }
 
 /// Hooks that route a node's UDP through `faults`.
-pub fn faulty(faults: &Arc<masternode::net::fault::Faults>) -> TestHooks {
+pub fn faulty(faults: &Arc<masternode::net::Faults>) -> TestHooks {
     let faults = faults.clone();
     TestHooks { wrap_socket: Some(Arc::new(move |s, local| faults.wrap(s, local))), ..Default::default() }
 }
@@ -261,15 +261,15 @@ pub fn faulty(faults: &Arc<masternode::net::fault::Faults>) -> TestHooks {
 /// block hold the same one, blocks link by hash, timestamps grow, and every
 /// certificate carries valid precommits of more than two thirds of the set.
 /// Returns the heights of the nodes.
-pub fn check_chains(spec: &Spec, stores: &[&masternode::chain::store::Store]) -> Vec<u64> {
+pub fn check_chains(spec: &Spec, stores: &[&masternode::chain::Store]) -> Vec<u64> {
     check_chains_of(&spec.network(), stores)
 }
 
-pub fn check_chains_of(network: &Network, stores: &[&masternode::chain::store::Store]) -> Vec<u64> {
-    use masternode::chain::block::genesis_hash;
+pub fn check_chains_of(network: &Network, stores: &[&masternode::chain::Store]) -> Vec<u64> {
+    use masternode::chain::genesis_hash;
     // The member set of each height, from the genesis and every block's changes,
     // as a node that syncs from scratch computes it.
-    let mut membership = masternode::chain::members::Membership::genesis(network);
+    let mut membership = masternode::chain::Membership::genesis(network);
     let heights: Vec<u64> = stores.iter().map(|s| s.tip().unwrap().map_or(0, |t| t.height)).collect();
     let top = heights.iter().copied().max().unwrap_or(0);
     let mut prev_hash = genesis_hash(&network.id);
@@ -380,12 +380,12 @@ impl Hostile {
     fn bind(spec: &Spec, at: SocketAddr, id: &Identity, i: usize, uni: Option<u32>) -> Hostile {
         let members: std::collections::HashSet<_> = spec.members.iter().map(|m| m.id).collect();
         let transport = Self::transport(uni);
-        let endpoint = endpoint::bind(
+        let endpoint = net::bind_endpoint(
             at,
             id,
             Arc::new(members),
             transport,
-            Arc::new(tls::RefusalLog::default()),
+            Arc::new(net::RefusalLog::default()),
             None,
             &GENERATIONS,
         )
@@ -399,7 +399,7 @@ impl Hostile {
 
     fn transport_with(uni: Option<u32>, send_window: Option<u64>) -> Arc<quinn::TransportConfig> {
         if uni.is_none() && send_window.is_none() {
-            return endpoint::transport_config(&fast_transport()).unwrap();
+            return net::quic_transport_config(&fast_transport()).unwrap();
         }
         let fast = fast_transport();
         let mut t = quinn::TransportConfig::default();
@@ -415,20 +415,16 @@ impl Hostile {
     /// Starts a connection attempt to any address (it will not complete).
     pub fn connect_to(&self, to: SocketAddr) -> quinn::Connecting {
         let id = Identity::generate().unwrap();
-        let client = endpoint::client_config(&id, id.id(), Self::transport(None), &GENERATIONS).unwrap();
-        self.endpoint.connect_with(client, to, tls::SERVER_NAME).unwrap()
+        let client = net::client_config(&id, id.id(), Self::transport(None), &GENERATIONS).unwrap();
+        self.endpoint.connect_with(client, to, net::SERVER_NAME).unwrap()
     }
 
     /// QUIC and TLS only, no handshake.
     pub async fn connect_tls(&self, spec: &Spec, victim: usize) -> quinn::Connection {
-        let client = endpoint::client_config(
-            &spec.ids[self.spec_index],
-            spec.id(victim),
-            Self::transport(self.uni),
-            &GENERATIONS,
-        )
-        .unwrap();
-        self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).unwrap().await.unwrap()
+        let client =
+            net::client_config(&spec.ids[self.spec_index], spec.id(victim), Self::transport(self.uni), &GENERATIONS)
+                .unwrap();
+        self.endpoint.connect_with(client, spec.addr(victim), net::SERVER_NAME).unwrap().await.unwrap()
     }
 
     pub async fn connect(&self, spec: &Spec, victim: usize) -> quinn::Connection {
@@ -439,9 +435,9 @@ impl Hostile {
     /// another block interval).
     pub async fn connect_in(&self, spec: &Spec, network: &Network, victim: usize) -> quinn::Connection {
         let conn = self.connect_tls(spec, victim).await;
-        let intro = masternode::net::handshake::Intro {
-            magic: masternode::net::handshake::MAGIC,
-            versions: masternode::net::handshake::WIRE,
+        let intro = masternode::net::Intro {
+            magic: masternode::net::MAGIC,
+            versions: masternode::net::WIRE,
             network_id: network.id,
             node_id: spec.id(self.spec_index),
             listen: spec.addr(self.spec_index),
@@ -450,13 +446,13 @@ impl Hostile {
             incarnation: rand_incarnation(),
         };
         let any = |_: &masternode::identity::NodeId| true;
-        let expect = masternode::net::handshake::Expect {
+        let expect = masternode::net::Expect {
             network_id: network.id,
-            versions: masternode::net::handshake::WIRE,
+            versions: masternode::net::WIRE,
             tls_key: spec.id(victim),
             is_member: &any,
         };
-        masternode::net::handshake::dial(&conn, &intro, &expect).await.expect("hostile peer passes the handshake");
+        masternode::net::handshake_dial(&conn, &intro, &expect).await.expect("hostile peer passes the handshake");
         conn
     }
 }
@@ -466,18 +462,18 @@ impl Hostile {
     /// and `None` where that panics (the victim refused it, or still holds its
     /// last connection): for a member that reconnects in a loop.
     pub async fn try_connect(&self, spec: &Spec, victim: usize) -> Option<quinn::Connection> {
-        let client = endpoint::client_config(
+        let client = net::client_config(
             &spec.ids[self.spec_index],
             spec.id(victim),
             Self::transport_with(self.uni, self.send_window),
             &GENERATIONS,
         )
         .ok()?;
-        let conn = self.endpoint.connect_with(client, spec.addr(victim), tls::SERVER_NAME).ok()?.await.ok()?;
+        let conn = self.endpoint.connect_with(client, spec.addr(victim), net::SERVER_NAME).ok()?.await.ok()?;
         let network = spec.network();
-        let intro = masternode::net::handshake::Intro {
-            magic: masternode::net::handshake::MAGIC,
-            versions: masternode::net::handshake::WIRE,
+        let intro = masternode::net::Intro {
+            magic: masternode::net::MAGIC,
+            versions: masternode::net::WIRE,
             network_id: network.id,
             node_id: spec.id(self.spec_index),
             listen: spec.addr(self.spec_index),
@@ -486,13 +482,13 @@ impl Hostile {
             incarnation: rand_incarnation(),
         };
         let any = |_: &masternode::identity::NodeId| true;
-        let expect = masternode::net::handshake::Expect {
+        let expect = masternode::net::Expect {
             network_id: network.id,
-            versions: masternode::net::handshake::WIRE,
+            versions: masternode::net::WIRE,
             tls_key: spec.id(victim),
             is_member: &any,
         };
-        masternode::net::handshake::dial(&conn, &intro, &expect).await.ok()?;
+        masternode::net::handshake_dial(&conn, &intro, &expect).await.ok()?;
         Some(conn)
     }
 }

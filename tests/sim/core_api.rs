@@ -5,15 +5,15 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use masternode::chain::block::{genesis_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
-pub use masternode::chain::consensus::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
-pub use masternode::chain::members::{
+pub use masternode::chain::{genesis_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
+pub use masternode::chain::{required_active, vote_threshold as quorum};
+pub use masternode::chain::{
     Approval, ApprovalPool, Change, Completed, Membership, MembershipState, Params, SignedApproval,
 };
-pub use masternode::chain::quorum::{required_active, vote_threshold as quorum};
-pub use masternode::chain::vote::{
+pub use masternode::chain::{
     Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step, Vote, VoteKind,
 };
+pub use masternode::chain::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
 pub use masternode::identity::{Identity, NodeId};
 
 /// The simulated network's id.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::procs::{Net, BIN};
 use crate::common::{eventually, fast_transport, Spec};
-use masternode::admin::{fetch_members, fetch_status, server, AdminToken};
+use masternode::admin::{fetch_members, fetch_status, AdminToken};
 use masternode::node::{Node, NodeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -239,19 +239,20 @@ async fn idle_connections_past_the_bound_wait_and_one_closing_lets_a_request_thr
     let (_spec, node) = lone_node(None).await;
     let admin = node.admin_addr();
     let mut idle = Vec::new();
-    for _ in 0..server::MAX_CONNECTIONS + 8 {
+    for _ in 0..masternode::admin::MAX_CONNECTIONS + 8 {
         idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
     }
     let open = |m: &str| metric(m, "masternode_admin_connections");
     eventually("the bound reached", WAIT, || {
         let m = node.metrics();
-        open(&m) == server::MAX_CONNECTIONS as f64 && metric(&m, "masternode_admin_connection_waits_total") >= 1.0
+        open(&m) == masternode::admin::MAX_CONNECTIONS as f64
+            && metric(&m, "masternode_admin_connection_waits_total") >= 1.0
     })
     .await;
     // Held to the bound: a further request is not served meanwhile.
     let late = fetch_status(admin, Duration::from_secs(1)).await;
     assert!(late.is_err(), "served past the bound: {late:?}");
-    assert_eq!(open(&node.metrics()), server::MAX_CONNECTIONS as f64, "never past the bound");
+    assert_eq!(open(&node.metrics()), masternode::admin::MAX_CONNECTIONS as f64, "never past the bound");
     drop(idle);
     let start = Instant::now();
     while fetch_status(admin, Duration::from_secs(2)).await.is_err() {
@@ -271,9 +272,13 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     s.write_all(format!("GET /status HTTP/1.1\r\nHost: {admin}\r\n").as_bytes()).await.unwrap();
     let start = Instant::now();
     let mut rest = Vec::new();
-    let read = tokio::time::timeout(server::HEADER_TIMEOUT * 3, s.read_to_end(&mut rest)).await;
+    let read = tokio::time::timeout(masternode::admin::HEADER_TIMEOUT * 3, s.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "still open after {:?}", start.elapsed());
-    assert!(start.elapsed() >= server::HEADER_TIMEOUT - Duration::from_secs(1), "closed early: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= masternode::admin::HEADER_TIMEOUT - Duration::from_secs(1),
+        "closed early: {:?}",
+        start.elapsed()
+    );
     assert!(!String::from_utf8_lossy(&rest).contains("node_id"), "no status for half a request");
     eventually("the slot freed", WAIT, || metric(&node.metrics(), "masternode_admin_connections") == 0.0).await;
     node.stop().await;

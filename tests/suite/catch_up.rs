@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use masternode::chain::message::Message;
+use masternode::chain::Message;
 use masternode::codec;
 use masternode::node::Node;
 
@@ -88,7 +88,7 @@ async fn a_dripping_sync_peer_delays_catch_up_by_at_most_a_few_seconds() {
                 let Ok(mut uni) = conn.open_uni().await else { return };
                 let tip = codec::encode(&Message::Tip {
                     height: 1_000_000,
-                    hash: masternode::chain::block::Hash([7; 32]),
+                    hash: masternode::chain::Hash([7; 32]),
                     time_ms: 0,
                 });
                 while uni.write_all(&tip).await.is_ok() {

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::common::*;
-use masternode::chain::mempool::MempoolLimits;
-use masternode::net::fault::Faults;
+use masternode::chain::MempoolLimits;
+use masternode::net::Faults;
 use masternode::node::{Node, NodeOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +21,7 @@ async fn start_all(spec: &Spec, which: &[usize], faults: Option<&std::sync::Arc<
     nodes
 }
 
-fn stores(nodes: &[&Node]) -> Vec<masternode::chain::store::Store> {
+fn stores(nodes: &[&Node]) -> Vec<masternode::chain::Store> {
     nodes.iter().map(|n| n.store().clone()).collect()
 }
 
@@ -156,7 +156,7 @@ async fn two_hundred_transactions_reach_every_node() {
         assert_eq!(code, 202, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         hashes.push(v["hash"].as_str().unwrap().to_string());
-        assert_eq!(hashes.last().unwrap(), &masternode::chain::block::tx_hash(&tx).to_hex());
+        assert_eq!(hashes.last().unwrap(), &masternode::chain::tx_hash(&tx).to_hex());
     }
     // Over the size limit: 413.
     let (code, _) =
@@ -169,7 +169,7 @@ async fn two_hundred_transactions_reach_every_node() {
         for h in 1..=n.height() {
             if let Some(c) = n.store().block(h).unwrap() {
                 for tx in &c.block.txs {
-                    found.insert(masternode::chain::block::tx_hash(tx).to_hex());
+                    found.insert(masternode::chain::tx_hash(tx).to_hex());
                 }
             }
         }

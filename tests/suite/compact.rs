@@ -12,10 +12,10 @@
 use std::time::Duration;
 
 use crate::common::*;
-use masternode::chain::block::{tx_hash, tx_root_of_ids, Hash, Header};
-use masternode::chain::compact::{CompactProposal, MAX_WAITING};
-use masternode::chain::message::Message;
-use masternode::chain::vote::{proposal_sign_bytes, Vote, VoteKind};
+use masternode::chain::Message;
+use masternode::chain::{proposal_sign_bytes, Vote, VoteKind};
+use masternode::chain::{tx_hash, tx_root_of_ids, Hash, Header};
+use masternode::chain::{CompactProposal, MAX_WAITING};
 use masternode::codec;
 use masternode::node::Node;
 

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use crate::common::procs::Net;
 use crate::common::*;
-use masternode::chain::block::{tx_hash, tx_root_of_ids, Hash, Header, MAX_BLOCK_TXS};
-use masternode::chain::compact::CompactProposal;
-use masternode::chain::message::{Message, GET_TXS_LIMIT, TXS_LIMIT};
-use masternode::chain::vote::proposal_sign_bytes;
+use masternode::chain::proposal_sign_bytes;
+use masternode::chain::CompactProposal;
+use masternode::chain::{tx_hash, tx_root_of_ids, Hash, Header, MAX_BLOCK_TXS};
+use masternode::chain::{Message, GET_TXS_LIMIT, TXS_LIMIT};
 use masternode::codec;
 
 /// Peak memory an honest node may gain while attacked.

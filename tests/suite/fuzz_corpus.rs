@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use masternode::chain::block::{genesis_hash, Limits, TxCheck};
-use masternode::chain::message::Message;
-use masternode::chain::vote::Committed;
+use masternode::chain::Committed;
+use masternode::chain::Message;
+use masternode::chain::{genesis_hash, Limits, TxCheck};
 use masternode::codec::{decode_all, decode_body, encode, FrameReader, BINCODE};
 use masternode::config::{Network, NodeFileValues, Overrides};
 use masternode::identity::NodeId;
-use masternode::net::handshake::{check_intro, Expect, HandshakeMsg, Intro, LegacyMsg, WIRE};
+use masternode::net::{check_intro, Expect, HandshakeMsg, Intro, LegacyMsg, WIRE};
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -120,7 +120,7 @@ fn config_corpus_gives_one_line_errors() {
 async fn corpora_decode_as_before_the_bounds() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus-560825a.txt");
     let expected = std::fs::read_to_string(fixture).unwrap();
-    let digest = |bytes: &[u8]| masternode::chain::block::Hash::of(&[bytes]).short();
+    let digest = |bytes: &[u8]| masternode::chain::Hash::of(&[bytes]).short();
     let variant =
         |e: &masternode::codec::FrameError| format!("{e:?}").split(['(', ' ', '{']).next().unwrap().to_string();
     let mut checked = 0;

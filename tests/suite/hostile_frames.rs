@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use masternode::chain::message::{kind, VOTE_LIMIT};
-use masternode::net::close;
+use masternode::chain::{Kind, VOTE_LIMIT};
+use masternode::net::Close;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_the_offending_connection() {
@@ -25,20 +25,20 @@ async fn bad_frames_close_only_the_offending_connection() {
     let honest_conns: Vec<_> = victim.peers().peers().iter().map(|p| (p.id, p.conn_id)).collect();
 
     let mut header_too_large = (VOTE_LIMIT as u32 + 1).to_be_bytes().to_vec();
-    header_too_large.push(kind::VOTE);
+    header_too_large.push(Kind::VOTE);
     let truncated = {
         let mut v = 100u32.to_be_bytes().to_vec();
         v.extend_from_slice(&[0, 98, 1, 2, 3]);
         v
     };
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
-        ("absurd length prefix", vec![0xff, 0xff, 0xff, 0xff, kind::VOTE], close::FRAME_TOO_LARGE),
-        ("a vote frame one byte over its limit", header_too_large, close::FRAME_TOO_LARGE),
-        ("a frame cut short by the end of the stream", truncated, close::MALFORMED_FRAME),
-        ("a body that does not decode", vec![0, 0, 0, 2, kind::TX, 200], close::MALFORMED_FRAME),
-        ("a kind that does not exist", vec![0, 0, 0, 1, 77], close::MALFORMED_FRAME),
-        ("a kind the gossip stream does not carry (data)", vec![0, 0, 0, 2, kind::DATA, 0], close::MALFORMED_FRAME),
-        ("a kind the gossip stream does not carry (blocks)", vec![0, 0, 0, 2, kind::BLOCKS, 0], close::MALFORMED_FRAME),
+        ("absurd length prefix", vec![0xff, 0xff, 0xff, 0xff, Kind::VOTE], Close::FRAME_TOO_LARGE),
+        ("a vote frame one byte over its limit", header_too_large, Close::FRAME_TOO_LARGE),
+        ("a frame cut short by the end of the stream", truncated, Close::MALFORMED_FRAME),
+        ("a body that does not decode", vec![0, 0, 0, 2, Kind::TX, 200], Close::MALFORMED_FRAME),
+        ("a kind that does not exist", vec![0, 0, 0, 1, 77], Close::MALFORMED_FRAME),
+        ("a kind the gossip stream does not carry (data)", vec![0, 0, 0, 2, Kind::DATA, 0], Close::MALFORMED_FRAME),
+        ("a kind the gossip stream does not carry (blocks)", vec![0, 0, 0, 2, Kind::BLOCKS, 0], Close::MALFORMED_FRAME),
     ];
     for (n, (what, bytes, code)) in cases.into_iter().enumerate() {
         let conn = hostile.connect(&spec, 1).await;
@@ -69,7 +69,7 @@ async fn bad_frames_close_only_the_offending_connection() {
         assert_eq!(now, honest_conns, "{what}: honest peers untouched");
     }
     // And they still carry traffic.
-    let probe = masternode::chain::message::Message::Data(vec![5; 10]);
+    let probe = masternode::chain::Message::Data(vec![5; 10]);
     let answer = victim.peers().request(spec.id(2), probe.encode().unwrap()).await.unwrap();
     assert_eq!(decode(&answer), probe);
     let [a, b] = others;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use masternode::chain::message::Message;
-use masternode::chain::vote::{SignedVote, Vote, VoteKind};
+use masternode::chain::Message;
+use masternode::chain::{SignedVote, Vote, VoteKind};
 use masternode::codec;
-use masternode::net::close;
+use masternode::net::Close;
 use masternode::node::Node;
 
 struct Net {
@@ -71,7 +71,7 @@ async fn silent_member_is_closed_at_the_handshake_deadline() {
     let net = network().await;
     let conn = net.hostile.connect_tls(&net.spec, 1).await;
     let (err, took) = closed_within(&conn, Duration::from_secs(10)).await;
-    assert_eq!(app_code(&err), Some(close::HANDSHAKE_TIMEOUT), "{err}");
+    assert_eq!(app_code(&err), Some(Close::HANDSHAKE_TIMEOUT), "{err}");
     assert!(
         took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
         "closed after {took:?}; deadline 2 s"
@@ -128,7 +128,7 @@ async fn slowloris_on_the_handshake_is_closed_at_the_deadline() {
     });
     let (err, _) = closed_within(&conn, Duration::from_secs(10)).await;
     let took = start.elapsed();
-    assert_eq!(app_code(&err), Some(close::HANDSHAKE_TIMEOUT), "{err}");
+    assert_eq!(app_code(&err), Some(Close::HANDSHAKE_TIMEOUT), "{err}");
     assert!(took < Duration::from_secs(4), "closed after {took:?}; deadline 2 s");
     dripping.abort();
     net.assert_intact("slowloris").await;
@@ -163,14 +163,14 @@ async fn connections_without_a_certificate_are_refused_even_in_a_flood() {
     let net = network().await;
     let victim = net.spec.addr(1);
     let client_ep = quinn::Endpoint::client(std::net::SocketAddr::new(net.spec.addr(0).ip(), 0)).unwrap();
-    let crypto = rustls::ClientConfig::builder_with_provider(masternode::net::tls::provider())
+    let crypto = rustls::ClientConfig::builder_with_provider(masternode::net::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer))
         .with_no_client_auth();
     let mut crypto = crypto;
-    crypto.alpn_protocols = vec![masternode::net::handshake::Generation::V2.alpn().to_vec()];
+    crypto.alpn_protocols = vec![masternode::net::Generation::V2.alpn().to_vec()];
     let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap()));
     let start = Instant::now();
     let mut attempts = Vec::new();
@@ -248,7 +248,7 @@ async fn far_future_equivocating_and_replayed_votes_change_nothing() {
     let me = &net.spec.ids[0];
     let network_id = net.spec.network().id;
     let h = net.honest[0].height() + 1;
-    let vote = |height, round, block: Option<masternode::chain::block::Hash>| -> SignedVote {
+    let vote = |height, round, block: Option<masternode::chain::Hash>| -> SignedVote {
         Vote { kind: VoteKind::Prevote, height, round, block, voter: me.id() }.sign(&network_id, me)
     };
     let mut frames = bytes::BytesMut::new();
@@ -256,7 +256,7 @@ async fn far_future_equivocating_and_replayed_votes_change_nothing() {
     codec::encode_into(&Message::Vote(vote(h + 1_000_000, 0, None)), &mut frames);
     // Equivocation: two different prevotes for one height and round.
     codec::encode_into(&Message::Vote(vote(h, 0, None)), &mut frames);
-    codec::encode_into(&Message::Vote(vote(h, 0, Some(masternode::chain::block::Hash([9; 32])))), &mut frames);
+    codec::encode_into(&Message::Vote(vote(h, 0, Some(masternode::chain::Hash([9; 32])))), &mut frames);
     // Replays of an honest node's old vote, taken from a committed certificate.
     let old = net.honest[0].store().block(1).unwrap().unwrap().cert.precommits[0].clone();
     for _ in 0..50 {
@@ -282,16 +282,12 @@ async fn silent_handshakes_from_one_address_are_capped() {
     // and refuses the rest outright.
     let mut attempts = Vec::new();
     for _ in 0..20 {
-        let transport = masternode::net::endpoint::transport_config(&fast_transport()).unwrap();
-        let client = masternode::net::endpoint::client_config(
-            &net.spec.ids[0],
-            net.spec.id(1),
-            transport,
-            &masternode::net::handshake::GENERATIONS,
-        )
-        .unwrap();
+        let transport = masternode::net::transport_config(&fast_transport()).unwrap();
+        let client =
+            masternode::net::client_config(&net.spec.ids[0], net.spec.id(1), transport, &masternode::net::GENERATIONS)
+                .unwrap();
         let connecting =
-            net.hostile.endpoint.connect_with(client, net.spec.addr(1), masternode::net::tls::SERVER_NAME).unwrap();
+            net.hostile.endpoint.connect_with(client, net.spec.addr(1), masternode::net::SERVER_NAME).unwrap();
         attempts.push(tokio::spawn(connecting));
     }
     let mut accepted = Vec::new();
@@ -306,7 +302,7 @@ async fn silent_handshakes_from_one_address_are_capped() {
     assert!(refused >= 12, "{refused} refused");
     for conn in &accepted {
         let (err, took) = closed_within(conn, Duration::from_secs(10)).await;
-        assert_eq!(app_code(&err), Some(close::HANDSHAKE_TIMEOUT), "{err}");
+        assert_eq!(app_code(&err), Some(Close::HANDSHAKE_TIMEOUT), "{err}");
         assert!(took < Duration::from_secs(4));
     }
     net.assert_intact("handshake flood from one address").await;
@@ -327,7 +323,7 @@ async fn sync_requests_over_the_rate_are_refused_with_a_typed_code() {
         match recv.read_to_end(8 * 1024 * 1024).await {
             Ok(_) => answered += 1,
             Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)))
-                if code.into_inner() == close::RATE_LIMITED as u64 =>
+                if code.into_inner() == Close::RATE_LIMITED as u64 =>
             {
                 limited += 1
             }
@@ -356,11 +352,8 @@ async fn far_future_tip_announcer_cannot_stall_catch_up() {
         late_beside_hostile(&spec, 8, 1).await;
     let liar = tokio::spawn(async move {
         let Ok(mut uni) = conn.open_uni().await else { return };
-        let tip = codec::encode(&Message::Tip {
-            height: 1_000_000,
-            hash: masternode::chain::block::Hash([7; 32]),
-            time_ms: 0,
-        });
+        let tip =
+            codec::encode(&Message::Tip { height: 1_000_000, hash: masternode::chain::Hash([7; 32]), time_ms: 0 });
         // It accepts no request streams: every sync request to it times out.
         loop {
             if uni.write_all(&tip).await.is_err() {
@@ -423,9 +416,9 @@ async fn a_member_that_never_reads_its_answers_holds_few_of_them() {
         most_answers = most_answers.max(victim.peers().answer_bytes());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let ids = vec![masternode::chain::block::Hash([7; 32]); 19_000];
+    let ids = vec![masternode::chain::Hash([7; 32]); 19_000];
     let big = codec::encode(&Message::GetTxs { height: victim.height() + 1, round: 0, ids });
-    assert!(big.len() > 600_000 && big.len() - 4 <= masternode::chain::message::GET_TXS_LIMIT);
+    assert!(big.len() > 600_000 && big.len() - 4 <= masternode::chain::GET_TXS_LIMIT);
     for _ in slots..16 {
         let (mut send, recv) = conn.open_bi().await.unwrap();
         send.write_all(&big).await.unwrap();
@@ -456,16 +449,12 @@ async fn a_member_that_finishes_its_gossip_stream_is_disconnected() {
     let net = network().await;
     let conn = net.hostile.connect(&net.spec, 1).await;
     let mut uni = conn.open_uni().await.unwrap();
-    uni.write_all(&codec::encode(&Message::Tip {
-        height: 0,
-        hash: masternode::chain::block::Hash([0; 32]),
-        time_ms: 0,
-    }))
-    .await
-    .unwrap();
+    uni.write_all(&codec::encode(&Message::Tip { height: 0, hash: masternode::chain::Hash([0; 32]), time_ms: 0 }))
+        .await
+        .unwrap();
     uni.finish().unwrap();
     let (err, took) = closed_within(&conn, Duration::from_secs(5)).await;
-    assert_eq!(app_code(&err), Some(close::PROTOCOL), "{err}");
+    assert_eq!(app_code(&err), Some(Close::PROTOCOL), "{err}");
     assert!(took < Duration::from_secs(2), "closed after {took:?}");
     net.assert_intact("gossip stream finished").await;
     net.stop().await;

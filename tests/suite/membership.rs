@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use masternode::admin::ChangeRequestError;
-use masternode::chain::members::ChangeError;
+use masternode::chain::ChangeError;
 use masternode::chain::ChangeRequest;
 use masternode::config::Network;
 use masternode::identity::NodeId;

@@ -102,8 +102,8 @@ fn version_names_the_release_commit_wire_versions_and_store_format() {
         "masternode {} (commit {}) wire {} store {}",
         env!("CARGO_PKG_VERSION"),
         masternode::COMMIT,
-        masternode::net::handshake::WIRE,
-        masternode::chain::store::FORMAT
+        masternode::net::WIRE,
+        masternode::chain::FORMAT
     );
     assert_eq!(text, want);
     assert!(text.starts_with("masternode 0.2.0 (commit ") && text.ends_with(") wire 3..4 store 3"), "{text}");
@@ -349,7 +349,7 @@ async fn kill_9_ten_times_never_forks_or_double_signs() {
     }
     let network = masternode::config::Network::load(&net.dir.path().join("network.toml")).unwrap();
     let stores: Vec<_> = (1..=4)
-        .map(|i| masternode::chain::store::Store::open(&net.dir.path().join(format!("node{i}/data"))).unwrap())
+        .map(|i| masternode::chain::Store::open(&net.dir.path().join(format!("node{i}/data"))).unwrap())
         .collect();
     let hs = crate::common::check_chains_of(&network, &stores.iter().collect::<Vec<_>>());
     assert!(hs.iter().all(|h| *h >= top + 2), "{hs:?}");

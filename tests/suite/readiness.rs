@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::procs::BIN;
 use crate::common::*;
+use masternode::admin::fetch_readiness;
 use masternode::admin::fetch_status;
-use masternode::admin::ready::fetch_readiness;
-use masternode::net::fault::Faults;
+use masternode::net::Faults;
 use masternode::node::{Node, NodeOptions};
 use masternode::probe::{NotReady, Readiness};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -122,7 +122,7 @@ async fn member_that_never_reads_is_disconnected_as_too_slow() {
                 }
                 for h in held.drain(..) {
                     if let Ok((quinn::ConnectionError::ApplicationClosed(ac), _)) = h.await {
-                        if ac.error_code == masternode::net::close::TOO_SLOW.into() {
+                        if ac.error_code == masternode::net::Close::TOO_SLOW.into() {
                             seen.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -155,7 +155,7 @@ async fn member_that_grants_no_stream_is_disconnected_as_too_slow() {
                 }
                 for c in conns {
                     if let quinn::ConnectionError::ApplicationClosed(ac) = c.closed().await {
-                        if ac.error_code == masternode::net::close::TOO_SLOW.into() {
+                        if ac.error_code == masternode::net::Close::TOO_SLOW.into() {
                             seen.fetch_add(1, Ordering::Relaxed);
                         }
                     }

@@ -176,7 +176,7 @@ async fn chaos_soak() {
     }
     let network = masternode::config::Network::load(&net.dir.path().join("network.toml")).unwrap();
     let stores: Vec<_> = (1..=n)
-        .map(|i| masternode::chain::store::Store::open(&net.dir.path().join(format!("node{i}/data"))).unwrap())
+        .map(|i| masternode::chain::Store::open(&net.dir.path().join(format!("node{i}/data"))).unwrap())
         .collect();
     let final_heights = crate::common::check_chains_of(&network, &stores.iter().collect::<Vec<_>>());
     println!("soak summary: {summary:#?}");

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::*;
-use masternode::chain::block::{genesis_hash, Hash};
-use masternode::chain::members::{Change, Membership, Params};
-use masternode::chain::store::{Store, StoreError};
+use masternode::chain::{genesis_hash, Hash};
+use masternode::chain::{Change, Membership, Params};
+use masternode::chain::{Store, StoreError};
 use masternode::config::{Network, NodeConfig, Overrides};
 use masternode::node::Node;
 

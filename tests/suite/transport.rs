@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use crate::common::*;
-use masternode::chain::message::Message;
-use masternode::net::handshake::{RejectReason, Versions};
+use masternode::chain::Message;
 use masternode::net::TestHooks;
+use masternode::net::{RejectReason, Versions};
 use masternode::node::Node;
 
 /// The contract scenario: five nodes started at the same instant, twenty times.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::procs::{Net, BIN};
 use masternode::admin::{fetch_upgrade, http_get, UpgradeStatus};
-use masternode::chain::store::Store;
+use masternode::chain::Store;
 
 const INTERVAL_MS: u64 = 300;
 /// The capped node, and what it runs.

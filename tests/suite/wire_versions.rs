@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use crate::common::*;
 use masternode::codec::{decode_single, encode};
-use masternode::net::handshake::{
-    self, Expect, Generation, HandshakeError, HandshakeMsg, Intro, LegacyIntro, LegacyMsg, Mismatch, RejectReason,
-    Rejection, Tip, Versions, MAGIC, WIRE,
+use masternode::net::{Class, Direction, Outgoing, SendError, TestHooks};
+use masternode::net::{
+    Expect, Generation, HandshakeError, HandshakeMsg, Intro, LegacyIntro, LegacyMsg, Mismatch, RejectReason, Rejection,
+    Tip, Versions, MAGIC, WIRE,
 };
-use masternode::net::{endpoint, tls, Class, Direction, Outgoing, SendError, TestHooks};
 
 /// What a node of 0.1.0 speaks, as far as the handshake goes.
 fn release_0_1_0() -> TestHooks {
@@ -53,12 +53,8 @@ async fn a_node_of_0_1_0_is_met_at_wire_3_in_either_direction_and_two_of_this_re
     // The chain runs across the two versions.
     eventually("blocks at every node", Duration::from_secs(30), || nodes.iter().all(|n| n.height() >= 3)).await;
     // A frame that needs wire 4 goes to the node of this release only.
-    let frame = Outgoing {
-        frame: encode(&masternode::chain::message::Message::Tx(vec![7])),
-        class: Class::Tx,
-        epoch: 0,
-        wire: 4,
-    };
+    let frame =
+        Outgoing { frame: encode(&masternode::chain::Message::Tx(vec![7])), class: Class::Tx, epoch: 0, wire: 4 };
     assert_eq!(a.peers().broadcast(&frame), vec![c.id()]);
     assert_eq!(a.peers().send(old.id(), &frame), Err(SendError::Unsupported { peer: old.id(), wire: 3, needs: 4 }));
     stop_all(vec![a, old, c]).await;
@@ -72,7 +68,7 @@ async fn a_raw_masternode_1_hello_gets_the_answer_0_1_0_would_give() {
     let spec = Spec::new(2);
     let node = spec.start(1, beside_hostile_transport()).await;
     let raw = Hostile::new(&spec, 0);
-    let transport = endpoint::transport_config(&fast_transport()).unwrap();
+    let transport = masternode::net::quic_transport_config(&fast_transport()).unwrap();
     let hello = |version| LegacyIntro {
         magic: MAGIC,
         version,
@@ -85,8 +81,10 @@ async fn a_raw_masternode_1_hello_gets_the_answer_0_1_0_would_give() {
     };
     let mut answers = Vec::new();
     for version in [2, 3] {
-        let client = endpoint::client_config(&spec.ids[0], spec.id(1), transport.clone(), &[Generation::V1]).unwrap();
-        let conn = raw.endpoint.connect_with(client, spec.addr(1), tls::SERVER_NAME).unwrap().await.unwrap();
+        let client =
+            masternode::net::client_config(&spec.ids[0], spec.id(1), transport.clone(), &[Generation::V1]).unwrap();
+        let conn =
+            raw.endpoint.connect_with(client, spec.addr(1), masternode::net::SERVER_NAME).unwrap().await.unwrap();
         assert_eq!(Generation::of(&conn), Some(Generation::V1), "the server met the old ALPN");
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send.write_all(&encode(&LegacyMsg::Hello(hello(version)))).await.unwrap();
@@ -134,7 +132,7 @@ async fn a_hello_of_a_later_release_gets_the_typed_reject_with_both_ranges() {
     let expect = Expect { network_id: spec.network().id, versions: later, tls_key: spec.id(1), is_member: &any };
     let conn = raw.connect_tls(&spec, 1).await;
     assert_eq!(Generation::of(&conn), Some(Generation::V2));
-    let err = handshake::dial(&conn, &intro, &expect).await.unwrap_err();
+    let err = masternode::net::handshake_dial(&conn, &intro, &expect).await.unwrap_err();
     let mismatch = Mismatch { ours: later, theirs: WIRE };
     assert!(
         matches!(err, HandshakeError::RejectedByPeer(RejectReason::UnsupportedVersion, Some(m)) if m == mismatch),
@@ -239,14 +237,14 @@ fn drain(conn: &quinn::Connection) {
     });
 }
 
-fn plan_approvals(c: &masternode::chain::vote::Committed) -> usize {
+fn plan_approvals(c: &masternode::chain::Committed) -> usize {
     c.block.header.changes.iter().filter(|sa| sa.approval.change.plan().is_some()).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_waits_while_a_member_speaks_wire_3_and_is_carried_once_it_speaks_4() {
-    use masternode::chain::members::{Change, Plan};
     use masternode::chain::ChangeRequest;
+    use masternode::chain::{Change, Plan};
     let spec = Spec::new(4);
     let network = spec.network_paced(&spec.name, &spec.members, 250);
     let mut nodes = Vec::new();
@@ -295,8 +293,8 @@ async fn a_plan_waits_while_a_member_speaks_wire_3_and_is_carried_once_it_speaks
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_on_wire_3_is_sent_the_blocks_before_a_plan_s_block_and_refused_from_it() {
-    use masternode::chain::message::Message;
     use masternode::chain::ChangeRequest;
+    use masternode::chain::Message;
     let spec = Spec::new(4);
     let network = spec.network_paced(&spec.name, &spec.members, 250);
     // Member 0 is played by the test: connected at wire 4 while the plan is
@@ -347,9 +345,10 @@ async fn a_peer_on_wire_3_is_sent_the_blocks_before_a_plan_s_block_and_refused_f
         conn.close(0u32.into(), b"restarting");
     }
     eventually("member 0 gone", Duration::from_secs(10), || !honest[0].peers().is_connected(&spec.id(0))).await;
-    let transport = endpoint::transport_config(&fast_transport()).unwrap();
-    let client = endpoint::client_config(&spec.ids[0], spec.id(1), transport, &[Generation::V1]).unwrap();
-    let conn = hostile.endpoint.connect_with(client, spec.addr(1), tls::SERVER_NAME).unwrap().await.unwrap();
+    let transport = masternode::net::quic_transport_config(&fast_transport()).unwrap();
+    let client = masternode::net::client_config(&spec.ids[0], spec.id(1), transport, &[Generation::V1]).unwrap();
+    let conn =
+        hostile.endpoint.connect_with(client, spec.addr(1), masternode::net::SERVER_NAME).unwrap().await.unwrap();
     let hello = LegacyIntro {
         magic: MAGIC,
         version: 3,
@@ -374,7 +373,7 @@ async fn a_peer_on_wire_3_is_sent_the_blocks_before_a_plan_s_block_and_refused_f
     assert_eq!(before, (1..first).collect::<Vec<_>>(), "the blocks before the first that carries the plan");
     let refused = ask(conn.clone(), first, 4).await;
     assert!(
-        matches!(&refused, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code.into_inner() == masternode::net::close::PROTOCOL as u64),
+        matches!(&refused, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code.into_inner() == masternode::net::Close::PROTOCOL as u64),
         "refused with the protocol code 0.1.0 knows: {refused:?}"
     );
     let after = ask(conn.clone(), last + 1, 2).await.unwrap();

@@ -4,7 +4,7 @@
 
 /// What one scrape reads about the process.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProcessStats {
+pub(super) struct ProcessStats {
     pub resident_memory_bytes: u64,
     pub virtual_memory_bytes: u64,
     /// User plus system CPU time.
@@ -48,7 +48,7 @@ fn parse_btime(text: &str) -> Option<u64> {
 }
 
 #[cfg(target_os = "linux")]
-pub fn read() -> Option<ProcessStats> {
+pub(super) fn read() -> Option<ProcessStats> {
     extern "C" {
         fn sysconf(name: std::ffi::c_int) -> std::ffi::c_long;
     }
