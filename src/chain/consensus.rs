@@ -356,6 +356,10 @@ pub struct Core {
     future: NextHeight,
     /// The highest height each member was reported ahead at, and when.
     ahead: BTreeMap<NodeId, (Height, u64)>,
+    /// The signer of the first message of the current height that verified
+    /// (or repeated one that had) during the input being handled; see
+    /// [`Core::handle_signed`].
+    heard: Option<NodeId>,
 }
 
 impl Core {
@@ -401,6 +405,7 @@ impl Core {
             deferred: Vec::new(),
             future: NextHeight::default(),
             ahead: BTreeMap::new(),
+            heard: None,
         }
     }
 
@@ -564,9 +569,28 @@ impl Core {
     }
 
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
+        self.handle_signed(input, now_ms).0
+    }
+
+    /// [`Core::handle`] for a peer's proposal or vote, also returning its
+    /// signer when it verified as a message of the current height (or is the
+    /// same as one that did): what the shell may take as a sign of that member
+    /// taking part. A message that fails its checks, or one of another height,
+    /// names nobody; nor does anything the input causes (messages buffered
+    /// for the next height that a decision replays come after it).
+    pub fn handle_signed(&mut self, input: Input, now_ms: u64) -> (Vec<Output>, Option<NodeId>) {
         let mut out = Vec::new();
+        self.heard = None;
         self.apply(input, now_ms, &mut out);
-        out
+        (out, self.heard.take())
+    }
+
+    /// Notes `node` as the signer of a message of the current height that
+    /// verified; the first one of an input counts.
+    fn note_heard(&mut self, node: NodeId) {
+        if self.heard.is_none() {
+            self.heard = Some(node);
+        }
     }
 
     fn apply(&mut self, input: Input, now_ms: u64, out: &mut Vec<Output>) {
@@ -611,6 +635,7 @@ impl Core {
             }
             // The same proposal again (gossip, a replay): verified when it first came.
             if self.proposals.get(&round).is_some_and(|e| e.proposal == sp.proposal) {
+                self.note_heard(proposer);
                 return;
             }
         }
@@ -619,6 +644,7 @@ impl Core {
             self.hold_future(proposer, height, Input::Proposal(sp), now_ms, out);
             return;
         }
+        self.note_heard(proposer);
         if self.proposals.contains_key(&round) {
             out.push(Output::Misbehaviour(Misbehaviour::Equivocation {
                 node: proposer,
@@ -771,6 +797,7 @@ impl Core {
             }
             // The same vote again (a relay, a replay): verified when it first came.
             if self.votes.get(&round).is_some_and(|rv| rv.holds(&sv.vote)) {
+                self.note_heard(voter);
                 return;
             }
         }
@@ -782,6 +809,7 @@ impl Core {
             self.hold_future(voter, height, Input::Vote(sv), now_ms, out);
             return;
         }
+        self.note_heard(voter);
         // A value proposed in any round of this height (a re-proposal makes a
         // value known after its round).
         let known = sv.vote.block.is_none_or(|b| self.proposals.values().any(|p| p.proposal.block.hash() == b));

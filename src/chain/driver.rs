@@ -26,8 +26,11 @@
 //!   silent for `max(3 intervals, 1.5 s) × (round + 1)`) gets a propose timeout
 //!   of [`ABSENT_PROPOSER_WAIT_MS`]: nothing can arrive from it, and prevoting
 //!   nil at once only gives up that round's block. A peer counts as heard when
-//!   it comes up and when it sends a proposal or vote for our height or the one
-//!   before.
+//!   it comes up and when it sends a proposal or vote of our height that it
+//!   signed itself and that verifies (or repeats one that did): junk, a relay
+//!   of others' messages or messages of other heights say nothing of whether it
+//!   will propose, and a member flooding them can neither keep its own wait
+//!   long nor make another's short.
 //! * **Rebroadcast.** When no new height came for `max(3 intervals, 3 s)` and the
 //!   quorum is met, everything held for this height (ours and others' votes, the
 //!   round's proposal) is broadcast again: messages may have been lost, or
@@ -563,20 +566,6 @@ impl Driver {
         if self.halted.is_some() {
             return;
         }
-        // A peer counts as heard when it takes part in consensus here and now: a
-        // vote or proposal for our height or the one before. Anything else (a
-        // flood of junk, far-future messages) says nothing about whether it will
-        // propose.
-        let height = match &msg {
-            Message::Proposal(p) => Some(p.proposal.height),
-            Message::CompactProposal(p) => Some(p.height),
-            Message::Vote(v) => Some(v.vote.height),
-            _ => None,
-        };
-        let ours = self.core.height();
-        if height.is_some_and(|h| h >= ours.saturating_sub(1) && h <= ours) {
-            self.last_heard.insert(from, now.mono_ms);
-        }
         let input = match msg {
             Message::Proposal(p) => Input::Proposal(p),
             Message::Vote(v) => Input::Vote(v),
@@ -592,7 +581,12 @@ impl Driver {
                 return;
             }
         };
-        let out = self.core.handle(input, now.wall_ms);
+        // A peer counts as heard when it takes part in consensus here and now:
+        // a proposal or vote of our height that it signed and that verifies.
+        let (out, signer) = self.core.handle_signed(input, now.wall_ms);
+        if signer == Some(from) {
+            self.last_heard.insert(from, now.mono_ms);
+        }
         self.drive(out, false, now);
         self.fetch_due(now);
     }
@@ -1160,6 +1154,10 @@ impl Driver {
         if let Err(e) = cp.check(&self.cfg.network_id, proposer, self.cfg.limits.max_block_txs) {
             let culprit = if e.signed_by_proposer() { cp.proposer } else { from };
             return self.refuse_compact(culprit, &e);
+        }
+        // Its signature verified: the proposer takes part, if it sent it.
+        if cp.proposer == from && cp.height == self.core.height() {
+            self.last_heard.insert(from, now.mono_ms);
         }
         self.rebuild(from, cp, now);
     }

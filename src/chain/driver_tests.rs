@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::chain::block::{genesis_hash, tx_root, Header};
 use crate::chain::consensus::{self, Timeouts};
-use crate::chain::vote::{Proposal, SignedProposal, Step};
+use crate::chain::vote::{Proposal, SignedProposal, Step, Vote, VoteKind};
 
 const NET: [u8; 32] = [9; 32];
 const INTERVAL: u64 = 1000;
@@ -286,6 +286,49 @@ fn a_proposer_that_cannot_be_heard_gets_the_short_propose_wait() {
     let d = driver(&ids, 0);
     let prevote = Timeout::Prevote { height: 1, round: 0 };
     assert_eq!(d.propose_wait(prevote, full, at(T0)), full, "only the propose timeout is shortened");
+}
+
+/// A proposer counts as heard only for a proposal or vote of this height that
+/// it signed itself and that verifies: junk under its name, its messages
+/// relayed by another member, and its messages of other heights keep its wait
+/// short; a flooder cannot make its own rounds wait long without taking part.
+#[test]
+fn a_peer_counts_as_heard_only_for_its_own_messages_of_this_height_that_verify() {
+    let ids = identities(4);
+    let proposer = &ids[1];
+    let vote = |height, signer: &Identity| {
+        Vote { kind: VoteKind::Prevote, height, round: 0, block: None, voter: proposer.id() }.sign(&NET, signer)
+    };
+    let mut forged = proposal(proposer, 0, vec![b"tx".to_vec()]);
+    forged.signature[0] ^= 1;
+    let table: Vec<(&str, NodeId, Message, bool)> = vec![
+        ("a vote under its name signed by another key", proposer.id(), Message::Vote(vote(1, &ids[2])), false),
+        ("a proposal with a bad signature", proposer.id(), Message::Proposal(forged.clone()), false),
+        (
+            "a compact proposal with a bad signature",
+            proposer.id(),
+            Message::CompactProposal(CompactProposal::of(&forged)),
+            false,
+        ),
+        ("its valid vote relayed by another member", ids[2].id(), Message::Vote(vote(1, proposer)), false),
+        ("its valid vote of the next height", proposer.id(), Message::Vote(vote(2, proposer)), false),
+        ("its valid vote of this height", proposer.id(), Message::Vote(vote(1, proposer)), true),
+        (
+            "its valid compact proposal",
+            proposer.id(),
+            Message::CompactProposal(CompactProposal::of(&proposal(proposer, 0, vec![b"tx".to_vec()]))),
+            true,
+        ),
+    ];
+    for (what, from, msg, heard) in table {
+        let mut d = driver(&ids, 0);
+        d.handle_connected(others(&ids, 0), at(T0));
+        d.handle_message(from, msg, at(T0));
+        assert_eq!(d.last_heard.contains_key(&proposer.id()), heard, "{what}");
+        assert!(!d.last_heard.contains_key(&ids[2].id()), "{what}: a relay is not heard for itself either");
+        let wait = d.propose_wait(Timeout::Propose { height: 1, round: 0 }, 1_500, at(T0 + 10));
+        assert_eq!(wait, if heard { 1_500 } else { ABSENT_PROPOSER_WAIT_MS }, "{what}");
+    }
 }
 
 #[test]
