@@ -1182,6 +1182,9 @@ impl Core {
         self.prev_ts = block.header.timestamp_ms;
         // Checked with the block (`validate_block`), so every approval applies.
         let completed = self.cfg.members.apply(&block.header.changes, &self.cfg.network_id);
+        // Members that left are reported ahead no more (a map per member).
+        let m = &self.cfg.members;
+        self.ahead.retain(|id, _| m.current().contains(id) || m.next().contains(id));
         let membership = Box::new(self.cfg.members.state().clone());
         out.push(Output::Decided { committed: Committed { block, cert }, membership, completed });
         self.height += 1;

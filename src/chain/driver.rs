@@ -63,6 +63,12 @@
 //! * **Bootstrap peers.** A peer that neither the set in force nor the next one
 //!   names (a `bootstrap` entry) serves sync only: its transactions and its
 //!   clock readings do not count here; its tip does.
+//! * **Per peer.** What is kept per peer (request buckets, when it was last
+//!   heard, its wire version, its sync claims and reports, its clock readings)
+//!   is kept only for peers the transport is handed ([`Effect::SetMembers`]:
+//!   the sets in force and next, and `bootstrap`). A peer that leaves them is
+//!   forgotten at that block, and until the transport closes its connection
+//!   nothing it sends is taken (its requests are refused as unsupported).
 //! * **Reports.** A misbehaviour or failure is logged at warn the first time per
 //!   culprit and kind, at debug after that; at most [`MAX_REPORTED`] are
 //!   remembered.
@@ -321,6 +327,11 @@ pub struct Stats {
     pub compact_waiting_bytes: usize,
     pub compact_later_bytes: usize,
     pub fetch_request_bytes: usize,
+    /// The approval pool, the clock readings, and what is kept per peer
+    /// ([`Driver::peer_state_bytes`]).
+    pub approval_bytes: usize,
+    pub clock_bytes: usize,
+    pub peer_state_bytes: usize,
 }
 
 /// A compact proposal's fetch under way: whom we asked, until when, and about
@@ -374,8 +385,10 @@ pub struct Driver {
     clock: ClockEstimator,
     approvals: ApprovalPool,
     members_view: Arc<MembersView>,
-    /// The members last handed to the transport.
+    /// The members last handed to the transport, and their ids: what a peer
+    /// must be for anything it sends to be taken or kept.
     reachable: Vec<(NodeId, SocketAddr)>,
+    reachable_ids: HashSet<NodeId>,
     /// Whether this node is a member of the current height's set.
     member: bool,
     reported: HashSet<(Option<NodeId>, &'static str)>,
@@ -405,6 +418,7 @@ impl Driver {
             halted: None,
             member,
             reachable: membership.reachable_with(&cfg.bootstrap),
+            reachable_ids: membership.reachable_with(&cfg.bootstrap).into_iter().map(|(id, _)| id).collect(),
             members_view: Arc::new(MembersView { membership, waiting: Vec::new() }),
             mempool: Mempool::new(cfg.node_limits.mempool),
             waiting: Waiting::new(&cfg.limits),
@@ -486,7 +500,26 @@ impl Driver {
             compact_waiting_bytes: self.waiting.bytes(),
             compact_later_bytes: self.waiting.later_bytes(),
             fetch_request_bytes: self.fetches.values().map(|f| f.request_bytes).sum(),
+            approval_bytes: self.approvals.bytes(),
+            clock_bytes: self.clock.bytes(),
+            peer_state_bytes: self.peer_state_bytes(),
         }
+    }
+
+    /// About the bytes kept per peer: request buckets, rate-limit reports,
+    /// when each was last heard, wire versions, the sync planner's entries and
+    /// the misbehaviour reports remembered. One entry per peer at most in each
+    /// (at most [`MAX_REPORTED`] reports), for peers the chain names or
+    /// `bootstrap` lists: the others are forgotten as they leave
+    /// ([`Self::forget_unreachable`]).
+    pub fn peer_state_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.sync_buckets.len() * size_of::<(NodeId, TokenBucket)>()
+            + self.rate_limited.len() * size_of::<NodeId>()
+            + self.last_heard.len() * size_of::<(NodeId, u64)>()
+            + self.wire.len() * size_of::<(NodeId, u16)>()
+            + self.reported.len() * size_of::<(Option<NodeId>, &'static str)>()
+            + self.sync.bytes()
     }
 
     /// Whether a gossiped frame can be dropped undecoded: a proposal for a
@@ -537,7 +570,7 @@ impl Driver {
     /// knows it). It missed what we signed at this height and the approvals
     /// waiting for a block: both are sent again.
     pub fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
-        if self.halted.is_some() {
+        if self.halted.is_some() || !self.reachable_ids.contains(&id) {
             return;
         }
         self.last_heard.insert(id, now.mono_ms);
@@ -556,14 +589,20 @@ impl Driver {
         }
     }
 
-    /// `id` has no connection any more: its claim and its sync request are gone.
+    /// `id` has no connection any more: its claim and its sync request are
+    /// gone, and everything kept for it if the chain names it no more.
     pub fn handle_peer_down(&mut self, id: NodeId, _now: Now) {
         self.sync.handle_down(id);
+        if !self.reachable_ids.contains(&id) {
+            self.forget_unreachable();
+        }
     }
 
     /// A message from `from`'s gossip stream.
     pub fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
-        if self.halted.is_some() {
+        // A peer the chain no longer names, until the transport closes its
+        // connection: nothing it sends is taken or kept.
+        if self.halted.is_some() || !self.reachable_ids.contains(&from) {
             return;
         }
         let input = match msg {
@@ -593,6 +632,9 @@ impl Driver {
 
     /// A request from `from`, to be answered as `id`.
     pub fn handle_request(&mut self, from: NodeId, id: RequestId, msg: Message, now: Now) {
+        if !self.reachable_ids.contains(&from) {
+            return self.effects.push_back(Effect::Refuse { id, refusal: Refusal::Unsupported });
+        }
         let answer = match msg {
             Message::GetBlocks { from: start, count } => {
                 if !self.sync_allowance(from, now) {
@@ -841,8 +883,9 @@ impl Driver {
         let reachable = self.core.membership().reachable_with(&self.cfg.bootstrap);
         if reachable != self.reachable {
             self.effects.push_back(Effect::SetMembers(reachable.clone()));
-            self.clock.retain(|id| reachable.iter().any(|(m, _)| m == id));
+            self.reachable_ids = reachable.iter().map(|(id, _)| *id).collect();
             self.reachable = reachable;
+            self.forget_unreachable();
         }
         let height = self.core.height();
         self.clock.set_min_peers(clock::min_peers_for(self.core.members_at(height).len()));
@@ -932,6 +975,32 @@ impl Driver {
     /// remembered.
     fn first_report(&mut self, culprit: Option<NodeId>, kind: &'static str) -> bool {
         self.reported.len() < MAX_REPORTED && self.reported.insert((culprit, kind))
+    }
+
+    /// Forgets what is kept per peer for peers neither the chain nor
+    /// `bootstrap` names any more: after a block that changed the set, and
+    /// when such a peer's connection ends (it may have sent something between
+    /// its removal and the transport closing its connection).
+    fn forget_unreachable(&mut self) {
+        let keep = &self.reachable_ids;
+        self.sync_buckets.retain(|id, _| keep.contains(id));
+        self.rate_limited.retain(|id| keep.contains(id));
+        self.last_heard.retain(|id, _| keep.contains(id));
+        self.wire.retain(|id, _| keep.contains(id));
+        self.reported.retain(|(culprit, _)| culprit.is_none_or(|id| keep.contains(&id)));
+        self.sync.retain(|id| keep.contains(id));
+        self.clock.retain(|id| keep.contains(id));
+    }
+
+    /// Whether `id` has an entry in any map kept per peer (tests).
+    #[cfg(test)]
+    fn knows_peer(&self, id: &NodeId) -> bool {
+        self.sync_buckets.contains_key(id)
+            || self.rate_limited.contains(id)
+            || self.last_heard.contains_key(id)
+            || self.wire.contains_key(id)
+            || self.reported.iter().any(|(c, _)| c.as_ref() == Some(id))
+            || self.sync.knows(id)
     }
 
     /// Whether the member set in force or the next one has `id` (a peer may

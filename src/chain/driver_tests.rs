@@ -571,6 +571,45 @@ fn transactions_for_a_compact_proposal_are_given_only_to_peers_the_chain_names()
     assert_eq!(ask(&mut d, ids[2].id(), 2), [answer], "what it holds, in order, each once");
 }
 
+/// What the driver keeps per peer (request buckets, rate-limit reports, last
+/// heard, wire versions, sync claims and reports, clock readings) goes with a
+/// member that leaves the set, at the block that makes it leave; until the
+/// transport closes its connection nothing it sends is taken or kept, and
+/// what the shell still hands in about it goes when that connection ends.
+#[test]
+fn what_is_kept_per_peer_goes_when_the_peer_leaves_the_set() {
+    let mut net = Net::new(5);
+    let leaver = net.ids[4].id();
+    // It asks for blocks, announces tips, goes over its sync rate, is heard.
+    let d = &mut net.drivers[0];
+    for i in 0..100 {
+        d.handle_request(leaver, RequestId(i), Message::GetBlocks { from: 1, count: 1 }, at(T0));
+    }
+    d.handle_message(leaver, Message::Tip { height: 0, hash: Hash([0; 32]), time_ms: T0 }, at(T0));
+    d.handle_wire_versions([(leaver, 4)].into(), at(T0));
+    assert!(d.knows_peer(&leaver));
+    effects(d);
+    for i in 0..4 {
+        net.drivers[i].handle_change(ChangeRequest::Remove { id: leaver }, at(net.now)).unwrap();
+        net.settle();
+    }
+    net.run_until("the removal in force", |n| !n.drivers[0].core().members_at(n.drivers[0].height()).contains(&leaver));
+    net.run_until("the set after it", |n| !n.drivers[0].core().membership().next().contains(&leaver));
+    let d = &mut net.drivers[0];
+    assert!(!d.knows_peer(&leaver), "forgotten at the block that made it leave");
+    assert_eq!(d.clock.readings_of(&leaver), 0);
+    // Before the transport closes its connection: refused, nothing kept.
+    d.handle_request(leaver, RequestId(1_000), Message::Data(vec![1]), at(net.now));
+    assert_eq!(effects(d), [Effect::Refuse { id: RequestId(1_000), refusal: Refusal::Unsupported }]);
+    d.handle_message(leaver, Message::Tip { height: 99, hash: Hash([0; 32]), time_ms: net.now }, at(net.now));
+    d.handle_peer_up(leaver, Some(99), at(net.now));
+    assert!(effects(d).is_empty() && !d.knows_peer(&leaver), "nothing it sends is taken");
+    d.handle_wire_versions([(leaver, 4)].into(), at(net.now));
+    d.handle_peer_down(leaver, at(net.now));
+    assert!(!d.knows_peer(&leaver), "forgotten when its connection ends");
+    assert!(net.drivers[0].stats(at(net.now)).peer_state_bytes > 0, "the members' entries stay");
+}
+
 #[test]
 fn sync_requests_over_a_peer_s_rate_are_refused() {
     let ids = identities(4);

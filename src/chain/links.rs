@@ -122,6 +122,9 @@ held! {
     CompactWaiting => "compact_waiting": "Compact proposals being fetched: their ids and the transactions placed.",
     CompactLater => "compact_later": "Compact proposals kept for a later round: their ids and headers.",
     FetchRequests => "fetch_requests": "`GetTxs` requests in flight.",
+    Approvals => "approvals": "Membership approvals waiting for a block.",
+    Clock => "clock": "Clock readings from the members' tips.",
+    PeerState => "peer_state": "What the producer keeps per peer: rate limits, last heard, sync claims and reports.",
 }
 
 impl ChainMetrics {

@@ -164,6 +164,30 @@ impl SyncPlanner {
         self.in_flight.remove(&peer);
     }
 
+    /// Forgets the peers `keep` refuses (they left the set): their claims,
+    /// rates and reports. A request in flight to one ends with its connection
+    /// ([`Self::handle_down`]).
+    pub fn retain(&mut self, mut keep: impl FnMut(&NodeId) -> bool) {
+        self.peers.retain(|id, _| keep(id));
+        self.reported.retain(|(id, _)| keep(id));
+    }
+
+    /// Entries kept per peer (claims and rates, requests in flight, reports)
+    /// and about the bytes they hold.
+    pub fn bytes(&self) -> usize {
+        self.peers.len() * std::mem::size_of::<(NodeId, PeerSync)>()
+            + self.in_flight.len() * std::mem::size_of::<(NodeId, (Request, u64))>()
+            + self.reported.len() * std::mem::size_of::<(NodeId, Failure)>()
+    }
+
+    /// Whether `peer` has an entry (tests).
+    #[cfg(test)]
+    pub fn knows(&self, peer: &NodeId) -> bool {
+        self.peers.contains_key(peer)
+            || self.in_flight.contains_key(peer)
+            || self.reported.iter().any(|(p, _)| p == peer)
+    }
+
     /// Failures so far, by reason (in [`Failure::ALL`] order).
     pub fn failures(&self) -> [u64; 6] {
         self.failures
