@@ -327,6 +327,8 @@ pub struct Stats {
     pub compact_waiting_bytes: usize,
     pub compact_later_bytes: usize,
     pub fetch_request_bytes: usize,
+    /// What the consensus core holds of the current height and the next.
+    pub core: super::consensus::CoreHeld,
     /// The approval pool, the clock readings, and what is kept per peer
     /// ([`Driver::peer_state_bytes`]).
     pub approval_bytes: usize,
@@ -500,6 +502,7 @@ impl Driver {
             compact_waiting_bytes: self.waiting.bytes(),
             compact_later_bytes: self.waiting.later_bytes(),
             fetch_request_bytes: self.fetches.values().map(|f| f.request_bytes).sum(),
+            core: self.core.held(),
             approval_bytes: self.approvals.bytes(),
             clock_bytes: self.clock.bytes(),
             peer_state_bytes: self.peer_state_bytes(),

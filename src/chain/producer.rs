@@ -391,6 +391,9 @@ impl Producer {
         m.set_held(Held::CompactWaiting, s.compact_waiting_bytes);
         m.set_held(Held::CompactLater, s.compact_later_bytes);
         m.set_held(Held::FetchRequests, s.fetch_request_bytes);
+        m.set_held(Held::Proposals, s.core.proposals);
+        m.set_held(Held::Votes, s.core.votes);
+        m.set_held(Held::NextHeight, s.core.next_height);
         m.set_held(Held::Approvals, s.approval_bytes);
         m.set_held(Held::Clock, s.clock_bytes);
         m.set_held(Held::PeerState, s.peer_state_bytes);
