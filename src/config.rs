@@ -267,6 +267,10 @@ pub struct NodeLimits {
     pub sync_response_bytes: usize,
     /// Sync requests one peer may make per second (a burst of twice that).
     pub sync_requests_per_sec: u32,
+    /// Bytes of answers (`Blocks`, `Txs`) one peer may be served per second
+    /// (a burst of twice that, at least one full answer); see
+    /// [`crate::chain::sync::ServeBudget`].
+    pub sync_serve_bytes_per_sec: usize,
 }
 
 impl Default for NodeLimits {
@@ -276,6 +280,7 @@ impl Default for NodeLimits {
             sync_batch_blocks: 64,
             sync_response_bytes: 3 * 1024 * 1024,
             sync_requests_per_sec: 20,
+            sync_serve_bytes_per_sec: 8 * 1024 * 1024,
         }
     }
 }
@@ -289,6 +294,7 @@ struct LimitsFile {
     sync_batch_blocks: Option<u32>,
     sync_response_bytes: Option<usize>,
     sync_requests_per_sec: Option<u32>,
+    sync_serve_bytes_per_sec: Option<usize>,
     mempool_max_txs: Option<usize>,
     mempool_max_bytes: Option<usize>,
     tx_max_bytes: Option<usize>,
@@ -470,6 +476,9 @@ impl NodeFileValues {
         }
         if let Some(n) = positive(l.sync_requests_per_sec.map(|n| n as usize), "sync_requests_per_sec", 100_000)? {
             limits.sync_requests_per_sec = n as u32;
+        }
+        if let Some(n) = positive(l.sync_serve_bytes_per_sec, "sync_serve_bytes_per_sec", 1 << 34)? {
+            limits.sync_serve_bytes_per_sec = n;
         }
         if let Some(n) = positive(l.mempool_max_txs, "mempool_max_txs", 10_000_000)? {
             limits.mempool.max_txs = n;

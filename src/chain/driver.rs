@@ -52,14 +52,24 @@
 //!   every block the committed transactions leave, old ones expire and the
 //!   shares follow the member set.
 //! * **Sync** ([`super::sync`]). Peers' claims come from tips, handshakes and
-//!   messages of later heights; the planner picks whom to ask. Blocks of an
-//!   answer go to the core in order; the first one that does not advance the
-//!   chain makes the answer invalid.
+//!   messages of later heights; the planner picks whom to ask. An answer is
+//!   taken only from a peer with a request in flight, and only if it holds
+//!   the blocks asked for (consecutive from the height asked, no more than
+//!   asked); any other is refused whole, nothing of it applied (an answer
+//!   nobody waits for is dropped, one with blocks not asked for counts as
+//!   invalid). Blocks of an answer go to the core in order; the first one
+//!   that does not advance the chain makes the answer invalid.
 //! * **Requests.** `GetBlocks`, `GetTxs` and the `Data` echo are served under a
 //!   token bucket per peer (`sync_requests_per_sec`, bursts of twice that);
-//!   `GetTxs` only for peers the chain names; anything else is refused. Every
-//!   request gets exactly one answer ([`Effect::ServeBlocks`],
-//!   [`Effect::Reply`] or [`Effect::Refuse`]).
+//!   `GetTxs` only for peers the chain names; anything else is refused. The
+//!   answers' bytes are paced per peer as well ([`ServeBudget`],
+//!   `sync_serve_bytes_per_sec`, 8 MiB/s by default): a `GetBlocks` reserves a
+//!   full answer and waits for its turn, at most [`SERVE_WAIT_MS`], and the
+//!   shell hands back what the answer did not use ([`Driver::handle_served`]);
+//!   a `Txs` answer is charged what it holds and refused if the budget does
+//!   not cover it now. Past either bound the request is refused as rate
+//!   limited, counted by budget. Every request gets exactly one answer
+//!   ([`Effect::ServeBlocks`], [`Effect::Reply`] or [`Effect::Refuse`]).
 //! * **Bootstrap peers.** A peer that neither the set in force nor the next one
 //!   names (a `bootstrap` entry) serves sync only: its transactions and its
 //!   clock readings do not count here; its tip does.
@@ -97,7 +107,7 @@ use super::mempool::{AddError, Figures, Mempool};
 use super::message::{self, Message, TooLarge};
 use super::misbehaviour::Misbehaviour;
 use super::quorum::{self, Quorum};
-use super::sync::{Failure, Outcome, SyncConfig, SyncPlanner, TokenBucket};
+use super::sync::{Failure, Outcome, ServeBudget, SyncConfig, SyncPlanner, TokenBucket};
 use super::upgrade::{self, UpgradeWatch};
 use super::vote::{Committed, Lock, SignRecord};
 use crate::codec::FrameError;
@@ -110,6 +120,10 @@ pub const MAX_REPORTED: usize = 1024;
 /// Propose timeout for a proposer we cannot hear (ms): a proposal already in
 /// flight may still land.
 pub const ABSENT_PROPOSER_WAIT_MS: u64 = 100;
+/// The longest an answer waits for its peer's serve budget (ms); a request
+/// that would wait longer is refused as rate limited. Well within the
+/// requester's request timeout, and twice its hedge.
+pub const SERVE_WAIT_MS: u64 = 2_000;
 /// The housekeeping tick (ms): rebroadcast, sync hedges. The shell's loop turns
 /// at least this often, which the service watchdog counts as progress.
 pub const TICK_MS: u64 = 250;
@@ -167,8 +181,10 @@ pub enum Effect {
     RequestTxs { peer: NodeId, height: Height, round: Round, ids: Vec<Hash> },
     /// The assembly of `(height, round)` is gone: end its fetch, drop any answer.
     CancelTxs { height: Height, round: Round },
-    /// Read blocks from the store and answer request `id` with `Message::Blocks`.
-    ServeBlocks { id: RequestId, from: Height, count: usize, max_bytes: usize },
+    /// Wait `after_ms`, then read blocks from the store and answer request `id`
+    /// of `peer` with `Message::Blocks`; hand the bytes the answer took to
+    /// [`Driver::handle_served`] with `max_bytes` as what was reserved.
+    ServeBlocks { id: RequestId, peer: NodeId, from: Height, count: usize, max_bytes: usize, after_ms: u64 },
     /// Answer request `id`.
     Reply { id: RequestId, msg: Message },
     /// Refuse request `id`.
@@ -334,6 +350,10 @@ pub struct Stats {
     pub approval_bytes: usize,
     pub clock_bytes: usize,
     pub peer_state_bytes: usize,
+    /// Requests refused for their peer's request rate, and for its serve
+    /// budget in bytes.
+    pub refused_rate: u64,
+    pub refused_bytes: u64,
 }
 
 /// A compact proposal's fetch under way: whom we asked, until when, and about
@@ -380,6 +400,10 @@ pub struct Driver {
     fetches: BTreeMap<(Height, Round), Fetch>,
     sync: SyncPlanner,
     sync_buckets: HashMap<NodeId, TokenBucket>,
+    /// Bytes of answers each peer may be served ([`ServeBudget`]).
+    serve_budgets: HashMap<NodeId, ServeBudget>,
+    /// Requests refused for their rate and for their bytes.
+    refused: (u64, u64),
     /// Peers already reported for going over their sync rate.
     rate_limited: HashSet<NodeId>,
     /// When each peer was last heard taking part (mono ms).
@@ -435,6 +459,8 @@ impl Driver {
             gate: Gate::default(),
             fetches: BTreeMap::new(),
             sync_buckets: HashMap::new(),
+            serve_budgets: HashMap::new(),
+            refused: (0, 0),
             rate_limited: HashSet::new(),
             last_heard: HashMap::new(),
             clock,
@@ -506,6 +532,8 @@ impl Driver {
             approval_bytes: self.approvals.bytes(),
             clock_bytes: self.clock.bytes(),
             peer_state_bytes: self.peer_state_bytes(),
+            refused_rate: self.refused.0,
+            refused_bytes: self.refused.1,
         }
     }
 
@@ -518,6 +546,7 @@ impl Driver {
     pub fn peer_state_bytes(&self) -> usize {
         use std::mem::size_of;
         self.sync_buckets.len() * size_of::<(NodeId, TokenBucket)>()
+            + self.serve_budgets.len() * size_of::<(NodeId, ServeBudget)>()
             + self.rate_limited.len() * size_of::<NodeId>()
             + self.last_heard.len() * size_of::<(NodeId, u64)>()
             + self.wire.len() * size_of::<(NodeId, u16)>()
@@ -640,22 +669,22 @@ impl Driver {
         }
         let answer = match msg {
             Message::GetBlocks { from: start, count } => {
+                let (batch, max_bytes) =
+                    (self.cfg.node_limits.sync_batch_blocks, self.cfg.node_limits.sync_response_bytes);
                 if !self.sync_allowance(from, now) {
-                    if self.rate_limited.insert(from) {
-                        tracing::warn!(peer = %from.short(), "sync requests over the limit; refusing some");
-                    }
-                    Effect::Refuse { id, refusal: Refusal::RateLimited }
+                    self.refuse_rate(from, id)
+                } else if let Some(after_ms) = self.serve_reserve(from, max_bytes, SERVE_WAIT_MS, now) {
+                    let count = count.min(batch) as usize;
+                    Effect::ServeBlocks { id, peer: from, from: start, count, max_bytes, after_ms }
                 } else {
-                    let limits = &self.cfg.node_limits;
-                    let count = count.min(limits.sync_batch_blocks) as usize;
-                    Effect::ServeBlocks { id, from: start, count, max_bytes: limits.sync_response_bytes }
+                    self.refuse_bytes(from, id)
                 }
             }
             Message::GetTxs { height, round, ids } => self.answer_txs(from, id, height, round, ids, now),
             // The echo probe (the transport's request/response check), under the
             // same rate limit as sync.
             Message::Data(d) if self.sync_allowance(from, now) => Effect::Reply { id, msg: Message::Data(d) },
-            Message::Data(_) => Effect::Refuse { id, refusal: Refusal::RateLimited },
+            Message::Data(_) => self.refuse_rate(from, id),
             other => {
                 tracing::debug!(peer = %from.short(), kind = other.kind_name(), "unexpected request");
                 Effect::Refuse { id, refusal: Refusal::Unsupported }
@@ -664,13 +693,43 @@ impl Driver {
         self.effects.push_back(answer);
     }
 
-    /// `peer`'s answer to our `GetBlocks`: its blocks go to the core in order,
-    /// the outcome to the planner.
+    /// An answer to `peer`'s `GetBlocks` was written (or failed): it took
+    /// `used` bytes of the `reserved` ones, and the rest goes back to the
+    /// peer's serve budget.
+    pub fn handle_served(&mut self, peer: NodeId, reserved: usize, used: usize, _now: Now) {
+        if let Some(budget) = self.serve_budgets.get_mut(&peer) {
+            budget.settle(reserved, used);
+        }
+    }
+
+    /// `peer`'s answer to our `GetBlocks`: taken only if a request to it is
+    /// in flight and the answer holds the blocks asked for, consecutive from
+    /// the height asked and no more than asked; its blocks then go to the
+    /// core in order, the outcome to the planner.
     pub fn handle_blocks(&mut self, peer: NodeId, result: Result<BlocksAnswer, RequestFailure>, now: Now) {
+        let Some(asked) = self.sync.in_flight_to(&peer) else {
+            // Its request was given up (the peer's connection ended): nothing
+            // of it is applied or kept.
+            return tracing::debug!(peer = %peer.short(), "sync answer nobody waits for: dropped");
+        };
         let BlocksAnswer { blocks, bytes } = match result {
             Ok(answer) => answer,
             Err(e) => return self.sync_outcome(peer, Outcome::Failed(e.failure()), &e.to_string(), now),
         };
+        let asked_for = blocks.len() <= asked.count as usize
+            && blocks.iter().enumerate().all(|(i, c)| c.block.height() == asked.from + i as u64);
+        if !asked_for {
+            let outcome = Outcome::Blocks { blocks: blocks.len(), bytes, applied: 0, invalid: true };
+            let detail = format!(
+                "answered with {} block(s) of heights {:?} for {} from height {}",
+                blocks.len(),
+                blocks.first().map(|c| c.block.height())..=blocks.last().map(|c| c.block.height()),
+                asked.count,
+                asked.from
+            );
+            drop(blocks);
+            return self.sync_outcome(peer, outcome, &detail, now);
+        }
         let count = blocks.len();
         let first = self.core.height();
         let mut applied: usize = 0;
@@ -987,6 +1046,7 @@ impl Driver {
     fn forget_unreachable(&mut self) {
         let keep = &self.reachable_ids;
         self.sync_buckets.retain(|id, _| keep.contains(id));
+        self.serve_budgets.retain(|id, _| keep.contains(id));
         self.rate_limited.retain(|id| keep.contains(id));
         self.last_heard.retain(|id, _| keep.contains(id));
         self.wire.retain(|id, _| keep.contains(id));
@@ -999,6 +1059,7 @@ impl Driver {
     #[cfg(test)]
     fn knows_peer(&self, id: &NodeId) -> bool {
         self.sync_buckets.contains_key(id)
+            || self.serve_budgets.contains_key(id)
             || self.rate_limited.contains(id)
             || self.last_heard.contains_key(id)
             || self.wire.contains_key(id)
@@ -1368,7 +1429,7 @@ impl Driver {
             return Effect::Refuse { id, refusal: Refusal::Unsupported };
         }
         if !self.sync_allowance(from, now) {
-            return Effect::Refuse { id, refusal: Refusal::RateLimited };
+            return self.refuse_rate(from, id);
         }
         // Each transaction once, however often it is asked for.
         let mut seen = HashSet::with_capacity(ids.len());
@@ -1380,12 +1441,50 @@ impl Driver {
                 txs = answer_from_block(block, &ids, budget);
             }
         }
+        // Charged in full now, never waited for: a compact proposal's fetch
+        // is due within a few intervals.
+        let bytes = 5 + txs.iter().map(|t| t.len() + 4).sum::<usize>();
+        if self.serve_reserve(from, bytes, 0, now).is_none() {
+            return self.refuse_bytes(from, id);
+        }
         Effect::Reply { id, msg: Message::Txs(txs) }
     }
 }
 
 /// Sync.
 impl Driver {
+    /// Reserves `bytes` of `peer`'s serve budget (`sync_serve_bytes_per_sec`,
+    /// bursts of twice that and at least one full answer): the wait before
+    /// the answer is made, or `None` past `max_wait_ms`.
+    fn serve_reserve(&mut self, peer: NodeId, bytes: usize, max_wait_ms: u64, now: Now) -> Option<u64> {
+        let limits = &self.cfg.node_limits;
+        let rate = limits.sync_serve_bytes_per_sec as f64;
+        let burst = (2.0 * rate).max(limits.sync_response_bytes as f64);
+        let budget = self.serve_budgets.entry(peer).or_insert_with(|| ServeBudget::new(rate, burst, now.mono_ms));
+        budget.reserve(bytes, max_wait_ms, now.mono_ms)
+    }
+
+    /// A request over its peer's request rate: refused, warned about once per
+    /// peer, counted.
+    fn refuse_rate(&mut self, peer: NodeId, id: RequestId) -> Effect {
+        self.refused.0 += 1;
+        if self.rate_limited.insert(peer) {
+            tracing::warn!(peer = %peer.short(), "sync requests over the limit; refusing some");
+        }
+        Effect::Refuse { id, refusal: Refusal::RateLimited }
+    }
+
+    /// A request whose answer its peer's serve budget does not cover in time:
+    /// refused, warned about once per peer, counted.
+    fn refuse_bytes(&mut self, peer: NodeId, id: RequestId) -> Effect {
+        self.refused.1 += 1;
+        if self.first_report(Some(peer), "serve_budget") {
+            let rate = self.cfg.node_limits.sync_serve_bytes_per_sec;
+            tracing::warn!(peer = %peer.short(), "answers to the peer's requests over {rate} bytes a second; refusing some");
+        }
+        Effect::Refuse { id, refusal: Refusal::RateLimited }
+    }
+
     /// A token bucket per peer: `sync_requests_per_sec`, bursts of twice that.
     fn sync_allowance(&mut self, peer: NodeId, now: Now) -> bool {
         let rate = self.cfg.node_limits.sync_requests_per_sec as f64;

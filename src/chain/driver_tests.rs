@@ -422,13 +422,15 @@ fn a_synced_block_is_stored_as_synced_before_its_tip_and_counted() {
         .unwrap();
     let ids = &net.ids;
     let mut behind = driver_with(ids, &ids[3], Vec::new());
-    let answer = BlocksAnswer { blocks: vec![committed.clone(), committed], bytes: 1_000 };
+    behind.handle_message(ids[0].id(), Message::Tip { height: 1, hash: committed.block.hash(), time_ms: T0 }, at(T0));
+    assert!(matches!(effects(&mut behind).as_slice(), [Effect::RequestBlocks { from: 1, .. }]));
+    let answer = BlocksAnswer { blocks: vec![committed], bytes: 1_000 };
     behind.handle_blocks(ids[0].id(), Ok(answer), at(T0 + 5_000));
     let out = effects(&mut behind);
     let commit = out.iter().position(|e| matches!(e, Effect::Commit { synced: true, .. })).expect("stored");
     let tip = out.iter().position(|e| matches!(e, Effect::Broadcast(Message::Tip { height: 1, .. }))).unwrap();
     assert!(commit < tip);
-    assert_eq!(out.iter().filter(|e| matches!(e, Effect::Commit { .. })).count(), 1, "the repeat is skipped");
+    assert_eq!(out.iter().filter(|e| matches!(e, Effect::Commit { .. })).count(), 1);
     assert_eq!(behind.height(), 2);
     assert_eq!(behind.stats(at(T0 + 5_000)).blocks_synced, 1);
 }
@@ -617,18 +619,25 @@ fn sync_requests_over_a_peer_s_rate_are_refused() {
     let limits = NodeLimits::default();
     let burst = 2 * limits.sync_requests_per_sec as u64;
     let peer = ids[1].id();
+    // Each answer served takes a kilobyte (its serve budget is not what
+    // this test is about).
     let ask = |d: &mut Driver, id: u64, msg: Message, ms: u64| {
         d.handle_request(peer, RequestId(id), msg, at(T0 + ms));
         let out = effects(d);
         assert_eq!(out.len(), 1, "one answer per request: {out:?}");
+        if let Effect::ServeBlocks { peer, max_bytes, .. } = out[0] {
+            d.handle_served(peer, max_bytes, 1024, at(T0 + ms));
+        }
         out.into_iter().next().unwrap()
     };
     let blocks = Message::GetBlocks { from: 1, count: 1_000 };
     let served = Effect::ServeBlocks {
         id: RequestId(0),
+        peer,
         from: 1,
         count: limits.sync_batch_blocks as usize,
         max_bytes: limits.sync_response_bytes,
+        after_ms: 0,
     };
     assert_eq!(ask(&mut d, 0, blocks.clone(), 0), served, "the count is capped at the batch");
     for id in 1..burst {
@@ -650,6 +659,109 @@ fn sync_requests_over_a_peer_s_rate_are_refused() {
     // Another peer has a bucket of its own; other kinds are refused as unsupported.
     d.handle_request(ids[2].id(), RequestId(105), Message::Tx(vec![1]), at(T0));
     assert_eq!(effects(&mut d), [Effect::Refuse { id: RequestId(105), refusal: Refusal::Unsupported }]);
+}
+
+/// A peer asking for full answers as fast as its request rate allows is
+/// served at its byte rate: answers beyond the burst wait for their turn, up
+/// to SERVE_WAIT_MS, and are refused past it (counted, warned about once);
+/// what small answers did not use goes back at once, and a `Txs` answer the
+/// budget does not cover now is refused rather than waited for.
+#[test]
+fn answers_to_a_peer_are_paced_in_bytes_and_refused_past_the_longest_wait() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    let limits = NodeLimits::default();
+    let (full, rate) = (limits.sync_response_bytes, limits.sync_serve_bytes_per_sec);
+    let peer = ids[1].id();
+    let blocks = Message::GetBlocks { from: 1, count: 64 };
+    let mut waits = Vec::new();
+    let ((), lines) = logs(|| {
+        for id in 0..20 {
+            d.handle_request(peer, RequestId(id), blocks.clone(), at(T0));
+            match effects(&mut d).as_slice() {
+                [Effect::ServeBlocks { after_ms, max_bytes, .. }] => {
+                    assert_eq!(*max_bytes, full);
+                    waits.push(*after_ms);
+                }
+                [Effect::Refuse { refusal: Refusal::RateLimited, .. }] => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let burst = 2 * rate / full;
+    assert!(waits[..burst].iter().all(|w| *w == 0), "the burst is served at once: {waits:?}");
+    assert!(waits[burst..].windows(2).all(|w| w[0] < w[1]), "then each waits longer: {waits:?}");
+    assert!(*waits.last().unwrap() <= SERVE_WAIT_MS && waits.len() < 20, "{waits:?}");
+    let served: u64 = (waits.len() * full) as u64;
+    assert!(served <= (2 * rate) as u64 + rate as u64 * SERVE_WAIT_MS / 1000, "{served} bytes within 2 s");
+    let stats = d.stats(at(T0));
+    assert_eq!((stats.refused_bytes, stats.refused_rate), ((20 - waits.len()) as u64, 0));
+    assert_eq!(lines.iter().filter(|l| l.contains("bytes a second")).count(), 1, "warned once: {lines:?}");
+    // A `Txs` answer is not waited for: refused while the budget is in debt.
+    let txs = Message::GetTxs { height: 1, round: 0, ids: vec![Hash([1; 32])] };
+    d.handle_request(peer, RequestId(100), txs.clone(), at(T0));
+    assert_eq!(effects(&mut d), [Effect::Refuse { id: RequestId(100), refusal: Refusal::RateLimited }]);
+    // The answers were small: what they did not use comes back.
+    for _ in &waits {
+        d.handle_served(peer, full, 1_000, at(T0 + 10));
+    }
+    d.handle_request(peer, RequestId(101), blocks, at(T0 + 10));
+    assert!(matches!(effects(&mut d).as_slice(), [Effect::ServeBlocks { after_ms: 0, .. }]));
+    d.handle_request(peer, RequestId(102), txs, at(T0 + 10));
+    assert!(matches!(effects(&mut d).as_slice(), [Effect::Reply { .. }]));
+    // Another peer has a budget of its own.
+    d.handle_request(ids[2].id(), RequestId(103), Message::GetBlocks { from: 1, count: 1 }, at(T0));
+    assert!(matches!(effects(&mut d).as_slice(), [Effect::ServeBlocks { after_ms: 0, .. }]));
+}
+
+/// A sync answer is taken only from a peer whose request is in flight, and
+/// only if it holds what was asked: consecutive blocks from the height asked,
+/// no more than asked. An answer nobody waits for is dropped unread; one with
+/// other blocks is refused whole (nothing applied) and counts as invalid.
+#[test]
+fn a_sync_answer_is_taken_only_for_a_request_in_flight_and_only_with_the_blocks_asked_for() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    let bare = |height: Height| {
+        let header = Header {
+            height,
+            round: 0,
+            prev_hash: Hash([height as u8; 32]),
+            timestamp_ms: T0,
+            proposer: ids[1].id(),
+            tx_root: tx_root(&[]),
+            changes: vec![],
+        };
+        let block = Block { header, txs: vec![] };
+        let cert = crate::chain::vote::Certificate { height, round: 0, block: block.hash(), precommits: vec![] };
+        Committed { block, cert }
+    };
+    let answer = |heights: &[Height]| {
+        let blocks: Vec<Committed> = heights.iter().map(|h| bare(*h)).collect();
+        Ok(BlocksAnswer { bytes: 100 * blocks.len(), blocks })
+    };
+    let (liar, other) = (ids[1].id(), ids[2].id());
+    d.handle_message(liar, Message::Tip { height: 5, hash: Hash([0; 32]), time_ms: T0 }, at(T0));
+    assert_eq!(effects(&mut d), [Effect::RequestBlocks { peer: liar, from: 1, count: 64 }]);
+    // Nobody asked this one.
+    d.handle_blocks(other, answer(&[1, 2]), at(T0));
+    assert!(effects(&mut d).is_empty());
+    assert_eq!(d.stats(at(T0)).sync_failures, [0; 6]);
+    // Blocks not asked for: from height 3, and more than asked.
+    for heights in [&[3, 4][..], &(1..=65).collect::<Vec<_>>()[..], &[1, 3][..], &[1, 1][..]] {
+        d.handle_message(liar, Message::Tip { height: 100, hash: Hash([0; 32]), time_ms: T0 }, at(T0));
+        let failures = d.stats(at(T0)).sync_failures[Failure::Invalid.index()];
+        d.sync.handle_claim(liar, 100, 0);
+        let _ = d.sync.poll_request(0, 0);
+        assert!(d.sync.in_flight_to(&liar).is_some());
+        d.handle_blocks(liar, answer(heights), at(T0));
+        assert_eq!(d.stats(at(T0)).sync_failures[Failure::Invalid.index()], failures + 1, "{heights:?}");
+        assert_eq!(d.height(), 1, "{heights:?}: nothing applied");
+        assert!(d.sync.in_flight_to(&liar).is_none());
+        effects(&mut d);
+        // Penalized for it: forgiven here so the next case can ask again.
+        d.sync = SyncPlanner::new(SyncConfig::default());
+    }
 }
 
 #[test]
@@ -896,6 +1008,8 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
         .collect();
     assert!(chain.len() > 30, "blocks past the height to offer");
     let mut behind = driver_running(&ids, &ids[3], Vec::new(), 3);
+    let tip = Message::Tip { height: chain.len() as u64, hash: Hash([0; 32]), time_ms: net.now };
+    behind.handle_message(ids[0].id(), tip, at(net.now));
     effects(&mut behind);
     behind.handle_blocks(ids[0].id(), Ok(BlocksAnswer { blocks: chain, bytes: 100_000 }), at(net.now));
     let out = effects(&mut behind);
