@@ -174,6 +174,7 @@ struct LimitsFile {
     sync_batch_blocks: Option<u32>,
     sync_response_bytes: Option<usize>,
     sync_requests_per_sec: Option<u32>,
+    sync_serve_bytes_per_sec: Option<usize>,
     mempool_max_txs: Option<usize>,
     mempool_max_bytes: Option<usize>,
     tx_max_bytes: Option<usize>,
@@ -353,6 +354,9 @@ impl NodeFileValues {
         }
         if let Some(n) = positive(l.sync_requests_per_sec.map(|n| n as usize), "sync_requests_per_sec", 100_000)? {
             limits.sync_requests_per_sec = n as u32;
+        }
+        if let Some(n) = positive(l.sync_serve_bytes_per_sec, "sync_serve_bytes_per_sec", 1 << 34)? {
+            limits.sync_serve_bytes_per_sec = n;
         }
         if let Some(n) = positive(l.mempool_max_txs, "mempool_max_txs", 10_000_000)? {
             limits.mempool.max_txs = n;

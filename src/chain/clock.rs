@@ -125,6 +125,21 @@ impl ClockEstimator {
         self.readings.retain(|id, _| keep(id));
     }
 
+    /// Readings kept of `member` (tests).
+    #[cfg(test)]
+    pub(crate) fn readings_of(&self, member: &NodeId) -> usize {
+        self.readings.get(member).map_or(0, VecDeque::len)
+    }
+
+    /// About the bytes the readings hold: at most [`ClockConfig::readings`]
+    /// per member the chain names (the caller samples only those).
+    pub(crate) fn bytes(&self) -> usize {
+        self.readings
+            .values()
+            .map(|q| std::mem::size_of::<(NodeId, VecDeque<Reading>)>() + q.capacity() * std::mem::size_of::<Reading>())
+            .sum()
+    }
+
     /// Our offset from the peers' clocks in ms (positive: ours is ahead), or
     /// `None` without recent readings from enough members.
     pub(crate) fn offset_ms(&self, now_ms: u64) -> Option<i64> {

@@ -27,6 +27,16 @@
 //!   header. Only then is anything said about its signer ([`Misbehaviour`]).
 //!   Messages for the next height wait in a buffer with one slot per proposal
 //!   round and per (voter, round, step), for a few rounds, bounded in bytes.
+//! * What a height holds is bounded: votes for at most [`MAX_ROUND_AHEAD`]
+//!   rounds past ours, one per (voter, round, kind) and at most
+//!   [`MAX_CONFLICTING`] conflicting versions more; proposals one per round,
+//!   their blocks within [`PROPOSALS_HELD_BLOCKS`] of the largest block in
+//!   bytes. Past that a proposal is held only in place of one of a round
+//!   farther from ours (future rounds before past ones at equal distance),
+//!   never in place of the current round's, the valid round's or the locked
+//!   round's; one given up may come again. Giving one up never touches
+//!   safety (locks and votes are kept); at worst a round decided elsewhere is
+//!   taken by sync.
 //! * The rules of a height's protocol version apply ([`super::rules`]): from
 //!   version 4, a block's transactions are distinct and a fresh proposal is
 //!   prevoted (L22) only when its timestamp is timely, within the synchrony
@@ -59,7 +69,16 @@ pub(crate) const MAX_FUTURE_ROUND: Round = 8;
 pub(crate) const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
 const FUTURE_VOTE_BYTES: usize = 256;
 /// Conflicting votes kept per member, round and kind, beyond its first.
-const MAX_CONFLICTING: usize = 2;
+pub(crate) const MAX_CONFLICTING: usize = 2;
+/// Proposals of the current height are held within this many times the
+/// largest a proposal may hold ([`max_proposal_bytes`]): the current round's,
+/// the valid round's and the locked round's, and room for one more. A member
+/// proposing full blocks for every round it leads up to [`MAX_ROUND_AHEAD`]
+/// would otherwise make every node hold one per round (16 blocks of 3 MiB at
+/// four members).
+pub(crate) const PROPOSALS_HELD_BLOCKS: usize = 4;
+/// What a vote held costs, about: the vote, its signature and its place.
+pub(crate) const VOTE_BYTES: usize = 256;
 /// A member shown to be ahead at a height is reported again after this long, so a
 /// sync that failed is tried again.
 pub(crate) const AHEAD_REPEAT_MS: u64 = 10_000;
@@ -323,6 +342,26 @@ fn proposal_bytes(p: &SignedProposal) -> usize {
     block.tx_bytes() + block.txs.len() * std::mem::size_of::<Vec<u8>>() + block.header.changes.len() * 256 + 512
 }
 
+/// The most [`proposal_bytes`] of a proposal within `limits`.
+pub(crate) fn max_proposal_bytes(limits: &Limits) -> usize {
+    limits.max_block_bytes
+        + limits.max_block_txs * std::mem::size_of::<Vec<u8>>()
+        + super::members::MAX_CHANGES_PER_BLOCK * 256
+        + 512
+}
+
+/// Bytes held for what peers sent, by structure (for
+/// `masternode_held_bytes{what}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreHeld {
+    /// The current height's proposals.
+    pub proposals: usize,
+    /// The current height's votes, at [`VOTE_BYTES`] each.
+    pub votes: usize,
+    /// Messages buffered for the next height.
+    pub next_height: usize,
+}
+
 pub struct Core {
     cfg: Config,
     identity: Arc<Identity>,
@@ -341,6 +380,8 @@ pub struct Core {
     locked: Option<(Round, Block)>,
     valid: Option<(Round, Block)>,
     proposals: BTreeMap<Round, SignedProposal>,
+    /// [`proposal_bytes`] of `proposals`.
+    proposals_bytes: usize,
     /// Result of validating each round's proposed block, computed once.
     proposal_ok: BTreeMap<Round, bool>,
     /// When each round's proposal reached this node (local wall clock).
@@ -356,6 +397,10 @@ pub struct Core {
     future: NextHeight,
     /// The highest height each member was reported ahead at, and when.
     ahead: BTreeMap<NodeId, (Height, u64)>,
+    /// The signer of the first message of the current height that verified
+    /// (or repeated one that had) during the input being handled; see
+    /// [`Core::handle_signed`].
+    heard: Option<NodeId>,
 }
 
 impl Core {
@@ -389,6 +434,7 @@ impl Core {
             locked: None,
             valid: None,
             proposals: BTreeMap::new(),
+            proposals_bytes: 0,
             proposal_ok: BTreeMap::new(),
             received: BTreeMap::new(),
             synchrony,
@@ -401,6 +447,7 @@ impl Core {
             deferred: Vec::new(),
             future: NextHeight::default(),
             ahead: BTreeMap::new(),
+            heard: None,
         }
     }
 
@@ -496,7 +543,7 @@ impl Core {
                     self.proposal_ok.insert(round, ok);
                     // Stamped by this node's clock when it made it.
                     self.received.insert(round, p.proposal.block.header.timestamp_ms);
-                    self.proposals.insert(round, p);
+                    self.insert_proposal(round, p);
                 }
                 Signed::Vote(v) if v.vote.height == self.height && v.vote.voter == self.me => self.insert_vote(v),
                 _ => {}
@@ -564,9 +611,28 @@ impl Core {
     }
 
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
+        self.handle_signed(input, now_ms).0
+    }
+
+    /// [`Core::handle`] for a peer's proposal or vote, also returning its
+    /// signer when it verified as a message of the current height (or is the
+    /// same as one that did): what the shell may take as a sign of that member
+    /// taking part. A message that fails its checks, or one of another height,
+    /// names nobody; nor does anything the input causes (messages buffered
+    /// for the next height that a decision replays come after it).
+    pub(crate) fn handle_signed(&mut self, input: Input, now_ms: u64) -> (Vec<Output>, Option<NodeId>) {
         let mut out = Vec::new();
+        self.heard = None;
         self.apply(input, now_ms, &mut out);
-        out
+        (out, self.heard.take())
+    }
+
+    /// Notes `node` as the signer of a message of the current height that
+    /// verified; the first one of an input counts.
+    fn note_heard(&mut self, node: NodeId) {
+        if self.heard.is_none() {
+            self.heard = Some(node);
+        }
     }
 
     fn apply(&mut self, input: Input, now_ms: u64, out: &mut Vec<Output>) {
@@ -611,6 +677,12 @@ impl Core {
             }
             // The same proposal again (gossip, a replay): verified when it first came.
             if self.proposals.get(&round).is_some_and(|e| e.proposal == sp.proposal) {
+                self.note_heard(proposer);
+                return;
+            }
+            // Not held (another of that round is: equivocation, reported
+            // below) unless its bytes fit, in place of farther rounds'.
+            if !self.proposals.contains_key(&round) && !self.room_for(round, proposal_bytes(&sp), false) {
                 return;
             }
         }
@@ -619,6 +691,7 @@ impl Core {
             self.hold_future(proposer, height, Input::Proposal(sp), now_ms, out);
             return;
         }
+        self.note_heard(proposer);
         if self.proposals.contains_key(&round) {
             out.push(Output::Misbehaviour(Misbehaviour::Equivocation {
                 node: proposer,
@@ -644,10 +717,75 @@ impl Core {
                 reason: reason.clone(),
             }));
         }
+        self.room_for(round, proposal_bytes(&sp), true);
         self.proposal_ok.insert(round, ok.is_ok());
         self.received.insert(round, received_ms);
-        self.proposals.insert(round, sp);
+        self.insert_proposal(round, sp);
         self.check_rules(now_ms, out);
+    }
+
+    /// Whether a proposal of `round` taking `bytes` fits within the budget of
+    /// proposals held ([`PROPOSALS_HELD_BLOCKS`]), in place of those of rounds
+    /// farther from ours if need be (never the current round's, the valid
+    /// round's or the locked round's). `evict`: give those up now.
+    fn room_for(&mut self, round: Round, bytes: usize, evict: bool) -> bool {
+        let budget = PROPOSALS_HELD_BLOCKS * max_proposal_bytes(&self.cfg.limits);
+        let current = self.round;
+        // Farther first; at equal distance a future round before a past one.
+        let distance = |r: Round| (r.abs_diff(current), r > current);
+        let kept = |r: Round| {
+            r == current
+                || self.valid.as_ref().is_some_and(|(v, _)| *v == r)
+                || self.locked.as_ref().is_some_and(|(l, _)| *l == r)
+        };
+        let mut victims: Vec<(Round, usize)> = self
+            .proposals
+            .iter()
+            .filter(|(r, _)| !kept(**r) && distance(**r) > distance(round))
+            .map(|(r, sp)| (*r, proposal_bytes(sp)))
+            .collect();
+        victims.sort_by_key(|(r, _)| std::cmp::Reverse(distance(*r)));
+        let mut held = self.proposals_bytes;
+        let mut given_up = Vec::new();
+        for (r, b) in victims {
+            if held + bytes <= budget {
+                break;
+            }
+            held -= b;
+            given_up.push(r);
+        }
+        if held + bytes > budget {
+            return false;
+        }
+        if evict {
+            for r in given_up {
+                self.remove_proposal(r);
+            }
+        }
+        true
+    }
+
+    fn insert_proposal(&mut self, round: Round, sp: SignedProposal) {
+        self.proposals_bytes += proposal_bytes(&sp);
+        if let Some(old) = self.proposals.insert(round, sp) {
+            self.proposals_bytes -= proposal_bytes(&old);
+        }
+    }
+
+    /// Gives up round `round`'s proposal: a proposal of it may come again.
+    fn remove_proposal(&mut self, round: Round) -> Option<SignedProposal> {
+        let sp = self.proposals.remove(&round)?;
+        self.proposals_bytes -= proposal_bytes(&sp);
+        self.proposal_ok.remove(&round);
+        self.received.remove(&round);
+        Some(sp)
+    }
+
+    /// Bytes held for what peers sent ([`CoreHeld`]).
+    pub fn held(&self) -> CoreHeld {
+        let votes: usize =
+            self.votes.values().map(|rv| rv.prevotes.len() + rv.precommits.len() + rv.conflicting.len()).sum();
+        CoreHeld { proposals: self.proposals_bytes, votes: votes * VOTE_BYTES, next_height: self.future.bytes }
     }
 
     /// What a proposal's signature proves, checked in that order: the signature
@@ -771,6 +909,7 @@ impl Core {
             }
             // The same vote again (a relay, a replay): verified when it first came.
             if self.votes.get(&round).is_some_and(|rv| rv.holds(&sv.vote)) {
+                self.note_heard(voter);
                 return;
             }
         }
@@ -782,6 +921,7 @@ impl Core {
             self.hold_future(voter, height, Input::Vote(sv), now_ms, out);
             return;
         }
+        self.note_heard(voter);
         // A value proposed in any round of this height (a re-proposal makes a
         // value known after its round).
         let known = sv.vote.block.is_none_or(|b| self.proposals.values().any(|p| p.proposal.block.hash() == b));
@@ -968,7 +1108,7 @@ impl Core {
         let ok = self.validate_block(&sp.proposal.block, self.round, valid_round, None, hashed).is_ok();
         self.proposal_ok.insert(self.round, ok);
         self.received.insert(self.round, now_ms);
-        self.proposals.insert(self.round, sp.clone());
+        self.insert_proposal(self.round, sp.clone());
         out.push(Output::Sign { record, message: Signed::Proposal(sp), lock: None });
     }
 
@@ -1020,7 +1160,7 @@ impl Core {
         });
         // The height ends here and its proposals are cleared: the block moves
         // out rather than being copied.
-        if let Some(sp) = decided.and_then(|r| self.proposals.remove(&r)) {
+        if let Some(sp) = decided.and_then(|r| self.remove_proposal(r)) {
             self.decide(sp.proposal.round, sp.proposal.block, now_ms, out);
             return;
         }
@@ -1154,6 +1294,9 @@ impl Core {
         self.prev_ts = block.header.timestamp_ms;
         // Checked with the block (`validate_block`), so every approval applies.
         let completed = self.cfg.members.apply(&block.header.changes, &self.cfg.network_id);
+        // Members that left are reported ahead no more (a map per member).
+        let m = &self.cfg.members;
+        self.ahead.retain(|id, _| m.current().contains(id) || m.next().contains(id));
         let membership = Box::new(self.cfg.members.state().clone());
         out.push(Output::Decided { committed: Committed { block, cert }, membership, completed });
         self.height += 1;
@@ -1166,6 +1309,7 @@ impl Core {
         self.locked = None;
         self.valid = None;
         self.proposals.clear();
+        self.proposals_bytes = 0;
         self.proposal_ok.clear();
         self.received.clear();
         self.votes.clear();

@@ -924,6 +924,51 @@ fn next_height_buffer_is_bounded_in_bytes() {
     assert!((4..=MAX_FUTURE_ROUND).contains(&kept), "{kept} proposals kept");
 }
 
+/// A member proposing full blocks for every round it leads, up to
+/// MAX_ROUND_AHEAD, makes this node hold at most PROPOSALS_HELD_BLOCKS blocks'
+/// worth: the current round's proposal stays, a nearer round's takes the place
+/// of the farthest ones, and a far round's is refused while nearer ones fill
+/// the budget.
+#[test]
+fn proposals_of_a_height_are_held_within_their_byte_budget() {
+    let mut f = OneCore::new();
+    f.cfg.limits = Limits { max_block_bytes: 64 * 1024, max_block_txs: 16, ..Limits::default() };
+    let budget = PROPOSALS_HELD_BLOCKS * max_proposal_bytes(&f.cfg.limits);
+    let now = 5_000;
+    let mut core = Core::new(f.cfg.clone(), f.me.clone(), 1, genesis_hash(&NET), 0, None);
+    f.start(&mut core);
+    let full = |r: u32| {
+        let txs: Vec<Vec<u8>> = (0..15u8).map(|i| [&r.to_be_bytes()[..], &[i; 4000][..]].concat()).collect();
+        let mut b = f.block(r, "");
+        b.header.tx_root = tx_root(&txs);
+        b.txs = txs;
+        b
+    };
+    // The hostile member leads rounds 0, 4, 8, ...: every one of them, up to
+    // 64 rounds ahead, farthest first.
+    let hostile: Vec<u32> = (0..=MAX_ROUND_AHEAD).filter(|r| f.proposer(*r) == f.proposer(0)).rev().collect();
+    for &r in &hostile {
+        core.handle(f.proposal(r, &full(r)), now);
+        assert!(core.held().proposals <= budget, "{} bytes held, budget {budget}", core.held().proposals);
+    }
+    let held: Vec<u32> = core.proposals.keys().copied().collect();
+    assert!(held.contains(&0), "the current round's proposal is held: {held:?}");
+    assert!(held.len() < hostile.len(), "held {held:?} of {hostile:?}");
+    assert!(!held.contains(&MAX_ROUND_AHEAD), "the farthest round is refused or given up: {held:?}");
+    // An honest proposal of the next round takes the place of a farther one.
+    let farthest = *held.iter().max().unwrap();
+    core.handle(f.proposal(1, &full(1)), now);
+    assert!(core.proposals.contains_key(&1) && !core.proposals.contains_key(&farthest), "{:?}", core.proposals.keys());
+    assert!(core.held().proposals <= budget);
+    // A farther one than all held is not taken while they fill the budget.
+    let before: Vec<u32> = core.proposals.keys().copied().collect();
+    core.handle(f.proposal(60, &full(60)), now);
+    assert_eq!(core.proposals.keys().copied().collect::<Vec<_>>(), before);
+    // Held no more, a round's proposal may come again.
+    core.handle(f.proposal(farthest, &full(farthest)), now);
+    assert!(!core.proposals.contains_key(&farthest), "still the farthest: not taken");
+}
+
 /// A member that prevotes a value to some and nil to others must not leave the
 /// ones that saw nil unable ever to see the polka the others saw (the
 /// simulation's seed 25: a height stalled for good). The second version counts

@@ -26,8 +26,11 @@
 //!   silent for `max(3 intervals, 1.5 s) × (round + 1)`) gets a propose timeout
 //!   of [`ABSENT_PROPOSER_WAIT_MS`]: nothing can arrive from it, and prevoting
 //!   nil at once only gives up that round's block. A peer counts as heard when
-//!   it comes up and when it sends a proposal or vote for our height or the one
-//!   before.
+//!   it comes up and when it sends a proposal or vote of our height that it
+//!   signed itself and that verifies (or repeats one that did): junk, a relay
+//!   of others' messages or messages of other heights say nothing of whether it
+//!   will propose, and a member flooding them can neither keep its own wait
+//!   long nor make another's short.
 //! * **Rebroadcast.** When no new height came for `max(3 intervals, 3 s)` and the
 //!   quorum is met, everything held for this height (ours and others' votes, the
 //!   round's proposal) is broadcast again: messages may have been lost, or
@@ -49,17 +52,33 @@
 //!   every block the committed transactions leave, old ones expire and the
 //!   shares follow the member set.
 //! * **Sync** ([`super::sync`]). Peers' claims come from tips, handshakes and
-//!   messages of later heights; the planner picks whom to ask. Blocks of an
-//!   answer go to the core in order; the first one that does not advance the
-//!   chain makes the answer invalid.
+//!   messages of later heights; the planner picks whom to ask. An answer is
+//!   taken only from a peer with a request in flight, and only if it holds
+//!   the blocks asked for (consecutive from the height asked, no more than
+//!   asked); any other is refused whole, nothing of it applied (an answer
+//!   nobody waits for is dropped, one with blocks not asked for counts as
+//!   invalid). Blocks of an answer go to the core in order; the first one
+//!   that does not advance the chain makes the answer invalid.
 //! * **Requests.** `GetBlocks`, `GetTxs` and the `Data` echo are served under a
 //!   token bucket per peer (`sync_requests_per_sec`, bursts of twice that);
-//!   `GetTxs` only for peers the chain names; anything else is refused. Every
-//!   request gets exactly one answer ([`Effect::ServeBlocks`],
-//!   [`Effect::Reply`] or [`Effect::Refuse`]).
+//!   `GetTxs` only for peers the chain names; anything else is refused. The
+//!   answers' bytes are paced per peer as well ([`ServeBudget`],
+//!   `sync_serve_bytes_per_sec`, 8 MiB/s by default): a `GetBlocks` reserves a
+//!   full answer and waits for its turn, at most [`SERVE_WAIT_MS`], and the
+//!   shell hands back what the answer did not use ([`Driver::handle_served`]);
+//!   a `Txs` answer is charged what it holds and refused if the budget does
+//!   not cover it now. Past either bound the request is refused as rate
+//!   limited, counted by budget. Every request gets exactly one answer
+//!   ([`Effect::ServeBlocks`], [`Effect::Reply`] or [`Effect::Refuse`]).
 //! * **Bootstrap peers.** A peer that neither the set in force nor the next one
 //!   names (a `bootstrap` entry) serves sync only: its transactions and its
 //!   clock readings do not count here; its tip does.
+//! * **Per peer.** What is kept per peer (request buckets, when it was last
+//!   heard, its wire version, its sync claims and reports, its clock readings)
+//!   is kept only for peers the transport is handed ([`Effect::SetMembers`]:
+//!   the sets in force and next, and `bootstrap`). A peer that leaves them is
+//!   forgotten at that block, and until the transport closes its connection
+//!   nothing it sends is taken (its requests are refused as unsupported).
 //! * **Reports.** A misbehaviour or failure is logged at warn the first time per
 //!   culprit and kind, at debug after that; at most [`MAX_REPORTED`] are
 //!   remembered.
@@ -89,7 +108,7 @@ use super::mempool::{AddError, Figures, Mempool};
 use super::message::{self, Message, TooLarge};
 use super::misbehaviour::Misbehaviour;
 use super::quorum::{self, Quorum};
-use super::sync::{Failure, Outcome, SyncConfig, SyncPlanner, TokenBucket};
+use super::sync::{Failure, Outcome, ServeBudget, SyncConfig, SyncPlanner, TokenBucket};
 use super::upgrade::{self, UpgradeWatch};
 use super::vote::{Committed, Lock, SignRecord};
 use crate::codec::FrameError;
@@ -101,6 +120,10 @@ pub(crate) const MAX_REPORTED: usize = 1024;
 /// Propose timeout for a proposer we cannot hear (ms): a proposal already in
 /// flight may still land.
 pub(crate) const ABSENT_PROPOSER_WAIT_MS: u64 = 100;
+/// The longest an answer waits for its peer's serve budget (ms); a request
+/// that would wait longer is refused as rate limited. Well within the
+/// requester's request timeout, and twice its hedge.
+pub(crate) const SERVE_WAIT_MS: u64 = 2_000;
 /// The housekeeping tick (ms): rebroadcast, sync hedges. The shell's loop turns
 /// at least this often, which the service watchdog counts as progress.
 pub(crate) const TICK_MS: u64 = 250;
@@ -158,8 +181,10 @@ pub enum Effect {
     RequestTxs { peer: NodeId, height: Height, round: Round, ids: Vec<Hash> },
     /// The assembly of `(height, round)` is gone: end its fetch, drop any answer.
     CancelTxs { height: Height, round: Round },
-    /// Read blocks from the store and answer request `id` with `Message::Blocks`.
-    ServeBlocks { id: RequestId, from: Height, count: usize, max_bytes: usize },
+    /// Wait `after_ms`, then read blocks from the store and answer request `id`
+    /// of `peer` with `Message::Blocks`; hand the bytes the answer took to
+    /// [`Driver::handle_served`] with `max_bytes` as what was reserved.
+    ServeBlocks { id: RequestId, peer: NodeId, from: Height, count: usize, max_bytes: usize, after_ms: u64 },
     /// Answer request `id`.
     Reply { id: RequestId, msg: Message },
     /// Refuse request `id`.
@@ -318,6 +343,17 @@ pub struct Stats {
     pub compact_waiting_bytes: usize,
     pub compact_later_bytes: usize,
     pub fetch_request_bytes: usize,
+    /// What the consensus core holds of the current height and the next.
+    pub core: super::consensus::CoreHeld,
+    /// The approval pool, the clock readings, and what is kept per peer
+    /// ([`Driver::peer_state_bytes`]).
+    pub approval_bytes: usize,
+    pub clock_bytes: usize,
+    pub peer_state_bytes: usize,
+    /// Requests refused for their peer's request rate, and for its serve
+    /// budget in bytes.
+    pub refused_rate: u64,
+    pub refused_bytes: u64,
 }
 
 /// A compact proposal's fetch under way: whom we asked, until when, and about
@@ -364,6 +400,10 @@ pub struct Driver {
     fetches: BTreeMap<(Height, Round), Fetch>,
     sync: SyncPlanner,
     sync_buckets: HashMap<NodeId, TokenBucket>,
+    /// Bytes of answers each peer may be served ([`ServeBudget`]).
+    serve_budgets: HashMap<NodeId, ServeBudget>,
+    /// Requests refused for their rate and for their bytes.
+    refused: (u64, u64),
     /// Peers already reported for going over their sync rate.
     rate_limited: HashSet<NodeId>,
     /// When each peer was last heard taking part (mono ms).
@@ -371,8 +411,10 @@ pub struct Driver {
     clock: ClockEstimator,
     approvals: ApprovalPool,
     members_view: Arc<MembersView>,
-    /// The members last handed to the transport.
+    /// The members last handed to the transport, and their ids: what a peer
+    /// must be for anything it sends to be taken or kept.
     reachable: Vec<(NodeId, SocketAddr)>,
+    reachable_ids: HashSet<NodeId>,
     /// Whether this node is a member of the current height's set.
     member: bool,
     reported: HashSet<(Option<NodeId>, &'static str)>,
@@ -402,6 +444,7 @@ impl Driver {
             halted: None,
             member,
             reachable: membership.reachable_with(&cfg.bootstrap),
+            reachable_ids: membership.reachable_with(&cfg.bootstrap).into_iter().map(|(id, _)| id).collect(),
             members_view: Arc::new(MembersView { membership, waiting: Vec::new() }),
             mempool: Mempool::new(cfg.node_limits.mempool),
             waiting: Waiting::new(&cfg.limits),
@@ -416,6 +459,8 @@ impl Driver {
             gate: Gate::default(),
             fetches: BTreeMap::new(),
             sync_buckets: HashMap::new(),
+            serve_budgets: HashMap::new(),
+            refused: (0, 0),
             rate_limited: HashSet::new(),
             last_heard: HashMap::new(),
             clock,
@@ -484,7 +529,30 @@ impl Driver {
             compact_waiting_bytes: self.waiting.bytes(),
             compact_later_bytes: self.waiting.later_bytes(),
             fetch_request_bytes: self.fetches.values().map(|f| f.request_bytes).sum(),
+            core: self.core.held(),
+            approval_bytes: self.approvals.bytes(),
+            clock_bytes: self.clock.bytes(),
+            peer_state_bytes: self.peer_state_bytes(),
+            refused_rate: self.refused.0,
+            refused_bytes: self.refused.1,
         }
+    }
+
+    /// About the bytes kept per peer: request buckets, rate-limit reports,
+    /// when each was last heard, wire versions, the sync planner's entries and
+    /// the misbehaviour reports remembered. One entry per peer at most in each
+    /// (at most [`MAX_REPORTED`] reports), for peers the chain names or
+    /// `bootstrap` lists: the others are forgotten as they leave
+    /// ([`Self::forget_unreachable`]).
+    pub(crate) fn peer_state_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.sync_buckets.len() * size_of::<(NodeId, TokenBucket)>()
+            + self.serve_budgets.len() * size_of::<(NodeId, ServeBudget)>()
+            + self.rate_limited.len() * size_of::<NodeId>()
+            + self.last_heard.len() * size_of::<(NodeId, u64)>()
+            + self.wire.len() * size_of::<(NodeId, u16)>()
+            + self.reported.len() * size_of::<(Option<NodeId>, &'static str)>()
+            + self.sync.bytes()
     }
 
     /// Whether a gossiped frame can be dropped undecoded: a proposal for a
@@ -535,7 +603,7 @@ impl Driver {
     /// knows it). It missed what we signed at this height and the approvals
     /// waiting for a block: both are sent again.
     pub(crate) fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
-        if self.halted.is_some() {
+        if self.halted.is_some() || !self.reachable_ids.contains(&id) {
             return;
         }
         self.last_heard.insert(id, now.mono_ms);
@@ -554,29 +622,21 @@ impl Driver {
         }
     }
 
-    /// `id` has no connection any more: its claim and its sync request are gone.
+    /// `id` has no connection any more: its claim and its sync request are
+    /// gone, and everything kept for it if the chain names it no more.
     pub(crate) fn handle_peer_down(&mut self, id: NodeId, _now: Now) {
         self.sync.handle_down(id);
+        if !self.reachable_ids.contains(&id) {
+            self.forget_unreachable();
+        }
     }
 
     /// A message from `from`'s gossip stream.
     pub(crate) fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
-        if self.halted.is_some() {
+        // A peer the chain no longer names, until the transport closes its
+        // connection: nothing it sends is taken or kept.
+        if self.halted.is_some() || !self.reachable_ids.contains(&from) {
             return;
-        }
-        // A peer counts as heard when it takes part in consensus here and now: a
-        // vote or proposal for our height or the one before. Anything else (a
-        // flood of junk, far-future messages) says nothing about whether it will
-        // propose.
-        let height = match &msg {
-            Message::Proposal(p) => Some(p.proposal.height),
-            Message::CompactProposal(p) => Some(p.height),
-            Message::Vote(v) => Some(v.vote.height),
-            _ => None,
-        };
-        let ours = self.core.height();
-        if height.is_some_and(|h| h >= ours.saturating_sub(1) && h <= ours) {
-            self.last_heard.insert(from, now.mono_ms);
         }
         let input = match msg {
             Message::Proposal(p) => Input::Proposal(p),
@@ -593,31 +653,39 @@ impl Driver {
                 return;
             }
         };
-        let out = self.core.handle(input, now.wall_ms);
+        // A peer counts as heard when it takes part in consensus here and now:
+        // a proposal or vote of our height that it signed and that verifies.
+        let (out, signer) = self.core.handle_signed(input, now.wall_ms);
+        if signer == Some(from) {
+            self.last_heard.insert(from, now.mono_ms);
+        }
         self.drive(out, false, now);
         self.fetch_due(now);
     }
 
     /// A request from `from`, to be answered as `id`.
     pub(crate) fn handle_request(&mut self, from: NodeId, id: RequestId, msg: Message, now: Now) {
+        if !self.reachable_ids.contains(&from) {
+            return self.effects.push_back(Effect::Refuse { id, refusal: Refusal::Unsupported });
+        }
         let answer = match msg {
             Message::GetBlocks { from: start, count } => {
+                let (batch, max_bytes) =
+                    (self.cfg.node_limits.sync_batch_blocks, self.cfg.node_limits.sync_response_bytes);
                 if !self.sync_allowance(from, now) {
-                    if self.rate_limited.insert(from) {
-                        tracing::warn!(peer = %from.short(), "sync requests over the limit; refusing some");
-                    }
-                    Effect::Refuse { id, refusal: Refusal::RateLimited }
+                    self.refuse_rate(from, id)
+                } else if let Some(after_ms) = self.serve_reserve(from, max_bytes, SERVE_WAIT_MS, now) {
+                    let count = count.min(batch) as usize;
+                    Effect::ServeBlocks { id, peer: from, from: start, count, max_bytes, after_ms }
                 } else {
-                    let limits = &self.cfg.node_limits;
-                    let count = count.min(limits.sync_batch_blocks) as usize;
-                    Effect::ServeBlocks { id, from: start, count, max_bytes: limits.sync_response_bytes }
+                    self.refuse_bytes(from, id)
                 }
             }
             Message::GetTxs { height, round, ids } => self.answer_txs(from, id, height, round, ids, now),
             // The echo probe (the transport's request/response check), under the
             // same rate limit as sync.
             Message::Data(d) if self.sync_allowance(from, now) => Effect::Reply { id, msg: Message::Data(d) },
-            Message::Data(_) => Effect::Refuse { id, refusal: Refusal::RateLimited },
+            Message::Data(_) => self.refuse_rate(from, id),
             other => {
                 tracing::debug!(peer = %from.short(), kind = other.kind_name(), "unexpected request");
                 Effect::Refuse { id, refusal: Refusal::Unsupported }
@@ -626,13 +694,43 @@ impl Driver {
         self.effects.push_back(answer);
     }
 
-    /// `peer`'s answer to our `GetBlocks`: its blocks go to the core in order,
-    /// the outcome to the planner.
+    /// An answer to `peer`'s `GetBlocks` was written (or failed): it took
+    /// `used` bytes of the `reserved` ones, and the rest goes back to the
+    /// peer's serve budget.
+    pub(crate) fn handle_served(&mut self, peer: NodeId, reserved: usize, used: usize, _now: Now) {
+        if let Some(budget) = self.serve_budgets.get_mut(&peer) {
+            budget.settle(reserved, used);
+        }
+    }
+
+    /// `peer`'s answer to our `GetBlocks`: taken only if a request to it is
+    /// in flight and the answer holds the blocks asked for, consecutive from
+    /// the height asked and no more than asked; its blocks then go to the
+    /// core in order, the outcome to the planner.
     pub(crate) fn handle_blocks(&mut self, peer: NodeId, result: Result<BlocksAnswer, RequestFailure>, now: Now) {
+        let Some(asked) = self.sync.in_flight_to(&peer) else {
+            // Its request was given up (the peer's connection ended): nothing
+            // of it is applied or kept.
+            return tracing::debug!(peer = %peer.short(), "sync answer nobody waits for: dropped");
+        };
         let BlocksAnswer { blocks, bytes } = match result {
             Ok(answer) => answer,
             Err(e) => return self.sync_outcome(peer, Outcome::Failed(e.failure()), &e.to_string(), now),
         };
+        let asked_for = blocks.len() <= asked.count as usize
+            && blocks.iter().enumerate().all(|(i, c)| c.block.height() == asked.from + i as u64);
+        if !asked_for {
+            let outcome = Outcome::Blocks { blocks: blocks.len(), bytes, applied: 0, invalid: true };
+            let detail = format!(
+                "answered with {} block(s) of heights {:?} for {} from height {}",
+                blocks.len(),
+                blocks.first().map(|c| c.block.height())..=blocks.last().map(|c| c.block.height()),
+                asked.count,
+                asked.from
+            );
+            drop(blocks);
+            return self.sync_outcome(peer, outcome, &detail, now);
+        }
         let count = blocks.len();
         let first = self.core.height();
         let mut applied: usize = 0;
@@ -848,8 +946,9 @@ impl Driver {
         let reachable = self.core.membership().reachable_with(&self.cfg.bootstrap);
         if reachable != self.reachable {
             self.effects.push_back(Effect::SetMembers(reachable.clone()));
-            self.clock.retain(|id| reachable.iter().any(|(m, _)| m == id));
+            self.reachable_ids = reachable.iter().map(|(id, _)| *id).collect();
             self.reachable = reachable;
+            self.forget_unreachable();
         }
         let height = self.core.height();
         self.clock.set_min_peers(clock::min_peers_for(self.core.members_at(height).len()));
@@ -939,6 +1038,34 @@ impl Driver {
     /// remembered.
     fn first_report(&mut self, culprit: Option<NodeId>, kind: &'static str) -> bool {
         self.reported.len() < MAX_REPORTED && self.reported.insert((culprit, kind))
+    }
+
+    /// Forgets what is kept per peer for peers neither the chain nor
+    /// `bootstrap` names any more: after a block that changed the set, and
+    /// when such a peer's connection ends (it may have sent something between
+    /// its removal and the transport closing its connection).
+    fn forget_unreachable(&mut self) {
+        let keep = &self.reachable_ids;
+        self.sync_buckets.retain(|id, _| keep.contains(id));
+        self.serve_budgets.retain(|id, _| keep.contains(id));
+        self.rate_limited.retain(|id| keep.contains(id));
+        self.last_heard.retain(|id, _| keep.contains(id));
+        self.wire.retain(|id, _| keep.contains(id));
+        self.reported.retain(|(culprit, _)| culprit.is_none_or(|id| keep.contains(&id)));
+        self.sync.retain(|id| keep.contains(id));
+        self.clock.retain(|id| keep.contains(id));
+    }
+
+    /// Whether `id` has an entry in any map kept per peer (tests).
+    #[cfg(test)]
+    fn knows_peer(&self, id: &NodeId) -> bool {
+        self.sync_buckets.contains_key(id)
+            || self.serve_budgets.contains_key(id)
+            || self.rate_limited.contains(id)
+            || self.last_heard.contains_key(id)
+            || self.wire.contains_key(id)
+            || self.reported.iter().any(|(c, _)| c.as_ref() == Some(id))
+            || self.sync.knows(id)
     }
 
     /// Whether the member set in force or the next one has `id` (a peer may
@@ -1163,6 +1290,10 @@ impl Driver {
             let culprit = if e.signed_by_proposer() { cp.proposer } else { from };
             return self.refuse_compact(culprit, &e);
         }
+        // Its signature verified: the proposer takes part, if it sent it.
+        if cp.proposer == from && cp.height == self.core.height() {
+            self.last_heard.insert(from, now.mono_ms);
+        }
         self.rebuild(from, cp, now);
     }
 
@@ -1300,7 +1431,7 @@ impl Driver {
             return Effect::Refuse { id, refusal: Refusal::Unsupported };
         }
         if !self.sync_allowance(from, now) {
-            return Effect::Refuse { id, refusal: Refusal::RateLimited };
+            return self.refuse_rate(from, id);
         }
         // Each transaction once, however often it is asked for.
         let mut seen = HashSet::with_capacity(ids.len());
@@ -1312,12 +1443,50 @@ impl Driver {
                 txs = answer_from_block(block, &ids, budget);
             }
         }
+        // Charged in full now, never waited for: a compact proposal's fetch
+        // is due within a few intervals.
+        let bytes = 5 + txs.iter().map(|t| t.len() + 4).sum::<usize>();
+        if self.serve_reserve(from, bytes, 0, now).is_none() {
+            return self.refuse_bytes(from, id);
+        }
         Effect::Reply { id, msg: Message::Txs(txs) }
     }
 }
 
 /// Sync.
 impl Driver {
+    /// Reserves `bytes` of `peer`'s serve budget (`sync_serve_bytes_per_sec`,
+    /// bursts of twice that and at least one full answer): the wait before
+    /// the answer is made, or `None` past `max_wait_ms`.
+    fn serve_reserve(&mut self, peer: NodeId, bytes: usize, max_wait_ms: u64, now: Now) -> Option<u64> {
+        let limits = &self.cfg.node_limits;
+        let rate = limits.sync_serve_bytes_per_sec as f64;
+        let burst = (2.0 * rate).max(limits.sync_response_bytes as f64);
+        let budget = self.serve_budgets.entry(peer).or_insert_with(|| ServeBudget::new(rate, burst, now.mono_ms));
+        budget.reserve(bytes, max_wait_ms, now.mono_ms)
+    }
+
+    /// A request over its peer's request rate: refused, warned about once per
+    /// peer, counted.
+    fn refuse_rate(&mut self, peer: NodeId, id: RequestId) -> Effect {
+        self.refused.0 += 1;
+        if self.rate_limited.insert(peer) {
+            tracing::warn!(peer = %peer.short(), "sync requests over the limit; refusing some");
+        }
+        Effect::Refuse { id, refusal: Refusal::RateLimited }
+    }
+
+    /// A request whose answer its peer's serve budget does not cover in time:
+    /// refused, warned about once per peer, counted.
+    fn refuse_bytes(&mut self, peer: NodeId, id: RequestId) -> Effect {
+        self.refused.1 += 1;
+        if self.first_report(Some(peer), "serve_budget") {
+            let rate = self.cfg.node_limits.sync_serve_bytes_per_sec;
+            tracing::warn!(peer = %peer.short(), "answers to the peer's requests over {rate} bytes a second; refusing some");
+        }
+        Effect::Refuse { id, refusal: Refusal::RateLimited }
+    }
+
     /// A token bucket per peer: `sync_requests_per_sec`, bursts of twice that.
     fn sync_allowance(&mut self, peer: NodeId, now: Now) -> bool {
         let rate = self.cfg.node_limits.sync_requests_per_sec as f64;

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::chain::block::{genesis_hash, tx_root, Header};
 use crate::chain::consensus::{self, Timeouts};
-use crate::chain::vote::{Proposal, SignedProposal, Step};
+use crate::chain::vote::{Proposal, SignedProposal, Step, Vote, VoteKind};
 
 const NET: [u8; 32] = [9; 32];
 const INTERVAL: u64 = 1000;
@@ -288,6 +288,49 @@ fn a_proposer_that_cannot_be_heard_gets_the_short_propose_wait() {
     assert_eq!(d.propose_wait(prevote, full, at(T0)), full, "only the propose timeout is shortened");
 }
 
+/// A proposer counts as heard only for a proposal or vote of this height that
+/// it signed itself and that verifies: junk under its name, its messages
+/// relayed by another member, and its messages of other heights keep its wait
+/// short; a flooder cannot make its own rounds wait long without taking part.
+#[test]
+fn a_peer_counts_as_heard_only_for_its_own_messages_of_this_height_that_verify() {
+    let ids = identities(4);
+    let proposer = &ids[1];
+    let vote = |height, signer: &Identity| {
+        Vote { kind: VoteKind::Prevote, height, round: 0, block: None, voter: proposer.id() }.sign(&NET, signer)
+    };
+    let mut forged = proposal(proposer, 0, vec![b"tx".to_vec()]);
+    forged.signature[0] ^= 1;
+    let table: Vec<(&str, NodeId, Message, bool)> = vec![
+        ("a vote under its name signed by another key", proposer.id(), Message::Vote(vote(1, &ids[2])), false),
+        ("a proposal with a bad signature", proposer.id(), Message::Proposal(forged.clone()), false),
+        (
+            "a compact proposal with a bad signature",
+            proposer.id(),
+            Message::CompactProposal(CompactProposal::of(&forged)),
+            false,
+        ),
+        ("its valid vote relayed by another member", ids[2].id(), Message::Vote(vote(1, proposer)), false),
+        ("its valid vote of the next height", proposer.id(), Message::Vote(vote(2, proposer)), false),
+        ("its valid vote of this height", proposer.id(), Message::Vote(vote(1, proposer)), true),
+        (
+            "its valid compact proposal",
+            proposer.id(),
+            Message::CompactProposal(CompactProposal::of(&proposal(proposer, 0, vec![b"tx".to_vec()]))),
+            true,
+        ),
+    ];
+    for (what, from, msg, heard) in table {
+        let mut d = driver(&ids, 0);
+        d.handle_connected(others(&ids, 0), at(T0));
+        d.handle_message(from, msg, at(T0));
+        assert_eq!(d.last_heard.contains_key(&proposer.id()), heard, "{what}");
+        assert!(!d.last_heard.contains_key(&ids[2].id()), "{what}: a relay is not heard for itself either");
+        let wait = d.propose_wait(Timeout::Propose { height: 1, round: 0 }, 1_500, at(T0 + 10));
+        assert_eq!(wait, if heard { 1_500 } else { ABSENT_PROPOSER_WAIT_MS }, "{what}");
+    }
+}
+
 #[test]
 fn an_absent_proposer_s_round_is_given_up_after_the_short_wait() {
     let ids = identities(4);
@@ -379,13 +422,15 @@ fn a_synced_block_is_stored_as_synced_before_its_tip_and_counted() {
         .unwrap();
     let ids = &net.ids;
     let mut behind = driver_with(ids, &ids[3], Vec::new());
-    let answer = BlocksAnswer { blocks: vec![committed.clone(), committed], bytes: 1_000 };
+    behind.handle_message(ids[0].id(), Message::Tip { height: 1, hash: committed.block.hash(), time_ms: T0 }, at(T0));
+    assert!(matches!(effects(&mut behind).as_slice(), [Effect::RequestBlocks { from: 1, .. }]));
+    let answer = BlocksAnswer { blocks: vec![committed], bytes: 1_000 };
     behind.handle_blocks(ids[0].id(), Ok(answer), at(T0 + 5_000));
     let out = effects(&mut behind);
     let commit = out.iter().position(|e| matches!(e, Effect::Commit { synced: true, .. })).expect("stored");
     let tip = out.iter().position(|e| matches!(e, Effect::Broadcast(Message::Tip { height: 1, .. }))).unwrap();
     assert!(commit < tip);
-    assert_eq!(out.iter().filter(|e| matches!(e, Effect::Commit { .. })).count(), 1, "the repeat is skipped");
+    assert_eq!(out.iter().filter(|e| matches!(e, Effect::Commit { .. })).count(), 1);
     assert_eq!(behind.height(), 2);
     assert_eq!(behind.stats(at(T0 + 5_000)).blocks_synced, 1);
 }
@@ -528,6 +573,45 @@ fn transactions_for_a_compact_proposal_are_given_only_to_peers_the_chain_names()
     assert_eq!(ask(&mut d, ids[2].id(), 2), [answer], "what it holds, in order, each once");
 }
 
+/// What the driver keeps per peer (request buckets, rate-limit reports, last
+/// heard, wire versions, sync claims and reports, clock readings) goes with a
+/// member that leaves the set, at the block that makes it leave; until the
+/// transport closes its connection nothing it sends is taken or kept, and
+/// what the shell still hands in about it goes when that connection ends.
+#[test]
+fn what_is_kept_per_peer_goes_when_the_peer_leaves_the_set() {
+    let mut net = Net::new(5);
+    let leaver = net.ids[4].id();
+    // It asks for blocks, announces tips, goes over its sync rate, is heard.
+    let d = &mut net.drivers[0];
+    for i in 0..100 {
+        d.handle_request(leaver, RequestId(i), Message::GetBlocks { from: 1, count: 1 }, at(T0));
+    }
+    d.handle_message(leaver, Message::Tip { height: 0, hash: Hash([0; 32]), time_ms: T0 }, at(T0));
+    d.handle_wire_versions([(leaver, 4)].into(), at(T0));
+    assert!(d.knows_peer(&leaver));
+    effects(d);
+    for i in 0..4 {
+        net.drivers[i].handle_change(ChangeRequest::Remove { id: leaver }, at(net.now)).unwrap();
+        net.settle();
+    }
+    net.run_until("the removal in force", |n| !n.drivers[0].core().members_at(n.drivers[0].height()).contains(&leaver));
+    net.run_until("the set after it", |n| !n.drivers[0].core().membership().next().contains(&leaver));
+    let d = &mut net.drivers[0];
+    assert!(!d.knows_peer(&leaver), "forgotten at the block that made it leave");
+    assert_eq!(d.clock.readings_of(&leaver), 0);
+    // Before the transport closes its connection: refused, nothing kept.
+    d.handle_request(leaver, RequestId(1_000), Message::Data(vec![1]), at(net.now));
+    assert_eq!(effects(d), [Effect::Refuse { id: RequestId(1_000), refusal: Refusal::Unsupported }]);
+    d.handle_message(leaver, Message::Tip { height: 99, hash: Hash([0; 32]), time_ms: net.now }, at(net.now));
+    d.handle_peer_up(leaver, Some(99), at(net.now));
+    assert!(effects(d).is_empty() && !d.knows_peer(&leaver), "nothing it sends is taken");
+    d.handle_wire_versions([(leaver, 4)].into(), at(net.now));
+    d.handle_peer_down(leaver, at(net.now));
+    assert!(!d.knows_peer(&leaver), "forgotten when its connection ends");
+    assert!(net.drivers[0].stats(at(net.now)).peer_state_bytes > 0, "the members' entries stay");
+}
+
 #[test]
 fn sync_requests_over_a_peer_s_rate_are_refused() {
     let ids = identities(4);
@@ -535,18 +619,25 @@ fn sync_requests_over_a_peer_s_rate_are_refused() {
     let limits = NodeLimits::default();
     let burst = 2 * limits.sync_requests_per_sec as u64;
     let peer = ids[1].id();
+    // Each answer served takes a kilobyte (its serve budget is not what
+    // this test is about).
     let ask = |d: &mut Driver, id: u64, msg: Message, ms: u64| {
         d.handle_request(peer, RequestId(id), msg, at(T0 + ms));
         let out = effects(d);
         assert_eq!(out.len(), 1, "one answer per request: {out:?}");
+        if let Effect::ServeBlocks { peer, max_bytes, .. } = out[0] {
+            d.handle_served(peer, max_bytes, 1024, at(T0 + ms));
+        }
         out.into_iter().next().unwrap()
     };
     let blocks = Message::GetBlocks { from: 1, count: 1_000 };
     let served = Effect::ServeBlocks {
         id: RequestId(0),
+        peer,
         from: 1,
         count: limits.sync_batch_blocks as usize,
         max_bytes: limits.sync_response_bytes,
+        after_ms: 0,
     };
     assert_eq!(ask(&mut d, 0, blocks.clone(), 0), served, "the count is capped at the batch");
     for id in 1..burst {
@@ -568,6 +659,109 @@ fn sync_requests_over_a_peer_s_rate_are_refused() {
     // Another peer has a bucket of its own; other kinds are refused as unsupported.
     d.handle_request(ids[2].id(), RequestId(105), Message::Tx(vec![1]), at(T0));
     assert_eq!(effects(&mut d), [Effect::Refuse { id: RequestId(105), refusal: Refusal::Unsupported }]);
+}
+
+/// A peer asking for full answers as fast as its request rate allows is
+/// served at its byte rate: answers beyond the burst wait for their turn, up
+/// to SERVE_WAIT_MS, and are refused past it (counted, warned about once);
+/// what small answers did not use goes back at once, and a `Txs` answer the
+/// budget does not cover now is refused rather than waited for.
+#[test]
+fn answers_to_a_peer_are_paced_in_bytes_and_refused_past_the_longest_wait() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    let limits = NodeLimits::default();
+    let (full, rate) = (limits.sync_response_bytes, limits.sync_serve_bytes_per_sec);
+    let peer = ids[1].id();
+    let blocks = Message::GetBlocks { from: 1, count: 64 };
+    let mut waits = Vec::new();
+    let ((), lines) = logs(|| {
+        for id in 0..20 {
+            d.handle_request(peer, RequestId(id), blocks.clone(), at(T0));
+            match effects(&mut d).as_slice() {
+                [Effect::ServeBlocks { after_ms, max_bytes, .. }] => {
+                    assert_eq!(*max_bytes, full);
+                    waits.push(*after_ms);
+                }
+                [Effect::Refuse { refusal: Refusal::RateLimited, .. }] => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let burst = 2 * rate / full;
+    assert!(waits[..burst].iter().all(|w| *w == 0), "the burst is served at once: {waits:?}");
+    assert!(waits[burst..].windows(2).all(|w| w[0] < w[1]), "then each waits longer: {waits:?}");
+    assert!(*waits.last().unwrap() <= SERVE_WAIT_MS && waits.len() < 20, "{waits:?}");
+    let served: u64 = (waits.len() * full) as u64;
+    assert!(served <= (2 * rate) as u64 + rate as u64 * SERVE_WAIT_MS / 1000, "{served} bytes within 2 s");
+    let stats = d.stats(at(T0));
+    assert_eq!((stats.refused_bytes, stats.refused_rate), ((20 - waits.len()) as u64, 0));
+    assert_eq!(lines.iter().filter(|l| l.contains("bytes a second")).count(), 1, "warned once: {lines:?}");
+    // A `Txs` answer is not waited for: refused while the budget is in debt.
+    let txs = Message::GetTxs { height: 1, round: 0, ids: vec![Hash([1; 32])] };
+    d.handle_request(peer, RequestId(100), txs.clone(), at(T0));
+    assert_eq!(effects(&mut d), [Effect::Refuse { id: RequestId(100), refusal: Refusal::RateLimited }]);
+    // The answers were small: what they did not use comes back.
+    for _ in &waits {
+        d.handle_served(peer, full, 1_000, at(T0 + 10));
+    }
+    d.handle_request(peer, RequestId(101), blocks, at(T0 + 10));
+    assert!(matches!(effects(&mut d).as_slice(), [Effect::ServeBlocks { after_ms: 0, .. }]));
+    d.handle_request(peer, RequestId(102), txs, at(T0 + 10));
+    assert!(matches!(effects(&mut d).as_slice(), [Effect::Reply { .. }]));
+    // Another peer has a budget of its own.
+    d.handle_request(ids[2].id(), RequestId(103), Message::GetBlocks { from: 1, count: 1 }, at(T0));
+    assert!(matches!(effects(&mut d).as_slice(), [Effect::ServeBlocks { after_ms: 0, .. }]));
+}
+
+/// A sync answer is taken only from a peer whose request is in flight, and
+/// only if it holds what was asked: consecutive blocks from the height asked,
+/// no more than asked. An answer nobody waits for is dropped unread; one with
+/// other blocks is refused whole (nothing applied) and counts as invalid.
+#[test]
+fn a_sync_answer_is_taken_only_for_a_request_in_flight_and_only_with_the_blocks_asked_for() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    let bare = |height: Height| {
+        let header = Header {
+            height,
+            round: 0,
+            prev_hash: Hash([height as u8; 32]),
+            timestamp_ms: T0,
+            proposer: ids[1].id(),
+            tx_root: tx_root(&[]),
+            changes: vec![],
+        };
+        let block = Block { header, txs: vec![] };
+        let cert = crate::chain::vote::Certificate { height, round: 0, block: block.hash(), precommits: vec![] };
+        Committed { block, cert }
+    };
+    let answer = |heights: &[Height]| {
+        let blocks: Vec<Committed> = heights.iter().map(|h| bare(*h)).collect();
+        Ok(BlocksAnswer { bytes: 100 * blocks.len(), blocks })
+    };
+    let (liar, other) = (ids[1].id(), ids[2].id());
+    d.handle_message(liar, Message::Tip { height: 5, hash: Hash([0; 32]), time_ms: T0 }, at(T0));
+    assert_eq!(effects(&mut d), [Effect::RequestBlocks { peer: liar, from: 1, count: 64 }]);
+    // Nobody asked this one.
+    d.handle_blocks(other, answer(&[1, 2]), at(T0));
+    assert!(effects(&mut d).is_empty());
+    assert_eq!(d.stats(at(T0)).sync_failures, [0; 6]);
+    // Blocks not asked for: from height 3, and more than asked.
+    for heights in [&[3, 4][..], &(1..=65).collect::<Vec<_>>()[..], &[1, 3][..], &[1, 1][..]] {
+        d.handle_message(liar, Message::Tip { height: 100, hash: Hash([0; 32]), time_ms: T0 }, at(T0));
+        let failures = d.stats(at(T0)).sync_failures[Failure::Invalid.index()];
+        d.sync.handle_claim(liar, 100, 0);
+        let _ = d.sync.poll_request(0, 0);
+        assert!(d.sync.in_flight_to(&liar).is_some());
+        d.handle_blocks(liar, answer(heights), at(T0));
+        assert_eq!(d.stats(at(T0)).sync_failures[Failure::Invalid.index()], failures + 1, "{heights:?}");
+        assert_eq!(d.height(), 1, "{heights:?}: nothing applied");
+        assert!(d.sync.in_flight_to(&liar).is_none());
+        effects(&mut d);
+        // Penalized for it: forgiven here so the next case can ask again.
+        d.sync = SyncPlanner::new(SyncConfig::default());
+    }
 }
 
 #[test]
@@ -814,6 +1008,8 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
         .collect();
     assert!(chain.len() > 30, "blocks past the height to offer");
     let mut behind = driver_running(&ids, &ids[3], Vec::new(), 3);
+    let tip = Message::Tip { height: chain.len() as u64, hash: Hash([0; 32]), time_ms: net.now };
+    behind.handle_message(ids[0].id(), tip, at(net.now));
     effects(&mut behind);
     behind.handle_blocks(ids[0].id(), Ok(BlocksAnswer { blocks: chain, bytes: 100_000 }), at(net.now));
     let out = effects(&mut behind);

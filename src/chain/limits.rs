@@ -15,6 +15,10 @@ pub struct NodeLimits {
     pub sync_response_bytes: usize,
     /// Sync requests one peer may make per second (a burst of twice that).
     pub sync_requests_per_sec: u32,
+    /// Bytes of answers (`Blocks`, `Txs`) one peer may be served per second
+    /// (a burst of twice that, at least one full answer); see
+    /// [`crate::chain::sync::ServeBudget`].
+    pub sync_serve_bytes_per_sec: usize,
 }
 
 impl Default for NodeLimits {
@@ -24,6 +28,7 @@ impl Default for NodeLimits {
             sync_batch_blocks: 64,
             sync_response_bytes: 3 * 1024 * 1024,
             sync_requests_per_sec: 20,
+            sync_serve_bytes_per_sec: 8 * 1024 * 1024,
         }
     }
 }

@@ -76,6 +76,10 @@ pub(crate) struct ChainMetrics {
     /// Failed sync requests, by [`super::sync::Failure`] (in `Failure::ALL` order).
     pub sync_failures: [AtomicU64; 6],
     pub misbehaviour: AtomicU64,
+    /// Peers' requests refused for their rate, and for their serve budget in
+    /// bytes.
+    pub requests_refused_rate: AtomicU64,
+    pub requests_refused_bytes: AtomicU64,
     /// The consensus round at the current height.
     pub round: AtomicU64,
     /// The committed tip's header timestamp (ms since the epoch; 0 before the
@@ -122,6 +126,13 @@ held! {
     CompactWaiting => "compact_waiting": "Compact proposals being fetched: their ids and the transactions placed.",
     CompactLater => "compact_later": "Compact proposals kept for a later round: their ids and headers.",
     FetchRequests => "fetch_requests": "`GetTxs` requests in flight.",
+    Proposals => "proposals": "The current height's proposals, their blocks in full.",
+    Votes => "votes": "The current height's votes, conflicting versions included.",
+    NextHeight => "next_height": "Proposals and votes buffered for the next height.",
+    Approvals => "approvals": "Membership approvals waiting for a block.",
+    Clock => "clock": "Clock readings from the members' tips.",
+    SyncAnswers => "sync_answers": "Peers' answers to this node's own requests (`Blocks`, `Txs`) read and not yet handled.",
+    PeerState => "peer_state": "What the producer keeps per peer: rate limits, last heard, sync claims and reports.",
 }
 
 impl ChainMetrics {
@@ -151,6 +162,8 @@ impl Default for ChainMetrics {
             blocks_synced: AtomicU64::new(0),
             sync_failures: Default::default(),
             misbehaviour: AtomicU64::new(0),
+            requests_refused_rate: AtomicU64::new(0),
+            requests_refused_bytes: AtomicU64::new(0),
             round: AtomicU64::new(0),
             last_block_timestamp_ms: AtomicU64::new(0),
             clock_offset_ms: AtomicI64::new(0),

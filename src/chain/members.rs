@@ -812,6 +812,12 @@ impl ApprovalPool {
         self.items.is_empty()
     }
 
+    /// About the bytes the pool holds: at most [`MAX_POOL_PER_APPROVER`]
+    /// approvals per member of the set in force or the next.
+    pub fn bytes(&self) -> usize {
+        self.items.len() * (std::mem::size_of::<(Change, NodeId)>() + std::mem::size_of::<SignedApproval>())
+    }
+
     /// Keeps what the next block could still carry: a block that carried an
     /// approval, a change that completed or an expiry makes it go.
     pub fn retain_valid(&mut self, membership: &Membership, network_id: &[u8; 32]) {

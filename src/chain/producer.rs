@@ -16,7 +16,7 @@
 //! read the figures it publishes once a loop turn ([`ChainMetrics`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,10 +92,27 @@ impl Clock {
     }
 }
 
-/// A peer's answer to one of our requests.
+/// A peer's answer to one of our requests (with the bytes of its body), or
+/// what our answer to a peer's `GetBlocks` took.
 enum Answer {
-    Blocks { peer: NodeId, result: Result<BlocksAnswer, RequestFailure> },
-    Txs { fetch: u64, peer: NodeId, height: Height, round: Round, result: Result<Vec<Vec<u8>>, RequestFailure> },
+    Blocks {
+        peer: NodeId,
+        result: Result<BlocksAnswer, RequestFailure>,
+        bytes: usize,
+    },
+    Txs {
+        fetch: u64,
+        peer: NodeId,
+        height: Height,
+        round: Round,
+        result: Result<Vec<Vec<u8>>, RequestFailure>,
+        bytes: usize,
+    },
+    Served {
+        peer: NodeId,
+        reserved: usize,
+        used: usize,
+    },
 }
 
 enum Event {
@@ -130,6 +147,10 @@ pub(crate) struct Producer {
     next_fetch: u64,
     answers_tx: mpsc::Sender<Answer>,
     answers_rx: mpsc::Receiver<Answer>,
+    /// Bytes of peers' answers to our requests read and not yet handed to
+    /// the driver (`held_bytes{what="sync_answers"}`): at most the requests
+    /// in flight, two `GetBlocks` and [`super::compact::MAX_WAITING`] fetches.
+    answer_bytes: Arc<AtomicUsize>,
 }
 
 impl Producer {
@@ -153,6 +174,7 @@ impl Producer {
             next_fetch: 0,
             answers_tx,
             answers_rx,
+            answer_bytes: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -245,12 +267,19 @@ impl Producer {
                 self.driver.handle_peer_up(id, tip, now);
             }
             Event::Peer(PeerEvent::Down { id }) => self.driver.handle_peer_down(id, now),
-            Event::Answer(Answer::Blocks { peer, result }) => self.driver.handle_blocks(peer, result, now),
-            Event::Answer(Answer::Txs { fetch, peer, height, round, result }) => {
+            Event::Answer(Answer::Blocks { peer, result, bytes }) => {
+                self.driver.handle_blocks(peer, result, now);
+                self.answer_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            }
+            Event::Answer(Answer::Txs { fetch, peer, height, round, result, bytes }) => {
                 if self.fetches.get(&(height, round)).is_some_and(|(f, _)| *f == fetch) {
                     self.fetches.remove(&(height, round));
                     self.driver.handle_txs(peer, height, round, result, now);
                 }
+                self.answer_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            }
+            Event::Answer(Answer::Served { peer, reserved, used }) => {
+                self.driver.handle_served(peer, reserved, used, now)
             }
             Event::Member(req) => {
                 let result = self.driver.handle_change(req.request, now);
@@ -289,7 +318,9 @@ impl Producer {
                         task.abort();
                     }
                 }
-                Effect::ServeBlocks { id, from, count, max_bytes } => self.serve_blocks(id, from, count, max_bytes),
+                Effect::ServeBlocks { id, peer, from, count, max_bytes, after_ms } => {
+                    self.serve_blocks(id, peer, (from, count, max_bytes), after_ms)
+                }
                 Effect::Reply { id, msg } => match (self.replies.remove(&id), msg.encode()) {
                     // Never an answer the requester's wire version cannot decode.
                     (Some((reply, wire)), Ok(_)) if msg.wire() > wire => {
@@ -391,6 +422,15 @@ impl Producer {
         m.set_held(Held::CompactWaiting, s.compact_waiting_bytes);
         m.set_held(Held::CompactLater, s.compact_later_bytes);
         m.set_held(Held::FetchRequests, s.fetch_request_bytes);
+        m.set_held(Held::Proposals, s.core.proposals);
+        m.set_held(Held::Votes, s.core.votes);
+        m.set_held(Held::NextHeight, s.core.next_height);
+        m.set_held(Held::Approvals, s.approval_bytes);
+        m.set_held(Held::Clock, s.clock_bytes);
+        m.set_held(Held::PeerState, s.peer_state_bytes);
+        m.set_held(Held::SyncAnswers, self.answer_bytes.load(Ordering::Relaxed));
+        m.requests_refused_rate.store(s.refused_rate, Ordering::Relaxed);
+        m.requests_refused_bytes.store(s.refused_bytes, Ordering::Relaxed);
     }
 
     /// Queues for every peer; returns at once. The only error is a message over
@@ -415,18 +455,25 @@ impl Producer {
         }
     }
 
-    /// Answers request `id` with blocks read from the store, off the loop: those
-    /// the requester's wire version decodes ([`Message::blocks_for_wire`]), or
-    /// a refusal when the first block asked for is not one of them (a node of
+    /// Answers request `id` of `peer` with blocks read from the store, off the
+    /// loop, once `after_ms` (the peer's serve budget) has passed: those the
+    /// requester's wire version decodes ([`Message::blocks_for_wire`]), or a
+    /// refusal when the first block asked for is not one of them (a node of
     /// 0.1.0 asking for a block that carries an upgrade plan's approval: it
     /// counts a failed request, and cannot follow the chain past that block).
-    fn serve_blocks(&mut self, id: RequestId, from: Height, count: usize, max_bytes: usize) {
+    /// The bytes the answer took go back to the driver.
+    fn serve_blocks(&mut self, id: RequestId, peer: NodeId, asked: (Height, usize, usize), after_ms: u64) {
+        let (from, count, max_bytes) = asked;
         let Some((reply, wire)) = self.replies.remove(&id) else { return };
-        let store = self.store.clone();
+        let (store, answers) = (self.store.clone(), self.answers_tx.clone());
         self.tracker.spawn(async move {
+            if after_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            }
             let read = move || {
                 store.range(from, count, max_bytes).map(|blocks| (blocks.len(), Message::blocks_for_wire(blocks, wire)))
             };
+            let mut used = 0;
             match tokio::task::spawn_blocking(read).await {
                 Ok(Ok((read, blocks))) if read > 0 && blocks.is_empty() => {
                     tracing::debug!(from, wire, "blocks asked for by a peer at wire {wire} need a later wire: refused");
@@ -434,6 +481,7 @@ impl Producer {
                 }
                 Ok(Ok((_, blocks))) => match Message::Blocks(blocks).encode() {
                     Ok(frame) => {
+                        used = frame.len();
                         let _ = reply.send(Ok(frame));
                     }
                     Err(e) => tracing::error!("cannot answer a request: {e}"),
@@ -441,17 +489,23 @@ impl Producer {
                 Ok(Err(e)) => tracing::error!("cannot read blocks for a peer: {e}"),
                 Err(e) => tracing::error!("block read task failed: {e}"),
             }
+            let _ = answers.send(Answer::Served { peer, reserved: max_bytes, used }).await;
         });
     }
 
     fn request_blocks(&mut self, peer: NodeId, from: Height, count: u32) {
-        let (peers, answers) = (self.peers.clone(), self.answers_tx.clone());
+        let (peers, answers, held) = (self.peers.clone(), self.answers_tx.clone(), self.answer_bytes.clone());
         self.tracker.spawn(async move {
-            let result = ask(&peers, peer, Message::GetBlocks { from, count }).await.and_then(|(m, bytes)| match m {
+            let asked = ask(&peers, peer, Message::GetBlocks { from, count }).await;
+            let bytes = asked.as_ref().map_or(0, |(_, bytes)| *bytes);
+            held.fetch_add(bytes, Ordering::Relaxed);
+            let result = asked.and_then(|(m, bytes)| match m {
                 Message::Blocks(blocks) => Ok(BlocksAnswer { blocks, bytes }),
                 other => Err(RequestFailure::Unexpected(other.kind_name())),
             });
-            let _ = answers.send(Answer::Blocks { peer, result }).await;
+            if let Err(mpsc::error::SendError(_)) = answers.send(Answer::Blocks { peer, result, bytes }).await {
+                held.fetch_sub(bytes, Ordering::Relaxed);
+            }
         });
     }
 
@@ -460,13 +514,21 @@ impl Producer {
     fn request_txs(&mut self, peer: NodeId, height: Height, round: Round, ids: Vec<Hash>) {
         let fetch = self.next_fetch;
         self.next_fetch += 1;
-        let (peers, answers) = (self.peers.clone(), self.answers_tx.clone());
+        let (peers, answers, held) = (self.peers.clone(), self.answers_tx.clone(), self.answer_bytes.clone());
         let task = self.tracker.spawn(async move {
-            let result = ask(&peers, peer, Message::GetTxs { height, round, ids }).await.and_then(|(m, _)| match m {
+            let asked = ask(&peers, peer, Message::GetTxs { height, round, ids }).await;
+            let bytes = asked.as_ref().map_or(0, |(_, bytes)| *bytes);
+            held.fetch_add(bytes, Ordering::Relaxed);
+            // Counted out if the fetch is cancelled while its answer waits.
+            let mut guard = HeldGuard { held, bytes };
+            let result = asked.and_then(|(m, _)| match m {
                 Message::Txs(txs) => Ok(txs),
                 other => Err(RequestFailure::Unexpected(other.kind_name())),
             });
-            let _ = answers.send(Answer::Txs { fetch, peer, height, round, result }).await;
+            if answers.send(Answer::Txs { fetch, peer, height, round, result, bytes }).await.is_ok() {
+                // The loop counts it out as it handles it.
+                guard.bytes = 0;
+            }
         });
         if let Some((_, old)) = self.fetches.insert((height, round), (fetch, task.abort_handle())) {
             old.abort();
@@ -481,6 +543,19 @@ impl Drop for Producer {
         for (_, task) in self.fetches.values() {
             task.abort();
         }
+    }
+}
+
+/// Counts a fetch's answer out of the bytes held if the fetch ends (is
+/// aborted) before the answer reached the loop.
+struct HeldGuard {
+    held: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 

@@ -395,6 +395,37 @@ mod tests {
         keyspace.persist(PersistMode::SyncAll).unwrap();
     }
 
+    /// A polka holds at most one prevote per member: a lock whose polka claims
+    /// more is corrupt, refused before anything is allocated for it.
+    #[test]
+    fn a_lock_whose_polka_claims_more_prevotes_than_members_is_corrupt() {
+        use crate::chain::members::MAX_MEMBERS;
+        let vote = crate::chain::vote::SignedVote {
+            vote: crate::chain::vote::Vote {
+                kind: crate::chain::vote::VoteKind::Prevote,
+                height: 6,
+                round: 2,
+                block: None,
+                voter: NodeId([1; 32]),
+            },
+            signature: [0; 64],
+        };
+        let block = committed(6, genesis_hash(&[0; 32])).block;
+        for (prevotes, accepted) in [(MAX_MEMBERS, true), (MAX_MEMBERS + 1, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let lock = Lock { round: 2, block: block.clone(), polka: vec![vote.clone(); prevotes] };
+            write_meta(dir.path(), &[(FORMAT_KEY, encode(&FORMAT)), (LOCK, encode(&lock))]);
+            let store = Store::open(dir.path()).unwrap();
+            match store.lock() {
+                Ok(read) => assert!(accepted && read == Some(lock), "{prevotes} prevotes"),
+                Err(StoreError::Corrupt { what: "lock", reason }) => {
+                    assert!(!accepted && reason.contains("polka"), "{prevotes} prevotes: {reason}")
+                }
+                Err(e) => panic!("{prevotes} prevotes: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn a_data_dir_of_format_1_is_refused_with_why_and_what_to_do() {
         let dir = tempfile::tempdir().unwrap();

@@ -164,6 +164,35 @@ impl SyncPlanner {
         self.in_flight.remove(&peer);
     }
 
+    /// The request in flight to `peer`, if any: what its answer must be.
+    pub(crate) fn in_flight_to(&self, peer: &NodeId) -> Option<Request> {
+        self.in_flight.get(peer).map(|(r, _)| *r)
+    }
+
+    /// Forgets the peers `keep` refuses (they left the set): their claims,
+    /// rates and reports. A request in flight to one ends with its connection
+    /// ([`Self::handle_down`]).
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&NodeId) -> bool) {
+        self.peers.retain(|id, _| keep(id));
+        self.reported.retain(|(id, _)| keep(id));
+    }
+
+    /// Entries kept per peer (claims and rates, requests in flight, reports)
+    /// and about the bytes they hold.
+    pub(crate) fn bytes(&self) -> usize {
+        self.peers.len() * std::mem::size_of::<(NodeId, PeerSync)>()
+            + self.in_flight.len() * std::mem::size_of::<(NodeId, (Request, u64))>()
+            + self.reported.len() * std::mem::size_of::<(NodeId, Failure)>()
+    }
+
+    /// Whether `peer` has an entry (tests).
+    #[cfg(test)]
+    pub(crate) fn knows(&self, peer: &NodeId) -> bool {
+        self.peers.contains_key(peer)
+            || self.in_flight.contains_key(peer)
+            || self.reported.iter().any(|(p, _)| p == peer)
+    }
+
     /// Failures so far, by reason (in [`Failure::ALL`] order).
     pub(crate) fn failures(&self) -> [u64; 6] {
         self.failures
@@ -278,6 +307,58 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+/// The bytes of answers a peer may be served per second (`rate`), with at
+/// most `burst` saved up, paced rather than refused: before an answer is made
+/// the most it may hold is reserved, and what it did not use is handed back
+/// once it is written ([`ServeBudget::settle`]), so a peer asking for small
+/// answers is never held back by the large ones it could have asked for. An
+/// answer whose reservation is not covered yet waits until it is, up to
+/// `max_wait_ms`; one that would wait longer is refused. Reservations in
+/// flight count (a peer has up to `ANSWERS_PER_PEER` answers made at once),
+/// so over any time `t` a peer is served at most `burst + rate * t` bytes plus
+/// what its answers in flight hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeBudget {
+    /// May go below zero by reservations waiting for their turn.
+    tokens: f64,
+    last_ms: u64,
+    rate: f64,
+    burst: f64,
+}
+
+impl ServeBudget {
+    /// A full budget.
+    pub(crate) fn new(rate: f64, burst: f64, now_ms: u64) -> Self {
+        ServeBudget { tokens: burst, last_ms: now_ms, rate, burst }
+    }
+
+    fn refill(&mut self, now_ms: u64) {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last_ms = self.last_ms.max(now_ms);
+    }
+
+    /// Reserves `bytes`: how long the answer must wait before it is made (0
+    /// when the budget covers it now), or `None`, reserving nothing, when it
+    /// would wait longer than `max_wait_ms`.
+    pub(crate) fn reserve(&mut self, bytes: usize, max_wait_ms: u64, now_ms: u64) -> Option<u64> {
+        self.refill(now_ms);
+        let short = bytes as f64 - self.tokens;
+        let wait_ms = if short <= 0.0 { 0 } else { (short * 1000.0 / self.rate).ceil() as u64 };
+        if wait_ms > max_wait_ms {
+            return None;
+        }
+        self.tokens -= bytes as f64;
+        Some(wait_ms)
+    }
+
+    /// An answer reserved as `reserved` bytes took `used`: the difference is
+    /// handed back (or taken, for an answer larger than its reservation).
+    pub(crate) fn settle(&mut self, reserved: usize, used: usize) {
+        self.tokens = (self.tokens + reserved as f64 - used as f64).min(self.burst);
     }
 }
 
@@ -408,6 +489,31 @@ mod tests {
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(f.index(), i);
         }
+    }
+
+    #[test]
+    fn a_serve_budget_paces_large_answers_refuses_past_its_wait_and_hands_back_what_small_ones_left() {
+        let t: u64 = 1_000_000;
+        const MIB: usize = 1024 * 1024;
+        let mut b = ServeBudget::new(8.0 * MIB as f64, 16.0 * MIB as f64, t);
+        // Five full answers of 3 MiB are covered at once; each one after waits
+        // for its 3 MiB at 8 MiB/s, after those before it, up to 2 s.
+        let waits: Vec<u64> = std::iter::from_fn(|| b.reserve(3 * MIB, 2_000, t)).collect();
+        assert_eq!(waits, [0, 0, 0, 0, 0, 250, 625, 1_000, 1_375, 1_750]);
+        assert_eq!(b.reserve(3 * MIB, 2_000, t), None, "past the longest wait: refused, nothing reserved");
+        assert_eq!(b.reserve(3 * MIB, 2_000, t + 1_000), Some(1_125), "8 MiB more a second later");
+        // Small answers hand back what they did not use: never held back.
+        let mut small = ServeBudget::new(8.0 * MIB as f64, 16.0 * MIB as f64, t);
+        for i in 0..1_000 {
+            assert_eq!(small.reserve(3 * MIB, 2_000, t), Some(0), "answer {i}");
+            small.settle(3 * MIB, 1_000);
+        }
+        // An answer larger than its reservation (one block over the budget
+        // travels alone) is charged in full.
+        let mut big = ServeBudget::new(8.0 * MIB as f64, 16.0 * MIB as f64, t);
+        big.reserve(3 * MIB, 2_000, t);
+        big.settle(3 * MIB, 16 * MIB);
+        assert_eq!(big.reserve(MIB, 2_000, t), Some(125));
     }
 
     #[test]

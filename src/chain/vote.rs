@@ -71,8 +71,11 @@ pub enum Signed {
 }
 
 /// A lock (the paper's `lockedRound`, `lockedValue`), persisted with the
-/// precommit it produced.
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+/// precommit it produced. Decoded by hand to bound `polka` by the largest
+/// member set before allocating it: a polka holds at most one prevote per
+/// member for its value (a voter's first, or its conflicting second for that
+/// value), so a store entry claiming more is corrupt.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode)]
 pub struct Lock {
     pub round: Round,
     pub block: Block,
@@ -81,6 +84,18 @@ pub struct Lock {
     /// see the polka that justifies a re-proposal of this block.
     pub polka: Vec<SignedVote>,
 }
+
+impl<C> bincode::Decode<C> for Lock {
+    fn decode<D: bincode::de::Decoder<Context = C>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        use bincode::Decode;
+        Ok(Lock {
+            round: Decode::decode(d)?,
+            block: Decode::decode(d)?,
+            polka: crate::codec::decode_seq(d, MAX_MEMBERS, "prevotes in a lock's polka")?,
+        })
+    }
+}
+bincode::impl_borrow_decode!(Lock);
 
 /// The precommits that committed a block: its proof for anyone who syncs it.
 /// Decoded by hand to bound `precommits` by the largest member set before

@@ -192,6 +192,15 @@ pub fn render(source: &StatusSource, admin: &AdminStats) -> String {
     }
     reg.register("sync_failures", "Sync requests that failed, by reason", sync_failures);
     reg.register("misbehaviour", "Protocol violations seen from members", counter(load(&chain.misbehaviour)));
+    let refused = Family::<Labels, Counter>::default();
+    for (budget, n) in [("rate", &chain.requests_refused_rate), ("bytes", &chain.requests_refused_bytes)] {
+        refused.get_or_create(&vec![("budget".into(), budget.into())]).inc_by(load(n));
+    }
+    reg.register(
+        "requests_refused",
+        "Peers' requests refused as rate limited, by budget: requests per second, or bytes of answers per second",
+        refused,
+    );
     reg.register("mempool_transactions", "Transactions waiting for a block", gauge(mempool.txs as i64));
     reg.register("mempool_bytes", "Bytes of transactions waiting for a block", gauge(mempool.bytes as i64));
     let c = mempool.counters;
