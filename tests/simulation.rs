@@ -1,5 +1,6 @@
 //! Adversarial simulation of whole nodes: seeded scenarios on a simulated network
-//! with virtual time (delay, loss, partitions, crash-restart from the persisted
+//! with virtual time, each node the library's own producer driver with a simulated
+//! store (delay, loss, partitions, crash-restart from the persisted
 //! state, Byzantine members, member sets that change on chain), checking
 //! agreement, validity, the member sets, lock monotonicity, no honest
 //! double-sign and progress after every step (see `sim/`).

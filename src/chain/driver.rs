@@ -42,8 +42,9 @@
 //!   later rounds are kept in compact form, a few, until the window reaches
 //!   them, and earlier ones are not fetched. A fetch ends ([`Effect::CancelTxs`])
 //!   as soon as its proposal leaves: left behind by the window, or not
-//!   answered within `max(2 intervals, 1 s)`, which drops the proposal; the
-//!   propose timeout then runs as if it never came.
+//!   answered within `max(2 intervals, 1 s) + max(interval, 500 ms) × round`,
+//!   which drops the proposal; the propose timeout then runs as if it never
+//!   came.
 //! * **Mempool** ([`super::mempool`]). A submission goes to the local share and
 //!   is broadcast if new; a member's gossip goes to that member's share. After
 //!   every block the committed transactions leave, old ones expire and the
@@ -1218,16 +1219,20 @@ impl Driver {
         if let Err(e) = self.waiting.insert(assembly) {
             return tracing::debug!(peer = %ask.short(), height, round, "compact proposal dropped: {e}");
         }
-        let deadline_ms = now.mono_ms.saturating_add(self.fetch_wait_ms());
+        let deadline_ms = now.mono_ms.saturating_add(self.fetch_wait_ms(round));
         let request_bytes = GET_TXS_HEAD_BYTES + ids.len() * std::mem::size_of::<Hash>();
         self.fetches.insert((height, round), Fetch { peer: ask, deadline_ms, request_bytes });
         self.effects.push_back(Effect::RequestTxs { peer: ask, height, round, ids });
     }
 
-    /// How long a peer has to answer a `GetTxs`: two block intervals, at least
-    /// a second.
-    fn fetch_wait_ms(&self) -> u64 {
-        (2 * self.cfg.block_interval_ms).max(1_000)
+    /// How long a peer has to answer a `GetTxs` for a proposal of `round`: two
+    /// block intervals (at least a second), and one more interval (at least
+    /// half a second) per round, as the timeouts and the synchrony bound grow:
+    /// where a round trip takes longer than the wait of round 0, a later round
+    /// still completes its fetch (a fixed wait stalled such a network for good).
+    fn fetch_wait_ms(&self, round: Round) -> u64 {
+        let interval = self.cfg.block_interval_ms;
+        (2 * interval).max(1_000).saturating_add(interval.max(500).saturating_mul(round as u64))
     }
 
     /// Kept compact proposals whose round the window has reached: looked up in
@@ -1267,7 +1272,7 @@ impl Driver {
         for ((height, round), fetch) in due {
             self.waiting.take(height, round);
             self.end_fetch(height, round);
-            let outcome = format!("no answer within {} ms", self.fetch_wait_ms());
+            let outcome = format!("no answer within {} ms", self.fetch_wait_ms(round));
             self.report_dropped(fetch.peer, height, round, "compact_proposal_incomplete", &outcome);
         }
     }

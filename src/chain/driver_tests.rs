@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::chain::block::{genesis_hash, tx_root, Header};
 use crate::chain::consensus::{self, Timeouts};
-use crate::chain::vote::{Proposal, SignedProposal, Step};
+use crate::chain::vote::{Proposal, SignedProposal, Step, Vote, VoteKind};
 
 const NET: [u8; 32] = [9; 32];
 const INTERVAL: u64 = 1000;
@@ -490,6 +490,35 @@ fn a_compact_proposal_not_completed_in_two_intervals_is_dropped_and_its_fetch_ca
         d.handle_txs(ids[ask].id(), 1, 0, Ok(vec![b"two".to_vec()]), at(T0 + 2_001));
         assert!(d.core.proposed_block(1, 0).is_none(), "{what}: the core never saw it");
         assert!(effects(&mut d).is_empty());
+    }
+}
+
+#[test]
+fn the_wait_for_a_compact_proposals_transactions_grows_with_its_round() {
+    let ids = identities(4);
+    // (round, proposer, wait): two intervals, and one more per round, so that a
+    // round trip longer than round 0's wait completes in a later round.
+    for (round, proposer, wait) in [(0, 1, 2_000), (1, 2, 3_000), (4, 1, 6_000)] {
+        let sp = proposal(&ids[proposer], round, vec![b"one".to_vec(), b"two".to_vec()]);
+        let mut d = driver(&ids, 0);
+        d.handle_connected(others(&ids, 0), at(T0));
+        effects(&mut d);
+        // Two members' prevotes of `round` move the core there (L55) once the
+        // height started.
+        run_to(&mut d, T0 + INTERVAL);
+        for v in [1, 2] {
+            let vote = Vote { kind: VoteKind::Prevote, height: 1, round, block: None, voter: ids[v].id() };
+            d.handle_message(ids[v].id(), Message::Vote(vote.sign(&NET, &ids[v])), at(T0 + INTERVAL));
+        }
+        effects(&mut d);
+        assert_eq!(d.core.round(), round);
+        let now = T0 + INTERVAL;
+        d.handle_message(ids[2].id(), Message::CompactProposal(CompactProposal::of(&sp)), at(now));
+        assert!(
+            effects(&mut d).iter().any(|e| matches!(e, Effect::RequestTxs { round: r, .. } if *r == round)),
+            "round {round}: fetched"
+        );
+        assert_eq!(d.fetches.get(&(1, round)).map(|f| f.deadline_ms), Some(now + wait), "round {round}");
     }
 }
 

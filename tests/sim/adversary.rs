@@ -68,30 +68,10 @@ pub const ALL: [Strategy; 11] = [
 /// The ways [`Strategy::BadChanges`] makes an approval invalid.
 const BAD_KINDS: u64 = 6;
 
-/// A message between slots.
-// Sizes do not matter here: a few thousand messages in flight at most.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum Wire {
-    Signed(Signed),
-    /// "My tip is at this height" (the producer's `Tip`, also what a handshake tells).
-    Tip(Height),
-    SyncRequest {
-        from_height: Height,
-        req: u64,
-    },
-    SyncReply {
-        req: u64,
-        blocks: Vec<Committed>,
-    },
-    /// A membership approval, gossiped for proposers' pools.
-    Approval(SignedApproval),
-}
-
 /// A message the adversary wants sent; `genuine` when it carries a valid signature.
 pub struct Send {
     pub to: usize,
-    pub msg: Wire,
+    pub msg: Message,
     pub extra_delay: u64,
     pub genuine: bool,
 }
@@ -203,8 +183,17 @@ impl Adversary {
         peers.iter().copied().filter(|_| self.rng.chance(permille)).collect()
     }
 
-    fn send(to: usize, m: Signed, extra_delay: u64) -> Send {
-        Send { to, msg: Wire::Signed(m), extra_delay, genuine: true }
+    /// A genuinely signed message for `to`: a vote as it is, a proposal in
+    /// full or in its compact form (whose transactions the receiver then
+    /// fetches from the proposer or the sender, who may not hold them).
+    fn send(&mut self, to: usize, m: Signed, extra_delay: u64) -> Send {
+        self.record(&m);
+        let msg = match m {
+            Signed::Vote(v) => Message::Vote(v),
+            Signed::Proposal(p) if self.rng.chance(500) => Message::CompactProposal(CompactProposal::of(&p)),
+            Signed::Proposal(p) => Message::Proposal(p),
+        };
+        Send { to, msg, extra_delay, genuine: true }
     }
 
     /// What becomes of a message the Byzantine slot's own core signed.
@@ -224,8 +213,8 @@ impl Adversary {
         for to in targets {
             let extra = if late { self.rng.range(500, 4000) } else { 0 };
             match &conflicting {
-                Some(other) if self.rng.chance(500) => out.push(Self::send(to, other.clone(), extra)),
-                _ => out.push(Self::send(to, m.clone(), extra)),
+                Some(other) if self.rng.chance(500) => out.push(self.send(to, other.clone(), extra)),
+                _ => out.push(self.send(to, m.clone(), extra)),
             }
         }
         out
@@ -273,27 +262,29 @@ impl Adversary {
     }
 
     /// A message reached the Byzantine slot.
-    pub fn on_receive(&mut self, me: &Identity, m: &Signed, peers: &[usize]) -> Vec<Send> {
+    pub fn on_receive(&mut self, me: &Identity, m: &Message, peers: &[usize]) -> Vec<Send> {
         let mut out = Vec::new();
-        let Signed::Proposal(p) = m else { return out };
-        let p = &p.proposal;
-        if !self.on(Strategy::VoteAll) || p.proposer != self.proposer(p.height, p.round) {
+        let (height, round, proposer, value) = match m {
+            Message::Proposal(p) => (p.proposal.height, p.proposal.round, p.proposal.proposer, p.proposal.block.hash()),
+            Message::CompactProposal(p) => (p.height, p.round, p.proposer, p.header.hash()),
+            _ => return out,
+        };
+        if !self.on(Strategy::VoteAll) || proposer != self.proposer(height, round) {
             return out;
         }
-        let value = p.block.hash();
-        if !self.voted_all.insert((me.id(), p.height, p.round, value)) {
+        if !self.voted_all.insert((me.id(), height, round, value)) {
             return out;
         }
         let late = self.on(Strategy::LateVotes);
-        let pv = Signed::Vote(prevote(p.height, p.round, Some(value), me));
-        let pc = Signed::Vote(precommit(p.height, p.round, Some(value), me));
+        let pv = Signed::Vote(prevote(height, round, Some(value), me));
+        let pc = Signed::Vote(precommit(height, round, Some(value), me));
         for to in self.subset(peers, 700) {
             let extra = if late && self.rng.chance(500) { self.rng.range(500, 3000) } else { 0 };
-            out.push(Self::send(to, pv.clone(), extra));
+            out.push(self.send(to, pv.clone(), extra));
         }
         for to in self.subset(peers, 500) {
             let extra = if late && self.rng.chance(500) { self.rng.range(500, 4000) } else { 0 };
-            out.push(Self::send(to, pc.clone(), extra));
+            out.push(self.send(to, pc.clone(), extra));
         }
         out
     }
@@ -385,11 +376,11 @@ impl Adversary {
             .collect();
         for to in others {
             for m in &old {
-                out.push(Self::send(to, m.clone(), 0));
+                out.push(self.send(to, m.clone(), 0));
             }
         }
         for (i, m) in replay.into_iter().enumerate() {
-            out.push(Self::send(target, m, i as u64));
+            out.push(self.send(target, m, i as u64));
         }
         let Some(value) = value else { return out };
         self.replayed = Some((h, old_round, value));
@@ -409,16 +400,17 @@ impl Adversary {
             let pc = Signed::Vote(precommit(h, r, Some(value), me));
             for to in std::iter::once(target).chain(self.subset(peers, 500)) {
                 let extra = self.rng.range(50, 1500);
-                out.push(Self::send(to, sp.clone(), extra));
-                out.push(Self::send(to, pv.clone(), extra + 1));
-                out.push(Self::send(to, pc.clone(), extra + self.rng.range(1, 2000)));
+                out.push(self.send(to, sp.clone(), extra));
+                out.push(self.send(to, pv.clone(), extra + 1));
+                let late = extra + self.rng.range(1, 2000);
+                out.push(self.send(to, pc.clone(), late));
             }
         }
         out
     }
 
     /// Unprompted mischief, once a second.
-    pub fn tick(&mut self, me: &Identity, h: Height, r: Round, peers: &[usize]) -> Vec<Send> {
+    pub fn tick(&mut self, me: &Identity, h: Height, r: Round, wall_ms: u64, peers: &[usize]) -> Vec<Send> {
         let mut out = Vec::new();
         let Some(&to) = self.rng.pick(peers) else { return out };
         if self.on(Strategy::FarFuture) && self.rng.chance(150) {
@@ -429,7 +421,7 @@ impl Adversary {
                 _ => (h, r + self.rng.range(MAX_ROUND_AHEAD as u64 + 1, 1 << 30) as Round),
             };
             let v = if self.rng.chance(500) { prevote(fh, fr, None, me) } else { precommit(fh, fr, None, me) };
-            out.push(Self::send(to, Signed::Vote(v), 0));
+            out.push(Send { to, msg: Message::Vote(v), extra_delay: 0, genuine: true });
         }
         if self.on(Strategy::Forge) && self.rng.chance(150) {
             let members = self.members(h).to_vec();
@@ -439,17 +431,19 @@ impl Adversary {
             if self.rng.chance(500) {
                 v.signature = [self.rng.below(255) as u8; 64];
             }
-            out.push(Send { to, msg: Wire::Signed(Signed::Vote(v)), extra_delay: 0, genuine: false });
+            out.push(Send { to, msg: Message::Vote(v), extra_delay: 0, genuine: false });
             if let Some(p) = self.history.get(&(h, r)).and_then(|l| l.proposals.first()).cloned() {
                 let mut p = p;
                 p.proposal.valid_round = None;
                 p.proposal.block.txs.push(b"forged".to_vec());
                 p.proposal.block.header.tx_root = tx_root(&p.proposal.block.txs);
-                out.push(Send { to, msg: Wire::Signed(Signed::Proposal(p)), extra_delay: 0, genuine: false });
+                out.push(Send { to, msg: Message::Proposal(p), extra_delay: 0, genuine: false });
             }
         }
         if self.on(Strategy::LieSync) && self.rng.chance(100) {
-            out.push(Send { to, msg: Wire::Tip(h + self.rng.range(1, 50)), extra_delay: 0, genuine: false });
+            let height = h + self.rng.range(1, 50);
+            let tip = Message::Tip { height, hash: Hash([0x77; 32]), time_ms: wall_ms };
+            out.push(Send { to, msg: tip, extra_delay: 0, genuine: false });
         }
         if self.on(Strategy::BadChanges) && self.rng.chance(100) {
             let members = self.members(h).to_vec();
@@ -457,7 +451,7 @@ impl Adversary {
             let mut sa =
                 Approval { change: Change::Remove { id: victim }, approver: me.id(), signed_at: h - 1 }.sign(&NET, me);
             sa.signature[self.rng.below(64) as usize] ^= 0x10;
-            out.push(Send { to, msg: Wire::Approval(sa), extra_delay: 0, genuine: false });
+            out.push(Send { to, msg: Message::Approval(sa), extra_delay: 0, genuine: false });
         }
         out
     }

@@ -146,6 +146,23 @@ impl Checker {
         }
     }
 
+    /// A genuinely signed compact proposal went onto the network: its value,
+    /// valid round and approvals, as [`Self::observe`] keeps them.
+    pub fn observe_compact(&mut self, p: &CompactProposal) {
+        let id = p.header.hash();
+        self.proposals.entry((p.height, p.round)).or_default().insert((id, p.valid_round));
+        if !p.header.changes.is_empty() {
+            self.approvals.entry(id).or_insert_with(|| (p.height, p.header.changes.clone(), None));
+        }
+    }
+
+    /// An honest node's store refused a block its driver committed (the real
+    /// producer stops on that error).
+    pub fn store_refused(&mut self, me: NodeId, height: Height, why: String) {
+        let name = (self.label)(&me);
+        self.fail(Kind::Validity, Some(height), vec![me], format!("{name}'s driver committed out of order: {why}"));
+    }
+
     /// Why the block `value` carries approvals that are invalid at its height
     /// (checked once, against the membership its parent left), if it does.
     fn invalid_approvals(&mut self, value: Hash) -> Option<String> {

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::adversary::{Strategy, ALL};
-use super::core_api::{Height, MIN_ACTIVE};
+use super::core_api::{Height, Limits, MempoolLimits, NodeLimits, MIN_ACTIVE};
 use super::rng::Rng;
 
 /// A member change honest members approve, by key: keys `0..n` are the genesis
@@ -77,6 +77,34 @@ pub struct Plan {
     /// change due by that height completes on chain (with 20 s more for each
     /// such change not done at calm).
     pub window_ms: u64,
+    /// Honest clocks are off by up to this much either way.
+    pub honest_skew_ms: u64,
+    /// Protocol 4's rules from this height (a plan completed before the
+    /// scenario's genesis); `None`: protocol 3 throughout.
+    pub v4_from: Option<Height>,
+    pub limits: SimLimits,
+}
+
+/// The block and node limits of a scenario: smaller than the defaults, so
+/// that floods reach them within a scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct SimLimits {
+    pub block: Limits,
+    pub node: NodeLimits,
+}
+
+impl SimLimits {
+    pub fn standard() -> SimLimits {
+        SimLimits {
+            block: Limits { max_block_bytes: 1024 * 1024, max_block_txs: 512, max_clock_drift_ms: 31_000 },
+            node: NodeLimits {
+                mempool: MempoolLimits { max_txs: 2_000, max_bytes: 1024 * 1024, max_tx_bytes: 16 * 1024 },
+                sync_batch_blocks: 16,
+                sync_response_bytes: 256 * 1024,
+                sync_requests_per_sec: 20,
+            },
+        }
+    }
 }
 
 impl Plan {
@@ -184,6 +212,9 @@ impl Plan {
             silent_when_calm: rng.chance(500),
             window_ms: 60_000,
             changes: Vec::new(),
+            honest_skew_ms: 200,
+            v4_from: None,
+            limits: SimLimits::standard(),
         };
         // A stream of its own, so that a scenario without member changes is the
         // one the seed drew before there were any.
@@ -193,6 +224,11 @@ impl Plan {
         }
         if !plan.byzantine.is_empty() && mrng.chance(350) {
             plan.strategies.insert(Strategy::BadChanges);
+        }
+        // Another stream for what came with the driver: the protocol version.
+        let mut vrng = Rng::new(seed ^ 0x7665_7273_696f_6e34);
+        if vrng.chance(300) {
+            plan.v4_from = Some(vrng.range(1, 6));
         }
         plan
     }

@@ -1,0 +1,214 @@
+//! Carrying out a driver's effects, in order, as `chain/producer.rs` does: a
+//! `Persist` or a `Commit` is in the store before the next effect runs; a
+//! crash between two effects loses the rest. A Byzantine slot's consensus
+//! messages go through the adversary on their way out.
+
+use super::super::adversary::Send;
+use super::*;
+
+impl World {
+    /// Every effect node `s`'s driver has for us, until it has none or the
+    /// node died carrying one out.
+    pub(super) fn carry_out(&mut self, s: usize) {
+        loop {
+            if !self.nodes[s].up || self.checker.violation.is_some() {
+                return;
+            }
+            let Some(effect) = self.nodes[s].driver.as_mut().and_then(|d| d.poll_effect()) else { return };
+            self.effect(s, effect);
+        }
+    }
+
+    fn effect(&mut self, s: usize, effect: Effect) {
+        match effect {
+            Effect::Persist { record, message, lock } => self.persist(s, record, message, lock.as_deref()),
+            Effect::Commit { committed, membership, synced } => self.commit(s, committed, *membership, synced),
+            Effect::Broadcast(msg) => {
+                if self.nodes[s].honest || !is_consensus(&msg) {
+                    self.broadcast(s, &msg);
+                } else {
+                    let peers = self.peers_of(s);
+                    self.byzantine_out(s, msg, &peers);
+                }
+            }
+            Effect::Send { to, msg } => {
+                if self.nodes[s].honest || !is_consensus(&msg) {
+                    self.send_to_id(s, to, &msg);
+                } else {
+                    let peers: Vec<usize> = self.peers_of(s).into_iter().filter(|p| self.nodes[*p].id == to).collect();
+                    self.byzantine_out(s, msg, &peers);
+                }
+            }
+            Effect::RequestBlocks { peer, from, count } => {
+                let pending = Pending::Blocks { peer, slot: usize::MAX };
+                self.request(s, peer, Message::GetBlocks { from, count }, pending);
+            }
+            Effect::RequestTxs { peer, height, round, ids } => {
+                // A new fetch of the same proposal replaces the one under way.
+                if let Some(old) = self.nodes[s].fetches.remove(&(height, round)) {
+                    self.nodes[s].pending.remove(&old);
+                }
+                let pending = Pending::Txs { peer, slot: usize::MAX, height, round };
+                let req = self.request(s, peer, Message::GetTxs { height, round, ids }, pending);
+                self.nodes[s].fetches.insert((height, round), req);
+            }
+            Effect::CancelTxs { height, round } => {
+                if let Some(req) = self.nodes[s].fetches.remove(&(height, round)) {
+                    self.nodes[s].pending.remove(&req);
+                }
+            }
+            Effect::ServeBlocks { id, from, count, max_bytes } => {
+                let budget = max_bytes.min(masternode::chain::message::BLOCKS_LIMIT);
+                let honest = self.nodes[s].store.range(from, count, budget);
+                let blocks = if self.nodes[s].honest {
+                    honest
+                } else {
+                    let me = self.nodes[s].identity.clone();
+                    self.adv.sync_reply(&me, from, &self.nodes[s].store.chain).unwrap_or(honest)
+                };
+                self.answer(s, id, Ok(Message::Blocks(blocks)));
+            }
+            Effect::Reply { id, msg } => self.answer(s, id, Ok(msg)),
+            Effect::Refuse { id, refusal } => self.answer(s, id, Err(refusal)),
+            Effect::SetMembers(members) => {
+                self.log(1 << s, None, false, |w| format!("{} reaches {} members", w.name(s), members.len()));
+            }
+            Effect::PublishMembers(_) => {}
+            Effect::Halt { plan, max_version } => {
+                self.log(1 << s, None, true, |w| {
+                    format!(
+                        "{} stops before height {}: protocol {} there, it runs up to {max_version}",
+                        w.name(s),
+                        plan.height,
+                        plan.version
+                    )
+                });
+                self.nodes[s].halted = true;
+                self.crash(s);
+            }
+        }
+    }
+
+    fn persist(&mut self, s: usize, record: SignRecord, message: Signed, lock: Option<&Lock>) {
+        self.nodes[s].store.record_signed(record, &message, lock);
+        self.log(1 << s, Some(record.height), true, |w| {
+            let lock =
+                lock.map_or(String::new(), |l| format!(", lock (round {}, {})", l.round, l.block.hash().short()));
+            format!("{} signs {}{lock}", w.name(s), describe(&message))
+        });
+        if self.nodes[s].honest {
+            self.checker.on_sign(&message, lock);
+            if let Some(l) = lock {
+                self.maybe_rewind(s, l);
+            }
+        } else {
+            self.checker.observe(&message);
+        }
+        self.adv.record(&message);
+        if self.nodes[s].crash_after_persist {
+            self.crash(s);
+        }
+    }
+
+    fn commit(&mut self, s: usize, c: Committed, membership: MembershipState, synced: bool) {
+        let node = &self.nodes[s];
+        let prev = node.store.chain.last().map_or((0, genesis_hash(&NET)), |p| (p.block.height(), p.block.hash()));
+        let h = c.block.height();
+        let chain_completed = if node.honest {
+            let id = node.id;
+            self.checker.on_commit(id, &c, prev, &membership)
+        } else {
+            Vec::new()
+        };
+        self.log(1 << s, Some(h), true, |w| {
+            let how = if synced { " by sync" } else { "" };
+            format!("{} commits height {h} {} (round {}){how}", w.name(s), c.block.hash().short(), c.cert.round)
+        });
+        if let Err(e) = self.nodes[s].store.commit(&c, &membership) {
+            let id = self.nodes[s].id;
+            self.checker.store_refused(id, h, e);
+            return;
+        }
+        self.on_chain_completed(&chain_completed);
+        self.maybe_approve(s);
+        self.check_finished();
+    }
+
+    /// A consensus message a Byzantine slot's driver sends to `peers`: what
+    /// the adversary makes of it.
+    fn byzantine_out(&mut self, s: usize, msg: Message, peers: &[usize]) {
+        let me = self.nodes[s].identity.clone();
+        let signed = match msg {
+            Message::Vote(v) => Signed::Vote(v),
+            Message::Proposal(p) => Signed::Proposal(p),
+            Message::CompactProposal(cp) => {
+                // The full proposal it persisted just before.
+                let record = SignRecord { height: cp.height, round: cp.round, step: Step::Propose };
+                match self.nodes[s].store.own.get(&record) {
+                    Some(m @ Signed::Proposal(_)) => m.clone(),
+                    _ => return,
+                }
+            }
+            _ => return,
+        };
+        if let Signed::Proposal(p) = &signed {
+            let (h, r) = (p.proposal.height, p.proposal.round);
+            if let Some(messages) = self.adv.need_value(&me, h, r) {
+                self.log(1 << s, Some(h), true, |w| format!("{} re-proposes: {}", w.name(s), describe(&messages[0])));
+                let sends: Vec<Send> = messages
+                    .into_iter()
+                    .flat_map(|m| peers.iter().map(move |&to| (to, m.clone())))
+                    .map(|(to, m)| Send { to, msg: full(m), extra_delay: 0, genuine: true })
+                    .collect();
+                return self.exec(s, sends);
+            }
+            if let Some(bad) = self.bad_proposal(s, p) {
+                let sends = peers.iter().map(|&to| Send { to, msg: full(bad.clone()), extra_delay: 0, genuine: true });
+                let sends: Vec<Send> = sends.collect();
+                return self.exec(s, sends);
+            }
+        }
+        let sends = self.adv.own_sign(&me, signed, peers);
+        self.exec(s, sends);
+    }
+
+    /// With `BadChanges`, now and then: the proposal `p` of Byzantine slot `s`
+    /// with an invalid approval among its block's, signed again.
+    fn bad_proposal(&mut self, s: usize, p: &SignedProposal) -> Option<Signed> {
+        let d = self.driver(s)?;
+        let membership = d.core().membership().clone();
+        let me = self.nodes[s].identity.clone();
+        let valid = &p.proposal.block.header.changes;
+        let (bad, at) = self.adv.bad_changes(&me, &membership, valid)?;
+        let why = self.trace.is_some().then(|| membership.validate(&bad, &NET).err()).flatten();
+        let forged = bad[at].approval.clone();
+        let h = p.proposal.height;
+        self.log(1 << s, Some(h), true, |w| {
+            let why = why.map_or("valid after all".into(), |(i, e)| format!("#{i} refused: {e}"));
+            let by = (w.checker.label)(&forged.approver);
+            format!(
+                "{} proposes {} approvals with #{at} invalid: {} by {by} signed at {} ({why})",
+                w.name(s),
+                bad.len(),
+                w.change_text(&forged.change),
+                forged.signed_at
+            )
+        });
+        let mut block = p.proposal.block.clone();
+        block.header.changes = bad;
+        Some(Signed::Proposal(propose(block, p.proposal.round, p.proposal.valid_round, &me)))
+    }
+}
+
+fn is_consensus(m: &Message) -> bool {
+    matches!(m, Message::Vote(_) | Message::Proposal(_) | Message::CompactProposal(_))
+}
+
+/// A signed message in full: a proposal with its transactions, which the
+/// proposer's own driver may not hold to answer a fetch with.
+fn full(m: Signed) -> Message {
+    match m {
+        Signed::Proposal(p) => Message::Proposal(p),
+        Signed::Vote(v) => Message::Vote(v),
+    }
+}
