@@ -501,6 +501,11 @@ impl Waiting {
         self.by_slot.values().map(Assembly::bytes).sum()
     }
 
+    /// Proposals kept for later rounds.
+    pub fn later_len(&self) -> usize {
+        self.later.len()
+    }
+
     /// About the bytes the proposals kept for later rounds hold: at most
     /// [`MAX_LATER`] times [`CompactProposal::max_bytes`].
     pub fn later_bytes(&self) -> usize {

@@ -42,6 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::block::{tx_root, tx_root_and_repeat, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
+use super::limits::Usage;
 use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
 use super::quorum::vote_threshold;
 use super::rules::{Rules, Synchrony};
@@ -58,6 +59,10 @@ pub const MAX_FUTURE_ROUND: Round = 8;
 /// votes at [`FUTURE_VOTE_BYTES`] each).
 pub const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
 const FUTURE_VOTE_BYTES: usize = 256;
+/// About what one vote held for the current height takes in memory: the signed
+/// vote and its place in the map (reported as [`FUTURE_VOTE_BYTES`], as the
+/// next height's are).
+const VOTE_BYTES: usize = FUTURE_VOTE_BYTES;
 /// Conflicting votes kept per member, round and kind, beyond its first.
 const MAX_CONFLICTING: usize = 2;
 /// A member shown to be ahead at a height is reported again after this long, so a
@@ -198,6 +203,17 @@ pub enum Output {
         node: NodeId,
         height: Height,
     },
+}
+
+/// What [`Core::held`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Votes of the current height, every round.
+    pub votes: Usage,
+    /// Proposals of the current height, one per round at most.
+    pub proposals: Usage,
+    /// Messages kept for the next height.
+    pub next_height: Usage,
 }
 
 #[derive(Debug, Default)]
@@ -561,6 +577,22 @@ impl Core {
             }
         }
         out
+    }
+
+    /// What the core holds of what members sent: the votes and the proposals
+    /// of the current height (one proposal per round, rounds up to
+    /// [`MAX_ROUND_AHEAD`] past the current one; per round and voter a
+    /// prevote, a precommit and [`MAX_CONFLICTING`] conflicting versions of
+    /// each), and the next height's buffer.
+    pub fn held(&self) -> Held {
+        let votes: usize =
+            self.votes.values().map(|rv| rv.prevotes.len() + rv.precommits.len() + rv.conflicting.len()).sum();
+        let proposal_bytes: usize = self.proposals.values().map(proposal_bytes).sum();
+        Held {
+            votes: Usage::new(votes, votes * VOTE_BYTES),
+            proposals: Usage::new(self.proposals.len(), proposal_bytes),
+            next_height: Usage::new(self.future.proposals.len() + self.future.votes.len(), self.future.bytes),
+        }
     }
 
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {

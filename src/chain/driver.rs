@@ -81,12 +81,12 @@ use super::block::{tx_hash, Block, Hash, Height, Limits, Round};
 use super::clock::{self, ClockConfig, ClockEstimator, ClockEvent};
 use super::compact::{self, Assembly, CompactError, CompactProposal, FillError, RebuildLimits, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
-use super::limits::NodeLimits;
+use super::limits::{NodeLimits, Usage};
 use super::members::{
     self, Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, PendingView, Plan,
     SignedApproval,
 };
-use super::mempool::{AddError, Figures, Mempool};
+use super::mempool::{AddError, Figures, Mempool, Source};
 use super::message::{self, Message, TooLarge};
 use super::misbehaviour::Misbehaviour;
 use super::quorum::{self, Quorum};
@@ -297,6 +297,40 @@ fn required_approvals(membership: &Membership, change: &Change) -> usize {
     }
 }
 
+/// Declares [`Held`]: one line per structure, its label and what it holds.
+macro_rules! held {
+    ($($name:ident => $label:literal: $doc:literal,)*) => {
+        /// The structures of the driver that hold what peers send, each
+        /// reported by [`Driver::held`] and, in bytes, as
+        /// `masternode_held_bytes{what}`: a fixed set, so labels never come
+        /// from a peer.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Held {
+            $(#[doc = $doc] $name,)*
+        }
+
+        impl Held {
+            pub const ALL: [Held; [$(Held::$name),*].len()] = [$(Held::$name),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Held::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+held! {
+    CompactWaiting => "compact_waiting": "Compact proposals being fetched: their ids and the transactions placed.",
+    CompactLater => "compact_later": "Compact proposals kept for a later round: their ids and headers.",
+    FetchRequests => "fetch_requests": "`GetTxs` requests in flight.",
+    Approvals => "approvals": "Membership approvals waiting for a block.",
+    Votes => "consensus_votes": "Votes of the height being decided, every round.",
+    Proposals => "consensus_proposals": "Proposals of the height being decided, one per round.",
+    NextHeight => "next_height": "Proposals and votes kept for the next height.",
+}
+
 /// The figures the shell publishes for status and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -314,11 +348,6 @@ pub struct Stats {
     /// Peers the clock offset is estimated from (0 while there is none).
     pub clock_peers: usize,
     pub mempool: Figures,
-    /// Bytes held for what peers sent: compact proposals being fetched, kept
-    /// for later rounds, and the `GetTxs` requests in flight.
-    pub compact_waiting_bytes: usize,
-    pub compact_later_bytes: usize,
-    pub fetch_request_bytes: usize,
 }
 
 /// A compact proposal's fetch under way: whom we asked, until when, and about
@@ -481,10 +510,26 @@ impl Driver {
             clock_offset_ms: self.clock.offset_ms(now.wall_ms),
             clock_peers: self.clock.peers(now.wall_ms),
             mempool: self.mempool.figures(),
-            compact_waiting_bytes: self.waiting.bytes(),
-            compact_later_bytes: self.waiting.later_bytes(),
-            fetch_request_bytes: self.fetches.values().map(|f| f.request_bytes).sum(),
         }
+    }
+
+    /// What `what` holds of what peers sent, now.
+    pub fn held(&self, what: Held) -> Usage {
+        match what {
+            Held::CompactWaiting => Usage::new(self.waiting.len(), self.waiting.bytes()),
+            Held::CompactLater => Usage::new(self.waiting.later_len(), self.waiting.later_bytes()),
+            Held::FetchRequests => Usage::new(self.fetches.len(), self.fetches.values().map(|f| f.request_bytes).sum()),
+            Held::Approvals => self.approvals.usage(),
+            Held::Votes => self.core.held().votes,
+            Held::Proposals => self.core.held().proposals,
+            Held::NextHeight => self.core.held().next_height,
+        }
+    }
+
+    /// What the mempool holds for `source`: its transactions and their bytes.
+    pub fn mempool_share(&self, source: Source) -> Usage {
+        let (txs, bytes) = self.mempool.held_by(source);
+        Usage::new(txs, bytes)
     }
 
     /// Whether a gossiped frame can be dropped undecoded: a proposal for a

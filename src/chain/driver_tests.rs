@@ -690,9 +690,9 @@ fn a_fetch_ends_with_its_assembly() {
     }
     let asked = effects(&mut d).iter().filter(|e| matches!(e, Effect::RequestTxs { .. })).count();
     assert_eq!(asked, 2, "rounds 0 and 1 are in the window");
-    let held = |d: &Driver| d.stats(at(T0)).fetch_request_bytes;
+    let held = |d: &Driver| d.held(Held::FetchRequests).bytes;
     assert_eq!(held(&d), 2 * (GET_TXS_HEAD_BYTES + 32), "two requests in flight");
-    assert!(d.stats(at(T0)).compact_waiting_bytes > 0);
+    assert!(d.held(Held::CompactWaiting).bytes > 0);
     // Round 0's answer withholds its transaction: taken, dropped, not cancelled
     // (its fetch is over already).
     d.handle_txs(ids[1].id(), 1, 0, Ok(vec![]), at(T0 + 10));
@@ -701,7 +701,7 @@ fn a_fetch_ends_with_its_assembly() {
     // The next height leaves round 1 behind: its fetch is cancelled.
     d.prune_waiting(2, 0);
     assert_eq!(effects(&mut d), [Effect::CancelTxs { height: 1, round: 1 }]);
-    assert_eq!((held(&d), d.stats(at(T0)).compact_waiting_bytes), (0, 0));
+    assert_eq!((held(&d), d.held(Held::CompactWaiting).bytes), (0, 0));
 }
 
 /// Hands every driver of `net` its peers' wire versions: `wire(observer, peer)`.

@@ -55,6 +55,7 @@ use std::net::SocketAddr;
 
 use super::genesis::Network;
 use super::height::Height;
+use super::limits::Usage;
 use super::quorum::vote_threshold;
 use crate::codec::BINCODE;
 use crate::identity::{Identity, NodeId};
@@ -810,6 +811,12 @@ impl ApprovalPool {
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// The approvals held and about their bytes (each with its key).
+    pub fn usage(&self) -> Usage {
+        let each = std::mem::size_of::<SignedApproval>() + std::mem::size_of::<(Change, NodeId)>();
+        Usage::new(self.items.len(), self.items.len() * each)
     }
 
     /// Keeps what the next block could still carry: a block that carried an

@@ -29,8 +29,8 @@ use tokio_util::task::TaskTracker;
 
 use super::block::{Hash, Height, Round};
 use super::consensus::Core;
-use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Now, RequestFailure, RequestId};
-use super::links::{ChainMetrics, Held, Links, MemberRequest, TxRequest};
+use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Held, Now, RequestFailure, RequestId};
+use super::links::{ChainMetrics, Links, MemberRequest, TxRequest};
 use super::members::{MembershipState, Plan};
 use super::message::Message;
 use super::store::{Store, StoreError};
@@ -388,9 +388,9 @@ impl Producer {
         m.clock_offset_ms.store(s.clock_offset_ms.unwrap_or(0), Ordering::Relaxed);
         m.clock_peers.store(s.clock_peers as u64, Ordering::Relaxed);
         m.set_mempool(s.mempool);
-        m.set_held(Held::CompactWaiting, s.compact_waiting_bytes);
-        m.set_held(Held::CompactLater, s.compact_later_bytes);
-        m.set_held(Held::FetchRequests, s.fetch_request_bytes);
+        for what in Held::ALL {
+            m.set_held(what, self.driver.held(what).bytes);
+        }
     }
 
     /// Queues for every peer; returns at once. The only error is a message over

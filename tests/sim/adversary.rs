@@ -47,7 +47,59 @@ pub enum Strategy {
     /// from the future, a removal below `min_active`, an impossible change), and
     /// it gossips forged approvals.
     BadChanges,
+    /// Its proposals go out compact with one transaction's id repeated to
+    /// fill the block (and one id nobody has): a rebuild that copies per id
+    /// holds a block's bytes from one transaction.
+    CompactRepeat,
+    /// Its proposals go out compact naming a transaction nobody holds.
+    CompactWithhold,
+    /// Its compact proposals' ids do not hash to their header's root, or an id
+    /// is swapped for another.
+    CompactMismatch,
+    /// Its proposals name the transactions it flooded, more bytes than a
+    /// block may hold (with [`Strategy::MempoolFlood`]).
+    CompactOversize,
+    /// `GetTxs` to it go unanswered.
+    TxsWithhold,
+    /// It answers `GetTxs` with a transaction over `max_tx_bytes`, or with
+    /// transactions that are not the ones asked for.
+    TxsOversize,
+    /// It gossips transactions as fast as its share fills, and faster.
+    MempoolFlood,
+    /// It gossips valid approvals of made-up changes, many a second.
+    ApprovalFlood,
+    /// Its clock is off by seconds to a minute: its blocks' timestamps and
+    /// its tips' clock readings.
+    LyingClock,
+    /// It answers sync with one block at a time, late.
+    SyncDrip,
+    /// Its proposals claim a valid round in which no polka formed for their
+    /// value.
+    ForgeValidRound,
+    /// Votes for rounds past the window, for the next height's late rounds,
+    /// and proposals for its rounds far ahead: many a second.
+    VoteFlood,
+    /// Sync requests many times its rate.
+    RequestFlood,
 }
+
+/// The strategies a plan draws from its own stream, those of the driver's
+/// inputs.
+pub const DRIVER_ERA: [Strategy; 13] = [
+    Strategy::CompactRepeat,
+    Strategy::CompactWithhold,
+    Strategy::CompactMismatch,
+    Strategy::CompactOversize,
+    Strategy::TxsWithhold,
+    Strategy::TxsOversize,
+    Strategy::MempoolFlood,
+    Strategy::ApprovalFlood,
+    Strategy::LyingClock,
+    Strategy::SyncDrip,
+    Strategy::ForgeValidRound,
+    Strategy::VoteFlood,
+    Strategy::RequestFlood,
+];
 
 /// The strategies a plan draws from its main stream ([`Strategy::BadChanges`] is
 /// drawn apart, so that older seeds keep their plans).
@@ -85,6 +137,13 @@ struct RoundLog {
 
 pub struct Adversary {
     pub strategies: BTreeSet<Strategy>,
+    /// The scenario's limits (what a flood aims at).
+    limits: Limits,
+    max_tx_bytes: usize,
+    /// Transactions it flooded, newest last (a few hundred).
+    flooded: std::collections::VecDeque<Vec<u8>>,
+    /// The transaction it repeats in compact proposals, once gossiped.
+    repeated: Option<Vec<u8>>,
     /// Cleared when the network turns calm: from then on Byzantine slots behave.
     pub active: bool,
     rng: Rng,
@@ -99,10 +158,20 @@ pub struct Adversary {
 }
 
 impl Adversary {
-    pub fn new(strategies: BTreeSet<Strategy>, members: Vec<NodeId>, rng: Rng) -> Adversary {
+    pub fn new(
+        strategies: BTreeSet<Strategy>,
+        members: Vec<NodeId>,
+        rng: Rng,
+        limits: Limits,
+        max_tx_bytes: usize,
+    ) -> Adversary {
         Adversary {
             active: !strategies.is_empty(),
             strategies,
+            limits,
+            max_tx_bytes,
+            flooded: std::collections::VecDeque::new(),
+            repeated: None,
             rng,
             sets: BTreeMap::from([(1, members)]),
             history: BTreeMap::new(),
@@ -453,7 +522,196 @@ impl Adversary {
             sa.signature[self.rng.below(64) as usize] ^= 0x10;
             out.push(Send { to, msg: Message::Approval(sa), extra_delay: 0, genuine: false });
         }
+        self.floods(me, h, r, peers, &mut out);
         out
+    }
+
+    /// The floods, each tick: transactions, approvals, votes and proposals
+    /// past what any structure keeps, to every peer.
+    fn floods(&mut self, me: &Identity, h: Height, r: Round, peers: &[usize], out: &mut Vec<Send>) {
+        let all = |out: &mut Vec<Send>, msg: Message| {
+            for &to in peers {
+                out.push(Send { to, msg: msg.clone(), extra_delay: 0, genuine: false });
+            }
+        };
+        if self.on(Strategy::CompactRepeat) && self.repeated.is_none() {
+            let tx = self.fresh_tx(self.max_tx_bytes);
+            self.repeated = Some(tx.clone());
+            all(out, Message::Tx(tx));
+        }
+        if self.on(Strategy::MempoolFlood) {
+            // About a share of the standard mempool a tick.
+            for _ in 0..12 {
+                let len = self.rng.range(1, self.max_tx_bytes as u64) as usize;
+                let tx = self.fresh_tx(len);
+                self.flooded.push_back(tx.clone());
+                if self.flooded.len() > 400 {
+                    self.flooded.pop_front();
+                }
+                all(out, Message::Tx(tx));
+            }
+        }
+        if self.on(Strategy::ApprovalFlood) {
+            for _ in 0..10 {
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                let addr = std::net::SocketAddr::from(([10, 1, 2, 3], self.rng.range(1024, 65_000) as u16));
+                let change = Change::Add { id: NodeId(id), addr };
+                let sa = Approval { change, approver: me.id(), signed_at: h - 1 }.sign(&NET, me);
+                all(out, Message::Approval(sa));
+            }
+        }
+        if self.on(Strategy::VoteFlood) {
+            // Rounds past the window (dropped unread), late rounds of the next
+            // height (past its buffer), and proposals of its own far rounds.
+            for _ in 0..60 {
+                let far = r + MAX_ROUND_AHEAD + self.rng.range(1, 100_000) as Round;
+                all(out, Message::Vote(prevote(h, far, None, me)));
+            }
+            for _ in 0..20 {
+                let late = self.rng.range(9, 200) as Round;
+                let v = if self.rng.chance(500) {
+                    prevote(h + 1, late, None, me)
+                } else {
+                    precommit(h + 1, late, None, me)
+                };
+                all(out, Message::Vote(v));
+            }
+            let n = self.members(h).len().max(1) as Round;
+            let mine = (0..n).find(|k| self.proposer(h, r + MAX_ROUND_AHEAD + 1 + k) == me.id());
+            if let (Some(k), Some(block)) = (mine, self.blocks.values().find(|b| b.height() == h).cloned()) {
+                for i in 0..5 {
+                    let round = r + MAX_ROUND_AHEAD + 1 + k + n * i * self.rng.range(1, 50) as Round;
+                    let sp = propose(block.clone(), round, Some(block.header.round), me);
+                    all(out, Message::Proposal(sp));
+                }
+            }
+        }
+    }
+
+    /// A transaction of `len` bytes no one else sends.
+    fn fresh_tx(&mut self, len: usize) -> Vec<u8> {
+        let mut tx = format!("adversary {:016x} ", self.rng.next_u64()).into_bytes();
+        tx.resize(len.max(tx.len()), 0x5a);
+        tx.truncate(len.max(1));
+        tx
+    }
+
+    /// What becomes of the Byzantine proposer's own proposal `p` (its block as
+    /// its driver built it, `prev` and timestamp included) with the compact
+    /// strategies and forged valid rounds: `None` to leave it to the others.
+    pub fn rework_proposal(&mut self, me: &Identity, p: &SignedProposal) -> Option<Vec<Message>> {
+        let (h, r) = (p.proposal.height, p.proposal.round);
+        let header = &p.proposal.block.header;
+        let build = |txs: Vec<Vec<u8>>| {
+            let mut header = header.clone();
+            header.tx_root = tx_root(&txs);
+            Block { header, txs }
+        };
+        if self.on(Strategy::CompactRepeat) && self.rng.chance(600) {
+            if let Some(tx) = self.repeated.clone() {
+                let count = (self.limits.max_block_bytes / tx.len().max(1)).clamp(2, self.limits.max_block_txs - 1);
+                let mut txs = vec![tx; count];
+                let missing = self.fresh_tx(16);
+                txs.push(missing);
+                let sp = propose(build(txs), r, None, me);
+                return Some(vec![Message::CompactProposal(CompactProposal::of(&sp))]);
+            }
+        }
+        if self.on(Strategy::CompactOversize) && self.rng.chance(600) && !self.flooded.is_empty() {
+            let mut txs = Vec::new();
+            let mut bytes = 0;
+            for tx in self.flooded.iter().rev() {
+                if txs.len() + 1 >= self.limits.max_block_txs || bytes > 2 * self.limits.max_block_bytes {
+                    break;
+                }
+                bytes += tx.len();
+                txs.push(tx.clone());
+            }
+            txs.push(self.fresh_tx(16));
+            let sp = propose(build(txs), r, None, me);
+            return Some(vec![Message::CompactProposal(CompactProposal::of(&sp))]);
+        }
+        if self.on(Strategy::CompactWithhold) && self.rng.chance(600) {
+            let mut txs = p.proposal.block.txs.clone();
+            txs.push(self.fresh_tx(64));
+            let sp = propose(build(txs), r, p.proposal.valid_round, me);
+            self.record(&Signed::Proposal(sp.clone()));
+            return Some(vec![Message::CompactProposal(CompactProposal::of(&sp))]);
+        }
+        if self.on(Strategy::CompactMismatch) && self.rng.chance(600) {
+            let mut cp = CompactProposal::of(p);
+            match self.rng.below(3) {
+                0 => cp.ids.push(Hash([0x3c; 32])),
+                1 if !cp.ids.is_empty() => cp.ids[0] = Hash([0x3d; 32]),
+                _ => cp.ids.reverse(),
+            }
+            if cp.ids.len() < 2 && cp.ids == CompactProposal::of(p).ids {
+                cp.ids.push(Hash([0x3e; 32]));
+            }
+            return Some(vec![Message::CompactProposal(cp)]);
+        }
+        if self.on(Strategy::ForgeValidRound) && self.rng.chance(700) {
+            if let Some(sp) = self.forged_valid_round(me, h, r) {
+                let signed = Signed::Proposal(sp);
+                self.record(&signed);
+                let msg = match signed {
+                    Signed::Proposal(sp) if self.rng.chance(500) => Message::CompactProposal(CompactProposal::of(&sp)),
+                    Signed::Proposal(sp) => Message::Proposal(sp),
+                    Signed::Vote(v) => Message::Vote(v),
+                };
+                return Some(vec![msg]);
+            }
+        }
+        None
+    }
+
+    /// A proposal of round `r` for a block of an earlier round at `h` that
+    /// claims a valid round in which no polka for it formed.
+    fn forged_valid_round(&mut self, me: &Identity, h: Height, r: Round) -> Option<SignedProposal> {
+        let polkas = self.polkas(h);
+        let mut candidates = Vec::new();
+        for ((_, pr), log) in self.history.range((h, 0)..(h, r)) {
+            for p in &log.proposals {
+                let block = &p.proposal.block;
+                let value = block.hash();
+                for vr in block.header.round.max(*pr)..r {
+                    if !polkas.contains(&(vr, value)) {
+                        candidates.push((block.clone(), vr));
+                    }
+                }
+            }
+        }
+        let (block, vr) = self.rng.pick(&candidates)?.clone();
+        Some(propose(block, r, Some(vr), me))
+    }
+
+    /// The answer a Byzantine slot gives to a `GetTxs` its driver answered
+    /// with `txs`: `None` to leave it unanswered.
+    pub fn txs_answer(&mut self, txs: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        if self.on(Strategy::TxsWithhold) && self.rng.chance(700) {
+            return None;
+        }
+        if self.on(Strategy::TxsOversize) && self.rng.chance(700) {
+            let mut txs = txs;
+            if self.rng.chance(500) {
+                let len = self.max_tx_bytes + 1 + self.rng.below(1000) as usize;
+                let big = self.fresh_tx(len);
+                txs.insert(0, big);
+            } else {
+                for tx in &mut txs {
+                    tx.push(0x01);
+                }
+            }
+            return Some(txs);
+        }
+        Some(txs)
+    }
+
+    /// With [`Strategy::SyncDrip`], how a sync answer goes out: at most one
+    /// block, and how late.
+    pub fn drip(&mut self) -> Option<u64> {
+        (self.on(Strategy::SyncDrip) && self.rng.chance(800)).then(|| self.rng.range(500, 4_000))
     }
 
     /// With [`Strategy::BadChanges`], now and then: the approvals of a block this

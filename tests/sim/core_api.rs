@@ -6,13 +6,13 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use masternode::chain::block::{genesis_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
+pub use masternode::chain::block::{genesis_hash, tx_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
 pub use masternode::chain::compact::CompactProposal;
 pub use masternode::chain::consensus::{Config, Core, Timeouts, MAX_ROUND_AHEAD};
 pub use masternode::chain::driver::{
     BlocksAnswer, ChangeRequest, Driver, DriverConfig, Effect, Now, RequestFailure, RequestId,
 };
-pub use masternode::chain::limits::NodeLimits;
+pub use masternode::chain::limits::{NodeLimits, Usage};
 pub use masternode::chain::members::{
     Approval, Change, Completed, Membership, MembershipState, Params, Plan as UpgradePlan, SignedApproval,
 };
@@ -146,7 +146,7 @@ pub fn joiner_identities(n: usize, count: usize) -> Vec<Arc<Identity>> {
 }
 
 /// A key no scenario gives a member: what a Byzantine member signs forged
-/// approvals with.
+/// approvals with, and what the bootstrap peer with another history runs.
 pub fn outsider() -> Arc<Identity> {
     static OUTSIDER: OnceLock<Arc<Identity>> = OnceLock::new();
     OUTSIDER
@@ -155,6 +155,42 @@ pub fn outsider() -> Arc<Identity> {
             Arc::new(Identity::from_signing_key(key).expect("self-signed certificate"))
         })
         .clone()
+}
+
+/// Another history from the genesis: `len` blocks certified by keys that
+/// were never members here (a bootstrap peer that serves it).
+pub fn other_history(len: Height) -> Vec<Committed> {
+    let keys: Vec<Arc<Identity>> = {
+        let mut v: Vec<Arc<Identity>> = (0..4u8)
+            .map(|i| {
+                let key = ed25519_dalek::SigningKey::from_bytes(&[0xc0 + i; 32]);
+                Arc::new(Identity::from_signing_key(key).expect("self-signed certificate"))
+            })
+            .collect();
+        v.sort_by_key(|i| i.id());
+        v
+    };
+    let mut chain: Vec<Committed> = Vec::new();
+    let (mut prev, mut ts) = (genesis_hash(&NET), GENESIS_MS);
+    for height in 1..=len {
+        ts += INTERVAL_MS;
+        let txs = vec![format!("another history {height}").into_bytes()];
+        let header = Header {
+            height,
+            round: 0,
+            prev_hash: prev,
+            timestamp_ms: ts,
+            proposer: keys[(height % 4) as usize].id(),
+            tx_root: tx_root(&txs),
+            changes: vec![],
+        };
+        let block = Block { header, txs };
+        let id = block.hash();
+        let precommits = keys[..3].iter().map(|k| precommit(height, 0, Some(id), k)).collect();
+        prev = id;
+        chain.push(Committed { block, cert: Certificate { height, round: 0, block: id, precommits } });
+    }
+    chain
 }
 
 pub fn outsider_addr() -> std::net::SocketAddr {

@@ -14,6 +14,7 @@ pub mod adversary;
 pub mod checker;
 pub mod core_api;
 pub mod plan;
+pub mod resources;
 pub mod rng;
 pub mod store;
 pub mod world;

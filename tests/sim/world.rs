@@ -35,7 +35,8 @@ use bytes::Bytes;
 use super::adversary::Adversary;
 use super::checker::{Checker, Violation};
 use super::core_api::*;
-use super::plan::{describe_planned, Fault, Plan, Planned};
+use super::plan::{describe_planned, Calm, Fault, Plan, Planned};
+use super::resources::{self, Served};
 use super::rng::Rng;
 use super::store::Store;
 
@@ -148,22 +149,64 @@ pub struct Node {
     linked: BTreeSet<usize>,
     /// Client transactions submitted so far.
     submitted: u64,
+    /// The bootstrap peer with another history: no driver; the world answers
+    /// for it from its store.
+    fork: bool,
 }
 
 // Sizes do not matter here: events live in one queue of a few thousand.
 #[allow(clippy::large_enum_variant)]
 enum Event {
-    Deliver { from: usize, to: usize, epochs: (u64, u64), body: Bytes },
-    Request { from: usize, to: usize, epochs: (u64, u64), req: u64, body: Bytes },
-    Answer { from: usize, to: usize, epochs: (u64, u64), req: u64, result: Result<Bytes, Refusal> },
-    RequestFailed { node: usize, epoch: u64, req: u64, why: Failed },
-    Wake { node: usize, epoch: u64, at: u64 },
-    Mischief { node: usize, epoch: u64 },
-    Client { node: usize, epoch: u64 },
+    Deliver {
+        from: usize,
+        to: usize,
+        epochs: (u64, u64),
+        body: Bytes,
+    },
+    Request {
+        from: usize,
+        to: usize,
+        epochs: (u64, u64),
+        req: u64,
+        body: Bytes,
+    },
+    Answer {
+        from: usize,
+        to: usize,
+        epochs: (u64, u64),
+        req: u64,
+        result: Result<Bytes, Refusal>,
+    },
+    RequestFailed {
+        node: usize,
+        epoch: u64,
+        req: u64,
+        why: Failed,
+    },
+    Wake {
+        node: usize,
+        epoch: u64,
+        at: u64,
+    },
+    Mischief {
+        node: usize,
+        epoch: u64,
+    },
+    Client {
+        node: usize,
+        epoch: u64,
+    },
     Fault(Fault),
     Calm,
     Deadline,
-    Rewind { node: usize, height: Height, round: Round, value: Hash },
+    Rewind {
+        node: usize,
+        height: Height,
+        round: Round,
+        value: Hash,
+    },
+    /// The network delivers an old consensus message again.
+    Replay,
 }
 
 pub struct World {
@@ -193,6 +236,11 @@ pub struct World {
     next_req: u64,
     rewinds: u32,
     logs: Option<Sink>,
+    /// Every key a slot runs (for the mempool's shares).
+    slot_ids: Vec<NodeId>,
+    served: Served,
+    /// Consensus frames that crossed the network, for replays: (sender, body).
+    seen: Vec<(usize, Bytes)>,
 }
 
 /// Where the drivers' log lines go while a traced scenario runs.
@@ -238,6 +286,9 @@ fn run_scenario(plan: &Plan, opts: &RunOpts, logs: Option<Sink>) -> Outcome {
         w.at(START_MS + t, Event::Fault(f));
     }
     w.at(START_MS + plan.calm_at, Event::Calm);
+    if let Some(every) = plan.replay_every_ms {
+        w.at(START_MS + every, Event::Replay);
+    }
     while let Some(((t, _), ev)) = w.queue.pop_first() {
         w.now = t;
         w.steps += 1;
@@ -273,8 +324,9 @@ impl World {
         let adv_rng = rng.fork();
         let mut nodes = Vec::new();
         for s in 0..plan.slots() {
+            let fork = plan.fork_slot() == Some(s);
             let key = plan.key_of(s);
-            let honest = !plan.byzantine.contains(&key);
+            let honest = !fork && !plan.byzantine.contains(&key);
             let mut label = letter(key).to_string();
             if !honest {
                 label.push('*');
@@ -282,10 +334,19 @@ impl World {
             if s >= plan.keys() {
                 label.push('\'');
             }
+            let identity = if fork { outsider() } else { ids[key].clone() };
+            if fork {
+                label = "X".into();
+            }
+            let skew = if honest {
+                rng.range(0, 2 * plan.honest_skew_ms) as i64 - plan.honest_skew_ms as i64
+            } else {
+                plan.byzantine_skew_ms
+            };
             nodes.push(Node {
                 label,
-                identity: ids[key].clone(),
-                id: ids[key].id(),
+                id: identity.id(),
+                identity,
                 honest,
                 up: false,
                 halted: false,
@@ -294,7 +355,7 @@ impl World {
                 store: Store::default(),
                 crash_after_persist: false,
                 booted_at: 0,
-                skew_ms: rng.range(0, 2 * plan.honest_skew_ms) as i64 - plan.honest_skew_ms as i64,
+                skew_ms: skew,
                 wake_at: None,
                 pending: BTreeMap::new(),
                 fetches: BTreeMap::new(),
@@ -302,7 +363,11 @@ impl World {
                 next_serving: 0,
                 linked: BTreeSet::new(),
                 submitted: 0,
+                fork,
             });
+            if fork {
+                nodes[s].store.chain = other_history(60);
+            }
         }
         let honest: BTreeSet<NodeId> =
             (0..plan.keys()).filter(|i| !plan.byzantine.contains(i)).map(|i| key_ids[i]).collect();
@@ -311,12 +376,13 @@ impl World {
             .collect();
         let label = Box::new(move |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| id.short()));
         let genesis = genesis(&members, plan.v4_from);
-        let setup = Setup {
-            genesis: genesis.clone(),
-            limits: plan.limits.block,
-            node_limits: plan.limits.node,
-            bootstrap: Vec::new(),
-        };
+        let bootstrap = if plan.fork_peer { vec![(outsider().id(), outsider_addr())] } else { Vec::new() };
+        let setup =
+            Setup { genesis: genesis.clone(), limits: plan.limits.block, node_limits: plan.limits.node, bootstrap };
+        let slot_ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+        let mut checker = Checker::new(genesis, honest, label);
+        checker.honest_skew_ms = plan.honest_skew_ms;
+        let max_tx = plan.limits.node.mempool.max_tx_bytes;
         World {
             rng,
             now: START_MS,
@@ -329,8 +395,8 @@ impl World {
             key_ids,
             next_change: 0,
             due_changes: 0,
-            checker: Checker::new(genesis, honest, label),
-            adv: Adversary::new(plan.strategies.clone(), members, adv_rng),
+            checker,
+            adv: Adversary::new(plan.strategies.clone(), members, adv_rng, plan.limits.block, max_tx),
             trace: trace.then(Vec::new),
             steps: 0,
             calm_base: None,
@@ -338,6 +404,9 @@ impl World {
             next_req: 0,
             rewinds: 0,
             logs: None,
+            slot_ids,
+            served: Served::default(),
+            seen: Vec::new(),
             // Shrinking may have removed a change a later one builds on.
             plan: Plan { changes: plan.applicable_changes(), ..plan.clone() },
         }
@@ -387,6 +456,16 @@ impl World {
         self.take_logs(s);
         self.carry_out(s);
         self.arm(s);
+        self.check_resources(s);
+    }
+
+    /// Node `s`'s driver within every budget ([`resources`]).
+    fn check_resources(&mut self, s: usize) {
+        let Some(d) = self.nodes[s].driver.as_ref() else { return };
+        if let Some(detail) = resources::breach(d, &self.plan.limits, &self.slot_ids) {
+            let id = self.nodes[s].id;
+            self.checker.resources_failed(id, detail);
+        }
     }
 
     /// The log lines node `s`'s driver wrote, into the trace.
@@ -476,6 +555,7 @@ impl World {
             Event::Calm => self.calm(),
             Event::Rewind { node, height, round, value } => self.rewind(node, height, round, value),
             Event::Deadline => self.deadline(),
+            Event::Replay => self.replay(),
         }
     }
 
@@ -541,14 +621,14 @@ impl World {
         });
         self.groups = vec![0; self.nodes.len()];
         self.loss = 0;
-        self.adv.active = false;
+        self.adv.active = self.plan.calm == Calm::Attacking && !self.plan.strategies.is_empty();
         for s in 0..self.nodes.len() {
             self.nodes[s].crash_after_persist = false;
             let node = &self.nodes[s];
-            let twin = s >= self.plan.keys();
+            let twin = s >= self.plan.keys() && !node.fork;
             if node.honest && !node.up && !node.halted {
                 self.boot(s);
-            } else if !node.honest && node.up && (self.plan.silent_when_calm || twin) {
+            } else if !node.honest && !node.fork && node.up && (self.plan.calm == Calm::Silent || twin) {
                 self.crash(s);
             }
         }
@@ -589,6 +669,14 @@ impl World {
 
     /// Starts the node from what its store holds, as `Node::start` does.
     fn boot(&mut self, s: usize) {
+        if self.nodes[s].fork {
+            let node = &mut self.nodes[s];
+            node.up = true;
+            node.epoch += 1;
+            let epoch = node.epoch;
+            self.at(self.now + MISCHIEF_MS, Event::Mischief { node: s, epoch });
+            return;
+        }
         let now = self.clock(s);
         let h = self.nodes[s].store.tip() + 1;
         let node = &mut self.nodes[s];
@@ -629,6 +717,18 @@ impl World {
 
     /// Byzantine slot `s` acts unprompted.
     fn mischief(&mut self, s: usize) {
+        if self.nodes[s].fork {
+            // Far ahead, it says.
+            let tip = self.nodes[s].store.chain.last().map(|c| (c.block.height(), c.block.hash()));
+            if let Some((height, hash)) = tip {
+                let time_ms = self.clock(s).wall_ms;
+                self.broadcast(s, &Message::Tip { height, hash, time_ms });
+            }
+            return;
+        }
+        if self.adv.on(super::adversary::Strategy::RequestFlood) {
+            self.flood_requests(s);
+        }
         let Some(d) = self.driver(s) else { return };
         let (h, r) = (d.height(), d.core().round());
         let me = self.nodes[s].identity.clone();

@@ -59,17 +59,28 @@ impl World {
             }
             Effect::ServeBlocks { id, from, count, max_bytes } => {
                 let budget = max_bytes.min(masternode::chain::message::BLOCKS_LIMIT);
-                let honest = self.nodes[s].store.range(from, count, budget);
-                let blocks = if self.nodes[s].honest {
-                    honest
-                } else {
+                let mut blocks = self.nodes[s].store.range(from, count, budget);
+                let mut late = 0;
+                if !self.nodes[s].honest {
                     let me = self.nodes[s].identity.clone();
-                    self.adv.sync_reply(&me, from, &self.nodes[s].store.chain).unwrap_or(honest)
-                };
-                self.answer(s, id, Ok(Message::Blocks(blocks)));
+                    if let Some(lie) = self.adv.sync_reply(&me, from, &self.nodes[s].store.chain) {
+                        blocks = lie;
+                    } else if let Some(delay) = self.adv.drip() {
+                        blocks.truncate(1);
+                        late = delay;
+                    }
+                }
+                self.answer(s, id, Ok(Message::Blocks(blocks)), late);
             }
-            Effect::Reply { id, msg } => self.answer(s, id, Ok(msg)),
-            Effect::Refuse { id, refusal } => self.answer(s, id, Err(refusal)),
+            Effect::Reply { id, msg: Message::Txs(txs) } if !self.nodes[s].honest => match self.adv.txs_answer(txs) {
+                Some(txs) => self.answer(s, id, Ok(Message::Txs(txs)), 0),
+                // Never answered: the requester's transport times out.
+                None => {
+                    self.nodes[s].serving.remove(&id.0);
+                }
+            },
+            Effect::Reply { id, msg } => self.answer(s, id, Ok(msg), 0),
+            Effect::Refuse { id, refusal } => self.answer(s, id, Err(refusal), 0),
             Effect::SetMembers(members) => {
                 self.log(1 << s, None, false, |w| format!("{} reaches {} members", w.name(s), members.len()));
             }
@@ -84,6 +95,12 @@ impl World {
                     )
                 });
                 self.nodes[s].halted = true;
+                if self.nodes[s].honest {
+                    let id = self.nodes[s].id;
+                    let detail =
+                        format!("stopped before a plan for protocol {} no honest member approved", plan.version);
+                    self.checker.validity_failed(id, plan.height, detail);
+                }
                 self.crash(s);
             }
         }
@@ -112,11 +129,14 @@ impl World {
 
     fn commit(&mut self, s: usize, c: Committed, membership: MembershipState, synced: bool) {
         let node = &self.nodes[s];
-        let prev = node.store.chain.last().map_or((0, genesis_hash(&NET)), |p| (p.block.height(), p.block.hash()));
+        let prev = node.store.chain.last().map_or((0, genesis_hash(&NET), GENESIS_MS), |p| {
+            (p.block.height(), p.block.hash(), p.block.header.timestamp_ms)
+        });
         let h = c.block.height();
         let chain_completed = if node.honest {
             let id = node.id;
-            self.checker.on_commit(id, &c, prev, &membership)
+            let now = self.now;
+            self.checker.on_commit(id, &c, prev, &membership, now)
         } else {
             Vec::new()
         };
@@ -126,7 +146,7 @@ impl World {
         });
         if let Err(e) = self.nodes[s].store.commit(&c, &membership) {
             let id = self.nodes[s].id;
-            self.checker.store_refused(id, h, e);
+            self.checker.validity_failed(id, h, format!("its driver committed out of order: {e}"));
             return;
         }
         self.on_chain_completed(&chain_completed);
@@ -153,6 +173,18 @@ impl World {
         };
         if let Signed::Proposal(p) = &signed {
             let (h, r) = (p.proposal.height, p.proposal.round);
+            if let Some(messages) = self.adv.rework_proposal(&me, p) {
+                self.log(1 << s, Some(h), true, |w| {
+                    let what: Vec<String> = messages.iter().map(describe_message).collect();
+                    format!("{} proposes instead: {}", w.name(s), what.join(", "))
+                });
+                let sends: Vec<Send> = messages
+                    .into_iter()
+                    .flat_map(|m| peers.iter().map(move |&to| (to, m.clone())))
+                    .map(|(to, msg)| Send { to, msg, extra_delay: 0, genuine: true })
+                    .collect();
+                return self.exec(s, sends);
+            }
             if let Some(messages) = self.adv.need_value(&me, h, r) {
                 self.log(1 << s, Some(h), true, |w| format!("{} re-proposes: {}", w.name(s), describe(&messages[0])));
                 let sends: Vec<Send> = messages

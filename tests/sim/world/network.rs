@@ -135,10 +135,62 @@ impl World {
         if !self.connected(from, to) || (self.loss > 0 && self.rng.chance(self.loss)) {
             return;
         }
-        let (lo, hi) = self.plan.delay_ms;
-        let t = self.now + self.rng.range(lo, hi) + extra_delay;
-        let epochs = (self.nodes[from].epoch, self.nodes[to].epoch);
-        self.at(t, Event::Deliver { from, to, epochs, body });
+        if self.plan.replay_every_ms.is_some()
+            && body.first().is_some_and(|k| masternode::chain::message::consensus(*k))
+        {
+            const KEPT: usize = 4_000;
+            if self.seen.len() < KEPT {
+                self.seen.push((from, body.clone()));
+            } else {
+                let i = self.rng.below(KEPT as u64) as usize;
+                self.seen[i] = (from, body.clone());
+            }
+        }
+        let copies = if self.plan.dup_permille > 0 && self.rng.chance(self.plan.dup_permille) { 2 } else { 1 };
+        for _ in 0..copies {
+            let (lo, hi) = self.plan.delay_ms;
+            let t = self.now + self.rng.range(lo, hi) + extra_delay;
+            let epochs = (self.nodes[from].epoch, self.nodes[to].epoch);
+            self.at(t, Event::Deliver { from, to, epochs, body: body.clone() });
+        }
+    }
+
+    /// The network delivers one old consensus frame again, to every node: a
+    /// vote or proposal of an earlier round or height, an honest member's as
+    /// likely as anyone's; from its sender where it is connected, else from
+    /// any peer (anyone may relay).
+    pub(super) fn replay(&mut self) {
+        if let Some(every) = self.plan.replay_every_ms {
+            self.at(self.now + every, Event::Replay);
+        }
+        let Some((from, body)) = self.rng.pick(&self.seen).cloned() else { return };
+        for to in 0..self.nodes.len() {
+            if !self.nodes[to].up || to == from {
+                continue;
+            }
+            let via = if self.connected(from, to) { Some(from) } else { self.rng.pick(&self.peers_of(to)).copied() };
+            if let Some(via) = via {
+                let (lo, hi) = self.plan.delay_ms;
+                let t = self.now + self.rng.range(lo, hi);
+                let epochs = (self.nodes[via].epoch, self.nodes[to].epoch);
+                self.at(t, Event::Deliver { from: via, to, epochs, body: body.clone() });
+            }
+        }
+    }
+
+    /// `RequestFlood`: Byzantine slot `s` asks a peer for blocks many times
+    /// its rate in one go (it reads none of the answers).
+    pub(super) fn flood_requests(&mut self, s: usize) {
+        let Some(&to) = self.rng.pick(&self.peers_of(s)) else { return };
+        let Some(body) = body_of(&Message::GetBlocks { from: 1, count: 16 }) else { return };
+        for _ in 0..60 {
+            let req = self.next_req;
+            self.next_req += 1;
+            let (lo, hi) = self.plan.delay_ms;
+            let t = self.now + self.rng.range(lo, hi);
+            let epochs = (self.nodes[s].epoch, self.nodes[to].epoch);
+            self.at(t, Event::Request { from: s, to, epochs, req, body: body.clone() });
+        }
     }
 
     /// To every connected slot.
@@ -216,6 +268,17 @@ impl World {
     pub(super) fn serve(&mut self, from: usize, to: usize, epoch: u64, req: u64, body: Bytes) {
         let Ok(msg) = Message::decode(&body) else { return };
         let node = &mut self.nodes[to];
+        if node.fork {
+            // The other history, to anyone who asks; nothing else.
+            let id = node.next_serving;
+            node.next_serving += 1;
+            node.serving.insert(id, Serving { requester: from, req, epoch });
+            if let Message::GetBlocks { from: start, count } = msg {
+                let blocks = node.store.range(start, count.min(16) as usize, 256 * 1024);
+                self.answer(to, RequestId(id), Ok(Message::Blocks(blocks)), 0);
+            }
+            return;
+        }
         let id = node.next_serving;
         node.next_serving += 1;
         node.serving.insert(id, Serving { requester: from, req, epoch });
@@ -224,8 +287,21 @@ impl World {
     }
 
     /// Node `s` answers request `id` of its peer.
-    pub(super) fn answer(&mut self, s: usize, id: RequestId, result: Result<Message, Refusal>) {
+    pub(super) fn answer(&mut self, s: usize, id: RequestId, result: Result<Message, Refusal>, extra_delay: u64) {
         let Some(Serving { requester, req, epoch }) = self.nodes[s].serving.remove(&id.0) else { return };
+        if result.is_ok() && !self.nodes[s].fork {
+            let (server_epoch, who) = (self.nodes[s].epoch, self.nodes[requester].id);
+            let rate = self.plan.limits.node.sync_requests_per_sec;
+            if !self.served.serve(s, server_epoch, who, self.now, rate) {
+                let detail = format!(
+                    "served {} more requests than {rate} a second (bursts of {}) allow",
+                    self.name(requester),
+                    2 * rate
+                );
+                let id = self.nodes[s].id;
+                self.checker.resources_failed(id, detail);
+            }
+        }
         let result = match result {
             Ok(msg) => match body_of(&msg) {
                 Some(body) => Ok(body),
@@ -234,7 +310,7 @@ impl World {
             Err(r) => Err(r),
         };
         let (lo, hi) = self.plan.delay_ms;
-        let t = self.now + self.rng.range(lo, hi);
+        let t = self.now + self.rng.range(lo, hi) + extra_delay;
         let epochs = (self.nodes[s].epoch, epoch);
         self.log(1 << s | 1 << requester, None, false, |w| {
             let what = match &result {
