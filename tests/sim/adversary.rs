@@ -577,7 +577,35 @@ impl Adversary {
                 };
                 all(out, Message::Vote(v));
             }
+            // One vote a round or two ahead: alone, it moves no honest node (L55
+            // needs f+1 members there).
+            all(out, Message::Vote(prevote(h, r + self.rng.range(1, 2) as Round, None, me)));
+            // Compact proposals of its own rounds past the fetch window, within
+            // the rounds a core takes: kept for later, a few.
             let n = self.members(h).len().max(1) as Round;
+            let prev =
+                self.blocks.values().find(|b| b.height() == h).map(|b| (b.header.prev_hash, b.header.timestamp_ms));
+            if let Some((prev_hash, timestamp_ms)) = prev {
+                let mut sent = 0;
+                for round in r + 2..=r + MAX_ROUND_AHEAD {
+                    if sent >= 10 || self.proposer(h, round) != me.id() {
+                        continue;
+                    }
+                    sent += 1;
+                    let txs = vec![self.fresh_tx(32)];
+                    let header = Header {
+                        height: h,
+                        round,
+                        prev_hash,
+                        timestamp_ms,
+                        proposer: me.id(),
+                        tx_root: tx_root(&txs),
+                        changes: vec![],
+                    };
+                    let sp = propose(Block { header, txs }, round, None, me);
+                    all(out, Message::CompactProposal(CompactProposal::of(&sp)));
+                }
+            }
             let mine = (0..n).find(|k| self.proposer(h, r + MAX_ROUND_AHEAD + 1 + k) == me.id());
             if let (Some(k), Some(block)) = (mine, self.blocks.values().find(|b| b.height() == h).cloned()) {
                 for i in 0..5 {

@@ -149,6 +149,9 @@ pub struct Node {
     linked: BTreeSet<usize>,
     /// Client transactions submitted so far.
     submitted: u64,
+    /// Its core's height and round after the input whose effects are being
+    /// carried out.
+    at: Option<(Height, Round)>,
     /// The bootstrap peer with another history: no driver; the world answers
     /// for it from its store.
     fork: bool,
@@ -363,6 +366,7 @@ impl World {
                 next_serving: 0,
                 linked: BTreeSet::new(),
                 submitted: 0,
+                at: None,
                 fork,
             });
             if fork {
@@ -454,6 +458,7 @@ impl World {
         let Some(d) = self.nodes[s].driver.as_mut() else { return };
         f(d, now);
         self.take_logs(s);
+        self.nodes[s].at = self.driver(s).map(|d| (d.height(), d.core().round()));
         self.carry_out(s);
         self.arm(s);
         self.check_resources(s);
@@ -684,6 +689,7 @@ impl World {
         node.epoch += 1;
         node.booted_at = self.now;
         node.wake_at = None;
+        node.at = None;
         let driver = boot(&self.setup, node.identity.clone(), node.store.persisted(), now);
         node.driver = Some(driver);
         let epoch = node.epoch;

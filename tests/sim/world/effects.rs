@@ -44,6 +44,7 @@ impl World {
                 self.request(s, peer, Message::GetBlocks { from, count }, pending);
             }
             Effect::RequestTxs { peer, height, round, ids } => {
+                self.check_fetch_window(s, height, round);
                 // A new fetch of the same proposal replaces the one under way.
                 if let Some(old) = self.nodes[s].fetches.remove(&(height, round)) {
                     self.nodes[s].pending.remove(&old);
@@ -229,6 +230,24 @@ impl World {
         let mut block = p.proposal.block.clone();
         block.header.changes = bad;
         Some(Signed::Proposal(propose(block, p.proposal.round, p.proposal.valid_round, &me)))
+    }
+}
+
+impl World {
+    /// A fetch is only for this round or the next, or the next height's first
+    /// two (README, "Hardening"): never ahead of that window, which only
+    /// moves forward (so a fetch of an earlier slot may have been in it when
+    /// it was asked for).
+    fn check_fetch_window(&mut self, s: usize, height: Height, round: Round) {
+        let Some((h, r)) = self.nodes[s].at else { return };
+        let ahead = (height == h && round > r + 1) || (height == h + 1 && round > 1) || height > h + 1;
+        if ahead {
+            let id = self.nodes[s].id;
+            let detail = format!(
+                "fetches the transactions of a proposal of ({height}, {round}) at ({h}, {r}): past its fetch window"
+            );
+            self.checker.resources_failed(id, detail);
+        }
     }
 }
 
