@@ -248,15 +248,14 @@ fn check_len(len: usize, kind: Option<u8>, limit: &impl Fn(u8) -> Option<usize>)
 /// by a cancelled read: `next` may be dropped at any `.await` and called again. Even
 /// so, frames are read in a task of their own, never beside a timer in a `select!`.
 ///
-/// Two ways to read: frame by frame ([`FrameReader::next`],
-/// [`FrameReader::next_len`] and [`FrameReader::next_body`]), or in runs
+/// Two ways to read: frame by frame ([`FrameReader::next`] and
+/// [`FrameReader::next_body`]), or in runs
 /// ([`FrameReader::read_more`] and [`FrameReader::take_frames`]): as many whole
 /// frames as one read brought, handed on as one piece of the read buffer, with no
 /// copy and no allocation per frame. A stream is read one way only.
 pub struct FrameReader<R> {
     stream: R,
     buf: BytesMut,
-    consumed: u64,
     /// Runs: the front `scanned` bytes of `buf` are `scanned_frames` whole frames
     /// whose headers were checked.
     scanned: usize,
@@ -268,7 +267,7 @@ const RUN_READ: usize = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(stream: R) -> Self {
-        FrameReader { stream, buf: BytesMut::with_capacity(16 * 1024), consumed: 0, scanned: 0, scanned_frames: 0 }
+        FrameReader { stream, buf: BytesMut::with_capacity(16 * 1024), scanned: 0, scanned_frames: 0 }
     }
 
     /// Runs: reads once, whatever the stream has ready, into room for the frame
@@ -307,7 +306,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let run = self.buf.split_to(self.scanned).freeze();
         let frames = self.scanned_frames;
-        self.consumed += self.scanned as u64;
         self.scanned = 0;
         self.scanned_frames = 0;
         Ok(Some((run, frames)))
@@ -384,7 +382,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if !self.fill(4 + len).await? {
             return Err(FrameError::Truncated { expected: len, got: self.buf.len() - 4 });
         }
-        self.consumed += 4 + len as u64;
         Ok(Some(len))
     }
 

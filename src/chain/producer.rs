@@ -498,13 +498,13 @@ impl Producer {
         self.tracker.spawn(async move {
             let asked = ask(&peers, peer, Message::GetBlocks { from, count }).await;
             let bytes = asked.as_ref().map_or(0, |(_, bytes)| *bytes);
-            held.fetch_add(bytes, Ordering::Relaxed);
+            let guard = HeldGuard::count(held, bytes);
             let result = asked.and_then(|(m, bytes)| match m {
                 Message::Blocks(blocks) => Ok(BlocksAnswer { blocks, bytes }),
                 other => Err(RequestFailure::Unexpected(other.kind_name())),
             });
-            if let Err(mpsc::error::SendError(_)) = answers.send(Answer::Blocks { peer, result, bytes }).await {
-                held.fetch_sub(bytes, Ordering::Relaxed);
+            if answers.send(Answer::Blocks { peer, result, bytes }).await.is_ok() {
+                guard.handed_on();
             }
         });
     }
@@ -518,16 +518,14 @@ impl Producer {
         let task = self.tracker.spawn(async move {
             let asked = ask(&peers, peer, Message::GetTxs { height, round, ids }).await;
             let bytes = asked.as_ref().map_or(0, |(_, bytes)| *bytes);
-            held.fetch_add(bytes, Ordering::Relaxed);
             // Counted out if the fetch is cancelled while its answer waits.
-            let mut guard = HeldGuard { held, bytes };
+            let guard = HeldGuard::count(held, bytes);
             let result = asked.and_then(|(m, _)| match m {
                 Message::Txs(txs) => Ok(txs),
                 other => Err(RequestFailure::Unexpected(other.kind_name())),
             });
             if answers.send(Answer::Txs { fetch, peer, height, round, result, bytes }).await.is_ok() {
-                // The loop counts it out as it handles it.
-                guard.bytes = 0;
+                guard.handed_on();
             }
         });
         if let Some((_, old)) = self.fetches.insert((height, round), (fetch, task.abort_handle())) {
@@ -546,11 +544,24 @@ impl Drop for Producer {
     }
 }
 
-/// Counts a fetch's answer out of the bytes held if the fetch ends (is
-/// aborted) before the answer reached the loop.
+/// An answer's bytes in `answer_bytes` while its task holds it: counted out
+/// if the task ends (a fetch is aborted, the loop is gone) before the answer
+/// reaches the loop, which counts it out itself once handed on.
 struct HeldGuard {
     held: Arc<AtomicUsize>,
     bytes: usize,
+}
+
+impl HeldGuard {
+    fn count(held: Arc<AtomicUsize>, bytes: usize) -> HeldGuard {
+        held.fetch_add(bytes, Ordering::Relaxed);
+        HeldGuard { held, bytes }
+    }
+
+    /// The loop has the answer now, and counts its bytes out as it handles it.
+    fn handed_on(mut self) {
+        self.bytes = 0;
+    }
 }
 
 impl Drop for HeldGuard {
