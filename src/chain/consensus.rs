@@ -63,22 +63,22 @@ use crate::identity::{Identity, NodeId};
 pub const MAX_ROUND_AHEAD: Round = 64;
 /// Rounds of the next height whose messages are buffered: a node one block
 /// behind needs the first rounds of the next height, not a member's hundredth.
-pub(crate) const MAX_FUTURE_ROUND: Round = 8;
+pub const MAX_FUTURE_ROUND: Round = 8;
 /// Bytes buffered for the next height, at most (proposals by their transactions,
 /// votes at [`FUTURE_VOTE_BYTES`] each).
-pub(crate) const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
 const FUTURE_VOTE_BYTES: usize = 256;
 /// Conflicting votes kept per member, round and kind, beyond its first.
-pub(crate) const MAX_CONFLICTING: usize = 2;
+pub const MAX_CONFLICTING: usize = 2;
 /// Proposals of the current height are held within this many times the
 /// largest a proposal may hold ([`max_proposal_bytes`]): the current round's,
 /// the valid round's and the locked round's, and room for one more. A member
 /// proposing full blocks for every round it leads up to [`MAX_ROUND_AHEAD`]
 /// would otherwise make every node hold one per round (16 blocks of 3 MiB at
 /// four members).
-pub(crate) const PROPOSALS_HELD_BLOCKS: usize = 4;
+pub const PROPOSALS_HELD_BLOCKS: usize = 4;
 /// What a vote held costs, about: the vote, its signature and its place.
-pub(crate) const VOTE_BYTES: usize = 256;
+pub const VOTE_BYTES: usize = 256;
 /// A member shown to be ahead at a height is reported again after this long, so a
 /// sync that failed is tried again.
 pub(crate) const AHEAD_REPEAT_MS: u64 = 10_000;
@@ -343,7 +343,7 @@ fn proposal_bytes(p: &SignedProposal) -> usize {
 }
 
 /// The most [`proposal_bytes`] of a proposal within `limits`.
-pub(crate) fn max_proposal_bytes(limits: &Limits) -> usize {
+pub fn max_proposal_bytes(limits: &Limits) -> usize {
     limits.max_block_bytes
         + limits.max_block_txs * std::mem::size_of::<Vec<u8>>()
         + super::members::MAX_CHANGES_PER_BLOCK * 256
