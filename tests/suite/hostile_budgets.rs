@@ -549,24 +549,33 @@ async fn answers_past_the_serve_budget_are_refused_for_their_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_takes_nothing_holds_its_outbox_budget_and_no_more() {
     let spec = Spec::new(4);
-    let (_hostile, honest) = honest_beside_hostile(&spec, 3, 2).await;
     let hostile = Hostile::with_uni_streams(&spec, 0, 0);
+    let mut honest = Vec::new();
+    for i in 1..=3 {
+        honest.push(spec.start(i, beside_hostile_transport()).await);
+    }
+    eventually("three honest nodes meshed at height 2", Duration::from_secs(60), || {
+        honest.iter().all(|n| n.peers().connected().len() >= 2 && n.height() >= 2)
+    })
+    .await;
     let conn = hostile.connect(&spec, 1).await;
     eventually("the member connected", Duration::from_secs(10), || {
         honest[0].peers().connected().contains(&spec.id(0))
     })
     .await;
     let limits = masternode::net::OutboxLimits::default();
-    // Node 1's other two peers read what it sends; their share is small.
-    let slack = 1024 * 1024;
-    let tx_bound = (limits.tx + slack) as u64;
-    let (consensus_bound, tip_bound) = ((limits.consensus + slack) as u64, (limits.tip + 2 * limits.tip) as u64);
+    // Per peer, by class; node 1's three peers together.
+    let peer_bound = (limits.consensus + limits.tip + limits.tx) as u64;
+    let (tx_bound, consensus_bound, tip_bound) =
+        (3 * limits.tx as u64, 3 * limits.consensus as u64, 3 * limits.tip as u64);
+    let hostile_id = spec.id(0);
+    let dropped_before = counter(&honest[0].peers().counters().outbox_dropped[2]);
     for i in 0..140u32 {
         let mut tx = vec![0x33; 60 * 1024];
         tx[..4].copy_from_slice(&i.to_be_bytes());
         honest[0].submit(tx).await.unwrap();
     }
-    let mut most = [0u64; 3];
+    let (mut most, mut member_most) = ([0u64; 3], 0u64);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
         let n = &honest[0];
@@ -577,10 +586,21 @@ async fn a_member_that_takes_nothing_holds_its_outbox_budget_and_no_more() {
         for (m, v) in most.iter_mut().zip(now) {
             *m = (*m).max(v);
         }
+        if let Some(p) = n.peers().peers().into_iter().find(|p| p.id == hostile_id) {
+            let bytes = p.outbox_bytes as u64;
+            assert!(bytes <= peer_bound, "the member's outbox holds {bytes}, over {peer_bound}");
+            member_most = member_most.max(bytes);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("outboxes at most: tx {} (budget {}), consensus {}, tip {}", most[0], limits.tx, most[1], most[2]);
-    assert!(most[0] >= (limits.tx - 64 * 1024) as u64, "the member's tx outbox filled to its budget: {}", most[0]);
+    let dropped = counter(&honest[0].peers().counters().outbox_dropped[2]) - dropped_before;
+    eprintln!(
+        "outboxes: 8.4 MB of transactions queued; the member's outbox at most {member_most} (tx budget {}); all peers' at most: tx {}, consensus {}, tip {}; {dropped} tx frames dropped",
+        limits.tx, most[0], most[1], most[2]
+    );
+    assert!(member_most >= (limits.tx - 64 * 1024) as u64, "the member's tx outbox filled to its budget: {member_most}");
+    assert!(member_most <= (limits.tx + 64 * 1024) as u64, "and no further: {member_most}");
+    assert!(dropped > 0, "transactions past the budget are dropped");
     let (err, _) = (conn.closed().await, ());
     assert!(
         matches!(&err, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == masternode::net::Close::TOO_SLOW.into()),
