@@ -121,7 +121,7 @@ async fn stalled_where(wanted: impl Fn(&Spec, u64) -> bool) -> Stalled {
         honest.push(spec.start(3, beside_hostile_transport()).await);
         let target = height;
         eventually("node 3 back and caught up", Duration::from_secs(30), || {
-            honest.iter().all(|n| n.height() >= target && n.peers().connected().len() >= 1)
+            honest.iter().all(|n| n.height() >= target && n.peers().connected().len() >= 2)
         })
         .await;
     }
@@ -240,9 +240,8 @@ async fn votes_past_their_versions_and_rounds_are_not_held() {
     let mut sent = 0;
     for round in 0..=MAX_ROUND_AHEAD + 36 {
         for kind in [VoteKind::Prevote, VoteKind::Precommit] {
-            let values = [Some(Hash([1; 32])), None, Some(known)]
-                .into_iter()
-                .chain((2..6u8).map(|b| Some(Hash([b; 32]))));
+            let values =
+                [Some(Hash([1; 32])), None, Some(known)].into_iter().chain((2..6u8).map(|b| Some(Hash([b; 32]))));
             for value in values {
                 codec::encode_into(&hostile_vote(&s.spec, kind, height, round, value), &mut frames);
                 sent += 1;
@@ -351,7 +350,8 @@ async fn compact_proposals_past_their_slots_are_neither_fetched_nor_kept() {
     });
     let me = s.spec.ids[0].clone();
     let network_id = s.spec.network().id;
-    let ids: Vec<Hash> = (0..MAX_BLOCK_TXS as u32).map(|i| tx_hash(&[b"nobody has ", &i.to_be_bytes()[..]].concat())).collect();
+    let ids: Vec<Hash> =
+        (0..MAX_BLOCK_TXS as u32).map(|i| tx_hash(&[b"nobody has ", &i.to_be_bytes()[..]].concat())).collect();
     let root = tx_root_of_ids(ids.len(), ids.iter().copied());
     let compact = |h: u64, round: u32| {
         let header = Header {
@@ -390,8 +390,12 @@ async fn compact_proposals_past_their_slots_are_neither_fetched_nor_kept() {
         s.send(&frames).await;
         for _ in 0..10 {
             let node = s.node();
-            let (w, l, f, a) =
-                (held(node, "compact_waiting"), held(node, "compact_later"), held(node, "fetch_requests"), held(node, "sync_answers"));
+            let (w, l, f, a) = (
+                held(node, "compact_waiting"),
+                held(node, "compact_later"),
+                held(node, "fetch_requests"),
+                held(node, "sync_answers"),
+            );
             assert!(w <= waiting_bound, "compact_waiting {w}, over {waiting_bound}");
             assert!(l <= later_bound, "compact_later {l}, over {later_bound}");
             assert!(f <= fetch_bound, "fetch_requests {f}, over {fetch_bound}");
@@ -559,10 +563,8 @@ async fn a_member_that_takes_nothing_holds_its_outbox_budget_and_no_more() {
     })
     .await;
     let conn = hostile.connect(&spec, 1).await;
-    eventually("the member connected", Duration::from_secs(10), || {
-        honest[0].peers().connected().contains(&spec.id(0))
-    })
-    .await;
+    eventually("the member connected", Duration::from_secs(10), || honest[0].peers().connected().contains(&spec.id(0)))
+        .await;
     let limits = masternode::net::OutboxLimits::default();
     // Per peer, by class; node 1's three peers together.
     let peer_bound = (limits.consensus + limits.tip + limits.tx) as u64;
@@ -598,7 +600,10 @@ async fn a_member_that_takes_nothing_holds_its_outbox_budget_and_no_more() {
         "outboxes: 8.4 MB of transactions queued; the member's outbox at most {member_most} (tx budget {}); all peers' at most: tx {}, consensus {}, tip {}; {dropped} tx frames dropped",
         limits.tx, most[0], most[1], most[2]
     );
-    assert!(member_most >= (limits.tx - 64 * 1024) as u64, "the member's tx outbox filled to its budget: {member_most}");
+    assert!(
+        member_most >= (limits.tx - 64 * 1024) as u64,
+        "the member's tx outbox filled to its budget: {member_most}"
+    );
     assert!(member_most <= (limits.tx + 64 * 1024) as u64, "and no further: {member_most}");
     assert!(dropped > 0, "transactions past the budget are dropped");
     let (err, _) = (conn.closed().await, ());
@@ -625,14 +630,16 @@ async fn a_member_flooding_the_mempool_fills_only_its_share() {
         codec::encode_into(&Message::Tx(tx), &mut frames);
     }
     s.send(&frames).await;
-    let refused_members =
-        || metric(s.node(), "masternode_mempool_refused_total{share=\"members\"}");
+    let refused_members = || metric(s.node(), "masternode_mempool_refused_total{share=\"members\"}");
     eventually("the member's share refuses", Duration::from_secs(20), || refused_members() > 0).await;
     let most = most_held(s.node(), "mempool_members", share, Duration::from_secs(1)).await;
     assert!(most + 60 * 1024 > share, "the share filled: {most} of {share}");
     s.node().submit(b"a client's transaction".to_vec()).await.expect("a client is taken beside a full member share");
     eventually("the client's transaction is held", Duration::from_secs(5), || held(s.node(), "mempool_local") > 0)
         .await;
-    eprintln!("mempool: 200 x 60 KiB gossiped, {most} bytes held in the member's share of {share}, {} refused", refused_members());
+    eprintln!(
+        "mempool: 200 x 60 KiB gossiped, {most} bytes held in the member's share of {share}, {} refused",
+        refused_members()
+    );
     s.stop().await;
 }

@@ -17,11 +17,8 @@ const SECTION: &str = "## Input budgets";
 /// and separator left out.
 fn rows(doc: &str) -> Vec<String> {
     let start = doc.find(SECTION).unwrap_or_else(|| panic!("{DOC} has no \"{SECTION}\" section"));
-    let table: Vec<&str> = doc[start..]
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .collect();
+    let table: Vec<&str> =
+        doc[start..].lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).collect();
     assert!(table.len() > 2, "the budget table has no rows");
     assert!(table[1].chars().all(|c| "|-: ".contains(c)), "the table's second line is its separator");
     table[2..].iter().map(|l| l.to_string()).collect()
@@ -31,11 +28,9 @@ fn rows(doc: &str) -> Vec<String> {
 fn cited_tests(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (at, _) in text.match_indices(".rs::") {
-        let path_start = text[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "_/.-".contains(c)))
-            .map_or(0, |i| i + 1);
-        let name: String =
-            text[at + 5..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let path_start =
+            text[..at].rfind(|c: char| !(c.is_ascii_alphanumeric() || "_/.-".contains(c))).map_or(0, |i| i + 1);
+        let name: String = text[at + 5..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         out.push((format!("{}.rs", &text[path_start..at]), name));
     }
     out
