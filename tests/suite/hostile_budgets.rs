@@ -328,7 +328,9 @@ async fn proposals_of_many_rounds_are_held_within_four_blocks() {
 /// requests in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_proposals_past_their_slots_are_neither_fetched_nor_kept() {
-    let s = stalled().await;
+    // Stalled where the hostile member proposes round 0, the round the nodes
+    // stay in: one of its proposals is always in the fetching window.
+    let s = stalled_where(|spec, h| leads(spec, h, 0)).await;
     let height = s.height;
     let limits = Limits::default();
     let waiting_bound = (MAX_WAITING * Assembly::max_bytes(&limits)) as u64;
