@@ -26,7 +26,9 @@
 //!   its signature is valid, and a proposal's transactions match its signed
 //!   header. Only then is anything said about its signer ([`Misbehaviour`]).
 //!   Messages for the next height wait in a buffer with one slot per proposal
-//!   round and per (voter, round, step), for a few rounds, bounded in bytes.
+//!   round and per (voter, round, step), for a few rounds, bounded in bytes; a
+//!   proposal short of room takes the place of later rounds' proposals, never
+//!   of earlier ones.
 //! * What a height holds is bounded: votes for at most [`MAX_ROUND_AHEAD`]
 //!   rounds past ours, one per (voter, round, kind) and at most
 //!   [`MAX_CONFLICTING`] conflicting versions more; proposals one per round,
@@ -321,6 +323,35 @@ impl NextHeight {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.proposals.len() + self.votes.len()
+    }
+
+    /// Whether a proposal of `round` taking `bytes` fits within
+    /// [`MAX_FUTURE_BYTES`], in place of proposals of later rounds if need be
+    /// (the latest first): the first rounds of a height are the ones a node
+    /// one block behind needs, and a member proposing full blocks for its own
+    /// later rounds must not keep the others' earlier ones out. `evict`: give
+    /// those up now.
+    fn room_for(&mut self, round: Round, bytes: usize, evict: bool) -> bool {
+        let mut held = self.bytes;
+        let mut given_up = Vec::new();
+        for (r, (p, _)) in self.proposals.range(round + 1..).rev() {
+            if held + bytes <= MAX_FUTURE_BYTES {
+                break;
+            }
+            held -= proposal_bytes(p);
+            given_up.push(*r);
+        }
+        if held + bytes > MAX_FUTURE_BYTES {
+            return false;
+        }
+        if evict {
+            for r in given_up {
+                if let Some((p, _)) = self.proposals.remove(&r) {
+                    self.bytes -= proposal_bytes(&p);
+                }
+            }
+        }
+        true
     }
 }
 
@@ -665,8 +696,8 @@ impl Core {
         }
         let future = height > self.height;
         if future {
-            let slot_free = !self.future.proposals.contains_key(&round)
-                && self.future.bytes + proposal_bytes(&sp) <= MAX_FUTURE_BYTES;
+            let slot_free =
+                !self.future.proposals.contains_key(&round) && self.future.room_for(round, proposal_bytes(&sp), false);
             let wanted = (self.buffers(height, round) && slot_free) || self.ahead_due(proposer, height, now_ms);
             if !wanted {
                 return;
@@ -971,9 +1002,9 @@ impl Core {
         match input {
             Input::Proposal(p) => {
                 let bytes = proposal_bytes(&p);
-                if !next.proposals.contains_key(&p.proposal.round) && next.bytes + bytes <= MAX_FUTURE_BYTES {
+                if !next.proposals.contains_key(&round) && next.room_for(round, bytes, true) {
                     next.bytes += bytes;
-                    next.proposals.insert(p.proposal.round, (p, now_ms));
+                    next.proposals.insert(round, (p, now_ms));
                 }
             }
             Input::Vote(v) => {
