@@ -549,9 +549,10 @@ async fn answers_past_the_serve_budget_are_refused_for_their_bytes() {
 }
 
 /// A hostile member that grants no stream for gossip: what node 1 queues for
-/// it waits in its outbox until it is disconnected as too slow, and a client
+/// it waits in its outbox until it is disconnected as too slow. A client
 /// posting 8.4 MB of transactions meanwhile fills that member's transaction
-/// outbox to its 4 MiB and no further (the rest is dropped for it alone).
+/// outbox to its 4 MiB and no further (the rest is dropped for it), and of
+/// the tips of the heights meanwhile only the latest waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_takes_nothing_holds_its_outbox_budget_and_no_more() {
     let spec = Spec::new(4);
@@ -580,8 +581,12 @@ async fn a_member_that_takes_nothing_holds_its_outbox_budget_and_no_more() {
         honest[0].submit(tx).await.unwrap();
     }
     let (mut most, mut member_most) = ([0u64; 3], 0u64);
+    let first_height = honest[0].height();
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
+    // Until the member is closed as too slow: every height meanwhile queues
+    // its consensus messages and its tip for the member too.
+    while conn.close_reason().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the member was never closed as too slow");
         let n = &honest[0];
         let now = [held(n, "outbox_tx"), held(n, "outbox_consensus"), held(n, "outbox_tip")];
         assert!(now[0] <= tx_bound, "outbox_tx {}, over {tx_bound}", now[0]);
@@ -598,17 +603,23 @@ async fn a_member_that_takes_nothing_holds_its_outbox_budget_and_no_more() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let dropped = counter(&honest[0].peers().counters().outbox_dropped[2]) - dropped_before;
+    let heights = honest[0].height() - first_height;
     eprintln!(
-        "outboxes: 8.4 MB of transactions queued; the member's outbox at most {member_most} (tx budget {}); all peers' at most: tx {}, consensus {}, tip {}; {dropped} tx frames dropped",
+        "outboxes: 8.4 MB of transactions queued, {heights} heights; the member's outbox at most {member_most} (tx budget {}); all peers' at most: tx {}, consensus {}, tip {}; {dropped} tx frames dropped",
         limits.tx, most[0], most[1], most[2]
     );
+    // A tip frame is 5 header bytes and at most TIP_LIMIT: only the latest
+    // waits, however many heights passed, for the member as for the others.
+    let tip_frame = 5 + 64;
+    assert!(heights >= 3, "heights passed while the member took nothing: {heights}");
+    assert!(most[2] <= 3 * tip_frame, "tips queued: {} bytes, more than the latest for each peer", most[2]);
     assert!(
         member_most >= (limits.tx - 64 * 1024) as u64,
         "the member's tx outbox filled to its budget: {member_most}"
     );
     assert!(member_most <= (limits.tx + 64 * 1024) as u64, "and no further: {member_most}");
     assert!(dropped > 0, "transactions past the budget are dropped");
-    let (err, _) = (conn.closed().await, ());
+    let err = conn.closed().await;
     assert!(
         matches!(&err, quinn::ConnectionError::ApplicationClosed(ac) if ac.error_code == masternode::net::Close::TOO_SLOW.into()),
         "closed as too slow: {err:?}"
