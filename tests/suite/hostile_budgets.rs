@@ -656,3 +656,55 @@ async fn a_member_flooding_the_mempool_fills_only_its_share() {
     );
     s.stop().await;
 }
+
+/// The hostile member sends 15 MB of votes for the current height whose
+/// signatures do not verify, each one a signature check for node 1: what it
+/// sent waits in node 1's inbox within the peer's 4 MiB, the rest in QUIC
+/// flow control, and each bad signature is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_votes_waits_behind_its_inbox_budget() {
+    let s = stalled().await;
+    let height = s.height;
+    let budget = masternode::net::TransportConfig::default().inbound_peer_bytes as u64;
+    // The member's budget, a run read beyond it, and what node 2 sends.
+    let bound = budget + 256 * 1024;
+    let mut frames = BytesMut::new();
+    let mut votes = 0u32;
+    while frames.len() < 15 * 1024 * 1024 {
+        let round = votes % (MAX_ROUND_AHEAD + 1);
+        let mut value = [0u8; 32];
+        value[..4].copy_from_slice(&votes.to_be_bytes());
+        let vote = Vote { kind: VoteKind::Prevote, height, round, block: Some(Hash(value)), voter: s.spec.id(0) };
+        let forged = masternode::chain::SignedVote { vote, signature: [0x5a; 64] };
+        codec::encode_into(&Message::Vote(forged), &mut frames);
+        votes += 1;
+    }
+    let misbehaviour_before = metric(s.node(), "masternode_misbehaviour_total");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let send = async {
+        s.send(&frames).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let sample = async {
+        let mut most = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let inbox = held(s.node(), "inbox");
+            assert!(inbox <= bound, "inbox {inbox}, over {bound}");
+            most = most.max(inbox);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        most
+    };
+    let ((), most) = tokio::join!(send, sample);
+    let most = most.max(most_held(s.node(), "inbox", bound, Duration::from_millis(500)).await);
+    eventually("every forged vote is checked", Duration::from_secs(60), || {
+        metric(s.node(), "masternode_misbehaviour_total") >= misbehaviour_before + votes as u64
+    })
+    .await;
+    eprintln!(
+        "inbox: {votes} forged votes ({} bytes) sent; at most {most} bytes waiting, budget {budget}",
+        frames.len()
+    );
+    assert!(most + 128 * 1024 >= budget, "the member's frames filled its budget: {most}");
+    s.stop().await;
+}
