@@ -708,3 +708,64 @@ async fn a_member_flooding_votes_waits_behind_its_inbox_budget() {
     assert!(most + 128 * 1024 >= budget, "the member's frames filled its budget: {most}");
     s.stop().await;
 }
+
+/// A member that claims a far tip answers a late node's every `GetBlocks` (one
+/// block at a time) with 1,024 blocks: the answer says so in its first bytes
+/// and is refused as malformed before it is decoded (decoded, 1,024 blocks of
+/// tiny transactions in a 4 MiB frame would be some 100 MB), and the late node
+/// catches up from the honest ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocks_answer_with_more_blocks_than_asked_is_refused_undecoded() {
+    let spec = Spec::new(7);
+    let LateBesideHostile { honest, late, conn, hostile: _hostile, .. } = late_beside_hostile(&spec, 8, 1).await;
+    let me = spec.ids[0].clone();
+    let block = |height: u64| {
+        let header = Header {
+            height,
+            round: 0,
+            prev_hash: Hash([3; 32]),
+            timestamp_ms: height,
+            proposer: me.id(),
+            tx_root: tx_root(&[]),
+            changes: vec![],
+        };
+        let block = Block { header, txs: vec![] };
+        let cert = masternode::chain::Certificate { height, round: 0, block: block.hash(), precommits: vec![] };
+        masternode::chain::Committed { block, cert }
+    };
+    let answer = codec::encode(&Message::Blocks((1..=1024).map(block).collect()));
+    assert!(answer.len() <= TXS_LIMIT, "within a Blocks frame");
+    let answer_len = answer.len();
+    let liar = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let Ok(mut uni) = conn.open_uni().await else { return };
+            let tip = codec::encode(&Message::Tip { height: 1_000_000, hash: Hash([7; 32]), time_ms: now_ms() });
+            let _ = uni.write_all(&tip).await;
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let _ = recv.read_to_end(64).await;
+                    let _ = send.write_all(&answer).await;
+                    let _ = send.finish();
+                });
+            }
+        })
+    };
+    let failures = |reason: &str| metric(&late, &format!("masternode_sync_failures_total{{reason=\"{reason}\"}}"));
+    eventually("the oversize answer is refused", Duration::from_secs(30), || failures("malformed") > 0).await;
+    let target = honest.iter().map(|n| n.height()).max().unwrap();
+    eventually("the late node catches up", Duration::from_secs(60), || late.height() >= target).await;
+    eprintln!(
+        "more blocks than asked: answers of {} bytes refused {} times as malformed, {} as invalid",
+        answer_len,
+        failures("malformed"),
+        failures("invalid")
+    );
+    assert_eq!(failures("invalid"), 0, "refused before its blocks were decoded and looked at");
+    liar.abort();
+    conn.close(0u32.into(), b"");
+    let mut all = honest;
+    all.push(late);
+    stop_all(all).await;
+}
