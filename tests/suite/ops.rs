@@ -516,3 +516,22 @@ async fn devnet_runs_off_the_default_base() {
     assert!(!outside.status.success());
     assert!(String::from_utf8_lossy(&outside.stderr).contains("loopback"));
 }
+
+/// A devnet that is asked to stop says nothing at warn or above: its nodes
+/// leaving one another is the stop asked for, not a lost quorum.
+#[test]
+fn a_devnet_stopping_logs_no_warning() {
+    let [a, b] = subnet();
+    let base = format!("127.{a}.{b}.1");
+    let out = Command::new(BIN)
+        .args(["devnet", "--duration", "3", "--base-ip", &base])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("height 1 "), "blocks were made: {stdout}");
+    let loud: Vec<&str> = stderr.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(loud.is_empty(), "a devnet's stop logged as trouble:\n{}", loud.join("\n"));
+}
