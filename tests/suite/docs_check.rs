@@ -192,8 +192,12 @@ fn broken_links(docs: &[Doc]) -> Vec<String> {
                 let target_doc = by_path.iter().find(|(p, _)| p.canonicalize().ok().as_ref() == Some(&canonical));
                 match target_doc {
                     Some((_, d)) if anchors(d).contains(anchor) => {}
-                    Some((_, d)) => broken.push(format!("{}:{line}: link to {target}: {} has no heading #{anchor}", doc.rel, d.rel)),
-                    None => broken.push(format!("{}:{line}: link to {target}: an anchor in a file not checked", doc.rel)),
+                    Some((_, d)) => {
+                        broken.push(format!("{}:{line}: link to {target}: {} has no heading #{anchor}", doc.rel, d.rel))
+                    }
+                    None => {
+                        broken.push(format!("{}:{line}: link to {target}: an anchor in a file not checked", doc.rel))
+                    }
                 }
             }
         }
@@ -223,7 +227,10 @@ fn every_relative_link_and_path_resolves() {
 fn slugs_are_githubs() {
     assert_eq!(slug("Install and start (systemd)"), "install-and-start-systemd");
     assert_eq!(slug("Membership: add, remove, move, rotate"), "membership-add-remove-move-rotate");
-    assert_eq!(slug("Changing the rules at a height: `masternode upgrade`"), "changing-the-rules-at-a-height-masternode-upgrade");
+    assert_eq!(
+        slug("Changing the rules at a height: `masternode upgrade`"),
+        "changing-the-rules-at-a-height-masternode-upgrade"
+    );
     assert_eq!(links("see [a](b.md#c) and [d](#e)."), ["b.md#c", "#e"]);
 }
 
@@ -390,7 +397,11 @@ fn command_mismatches(docs: &[Doc], binary: &BTreeMap<Vec<String>, BTreeSet<Stri
                         if flags.contains(f) {
                             named.insert((path.clone(), Some(f.clone())));
                         } else {
-                            wrong.push(format!("{}:{line}: `masternode {} {f}`: no such flag", doc.rel, path.join(" ")));
+                            wrong.push(format!(
+                                "{}:{line}: `masternode {} {f}`: no such flag",
+                                doc.rel,
+                                path.join(" ")
+                            ));
                         }
                     }
                 }
@@ -435,8 +446,14 @@ fn invocations_are_read_as_a_shell_reads_them() {
         assert_eq!(v.len(), 1, "{t}: {v:?}");
         (v[0].paths.iter().map(|p| p.join(" ")).collect::<Vec<_>>(), v[0].flags.clone())
     };
-    assert_eq!(one("masternode status --can-stop --config F && systemctl restart masternode"), (vec!["status".into()], vec!["--can-stop".into(), "--config".into()]));
-    assert_eq!(one("masternode member add|remove (--config FILE | --admin ADDR) [--json]").0, ["member add", "member remove"]);
+    assert_eq!(
+        one("masternode status --can-stop --config F && systemctl restart masternode"),
+        (vec!["status".into()], vec!["--can-stop".into(), "--config".into()])
+    );
+    assert_eq!(
+        one("masternode member add|remove (--config FILE | --admin ADDR) [--json]").0,
+        ["member add", "member remove"]
+    );
     assert_eq!(one("cargo run --release -- devnet --duration 20").1, ["--duration"]);
     assert_eq!(one("masternode --version     # masternode 0.2.0").0, [""]);
     assert!(invocations("useradd --system --shell /usr/sbin/nologin masternode").is_empty());
@@ -625,7 +642,8 @@ async fn every_metric_the_docs_name_is_exported() {
     // Two nodes, connected: some families (the peers' RTT) exist only with a peer.
     let spec = Spec::new(2);
     let nodes = vec![spec.start(0, fast_transport()).await, spec.start(1, fast_transport()).await];
-    eventually("the pair connected", Duration::from_secs(30), || nodes.iter().all(|n| n.status().peers.len() == 1)).await;
+    eventually("the pair connected", Duration::from_secs(30), || nodes.iter().all(|n| n.status().peers.len() == 1))
+        .await;
     let scrape = masternode::admin::http_get(nodes[0].admin_addr(), "/metrics", Duration::from_secs(5)).await.unwrap();
     stop_all(nodes).await;
     let missing = unexported(named.keys(), &exported(&scrape));
@@ -660,10 +678,8 @@ fn actual_imports() -> BTreeMap<String, BTreeSet<String>> {
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
-    let tops: BTreeSet<String> = lib
-        .lines()
-        .filter_map(|l| l.trim().strip_suffix(';')?.split("mod ").nth(1).map(String::from))
-        .collect();
+    let tops: BTreeSet<String> =
+        lib.lines().filter_map(|l| l.trim().strip_suffix(';')?.split("mod ").nth(1).map(String::from)).collect();
     let mut out: BTreeMap<String, BTreeSet<String>> = tops.iter().map(|t| (t.clone(), BTreeSet::new())).collect();
     for f in files {
         let rel = f.strip_prefix(&src).unwrap();
@@ -709,7 +725,10 @@ fn allowed_imports(doc: &str) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-fn import_mismatches(allowed: &BTreeMap<String, BTreeSet<String>>, actual: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+fn import_mismatches(
+    allowed: &BTreeMap<String, BTreeSet<String>>,
+    actual: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
     let mut wrong = Vec::new();
     for (module, imports) in actual {
         let Some(may) = allowed.get(module) else {
@@ -743,8 +762,18 @@ fn imports_run_as_the_architecture_says() {
 
 /// What a pure core does not reach for.
 const IO: [&str; 12] = [
-    "tokio::", "quinn::", "rustls::", "fjall::", "axum::", "hyper::", "socket2::", "sd_notify::",
-    "Instant::now", "SystemTime::now", "std::fs", "UdpSocket",
+    "tokio::",
+    "quinn::",
+    "rustls::",
+    "fjall::",
+    "axum::",
+    "hyper::",
+    "socket2::",
+    "sd_notify::",
+    "Instant::now",
+    "SystemTime::now",
+    "std::fs",
+    "UdpSocket",
 ];
 
 #[test]

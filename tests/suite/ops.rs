@@ -280,7 +280,7 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
     }
 }
 
-/// The README's inventory: one port on every node, no admin column. Each
+/// The inventory of docs/operating.md: one port on every node, no admin column. Each
 /// config gets 127.0.0.1:<port + 1>, and the run says that nodes sharing a
 /// host would clash there.
 #[test]
