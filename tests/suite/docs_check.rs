@@ -798,3 +798,78 @@ fn the_pure_cores_do_no_io() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+// ---- environment variables ----
+
+/// `MASTERNODE_*` names in `text`, whole words only.
+fn variable_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("MASTERNODE_").map(|i| from + i) {
+        let word_start = at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+        let end = text[at..].find(|c: char| !(c.is_ascii_uppercase() || c == '_')).map_or(text.len(), |i| at + i);
+        let name = text[at..end].trim_end_matches('_');
+        if word_start && name.len() > "MASTERNODE".len() {
+            out.insert(name.to_string());
+        }
+        from = end.max(at + 1);
+    }
+    out
+}
+
+/// Every `MASTERNODE_*` variable the docs name is one the binary reads (from
+/// its `--help`, `[env: ...]`) or one the code or the scripts read, and every
+/// variable of the binary's flags is named.
+#[test]
+fn the_docs_name_the_binarys_variables_exactly() {
+    let mut from_flags = BTreeSet::new();
+    for path in binary_commands().keys() {
+        let help = Command::new(BIN).args(path).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&help.stdout).to_string();
+        for part in text.split("[env: ").skip(1) {
+            from_flags.insert(part.split('=').next().unwrap().to_string());
+        }
+    }
+    assert!(from_flags.contains("MASTERNODE_LISTEN"), "{from_flags:?}");
+    let mut read_elsewhere = BTreeSet::new();
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "certs", "systemd"] {
+        let mut all = Vec::new();
+        collect_files(&Path::new(ROOT).join(dir), &mut all);
+        files.extend(all.into_iter().filter(|p| !p.ends_with("docs_check.rs")));
+    }
+    for f in files {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            read_elsewhere.extend(variable_names(&text));
+        }
+    }
+    let mut named = BTreeMap::new();
+    for doc in docs() {
+        let text = std::fs::read_to_string(&doc.path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            for v in variable_names(line) {
+                named.entry(v).or_insert(format!("{}:{}", doc.rel, n + 1));
+            }
+        }
+    }
+    let mut wrong: Vec<String> = named
+        .iter()
+        .filter(|(v, _)| !from_flags.contains(*v) && !read_elsewhere.contains(*v))
+        .map(|(v, at)| format!("{at}: {v}: nothing reads it"))
+        .collect();
+    wrong.extend(from_flags.iter().filter(|v| !named.contains_key(*v)).map(|v| format!("{v} is named in no doc")));
+    assert!(wrong.is_empty(), "docs and the variables the binary reads disagree:\n{}", wrong.join("\n"));
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            collect_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
