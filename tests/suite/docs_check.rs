@@ -411,7 +411,11 @@ fn command_mismatches(docs: &[Doc], binary: &BTreeMap<Vec<String>, BTreeSet<Stri
             if t.starts_with("--") && !t.starts_with("-- ") && invocations(t).is_empty() {
                 if let Some(f) = flag_of(t) {
                     if !all_flags.contains(&f) {
-                        wrong.push(format!("{}:{line}: `{t}`: the binary has no flag {f}", doc.rel));
+                        wrong.push(format!(
+                            "{}:{line}: `{t}`: the binary has no flag {f} (another program's flag goes with its \
+                             command: `cargo test -- --ignored`)",
+                            doc.rel
+                        ));
                     }
                 }
             }
