@@ -16,6 +16,7 @@ mod chain;
 mod clocks;
 mod compact;
 mod compact_memory;
+mod docs_check;
 mod fuzz_corpus;
 mod hostile_budgets;
 mod hostile_frames;
