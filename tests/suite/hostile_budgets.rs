@@ -269,10 +269,11 @@ async fn votes_past_their_versions_and_rounds_are_not_held() {
     s.stop().await;
 }
 
-/// The hostile member proposes a full block (3.6 MB as held) for every round
-/// it leads up to 72 past ours: a height's proposals are held within four of
-/// the largest, the rest not kept; and what it sends waits in node 1's
-/// inbox within the inbox's bound.
+/// The hostile member proposes a full block (3.6 MB as held) for each of its
+/// first six rounds and its rounds past 64 ahead of ours: a height's proposals
+/// are held within four of the largest, the rest not kept (those past 64
+/// rounds not at all); and what it sends waits in node 1's inbox within the
+/// inbox's bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposals_of_many_rounds_are_held_within_four_blocks() {
     let s = stalled().await;
@@ -280,7 +281,8 @@ async fn proposals_of_many_rounds_are_held_within_four_blocks() {
     let bound = (PROPOSALS_HELD_BLOCKS * max_proposal_bytes(&Limits::default())) as u64;
     let inbox_bound = 2 * (masternode::net::TransportConfig::default().inbound_peer_bytes + codec::MAX_FRAME) as u64;
     // Encoded first, so that they leave as fast as the connection takes them.
-    let rounds: Vec<u32> = (0..=MAX_ROUND_AHEAD + 8).filter(|&r| leads(&s.spec, height, r)).collect();
+    let own: Vec<u32> = (0..=MAX_ROUND_AHEAD + 8).filter(|&r| leads(&s.spec, height, r)).collect();
+    let rounds: Vec<u32> = own.iter().copied().filter(|&r| r < 24 || r > MAX_ROUND_AHEAD).collect();
     let frames: Vec<_> =
         rounds.iter().map(|&r| codec::encode(&hostile_proposal(&s.spec, height, r, full_txs(r as u8)))).collect();
     let sent: usize = frames.iter().map(|f| f.len()).sum();
@@ -383,7 +385,7 @@ async fn compact_proposals_past_their_slots_are_neither_fetched_nor_kept() {
     let (mut waiting_most, mut later_most, mut fetch_most, mut answers_most) = (0, 0, 0, 0);
     let start = Instant::now();
     let mut sent = 0;
-    while start.elapsed() < Duration::from_secs(8) {
+    while start.elapsed() < Duration::from_secs(5) {
         let mut frames = BytesMut::new();
         for &(h, r) in &slots {
             codec::encode_into(&compact(h, r), &mut frames);
@@ -611,7 +613,7 @@ async fn a_member_that_takes_nothing_holds_its_outbox_budget_and_no_more() {
     // A tip frame is 5 header bytes and at most TIP_LIMIT: only the latest
     // waits, however many heights passed, for the member as for the others.
     let tip_frame = 5 + 64;
-    assert!(heights >= 3, "heights passed while the member took nothing: {heights}");
+    assert!(heights >= 2, "heights passed while the member took nothing: {heights}");
     assert!(most[2] <= 3 * tip_frame, "tips queued: {} bytes, more than the latest for each peer", most[2]);
     assert!(
         member_most >= (limits.tx - 64 * 1024) as u64,
@@ -657,7 +659,7 @@ async fn a_member_flooding_the_mempool_fills_only_its_share() {
     s.stop().await;
 }
 
-/// The hostile member sends 15 MB of votes for the current height whose
+/// The hostile member sends 6 MiB of votes for the current height whose
 /// signatures do not verify, each one a signature check for node 1: what it
 /// sent waits in node 1's inbox within the peer's 4 MiB, the rest in QUIC
 /// flow control, and each bad signature is counted.
@@ -670,7 +672,7 @@ async fn a_member_flooding_votes_waits_behind_its_inbox_budget() {
     let bound = budget + 256 * 1024;
     let mut frames = BytesMut::new();
     let mut votes = 0u32;
-    while frames.len() < 15 * 1024 * 1024 {
+    while frames.len() < 6 * 1024 * 1024 {
         let round = votes % (MAX_ROUND_AHEAD + 1);
         let mut value = [0u8; 32];
         value[..4].copy_from_slice(&votes.to_be_bytes());
