@@ -282,7 +282,7 @@ async fn proposals_of_many_rounds_are_held_within_four_blocks() {
     let inbox_bound = 2 * (masternode::net::TransportConfig::default().inbound_peer_bytes + codec::MAX_FRAME) as u64;
     // Encoded first, so that they leave as fast as the connection takes them.
     let own: Vec<u32> = (0..=MAX_ROUND_AHEAD + 8).filter(|&r| leads(&s.spec, height, r)).collect();
-    let rounds: Vec<u32> = own.iter().copied().filter(|&r| r < 24 || r > MAX_ROUND_AHEAD).collect();
+    let rounds: Vec<u32> = own.iter().copied().filter(|&r| !(24..=MAX_ROUND_AHEAD).contains(&r)).collect();
     let frames: Vec<_> =
         rounds.iter().map(|&r| codec::encode(&hostile_proposal(&s.spec, height, r, full_txs(r as u8)))).collect();
     let sent: usize = frames.iter().map(|f| f.len()).sum();
