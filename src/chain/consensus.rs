@@ -370,15 +370,26 @@ enum Hashed {
 /// About what a buffered proposal holds in memory.
 fn proposal_bytes(p: &SignedProposal) -> usize {
     let block = &p.proposal.block;
-    block.tx_bytes() + block.txs.len() * std::mem::size_of::<Vec<u8>>() + block.header.changes.len() * 256 + 512
+    block.txs.iter().map(|t| held_tx_bytes(t.len())).sum::<usize>() + block.header.changes.len() * 256 + 512
 }
+
+/// What one transaction of a held block takes: its `Vec` and its allocation,
+/// which the allocator rounds up (glibc's: the length and an 8-byte header in
+/// steps of 16, 32 bytes at least; nothing for an empty one). Counted by its
+/// length alone, a block of one-byte transactions would be counted at under
+/// half of what it takes.
+fn held_tx_bytes(len: usize) -> usize {
+    let heap = if len == 0 { 0 } else { ((len + 8 + 15) & !15).max(32) };
+    std::mem::size_of::<Vec<u8>>() + heap
+}
+
+/// The most [`held_tx_bytes`] takes beyond a transaction's length (for a
+/// one-byte one: 24 and 32, less the byte).
+const HELD_TX_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>() + 32;
 
 /// The most [`proposal_bytes`] of a proposal within `limits`.
 pub fn max_proposal_bytes(limits: &Limits) -> usize {
-    limits.max_block_bytes
-        + limits.max_block_txs * std::mem::size_of::<Vec<u8>>()
-        + super::members::MAX_CHANGES_PER_BLOCK * 256
-        + 512
+    limits.max_block_bytes + limits.max_block_txs * HELD_TX_OVERHEAD + super::members::MAX_CHANGES_PER_BLOCK * 256 + 512
 }
 
 /// Bytes held for what peers sent, by structure (for

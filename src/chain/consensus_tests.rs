@@ -924,6 +924,21 @@ fn next_height_buffer_is_bounded_in_bytes() {
     assert!((4..=MAX_FUTURE_ROUND).contains(&kept), "{kept} proposals kept");
 }
 
+/// A held transaction is counted with its allocation, and no transaction
+/// within a block's limits is counted past what `max_proposal_bytes` allows
+/// for it.
+#[test]
+fn a_held_transaction_is_counted_with_its_allocation() {
+    assert_eq!(held_tx_bytes(0), 24, "an empty one allocates nothing");
+    assert_eq!(held_tx_bytes(1), 24 + 32, "the smallest allocation");
+    assert_eq!(held_tx_bytes(157), 24 + 176);
+    assert_eq!(held_tx_bytes(64 * 1024), 24 + 64 * 1024 + 16);
+    for len in 0..5000 {
+        assert!(held_tx_bytes(len) <= len + HELD_TX_OVERHEAD, "{len}");
+        assert!(held_tx_bytes(len) >= len + 24, "{len}");
+    }
+}
+
 /// Proposals of the next height's later rounds fill its buffer: one of an
 /// earlier round that arrives after them takes the place of the latest, and
 /// one of a later round takes no one's.

@@ -180,7 +180,7 @@ async fn most_held(node: &Node, what: &str, bound: u64, window: Duration) -> u64
     most
 }
 
-/// The hostile member proposes, for the next height, a full block (3.6 MB as
+/// The hostile member proposes, for the next height, a full block (4.0 MB as
 /// held) for each of its rounds up to 16, and votes in every round up to 16
 /// with three values: the next height's buffer keeps one message per slot,
 /// rounds up to 8, and no more than 8 MiB, so two of its three proposals in
@@ -188,7 +188,7 @@ async fn most_held(node: &Node, what: &str, bound: u64, window: Duration) -> u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_height_messages_past_the_buffer_are_not_kept() {
     // Stalled where the hostile member proposes round 0 of the next height,
-    // and so rounds 0, 4 and 8: 10.9 MB of proposals for an 8 MiB buffer.
+    // and so rounds 0, 4 and 8: 12 MB of proposals as held for an 8 MiB buffer.
     let s = stalled_where(|spec, h| leads(spec, h + 1, 0)).await;
     let next = s.height + 1;
     let mut frames = BytesMut::new();
@@ -269,7 +269,7 @@ async fn votes_past_their_versions_and_rounds_are_not_held() {
     s.stop().await;
 }
 
-/// The hostile member proposes a full block (3.6 MB as held) for each of its
+/// The hostile member proposes a full block (4.0 MB as held) for each of its
 /// first six rounds and its rounds past 64 ahead of ours: a height's proposals
 /// are held within four of the largest, the rest not kept (those past 64
 /// rounds not at all); and what it sends waits in node 1's inbox within the
