@@ -980,6 +980,7 @@ mod tests {
             sync: SyncStatus::default(),
             clock_offset_ms: None,
             warnings: vec![],
+            signing_held: None,
         }
     }
 

@@ -99,6 +99,7 @@ use super::block::{tx_hash, Block, Hash, Height, Limits, Round};
 use super::clock::{self, ClockConfig, ClockEstimator, ClockEvent};
 use super::compact::{self, Assembly, CompactError, CompactProposal, FillError, RebuildLimits, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
+use super::doppelganger::{self, Evidence, EvidenceKind, Hold, Phase, Seen, Verdict, Watch, WatchConfig};
 use super::limits::NodeLimits;
 use super::members::{
     self, Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, PendingView, Plan,
@@ -110,7 +111,7 @@ use super::misbehaviour::Misbehaviour;
 use super::quorum::{self, Quorum};
 use super::sync::{Failure, Outcome, ServeBudget, SyncConfig, SyncPlanner, TokenBucket};
 use super::upgrade::{self, UpgradeWatch};
-use super::vote::{Committed, Lock, SignRecord};
+use super::vote::{Committed, Lock, SignRecord, SignedVote, VoteKind};
 use crate::codec::FrameError;
 use crate::identity::{Identity, NodeId};
 use crate::net::{Refusal, RequestError};
@@ -155,6 +156,9 @@ pub struct DriverConfig {
     /// (a rehearsal may set another); it stops before the height of a plan
     /// for a later one.
     pub max_version: u16,
+    /// Block intervals of the doppelganger watch after the start
+    /// (`doppelganger_intervals`; 0 turns it off): see [`super::doppelganger`].
+    pub watch_intervals: u32,
 }
 
 /// The shell's name for an inbound request, carried by its answer.
@@ -198,6 +202,10 @@ pub enum Effect {
     /// this effect carried out. The driver signs nothing more and takes no
     /// further input.
     Halt { plan: Plan, max_version: u16 },
+    /// Another process signs with this node's key ([`super::doppelganger`]):
+    /// stop, with everything before this effect carried out. The driver signs
+    /// nothing more and takes no further input.
+    Doppelganger(Evidence),
 }
 
 /// A `Blocks` answer and its body's size.
@@ -354,6 +362,9 @@ pub struct Stats {
     /// budget in bytes.
     pub refused_rate: u64,
     pub refused_bytes: u64,
+    /// Why this member signs nothing now, if it holds back
+    /// ([`super::doppelganger`]).
+    pub(crate) hold: Option<Hold>,
 }
 
 /// A compact proposal's fetch under way: whom we asked, until when, and about
@@ -425,6 +436,15 @@ pub struct Driver {
     upgrades: UpgradeWatch,
     /// The plan this node stopped before, once it did.
     halted: Option<Plan>,
+    /// The doppelganger watch, and the evidence this node stopped on.
+    watch: Watch,
+    doppelganger: Option<Evidence>,
+    /// Whether the core was last told its gate is open: the quorum gate met,
+    /// and nothing holding signatures back ([`Self::may_sign_now`]).
+    core_gate: bool,
+    /// A lock the network proves this key held at `(height, round)` on a
+    /// value whose proposal is not here yet.
+    lock_wanted: Option<(Height, Round, Hash)>,
 }
 
 impl Driver {
@@ -438,7 +458,23 @@ impl Driver {
             ..ClockConfig::default()
         });
         let member = members.contains(&core.id());
+        let watch = Watch::new(
+            WatchConfig { intervals: cfg.watch_intervals, block_interval_ms: cfg.block_interval_ms },
+            now.wall_ms,
+        );
+        if member && watch.watching() {
+            tracing::info!(
+                intervals = cfg.watch_intervals,
+                "doppelganger watch: signing nothing until this node has been in the mesh for {} block intervals \
+                 without seeing a vote of its key that it did not make",
+                cfg.watch_intervals
+            );
+        }
         let mut driver = Driver {
+            watch,
+            doppelganger: None,
+            core_gate: false,
+            lock_wanted: None,
             upgrades: UpgradeWatch::new(cfg.max_version),
             wire: BTreeMap::new(),
             halted: None,
@@ -482,6 +518,12 @@ impl Driver {
         driver
     }
 
+    /// Whether this driver stopped: before a height it cannot run, or on a
+    /// second process signing with its key.
+    fn stopped(&self) -> bool {
+        self.halted.is_some() || self.doppelganger.is_some()
+    }
+
     /// The next thing to carry out, in order.
     pub(crate) fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
@@ -490,12 +532,12 @@ impl Driver {
     /// When [`Self::handle_timeout`] next has something to do (mono ms): a core
     /// timer, a fetch deadline, or the housekeeping tick; never once halted.
     pub(crate) fn poll_timeout(&self) -> Option<u64> {
-        if self.halted.is_some() {
+        if self.stopped() {
             return None;
         }
         let timer = self.timers.keys().next().map(|(at, _)| *at);
         let fetch = self.fetches.values().map(|f| f.deadline_ms).min();
-        [timer, fetch, Some(self.next_tick_ms)].into_iter().flatten().min()
+        [timer, fetch, self.watch.poll_timeout(), Some(self.next_tick_ms)].into_iter().flatten().min()
     }
 
     /// The height being decided (the tip's + 1).
@@ -535,6 +577,7 @@ impl Driver {
             peer_state_bytes: self.peer_state_bytes(),
             refused_rate: self.refused.0,
             refused_bytes: self.refused.1,
+            hold: self.hold(),
         }
     }
 
@@ -566,7 +609,7 @@ impl Driver {
     /// Fires every timer due at `now`: core timeouts, fetch deadlines, and the
     /// housekeeping tick (rebroadcast, sync hedges).
     pub(crate) fn handle_timeout(&mut self, now: Now) {
-        if self.halted.is_some() {
+        if self.stopped() {
             return;
         }
         while let Some(entry) = self.timers.first_entry() {
@@ -584,13 +627,17 @@ impl Driver {
             // A slow request may be due for a hedge.
             self.maybe_sync(now);
         }
+        self.follow_watch(now);
+        let out = self.tell_core(now);
+        self.drive(out, false, now);
+        self.follow_lock(now);
         self.fetch_due(now);
     }
 
     /// The transport's connected peers are now `connected`: the gate is
     /// recomputed.
     pub(crate) fn handle_connected(&mut self, connected: BTreeSet<NodeId>, now: Now) {
-        if self.halted.is_some() {
+        if self.stopped() {
             return;
         }
         self.gate.connected = connected;
@@ -603,11 +650,17 @@ impl Driver {
     /// knows it). It missed what we signed at this height and the approvals
     /// waiting for a block: both are sent again.
     pub(crate) fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
-        if self.halted.is_some() || !self.reachable_ids.contains(&id) {
+        if self.stopped() || !self.reachable_ids.contains(&id) {
             return;
         }
         self.last_heard.insert(id, now.mono_ms);
         for m in self.core.own_messages() {
+            self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m) });
+        }
+        // And what it signed that we hold: a peer restarted on an older copy
+        // of its data dir learns what its key signed here before it signs
+        // again (see `super::doppelganger`).
+        for m in self.core.signed_by(id) {
             self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m) });
         }
         // Approvals waiting for a block: the peer may propose the next one.
@@ -635,7 +688,19 @@ impl Driver {
     pub(crate) fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
         // A peer the chain no longer names, until the transport closes its
         // connection: nothing it sends is taken or kept.
-        if self.halted.is_some() || !self.reachable_ids.contains(&from) {
+        if self.stopped() || !self.reachable_ids.contains(&from) {
+            return;
+        }
+        let me = self.core.id();
+        let stopped = match &msg {
+            Message::Vote(v) if v.vote.voter == me => self.weigh_own_vote(from, v, now),
+            Message::Proposal(p) if p.proposal.proposer == me && p.verify(&self.cfg.network_id).is_ok() => {
+                let (height, round, value) = (p.proposal.height, p.proposal.round, p.proposal.block.hash());
+                self.weigh_own_proposal(from, height, round, value, now)
+            }
+            _ => false,
+        };
+        if stopped {
             return;
         }
         let input = match msg {
@@ -660,6 +725,7 @@ impl Driver {
             self.last_heard.insert(from, now.mono_ms);
         }
         self.drive(out, false, now);
+        self.follow_lock(now);
         self.fetch_due(now);
     }
 
@@ -736,13 +802,14 @@ impl Driver {
         let mut applied: usize = 0;
         let mut invalid = false;
         for c in blocks {
-            if self.halted.is_some() {
+            if self.stopped() {
                 break;
             }
             let before = self.core.height();
             if c.block.height() < before {
                 continue; // another peer's answer got there first
             }
+            let ours = own_precommit(&c, self.core.id());
             let out = self.core.handle(Input::Commit(c), now.wall_ms);
             self.drive(out, true, now);
             if self.core.height() == before {
@@ -751,11 +818,26 @@ impl Driver {
                 break;
             }
             applied += 1;
+            // Its certificate verified: a precommit of our key in it that we
+            // did not sign is evidence.
+            if let Some((round, stamped_ms)) = ours {
+                let seen = Seen {
+                    height: before,
+                    round,
+                    kind: EvidenceKind::CertificatePrecommit,
+                    peer,
+                    signed_after_ms: stamped_ms,
+                    conflicts: false,
+                };
+                if self.core.last_signed().is_none_or(|last| seen.record() > last) && self.weigh(seen, None, now) {
+                    return;
+                }
+            }
         }
         if applied > 0 {
             tracing::info!(peer = %peer.short(), "caught up {applied} block(s): heights {first}..{}", first + applied as u64 - 1);
         }
-        if self.halted.is_some() {
+        if self.stopped() {
             return;
         }
         self.sync_outcome(peer, Outcome::Blocks { blocks: count, bytes, applied, invalid }, "", now);
@@ -773,7 +855,7 @@ impl Driver {
         result: Result<Vec<Vec<u8>>, RequestFailure>,
         now: Now,
     ) {
-        if self.halted.is_some() {
+        if self.stopped() {
             return;
         }
         self.fetches.remove(&(height, round));
@@ -840,11 +922,16 @@ impl Driver {
         while let Some(o) = work.pop_front() {
             // What the core does after the block before a height this node
             // cannot run (start it, sign in it) is never carried out.
-            if self.halted.is_some() {
+            if self.stopped() {
                 return;
             }
             match o {
                 Output::Sign { record, message, lock } => {
+                    // The core signs only with its gate open, which the watch
+                    // keeps closed; nothing of a stopping node leaves it.
+                    if self.doppelganger.is_some() {
+                        continue;
+                    }
                     let gossip = gossip_form(&message);
                     self.effects.push_back(Effect::Persist { record, message, lock });
                     self.effects.push_back(Effect::Broadcast(gossip));
@@ -984,10 +1071,8 @@ impl Driver {
             (Some(true), false) => tracing::warn!("waiting for quorum: {active}/{n} active, {required} required"),
             (_, false) => tracing::info!("waiting for quorum: {active}/{n} active, {required} required"),
         }
-        if previous.map(|p| p.1) != Some(met) {
-            return self.core.handle(Input::Quorum(met), now.wall_ms);
-        }
-        Vec::new()
+        self.follow_watch(now);
+        self.tell_core(now)
     }
 
     /// When no block came for a while, messages may have been lost (a peer
@@ -1275,6 +1360,186 @@ impl Driver {
     }
 }
 
+/// The doppelganger watch and the floor the network proves
+/// ([`super::doppelganger`]).
+impl Driver {
+    /// The watch after the gate or the sync claims changed, or time passed;
+    /// one line when it ends.
+    fn follow_watch(&mut self, now: Now) {
+        let caught_up = self.sync.best_claim(now.mono_ms) <= self.core.height();
+        if self.watch.handle(self.gate.met(), caught_up, now.mono_ms) && self.member {
+            tracing::info!(
+                height = self.core.height(),
+                "doppelganger watch over: no vote of this node's key that it did not make in {} ms in the mesh; \
+                 signing from height {}",
+                self.watch.length_ms(),
+                self.core.height()
+            );
+        }
+    }
+
+    /// Whether the core may sign now, the quorum gate aside: the watch is
+    /// over, no lock the network proves is missing, nothing stopped it.
+    fn may_sign_now(&self) -> bool {
+        !self.watch.watching() && !self.stopped() && self.lock_wanted.is_none_or(|(h, _, _)| h != self.core.height())
+    }
+
+    /// Tells the core its gate, when that changed: open with the quorum gate
+    /// met and [`Self::may_sign_now`].
+    fn tell_core(&mut self, now: Now) -> Vec<Output> {
+        let open = self.gate.met() && self.may_sign_now();
+        if open == self.core_gate {
+            return Vec::new();
+        }
+        self.core_gate = open;
+        self.core.handle(Input::Quorum(open), now.wall_ms)
+    }
+
+    /// Why this member signs nothing now, if it holds back.
+    fn hold(&self) -> Option<Hold> {
+        if !self.member || self.stopped() {
+            return None;
+        }
+        match self.watch.phase() {
+            Phase::Waiting => Some(Hold::Waiting),
+            Phase::Watching { .. } => Some(Hold::Watching),
+            Phase::Over if !self.may_sign_now() => Some(Hold::LockMissing),
+            Phase::Over => None,
+        }
+    }
+
+    /// A vote of our key from `from`, before the core sees it: weighed if
+    /// it is of the current or the next height, verifies, and is not one the
+    /// core holds (ours, or evidence taken before). True if the node stops.
+    fn weigh_own_vote(&mut self, from: NodeId, sv: &SignedVote, now: Now) -> bool {
+        let v = &sv.vote;
+        let height = self.core.height();
+        if (v.height != height && v.height != height + 1) || self.core.holds_vote(v) {
+            return false;
+        }
+        // A forgery says nothing; the core reports it.
+        if sv.verify(&self.cfg.network_id).is_err() {
+            return false;
+        }
+        let kind = match v.kind {
+            VoteKind::Prevote => EvidenceKind::Prevote,
+            VoteKind::Precommit => EvidenceKind::Precommit,
+        };
+        let seen = Seen {
+            height: v.height,
+            round: v.round,
+            kind,
+            peer: from,
+            signed_after_ms: self.core.parent_timestamp(),
+            conflicts: self.core.has_vote_of(v.voter, v.height, v.round, v.kind),
+        };
+        let lock = match (v.kind, v.block) {
+            (VoteKind::Precommit, Some(value)) if v.height == height => Some((v.round, value)),
+            _ => None,
+        };
+        self.weigh(seen, lock, now)
+    }
+
+    /// A proposal of our key (its signature verified) for `(height, round)`
+    /// with `value`: weighed unless the core holds it. True if the node stops.
+    fn weigh_own_proposal(&mut self, from: NodeId, height: Height, round: Round, value: Hash, now: Now) -> bool {
+        let current = self.core.height();
+        if height != current && height != current + 1 {
+            return false;
+        }
+        let held = self.core.proposed_block(height, round).map(|b| b.hash());
+        if held == Some(value) {
+            return false;
+        }
+        let seen = Seen {
+            height,
+            round,
+            kind: EvidenceKind::Proposal,
+            peer: from,
+            signed_after_ms: self.core.parent_timestamp(),
+            conflicts: held.is_some(),
+        };
+        self.weigh(seen, None, now)
+    }
+
+    /// What `seen` means ([`doppelganger::judge`]): a second signer stops the
+    /// node while the watch is on (true); the floor rises otherwise, with the
+    /// lock a precommit for a value implies (`lock`).
+    fn weigh(&mut self, seen: Seen, lock: Option<(Round, Hash)>, now: Now) -> bool {
+        let offset = self.clock.offset_ms(now.wall_ms);
+        match doppelganger::judge(&seen, self.watch.started_ms(), offset, self.core.last_signed()) {
+            Verdict::Doppelganger(evidence) if self.watch.stops() => {
+                self.doppelganger = Some(evidence);
+                self.effects.push_back(Effect::Doppelganger(evidence));
+                return true;
+            }
+            Verdict::Doppelganger(evidence) => {
+                if self.first_report(None, "doppelganger") {
+                    tracing::error!(
+                        "{evidence}: another process signs with this node's key; doppelganger_intervals = 0, so \
+                         this node goes on, signing nothing at or below it: stop one of them"
+                    );
+                }
+                self.raise_floor(seen, lock);
+            }
+            Verdict::Floor(_) => self.raise_floor(seen, lock),
+            Verdict::Known => {}
+        }
+        let out = self.tell_core(now);
+        self.drive(out, false, now);
+        false
+    }
+
+    /// The network proves our key signed `seen`: the core signs nothing at or
+    /// below it, and a precommit for a value brings back its lock (or holds
+    /// signatures at that height until the value's proposal is here). Warned
+    /// about once.
+    fn raise_floor(&mut self, seen: Seen, lock: Option<(Round, Hash)>) {
+        let record = seen.record();
+        let before = self.core.last_signed();
+        self.core.raise_floor(record);
+        let was = before.map_or("none".to_string(), |r| format!("height {} round {} {:?}", r.height, r.round, r.step));
+        if self.watch.first_floor() {
+            tracing::warn!(
+                height = seen.height,
+                round = seen.round,
+                kind = seen.kind.as_str(),
+                peer = %seen.peer.short(),
+                "peer {} holds a {} of height {} round {} signed with this node's key that its signing record (last: \
+                 {was}) lacks: this data dir is older than what its key signed (restored from a snapshot or a backup, \
+                 or its last writes were lost); it signs nothing at or below that",
+                seen.peer.short(),
+                seen.kind.as_str(),
+                seen.height,
+                seen.round
+            );
+        } else {
+            tracing::debug!(height = seen.height, round = seen.round, kind = seen.kind.as_str(), "signing floor raised (was {was})");
+        }
+        if let Some((round, value)) = lock {
+            if !self.core.adopt_lock(round, value) && self.lock_wanted.is_none_or(|(_, r, _)| r < round) {
+                self.lock_wanted = Some((seen.height, round, value));
+            }
+        }
+    }
+
+    /// A lock wanted at this height whose proposal has arrived is taken, and
+    /// the core may sign again.
+    fn follow_lock(&mut self, now: Now) {
+        let Some((height, round, value)) = self.lock_wanted else { return };
+        if height != self.core.height() {
+            self.lock_wanted = None;
+        } else if self.core.adopt_lock(round, value) {
+            tracing::info!(height, round, "the lock this node's key held at height {height} round {round} is back: signing again");
+            self.lock_wanted = None;
+        } else {
+            return;
+        }
+        let out = self.tell_core(now);
+        self.drive(out, false, now);
+    }
+}
+
 /// Compact proposals and their fetches.
 impl Driver {
     /// A compact proposal: checked without its transactions, rebuilt from the
@@ -1289,6 +1554,11 @@ impl Driver {
         if let Err(e) = cp.check(&self.cfg.network_id, proposer, self.cfg.limits.max_block_txs) {
             let culprit = if e.signed_by_proposer() { cp.proposer } else { from };
             return self.refuse_compact(culprit, &e);
+        }
+        if cp.proposer == self.core.id()
+            && self.weigh_own_proposal(from, cp.height, cp.round, cp.header.hash(), now)
+        {
+            return;
         }
         // Its signature verified: the proposer takes part, if it sent it.
         if cp.proposer == from && cp.height == self.core.height() {
@@ -1519,6 +1789,11 @@ impl Driver {
         }
         self.maybe_sync(now);
     }
+}
+
+/// The round of our precommit in `c`'s certificate, and the block's timestamp.
+fn own_precommit(c: &Committed, me: NodeId) -> Option<(Round, u64)> {
+    c.cert.precommits.iter().find(|p| p.vote.voter == me).map(|p| (p.vote.round, c.block.header.timestamp_ms))
 }
 
 /// What goes to peers for a signed message: a proposal in its compact form

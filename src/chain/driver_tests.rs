@@ -61,6 +61,7 @@ fn driver_running(
         identity: me.clone(),
         bootstrap,
         max_version,
+        watch_intervals: 0,
     };
     Driver::new(core, cfg, at(T0))
 }
@@ -994,6 +995,7 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
             identity: ids[3].clone(),
             bootstrap: Vec::new(),
             max_version,
+            watch_intervals: 0,
         };
         Driver::new(core, cfg, at(net.now))
     };
