@@ -608,7 +608,8 @@ mod tests {
     fn doppelganger_intervals_default_to_two_zero_turns_the_watch_off_and_a_hundred_is_the_most() {
         let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
         let path = Path::new("masternode.toml");
-        let parse = |text: &str| NodeFileValues::parse(path, text, &Overrides::default()).map(|v| v.doppelganger_intervals);
+        let parse =
+            |text: &str| NodeFileValues::parse(path, text, &Overrides::default()).map(|v| v.doppelganger_intervals);
         assert_eq!(parse(base).unwrap(), 2, "unset");
         for n in [0, 1, 5, MAX_DOPPELGANGER_INTERVALS] {
             assert_eq!(parse(&format!("doppelganger_intervals = {n}\n{base}")).unwrap(), n);

@@ -391,7 +391,9 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
         }
         // The producer logged the error line with the evidence.
         Err(NodeError::Doppelganger(_)) => {
-            tracing::info!("stopped without signing: another process signs with this node's key; exit code {EXIT_DOPPELGANGER}");
+            tracing::info!(
+                "stopped without signing: another process signs with this node's key; exit code {EXIT_DOPPELGANGER}"
+            );
             ExitCode::from(EXIT_DOPPELGANGER)
         }
         Err(e) => {

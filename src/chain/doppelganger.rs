@@ -132,9 +132,18 @@ pub struct Evidence {
 impl std::fmt::Display for Evidence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = &self.seen;
-        write!(f, "a {} of height {} round {} signed with this node's key came from peer {}", s.kind.as_str(), s.height, s.round, s.peer.short())?;
+        write!(
+            f,
+            "a {} of height {} round {} signed with this node's key came from peer {}",
+            s.kind.as_str(),
+            s.height,
+            s.round,
+            s.peer.short()
+        )?;
         match self.cause {
-            Cause::Conflict => write!(f, ", and this node holds another message of its key for that height, round and step"),
+            Cause::Conflict => {
+                write!(f, ", and this node holds another message of its key for that height, round and step")
+            }
             Cause::AfterStart { signed_after_ms, started_ms } => write!(
                 f,
                 ", signed at a height that began {:.1} s after this node started, which this node did not sign",
@@ -371,13 +380,38 @@ mod tests {
         let old = START - 10_000;
         let record = Some(rec(9, 1, Step::Prevote));
         for (what, s, floor, want) in [
-            ("no record at all", seen(9, 0, EvidenceKind::Prevote, old), None, Verdict::Floor(rec(9, 0, Step::Prevote))),
-            ("a later step", seen(9, 1, EvidenceKind::Precommit, old), record, Verdict::Floor(rec(9, 1, Step::Precommit))),
-            ("a later round", seen(9, 4, EvidenceKind::Proposal, old), record, Verdict::Floor(rec(9, 4, Step::Propose))),
-            ("a later height", seen(10, 0, EvidenceKind::Prevote, old), record, Verdict::Floor(rec(10, 0, Step::Prevote))),
+            (
+                "no record at all",
+                seen(9, 0, EvidenceKind::Prevote, old),
+                None,
+                Verdict::Floor(rec(9, 0, Step::Prevote)),
+            ),
+            (
+                "a later step",
+                seen(9, 1, EvidenceKind::Precommit, old),
+                record,
+                Verdict::Floor(rec(9, 1, Step::Precommit)),
+            ),
+            (
+                "a later round",
+                seen(9, 4, EvidenceKind::Proposal, old),
+                record,
+                Verdict::Floor(rec(9, 4, Step::Propose)),
+            ),
+            (
+                "a later height",
+                seen(10, 0, EvidenceKind::Prevote, old),
+                record,
+                Verdict::Floor(rec(10, 0, Step::Prevote)),
+            ),
             ("the record itself", seen(9, 1, EvidenceKind::Prevote, old), record, Verdict::Known),
             ("below it", seen(9, 0, EvidenceKind::Precommit, old), record, Verdict::Known),
-            ("an older height's certificate", seen(8, 2, EvidenceKind::CertificatePrecommit, old), record, Verdict::Known),
+            (
+                "an older height's certificate",
+                seen(8, 2, EvidenceKind::CertificatePrecommit, old),
+                record,
+                Verdict::Known,
+            ),
         ] {
             assert_eq!(judge(&s, START, None, floor), want, "{what}");
         }

@@ -1514,7 +1514,12 @@ impl Driver {
                 seen.round
             );
         } else {
-            tracing::debug!(height = seen.height, round = seen.round, kind = seen.kind.as_str(), "signing floor raised (was {was})");
+            tracing::debug!(
+                height = seen.height,
+                round = seen.round,
+                kind = seen.kind.as_str(),
+                "signing floor raised (was {was})"
+            );
         }
         if let Some((round, value)) = lock {
             if !self.core.adopt_lock(round, value) && self.lock_wanted.is_none_or(|(_, r, _)| r < round) {
@@ -1530,7 +1535,11 @@ impl Driver {
         if height != self.core.height() {
             self.lock_wanted = None;
         } else if self.core.adopt_lock(round, value) {
-            tracing::info!(height, round, "the lock this node's key held at height {height} round {round} is back: signing again");
+            tracing::info!(
+                height,
+                round,
+                "the lock this node's key held at height {height} round {round} is back: signing again"
+            );
             self.lock_wanted = None;
         } else {
             return;
@@ -1555,9 +1564,7 @@ impl Driver {
             let culprit = if e.signed_by_proposer() { cp.proposer } else { from };
             return self.refuse_compact(culprit, &e);
         }
-        if cp.proposer == self.core.id()
-            && self.weigh_own_proposal(from, cp.height, cp.round, cp.header.hash(), now)
-        {
+        if cp.proposer == self.core.id() && self.weigh_own_proposal(from, cp.height, cp.round, cp.header.hash(), now) {
             return;
         }
         // Its signature verified: the proposer takes part, if it sent it.

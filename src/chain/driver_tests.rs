@@ -1045,7 +1045,9 @@ fn watching(ids: &[Arc<Identity>], me: usize, intervals: u32, parent_ms: u64, ow
         .iter()
         .map(|m| match m {
             Signed::Vote(v) => v.vote.record(),
-            Signed::Proposal(p) => SignRecord { height: p.proposal.height, round: p.proposal.round, step: Step::Propose },
+            Signed::Proposal(p) => {
+                SignRecord { height: p.proposal.height, round: p.proposal.round, step: Step::Propose }
+            }
         })
         .max();
     let mut core = Core::new(cfg, ids[me].clone(), 1, genesis_hash(&NET), parent_ms, record);
@@ -1163,8 +1165,8 @@ fn an_older_vote_of_its_key_raises_the_floor_once_warned_and_nothing_at_or_below
     let floor = SignRecord { height: 1, round: 2, step: Step::Prevote };
     assert_eq!(d.core().last_signed(), Some(floor));
     // The others prevote nil in round 2: this node precommits nil there, above its floor.
-    for i in 1..4 {
-        d.handle_message(ids[i].id(), Message::Vote(vote_of(&ids[i], VoteKind::Prevote, 2, None)), at(T0 + 20));
+    for other in &ids[1..] {
+        d.handle_message(other.id(), Message::Vote(vote_of(other, VoteKind::Prevote, 2, None)), at(T0 + 20));
     }
     out.extend(run_to(&mut d, T0 + 20_000));
     let signed = persisted(&out);
@@ -1204,7 +1206,8 @@ fn a_connecting_peer_gets_back_what_its_key_signed_at_this_height() {
     d.handle_peer_up(ids[1].id(), Some(0), at(T0 + 20));
     let out = effects(&mut d);
     assert!(
-        out.iter().any(|e| matches!(e, Effect::Send { to, msg: Message::Vote(v) } if *to == ids[1].id() && *v == theirs)),
+        out.iter()
+            .any(|e| matches!(e, Effect::Send { to, msg: Message::Vote(v) } if *to == ids[1].id() && *v == theirs)),
         "{out:?}"
     );
 }

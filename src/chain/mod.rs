@@ -56,8 +56,8 @@ pub use block::{
     MAX_BLOCK_TXS,
 };
 pub use compact::{Assembly, CompactProposal, MAX_WAITING};
-pub use doppelganger::{Cause, Evidence, EvidenceKind, Seen};
 pub use consensus::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
+pub use doppelganger::{Cause, Evidence, EvidenceKind, Seen};
 pub use driver::{ChangeRequest, Driver, Effect, MembersView, Submitted};
 pub use height::{Height, Round};
 pub use links::{Mailbox, MemberRequest, TxRequest};
