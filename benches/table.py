@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Renders the JSON of `cargo bench --bench throughput -- --json FILE` as the
-Markdown table in README.md: python3 benches/table.py FILE"""
+Markdown table in docs/benchmarks.md: python3 benches/table.py FILE"""
 import json
 import sys
 

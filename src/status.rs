@@ -284,10 +284,13 @@ pub(crate) fn add_chain(s: &mut Status, chain: ChainState, missing: &[String], b
              stop it, or have the members add it again"
         )),
     }
-    if !s.quorum.met {
+    // A node outside the set is refused by the members and counts towards no
+    // quorum: their absence is what being outside means, said once above, and
+    // the quorum and peer lines still show it.
+    if !s.quorum.met && s.member {
         w.push(format!("quorum not met: {}/{} active, {} required", s.quorum.active, s.members, s.quorum.required));
     }
-    if !missing.is_empty() {
+    if !missing.is_empty() && s.member {
         w.push(format!("{} member(s) not connected: {}", missing.len(), missing.join(", ")));
     }
     let stalled_after_secs = (5 * block_interval_ms).max(30_000) as f64 / 1000.0;
@@ -592,6 +595,28 @@ mod tests {
         assert_eq!(removed.warnings.len(), 1);
         assert!(removed.warnings[0].starts_with("this node was removed from the member set at height 57"));
         assert!(!removed.warnings[0].contains("joiner"), "{:?}", removed.warnings);
+    }
+
+    #[test]
+    fn a_node_outside_the_set_is_warned_of_that_alone() {
+        let chain = ChainState { best_peer_tip: 0, ..ChainState::default() };
+        let missing: Vec<String> = ["aaaa", "bbbb", "cccc", "dddd"].iter().map(|m| m.to_string()).collect();
+        for removed_at_height in [None, Some(57)] {
+            let mut s = Status {
+                member: false,
+                removed_at_height,
+                quorum: Quorum { active: 0, required: 3, met: false },
+                ..status(0, false)
+            };
+            add_chain(&mut s, chain, &missing, 1_000, NOW);
+            assert_eq!(s.warnings.len(), 1, "{removed_at_height:?}: {:?}", s.warnings);
+            assert!(s.warnings[0].contains("member set"), "{:?}", s.warnings);
+            assert!(!s.healthy(), "still degraded: it votes no more, or not yet");
+        }
+        // The same quorum and members missing on a member are two warnings.
+        let mut member = Status { quorum: Quorum { active: 0, required: 3, met: false }, ..status(0, false) };
+        add_chain(&mut member, chain, &missing, 1_000, NOW);
+        assert_eq!(member.warnings.len(), 2, "{:?}", member.warnings);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The rolling upgrade from 0.1.0 to this release, as the README's runbook does
+//! The rolling upgrade from 0.1.0 to this release, as the runbook of docs/operating.md does
 //! it: four nodes of 0.1.0 (commit 31283ad) on distinct loopback addresses with
 //! 500 ms blocks, then one node at a time: stop it (SIGTERM), install this
 //! build, start it on the same data dir. Then the rules: an upgrade plan for

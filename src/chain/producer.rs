@@ -223,6 +223,11 @@ impl Producer {
                 Some(()) = async { (self.links.txs.recv_many(&mut txs, BATCH).await > 0).then_some(()) } => Event::Txs,
                 _ = sleep_until(wake) => Event::Timers,
             };
+            // The select is unbiased: a peer set emptied by this node's own stop
+            // (or by peers stopping with it) may win over the shutdown branch.
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
             self.metrics.loops.fetch_add(1, Ordering::Relaxed);
             if !self.handle(event, &mut batch, &mut txs).await? {
                 return Ok(());

@@ -16,6 +16,7 @@ mod chain;
 mod clocks;
 mod compact;
 mod compact_memory;
+mod docs_check;
 mod doppelganger;
 mod fuzz_corpus;
 mod hostile_frames;

@@ -280,7 +280,7 @@ async fn provisioned_network_produces_blocks_and_reports_status_and_metrics() {
     }
 }
 
-/// The README's inventory: one port on every node, no admin column. Each
+/// The inventory of docs/operating.md: one port on every node, no admin column. Each
 /// config gets 127.0.0.1:<port + 1>, and the run says that nodes sharing a
 /// host would clash there.
 #[test]
@@ -515,4 +515,23 @@ async fn devnet_runs_off_the_default_base() {
     let outside = Command::new(BIN).args(["devnet", "--base-ip", "10.0.0.1", "--duration", "1"]).output().unwrap();
     assert!(!outside.status.success());
     assert!(String::from_utf8_lossy(&outside.stderr).contains("loopback"));
+}
+
+/// A devnet that is asked to stop says nothing at warn or above: its nodes
+/// leaving one another is the stop asked for, not a lost quorum.
+#[test]
+fn a_devnet_stopping_logs_no_warning() {
+    let [a, b] = subnet();
+    let base = format!("127.{a}.{b}.1");
+    let out = Command::new(BIN)
+        .args(["devnet", "--duration", "3", "--base-ip", &base])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("height 1 "), "blocks were made: {stdout}");
+    let loud: Vec<&str> = stderr.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(loud.is_empty(), "a devnet's stop logged as trouble:\n{}", loud.join("\n"));
 }

@@ -284,8 +284,18 @@ async fn a_plan_waits_while_a_member_speaks_wire_3_and_is_carried_once_it_speaks
         all.iter().all(|n| n.members().membership.schedule() == scheduled)
     })
     .await;
-    let u = masternode::admin::fetch_upgrade(nodes[0].admin_addr(), Duration::from_secs(2)).await.unwrap();
-    assert!(u.wire_ready && u.schedule.len() == 1 && u.schedule[0].can_run, "{u:?}");
+    // `wire_ready` is what the connections speak now: a reconnect under load
+    // makes it false for a moment, so it is polled like the schedule.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let u = masternode::admin::fetch_upgrade(nodes[0].admin_addr(), Duration::from_secs(2)).await.unwrap();
+        assert!(u.schedule.len() == 1 && u.schedule[0].can_run, "{u:?}");
+        if u.wire_ready {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "wire ready once every member speaks 4: {u:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut rest = nodes;
     rest.push(upgraded);
     stop_all(rest).await;

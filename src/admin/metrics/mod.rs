@@ -9,7 +9,7 @@
 //! without the prefix ([`process`]).
 //!
 //! `monitoring/alerts.yml` and `monitoring/grafana/masternode.json` use these
-//! names; `tests/monitoring.rs` checks that every name they use is exported.
+//! names; `tests/suite/monitoring.rs` checks that every name they use is exported.
 
 mod process;
 
