@@ -20,8 +20,21 @@
 //! * **The quorum gate.** Members of the current height's set that are
 //!   connected, this node included when it is one, against
 //!   [`quorum::required_active`]. The core hears `Input::Quorum` when the gate
-//!   opens or closes; each change of the count or state is logged once (a lost
-//!   quorum at warn).
+//!   opens or closes, and hears it closed while the doppelganger watch holds
+//!   its signatures back; each change of the count or state is logged once (a
+//!   lost quorum at warn).
+//! * **Doppelganger watch and floor** ([`super::doppelganger`]). After a start
+//!   the core's gate stays closed until the watch is over (its intervals in
+//!   the mesh, caught up): the node follows, serves and relays, and signs
+//!   nothing. A vote or proposal of our key from a peer that the core does not
+//!   hold, and a precommit of our key in a synced block's certificate above
+//!   our record, are weighed before anything else sees them: a second signer
+//!   stops the driver ([`Effect::Doppelganger`], with the watch on); an older
+//!   signature raises the record the core signs above, and one for a value
+//!   the lock it implies (the gate stays closed at that height until the
+//!   value's proposal is here). A peer that comes up is sent the messages of
+//!   its own key held for this height, so a peer restarted on an older data
+//!   dir learns what it signed.
 //! * **The propose wait.** A round's proposer we cannot hear (not connected, or
 //!   silent for `max(3 intervals, 1.5 s) × (round + 1)`) gets a propose timeout
 //!   of [`ABSENT_PROPOSER_WAIT_MS`]: nothing can arrive from it, and prevoting
