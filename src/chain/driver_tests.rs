@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use super::*;
 use crate::chain::block::{genesis_hash, tx_root, Header};
 use crate::chain::consensus::{self, Timeouts};
-use crate::chain::vote::{Proposal, SignedProposal, Step, Vote, VoteKind};
+use crate::chain::doppelganger;
+use crate::chain::vote::{Proposal, SignedProposal, SignedVote, Step, Vote, VoteKind};
 
 const NET: [u8; 32] = [9; 32];
 const INTERVAL: u64 = 1000;
