@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use super::block::{Hash, Height, Round};
 use super::consensus::Core;
+use super::doppelganger::{Evidence, Hold};
 use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Now, RequestFailure, RequestId};
 use super::links::{ChainMetrics, Held, Links, MemberRequest, TxRequest};
 use super::members::{MembershipState, Plan};
@@ -54,6 +55,9 @@ pub(crate) enum ProducerError {
     /// Not a failure: the node stopped before a height its binary cannot run.
     #[error(transparent)]
     UpgradeNeeded(#[from] UpgradeNeeded),
+    /// Not a failure of this node: another process signs with its key.
+    #[error("another process signs with this node's key: {0}")]
+    Doppelganger(Evidence),
 }
 
 /// What the shell works with besides the driver.
@@ -343,6 +347,19 @@ impl Producer {
                     }
                 }
                 Effect::Halt { plan, max_version } => return Err(self.halt(UpgradeNeeded { plan, max_version }).await),
+                Effect::Doppelganger(evidence) => {
+                    let s = evidence.seen;
+                    tracing::error!(
+                        height = s.height,
+                        round = s.round,
+                        kind = s.kind.as_str(),
+                        peer = %s.peer.short(),
+                        "another process signs with this node's key: {evidence}. Stopping without signing (exit code \
+                         4): find the other process (a cloned VM, a second instance, a copied key) and stop it \
+                         before starting this one again"
+                    );
+                    return Err(ProducerError::Doppelganger(evidence));
+                }
                 Effect::SetMembers(members) => self.peers.set_members(members),
                 Effect::PublishMembers(view) => {
                     self.links.view.send_replace(view);
@@ -436,6 +453,7 @@ impl Producer {
         m.set_held(Held::SyncAnswers, self.answer_bytes.load(Ordering::Relaxed));
         m.requests_refused_rate.store(s.refused_rate, Ordering::Relaxed);
         m.requests_refused_bytes.store(s.refused_bytes, Ordering::Relaxed);
+        m.hold.store(Hold::code(s.hold), Ordering::Relaxed);
     }
 
     /// Queues for every peer; returns at once. The only error is a message over
