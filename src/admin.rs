@@ -911,6 +911,9 @@ pub fn render_status(s: &Status) -> String {
         s.quorum.required,
         if s.quorum.met { "met" } else { "NOT met" }
     );
+    if let Some(held) = &s.signing_held {
+        let _ = writeln!(out, "signing   held: {held}");
+    }
     let _ = writeln!(out, "peers     {}/{}", s.peers.len(), s.members.saturating_sub(s.member as usize));
     for p in &s.pending_changes {
         let id = &p.node_id[..16.min(p.node_id.len())];
@@ -980,6 +983,7 @@ mod tests {
             sync: SyncStatus::default(),
             clock_offset_ms: None,
             warnings: vec![],
+            signing_held: None,
         }
     }
 

@@ -215,6 +215,12 @@ impl LogFormat {
     }
 }
 
+/// `doppelganger_intervals` when the file does not set it.
+pub const DEFAULT_DOPPELGANGER_INTERVALS: u32 = 2;
+/// The longest watch a file may ask for: a typo of 2000 must not keep a node
+/// from signing for an hour.
+pub const MAX_DOPPELGANGER_INTERVALS: u32 = 100;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeFile {
@@ -234,6 +240,8 @@ struct NodeFile {
     bootstrap: Vec<String>,
     /// `"text"` or `"json"` (or `"auto"`, the default); see [`LogFormat`].
     log_format: Option<String>,
+    /// Block intervals of the doppelganger watch after a start; 0 turns it off.
+    doppelganger_intervals: Option<u32>,
     #[serde(default)]
     transport: TransportFile,
     #[serde(default)]
@@ -255,6 +263,7 @@ pub struct NodeFileValues {
     pub transport: Transport,
     pub limits: NodeLimits,
     pub log_format: LogFormat,
+    pub doppelganger_intervals: u32,
 }
 
 impl NodeFileValues {
@@ -295,6 +304,13 @@ impl NodeFileValues {
                 ))
             })?,
         };
+        let doppelganger_intervals = file.doppelganger_intervals.unwrap_or(DEFAULT_DOPPELGANGER_INTERVALS);
+        if doppelganger_intervals > MAX_DOPPELGANGER_INTERVALS {
+            return Err(invalid(format!(
+                "doppelganger_intervals = {doppelganger_intervals} is more than {MAX_DOPPELGANGER_INTERVALS} block \
+                 intervals (0 turns the watch off)"
+            )));
+        }
         let bootstrap = file
             .bootstrap
             .iter()
@@ -379,6 +395,7 @@ impl NodeFileValues {
             bootstrap,
             transport,
             log_format,
+            doppelganger_intervals,
         })
     }
 }
@@ -439,6 +456,10 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Member>,
     /// Read by the command line before it sets logging up.
     pub log_format: LogFormat,
+    /// Block intervals a member watches after a start for votes of its key
+    /// that it did not make, signing nothing meanwhile; 0 turns the watch off
+    /// (`doppelganger_intervals`, see docs/operating.md).
+    pub doppelganger_intervals: u32,
 }
 
 impl NodeConfig {
@@ -464,6 +485,7 @@ impl NodeConfig {
         cfg.limits = f.limits;
         cfg.bootstrap = f.bootstrap;
         cfg.log_format = f.log_format;
+        cfg.doppelganger_intervals = f.doppelganger_intervals;
         Ok(cfg)
     }
 
@@ -506,6 +528,7 @@ impl NodeConfig {
             limits: NodeLimits::default(),
             bootstrap: Vec::new(),
             log_format: LogFormat::Auto,
+            doppelganger_intervals: DEFAULT_DOPPELGANGER_INTERVALS,
         })
     }
 }
@@ -577,6 +600,22 @@ mod tests {
         for bad in ["mempool_max_txs = 0", "tx_max_bytes = 999999999", "sync_response_bytes = 99999999", "colour = 1"] {
             let text = format!("{base}[limits]\n{bad}\n");
             let err = NodeFileValues::parse(path, &text, &Overrides::default()).err().unwrap().to_string();
+            assert!(err.starts_with("masternode.toml") && !err.contains('\n'), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn doppelganger_intervals_default_to_two_zero_turns_the_watch_off_and_a_hundred_is_the_most() {
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("masternode.toml");
+        let parse =
+            |text: &str| NodeFileValues::parse(path, text, &Overrides::default()).map(|v| v.doppelganger_intervals);
+        assert_eq!(parse(base).unwrap(), 2, "unset");
+        for n in [0, 1, 5, MAX_DOPPELGANGER_INTERVALS] {
+            assert_eq!(parse(&format!("doppelganger_intervals = {n}\n{base}")).unwrap(), n);
+        }
+        for bad in ["101", "-1", "\"2\""] {
+            let err = parse(&format!("doppelganger_intervals = {bad}\n{base}")).err().unwrap().to_string();
             assert!(err.starts_with("masternode.toml") && !err.contains('\n'), "{bad}: {err}");
         }
     }

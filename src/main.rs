@@ -23,6 +23,11 @@ const EXIT_CONFIG: u8 = 78;
 /// binary helps, so the units keep it from restart-looping too
 /// (`RestartPreventExitStatus=78 3`).
 const EXIT_UPGRADE: u8 = 3;
+/// Another process signs with this node's key (the doppelganger watch saw a
+/// vote of its key that it did not make): starting again does not help
+/// until the other one is stopped, so the units keep it from restart-looping
+/// (`RestartPreventExitStatus=78 3 4`).
+const EXIT_DOPPELGANGER: u8 = 4;
 
 #[derive(Parser)]
 #[command(name = "masternode", version, about = "Masternode daemon: QUIC mesh and quorum-gated block production")]
@@ -383,6 +388,13 @@ async fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
         Err(NodeError::UpgradeNeeded(needed)) => {
             tracing::info!("stopped: {needed}; exit code {EXIT_UPGRADE}");
             ExitCode::from(EXIT_UPGRADE)
+        }
+        // The producer logged the error line with the evidence.
+        Err(NodeError::Doppelganger(_)) => {
+            tracing::info!(
+                "stopped without signing: another process signs with this node's key; exit code {EXIT_DOPPELGANGER}"
+            );
+            ExitCode::from(EXIT_DOPPELGANGER)
         }
         Err(e) => {
             tracing::error!("{e}");

@@ -48,6 +48,10 @@ pub enum NodeError {
     /// run; it wrote `upgrade-info.json` in its data dir.
     #[error("stopped for an upgrade: {0}")]
     UpgradeNeeded(#[from] crate::chain::upgrade::UpgradeNeeded),
+    /// Another process signs with this node's key; the node signed nothing
+    /// after it saw that.
+    #[error("stopped: another process signs with this node's key: {0}")]
+    Doppelganger(crate::chain::Evidence),
     #[error("stopped after a runtime failure (logged above)")]
     Failed,
 }
@@ -144,6 +148,8 @@ pub struct Node {
     failed: Arc<AtomicBool>,
     /// Set when the producer stopped before a height this binary cannot run.
     upgrade_needed: Arc<std::sync::Mutex<Option<crate::chain::upgrade::UpgradeNeeded>>>,
+    /// Set when the producer stopped on a second process with this key.
+    doppelganger: Arc<std::sync::Mutex<Option<crate::chain::Evidence>>>,
     max_version: u16,
     /// The producer's channels: the member view, change requests, transactions.
     producer: Mailbox,
@@ -253,6 +259,7 @@ impl Node {
             identity,
             bootstrap,
             max_version,
+            watch_intervals: cfg.doppelganger_intervals,
         };
         let parts = Parts {
             store: store.clone(),
@@ -267,9 +274,11 @@ impl Node {
         let producer = Producer::new(core, driver_cfg, parts);
         let failed = Arc::new(AtomicBool::new(false));
         let upgrade_needed = Arc::new(std::sync::Mutex::new(None));
+        let doppelganger = Arc::new(std::sync::Mutex::new(None));
         {
             let failed = failed.clone();
             let upgrade_needed = upgrade_needed.clone();
+            let doppelganger = doppelganger.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
                 match producer.run(inbound, shutdown.clone()).await {
@@ -277,6 +286,11 @@ impl Node {
                     // Logged by the producer, with what to do.
                     Err(ProducerError::UpgradeNeeded(needed)) => {
                         *upgrade_needed.lock().unwrap_or_else(|p| p.into_inner()) = Some(needed);
+                        shutdown.cancel();
+                    }
+                    // Logged by the producer, with the evidence.
+                    Err(ProducerError::Doppelganger(evidence)) => {
+                        *doppelganger.lock().unwrap_or_else(|p| p.into_inner()) = Some(evidence);
                         shutdown.cancel();
                     }
                     Err(e) => {
@@ -305,6 +319,7 @@ impl Node {
             admin_stats: Arc::default(),
             failed,
             upgrade_needed,
+            doppelganger,
             max_version,
             producer: mailbox,
             max_tx_bytes: cfg.limits.mempool.max_tx_bytes,
@@ -365,12 +380,17 @@ impl Node {
 
     /// Waits until the node has stopped (as [`Self::stopped`]) and says why:
     /// `Ok` for a shutdown asked for, [`NodeError::UpgradeNeeded`] when it
-    /// stopped before a height its binary cannot run, [`NodeError::Failed`]
+    /// stopped before a height its binary cannot run,
+    /// [`NodeError::Doppelganger`] when another process signs with its key,
+    /// [`NodeError::Failed`]
     /// after a runtime failure.
     pub async fn finished(&self) -> Result<(), NodeError> {
         self.stopped().await;
         if let Some(needed) = self.upgrade_needed() {
             return Err(NodeError::UpgradeNeeded(needed));
+        }
+        if let Some(evidence) = *self.doppelganger.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(NodeError::Doppelganger(evidence));
         }
         if self.failed() {
             return Err(NodeError::Failed);

@@ -19,7 +19,10 @@
 //!    joiner whose admission is not in its chain yet, or a removed member, is
 //!    not), so it signs at that height;
 //! 4. `no_quorum`: the quorum gate is met: this node and its connected peers of
-//!    that set reach `required`, so it proposes and votes.
+//!    that set reach `required`, so it proposes and votes;
+//! 5. `not_signing`: nothing holds its signatures back: the doppelganger
+//!    watch after a start is over, and no lock its data dir lost is missing
+//!    (`signing_held` in `/status` says which, see [`crate::chain::doppelganger`]).
 //!
 //! "Signing" is read as "a member of the current set, in the mesh and not
 //! behind": a member in that state signs every step of every round by
@@ -51,6 +54,7 @@ pub enum NotReady {
     Syncing,
     NotAMember,
     NoQuorum,
+    NotSigning,
 }
 
 impl NotReady {
@@ -60,6 +64,7 @@ impl NotReady {
             NotReady::Syncing => "syncing",
             NotReady::NotAMember => "not_a_member",
             NotReady::NoQuorum => "no_quorum",
+            NotReady::NotSigning => "not_signing",
         }
     }
 }
@@ -101,6 +106,8 @@ pub fn readiness(s: &Status, started: bool) -> Readiness {
     } else if !q.met {
         let message = format!("no quorum: {}/{} active, {} required", q.active, s.members, q.required);
         (Some(NotReady::NoQuorum), message)
+    } else if let Some(held) = &s.signing_held {
+        (Some(NotReady::NotSigning), format!("not signing: {held}"))
     } else {
         let message = format!(
             "ready: a member at height {}, {}/{} active, {} required",
@@ -266,6 +273,7 @@ mod tests {
             sync: SyncStatus { syncing: best.is_some_and(|b| b > height), best_peer_tip: best },
             clock_offset_ms: None,
             warnings: vec![],
+            signing_held: None,
         }
     }
 
@@ -296,6 +304,19 @@ mod tests {
             let prefix = want.map_or("ready", |w| w.as_str()).replace('_', " ");
             assert!(r.message.starts_with(&prefix), "{what}: {}", r.message);
         }
+    }
+
+    #[test]
+    fn a_member_in_the_mesh_that_holds_its_signatures_back_is_not_ready_and_says_why() {
+        let held = Status { signing_held: Some("doppelganger watch: ...".into()), ..status(10, Some(10), true, 4) };
+        let r = readiness(&held, true);
+        assert_eq!(r.reason, Some(NotReady::NotSigning), "{}", r.message);
+        assert_eq!(r.message, "not signing: doppelganger watch: ...");
+        let behind = Status { signing_held: Some("doppelganger watch".into()), ..status(10, Some(40), true, 4) };
+        assert_eq!(readiness(&behind, true).reason, Some(NotReady::Syncing), "behind comes first");
+        let alone = Status { signing_held: Some("doppelganger watch".into()), ..status(10, None, true, 1) };
+        assert_eq!(readiness(&alone, true).reason, Some(NotReady::NoQuorum), "the quorum comes first");
+        assert_eq!(serde_json::to_value(NotReady::NotSigning).unwrap(), "not_signing");
     }
 
     #[test]

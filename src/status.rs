@@ -71,6 +71,10 @@ pub struct Status {
     /// well.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Why this member signs nothing now (the doppelganger watch after a
+    /// start, or a lock its data dir lost); null while it signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_held: Option<String>,
 }
 
 fn yes() -> bool {
@@ -234,6 +238,7 @@ pub(crate) fn build_status(
         sync: SyncStatus::default(),
         clock_offset_ms: None,
         warnings: Vec::new(),
+        signing_held: None,
     }
 }
 
@@ -389,6 +394,8 @@ impl StatusSource {
             last_slow_disconnect_ms: Some(load(&self.peers.counters().last_slow_disconnect_ms)).filter(|t| *t > 0),
         };
         add_chain(&mut s, chain, &missing, self.network.block_interval_ms, crate::chain::producer::now_ms());
+        s.signing_held = crate::chain::doppelganger::Hold::from_code(self.chain.hold.load(Ordering::Relaxed))
+            .map(|h| h.message().to_string());
         let others = view.membership.reachable().into_iter().filter(|(id, _)| *id != self.id).map(|(_, a)| a);
         s.warnings.extend(family_mismatch(self.peers.local_addr(), others));
         s.warnings.extend(in_set.and_then(|addr| address_mismatch(self.peers.local_addr(), addr)));
@@ -504,6 +511,7 @@ mod tests {
             sync: SyncStatus::default(),
             clock_offset_ms: None,
             warnings: vec![],
+            signing_held: None,
         }
     }
 

@@ -652,6 +652,73 @@ impl Core {
         out
     }
 
+    /// Every message of the current height signed by `node` that this core
+    /// holds: its proposals and its votes (conflicting versions too). Sent to
+    /// `node` when it connects: a node restarted on an older copy of its data
+    /// dir learns what its key signed (see [`super::doppelganger`]).
+    pub(crate) fn signed_by(&self, node: NodeId) -> Vec<Signed> {
+        let mut out: Vec<Signed> = (self.proposals.values())
+            .filter(|p| p.proposal.proposer == node)
+            .map(|p| Signed::Proposal(p.clone()))
+            .collect();
+        for rv in self.votes.values() {
+            let firsts = rv.prevotes.get(&node).into_iter().chain(rv.precommits.get(&node));
+            let seconds = rv.conflicting.iter().filter(|((v, _, _), _)| *v == node).map(|(_, sv)| sv);
+            out.extend(firsts.chain(seconds).map(|v| Signed::Vote(v.clone())));
+        }
+        out
+    }
+
+    /// The last `(height, round, step)` this core signed, or will not sign at
+    /// or below ([`Self::raise_floor`]).
+    pub(crate) fn last_signed(&self) -> Option<SignRecord> {
+        self.last_signed
+    }
+
+    /// The parent's timestamp: no message of the current height is older.
+    pub(crate) fn parent_timestamp(&self) -> u64 {
+        self.prev_ts
+    }
+
+    /// Whether this exact vote is held (a vote of the current height).
+    pub(crate) fn holds_vote(&self, v: &Vote) -> bool {
+        v.height == self.height && self.votes.get(&v.round).is_some_and(|rv| rv.holds(v))
+    }
+
+    /// Whether a vote of `voter` of this kind, height and round is held.
+    pub(crate) fn has_vote_of(&self, voter: NodeId, height: Height, round: Round, kind: VoteKind) -> bool {
+        height == self.height
+            && self.votes.get(&round).is_some_and(|rv| {
+                rv.of(kind).contains_key(&voter) || rv.conflicting.keys().any(|(v, k, _)| *v == voter && *k == kind)
+            })
+    }
+
+    /// The network proves this node's key signed `record`: never sign at or
+    /// below it (a data dir restored from an older copy holds an older record).
+    pub(crate) fn raise_floor(&mut self, record: SignRecord) {
+        if self.last_signed.is_none_or(|last| record > last) {
+            self.last_signed = Some(record);
+        }
+    }
+
+    /// The lock a precommit of this node's key for `value` in `round` of the
+    /// current height implies (L36 ran there): taken if that round's
+    /// proposal is held and is `value`, and the lock held is of an earlier
+    /// round. False while the proposal is not held.
+    pub(crate) fn adopt_lock(&mut self, round: Round, value: Hash) -> bool {
+        let Some(block) = self.proposals.get(&round).map(|p| &p.proposal.block).filter(|b| b.hash() == value) else {
+            return false;
+        };
+        let block = block.clone();
+        if self.locked.as_ref().is_none_or(|(lr, _)| *lr < round) {
+            self.locked = Some((round, block.clone()));
+        }
+        if self.valid.as_ref().is_none_or(|(vr, _)| *vr < round) {
+            self.valid = Some((round, block));
+        }
+        true
+    }
+
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
         self.handle_signed(input, now_ms).0
     }

@@ -20,8 +20,21 @@
 //! * **The quorum gate.** Members of the current height's set that are
 //!   connected, this node included when it is one, against
 //!   [`quorum::required_active`]. The core hears `Input::Quorum` when the gate
-//!   opens or closes; each change of the count or state is logged once (a lost
-//!   quorum at warn).
+//!   opens or closes, and hears it closed while the doppelganger watch holds
+//!   its signatures back; each change of the count or state is logged once (a
+//!   lost quorum at warn).
+//! * **Doppelganger watch and floor** ([`super::doppelganger`]). After a start
+//!   the core's gate stays closed until the watch is over (its intervals in
+//!   the mesh, caught up): the node follows, serves and relays, and signs
+//!   nothing. A vote or proposal of our key from a peer that the core does not
+//!   hold, and a precommit of our key in a synced block's certificate above
+//!   our record, are weighed before anything else sees them: a second signer
+//!   stops the driver ([`Effect::Doppelganger`], with the watch on); an older
+//!   signature raises the record the core signs above, and one for a value
+//!   the lock it implies (the gate stays closed at that height until the
+//!   value's proposal is here). A peer that comes up is sent the messages of
+//!   its own key held for this height, so a peer restarted on an older data
+//!   dir learns what it signed.
 //! * **The propose wait.** A round's proposer we cannot hear (not connected, or
 //!   silent for `max(3 intervals, 1.5 s) × (round + 1)`) gets a propose timeout
 //!   of [`ABSENT_PROPOSER_WAIT_MS`]: nothing can arrive from it, and prevoting
@@ -99,6 +112,7 @@ use super::block::{tx_hash, Block, Hash, Height, Limits, Round};
 use super::clock::{self, ClockConfig, ClockEstimator, ClockEvent};
 use super::compact::{self, Assembly, CompactError, CompactProposal, FillError, RebuildLimits, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
+use super::doppelganger::{Evidence, EvidenceKind, Hold, Seen, Watch, WatchConfig};
 use super::limits::NodeLimits;
 use super::members::{
     self, Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, PendingView, Plan,
@@ -155,6 +169,9 @@ pub struct DriverConfig {
     /// (a rehearsal may set another); it stops before the height of a plan
     /// for a later one.
     pub max_version: u16,
+    /// Block intervals of the doppelganger watch after the start
+    /// (`doppelganger_intervals`; 0 turns it off): see [`super::doppelganger`].
+    pub watch_intervals: u32,
 }
 
 /// The shell's name for an inbound request, carried by its answer.
@@ -198,6 +215,10 @@ pub enum Effect {
     /// this effect carried out. The driver signs nothing more and takes no
     /// further input.
     Halt { plan: Plan, max_version: u16 },
+    /// Another process signs with this node's key ([`super::doppelganger`]):
+    /// stop, with everything before this effect carried out. The driver signs
+    /// nothing more and takes no further input.
+    Doppelganger(Evidence),
 }
 
 /// A `Blocks` answer and its body's size.
@@ -354,6 +375,9 @@ pub struct Stats {
     /// budget in bytes.
     pub refused_rate: u64,
     pub refused_bytes: u64,
+    /// Why this member signs nothing now, if it holds back
+    /// ([`super::doppelganger`]).
+    pub(crate) hold: Option<Hold>,
 }
 
 /// A compact proposal's fetch under way: whom we asked, until when, and about
@@ -425,6 +449,15 @@ pub struct Driver {
     upgrades: UpgradeWatch,
     /// The plan this node stopped before, once it did.
     halted: Option<Plan>,
+    /// The doppelganger watch, and the evidence this node stopped on.
+    watch: Watch,
+    doppelganger: Option<Evidence>,
+    /// Whether the core was last told its gate is open: the quorum gate met,
+    /// and nothing holding signatures back ([`Self::may_sign_now`]).
+    core_gate: bool,
+    /// A lock the network proves this key held at `(height, round)` on a
+    /// value whose proposal is not here yet.
+    lock_wanted: Option<(Height, Round, Hash)>,
 }
 
 impl Driver {
@@ -438,7 +471,23 @@ impl Driver {
             ..ClockConfig::default()
         });
         let member = members.contains(&core.id());
+        let watch = Watch::new(
+            WatchConfig { intervals: cfg.watch_intervals, block_interval_ms: cfg.block_interval_ms },
+            now.wall_ms,
+        );
+        if member && watch.watching() {
+            tracing::info!(
+                intervals = cfg.watch_intervals,
+                "doppelganger watch: signing nothing until this node has been in the mesh for {} block intervals \
+                 without seeing a vote of its key that it did not make",
+                cfg.watch_intervals
+            );
+        }
         let mut driver = Driver {
+            watch,
+            doppelganger: None,
+            core_gate: false,
+            lock_wanted: None,
             upgrades: UpgradeWatch::new(cfg.max_version),
             wire: BTreeMap::new(),
             halted: None,
@@ -482,6 +531,12 @@ impl Driver {
         driver
     }
 
+    /// Whether this driver stopped: before a height it cannot run, or on a
+    /// second process signing with its key.
+    fn stopped(&self) -> bool {
+        self.halted.is_some() || self.doppelganger.is_some()
+    }
+
     /// The next thing to carry out, in order.
     pub(crate) fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
@@ -490,12 +545,12 @@ impl Driver {
     /// When [`Self::handle_timeout`] next has something to do (mono ms): a core
     /// timer, a fetch deadline, or the housekeeping tick; never once halted.
     pub(crate) fn poll_timeout(&self) -> Option<u64> {
-        if self.halted.is_some() {
+        if self.stopped() {
             return None;
         }
         let timer = self.timers.keys().next().map(|(at, _)| *at);
         let fetch = self.fetches.values().map(|f| f.deadline_ms).min();
-        [timer, fetch, Some(self.next_tick_ms)].into_iter().flatten().min()
+        [timer, fetch, self.watch.poll_timeout(), Some(self.next_tick_ms)].into_iter().flatten().min()
     }
 
     /// The height being decided (the tip's + 1).
@@ -535,6 +590,7 @@ impl Driver {
             peer_state_bytes: self.peer_state_bytes(),
             refused_rate: self.refused.0,
             refused_bytes: self.refused.1,
+            hold: self.hold(),
         }
     }
 
@@ -566,7 +622,7 @@ impl Driver {
     /// Fires every timer due at `now`: core timeouts, fetch deadlines, and the
     /// housekeeping tick (rebroadcast, sync hedges).
     pub(crate) fn handle_timeout(&mut self, now: Now) {
-        if self.halted.is_some() {
+        if self.stopped() {
             return;
         }
         while let Some(entry) = self.timers.first_entry() {
@@ -584,13 +640,17 @@ impl Driver {
             // A slow request may be due for a hedge.
             self.maybe_sync(now);
         }
+        self.follow_watch(now);
+        let out = self.tell_core(now);
+        self.drive(out, false, now);
+        self.follow_lock(now);
         self.fetch_due(now);
     }
 
     /// The transport's connected peers are now `connected`: the gate is
     /// recomputed.
     pub(crate) fn handle_connected(&mut self, connected: BTreeSet<NodeId>, now: Now) {
-        if self.halted.is_some() {
+        if self.stopped() {
             return;
         }
         self.gate.connected = connected;
@@ -603,11 +663,17 @@ impl Driver {
     /// knows it). It missed what we signed at this height and the approvals
     /// waiting for a block: both are sent again.
     pub(crate) fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
-        if self.halted.is_some() || !self.reachable_ids.contains(&id) {
+        if self.stopped() || !self.reachable_ids.contains(&id) {
             return;
         }
         self.last_heard.insert(id, now.mono_ms);
         for m in self.core.own_messages() {
+            self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m) });
+        }
+        // And what it signed that we hold: a peer restarted on an older copy
+        // of its data dir learns what its key signed here before it signs
+        // again (see `super::doppelganger`).
+        for m in self.core.signed_by(id) {
             self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m) });
         }
         // Approvals waiting for a block: the peer may propose the next one.
@@ -635,7 +701,19 @@ impl Driver {
     pub(crate) fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
         // A peer the chain no longer names, until the transport closes its
         // connection: nothing it sends is taken or kept.
-        if self.halted.is_some() || !self.reachable_ids.contains(&from) {
+        if self.stopped() || !self.reachable_ids.contains(&from) {
+            return;
+        }
+        let me = self.core.id();
+        let stopped = match &msg {
+            Message::Vote(v) if v.vote.voter == me => self.weigh_own_vote(from, v, now),
+            Message::Proposal(p) if p.proposal.proposer == me && p.verify(&self.cfg.network_id).is_ok() => {
+                let (height, round, value) = (p.proposal.height, p.proposal.round, p.proposal.block.hash());
+                self.weigh_own_proposal(from, height, round, value, now)
+            }
+            _ => false,
+        };
+        if stopped {
             return;
         }
         let input = match msg {
@@ -660,6 +738,7 @@ impl Driver {
             self.last_heard.insert(from, now.mono_ms);
         }
         self.drive(out, false, now);
+        self.follow_lock(now);
         self.fetch_due(now);
     }
 
@@ -736,13 +815,14 @@ impl Driver {
         let mut applied: usize = 0;
         let mut invalid = false;
         for c in blocks {
-            if self.halted.is_some() {
+            if self.stopped() {
                 break;
             }
             let before = self.core.height();
             if c.block.height() < before {
                 continue; // another peer's answer got there first
             }
+            let ours = watch::own_precommit(&c, self.core.id());
             let out = self.core.handle(Input::Commit(c), now.wall_ms);
             self.drive(out, true, now);
             if self.core.height() == before {
@@ -751,11 +831,26 @@ impl Driver {
                 break;
             }
             applied += 1;
+            // Its certificate verified: a precommit of our key in it that we
+            // did not sign is evidence.
+            if let Some((round, stamped_ms)) = ours {
+                let seen = Seen {
+                    height: before,
+                    round,
+                    kind: EvidenceKind::CertificatePrecommit,
+                    peer,
+                    signed_after_ms: stamped_ms,
+                    conflicts: false,
+                };
+                if self.core.last_signed().is_none_or(|last| seen.record() > last) && self.weigh(seen, None, now) {
+                    return;
+                }
+            }
         }
         if applied > 0 {
             tracing::info!(peer = %peer.short(), "caught up {applied} block(s): heights {first}..{}", first + applied as u64 - 1);
         }
-        if self.halted.is_some() {
+        if self.stopped() {
             return;
         }
         self.sync_outcome(peer, Outcome::Blocks { blocks: count, bytes, applied, invalid }, "", now);
@@ -773,7 +868,7 @@ impl Driver {
         result: Result<Vec<Vec<u8>>, RequestFailure>,
         now: Now,
     ) {
-        if self.halted.is_some() {
+        if self.stopped() {
             return;
         }
         self.fetches.remove(&(height, round));
@@ -840,11 +935,16 @@ impl Driver {
         while let Some(o) = work.pop_front() {
             // What the core does after the block before a height this node
             // cannot run (start it, sign in it) is never carried out.
-            if self.halted.is_some() {
+            if self.stopped() {
                 return;
             }
             match o {
                 Output::Sign { record, message, lock } => {
+                    // The core signs only with its gate open, which the watch
+                    // keeps closed; nothing of a stopping node leaves it.
+                    if self.doppelganger.is_some() {
+                        continue;
+                    }
                     let gossip = gossip_form(&message);
                     self.effects.push_back(Effect::Persist { record, message, lock });
                     self.effects.push_back(Effect::Broadcast(gossip));
@@ -984,10 +1084,8 @@ impl Driver {
             (Some(true), false) => tracing::warn!("waiting for quorum: {active}/{n} active, {required} required"),
             (_, false) => tracing::info!("waiting for quorum: {active}/{n} active, {required} required"),
         }
-        if previous.map(|p| p.1) != Some(met) {
-            return self.core.handle(Input::Quorum(met), now.wall_ms);
-        }
-        Vec::new()
+        self.follow_watch(now);
+        self.tell_core(now)
     }
 
     /// When no block came for a while, messages may have been lost (a peer
@@ -1290,6 +1388,9 @@ impl Driver {
             let culprit = if e.signed_by_proposer() { cp.proposer } else { from };
             return self.refuse_compact(culprit, &e);
         }
+        if cp.proposer == self.core.id() && self.weigh_own_proposal(from, cp.height, cp.round, cp.header.hash(), now) {
+            return;
+        }
         // Its signature verified: the proposer takes part, if it sent it.
         if cp.proposer == from && cp.height == self.core.height() {
             self.last_heard.insert(from, now.mono_ms);
@@ -1557,6 +1658,9 @@ fn answer_from_block(block: &Block, ids: &[Hash], max_bytes: usize) -> Vec<Vec<u
     let by_id: HashMap<Hash, &Vec<u8>> = block.txs.iter().map(|t| (tx_hash(t), t)).collect();
     compact::within_bytes(ids.iter().filter_map(|id| by_id.get(id).copied()), max_bytes)
 }
+
+#[path = "driver_watch.rs"]
+mod watch;
 
 #[cfg(test)]
 #[path = "driver_tests.rs"]

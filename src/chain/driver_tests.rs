@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use super::*;
 use crate::chain::block::{genesis_hash, tx_root, Header};
 use crate::chain::consensus::{self, Timeouts};
-use crate::chain::vote::{Proposal, SignedProposal, Step, Vote, VoteKind};
+use crate::chain::doppelganger;
+use crate::chain::vote::{Proposal, SignedProposal, SignedVote, Step, Vote, VoteKind};
 
 const NET: [u8; 32] = [9; 32];
 const INTERVAL: u64 = 1000;
@@ -61,6 +62,7 @@ fn driver_running(
         identity: me.clone(),
         bootstrap,
         max_version,
+        watch_intervals: 0,
     };
     Driver::new(core, cfg, at(T0))
 }
@@ -1029,6 +1031,7 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
             identity: ids[3].clone(),
             bootstrap: Vec::new(),
             max_version,
+            watch_intervals: 0,
         };
         Driver::new(core, cfg, at(net.now))
     };
@@ -1060,4 +1063,187 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
     assert!(effects(&mut upgraded).iter().all(|e| !matches!(e, Effect::Halt { .. })));
     assert_eq!(timers(&upgraded).first().map(|(_, t)| *t), Some(Timeout::StartHeight { height: 30 }));
     assert_eq!(lines.iter().filter(|l| l.contains("protocol 4 in force from height 30 on")).count(), 1);
+}
+
+/// The driver of member `me` with a doppelganger watch of `intervals`, at
+/// height 1 whose parent was stamped at `parent_ms`, holding `own` as
+/// restored from its store (its record the last of them).
+fn watching(ids: &[Arc<Identity>], me: usize, intervals: u32, parent_ms: u64, own: Vec<Signed>) -> Driver {
+    let members = Membership::of_ids(&ids.iter().map(|i| i.id()).collect::<Vec<_>>(), 3);
+    let cfg = consensus::Config {
+        network_id: NET,
+        members,
+        block_interval_ms: INTERVAL,
+        limits: Limits::default(),
+        timeouts: Timeouts::for_interval(INTERVAL),
+    };
+    let record = own
+        .iter()
+        .map(|m| match m {
+            Signed::Vote(v) => v.vote.record(),
+            Signed::Proposal(p) => {
+                SignRecord { height: p.proposal.height, round: p.proposal.round, step: Step::Propose }
+            }
+        })
+        .max();
+    let mut core = Core::new(cfg, ids[me].clone(), 1, genesis_hash(&NET), parent_ms, record);
+    core.restore_own(own);
+    let cfg = DriverConfig {
+        network_id: NET,
+        block_interval_ms: INTERVAL,
+        min_active: 3,
+        limits: Limits::default(),
+        node_limits: NodeLimits::default(),
+        identity: ids[me].clone(),
+        bootstrap: Vec::new(),
+        max_version: crate::chain::rules::MAX_VERSION,
+        watch_intervals: intervals,
+    };
+    Driver::new(core, cfg, at(T0))
+}
+
+/// `who`'s signed vote at height 1.
+fn vote_of(who: &Identity, kind: VoteKind, round: Round, block: Option<Hash>) -> SignedVote {
+    Vote { kind, height: 1, round, block, voter: who.id() }.sign(&NET, who)
+}
+
+fn persisted(out: &[Effect]) -> Vec<SignRecord> {
+    out.iter().filter_map(|e| if let Effect::Persist { record, .. } = e { Some(*record) } else { None }).collect()
+}
+
+#[test]
+fn a_watching_member_signs_nothing_until_it_has_been_in_the_mesh_for_its_intervals() {
+    let ids = identities(4);
+    let mut d = watching(&ids, 0, 2, 0, Vec::new());
+    assert_eq!(d.stats(at(T0)).hold, Some(Hold::Waiting), "not in the mesh yet");
+    let mut out = run_to(&mut d, T0 + 5_000);
+    assert!(persisted(&out).is_empty(), "alone, it waits: {out:?}");
+    d.handle_connected(others(&ids, 0), at(T0 + 5_000));
+    out.extend(effects(&mut d));
+    assert_eq!(d.stats(at(T0 + 5_000)).hold, Some(Hold::Watching));
+    out.extend(run_to(&mut d, T0 + 6_999));
+    assert!(persisted(&out).is_empty(), "two intervals in the mesh have not passed: {out:?}");
+    let (after, lines) = logs(|| run_to(&mut d, T0 + 9_000));
+    assert_eq!(d.stats(at(T0 + 9_000)).hold, None);
+    assert!(lines.iter().any(|l| l.contains("doppelganger watch over")), "{lines:?}");
+    let signed = persisted(&after);
+    assert!(!signed.is_empty(), "it signs once the watch is over: {after:?}");
+}
+
+#[test]
+fn a_vote_of_its_key_at_a_height_begun_after_its_start_stops_it_with_the_evidence_having_signed_nothing() {
+    let ids = identities(4);
+    // The parent was stamped 5 s after this node started: the height began then.
+    let mut d = watching(&ids, 0, 2, T0 + 5_000, Vec::new());
+    d.handle_connected(others(&ids, 0), at(T0));
+    let mut out = effects(&mut d);
+    let twin = vote_of(&ids[0], VoteKind::Prevote, 0, None);
+    d.handle_message(ids[2].id(), Message::Vote(twin), at(T0 + 6_000));
+    out.extend(effects(&mut d));
+    let evidence = out.iter().find_map(|e| if let Effect::Doppelganger(e) = e { Some(*e) } else { None });
+    let evidence = evidence.expect("stops on the vote");
+    assert_eq!((evidence.seen.height, evidence.seen.round, evidence.seen.kind), (1, 0, EvidenceKind::Prevote));
+    assert_eq!(evidence.seen.peer, ids[2].id(), "names the peer it came from");
+    assert!(matches!(evidence.cause, doppelganger::Cause::AfterStart { .. }), "{evidence:?}");
+    out.extend(run_to(&mut d, T0 + 60_000));
+    assert!(persisted(&out).is_empty(), "nothing signed: {out:?}");
+    assert_eq!(d.poll_timeout(), None, "the driver has stopped");
+}
+
+#[test]
+fn with_the_watch_off_a_second_signer_is_reported_and_only_raises_the_floor() {
+    let ids = identities(4);
+    let mut d = watching(&ids, 0, 0, T0 + 5_000, Vec::new());
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    let twin = vote_of(&ids[0], VoteKind::Prevote, 3, None);
+    let (_, lines) = logs(|| d.handle_message(ids[2].id(), Message::Vote(twin), at(T0 + 6_000)));
+    let out = effects(&mut d);
+    assert!(!out.iter().any(|e| matches!(e, Effect::Doppelganger(_))), "{out:?}");
+    assert!(lines.iter().any(|l| l.contains("ERROR") && l.contains("doppelganger_intervals = 0")), "{lines:?}");
+    assert_eq!(d.core().last_signed(), Some(SignRecord { height: 1, round: 3, step: Step::Prevote }));
+}
+
+#[test]
+fn a_second_message_of_its_key_for_a_slot_it_signed_stops_it_however_old() {
+    let ids = identities(4);
+    let mine = vote_of(&ids[0], VoteKind::Prevote, 0, None);
+    let mut d = watching(&ids, 0, 2, 0, vec![Signed::Vote(mine.clone())]);
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    d.handle_message(ids[1].id(), Message::Vote(mine), at(T0 + 10));
+    assert!(!effects(&mut d).iter().any(|e| matches!(e, Effect::Doppelganger(_))), "its own vote back is its own");
+    let other = vote_of(&ids[0], VoteKind::Prevote, 0, Some(Hash([4; 32])));
+    d.handle_message(ids[1].id(), Message::Vote(other), at(T0 + 20));
+    let out = effects(&mut d);
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::Doppelganger(e) if e.cause == doppelganger::Cause::Conflict)),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn an_older_vote_of_its_key_raises_the_floor_once_warned_and_nothing_at_or_below_it_is_signed() {
+    let ids = identities(4);
+    let mut d = watching(&ids, 0, 2, 0, Vec::new());
+    d.handle_connected(others(&ids, 0), at(T0));
+    let mut out = effects(&mut d);
+    let (_, lines) = logs(|| {
+        for round in [2, 1] {
+            let old = vote_of(&ids[0], VoteKind::Prevote, round, None);
+            d.handle_message(ids[1].id(), Message::Vote(old), at(T0 + 10));
+        }
+    });
+    out.extend(effects(&mut d));
+    assert!(!out.iter().any(|e| matches!(e, Effect::Doppelganger(_))), "signed before the start: {out:?}");
+    let warned = lines.iter().filter(|l| l.contains("WARN") && l.contains("signed with this node's key")).count();
+    assert_eq!(warned, 1, "{lines:?}");
+    let floor = SignRecord { height: 1, round: 2, step: Step::Prevote };
+    assert_eq!(d.core().last_signed(), Some(floor));
+    // The others prevote nil in round 2: this node precommits nil there, above its floor.
+    for other in &ids[1..] {
+        d.handle_message(other.id(), Message::Vote(vote_of(other, VoteKind::Prevote, 2, None)), at(T0 + 20));
+    }
+    out.extend(run_to(&mut d, T0 + 20_000));
+    let signed = persisted(&out);
+    assert!(!signed.is_empty(), "it signs after the watch: {out:?}");
+    assert!(signed.iter().all(|r| *r > floor), "nothing at or below the floor: {signed:?}");
+}
+
+#[test]
+fn an_older_precommit_of_its_key_for_a_value_brings_back_the_lock_once_the_value_is_here() {
+    let ids = identities(4);
+    let mut d = watching(&ids, 0, 2, 0, Vec::new());
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    let sp = proposal(&ids[1], 0, vec![b"tx".to_vec()]);
+    let value = sp.proposal.block.hash();
+    let old = vote_of(&ids[0], VoteKind::Precommit, 0, Some(value));
+    d.handle_message(ids[1].id(), Message::Vote(old), at(T0 + 10));
+    let mut out = effects(&mut d);
+    out.extend(run_to(&mut d, T0 + 5_000));
+    assert_eq!(d.stats(at(T0 + 5_000)).hold, Some(Hold::LockMissing), "the watch is over, the lock is missing");
+    assert!(persisted(&out).is_empty(), "{out:?}");
+    d.handle_message(ids[1].id(), Message::Proposal(sp), at(T0 + 5_000));
+    effects(&mut d);
+    assert_eq!(d.core().lock(), Some((0, value)), "the lock its precommit implies");
+    assert_eq!(d.stats(at(T0 + 5_000)).hold, None);
+}
+
+#[test]
+fn a_connecting_peer_gets_back_what_its_key_signed_at_this_height() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    let theirs = vote_of(&ids[1], VoteKind::Prevote, 0, None);
+    d.handle_message(ids[1].id(), Message::Vote(theirs.clone()), at(T0 + 10));
+    effects(&mut d);
+    d.handle_peer_up(ids[1].id(), Some(0), at(T0 + 20));
+    let out = effects(&mut d);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Send { to, msg: Message::Vote(v) } if *to == ids[1].id() && *v == theirs)),
+        "{out:?}"
+    );
 }

@@ -92,6 +92,9 @@ pub(crate) struct ChainMetrics {
     pub clock_peers: AtomicU64,
     /// The highest tip a usable peer claims (0 if none).
     pub best_peer_tip: AtomicU64,
+    /// Why this member signs nothing now ([`super::doppelganger::Hold::code`];
+    /// 0: it signs).
+    pub hold: std::sync::atomic::AtomicU8,
     /// Bytes held for what peers sent, by [`Held`] (in `Held::ALL` order).
     held: [AtomicU64; Held::ALL.len()],
     /// The mempool's figures as last published: a snapshot of a few numbers,
@@ -169,6 +172,7 @@ impl Default for ChainMetrics {
             clock_offset_ms: AtomicI64::new(0),
             clock_peers: AtomicU64::new(0),
             best_peer_tip: AtomicU64::new(0),
+            hold: std::sync::atomic::AtomicU8::new(0),
             held: Default::default(),
             mempool: Mutex::new(Figures::default()),
         }

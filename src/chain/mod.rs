@@ -18,6 +18,8 @@
 //! * [`limits`]: the node's limits on what it accepts and keeps (`[limits]`).
 //! * [`members`]: the member set at each height and the signed changes that move it.
 //! * [`message`]: what the chain sends its peers, and on which stream.
+//! * [`doppelganger`]: what a node may sign after a start: the watch for a
+//!   second process with its key, and the floor the network proves.
 //! * [`driver`]: the producer's rules as a state machine without IO: the core,
 //!   its timers, the quorum gate, the mempool, compact proposals, sync and rate
 //!   limits; inputs through `handle_*` with the time, effects out through
@@ -31,6 +33,7 @@ pub(crate) mod block;
 pub(crate) mod clock;
 pub(crate) mod compact;
 pub(crate) mod consensus;
+pub(crate) mod doppelganger;
 pub(crate) mod driver;
 pub(crate) mod genesis;
 pub(crate) mod height;
@@ -57,6 +60,7 @@ pub use consensus::{
     max_proposal_bytes, Config, Core, Input, Output, Timeout, Timeouts, MAX_CONFLICTING, MAX_FUTURE_BYTES,
     MAX_FUTURE_ROUND, MAX_ROUND_AHEAD, PROPOSALS_HELD_BLOCKS, VOTE_BYTES,
 };
+pub use doppelganger::{Cause, Evidence, EvidenceKind, Seen};
 pub use driver::{ChangeRequest, Driver, Effect, MembersView, Submitted};
 pub use height::{Height, Round};
 pub use links::{Mailbox, MemberRequest, TxRequest};

@@ -14,6 +14,9 @@
 //! The mempool belongs to the driver: the admin API and [`crate::node::Node`]
 //! reach it through this task's channels ([`super::links`]), and status and metrics
 //! read the figures it publishes once a loop turn ([`ChainMetrics`]).
+//!
+//! Its traffic to peers (sends, served blocks, requests of blocks and
+//! transactions) is in [`requests`], the upgrade halt in [`halt`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,14 +30,15 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::block::{Hash, Height, Round};
+use super::block::{Height, Round};
 use super::consensus::Core;
+use super::doppelganger::{Evidence, Hold};
 use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Now, RequestFailure, RequestId};
 use super::links::{ChainMetrics, Held, Links, MemberRequest, TxRequest};
-use super::members::{MembershipState, Plan};
-use super::message::{self, Message};
+use super::members::MembershipState;
+use super::message::Message;
 use super::store::{Store, StoreError};
-use super::upgrade::{UpgradeInfo, UpgradeNeeded, UPGRADE_INFO_FILE};
+use super::upgrade::UpgradeNeeded;
 use super::vote::Committed;
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
@@ -43,6 +47,9 @@ use crate::net::{Delivery, Inbound, InboundRequest, PeerEvent, Peers, Refusal};
 /// Messages taken from the inbox per turn of the loop, at most: timers and sync
 /// are served between batches, however many messages wait. Submissions from the
 /// admin API are taken in batches of the same size.
+mod halt;
+mod requests;
+
 const BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +61,9 @@ pub(crate) enum ProducerError {
     /// Not a failure: the node stopped before a height its binary cannot run.
     #[error(transparent)]
     UpgradeNeeded(#[from] UpgradeNeeded),
+    /// Not a failure of this node: another process signs with its key.
+    #[error("another process signs with this node's key: {0}")]
+    Doppelganger(Evidence),
 }
 
 /// What the shell works with besides the driver.
@@ -343,6 +353,19 @@ impl Producer {
                     }
                 }
                 Effect::Halt { plan, max_version } => return Err(self.halt(UpgradeNeeded { plan, max_version }).await),
+                Effect::Doppelganger(evidence) => {
+                    let s = evidence.seen;
+                    tracing::error!(
+                        height = s.height,
+                        round = s.round,
+                        kind = s.kind.as_str(),
+                        peer = %s.peer.short(),
+                        "another process signs with this node's key: {evidence}. Stopping without signing (exit code \
+                         4): find the other process (a cloned VM, a second instance, a copied key) and stop it \
+                         before starting this one again"
+                    );
+                    return Err(ProducerError::Doppelganger(evidence));
+                }
                 Effect::SetMembers(members) => self.peers.set_members(members),
                 Effect::PublishMembers(view) => {
                     self.links.view.send_replace(view);
@@ -382,34 +405,6 @@ impl Producer {
         self.driver.handle_connected(self.peers.connected(), now);
     }
 
-    /// Stops before a height this binary cannot run: `upgrade-info.json` in
-    /// the data dir (written whole, then renamed into place, so Cosmovisor
-    /// never reads half of it) and one error line saying what to do. The
-    /// store holds every block committed so far (each `Commit` is durable
-    /// before the next effect); the node closes its connections as it stops.
-    async fn halt(&mut self, needed: UpgradeNeeded) -> ProducerError {
-        let path = self.data_dir.join(UPGRADE_INFO_FILE);
-        let info = UpgradeInfo::of(&needed);
-        let target = path.clone();
-        let written = tokio::task::spawn_blocking(move || write_atomically(&target, &info)).await;
-        let file = match written {
-            Ok(Ok(())) => format!("wrote {} for Cosmovisor", path.display()),
-            Ok(Err(e)) => format!("could not write {}: {e}", path.display()),
-            Err(e) => format!("could not write {}: {e}", path.display()),
-        };
-        let Plan { version, height } = needed.plan;
-        tracing::error!(
-            version,
-            height,
-            max_version = needed.max_version,
-            "stopping before height {height}: the chain switches to protocol {version} there and this binary runs \
-             up to protocol {}; nothing is signed at height {height}. Install a release that runs protocol \
-             {version} and start the node again ({file}; exit code 3)",
-            needed.max_version
-        );
-        ProducerError::UpgradeNeeded(needed)
-    }
-
     /// Publishes the driver's figures for status and metrics; once a loop turn.
     fn publish_state(&self) {
         let s = self.driver.stats(self.clock.now());
@@ -436,171 +431,6 @@ impl Producer {
         m.set_held(Held::SyncAnswers, self.answer_bytes.load(Ordering::Relaxed));
         m.requests_refused_rate.store(s.refused_rate, Ordering::Relaxed);
         m.requests_refused_bytes.store(s.refused_bytes, Ordering::Relaxed);
+        m.hold.store(Hold::code(s.hold), Ordering::Relaxed);
     }
-
-    /// Queues for every peer; returns at once. The only error is a message over
-    /// its kind's limit, which block limits rule out for our own messages: if it
-    /// happens anyway it is a bug worth a loud line, not a silent stall.
-    fn broadcast(&self, msg: &Message) {
-        match msg.outgoing() {
-            Ok(out) => {
-                self.peers.broadcast(&out);
-            }
-            Err(e) => tracing::error!("cannot send: {e}"),
-        }
-    }
-
-    /// Queues for one peer, as [`Self::broadcast`] does for all.
-    fn send(&self, to: NodeId, msg: &Message) {
-        match msg.outgoing() {
-            Ok(out) => {
-                let _ = self.peers.send(to, &out);
-            }
-            Err(e) => tracing::error!("cannot send: {e}"),
-        }
-    }
-
-    /// Answers request `id` of `peer` with blocks read from the store, off the
-    /// loop, once `after_ms` (the peer's serve budget) has passed: those the
-    /// requester's wire version decodes ([`Message::blocks_for_wire`]), or a
-    /// refusal when the first block asked for is not one of them (a node of
-    /// 0.1.0 asking for a block that carries an upgrade plan's approval: it
-    /// counts a failed request, and cannot follow the chain past that block).
-    /// The bytes the answer took go back to the driver.
-    fn serve_blocks(&mut self, id: RequestId, peer: NodeId, asked: (Height, usize, usize), after_ms: u64) {
-        let (from, count, max_bytes) = asked;
-        let Some((reply, wire)) = self.replies.remove(&id) else { return };
-        let (store, answers) = (self.store.clone(), self.answers_tx.clone());
-        self.tracker.spawn(async move {
-            if after_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(after_ms)).await;
-            }
-            let read = move || {
-                store.range(from, count, max_bytes).map(|blocks| (blocks.len(), Message::blocks_for_wire(blocks, wire)))
-            };
-            let mut used = 0;
-            match tokio::task::spawn_blocking(read).await {
-                Ok(Ok((read, blocks))) if read > 0 && blocks.is_empty() => {
-                    tracing::debug!(from, wire, "blocks asked for by a peer at wire {wire} need a later wire: refused");
-                    let _ = reply.send(Err(Refusal::Unsupported));
-                }
-                Ok(Ok((_, blocks))) => match Message::Blocks(blocks).encode() {
-                    Ok(frame) => {
-                        used = frame.len();
-                        let _ = reply.send(Ok(frame));
-                    }
-                    Err(e) => tracing::error!("cannot answer a request: {e}"),
-                },
-                Ok(Err(e)) => tracing::error!("cannot read blocks for a peer: {e}"),
-                Err(e) => tracing::error!("block read task failed: {e}"),
-            }
-            let _ = answers.send(Answer::Served { peer, reserved: max_bytes, used }).await;
-        });
-    }
-
-    fn request_blocks(&mut self, peer: NodeId, from: Height, count: u32) {
-        let (peers, answers, held) = (self.peers.clone(), self.answers_tx.clone(), self.answer_bytes.clone());
-        self.tracker.spawn(async move {
-            let asked = ask_blocks(&peers, peer, from, count).await;
-            let bytes = asked.as_ref().map_or(0, |(_, bytes)| *bytes);
-            let guard = HeldGuard::count(held, bytes);
-            let result = asked.and_then(|(m, bytes)| match m {
-                Message::Blocks(blocks) => Ok(BlocksAnswer { blocks, bytes }),
-                other => Err(RequestFailure::Unexpected(other.kind_name())),
-            });
-            if answers.send(Answer::Blocks { peer, result, bytes }).await.is_ok() {
-                guard.handed_on();
-            }
-        });
-    }
-
-    /// Starts the fetch of a compact proposal's transactions; a fetch already
-    /// under way for the same proposal ends.
-    fn request_txs(&mut self, peer: NodeId, height: Height, round: Round, ids: Vec<Hash>) {
-        let fetch = self.next_fetch;
-        self.next_fetch += 1;
-        let (peers, answers, held) = (self.peers.clone(), self.answers_tx.clone(), self.answer_bytes.clone());
-        let task = self.tracker.spawn(async move {
-            let asked = ask(&peers, peer, Message::GetTxs { height, round, ids }).await;
-            let bytes = asked.as_ref().map_or(0, |(_, bytes)| *bytes);
-            // Counted out if the fetch is cancelled while its answer waits.
-            let guard = HeldGuard::count(held, bytes);
-            let result = asked.and_then(|(m, _)| match m {
-                Message::Txs(txs) => Ok(txs),
-                other => Err(RequestFailure::Unexpected(other.kind_name())),
-            });
-            if answers.send(Answer::Txs { fetch, peer, height, round, result, bytes }).await.is_ok() {
-                guard.handed_on();
-            }
-        });
-        if let Some((_, old)) = self.fetches.insert((height, round), (fetch, task.abort_handle())) {
-            old.abort();
-        }
-    }
-}
-
-/// A fetch is as long-lived as its assembly, which goes with the driver: when
-/// the producer stops, its fetches end.
-impl Drop for Producer {
-    fn drop(&mut self) {
-        for (_, task) in self.fetches.values() {
-            task.abort();
-        }
-    }
-}
-
-/// An answer's bytes in `answer_bytes` while its task holds it: counted out
-/// if the task ends (a fetch is aborted, the loop is gone) before the answer
-/// reaches the loop, which counts it out itself once handed on.
-struct HeldGuard {
-    held: Arc<AtomicUsize>,
-    bytes: usize,
-}
-
-impl HeldGuard {
-    fn count(held: Arc<AtomicUsize>, bytes: usize) -> HeldGuard {
-        held.fetch_add(bytes, Ordering::Relaxed);
-        HeldGuard { held, bytes }
-    }
-
-    /// The loop has the answer now, and counts its bytes out as it handles it.
-    fn handed_on(mut self) {
-        self.bytes = 0;
-    }
-}
-
-impl Drop for HeldGuard {
-    fn drop(&mut self) {
-        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
-}
-
-/// Writes `info` as JSON to a file beside `path`, flushes it, and renames it
-/// into place.
-fn write_atomically(path: &std::path::Path, info: &UpgradeInfo) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?)?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Sends `request` to `peer` on a stream of its own; the answer and its body's
-/// size.
-async fn ask(peers: &Peers, peer: NodeId, request: Message) -> Result<(Message, usize), RequestFailure> {
-    let body = peers.request(peer, request.encode()?).await?;
-    Ok((Message::decode(&body)?, body.len()))
-}
-
-/// Asks `peer` for `count` blocks from `from`. An answer that says it holds
-/// more is refused before it is decoded ([`message::blocks_count`]): decoded,
-/// it would hold far more than its bytes, and nothing of it could be used.
-async fn ask_blocks(peers: &Peers, peer: NodeId, from: Height, count: u32) -> Result<(Message, usize), RequestFailure> {
-    let body = peers.request(peer, Message::GetBlocks { from, count }.encode()?).await?;
-    if message::blocks_count(&body).is_some_and(|n| n > u64::from(count)) {
-        return Err(RequestFailure::Unexpected("more blocks than asked for"));
-    }
-    Ok((Message::decode(&body)?, body.len()))
 }

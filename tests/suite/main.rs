@@ -17,6 +17,7 @@ mod clocks;
 mod compact;
 mod compact_memory;
 mod docs_check;
+mod doppelganger;
 mod fuzz_corpus;
 mod hostile_budgets;
 mod hostile_frames;

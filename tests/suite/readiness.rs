@@ -157,7 +157,8 @@ async fn ready_follows_the_quorum_and_the_set_and_can_stop_follows_the_members_u
 /// Three members run ahead; a fourth starts with an empty data dir, fetching
 /// one block per request over a link that delays what it sends by 200 ms, so
 /// that catching up takes seconds. It answers 503 `syncing` (a peer claims a
-/// tip more than one block above its own) until it is in step, then 200.
+/// tip more than one block above its own) until it is in step, then
+/// `not_signing` for its doppelganger watch, then 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_far_behind_is_not_ready_until_it_has_caught_up() {
     let spec = Spec::new(4);
@@ -186,7 +187,15 @@ async fn a_node_far_behind_is_not_ready_until_it_has_caught_up() {
         let (code, r) = ready(&late).await;
         assert_eq!(code, if r.ready { 200 } else { 503 }, "{r:?}");
         seen.insert(r.reason);
-        let expected = [Some(NotReady::Starting), Some(NotReady::NoQuorum), Some(NotReady::Syncing), None];
+        // In step, it watches for a second process with its key before it
+        // signs (`not_signing`, the doppelganger watch).
+        let expected = [
+            Some(NotReady::Starting),
+            Some(NotReady::NoQuorum),
+            Some(NotReady::Syncing),
+            Some(NotReady::NotSigning),
+            None,
+        ];
         assert!(expected.contains(&r.reason), "a member behind is never anything else: {r:?}");
         if r.reason == Some(NotReady::Syncing) {
             let best = r.best_peer_tip.expect("syncing names the tip it is behind");
@@ -210,6 +219,7 @@ async fn a_node_far_behind_is_not_ready_until_it_has_caught_up() {
     assert!(in_step.height + 1 >= in_step.best_peer_tip.unwrap_or(0), "{in_step:?}");
     assert!(in_step.height + 2 >= nodes[0].height(), "ready means in step with the others: {in_step:?}");
     assert!(in_step.member && in_step.quorum.met, "{in_step:?}");
+    assert!(seen.contains(&Some(NotReady::NotSigning)), "the watch said why it did not sign yet: {seen:?}");
     nodes.push(late);
     stop_all(nodes).await;
 }
