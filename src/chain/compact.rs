@@ -67,7 +67,7 @@ use crate::identity::NodeId;
 pub const MAX_WAITING: usize = 4;
 
 /// Proposals kept for rounds past the fetching window, at most.
-pub(crate) const MAX_LATER: usize = 8;
+pub const MAX_LATER: usize = 8;
 
 /// A proposal whose block travels as its header and its transactions' ids.
 /// Decoded by hand to bound `ids` by [`MAX_BLOCK_TXS`] before allocating them.
@@ -223,7 +223,7 @@ impl CompactProposal {
     }
 
     /// The most [`Self::bytes`] of a checked proposal of at most `max_txs` ids.
-    pub(crate) fn max_bytes(max_txs: usize) -> usize {
+    pub fn max_bytes(max_txs: usize) -> usize {
         std::mem::size_of::<Self>()
             + max_txs * std::mem::size_of::<Hash>()
             + MAX_CHANGES_PER_BLOCK * std::mem::size_of::<SignedApproval>()
@@ -343,7 +343,7 @@ impl Assembly {
 
     /// The most [`Self::bytes`] of an assembly of a checked proposal under
     /// `limits`.
-    pub(crate) fn max_bytes(limits: &Limits) -> usize {
+    pub fn max_bytes(limits: &Limits) -> usize {
         CompactProposal::max_bytes(limits.max_block_txs)
             + limits.max_block_bytes
             + limits.max_block_txs * (std::mem::size_of::<Option<Vec<u8>>>() + 2 * MISSING_ENTRY_BYTES)

@@ -26,7 +26,9 @@
 //!   its signature is valid, and a proposal's transactions match its signed
 //!   header. Only then is anything said about its signer ([`Misbehaviour`]).
 //!   Messages for the next height wait in a buffer with one slot per proposal
-//!   round and per (voter, round, step), for a few rounds, bounded in bytes.
+//!   round and per (voter, round, step), for a few rounds, bounded in bytes; a
+//!   proposal short of room takes the place of later rounds' proposals, never
+//!   of earlier ones.
 //! * What a height holds is bounded: votes for at most [`MAX_ROUND_AHEAD`]
 //!   rounds past ours, one per (voter, round, kind) and at most
 //!   [`MAX_CONFLICTING`] conflicting versions more; proposals one per round,
@@ -63,22 +65,22 @@ use crate::identity::{Identity, NodeId};
 pub const MAX_ROUND_AHEAD: Round = 64;
 /// Rounds of the next height whose messages are buffered: a node one block
 /// behind needs the first rounds of the next height, not a member's hundredth.
-pub(crate) const MAX_FUTURE_ROUND: Round = 8;
+pub const MAX_FUTURE_ROUND: Round = 8;
 /// Bytes buffered for the next height, at most (proposals by their transactions,
 /// votes at [`FUTURE_VOTE_BYTES`] each).
-pub(crate) const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
 const FUTURE_VOTE_BYTES: usize = 256;
 /// Conflicting votes kept per member, round and kind, beyond its first.
-pub(crate) const MAX_CONFLICTING: usize = 2;
+pub const MAX_CONFLICTING: usize = 2;
 /// Proposals of the current height are held within this many times the
 /// largest a proposal may hold ([`max_proposal_bytes`]): the current round's,
 /// the valid round's and the locked round's, and room for one more. A member
 /// proposing full blocks for every round it leads up to [`MAX_ROUND_AHEAD`]
 /// would otherwise make every node hold one per round (16 blocks of 3 MiB at
 /// four members).
-pub(crate) const PROPOSALS_HELD_BLOCKS: usize = 4;
+pub const PROPOSALS_HELD_BLOCKS: usize = 4;
 /// What a vote held costs, about: the vote, its signature and its place.
-pub(crate) const VOTE_BYTES: usize = 256;
+pub const VOTE_BYTES: usize = 256;
 /// A member shown to be ahead at a height is reported again after this long, so a
 /// sync that failed is tried again.
 pub(crate) const AHEAD_REPEAT_MS: u64 = 10_000;
@@ -322,6 +324,35 @@ impl NextHeight {
     fn len(&self) -> usize {
         self.proposals.len() + self.votes.len()
     }
+
+    /// Whether a proposal of `round` taking `bytes` fits within
+    /// [`MAX_FUTURE_BYTES`], in place of proposals of later rounds if need be
+    /// (the latest first): the first rounds of a height are the ones a node
+    /// one block behind needs, and a member proposing full blocks for its own
+    /// later rounds must not keep the others' earlier ones out. `evict`: give
+    /// those up now.
+    fn room_for(&mut self, round: Round, bytes: usize, evict: bool) -> bool {
+        let mut held = self.bytes;
+        let mut given_up = Vec::new();
+        for (r, (p, _)) in self.proposals.range(round + 1..).rev() {
+            if held + bytes <= MAX_FUTURE_BYTES {
+                break;
+            }
+            held -= proposal_bytes(p);
+            given_up.push(*r);
+        }
+        if held + bytes > MAX_FUTURE_BYTES {
+            return false;
+        }
+        if evict {
+            for r in given_up {
+                if let Some((p, _)) = self.proposals.remove(&r) {
+                    self.bytes -= proposal_bytes(&p);
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Whether a block's transactions were hashed against its root already, and
@@ -339,15 +370,26 @@ enum Hashed {
 /// About what a buffered proposal holds in memory.
 fn proposal_bytes(p: &SignedProposal) -> usize {
     let block = &p.proposal.block;
-    block.tx_bytes() + block.txs.len() * std::mem::size_of::<Vec<u8>>() + block.header.changes.len() * 256 + 512
+    block.txs.iter().map(|t| held_tx_bytes(t.len())).sum::<usize>() + block.header.changes.len() * 256 + 512
 }
 
+/// What one transaction of a held block takes: its `Vec` and its allocation,
+/// which the allocator rounds up (glibc's: the length and an 8-byte header in
+/// steps of 16, 32 bytes at least; nothing for an empty one). Counted by its
+/// length alone, a block of one-byte transactions would be counted at under
+/// half of what it takes.
+fn held_tx_bytes(len: usize) -> usize {
+    let heap = if len == 0 { 0 } else { ((len + 8 + 15) & !15).max(32) };
+    std::mem::size_of::<Vec<u8>>() + heap
+}
+
+/// The most [`held_tx_bytes`] takes beyond a transaction's length (for a
+/// one-byte one: 24 and 32, less the byte).
+const HELD_TX_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>() + 32;
+
 /// The most [`proposal_bytes`] of a proposal within `limits`.
-pub(crate) fn max_proposal_bytes(limits: &Limits) -> usize {
-    limits.max_block_bytes
-        + limits.max_block_txs * std::mem::size_of::<Vec<u8>>()
-        + super::members::MAX_CHANGES_PER_BLOCK * 256
-        + 512
+pub fn max_proposal_bytes(limits: &Limits) -> usize {
+    limits.max_block_bytes + limits.max_block_txs * HELD_TX_OVERHEAD + super::members::MAX_CHANGES_PER_BLOCK * 256 + 512
 }
 
 /// Bytes held for what peers sent, by structure (for
@@ -732,8 +774,8 @@ impl Core {
         }
         let future = height > self.height;
         if future {
-            let slot_free = !self.future.proposals.contains_key(&round)
-                && self.future.bytes + proposal_bytes(&sp) <= MAX_FUTURE_BYTES;
+            let slot_free =
+                !self.future.proposals.contains_key(&round) && self.future.room_for(round, proposal_bytes(&sp), false);
             let wanted = (self.buffers(height, round) && slot_free) || self.ahead_due(proposer, height, now_ms);
             if !wanted {
                 return;
@@ -1038,9 +1080,9 @@ impl Core {
         match input {
             Input::Proposal(p) => {
                 let bytes = proposal_bytes(&p);
-                if !next.proposals.contains_key(&p.proposal.round) && next.bytes + bytes <= MAX_FUTURE_BYTES {
+                if !next.proposals.contains_key(&round) && next.room_for(round, bytes, true) {
                     next.bytes += bytes;
-                    next.proposals.insert(p.proposal.round, (p, now_ms));
+                    next.proposals.insert(round, (p, now_ms));
                 }
             }
             Input::Vote(v) => {

@@ -924,6 +924,63 @@ fn next_height_buffer_is_bounded_in_bytes() {
     assert!((4..=MAX_FUTURE_ROUND).contains(&kept), "{kept} proposals kept");
 }
 
+/// A held transaction is counted with its allocation, and no transaction
+/// within a block's limits is counted past what `max_proposal_bytes` allows
+/// for it.
+#[test]
+fn a_held_transaction_is_counted_with_its_allocation() {
+    assert_eq!(held_tx_bytes(0), 24, "an empty one allocates nothing");
+    assert_eq!(held_tx_bytes(1), 24 + 32, "the smallest allocation");
+    assert_eq!(held_tx_bytes(157), 24 + 176);
+    assert_eq!(held_tx_bytes(64 * 1024), 24 + 64 * 1024 + 16);
+    for len in 0..5000 {
+        assert!(held_tx_bytes(len) <= len + HELD_TX_OVERHEAD, "{len}");
+        assert!(held_tx_bytes(len) >= len + 24, "{len}");
+    }
+}
+
+/// Proposals of the next height's later rounds fill its buffer: one of an
+/// earlier round that arrives after them takes the place of the latest, and
+/// one of a later round takes no one's.
+#[test]
+fn an_earlier_rounds_proposal_for_the_next_height_takes_the_place_of_later_ones() {
+    let f = OneCore::new();
+    let now = 5_000;
+    let mut core = Core::new(f.cfg.clone(), f.me.clone(), 1, genesis_hash(&NET), 0, None);
+    f.start(&mut core);
+    let proposal = |round: u32| {
+        let txs: Vec<Vec<u8>> =
+            (0..1024u32).map(|i| [&round.to_be_bytes()[..], &i.to_be_bytes()[..], &[0; 1016][..]].concat()).collect();
+        let proposer = core.proposer(2, round);
+        let header = Header {
+            height: 2,
+            round,
+            prev_hash: Hash([1; 32]),
+            timestamp_ms: 4_000,
+            proposer,
+            tx_root: tx_root(&txs),
+            changes: vec![],
+        };
+        let p = Proposal { height: 2, round, block: Block { header, txs }, valid_round: None, proposer };
+        Input::Proposal(p.sign(&NET, &f.identity(proposer)))
+    };
+    let late: Vec<Input> = (1..=MAX_FUTURE_ROUND).map(&proposal).collect();
+    let (first, last) = (proposal(0), proposal(MAX_FUTURE_ROUND));
+    for p in late {
+        core.handle(p, now);
+    }
+    let held = |core: &Core| core.future.proposals.keys().copied().collect::<Vec<_>>();
+    let before = held(&core);
+    assert!(!before.contains(&MAX_FUTURE_ROUND), "the buffer is full before the last round: {before:?}");
+    core.handle(first, now);
+    let after = held(&core);
+    assert!(after.contains(&0), "round 0 is kept: {after:?}");
+    assert!(!after.contains(before.last().unwrap()), "in place of the latest round kept: {after:?}");
+    assert!(core.future.bytes <= MAX_FUTURE_BYTES, "{} bytes buffered", core.future.bytes);
+    core.handle(last, now);
+    assert_eq!(held(&core), after, "a later round's proposal takes no one's place");
+}
+
 /// A member proposing full blocks for every round it leads, up to
 /// MAX_ROUND_AHEAD, makes this node hold at most PROPOSALS_HELD_BLOCKS blocks'
 /// worth: the current round's proposal stays, a nearer round's takes the place

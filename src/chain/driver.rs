@@ -1538,14 +1538,24 @@ impl Driver {
         let mut seen = HashSet::with_capacity(ids.len());
         ids.retain(|id| seen.insert(*id));
         let budget = message::TXS_ANSWER_BYTES;
-        let mut txs = self.mempool.lookup_within(&ids, budget);
-        if txs.len() < ids.len() {
-            if let Some(block) = self.core.proposed_block(height, round) {
-                txs = answer_from_block(block, &ids, budget);
-            }
-        }
+        let txs = self.mempool.lookup_within(&ids, budget);
         // Charged in full now, never waited for: a compact proposal's fetch
         // is due within a few intervals.
+        if txs.len() < ids.len() {
+            // Finding them in the proposed block hashes every transaction of
+            // it: charged first, as the most an answer from it holds, so a
+            // peer asking again and again for one small transaction of a full
+            // block makes this node hash no more than its serve budget.
+            let most = self.core.proposed_block(height, round).map(|b| 5 + b.tx_bytes() + 4 * b.txs.len());
+            if let Some(most) = most {
+                if self.serve_reserve(from, most, 0, now).is_none() {
+                    return self.refuse_bytes(from, id);
+                }
+                if let Some(block) = self.core.proposed_block(height, round) {
+                    return Effect::Reply { id, msg: Message::Txs(answer_from_block(block, &ids, budget)) };
+                }
+            }
+        }
         let bytes = 5 + txs.iter().map(|t| t.len() + 4).sum::<usize>();
         if self.serve_reserve(from, bytes, 0, now).is_none() {
             return self.refuse_bytes(from, id);

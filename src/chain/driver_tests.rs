@@ -575,6 +575,41 @@ fn transactions_for_a_compact_proposal_are_given_only_to_peers_the_chain_names()
     assert_eq!(ask(&mut d, ids[2].id(), 2), [answer], "what it holds, in order, each once");
 }
 
+/// A peer asking again and again for one small transaction of a full
+/// proposal: each answer is small, but finding it hashes the whole block, so
+/// each is charged the most an answer from that block holds, before the
+/// block is hashed; past the serve budget the requests are refused, and none
+/// of them hashes the block.
+#[test]
+fn transactions_found_in_a_proposed_block_are_charged_the_block() {
+    let ids = identities(4);
+    let txs: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 60 * 1024]).collect();
+    let one = tx_hash(&txs[7]);
+    let sp = proposal(&ids[1], 0, txs);
+    let block_bytes = sp.proposal.block.tx_bytes();
+    let mut d = driver(&ids, 0);
+    d.handle_connected(others(&ids, 0), at(T0));
+    d.handle_message(ids[1].id(), Message::Proposal(sp), at(T0));
+    effects(&mut d);
+    assert!(d.core.proposed_block(1, 0).is_some(), "the proposal is held");
+    let (mut answered, mut refused) = (0, 0);
+    for i in 0..20 {
+        d.handle_request(ids[2].id(), RequestId(i), Message::GetTxs { height: 1, round: 0, ids: vec![one] }, at(T0));
+        match effects(&mut d).as_slice() {
+            [Effect::Reply { msg: Message::Txs(t), .. }] => {
+                assert_eq!(t.len(), 1);
+                answered += 1;
+            }
+            [Effect::Refuse { refusal: Refusal::RateLimited, .. }] => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let burst = 2 * NodeLimits::default().sync_serve_bytes_per_sec;
+    assert_eq!(answered, burst / (block_bytes + 5 + 4 * 40), "the burst's worth of blocks, not of answers");
+    assert_eq!(refused, 20 - answered);
+    assert_eq!(d.stats(at(T0)).refused_bytes, refused as u64);
+}
+
 /// What the driver keeps per peer (request buckets, rate-limit reports, last
 /// heard, wire versions, sync claims and reports, clock readings) goes with a
 /// member that leaves the set, at the block that makes it leave; until the

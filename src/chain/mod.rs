@@ -55,8 +55,11 @@ pub use block::{
     genesis_hash, tx_hash, tx_root, tx_root_of_ids, Block, Hash, Header, Limits, TxCheck, MAX_BLOCK_BYTES,
     MAX_BLOCK_TXS,
 };
-pub use compact::{Assembly, CompactProposal, MAX_WAITING};
-pub use consensus::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
+pub use compact::{Assembly, CompactProposal, MAX_LATER, MAX_WAITING};
+pub use consensus::{
+    max_proposal_bytes, Config, Core, Input, Output, Timeout, Timeouts, MAX_CONFLICTING, MAX_FUTURE_BYTES,
+    MAX_FUTURE_ROUND, MAX_ROUND_AHEAD, PROPOSALS_HELD_BLOCKS, VOTE_BYTES,
+};
 pub use doppelganger::{Cause, Evidence, EvidenceKind, Seen};
 pub use driver::{ChangeRequest, Driver, Effect, MembersView, Submitted};
 pub use height::{Height, Round};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::{Answer, Producer};
 use crate::chain::block::{Hash, Height, Round};
 use crate::chain::driver::{BlocksAnswer, RequestFailure, RequestId};
-use crate::chain::message::Message;
+use crate::chain::message::{self, Message};
 use crate::identity::NodeId;
 use crate::net::{Peers, Refusal};
 
@@ -78,7 +78,7 @@ impl Producer {
     pub(super) fn request_blocks(&mut self, peer: NodeId, from: Height, count: u32) {
         let (peers, answers, held) = (self.peers.clone(), self.answers_tx.clone(), self.answer_bytes.clone());
         self.tracker.spawn(async move {
-            let asked = ask(&peers, peer, Message::GetBlocks { from, count }).await;
+            let asked = ask_blocks(&peers, peer, from, count).await;
             let bytes = asked.as_ref().map_or(0, |(_, bytes)| *bytes);
             let guard = HeldGuard::count(held, bytes);
             let result = asked.and_then(|(m, bytes)| match m {
@@ -156,5 +156,16 @@ impl Drop for HeldGuard {
 /// size.
 async fn ask(peers: &Peers, peer: NodeId, request: Message) -> Result<(Message, usize), RequestFailure> {
     let body = peers.request(peer, request.encode()?).await?;
+    Ok((Message::decode(&body)?, body.len()))
+}
+
+/// Asks `peer` for `count` blocks from `from`. An answer that says it holds
+/// more is refused before it is decoded ([`message::blocks_count`]): decoded,
+/// it would hold far more than its bytes, and nothing of it could be used.
+async fn ask_blocks(peers: &Peers, peer: NodeId, from: Height, count: u32) -> Result<(Message, usize), RequestFailure> {
+    let body = peers.request(peer, Message::GetBlocks { from, count }.encode()?).await?;
+    if message::blocks_count(&body).is_some_and(|n| n > u64::from(count)) {
+        return Err(RequestFailure::Unexpected("more blocks than asked for"));
+    }
     Ok((Message::decode(&body)?, body.len()))
 }
