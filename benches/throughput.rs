@@ -1,6 +1,11 @@
 //! Throughput benchmarks: the node against raw quinn and TCP + TLS, in one run.
 //!
 //!     cargo bench --bench throughput -- [--quick] [--json FILE] [--only PREFIX]
+//!     cargo bench --bench throughput -- --case node|quinn SIZE COUNT
+//!
+//! `--case` runs one frames measurement alone, once (no references, no repeats):
+//! for instruction counts under `valgrind --tool=callgrind`, where two counts
+//! of frames give the cost of one as a difference, free of the setup's.
 //!
 //! A harness of our own (`harness = false`) rather than criterion: every figure
 //! here is a multi-node scenario measured over a whole run (messages per second,
@@ -66,10 +71,12 @@ struct Args {
     json: Option<PathBuf>,
     only: Option<String>,
     probe: Option<(String, usize)>,
+    /// One frames measurement alone: path (`node` or `quinn`), frame size, count.
+    case: Option<(String, usize, usize)>,
 }
 
 fn args() -> Args {
-    let mut a = Args { quick: false, node_only: false, json: None, only: None, probe: None };
+    let mut a = Args { quick: false, node_only: false, json: None, only: None, probe: None, case: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -77,6 +84,12 @@ fn args() -> Args {
             "--node-only" => a.node_only = true,
             "--json" => a.json = it.next().map(PathBuf::from),
             "--only" => a.only = it.next(),
+            "--case" => {
+                let path = it.next().unwrap_or_default();
+                let size = it.next().and_then(|n| n.parse().ok()).unwrap_or(64);
+                let count = it.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+                a.case = Some((path, size, count));
+            }
             "--probe" => {
                 let kind = it.next().unwrap_or_default();
                 let n = it.next().and_then(|n| n.parse().ok()).unwrap_or(17);
@@ -1033,6 +1046,16 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     if let Some((kind, n)) = &args.probe {
         rt.block_on(memory_probe(kind, *n));
+        return;
+    }
+    if let Some((path, size, count)) = &args.case {
+        let rate = rt.block_on(async {
+            match path.as_str() {
+                "quinn" => frames_quinn(*size, *count).await,
+                _ => frames_node(*size, *count).await,
+            }
+        });
+        println!("frames/size={size} {path}: {count} messages, {} msg/s", fmt(rate));
         return;
     }
     let wanted = |name: &str| args.only.as_deref().is_none_or(|p| name.starts_with(p));
