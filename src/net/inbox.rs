@@ -131,30 +131,31 @@ impl PeerQueue {
         }
     }
 
-    /// The size (prefix included) of the frame a turn would deliver, urgent
-    /// first; `None` when nothing is queued.
-    fn next_len(&self) -> Option<usize> {
-        let c = if self.urgent.run < self.runs.len() { &self.urgent } else { &self.other };
-        self.runs.get(c.run).map(|run| 4 + frame_len(&run.bytes, c.at))
-    }
-
-    /// Takes the frame [`PeerQueue::next_len`] named (urgent first) and
-    /// releases the runs both cursors passed.
-    fn pop(&mut self, urgent: &Kinds) -> Option<Bytes> {
-        let urgent_lane = self.urgent.run < self.runs.len();
-        let c = if urgent_lane { &mut self.urgent } else { &mut self.other };
-        let run = &self.runs.get(c.run)?.bytes;
-        let len = frame_len(run, c.at);
-        let body = run.slice(c.at + 4..c.at + 4 + len);
-        c.at += 4 + len;
-        c.ahead -= 4 + len;
-        Self::seek(&self.runs, c, urgent_lane, urgent);
+    /// A turn worth `deficit` bytes: takes the next frame (urgent first) if
+    /// it fits, and releases the runs both cursors passed.
+    fn pop_within(&mut self, deficit: usize, urgent: &Kinds) -> Pop {
+        let PeerQueue { runs, urgent: urgent_cursor, other, .. } = self;
+        let urgent_lane = urgent_cursor.run < runs.len();
+        let (c, own) = if urgent_lane { (urgent_cursor, Lanes::Urgent) } else { (other, Lanes::Other) };
+        let Some(run) = runs.get(c.run) else { return Pop::Empty };
+        let len = 4 + frame_len(&run.bytes, c.at);
+        if len > deficit {
+            return Pop::Wait;
+        }
+        let body = run.bytes.slice(c.at + 4..c.at + len);
+        c.at += len;
+        c.ahead -= len;
+        if c.at < run.bytes.len() && run.lanes == own {
+            // The lane's next frame is the next one in this run.
+            return Pop::Frame(body);
+        }
+        Self::seek(runs, c, urgent_lane, urgent);
         while self.urgent.run > 0 && self.other.run > 0 {
             self.runs.pop_front();
             self.urgent.run -= 1;
             self.other.run -= 1;
         }
-        Some(body)
+        Pop::Frame(body)
     }
 
     fn is_empty(&self) -> bool {
@@ -162,9 +163,21 @@ impl PeerQueue {
     }
 }
 
+/// What a turn found in a peer's queue.
+enum Pop {
+    Frame(Bytes),
+    /// The next frame is larger than the turns' deficit so far.
+    Wait,
+    Empty,
+}
+
 /// The body length of the frame at `at` in `run` (its header was checked).
 fn frame_len(run: &[u8], at: usize) -> usize {
-    u32::from_be_bytes([run[at], run[at + 1], run[at + 2], run[at + 3]]) as usize
+    match run.get(at..at + 4) {
+        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]) as usize,
+        // Runs hold whole frames: a cursor is at a frame's start or at the end.
+        _ => unreachable!("a cursor points at a frame's header"),
+    }
 }
 
 /// The application's urgent kinds as a table, looked up per frame without a call.
@@ -366,29 +379,26 @@ impl Inbox {
             let mut queued_still = true;
             loop {
                 q.deficit += QUANTUM;
-                let Some(len) = q.next_len() else {
-                    q.deficit = 0;
-                    queued_still = false;
-                    break;
-                };
-                if len > q.deficit {
-                    // Its frame needs more turns: the others' come first.
-                    if order.is_empty() {
-                        continue;
+                match q.pop_within(q.deficit, urgent) {
+                    Pop::Frame(body) => {
+                        // A turn delivers one frame; what was left of its quantum
+                        // is not kept, so small frames earn no credit towards a
+                        // large one.
+                        q.deficit = 0;
+                        out.push(Delivery { from: q.id, body });
+                        taken += 1;
+                        if taken == max || !order.is_empty() || q.is_empty() {
+                            break;
+                        }
                     }
-                    break;
-                }
-                // A turn delivers one frame; what was left of its quantum is not
-                // kept, so small frames earn no credit towards a large one.
-                q.deficit = 0;
-                let Some(body) = q.pop(urgent) else {
-                    queued_still = false;
-                    break;
-                };
-                out.push(Delivery { from: q.id, body });
-                taken += 1;
-                if taken == max || !order.is_empty() || q.is_empty() {
-                    break;
+                    // Its frame needs more turns: the others' come first.
+                    Pop::Wait if order.is_empty() => {}
+                    Pop::Wait => break,
+                    Pop::Empty => {
+                        q.deficit = 0;
+                        queued_still = false;
+                        break;
+                    }
                 }
             }
             let after = q.bytes();

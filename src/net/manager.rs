@@ -318,6 +318,7 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
         requests: requests_tx,
         request_timeout: cfg.request_timeout,
         protocol: cfg.protocol,
+        gossip_limits: super::KindLimits::of(cfg.protocol.gossip),
         slow_after: cfg.transport.slow_peer_timeout,
         refusals,
         local_addr,

@@ -193,7 +193,8 @@ async fn read_run(
     slot: Slot,
     shared: &Shared,
 ) -> Result<bool, Option<FrameError>> {
-    let limit = shared.protocol.gossip;
+    let limits = &shared.gossip_limits;
+    let limit = |kind| limits.get(kind);
     tokio::select! {
         room = shared.inbox.room(slot, reader.wanted().max(1)) => room.map_err(|_| None)?,
         _ = conn.closed() => return Err(None),

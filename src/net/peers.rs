@@ -213,6 +213,8 @@ pub(crate) struct Shared {
     pub(crate) requests: mpsc::Sender<InboundRequest>,
     pub(crate) request_timeout: Duration,
     pub(crate) protocol: Protocol,
+    /// `protocol.gossip` as a table, looked up for every frame read.
+    pub(crate) gossip_limits: super::KindLimits,
     /// How long a peer may leave what we queued for it untaken.
     pub(crate) slow_after: Duration,
     pub(crate) refusals: Arc<RefusalLog>,
