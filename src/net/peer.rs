@@ -43,6 +43,25 @@ pub(crate) fn spawn(tracker: &TaskTracker, link: Arc<Link>, shared: Arc<Shared>)
 /// handed to quinn without a copy (quinn pays per write call, not per chunk of
 /// one call).
 async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
+    write_batches(&link, &shared).await;
+    count_queued(&link, &shared);
+}
+
+/// Adds what was queued for the peer since the last count to the transport's
+/// counters.
+fn count_queued(link: &Link, shared: &Shared) {
+    let queued = link.outbox().take_queued();
+    add_queued(queued, shared);
+}
+
+fn add_queued(queued: super::outbox::Queued, shared: &Shared) {
+    if queued.frames > 0 {
+        shared.counters.frames_sent.fetch_add(queued.frames, Ordering::Relaxed);
+        shared.counters.bytes_sent.fetch_add(queued.bytes, Ordering::Relaxed);
+    }
+}
+
+async fn write_batches(link: &Link, shared: &Shared) {
     let conn = &link.conn;
     let slow_after = shared.slow_after;
     let mut stream: Option<quinn::SendStream> = None;
@@ -51,7 +70,11 @@ async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
         // Wait for work (or the connection's end). A sender wakes us only when
         // it queues into an empty outbox: we look again before we sleep.
         loop {
-            let taken = link.outbox().pop_batch(BATCH_BYTES, &mut batch);
+            let (taken, queued) = {
+                let mut outbox = link.outbox();
+                (outbox.pop_batch(BATCH_BYTES, &mut batch), outbox.take_queued())
+            };
+            add_queued(queued, shared);
             if taken > 0 {
                 break;
             }
@@ -66,12 +89,12 @@ async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
             None => match tokio::time::timeout(slow_after, conn.open_uni()).await {
                 Ok(Ok(s)) => stream.insert(s),
                 Ok(Err(_)) => return,
-                Err(_) => return too_slow(&link, &shared, "granted no stream"),
+                Err(_) => return too_slow(link, shared, "granted no stream"),
             },
         };
         match write_batch(send, &mut batch, slow_after).await {
             Ok(()) => {}
-            Err(WriteFailure::Stalled) => return too_slow(&link, &shared, "took nothing"),
+            Err(WriteFailure::Stalled) => return too_slow(link, shared, "took nothing"),
             Err(WriteFailure::Stream) => {
                 // The peer stopped our stream, or it broke: without it the peer
                 // gets nothing from us, so it must not stay in the table.

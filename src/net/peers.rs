@@ -155,7 +155,10 @@ pub struct Counters {
     pub rejects_received: [AtomicU64; 5],
     /// Our dials that failed at TLS (the peer refused us or is not who we expected).
     pub tls_failed: AtomicU64,
-    /// Frame bytes queued for peers and read from them (length prefixes included).
+    /// Frame bytes queued for peers and read from them (length prefixes
+    /// included). What is queued for a peer is counted by its writer as it
+    /// takes it, with everything queued before it (frames queued to a
+    /// connection whose writer has ended are not counted).
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     /// Frames the outboxes dropped, by [`Class`] (superseded ones not included).
@@ -269,6 +272,7 @@ impl Peers {
         table.values().filter(|link| link.wire >= out.wire && self.push(link, out)).map(|link| link.id).collect()
     }
 
+    #[inline]
     fn push(&self, link: &Link, out: &Outgoing) -> bool {
         let (pushed, was_empty) = {
             let mut outbox = link.outbox();
@@ -282,9 +286,7 @@ impl Peers {
             c.outbox_dropped[out.class.index()].fetch_add(pushed.overflowed as u64, Ordering::Relaxed);
         }
         if pushed.queued {
-            c.frames_sent.fetch_add(1, Ordering::Relaxed);
-            c.bytes_sent.fetch_add(out.frame.len() as u64, Ordering::Relaxed);
-            // The writer sleeps only after it found the outbox empty (under the
+            // Counted in `frames_sent` and `bytes_sent` by the writer. The writer sleeps only after it found the outbox empty (under the
             // same lock), so it needs waking only when this push made it
             // non-empty: one wake-up per batch, not per frame.
             if was_empty {
