@@ -1073,8 +1073,7 @@ fn main() {
     let wanted = |name: &str| {
         only.as_ref().is_none_or(|ps| ps.iter().any(|p| name.starts_with(p.as_str()) || p.starts_with(name)))
     };
-    let figure_wanted =
-        |name: &str| only.as_ref().is_none_or(|ps| ps.iter().any(|p| name.starts_with(p.as_str())));
+    let figure_wanted = |name: &str| only.as_ref().is_none_or(|ps| ps.iter().any(|p| name.starts_with(p.as_str())));
     let started = Instant::now();
     println!("{:<26} {:>12} {:<6} references (value/reference)", "figure", "value", "unit");
     let mut figures = Vec::new();

@@ -195,7 +195,14 @@ pub(crate) struct Queued {
 
 impl Outbox {
     pub(crate) fn new(limits: OutboxLimits) -> Self {
-        Outbox { limits, queues: Default::default(), txs: Runs::default(), bytes: [0; 3], queued: Queued::default(), closed: false }
+        Outbox {
+            limits,
+            queues: Default::default(),
+            txs: Runs::default(),
+            bytes: [0; 3],
+            queued: Queued::default(),
+            closed: false,
+        }
     }
 
     #[inline]
