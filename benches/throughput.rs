@@ -1,6 +1,11 @@
 //! Throughput benchmarks: the node against raw quinn and TCP + TLS, in one run.
 //!
-//!     cargo bench --bench throughput -- [--quick] [--json FILE] [--only PREFIX]
+//!     cargo bench --bench throughput -- [--quick] [--json FILE] [--only PREFIX[,PREFIX..]]
+//!     cargo bench --bench throughput -- --case node|quinn SIZE COUNT
+//!
+//! `--case` runs one frames measurement alone, once (no references, no repeats):
+//! for instruction counts under `valgrind --tool=callgrind`, where two counts
+//! of frames give the cost of one as a difference, free of the setup's.
 //!
 //! A harness of our own (`harness = false`) rather than criterion: every figure
 //! here is a multi-node scenario measured over a whole run (messages per second,
@@ -66,10 +71,12 @@ struct Args {
     json: Option<PathBuf>,
     only: Option<String>,
     probe: Option<(String, usize)>,
+    /// One frames measurement alone: path (`node` or `quinn`), frame size, count.
+    case: Option<(String, usize, usize)>,
 }
 
 fn args() -> Args {
-    let mut a = Args { quick: false, node_only: false, json: None, only: None, probe: None };
+    let mut a = Args { quick: false, node_only: false, json: None, only: None, probe: None, case: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -77,6 +84,12 @@ fn args() -> Args {
             "--node-only" => a.node_only = true,
             "--json" => a.json = it.next().map(PathBuf::from),
             "--only" => a.only = it.next(),
+            "--case" => {
+                let path = it.next().unwrap_or_default();
+                let size = it.next().and_then(|n| n.parse().ok()).unwrap_or(64);
+                let count = it.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+                a.case = Some((path, size, count));
+            }
             "--probe" => {
                 let kind = it.next().unwrap_or_default();
                 let n = it.next().and_then(|n| n.parse().ok()).unwrap_or(17);
@@ -224,21 +237,26 @@ async fn frames_node(size: usize, count: usize) -> f64 {
     // payload so the frame body equals `size` bytes, as in the references.
     let overhead = masternode::codec::body_len(&Message::Data(vec![0; size])) - size;
     let msg = bulk(&Message::Data(vec![0xab; size.saturating_sub(overhead).max(1)]));
+    // The same shape as the raw quinn reference: the receiving side in a task
+    // of its own, the sender in the caller's.
+    let receiver = tokio::spawn(async move {
+        let mut got = 0;
+        let mut batch = Vec::with_capacity(1024);
+        while got < count {
+            got += inb.messages.recv_batch(1024, &mut batch).await.unwrap();
+            batch.clear();
+        }
+        inb
+    });
     let start = Instant::now();
-    let sender = tokio::spawn(async move {
-        for _ in 0..count {
+    for _ in 0..count {
+        // Waits (an await and its future) only when the outbox is full.
+        if let Err(SendError::Full(_)) = a.send(to, &msg) {
             send_waiting(&a, to, &msg).await;
         }
-        a
-    });
-    let mut got = 0;
-    let mut batch = Vec::with_capacity(1024);
-    while got < count {
-        got += inb.messages.recv_batch(1024, &mut batch).await.unwrap();
-        batch.clear();
     }
+    let _inb = receiver.await.unwrap();
     let elapsed = start.elapsed();
-    let _a = sender.await.unwrap();
     stop.cancel();
     tracker.close();
     tracker.wait().await;
@@ -324,8 +342,11 @@ async fn frames_tcp_tls(size: usize, count: usize, batched: bool) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn bench_frames(quick: bool, node_only: bool, out: &mut Vec<Figure>) {
+async fn bench_frames(quick: bool, node_only: bool, wanted: &dyn Fn(&str) -> bool, out: &mut Vec<Figure>) {
     for size in [64usize, 256, 4096, 65536] {
+        if !wanted(&format!("frames/size={size}")) {
+            continue;
+        }
         // Enough bytes that the slowest path runs for about a second.
         let budget: usize = if quick { 24 << 20 } else { 96 << 20 };
         let count = (budget / (size + 4)).clamp(1_000, if quick { 300_000 } else { 1_000_000 });
@@ -1035,13 +1056,30 @@ fn main() {
         rt.block_on(memory_probe(kind, *n));
         return;
     }
-    let wanted = |name: &str| args.only.as_deref().is_none_or(|p| name.starts_with(p));
+    if let Some((path, size, count)) = &args.case {
+        let rate = rt.block_on(async {
+            match path.as_str() {
+                "quinn" => frames_quinn(*size, *count).await,
+                _ => frames_node(*size, *count).await,
+            }
+        });
+        println!("frames/size={size} {path}: {count} messages, {} msg/s", fmt(rate));
+        return;
+    }
+    // A group runs when a prefix names it or one of its figures
+    // (`--only frames/size=64,frames/size=256`); a group of figures skips the
+    // figures no prefix names.
+    let only: Option<Vec<String>> = args.only.as_ref().map(|o| o.split(',').map(String::from).collect());
+    let wanted = |name: &str| {
+        only.as_ref().is_none_or(|ps| ps.iter().any(|p| name.starts_with(p.as_str()) || p.starts_with(name)))
+    };
+    let figure_wanted = |name: &str| only.as_ref().is_none_or(|ps| ps.iter().any(|p| name.starts_with(p.as_str())));
     let started = Instant::now();
     println!("{:<26} {:>12} {:<6} references (value/reference)", "figure", "value", "unit");
     let mut figures = Vec::new();
     rt.block_on(async {
         if wanted("frames") {
-            bench_frames(args.quick, args.node_only, &mut figures).await;
+            bench_frames(args.quick, args.node_only, &figure_wanted, &mut figures).await;
         }
         if wanted("handshake") {
             bench_handshake(args.quick, &mut figures).await;

@@ -291,16 +291,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// is buffered, so a frame over its limit or of a kind the stream does not
     /// carry fails before its body is read.
     pub fn take_frames(&mut self, limit: impl Fn(u8) -> Option<usize>) -> Result<Option<(Bytes, usize)>, FrameError> {
-        while self.buf.len() >= self.scanned + 5 {
-            let at = self.scanned;
-            let len = u32::from_be_bytes([self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]]) as usize;
-            check_len(len, Some(self.buf[at + 4]), &limit)?;
+        let (mut at, mut frames) = (self.scanned, self.scanned_frames);
+        while let Some(&[a, b, c, d, kind]) = self.buf.get(at..at + 5) {
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            if let Err(e) = check_len(len, Some(kind), &limit) {
+                (self.scanned, self.scanned_frames) = (at, frames);
+                return Err(e);
+            }
             if self.buf.len() < at + 4 + len {
                 break;
             }
-            self.scanned = at + 4 + len;
-            self.scanned_frames += 1;
+            at += 4 + len;
+            frames += 1;
         }
+        (self.scanned, self.scanned_frames) = (at, frames);
         if self.scanned == 0 {
             return Ok(None);
         }

@@ -56,6 +56,24 @@ pub struct Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot(usize);
 
+/// Which lanes a run's frames belong to, found once when it is queued: a
+/// cursor skips a run without frames of its lane at once, and takes the next
+/// frame of a run with only its lane's frames without looking at its kind, so
+/// only a mixed run is looked at frame by frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lanes {
+    Urgent,
+    Other,
+    Mixed,
+}
+
+/// Whole frames as one read brought them, and which lanes they are for.
+#[derive(Debug)]
+struct Run {
+    bytes: Bytes,
+    lanes: Lanes,
+}
+
 /// Where one lane's next frame is in a peer's runs.
 #[derive(Debug, Default, Clone, Copy)]
 struct Cursor {
@@ -72,7 +90,7 @@ struct PeerQueue {
     id: NodeId,
     /// Runs of whole frames (length prefixes included, headers checked), oldest
     /// first; the front one may be partly taken.
-    runs: VecDeque<Bytes>,
+    runs: VecDeque<Run>,
     /// The urgent lane's cursor and the other lane's.
     urgent: Cursor,
     other: Cursor,
@@ -90,45 +108,54 @@ impl PeerQueue {
     }
 
     /// Moves `c` to its lane's next frame at or after where it is.
-    fn seek(runs: &VecDeque<Bytes>, c: &mut Cursor, urgent_lane: bool, urgent: fn(u8) -> bool) {
+    fn seek(runs: &VecDeque<Run>, c: &mut Cursor, urgent_lane: bool, urgent: &Kinds) {
+        let (own, foreign) = if urgent_lane { (Lanes::Urgent, Lanes::Other) } else { (Lanes::Other, Lanes::Urgent) };
         while let Some(run) = runs.get(c.run) {
-            if c.at == run.len() {
-                c.run += 1;
-                c.at = 0;
-                continue;
+            let bytes = &run.bytes[..];
+            if c.at < bytes.len() && run.lanes != foreign {
+                if run.lanes == own {
+                    return;
+                }
+                while c.at < bytes.len() {
+                    if urgent[usize::from(bytes[c.at + 4])] == urgent_lane {
+                        return;
+                    }
+                    let len = 4 + frame_len(bytes, c.at);
+                    c.at += len;
+                    c.ahead -= len;
+                }
             }
-            if urgent(run[c.at + 4]) == urgent_lane {
-                return;
-            }
-            let len = 4 + frame_len(run, c.at);
-            c.at += len;
-            c.ahead -= len;
+            c.ahead -= bytes.len() - c.at;
+            c.run += 1;
+            c.at = 0;
         }
     }
 
-    /// The size (prefix included) of the frame a turn would deliver, urgent
-    /// first; `None` when nothing is queued.
-    fn next_len(&self) -> Option<usize> {
-        [&self.urgent, &self.other].into_iter().find_map(|c| self.runs.get(c.run).map(|run| 4 + frame_len(run, c.at)))
-    }
-
-    /// Takes the frame [`PeerQueue::next_len`] named (urgent first) and
-    /// releases the runs both cursors passed.
-    fn pop(&mut self, urgent: fn(u8) -> bool) -> Option<Bytes> {
-        let urgent_lane = self.urgent.run < self.runs.len();
-        let c = if urgent_lane { &mut self.urgent } else { &mut self.other };
-        let run = self.runs.get(c.run)?;
-        let len = frame_len(run, c.at);
-        let body = run.slice(c.at + 4..c.at + 4 + len);
-        c.at += 4 + len;
-        c.ahead -= 4 + len;
-        Self::seek(&self.runs, c, urgent_lane, urgent);
+    /// A turn worth `deficit` bytes: takes the next frame (urgent first) if
+    /// it fits, and releases the runs both cursors passed.
+    fn pop_within(&mut self, deficit: usize, urgent: &Kinds) -> Pop {
+        let PeerQueue { runs, urgent: urgent_cursor, other, .. } = self;
+        let urgent_lane = urgent_cursor.run < runs.len();
+        let (c, own) = if urgent_lane { (urgent_cursor, Lanes::Urgent) } else { (other, Lanes::Other) };
+        let Some(run) = runs.get(c.run) else { return Pop::Empty };
+        let len = 4 + frame_len(&run.bytes, c.at);
+        if len > deficit {
+            return Pop::Wait;
+        }
+        let body = run.bytes.slice(c.at + 4..c.at + len);
+        c.at += len;
+        c.ahead -= len;
+        if c.at < run.bytes.len() && run.lanes == own {
+            // The lane's next frame is the next one in this run.
+            return Pop::Frame(body);
+        }
+        Self::seek(runs, c, urgent_lane, urgent);
         while self.urgent.run > 0 && self.other.run > 0 {
             self.runs.pop_front();
             self.urgent.run -= 1;
             self.other.run -= 1;
         }
-        Some(body)
+        Pop::Frame(body)
     }
 
     fn is_empty(&self) -> bool {
@@ -136,9 +163,42 @@ impl PeerQueue {
     }
 }
 
+/// What a turn found in a peer's queue.
+enum Pop {
+    Frame(Bytes),
+    /// The next frame is larger than the turns' deficit so far.
+    Wait,
+    Empty,
+}
+
 /// The body length of the frame at `at` in `run` (its header was checked).
 fn frame_len(run: &[u8], at: usize) -> usize {
-    u32::from_be_bytes([run[at], run[at + 1], run[at + 2], run[at + 3]]) as usize
+    match run.get(at..at + 4) {
+        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]) as usize,
+        // Runs hold whole frames: a cursor is at a frame's start or at the end.
+        _ => unreachable!("a cursor points at a frame's header"),
+    }
+}
+
+/// The application's urgent kinds as a table, looked up per frame without a call.
+type Kinds = [bool; 256];
+
+/// Which lanes the frames of `run` belong to.
+fn lanes(run: &[u8], urgent: &Kinds) -> Lanes {
+    let (mut at, mut some_urgent, mut some_other) = (0, false, false);
+    while at + 4 < run.len() {
+        if urgent[usize::from(run[at + 4])] {
+            some_urgent = true;
+        } else {
+            some_other = true;
+        }
+        at += 4 + frame_len(run, at);
+    }
+    match (some_urgent, some_other) {
+        (true, false) => Lanes::Urgent,
+        (false, true) => Lanes::Other,
+        _ => Lanes::Mixed,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -160,7 +220,7 @@ pub(crate) struct Inbox {
     state: Mutex<State>,
     ready: Notify,
     budget: usize,
-    urgent: fn(u8) -> bool,
+    urgent: Kinds,
 }
 
 /// The inbox was closed: the node is stopping.
@@ -171,6 +231,7 @@ impl Inbox {
     /// An inbox holding up to `budget` bytes per peer, serving the kinds that
     /// `urgent` names ahead of the others from each peer.
     pub(crate) fn new(budget: usize, urgent: fn(u8) -> bool) -> Self {
+        let urgent = std::array::from_fn(|k| urgent(k as u8));
         Inbox { state: Mutex::default(), ready: Notify::new(), budget, urgent }
     }
 
@@ -218,15 +279,16 @@ impl Inbox {
         if len == 0 {
             return;
         }
+        let lanes = lanes(&run, &self.urgent);
         let mut s = self.lock();
         if s.closed {
             return;
         }
-        let urgent = self.urgent;
+        let urgent = &self.urgent;
         let q = &mut s.slots[slot.0];
         let was_empty = q.is_empty();
         let before = q.bytes();
-        q.runs.push_back(run);
+        q.runs.push_back(Run { bytes: run, lanes });
         for (c, urgent_lane) in [(&mut q.urgent, true), (&mut q.other, false)] {
             c.ahead += len;
             // A cursor at the end was past every frame: it looks into the new run.
@@ -291,7 +353,7 @@ impl Inbox {
         loop {
             {
                 let mut s = self.lock();
-                let taken = Self::take(&mut s, max, out, self.urgent);
+                let taken = Self::take(&mut s, max, out, &self.urgent);
                 if taken > 0 {
                     return Ok(taken);
                 }
@@ -304,39 +366,51 @@ impl Inbox {
     }
 
     /// Takes up to `max` messages, a frame per turn; how many. Wakes the
-    /// readers waiting for the room it made, once each.
-    fn take(s: &mut State, max: usize, out: &mut Vec<Delivery>, urgent: fn(u8) -> bool) -> usize {
+    /// readers waiting for the room it made, once each. A peer whose turn
+    /// comes while no other peer has anything queued takes its next turns at
+    /// once, without going round the order.
+    fn take(s: &mut State, max: usize, out: &mut Vec<Delivery>, urgent: &Kinds) -> usize {
+        let State { slots, order, queued, .. } = s;
         let mut taken = 0;
         while taken < max {
-            let Some(i) = s.order.pop_front() else { break };
-            let q = &mut s.slots[i];
-            q.deficit += QUANTUM;
-            let Some(len) = q.next_len() else {
-                q.deficit = 0;
-                continue;
-            };
-            if len > q.deficit {
-                // Its frame needs more turns: the others' come first.
-                s.order.push_back(i);
-                continue;
-            }
-            // A turn delivers one frame; what was left of its quantum is not
-            // kept, so small frames earn no credit towards a large one.
-            q.deficit = 0;
+            let Some(i) = order.pop_front() else { break };
+            let q = &mut slots[i];
             let before = q.bytes();
-            let Some(body) = q.pop(urgent) else { continue };
+            let mut queued_still = true;
+            loop {
+                q.deficit += QUANTUM;
+                match q.pop_within(q.deficit, urgent) {
+                    Pop::Frame(body) => {
+                        // A turn delivers one frame; what was left of its quantum
+                        // is not kept, so small frames earn no credit towards a
+                        // large one.
+                        q.deficit = 0;
+                        out.push(Delivery { from: q.id, body });
+                        taken += 1;
+                        if taken == max || !order.is_empty() || q.is_empty() {
+                            break;
+                        }
+                    }
+                    // Its frame needs more turns: the others' come first.
+                    Pop::Wait if order.is_empty() => {}
+                    Pop::Wait => break,
+                    Pop::Empty => {
+                        q.deficit = 0;
+                        queued_still = false;
+                        break;
+                    }
+                }
+            }
             let after = q.bytes();
-            s.queued -= before - after;
+            *queued -= before - after;
             if q.waiting && after < before {
                 // Room was freed: the peer's readers may go on.
                 q.waiting = false;
                 q.room.notify_waiters();
             }
-            out.push(Delivery { from: q.id, body });
-            if !q.is_empty() {
-                s.order.push_back(i);
+            if queued_still && !q.is_empty() {
+                order.push_back(i);
             }
-            taken += 1;
         }
         taken
     }
@@ -520,6 +594,28 @@ mod tests {
         let mut out = Vec::new();
         inbox.recv_batch(1, &mut out).await.unwrap();
         tokio::time::timeout(Duration::from_secs(1), blocked).await.expect("room freed").unwrap().unwrap();
+    }
+
+    /// A peer alone in the inbox takes its turns one after another: a frame
+    /// of several quanta is delivered in the same batch as the small ones
+    /// around it, and the lanes keep their order across pure and mixed runs.
+    #[tokio::test]
+    async fn a_lone_peer_takes_its_turns_at_once_across_pure_and_mixed_runs() {
+        let inbox = Inbox::new(8 << 20, urgent);
+        let slot = inbox.slot(id(1));
+        inbox.put(slot, run_of(1, 10, 3));
+        inbox.put(slot, run_of(1, 3 * QUANTUM, 1));
+        inbox.put(slot, Bytes::from([run_of(3, 20, 1), run_of(1, 11, 1), run_of(2, 21, 1)].concat()));
+        inbox.put(slot, run_of(3, 22, 2));
+        let mut out = Vec::new();
+        assert_eq!(inbox.recv_batch(100, &mut out).await, Ok(9));
+        let lens: Vec<(u8, usize)> = out.iter().map(|d| (d.body[0], d.body.len())).collect();
+        assert_eq!(
+            lens,
+            vec![(3, 20), (2, 21), (3, 22), (3, 22), (1, 10), (1, 10), (1, 10), (1, 3 * QUANTUM), (1, 11)],
+            "urgent frames first, each lane in its order"
+        );
+        assert_eq!(inbox.queued_bytes(), 0);
     }
 
     #[tokio::test]

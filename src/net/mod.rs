@@ -102,6 +102,20 @@ pub struct Protocol {
     pub urgent: fn(u8) -> bool,
 }
 
+/// One stream's kinds and limits ([`Protocol`]'s function) as a table: the
+/// reader checks every frame's header against it with a lookup, not a call.
+pub(crate) struct KindLimits([Option<usize>; 256]);
+
+impl KindLimits {
+    pub(crate) fn of(limit: fn(u8) -> Option<usize>) -> Self {
+        KindLimits(std::array::from_fn(|kind| limit(kind as u8)))
+    }
+
+    pub(crate) fn get(&self, kind: u8) -> Option<usize> {
+        self.0[usize::from(kind)]
+    }
+}
+
 impl std::fmt::Debug for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Protocol")

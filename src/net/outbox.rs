@@ -179,13 +179,33 @@ pub(crate) struct Outbox {
     queues: [VecDeque<Entry>; 2],
     txs: Runs,
     bytes: [usize; 3],
+    /// Frames and bytes queued since the writer last took the count (see
+    /// [`Outbox::take_queued`]).
+    queued: Queued,
+    /// The writer has ended: nothing is queued any more.
+    closed: bool,
+}
+
+/// Frames and bytes queued into an outbox, counted under its lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Queued {
+    pub(crate) frames: u64,
+    pub(crate) bytes: u64,
 }
 
 impl Outbox {
     pub(crate) fn new(limits: OutboxLimits) -> Self {
-        Outbox { limits, queues: Default::default(), txs: Runs::default(), bytes: [0; 3] }
+        Outbox {
+            limits,
+            queues: Default::default(),
+            txs: Runs::default(),
+            bytes: [0; 3],
+            queued: Queued::default(),
+            closed: false,
+        }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, out: &Outgoing) -> Pushed {
         let c = out.class.index();
         let limit = self.limits.of(out.class);
@@ -201,6 +221,7 @@ impl Outbox {
             }
             self.txs.push(&out.frame);
             self.bytes[c] += len;
+            self.count(len);
             result.queued = true;
             return result;
         }
@@ -226,8 +247,21 @@ impl Outbox {
         }
         queue.push_back(Entry { frame: out.frame.clone(), epoch: out.epoch });
         self.bytes[c] += len;
+        self.count(len);
         result.queued = true;
         result
+    }
+
+    fn count(&mut self, len: usize) {
+        self.queued.frames += 1;
+        self.queued.bytes += len as u64;
+    }
+
+    /// The frames and bytes queued since the last call: the writer adds them
+    /// to the transport's counters once per batch, so that queueing a frame
+    /// costs no atomic operation on a counter every sender shares.
+    pub(crate) fn take_queued(&mut self) -> Queued {
+        std::mem::take(&mut self.queued)
     }
 
     /// Moves queued bytes into `batch` in priority order until about `max_bytes`
@@ -262,6 +296,20 @@ impl Outbox {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.queues.iter().all(VecDeque::is_empty) && self.txs.is_empty()
+    }
+
+    /// Drops everything queued, for good: the writer ended, so nothing queued
+    /// here would ever be written. Pushing into a closed outbox is the
+    /// caller's error to report (`Peers::send` says the peer is not connected).
+    pub(crate) fn close(&mut self) {
+        self.queues = Default::default();
+        self.txs = Runs::default();
+        self.bytes = [0; 3];
+        self.closed = true;
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// Queued bytes of one class.
@@ -319,6 +367,8 @@ mod tests {
         o.push(&out(Class::Tx, 0, 10, 4));
         assert_eq!(drain(&mut o), vec![3, 2, 1, 4]);
         assert!(o.is_empty());
+        assert_eq!(o.take_queued(), Queued { frames: 4, bytes: 40 });
+        assert_eq!(o.take_queued(), Queued::default());
     }
 
     #[test]
@@ -363,7 +413,21 @@ mod tests {
         let p = o.push(&out(Class::Tx, 0, 100, 10));
         assert_eq!(p, Pushed { queued: false, dropped: 1, overflowed: 1 });
         assert_eq!(o.bytes(Class::Tx), 1000);
+        assert_eq!(o.take_queued(), Queued { frames: 10, bytes: 1000 }, "a dropped frame was not queued");
         assert_eq!(drain(&mut o), (0..10).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_closed_outbox_holds_nothing() {
+        let mut o = Outbox::new(limits());
+        o.push(&out(Class::Consensus, 1, 100, 1));
+        o.push(&out(Class::Tx, 0, 100, 2));
+        assert!(!o.is_closed());
+        o.close();
+        assert!(o.is_closed());
+        assert!(o.is_empty());
+        assert_eq!(o.total_bytes(), 0);
+        assert_eq!(drain(&mut o), Vec::<u8>::new());
     }
 
     #[test]

@@ -43,6 +43,26 @@ pub(crate) fn spawn(tracker: &TaskTracker, link: Arc<Link>, shared: Arc<Shared>)
 /// handed to quinn without a copy (quinn pays per write call, not per chunk of
 /// one call).
 async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
+    write_batches(&link, &shared).await;
+    // Nothing writes to this peer any more: what is queued is dropped now
+    // (a thread's copy of the peer table may hold the link a while longer),
+    // after counting what was queued since the last batch.
+    let queued = {
+        let mut outbox = link.outbox();
+        outbox.close();
+        outbox.take_queued()
+    };
+    add_queued(queued, &shared);
+}
+
+fn add_queued(queued: super::outbox::Queued, shared: &Shared) {
+    if queued.frames > 0 {
+        shared.counters.frames_sent.fetch_add(queued.frames, Ordering::Relaxed);
+        shared.counters.bytes_sent.fetch_add(queued.bytes, Ordering::Relaxed);
+    }
+}
+
+async fn write_batches(link: &Link, shared: &Shared) {
     let conn = &link.conn;
     let slow_after = shared.slow_after;
     let mut stream: Option<quinn::SendStream> = None;
@@ -51,7 +71,11 @@ async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
         // Wait for work (or the connection's end). A sender wakes us only when
         // it queues into an empty outbox: we look again before we sleep.
         loop {
-            let taken = link.outbox().pop_batch(BATCH_BYTES, &mut batch);
+            let (taken, queued) = {
+                let mut outbox = link.outbox();
+                (outbox.pop_batch(BATCH_BYTES, &mut batch), outbox.take_queued())
+            };
+            add_queued(queued, shared);
             if taken > 0 {
                 break;
             }
@@ -66,12 +90,12 @@ async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
             None => match tokio::time::timeout(slow_after, conn.open_uni()).await {
                 Ok(Ok(s)) => stream.insert(s),
                 Ok(Err(_)) => return,
-                Err(_) => return too_slow(&link, &shared, "granted no stream"),
+                Err(_) => return too_slow(link, shared, "granted no stream"),
             },
         };
         match write_batch(send, &mut batch, slow_after).await {
             Ok(()) => {}
-            Err(WriteFailure::Stalled) => return too_slow(&link, &shared, "took nothing"),
+            Err(WriteFailure::Stalled) => return too_slow(link, shared, "took nothing"),
             Err(WriteFailure::Stream) => {
                 // The peer stopped our stream, or it broke: without it the peer
                 // gets nothing from us, so it must not stay in the table.
@@ -193,7 +217,8 @@ async fn read_run(
     slot: Slot,
     shared: &Shared,
 ) -> Result<bool, Option<FrameError>> {
-    let limit = shared.protocol.gossip;
+    let limits = &shared.gossip_limits;
+    let limit = |kind| limits.get(kind);
     tokio::select! {
         room = shared.inbox.room(slot, reader.wanted().max(1)) => room.map_err(|_| None)?,
         _ = conn.closed() => return Err(None),
