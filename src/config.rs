@@ -16,7 +16,9 @@ use serde::Deserialize;
 use crate::admin::{AdminToken, TokenError};
 pub use crate::chain::genesis::{Member, Network};
 pub use crate::chain::limits::NodeLimits;
+use crate::chain::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use crate::chain::limits::MAX_SYNC_BATCH_BLOCKS;
+use crate::chain::message::{max_block_bytes_ceiling, MAX_BLOCK_TXS_CEILING};
 use crate::chain::members::MAX_MEMBERS;
 use crate::identity::{Identity, IdentityError, NodeId};
 pub use crate::net::TransportConfig as Transport;
@@ -38,6 +40,10 @@ pub enum ConfigError {
     /// A value given on the command line or in the environment, not in a file.
     #[error("{source_name}: {message}")]
     Override { source_name: &'static str, message: String },
+    /// A block limit of the network file above what a proposal's frame
+    /// carries ([`crate::chain::message::max_block_bytes_ceiling`]).
+    #[error("{path}: {key} = {value} is over its ceiling of {ceiling} (a proposal of a full block must fit its frame)")]
+    BlockLimitOverCeiling { path: PathBuf, key: &'static str, value: usize, ceiling: usize },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -125,13 +131,38 @@ impl Network {
                 members.len()
             )));
         }
-        let id = Network::compute_id(&file.name, file.genesis_time_ms, file.block_interval_ms, min_active, &members);
+        let (max_block_bytes, max_block_txs) = (file.max_block_bytes, file.max_block_txs);
+        for (key, value) in [("max_block_bytes", max_block_bytes), ("max_block_txs", max_block_txs)] {
+            if value == Some(0) {
+                return Err(invalid(format!("{key} must be positive")));
+            }
+        }
+        let txs = max_block_txs.unwrap_or(MAX_BLOCK_TXS);
+        let over = |key, value, ceiling| ConfigError::BlockLimitOverCeiling { path: path.into(), key, value, ceiling };
+        if txs > MAX_BLOCK_TXS_CEILING {
+            return Err(over("max_block_txs", txs, MAX_BLOCK_TXS_CEILING));
+        }
+        let bytes = max_block_bytes.unwrap_or(MAX_BLOCK_BYTES);
+        if bytes > max_block_bytes_ceiling(txs) {
+            return Err(over("max_block_bytes", bytes, max_block_bytes_ceiling(txs)));
+        }
+        let id = Network::compute_id(
+            &file.name,
+            file.genesis_time_ms,
+            file.block_interval_ms,
+            min_active,
+            &members,
+            max_block_bytes,
+            max_block_txs,
+        );
         Ok(Network {
             name: file.name,
             genesis_time_ms: file.genesis_time_ms,
             block_interval_ms: file.block_interval_ms,
             min_active,
             members,
+            max_block_bytes,
+            max_block_txs,
             id,
         })
     }
@@ -144,6 +175,10 @@ struct NetworkFile {
     genesis_time_ms: u64,
     block_interval_ms: u64,
     min_active: Option<usize>,
+    /// Transaction bytes in a block, at most; 3 MiB when absent.
+    max_block_bytes: Option<usize>,
+    /// Transactions in a block, at most; 20,000 when absent.
+    max_block_txs: Option<usize>,
     #[serde(default)]
     masternode: Vec<MemberEntry>,
 }

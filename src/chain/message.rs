@@ -131,6 +131,34 @@ pub(crate) const TX_LIMIT: usize = 64 * 1024 + 16;
 /// A full block (`MAX_BLOCK_BYTES` of transactions), a length prefix of up to 3
 /// bytes for each of its at most 20,000 transactions, and the header.
 pub const PROPOSAL_LIMIT: usize = crate::chain::block::MAX_BLOCK_BYTES + 128 * 1024;
+
+/// What a proposal holds besides its transactions and their length prefixes,
+/// at most: the header with its most approvals (64 of at most 512 bytes, 32 KiB),
+/// the proposal's heights, rounds, key and signature, with room to spare.
+const PROPOSAL_ENVELOPE: usize = 64 * 1024;
+
+/// The most transaction bytes a network file may set (`max_block_bytes`) for
+/// blocks of at most `max_block_txs` transactions: a proposal of a full block
+/// must fit its frame ([`PROPOSAL_LIMIT`]), with the envelope, a length prefix
+/// of 3 bytes for each transaction and 2 more for each one of 64 KiB (the most
+/// that fit). 3,151,166 for 20,000 transactions, above today's 3 MiB.
+pub const fn max_block_bytes_ceiling(max_block_txs: usize) -> usize {
+    let room = PROPOSAL_LIMIT - PROPOSAL_ENVELOPE;
+    let prefixes = 3 * max_block_txs;
+    if prefixes >= room {
+        return 0;
+    }
+    // The largest b with b + 2 * (b / 65536 + 1) <= left, near enough: b <= left.
+    let left = room - prefixes;
+    left - 2 * (left / 65536 + 1)
+}
+
+/// The most transactions a network file may set (`max_block_txs`): the bound
+/// every sequence of transactions or ids is decoded with, from which the
+/// `CompactProposal` and `GetTxs` frame limits are computed.
+pub const MAX_BLOCK_TXS_CEILING: usize = MAX_BLOCK_TXS;
+
+const _: () = assert!(crate::chain::block::MAX_BLOCK_BYTES <= max_block_bytes_ceiling(MAX_BLOCK_TXS));
 pub const VOTE_LIMIT: usize = 256;
 pub(crate) const TIP_LIMIT: usize = 64;
 pub(crate) const GET_BLOCKS_LIMIT: usize = 32;
