@@ -361,6 +361,48 @@ impl Message {
 mod tests {
     use super::*;
 
+    /// A proposal of a full block at the ceiling fits its frame, whether its
+    /// transactions are many and small or few and as large as a transaction
+    /// may be (5-byte length prefixes). The envelope's room for the header's
+    /// approvals (32 KiB at most) is left unused here.
+    #[test]
+    fn a_full_block_at_the_ceiling_fits_the_proposal_frame() {
+        use crate::chain::block::{Block, Header};
+        use crate::chain::vote::{Proposal, SignedProposal};
+        // (max_block_txs, length of each): 1-byte prefixes; 3-byte ones, as
+        // many as the bytes allow; 5-byte ones (64 KiB transactions); a few.
+        for (txs, tx_len) in [(MAX_BLOCK_TXS, 0), (MAX_BLOCK_TXS, 251), (60, TX_LIMIT - 16), (10, 0)] {
+            let bytes = max_block_bytes_ceiling(txs);
+            // Every transaction as large as allowed, the last taking the rest.
+            let each = if tx_len > 0 { tx_len } else { (TX_LIMIT - 16).min(bytes / txs) };
+            let mut body: Vec<Vec<u8>> = Vec::new();
+            let mut left = bytes;
+            while left > 0 && body.len() < txs {
+                let n = if body.len() + 1 == txs { left.min(TX_LIMIT - 16) } else { each.min(left) };
+                body.push(vec![0xab; n]);
+                left -= n;
+            }
+            let header = Header {
+                height: u64::MAX,
+                round: u32::MAX,
+                prev_hash: Hash([1; 32]),
+                timestamp_ms: u64::MAX,
+                proposer: crate::identity::NodeId([2; 32]),
+                tx_root: Hash([3; 32]),
+                changes: vec![],
+            };
+            let proposal = Proposal {
+                height: u64::MAX,
+                round: u32::MAX,
+                block: Block { header, txs: body },
+                valid_round: Some(u32::MAX),
+                proposer: crate::identity::NodeId([2; 32]),
+            };
+            let frame = Message::Proposal(SignedProposal { proposal, signature: [9; 64] }).outgoing();
+            assert!(frame.is_ok(), "{txs} transactions, {bytes} bytes: {:?}", frame.err());
+        }
+    }
+
     /// One message of every kind, with every container of each holding some
     /// elements (an empty transaction among them), built deterministically.
     fn samples() -> Vec<(&'static str, Message)> {
