@@ -14,12 +14,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::admin::{AdminToken, TokenError};
+use crate::chain::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 pub use crate::chain::genesis::{Member, Network};
 pub use crate::chain::limits::NodeLimits;
-use crate::chain::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use crate::chain::limits::MAX_SYNC_BATCH_BLOCKS;
-use crate::chain::message::{max_block_bytes_ceiling, MAX_BLOCK_TXS_CEILING};
 use crate::chain::members::MAX_MEMBERS;
+use crate::chain::message::{max_block_bytes_ceiling, MAX_BLOCK_TXS_CEILING};
 use crate::identity::{Identity, IdentityError, NodeId};
 pub use crate::net::TransportConfig as Transport;
 
@@ -42,7 +42,9 @@ pub enum ConfigError {
     Override { source_name: &'static str, message: String },
     /// A block limit of the network file above what a proposal's frame
     /// carries ([`crate::chain::message::max_block_bytes_ceiling`]).
-    #[error("{path}: {key} = {value} is over its ceiling of {ceiling} (a proposal of a full block must fit its frame)")]
+    #[error(
+        "{path}: {key} = {value} is over its ceiling of {ceiling} (a proposal of a full block must fit its frame)"
+    )]
     BlockLimitOverCeiling { path: PathBuf, key: &'static str, value: usize, ceiling: usize },
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -859,7 +861,12 @@ mod tests {
         for (keys, key, value, ceiling) in [
             (format!("max_block_txs = {}\n", MAX_BLOCK_TXS_CEILING + 1), "max_block_txs", 20_001, 20_000),
             (format!("max_block_bytes = {}\n", bytes_ceiling + 1), "max_block_bytes", bytes_ceiling + 1, bytes_ceiling),
-            (format!("max_block_txs = 10\nmax_block_bytes = {}\n", roomier + 1), "max_block_bytes", roomier + 1, roomier),
+            (
+                format!("max_block_txs = 10\nmax_block_bytes = {}\n", roomier + 1),
+                "max_block_bytes",
+                roomier + 1,
+                roomier,
+            ),
         ] {
             let err = with(&keys).err().unwrap();
             let text = err.to_string();
