@@ -43,3 +43,18 @@ impl NodeLimits {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::Limits;
+
+    #[test]
+    fn a_transaction_is_never_larger_than_the_networks_block() {
+        let defaults = NodeLimits::default();
+        assert_eq!(defaults.within_blocks(&Limits::default()), defaults, "3 MiB blocks take any 64 KiB transaction");
+        let small = Limits { max_block_bytes: 1000, ..Limits::default() };
+        assert_eq!(defaults.within_blocks(&small).mempool.max_tx_bytes, 1000);
+        assert_eq!(defaults.within_blocks(&small).mempool.max_txs, defaults.mempool.max_txs, "nothing else moves");
+    }
+}
