@@ -120,11 +120,17 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: usize, interval_ms: u64) -> Cluster {
+        Self::with_keys(n, interval_ms, "")
+    }
+
+    /// A cluster whose network file has `keys` (top-level keys such as
+    /// `max_block_txs = 10\n`) besides the rendered ones.
+    fn with_keys(n: usize, interval_ms: u64, keys: &str) -> Cluster {
         let net = subnet();
         let ids: Vec<_> = (0..n).map(|_| Arc::new(Identity::generate().unwrap())).collect();
         let members: Vec<Member> =
             ids.iter().enumerate().map(|(i, id)| Member { id: id.id(), addr: addr(net, i) }).collect();
-        let text = Network::render("bench", 1_764_000_000_000, interval_ms, n.min(3), &members);
+        let text = format!("{keys}{}", Network::render("bench", 1_764_000_000_000, interval_ms, n.min(3), &members));
         let network = Arc::new(Network::parse(Path::new("bench"), &text).unwrap());
         Cluster { ids, members, network }
     }
@@ -651,6 +657,20 @@ async fn bench_commit(quick: bool, out: &mut Vec<Figure>) {
 fn commit_interval_ms() -> u64 {
     std::env::var("COMMIT_INTERVAL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(250)
 }
+/// The commit figures' network block limits: the defaults (3 MiB, 20,000
+/// transactions), or `COMMIT_MAX_BLOCK_BYTES` and `COMMIT_MAX_BLOCK_TXS` from
+/// the environment, written into the network file as `max_block_bytes` and
+/// `max_block_txs`.
+fn commit_block_keys() -> String {
+    let mut keys = String::new();
+    for (var, key) in [("COMMIT_MAX_BLOCK_BYTES", "max_block_bytes"), ("COMMIT_MAX_BLOCK_TXS", "max_block_txs")] {
+        if let Some(n) = std::env::var(var).ok().and_then(|v| v.parse::<usize>().ok()) {
+            keys.push_str(&format!("{key} = {n}\n"));
+        }
+    }
+    keys
+}
+
 /// p99 bound of a passing step, in block intervals.
 const COMMIT_P99_INTERVALS: u64 = 4;
 
@@ -659,7 +679,7 @@ const COMMIT_P99_INTERVALS: u64 = 4;
 /// then bisecting between the best passing and the lowest failing rate. The
 /// search stops at a step budget, or when the bracket is within an eighth.
 async fn commit_saturation(n: usize, quick: bool, out: &mut Vec<Figure>) {
-    let c = Cluster::new(n, commit_interval_ms());
+    let c = Cluster::with_keys(n, commit_interval_ms(), &commit_block_keys());
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for i in 0..n {
@@ -736,6 +756,8 @@ async fn commit_saturation(n: usize, quick: bool, out: &mut Vec<Figure>) {
         .with_extra("p50_ms", s.p50_ms)
         .with_extra("p99_ms", s.p99_ms)
         .with_extra("block_interval_ms", commit_interval_ms() as f64)
+        .with_extra("max_block_bytes", c.network.limits().max_block_bytes as f64)
+        .with_extra("max_block_txs", c.network.limits().max_block_txs as f64)
         .with_extra("offered_tx_per_s", s.offered as f64)
         .with_extra("tx_bytes", 256.0)
         .with_extra("cpu_s_per_s_per_node", s.cpu_per_node)

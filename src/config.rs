@@ -14,10 +14,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::admin::{AdminToken, TokenError};
+use crate::chain::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 pub use crate::chain::genesis::{Member, Network};
 pub use crate::chain::limits::NodeLimits;
 use crate::chain::limits::MAX_SYNC_BATCH_BLOCKS;
 use crate::chain::members::MAX_MEMBERS;
+use crate::chain::message::{max_block_bytes_ceiling, MAX_BLOCK_TXS_CEILING};
 use crate::identity::{Identity, IdentityError, NodeId};
 pub use crate::net::TransportConfig as Transport;
 
@@ -38,6 +40,12 @@ pub enum ConfigError {
     /// A value given on the command line or in the environment, not in a file.
     #[error("{source_name}: {message}")]
     Override { source_name: &'static str, message: String },
+    /// A block limit of the network file above what a proposal's frame
+    /// carries ([`crate::chain::message::max_block_bytes_ceiling`]).
+    #[error(
+        "{path}: {key} = {value} is over its ceiling of {ceiling} (a proposal of a full block must fit its frame)"
+    )]
+    BlockLimitOverCeiling { path: PathBuf, key: &'static str, value: usize, ceiling: usize },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -125,13 +133,38 @@ impl Network {
                 members.len()
             )));
         }
-        let id = Network::compute_id(&file.name, file.genesis_time_ms, file.block_interval_ms, min_active, &members);
+        let (max_block_bytes, max_block_txs) = (file.max_block_bytes, file.max_block_txs);
+        for (key, value) in [("max_block_bytes", max_block_bytes), ("max_block_txs", max_block_txs)] {
+            if value == Some(0) {
+                return Err(invalid(format!("{key} must be positive")));
+            }
+        }
+        let txs = max_block_txs.unwrap_or(MAX_BLOCK_TXS);
+        let over = |key, value, ceiling| ConfigError::BlockLimitOverCeiling { path: path.into(), key, value, ceiling };
+        if txs > MAX_BLOCK_TXS_CEILING {
+            return Err(over("max_block_txs", txs, MAX_BLOCK_TXS_CEILING));
+        }
+        let bytes = max_block_bytes.unwrap_or(MAX_BLOCK_BYTES);
+        if bytes > max_block_bytes_ceiling(txs) {
+            return Err(over("max_block_bytes", bytes, max_block_bytes_ceiling(txs)));
+        }
+        let id = Network::compute_id(
+            &file.name,
+            file.genesis_time_ms,
+            file.block_interval_ms,
+            min_active,
+            &members,
+            max_block_bytes,
+            max_block_txs,
+        );
         Ok(Network {
             name: file.name,
             genesis_time_ms: file.genesis_time_ms,
             block_interval_ms: file.block_interval_ms,
             min_active,
             members,
+            max_block_bytes,
+            max_block_txs,
             id,
         })
     }
@@ -144,6 +177,10 @@ struct NetworkFile {
     genesis_time_ms: u64,
     block_interval_ms: u64,
     min_active: Option<usize>,
+    /// Transaction bytes in a block, at most; 3 MiB when absent.
+    max_block_bytes: Option<usize>,
+    /// Transactions in a block, at most; 20,000 when absent.
+    max_block_txs: Option<usize>,
     #[serde(default)]
     masternode: Vec<MemberEntry>,
 }
@@ -765,6 +802,86 @@ mod tests {
             .unwrap();
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
+    }
+
+    /// The block limits enter the id only when the file sets them: a file
+    /// without them keeps the id it had before the keys existed (0.1.0's
+    /// chain among them), and one that sets them is another network.
+    #[test]
+    fn block_limits_change_the_network_id_only_when_set() {
+        let body = format!("min_active = 1\n[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n", id(1));
+        let plain = net(&format!("{HEAD}{body}")).unwrap();
+        let members = plain.members.clone();
+        // The id as 0.1.0 computes it, written out byte by byte.
+        let mut old = ring::digest::Context::new(&ring::digest::SHA256);
+        old.update(b"masternode-network-v1\0");
+        old.update(&1u64.to_be_bytes());
+        old.update(b"t");
+        for n in [1u64, 1000, 1] {
+            old.update(&n.to_be_bytes());
+        }
+        old.update(&members[0].id.0);
+        assert_eq!(&plain.id[..], old.finish().as_ref(), "absent keys: the id is 0.1.0's");
+        assert_eq!((plain.max_block_bytes, plain.max_block_txs), (None, None));
+        assert_eq!(plain.limits().max_block_bytes, MAX_BLOCK_BYTES);
+        assert_eq!(plain.limits().max_block_txs, MAX_BLOCK_TXS);
+        let mut ids = vec![plain.id];
+        for keys in [
+            "max_block_txs = 10\n",
+            "max_block_bytes = 10\n",
+            "max_block_txs = 20000\n",
+            "max_block_bytes = 3145728\n",
+            "max_block_txs = 10\nmax_block_bytes = 10\n",
+        ] {
+            let n = net(&format!("{HEAD}{keys}{body}")).unwrap();
+            assert!(!ids.contains(&n.id), "{keys:?}: a set key is another network");
+            ids.push(n.id);
+        }
+        let limited = net(&format!("{HEAD}max_block_txs = 10\nmax_block_bytes = 4096\n{body}")).unwrap();
+        assert_eq!((limited.limits().max_block_txs, limited.limits().max_block_bytes), (10, 4096));
+    }
+
+    /// A proposal of a full block must fit its frame: `max_block_txs` up to
+    /// the decoding bound, `max_block_bytes` up to what the frame leaves
+    /// beside that many transactions' prefixes. Over either, the file is
+    /// refused with an error naming the key and the ceiling.
+    #[test]
+    fn block_limits_over_the_frame_ceiling_are_refused() {
+        use crate::chain::message::{max_block_bytes_ceiling, MAX_BLOCK_TXS_CEILING};
+        let body = format!("min_active = 1\n[[masternode]]\nid = \"{}\"\naddr = \"127.0.0.2:1\"\n", id(1));
+        let with = |keys: &str| net(&format!("{HEAD}{keys}{body}"));
+        let bytes_ceiling = max_block_bytes_ceiling(MAX_BLOCK_TXS);
+        assert_eq!(bytes_ceiling, 3_151_166);
+        assert!(with(&format!("max_block_txs = {MAX_BLOCK_TXS_CEILING}\n")).is_ok());
+        assert!(with(&format!("max_block_bytes = {bytes_ceiling}\n")).is_ok());
+        // Fewer transactions leave more of the frame to their bytes.
+        let roomier = max_block_bytes_ceiling(10);
+        assert!(roomier > bytes_ceiling);
+        assert!(with(&format!("max_block_txs = 10\nmax_block_bytes = {roomier}\n")).is_ok());
+        for (keys, key, value, ceiling) in [
+            (format!("max_block_txs = {}\n", MAX_BLOCK_TXS_CEILING + 1), "max_block_txs", 20_001, 20_000),
+            (format!("max_block_bytes = {}\n", bytes_ceiling + 1), "max_block_bytes", bytes_ceiling + 1, bytes_ceiling),
+            (
+                format!("max_block_txs = 10\nmax_block_bytes = {}\n", roomier + 1),
+                "max_block_bytes",
+                roomier + 1,
+                roomier,
+            ),
+        ] {
+            let err = with(&keys).err().unwrap();
+            let text = err.to_string();
+            assert!(
+                matches!(err, ConfigError::BlockLimitOverCeiling { key: k, value: v, ceiling: c, .. }
+                    if k == key && v == value && c == ceiling),
+                "{keys:?}: {text}"
+            );
+            assert!(text.starts_with("network.toml: ") && text.contains(key), "{text}");
+            assert!(text.contains(&ceiling.to_string()) && !text.contains('\n'), "{text}");
+        }
+        for zero in ["max_block_txs = 0\n", "max_block_bytes = 0\n"] {
+            let err = with(zero).err().unwrap().to_string();
+            assert!(err.contains("must be positive") && err.starts_with("network.toml"), "{err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::admin;
-use crate::chain::block::{genesis_hash, Hash, Limits};
+use crate::chain::block::{genesis_hash, Hash};
 use crate::chain::consensus::{self, Core, Timeouts};
 use crate::chain::driver::{ChangeRequest, DriverConfig, MembersView, Submitted};
 use crate::chain::links::{ChainMetrics, Links, Mailbox};
@@ -232,7 +232,8 @@ impl Node {
         };
         let (peers, inbound) = net::start(net_cfg, shutdown.clone(), &tracker)?;
 
-        let limits = Limits::default();
+        // The network's block rules, agreed through the genesis.
+        let limits = network.limits();
         let core_cfg = consensus::Config {
             network_id: network.id,
             members: membership.clone(),
@@ -255,7 +256,7 @@ impl Node {
             block_interval_ms: network.block_interval_ms,
             min_active: network.min_active,
             limits,
-            node_limits: cfg.limits,
+            node_limits: cfg.limits.within_blocks(&limits),
             identity,
             bootstrap,
             max_version,

@@ -97,12 +97,15 @@ impl<C> Decode<C> for Block {
 }
 bincode::impl_borrow_decode!(Block);
 
-/// Transaction bytes in one block, at most. A proposal carrying a full block
-/// (plus a length prefix per transaction and the header) must stay within the
-/// codec's 4 MiB frame limit.
+/// Transaction bytes in one block, at most, on a network whose file does not
+/// set `max_block_bytes`. A network may set up to
+/// [`super::message::max_block_bytes_ceiling`]: a proposal carrying a full
+/// block (plus a length prefix per transaction and the header) stays within its
+/// frame limit.
 pub const MAX_BLOCK_BYTES: usize = 3 * 1024 * 1024;
 
-/// Rules every block obeys.
+/// Rules every block obeys: the network's block limits
+/// ([`super::genesis::Network::limits`]) and the clock's tolerance.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_block_bytes: usize,
@@ -113,7 +116,9 @@ pub struct Limits {
     pub max_clock_drift_ms: u64,
 }
 
-/// Transactions in one block, at most.
+/// Transactions in one block, at most, on a network whose file does not set
+/// `max_block_txs`; also the most a network may set, and the bound every
+/// sequence of a block's transactions or ids is decoded with.
 pub const MAX_BLOCK_TXS: usize = 20_000;
 
 impl Default for Limits {

@@ -1,9 +1,17 @@
 //! The genesis: the network file's values as the chain uses them (its name,
-//! genesis time, block interval, `min_active` and first member set) and the
-//! network id they hash to. `config` reads the file into these types.
+//! genesis time, block interval, `min_active`, first member set and the block
+//! limits) and the network id they hash to. `config` reads the file into these
+//! types.
+//!
+//! The block limits (`max_block_bytes`, `max_block_txs`) are validity rules
+//! every member applies to every block from the genesis on: agreed through the
+//! genesis, hashed into the network id when the file sets them, so members
+//! whose files disagree never connect. A file that leaves them out has the
+//! limits and the network id it had before the keys existed.
 
 use std::net::SocketAddr;
 
+use super::block::Limits;
 use crate::identity::NodeId;
 
 /// One member of the masternode set.
@@ -22,20 +30,30 @@ pub struct Network {
     pub block_interval_ms: u64,
     pub min_active: usize,
     pub members: Vec<Member>,
+    /// `max_block_bytes` as the file sets it; `None` for today's 3 MiB.
+    pub max_block_bytes: Option<usize>,
+    /// `max_block_txs` as the file sets it; `None` for today's 20,000.
+    pub max_block_txs: Option<usize>,
     /// Hash of the network's identity; see [`Network::compute_id`].
     pub id: [u8; 32],
 }
 
 impl Network {
     /// The network id is SHA-256 over the name, genesis time, block interval,
-    /// `min_active` and the sorted member keys. Addresses are left out on purpose: a
-    /// node may move to a new IP without forking the network.
+    /// `min_active`, the sorted member keys and then each block limit the file
+    /// sets, as its key's name and value. Addresses are left out on purpose: a
+    /// node may move to a new IP without forking the network. A limit the file
+    /// leaves out adds nothing, so every network (and 0.1.0's chain) keeps the
+    /// id it had; each limit's bytes have a length of their own (24 and 22, the
+    /// member keys 32 each), so no two files' inputs read alike.
     pub(crate) fn compute_id(
         name: &str,
         genesis: u64,
         interval: u64,
         min_active: usize,
         members: &[Member],
+        max_block_bytes: Option<usize>,
+        max_block_txs: Option<usize>,
     ) -> [u8; 32] {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(b"masternode-network-v1\0");
@@ -47,9 +65,28 @@ impl Network {
         for m in members {
             ctx.update(&m.id.0);
         }
+        if let Some(n) = max_block_bytes {
+            ctx.update(b"max_block_bytes\0");
+            ctx.update(&(n as u64).to_be_bytes());
+        }
+        if let Some(n) = max_block_txs {
+            ctx.update(b"max_block_txs\0");
+            ctx.update(&(n as u64).to_be_bytes());
+        }
         let mut id = [0u8; 32];
         id.copy_from_slice(ctx.finish().as_ref());
         id
+    }
+
+    /// The rules every block of this network obeys: the file's block limits,
+    /// today's values where it sets none.
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_block_bytes: self.max_block_bytes.unwrap_or(d.max_block_bytes),
+            max_block_txs: self.max_block_txs.unwrap_or(d.max_block_txs),
+            ..d
+        }
     }
 
     /// Number of masternodes that must be connected (this node included) for the

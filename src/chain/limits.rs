@@ -32,3 +32,29 @@ impl Default for NodeLimits {
         }
     }
 }
+
+impl NodeLimits {
+    /// These limits on a network whose blocks obey `block`: a transaction
+    /// larger than a block's bytes could never be proposed, and would hold
+    /// back its share of the mempool until it expired, so `tx_max_bytes` is
+    /// at most `max_block_bytes` and larger ones are refused where they enter.
+    pub fn within_blocks(mut self, block: &super::block::Limits) -> NodeLimits {
+        self.mempool.max_tx_bytes = self.mempool.max_tx_bytes.min(block.max_block_bytes);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::Limits;
+
+    #[test]
+    fn a_transaction_is_never_larger_than_the_networks_block() {
+        let defaults = NodeLimits::default();
+        assert_eq!(defaults.within_blocks(&Limits::default()), defaults, "3 MiB blocks take any 64 KiB transaction");
+        let small = Limits { max_block_bytes: 1000, ..Limits::default() };
+        assert_eq!(defaults.within_blocks(&small).mempool.max_tx_bytes, 1000);
+        assert_eq!(defaults.within_blocks(&small).mempool.max_txs, defaults.mempool.max_txs, "nothing else moves");
+    }
+}

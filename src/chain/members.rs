@@ -873,8 +873,16 @@ mod tests {
     /// A genesis of members 1..=n, min_active 3, a TTL of 100 heights.
     fn genesis(n: u8) -> Membership {
         let members = (1..=n).map(|i| Member { id: identity(i).id(), addr: addr(i) }).collect();
-        let network =
-            Network { name: "t".into(), genesis_time_ms: 0, block_interval_ms: 1000, min_active: 3, members, id: NET };
+        let network = Network {
+            name: "t".into(),
+            genesis_time_ms: 0,
+            block_interval_ms: 1000,
+            min_active: 3,
+            members,
+            max_block_bytes: None,
+            max_block_txs: None,
+            id: NET,
+        };
         let mut m = Membership::genesis(&network);
         m.params.ttl = 100;
         m

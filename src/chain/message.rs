@@ -131,6 +131,34 @@ pub(crate) const TX_LIMIT: usize = 64 * 1024 + 16;
 /// A full block (`MAX_BLOCK_BYTES` of transactions), a length prefix of up to 3
 /// bytes for each of its at most 20,000 transactions, and the header.
 pub const PROPOSAL_LIMIT: usize = crate::chain::block::MAX_BLOCK_BYTES + 128 * 1024;
+
+/// What a proposal holds besides its transactions and their length prefixes,
+/// at most: the header with its most approvals (64 of at most 512 bytes, 32 KiB),
+/// the proposal's heights, rounds, key and signature, with room to spare.
+const PROPOSAL_ENVELOPE: usize = 64 * 1024;
+
+/// The most transaction bytes a network file may set (`max_block_bytes`) for
+/// blocks of at most `max_block_txs` transactions: a proposal of a full block
+/// must fit its frame ([`PROPOSAL_LIMIT`]), with the envelope, a length prefix
+/// of 3 bytes for each transaction and 2 more for each one of 64 KiB (the most
+/// that fit). 3,151,166 for 20,000 transactions, above today's 3 MiB.
+pub const fn max_block_bytes_ceiling(max_block_txs: usize) -> usize {
+    let room = PROPOSAL_LIMIT - PROPOSAL_ENVELOPE;
+    let prefixes = 3 * max_block_txs;
+    if prefixes >= room {
+        return 0;
+    }
+    // The largest b with b + 2 * (b / 65536 + 1) <= left, near enough: b <= left.
+    let left = room - prefixes;
+    left - 2 * (left / 65536 + 1)
+}
+
+/// The most transactions a network file may set (`max_block_txs`): the bound
+/// every sequence of transactions or ids is decoded with, from which the
+/// `CompactProposal` and `GetTxs` frame limits are computed.
+pub const MAX_BLOCK_TXS_CEILING: usize = MAX_BLOCK_TXS;
+
+const _: () = assert!(crate::chain::block::MAX_BLOCK_BYTES <= max_block_bytes_ceiling(MAX_BLOCK_TXS));
 pub const VOTE_LIMIT: usize = 256;
 pub(crate) const TIP_LIMIT: usize = 64;
 pub(crate) const GET_BLOCKS_LIMIT: usize = 32;
@@ -332,6 +360,48 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A proposal of a full block at the ceiling fits its frame, whether its
+    /// transactions are many and small or few and as large as a transaction
+    /// may be (5-byte length prefixes). The envelope's room for the header's
+    /// approvals (32 KiB at most) is left unused here.
+    #[test]
+    fn a_full_block_at_the_ceiling_fits_the_proposal_frame() {
+        use crate::chain::block::{Block, Header};
+        use crate::chain::vote::{Proposal, SignedProposal};
+        // (max_block_txs, length of each): 1-byte prefixes; 3-byte ones, as
+        // many as the bytes allow; 5-byte ones (64 KiB transactions); a few.
+        for (txs, tx_len) in [(MAX_BLOCK_TXS, 0), (MAX_BLOCK_TXS, 251), (60, TX_LIMIT - 16), (10, 0)] {
+            let bytes = max_block_bytes_ceiling(txs);
+            // Every transaction as large as allowed, the last taking the rest.
+            let each = if tx_len > 0 { tx_len } else { (TX_LIMIT - 16).min(bytes / txs) };
+            let mut body: Vec<Vec<u8>> = Vec::new();
+            let mut left = bytes;
+            while left > 0 && body.len() < txs {
+                let n = if body.len() + 1 == txs { left.min(TX_LIMIT - 16) } else { each.min(left) };
+                body.push(vec![0xab; n]);
+                left -= n;
+            }
+            let header = Header {
+                height: u64::MAX,
+                round: u32::MAX,
+                prev_hash: Hash([1; 32]),
+                timestamp_ms: u64::MAX,
+                proposer: crate::identity::NodeId([2; 32]),
+                tx_root: Hash([3; 32]),
+                changes: vec![],
+            };
+            let proposal = Proposal {
+                height: u64::MAX,
+                round: u32::MAX,
+                block: Block { header, txs: body },
+                valid_round: Some(u32::MAX),
+                proposer: crate::identity::NodeId([2; 32]),
+            };
+            let frame = Message::Proposal(SignedProposal { proposal, signature: [9; 64] }).outgoing();
+            assert!(frame.is_ok(), "{txs} transactions, {bytes} bytes: {:?}", frame.err());
+        }
+    }
 
     /// One message of every kind, with every container of each holding some
     /// elements (an empty transaction among them), built deterministically.

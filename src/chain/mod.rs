@@ -69,7 +69,8 @@ pub use members::{
 };
 pub use mempool::{Mempool, MempoolLimits};
 pub use message::{
-    is_consensus_kind, Kind, Message, DATA_LIMIT, GET_TXS_LIMIT, PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT, VOTE_LIMIT,
+    is_consensus_kind, max_block_bytes_ceiling, Kind, Message, DATA_LIMIT, GET_TXS_LIMIT, MAX_BLOCK_TXS_CEILING,
+    PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT, VOTE_LIMIT,
 };
 pub use quorum::{required_active, vote_threshold};
 pub use store::{Store, StoreError, FORMAT};

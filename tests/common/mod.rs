@@ -98,6 +98,13 @@ impl Spec {
         Network::parse(Path::new("network.toml"), &Self::network_text(name, members, block_interval_ms)).unwrap()
     }
 
+    /// The network of this spec with `keys` (top-level keys of the network
+    /// file, such as `max_block_txs = 10\n`) added to its file.
+    pub fn network_with_keys(&self, keys: &str) -> Network {
+        let text = format!("{keys}{}", Self::network_text(&self.name, &self.members, 1000));
+        Network::parse(Path::new("network.toml"), &text).unwrap()
+    }
+
     fn network_text(name: &str, members: &[Member], block_interval_ms: u64) -> String {
         // min_active 3, or the member count for smaller test networks (a
         // min_active above it is refused).
