@@ -38,6 +38,13 @@ pub enum ConfigError {
     /// A value given on the command line or in the environment, not in a file.
     #[error("{source_name}: {message}")]
     Override { source_name: &'static str, message: String },
+    /// `retain_blocks` below the floor that keeps peers able to catch up.
+    #[error(
+        "{path}: retain_blocks = {value} is below the minimum of {min}: a node keeps at least its last {min} blocks \
+         so that a peer back from a restart or a short outage can catch up from it (leave retain_blocks out to keep \
+         every block)"
+    )]
+    RetainTooFew { path: PathBuf, value: u64, min: u64 },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -234,6 +241,8 @@ struct NodeFile {
     bootstrap: Vec<String>,
     /// `"text"` or `"json"` (or `"auto"`, the default); see [`LogFormat`].
     log_format: Option<String>,
+    /// Blocks to keep, the tip's included; older ones are pruned. None: all.
+    retain_blocks: Option<u64>,
     #[serde(default)]
     transport: TransportFile,
     #[serde(default)]
@@ -255,6 +264,7 @@ pub struct NodeFileValues {
     pub transport: Transport,
     pub limits: NodeLimits,
     pub log_format: LogFormat,
+    pub retain_blocks: Option<u64>,
 }
 
 impl NodeFileValues {
@@ -295,6 +305,12 @@ impl NodeFileValues {
                 ))
             })?,
         };
+        if let Some(value) = file.retain_blocks {
+            let min = crate::chain::MIN_RETAIN_BLOCKS;
+            if value < min {
+                return Err(ConfigError::RetainTooFew { path: path.into(), value, min });
+            }
+        }
         let bootstrap = file
             .bootstrap
             .iter()
@@ -379,6 +395,7 @@ impl NodeFileValues {
             bootstrap,
             transport,
             log_format,
+            retain_blocks: file.retain_blocks,
         })
     }
 }
@@ -439,6 +456,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Member>,
     /// Read by the command line before it sets logging up.
     pub log_format: LogFormat,
+    /// Blocks kept, the tip's included (at least
+    /// [`crate::chain::MIN_RETAIN_BLOCKS`]); `None` keeps every block.
+    pub retain_blocks: Option<u64>,
 }
 
 impl NodeConfig {
@@ -464,6 +484,7 @@ impl NodeConfig {
         cfg.limits = f.limits;
         cfg.bootstrap = f.bootstrap;
         cfg.log_format = f.log_format;
+        cfg.retain_blocks = f.retain_blocks;
         Ok(cfg)
     }
 
@@ -506,6 +527,7 @@ impl NodeConfig {
             limits: NodeLimits::default(),
             bootstrap: Vec::new(),
             log_format: LogFormat::Auto,
+            retain_blocks: None,
         })
     }
 }
@@ -618,6 +640,27 @@ mod tests {
         let listen = Overrides { listen: Some("nowhere".into()), ..Overrides::default() };
         let err = NodeFileValues::parse(path, base, &listen).err().unwrap().to_string();
         assert!(err.starts_with("--listen (or MASTERNODE_LISTEN): listen \"nowhere\""), "{err}");
+    }
+
+    #[test]
+    fn retain_blocks_keeps_everything_unset_and_is_refused_below_its_minimum() {
+        use crate::chain::MIN_RETAIN_BLOCKS;
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("masternode.toml");
+        let parse = |text: &str| NodeFileValues::parse(path, text, &Overrides::default());
+        assert_eq!(parse(base).unwrap().retain_blocks, None, "unset: every block is kept");
+        let at_min = format!("retain_blocks = {MIN_RETAIN_BLOCKS}\n{base}");
+        assert_eq!(parse(&at_min).unwrap().retain_blocks, Some(MIN_RETAIN_BLOCKS));
+        for value in [0, 1, MIN_RETAIN_BLOCKS - 1] {
+            let err = parse(&format!("retain_blocks = {value}\n{base}")).err().unwrap();
+            assert!(
+                matches!(err, ConfigError::RetainTooFew { value: v, min: MIN_RETAIN_BLOCKS, .. } if v == value),
+                "{value}: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.starts_with("masternode.toml: retain_blocks") && !text.contains('\n'), "{text}");
+        }
+        assert!(parse(&format!("retain_blocks = -5\n{base}")).is_err());
     }
 
     #[test]
