@@ -873,6 +873,21 @@ pub async fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Status,
     serde_json::from_str(&body).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
 }
 
+/// Bytes as an operator reads them: `812 B`, `4.2 MiB`, `1.07 GiB`.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// The human form of a status, as `masternode status` prints it.
 pub fn render_status(s: &Status) -> String {
     use std::fmt::Write;
@@ -891,6 +906,8 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(out, "height    {} {}", s.height, s.tip_hash.as_deref().unwrap_or("-"));
     let age = s.last_block_age_secs.map_or("no block yet".to_string(), |a| format!("last block {a:.1} s ago"));
     let _ = writeln!(out, "round     {} at height {}, {age}", s.round, s.height + 1);
+    let disk = s.data_dir_bytes.map_or(String::new(), |b| format!(", data dir {}", human_bytes(b)));
+    let _ = writeln!(out, "blocks    {}..{} held{disk}", s.earliest_height, s.height);
     let sync = match (s.sync.syncing, s.sync.best_peer_tip) {
         (true, Some(best)) => format!("catching up: {} of {best} ({} behind)", s.height, best.saturating_sub(s.height)),
         (_, Some(best)) => format!("up to date (best peer tip {best})"),
@@ -980,6 +997,8 @@ mod tests {
             sync: SyncStatus::default(),
             clock_offset_ms: None,
             warnings: vec![],
+            earliest_height: 1,
+            data_dir_bytes: None,
         }
     }
 
@@ -997,6 +1016,15 @@ mod tests {
         assert_eq!(line(&render_status(&removed), "member "), "member    false: removed at height 40");
         let member = Status { member: true, ..joiner_status() };
         assert_eq!(line(&render_status(&member), "member "), "member    true, one of 4");
+    }
+
+    #[test]
+    fn status_text_names_the_heights_held_and_the_data_dir_size() {
+        let pruned = Status { height: 5_000, earliest_height: 4_901, data_dir_bytes: Some(5 << 20), ..joiner_status() };
+        assert_eq!(line(&render_status(&pruned), "blocks "), "blocks    4901..5000 held, data dir 5.0 MiB");
+        let old = Status { height: 7, data_dir_bytes: None, ..joiner_status() };
+        assert_eq!(line(&render_status(&old), "blocks "), "blocks    1..7 held", "a node that does not say");
+        assert_eq!(human_bytes(812), "812 B");
     }
 
     #[test]

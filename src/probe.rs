@@ -266,6 +266,8 @@ mod tests {
             sync: SyncStatus { syncing: best.is_some_and(|b| b > height), best_peer_tip: best },
             clock_offset_ms: None,
             warnings: vec![],
+            earliest_height: 1,
+            data_dir_bytes: None,
         }
     }
 

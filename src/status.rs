@@ -71,10 +71,22 @@ pub struct Status {
     /// well.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The lowest height whose block this node holds and serves: 1 unless
+    /// `retain_blocks` pruned older ones.
+    #[serde(default = "one")]
+    pub earliest_height: u64,
+    /// Bytes of the files in the data dir, measured every second; null from a
+    /// node that does not say.
+    #[serde(default)]
+    pub data_dir_bytes: Option<u64>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// A membership change that has not completed.
@@ -234,6 +246,8 @@ pub(crate) fn build_status(
         sync: SyncStatus::default(),
         clock_offset_ms: None,
         warnings: Vec::new(),
+        earliest_height: 1,
+        data_dir_bytes: None,
     }
 }
 
@@ -389,6 +403,8 @@ impl StatusSource {
             last_slow_disconnect_ms: Some(load(&self.peers.counters().last_slow_disconnect_ms)).filter(|t| *t > 0),
         };
         add_chain(&mut s, chain, &missing, self.network.block_interval_ms, crate::chain::producer::now_ms());
+        s.earliest_height = load(&self.chain.earliest_height);
+        s.data_dir_bytes = Some(load(&self.chain.data_dir_bytes));
         let others = view.membership.reachable().into_iter().filter(|(id, _)| *id != self.id).map(|(_, a)| a);
         s.warnings.extend(family_mismatch(self.peers.local_addr(), others));
         s.warnings.extend(in_set.and_then(|addr| address_mismatch(self.peers.local_addr(), addr)));
@@ -504,6 +520,8 @@ mod tests {
             sync: SyncStatus::default(),
             clock_offset_ms: None,
             warnings: vec![],
+            earliest_height: 1,
+            data_dir_bytes: None,
         }
     }
 
