@@ -822,7 +822,7 @@ fn a_peer_that_comes_up_is_sent_what_this_node_signed_and_the_approvals_waiting(
             other => panic!("only sends to the peer: {other:?}"),
         })
         .collect();
-    assert_eq!(sent, ["vote", "approval"], "our prevote and our approval");
+    assert_eq!(sent, ["vote", "approval", "holds"], "our prevote, our approval and what this node holds");
 }
 
 #[test]
