@@ -28,6 +28,7 @@ mod monitoring;
 mod ops;
 mod process;
 mod readiness;
+mod retention;
 mod slow_peers;
 mod soak;
 mod store_formats;

@@ -1,0 +1,111 @@
+//! `retain_blocks`: nodes that prune keep their disk use flat, tell their peers
+//! what they hold, and a late node catches up from the peer that holds the
+//! heights it needs, or says once that none does. Real processes, real fjall,
+//! blocks driven fast with a short interval.
+
+use std::time::{Duration, Instant};
+
+use crate::common::procs::Net;
+use masternode::chain::MIN_RETAIN_BLOCKS;
+use masternode::status::Status;
+
+/// Puts `retain_blocks = n` at the top of node `i`'s masternode.toml (a
+/// top-level key goes before the tables).
+fn retain(net: &Net, i: usize, n: u64) {
+    let text = std::fs::read_to_string(&net.configs[i]).unwrap();
+    std::fs::write(&net.configs[i], format!("retain_blocks = {n}\n{text}")).unwrap();
+}
+
+/// Polls node `i`'s status until `done` holds for it.
+async fn until(net: &Net, i: usize, deadline: Duration, what: &str, done: impl Fn(&Status) -> bool) -> Status {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = net.status(i).await.filter(|s| done(s)) {
+            return s;
+        }
+        if start.elapsed() > deadline {
+            let last = net.status(i).await.map(|s| (s.height, s.earliest_height, s.data_dir_bytes));
+            panic!("not within {deadline:?}: {what} (node {}: {last:?})\n{}", i + 1, net.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One member, blocks every 10 ms, keeping the last 100: over thousands of
+/// blocks the data dir stops growing, and the earliest height held follows the
+/// tip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_use_stays_flat_over_thousands_of_blocks_with_retain_blocks() {
+    let mut net = Net::new(1);
+    net.set_block_interval(10);
+    retain(&net, 0, MIN_RETAIN_BLOCKS);
+    net.start(0);
+    let mut samples = Vec::new();
+    for height in [1_500u64, 3_000, 4_500, 6_000] {
+        let s = until(&net, 0, Duration::from_secs(600), &format!("height {height}"), |s| s.height >= height).await;
+        samples.push((s.height, s.earliest_height, s.data_dir_bytes.unwrap()));
+    }
+    eprintln!("(height, earliest held, data dir bytes): {samples:?}");
+    for (height, earliest, _) in &samples {
+        // The pruner runs once a second, off the consensus path.
+        assert!(*earliest + MIN_RETAIN_BLOCKS > height.saturating_sub(300), "pruned up to near the tip: {samples:?}");
+    }
+    let first = samples[0].2;
+    for (height, _, bytes) in &samples[1..] {
+        assert!(*bytes < first + first / 2, "at height {height} the data dir holds {bytes} bytes, {first} at 1500");
+    }
+    net.stop(0, Duration::from_secs(10)).await;
+}
+
+/// Four members: 1 and 2 keep the last 100 blocks, 3 keeps every block. Node 4
+/// starts on an empty data dir once 1 and 2 have pruned: it asks node 3 for
+/// the heights only node 3 holds and catches up, without a failed request to
+/// the others. Started again on an empty data dir with node 3 down, it finds
+/// no peer that holds height 1 and says so once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_node_catches_up_from_the_peer_that_holds_the_range_or_says_once_that_none_does() {
+    let mut net = Net::new(4);
+    net.set_block_interval(20);
+    for i in [0, 1] {
+        retain(&net, i, MIN_RETAIN_BLOCKS);
+    }
+    for i in 0..3 {
+        net.start(i);
+    }
+    for i in [0, 1] {
+        until(&net, i, Duration::from_secs(300), "pruned past height 300", |s| s.earliest_height > 300).await;
+    }
+    let archive = net.status(2).await.unwrap();
+    assert_eq!(archive.earliest_height, 1, "node 3 keeps every block");
+    let tip = net.status(0).await.unwrap().height;
+
+    net.start(3);
+    let caught = until(&net, 3, Duration::from_secs(120), "node 4 catches up", |s| s.height >= tip).await;
+    assert_eq!(caught.earliest_height, 1, "a node without retain_blocks keeps what it synced");
+    let log = net.log(3);
+    assert!(!log.contains("sync from peer failed"), "node 4 asked only peers that hold what it asked for:\n{log}");
+    assert!(!log.contains("none holds height"), "{log}");
+
+    // Node 3 down and node 4 on an empty data dir again: nodes 1 and 2 hold
+    // nothing below their earliest heights.
+    net.stop(3, Duration::from_secs(10)).await;
+    net.stop(2, Duration::from_secs(10)).await;
+    std::fs::remove_dir_all(net.data_dir(3)).unwrap();
+    std::fs::remove_file(net.dir.path().join("node4.log")).unwrap();
+    net.start(3);
+    let start = Instant::now();
+    while !net.log(3).contains("none holds height 1") {
+        assert!(start.elapsed() < Duration::from_secs(60), "no warning that no peer holds height 1\n{}", net.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several more Holds and tips arrive from both peers meanwhile.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = net.log(3);
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("none holds height")).collect();
+    assert_eq!(warnings.len(), 1, "said once:\n{log}");
+    assert!(warnings[0].contains("WARN"), "at warn: {}", warnings[0]);
+    assert_eq!(net.status(3).await.unwrap().height, 0);
+    for i in [0, 1, 3] {
+        net.stop(i, Duration::from_secs(10)).await;
+    }
+}
