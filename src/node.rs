@@ -91,18 +91,30 @@ const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// that journals and pruned blocks leave the disk.
 const SEAL_EVERY: Duration = Duration::from_secs(10);
 
-/// Bytes of the files under `dir`, its subfolders' included; what cannot be
-/// read counts nothing.
+/// Bytes the files under `dir` take on disk, its subfolders' included, as
+/// `du` counts them: fjall sets each journal's length to 32 MiB up front, of
+/// which only what it wrote takes space. What cannot be read counts nothing.
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
+            Ok(m) => disk_bytes(&m),
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(unix)]
+fn disk_bytes(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.blocks() * 512
+}
+
+#[cfg(not(unix))]
+fn disk_bytes(m: &std::fs::Metadata) -> u64 {
+    m.len()
 }
 
 /// The pruner: once a second, off the consensus path, removes the blocks and
