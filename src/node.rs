@@ -119,8 +119,10 @@ fn disk_bytes(m: &std::fs::Metadata) -> u64 {
 
 /// The pruner: once a second, off the consensus path, removes the blocks and
 /// certificates below what `retain` keeps at the tip (in batches of
-/// [`crate::chain::retention::PRUNE_BATCH`]), publishes the earliest height
-/// held and the data dir's bytes. A failed store write stops the node, as one
+/// [`crate::chain::retention::PRUNE_BATCH`]), seals the store's tables every
+/// [`SEAL_EVERY`] and compacts them each time as many heights were pruned as
+/// are kept (at least a batch), and publishes the earliest height held and the
+/// data dir's bytes. A failed store write stops the node, as one
 /// of the producer's does.
 async fn keep_retention(
     store: Store,
@@ -134,35 +136,46 @@ async fn keep_retention(
     use crate::chain::retention::{prune_target, PRUNE_BATCH};
     let mut last_seal = std::time::Instant::now();
     let mut unsealed = false;
+    // Heights pruned since the last compaction, and how many make one due.
+    let mut uncompacted: u64 = 0;
+    let compact_after = retain.unwrap_or(0).max(PRUNE_BATCH);
     loop {
         let target = prune_target(tip.borrow().height, retain);
         let seal_due = last_seal.elapsed() >= SEAL_EVERY;
         let (s, dir) = (store.clone(), data_dir.clone());
-        let pass = tokio::task::spawn_blocking(move || -> Result<(u64, bool, bool, u64), StoreError> {
-            let mut earliest = s.earliest()?;
-            let mut pruned = false;
+        let pass = tokio::task::spawn_blocking(move || -> Result<(u64, u64, bool, u64), StoreError> {
+            let first = s.earliest()?;
+            let mut earliest = first;
             if let Some(target) = target {
                 while earliest < target {
                     let next = s.prune_below(target, PRUNE_BATCH)?;
                     if next == earliest {
                         break;
                     }
-                    (earliest, pruned) = (next, true);
+                    earliest = next;
                 }
             }
-            let sealed = (pruned || unsealed) && seal_due;
-            if sealed {
+            let pruned = earliest - first;
+            let sealed = (pruned > 0 || unsealed) && seal_due;
+            let compacted = uncompacted + pruned >= compact_after;
+            if compacted {
+                s.compact()?;
+            } else if sealed {
                 s.seal()?;
             }
-            Ok((earliest, pruned, sealed, dir_bytes(&dir)))
+            Ok((earliest, pruned, sealed || compacted, dir_bytes(&dir)))
         })
         .await;
         match pass {
             Ok(Ok((earliest, pruned, sealed, bytes))) => {
-                if pruned {
-                    tracing::debug!(earliest, "pruned blocks below {earliest}");
+                if pruned > 0 {
+                    tracing::debug!(earliest, "pruned {pruned} block(s) below {earliest}");
                 }
-                unsealed = (unsealed || pruned) && !sealed;
+                uncompacted += pruned;
+                if uncompacted >= compact_after {
+                    uncompacted = 0;
+                }
+                unsealed = (unsealed || pruned > 0) && !sealed;
                 if sealed {
                     last_seal = std::time::Instant::now();
                 }

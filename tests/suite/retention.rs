@@ -32,28 +32,37 @@ async fn until(net: &Net, i: usize, deadline: Duration, what: &str, done: impl F
 }
 
 /// One member, blocks every 10 ms, keeping the last 100: over thousands of
-/// blocks the data dir stops growing, and the earliest height held follows the
-/// tip.
+/// blocks the data dir stops growing (what it peaks at while its journal fills
+/// and is sealed is the same from 3,500 to 6,000 as from 1,000 to 3,500), and
+/// the earliest height held follows the tip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_use_stays_flat_over_thousands_of_blocks_with_retain_blocks() {
     let mut net = Net::new(1);
     net.set_block_interval(10);
     retain(&net, 0, MIN_RETAIN_BLOCKS);
     net.start(0);
-    let mut samples = Vec::new();
-    for height in [1_500u64, 3_000, 4_500, 6_000] {
-        let s = until(&net, 0, Duration::from_secs(600), &format!("height {height}"), |s| s.height >= height).await;
-        samples.push((s.height, s.earliest_height, s.data_dir_bytes.unwrap()));
+    until(&net, 0, Duration::from_secs(300), "height 1000", |s| s.height >= 1_000).await;
+    // The highest data dir size seen in each window of heights, and the
+    // furthest the earliest height held lagged behind the tip.
+    let (mut early, mut late, mut lag) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    loop {
+        let Some(s) = net.status(0).await else { continue };
+        let bytes = s.data_dir_bytes.expect("the node says");
+        match s.height {
+            h if h < 3_500 => early = early.max(bytes),
+            h if h <= 6_000 => late = late.max(bytes),
+            _ => break,
+        }
+        lag = lag.max(s.height - s.earliest_height);
+        assert!(start.elapsed() < Duration::from_secs(600), "6000 blocks within 10 minutes\n{}", net.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("(height, earliest held, data dir bytes): {samples:?}");
-    for (height, earliest, _) in &samples {
-        // The pruner runs once a second, off the consensus path.
-        assert!(*earliest + MIN_RETAIN_BLOCKS > height.saturating_sub(300), "pruned up to near the tip: {samples:?}");
-    }
-    let first = samples[0].2;
-    for (height, _, bytes) in &samples[1..] {
-        assert!(*bytes < first + first / 2, "at height {height} the data dir holds {bytes} bytes, {first} at 1500");
-    }
+    eprintln!("data dir peak: {early} bytes at heights 1000..3500, {late} at 3500..6000; earliest held lagged the tip by {lag} at most");
+    assert!(late < early + early / 2, "the data dir grew: {early} bytes, then {late}");
+    // The pruner runs once a second, off the consensus path: a second of
+    // blocks behind, at most a few on a loaded machine.
+    assert!(lag < MIN_RETAIN_BLOCKS + 1_000, "earliest held {lag} heights behind the tip");
     net.stop(0, Duration::from_secs(10)).await;
 }
 
