@@ -241,8 +241,8 @@ fn gossip_limit(k: u8) -> Option<usize> {
         k,
         Kind::TX | Kind::PROPOSAL | Kind::VOTE | Kind::TIP | Kind::APPROVAL | Kind::COMPACT_PROPOSAL | Kind::HOLDS
     )
-        .then(|| Message::limit(k))
-        .flatten()
+    .then(|| Message::limit(k))
+    .flatten()
 }
 
 fn request_limit(k: u8) -> Option<usize> {

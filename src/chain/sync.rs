@@ -93,11 +93,20 @@ pub(crate) struct SyncConfig {
     pub full_bytes: usize,
     pub hedge_after_ms: u64,
     pub penalty_ms: u64,
+    /// How long no usable peer must hold the next height before that is
+    /// reported: peers connect one by one, and the first may have pruned.
+    pub unheld_grace_ms: u64,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        SyncConfig { batch: 64, full_bytes: 64 * 1024, hedge_after_ms: 1_000, penalty_ms: 30_000 }
+        SyncConfig {
+            batch: 64,
+            full_bytes: 64 * 1024,
+            hedge_after_ms: 1_000,
+            penalty_ms: 30_000,
+            unheld_grace_ms: 10_000,
+        }
     }
 }
 
@@ -138,6 +147,8 @@ pub(crate) struct SyncPlanner {
     failures: [u64; 6],
     /// The height no usable peer holds was reported (until a request is made).
     unheld_reported: bool,
+    /// Since when no usable peer holds the next height.
+    unheld_since_ms: Option<u64>,
 }
 
 /// What a response meant.
@@ -157,6 +168,7 @@ impl SyncPlanner {
             reported: BTreeSet::new(),
             failures: [0; 6],
             unheld_reported: false,
+            unheld_since_ms: None,
         }
     }
 
@@ -174,23 +186,29 @@ impl SyncPlanner {
         self.peers.entry(peer).or_default().holds_unknown = true;
     }
 
-    /// When usable peers claim more than `our_tip` and none holds the next
-    /// height: the lowest earliest height they hold, reported once until a
-    /// request can be made again.
+    /// When usable peers claim more than `our_tip` and none has held the next
+    /// height for `unheld_grace_ms`: the lowest earliest height they hold,
+    /// reported once until a request can be made again.
     pub(crate) fn poll_unheld(&mut self, our_tip: Height, now_ms: u64) -> Option<Height> {
-        if self.unheld_reported || !self.in_flight.is_empty() {
-            return None;
-        }
         let claiming: Vec<&PeerSync> = self
             .peers
             .values()
             .filter(|p| p.claimed > our_tip && p.penalized_until_ms.is_none_or(|t| now_ms >= t))
             .collect();
-        if claiming.is_empty() || claiming.iter().any(|p| p.holds_unknown || p.holds_from.max(1) <= our_tip + 1) {
+        let unheld = self.in_flight.is_empty()
+            && !claiming.is_empty()
+            && claiming.iter().all(|p| !p.holds_unknown && p.holds_from.max(1) > our_tip + 1);
+        if !unheld {
+            self.unheld_since_ms = None;
+            return None;
+        }
+        let lowest = claiming.iter().map(|p| p.holds_from).min();
+        let since = *self.unheld_since_ms.get_or_insert(now_ms);
+        if self.unheld_reported || now_ms.saturating_sub(since) < self.cfg.unheld_grace_ms {
             return None;
         }
         self.unheld_reported = true;
-        claiming.iter().map(|p| p.holds_from).min()
+        lowest
     }
 
     /// `peer` claims to have committed up to `height` (a tip announcement, its
@@ -470,13 +488,16 @@ mod tests {
         s.handle_claim(id(2), 5_000, t);
         s.handle_holds(id(2), 4_200);
         assert_eq!(s.poll_request(0, t), None);
-        assert_eq!(s.poll_unheld(0, t), Some(4_000), "the lowest any peer holds");
-        assert_eq!(s.poll_unheld(0, t + 1_000), None, "once");
+        assert_eq!(s.poll_unheld(0, t), None, "not at once: the peer that holds it may connect next");
+        assert_eq!(s.poll_unheld(0, t + 9_999), None);
+        assert_eq!(s.poll_unheld(0, t + 10_000), Some(4_000), "the lowest any peer holds");
+        assert_eq!(s.poll_unheld(0, t + 20_000), None, "once");
         s.handle_holds(id(2), 1);
-        assert_eq!(s.poll_unheld(0, t), None, "a peer holds it now");
-        assert!(s.poll_request(0, t).is_some());
-        s.handle_response(id(2), Outcome::Failed(Failure::Timeout), t + 10);
-        assert_eq!(s.poll_unheld(0, t + 10), Some(4_000), "a new episode, said again");
+        assert_eq!(s.poll_unheld(0, t + 20_000), None, "a peer holds it now");
+        assert!(s.poll_request(0, t + 20_000).is_some());
+        s.handle_response(id(2), Outcome::Failed(Failure::Timeout), t + 20_010);
+        assert_eq!(s.poll_unheld(0, t + 20_010), None, "a new episode");
+        assert_eq!(s.poll_unheld(0, t + 30_010), Some(4_000), "said again");
     }
 
     const FULL: usize = 3 * 1024 * 1024;
