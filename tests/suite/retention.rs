@@ -118,3 +118,69 @@ async fn a_late_node_catches_up_from_the_peer_that_holds_the_range_or_says_once_
         net.stop(i, Duration::from_secs(10)).await;
     }
 }
+
+/// The figures in docs/operating.md ("Disk use"): one member each, blocks every
+/// 10 ms, real fjall. A keeps every block, B keeps the last 100, C keeps every
+/// block and commits transactions of 1 KiB as fast as its mempool takes them.
+/// `cargo test --release --test suite retention::measure -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement of a few minutes"]
+async fn measure_disk_use_per_block_and_per_transaction_byte() {
+    use crate::common::{fast_transport, Spec};
+    use masternode::node::{Node, NodeOptions};
+    use tokio_util::sync::CancellationToken;
+
+    async fn start(retain: Option<u64>) -> (Spec, Node) {
+        let spec = Spec::new(1);
+        let mut cfg = spec.config(0, spec.network_paced("disk", &spec.members, 10), fast_transport());
+        cfg.retain_blocks = retain;
+        let node = Node::start(cfg, NodeOptions::default(), CancellationToken::new()).await.unwrap();
+        (spec, node)
+    }
+    let bytes = |n: &Node| n.status().data_dir_bytes.unwrap();
+    let ((_a, a), (_b, b), (_c, c)) = (start(None).await, start(Some(MIN_RETAIN_BLOCKS)).await, start(None).await);
+    // C: 1 KiB transactions until height 2,000.
+    let mut k: u64 = 0;
+    while c.height() < 2_000 {
+        let mut tx = vec![0x5a; 1024];
+        tx[..8].copy_from_slice(&k.to_be_bytes());
+        match c.submit(tx).await {
+            Ok(_) => k += 1,
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    let c_height = c.height();
+    // Wait for the next measurement (once a second) to see the last blocks.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let c_height_now = c.height();
+    let tx_bytes: usize = (1..=c_height_now)
+        .filter_map(|h| c.store().block(h).ok().flatten())
+        .map(|blk| blk.block.txs.iter().map(Vec::len).sum::<usize>())
+        .sum();
+    let c_bytes = bytes(&c);
+    c.stop().await;
+    let mut a_at_c = 0;
+    let mut b_peak: u64 = 0;
+    let start_wait = Instant::now();
+    while a.height() < 10_000 || b.height() < 10_000 {
+        if a_at_c == 0 && a.height() >= c_height_now {
+            a_at_c = bytes(&a);
+        }
+        if b.height() > 1_000 {
+            b_peak = b_peak.max(bytes(&b));
+        }
+        assert!(start_wait.elapsed() < Duration::from_secs(1_800));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (a_bytes, a_height, b_bytes, b_height) = (bytes(&a), a.height(), bytes(&b), b.height());
+    eprintln!("A (every block): {a_bytes} bytes at height {a_height}: {} bytes per block", a_bytes / a_height);
+    eprintln!("B (retain_blocks = {MIN_RETAIN_BLOCKS}): {b_bytes} bytes at height {b_height}, at most {b_peak} after height 1000");
+    eprintln!(
+        "C (1 KiB transactions): {c_bytes} bytes at height {c_height_now} (txs until {c_height}) with {tx_bytes} transaction bytes; \
+         A at that height {a_at_c}: {:.2} disk bytes per transaction byte",
+        (c_bytes as f64 - a_at_c as f64) / tx_bytes as f64
+    );
+    a.stop().await;
+    b.stop().await;
+}
