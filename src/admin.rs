@@ -216,8 +216,9 @@ async fn block_handler(State(state): State<AdminState>, Path(height): Path<Strin
         return error(StatusCode::BAD_REQUEST, "height must be a non-negative integer");
     };
     let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || store.block(height)).await {
-        Ok(Ok(Some(c))) => Json(BlockInfo {
+    let read = move || store.block(height).and_then(|c| Ok((c, store.earliest()?)));
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok((Some(c), _))) => Json(BlockInfo {
             height: c.block.height(),
             hash: c.block.hash().to_hex(),
             prev_hash: c.block.header.prev_hash.to_hex(),
@@ -228,7 +229,11 @@ async fn block_handler(State(state): State<AdminState>, Path(height): Path<Strin
             signers: c.cert.signers().iter().map(|s| s.to_hex()).collect(),
         })
         .into_response(),
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("no block at height {height}")),
+        Ok(Ok((None, earliest))) if height > 0 && height < earliest => error(
+            StatusCode::NOT_FOUND,
+            format!("block {height} was pruned: this node holds heights from {earliest} (retain_blocks)"),
+        ),
+        Ok(Ok((None, _))) => error(StatusCode::NOT_FOUND, format!("no block at height {height}")),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
