@@ -1026,3 +1026,25 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
     assert_eq!(timers(&upgraded).first().map(|(_, t)| *t), Some(Timeout::StartHeight { height: 30 }));
     assert_eq!(lines.iter().filter(|l| l.contains("protocol 4 in force from height 30 on")).count(), 1);
 }
+
+#[test]
+fn a_peer_at_wire_4_is_asked_for_blocks_once_it_said_it_holds_them_and_told_what_this_node_holds() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    let (pruned, archive) = (ids[1].id(), ids[2].id());
+    d.handle_wire_versions([(pruned, 4), (archive, 4)].into_iter().collect(), at(T0));
+    d.handle_earliest(7, at(T0));
+    d.handle_peer_up(pruned, Some(500), at(T0));
+    let out = effects(&mut d);
+    assert!(
+        out.contains(&Effect::Send { to: pruned, msg: Message::Holds { earliest: 7, height: 0 } }),
+        "told what this node holds: {out:?}"
+    );
+    assert!(!out.iter().any(|e| matches!(e, Effect::RequestBlocks { .. })), "not before it said: {out:?}");
+    d.handle_message(pruned, Message::Holds { earliest: 400, height: 500 }, at(T0 + 10));
+    assert!(!effects(&mut d).iter().any(|e| matches!(e, Effect::RequestBlocks { .. })), "it lacks height 1");
+    d.handle_peer_up(archive, Some(450), at(T0 + 20));
+    effects(&mut d);
+    d.handle_message(archive, Message::Holds { earliest: 1, height: 450 }, at(T0 + 30));
+    assert_eq!(effects(&mut d), [Effect::RequestBlocks { peer: archive, from: 1, count: 64 }]);
+}
