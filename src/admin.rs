@@ -912,7 +912,11 @@ pub fn render_status(s: &Status) -> String {
     let age = s.last_block_age_secs.map_or("no block yet".to_string(), |a| format!("last block {a:.1} s ago"));
     let _ = writeln!(out, "round     {} at height {}, {age}", s.round, s.height + 1);
     let disk = s.data_dir_bytes.map_or(String::new(), |b| format!(", data dir {}", human_bytes(b)));
-    let _ = writeln!(out, "blocks    {}..{} held{disk}", s.earliest_height, s.height);
+    let held = match s.height {
+        0 => "none yet".to_string(),
+        h => format!("{}..{h} held", s.earliest_height),
+    };
+    let _ = writeln!(out, "blocks    {held}{disk}");
     let sync = match (s.sync.syncing, s.sync.best_peer_tip) {
         (true, Some(best)) => format!("catching up: {} of {best} ({} behind)", s.height, best.saturating_sub(s.height)),
         (_, Some(best)) => format!("up to date (best peer tip {best})"),
@@ -1029,6 +1033,8 @@ mod tests {
         assert_eq!(line(&render_status(&pruned), "blocks "), "blocks    4901..5000 held, data dir 5.0 MiB");
         let old = Status { height: 7, data_dir_bytes: None, ..joiner_status() };
         assert_eq!(line(&render_status(&old), "blocks "), "blocks    1..7 held", "a node that does not say");
+        let empty = Status { height: 0, data_dir_bytes: Some(40_960), ..joiner_status() };
+        assert_eq!(line(&render_status(&empty), "blocks "), "blocks    none yet, data dir 40.0 KiB");
         assert_eq!(human_bytes(812), "812 B");
     }
 
