@@ -620,10 +620,13 @@ impl Driver {
         for sa in self.approvals.held() {
             self.effects.push_back(Effect::Send { to: id, msg: Message::Approval(sa.clone()) });
         }
-        // What this node can serve; a peer of wire 3 (0.1.0, which never
-        // prunes) is not told, and holds every block.
+        // What this node can serve, once it has a block (a peer asks nothing
+        // of a node at height 0); the transport sends it only at wire 4. A
+        // peer of wire 3 (0.1.0, which never prunes) holds every block.
         let height = self.core.height() - 1;
-        self.effects.push_back(Effect::Send { to: id, msg: Message::Holds { earliest: self.earliest, height } });
+        if height > 0 {
+            self.effects.push_back(Effect::Send { to: id, msg: Message::Holds { earliest: self.earliest, height } });
+        }
         if self.wire.get(&id).is_some_and(|w| *w >= message::HOLDS_WIRE) {
             self.sync.handle_holds_unknown(id);
         } else {
