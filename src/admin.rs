@@ -216,8 +216,9 @@ async fn block_handler(State(state): State<AdminState>, Path(height): Path<Strin
         return error(StatusCode::BAD_REQUEST, "height must be a non-negative integer");
     };
     let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || store.block(height)).await {
-        Ok(Ok(Some(c))) => Json(BlockInfo {
+    let read = move || store.block(height).and_then(|c| Ok((c, store.earliest()?)));
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok((Some(c), _))) => Json(BlockInfo {
             height: c.block.height(),
             hash: c.block.hash().to_hex(),
             prev_hash: c.block.header.prev_hash.to_hex(),
@@ -228,7 +229,11 @@ async fn block_handler(State(state): State<AdminState>, Path(height): Path<Strin
             signers: c.cert.signers().iter().map(|s| s.to_hex()).collect(),
         })
         .into_response(),
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("no block at height {height}")),
+        Ok(Ok((None, earliest))) if height > 0 && height < earliest => error(
+            StatusCode::NOT_FOUND,
+            format!("block {height} was pruned: this node holds heights from {earliest} (retain_blocks)"),
+        ),
+        Ok(Ok((None, _))) => error(StatusCode::NOT_FOUND, format!("no block at height {height}")),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
@@ -873,6 +878,21 @@ pub async fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Status,
     serde_json::from_str(&body).map_err(|e| ClientError::Body { addr, reason: e.to_string() })
 }
 
+/// Bytes as an operator reads them: `812 B`, `4.2 MiB`, `1.07 GiB`.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// The human form of a status, as `masternode status` prints it.
 pub fn render_status(s: &Status) -> String {
     use std::fmt::Write;
@@ -891,6 +911,12 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(out, "height    {} {}", s.height, s.tip_hash.as_deref().unwrap_or("-"));
     let age = s.last_block_age_secs.map_or("no block yet".to_string(), |a| format!("last block {a:.1} s ago"));
     let _ = writeln!(out, "round     {} at height {}, {age}", s.round, s.height + 1);
+    let disk = s.data_dir_bytes.map_or(String::new(), |b| format!(", data dir {}", human_bytes(b)));
+    let held = match s.height {
+        0 => "none yet".to_string(),
+        h => format!("{}..{h} held", s.earliest_height),
+    };
+    let _ = writeln!(out, "blocks    {held}{disk}");
     let sync = match (s.sync.syncing, s.sync.best_peer_tip) {
         (true, Some(best)) => format!("catching up: {} of {best} ({} behind)", s.height, best.saturating_sub(s.height)),
         (_, Some(best)) => format!("up to date (best peer tip {best})"),
@@ -984,6 +1010,8 @@ mod tests {
             clock_offset_ms: None,
             warnings: vec![],
             signing_held: None,
+            earliest_height: 1,
+            data_dir_bytes: None,
         }
     }
 
@@ -1001,6 +1029,17 @@ mod tests {
         assert_eq!(line(&render_status(&removed), "member "), "member    false: removed at height 40");
         let member = Status { member: true, ..joiner_status() };
         assert_eq!(line(&render_status(&member), "member "), "member    true, one of 4");
+    }
+
+    #[test]
+    fn status_text_names_the_heights_held_and_the_data_dir_size() {
+        let pruned = Status { height: 5_000, earliest_height: 4_901, data_dir_bytes: Some(5 << 20), ..joiner_status() };
+        assert_eq!(line(&render_status(&pruned), "blocks "), "blocks    4901..5000 held, data dir 5.0 MiB");
+        let old = Status { height: 7, data_dir_bytes: None, ..joiner_status() };
+        assert_eq!(line(&render_status(&old), "blocks "), "blocks    1..7 held", "a node that does not say");
+        let empty = Status { height: 0, data_dir_bytes: Some(40_960), ..joiner_status() };
+        assert_eq!(line(&render_status(&empty), "blocks "), "blocks    none yet, data dir 40.0 KiB");
+        assert_eq!(human_bytes(812), "812 B");
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub enum ConfigError {
         "{path}: {key} = {value} is over its ceiling of {ceiling} (a proposal of a full block must fit its frame)"
     )]
     BlockLimitOverCeiling { path: PathBuf, key: &'static str, value: usize, ceiling: usize },
+    /// `retain_blocks` below the floor that keeps peers able to catch up.
+    #[error(
+        "{path}: retain_blocks = {value} is below the minimum of {min}: a node keeps at least its last {min} blocks \
+         so that a peer back from a restart or a short outage can catch up from it (leave retain_blocks out to keep \
+         every block)"
+    )]
+    RetainTooFew { path: PathBuf, value: u64, min: u64 },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -279,6 +286,8 @@ struct NodeFile {
     log_format: Option<String>,
     /// Block intervals of the doppelganger watch after a start; 0 turns it off.
     doppelganger_intervals: Option<u32>,
+    /// Blocks to keep, the tip's included; older ones are pruned. None: all.
+    retain_blocks: Option<u64>,
     #[serde(default)]
     transport: TransportFile,
     #[serde(default)]
@@ -301,6 +310,7 @@ pub struct NodeFileValues {
     pub limits: NodeLimits,
     pub log_format: LogFormat,
     pub doppelganger_intervals: u32,
+    pub retain_blocks: Option<u64>,
 }
 
 impl NodeFileValues {
@@ -347,6 +357,12 @@ impl NodeFileValues {
                 "doppelganger_intervals = {doppelganger_intervals} is more than {MAX_DOPPELGANGER_INTERVALS} block \
                  intervals (0 turns the watch off)"
             )));
+        }
+        if let Some(value) = file.retain_blocks {
+            let min = crate::chain::MIN_RETAIN_BLOCKS;
+            if value < min {
+                return Err(ConfigError::RetainTooFew { path: path.into(), value, min });
+            }
         }
         let bootstrap = file
             .bootstrap
@@ -433,6 +449,7 @@ impl NodeFileValues {
             transport,
             log_format,
             doppelganger_intervals,
+            retain_blocks: file.retain_blocks,
         })
     }
 }
@@ -497,6 +514,9 @@ pub struct NodeConfig {
     /// that it did not make, signing nothing meanwhile; 0 turns the watch off
     /// (`doppelganger_intervals`, see docs/operating.md).
     pub doppelganger_intervals: u32,
+    /// Blocks kept, the tip's included (at least
+    /// [`crate::chain::MIN_RETAIN_BLOCKS`]); `None` keeps every block.
+    pub retain_blocks: Option<u64>,
 }
 
 impl NodeConfig {
@@ -523,6 +543,7 @@ impl NodeConfig {
         cfg.bootstrap = f.bootstrap;
         cfg.log_format = f.log_format;
         cfg.doppelganger_intervals = f.doppelganger_intervals;
+        cfg.retain_blocks = f.retain_blocks;
         Ok(cfg)
     }
 
@@ -566,6 +587,7 @@ impl NodeConfig {
             bootstrap: Vec::new(),
             log_format: LogFormat::Auto,
             doppelganger_intervals: DEFAULT_DOPPELGANGER_INTERVALS,
+            retain_blocks: None,
         })
     }
 }
@@ -694,6 +716,27 @@ mod tests {
         let listen = Overrides { listen: Some("nowhere".into()), ..Overrides::default() };
         let err = NodeFileValues::parse(path, base, &listen).err().unwrap().to_string();
         assert!(err.starts_with("--listen (or MASTERNODE_LISTEN): listen \"nowhere\""), "{err}");
+    }
+
+    #[test]
+    fn retain_blocks_keeps_everything_unset_and_is_refused_below_its_minimum() {
+        use crate::chain::MIN_RETAIN_BLOCKS;
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("masternode.toml");
+        let parse = |text: &str| NodeFileValues::parse(path, text, &Overrides::default());
+        assert_eq!(parse(base).unwrap().retain_blocks, None, "unset: every block is kept");
+        let at_min = format!("retain_blocks = {MIN_RETAIN_BLOCKS}\n{base}");
+        assert_eq!(parse(&at_min).unwrap().retain_blocks, Some(MIN_RETAIN_BLOCKS));
+        for value in [0, 1, MIN_RETAIN_BLOCKS - 1] {
+            let err = parse(&format!("retain_blocks = {value}\n{base}")).err().unwrap();
+            assert!(
+                matches!(err, ConfigError::RetainTooFew { value: v, min: MIN_RETAIN_BLOCKS, .. } if v == value),
+                "{value}: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.starts_with("masternode.toml: retain_blocks") && !text.contains('\n'), "{text}");
+        }
+        assert!(parse(&format!("retain_blocks = -5\n{base}")).is_err());
     }
 
     #[test]

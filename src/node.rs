@@ -89,6 +89,118 @@ async fn follow_expected_keys(
     }
 }
 
+/// How often the pruner looks at the tip and measures the data dir.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// How often, at most, the pruner seals the store's tables after pruning, so
+/// that journals and pruned blocks leave the disk.
+const SEAL_EVERY: Duration = Duration::from_secs(10);
+
+/// Bytes the files under `dir` take on disk, its subfolders' included, as
+/// `du` counts them: fjall sets each journal's length to 32 MiB up front, of
+/// which only what it wrote takes space. What cannot be read counts nothing.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => disk_bytes(&m),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[cfg(unix)]
+fn disk_bytes(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.blocks() * 512
+}
+
+#[cfg(not(unix))]
+fn disk_bytes(m: &std::fs::Metadata) -> u64 {
+    m.len()
+}
+
+/// The pruner: once a second, off the consensus path, removes the blocks and
+/// certificates below what `retain` keeps at the tip (in batches of
+/// [`crate::chain::retention::PRUNE_BATCH`]), seals the store's tables every
+/// [`SEAL_EVERY`] and compacts them each time as many heights were pruned as
+/// are kept (at least a batch), and publishes the earliest height held and the
+/// data dir's bytes. A failed store write stops the node, as one
+/// of the producer's does.
+async fn keep_retention(
+    store: Store,
+    tip: watch::Receiver<Tip>,
+    retain: Option<u64>,
+    data_dir: std::path::PathBuf,
+    metrics: Arc<ChainMetrics>,
+    failed: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    use crate::chain::retention::{prune_target, PRUNE_BATCH};
+    let mut last_seal = std::time::Instant::now();
+    let mut unsealed = false;
+    // Heights pruned since the last compaction, and how many make one due.
+    let mut uncompacted: u64 = 0;
+    let compact_after = retain.unwrap_or(0).max(PRUNE_BATCH);
+    loop {
+        let target = prune_target(tip.borrow().height, retain);
+        let seal_due = last_seal.elapsed() >= SEAL_EVERY;
+        let (s, dir) = (store.clone(), data_dir.clone());
+        let pass = tokio::task::spawn_blocking(move || -> Result<(u64, u64, bool, u64), StoreError> {
+            let first = s.earliest()?;
+            let mut earliest = first;
+            if let Some(target) = target {
+                while earliest < target {
+                    let next = s.prune_below(target, PRUNE_BATCH)?;
+                    if next == earliest {
+                        break;
+                    }
+                    earliest = next;
+                }
+            }
+            let pruned = earliest - first;
+            let sealed = (pruned > 0 || unsealed) && seal_due;
+            let compacted = uncompacted + pruned >= compact_after;
+            if compacted {
+                s.compact()?;
+            } else if sealed {
+                s.seal()?;
+            }
+            Ok((earliest, pruned, sealed || compacted, dir_bytes(&dir)))
+        })
+        .await;
+        match pass {
+            Ok(Ok((earliest, pruned, sealed, bytes))) => {
+                if pruned > 0 {
+                    tracing::debug!(earliest, "pruned {pruned} block(s) below {earliest}");
+                }
+                uncompacted += pruned;
+                if uncompacted >= compact_after {
+                    uncompacted = 0;
+                }
+                unsealed = (unsealed || pruned > 0) && !sealed;
+                if sealed {
+                    last_seal = std::time::Instant::now();
+                }
+                metrics.earliest_height.store(earliest, Ordering::Relaxed);
+                metrics.data_dir_bytes.store(bytes, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                tracing::error!("pruning the store in {}: {e}", data_dir.display());
+                failed.store(true, Ordering::SeqCst);
+                shutdown.cancel();
+                return;
+            }
+            Err(e) => tracing::error!("the pruner's pass did not finish: {e}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
 /// The file in the data directory that holds the admin API's address as the
 /// node last bound it: `masternode status --config` asks there, so a node
 /// started with `--admin` or `MASTERNODE_ADMIN` is found all the same.
@@ -247,6 +359,11 @@ impl Node {
         let (links, mailbox) = Links::new(membership);
         tracker.spawn(follow_expected_keys(peers.clone(), mailbox.members.clone(), shutdown.clone()));
         let chain_metrics = Arc::new(ChainMetrics::default());
+        chain_metrics.earliest_height.store(store.earliest().map_err(store_err)?, Ordering::Relaxed);
+        chain_metrics.data_dir_bytes.store(dir_bytes(&cfg.data_dir), Ordering::Relaxed);
+        if let Some(retain) = cfg.retain_blocks {
+            tracing::info!(retain_blocks = retain, "keeping the last {retain} blocks; older ones are pruned");
+        }
         if height > 0 {
             chain_metrics.last_block_timestamp_ms.store(prev_ts, Ordering::Relaxed);
         }
@@ -274,6 +391,15 @@ impl Node {
         };
         let producer = Producer::new(core, driver_cfg, parts);
         let failed = Arc::new(AtomicBool::new(false));
+        tracker.spawn(keep_retention(
+            store.clone(),
+            tip.clone(),
+            cfg.retain_blocks,
+            cfg.data_dir.clone(),
+            chain_metrics.clone(),
+            failed.clone(),
+            shutdown.clone(),
+        ));
         let upgrade_needed = Arc::new(std::sync::Mutex::new(None));
         let doppelganger = Arc::new(std::sync::Mutex::new(None));
         {

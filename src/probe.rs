@@ -274,6 +274,8 @@ mod tests {
             clock_offset_ms: None,
             warnings: vec![],
             signing_held: None,
+            earliest_height: 1,
+            data_dir_bytes: None,
         }
     }
 

@@ -75,10 +75,22 @@ pub struct Status {
     /// start, or a lock its data dir lost); null while it signs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_held: Option<String>,
+    /// The lowest height whose block this node holds and serves: 1 unless
+    /// `retain_blocks` pruned older ones.
+    #[serde(default = "one")]
+    pub earliest_height: u64,
+    /// Bytes of the files in the data dir, measured every second; null from a
+    /// node that does not say.
+    #[serde(default)]
+    pub data_dir_bytes: Option<u64>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// A membership change that has not completed.
@@ -239,6 +251,8 @@ pub(crate) fn build_status(
         clock_offset_ms: None,
         warnings: Vec::new(),
         signing_held: None,
+        earliest_height: 1,
+        data_dir_bytes: None,
     }
 }
 
@@ -396,6 +410,8 @@ impl StatusSource {
         add_chain(&mut s, chain, &missing, self.network.block_interval_ms, crate::chain::producer::now_ms());
         s.signing_held = crate::chain::doppelganger::Hold::from_code(self.chain.hold.load(Ordering::Relaxed))
             .map(|h| h.message().to_string());
+        s.earliest_height = load(&self.chain.earliest_height);
+        s.data_dir_bytes = Some(load(&self.chain.data_dir_bytes));
         let others = view.membership.reachable().into_iter().filter(|(id, _)| *id != self.id).map(|(_, a)| a);
         s.warnings.extend(family_mismatch(self.peers.local_addr(), others));
         s.warnings.extend(in_set.and_then(|addr| address_mismatch(self.peers.local_addr(), addr)));
@@ -512,6 +528,8 @@ mod tests {
             clock_offset_ms: None,
             warnings: vec![],
             signing_held: None,
+            earliest_height: 1,
+            data_dir_bytes: None,
         }
     }
 

@@ -446,6 +446,9 @@ pub struct Driver {
     blocks_synced: u64,
     /// The connected peers' wire versions, as the shell last handed them in.
     wire: BTreeMap<NodeId, u16>,
+    /// The earliest height whose block this node's store holds, as the shell
+    /// last handed it in (told to peers in `Holds`).
+    earliest: Height,
     upgrades: UpgradeWatch,
     /// The plan this node stopped before, once it did.
     halted: Option<Plan>,
@@ -490,6 +493,7 @@ impl Driver {
             lock_wanted: None,
             upgrades: UpgradeWatch::new(cfg.max_version),
             wire: BTreeMap::new(),
+            earliest: 1,
             halted: None,
             member,
             reachable: membership.reachable_with(&cfg.bootstrap),
@@ -682,10 +686,28 @@ impl Driver {
         for sa in self.approvals.held() {
             self.effects.push_back(Effect::Send { to: id, msg: Message::Approval(sa.clone()) });
         }
+        // What this node can serve, once it has a block (a peer asks nothing
+        // of a node at height 0); the transport sends it only at wire 4. A
+        // peer of wire 3 (0.1.0, which never prunes) holds every block.
+        let height = self.core.height() - 1;
+        if height > 0 {
+            self.effects.push_back(Effect::Send { to: id, msg: Message::Holds { earliest: self.earliest, height } });
+        }
+        if self.wire.get(&id).is_some_and(|w| *w >= message::HOLDS_WIRE) {
+            self.sync.handle_holds_unknown(id);
+        } else {
+            self.sync.handle_holds(id, 1);
+        }
         if let Some(height) = tip {
             self.sync.handle_claim(id, height, now.mono_ms);
             self.maybe_sync(now);
         }
+    }
+
+    /// The store holds the blocks from `earliest` on (the pruner moved it):
+    /// peers learn it with the next block's `Holds`.
+    pub(crate) fn handle_earliest(&mut self, earliest: Height, _now: Now) {
+        self.earliest = earliest;
     }
 
     /// `id` has no connection any more: its claim and its sync request are
@@ -725,6 +747,11 @@ impl Driver {
             }
             Message::Tx(tx) => return self.on_tx(from, tx),
             Message::Tip { height, time_ms, .. } => return self.on_tip(from, height, time_ms, now),
+            Message::Holds { earliest, height } => {
+                self.sync.handle_holds(from, earliest);
+                self.sync.handle_claim(from, height, now.mono_ms);
+                return self.maybe_sync(now);
+            }
             Message::Approval(sa) => return self.on_approval(from, sa),
             other => {
                 tracing::debug!(peer = %from.short(), kind = other.kind_name(), "ignoring message on the gossip stream");
@@ -1035,6 +1062,7 @@ impl Driver {
         let out = self.after_block(now);
         self.prune_waiting(self.core.height(), 0);
         self.effects.push_back(Effect::Broadcast(Message::Tip { height, hash, time_ms: now.wall_ms }));
+        self.effects.push_back(Effect::Broadcast(Message::Holds { earliest: self.earliest, height }));
         out
     }
 
@@ -1609,7 +1637,19 @@ impl Driver {
     /// request with another peer; the planner decides.
     fn maybe_sync(&mut self, now: Now) {
         let our_tip = self.core.height() - 1;
-        let Some(req) = self.sync.poll_request(our_tip, now.mono_ms) else { return };
+        let Some(req) = self.sync.poll_request(our_tip, now.mono_ms) else {
+            if let Some(earliest) = self.sync.poll_unheld(our_tip, now.mono_ms) {
+                tracing::warn!(
+                    our_tip,
+                    earliest,
+                    "peers have blocks past height {our_tip}, but none holds height {} (they pruned; the earliest \
+                     any holds is {earliest}): this node cannot catch up from them; connect it to a peer that keeps \
+                     older blocks (one without retain_blocks, through bootstrap)",
+                    our_tip + 1
+                );
+            }
+            return;
+        };
         tracing::debug!(peer = %req.peer.short(), our_tip, "fetching blocks");
         self.effects.push_back(Effect::RequestBlocks { peer: req.peer, from: req.from, count: req.count });
     }

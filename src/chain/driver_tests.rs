@@ -859,7 +859,7 @@ fn a_peer_that_comes_up_is_sent_what_this_node_signed_and_the_approvals_waiting(
             other => panic!("only sends to the peer: {other:?}"),
         })
         .collect();
-    assert_eq!(sent, ["vote", "approval"], "our prevote and our approval");
+    assert_eq!(sent, ["vote", "approval"], "our prevote and our approval (no block yet: nothing to serve)");
 }
 
 #[test]
@@ -1246,4 +1246,25 @@ fn a_connecting_peer_gets_back_what_its_key_signed_at_this_height() {
             .any(|e| matches!(e, Effect::Send { to, msg: Message::Vote(v) } if *to == ids[1].id() && *v == theirs)),
         "{out:?}"
     );
+}
+#[test]
+fn a_peer_at_wire_4_is_asked_for_blocks_once_it_said_it_holds_them() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    let (pruned, archive) = (ids[1].id(), ids[2].id());
+    d.handle_wire_versions([(pruned, 4), (archive, 4)].into_iter().collect(), at(T0));
+    d.handle_earliest(7, at(T0));
+    d.handle_peer_up(pruned, Some(500), at(T0));
+    let out = effects(&mut d);
+    assert!(
+        !out.iter().any(|e| matches!(e, Effect::Send { msg: Message::Holds { .. }, .. })),
+        "a node without blocks has nothing to tell: {out:?}"
+    );
+    assert!(!out.iter().any(|e| matches!(e, Effect::RequestBlocks { .. })), "not before it said: {out:?}");
+    d.handle_message(pruned, Message::Holds { earliest: 400, height: 500 }, at(T0 + 10));
+    assert!(!effects(&mut d).iter().any(|e| matches!(e, Effect::RequestBlocks { .. })), "it lacks height 1");
+    d.handle_peer_up(archive, Some(450), at(T0 + 20));
+    effects(&mut d);
+    d.handle_message(archive, Message::Holds { earliest: 1, height: 450 }, at(T0 + 30));
+    assert_eq!(effects(&mut d), [Effect::RequestBlocks { peer: archive, from: 1, count: 64 }]);
 }

@@ -95,6 +95,11 @@ pub(crate) struct ChainMetrics {
     /// Why this member signs nothing now ([`super::doppelganger::Hold::code`];
     /// 0: it signs).
     pub hold: std::sync::atomic::AtomicU8,
+    /// The lowest height whose block the store holds (1 until something is
+    /// pruned), as the pruner last published it.
+    pub earliest_height: AtomicU64,
+    /// Bytes of the data dir's files, as last measured (every few seconds).
+    pub data_dir_bytes: AtomicU64,
     /// Bytes held for what peers sent, by [`Held`] (in `Held::ALL` order).
     held: [AtomicU64; Held::ALL.len()],
     /// The mempool's figures as last published: a snapshot of a few numbers,
@@ -173,6 +178,8 @@ impl Default for ChainMetrics {
             clock_peers: AtomicU64::new(0),
             best_peer_tip: AtomicU64::new(0),
             hold: std::sync::atomic::AtomicU8::new(0),
+            earliest_height: AtomicU64::new(1),
+            data_dir_bytes: AtomicU64::new(0),
             held: Default::default(),
             mempool: Mutex::new(Figures::default()),
         }

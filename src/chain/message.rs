@@ -64,6 +64,13 @@ pub enum Message {
     /// Response to `GetTxs`: the transactions the answerer holds, in the order
     /// asked, those it lacks left out.
     Txs(Vec<Vec<u8>>),
+    /// The sender holds the blocks from `earliest` to `height`, its tip: what
+    /// it can serve to sync (`retain_blocks` prunes older ones). Wire 4 only;
+    /// sent on connecting and after each block, beside the `Tip`.
+    Holds {
+        earliest: Height,
+        height: Height,
+    },
 }
 
 /// The derived decoding (the variant index as a varint, then the fields in
@@ -93,10 +100,11 @@ impl<C> Decode<C> for Message {
                 ids: codec::decode_seq(d, MAX_BLOCK_TXS, "transaction ids in a request")?,
             },
             Kind::TXS => Message::Txs(codec::decode_seq(d, MAX_BLOCK_TXS, "transactions in an answer")?),
+            Kind::HOLDS => Message::Holds { earliest: Decode::decode(d)?, height: Decode::decode(d)? },
             _ => {
                 return Err(DecodeError::UnexpectedVariant {
                     type_name: "Message",
-                    allowed: &AllowedEnumVariants::Range { min: 0, max: Kind::TXS as u32 },
+                    allowed: &AllowedEnumVariants::Range { min: 0, max: Kind::HOLDS as u32 },
                     found: index,
                 })
             }
@@ -120,6 +128,7 @@ impl Kind {
     pub(crate) const COMPACT_PROPOSAL: u8 = 8;
     pub(crate) const GET_TXS: u8 = 9;
     pub(crate) const TXS: u8 = 10;
+    pub(crate) const HOLDS: u8 = 11;
 }
 
 /// Limits per kind, bytes of body.
@@ -161,6 +170,10 @@ pub const MAX_BLOCK_TXS_CEILING: usize = MAX_BLOCK_TXS;
 const _: () = assert!(crate::chain::block::MAX_BLOCK_BYTES <= max_block_bytes_ceiling(MAX_BLOCK_TXS));
 pub const VOTE_LIMIT: usize = 256;
 pub(crate) const TIP_LIMIT: usize = 64;
+/// Two heights as varints of at most 9 bytes each.
+pub(crate) const HOLDS_LIMIT: usize = 32;
+/// The first wire version that carries `Holds` (0.1.0 does not know the kind).
+pub(crate) const HOLDS_WIRE: u16 = 4;
 pub(crate) const GET_BLOCKS_LIMIT: usize = 32;
 pub(crate) const BLOCKS_LIMIT: usize = MAX_FRAME;
 pub(crate) const APPROVAL_LIMIT: usize = 512;
@@ -187,6 +200,7 @@ impl Frame for Message {
             Kind::COMPACT_PROPOSAL => Some(COMPACT_PROPOSAL_LIMIT),
             Kind::GET_TXS => Some(GET_TXS_LIMIT),
             Kind::TXS => Some(TXS_LIMIT),
+            Kind::HOLDS => Some(HOLDS_LIMIT),
             _ => None,
         }
     }
@@ -206,6 +220,7 @@ impl Message {
             Message::CompactProposal(_) => Kind::COMPACT_PROPOSAL,
             Message::GetTxs { .. } => Kind::GET_TXS,
             Message::Txs(_) => Kind::TXS,
+            Message::Holds { .. } => Kind::HOLDS,
         }
     }
 
@@ -222,6 +237,7 @@ impl Message {
             Message::CompactProposal(_) => "compact_proposal",
             Message::GetTxs { .. } => "get_txs",
             Message::Txs(_) => "txs",
+            Message::Holds { .. } => "holds",
         }
     }
 }
@@ -263,9 +279,12 @@ pub fn is_consensus_kind(k: u8) -> bool {
 }
 
 fn gossip_limit(k: u8) -> Option<usize> {
-    matches!(k, Kind::TX | Kind::PROPOSAL | Kind::VOTE | Kind::TIP | Kind::APPROVAL | Kind::COMPACT_PROPOSAL)
-        .then(|| Message::limit(k))
-        .flatten()
+    matches!(
+        k,
+        Kind::TX | Kind::PROPOSAL | Kind::VOTE | Kind::TIP | Kind::APPROVAL | Kind::COMPACT_PROPOSAL | Kind::HOLDS
+    )
+    .then(|| Message::limit(k))
+    .flatten()
 }
 
 fn request_limit(k: u8) -> Option<usize> {
@@ -306,13 +325,14 @@ impl Message {
     }
 
     /// The frame queued for peers on the gossip stream, in its outbox class.
-    /// Consensus messages and tips are superseded by those of a later height.
+    /// Consensus messages and tips are superseded by those of a later height;
+    /// a `Holds` travels with the tips, superseded by the next block's.
     pub fn outgoing(&self) -> Result<Outgoing, TooLarge> {
         let (class, epoch) = match self {
             Message::Proposal(p) => (Class::Consensus, p.proposal.height),
             Message::CompactProposal(p) => (Class::Consensus, p.height),
             Message::Vote(v) => (Class::Consensus, v.vote.height),
-            Message::Tip { height, .. } => (Class::Tip, *height),
+            Message::Tip { height, .. } | Message::Holds { height, .. } => (Class::Tip, *height),
             _ => (Class::Tx, 0),
         };
         Ok(Outgoing { frame: self.encode()?, class, epoch, wire: self.wire() })
@@ -333,6 +353,8 @@ impl Message {
         };
         if carries_plan {
             UPGRADE_WIRE
+        } else if matches!(self, Message::Holds { .. }) {
+            HOLDS_WIRE
         } else {
             WIRE.min
         }
@@ -483,6 +505,26 @@ mod tests {
         }
     }
 
+    /// `Holds` is a kind of its own, appended: every kind of wire 3 encodes
+    /// as before (above), and a peer of wire 3 is never sent one.
+    #[test]
+    fn holds_travels_on_the_gossip_stream_at_wire_4_only_with_the_tips() {
+        let holds = Message::Holds { earliest: 4_901, height: 5_000 };
+        let frame = holds.encode().unwrap();
+        assert_eq!(frame[4], Kind::HOLDS);
+        assert_eq!(Message::decode(&frame[4..]).unwrap(), holds);
+        let largest = Message::Holds { earliest: u64::MAX, height: u64::MAX }.encode().unwrap();
+        assert!(largest.len() - 4 <= HOLDS_LIMIT);
+        assert_eq!(gossip_limit(Kind::HOLDS), Some(HOLDS_LIMIT));
+        assert_eq!((request_limit(Kind::HOLDS), response_limit(Kind::HOLDS)), (None, None));
+        let out = holds.outgoing().unwrap();
+        assert_eq!((out.class, out.epoch, out.wire), (Class::Tip, 5_000, HOLDS_WIRE));
+        assert!(WIRE.contains(HOLDS_WIRE) && !WIRE.contains(HOLDS_WIRE - 2));
+        let mut trailing = frame[4..].to_vec();
+        trailing.push(0);
+        assert!(Message::decode(&trailing).is_err(), "trailing bytes are refused");
+    }
+
     #[test]
     fn a_blocks_body_says_how_many_blocks_it_holds_before_it_is_decoded() {
         for (name, msg) in samples() {
@@ -560,7 +602,7 @@ mod tests {
         let gossip: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.gossip)(*k).is_some()).collect();
         assert_eq!(
             gossip,
-            vec![Kind::TX, Kind::PROPOSAL, Kind::VOTE, Kind::TIP, Kind::APPROVAL, Kind::COMPACT_PROPOSAL]
+            vec![Kind::TX, Kind::PROPOSAL, Kind::VOTE, Kind::TIP, Kind::APPROVAL, Kind::COMPACT_PROPOSAL, Kind::HOLDS]
         );
         let request: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.request)(*k).is_some()).collect();
         assert_eq!(request, vec![Kind::DATA, Kind::GET_BLOCKS, Kind::GET_TXS]);

@@ -7,6 +7,7 @@
 //! * [`consensus`]: Tendermint as a pure state machine.
 //! * [`misbehaviour`]: what the core reports about messages that break the protocol.
 //! * [`store`]: blocks, certificates and the last signed vote in fjall.
+//! * [`retention`]: how many blocks a node keeps (`retain_blocks`), without IO.
 //! * [`quorum`]: the quorum rules: the vote threshold and the gate.
 //! * [`rules`]: the protocol versions and the rules each brings.
 //! * [`upgrade`]: upgrade plans as one node lives them: its warnings, and the
@@ -45,6 +46,7 @@ pub(crate) mod message;
 pub(crate) mod misbehaviour;
 pub(crate) mod producer;
 pub(crate) mod quorum;
+pub(crate) mod retention;
 pub(crate) mod rules;
 pub(crate) mod store;
 pub(crate) mod sync;
@@ -73,6 +75,7 @@ pub use message::{
     PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT, VOTE_LIMIT,
 };
 pub use quorum::{required_active, vote_threshold};
+pub use retention::MIN_RETAIN_BLOCKS;
 pub use store::{Store, StoreError, FORMAT};
 pub use vote::{
     proposal_sign_bytes, Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step,

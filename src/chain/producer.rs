@@ -208,6 +208,8 @@ impl Producer {
             // Due timers go before anything else, so no flood of messages can
             // starve them; the select below is unbiased for the same reason.
             let now = self.clock.now();
+            // What the pruner left, for the `Holds` this node sends.
+            self.driver.handle_earliest(self.metrics.earliest_height.load(Ordering::Relaxed), now);
             if self.driver.poll_timeout().is_some_and(|at| at <= now.mono_ms) {
                 self.driver.handle_timeout(now);
                 self.carry_out().await?;

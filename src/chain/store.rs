@@ -1,5 +1,6 @@
 //! The chain on disk, in fjall: blocks and their certificates by height, and meta
-//! (the tip, the last signed vote, the membership the tip leaves, the format).
+//! (the tip, the last signed vote, the membership the tip leaves, the format,
+//! the earliest height still held).
 //!
 //! Every write that matters is followed by a journal fsync (`PersistMode::SyncAll`)
 //! before the call returns: a block is durable before the node reports it committed,
@@ -21,6 +22,15 @@
 //! of a later format is refused ([`StoreError::NewerFormat`]); 0.1.0 refuses
 //! format 3 in turn, so a node that ran this release cannot be rolled back onto
 //! its data dir.
+//!
+//! # Pruning
+//!
+//! [`Store::prune_below`] removes blocks and certificates below a height, in one
+//! batch with the new earliest height (meta `earliest`), so a crash leaves the
+//! old range or the new one. Meta (tip, membership, signing record, lock) and the
+//! signed messages are never pruned: a restart reads nothing else. Format 3 is
+//! unchanged by it: a data dir without `earliest` holds every block from 1, and
+//! a release that does not know the key reads a pruned height as absent.
 
 use std::path::Path;
 
@@ -122,6 +132,8 @@ fn signed_key(r: SignRecord) -> [u8; 13] {
     k
 }
 const LAST_SIGNED: &str = "last_signed";
+/// The lowest height whose block is still held, once something was pruned.
+const EARLIEST: &str = "earliest";
 /// The lock with its polka. (An earlier format without the polka used the key
 /// "lock"; it is no longer read.)
 const LOCK: &str = "lock+polka";
@@ -187,6 +199,58 @@ impl Store {
     /// The membership after the tip block (`None` before the first block).
     pub fn membership(&self) -> Result<Option<MembershipState>, StoreError> {
         self.meta.get(MEMBERS)?.map(|b| decode(&b, "membership")).transpose()
+    }
+
+    /// The lowest height whose block this store holds (1 before anything is
+    /// pruned, also when it holds no block yet).
+    pub fn earliest(&self) -> Result<Height, StoreError> {
+        Ok(self.meta.get(EARLIEST)?.map(|b| decode(&b, "earliest height")).transpose()?.unwrap_or(1))
+    }
+
+    /// Removes the blocks and certificates below `below` (at most `max` of
+    /// them, from the earliest up; never the tip), in one batch with the new
+    /// earliest height, and fsyncs. Returns the earliest height held after it.
+    pub fn prune_below(&self, below: Height, max: u64) -> Result<Height, StoreError> {
+        let earliest = self.earliest()?;
+        let tip = self.tip()?.map_or(0, |t| t.height);
+        let end = below.min(tip).min(earliest.saturating_add(max));
+        if end <= earliest {
+            return Ok(earliest);
+        }
+        let mut batch = self.keyspace.batch();
+        for h in earliest..end {
+            batch.remove(&self.blocks, h.to_be_bytes());
+            batch.remove(&self.certs, h.to_be_bytes());
+        }
+        batch.insert(&self.meta, EARLIEST, encode(&end));
+        batch.commit()?;
+        self.keyspace.persist(PersistMode::SyncAll)?;
+        Ok(end)
+    }
+
+    /// Seals the in-memory tables so they are flushed to disk, which lets the
+    /// journals behind them be removed and compaction drop what was pruned.
+    /// Without it, a node with small blocks keeps every write of the last
+    /// 16 MiB per partition in its journal, pruned or not.
+    pub fn seal(&self) -> Result<(), StoreError> {
+        for p in [&self.blocks, &self.certs, &self.meta, &self.signed] {
+            p.rotate_memtable()?;
+        }
+        Ok(())
+    }
+
+    /// Seals the tables and rewrites the blocks, certificates and signed
+    /// messages into one sorted run each, dropping what was removed: a removal
+    /// leaves a marker on disk until a compaction reaches the last level, so
+    /// without this a pruning node still grows by a few dozen bytes a height.
+    /// Rewrites what the partitions hold: the caller runs it once as many
+    /// heights were pruned as are kept, so it costs O(1) per pruned block.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        self.seal()?;
+        for p in [&self.blocks, &self.certs, &self.signed] {
+            p.major_compact()?;
+        }
+        Ok(())
     }
 
     pub fn tip(&self) -> Result<Option<TipRecord>, StoreError> {
@@ -486,6 +550,36 @@ mod tests {
                 "{open}: kept as it was"
             );
         }
+    }
+
+    #[test]
+    fn pruning_removes_blocks_below_a_height_keeps_the_tip_and_meta_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut prev = genesis_hash(&[0; 32]);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.earliest().unwrap(), 1, "an empty store");
+            for h in 1..=20 {
+                let c = committed(h, prev);
+                prev = c.block.hash();
+                store.commit(&c, &membership(h)).unwrap();
+            }
+            assert_eq!(store.prune_below(8, 3).unwrap(), 4, "at most 3 in one batch");
+            assert_eq!(store.prune_below(8, 100).unwrap(), 8);
+            assert_eq!(store.prune_below(5, 100).unwrap(), 8, "never backwards");
+            assert_eq!(store.prune_below(1_000, 1_000).unwrap(), 20, "never the tip");
+            store.seal().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.earliest().unwrap(), 20);
+        assert!(store.block(19).unwrap().is_none());
+        assert_eq!(store.block(20).unwrap().unwrap().block.hash(), prev);
+        assert_eq!(store.range(1, 10, usize::MAX).unwrap().len(), 0, "nothing below the earliest is served");
+        assert_eq!(store.tip().unwrap().map(|t| t.height), Some(20));
+        assert_eq!(store.membership().unwrap(), Some(membership(20)));
+        let next = committed(21, prev);
+        store.commit(&next, &membership(21)).unwrap();
+        assert_eq!(store.range(20, 10, usize::MAX).unwrap().len(), 2);
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //!   `penalty_ms`, and its claim is forgotten.
 //! * **Reported once.** Each (peer, reason) is worth one warning; every failure is
 //!   counted by reason for `masternode_sync_failures_total{reason}`.
+//! * **Asked only for what they hold.** A peer that prunes (`retain_blocks`)
+//!   says the earliest height it holds (`Holds`, wire 4); a peer is asked only
+//!   when it holds the next height we need. A peer at wire 4 is not asked
+//!   before it said ([`SyncPlanner::handle_holds_unknown`]); one at wire 3
+//!   (0.1.0, which never prunes) holds everything.
+//!   When peers claim more but none holds the next height, [`SyncPlanner::poll_unheld`]
+//!   says so once, until a request can be made again.
 //!
 //! Times are milliseconds of the caller's monotonic clock (`now_ms`), so a
 //! simulation drives the planner and the token bucket with virtual time.
@@ -86,11 +93,20 @@ pub(crate) struct SyncConfig {
     pub full_bytes: usize,
     pub hedge_after_ms: u64,
     pub penalty_ms: u64,
+    /// How long no usable peer must hold the next height before that is
+    /// reported: peers connect one by one, and the first may have pruned.
+    pub unheld_grace_ms: u64,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        SyncConfig { batch: 64, full_bytes: 64 * 1024, hedge_after_ms: 1_000, penalty_ms: 30_000 }
+        SyncConfig {
+            batch: 64,
+            full_bytes: 64 * 1024,
+            hedge_after_ms: 1_000,
+            penalty_ms: 30_000,
+            unheld_grace_ms: 10_000,
+        }
     }
 }
 
@@ -105,6 +121,10 @@ pub(crate) struct Request {
 #[derive(Debug, Default, Clone)]
 struct PeerSync {
     claimed: Height,
+    /// The earliest height it holds (0 and 1: every block).
+    holds_from: Height,
+    /// Connected at a wire version that says what it holds, and not said yet.
+    holds_unknown: bool,
     delivered: u64,
     /// Milliseconds spent waiting for its answers.
     busy_ms: u64,
@@ -125,6 +145,10 @@ pub(crate) struct SyncPlanner {
     in_flight: BTreeMap<NodeId, (Request, u64)>,
     reported: BTreeSet<(NodeId, Failure)>,
     failures: [u64; 6],
+    /// The height no usable peer holds was reported (until a request is made).
+    unheld_reported: bool,
+    /// Since when no usable peer holds the next height.
+    unheld_since_ms: Option<u64>,
 }
 
 /// What a response meant.
@@ -143,7 +167,48 @@ impl SyncPlanner {
             in_flight: BTreeMap::new(),
             reported: BTreeSet::new(),
             failures: [0; 6],
+            unheld_reported: false,
+            unheld_since_ms: None,
         }
+    }
+
+    /// `peer` holds the blocks from `earliest` up to its claim (its `Holds`,
+    /// or 1 for a peer that never prunes).
+    pub(crate) fn handle_holds(&mut self, peer: NodeId, earliest: Height) {
+        let p = self.peers.entry(peer).or_default();
+        (p.holds_from, p.holds_unknown) = (earliest, false);
+    }
+
+    /// `peer` connected at a wire version whose nodes say what they hold
+    /// (`Holds`): it is not asked until it said. A peer never announced so
+    /// holds every block.
+    pub(crate) fn handle_holds_unknown(&mut self, peer: NodeId) {
+        self.peers.entry(peer).or_default().holds_unknown = true;
+    }
+
+    /// When usable peers claim more than `our_tip` and none has held the next
+    /// height for `unheld_grace_ms`: the lowest earliest height they hold,
+    /// reported once until a request can be made again.
+    pub(crate) fn poll_unheld(&mut self, our_tip: Height, now_ms: u64) -> Option<Height> {
+        let claiming: Vec<&PeerSync> = self
+            .peers
+            .values()
+            .filter(|p| p.claimed > our_tip && p.penalized_until_ms.is_none_or(|t| now_ms >= t))
+            .collect();
+        let unheld = self.in_flight.is_empty()
+            && !claiming.is_empty()
+            && claiming.iter().all(|p| !p.holds_unknown && p.holds_from.max(1) > our_tip + 1);
+        if !unheld {
+            self.unheld_since_ms = None;
+            return None;
+        }
+        let lowest = claiming.iter().map(|p| p.holds_from).min();
+        let since = *self.unheld_since_ms.get_or_insert(now_ms);
+        if self.unheld_reported || now_ms.saturating_sub(since) < self.cfg.unheld_grace_ms {
+            return None;
+        }
+        self.unheld_reported = true;
+        lowest
     }
 
     /// `peer` claims to have committed up to `height` (a tip announcement, its
@@ -160,6 +225,7 @@ impl SyncPlanner {
     pub(crate) fn handle_down(&mut self, peer: NodeId) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.claimed = 0;
+            (p.holds_from, p.holds_unknown) = (0, false);
         }
         self.in_flight.remove(&peer);
     }
@@ -238,6 +304,8 @@ impl SyncPlanner {
             .iter()
             .filter(|(id, p)| {
                 p.claimed > our_tip
+                    && !p.holds_unknown
+                    && p.holds_from.max(1) <= our_tip + 1
                     && p.penalized_until_ms.is_none_or(|t| now_ms >= t)
                     && !self.in_flight.contains_key(id)
             })
@@ -250,6 +318,7 @@ impl SyncPlanner {
             .map(|(id, _)| *id)?;
         let request = Request { peer, from: our_tip + 1, count: self.cfg.batch };
         self.in_flight.insert(peer, (request, now_ms));
+        self.unheld_reported = false;
         Some(request)
     }
 
@@ -374,13 +443,70 @@ mod tests {
         SyncPlanner::new(SyncConfig::default())
     }
 
+    /// A peer that holds every block (as one that never prunes).
+    fn claim(s: &mut SyncPlanner, peer: NodeId, height: Height, now_ms: u64) {
+        s.handle_claim(peer, height, now_ms);
+    }
+
+    #[test]
+    fn a_peer_never_announced_as_saying_what_it_holds_holds_every_block() {
+        let t: u64 = 1_000_000;
+        let mut s = planner();
+        s.handle_claim(id(1), 10, t);
+        assert_eq!(s.poll_request(0, t).map(|r| r.peer), Some(id(1)));
+    }
+
+    #[test]
+    fn a_peer_is_asked_only_for_heights_it_holds_and_not_before_it_said() {
+        let t: u64 = 1_000_000;
+        let mut s = planner();
+        s.handle_holds_unknown(id(1));
+        s.handle_claim(id(1), 5_000, t);
+        assert_eq!(s.poll_request(0, t), None, "a peer at wire 4 that has not said what it holds");
+        s.handle_holds(id(1), 4_000);
+        s.handle_claim(id(2), 4_500, t);
+        s.handle_holds(id(2), 1);
+        let r = s.poll_request(0, t).unwrap();
+        assert_eq!(r.peer, id(2), "the pruned peer holds nothing from height 1");
+        s.handle_response(id(2), Outcome::Blocks { blocks: 64, bytes: FULL, applied: 64, invalid: false }, t + 10);
+        let r = s.poll_request(3_999, t + 20).unwrap();
+        assert_eq!((r.peer, r.from), (id(1), 4_000), "untried, and it holds 4000 on");
+        s.handle_down(id(1));
+        s.handle_holds_unknown(id(1));
+        s.handle_claim(id(1), 5_000, t + 30);
+        assert_eq!(s.poll_request(4_600, t + 30), None, "after a reconnect, it says again");
+    }
+
+    #[test]
+    fn when_no_peer_holds_the_next_height_it_is_said_once_until_a_request_can_be_made() {
+        let t: u64 = 1_000_000;
+        let mut s = planner();
+        s.handle_holds_unknown(id(1));
+        s.handle_claim(id(1), 5_000, t);
+        assert_eq!(s.poll_unheld(0, t), None, "not while a peer has not said what it holds");
+        s.handle_holds(id(1), 4_000);
+        s.handle_claim(id(2), 5_000, t);
+        s.handle_holds(id(2), 4_200);
+        assert_eq!(s.poll_request(0, t), None);
+        assert_eq!(s.poll_unheld(0, t), None, "not at once: the peer that holds it may connect next");
+        assert_eq!(s.poll_unheld(0, t + 9_999), None);
+        assert_eq!(s.poll_unheld(0, t + 10_000), Some(4_000), "the lowest any peer holds");
+        assert_eq!(s.poll_unheld(0, t + 20_000), None, "once");
+        s.handle_holds(id(2), 1);
+        assert_eq!(s.poll_unheld(0, t + 20_000), None, "a peer holds it now");
+        assert!(s.poll_request(0, t + 20_000).is_some());
+        s.handle_response(id(2), Outcome::Failed(Failure::Timeout), t + 20_010);
+        assert_eq!(s.poll_unheld(0, t + 20_010), None, "a new episode");
+        assert_eq!(s.poll_unheld(0, t + 30_010), Some(4_000), "said again");
+    }
+
     const FULL: usize = 3 * 1024 * 1024;
 
     #[test]
     fn nothing_to_ask_when_no_peer_claims_more() {
         let t: u64 = 1_000_000;
         let mut s = planner();
-        s.handle_claim(id(1), 10, t);
+        claim(&mut s, id(1), 10, t);
         assert_eq!(s.poll_request(10, t), None);
         assert_eq!(s.poll_request(9, t), Some(Request { peer: id(1), from: 10, count: 64 }));
     }
@@ -389,8 +515,8 @@ mod tests {
     fn one_request_at_a_time_until_it_is_slow_then_a_hedge_to_another_peer() {
         let t: u64 = 1_000_000;
         let mut s = planner();
-        s.handle_claim(id(1), 100, t);
-        s.handle_claim(id(2), 100, t);
+        claim(&mut s, id(1), 100, t);
+        claim(&mut s, id(2), 100, t);
         let first = s.poll_request(0, t).unwrap();
         assert_eq!(s.poll_request(0, t + 999), None);
         let hedge = s.poll_request(0, t + 1_000).unwrap();
@@ -403,8 +529,8 @@ mod tests {
     fn a_dripping_peer_is_dropped_and_the_next_is_asked_at_once() {
         let t: u64 = 1_000_000;
         let mut s = planner();
-        s.handle_claim(id(1), 1_000_000, t); // the liar claims the most
-        s.handle_claim(id(2), 500, t);
+        claim(&mut s, id(1), 1_000_000, t); // the liar claims the most
+        claim(&mut s, id(2), 500, t);
         let r = s.poll_request(0, t).unwrap();
         assert_eq!(r.peer, id(1), "untried, and the highest claim");
         let t1 = t + 9_900;
@@ -412,7 +538,7 @@ mod tests {
         assert_eq!(v, Verdict { failure: Some(Failure::Drip), first_of_its_kind: true });
         assert_eq!(s.poll_request(1, t1).unwrap().peer, id(2));
         // Its claims are ignored while it is penalized.
-        s.handle_claim(id(1), 2_000_000, t1);
+        claim(&mut s, id(1), 2_000_000, t1);
         assert_eq!(s.best_claim(t1), 500);
         assert_eq!(s.failures()[4], 1);
     }
@@ -421,11 +547,11 @@ mod tests {
     fn a_short_answer_is_not_a_drip_when_the_peer_reached_its_tip_or_the_byte_budget() {
         let t: u64 = 1_000_000;
         let mut s = planner();
-        s.handle_claim(id(1), 5, t);
+        claim(&mut s, id(1), 5, t);
         s.poll_request(0, t).unwrap();
         let v = s.handle_response(id(1), Outcome::Blocks { blocks: 5, bytes: 900, applied: 5, invalid: false }, t);
         assert_eq!(v.failure, None, "all it claimed");
-        s.handle_claim(id(1), 100, t);
+        claim(&mut s, id(1), 100, t);
         s.poll_request(5, t).unwrap();
         let v = s.handle_response(id(1), Outcome::Blocks { blocks: 3, bytes: FULL, applied: 3, invalid: false }, t);
         assert_eq!(v.failure, None, "three big blocks fill the budget");
@@ -435,8 +561,8 @@ mod tests {
     fn the_fastest_deliverer_is_preferred_over_a_higher_claim() {
         let t: u64 = 1_000_000;
         let mut s = planner();
-        s.handle_claim(id(1), 1000, t);
-        s.handle_claim(id(2), 2000, t);
+        claim(&mut s, id(1), 1000, t);
+        claim(&mut s, id(2), 2000, t);
         // Both tried once: 1 fast, 2 slow (but not a drip: full answers).
         let a = s.poll_request(0, t).unwrap();
         s.handle_response(a.peer, Outcome::Blocks { blocks: 64, bytes: FULL, applied: 64, invalid: false }, t + 8_000);
@@ -452,12 +578,12 @@ mod tests {
         let t: u64 = 1_000_000;
         let mut s = SyncPlanner::new(SyncConfig { penalty_ms: 0, ..SyncConfig::default() });
         for i in 0..3 {
-            s.handle_claim(id(1), 10, t);
+            claim(&mut s, id(1), 10, t);
             s.poll_request(0, t).unwrap();
             let v = s.handle_response(id(1), Outcome::Failed(Failure::Timeout), t);
             assert_eq!(v.first_of_its_kind, i == 0);
         }
-        s.handle_claim(id(1), 10, t);
+        claim(&mut s, id(1), 10, t);
         s.poll_request(0, t).unwrap();
         let v = s.handle_response(id(1), Outcome::Blocks { blocks: 2, bytes: 100, applied: 0, invalid: true }, t);
         assert_eq!(v, Verdict { failure: Some(Failure::Invalid), first_of_its_kind: true });
@@ -477,7 +603,7 @@ mod tests {
     fn a_disconnected_peer_is_neither_asked_nor_waited_for() {
         let t: u64 = 1_000_000;
         let mut s = planner();
-        s.handle_claim(id(1), 10, t);
+        claim(&mut s, id(1), 10, t);
         s.poll_request(0, t).unwrap();
         s.handle_down(id(1));
         assert!(!s.busy());

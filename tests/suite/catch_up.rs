@@ -91,7 +91,9 @@ async fn a_dripping_sync_peer_delays_catch_up_by_at_most_a_few_seconds() {
                     hash: masternode::chain::Hash([7; 32]),
                     time_ms: 0,
                 });
-                while uni.write_all(&tip).await.is_ok() {
+                // At wire 4 a peer is asked once it said what it holds.
+                let holds = codec::encode(&Message::Holds { earliest: 1, height: 1_000_000 });
+                while uni.write_all(&tip).await.is_ok() && uni.write_all(&holds).await.is_ok() {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             })

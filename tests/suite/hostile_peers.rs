@@ -354,9 +354,11 @@ async fn far_future_tip_announcer_cannot_stall_catch_up() {
         let Ok(mut uni) = conn.open_uni().await else { return };
         let tip =
             codec::encode(&Message::Tip { height: 1_000_000, hash: masternode::chain::Hash([7; 32]), time_ms: 0 });
-        // It accepts no request streams: every sync request to it times out.
+        // It says it holds every block, so it is asked; it accepts no request
+        // streams: every sync request to it times out.
+        let holds = codec::encode(&Message::Holds { earliest: 1, height: 1_000_000 });
         loop {
-            if uni.write_all(&tip).await.is_err() {
+            if uni.write_all(&tip).await.is_err() || uni.write_all(&holds).await.is_err() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -30,6 +30,7 @@ mod monitoring;
 mod ops;
 mod process;
 mod readiness;
+mod retention;
 mod security_doc;
 mod slow_peers;
 mod soak;

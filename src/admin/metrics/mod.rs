@@ -165,6 +165,16 @@ pub fn render(source: &StatusSource, admin: &AdminStats) -> String {
         "Highest tip a usable peer claims (0 if none): above masternode_height while catching up",
         gauge(load(&chain.best_peer_tip) as i64),
     );
+    reg.register(
+        "earliest_height",
+        "Lowest height whose block this node holds and serves (1 unless retain_blocks pruned older ones)",
+        gauge(load(&chain.earliest_height) as i64),
+    );
+    reg.register(
+        "data_dir_bytes",
+        "Bytes of the files in the data dir, measured every second",
+        gauge(load(&chain.data_dir_bytes) as i64),
+    );
     let clock_peers = load(&chain.clock_peers);
     let offset_ms = if clock_peers > 0 { chain.clock_offset_ms.load(Ordering::Relaxed) } else { 0 };
     reg.register(
