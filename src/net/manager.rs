@@ -311,7 +311,6 @@ pub fn bind(cfg: NetConfig) -> Result<Bound, EndpointError> {
     let members_rx = members.subscribe();
     let shared = Arc::new(Shared {
         table: watch::Sender::new(Arc::new(Table::new())),
-        table_version: AtomicU64::new(super::peers::next_table_version()),
         members,
         counters: Counters::default(),
         events,
@@ -470,11 +469,7 @@ impl Manager {
             conn.close(Close::SHUTDOWN.into(), b"shutdown");
         }
         self.endpoint.close(Close::SHUTDOWN.into(), b"shutdown");
-        self.shared.publish(|t| {
-            let changed = !t.is_empty();
-            t.clear();
-            changed
-        });
+        self.shared.table.send_replace(Arc::new(Table::new()));
         self.shared.inbox.close();
     }
 
@@ -545,7 +540,15 @@ impl Manager {
                 }
                 Action::Up { peer, conn, direction, .. } => self.publish_up(peer, conn, direction),
                 Action::Down { peer } => {
-                    self.shared.publish(|t| t.remove(&peer).is_some());
+                    let mut changed = false;
+                    self.shared.table.send_if_modified(|t| {
+                        let mut table = (**t).clone();
+                        changed = table.remove(&peer).is_some();
+                        if changed {
+                            *t = Arc::new(table);
+                        }
+                        changed
+                    });
                     let _ = self.shared.events.send(PeerEvent::Down { id: peer });
                 }
             }
@@ -567,9 +570,10 @@ impl Manager {
             wake: Notify::new(),
             drained: Notify::new(),
         });
-        self.shared.publish(|t| {
-            t.insert(peer, link.clone());
-            true
+        self.shared.table.send_modify(|t| {
+            let mut table = (**t).clone();
+            table.insert(peer, link.clone());
+            *t = Arc::new(table);
         });
         peer::spawn(&self.tracker, link, self.shared.clone());
         let _ = self.shared.events.send(PeerEvent::Up { id: peer, direction });

@@ -182,8 +182,6 @@ pub(crate) struct Outbox {
     /// Frames and bytes queued since the writer last took the count (see
     /// [`Outbox::take_queued`]).
     queued: Queued,
-    /// The writer has ended: nothing is queued any more.
-    closed: bool,
 }
 
 /// Frames and bytes queued into an outbox, counted under its lock.
@@ -195,14 +193,7 @@ pub(crate) struct Queued {
 
 impl Outbox {
     pub(crate) fn new(limits: OutboxLimits) -> Self {
-        Outbox {
-            limits,
-            queues: Default::default(),
-            txs: Runs::default(),
-            bytes: [0; 3],
-            queued: Queued::default(),
-            closed: false,
-        }
+        Outbox { limits, queues: Default::default(), txs: Runs::default(), bytes: [0; 3], queued: Queued::default() }
     }
 
     #[inline]
@@ -296,20 +287,6 @@ impl Outbox {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.queues.iter().all(VecDeque::is_empty) && self.txs.is_empty()
-    }
-
-    /// Drops everything queued, for good: the writer ended, so nothing queued
-    /// here would ever be written. Pushing into a closed outbox is the
-    /// caller's error to report (`Peers::send` says the peer is not connected).
-    pub(crate) fn close(&mut self) {
-        self.queues = Default::default();
-        self.txs = Runs::default();
-        self.bytes = [0; 3];
-        self.closed = true;
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed
     }
 
     /// Queued bytes of one class.
@@ -415,19 +392,6 @@ mod tests {
         assert_eq!(o.bytes(Class::Tx), 1000);
         assert_eq!(o.take_queued(), Queued { frames: 10, bytes: 1000 }, "a dropped frame was not queued");
         assert_eq!(drain(&mut o), (0..10).collect::<Vec<u8>>());
-    }
-
-    #[test]
-    fn a_closed_outbox_holds_nothing() {
-        let mut o = Outbox::new(limits());
-        o.push(&out(Class::Consensus, 1, 100, 1));
-        o.push(&out(Class::Tx, 0, 100, 2));
-        assert!(!o.is_closed());
-        o.close();
-        assert!(o.is_closed());
-        assert!(o.is_empty());
-        assert_eq!(o.total_bytes(), 0);
-        assert_eq!(drain(&mut o), Vec::<u8>::new());
     }
 
     #[test]

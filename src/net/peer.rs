@@ -44,15 +44,14 @@ pub(crate) fn spawn(tracker: &TaskTracker, link: Arc<Link>, shared: Arc<Shared>)
 /// one call).
 async fn write_loop(link: Arc<Link>, shared: Arc<Shared>) {
     write_batches(&link, &shared).await;
-    // Nothing writes to this peer any more: what is queued is dropped now
-    // (a thread's copy of the peer table may hold the link a while longer),
-    // after counting what was queued since the last batch.
-    let queued = {
-        let mut outbox = link.outbox();
-        outbox.close();
-        outbox.take_queued()
-    };
-    add_queued(queued, &shared);
+    count_queued(&link, &shared);
+}
+
+/// Adds what was queued for the peer since the last count to the transport's
+/// counters.
+fn count_queued(link: &Link, shared: &Shared) {
+    let queued = link.outbox().take_queued();
+    add_queued(queued, shared);
 }
 
 fn add_queued(queued: super::outbox::Queued, shared: &Shared) {

@@ -2,7 +2,6 @@
 //! [`Inbound`], what it receives; with the state they share with the manager and
 //! the connection tasks (the published peer table, each connection's outbox).
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,10 +206,8 @@ impl Link {
 pub(crate) type Table = BTreeMap<NodeId, Arc<Link>>;
 
 pub(crate) struct Shared {
-    /// Written only by the manager ([`Shared::publish`]); read by everyone else.
+    /// Written only by the manager; read by everyone else.
     pub(crate) table: watch::Sender<Arc<Table>>,
-    /// The version of the published table (see [`Shared::with_table`]).
-    pub(crate) table_version: AtomicU64,
     /// The member set the manager is to follow; the latest one wins.
     pub(crate) members: watch::Sender<Vec<(NodeId, SocketAddr)>>,
     pub(crate) counters: Counters,
@@ -235,78 +232,9 @@ pub(crate) struct Shared {
     pub(crate) answer_slots: super::answers::AnswerSlots,
 }
 
-/// What became of a frame pushed into a link's outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Push {
-    Queued,
-    /// Dropped by the outbox's policy (counted).
-    Dropped,
-    /// The link's writer has ended: nothing queued now would be written.
-    Closed,
-}
-
-/// Versions of published tables, unique over every transport in the process,
-/// so that a version names one table of one transport.
-static TABLE_VERSIONS: AtomicU64 = AtomicU64::new(1);
-
-pub(crate) fn next_table_version() -> u64 {
-    TABLE_VERSIONS.fetch_add(1, Ordering::Relaxed)
-}
-
-thread_local! {
-    /// The table this thread last sent through, and its version.
-    static CURRENT_TABLE: RefCell<Option<(u64, Arc<Table>)>> = const { RefCell::new(None) };
-}
-
 impl Shared {
     fn snapshot(&self) -> Arc<Table> {
         self.table.borrow().clone()
-    }
-
-    /// Changes the published table (the manager's, alone): `change` edits a
-    /// copy and says whether it changed anything; a changed copy is published
-    /// under a new version.
-    pub(crate) fn publish(&self, change: impl FnOnce(&mut Table) -> bool) {
-        self.table.send_if_modified(|t| {
-            let mut table = (**t).clone();
-            let changed = change(&mut table);
-            if changed {
-                *t = Arc::new(table);
-            }
-            changed
-        });
-        // Stored after the table: whoever reads this version reads that table
-        // or a later one.
-        self.table_version.store(next_table_version(), Ordering::Release);
-    }
-
-    /// Runs `f` on the current table. Sends look it up per frame, and the
-    /// table's read lock (two atomic read-modify-writes, as many as a frame's
-    /// whole push) would be their largest cost: each thread keeps the table it
-    /// last used with its version instead, and only a version load is paid
-    /// per frame while the table stays the same. A thread's copy holds the
-    /// links of a replaced table until that thread sends again (through any
-    /// transport); their writers have ended or end with their connection, and
-    /// a writer that ends empties its outbox and closes it.
-    fn with_table<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
-        let version = self.table_version.load(Ordering::Acquire);
-        let mut f = Some(f);
-        let done = CURRENT_TABLE.try_with(|cell| {
-            // Busy only if `f` sent again from within (it does not).
-            let mut current = cell.try_borrow_mut().ok()?;
-            if current.as_ref().is_none_or(|(v, _)| *v != version) {
-                *current = Some((version, self.snapshot()));
-            }
-            let (_, table) = current.as_ref()?;
-            f.take().map(|f| f(table))
-        });
-        match (done, f) {
-            (Ok(Some(r)), _) => r,
-            // The thread's copy was out of reach (the thread is ending): the
-            // table itself.
-            (_, Some(f)) => f(&self.snapshot()),
-            (_, None) => unreachable!("f ran and returned its result"),
-        }
     }
 }
 
@@ -321,42 +249,33 @@ pub struct Peers {
 impl Peers {
     /// Queues `out` for `to` and returns at once. `Full` means the outbox's policy
     /// dropped it (counted), which callers may ignore; `Unsupported` that the
-    /// peer's wire version cannot carry it (not queued, not counted);
-    /// `NotConnected` also when the connection ended and the table does not
-    /// show it yet.
+    /// peer's wire version cannot carry it (not queued, not counted).
     pub fn send(&self, to: NodeId, out: &Outgoing) -> Result<(), SendError> {
-        self.shared.with_table(|table| {
-            let link = table.get(&to).ok_or(SendError::NotConnected(to))?;
-            if link.wire < out.wire {
-                return Err(SendError::Unsupported { peer: to, wire: link.wire, needs: out.wire });
-            }
-            match self.push(link, out) {
-                Push::Queued => Ok(()),
-                Push::Dropped => Err(SendError::Full(to)),
-                Push::Closed => Err(SendError::NotConnected(to)),
-            }
-        })
+        // The table's read lock, held for one push: the manager replaces the
+        // table rarely, and nobody holds this lock across an `.await`.
+        let table = self.shared.table.borrow();
+        let link = table.get(&to).ok_or(SendError::NotConnected(to))?;
+        if link.wire < out.wire {
+            return Err(SendError::Unsupported { peer: to, wire: link.wire, needs: out.wire });
+        }
+        if self.push(link, out) {
+            Ok(())
+        } else {
+            Err(SendError::Full(to))
+        }
     }
 
     /// Queues `out` for every connected peer whose wire version carries it and
     /// returns at once with the peers it was queued for.
     pub fn broadcast(&self, out: &Outgoing) -> Vec<NodeId> {
-        self.shared.with_table(|table| {
-            table
-                .values()
-                .filter(|link| link.wire >= out.wire && self.push(link, out) == Push::Queued)
-                .map(|link| link.id)
-                .collect()
-        })
+        let table = self.shared.snapshot();
+        table.values().filter(|link| link.wire >= out.wire && self.push(link, out)).map(|link| link.id).collect()
     }
 
     #[inline]
-    fn push(&self, link: &Link, out: &Outgoing) -> Push {
+    fn push(&self, link: &Link, out: &Outgoing) -> bool {
         let (pushed, was_empty) = {
             let mut outbox = link.outbox();
-            if outbox.is_closed() {
-                return Push::Closed;
-            }
             let was_empty = outbox.is_empty();
             (outbox.push(out), was_empty)
         };
@@ -366,17 +285,15 @@ impl Peers {
             // frame's class are. Txs are the class that overflows in practice.
             c.outbox_dropped[out.class.index()].fetch_add(pushed.overflowed as u64, Ordering::Relaxed);
         }
-        if !pushed.queued {
-            return Push::Dropped;
+        if pushed.queued {
+            // Counted in `frames_sent` and `bytes_sent` by the writer. The writer sleeps only after it found the outbox empty (under the
+            // same lock), so it needs waking only when this push made it
+            // non-empty: one wake-up per batch, not per frame.
+            if was_empty {
+                link.wake.notify_one();
+            }
         }
-        // Counted in `frames_sent` and `bytes_sent` by the writer. The writer
-        // sleeps only after it found the outbox empty (under the same lock), so
-        // it needs waking only when this push made it non-empty: one wake-up
-        // per batch, not per frame.
-        if was_empty {
-            link.wake.notify_one();
-        }
-        Push::Queued
+        pushed.queued
     }
 
     /// Waits until the writer for `to` took frames from its outbox (for bulk
