@@ -52,6 +52,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::block::{tx_root, tx_root_and_repeat, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
+use super::limits::Usage;
 use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
 use super::quorum::vote_threshold;
 use super::rules::{Rules, Synchrony};
@@ -68,6 +69,10 @@ pub(crate) const MAX_FUTURE_ROUND: Round = 8;
 /// votes at [`FUTURE_VOTE_BYTES`] each).
 pub(crate) const MAX_FUTURE_BYTES: usize = 8 * 1024 * 1024;
 const FUTURE_VOTE_BYTES: usize = 256;
+/// About what one vote held for the current height takes in memory: the signed
+/// vote and its place in the map (reported as [`FUTURE_VOTE_BYTES`], as the
+/// next height's are).
+const VOTE_BYTES: usize = FUTURE_VOTE_BYTES;
 /// Conflicting votes kept per member, round and kind, beyond its first.
 pub(crate) const MAX_CONFLICTING: usize = 2;
 /// Proposals of the current height are held within this many times the
@@ -77,8 +82,6 @@ pub(crate) const MAX_CONFLICTING: usize = 2;
 /// would otherwise make every node hold one per round (16 blocks of 3 MiB at
 /// four members).
 pub(crate) const PROPOSALS_HELD_BLOCKS: usize = 4;
-/// What a vote held costs, about: the vote, its signature and its place.
-pub(crate) const VOTE_BYTES: usize = 256;
 /// A member shown to be ahead at a height is reported again after this long, so a
 /// sync that failed is tried again.
 pub(crate) const AHEAD_REPEAT_MS: u64 = 10_000;
@@ -219,6 +222,17 @@ pub enum Output {
     },
 }
 
+/// What [`Core::held`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Votes of the current height, every round.
+    pub votes: Usage,
+    /// Proposals of the current height, one per round at most.
+    pub proposals: Usage,
+    /// Messages kept for the next height.
+    pub next_height: Usage,
+}
+
 #[derive(Debug, Default)]
 struct RoundVotes {
     prevotes: BTreeMap<NodeId, SignedVote>,
@@ -348,18 +362,6 @@ pub(crate) fn max_proposal_bytes(limits: &Limits) -> usize {
         + limits.max_block_txs * std::mem::size_of::<Vec<u8>>()
         + super::members::MAX_CHANGES_PER_BLOCK * 256
         + 512
-}
-
-/// Bytes held for what peers sent, by structure (for
-/// `masternode_held_bytes{what}`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CoreHeld {
-    /// The current height's proposals.
-    pub proposals: usize,
-    /// The current height's votes, at [`VOTE_BYTES`] each.
-    pub votes: usize,
-    /// Messages buffered for the next height.
-    pub next_height: usize,
 }
 
 pub struct Core {
@@ -610,6 +612,22 @@ impl Core {
         out
     }
 
+    /// What the core holds of what members sent: the votes and the proposals
+    /// of the current height (one proposal per round, rounds up to
+    /// [`MAX_ROUND_AHEAD`] past the current one; per round and voter a
+    /// prevote, a precommit and [`MAX_CONFLICTING`] conflicting versions of
+    /// each), and the next height's buffer.
+    pub fn held(&self) -> Held {
+        let votes: usize =
+            self.votes.values().map(|rv| rv.prevotes.len() + rv.precommits.len() + rv.conflicting.len()).sum();
+        let proposal_bytes: usize = self.proposals.values().map(proposal_bytes).sum();
+        Held {
+            votes: Usage::new(votes, votes * VOTE_BYTES),
+            proposals: Usage::new(self.proposals.len(), proposal_bytes),
+            next_height: Usage::new(self.future.proposals.len() + self.future.votes.len(), self.future.bytes),
+        }
+    }
+
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
         self.handle_signed(input, now_ms).0
     }
@@ -779,13 +797,6 @@ impl Core {
         self.proposal_ok.remove(&round);
         self.received.remove(&round);
         Some(sp)
-    }
-
-    /// Bytes held for what peers sent ([`CoreHeld`]).
-    pub fn held(&self) -> CoreHeld {
-        let votes: usize =
-            self.votes.values().map(|rv| rv.prevotes.len() + rv.precommits.len() + rv.conflicting.len()).sum();
-        CoreHeld { proposals: self.proposals_bytes, votes: votes * VOTE_BYTES, next_height: self.future.bytes }
     }
 
     /// What a proposal's signature proves, checked in that order: the signature

@@ -949,7 +949,7 @@ fn proposals_of_a_height_are_held_within_their_byte_budget() {
     let hostile: Vec<u32> = (0..=MAX_ROUND_AHEAD).filter(|r| f.proposer(*r) == f.proposer(0)).rev().collect();
     for &r in &hostile {
         core.handle(f.proposal(r, &full(r)), now);
-        assert!(core.held().proposals <= budget, "{} bytes held, budget {budget}", core.held().proposals);
+        assert!(core.held().proposals.bytes <= budget, "{} bytes held, budget {budget}", core.held().proposals.bytes);
     }
     let held: Vec<u32> = core.proposals.keys().copied().collect();
     assert!(held.contains(&0), "the current round's proposal is held: {held:?}");
@@ -959,7 +959,7 @@ fn proposals_of_a_height_are_held_within_their_byte_budget() {
     let farthest = *held.iter().max().unwrap();
     core.handle(f.proposal(1, &full(1)), now);
     assert!(core.proposals.contains_key(&1) && !core.proposals.contains_key(&farthest), "{:?}", core.proposals.keys());
-    assert!(core.held().proposals <= budget);
+    assert!(core.held().proposals.bytes <= budget);
     // A farther one than all held is not taken while they fill the budget.
     let before: Vec<u32> = core.proposals.keys().copied().collect();
     core.handle(f.proposal(60, &full(60)), now);

@@ -134,7 +134,7 @@ pub const PROPOSAL_LIMIT: usize = crate::chain::block::MAX_BLOCK_BYTES + 128 * 1
 pub const VOTE_LIMIT: usize = 256;
 pub(crate) const TIP_LIMIT: usize = 64;
 pub(crate) const GET_BLOCKS_LIMIT: usize = 32;
-pub(crate) const BLOCKS_LIMIT: usize = MAX_FRAME;
+pub const BLOCKS_LIMIT: usize = MAX_FRAME;
 pub(crate) const APPROVAL_LIMIT: usize = 512;
 /// A header with its most approvals (64 of at most 512 bytes), and an id of 32
 /// bytes for each of a block's at most 20,000 transactions.
@@ -181,7 +181,7 @@ impl Message {
         }
     }
 
-    pub(crate) fn kind_name(&self) -> &'static str {
+    pub fn kind_name(&self) -> &'static str {
         match self {
             Message::Data(_) => "data",
             Message::Tx(_) => "tx",

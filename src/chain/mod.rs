@@ -47,25 +47,31 @@ pub(crate) mod store;
 pub(crate) mod sync;
 pub(crate) mod upgrade;
 pub(crate) mod vote;
+pub use compact::{Assembly, CompactProposal, MAX_WAITING};
+pub use consensus::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
+pub use driver::{
+    BlocksAnswer, ChangeRequest, Driver, DriverConfig, Effect, Held, MembersView, Now, RequestFailure, RequestId,
+    Submitted,
+};
+pub use height::{Height, Round};
+pub use limits::{NodeLimits, Usage};
+pub use links::{Mailbox, MemberRequest, TxRequest};
+pub use mempool::{Mempool, MempoolLimits, Source};
+pub use message::BLOCKS_LIMIT;
+pub use quorum::{required_active, vote_threshold};
+pub use rules::MAX_VERSION;
+pub use store::{Store, StoreError, FORMAT};
 
 pub use block::{
     genesis_hash, tx_hash, tx_root, tx_root_of_ids, Block, Hash, Header, Limits, TxCheck, MAX_BLOCK_BYTES,
     MAX_BLOCK_TXS,
 };
-pub use compact::{Assembly, CompactProposal, MAX_WAITING};
-pub use consensus::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
-pub use driver::{ChangeRequest, Driver, Effect, MembersView, Submitted};
-pub use height::{Height, Round};
-pub use links::{Mailbox, MemberRequest, TxRequest};
 pub use members::{
     Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, Params, Plan, SignedApproval,
 };
-pub use mempool::{Mempool, MempoolLimits};
 pub use message::{
     is_consensus_kind, Kind, Message, DATA_LIMIT, GET_TXS_LIMIT, PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT, VOTE_LIMIT,
 };
-pub use quorum::{required_active, vote_threshold};
-pub use store::{Store, StoreError, FORMAT};
 pub use vote::{
     proposal_sign_bytes, Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step,
     Vote, VoteKind,
