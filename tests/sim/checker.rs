@@ -438,6 +438,12 @@ impl Checker {
         completed
     }
 
+    /// Whether the chain (its highest height committed) names `id` in the set
+    /// in force or the next one: the keys the members' transports admit.
+    pub fn names(&self, id: &NodeId) -> bool {
+        self.chain.current().contains(id) || self.chain.next().contains(id)
+    }
+
     pub fn progress_failed(&mut self, nodes: Vec<NodeId>, detail: String) {
         self.fail(Kind::Progress, None, nodes, detail);
     }

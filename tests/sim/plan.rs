@@ -72,8 +72,9 @@ pub struct Plan {
     pub calm_at: u64,
     /// What Byzantine slots do once the network is calm.
     pub calm: Calm,
-    /// Within this much virtual time after calm, every honest node commits two
-    /// heights past the highest height any honest node had, and every member
+    /// Within this much virtual time after calm, every honest node the chain
+    /// names (in the set in force or the next) commits two heights past the
+    /// highest height any honest node had, and every member
     /// change due by that height completes on chain (with 20 s more for each
     /// such change not done at calm).
     pub window_ms: u64,

@@ -16,7 +16,10 @@
 //!   `Node::start` builds the core and the driver ([`boot`]);
 //! * the transport's view goes in as it changes ([`network`]): the connected
 //!   set and wire versions, a peer up with the tip its handshake claims, a
-//!   peer down (its requests fail);
+//!   peer down (its requests fail); two nodes are connected only while each
+//!   one's transport admits the other's key (`Effect::SetMembers`), so a
+//!   joiner meets the members once its `Add` is committed and a removed
+//!   member is cut off;
 //! * honest members approve the plan's member changes through
 //!   `handle_change`, as an operator's `POST /members` does, and their clients
 //!   submit transactions through `handle_submit`.
@@ -61,6 +64,14 @@ pub fn describe_fault(f: &Fault) -> String {
         Fault::Heal => "heal".into(),
         Fault::Loss(p) => format!("loss {p}/1000"),
     }
+}
+
+/// The keys a node's transport admits at start, as `Node::start` hands them
+/// to it: the sets in force and next of its stored membership, and its
+/// `bootstrap` peers.
+fn transport_set(d: &Driver, setup: &Setup) -> BTreeSet<NodeId> {
+    let chain = d.core().membership().reachable().into_iter().map(|(id, _)| id);
+    chain.chain(setup.bootstrap.iter().map(|(id, _)| *id)).collect()
 }
 
 fn groups_text(g: &[u8]) -> String {
@@ -147,6 +158,10 @@ pub struct Node {
     next_serving: u64,
     /// The slots its driver was told are connected.
     linked: BTreeSet<usize>,
+    /// The keys its transport admits, as its driver last handed them
+    /// (`Effect::SetMembers`, or at start the set `Node::start` hands the
+    /// transport); `None`: anyone (the bootstrap peer with another history).
+    admits: Option<BTreeSet<NodeId>>,
     /// Client transactions submitted so far.
     submitted: u64,
     /// Its core's height and round after the input whose effects are being
@@ -244,6 +259,9 @@ pub struct World {
     served: Served,
     /// Consensus frames that crossed the network, for replays: (sender, body).
     seen: Vec<(usize, Bytes)>,
+    /// A transport's admitted keys changed: connectivity is recomputed once
+    /// the input that changed them is carried out.
+    relink: bool,
 }
 
 /// Where the drivers' log lines go while a traced scenario runs.
@@ -365,6 +383,7 @@ impl World {
                 serving: BTreeMap::new(),
                 next_serving: 0,
                 linked: BTreeSet::new(),
+                admits: Some(BTreeSet::new()),
                 submitted: 0,
                 at: None,
                 fork,
@@ -411,6 +430,7 @@ impl World {
             slot_ids,
             served: Served::default(),
             seen: Vec::new(),
+            relink: false,
             // Shrinking may have removed a change a later one builds on.
             plan: Plan { changes: plan.applicable_changes(), ..plan.clone() },
         }
@@ -462,6 +482,9 @@ impl World {
         self.carry_out(s);
         self.arm(s);
         self.check_resources(s);
+        if std::mem::take(&mut self.relink) {
+            self.apply_links();
+        }
     }
 
     /// Node `s`'s driver within every budget ([`resources`]).
@@ -572,7 +595,7 @@ impl World {
         let mut lagging = Vec::new();
         let mut state = Vec::new();
         for (s, n) in self.nodes.iter().enumerate() {
-            if n.honest {
+            if n.honest && self.checker.names(&n.id) {
                 let d = self.driver(s);
                 state.push(format!(
                     "{} at height {} round {}",
@@ -650,10 +673,18 @@ impl World {
         self.check_finished();
     }
 
+    /// Whether `n` must commit after calm: an honest node whose key the chain
+    /// names (in the set in force or the next). A joiner not admitted yet and
+    /// a removed member are refused by every member's transport, as on a
+    /// real network, so nothing obliges them to keep up.
+    fn bound_to_progress(&self, n: &Node) -> bool {
+        n.honest && self.checker.names(&n.id)
+    }
+
     fn check_finished(&mut self) {
         if let Some(base) = self.calm_base {
             self.finished = self.next_change >= self.due_changes
-                && self.nodes.iter().filter(|n| n.honest).all(|n| n.store.tip() >= base + 2);
+                && self.nodes.iter().filter(|n| self.bound_to_progress(n)).all(|n| n.store.tip() >= base + 2);
         }
     }
 
@@ -676,6 +707,7 @@ impl World {
     fn boot(&mut self, s: usize) {
         if self.nodes[s].fork {
             let node = &mut self.nodes[s];
+            node.admits = None;
             node.up = true;
             node.epoch += 1;
             let epoch = node.epoch;
@@ -691,6 +723,7 @@ impl World {
         node.wake_at = None;
         node.at = None;
         let driver = boot(&self.setup, node.identity.clone(), node.store.persisted(), now);
+        node.admits = Some(transport_set(&driver, &self.setup));
         node.driver = Some(driver);
         let epoch = node.epoch;
         let lock =

@@ -90,6 +90,10 @@ impl World {
             Effect::Refuse { id, refusal } => self.answer(s, id, Err(refusal), 0),
             Effect::SetMembers(members) => {
                 self.log(1 << s, None, false, |w| format!("{} reaches {} members", w.name(s), members.len()));
+                // The transport admits these keys from now on: connections to
+                // others close, new ones may open.
+                self.nodes[s].admits = Some(members.iter().map(|(id, _)| *id).collect());
+                self.relink = true;
             }
             Effect::PublishMembers(_) => {}
             Effect::Halt { plan, max_version } => {

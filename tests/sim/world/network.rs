@@ -3,7 +3,9 @@
 //! timeouts and failures.
 //!
 //! * Two slots are connected while both are up, in the same partition group,
-//!   and hold different keys (twins never connect to each other). A change of
+//!   hold different keys (twins never connect to each other), and each one's
+//!   transport admits the other's key (the set its driver last handed it:
+//!   the sets in force and next, and `bootstrap`). A change of
 //!   connectivity reaches a driver as the transport reports it: the connected
 //!   set and the wire versions, then `handle_peer_up` with the tip the peer's
 //!   handshake claims, `handle_peer_down` when no connection to that key is
@@ -24,10 +26,22 @@ use super::super::adversary::Send;
 use super::*;
 
 impl World {
+    /// Both up, in one partition group, different keys, and each end's
+    /// transport admits the other's key (mutual TLS pinned to the keys its
+    /// driver handed it): a joiner reaches the members once its `Add` is
+    /// committed, a removed member no longer.
     pub(super) fn connected(&self, a: usize, b: usize) -> bool {
         let (x, y) = (&self.nodes[a], &self.nodes[b]);
-        a != b && x.up && y.up && x.id != y.id && self.groups[a] == self.groups[b]
+        let admits = |n: &Node, id: &NodeId| n.admits.as_ref().is_none_or(|ids| ids.contains(id));
+        a != b
+            && x.up
+            && y.up
+            && x.id != y.id
+            && self.groups[a] == self.groups[b]
+            && admits(x, &y.id)
+            && admits(y, &x.id)
     }
+
 
     pub(super) fn peers_of(&self, s: usize) -> Vec<usize> {
         (0..self.nodes.len()).filter(|&b| self.connected(s, b)).collect()
