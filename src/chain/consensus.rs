@@ -545,6 +545,7 @@ impl Core {
                     self.proposal_ok.insert(round, ok);
                     // Stamped by this node's clock when it made it.
                     self.received.insert(round, p.proposal.block.header.timestamp_ms);
+                    self.room_for(round, proposal_bytes(&p), true);
                     self.insert_proposal(round, p);
                 }
                 Signed::Vote(v) if v.vote.height == self.height && v.vote.voter == self.me => self.insert_vote(v),
@@ -1119,6 +1120,10 @@ impl Core {
         let ok = self.validate_block(&sp.proposal.block, self.round, valid_round, None, hashed).is_ok();
         self.proposal_ok.insert(self.round, ok);
         self.received.insert(self.round, now_ms);
+        // Our own proposal is held within the same budget as the peers': it
+        // takes the place of farther rounds' (only the valid and locked
+        // rounds' are kept beside it, so it always fits).
+        self.room_for(self.round, proposal_bytes(&sp), true);
         self.insert_proposal(self.round, sp.clone());
         out.push(Output::Sign { record, message: Signed::Proposal(sp), lock: None });
     }

@@ -7,7 +7,8 @@
 //! constants, so that a change of a bound in the library shows as a breach
 //! here. `n` is the size of the set in force at the height being decided, `m`
 //! the members the chain names besides this node (the set in force and the
-//! next), `r` the current round.
+//! next), `p` the peers its transport is handed (those `m` and `bootstrap`),
+//! `r` the current round.
 //!
 //! | structure | items | bytes |
 //! |---|---|---|
@@ -16,8 +17,10 @@
 //! | `GetTxs` in flight | 4 | 4 requests of `max_block_txs` ids |
 //! | approvals waiting for a block | 8 per member of the sets in force and next | as many approvals |
 //! | votes of the height | (r + 1 + 64) rounds × n voters × 6 (a prevote, a precommit, two conflicting of each) | 256 each |
-//! | proposals of the height | r + 1 + 64 | a block each |
+//! | proposals of the height | r + 1 + 64 | four of the largest block in all |
 //! | the next height's buffer | 9 rounds × (a proposal + 2 votes per member) | 8 MiB |
+//! | clock readings | p | 1 KiB each (a bounded window of readings) |
+//! | what is kept per peer | p | 1 KiB each, and 64 KiB of misbehaviour reports |
 //! | the mempool | its local share `max - max/2`, each member's `max/2/m`, in transactions and bytes | |
 //!
 //! And a rate: requests served to one peer (`GetBlocks`, `GetTxs`, the
@@ -42,6 +45,8 @@ const VOTE_BYTES: usize = 256;
 const NEXT_HEIGHT_ROUNDS: usize = 9;
 const NEXT_HEIGHT_BYTES: usize = 8 * 1024 * 1024;
 const APPROVALS_PER_BLOCK: usize = 64;
+/// The current height's proposals, in bytes: four of the largest block.
+const PROPOSALS_HELD_BLOCKS: usize = 4;
 /// A member's clock readings (a few dozen bytes each, a bounded window).
 const CLOCK_BYTES_PER_MEMBER: usize = 1024;
 /// What the driver keeps per peer: buckets, last heard, wire version, sync entries.
@@ -66,7 +71,7 @@ fn proposal_bytes(limits: &Limits) -> usize {
 }
 
 /// What `d` may hold now, structure by structure.
-pub fn budget(what: Held, d: &Driver, limits: &SimLimits) -> Usage {
+pub fn budget(what: Held, d: &Driver, limits: &SimLimits, bootstrap: &[NodeId]) -> Usage {
     let core = d.core();
     let h = core.height();
     let n = core.members_at(h).len();
@@ -95,23 +100,43 @@ pub fn budget(what: Held, d: &Driver, limits: &SimLimits) -> Usage {
             let items = rounds * n * VOTES_PER_VOTER_ROUND;
             Usage::new(items, items * VOTE_BYTES)
         }
-        Held::Proposals => Usage::new(rounds, rounds * proposal_bytes(&block)),
+        Held::Proposals => Usage::new(rounds, PROPOSALS_HELD_BLOCKS * proposal_bytes(&block)),
         Held::NextHeight => {
             let next = core.members_at(h + 1).len();
             Usage::new(NEXT_HEIGHT_ROUNDS * (1 + 2 * next), NEXT_HEIGHT_BYTES)
         }
-        // One entry per member the chain names, in each per-peer map.
-        Held::Clock => Usage::new(n + 1, (n + 1) * CLOCK_BYTES_PER_MEMBER),
-        Held::PeerState => Usage::new(n + 1, (n + 1) * PEER_STATE_BYTES_PER_MEMBER + REPORTS_BYTES),
+        // One entry per peer the transport is handed (the sets in force and
+        // next, and `bootstrap`), in each per-peer map: a peer that left them
+        // is forgotten at the block that made it leave.
+        Held::Clock => {
+            let peers = handed(d, bootstrap);
+            Usage::new(peers, peers * CLOCK_BYTES_PER_MEMBER)
+        }
+        Held::PeerState => {
+            let peers = handed(d, bootstrap);
+            Usage::new(peers, peers * PEER_STATE_BYTES_PER_MEMBER + REPORTS_BYTES)
+        }
         Held::SyncAnswers => Usage::default(),
     }
 }
 
+/// The peers besides `d` itself that its transport is handed: the chain's
+/// sets in force and next, and `bootstrap`.
+fn handed(d: &Driver, bootstrap: &[NodeId]) -> usize {
+    let me = d.core().id();
+    let mut peers: Vec<NodeId> = d.core().membership().reachable().into_iter().map(|(id, _)| id).collect();
+    peers.extend_from_slice(bootstrap);
+    peers.sort();
+    peers.dedup();
+    peers.retain(|id| *id != me);
+    peers.len()
+}
+
 /// The first structure of `d` over its budget, described; the mempool's
 /// shares of `ids` (every key a slot runs) included.
-pub fn breach(d: &Driver, limits: &SimLimits, ids: &[NodeId]) -> Option<String> {
+pub fn breach(d: &Driver, limits: &SimLimits, ids: &[NodeId], bootstrap: &[NodeId]) -> Option<String> {
     for what in Held::ALL {
-        let (held, max) = (d.held(what), budget(what, d, limits));
+        let (held, max) = (d.held(what), budget(what, d, limits, bootstrap));
         if held.items > max.items || held.bytes > max.bytes {
             return Some(format!(
                 "{} holds {} items, {} bytes; its budget is {} items, {} bytes (height {}, round {})",

@@ -490,7 +490,8 @@ impl World {
     /// Node `s`'s driver within every budget ([`resources`]).
     fn check_resources(&mut self, s: usize) {
         let Some(d) = self.nodes[s].driver.as_ref() else { return };
-        if let Some(detail) = resources::breach(d, &self.plan.limits, &self.slot_ids) {
+        let bootstrap: Vec<NodeId> = self.setup.bootstrap.iter().map(|(id, _)| *id).collect();
+        if let Some(detail) = resources::breach(d, &self.plan.limits, &self.slot_ids, &bootstrap) {
             let id = self.nodes[s].id;
             self.checker.resources_failed(id, detail);
         }

@@ -42,7 +42,6 @@ impl World {
             && admits(y, &x.id)
     }
 
-
     pub(super) fn peers_of(&self, s: usize) -> Vec<usize> {
         (0..self.nodes.len()).filter(|&b| self.connected(s, b)).collect()
     }
