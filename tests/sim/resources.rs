@@ -186,6 +186,13 @@ pub struct Served {
 }
 
 impl Served {
+    /// Server `slot`'s transport no longer admits the keys `admitted` lacks:
+    /// their buckets go, as the driver forgets a peer that leaves the sets
+    /// (a member removed and added again starts with a full burst).
+    pub fn forget(&mut self, slot: usize, admitted: &std::collections::BTreeSet<NodeId>) {
+        self.buckets.retain(|(s, _, id), _| *s != slot || admitted.contains(id));
+    }
+
     /// Server `slot` (at `epoch`) served a request of `requester` at `now_ms`:
     /// `false` when that is more than the rate allows.
     pub fn serve(&mut self, slot: usize, epoch: u64, requester: NodeId, now_ms: u64, per_sec: u32) -> bool {

@@ -92,7 +92,9 @@ impl World {
                 self.log(1 << s, None, false, |w| format!("{} reaches {} members", w.name(s), members.len()));
                 // The transport admits these keys from now on: connections to
                 // others close, new ones may open.
-                self.nodes[s].admits = Some(members.iter().map(|(id, _)| *id).collect());
+                let admitted: BTreeSet<NodeId> = members.iter().map(|(id, _)| *id).collect();
+                self.served.forget(s, &admitted);
+                self.nodes[s].admits = Some(admitted);
                 self.relink = true;
             }
             Effect::PublishMembers(_) => {}
