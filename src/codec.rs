@@ -168,7 +168,7 @@ pub fn body_len<T: Frame>(msg: &T) -> usize {
 }
 
 /// Length of the encoding of any value (a frame body is one).
-pub(crate) fn encoded_len<T: bincode::Encode>(value: &T) -> usize {
+pub fn encoded_len<T: bincode::Encode>(value: &T) -> usize {
     let mut counter = bincode::enc::write::SizeWriter::default();
     // SizeWriter cannot fail.
     let _ = bincode::encode_into_writer(value, &mut counter, BINCODE);

@@ -1,5 +1,6 @@
 //! Adversarial simulation of whole nodes: seeded scenarios on a simulated network
-//! with virtual time (delay, loss, partitions, crash-restart from the persisted
+//! with virtual time, each node the library's own producer driver with a simulated
+//! store (delay, loss, partitions, crash-restart from the persisted
 //! state, Byzantine members, member sets that change on chain), checking
 //! agreement, validity, the member sets, lock monotonicity, no honest
 //! double-sign and progress after every step (see `sim/`).
@@ -11,6 +12,7 @@
 //! * `SIM_SEED=S` (with either): replays one seed and prints its trace.
 //! * `SIM_SKIP=LockMonotonicity,Progress`: kinds of violation not checked (to see
 //!   where a scenario goes past one).
+//! * `SIM_FAIL_FAST=1`: stop at the first violation, unshrunk (`tests/mutants.sh`).
 //!
 //! Both end with one line `simulation: N scenarios, S steps, V violations`. On a
 //! violation the failing scenario is shrunk (faults and strategies removed while
@@ -51,15 +53,22 @@ struct Summary {
     failures: Vec<(u64, u64, Violation)>,
 }
 
+/// `SIM_FAIL_FAST=1`: stop at the first violation, without shrinking it (the
+/// mutation command's mode: it wants to know whether, not how often).
+fn fail_fast() -> bool {
+    env_u64("SIM_FAIL_FAST").is_some_and(|v| v != 0)
+}
+
 fn run_seeds(first: u64, count: u64, threads: usize, honest_only: bool) -> Summary {
     let next = AtomicU64::new(0);
     let steps = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
+                if i >= count || stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let seed = first + i;
@@ -71,6 +80,9 @@ fn run_seeds(first: u64, count: u64, threads: usize, honest_only: bool) -> Summa
                 steps.fetch_add(outcome.steps, Ordering::Relaxed);
                 if let Some((step, v)) = outcome.violation {
                     failures.lock().unwrap_or_else(|e| e.into_inner()).push((seed, step, v));
+                    if fail_fast() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
                 }
             });
         }
@@ -249,8 +261,10 @@ fn simulate(default_scenarios: u64) {
     for (kind, (seed, count)) in &kinds {
         println!("{kind:?}: {count} scenarios, first seed {seed}");
     }
-    for (kind, (seed, _)) in &kinds {
-        report(*seed, *kind);
+    if !fail_fast() {
+        for (kind, (seed, _)) in &kinds {
+            report(*seed, *kind);
+        }
     }
     eprintln!("({:.1} s)", started.elapsed().as_secs_f64());
     println!(

@@ -131,6 +131,11 @@ impl ClockEstimator {
         self.readings.get(member).map_or(0, VecDeque::len)
     }
 
+    /// Members with readings kept.
+    pub(crate) fn members(&self) -> usize {
+        self.readings.len()
+    }
+
     /// About the bytes the readings hold: at most [`ClockConfig::readings`]
     /// per member the chain names (the caller samples only those).
     pub(crate) fn bytes(&self) -> usize {

@@ -141,7 +141,7 @@ impl CompactError {
 
 /// Why a peer's `Txs` answer was refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum AnswerError {
+pub enum AnswerError {
     #[error("transaction #{index} of the answer has {len} bytes, over the {limit}-byte limit")]
     TxTooLarge { index: usize, len: usize, limit: usize },
 }
@@ -149,7 +149,7 @@ pub(crate) enum AnswerError {
 /// Why filling an assembly from an answer failed: the answer's fault or the
 /// proposal's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum FillError {
+pub enum FillError {
     #[error("answer refused: {0}")]
     Answer(#[from] AnswerError),
     #[error(transparent)]
@@ -160,7 +160,7 @@ pub(crate) enum FillError {
 /// limit on one transaction, which an answer's transactions are held to as
 /// gossiped ones are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RebuildLimits {
+pub struct RebuildLimits {
     pub max_block_bytes: usize,
     pub max_tx_bytes: usize,
 }
@@ -313,7 +313,7 @@ impl Assembly {
     /// hashes to, any other is ignored, and the proposal is refused the moment
     /// the bytes placed would pass `max_block_bytes`. Returns how many places
     /// it filled.
-    pub(crate) fn handle_txs(&mut self, txs: Vec<Vec<u8>>, limits: RebuildLimits) -> Result<usize, FillError> {
+    pub fn handle_txs(&mut self, txs: Vec<Vec<u8>>, limits: RebuildLimits) -> Result<usize, FillError> {
         check_answer(&txs, limits.max_tx_bytes)?;
         let mut filled = 0;
         for tx in txs {
@@ -488,7 +488,6 @@ impl Waiting {
     }
 
     /// Assemblies waiting.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_slot.len()
     }
@@ -496,6 +495,11 @@ impl Waiting {
     /// About the bytes the waiting assemblies hold.
     pub(crate) fn bytes(&self) -> usize {
         self.by_slot.values().map(Assembly::bytes).sum()
+    }
+
+    /// Proposals kept for later rounds.
+    pub(crate) fn later_len(&self) -> usize {
+        self.later.len()
     }
 
     /// About the bytes the proposals kept for later rounds hold: at most

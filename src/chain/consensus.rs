@@ -54,6 +54,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::block::{tx_root, tx_root_and_repeat, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
+use super::limits::Usage;
 use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
 use super::quorum::vote_threshold;
 use super::rules::{Rules, Synchrony};
@@ -79,8 +80,10 @@ pub const MAX_CONFLICTING: usize = 2;
 /// would otherwise make every node hold one per round (16 blocks of 3 MiB at
 /// four members).
 pub const PROPOSALS_HELD_BLOCKS: usize = 4;
-/// What a vote held costs, about: the vote, its signature and its place.
-pub const VOTE_BYTES: usize = 256;
+/// About what one vote held for the current height takes in memory: the signed
+/// vote, its signature and its place in the map (as the next height's are
+/// counted, [`FUTURE_VOTE_BYTES`]).
+pub const VOTE_BYTES: usize = FUTURE_VOTE_BYTES;
 /// A member shown to be ahead at a height is reported again after this long, so a
 /// sync that failed is tried again.
 pub(crate) const AHEAD_REPEAT_MS: u64 = 10_000;
@@ -219,6 +222,17 @@ pub enum Output {
         node: NodeId,
         height: Height,
     },
+}
+
+/// What [`Core::held`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Votes of the current height, every round.
+    pub votes: Usage,
+    /// Proposals of the current height, one per round at most.
+    pub proposals: Usage,
+    /// Messages kept for the next height.
+    pub next_height: Usage,
 }
 
 #[derive(Debug, Default)]
@@ -390,18 +404,6 @@ const HELD_TX_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>() + 32;
 /// The most [`proposal_bytes`] of a proposal within `limits`.
 pub fn max_proposal_bytes(limits: &Limits) -> usize {
     limits.max_block_bytes + limits.max_block_txs * HELD_TX_OVERHEAD + super::members::MAX_CHANGES_PER_BLOCK * 256 + 512
-}
-
-/// Bytes held for what peers sent, by structure (for
-/// `masternode_held_bytes{what}`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CoreHeld {
-    /// The current height's proposals.
-    pub proposals: usize,
-    /// The current height's votes, at [`VOTE_BYTES`] each.
-    pub votes: usize,
-    /// Messages buffered for the next height.
-    pub next_height: usize,
 }
 
 pub struct Core {
@@ -585,6 +587,7 @@ impl Core {
                     self.proposal_ok.insert(round, ok);
                     // Stamped by this node's clock when it made it.
                     self.received.insert(round, p.proposal.block.header.timestamp_ms);
+                    self.room_for(round, proposal_bytes(&p), true);
                     self.insert_proposal(round, p);
                 }
                 Signed::Vote(v) if v.vote.height == self.height && v.vote.voter == self.me => self.insert_vote(v),
@@ -717,6 +720,22 @@ impl Core {
             self.valid = Some((round, block));
         }
         true
+    }
+
+    /// What the core holds of what members sent: the votes and the proposals
+    /// of the current height (one proposal per round, rounds up to
+    /// [`MAX_ROUND_AHEAD`] past the current one; per round and voter a
+    /// prevote, a precommit and [`MAX_CONFLICTING`] conflicting versions of
+    /// each), and the next height's buffer.
+    pub fn held(&self) -> Held {
+        let votes: usize =
+            self.votes.values().map(|rv| rv.prevotes.len() + rv.precommits.len() + rv.conflicting.len()).sum();
+        let proposal_bytes: usize = self.proposals.values().map(proposal_bytes).sum();
+        Held {
+            votes: Usage::new(votes, votes * VOTE_BYTES),
+            proposals: Usage::new(self.proposals.len(), proposal_bytes),
+            next_height: Usage::new(self.future.proposals.len() + self.future.votes.len(), self.future.bytes),
+        }
     }
 
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
@@ -888,13 +907,6 @@ impl Core {
         self.proposal_ok.remove(&round);
         self.received.remove(&round);
         Some(sp)
-    }
-
-    /// Bytes held for what peers sent ([`CoreHeld`]).
-    pub fn held(&self) -> CoreHeld {
-        let votes: usize =
-            self.votes.values().map(|rv| rv.prevotes.len() + rv.precommits.len() + rv.conflicting.len()).sum();
-        CoreHeld { proposals: self.proposals_bytes, votes: votes * VOTE_BYTES, next_height: self.future.bytes }
     }
 
     /// What a proposal's signature proves, checked in that order: the signature
@@ -1217,6 +1229,10 @@ impl Core {
         let ok = self.validate_block(&sp.proposal.block, self.round, valid_round, None, hashed).is_ok();
         self.proposal_ok.insert(self.round, ok);
         self.received.insert(self.round, now_ms);
+        // Our own proposal is held within the same budget as the peers': it
+        // takes the place of farther rounds' (only the valid and locked
+        // rounds' are kept beside it, so it always fits).
+        self.room_for(self.round, proposal_bytes(&sp), true);
         self.insert_proposal(self.round, sp.clone());
         out.push(Output::Sign { record, message: Signed::Proposal(sp), lock: None });
     }

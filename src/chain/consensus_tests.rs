@@ -1006,7 +1006,7 @@ fn proposals_of_a_height_are_held_within_their_byte_budget() {
     let hostile: Vec<u32> = (0..=MAX_ROUND_AHEAD).filter(|r| f.proposer(*r) == f.proposer(0)).rev().collect();
     for &r in &hostile {
         core.handle(f.proposal(r, &full(r)), now);
-        assert!(core.held().proposals <= budget, "{} bytes held, budget {budget}", core.held().proposals);
+        assert!(core.held().proposals.bytes <= budget, "{} bytes held, budget {budget}", core.held().proposals.bytes);
     }
     let held: Vec<u32> = core.proposals.keys().copied().collect();
     assert!(held.contains(&0), "the current round's proposal is held: {held:?}");
@@ -1016,7 +1016,7 @@ fn proposals_of_a_height_are_held_within_their_byte_budget() {
     let farthest = *held.iter().max().unwrap();
     core.handle(f.proposal(1, &full(1)), now);
     assert!(core.proposals.contains_key(&1) && !core.proposals.contains_key(&farthest), "{:?}", core.proposals.keys());
-    assert!(core.held().proposals <= budget);
+    assert!(core.held().proposals.bytes <= budget);
     // A farther one than all held is not taken while they fill the budget.
     let before: Vec<u32> = core.proposals.keys().copied().collect();
     core.handle(f.proposal(60, &full(60)), now);
@@ -1024,6 +1024,43 @@ fn proposals_of_a_height_are_held_within_their_byte_budget() {
     // Held no more, a round's proposal may come again.
     core.handle(f.proposal(farthest, &full(farthest)), now);
     assert!(!core.proposals.contains_key(&farthest), "still the farthest: not taken");
+}
+
+/// This node's own proposal counts in the same budget: when a member's
+/// proposals of the rounds ahead fill it, the proposal this node makes in its
+/// round takes the place of the farthest of them instead of going over it
+/// (found by the simulation: four peer blocks and our own were held).
+#[test]
+fn our_own_proposal_is_held_within_the_proposals_byte_budget() {
+    let mut f = OneCore::new();
+    f.cfg.limits = Limits { max_block_bytes: 64 * 1024, max_block_txs: 16, ..Limits::default() };
+    let budget = PROPOSALS_HELD_BLOCKS * max_proposal_bytes(&f.cfg.limits);
+    let now = 5_000;
+    let mut core = Core::new(f.cfg.clone(), f.me.clone(), 1, genesis_hash(&NET), 0, None);
+    f.start(&mut core);
+    let full_txs =
+        |r: u32| -> Vec<Vec<u8>> { (0..15u8).map(|i| [&r.to_be_bytes()[..], &[i; 4000][..]].concat()).collect() };
+    let hostile: Vec<u32> = (0..=MAX_ROUND_AHEAD).filter(|r| f.proposer(*r) == f.proposer(0)).collect();
+    for &r in &hostile {
+        let mut b = f.block(r, "");
+        b.txs = full_txs(r);
+        b.header.tx_root = tx_root(&b.txs);
+        core.handle(f.proposal(r, &b), now);
+    }
+    let before = core.held().proposals.bytes;
+    assert!(before + max_proposal_bytes(&f.cfg.limits) / 2 > budget, "the member's proposals fill the budget");
+    // Round 3 is ours: the core asks for a value, and proposes a full block.
+    let mut out = Vec::new();
+    while core.round() < 3 {
+        let round = core.round();
+        out = core.handle(Input::Timeout(Timeout::Precommit { height: 1, round }), now);
+    }
+    assert!(out.iter().any(|o| matches!(o, Output::NeedValue { round: 3, .. })), "{out:?}");
+    let out = core.handle(Input::Value { height: 1, round: 3, txs: full_txs(3), changes: vec![] }, now);
+    assert!(out.iter().any(|o| matches!(o, Output::Sign { message: Signed::Proposal(_), .. })), "it proposes");
+    assert!(core.proposals.contains_key(&3), "its own proposal is held");
+    let held = core.held().proposals.bytes;
+    assert!(held <= budget, "{held} bytes held, budget {budget}");
 }
 
 /// A member that prevotes a value to some and nil to others must not leave the

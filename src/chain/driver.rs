@@ -58,8 +58,9 @@
 //!   later rounds are kept in compact form, a few, until the window reaches
 //!   them, and earlier ones are not fetched. A fetch ends ([`Effect::CancelTxs`])
 //!   as soon as its proposal leaves: left behind by the window, or not
-//!   answered within `max(2 intervals, 1 s)`, which drops the proposal; the
-//!   propose timeout then runs as if it never came.
+//!   answered within `max(2 intervals, 1 s) + max(interval, 500 ms) × round`,
+//!   which drops the proposal; the propose timeout then runs as if it never
+//!   came.
 //! * **Mempool** ([`super::mempool`]). A submission goes to the local share and
 //!   is broadcast if new; a member's gossip goes to that member's share. After
 //!   every block the committed transactions leave, old ones expire and the
@@ -113,12 +114,12 @@ use super::clock::{self, ClockConfig, ClockEstimator, ClockEvent};
 use super::compact::{self, Assembly, CompactError, CompactProposal, FillError, RebuildLimits, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
 use super::doppelganger::{Evidence, EvidenceKind, Hold, Seen, Watch, WatchConfig};
-use super::limits::NodeLimits;
+use super::limits::{NodeLimits, Usage};
 use super::members::{
     self, Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, PendingView, Plan,
     SignedApproval,
 };
-use super::mempool::{AddError, Figures, Mempool};
+use super::mempool::{AddError, Figures, Mempool, Source};
 use super::message::{self, Message, TooLarge};
 use super::misbehaviour::Misbehaviour;
 use super::quorum::{self, Quorum};
@@ -223,14 +224,14 @@ pub enum Effect {
 
 /// A `Blocks` answer and its body's size.
 #[derive(Debug, Clone)]
-pub(crate) struct BlocksAnswer {
+pub struct BlocksAnswer {
     pub blocks: Vec<Committed>,
     pub bytes: usize,
 }
 
 /// Why a request to a peer (`GetBlocks`, `GetTxs`) brought nothing usable.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RequestFailure {
+pub enum RequestFailure {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error("response does not decode: {0}")]
@@ -342,6 +343,43 @@ fn required_approvals(membership: &Membership, change: &Change) -> usize {
     }
 }
 
+/// Declares [`Held`]: one line per structure, its label and what it holds.
+macro_rules! held {
+    ($($name:ident => $label:literal: $doc:literal,)*) => {
+        /// The structures of the driver that hold what peers send, each
+        /// reported by [`Driver::held`] and, in bytes, as
+        /// `masternode_held_bytes{what}`: a fixed set, so labels never come
+        /// from a peer.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Held {
+            $(#[doc = $doc] $name,)*
+        }
+
+        impl Held {
+            pub const ALL: [Held; [$(Held::$name),*].len()] = [$(Held::$name),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Held::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+held! {
+    CompactWaiting => "compact_waiting": "Compact proposals being fetched: their ids and the transactions placed.",
+    CompactLater => "compact_later": "Compact proposals kept for a later round: their ids and headers.",
+    FetchRequests => "fetch_requests": "`GetTxs` requests in flight.",
+    Approvals => "approvals": "Membership approvals waiting for a block.",
+    Votes => "consensus_votes": "Votes of the height being decided, every round.",
+    Proposals => "consensus_proposals": "Proposals of the height being decided, one per round.",
+    NextHeight => "next_height": "Proposals and votes kept for the next height.",
+    Clock => "clock": "Clock readings from the members' tips.",
+    PeerState => "peer_state": "What the driver keeps per peer: rate limits, last heard, sync claims and reports.",
+    SyncAnswers => "sync_answers": "Peers' answers to this node's own requests (`Blocks`, `Txs`) read and not yet handled (held by the shell).",
+}
+
 /// The figures the shell publishes for status and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -359,18 +397,6 @@ pub struct Stats {
     /// Peers the clock offset is estimated from (0 while there is none).
     pub clock_peers: usize,
     pub mempool: Figures,
-    /// Bytes held for what peers sent: compact proposals being fetched, kept
-    /// for later rounds, and the `GetTxs` requests in flight.
-    pub compact_waiting_bytes: usize,
-    pub compact_later_bytes: usize,
-    pub fetch_request_bytes: usize,
-    /// What the consensus core holds of the current height and the next.
-    pub core: super::consensus::CoreHeld,
-    /// The approval pool, the clock readings, and what is kept per peer
-    /// ([`Driver::peer_state_bytes`]).
-    pub approval_bytes: usize,
-    pub clock_bytes: usize,
-    pub peer_state_bytes: usize,
     /// Requests refused for their peer's request rate, and for its serve
     /// budget in bytes.
     pub refused_rate: u64,
@@ -542,13 +568,13 @@ impl Driver {
     }
 
     /// The next thing to carry out, in order.
-    pub(crate) fn poll_effect(&mut self) -> Option<Effect> {
+    pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
     }
 
     /// When [`Self::handle_timeout`] next has something to do (mono ms): a core
     /// timer, a fetch deadline, or the housekeeping tick; never once halted.
-    pub(crate) fn poll_timeout(&self) -> Option<u64> {
+    pub fn poll_timeout(&self) -> Option<u64> {
         if self.stopped() {
             return None;
         }
@@ -569,8 +595,7 @@ impl Driver {
 
     /// The membership after the tip and the approvals waiting here, as last
     /// published.
-    #[cfg(test)]
-    pub(crate) fn members_view(&self) -> Arc<MembersView> {
+    pub fn members_view(&self) -> Arc<MembersView> {
         self.members_view.clone()
     }
 
@@ -585,13 +610,6 @@ impl Driver {
             clock_offset_ms: self.clock.offset_ms(now.wall_ms),
             clock_peers: self.clock.peers(now.wall_ms),
             mempool: self.mempool.figures(),
-            compact_waiting_bytes: self.waiting.bytes(),
-            compact_later_bytes: self.waiting.later_bytes(),
-            fetch_request_bytes: self.fetches.values().map(|f| f.request_bytes).sum(),
-            core: self.core.held(),
-            approval_bytes: self.approvals.bytes(),
-            clock_bytes: self.clock.bytes(),
-            peer_state_bytes: self.peer_state_bytes(),
             refused_rate: self.refused.0,
             refused_bytes: self.refused.1,
             hold: self.hold(),
@@ -615,17 +633,40 @@ impl Driver {
             + self.sync.bytes()
     }
 
+    /// What `what` holds of what peers sent, now.
+    pub fn held(&self, what: Held) -> Usage {
+        match what {
+            Held::CompactWaiting => Usage::new(self.waiting.len(), self.waiting.bytes()),
+            Held::CompactLater => Usage::new(self.waiting.later_len(), self.waiting.later_bytes()),
+            Held::FetchRequests => Usage::new(self.fetches.len(), self.fetches.values().map(|f| f.request_bytes).sum()),
+            Held::Approvals => self.approvals.usage(),
+            Held::Votes => self.core.held().votes,
+            Held::Proposals => self.core.held().proposals,
+            Held::NextHeight => self.core.held().next_height,
+            Held::Clock => Usage::new(self.clock.members(), self.clock.bytes()),
+            Held::PeerState => Usage::new(self.last_heard.len(), self.peer_state_bytes()),
+            // Held by the shell, which reports it itself.
+            Held::SyncAnswers => Usage::default(),
+        }
+    }
+
+    /// What the mempool holds for `source`: its transactions and their bytes.
+    pub fn mempool_share(&self, source: Source) -> Usage {
+        let (txs, bytes) = self.mempool.held_by(source);
+        Usage::new(txs, bytes)
+    }
+
     /// Whether a gossiped frame can be dropped undecoded: a proposal for a
     /// height past the next one, which nothing could use (only the next height
     /// is buffered, and votes tell us a peer is ahead), before its up to 3 MiB
     /// are decoded.
-    pub(crate) fn skip_undecoded(&self, body: &[u8]) -> bool {
+    pub fn skip_undecoded(&self, body: &[u8]) -> bool {
         message::proposal_height(body).is_some_and(|h| h > self.core.height() + 1)
     }
 
     /// Fires every timer due at `now`: core timeouts, fetch deadlines, and the
     /// housekeeping tick (rebroadcast, sync hedges).
-    pub(crate) fn handle_timeout(&mut self, now: Now) {
+    pub fn handle_timeout(&mut self, now: Now) {
         if self.stopped() {
             return;
         }
@@ -653,7 +694,7 @@ impl Driver {
 
     /// The transport's connected peers are now `connected`: the gate is
     /// recomputed.
-    pub(crate) fn handle_connected(&mut self, connected: BTreeSet<NodeId>, now: Now) {
+    pub fn handle_connected(&mut self, connected: BTreeSet<NodeId>, now: Now) {
         if self.stopped() {
             return;
         }
@@ -666,7 +707,7 @@ impl Driver {
     /// `id` has a new connection, its handshake claiming `tip` (when the shell
     /// knows it). It missed what we signed at this height and the approvals
     /// waiting for a block: both are sent again.
-    pub(crate) fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
+    pub fn handle_peer_up(&mut self, id: NodeId, tip: Option<Height>, now: Now) {
         if self.stopped() || !self.reachable_ids.contains(&id) {
             return;
         }
@@ -712,7 +753,7 @@ impl Driver {
 
     /// `id` has no connection any more: its claim and its sync request are
     /// gone, and everything kept for it if the chain names it no more.
-    pub(crate) fn handle_peer_down(&mut self, id: NodeId, _now: Now) {
+    pub fn handle_peer_down(&mut self, id: NodeId, _now: Now) {
         self.sync.handle_down(id);
         if !self.reachable_ids.contains(&id) {
             self.forget_unreachable();
@@ -720,7 +761,7 @@ impl Driver {
     }
 
     /// A message from `from`'s gossip stream.
-    pub(crate) fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
+    pub fn handle_message(&mut self, from: NodeId, msg: Message, now: Now) {
         // A peer the chain no longer names, until the transport closes its
         // connection: nothing it sends is taken or kept.
         if self.stopped() || !self.reachable_ids.contains(&from) {
@@ -770,7 +811,7 @@ impl Driver {
     }
 
     /// A request from `from`, to be answered as `id`.
-    pub(crate) fn handle_request(&mut self, from: NodeId, id: RequestId, msg: Message, now: Now) {
+    pub fn handle_request(&mut self, from: NodeId, id: RequestId, msg: Message, now: Now) {
         if !self.reachable_ids.contains(&from) {
             return self.effects.push_back(Effect::Refuse { id, refusal: Refusal::Unsupported });
         }
@@ -803,7 +844,7 @@ impl Driver {
     /// An answer to `peer`'s `GetBlocks` was written (or failed): it took
     /// `used` bytes of the `reserved` ones, and the rest goes back to the
     /// peer's serve budget.
-    pub(crate) fn handle_served(&mut self, peer: NodeId, reserved: usize, used: usize, _now: Now) {
+    pub fn handle_served(&mut self, peer: NodeId, reserved: usize, used: usize, _now: Now) {
         if let Some(budget) = self.serve_budgets.get_mut(&peer) {
             budget.settle(reserved, used);
         }
@@ -813,7 +854,7 @@ impl Driver {
     /// in flight and the answer holds the blocks asked for, consecutive from
     /// the height asked and no more than asked; its blocks then go to the
     /// core in order, the outcome to the planner.
-    pub(crate) fn handle_blocks(&mut self, peer: NodeId, result: Result<BlocksAnswer, RequestFailure>, now: Now) {
+    pub fn handle_blocks(&mut self, peer: NodeId, result: Result<BlocksAnswer, RequestFailure>, now: Now) {
         let Some(asked) = self.sync.in_flight_to(&peer) else {
             // Its request was given up (the peer's connection ended): nothing
             // of it is applied or kept.
@@ -887,7 +928,7 @@ impl Driver {
     /// `from`'s answer to our `GetTxs` for the compact proposal of `(height,
     /// round)`: complete, the proposal goes to the core; otherwise it is dropped
     /// (withheld, or answered with transactions that are not the block's).
-    pub(crate) fn handle_txs(
+    pub fn handle_txs(
         &mut self,
         from: NodeId,
         height: Height,
@@ -923,7 +964,7 @@ impl Driver {
 
     /// A transaction submitted here (`POST /tx`, `Node::submit`): into the
     /// mempool, and gossiped if it is new.
-    pub(crate) fn handle_submit(&mut self, tx: Vec<u8>, _now: Now) -> Result<Hash, AddError> {
+    pub fn handle_submit(&mut self, tx: Vec<u8>, _now: Now) -> Result<Hash, AddError> {
         let (hash, new) = self.mempool.add(tx.clone())?;
         if new {
             // Queued for every peer without waiting on any; peers that miss it (a
@@ -936,7 +977,7 @@ impl Driver {
     /// An operator's change (`POST /members`): signed with this node's key,
     /// checked as the next block would check it, kept for proposers and
     /// gossiped.
-    pub(crate) fn handle_change(&mut self, request: ChangeRequest, _now: Now) -> Result<Submitted, ChangeError> {
+    pub fn handle_change(&mut self, request: ChangeRequest, _now: Now) -> Result<Submitted, ChangeError> {
         let result = self.approve(request);
         if let Ok(s) = &result {
             let what = if s.change.plan().is_some() { "upgrade plan" } else { "member change" };
@@ -1338,7 +1379,7 @@ impl Driver {
     /// The transport's connected peers now speak these wire versions (handed in
     /// whenever the connected set changes): what the proposer policy for
     /// upgrade plans goes by.
-    pub(crate) fn handle_wire_versions(&mut self, wire: BTreeMap<NodeId, u16>, _now: Now) {
+    pub fn handle_wire_versions(&mut self, wire: BTreeMap<NodeId, u16>, _now: Now) {
         self.wire = wire;
     }
 
@@ -1480,16 +1521,20 @@ impl Driver {
         if let Err(e) = self.waiting.insert(assembly) {
             return tracing::debug!(peer = %ask.short(), height, round, "compact proposal dropped: {e}");
         }
-        let deadline_ms = now.mono_ms.saturating_add(self.fetch_wait_ms());
+        let deadline_ms = now.mono_ms.saturating_add(self.fetch_wait_ms(round));
         let request_bytes = GET_TXS_HEAD_BYTES + ids.len() * std::mem::size_of::<Hash>();
         self.fetches.insert((height, round), Fetch { peer: ask, deadline_ms, request_bytes });
         self.effects.push_back(Effect::RequestTxs { peer: ask, height, round, ids });
     }
 
-    /// How long a peer has to answer a `GetTxs`: two block intervals, at least
-    /// a second.
-    fn fetch_wait_ms(&self) -> u64 {
-        (2 * self.cfg.block_interval_ms).max(1_000)
+    /// How long a peer has to answer a `GetTxs` for a proposal of `round`: two
+    /// block intervals (at least a second), and one more interval (at least
+    /// half a second) per round, as the timeouts and the synchrony bound grow:
+    /// where a round trip takes longer than the wait of round 0, a later round
+    /// still completes its fetch (a fixed wait stalled such a network for good).
+    fn fetch_wait_ms(&self, round: Round) -> u64 {
+        let interval = self.cfg.block_interval_ms;
+        (2 * interval).max(1_000).saturating_add(interval.max(500).saturating_mul(round as u64))
     }
 
     /// Kept compact proposals whose round the window has reached: looked up in
@@ -1529,7 +1574,7 @@ impl Driver {
         for ((height, round), fetch) in due {
             self.waiting.take(height, round);
             self.end_fetch(height, round);
-            let outcome = format!("no answer within {} ms", self.fetch_wait_ms());
+            let outcome = format!("no answer within {} ms", self.fetch_wait_ms(round));
             self.report_dropped(fetch.peer, height, round, "compact_proposal_incomplete", &outcome);
         }
     }

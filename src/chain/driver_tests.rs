@@ -541,6 +541,35 @@ fn a_compact_proposal_not_completed_in_two_intervals_is_dropped_and_its_fetch_ca
 }
 
 #[test]
+fn the_wait_for_a_compact_proposals_transactions_grows_with_its_round() {
+    let ids = identities(4);
+    // (round, proposer, wait): two intervals, and one more per round, so that a
+    // round trip longer than round 0's wait completes in a later round.
+    for (round, proposer, wait) in [(0, 1, 2_000), (1, 2, 3_000), (4, 1, 6_000)] {
+        let sp = proposal(&ids[proposer], round, vec![b"one".to_vec(), b"two".to_vec()]);
+        let mut d = driver(&ids, 0);
+        d.handle_connected(others(&ids, 0), at(T0));
+        effects(&mut d);
+        // Two members' prevotes of `round` move the core there (L55) once the
+        // height started.
+        run_to(&mut d, T0 + INTERVAL);
+        for v in [1, 2] {
+            let vote = Vote { kind: VoteKind::Prevote, height: 1, round, block: None, voter: ids[v].id() };
+            d.handle_message(ids[v].id(), Message::Vote(vote.sign(&NET, &ids[v])), at(T0 + INTERVAL));
+        }
+        effects(&mut d);
+        assert_eq!(d.core.round(), round);
+        let now = T0 + INTERVAL;
+        d.handle_message(ids[2].id(), Message::CompactProposal(CompactProposal::of(&sp)), at(now));
+        assert!(
+            effects(&mut d).iter().any(|e| matches!(e, Effect::RequestTxs { round: r, .. } if *r == round)),
+            "round {round}: fetched"
+        );
+        assert_eq!(d.fetches.get(&(1, round)).map(|f| f.deadline_ms), Some(now + wait), "round {round}");
+    }
+}
+
+#[test]
 fn a_compact_proposal_completed_by_its_answer_reaches_the_core_and_its_deadline_ends() {
     let ids = identities(4);
     let sp = proposal(&ids[1], 0, vec![b"one".to_vec(), b"two".to_vec()]);
@@ -646,7 +675,7 @@ fn what_is_kept_per_peer_goes_when_the_peer_leaves_the_set() {
     d.handle_wire_versions([(leaver, 4)].into(), at(net.now));
     d.handle_peer_down(leaver, at(net.now));
     assert!(!d.knows_peer(&leaver), "forgotten when its connection ends");
-    assert!(net.drivers[0].stats(at(net.now)).peer_state_bytes > 0, "the members' entries stay");
+    assert!(net.drivers[0].held(Held::PeerState).bytes > 0, "the members' entries stay");
 }
 
 #[test]
@@ -892,9 +921,9 @@ fn a_fetch_ends_with_its_assembly() {
     }
     let asked = effects(&mut d).iter().filter(|e| matches!(e, Effect::RequestTxs { .. })).count();
     assert_eq!(asked, 2, "rounds 0 and 1 are in the window");
-    let held = |d: &Driver| d.stats(at(T0)).fetch_request_bytes;
+    let held = |d: &Driver| d.held(Held::FetchRequests).bytes;
     assert_eq!(held(&d), 2 * (GET_TXS_HEAD_BYTES + 32), "two requests in flight");
-    assert!(d.stats(at(T0)).compact_waiting_bytes > 0);
+    assert!(d.held(Held::CompactWaiting).bytes > 0);
     // Round 0's answer withholds its transaction: taken, dropped, not cancelled
     // (its fetch is over already).
     d.handle_txs(ids[1].id(), 1, 0, Ok(vec![]), at(T0 + 10));
@@ -903,7 +932,7 @@ fn a_fetch_ends_with_its_assembly() {
     // The next height leaves round 1 behind: its fetch is cancelled.
     d.prune_waiting(2, 0);
     assert_eq!(effects(&mut d), [Effect::CancelTxs { height: 1, round: 1 }]);
-    assert_eq!((held(&d), d.stats(at(T0)).compact_waiting_bytes), (0, 0));
+    assert_eq!((held(&d), d.held(Held::CompactWaiting).bytes), (0, 0));
 }
 
 /// Hands every driver of `net` its peers' wire versions: `wire(observer, peer)`.

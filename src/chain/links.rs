@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::block::Hash;
-use super::driver::{ChangeRequest, MembersView, Submitted};
+use super::driver::{ChangeRequest, Held, MembersView, Submitted};
 use super::members::{ChangeError, Membership};
 use super::mempool::{AddError, Figures};
 
@@ -105,42 +105,6 @@ pub(crate) struct ChainMetrics {
     /// The mempool's figures as last published: a snapshot of a few numbers,
     /// replaced whole once a loop turn; the lock is held only to copy it.
     mempool: Mutex<Figures>,
-}
-
-/// Declares [`Held`]: one line per structure, its label and what it holds.
-macro_rules! held {
-    ($($name:ident => $label:literal: $doc:literal,)*) => {
-        /// The structures that hold what peers send, each reported in bytes as
-        /// `masternode_held_bytes{what}`: a fixed set, so labels never come
-        /// from a peer.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub(crate) enum Held {
-            $(#[doc = $doc] $name,)*
-        }
-
-        impl Held {
-            pub(crate) const ALL: [Held; [$(Held::$name),*].len()] = [$(Held::$name),*];
-
-            pub(crate) fn as_str(self) -> &'static str {
-                match self {
-                    $(Held::$name => $label,)*
-                }
-            }
-        }
-    };
-}
-
-held! {
-    CompactWaiting => "compact_waiting": "Compact proposals being fetched: their ids and the transactions placed.",
-    CompactLater => "compact_later": "Compact proposals kept for a later round: their ids and headers.",
-    FetchRequests => "fetch_requests": "`GetTxs` requests in flight.",
-    Proposals => "proposals": "The current height's proposals, their blocks in full.",
-    Votes => "votes": "The current height's votes, conflicting versions included.",
-    NextHeight => "next_height": "Proposals and votes buffered for the next height.",
-    Approvals => "approvals": "Membership approvals waiting for a block.",
-    Clock => "clock": "Clock readings from the members' tips.",
-    SyncAnswers => "sync_answers": "Peers' answers to this node's own requests (`Blocks`, `Txs`) read and not yet handled.",
-    PeerState => "peer_state": "What the producer keeps per peer: rate limits, last heard, sync claims and reports.",
 }
 
 impl ChainMetrics {

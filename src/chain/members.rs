@@ -55,6 +55,7 @@ use std::net::SocketAddr;
 
 use super::genesis::Network;
 use super::height::Height;
+use super::limits::Usage;
 use super::quorum::vote_threshold;
 use crate::codec::BINCODE;
 use crate::identity::{Identity, NodeId};
@@ -812,10 +813,10 @@ impl ApprovalPool {
         self.items.is_empty()
     }
 
-    /// About the bytes the pool holds: at most [`MAX_POOL_PER_APPROVER`]
-    /// approvals per member of the set in force or the next.
-    pub fn bytes(&self) -> usize {
-        self.items.len() * (std::mem::size_of::<(Change, NodeId)>() + std::mem::size_of::<SignedApproval>())
+    /// The approvals held and about their bytes (each with its key).
+    pub fn usage(&self) -> Usage {
+        let each = std::mem::size_of::<SignedApproval>() + std::mem::size_of::<(Change, NodeId)>();
+        Usage::new(self.items.len(), self.items.len() * each)
     }
 
     /// Keeps what the next block could still carry: a block that carried an

@@ -432,7 +432,6 @@ impl Mempool {
     }
 
     /// Transactions and bytes `source`'s share holds.
-    #[cfg(test)]
     pub(crate) fn held_by(&self, source: Source) -> (usize, usize) {
         self.shares.get(&source).map_or((0, 0), |s| (s.order.len(), s.bytes))
     }

@@ -175,7 +175,7 @@ pub(crate) const HOLDS_LIMIT: usize = 32;
 /// The first wire version that carries `Holds` (0.1.0 does not know the kind).
 pub(crate) const HOLDS_WIRE: u16 = 4;
 pub(crate) const GET_BLOCKS_LIMIT: usize = 32;
-pub(crate) const BLOCKS_LIMIT: usize = MAX_FRAME;
+pub const BLOCKS_LIMIT: usize = MAX_FRAME;
 pub(crate) const APPROVAL_LIMIT: usize = 512;
 /// A header with its most approvals (64 of at most 512 bytes), and an id of 32
 /// bytes for each of a block's at most 20,000 transactions.
@@ -224,7 +224,7 @@ impl Message {
         }
     }
 
-    pub(crate) fn kind_name(&self) -> &'static str {
+    pub fn kind_name(&self) -> &'static str {
         match self {
             Message::Data(_) => "data",
             Message::Tx(_) => "tx",

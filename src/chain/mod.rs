@@ -63,19 +63,24 @@ pub use consensus::{
     MAX_FUTURE_ROUND, MAX_ROUND_AHEAD, PROPOSALS_HELD_BLOCKS, VOTE_BYTES,
 };
 pub use doppelganger::{Cause, Evidence, EvidenceKind, Seen};
-pub use driver::{ChangeRequest, Driver, Effect, MembersView, Submitted};
+pub use driver::{
+    BlocksAnswer, ChangeRequest, Driver, DriverConfig, Effect, Held, MembersView, Now, RequestFailure, RequestId,
+    Submitted,
+};
 pub use height::{Height, Round};
+pub use limits::{NodeLimits, Usage};
 pub use links::{Mailbox, MemberRequest, TxRequest};
 pub use members::{
     Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, Params, Plan, SignedApproval,
 };
-pub use mempool::{Mempool, MempoolLimits};
+pub use mempool::{Mempool, MempoolLimits, Source};
 pub use message::{
-    is_consensus_kind, max_block_bytes_ceiling, Kind, Message, DATA_LIMIT, GET_TXS_LIMIT, MAX_BLOCK_TXS_CEILING,
-    PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT, VOTE_LIMIT,
+    is_consensus_kind, max_block_bytes_ceiling, Kind, Message, BLOCKS_LIMIT, DATA_LIMIT, GET_TXS_LIMIT,
+    MAX_BLOCK_TXS_CEILING, PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT, VOTE_LIMIT,
 };
 pub use quorum::{required_active, vote_threshold};
 pub use retention::MIN_RETAIN_BLOCKS;
+pub use rules::MAX_VERSION;
 pub use store::{Store, StoreError, FORMAT};
 pub use vote::{
     proposal_sign_bytes, Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step,

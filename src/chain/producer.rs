@@ -33,8 +33,8 @@ use tokio_util::task::TaskTracker;
 use super::block::{Height, Round};
 use super::consensus::Core;
 use super::doppelganger::{Evidence, Hold};
-use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Now, RequestFailure, RequestId};
-use super::links::{ChainMetrics, Held, Links, MemberRequest, TxRequest};
+use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Held, Now, RequestFailure, RequestId};
+use super::links::{ChainMetrics, Links, MemberRequest, TxRequest};
 use super::members::MembershipState;
 use super::message::Message;
 use super::store::{Store, StoreError};
@@ -421,15 +421,9 @@ impl Producer {
         m.clock_offset_ms.store(s.clock_offset_ms.unwrap_or(0), Ordering::Relaxed);
         m.clock_peers.store(s.clock_peers as u64, Ordering::Relaxed);
         m.set_mempool(s.mempool);
-        m.set_held(Held::CompactWaiting, s.compact_waiting_bytes);
-        m.set_held(Held::CompactLater, s.compact_later_bytes);
-        m.set_held(Held::FetchRequests, s.fetch_request_bytes);
-        m.set_held(Held::Proposals, s.core.proposals);
-        m.set_held(Held::Votes, s.core.votes);
-        m.set_held(Held::NextHeight, s.core.next_height);
-        m.set_held(Held::Approvals, s.approval_bytes);
-        m.set_held(Held::Clock, s.clock_bytes);
-        m.set_held(Held::PeerState, s.peer_state_bytes);
+        for what in Held::ALL {
+            m.set_held(what, self.driver.held(what).bytes);
+        }
         m.set_held(Held::SyncAnswers, self.answer_bytes.load(Ordering::Relaxed));
         m.requests_refused_rate.store(s.refused_rate, Ordering::Relaxed);
         m.requests_refused_bytes.store(s.refused_bytes, Ordering::Relaxed);

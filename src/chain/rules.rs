@@ -30,7 +30,7 @@ use super::block::Round;
 /// Rehearsals of an upgrade may set another for a node (test builds only,
 /// `MASTERNODE_TEST_MAX_PROTOCOL`); versions above this one, which no release
 /// defines yet, then have [`Rules::of`] this one's rules.
-pub(crate) const MAX_VERSION: u16 = 4;
+pub const MAX_VERSION: u16 = 4;
 
 /// The version that brings distinct transactions and timely proposals.
 pub(crate) const V4: u16 = 4;

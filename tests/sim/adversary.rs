@@ -47,7 +47,59 @@ pub enum Strategy {
     /// from the future, a removal below `min_active`, an impossible change), and
     /// it gossips forged approvals.
     BadChanges,
+    /// Its proposals go out compact with one transaction's id repeated to
+    /// fill the block (and one id nobody has): a rebuild that copies per id
+    /// holds a block's bytes from one transaction.
+    CompactRepeat,
+    /// Its proposals go out compact naming a transaction nobody holds.
+    CompactWithhold,
+    /// Its compact proposals' ids do not hash to their header's root, or an id
+    /// is swapped for another.
+    CompactMismatch,
+    /// Its proposals name the transactions it flooded, more bytes than a
+    /// block may hold (with [`Strategy::MempoolFlood`]).
+    CompactOversize,
+    /// `GetTxs` to it go unanswered.
+    TxsWithhold,
+    /// It answers `GetTxs` with a transaction over `max_tx_bytes`, or with
+    /// transactions that are not the ones asked for.
+    TxsOversize,
+    /// It gossips transactions as fast as its share fills, and faster.
+    MempoolFlood,
+    /// It gossips valid approvals of made-up changes, many a second.
+    ApprovalFlood,
+    /// Its clock is off by seconds to a minute: its blocks' timestamps and
+    /// its tips' clock readings.
+    LyingClock,
+    /// It answers sync with one block at a time, late.
+    SyncDrip,
+    /// Its proposals claim a valid round in which no polka formed for their
+    /// value.
+    ForgeValidRound,
+    /// Votes for rounds past the window, for the next height's late rounds,
+    /// and proposals for its rounds far ahead: many a second.
+    VoteFlood,
+    /// Sync requests many times its rate.
+    RequestFlood,
 }
+
+/// The strategies a plan draws from its own stream, those of the driver's
+/// inputs.
+pub const DRIVER_ERA: [Strategy; 13] = [
+    Strategy::CompactRepeat,
+    Strategy::CompactWithhold,
+    Strategy::CompactMismatch,
+    Strategy::CompactOversize,
+    Strategy::TxsWithhold,
+    Strategy::TxsOversize,
+    Strategy::MempoolFlood,
+    Strategy::ApprovalFlood,
+    Strategy::LyingClock,
+    Strategy::SyncDrip,
+    Strategy::ForgeValidRound,
+    Strategy::VoteFlood,
+    Strategy::RequestFlood,
+];
 
 /// The strategies a plan draws from its main stream ([`Strategy::BadChanges`] is
 /// drawn apart, so that older seeds keep their plans).
@@ -68,30 +120,10 @@ pub const ALL: [Strategy; 11] = [
 /// The ways [`Strategy::BadChanges`] makes an approval invalid.
 const BAD_KINDS: u64 = 6;
 
-/// A message between slots.
-// Sizes do not matter here: a few thousand messages in flight at most.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum Wire {
-    Signed(Signed),
-    /// "My tip is at this height" (the producer's `Tip`, also what a handshake tells).
-    Tip(Height),
-    SyncRequest {
-        from_height: Height,
-        req: u64,
-    },
-    SyncReply {
-        req: u64,
-        blocks: Vec<Committed>,
-    },
-    /// A membership approval, gossiped for proposers' pools.
-    Approval(SignedApproval),
-}
-
 /// A message the adversary wants sent; `genuine` when it carries a valid signature.
 pub struct Send {
     pub to: usize,
-    pub msg: Wire,
+    pub msg: Message,
     pub extra_delay: u64,
     pub genuine: bool,
 }
@@ -105,6 +137,13 @@ struct RoundLog {
 
 pub struct Adversary {
     pub strategies: BTreeSet<Strategy>,
+    /// The scenario's limits (what a flood aims at).
+    limits: Limits,
+    max_tx_bytes: usize,
+    /// Transactions it flooded, newest last (a few hundred).
+    flooded: std::collections::VecDeque<Vec<u8>>,
+    /// The transaction it repeats in compact proposals, once gossiped.
+    repeated: Option<Vec<u8>>,
     /// Cleared when the network turns calm: from then on Byzantine slots behave.
     pub active: bool,
     rng: Rng,
@@ -119,10 +158,20 @@ pub struct Adversary {
 }
 
 impl Adversary {
-    pub fn new(strategies: BTreeSet<Strategy>, members: Vec<NodeId>, rng: Rng) -> Adversary {
+    pub fn new(
+        strategies: BTreeSet<Strategy>,
+        members: Vec<NodeId>,
+        rng: Rng,
+        limits: Limits,
+        max_tx_bytes: usize,
+    ) -> Adversary {
         Adversary {
             active: !strategies.is_empty(),
             strategies,
+            limits,
+            max_tx_bytes,
+            flooded: std::collections::VecDeque::new(),
+            repeated: None,
             rng,
             sets: BTreeMap::from([(1, members)]),
             history: BTreeMap::new(),
@@ -203,8 +252,17 @@ impl Adversary {
         peers.iter().copied().filter(|_| self.rng.chance(permille)).collect()
     }
 
-    fn send(to: usize, m: Signed, extra_delay: u64) -> Send {
-        Send { to, msg: Wire::Signed(m), extra_delay, genuine: true }
+    /// A genuinely signed message for `to`: a vote as it is, a proposal in
+    /// full or in its compact form (whose transactions the receiver then
+    /// fetches from the proposer or the sender, who may not hold them).
+    fn send(&mut self, to: usize, m: Signed, extra_delay: u64) -> Send {
+        self.record(&m);
+        let msg = match m {
+            Signed::Vote(v) => Message::Vote(v),
+            Signed::Proposal(p) if self.rng.chance(500) => Message::CompactProposal(CompactProposal::of(&p)),
+            Signed::Proposal(p) => Message::Proposal(p),
+        };
+        Send { to, msg, extra_delay, genuine: true }
     }
 
     /// What becomes of a message the Byzantine slot's own core signed.
@@ -224,8 +282,8 @@ impl Adversary {
         for to in targets {
             let extra = if late { self.rng.range(500, 4000) } else { 0 };
             match &conflicting {
-                Some(other) if self.rng.chance(500) => out.push(Self::send(to, other.clone(), extra)),
-                _ => out.push(Self::send(to, m.clone(), extra)),
+                Some(other) if self.rng.chance(500) => out.push(self.send(to, other.clone(), extra)),
+                _ => out.push(self.send(to, m.clone(), extra)),
             }
         }
         out
@@ -273,27 +331,29 @@ impl Adversary {
     }
 
     /// A message reached the Byzantine slot.
-    pub fn on_receive(&mut self, me: &Identity, m: &Signed, peers: &[usize]) -> Vec<Send> {
+    pub fn on_receive(&mut self, me: &Identity, m: &Message, peers: &[usize]) -> Vec<Send> {
         let mut out = Vec::new();
-        let Signed::Proposal(p) = m else { return out };
-        let p = &p.proposal;
-        if !self.on(Strategy::VoteAll) || p.proposer != self.proposer(p.height, p.round) {
+        let (height, round, proposer, value) = match m {
+            Message::Proposal(p) => (p.proposal.height, p.proposal.round, p.proposal.proposer, p.proposal.block.hash()),
+            Message::CompactProposal(p) => (p.height, p.round, p.proposer, p.header.hash()),
+            _ => return out,
+        };
+        if !self.on(Strategy::VoteAll) || proposer != self.proposer(height, round) {
             return out;
         }
-        let value = p.block.hash();
-        if !self.voted_all.insert((me.id(), p.height, p.round, value)) {
+        if !self.voted_all.insert((me.id(), height, round, value)) {
             return out;
         }
         let late = self.on(Strategy::LateVotes);
-        let pv = Signed::Vote(prevote(p.height, p.round, Some(value), me));
-        let pc = Signed::Vote(precommit(p.height, p.round, Some(value), me));
+        let pv = Signed::Vote(prevote(height, round, Some(value), me));
+        let pc = Signed::Vote(precommit(height, round, Some(value), me));
         for to in self.subset(peers, 700) {
             let extra = if late && self.rng.chance(500) { self.rng.range(500, 3000) } else { 0 };
-            out.push(Self::send(to, pv.clone(), extra));
+            out.push(self.send(to, pv.clone(), extra));
         }
         for to in self.subset(peers, 500) {
             let extra = if late && self.rng.chance(500) { self.rng.range(500, 4000) } else { 0 };
-            out.push(Self::send(to, pc.clone(), extra));
+            out.push(self.send(to, pc.clone(), extra));
         }
         out
     }
@@ -385,11 +445,11 @@ impl Adversary {
             .collect();
         for to in others {
             for m in &old {
-                out.push(Self::send(to, m.clone(), 0));
+                out.push(self.send(to, m.clone(), 0));
             }
         }
         for (i, m) in replay.into_iter().enumerate() {
-            out.push(Self::send(target, m, i as u64));
+            out.push(self.send(target, m, i as u64));
         }
         let Some(value) = value else { return out };
         self.replayed = Some((h, old_round, value));
@@ -409,16 +469,17 @@ impl Adversary {
             let pc = Signed::Vote(precommit(h, r, Some(value), me));
             for to in std::iter::once(target).chain(self.subset(peers, 500)) {
                 let extra = self.rng.range(50, 1500);
-                out.push(Self::send(to, sp.clone(), extra));
-                out.push(Self::send(to, pv.clone(), extra + 1));
-                out.push(Self::send(to, pc.clone(), extra + self.rng.range(1, 2000)));
+                out.push(self.send(to, sp.clone(), extra));
+                out.push(self.send(to, pv.clone(), extra + 1));
+                let late = extra + self.rng.range(1, 2000);
+                out.push(self.send(to, pc.clone(), late));
             }
         }
         out
     }
 
     /// Unprompted mischief, once a second.
-    pub fn tick(&mut self, me: &Identity, h: Height, r: Round, peers: &[usize]) -> Vec<Send> {
+    pub fn tick(&mut self, me: &Identity, h: Height, r: Round, wall_ms: u64, peers: &[usize]) -> Vec<Send> {
         let mut out = Vec::new();
         let Some(&to) = self.rng.pick(peers) else { return out };
         if self.on(Strategy::FarFuture) && self.rng.chance(150) {
@@ -429,7 +490,7 @@ impl Adversary {
                 _ => (h, r + self.rng.range(MAX_ROUND_AHEAD as u64 + 1, 1 << 30) as Round),
             };
             let v = if self.rng.chance(500) { prevote(fh, fr, None, me) } else { precommit(fh, fr, None, me) };
-            out.push(Self::send(to, Signed::Vote(v), 0));
+            out.push(Send { to, msg: Message::Vote(v), extra_delay: 0, genuine: true });
         }
         if self.on(Strategy::Forge) && self.rng.chance(150) {
             let members = self.members(h).to_vec();
@@ -439,17 +500,19 @@ impl Adversary {
             if self.rng.chance(500) {
                 v.signature = [self.rng.below(255) as u8; 64];
             }
-            out.push(Send { to, msg: Wire::Signed(Signed::Vote(v)), extra_delay: 0, genuine: false });
+            out.push(Send { to, msg: Message::Vote(v), extra_delay: 0, genuine: false });
             if let Some(p) = self.history.get(&(h, r)).and_then(|l| l.proposals.first()).cloned() {
                 let mut p = p;
                 p.proposal.valid_round = None;
                 p.proposal.block.txs.push(b"forged".to_vec());
                 p.proposal.block.header.tx_root = tx_root(&p.proposal.block.txs);
-                out.push(Send { to, msg: Wire::Signed(Signed::Proposal(p)), extra_delay: 0, genuine: false });
+                out.push(Send { to, msg: Message::Proposal(p), extra_delay: 0, genuine: false });
             }
         }
         if self.on(Strategy::LieSync) && self.rng.chance(100) {
-            out.push(Send { to, msg: Wire::Tip(h + self.rng.range(1, 50)), extra_delay: 0, genuine: false });
+            let height = h + self.rng.range(1, 50);
+            let tip = Message::Tip { height, hash: Hash([0x77; 32]), time_ms: wall_ms };
+            out.push(Send { to, msg: tip, extra_delay: 0, genuine: false });
         }
         if self.on(Strategy::BadChanges) && self.rng.chance(100) {
             let members = self.members(h).to_vec();
@@ -457,9 +520,226 @@ impl Adversary {
             let mut sa =
                 Approval { change: Change::Remove { id: victim }, approver: me.id(), signed_at: h - 1 }.sign(&NET, me);
             sa.signature[self.rng.below(64) as usize] ^= 0x10;
-            out.push(Send { to, msg: Wire::Approval(sa), extra_delay: 0, genuine: false });
+            out.push(Send { to, msg: Message::Approval(sa), extra_delay: 0, genuine: false });
         }
+        self.floods(me, h, r, peers, &mut out);
         out
+    }
+
+    /// The floods, each tick: transactions, approvals, votes and proposals
+    /// past what any structure keeps, to every peer.
+    fn floods(&mut self, me: &Identity, h: Height, r: Round, peers: &[usize], out: &mut Vec<Send>) {
+        let all = |out: &mut Vec<Send>, msg: Message| {
+            for &to in peers {
+                out.push(Send { to, msg: msg.clone(), extra_delay: 0, genuine: false });
+            }
+        };
+        if self.on(Strategy::CompactRepeat) && self.repeated.is_none() {
+            let tx = self.fresh_tx(self.max_tx_bytes);
+            self.repeated = Some(tx.clone());
+            all(out, Message::Tx(tx));
+        }
+        if self.on(Strategy::MempoolFlood) {
+            // About a share of the standard mempool a tick.
+            for _ in 0..12 {
+                let len = self.rng.range(1, self.max_tx_bytes as u64) as usize;
+                let tx = self.fresh_tx(len);
+                self.flooded.push_back(tx.clone());
+                if self.flooded.len() > 400 {
+                    self.flooded.pop_front();
+                }
+                all(out, Message::Tx(tx));
+            }
+        }
+        if self.on(Strategy::ApprovalFlood) {
+            for _ in 0..10 {
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                let addr = std::net::SocketAddr::from(([10, 1, 2, 3], self.rng.range(1024, 65_000) as u16));
+                let change = Change::Add { id: NodeId(id), addr };
+                let sa = Approval { change, approver: me.id(), signed_at: h - 1 }.sign(&NET, me);
+                all(out, Message::Approval(sa));
+            }
+        }
+        if self.on(Strategy::VoteFlood) {
+            // Rounds past the window (dropped unread), late rounds of the next
+            // height (past its buffer), and proposals of its own far rounds.
+            for _ in 0..60 {
+                let far = r + MAX_ROUND_AHEAD + self.rng.range(1, 100_000) as Round;
+                all(out, Message::Vote(prevote(h, far, None, me)));
+            }
+            for _ in 0..20 {
+                let late = self.rng.range(9, 200) as Round;
+                let v = if self.rng.chance(500) {
+                    prevote(h + 1, late, None, me)
+                } else {
+                    precommit(h + 1, late, None, me)
+                };
+                all(out, Message::Vote(v));
+            }
+            // One vote a round or two ahead: alone, it moves no honest node (L55
+            // needs f+1 members there).
+            all(out, Message::Vote(prevote(h, r + self.rng.range(1, 2) as Round, None, me)));
+            // Compact proposals of its own rounds past the fetch window, within
+            // the rounds a core takes: kept for later, a few.
+            let n = self.members(h).len().max(1) as Round;
+            let prev =
+                self.blocks.values().find(|b| b.height() == h).map(|b| (b.header.prev_hash, b.header.timestamp_ms));
+            if let Some((prev_hash, timestamp_ms)) = prev {
+                let mut sent = 0;
+                for round in r + 2..=r + MAX_ROUND_AHEAD {
+                    if sent >= 10 || self.proposer(h, round) != me.id() {
+                        continue;
+                    }
+                    sent += 1;
+                    let txs = vec![self.fresh_tx(32)];
+                    let header = Header {
+                        height: h,
+                        round,
+                        prev_hash,
+                        timestamp_ms,
+                        proposer: me.id(),
+                        tx_root: tx_root(&txs),
+                        changes: vec![],
+                    };
+                    let sp = propose(Block { header, txs }, round, None, me);
+                    all(out, Message::CompactProposal(CompactProposal::of(&sp)));
+                }
+            }
+            let mine = (0..n).find(|k| self.proposer(h, r + MAX_ROUND_AHEAD + 1 + k) == me.id());
+            if let (Some(k), Some(block)) = (mine, self.blocks.values().find(|b| b.height() == h).cloned()) {
+                for i in 0..5 {
+                    let round = r + MAX_ROUND_AHEAD + 1 + k + n * i * self.rng.range(1, 50) as Round;
+                    let sp = propose(block.clone(), round, Some(block.header.round), me);
+                    all(out, Message::Proposal(sp));
+                }
+            }
+        }
+    }
+
+    /// A transaction of `len` bytes no one else sends.
+    fn fresh_tx(&mut self, len: usize) -> Vec<u8> {
+        let mut tx = format!("adversary {:016x} ", self.rng.next_u64()).into_bytes();
+        tx.resize(len.max(tx.len()), 0x5a);
+        tx.truncate(len.max(1));
+        tx
+    }
+
+    /// What becomes of the Byzantine proposer's own proposal `p` (its block as
+    /// its driver built it, `prev` and timestamp included) with the compact
+    /// strategies and forged valid rounds: `None` to leave it to the others.
+    pub fn rework_proposal(&mut self, me: &Identity, p: &SignedProposal) -> Option<Vec<Message>> {
+        let (h, r) = (p.proposal.height, p.proposal.round);
+        let header = &p.proposal.block.header;
+        let build = |txs: Vec<Vec<u8>>| {
+            let mut header = header.clone();
+            header.tx_root = tx_root(&txs);
+            Block { header, txs }
+        };
+        if self.on(Strategy::CompactRepeat) && self.rng.chance(600) {
+            if let Some(tx) = self.repeated.clone() {
+                let count = (self.limits.max_block_bytes / tx.len().max(1)).clamp(2, self.limits.max_block_txs - 1);
+                let mut txs = vec![tx; count];
+                let missing = self.fresh_tx(16);
+                txs.push(missing);
+                let sp = propose(build(txs), r, None, me);
+                return Some(vec![Message::CompactProposal(CompactProposal::of(&sp))]);
+            }
+        }
+        if self.on(Strategy::CompactOversize) && self.rng.chance(600) && !self.flooded.is_empty() {
+            let mut txs = Vec::new();
+            let mut bytes = 0;
+            for tx in self.flooded.iter().rev() {
+                if txs.len() + 1 >= self.limits.max_block_txs || bytes > 2 * self.limits.max_block_bytes {
+                    break;
+                }
+                bytes += tx.len();
+                txs.push(tx.clone());
+            }
+            txs.push(self.fresh_tx(16));
+            let sp = propose(build(txs), r, None, me);
+            return Some(vec![Message::CompactProposal(CompactProposal::of(&sp))]);
+        }
+        if self.on(Strategy::CompactWithhold) && self.rng.chance(600) {
+            let mut txs = p.proposal.block.txs.clone();
+            txs.push(self.fresh_tx(64));
+            let sp = propose(build(txs), r, p.proposal.valid_round, me);
+            self.record(&Signed::Proposal(sp.clone()));
+            return Some(vec![Message::CompactProposal(CompactProposal::of(&sp))]);
+        }
+        if self.on(Strategy::CompactMismatch) && self.rng.chance(600) {
+            let mut cp = CompactProposal::of(p);
+            match self.rng.below(3) {
+                0 => cp.ids.push(Hash([0x3c; 32])),
+                1 if !cp.ids.is_empty() => cp.ids[0] = Hash([0x3d; 32]),
+                _ => cp.ids.reverse(),
+            }
+            if cp.ids.len() < 2 && cp.ids == CompactProposal::of(p).ids {
+                cp.ids.push(Hash([0x3e; 32]));
+            }
+            return Some(vec![Message::CompactProposal(cp)]);
+        }
+        if self.on(Strategy::ForgeValidRound) && self.rng.chance(700) {
+            if let Some(sp) = self.forged_valid_round(me, h, r) {
+                let signed = Signed::Proposal(sp);
+                self.record(&signed);
+                let msg = match signed {
+                    Signed::Proposal(sp) if self.rng.chance(500) => Message::CompactProposal(CompactProposal::of(&sp)),
+                    Signed::Proposal(sp) => Message::Proposal(sp),
+                    Signed::Vote(v) => Message::Vote(v),
+                };
+                return Some(vec![msg]);
+            }
+        }
+        None
+    }
+
+    /// A proposal of round `r` for a block of an earlier round at `h` that
+    /// claims a valid round in which no polka for it formed.
+    fn forged_valid_round(&mut self, me: &Identity, h: Height, r: Round) -> Option<SignedProposal> {
+        let polkas = self.polkas(h);
+        let mut candidates = Vec::new();
+        for ((_, pr), log) in self.history.range((h, 0)..(h, r)) {
+            for p in &log.proposals {
+                let block = &p.proposal.block;
+                let value = block.hash();
+                for vr in block.header.round.max(*pr)..r {
+                    if !polkas.contains(&(vr, value)) {
+                        candidates.push((block.clone(), vr));
+                    }
+                }
+            }
+        }
+        let (block, vr) = self.rng.pick(&candidates)?.clone();
+        Some(propose(block, r, Some(vr), me))
+    }
+
+    /// The answer a Byzantine slot gives to a `GetTxs` its driver answered
+    /// with `txs`: `None` to leave it unanswered.
+    pub fn txs_answer(&mut self, txs: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        if self.on(Strategy::TxsWithhold) && self.rng.chance(700) {
+            return None;
+        }
+        if self.on(Strategy::TxsOversize) && self.rng.chance(700) {
+            let mut txs = txs;
+            if self.rng.chance(500) {
+                let len = self.max_tx_bytes + 1 + self.rng.below(1000) as usize;
+                let big = self.fresh_tx(len);
+                txs.insert(0, big);
+            } else {
+                for tx in &mut txs {
+                    tx.push(0x01);
+                }
+            }
+            return Some(txs);
+        }
+        Some(txs)
+    }
+
+    /// With [`Strategy::SyncDrip`], how a sync answer goes out: at most one
+    /// block, and how late.
+    pub fn drip(&mut self) -> Option<u64> {
+        (self.on(Strategy::SyncDrip) && self.rng.chance(800)).then(|| self.rng.range(500, 4_000))
     }
 
     /// With [`Strategy::BadChanges`], now and then: the approvals of a block this

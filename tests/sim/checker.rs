@@ -13,9 +13,23 @@
 //! * Lock monotonicity: an honest node's lock (the round and value of its last
 //!   precommit for a value at a height) never moves to an older round, across
 //!   restarts too; and it prevotes another value in a later round only for a
-//!   proposal whose valid round is at least its lock round (L28). The second
-//!   half sees a lock that moved back inside the core even when the core signs
-//!   nothing at the older round.
+//!   proposal whose valid round is at least its lock round and had a polka for
+//!   that value (L28). The second half sees a lock that moved back inside the
+//!   core even when the core signs nothing at the older round.
+//! * Votes follow the rules: an honest prevote for a value answers a fresh
+//!   proposal of it (L22) or one whose valid round had a polka for it (L28);
+//!   an honest precommit for a value follows a polka for it in its round
+//!   (L36) and is persisted with its lock. Polkas are counted here from every
+//!   genuine prevote on the network, with this file's own threshold (more
+//!   than two thirds of the set in force).
+//! * Certificates are counted here too: more than two thirds of the set in
+//!   force at the height, each a verified precommit of the block in the
+//!   certificate's round.
+//! * Protocol 4, where the schedule has it: a committed block's transactions
+//!   are distinct, and its timestamp is no later than the honest clocks
+//!   (plus their precision) when it is committed.
+//! * Resources: what each driver holds is within its budget
+//!   ([`super::resources`]), checked by the world after every input.
 //! * No honest double-sign: never two different signed messages for one
 //!   (height, round, step) from an honest key, across restarts.
 //! * Progress is checked by the world at the end of a scenario.
@@ -33,6 +47,7 @@ pub enum Kind {
     LockMonotonicity,
     DoubleSign,
     Progress,
+    Resources,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +67,9 @@ impl fmt::Display for Violation {
 }
 
 type ValueAndValidRound = (Hash, Option<Round>);
+
+/// How far apart honest clocks may be under protocol 4 (`Synchrony`).
+const PRECISION_MS: u64 = 1_000;
 /// A proposed block's height and approvals, and once checked why they are
 /// invalid there (`Some(None)`: valid).
 type ProposedApprovals = (Height, Vec<SignedApproval>, Option<Option<String>>);
@@ -75,6 +93,10 @@ pub struct Checker {
     locks: BTreeMap<(NodeId, Height), (Round, Hash)>,
     /// Every genuine proposal seen on the network: (value, valid round).
     proposals: BTreeMap<(Height, Round), BTreeSet<ValueAndValidRound>>,
+    /// Every genuine prevote for a value seen on the network: its voters.
+    prevotes: BTreeMap<(Height, Round, Hash), BTreeSet<NodeId>>,
+    /// How far ahead of the virtual time an honest clock reads, at most.
+    pub honest_skew_ms: u64,
     /// The first honest commit at each height.
     committed: BTreeMap<Height, (Hash, NodeId)>,
     verified: BTreeSet<Vec<u8>>,
@@ -87,9 +109,17 @@ pub struct Checker {
 
 impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
-        [Kind::Agreement, Kind::Validity, Kind::Membership, Kind::LockMonotonicity, Kind::DoubleSign, Kind::Progress]
-            .into_iter()
-            .find(|k| format!("{k:?}").eq_ignore_ascii_case(s.trim()))
+        [
+            Kind::Agreement,
+            Kind::Validity,
+            Kind::Membership,
+            Kind::LockMonotonicity,
+            Kind::DoubleSign,
+            Kind::Progress,
+            Kind::Resources,
+        ]
+        .into_iter()
+        .find(|k| format!("{k:?}").eq_ignore_ascii_case(s.trim()))
     }
 }
 
@@ -110,6 +140,8 @@ impl Checker {
             signed: BTreeMap::new(),
             locks: BTreeMap::new(),
             proposals: BTreeMap::new(),
+            prevotes: BTreeMap::new(),
+            honest_skew_ms: 0,
             committed: BTreeMap::new(),
             verified: BTreeSet::new(),
             violation: None,
@@ -136,14 +168,55 @@ impl Checker {
 
     /// A genuinely signed message went onto the network (from anyone).
     pub fn observe(&mut self, m: &Signed) {
-        if let Signed::Proposal(p) = m {
-            let p = &p.proposal;
-            let id = p.block.hash();
-            self.proposals.entry((p.height, p.round)).or_default().insert((id, p.valid_round));
-            if !p.block.header.changes.is_empty() {
-                self.approvals.entry(id).or_insert_with(|| (p.height, p.block.header.changes.clone(), None));
+        match m {
+            Signed::Proposal(p) => {
+                let p = &p.proposal;
+                let id = p.block.hash();
+                self.proposals.entry((p.height, p.round)).or_default().insert((id, p.valid_round));
+                if !p.block.header.changes.is_empty() {
+                    self.approvals.entry(id).or_insert_with(|| (p.height, p.block.header.changes.clone(), None));
+                }
+            }
+            Signed::Vote(v) => {
+                let v = &v.vote;
+                if let (VoteKind::Prevote, Some(value)) = (v.kind, v.block) {
+                    self.prevotes.entry((v.height, v.round, value)).or_default().insert(v.voter);
+                }
             }
         }
+    }
+
+    /// More than two thirds of `n`: this file's own count, so that a change
+    /// of the library's threshold shows.
+    fn q(n: usize) -> usize {
+        2 * n / 3 + 1
+    }
+
+    /// Whether a polka for `value` at `(h, r)` went onto the network: prevotes
+    /// of more than two thirds of the set in force at `h`.
+    fn polka(&self, h: Height, r: Round, value: Hash) -> bool {
+        let members = self.members_at(h);
+        let voters = self.prevotes.get(&(h, r, value));
+        let count = voters.map_or(0, |v| v.iter().filter(|id| members.contains(id)).count());
+        count >= Self::q(members.len())
+    }
+
+    /// A genuinely signed compact proposal went onto the network: its value,
+    /// valid round and approvals, as [`Self::observe`] keeps them.
+    pub fn observe_compact(&mut self, p: &CompactProposal) {
+        let id = p.header.hash();
+        self.proposals.entry((p.height, p.round)).or_default().insert((id, p.valid_round));
+        if !p.header.changes.is_empty() {
+            self.approvals.entry(id).or_insert_with(|| (p.height, p.header.changes.clone(), None));
+        }
+    }
+
+    /// An honest node did what no valid chain makes it do: its store refused
+    /// a block its driver committed (the real producer stops on that error),
+    /// or it stopped for a plan no honest member approved.
+    pub fn validity_failed(&mut self, me: NodeId, height: Height, why: String) {
+        let name = (self.label)(&me);
+        self.fail(Kind::Validity, Some(height), vec![me], format!("{name}: {why}"));
     }
 
     /// Why the block `value` carries approvals that are invalid at its height
@@ -196,33 +269,66 @@ impl Checker {
         let held = self.locks.get(&(me, v.height)).copied();
         match v.kind {
             VoteKind::Prevote => {
-                let Some((lr, lv)) = held else { return };
-                if lv == value || lr >= v.round {
+                // L22: a fresh proposal of the value, and no lock on another;
+                // L28: a proposal with a valid round that had a polka for it,
+                // at or above the lock's round unless the lock is this value.
+                let proposals = self.proposals.get(&(v.height, v.round));
+                let of_value: Vec<Option<Round>> = proposals
+                    .map(|ps| ps.iter().filter(|(h, _)| *h == value).map(|(_, vr)| *vr).collect())
+                    .unwrap_or_default();
+                let lock_allows = |vr: Option<Round>| match held {
+                    None => true,
+                    Some((_, lv)) if lv == value => true,
+                    Some((lr, _)) => vr.is_some_and(|vr| vr >= lr),
+                };
+                let justified = of_value.iter().any(|vr| match vr {
+                    None => lock_allows(None),
+                    Some(vr) => self.polka(v.height, *vr, value) && lock_allows(Some(*vr)),
+                });
+                if justified {
                     return;
                 }
-                let justified = self
-                    .proposals
-                    .get(&(v.height, v.round))
-                    .is_some_and(|ps| ps.iter().any(|(h, vr)| *h == value && vr.is_some_and(|vr| vr >= lr)));
-                if !justified {
-                    let vrs: Vec<String> = self
-                        .proposals
-                        .get(&(v.height, v.round))
-                        .map(|ps| ps.iter().filter(|(h, _)| *h == value).map(|(_, vr)| format!("{vr:?}")).collect())
-                        .unwrap_or_default();
-                    let detail = format!(
-                        "{name} locked {} in round {lr} at height {} but prevoted {} in round {} \
-                         (proposals of that value carry valid round {}): its lock moved back",
-                        lv.short(),
-                        v.height,
-                        value.short(),
-                        v.round,
-                        if vrs.is_empty() { "none".into() } else { vrs.join(", ") },
-                    );
-                    self.fail(Kind::LockMonotonicity, Some(v.height), vec![me], detail);
-                }
+                let vrs: Vec<String> = of_value
+                    .iter()
+                    .map(|vr| match vr {
+                        None => "none (fresh)".to_string(),
+                        Some(vr) => format!("{vr} (polka there: {})", self.polka(v.height, *vr, value)),
+                    })
+                    .collect();
+                let lock = match held {
+                    Some((lr, lv)) => format!("locked {} in round {lr}", lv.short()),
+                    None => "unlocked".into(),
+                };
+                let detail = format!(
+                    "{name}, {lock} at height {}, prevoted {} in round {} (proposals of that value carry valid round {})",
+                    v.height,
+                    value.short(),
+                    v.round,
+                    if vrs.is_empty() { "none seen".into() } else { vrs.join(", ") },
+                );
+                self.fail(Kind::LockMonotonicity, Some(v.height), vec![me], detail);
             }
             VoteKind::Precommit => {
+                if !self.polka(v.height, v.round, value) {
+                    let detail = format!(
+                        "{name} precommitted {} in round {} at height {} without a polka for it there (L36)",
+                        value.short(),
+                        v.round,
+                        v.height
+                    );
+                    self.fail(Kind::LockMonotonicity, Some(v.height), vec![me], detail);
+                    return;
+                }
+                if lock.is_none() {
+                    let detail = format!(
+                        "{name} precommitted {} in round {} at height {} with no lock persisted beside it",
+                        value.short(),
+                        v.round,
+                        v.height
+                    );
+                    self.fail(Kind::LockMonotonicity, Some(v.height), vec![me], detail);
+                    return;
+                }
                 if let Some((lr, _)) = held {
                     if lr > v.round {
                         let detail = format!(
@@ -260,9 +366,12 @@ impl Checker {
         &mut self,
         me: NodeId,
         c: &Committed,
-        prev: (Height, Hash),
+        prev: (Height, Hash, u64),
         membership: &MembershipState,
+        now_ms: u64,
     ) -> Vec<Completed> {
+        let (prev_height, prev_hash, prev_ts) = prev;
+        let prev = (prev_height, prev_hash);
         let name = (self.label)(&me);
         let h = c.block.height();
         let id = c.block.hash();
@@ -278,24 +387,15 @@ impl Checker {
             self.fail(Kind::Validity, Some(h), vec![me], detail);
             return Vec::new();
         }
-        let mut key = Vec::with_capacity(64 + 96 * c.cert.precommits.len());
-        key.extend_from_slice(&id.0);
-        key.extend_from_slice(&c.cert.round.to_be_bytes());
-        for p in &c.cert.precommits {
-            key.extend_from_slice(&p.vote.voter.0);
-            key.extend_from_slice(&p.signature);
-            key.extend_from_slice(&p.vote.round.to_be_bytes());
+        if let Err(why) = self.certified(c) {
+            let detail = format!("{name} committed {} at height {h} with a certificate that {why}", id.short());
+            self.fail(Kind::Validity, Some(h), vec![me], detail);
+            return Vec::new();
         }
-        if !self.verified.contains(&key) {
-            if let Err(e) = c.cert.verify(&c.block, self.members_at(h), &NET) {
-                let detail = format!(
-                    "{name} committed {} at height {h} with a certificate that fails against the set of its height: {e}",
-                    id.short()
-                );
-                self.fail(Kind::Validity, Some(h), vec![me], detail);
-                return Vec::new();
-            }
-            self.verified.insert(key);
+        if let Some(why) = self.breaks_rules(c, prev_ts, now_ms) {
+            let detail = format!("{name} committed {} at height {h}, which {why}", id.short());
+            self.fail(Kind::Validity, Some(h), vec![me], detail);
+            return Vec::new();
         }
         match self.committed.get(&h) {
             Some((other, who)) if *other != id => {
@@ -338,7 +438,82 @@ impl Checker {
         completed
     }
 
+    /// Whether the chain (its highest height committed) names `id` in the set
+    /// in force or the next one: the keys the members' transports admit.
+    pub fn names(&self, id: &NodeId) -> bool {
+        self.chain.current().contains(id) || self.chain.next().contains(id)
+    }
+
     pub fn progress_failed(&mut self, nodes: Vec<NodeId>, detail: String) {
         self.fail(Kind::Progress, None, nodes, detail);
+    }
+
+    pub fn resources_failed(&mut self, node: NodeId, detail: String) {
+        let name = (self.label)(&node);
+        self.fail(Kind::Resources, None, vec![node], format!("{name}: {detail}"));
+    }
+
+    /// Why `c`'s certificate does not commit its block at its height: counted
+    /// here, each voter of the height's set once, each precommit verified.
+    fn certified(&mut self, c: &Committed) -> Result<(), String> {
+        let (h, id, cert) = (c.block.height(), c.block.hash(), &c.cert);
+        if cert.height != h || cert.block != id {
+            return Err(format!("names height {} and block {}", cert.height, cert.block.short()));
+        }
+        let mut key = Vec::with_capacity(64 + 96 * cert.precommits.len());
+        key.extend_from_slice(&id.0);
+        key.extend_from_slice(&cert.round.to_be_bytes());
+        for p in &cert.precommits {
+            key.extend_from_slice(&p.vote.voter.0);
+            key.extend_from_slice(&p.signature);
+        }
+        if self.verified.contains(&key) {
+            return Ok(());
+        }
+        let members = self.members_at(h).to_vec();
+        let mut voters = BTreeSet::new();
+        for p in &cert.precommits {
+            let v = &p.vote;
+            let fits = v.kind == VoteKind::Precommit && v.height == h && v.round == cert.round && v.block == Some(id);
+            if fits && members.contains(&v.voter) && p.verify(&NET).is_ok() {
+                voters.insert(v.voter);
+            }
+        }
+        if voters.len() < Self::q(members.len()) {
+            return Err(format!(
+                "holds {} valid precommits of the {} members, fewer than {}",
+                voters.len(),
+                members.len(),
+                Self::q(members.len())
+            ));
+        }
+        self.verified.insert(key);
+        Ok(())
+    }
+
+    /// Why `c` breaks a block rule of its height's protocol, if it does: its
+    /// timestamp after its parent's; from protocol 4 distinct transactions and
+    /// a timestamp no later than the honest clocks read at `now_ms`.
+    fn breaks_rules(&self, c: &Committed, prev_ts: u64, now_ms: u64) -> Option<String> {
+        let header = &c.block.header;
+        if header.timestamp_ms <= prev_ts && c.block.height() > 1 {
+            return Some(format!("is stamped {} after a parent stamped {prev_ts}", header.timestamp_ms));
+        }
+        if self.chain.version_at(c.block.height()) < 4 {
+            return None;
+        }
+        let mut seen = BTreeSet::new();
+        if let Some(i) = c.block.txs.iter().position(|t| !seen.insert(tx_hash(t))) {
+            return Some(format!("repeats transaction #{i} under protocol 4"));
+        }
+        let latest = now_ms + self.honest_skew_ms + PRECISION_MS;
+        if header.timestamp_ms > latest {
+            return Some(format!(
+                "is stamped {} under protocol 4, {} ms past what an honest clock reads now",
+                header.timestamp_ms,
+                header.timestamp_ms - now_ms
+            ));
+        }
+        None
     }
 }

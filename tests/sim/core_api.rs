@@ -1,20 +1,30 @@
-//! The one place that speaks the consensus core's API: building a core at start-up
-//! (as `node.rs` does), feeding it inputs, and turning its outputs into the
-//! simulation's `Effect`s. When the core's API changes (a typed misbehaviour, a
-//! new output), only this file follows.
+//! The one place that speaks the library's API: the consensus core and the
+//! producer's driver as `Node::start` builds them from the store, the
+//! messages nodes exchange, and the signing helpers the adversary uses. When
+//! the library's API changes (a new effect, a renamed field), only this file
+//! and the effect handling in `world/effects.rs` follow.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use masternode::chain::{genesis_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
-pub use masternode::chain::{required_active, vote_threshold as quorum};
+pub use masternode::chain::vote_threshold as quorum;
+pub use masternode::chain::CompactProposal;
+pub use masternode::chain::MempoolLimits;
+pub use masternode::chain::Message;
+pub use masternode::chain::MAX_VERSION;
+pub use masternode::chain::{genesis_hash, tx_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
 pub use masternode::chain::{
-    Approval, ApprovalPool, Change, Completed, Membership, MembershipState, Params, SignedApproval,
+    Approval, Change, Completed, Membership, MembershipState, Params, Plan as UpgradePlan, SignedApproval,
+};
+pub use masternode::chain::{
+    BlocksAnswer, ChangeRequest, Driver, DriverConfig, Effect, Now, RequestFailure, RequestId,
 };
 pub use masternode::chain::{
     Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step, Vote, VoteKind,
 };
-pub use masternode::chain::{Config, Core, Input, Output, Timeout, Timeouts, MAX_ROUND_AHEAD};
+pub use masternode::chain::{Config, Core, Timeouts, MAX_ROUND_AHEAD};
+pub use masternode::chain::{NodeLimits, Usage};
 pub use masternode::identity::{Identity, NodeId};
+pub use masternode::net::{Refusal, RequestError};
 
 /// The simulated network's id.
 pub const NET: [u8; 32] = [0x51; 32];
@@ -22,84 +32,36 @@ pub const INTERVAL_MS: u64 = 1000;
 pub const GENESIS_MS: u64 = 0;
 /// `min_active` of the simulated network (the default).
 pub const MIN_ACTIVE: usize = 3;
-
-/// What a core asks of its node, in the simulation's terms.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum Effect {
-    Sign {
-        record: SignRecord,
-        message: Signed,
-        lock: Option<Lock>,
-    },
-    Schedule {
-        timeout: Timeout,
-        after_ms: u64,
-    },
-    NeedValue {
-        height: Height,
-        round: Round,
-    },
-    /// A block to store with the membership it leaves, and the member changes
-    /// it completed.
-    Decided {
-        committed: Committed,
-        membership: MembershipState,
-        completed: Vec<Completed>,
-    },
-    /// A protocol violation; `node` is the member blamed, when one is.
-    Misbehaviour {
-        node: Option<NodeId>,
-        what: String,
-    },
-    Ahead {
-        node: NodeId,
-        height: Height,
-    },
-}
-
-pub fn effects(outputs: Vec<Output>) -> Vec<Effect> {
-    outputs
-        .into_iter()
-        .map(|o| match o {
-            Output::Sign { record, message, lock } => Effect::Sign { record, message, lock: lock.map(|l| *l) },
-            Output::Schedule { timeout, after_ms } => Effect::Schedule { timeout, after_ms },
-            Output::NeedValue { height, round } => Effect::NeedValue { height, round },
-            Output::Decided { committed, membership, completed } => {
-                Effect::Decided { committed, membership: *membership, completed }
-            }
-            Output::Misbehaviour(m) => Effect::Misbehaviour { node: m.culprit(), what: m.to_string() },
-            Output::Ahead { node, height } => Effect::Ahead { node, height },
-        })
-        .collect()
-}
-
-pub fn input_of(message: Signed) -> Input {
-    match message {
-        Signed::Proposal(p) => Input::Proposal(p),
-        Signed::Vote(v) => Input::Vote(v),
-    }
-}
+/// The wire version every simulated node speaks (the one that carries plans).
+pub const WIRE: u16 = 4;
+/// How long a request to a peer may take before the transport gives up on it
+/// (`node::REQUEST_TIMEOUT`).
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
 /// Heights an approval stays valid in the simulation: short, so that approvals
 /// expire within a scenario (honest nodes approve again, forged old ones are
 /// refused as expired).
 pub const APPROVAL_TTL: Height = 12;
 
-/// The genesis membership of `members`, with the simulation's parameters.
-pub fn genesis(members: &[NodeId]) -> Membership {
+/// The genesis membership of `members`, with the simulation's parameters; with
+/// `v4_from`, a plan for protocol 4 from that height is already on the
+/// schedule (as if a block before the scenario completed it).
+pub fn genesis(members: &[NodeId], v4_from: Option<Height>) -> Membership {
     let m = Membership::of_ids(members, MIN_ACTIVE);
-    Membership::restore(Params { min_active: MIN_ACTIVE, ttl: APPROVAL_TTL }, m.state().clone())
+    let mut state = m.state().clone();
+    if let Some(height) = v4_from {
+        state.schedule.push(UpgradePlan { version: 4, height });
+    }
+    Membership::restore(Params { min_active: MIN_ACTIVE, ttl: APPROVAL_TTL }, state)
 }
 
-pub fn config(members: &[NodeId]) -> Config {
-    Config {
-        network_id: NET,
-        members: genesis(members),
-        block_interval_ms: INTERVAL_MS,
-        limits: Limits::default(),
-        timeouts: Timeouts::for_interval(INTERVAL_MS),
-    }
+/// What a simulated node is configured with besides its key.
+#[derive(Clone)]
+pub struct Setup {
+    pub genesis: Membership,
+    pub limits: Limits,
+    pub node_limits: NodeLimits,
+    pub bootstrap: Vec<(NodeId, std::net::SocketAddr)>,
 }
 
 /// What the store hands a node at start-up.
@@ -108,26 +70,55 @@ pub struct Persisted<'a> {
     /// The membership the tip left, stored with it.
     pub membership: Option<MembershipState>,
     pub last_signed: Option<SignRecord>,
+    /// What it signed at the height after the tip.
     pub own: Vec<Signed>,
     pub lock: Option<Lock>,
 }
 
-/// A core as `Node::start` builds it from the store.
-/// `cfg` holds the genesis membership; the stored one replaces it, as
-/// `Node::start` restores it.
-pub fn boot(mut cfg: Config, identity: Arc<Identity>, stored: Persisted<'_>) -> Core {
+/// A driver as `Node::start` builds it from the store: the core at the tip's
+/// next height with the stored membership, last signature, own messages and
+/// lock, then the driver around it, which starts the height.
+pub fn boot(setup: &Setup, identity: Arc<Identity>, stored: Persisted<'_>, now: Now) -> Driver {
     let (height, prev_hash, prev_ts) = match stored.tip {
         Some(c) => (c.block.height(), c.block.hash(), c.block.header.timestamp_ms),
         None => (0, genesis_hash(&NET), GENESIS_MS),
     };
-    if let Some(state) = stored.membership {
-        cfg.members = Membership::restore(cfg.members.params(), state);
-    }
-    assert_eq!(cfg.members.applied(), height, "the store holds the membership of its tip");
-    let mut core = Core::new(cfg, identity, height + 1, prev_hash, prev_ts, stored.last_signed);
+    let members = match stored.membership {
+        Some(state) => Membership::restore(setup.genesis.params(), state),
+        None => setup.genesis.clone(),
+    };
+    assert_eq!(members.applied(), height, "the store holds the membership of its tip");
+    let cfg = Config {
+        network_id: NET,
+        members,
+        block_interval_ms: INTERVAL_MS,
+        limits: setup.limits,
+        timeouts: Timeouts::for_interval(INTERVAL_MS),
+    };
+    let mut core = Core::new(cfg, identity.clone(), height + 1, prev_hash, prev_ts, stored.last_signed);
     core.restore_own(stored.own);
     core.restore_lock(stored.lock);
-    core
+    let cfg = DriverConfig {
+        network_id: NET,
+        block_interval_ms: INTERVAL_MS,
+        min_active: MIN_ACTIVE,
+        limits: setup.limits,
+        node_limits: setup.node_limits,
+        identity,
+        bootstrap: setup.bootstrap.clone(),
+        max_version: MAX_VERSION,
+        // No two processes share a key here: the watch would only delay
+        // every restarted node's first signature.
+        watch_intervals: 0,
+    };
+    Driver::new(core, cfg, now)
+}
+
+/// A message's body as the transport delivers it (the frame without its
+/// length prefix), or `None` when it is over its kind's limit (the receiver's
+/// transport refuses such a frame before reading it).
+pub fn body_of(msg: &Message) -> Option<bytes::Bytes> {
+    msg.encode().ok().map(|frame| frame.slice(4..))
 }
 
 /// The first `n` keys, the same for every scenario (keys from fixed seeds;
@@ -157,8 +148,8 @@ pub fn joiner_identities(n: usize, count: usize) -> Vec<Arc<Identity>> {
     keys(n + count)[n..].to_vec()
 }
 
-/// A key no scenario gives a node: what a Byzantine member signs forged
-/// approvals with.
+/// A key no scenario gives a member: what a Byzantine member signs forged
+/// approvals with, and what the bootstrap peer with another history runs.
 pub fn outsider() -> Arc<Identity> {
     static OUTSIDER: OnceLock<Arc<Identity>> = OnceLock::new();
     OUTSIDER
@@ -167,6 +158,42 @@ pub fn outsider() -> Arc<Identity> {
             Arc::new(Identity::from_signing_key(key).expect("self-signed certificate"))
         })
         .clone()
+}
+
+/// Another history from the genesis: `len` blocks certified by keys that
+/// were never members here (a bootstrap peer that serves it).
+pub fn other_history(len: Height) -> Vec<Committed> {
+    let keys: Vec<Arc<Identity>> = {
+        let mut v: Vec<Arc<Identity>> = (0..4u8)
+            .map(|i| {
+                let key = ed25519_dalek::SigningKey::from_bytes(&[0xc0 + i; 32]);
+                Arc::new(Identity::from_signing_key(key).expect("self-signed certificate"))
+            })
+            .collect();
+        v.sort_by_key(|i| i.id());
+        v
+    };
+    let mut chain: Vec<Committed> = Vec::new();
+    let (mut prev, mut ts) = (genesis_hash(&NET), GENESIS_MS);
+    for height in 1..=len {
+        ts += INTERVAL_MS;
+        let txs = vec![format!("another history {height}").into_bytes()];
+        let header = Header {
+            height,
+            round: 0,
+            prev_hash: prev,
+            timestamp_ms: ts,
+            proposer: keys[(height % 4) as usize].id(),
+            tx_root: tx_root(&txs),
+            changes: vec![],
+        };
+        let block = Block { header, txs };
+        let id = block.hash();
+        let precommits = keys[..3].iter().map(|k| precommit(height, 0, Some(id), k)).collect();
+        prev = id;
+        chain.push(Committed { block, cert: Certificate { height, round: 0, block: id, precommits } });
+    }
+    chain
 }
 
 pub fn outsider_addr() -> std::net::SocketAddr {
@@ -220,7 +247,38 @@ pub fn describe(m: &Signed) -> String {
                 VoteKind::Precommit => "Precommit",
             };
             let value = v.block.map_or("nil".to_string(), |h| h.short());
-            format!("{kind}(h={} r={} {value})", v.height, v.round)
+            format!("{kind}(h={} r={} {value} by {})", v.height, v.round, &v.voter.short()[..4])
         }
+    }
+}
+
+/// A message as the trace shows it.
+pub fn describe_message(m: &Message) -> String {
+    match m {
+        Message::Proposal(p) => describe(&Signed::Proposal(p.clone())),
+        Message::Vote(v) => describe(&Signed::Vote(v.clone())),
+        Message::CompactProposal(p) => {
+            let vr = p.valid_round.map_or(String::new(), |vr| format!(" vr={vr}"));
+            format!("Compact(h={} r={} {} {} ids{vr})", p.height, p.round, p.header.hash().short(), p.ids.len())
+        }
+        Message::Tip { height, time_ms, .. } => format!("Tip({height} at {time_ms})"),
+        Message::Tx(tx) => format!("Tx({} bytes)", tx.len()),
+        Message::Approval(sa) => format!("Approval({})", sa.approval.change),
+        Message::GetBlocks { from, count } => format!("GetBlocks({from}, {count})"),
+        Message::Blocks(b) => format!("Blocks({})", b.len()),
+        Message::GetTxs { height, round, ids } => format!("GetTxs(h={height} r={round} {} ids)", ids.len()),
+        Message::Txs(t) => format!("Txs({})", t.len()),
+        Message::Data(d) => format!("Data({})", d.len()),
+        Message::Holds { earliest, height } => format!("Holds({earliest}..={height})"),
+    }
+}
+
+/// The signed message a consensus message carries (a compact proposal's
+/// block is not here: `None`).
+pub fn signed_of(m: &Message) -> Option<Signed> {
+    match m {
+        Message::Proposal(p) => Some(Signed::Proposal(p.clone())),
+        Message::Vote(v) => Some(Signed::Vote(v.clone())),
+        _ => None,
     }
 }

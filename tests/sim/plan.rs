@@ -15,8 +15,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::adversary::{Strategy, ALL};
-use super::core_api::{Height, MIN_ACTIVE};
+use super::adversary::{Strategy, ALL, DRIVER_ERA};
+use super::core_api::{Height, Limits, MempoolLimits, NodeLimits, MIN_ACTIVE};
 use super::rng::Rng;
 
 /// A member change honest members approve, by key: keys `0..n` are the genesis
@@ -68,20 +68,98 @@ pub struct Plan {
     /// (virtual ms after the start, fault)
     pub faults: Vec<(u64, Fault)>,
     /// When the network turns calm (every partition healed, no loss, every node
-    /// restarted, Byzantine slots silent or behaving).
+    /// restarted; Byzantine slots silent, behaving or still attacking).
     pub calm_at: u64,
-    /// Byzantine slots go silent when calm (otherwise they behave).
-    pub silent_when_calm: bool,
-    /// Within this much virtual time after calm, every honest node commits two
-    /// heights past the highest height any honest node had, and every member
+    /// What Byzantine slots do once the network is calm.
+    pub calm: Calm,
+    /// Within this much virtual time after calm, every honest node the chain
+    /// names (in the set in force or the next) commits two heights past the
+    /// highest height any honest node had, and every member
     /// change due by that height completes on chain (with 20 s more for each
     /// such change not done at calm).
     pub window_ms: u64,
+    /// Honest clocks are off by up to this much either way.
+    pub honest_skew_ms: u64,
+    /// Protocol 4's rules from this height (a plan completed before the
+    /// scenario's genesis); `None`: protocol 3 throughout.
+    pub v4_from: Option<Height>,
+    pub limits: SimLimits,
+    /// Which limits: what a flood meets first.
+    pub family: Family,
+    /// The network delivers a message twice, per mille.
+    pub dup_permille: u64,
+    /// Every this many ms the network delivers again an old consensus message
+    /// (of an earlier round or height, an honest member's among them) to every
+    /// node.
+    pub replay_every_ms: Option<u64>,
+    /// Byzantine slots' clocks are off by this much ([`Strategy::LyingClock`]).
+    pub byzantine_skew_ms: i64,
+    /// A peer outside the member set that every node has as a `bootstrap`
+    /// peer serves another history and claims to be far ahead: the last slot.
+    pub fork_peer: bool,
+}
+
+/// What Byzantine slots do once the network turns calm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calm {
+    /// They stop.
+    Silent,
+    /// They run their drivers unaltered.
+    Behaving,
+    /// They go on with every strategy that is only messages (all but the
+    /// adversary's hold on the scheduler, [`Strategy::RewindLock`]): with at
+    /// most f of them, honest members must still commit.
+    Attacking,
+}
+
+/// Limits drawn per scenario, so that each budget is the one a flood meets first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Standard,
+    /// A mempool far smaller than a block: a rebuild that holds more than the
+    /// mempool did has copied a transaction into many places.
+    SmallMempool,
+    /// A mempool far larger than a block: a rebuild's bytes are bounded by the
+    /// block's, not by what the mempool holds.
+    BigMempool,
+}
+
+/// The block and node limits of a scenario: smaller than the defaults, so
+/// that floods reach them within a scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct SimLimits {
+    pub block: Limits,
+    pub node: NodeLimits,
+}
+
+impl SimLimits {
+    pub fn of(family: Family) -> SimLimits {
+        let (block_bytes, mempool_bytes, tx_bytes) = match family {
+            Family::Standard => (1024 * 1024, 1024 * 1024, 16 * 1024),
+            Family::SmallMempool => (1024 * 1024, 128 * 1024, 8 * 1024),
+            Family::BigMempool => (128 * 1024, 8 * 1024 * 1024, 16 * 1024),
+        };
+        SimLimits {
+            block: Limits { max_block_bytes: block_bytes, max_block_txs: 512, max_clock_drift_ms: 31_000 },
+            node: NodeLimits {
+                mempool: MempoolLimits { max_txs: 2_000, max_bytes: mempool_bytes, max_tx_bytes: tx_bytes },
+                sync_batch_blocks: 16,
+                sync_response_bytes: 256 * 1024,
+                sync_requests_per_sec: 20,
+                sync_serve_bytes_per_sec: 8 * 1024 * 1024,
+            },
+        }
+    }
 }
 
 impl Plan {
     pub fn slots(&self) -> usize {
-        self.n + self.joiners + usize::from(self.twins)
+        self.n + self.joiners + usize::from(self.twins) + usize::from(self.fork_peer)
+    }
+
+    /// The slot of the peer with another history, when there is one.
+    pub fn fork_slot(&self) -> Option<usize> {
+        self.fork_peer.then(|| self.slots() - 1)
     }
 
     /// Genesis members and joiners.
@@ -89,9 +167,9 @@ impl Plan {
         self.n + self.joiners
     }
 
-    /// The key a slot runs with.
+    /// The key a slot runs with (the fork peer's is none of these).
     pub fn key_of(&self, slot: usize) -> usize {
-        if slot < self.keys() {
+        if slot < self.keys() || self.byzantine.is_empty() {
             slot
         } else {
             self.byzantine[0]
@@ -181,9 +259,17 @@ impl Plan {
             delay_ms: (lo, hi),
             faults,
             calm_at,
-            silent_when_calm: rng.chance(500),
+            calm: if rng.chance(500) { Calm::Silent } else { Calm::Behaving },
             window_ms: 60_000,
             changes: Vec::new(),
+            honest_skew_ms: 200,
+            v4_from: None,
+            limits: SimLimits::of(Family::Standard),
+            family: Family::Standard,
+            dup_permille: 0,
+            replay_every_ms: None,
+            byzantine_skew_ms: 0,
+            fork_peer: false,
         };
         // A stream of its own, so that a scenario without member changes is the
         // one the seed drew before there were any.
@@ -194,7 +280,62 @@ impl Plan {
         if !plan.byzantine.is_empty() && mrng.chance(350) {
             plan.strategies.insert(Strategy::BadChanges);
         }
+        // Another stream for what came with the driver: the protocol version,
+        // the limits, the network's hostility, the new strategies.
+        let mut vrng = Rng::new(seed ^ 0x7665_7273_696f_6e34);
+        if vrng.chance(300) {
+            plan.v4_from = Some(vrng.range(1, 6));
+        }
+        plan.add_hostility(&mut vrng);
         plan
+    }
+
+    /// The limits family, duplicates and replays on the network, a slow
+    /// network now and then, the driver-era strategies, the calm mode, and a
+    /// bootstrap peer with another history.
+    fn add_hostility(&mut self, rng: &mut Rng) {
+        self.family = match rng.below(10) {
+            0..=5 => Family::Standard,
+            6 | 7 => Family::SmallMempool,
+            _ => Family::BigMempool,
+        };
+        self.limits = SimLimits::of(self.family);
+        if rng.chance(400) {
+            self.dup_permille = *rng.pick(&[20, 100, 300]).unwrap_or(&100);
+        }
+        if rng.chance(400) {
+            self.replay_every_ms = Some(rng.range(100, 2_000));
+        }
+        // A slow network: every message takes seconds, a compact proposal's
+        // fetch twice that; rounds succeed only once their timeouts have grown
+        // past the delays, at every height (a height takes minutes).
+        if rng.chance(80) {
+            self.delay_ms = (1_200, 3_000);
+            self.window_ms = 600_000;
+        }
+        if !self.byzantine.is_empty() {
+            for s in DRIVER_ERA {
+                if rng.chance(250) {
+                    self.strategies.insert(s);
+                }
+            }
+            if self.strategies.contains(&Strategy::LyingClock) {
+                let off = rng.range(2_000, 60_000) as i64;
+                self.byzantine_skew_ms = if rng.chance(500) { off } else { -off };
+            }
+            if self.calm == Calm::Behaving && rng.chance(500) {
+                self.calm = Calm::Attacking;
+            }
+        }
+        if rng.chance(100) {
+            self.fork_peer = true;
+            for (_, f) in &mut self.faults {
+                if let Fault::Partition(g) = f {
+                    let max = u64::from(g.iter().copied().max().unwrap_or(0));
+                    g.push(rng.range(0, max) as u8);
+                }
+            }
+        }
     }
 
     /// Joiners, their faults, and a sequence of member changes each of which
@@ -306,6 +447,8 @@ impl Plan {
         self.byzantine.clear();
         self.strategies.clear();
         self.twins = false;
+        self.fork_peer = false;
+        self.byzantine_skew_ms = 0;
         self.faults.retain(
             |(_, f)| !matches!(f, Fault::Crash(s) | Fault::CrashAfterPersist(s) | Fault::Restart(s) if *s >= keys),
         );
@@ -324,17 +467,24 @@ impl Plan {
         } else {
             format!(", {} joiners, {} member changes", self.joiners, self.changes.len())
         };
+        let mut extra = format!(", {:?} limits", self.family);
+        if self.v4_from.is_some() {
+            extra.push_str(", protocol 4");
+        }
+        if self.fork_peer {
+            extra.push_str(", a bootstrap peer with another history");
+        }
         if self.byzantine.is_empty() {
-            return format!("n={}{members}, honest only, {} faults", self.n, self.faults.len());
+            return format!("n={}{members}, honest only, {} faults{extra}", self.n, self.faults.len());
         }
         format!(
-            "n={}{members}, {} Byzantine{}, {} strategies, {} faults, {} when calm",
+            "n={}{members}, {} Byzantine{}, {} strategies, {} faults, {:?} when calm{extra}",
             self.n,
             self.byzantine.len(),
             if self.twins { " (twins)" } else { "" },
             self.strategies.len(),
             self.faults.len(),
-            if self.silent_when_calm { "silent" } else { "behaving" }
+            self.calm,
         )
     }
 }
@@ -343,7 +493,7 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "seed {}: n={} byzantine={:?}{} strategies={:?} delay={}..{} ms calm at {} ms ({})",
+            "seed {}: n={} byzantine={:?}{} strategies={:?} delay={}..{} ms calm at {} ms (Byzantine then {:?})",
             self.seed,
             self.n,
             self.byzantine.iter().map(|i| super::world::letter(*i)).collect::<Vec<_>>(),
@@ -352,7 +502,18 @@ impl fmt::Display for Plan {
             self.delay_ms.0,
             self.delay_ms.1,
             self.calm_at,
-            if self.silent_when_calm { "Byzantine then silent" } else { "Byzantine then behaving" },
+            self.calm,
+        )?;
+        writeln!(
+            f,
+            "  {:?} limits, protocol {} {}, duplicates {}/1000, replays {}, clock lies {} ms{}",
+            self.family,
+            if self.v4_from.is_some() { 4 } else { 3 },
+            self.v4_from.map_or(String::new(), |h| format!("from height {h}")),
+            self.dup_permille,
+            self.replay_every_ms.map_or("none".into(), |ms| format!("every {ms} ms")),
+            self.byzantine_skew_ms,
+            if self.fork_peer { ", a bootstrap peer with another history" } else { "" },
         )?;
         if self.joiners > 0 {
             let joiners: Vec<char> = (self.n..self.keys()).map(super::world::letter).collect();

@@ -1,51 +1,55 @@
-//! The simulated world: whole nodes (a core plus the producer's rules around it and
-//! a modelled store) on a network with virtual time, driven by one event queue
-//! ordered by time and a seeded RNG.
+//! The simulated world: whole nodes on a network with virtual time, driven by one
+//! event queue ordered by time and a seeded RNG.
 //!
-//! The producer's rules, as `chain/producer.rs` carries them out:
-//! * a signature, its message and the lock beside it are persisted before the
-//!   message leaves the node; a decided block is stored before anything else;
-//! * after a restart the core is built from the store as `Node::start` does
-//!   (tip, last signed record, own messages of the height, lock);
-//! * a peer that connects gets our own messages of the current height;
-//! * after `3 * block_interval` (at least 3 s) without a new height, own
-//!   messages are sent again;
-//! * the quorum gate follows the set of connected peers that are members of the
-//!   current height's set (this node too when it is one), recomputed after
-//!   every block;
-//! * membership approvals wait in a pool (in memory: a crash loses it), are
-//!   gossiped (a peer keeps and passes on once what its membership's `check`
-//!   passes), handed to a peer that connects, and proposers put
-//!   `Membership::select` of the pool in their blocks; honest members approve the plan's member changes with
-//!   `signed_at` their committed tip, again when the approval expired or a
-//!   crash lost it;
-//! * a node that learns a peer is ahead (a `Tip`, an `Ahead` from the core, the
-//!   peer's tip at connection) fetches blocks with certificates from it and
-//!   feeds them to the core; a peer that fails is not asked for 15 s.
+//! A node is the library's own producer driver (`chain::driver::Driver`, the
+//! rules `chain/producer.rs` carries out) with a simulated store. The world is
+//! the shell around each driver, as `producer.rs` is around the real one:
 //!
-//! The store's durability is that of fjall with a journal fsync per write: what
-//! a write returned for survives a crash, so a crash loses exactly the messages
-//! not yet sent (`Fault::CrashAfterPersist` dies between the two).
+//! * inputs go in through the driver's `handle_*` with the node's clocks
+//!   (`mono_ms` the virtual time, `wall_ms` the virtual time plus the node's
+//!   clock offset), and every effect the driver then hands out is carried out
+//!   in order ([`effects`]): `Persist` and `Commit` go to the store at once
+//!   (what a write returned for survives a crash); `Broadcast`, `Send`,
+//!   requests and answers become network events;
+//! * `poll_timeout` sets the node's next wake-up, when `handle_timeout` runs;
+//! * a node starts (and restarts after a crash) from what its store holds, as
+//!   `Node::start` builds the core and the driver ([`boot`]);
+//! * the transport's view goes in as it changes ([`network`]): the connected
+//!   set and wire versions, a peer up with the tip its handshake claims, a
+//!   peer down (its requests fail); two nodes are connected only while each
+//!   one's transport admits the other's key (`Effect::SetMembers`), so a
+//!   joiner meets the members once its `Add` is committed and a removed
+//!   member is cut off;
+//! * honest members approve the plan's member changes through
+//!   `handle_change`, as an operator's `POST /members` does, and their clients
+//!   submit transactions through `handle_submit`.
+//!
+//! Byzantine slots run a driver too, and the adversary rewrites what it sends
+//! ([`super::adversary`]).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod effects;
+mod network;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::adversary::{Adversary, Send, Wire};
+use bytes::Bytes;
+
+use super::adversary::Adversary;
 use super::checker::{Checker, Violation};
 use super::core_api::*;
-use super::plan::{describe_planned, Fault, Plan, Planned};
+use super::plan::{describe_planned, Calm, Fault, Plan, Planned};
+use super::resources::{self, Served};
 use super::rng::Rng;
+use super::store::Store;
 
-const START_MS: u64 = 1_000_000;
-const TICK_MS: u64 = 1_000;
-const REBROADCAST_AFTER_MS: u64 = 3_000;
-const SYNC_BATCH: usize = 16;
-const SYNC_TIMEOUT_MS: u64 = 10_000;
-const SYNC_PENALTY_MS: u64 = 15_000;
+pub const START_MS: u64 = 1_000_000;
+/// How often a Byzantine slot's adversary acts unprompted.
+const MISCHIEF_MS: u64 = 1_000;
 /// Time after calm for each member change due then and not yet done.
 const CHANGE_WINDOW_MS: u64 = 20_000;
 /// A scenario that runs this many steps is a message storm, not a test.
-const STEP_LIMIT: u64 = 400_000;
+const STEP_LIMIT: u64 = 600_000;
 
 pub fn letter(i: usize) -> char {
     (b'A' + i as u8) as char
@@ -62,6 +66,14 @@ pub fn describe_fault(f: &Fault) -> String {
     }
 }
 
+/// The keys a node's transport admits at start, as `Node::start` hands them
+/// to it: the sets in force and next of its stored membership, and its
+/// `bootstrap` peers.
+fn transport_set(d: &Driver, setup: &Setup) -> BTreeSet<NodeId> {
+    let chain = d.core().membership().reachable().into_iter().map(|(id, _)| id);
+    chain.chain(setup.bootstrap.iter().map(|(id, _)| *id)).collect()
+}
+
 fn groups_text(g: &[u8]) -> String {
     let max = g.iter().copied().max().unwrap_or(0);
     let parts: Vec<String> = (0..=max)
@@ -69,15 +81,6 @@ fn groups_text(g: &[u8]) -> String {
         .filter(|s: &String| !s.is_empty())
         .collect();
     parts.join("|")
-}
-
-fn timeout_height(t: &Timeout) -> Height {
-    match t {
-        Timeout::Propose { height, .. }
-        | Timeout::Prevote { height, .. }
-        | Timeout::Precommit { height, .. }
-        | Timeout::StartHeight { height } => *height,
-    }
 }
 
 pub struct RunOpts {
@@ -101,47 +104,127 @@ pub struct Outcome {
     pub violated_slots: u32,
 }
 
-#[derive(Default)]
-struct Store {
-    last_signed: Option<SignRecord>,
-    own: BTreeMap<SignRecord, Signed>,
-    lock: Option<Lock>,
-    chain: Vec<Committed>,
-    /// The membership the tip left, written with each block.
-    membership: Option<MembershipState>,
+/// A request this node made that waits for its answer.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Blocks { peer: NodeId, slot: usize },
+    Txs { peer: NodeId, slot: usize, height: Height, round: Round },
 }
 
-struct Node {
+impl Pending {
+    fn slot(&self) -> usize {
+        match self {
+            Pending::Blocks { slot, .. } | Pending::Txs { slot, .. } => *slot,
+        }
+    }
+}
+
+/// A peer's request this node is answering.
+#[derive(Debug, Clone, Copy)]
+struct Serving {
+    requester: usize,
+    req: u64,
+    epoch: u64,
+}
+
+/// Why a request failed without an answer.
+#[derive(Debug, Clone, Copy)]
+enum Failed {
+    Timeout,
+    Connection,
+}
+
+pub struct Node {
     label: String,
     identity: Arc<Identity>,
     id: NodeId,
     honest: bool,
     up: bool,
+    /// Stopped for good before a height it cannot run (`Effect::Halt`).
+    halted: bool,
     epoch: u64,
-    core: Option<Core>,
+    driver: Option<Driver>,
     store: Store,
-    quorum: bool,
-    peer_tips: BTreeMap<usize, Height>,
-    syncing: Option<(u64, usize)>,
-    penalty: BTreeMap<usize, u64>,
-    last_height_seen: (Height, u64),
     crash_after_persist: bool,
     booted_at: u64,
-    /// Approvals waiting for a block.
-    pool: ApprovalPool,
+    /// Its wall clock minus the virtual time.
+    skew_ms: i64,
+    /// The wake-up scheduled for the driver's next deadline.
+    wake_at: Option<u64>,
+    pending: BTreeMap<u64, Pending>,
+    /// The request of the live fetch of each compact proposal.
+    fetches: BTreeMap<(Height, Round), u64>,
+    serving: BTreeMap<u64, Serving>,
+    next_serving: u64,
+    /// The slots its driver was told are connected.
+    linked: BTreeSet<usize>,
+    /// The keys its transport admits, as its driver last handed them
+    /// (`Effect::SetMembers`, or at start the set `Node::start` hands the
+    /// transport); `None`: anyone (the bootstrap peer with another history).
+    admits: Option<BTreeSet<NodeId>>,
+    /// Client transactions submitted so far.
+    submitted: u64,
+    /// Its core's height and round after the input whose effects are being
+    /// carried out.
+    at: Option<(Height, Round)>,
+    /// The bootstrap peer with another history: no driver; the world answers
+    /// for it from its store.
+    fork: bool,
 }
 
 // Sizes do not matter here: events live in one queue of a few thousand.
 #[allow(clippy::large_enum_variant)]
 enum Event {
-    Deliver { from: usize, to: usize, epochs: (u64, u64), msg: Wire },
-    Timer { node: usize, epoch: u64, timeout: Timeout },
-    Tick { node: usize, epoch: u64 },
-    SyncTimeout { node: usize, epoch: u64, req: u64 },
+    Deliver {
+        from: usize,
+        to: usize,
+        epochs: (u64, u64),
+        body: Bytes,
+    },
+    Request {
+        from: usize,
+        to: usize,
+        epochs: (u64, u64),
+        req: u64,
+        body: Bytes,
+    },
+    Answer {
+        from: usize,
+        to: usize,
+        epochs: (u64, u64),
+        req: u64,
+        result: Result<Bytes, Refusal>,
+    },
+    RequestFailed {
+        node: usize,
+        epoch: u64,
+        req: u64,
+        why: Failed,
+    },
+    Wake {
+        node: usize,
+        epoch: u64,
+        at: u64,
+    },
+    Mischief {
+        node: usize,
+        epoch: u64,
+    },
+    Client {
+        node: usize,
+        epoch: u64,
+    },
     Fault(Fault),
     Calm,
     Deadline,
-    Rewind { node: usize, height: Height, round: Round, value: Hash },
+    Rewind {
+        node: usize,
+        height: Height,
+        round: Round,
+        value: Hash,
+    },
+    /// The network delivers an old consensus message again.
+    Replay,
 }
 
 pub struct World {
@@ -153,7 +236,7 @@ pub struct World {
     nodes: Vec<Node>,
     groups: Vec<u8>,
     loss: u64,
-    cfg: Config,
+    setup: Setup,
     /// Every key's id: the genesis members' then the joiners'.
     key_ids: Vec<NodeId>,
     /// The plan's member change honest members approve now.
@@ -170,18 +253,63 @@ pub struct World {
     finished: bool,
     next_req: u64,
     rewinds: u32,
+    logs: Option<Sink>,
+    /// Every key a slot runs (for the mempool's shares).
+    slot_ids: Vec<NodeId>,
+    served: Served,
+    /// Consensus frames that crossed the network, for replays: (sender, body).
+    seen: Vec<(usize, Bytes)>,
+    /// A transport's admitted keys changed: connectivity is recomputed once
+    /// the input that changed them is carried out.
+    relink: bool,
+}
+
+/// Where the drivers' log lines go while a traced scenario runs.
+#[derive(Clone, Default)]
+struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn run(plan: &Plan, opts: &RunOpts) -> Outcome {
+    if !opts.trace {
+        return run_scenario(plan, opts, None);
+    }
+    // The drivers' own log lines (debug and above) join the trace.
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_level(true)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || run_scenario(plan, opts, Some(sink)))
+}
+
+fn run_scenario(plan: &Plan, opts: &RunOpts, logs: Option<Sink>) -> Outcome {
     let mut w = World::new(plan, opts.trace);
+    w.logs = logs;
     for s in 0..w.nodes.len() {
         w.boot(s);
     }
-    w.apply_links(&vec![vec![false; w.nodes.len()]; w.nodes.len()]);
+    w.apply_links();
     for (t, f) in plan.faults.clone() {
         w.at(START_MS + t, Event::Fault(f));
     }
     w.at(START_MS + plan.calm_at, Event::Calm);
+    if let Some(every) = plan.replay_every_ms {
+        w.at(START_MS + every, Event::Replay);
+    }
     while let Some(((t, _), ev)) = w.queue.pop_first() {
         w.now = t;
         w.steps += 1;
@@ -213,10 +341,13 @@ impl World {
         let members: Vec<NodeId> = ids.iter().map(|i| i.id()).collect();
         ids.extend(joiner_identities(plan.n, plan.joiners));
         let key_ids: Vec<NodeId> = ids.iter().map(|i| i.id()).collect();
+        let mut rng = Rng::new(plan.seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let adv_rng = rng.fork();
         let mut nodes = Vec::new();
         for s in 0..plan.slots() {
+            let fork = plan.fork_slot() == Some(s);
             let key = plan.key_of(s);
-            let honest = !plan.byzantine.contains(&key);
+            let honest = !fork && !plan.byzantine.contains(&key);
             let mut label = letter(key).to_string();
             if !honest {
                 label.push('*');
@@ -224,24 +355,42 @@ impl World {
             if s >= plan.keys() {
                 label.push('\'');
             }
+            let identity = if fork { outsider() } else { ids[key].clone() };
+            if fork {
+                label = "X".into();
+            }
+            let skew = if honest {
+                rng.range(0, 2 * plan.honest_skew_ms) as i64 - plan.honest_skew_ms as i64
+            } else {
+                plan.byzantine_skew_ms
+            };
             nodes.push(Node {
                 label,
-                identity: ids[key].clone(),
-                id: ids[key].id(),
+                id: identity.id(),
+                identity,
                 honest,
                 up: false,
+                halted: false,
                 epoch: 0,
-                core: None,
+                driver: None,
                 store: Store::default(),
-                quorum: false,
-                peer_tips: BTreeMap::new(),
-                syncing: None,
-                penalty: BTreeMap::new(),
-                last_height_seen: (0, 0),
                 crash_after_persist: false,
                 booted_at: 0,
-                pool: ApprovalPool::default(),
+                skew_ms: skew,
+                wake_at: None,
+                pending: BTreeMap::new(),
+                fetches: BTreeMap::new(),
+                serving: BTreeMap::new(),
+                next_serving: 0,
+                linked: BTreeSet::new(),
+                admits: Some(BTreeSet::new()),
+                submitted: 0,
+                at: None,
+                fork,
             });
+            if fork {
+                nodes[s].store.chain = other_history(60);
+            }
         }
         let honest: BTreeSet<NodeId> =
             (0..plan.keys()).filter(|i| !plan.byzantine.contains(i)).map(|i| key_ids[i]).collect();
@@ -249,8 +398,14 @@ impl World {
             .map(|i| (key_ids[i], format!("{}{}", letter(i), if plan.byzantine.contains(&i) { "*" } else { "" })))
             .collect();
         let label = Box::new(move |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| id.short()));
-        let mut rng = Rng::new(plan.seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
-        let adv_rng = rng.fork();
+        let genesis = genesis(&members, plan.v4_from);
+        let bootstrap = if plan.fork_peer { vec![(outsider().id(), outsider_addr())] } else { Vec::new() };
+        let setup =
+            Setup { genesis: genesis.clone(), limits: plan.limits.block, node_limits: plan.limits.node, bootstrap };
+        let slot_ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+        let mut checker = Checker::new(genesis, honest, label);
+        checker.honest_skew_ms = plan.honest_skew_ms;
+        let max_tx = plan.limits.node.mempool.max_tx_bytes;
         World {
             rng,
             now: START_MS,
@@ -259,18 +414,23 @@ impl World {
             groups: vec![0; nodes.len()],
             nodes,
             loss: 0,
-            cfg: config(&members),
+            setup,
             key_ids,
             next_change: 0,
             due_changes: 0,
-            checker: Checker::new(genesis(&members), honest, label),
-            adv: Adversary::new(plan.strategies.clone(), members, adv_rng),
+            checker,
+            adv: Adversary::new(plan.strategies.clone(), members, adv_rng, plan.limits.block, max_tx),
             trace: trace.then(Vec::new),
             steps: 0,
             calm_base: None,
             finished: false,
             next_req: 0,
             rewinds: 0,
+            logs: None,
+            slot_ids,
+            served: Served::default(),
+            seen: Vec::new(),
+            relink: false,
             // Shrinking may have removed a change a later one builds on.
             plan: Plan { changes: plan.applicable_changes(), ..plan.clone() },
         }
@@ -293,67 +453,125 @@ impl World {
         }
     }
 
-    fn handle(&mut self, s: usize, input: Input) -> Vec<Output> {
-        let now = self.now;
-        self.core(s).handle(input, now)
-    }
-
     fn name(&self, s: usize) -> String {
         self.nodes[s].label.clone()
     }
 
-    fn connected(&self, a: usize, b: usize) -> bool {
-        let (x, y) = (&self.nodes[a], &self.nodes[b]);
-        a != b && x.up && y.up && x.id != y.id && self.groups[a] == self.groups[b]
+    /// Node `s`'s clocks now.
+    fn clock(&self, s: usize) -> Now {
+        Now { mono_ms: self.now, wall_ms: self.now.saturating_add_signed(self.nodes[s].skew_ms) }
     }
 
-    fn links(&self) -> Vec<Vec<bool>> {
-        let n = self.nodes.len();
-        (0..n).map(|a| (0..n).map(|b| self.connected(a, b)).collect()).collect()
+    fn driver(&self, s: usize) -> Option<&Driver> {
+        self.nodes[s].driver.as_ref()
     }
 
-    fn peers_of(&self, s: usize) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&b| self.connected(s, b)).collect()
+    /// The height node `s` is deciding (its tip + 1 while it is down).
+    fn height_of(&self, s: usize) -> Height {
+        self.driver(s).map_or(self.nodes[s].store.tip() + 1, |d| d.height())
+    }
+
+    /// Hands node `s`'s driver one input, then carries out what it decided and
+    /// sets its next wake-up.
+    fn input(&mut self, s: usize, f: impl FnOnce(&mut Driver, Now)) {
+        let now = self.clock(s);
+        let Some(d) = self.nodes[s].driver.as_mut() else { return };
+        f(d, now);
+        self.take_logs(s);
+        self.nodes[s].at = self.driver(s).map(|d| (d.height(), d.core().round()));
+        self.carry_out(s);
+        self.arm(s);
+        self.check_resources(s);
+        if std::mem::take(&mut self.relink) {
+            self.apply_links();
+        }
+    }
+
+    /// Node `s`'s driver within every budget ([`resources`]).
+    fn check_resources(&mut self, s: usize) {
+        let Some(d) = self.nodes[s].driver.as_ref() else { return };
+        let bootstrap: Vec<NodeId> = self.setup.bootstrap.iter().map(|(id, _)| *id).collect();
+        if let Some(detail) = resources::breach(d, &self.plan.limits, &self.slot_ids, &bootstrap) {
+            let id = self.nodes[s].id;
+            self.checker.resources_failed(id, detail);
+        }
+    }
+
+    /// The log lines node `s`'s driver wrote, into the trace.
+    fn take_logs(&mut self, s: usize) {
+        let Some(sink) = &self.logs else { return };
+        let bytes = std::mem::take(&mut *sink.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if bytes.is_empty() {
+            return;
+        }
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let line = line.trim().to_string();
+            let key = line.starts_with("WARN") || line.starts_with("ERROR");
+            self.log(1 << s, None, key, |w| format!("{} log: {line}", w.name(s)));
+        }
+    }
+
+    /// Schedules the node's wake-up for its driver's next deadline, unless one
+    /// as early is scheduled.
+    fn arm(&mut self, s: usize) {
+        let Some(t) = self.driver(s).and_then(|d| d.poll_timeout()) else { return };
+        if self.nodes[s].wake_at.is_some_and(|w| w <= t) {
+            return;
+        }
+        let at = t.max(self.now);
+        self.nodes[s].wake_at = Some(at);
+        let epoch = self.nodes[s].epoch;
+        self.at(at, Event::Wake { node: s, epoch, at });
     }
 
     fn step(&mut self, ev: Event) {
         match ev {
-            Event::Deliver { from, to, epochs, msg } => {
+            Event::Deliver { from, to, epochs, body } => {
                 // What was sent arrives even if its sender died since; not at a
                 // receiver that restarted (a new connection) or across a partition.
-                let receiver = &self.nodes[to];
-                if !receiver.up || receiver.epoch != epochs.1 || self.groups[from] != self.groups[to] {
-                    return;
+                if self.reaches(from, to, epochs.1) {
+                    self.deliver(from, to, body);
                 }
-                self.deliver(from, to, msg);
             }
-            Event::Timer { node, epoch, timeout } => {
-                if self.nodes[node].epoch != epoch || !self.nodes[node].up {
-                    return;
+            Event::Request { from, to, epochs, req, body } => {
+                if self.reaches(from, to, epochs.1) {
+                    self.serve(from, to, epochs.0, req, body);
                 }
-                self.log(1 << node, Some(timeout_height(&timeout)), false, |w| {
-                    format!("{} timeout {timeout:?}", w.name(node))
-                });
-                let out = self.handle(node, Input::Timeout(timeout));
-                self.drive(node, out, None);
             }
-            Event::Tick { node, epoch } => {
-                if self.nodes[node].epoch != epoch || !self.nodes[node].up {
-                    return;
+            Event::Answer { from, to, epochs, req, result } => {
+                if self.reaches(from, to, epochs.1) {
+                    self.answered(to, req, Ok(result));
                 }
-                self.at(self.now + TICK_MS, Event::Tick { node, epoch });
-                self.tick(node);
             }
-            Event::SyncTimeout { node, epoch, req } => {
-                if self.nodes[node].epoch != epoch {
+            Event::RequestFailed { node, epoch, req, why } => {
+                if self.nodes[node].up && self.nodes[node].epoch == epoch {
+                    self.answered(node, req, Err(why));
+                }
+            }
+            Event::Wake { node, epoch, at } => {
+                let n = &mut self.nodes[node];
+                if n.epoch != epoch || !n.up || n.wake_at != Some(at) {
                     return;
                 }
-                if let Some((r, peer)) = self.nodes[node].syncing {
-                    if r == req {
-                        self.nodes[node].syncing = None;
-                        self.penalize(node, peer);
-                        self.maybe_sync(node);
-                    }
+                n.wake_at = None;
+                let now = self.now;
+                if self.driver(node).and_then(|d| d.poll_timeout()).is_some_and(|t| t <= now) {
+                    self.input(node, |d, now| d.handle_timeout(now));
+                } else {
+                    self.arm(node);
+                }
+            }
+            Event::Mischief { node, epoch } => {
+                if self.nodes[node].epoch == epoch && self.nodes[node].up {
+                    self.at(self.now + MISCHIEF_MS, Event::Mischief { node, epoch });
+                    self.mischief(node);
+                }
+            }
+            Event::Client { node, epoch } => {
+                if self.nodes[node].epoch == epoch && self.nodes[node].up {
+                    let next = self.now + self.rng.range(500, 3_000);
+                    self.at(next, Event::Client { node, epoch });
+                    self.submit(node);
                 }
             }
             Event::Fault(f) => {
@@ -365,50 +583,48 @@ impl World {
             }
             Event::Calm => self.calm(),
             Event::Rewind { node, height, round, value } => self.rewind(node, height, round, value),
-            Event::Deadline => {
-                if !self.finished {
-                    let base = self.calm_base.unwrap_or(0);
-                    let mut lagging = Vec::new();
-                    let mut state = Vec::new();
-                    for n in &self.nodes {
-                        if n.honest {
-                            let c = n.core.as_ref();
-                            state.push(format!(
-                                "{} at height {} round {}",
-                                n.label,
-                                c.map_or(0, |c| c.height()),
-                                c.map_or(0, |c| c.round())
-                            ));
-                            if (n.store.chain.len() as u64) < base + 2 {
-                                lagging.push(n.id);
-                            }
-                        }
-                    }
-                    let changes = match self.plan.changes.get(self.next_change) {
-                        Some((from, p)) if self.next_change < self.due_changes => {
-                            format!("; member change from height {from} not done: {}", describe_planned(p))
-                        }
-                        _ => String::new(),
-                    };
-                    let detail = format!(
-                        "{} ms after the network turned calm, not every honest node committed height {} ({}){changes}",
-                        self.plan.window_ms,
-                        base + 2,
-                        state.join(", ")
-                    );
-                    self.checker.progress_failed(lagging, detail);
-                }
-            }
+            Event::Deadline => self.deadline(),
+            Event::Replay => self.replay(),
         }
     }
 
-    fn core(&mut self, s: usize) -> &mut Core {
-        // Events for a node that is down are dropped before they get here.
-        self.nodes[s].core.as_mut().expect("a node that is up has a core")
+    fn deadline(&mut self) {
+        if self.finished {
+            return;
+        }
+        let base = self.calm_base.unwrap_or(0);
+        let mut lagging = Vec::new();
+        let mut state = Vec::new();
+        for (s, n) in self.nodes.iter().enumerate() {
+            if n.honest && self.checker.names(&n.id) {
+                let d = self.driver(s);
+                state.push(format!(
+                    "{} at height {} round {}",
+                    n.label,
+                    self.height_of(s),
+                    d.map_or(0, |d| d.core().round())
+                ));
+                if n.store.tip() < base + 2 {
+                    lagging.push(n.id);
+                }
+            }
+        }
+        let changes = match self.plan.changes.get(self.next_change) {
+            Some((from, p)) if self.next_change < self.due_changes => {
+                format!("; member change from height {from} not done: {}", describe_planned(p))
+            }
+            _ => String::new(),
+        };
+        let detail = format!(
+            "{} ms after the network turned calm, not every honest node committed height {} ({}){changes}",
+            self.plan.window_ms,
+            base + 2,
+            state.join(", ")
+        );
+        self.checker.progress_failed(lagging, detail);
     }
 
     fn fault(&mut self, f: Fault) {
-        let before = self.links();
         match f {
             Fault::Crash(s) => {
                 if self.nodes[s].up {
@@ -417,7 +633,7 @@ impl World {
             }
             Fault::CrashAfterPersist(s) => self.nodes[s].crash_after_persist = self.nodes[s].up,
             Fault::Restart(s) => {
-                if !self.nodes[s].up {
+                if !self.nodes[s].up && !self.nodes[s].halted {
                     self.boot(s);
                 }
             }
@@ -425,172 +641,243 @@ impl World {
             Fault::Heal => self.groups = vec![0; self.nodes.len()],
             Fault::Loss(p) => self.loss = p,
         }
-        self.apply_links(&before);
+        self.apply_links();
     }
 
     fn calm(&mut self) {
         self.log(u32::MAX, None, true, |_| {
             "calm: partitions healed, no loss, crashed nodes restart, Byzantine slots stop".into()
         });
-        let before = self.links();
         self.groups = vec![0; self.nodes.len()];
         self.loss = 0;
-        self.adv.active = false;
+        self.adv.active = self.plan.calm == Calm::Attacking && !self.plan.strategies.is_empty();
         for s in 0..self.nodes.len() {
             self.nodes[s].crash_after_persist = false;
             let node = &self.nodes[s];
-            let twin = s >= self.plan.keys();
-            if node.honest && !node.up {
+            let twin = s >= self.plan.keys() && !node.fork;
+            if node.honest && !node.up && !node.halted {
                 self.boot(s);
-            } else if !node.honest && node.up && (self.plan.silent_when_calm || twin) {
+            } else if !node.honest && !node.fork && node.up && (self.plan.calm == Calm::Silent || twin) {
                 self.crash(s);
             }
         }
-        let base = self.nodes.iter().filter(|n| n.honest).map(|n| n.store.chain.len() as u64).max().unwrap_or(0);
+        let base = self.nodes.iter().filter(|n| n.honest).map(|n| n.store.tip()).max().unwrap_or(0);
         self.calm_base = Some(base);
         // The change under way, if it is due by the height every honest node
         // must pass, must complete too (one: each takes a few blocks, and the
         // quick run's time is bounded).
         let due = self.plan.changes.iter().filter(|(from, _)| *from <= base + 2).count();
         self.due_changes = due.min(self.next_change + 1);
-        self.apply_links(&before);
+        self.apply_links();
         let outstanding = self.due_changes.saturating_sub(self.next_change) as u64;
         self.at(self.now + self.plan.window_ms + CHANGE_WINDOW_MS * outstanding, Event::Deadline);
         self.check_finished();
     }
 
+    /// Whether `n` must commit after calm: an honest node whose key the chain
+    /// names (in the set in force or the next). A joiner not admitted yet and
+    /// a removed member are refused by every member's transport, as on a
+    /// real network, so nothing obliges them to keep up.
+    fn bound_to_progress(&self, n: &Node) -> bool {
+        n.honest && self.checker.names(&n.id)
+    }
+
     fn check_finished(&mut self) {
         if let Some(base) = self.calm_base {
             self.finished = self.next_change >= self.due_changes
-                && self.nodes.iter().filter(|n| n.honest).all(|n| n.store.chain.len() as u64 >= base + 2);
+                && self.nodes.iter().filter(|n| self.bound_to_progress(n)).all(|n| n.store.tip() >= base + 2);
         }
     }
 
     fn crash(&mut self, s: usize) {
         self.log(1 << s, None, true, |w| format!("{} crashes", w.name(s)));
-        let before = self.links();
         let node = &mut self.nodes[s];
         node.up = false;
-        node.core = None;
+        node.driver = None;
         node.epoch += 1;
         node.crash_after_persist = false;
-        node.pool = ApprovalPool::default();
-        self.apply_links(&before);
+        node.wake_at = None;
+        node.pending.clear();
+        node.fetches.clear();
+        node.serving.clear();
+        node.linked.clear();
+        self.apply_links();
     }
 
     /// Starts the node from what its store holds, as `Node::start` does.
     fn boot(&mut self, s: usize) {
-        let now = self.now;
-        let h = self.nodes[s].store.chain.len() as u64 + 1;
-        let cfg = self.cfg.clone();
+        if self.nodes[s].fork {
+            let node = &mut self.nodes[s];
+            node.admits = None;
+            node.up = true;
+            node.epoch += 1;
+            let epoch = node.epoch;
+            self.at(self.now + MISCHIEF_MS, Event::Mischief { node: s, epoch });
+            return;
+        }
+        let now = self.clock(s);
+        let h = self.nodes[s].store.tip() + 1;
         let node = &mut self.nodes[s];
         node.up = true;
         node.epoch += 1;
-        node.booted_at = now;
-        node.quorum = false;
-        node.peer_tips.clear();
-        node.syncing = None;
-        node.penalty.clear();
-        let own: Vec<Signed> = node
-            .store
-            .own
-            .range(SignRecord { height: h, round: 0, step: Step::Propose }..)
-            .filter(|(r, _)| r.height == h)
-            .map(|(_, m)| m.clone())
-            .collect();
-        let stored = Persisted {
-            tip: node.store.chain.last(),
-            membership: node.store.membership.clone(),
-            last_signed: node.store.last_signed,
-            own,
-            lock: node.store.lock.clone(),
-        };
-        let mut core = boot(cfg, node.identity.clone(), stored);
-        node.last_height_seen = (core.height(), now);
-        let out = core.start(now);
-        node.core = Some(core);
+        node.booted_at = self.now;
+        node.wake_at = None;
+        node.at = None;
+        let driver = boot(&self.setup, node.identity.clone(), node.store.persisted(), now);
+        node.admits = Some(transport_set(&driver, &self.setup));
+        node.driver = Some(driver);
         let epoch = node.epoch;
         let lock =
             node.store.lock.as_ref().filter(|l| l.block.height() == h).map(|l| (l.round, l.block.hash().short()));
         let last = node.store.last_signed;
+        let honest = node.honest;
         self.log(1 << s, Some(h), true, |w| {
             format!("{} starts at height {h}, last signed {last:?}, lock {lock:?}", w.name(s))
         });
-        self.at(now + TICK_MS, Event::Tick { node: s, epoch });
-        self.drive(s, out, None);
+        if honest {
+            let first = self.now + self.rng.range(200, 2_000);
+            self.at(first, Event::Client { node: s, epoch });
+        } else {
+            self.at(self.now + MISCHIEF_MS, Event::Mischief { node: s, epoch });
+        }
+        self.carry_out(s);
+        self.arm(s);
         self.maybe_approve(s);
     }
 
-    /// The quorum gate as the producer computes it: connected members of the
-    /// current height's set, this node included when it is one. The core's
-    /// outputs when the gate opened or closed.
-    fn gate(&mut self, s: usize) -> Vec<Output> {
-        let Some(core) = self.nodes[s].core.as_ref() else { return Vec::new() };
-        let set = core.members_at(core.height());
-        let mut active: BTreeSet<NodeId> =
-            self.peers_of(s).into_iter().map(|p| self.nodes[p].id).filter(|id| set.contains(id)).collect();
-        if set.contains(&self.nodes[s].id) {
-            active.insert(self.nodes[s].id);
+    /// An honest node's client submits a transaction (`POST /tx`).
+    fn submit(&mut self, s: usize) {
+        let node = &mut self.nodes[s];
+        node.submitted += 1;
+        let tx = format!("tx {} #{} e{}", node.label, node.submitted, node.epoch).into_bytes();
+        self.input(s, |d, now| {
+            let _ = d.handle_submit(tx, now);
+        });
+    }
+
+    /// Byzantine slot `s` acts unprompted.
+    fn mischief(&mut self, s: usize) {
+        if self.nodes[s].fork {
+            // Far ahead, it says.
+            let tip = self.nodes[s].store.chain.last().map(|c| (c.block.height(), c.block.hash()));
+            if let Some((height, hash)) = tip {
+                let time_ms = self.clock(s).wall_ms;
+                self.broadcast(s, &Message::Tip { height, hash, time_ms });
+            }
+            return;
         }
-        let met = active.len() >= required_active(set.len(), MIN_ACTIVE);
-        if met == self.nodes[s].quorum {
-            return Vec::new();
+        if self.adv.on(super::adversary::Strategy::RequestFlood) {
+            self.flood_requests(s);
         }
-        self.nodes[s].quorum = met;
-        self.log(1 << s, None, true, |w| format!("{} quorum {}", w.name(s), if met { "met" } else { "lost" }));
-        self.handle(s, Input::Quorum(met))
+        let Some(d) = self.driver(s) else { return };
+        let (h, r) = (d.height(), d.core().round());
+        let me = self.nodes[s].identity.clone();
+        let peers = self.peers_of(s);
+        let wall = self.clock(s).wall_ms;
+        let sends = self.adv.tick(&me, h, r, wall, &peers);
+        self.exec(s, sends);
+    }
+
+    /// `RewindLock`: node `s` just locked; if an older polka for another value
+    /// exists, crash it now and restart it cut off from the others that prevoted
+    /// its lock (they would show it the polka again).
+    fn maybe_rewind(&mut self, s: usize, lock: &Lock) {
+        let (h, round, value) = (lock.block.height(), lock.round, lock.block.hash());
+        if self.calm_base.is_some() || self.rewinds >= 4 || !self.adv.rewind_target(h, round, value) {
+            return;
+        }
+        self.rewinds += 1;
+        self.log(1 << s, Some(h), true, |w| {
+            format!("{} locked above an older polka: the scheduler rewinds it", w.name(s))
+        });
+        // Byzantine slots precommit the lock's value to the others that prevoted
+        // it, so that they may decide it.
+        let voters = self.adv.prevoters(h, round, value);
+        let me = self.nodes[s].id;
+        for b in 0..self.nodes.len() {
+            if !self.nodes[b].honest && self.nodes[b].up {
+                let m = Message::Vote(precommit(h, round, Some(value), &self.nodes[b].identity));
+                let sends = self
+                    .peers_of(b)
+                    .into_iter()
+                    .filter(|p| self.nodes[*p].id != me && voters.contains(&self.nodes[*p].id))
+                    .map(|to| super::adversary::Send { to, msg: m.clone(), extra_delay: 0, genuine: true })
+                    .collect();
+                self.exec(b, sends);
+            }
+        }
+        self.at(self.now + 1, Event::Fault(Fault::Crash(s)));
+        // The partition comes once what is in flight has arrived.
+        let cut = self.now + self.plan.delay_ms.1 + 1;
+        self.at(cut, Event::Rewind { node: s, height: h, round, value });
+    }
+
+    /// The second half of a rewind: the node restarts cut off from every honest
+    /// node that prevoted its lock's value (they would show it the polka again).
+    fn rewind(&mut self, s: usize, h: Height, round: Round, value: Hash) {
+        if self.calm_base.is_some() {
+            return;
+        }
+        let voters = self.adv.prevoters(h, round, value);
+        let me = self.nodes[s].id;
+        let groups: Vec<u8> =
+            self.nodes.iter().map(|n| u8::from(n.honest && n.id != me && voters.contains(&n.id))).collect();
+        self.log(u32::MAX, None, true, |_| describe_fault(&Fault::Partition(groups.clone())));
+        self.fault(Fault::Partition(groups));
+        let restart = self.now + self.rng.range(200, 3_000);
+        let heal = restart + self.rng.range(2_000, 15_000);
+        self.at(restart, Event::Fault(Fault::Restart(s)));
+        self.at(heal, Event::Fault(Fault::Heal));
     }
 
     /// The plan's current member change as node `s` approves it, if it is one of
     /// those who approve it (a member for a vote, the member itself for an
-    /// address) and its chain does not already hold it.
-    fn planned_change(&self, s: usize) -> Option<Change> {
+    /// address) and neither its chain nor its pool already holds its approval.
+    fn planned_change(&self, s: usize) -> Option<(Change, ChangeRequest)> {
         let node = &self.nodes[s];
         let &(from, planned) = self.plan.changes.get(self.next_change)?;
-        if !node.honest || !node.up || (node.store.chain.len() as u64) < from {
+        if !node.honest || !node.up || node.store.tip() < from {
             return None;
         }
-        let m = node.core.as_ref()?.membership();
-        let change = match planned {
+        let d = node.driver.as_ref()?;
+        let m = d.core().membership();
+        let (change, request) = match planned {
             Planned::Add(k) => {
-                let id = self.key_ids[k];
-                (!m.next().contains(&id)).then_some(Change::Add { id, addr: joiner_addr(k) })?
+                let (id, addr) = (self.key_ids[k], joiner_addr(k));
+                (!m.next().contains(&id)).then_some((Change::Add { id, addr }, ChangeRequest::Add { id, addr }))?
             }
             Planned::Remove(k) => {
                 let id = self.key_ids[k];
-                m.next().contains(&id).then_some(Change::Remove { id })?
+                m.next().contains(&id).then_some((Change::Remove { id }, ChangeRequest::Remove { id }))?
             }
             Planned::SetAddr(k, port) => {
                 let id = self.key_ids[k];
                 let info = m.next().get(&id).filter(|_| id == node.id)?;
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                (info.addr != addr).then_some(Change::SetAddr { id, addr, seq: info.addr_seq + 1 })?
+                let change = Change::SetAddr { id, addr, seq: info.addr_seq + 1 };
+                (info.addr != addr).then_some((change, ChangeRequest::SetAddr { addr }))?
             }
         };
         if change.needs_vote() && !m.current().contains(&node.id) {
             return None;
         }
         let on_chain = m.state().pending.get(&change).is_some_and(|a| a.contains_key(&node.id));
-        let pooled = node.pool.iter().any(|sa| sa.approval.change == change && sa.approval.approver == node.id);
-        (!on_chain && !pooled).then_some(change)
+        let pooled = d.members_view().waiting.iter().any(|a| a.change == change && a.approver == node.id);
+        (!on_chain && !pooled).then_some((change, request))
     }
 
     /// An honest node approves the plan's current member change, as an operator
-    /// asks it to (again after its approval expired or a crash lost its pool):
-    /// signed at its tip, checked as the next block would, pooled and gossiped.
+    /// asks it to (again after its approval expired or a crash lost it).
     fn maybe_approve(&mut self, s: usize) {
-        let Some(change) = self.planned_change(s) else { return };
-        let node = &self.nodes[s];
-        let signed_at = node.store.chain.len() as u64;
-        let sa = Approval { change, approver: node.id, signed_at }.sign(&NET, &node.identity);
-        let Some(core) = node.core.as_ref() else { return };
-        if core.membership().check(&sa, &NET).is_err() || !self.nodes[s].pool.add(sa.clone()) {
-            return;
-        }
-        self.log(1 << s, None, true, |w| {
-            format!("{} approves: {} (signed at {signed_at})", w.name(s), w.change_text(&sa.approval.change))
+        let Some((change, request)) = self.planned_change(s) else { return };
+        let mut result = None;
+        self.input(s, |d, now| result = Some(d.handle_change(request, now)));
+        let text = self.change_text(&change);
+        self.log(1 << s, None, true, |w| match result {
+            Some(Ok(ok)) => format!("{} approves: {text} ({} of {})", w.name(s), ok.approvals, ok.required),
+            Some(Err(e)) => format!("{} cannot approve {text}: {e}", w.name(s)),
+            None => format!("{} is down", w.name(s)),
         });
-        self.broadcast(s, Wire::Approval(sa));
     }
 
     /// A member change with the simulation's names for its members.
@@ -628,433 +915,6 @@ impl World {
         self.next_change += 1;
         for s in 0..self.nodes.len() {
             self.maybe_approve(s);
-        }
-    }
-
-    /// Carries out what changed in connectivity: the quorum gate of every node,
-    /// then each new connection's replay of own messages and tips.
-    fn apply_links(&mut self, before: &[Vec<bool>]) {
-        let n = self.nodes.len();
-        for s in 0..n {
-            if !self.nodes[s].up {
-                continue;
-            }
-            let out = self.gate(s);
-            self.drive(s, out, None);
-        }
-        for (a, row) in before.iter().enumerate() {
-            for (b, was) in row.iter().enumerate() {
-                if !was && self.connected(a, b) {
-                    self.link_up(a, b);
-                }
-            }
-        }
-    }
-
-    /// `a` sees `b` connect.
-    fn link_up(&mut self, a: usize, b: usize) {
-        if !self.nodes[a].up || !self.nodes[b].up {
-            return;
-        }
-        let own = self.core(a).own_messages();
-        for m in own {
-            self.send_signed(a, &[b], m);
-        }
-        // Approvals waiting for a block: the peer may propose the next one.
-        let pooled: Vec<SignedApproval> = self.nodes[a].pool.iter().cloned().collect();
-        for sa in pooled {
-            self.send(a, b, Wire::Approval(sa), 0);
-        }
-        let tip = self.nodes[b].store.chain.len() as u64;
-        self.note_tip(a, b, tip);
-        self.maybe_sync(a);
-        if !self.nodes[a].honest && self.nodes[b].honest && self.nodes[b].booted_at == self.now && self.now > START_MS {
-            let target = &self.nodes[b];
-            let h = target.store.chain.len() as u64 + 1;
-            let lock = target.store.lock.as_ref().filter(|l| l.block.height() == h).map(|l| (l.round, l.block.hash()));
-            let last = target.store.last_signed.filter(|r| r.height == h);
-            let peers = self.peers_of(a);
-            let me = self.nodes[a].identity.clone();
-            let sends = self.adv.on_restart_seen(&me, b, h, lock, last, &peers);
-            if !sends.is_empty() {
-                self.log(1 << a | 1 << b, None, true, |w| {
-                    format!("{} replays {} messages to {} after its restart", w.name(a), sends.len(), w.name(b))
-                });
-            }
-            self.exec(a, sends);
-        }
-    }
-
-    /// Sends a message this slot's own core signed (or re-sends it).
-    fn send_signed(&mut self, s: usize, to: &[usize], m: Signed) {
-        if self.nodes[s].honest {
-            for &t in to {
-                self.send(s, t, Wire::Signed(m.clone()), 0);
-            }
-        } else {
-            let me = self.nodes[s].identity.clone();
-            let sends = self.adv.own_sign(&me, m, to);
-            self.exec(s, sends);
-        }
-    }
-
-    fn exec(&mut self, from: usize, sends: Vec<Send>) {
-        for Send { to, msg, extra_delay, genuine } in sends {
-            if let (true, Wire::Signed(m)) = (genuine, &msg) {
-                self.adv.record(m);
-                self.checker.observe(m);
-            }
-            self.send(from, to, msg, extra_delay);
-        }
-    }
-
-    fn send(&mut self, from: usize, to: usize, msg: Wire, extra_delay: u64) {
-        if !self.connected(from, to) || (self.loss > 0 && self.rng.chance(self.loss)) {
-            return;
-        }
-        let (lo, hi) = self.plan.delay_ms;
-        let t = self.now + self.rng.range(lo, hi) + extra_delay;
-        let epochs = (self.nodes[from].epoch, self.nodes[to].epoch);
-        self.at(t, Event::Deliver { from, to, epochs, msg });
-    }
-
-    fn broadcast(&mut self, s: usize, msg: Wire) {
-        for t in self.peers_of(s) {
-            self.send(s, t, msg.clone(), 0);
-        }
-    }
-
-    fn deliver(&mut self, from: usize, to: usize, msg: Wire) {
-        match msg {
-            Wire::Signed(m) => {
-                self.log(1 << from | 1 << to, Some(record_of(&m).height), false, |w| {
-                    format!("{} -> {}: {}", w.name(from), w.name(to), describe(&m))
-                });
-                if !self.nodes[to].honest {
-                    let me = self.nodes[to].identity.clone();
-                    let peers = self.peers_of(to);
-                    let sends = self.adv.on_receive(&me, &m, &peers);
-                    self.exec(to, sends);
-                }
-                let out = self.handle(to, input_of(m));
-                self.drive(to, out, Some(from));
-            }
-            Wire::Tip(h) => {
-                self.note_tip(to, from, h);
-                self.maybe_sync(to);
-            }
-            Wire::SyncRequest { from_height, req } => {
-                let chain = &self.nodes[to].store.chain;
-                let honest: Vec<Committed> =
-                    chain.iter().skip(from_height.saturating_sub(1) as usize).take(SYNC_BATCH).cloned().collect();
-                let blocks = if self.nodes[to].honest {
-                    honest
-                } else {
-                    let me = self.nodes[to].identity.clone();
-                    let chain = self.nodes[to].store.chain.clone();
-                    self.adv.sync_reply(&me, from_height, &chain).unwrap_or(honest)
-                };
-                self.send(to, from, Wire::SyncReply { req, blocks }, 0);
-            }
-            Wire::SyncReply { req, blocks } => {
-                if self.nodes[to].syncing.map(|s| s.0) != Some(req) {
-                    return;
-                }
-                self.nodes[to].syncing = None;
-                self.log(1 << from | 1 << to, None, false, |w| {
-                    format!("{} -> {}: {} block(s) for sync", w.name(from), w.name(to), blocks.len())
-                });
-                if blocks.is_empty() {
-                    self.penalize(to, from);
-                }
-                for c in blocks {
-                    let before = self.core(to).height();
-                    let out = self.handle(to, Input::Commit(c));
-                    self.drive(to, out, Some(from));
-                    if !self.nodes[to].up || self.checker.violation.is_some() {
-                        return;
-                    }
-                    if self.core(to).height() == before {
-                        self.penalize(to, from);
-                        break;
-                    }
-                }
-                self.maybe_sync(to);
-            }
-            Wire::Approval(sa) => {
-                // Held already: what the pool would refuse, without checking a signature again.
-                let a = &sa.approval;
-                if self.nodes[to]
-                    .pool
-                    .iter()
-                    .any(|p| p.approval.approver == a.approver && p.approval.change == a.change)
-                {
-                    return;
-                }
-                // Kept and passed on once if the next block could carry it.
-                if self.core(to).membership().check(&sa, &NET).is_ok() && self.nodes[to].pool.add(sa.clone()) {
-                    self.broadcast(to, Wire::Approval(sa));
-                }
-            }
-        }
-    }
-
-    fn tick(&mut self, s: usize) {
-        let (h, r) = {
-            let c = self.core(s);
-            (c.height(), c.round())
-        };
-        let node = &mut self.nodes[s];
-        if h != node.last_height_seen.0 {
-            node.last_height_seen = (h, self.now);
-        } else if self.now - node.last_height_seen.1 >= REBROADCAST_AFTER_MS && node.quorum {
-            node.last_height_seen.1 = self.now;
-            let own = self.core(s).relay_messages();
-            self.log(1 << s, None, false, |w| format!("{} re-sends {} messages it holds", w.name(s), own.len()));
-            let peers = self.peers_of(s);
-            for m in own {
-                self.send_signed(s, &peers, m);
-            }
-        }
-        if !self.nodes[s].honest {
-            let me = self.nodes[s].identity.clone();
-            let peers = self.peers_of(s);
-            let sends = self.adv.tick(&me, h, r, &peers);
-            self.exec(s, sends);
-        }
-    }
-
-    /// `RewindLock`: node `s` just locked; if an older polka for another value
-    /// exists, crash it now and restart it cut off from the others that prevoted
-    /// its lock (they would show it the polka again).
-    fn maybe_rewind(&mut self, s: usize, lock: &Lock) {
-        let (h, round, value) = (lock.block.height(), lock.round, lock.block.hash());
-        if self.calm_base.is_some() || self.rewinds >= 4 || !self.adv.rewind_target(h, round, value) {
-            return;
-        }
-        self.rewinds += 1;
-        self.log(1 << s, Some(h), true, |w| {
-            format!("{} locked above an older polka: the scheduler rewinds it", w.name(s))
-        });
-        // Byzantine slots precommit the lock's value to the others that prevoted
-        // it, so that they may decide it.
-        let voters = self.adv.prevoters(h, round, value);
-        let me = self.nodes[s].id;
-        for b in 0..self.nodes.len() {
-            if !self.nodes[b].honest && self.nodes[b].up {
-                let m = Signed::Vote(precommit(h, round, Some(value), &self.nodes[b].identity));
-                let sends = self
-                    .peers_of(b)
-                    .into_iter()
-                    .filter(|p| self.nodes[*p].id != me && voters.contains(&self.nodes[*p].id))
-                    .map(|to| Send { to, msg: Wire::Signed(m.clone()), extra_delay: 0, genuine: true })
-                    .collect();
-                self.exec(b, sends);
-            }
-        }
-        self.at(self.now + 1, Event::Fault(Fault::Crash(s)));
-        // The partition comes once what is in flight has arrived.
-        let cut = self.now + self.plan.delay_ms.1 + 1;
-        self.at(cut, Event::Rewind { node: s, height: h, round, value });
-    }
-
-    /// The second half of a rewind: the node restarts cut off from every honest
-    /// node that prevoted its lock's value (they would show it the polka again).
-    fn rewind(&mut self, s: usize, h: Height, round: Round, value: Hash) {
-        if self.calm_base.is_some() {
-            return;
-        }
-        let voters = self.adv.prevoters(h, round, value);
-        let me = self.nodes[s].id;
-        let groups: Vec<u8> =
-            self.nodes.iter().map(|n| u8::from(n.honest && n.id != me && voters.contains(&n.id))).collect();
-        self.log(u32::MAX, None, true, |_| describe_fault(&Fault::Partition(groups.clone())));
-        self.fault(Fault::Partition(groups));
-        let restart = self.now + self.rng.range(200, 3_000);
-        let heal = restart + self.rng.range(2_000, 15_000);
-        self.at(restart, Event::Fault(Fault::Restart(s)));
-        self.at(heal, Event::Fault(Fault::Heal));
-    }
-
-    fn note_tip(&mut self, s: usize, peer: usize, h: Height) {
-        let node = &mut self.nodes[s];
-        if node.penalty.get(&peer).is_some_and(|until| self.now < *until) {
-            return;
-        }
-        let e = node.peer_tips.entry(peer).or_insert(0);
-        *e = (*e).max(h);
-    }
-
-    fn penalize(&mut self, s: usize, peer: usize) {
-        let node = &mut self.nodes[s];
-        node.peer_tips.remove(&peer);
-        node.penalty.insert(peer, self.now + SYNC_PENALTY_MS);
-    }
-
-    fn maybe_sync(&mut self, s: usize) {
-        if self.nodes[s].syncing.is_some() || !self.nodes[s].up {
-            return;
-        }
-        let our_tip = self.core(s).height() - 1;
-        let node = &self.nodes[s];
-        let Some((&peer, &their_tip)) = node.peer_tips.iter().max_by_key(|(_, h)| **h) else { return };
-        if their_tip <= our_tip {
-            return;
-        }
-        let req = self.next_req;
-        self.next_req += 1;
-        self.nodes[s].syncing = Some((req, peer));
-        let epoch = self.nodes[s].epoch;
-        self.send(s, peer, Wire::SyncRequest { from_height: our_tip + 1, req }, 0);
-        self.at(self.now + SYNC_TIMEOUT_MS, Event::SyncTimeout { node: s, epoch, req });
-    }
-
-    /// Carries out a core's outputs in order, as the producer's `drive` does.
-    fn drive(&mut self, s: usize, outputs: Vec<Output>, from: Option<usize>) {
-        let mut work: VecDeque<Effect> = effects(outputs).into();
-        while let Some(e) = work.pop_front() {
-            if !self.nodes[s].up || self.checker.violation.is_some() {
-                return;
-            }
-            match e {
-                Effect::Sign { record, message, lock } => {
-                    let node = &mut self.nodes[s];
-                    node.store.last_signed = Some(record);
-                    node.store.own.insert(record, message.clone());
-                    if let Some(l) = &lock {
-                        node.store.lock = Some(l.clone());
-                    }
-                    let honest = node.honest;
-                    self.log(1 << s, Some(record.height), true, |w| {
-                        let lock = lock.as_ref().map_or(String::new(), |l| {
-                            format!(", lock (round {}, {})", l.round, l.block.hash().short())
-                        });
-                        format!("{} signs {}{lock}", w.name(s), describe(&message))
-                    });
-                    if honest {
-                        self.checker.on_sign(&message, lock.as_ref());
-                        if let Some(l) = &lock {
-                            self.maybe_rewind(s, l);
-                        }
-                    } else {
-                        self.checker.observe(&message);
-                    }
-                    if self.nodes[s].crash_after_persist {
-                        self.crash(s);
-                        return;
-                    }
-                    self.adv.record(&message);
-                    let peers = self.peers_of(s);
-                    self.send_signed(s, &peers, message);
-                }
-                Effect::Schedule { timeout, after_ms } => {
-                    let epoch = self.nodes[s].epoch;
-                    self.at(self.now + after_ms, Event::Timer { node: s, epoch, timeout });
-                }
-                Effect::NeedValue { height, round } => {
-                    if !self.nodes[s].honest {
-                        let me = self.nodes[s].identity.clone();
-                        if let Some(messages) = self.adv.need_value(&me, height, round) {
-                            self.log(1 << s, Some(height), true, |w| {
-                                format!("{} re-proposes: {}", w.name(s), describe(&messages[0]))
-                            });
-                            let peers = self.peers_of(s);
-                            let mut sends = Vec::new();
-                            for m in messages {
-                                for &to in &peers {
-                                    sends.push(Send {
-                                        to,
-                                        msg: Wire::Signed(m.clone()),
-                                        extra_delay: 0,
-                                        genuine: true,
-                                    });
-                                }
-                            }
-                            self.exec(s, sends);
-                            continue;
-                        }
-                    }
-                    let txs = vec![format!("tx {} h{height} r{round}", self.nodes[s].label).into_bytes()];
-                    let node = &self.nodes[s];
-                    let Some(membership) = node.core.as_ref().map(|c| c.membership()) else { return };
-                    let mut changes = membership.select(node.pool.iter(), &NET);
-                    if !node.honest {
-                        if let Some((bad, at)) = self.adv.bad_changes(&node.identity, membership, &changes) {
-                            let why = self.trace.is_some().then(|| membership.validate(&bad, &NET).err()).flatten();
-                            let forged = bad[at].approval.clone();
-                            self.log(1 << s, Some(height), true, |w| {
-                                let why = why.map_or("valid after all".into(), |(i, e)| format!("#{i} refused: {e}"));
-                                let by = (w.checker.label)(&forged.approver);
-                                format!(
-                                    "{} proposes {} approvals with #{at} invalid: {} by {by} signed at {} ({why})",
-                                    w.name(s),
-                                    bad.len(),
-                                    w.change_text(&forged.change),
-                                    forged.signed_at
-                                )
-                            });
-                            changes = bad;
-                        }
-                    }
-                    let out = self.handle(s, Input::Value { height, round, txs, changes });
-                    work.extend(effects(out));
-                }
-                Effect::Decided { committed: c, membership, completed } => {
-                    let node = &mut self.nodes[s];
-                    let prev =
-                        node.store.chain.last().map_or((0, genesis_hash(&NET)), |p| (p.block.height(), p.block.hash()));
-                    let h = c.block.height();
-                    let chain_completed = if node.honest {
-                        let id = node.id;
-                        self.checker.on_commit(id, &c, prev, &membership)
-                    } else {
-                        Vec::new()
-                    };
-                    self.log(1 << s, Some(h), true, |w| {
-                        format!("{} commits height {h} {} (round {})", w.name(s), c.block.hash().short(), c.cert.round)
-                    });
-                    for done in &completed {
-                        self.log(1 << s, Some(h), true, |w| {
-                            format!(
-                                "{} sees member change completed: {} (in force at {})",
-                                w.name(s),
-                                w.change_text(&done.change),
-                                done.in_force
-                            )
-                        });
-                    }
-                    let node = &mut self.nodes[s];
-                    node.store.chain.push(c);
-                    node.store.membership = Some(membership);
-                    node.store.own.retain(|r, _| r.height > h);
-                    if !node.pool.is_empty() {
-                        let Some(core) = node.core.as_ref() else { return };
-                        node.pool.retain_valid(core.membership(), &NET);
-                    }
-                    self.broadcast(s, Wire::Tip(h));
-                    // The gate counts the new height's set.
-                    let out = self.gate(s);
-                    work.extend(effects(out));
-                    self.on_chain_completed(&chain_completed);
-                    self.maybe_approve(s);
-                    self.check_finished();
-                }
-                Effect::Misbehaviour { node, what } => {
-                    self.log(1 << s, None, false, |w| {
-                        let who = node.map(|n| n.short()).unwrap_or_else(|| "nobody".into());
-                        format!("{} reports misbehaviour of {who}: {what}", w.name(s))
-                    });
-                }
-                Effect::Ahead { node, height } => {
-                    let peer = from
-                        .filter(|f| self.nodes[*f].id == node)
-                        .or_else(|| self.peers_of(s).into_iter().find(|p| self.nodes[*p].id == node));
-                    if let Some(peer) = peer {
-                        self.note_tip(s, peer, height.saturating_sub(1));
-                        self.maybe_sync(s);
-                    }
-                }
-            }
         }
     }
 }

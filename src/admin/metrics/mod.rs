@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 
 use super::guard::Refusal;
 use super::AdminStats;
-use crate::chain::links::Held;
+use crate::chain::driver::Held;
 use crate::net::handshake::RejectReason;
 use crate::net::Class;
 use crate::status::StatusSource;
