@@ -66,8 +66,14 @@ fn slots_bytes(max_txs: usize) -> usize {
     max_txs * (std::mem::size_of::<Option<Vec<u8>>>() + 2 * (std::mem::size_of::<(Hash, usize)>() + 1))
 }
 
+/// A block's bytes as held: each transaction with its `Vec` and the
+/// allocator's rounding (at most 32 bytes more than a one-byte transaction),
+/// its approvals and its header.
 fn proposal_bytes(limits: &Limits) -> usize {
-    limits.max_block_bytes + limits.max_block_txs * std::mem::size_of::<Vec<u8>>() + APPROVALS_PER_BLOCK * 256 + 512
+    limits.max_block_bytes
+        + limits.max_block_txs * (std::mem::size_of::<Vec<u8>>() + 32)
+        + APPROVALS_PER_BLOCK * 256
+        + 512
 }
 
 /// What `d` may hold now, structure by structure.
