@@ -744,6 +744,8 @@ async fn a_blocks_answer_with_more_blocks_than_asked_is_refused_undecoded() {
             let Ok(mut uni) = conn.open_uni().await else { return };
             let tip = codec::encode(&Message::Tip { height: 1_000_000, hash: Hash([7; 32]), time_ms: now_ms() });
             let _ = uni.write_all(&tip).await;
+            // At wire 4 a peer is asked for blocks once it says it holds them.
+            let _ = uni.write_all(&codec::encode(&Message::Holds { earliest: 1, height: 1_000_000 })).await;
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let answer = answer.clone();
                 tokio::spawn(async move {
