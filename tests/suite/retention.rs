@@ -92,7 +92,15 @@ async fn a_late_node_catches_up_from_the_peer_that_holds_the_range_or_says_once_
     let caught = until(&net, 3, Duration::from_secs(120), "node 4 catches up", |s| s.height >= tip).await;
     assert_eq!(caught.earliest_height, 1, "a node without retain_blocks keeps what it synced");
     let log = net.log(3);
-    assert!(!log.contains("sync from peer failed"), "node 4 asked only peers that hold what it asked for:\n{log}");
+    // The archive is never asked in vain. A pruned peer is asked only for
+    // heights it said it holds; at 20 ms blocks its earliest height moves 50
+    // heights a second, so a request at its pruned edge may find the heights
+    // gone by the time it is served: an empty answer, and node 4 moves on.
+    let archive_id = &archive.node_id[..8];
+    for line in log.lines().filter(|l| l.contains("sync from peer failed")) {
+        assert!(!line.contains(archive_id), "node 4 asked the archive in vain:\n{line}");
+        assert!(line.contains("\"reason\":\"empty\""), "only a pruned edge may fail a request:\n{line}");
+    }
     assert!(!log.contains("none holds height"), "{log}");
 
     // Node 3 down and node 4 on an empty data dir again: nodes 1 and 2 hold
