@@ -897,6 +897,25 @@ fn timeouts_grow_linearly_and_saturate() {
 
 /// Proposals for the next height are bounded in bytes, not only in count: nine
 /// rounds of 1 MiB blocks do not all stay.
+/// A proposal of height 2 in `round` by its proposer, of 1,024 transactions
+/// of 1 KiB each (distinct per round): a next-height proposal of 1 MiB.
+fn next_height_proposal(f: &OneCore, core: &Core, round: u32) -> Input {
+    let txs: Vec<Vec<u8>> =
+        (0..1024u32).map(|i| [&round.to_be_bytes()[..], &i.to_be_bytes()[..], &[0; 1016][..]].concat()).collect();
+    let proposer = core.proposer(2, round);
+    let header = Header {
+        height: 2,
+        round,
+        prev_hash: Hash([1; 32]),
+        timestamp_ms: 4_000,
+        proposer,
+        tx_root: tx_root(&txs),
+        changes: vec![],
+    };
+    let p = Proposal { height: 2, round, block: Block { header, txs }, valid_round: None, proposer };
+    Input::Proposal(p.sign(&NET, &f.identity(proposer)))
+}
+
 #[test]
 fn next_height_buffer_is_bounded_in_bytes() {
     let f = OneCore::new();
@@ -904,20 +923,7 @@ fn next_height_buffer_is_bounded_in_bytes() {
     let mut core = Core::new(f.cfg.clone(), f.me.clone(), 1, genesis_hash(&NET), 0, None);
     f.start(&mut core);
     for round in 0..=MAX_FUTURE_ROUND {
-        let txs: Vec<Vec<u8>> =
-            (0..1024u32).map(|i| [&round.to_be_bytes()[..], &i.to_be_bytes()[..], &[0; 1016][..]].concat()).collect();
-        let proposer = core.proposer(2, round);
-        let header = Header {
-            height: 2,
-            round,
-            prev_hash: Hash([1; 32]),
-            timestamp_ms: 4_000,
-            proposer,
-            tx_root: tx_root(&txs),
-            changes: vec![],
-        };
-        let p = Proposal { height: 2, round, block: Block { header, txs }, valid_round: None, proposer };
-        core.handle(Input::Proposal(p.sign(&NET, &f.identity(proposer))), now);
+        core.handle(next_height_proposal(&f, &core, round), now);
     }
     assert!(core.future.bytes <= MAX_FUTURE_BYTES, "{} bytes buffered", core.future.bytes);
     let kept = core.future.proposals.len() as u32;
@@ -948,22 +954,7 @@ fn an_earlier_rounds_proposal_for_the_next_height_takes_the_place_of_later_ones(
     let now = 5_000;
     let mut core = Core::new(f.cfg.clone(), f.me.clone(), 1, genesis_hash(&NET), 0, None);
     f.start(&mut core);
-    let proposal = |round: u32| {
-        let txs: Vec<Vec<u8>> =
-            (0..1024u32).map(|i| [&round.to_be_bytes()[..], &i.to_be_bytes()[..], &[0; 1016][..]].concat()).collect();
-        let proposer = core.proposer(2, round);
-        let header = Header {
-            height: 2,
-            round,
-            prev_hash: Hash([1; 32]),
-            timestamp_ms: 4_000,
-            proposer,
-            tx_root: tx_root(&txs),
-            changes: vec![],
-        };
-        let p = Proposal { height: 2, round, block: Block { header, txs }, valid_round: None, proposer };
-        Input::Proposal(p.sign(&NET, &f.identity(proposer)))
-    };
+    let proposal = |round: u32| next_height_proposal(&f, &core, round);
     let late: Vec<Input> = (1..=MAX_FUTURE_ROUND).map(&proposal).collect();
     let (first, last) = (proposal(0), proposal(MAX_FUTURE_ROUND));
     for p in late {

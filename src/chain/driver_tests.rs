@@ -44,16 +44,31 @@ fn driver_running(
     bootstrap: Vec<(NodeId, SocketAddr)>,
     max_version: u16,
 ) -> Driver {
+    let core = Core::new(core_config(ids), me.clone(), 1, genesis_hash(&NET), 0, None);
+    Driver::new(core, driver_config(me, bootstrap, max_version, 0), at(T0))
+}
+
+/// The core's configuration for the genesis set `ids`.
+fn core_config(ids: &[Arc<Identity>]) -> consensus::Config {
     let members = Membership::of_ids(&ids.iter().map(|i| i.id()).collect::<Vec<_>>(), 3);
-    let cfg = consensus::Config {
+    consensus::Config {
         network_id: NET,
         members,
         block_interval_ms: INTERVAL,
         limits: Limits::default(),
         timeouts: Timeouts::for_interval(INTERVAL),
-    };
-    let core = Core::new(cfg, me.clone(), 1, genesis_hash(&NET), 0, None);
-    let cfg = DriverConfig {
+    }
+}
+
+/// The driver's configuration for member `me`, with a doppelganger watch of
+/// `watch_intervals`.
+fn driver_config(
+    me: &Arc<Identity>,
+    bootstrap: Vec<(NodeId, SocketAddr)>,
+    max_version: u16,
+    watch_intervals: u32,
+) -> DriverConfig {
+    DriverConfig {
         network_id: NET,
         block_interval_ms: INTERVAL,
         min_active: 3,
@@ -62,9 +77,8 @@ fn driver_running(
         identity: me.clone(),
         bootstrap,
         max_version,
-        watch_intervals: 0,
-    };
-    Driver::new(core, cfg, at(T0))
+        watch_intervals,
+    }
 }
 
 fn driver(ids: &[Arc<Identity>], me: usize) -> Driver {
@@ -1051,17 +1065,7 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
             timeouts: Timeouts::for_interval(INTERVAL),
         };
         let core = Core::new(cfg, ids[3].clone(), 30, last.block.hash(), last.block.header.timestamp_ms, None);
-        let cfg = DriverConfig {
-            network_id: NET,
-            block_interval_ms: INTERVAL,
-            min_active: 3,
-            limits: Limits::default(),
-            node_limits: NodeLimits::default(),
-            identity: ids[3].clone(),
-            bootstrap: Vec::new(),
-            max_version,
-            watch_intervals: 0,
-        };
+        let cfg = driver_config(&ids[3], Vec::new(), max_version, 0);
         Driver::new(core, cfg, at(net.now))
     };
     // A node far behind with the same binary syncs up to the height and no
@@ -1098,14 +1102,6 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
 /// height 1 whose parent was stamped at `parent_ms`, holding `own` as
 /// restored from its store (its record the last of them).
 fn watching(ids: &[Arc<Identity>], me: usize, intervals: u32, parent_ms: u64, own: Vec<Signed>) -> Driver {
-    let members = Membership::of_ids(&ids.iter().map(|i| i.id()).collect::<Vec<_>>(), 3);
-    let cfg = consensus::Config {
-        network_id: NET,
-        members,
-        block_interval_ms: INTERVAL,
-        limits: Limits::default(),
-        timeouts: Timeouts::for_interval(INTERVAL),
-    };
     let record = own
         .iter()
         .map(|m| match m {
@@ -1115,19 +1111,9 @@ fn watching(ids: &[Arc<Identity>], me: usize, intervals: u32, parent_ms: u64, ow
             }
         })
         .max();
-    let mut core = Core::new(cfg, ids[me].clone(), 1, genesis_hash(&NET), parent_ms, record);
+    let mut core = Core::new(core_config(ids), ids[me].clone(), 1, genesis_hash(&NET), parent_ms, record);
     core.restore_own(own);
-    let cfg = DriverConfig {
-        network_id: NET,
-        block_interval_ms: INTERVAL,
-        min_active: 3,
-        limits: Limits::default(),
-        node_limits: NodeLimits::default(),
-        identity: ids[me].clone(),
-        bootstrap: Vec::new(),
-        max_version: crate::chain::rules::MAX_VERSION,
-        watch_intervals: intervals,
-    };
+    let cfg = driver_config(&ids[me], Vec::new(), crate::chain::rules::MAX_VERSION, intervals);
     Driver::new(core, cfg, at(T0))
 }
 
