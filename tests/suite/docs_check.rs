@@ -594,42 +594,11 @@ fn the_docs_name_the_configuration_keys_exactly() {
 // ---- metrics ----
 
 fn metric_names(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let bytes = text.as_bytes();
-    let mut from = 0;
-    while let Some(at) = text[from..].find("masternode_").map(|i| from + i) {
-        let word_start = at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
-        let end = text[at..].find(|c: char| !(c.is_ascii_lowercase() || c == '_')).map_or(text.len(), |i| at + i);
-        let name = text[at..end].trim_end_matches('_');
-        if word_start && name.len() > "masternode".len() {
-            out.insert(name.to_string());
-        }
-        from = end.max(at + 1);
-    }
-    out
-}
-
-fn exported(exposition: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for line in exposition.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            out.insert(rest.split_whitespace().next().unwrap_or_default().to_string());
-        } else if !line.starts_with('#') && !line.is_empty() {
-            out.insert(line[..line.find(['{', ' ']).unwrap_or(line.len())].to_string());
-        }
-    }
-    out
+    crate::monitoring::names_with(text, &["masternode_"])
 }
 
 fn unexported<'a>(named: impl IntoIterator<Item = &'a String>, have: &BTreeSet<String>) -> Vec<String> {
-    named
-        .into_iter()
-        .filter(|n| {
-            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| n.strip_suffix(s)).unwrap_or(n);
-            !have.contains(*n) && !have.contains(family)
-        })
-        .cloned()
-        .collect()
+    named.into_iter().filter(|n| !crate::monitoring::is_exported(n, have)).cloned().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,7 +620,7 @@ async fn every_metric_the_docs_name_is_exported() {
         .await;
     let scrape = masternode::admin::http_get(nodes[0].admin_addr(), "/metrics", Duration::from_secs(5)).await.unwrap();
     stop_all(nodes).await;
-    let missing = unexported(named.keys(), &exported(&scrape));
+    let missing = unexported(named.keys(), &crate::monitoring::exported(&scrape));
     let at: Vec<String> = missing.iter().map(|m| format!("{}: {m}", named[m])).collect();
     assert!(missing.is_empty(), "named in the docs, not exported by /metrics:\n{}", at.join("\n"));
 }

@@ -24,9 +24,15 @@ const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/monitoring/grafana
 
 /// Metric names in `text`: `masternode_*` and `process_*` identifiers.
 fn metric_names(text: &str) -> BTreeSet<String> {
+    names_with(text, &["masternode_", "process_"])
+}
+
+/// Identifiers in `text` that start with one of `prefixes` (a trailing `_`
+/// is not part of the name).
+pub(crate) fn names_with(text: &str, prefixes: &[&str]) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let bytes = text.as_bytes();
-    for prefix in ["masternode_", "process_"] {
+    for prefix in prefixes {
         let mut from = 0;
         while let Some(at) = text[from..].find(prefix).map(|i| from + i) {
             let starts_word = at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
@@ -42,7 +48,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 /// Names a scrape exports: every sample's name, and every family's (a
 /// histogram's family name has no sample of its own).
-fn exported(exposition: &str) -> BTreeSet<String> {
+pub(crate) fn exported(exposition: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for line in exposition.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -55,7 +61,8 @@ fn exported(exposition: &str) -> BTreeSet<String> {
     out
 }
 
-fn is_exported(name: &str, exported: &BTreeSet<String>) -> bool {
+/// Whether `name` is exported, a histogram's series by its family.
+pub(crate) fn is_exported(name: &str, exported: &BTreeSet<String>) -> bool {
     let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
     exported.contains(name) || exported.contains(family)
 }
