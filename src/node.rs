@@ -147,7 +147,7 @@ async fn keep_retention(
         let target = prune_target(tip.borrow().height, retain);
         let seal_due = last_seal.elapsed() >= SEAL_EVERY;
         let (s, dir) = (store.clone(), data_dir.clone());
-        let pass = tokio::task::spawn_blocking(move || -> Result<(u64, u64, bool, u64), StoreError> {
+        let pass = tokio::task::spawn_blocking(move || -> Result<(u64, u64, bool, bool, u64), StoreError> {
             let first = s.earliest()?;
             let mut earliest = first;
             if let Some(target) = target {
@@ -167,18 +167,17 @@ async fn keep_retention(
             } else if sealed {
                 s.seal()?;
             }
-            Ok((earliest, pruned, sealed || compacted, dir_bytes(&dir)))
+            Ok((earliest, pruned, sealed, compacted, dir_bytes(&dir)))
         })
         .await;
         match pass {
-            Ok(Ok((earliest, pruned, sealed, bytes))) => {
+            Ok(Ok((earliest, pruned, sealed, compacted, bytes))) => {
                 if pruned > 0 {
                     tracing::debug!(earliest, "pruned {pruned} block(s) below {earliest}");
                 }
-                uncompacted += pruned;
-                if uncompacted >= compact_after {
-                    uncompacted = 0;
-                }
+                uncompacted = if compacted { 0 } else { uncompacted + pruned };
+                // A compaction seals the tables as well.
+                let sealed = sealed || compacted;
                 unsealed = (unsealed || pruned > 0) && !sealed;
                 if sealed {
                     last_seal = std::time::Instant::now();
