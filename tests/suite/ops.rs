@@ -523,8 +523,10 @@ async fn devnet_runs_off_the_default_base() {
 fn a_devnet_stopping_logs_no_warning() {
     let [a, b] = subnet();
     let base = format!("127.{a}.{b}.1");
+    // Long enough for a first block under load: each node's doppelganger
+    // watch holds its first signature for two intervals after the mesh forms.
     let out = Command::new(BIN)
-        .args(["devnet", "--duration", "3", "--base-ip", &base])
+        .args(["devnet", "--duration", "6", "--base-ip", &base])
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
