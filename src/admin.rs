@@ -22,10 +22,12 @@ pub(crate) mod ready;
 pub(crate) mod server;
 pub(crate) mod token;
 
-pub use metrics::render as render_metrics;
+pub(crate) use metrics::render as render_metrics;
 pub use ready::{fetch_readiness, fetch_stop_verdict};
-pub use server::{AdminStats, LocalAddr, HEADER_TIMEOUT, MAX_CONNECTIONS};
-pub use token::{AdminToken, TokenError};
+pub(crate) use server::{AdminStats, LocalAddr};
+pub use server::{HEADER_TIMEOUT, MAX_CONNECTIONS};
+pub use token::AdminToken;
+pub(crate) use token::TokenError;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,7 +54,7 @@ use crate::identity::NodeId;
 use crate::status::{Status, StatusSource};
 
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub status: Arc<StatusSource>,
     pub store: Store,
     /// The mempool's limit on one transaction: bodies over it are refused

@@ -260,10 +260,10 @@ impl LogFormat {
 }
 
 /// `doppelganger_intervals` when the file does not set it.
-pub const DEFAULT_DOPPELGANGER_INTERVALS: u32 = 2;
+pub(crate) const DEFAULT_DOPPELGANGER_INTERVALS: u32 = 2;
 /// The longest watch a file may ask for: a typo of 2000 must not keep a node
 /// from signing for an hour.
-pub const MAX_DOPPELGANGER_INTERVALS: u32 = 100;
+pub(crate) const MAX_DOPPELGANGER_INTERVALS: u32 = 100;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

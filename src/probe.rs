@@ -176,7 +176,7 @@ pub struct StopVerdict {
 /// height with its `required`, and the peers this node has a completed
 /// handshake with (members or not).
 #[derive(Debug, Clone, Copy)]
-pub struct StopInput<'a> {
+pub(crate) struct StopInput<'a> {
     pub this: NodeId,
     pub members: &'a BTreeSet<NodeId>,
     pub connected: &'a [NodeId],

@@ -263,7 +263,7 @@ pub(crate) const SLOW_PEER_RECENT_MS: u64 = 10 * 60 * 1000;
 
 /// What the producer knows, as of one moment, for [`add_chain`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ChainState {
+pub(crate) struct ChainState {
     pub last_block_timestamp_ms: Option<u64>,
     pub round: u64,
     pub best_peer_tip: u64,
@@ -365,7 +365,7 @@ pub(crate) fn upgrade_warning(schedule: &[crate::chain::members::Plan], tip: u64
     ))
 }
 
-pub use crate::chain::mempool::Figures as MempoolFigures;
+pub(crate) use crate::chain::mempool::Figures as MempoolFigures;
 
 /// Builds `/status` from the live parts of a node.
 #[derive(Clone)]

@@ -37,7 +37,7 @@ pub(crate) const JSON: &str = "application/json";
 /// Why a request was refused before reaching its handler. The names are the
 /// `reason` label of `masternode_admin_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No `Host` header.
     HostMissing,
     /// A `Host` that is not `host[:port]`.
@@ -58,7 +58,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub(crate) const ALL: [Refusal; 8] = [
         Refusal::HostMissing,
         Refusal::HostMalformed,
         Refusal::HostName,
@@ -69,7 +69,7 @@ impl Refusal {
         Refusal::Browser,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refusal::HostMissing => "host_missing",
             Refusal::HostMalformed => "host_malformed",
@@ -82,7 +82,7 @@ impl Refusal {
         }
     }
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }

@@ -51,12 +51,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The address a connection was accepted on, put into every request's
 /// extensions (beside axum's `ConnectInfo<SocketAddr>`, the client's address).
 #[derive(Debug, Clone, Copy)]
-pub struct LocalAddr(pub SocketAddr);
+pub(crate) struct LocalAddr(pub SocketAddr);
 
 /// The admin API's own counters, read by `/metrics`, and which refusals have
 /// been logged at warn already.
 #[derive(Debug, Default)]
-pub struct AdminStats {
+pub(crate) struct AdminStats {
     connections: AtomicU64,
     connection_waits: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
@@ -66,7 +66,7 @@ pub struct AdminStats {
 
 impl AdminStats {
     /// Connections open now.
-    pub fn connections(&self) -> u64 {
+    pub(crate) fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
     }
 
@@ -76,13 +76,13 @@ impl AdminStats {
     }
 
     /// Requests refused for `reason` so far.
-    pub fn refused(&self, reason: Refusal) -> u64 {
+    pub(crate) fn refused(&self, reason: Refusal) -> u64 {
         self.refused[reason.index()].load(Ordering::Relaxed)
     }
 
     /// Counts a refusal; true the first time for its reason (log that one at
     /// warn, later ones at debug: a page can retry in a loop).
-    pub fn refuse(&self, reason: Refusal) -> bool {
+    pub(crate) fn refuse(&self, reason: Refusal) -> bool {
         self.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
         !self.warned[reason.index()].swap(true, Ordering::Relaxed)
     }

@@ -617,7 +617,7 @@ impl Core {
 
     /// Our own signed messages for the current height, to replay to a peer that
     /// just connected and missed them.
-    pub fn own_messages(&self) -> Vec<Signed> {
+    pub(crate) fn own_messages(&self) -> Vec<Signed> {
         let mut out = Vec::new();
         for (r, p) in &self.proposals {
             if self.proposer(self.height, *r) == self.me {
@@ -639,7 +639,7 @@ impl Core {
     /// the current round and of the round its valid value comes from. Sent again
     /// when no block came for a while: Tendermint assumes that a message one
     /// correct process received, every correct process eventually receives.
-    pub fn relay_messages(&self) -> Vec<Signed> {
+    pub(crate) fn relay_messages(&self) -> Vec<Signed> {
         let mut out = Vec::new();
         let valid_round = self.valid.as_ref().map(|(r, _)| *r);
         for r in [Some(self.round), valid_round].into_iter().flatten().collect::<BTreeSet<_>>() {
@@ -738,7 +738,7 @@ impl Core {
         }
     }
 
-    pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
+    pub(crate) fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
         self.handle_signed(input, now_ms).0
     }
 

@@ -61,7 +61,7 @@ impl NodeLimits {
     /// larger than a block's bytes could never be proposed, and would hold
     /// back its share of the mempool until it expired, so `tx_max_bytes` is
     /// at most `max_block_bytes` and larger ones are refused where they enter.
-    pub fn within_blocks(mut self, block: &super::block::Limits) -> NodeLimits {
+    pub(crate) fn within_blocks(mut self, block: &super::block::Limits) -> NodeLimits {
         self.mempool.max_tx_bytes = self.mempool.max_tx_bytes.min(block.max_block_bytes);
         self
     }

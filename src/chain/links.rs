@@ -33,7 +33,7 @@ pub struct MemberRequest {
 }
 
 /// A transaction for the mempool, with where its verdict goes.
-pub struct TxRequest {
+pub(crate) struct TxRequest {
     pub tx: Vec<u8>,
     pub reply: oneshot::Sender<Result<Hash, AddError>>,
 }
@@ -41,7 +41,7 @@ pub struct TxRequest {
 /// The admin API's ends of the producer's channels: the member view it
 /// publishes, and the requests it takes.
 #[derive(Clone)]
-pub struct Mailbox {
+pub(crate) struct Mailbox {
     pub members: watch::Receiver<Arc<MembersView>>,
     pub member_requests: mpsc::Sender<MemberRequest>,
     pub txs: mpsc::Sender<TxRequest>,

@@ -755,7 +755,7 @@ impl Membership {
 /// ([`Self::set_carry_plans`] with [`may_carry_plans`]); until told, never, so
 /// a proposer never puts a plan in a block a member of 0.1.0 cannot decode.
 #[derive(Debug, Default)]
-pub struct ApprovalPool {
+pub(crate) struct ApprovalPool {
     items: BTreeMap<(Change, NodeId), SignedApproval>,
     carry_plans: bool,
 }
@@ -764,7 +764,7 @@ impl ApprovalPool {
     /// Adds an approval the caller checked (so its approver is a member);
     /// false when it is held already or its approver has
     /// [`MAX_POOL_PER_APPROVER`] waiting.
-    pub fn add(&mut self, sa: SignedApproval) -> bool {
+    pub(crate) fn add(&mut self, sa: SignedApproval) -> bool {
         let key = (sa.approval.change.clone(), sa.approval.approver);
         if self.items.contains_key(&key) {
             return false;
@@ -779,7 +779,7 @@ impl ApprovalPool {
 
     /// The approvals on offer for the next blocks (and for peers that connect):
     /// every one held, those of upgrade plans only while plans may be carried.
-    pub fn iter(&self) -> impl Iterator<Item = &SignedApproval> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &SignedApproval> {
         let carry = self.carry_plans;
         self.items.values().filter(move |sa| carry || sa.approval.change.plan().is_none())
     }
@@ -788,7 +788,7 @@ impl ApprovalPool {
     /// (`/members`, `/upgrade`) and relays to peers that connect (the
     /// transport sends a plan's approval only to peers whose wire version
     /// decodes it).
-    pub fn held(&self) -> impl Iterator<Item = &SignedApproval> {
+    pub(crate) fn held(&self) -> impl Iterator<Item = &SignedApproval> {
         self.items.values()
     }
 
@@ -801,27 +801,28 @@ impl ApprovalPool {
 
     /// Whether an approval of `change` by `approver` is held (one per pair:
     /// [`Self::add`] refuses another).
-    pub fn has(&self, change: &Change, approver: NodeId) -> bool {
+    pub(crate) fn has(&self, change: &Change, approver: NodeId) -> bool {
         self.items.contains_key(&(change.clone(), approver))
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.items.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
     /// The approvals held and about their bytes (each with its key).
-    pub fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         let each = std::mem::size_of::<SignedApproval>() + std::mem::size_of::<(Change, NodeId)>();
         Usage::new(self.items.len(), self.items.len() * each)
     }
 
     /// Keeps what the next block could still carry: a block that carried an
     /// approval, a change that completed or an expiry makes it go.
-    pub fn retain_valid(&mut self, membership: &Membership, network_id: &[u8; 32]) {
+    pub(crate) fn retain_valid(&mut self, membership: &Membership, network_id: &[u8; 32]) {
         self.items.retain(|_, sa| membership.check(sa, network_id).is_ok());
     }
 }

@@ -151,7 +151,7 @@ const PROPOSAL_ENVELOPE: usize = 64 * 1024;
 /// must fit its frame ([`PROPOSAL_LIMIT`]), with the envelope, a length prefix
 /// of 3 bytes for each transaction and 2 more for each one of 64 KiB (the most
 /// that fit). 3,151,166 for 20,000 transactions, above today's 3 MiB.
-pub const fn max_block_bytes_ceiling(max_block_txs: usize) -> usize {
+pub(crate) const fn max_block_bytes_ceiling(max_block_txs: usize) -> usize {
     let room = PROPOSAL_LIMIT - PROPOSAL_ENVELOPE;
     let prefixes = 3 * max_block_txs;
     if prefixes >= room {
@@ -165,7 +165,7 @@ pub const fn max_block_bytes_ceiling(max_block_txs: usize) -> usize {
 /// The most transactions a network file may set (`max_block_txs`): the bound
 /// every sequence of transactions or ids is decoded with, from which the
 /// `CompactProposal` and `GetTxs` frame limits are computed.
-pub const MAX_BLOCK_TXS_CEILING: usize = MAX_BLOCK_TXS;
+pub(crate) const MAX_BLOCK_TXS_CEILING: usize = MAX_BLOCK_TXS;
 
 const _: () = assert!(crate::chain::block::MAX_BLOCK_BYTES <= max_block_bytes_ceiling(MAX_BLOCK_TXS));
 pub const VOTE_LIMIT: usize = 256;

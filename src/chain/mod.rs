@@ -62,23 +62,19 @@ pub use consensus::{
     max_proposal_bytes, Config, Core, Input, Output, Timeout, Timeouts, MAX_CONFLICTING, MAX_FUTURE_BYTES,
     MAX_FUTURE_ROUND, MAX_ROUND_AHEAD, PROPOSALS_HELD_BLOCKS, VOTE_BYTES,
 };
-pub use doppelganger::{Cause, Evidence, EvidenceKind, Seen};
-pub use driver::{
-    BlocksAnswer, ChangeRequest, Driver, DriverConfig, Effect, Held, MembersView, Now, RequestFailure, RequestId,
-    Submitted,
-};
+pub(crate) use doppelganger::Evidence;
+pub use driver::{BlocksAnswer, ChangeRequest, Driver, DriverConfig, Effect, Held, Now, RequestFailure, RequestId};
 pub use height::{Height, Round};
 pub use limits::{NodeLimits, Usage};
-pub use links::{Mailbox, MemberRequest, TxRequest};
 pub use members::{
-    Approval, ApprovalPool, Change, ChangeError, Completed, Membership, MembershipState, Params, Plan, SignedApproval,
+    Approval, Change, ChangeError, Completed, Membership, MembershipState, Params, Plan, SignedApproval,
 };
 pub use mempool::{Mempool, MempoolLimits, Source};
 pub use message::{
-    is_consensus_kind, max_block_bytes_ceiling, Kind, Message, BLOCKS_LIMIT, DATA_LIMIT, GET_TXS_LIMIT,
-    MAX_BLOCK_TXS_CEILING, PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT, VOTE_LIMIT,
+    is_consensus_kind, Kind, Message, BLOCKS_LIMIT, DATA_LIMIT, GET_TXS_LIMIT, PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT,
+    VOTE_LIMIT,
 };
-pub use quorum::{required_active, vote_threshold};
+pub use quorum::vote_threshold;
 pub use retention::MIN_RETAIN_BLOCKS;
 pub use rules::MAX_VERSION;
 pub use store::{Store, StoreError, FORMAT};

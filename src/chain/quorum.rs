@@ -32,7 +32,7 @@ pub fn vote_threshold(n: usize) -> usize {
 
 /// Masternodes that must be connected (this node included) among `n` members
 /// for the network to make progress: `max(min_active, floor(2n/3) + 1)`.
-pub fn required_active(n: usize, min_active: usize) -> usize {
+pub(crate) fn required_active(n: usize, min_active: usize) -> usize {
     min_active.max(vote_threshold(n))
 }
 

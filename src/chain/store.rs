@@ -210,7 +210,7 @@ impl Store {
     /// Removes the blocks and certificates below `below` (at most `max` of
     /// them, from the earliest up; never the tip), in one batch with the new
     /// earliest height, and fsyncs. Returns the earliest height held after it.
-    pub fn prune_below(&self, below: Height, max: u64) -> Result<Height, StoreError> {
+    pub(crate) fn prune_below(&self, below: Height, max: u64) -> Result<Height, StoreError> {
         let earliest = self.earliest()?;
         let tip = self.tip()?.map_or(0, |t| t.height);
         let end = below.min(tip).min(earliest.saturating_add(max));
@@ -232,7 +232,7 @@ impl Store {
     /// journals behind them be removed and compaction drop what was pruned.
     /// Without it, a node with small blocks keeps every write of the last
     /// 16 MiB per partition in its journal, pruned or not.
-    pub fn seal(&self) -> Result<(), StoreError> {
+    pub(crate) fn seal(&self) -> Result<(), StoreError> {
         for p in [&self.blocks, &self.certs, &self.meta, &self.signed] {
             p.rotate_memtable()?;
         }

@@ -37,7 +37,7 @@ impl Direction {
 
 /// This node's part for one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(super) enum Role {
     /// We rank lower: we dial.
     Dial,
     /// We rank higher: we wait for the peer, and dial only after the passive wait.
@@ -46,7 +46,7 @@ pub enum Role {
 
 impl Role {
     /// The direction a connection dialled by the rule's dialer has at this node.
-    pub fn preferred(self) -> Direction {
+    pub(super) fn preferred(self) -> Direction {
         match self {
             Role::Dial => Direction::Outbound,
             Role::Wait => Direction::Inbound,

@@ -65,7 +65,7 @@ mod slots;
 pub(crate) mod tls;
 
 pub use answers::ANSWERS_PER_PEER;
-pub use direction::{canonical, rank, Direction, Rank, Role};
+pub use direction::{canonical, rank, Direction};
 pub use endpoint::{
     bind as bind_endpoint, client_config, transport_config, transport_config as quic_transport_config, SocketWrapper,
 };
@@ -75,14 +75,12 @@ pub use handshake::{
     accept as handshake_accept, check_intro, dial as handshake_dial, Expect, Generation, HandshakeError, HandshakeMsg,
     Intro, LegacyIntro, LegacyMsg, Mismatch, RejectReason, Rejection, Tip, Versions, GENERATIONS, MAGIC, WIRE,
 };
-pub use inbox::Delivery;
+pub(crate) use inbox::Delivery;
 pub(crate) use manager::reaches;
 pub use manager::{bind, start, Bound, NetConfig, TestHooks};
-pub use outbox::{Class, OutboxLimits, Outgoing, Pushed};
-pub use peers::{
-    ConnectedWatch, Counters, Inbound, InboundRequest, Messages, PeerEvent, PeerInfo, Peers, Refusal, RequestError,
-    SendError,
-};
+pub use outbox::{Class, OutboxLimits, Outgoing};
+pub use peers::{Counters, Inbound, Messages, Peers, Refusal, RequestError, SendError};
+pub(crate) use peers::{InboundRequest, PeerEvent};
 pub use settings::TransportConfig;
 pub use tls::{client_rustls, peer_node_id, provider, server_rustls, RefusalLog, SERVER_NAME};
 

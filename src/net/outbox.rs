@@ -107,7 +107,7 @@ impl OutboxLimits {
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Pushed {
+pub(crate) struct Pushed {
     /// The frame itself was queued.
     pub queued: bool,
     /// Frames dropped to make room or because they were superseded (the pushed

@@ -82,7 +82,7 @@ impl Refusal {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerEvent {
+pub(crate) enum PeerEvent {
     /// The peer has a new active connection: new, or replacing one (the peer may
     /// have restarted and lost what we sent it).
     Up {
@@ -454,17 +454,12 @@ impl Peers {
 }
 
 /// A view of the connected set that wakes on every change (the quorum gate).
-pub struct ConnectedWatch(watch::Receiver<Arc<Table>>);
+pub(crate) struct ConnectedWatch(watch::Receiver<Arc<Table>>);
 
 impl ConnectedWatch {
     /// Waits for the next change; `Err` once the transport stopped. Cancel-safe.
-    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+    pub(crate) async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
         self.0.changed().await
-    }
-
-    /// How many peers are connected now (marks the current state as seen).
-    pub fn count(&mut self) -> usize {
-        self.0.borrow_and_update().len()
     }
 }
 

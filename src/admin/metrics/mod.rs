@@ -47,7 +47,7 @@ fn load(a: &AtomicU64) -> u64 {
 }
 
 /// Renders every metric of the node behind `source`.
-pub fn render(source: &StatusSource, admin: &AdminStats) -> String {
+pub(crate) fn render(source: &StatusSource, admin: &AdminStats) -> String {
     let status = source.status();
     let peers_handle = source.peers();
     let net = peers_handle.counters();
