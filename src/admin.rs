@@ -378,7 +378,7 @@ pub enum ChangeRequestError {
 }
 
 /// Hands a change to the producer and waits for its verdict.
-pub async fn request_change(
+pub(crate) async fn request_change(
     requests: &tokio::sync::mpsc::Sender<MemberRequest>,
     request: ChangeRequest,
 ) -> Result<Submitted, ChangeRequestError> {
@@ -466,7 +466,7 @@ pub struct PlanStatus {
 
 /// `/upgrade` of `view`, for a node running up to `max_version` whose
 /// connected peers speak `wire`.
-pub fn upgrade_status(
+pub(crate) fn upgrade_status(
     view: &MembersView,
     me: NodeId,
     max_version: u16,
@@ -816,7 +816,7 @@ pub async fn post_tx(
 /// A request as the client sends it. `Host` is always the address it connects
 /// to, which the node accepts when that is the address it listens on.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpRequest<'a> {
+pub(crate) struct HttpRequest<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub content_type: Option<&'a str>,
@@ -831,7 +831,7 @@ impl<'a> HttpRequest<'a> {
 }
 
 /// Sends one HTTP/1.0 request; the status code and the body.
-pub async fn send(
+pub(crate) async fn send(
     addr: SocketAddr,
     request: &HttpRequest<'_>,
     timeout: Duration,

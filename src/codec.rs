@@ -318,7 +318,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Runs: the size (prefix included) of the frame at the front of the buffer
     /// once its header is buffered and checked, 0 before. A reader makes room
     /// for it downstream before reading its body.
-    pub fn wanted(&self) -> usize {
+    pub(crate) fn wanted(&self) -> usize {
         if self.buf.len() >= self.scanned + 5 {
             let at = self.scanned;
             4 + u32::from_be_bytes([self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]]) as usize

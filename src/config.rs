@@ -27,7 +27,7 @@ pub use crate::net::TransportConfig as Transport;
 pub(crate) const DEFAULT_MIN_ACTIVE: usize = 3;
 pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:24101";
 /// Transport timings above an hour are mistakes, not tuning.
-pub(crate) const MAX_TRANSPORT_MS: u64 = 3_600_000;
+pub const MAX_TRANSPORT_MS: u64 = 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -241,20 +241,12 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
-    pub fn parse(text: &str) -> Option<LogFormat> {
+    pub(crate) fn parse(text: &str) -> Option<LogFormat> {
         match text {
             "text" => Some(LogFormat::Text),
             "json" => Some(LogFormat::Json),
             "auto" => Some(LogFormat::Auto),
             _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Auto => "auto",
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
         }
     }
 }
@@ -525,7 +517,7 @@ impl NodeConfig {
     }
 
     /// Loads `masternode.toml`; relative paths inside it are taken from its folder.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::load_with(path, &Overrides::default())
     }
 

@@ -133,13 +133,9 @@ pub(crate) fn lay_out_at(
     Ok(configs)
 }
 
-pub fn loopback(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8))
-}
-
 /// Node i's address (from 1): the (i - 1)-th after `base`, which must keep all
 /// `nodes` of them in 127.0.0.0/8.
-pub fn addresses(base: Ipv4Addr, nodes: usize) -> Result<impl Fn(usize) -> IpAddr, DevnetError> {
+pub(crate) fn addresses(base: Ipv4Addr, nodes: usize) -> Result<impl Fn(usize) -> IpAddr, DevnetError> {
     let first = u32::from(base);
     let last = first.checked_add(nodes.saturating_sub(1) as u32);
     let loopback = |a: u32| Ipv4Addr::from(a).is_loopback();

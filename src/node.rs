@@ -28,7 +28,7 @@ use crate::net::{self, NetConfig, Peers, TestHooks};
 use crate::status::{Status, StatusSource};
 
 /// How long a request to a peer may take before it is abandoned.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for peers to acknowledge our close.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -490,18 +490,13 @@ impl Node {
     }
 
     /// True if the node stopped because of a runtime failure (a failed store write).
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
     }
 
     /// The plan this node stopped before, if it stopped for an upgrade.
     pub(crate) fn upgrade_needed(&self) -> Option<crate::chain::upgrade::UpgradeNeeded> {
         *self.upgrade_needed.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The highest protocol version this node runs.
-    pub fn max_version(&self) -> u16 {
-        self.max_version
     }
 
     /// Waits until the node has stopped (as [`Self::stopped`]) and says why:
@@ -555,10 +550,6 @@ impl Node {
         self.admin_addr
     }
 
-    pub fn network(&self) -> &Network {
-        &self.network
-    }
-
     pub fn status(&self) -> Status {
         self.status_source().status()
     }
@@ -589,7 +580,7 @@ impl Node {
     }
 
     /// Waits until the node has stopped after its shutdown token was cancelled.
-    pub async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         self.shutdown.cancelled().await;
         self.peers.close_all(CLOSE_WAIT).await;
         self.tracker.close();

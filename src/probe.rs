@@ -58,7 +58,8 @@ pub enum NotReady {
 }
 
 impl NotReady {
-    pub fn as_str(self) -> &'static str {
+    #[cfg(test)]
+    fn as_str(self) -> &'static str {
         match self {
             NotReady::Starting => "starting",
             NotReady::Syncing => "syncing",
@@ -87,7 +88,7 @@ pub struct Readiness {
 
 /// Whether the node `s` describes is ready; `started` once its producer has
 /// turned its loop.
-pub fn readiness(s: &Status, started: bool) -> Readiness {
+pub(crate) fn readiness(s: &Status, started: bool) -> Readiness {
     let behind = s.sync.best_peer_tip.filter(|best| *best > s.height + 1);
     let q = &s.quorum;
     let (reason, message) = if !started {
@@ -141,18 +142,6 @@ pub enum StopReason {
     /// It answered with something that is not a status (an error, a body
     /// that does not parse).
     Unknown,
-}
-
-impl StopReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StopReason::QuorumKept => "quorum_kept",
-            StopReason::NotAMember => "not_a_member",
-            StopReason::BelowQuorum => "below_quorum",
-            StopReason::Down => "down",
-            StopReason::Unknown => "unknown",
-        }
-    }
 }
 
 /// The answer of `masternode status --can-stop`.

@@ -382,7 +382,7 @@ pub struct StatusSource {
 }
 
 impl StatusSource {
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let tip = *self.tip.borrow();
         let view = self.members.borrow().clone();
         let set = view.membership.current();
@@ -420,17 +420,17 @@ impl StatusSource {
     }
 
     /// The highest protocol version this node runs.
-    pub fn max_version(&self) -> u16 {
+    pub(crate) fn max_version(&self) -> u16 {
         self.max_version
     }
 
     /// This node's id.
-    pub fn id(&self) -> NodeId {
+    pub(crate) fn id(&self) -> NodeId {
         self.id
     }
 
     /// The membership after the tip, and approvals waiting for a block.
-    pub fn members(&self) -> Arc<MembersView> {
+    pub(crate) fn members(&self) -> Arc<MembersView> {
         self.members.borrow().clone()
     }
 
@@ -448,13 +448,13 @@ impl StatusSource {
 
     /// The mempool's figures: what it holds, by kind of share, and what it
     /// refused and dropped, as the producer last published them.
-    pub fn mempool(&self) -> MempoolFigures {
+    pub(crate) fn mempool(&self) -> MempoolFigures {
         self.chain.mempool()
     }
 
     /// Turns of the node's own loops (transport manager, producer): the service
     /// watchdog is fed only while both move.
-    pub fn progress(&self) -> (u64, u64) {
+    pub(crate) fn progress(&self) -> (u64, u64) {
         (self.peers.counters().manager_loops.load(Ordering::Relaxed), self.chain.loops.load(Ordering::Relaxed))
     }
 }

@@ -173,7 +173,7 @@ impl Block {
         self.header.height
     }
 
-    pub fn tx_bytes(&self) -> usize {
+    pub(crate) fn tx_bytes(&self) -> usize {
         self.txs.iter().map(|t| t.len()).sum()
     }
 

@@ -130,7 +130,7 @@ impl CompactError {
     }
 
     /// A stable name for logs, one warn line per culprit and kind.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             CompactError::RepeatedId { .. } => "compact_repeated_id",
             CompactError::OverBlockBytes { .. } => "compact_over_block_bytes",
@@ -141,7 +141,7 @@ impl CompactError {
 
 /// Why a peer's `Txs` answer was refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AnswerError {
+pub(crate) enum AnswerError {
     #[error("transaction #{index} of the answer has {len} bytes, over the {limit}-byte limit")]
     TxTooLarge { index: usize, len: usize, limit: usize },
 }
@@ -149,7 +149,7 @@ pub enum AnswerError {
 /// Why filling an assembly from an answer failed: the answer's fault or the
 /// proposal's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FillError {
+pub(crate) enum FillError {
     #[error("answer refused: {0}")]
     Answer(#[from] AnswerError),
     #[error(transparent)]
@@ -160,7 +160,7 @@ pub enum FillError {
 /// limit on one transaction, which an answer's transactions are held to as
 /// gossiped ones are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RebuildLimits {
+pub(crate) struct RebuildLimits {
     pub max_block_bytes: usize,
     pub max_tx_bytes: usize,
 }
@@ -216,7 +216,7 @@ impl CompactProposal {
     }
 
     /// About what this proposal holds in memory: its ids and its header.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.ids.capacity() * std::mem::size_of::<Hash>()
             + self.header.changes.capacity() * std::mem::size_of::<SignedApproval>()
@@ -313,7 +313,7 @@ impl Assembly {
     /// hashes to, any other is ignored, and the proposal is refused the moment
     /// the bytes placed would pass `max_block_bytes`. Returns how many places
     /// it filled.
-    pub fn handle_txs(&mut self, txs: Vec<Vec<u8>>, limits: RebuildLimits) -> Result<usize, FillError> {
+    pub(crate) fn handle_txs(&mut self, txs: Vec<Vec<u8>>, limits: RebuildLimits) -> Result<usize, FillError> {
         check_answer(&txs, limits.max_tx_bytes)?;
         let mut filled = 0;
         for tx in txs {
@@ -334,7 +334,7 @@ impl Assembly {
 
     /// About what this assembly holds in memory: the proposal, the placed
     /// transactions, the table of positions and the missing ids.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.proposal.bytes()
             + self.placed
             + self.txs.capacity() * std::mem::size_of::<Option<Vec<u8>>>()

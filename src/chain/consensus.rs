@@ -226,7 +226,7 @@ pub enum Output {
 
 /// What [`Core::held`] reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Held {
+pub(crate) struct Held {
     /// Votes of the current height, every round.
     pub votes: Usage,
     /// Proposals of the current height, one per round at most.
@@ -508,10 +508,6 @@ impl Core {
         self.round
     }
 
-    pub fn step(&self) -> Step {
-        self.step
-    }
-
     /// Whether a proposal of `(height, round)` could be taken in now: one of this
     /// height within the rounds a proposal is accepted for, or of the next height
     /// within the rounds buffered for it, whose slot holds none yet. A compact
@@ -531,11 +527,12 @@ impl Core {
     }
 
     /// The lock (L36): `lockedRound` and the hash of `lockedValue`.
-    pub fn lock(&self) -> Option<(Round, Hash)> {
+    #[cfg(test)]
+    pub(crate) fn lock(&self) -> Option<(Round, Hash)> {
         self.locked.as_ref().map(|(r, b)| (*r, b.hash()))
     }
 
-    pub fn proposer(&self, height: Height, round: Round) -> NodeId {
+    pub(crate) fn proposer(&self, height: Height, round: Round) -> NodeId {
         // A set is never empty (changes keep at least `min_active` members); an
         // empty one would have no proposer, and no id is all zeros.
         self.members_at(height).nth_cyclic(height + round as u64).unwrap_or(NodeId([0; 32]))
@@ -553,7 +550,7 @@ impl Core {
     }
 
     /// Schedules the start of the current height; call once after `new`.
-    pub fn start(&mut self, now_ms: u64) -> Vec<Output> {
+    pub(crate) fn start(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
         let interval = self.cfg.block_interval_ms;
         // One interval after the height before started here, and one interval
@@ -727,7 +724,7 @@ impl Core {
     /// [`MAX_ROUND_AHEAD`] past the current one; per round and voter a
     /// prevote, a precommit and [`MAX_CONFLICTING`] conflicting versions of
     /// each), and the next height's buffer.
-    pub fn held(&self) -> Held {
+    pub(crate) fn held(&self) -> Held {
         let votes: usize =
             self.votes.values().map(|rv| rv.prevotes.len() + rv.precommits.len() + rv.conflicting.len()).sum();
         let proposal_bytes: usize = self.proposals.values().map(proposal_bytes).sum();

@@ -72,7 +72,7 @@ pub enum EvidenceKind {
 }
 
 impl EvidenceKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EvidenceKind::Proposal => "proposal",
             EvidenceKind::Prevote => "prevote",
@@ -107,7 +107,7 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn record(&self) -> SignRecord {
+    pub(crate) fn record(&self) -> SignRecord {
         SignRecord { height: self.height, round: self.round, step: self.kind.step() }
     }
 }

@@ -298,7 +298,7 @@ pub struct MembersView {
 
 impl MembersView {
     /// Members approving `change`: on chain (still counting) and waiting.
-    pub fn approvers(&self, change: &Change) -> Vec<NodeId> {
+    pub(crate) fn approvers(&self, change: &Change) -> Vec<NodeId> {
         let current = self.membership.current();
         let mut out: BTreeSet<NodeId> =
             self.membership.pending().into_iter().filter(|p| &p.change == change).flat_map(|p| p.approvals).collect();
@@ -382,7 +382,7 @@ held! {
 
 /// The figures the shell publishes for status and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// The consensus round at the current height.
     pub round: u64,
     /// The highest tip a usable peer claims (0 if none).
@@ -600,7 +600,7 @@ impl Driver {
     }
 
     /// The figures for status and metrics, as of `now`.
-    pub fn stats(&self, now: Now) -> Stats {
+    pub(crate) fn stats(&self, now: Now) -> Stats {
         Stats {
             round: self.core.round() as u64,
             best_peer_tip: self.sync.best_claim(now.mono_ms),

@@ -91,15 +91,12 @@ impl Network {
 
     /// Number of masternodes that must be connected (this node included) for the
     /// network to make progress: `max(min_active, floor(2n/3) + 1)`.
-    pub fn required(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn required(&self) -> usize {
         crate::chain::quorum::required_active(self.members.len(), self.min_active)
     }
 
-    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+    pub(crate) fn member(&self, id: &NodeId) -> Option<&Member> {
         self.members.iter().find(|m| &m.id == id)
-    }
-
-    pub fn is_member(&self, id: &NodeId) -> bool {
-        self.member(id).is_some()
     }
 }

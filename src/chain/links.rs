@@ -27,7 +27,7 @@ const TX_QUEUE: usize = 1024;
 const MEMBER_QUEUE: usize = 16;
 
 /// A membership change for the driver to approve, with where its verdict goes.
-pub struct MemberRequest {
+pub(crate) struct MemberRequest {
     pub request: ChangeRequest,
     pub reply: oneshot::Sender<Result<Submitted, ChangeError>>,
 }

@@ -112,7 +112,7 @@ impl Change {
 
     /// The change's name in the admin API: `add`, `remove`, `set-addr` or
     /// `upgrade`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Change::Add { .. } => "add",
             Change::Remove { .. } => "remove",
@@ -122,7 +122,7 @@ impl Change {
     }
 
     /// The address it names, if any.
-    pub fn addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn addr(&self) -> Option<SocketAddr> {
         match self {
             Change::Add { addr, .. } | Change::SetAddr { addr, .. } => Some(*addr),
             Change::Remove { .. } | Change::Upgrade { .. } => None,
@@ -244,7 +244,7 @@ pub enum ChangeError {
 
 impl ChangeError {
     /// A short name for the admin API and logs.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             ChangeError::BadSignature => "bad_signature",
             ChangeError::NotAMember(_) => "not_a_member",
@@ -317,7 +317,7 @@ impl MemberSet {
     }
 
     /// Votes that make a quorum of this set (more than two thirds).
-    pub fn quorum(&self) -> usize {
+    pub(crate) fn quorum(&self) -> usize {
         vote_threshold(self.0.len())
     }
 
@@ -457,7 +457,7 @@ impl Membership {
 
     /// The set in force at `height`, where known (`applied + 1` and `+ 2`);
     /// beyond that the latest known.
-    pub fn at(&self, height: Height) -> &MemberSet {
+    pub(crate) fn at(&self, height: Height) -> &MemberSet {
         if height <= self.state.applied + 1 {
             &self.state.current
         } else {
@@ -522,7 +522,7 @@ impl Membership {
 
     /// Checks one approval as the next block (`applied + 1`) would, without
     /// applying it: what a node asks before it gossips or signs one.
-    pub fn check(&self, sa: &SignedApproval, network_id: &[u8; 32]) -> Result<(), ChangeError> {
+    pub(crate) fn check(&self, sa: &SignedApproval, network_id: &[u8; 32]) -> Result<(), ChangeError> {
         let (mut scratch, mut after) = self.draft();
         scratch.admit(sa, network_id, &mut after).map(|_| ())
     }
@@ -545,7 +545,7 @@ impl Membership {
 
     /// Of `candidates`, the approvals the next block may carry, in order, at most
     /// [`MAX_CHANGES_PER_BLOCK`]: each one valid after the ones before it.
-    pub fn select<'a>(
+    pub(crate) fn select<'a>(
         &self,
         candidates: impl IntoIterator<Item = &'a SignedApproval>,
         network_id: &[u8; 32],

@@ -115,14 +115,14 @@ pub enum AddError {
 
 /// Bytes held, by kind of share (for `masternode_held_bytes{what}`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ByShare {
+pub(crate) struct ByShare {
     pub local: usize,
     pub members: usize,
 }
 
 /// What the pool refused and dropped since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Transactions refused because their source's share was full.
     pub refused_local: u64,
     pub refused_members: u64,
@@ -136,7 +136,7 @@ pub struct Counters {
 
 /// What the mempool holds and did, for status and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Figures {
+pub(crate) struct Figures {
     pub txs: usize,
     pub bytes: usize,
     /// For `masternode_held_bytes{what="mempool_local"|"mempool_members"}`.
@@ -194,7 +194,7 @@ impl Mempool {
         }
     }
 
-    pub fn limits(&self) -> MempoolLimits {
+    pub(crate) fn limits(&self) -> MempoolLimits {
         self.limits
     }
 
@@ -277,7 +277,7 @@ impl Mempool {
     /// longer fits in the block is done (oldest first within a share). Shares
     /// are served in `Source` order, starting at the tip's height modulo their
     /// number, so no source is always first.
-    pub fn take(&self, max_txs: usize, max_bytes: usize) -> Vec<Vec<u8>> {
+    pub(crate) fn take(&self, max_txs: usize, max_bytes: usize) -> Vec<Vec<u8>> {
         // Each share's oldest first, and its credit.
         let mut queues: Vec<(Oldest<'_>, usize)> =
             self.shares.values().map(|s| (s.order.values().peekable(), 0)).collect();
@@ -362,7 +362,7 @@ impl Mempool {
 
     /// The members the chain names besides this node (the sets in force and
     /// next): the shares of those that left go, and the shares are resized.
-    pub fn set_members(&mut self, members: impl IntoIterator<Item = NodeId>) {
+    pub(crate) fn set_members(&mut self, members: impl IntoIterator<Item = NodeId>) {
         let members: BTreeSet<NodeId> = members.into_iter().collect();
         if members == self.members {
             return;
@@ -413,15 +413,16 @@ impl Mempool {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.txs.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.txs.is_empty()
     }
 
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
@@ -436,12 +437,12 @@ impl Mempool {
         self.shares.get(&source).map_or((0, 0), |s| (s.order.len(), s.bytes))
     }
 
-    pub fn counters(&self) -> Counters {
+    pub(crate) fn counters(&self) -> Counters {
         self.counters
     }
 
     /// What the pool holds and did, for status and metrics.
-    pub fn figures(&self) -> Figures {
+    pub(crate) fn figures(&self) -> Figures {
         Figures { txs: self.len(), bytes: self.bytes(), by_share: self.bytes_by_share(), counters: self.counters() }
     }
 

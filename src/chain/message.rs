@@ -207,7 +207,7 @@ impl Frame for Message {
 }
 
 impl Message {
-    pub fn kind(&self) -> u8 {
+    pub(crate) fn kind(&self) -> u8 {
         match self {
             Message::Data(_) => Kind::DATA,
             Message::Tx(_) => Kind::TX,
@@ -342,7 +342,7 @@ impl Message {
     /// an upgrade plan's approval and for a proposal or blocks that carry one
     /// (a peer of 0.1.0 could not decode them), the lowest this release speaks
     /// for everything else.
-    pub fn wire(&self) -> u16 {
+    pub(crate) fn wire(&self) -> u16 {
         let plans = |changes: &[SignedApproval]| changes.iter().any(|sa| sa.approval.change.plan().is_some());
         let carries_plan = match self {
             Message::Approval(sa) => plans(std::slice::from_ref(sa)),

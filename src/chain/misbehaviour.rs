@@ -40,7 +40,7 @@ pub enum Misbehaviour {
 
 impl Misbehaviour {
     /// The member the message proves guilty, if any.
-    pub fn culprit(&self) -> Option<NodeId> {
+    pub(crate) fn culprit(&self) -> Option<NodeId> {
         match self {
             Misbehaviour::Equivocation { node, .. }
             | Misbehaviour::WrongProposer { node, .. }
@@ -55,7 +55,7 @@ impl Misbehaviour {
 
     /// A fixed label per variant: with the culprit, the key under which the shell
     /// logs a report once.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Misbehaviour::Equivocation { .. } => "equivocation",
             Misbehaviour::WrongProposer { .. } => "wrong_proposer",

@@ -203,7 +203,7 @@ impl Store {
 
     /// The lowest height whose block this store holds (1 before anything is
     /// pruned, also when it holds no block yet).
-    pub fn earliest(&self) -> Result<Height, StoreError> {
+    pub(crate) fn earliest(&self) -> Result<Height, StoreError> {
         Ok(self.meta.get(EARLIEST)?.map(|b| decode(&b, "earliest height")).transpose()?.unwrap_or(1))
     }
 
@@ -245,7 +245,7 @@ impl Store {
     /// without this a pruning node still grows by a few dozen bytes a height.
     /// Rewrites what the partitions hold: the caller runs it once as many
     /// heights were pruned as are kept, so it costs O(1) per pruned block.
-    pub fn compact(&self) -> Result<(), StoreError> {
+    pub(crate) fn compact(&self) -> Result<(), StoreError> {
         self.seal()?;
         for p in [&self.blocks, &self.certs, &self.signed] {
             p.major_compact()?;
@@ -283,7 +283,7 @@ impl Store {
 
     /// The lock held when the node last precommitted a value, if any. Callers
     /// check its height: a lock of a finished height means nothing.
-    pub fn lock(&self) -> Result<Option<Lock>, StoreError> {
+    pub(crate) fn lock(&self) -> Result<Option<Lock>, StoreError> {
         self.meta.get(LOCK)?.map(|b| decode(&b, "lock")).transpose()
     }
 
@@ -299,7 +299,7 @@ impl Store {
 
     /// Appends a committed block at the tip, atomically with its certificate, the
     /// new tip and the membership it leaves, and fsyncs.
-    pub fn commit(&self, c: &Committed, membership: &MembershipState) -> Result<(), StoreError> {
+    pub(crate) fn commit(&self, c: &Committed, membership: &MembershipState) -> Result<(), StoreError> {
         let height = c.block.height();
         let tip = self.tip()?.map_or(0, |t| t.height);
         if height != tip + 1 {
@@ -339,7 +339,7 @@ impl Store {
     /// first block over that budget travels alone (block limits keep one block
     /// under `BLOCKS_LIMIT`). Sized by the encoding, not by transaction bytes: the
     /// receiver's limit counts the encoding, whatever the blocks hold.
-    pub fn range(&self, from: Height, count: usize, max_bytes: usize) -> Result<Vec<Committed>, StoreError> {
+    pub(crate) fn range(&self, from: Height, count: usize, max_bytes: usize) -> Result<Vec<Committed>, StoreError> {
         let budget = max_bytes.min(BLOCKS_LIMIT);
         let mut out = Vec::new();
         // The body's kind byte and the block count (a varint of at most 9 bytes).

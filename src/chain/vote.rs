@@ -23,7 +23,7 @@ pub enum VoteKind {
 }
 
 impl VoteKind {
-    pub fn step(self) -> Step {
+    pub(crate) fn step(self) -> Step {
         match self {
             VoteKind::Prevote => Step::Prevote,
             VoteKind::Precommit => Step::Precommit,
@@ -206,7 +206,7 @@ impl Proposal {
 }
 
 impl SignedProposal {
-    pub fn verify(&self, network_id: &[u8; 32]) -> Result<(), SignatureError> {
+    pub(crate) fn verify(&self, network_id: &[u8; 32]) -> Result<(), SignatureError> {
         verify(&self.proposal.proposer, &self.proposal.sign_bytes(network_id), &self.signature)
     }
 }

@@ -112,7 +112,7 @@ impl Generation {
 
     /// What a node speaking `versions` offers and accepts, the newest first:
     /// `masternode/2` always, `masternode/1` while the range holds [`V1_WIRE`].
-    pub fn offered(versions: Versions) -> Vec<Generation> {
+    pub(crate) fn offered(versions: Versions) -> Vec<Generation> {
         let mut out = vec![Generation::V2];
         if versions.contains(V1_WIRE) {
             out.push(Generation::V1);
@@ -248,7 +248,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub fn reason(self) -> RejectReason {
+    pub(crate) fn reason(self) -> RejectReason {
         match self {
             Rejection::WrongNetwork => RejectReason::WrongNetwork,
             Rejection::UnsupportedVersion { .. } => RejectReason::UnsupportedVersion,
@@ -259,7 +259,7 @@ impl Rejection {
     }
 
     /// The ranges, in the terms of the side that sent this.
-    pub fn mismatch(self) -> Option<Mismatch> {
+    pub(crate) fn mismatch(self) -> Option<Mismatch> {
         match self {
             Rejection::UnsupportedVersion { ours, theirs } => Some(Mismatch { ours, theirs }),
             _ => None,
@@ -428,7 +428,7 @@ impl HandshakeError {
 
     /// The two ranges with no version in common, in this node's terms, if that
     /// is why the handshake failed and the ranges are known.
-    pub fn mismatch(&self) -> Option<Mismatch> {
+    pub(crate) fn mismatch(&self) -> Option<Mismatch> {
         match self {
             HandshakeError::RejectedByPeer(_, m) | HandshakeError::RejectedPeer(_, m) => *m,
             _ => None,

@@ -232,10 +232,6 @@ pub struct Bound {
 }
 
 impl Bound {
-    pub fn local_addr(&self) -> SocketAddr {
-        self.manager.shared.local_addr
-    }
-
     /// Starts the manager and the accept loop; everything stops when `shutdown`
     /// is cancelled and `tracker` tracks every task.
     pub fn run(mut self, shutdown: CancellationToken, tracker: &TaskTracker) -> (Peers, Inbound) {

@@ -147,12 +147,12 @@ impl Close {
     /// A newer process with the same key holds the pair's connection.
     pub(crate) const SUPERSEDED: u32 = 10;
     /// The peer is no longer in the closing node's member set.
-    pub const REMOVED: u32 = 11;
+    pub(crate) const REMOVED: u32 = 11;
     /// The closing node's address of this connection is gone from its host (the
     /// close itself rarely arrives: it has no address left to leave from).
     pub(crate) const ADDRESS_LOST: u32 = 12;
 
-    pub fn name(code: u64) -> &'static str {
+    pub(crate) fn name(code: u64) -> &'static str {
         match code as u32 {
             Self::SHUTDOWN => "shutdown",
             Self::DUPLICATE => "duplicate",

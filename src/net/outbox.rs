@@ -44,9 +44,9 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 3] = [Class::Consensus, Class::Tip, Class::Tx];
+    pub(crate) const ALL: [Class; 3] = [Class::Consensus, Class::Tip, Class::Tx];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Class::Consensus => "consensus",
             Class::Tip => "tip",

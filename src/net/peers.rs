@@ -73,7 +73,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         match self {
             Refusal::RateLimited => Close::RATE_LIMITED,
             Refusal::Unsupported => Close::PROTOCOL,
@@ -342,7 +342,7 @@ impl Peers {
 
     /// Closes the connection to `peer` for a message the application could not
     /// accept (a frame that did not decode), with one log line.
-    pub fn reject(&self, peer: NodeId, e: &FrameError) {
+    pub(crate) fn reject(&self, peer: NodeId, e: &FrameError) {
         if let Some(link) = self.shared.snapshot().get(&peer) {
             reject_frame(&link.conn, peer, e, &self.shared);
         }
@@ -440,7 +440,7 @@ impl Peers {
     }
 
     /// The bound UDP address.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
     }
 

@@ -44,7 +44,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Keys that are not members but whose refusal at TLS is expected: the node
 /// they belong to is on its way in or has left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expected {
+pub(crate) enum Expected {
     /// An `Add` for it is collecting approvals: a joiner, accepted once the add
     /// is in force.
     Joining,
@@ -103,7 +103,7 @@ impl RefusalLog {
 
     /// The keys that are expected to be refused from now on; the rest are
     /// strangers.
-    pub fn expect(&self, keys: impl IntoIterator<Item = (NodeId, Expected)>) {
+    pub(crate) fn expect(&self, keys: impl IntoIterator<Item = (NodeId, Expected)>) {
         let expected: HashMap<NodeId, Expected> = keys.into_iter().collect();
         let mut state = self.lock();
         state.logged.retain(|id, _| expected.contains_key(id));
@@ -188,22 +188,22 @@ impl RefusalLog {
 pub struct MemberKeys(Arc<RwLock<Arc<HashSet<NodeId>>>>);
 
 impl MemberKeys {
-    pub fn new(keys: impl IntoIterator<Item = NodeId>) -> Self {
+    pub(crate) fn new(keys: impl IntoIterator<Item = NodeId>) -> Self {
         MemberKeys(Arc::new(RwLock::new(Arc::new(keys.into_iter().collect()))))
     }
 
     /// The current set.
-    pub fn current(&self) -> Arc<HashSet<NodeId>> {
+    pub(crate) fn current(&self) -> Arc<HashSet<NodeId>> {
         // A poisoned lock still holds a whole set: replacing it is one store.
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn contains(&self, id: &NodeId) -> bool {
+    pub(crate) fn contains(&self, id: &NodeId) -> bool {
         self.current().contains(id)
     }
 
     /// Replaces the set; handshakes from now on are checked against `keys`.
-    pub fn replace(&self, keys: impl IntoIterator<Item = NodeId>) {
+    pub(crate) fn replace(&self, keys: impl IntoIterator<Item = NodeId>) {
         let keys = Arc::new(keys.into_iter().collect());
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = keys;
     }
