@@ -27,7 +27,7 @@ pub use crate::net::TransportConfig as Transport;
 pub(crate) const DEFAULT_MIN_ACTIVE: usize = 3;
 pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:24101";
 /// Transport timings above an hour are mistakes, not tuning.
-pub const MAX_TRANSPORT_MS: u64 = 3_600_000;
+pub(crate) const MAX_TRANSPORT_MS: u64 = 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -28,7 +28,7 @@ use crate::net::{self, NetConfig, Peers, TestHooks};
 use crate::status::{Status, StatusSource};
 
 /// How long a request to a peer may take before it is abandoned.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for peers to acknowledge our close.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
