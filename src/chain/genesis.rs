@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 
-use super::block::Limits;
 use crate::identity::NodeId;
 
 /// One member of the masternode set.
@@ -98,5 +97,35 @@ impl Network {
 
     pub(crate) fn member(&self, id: &NodeId) -> Option<&Member> {
         self.members.iter().find(|m| &m.id == id)
+    }
+}
+
+/// Transaction bytes in one block, at most, on a network whose file does not
+/// set `max_block_bytes`. A network may set up to
+/// [`super::message::max_block_bytes_ceiling`]: a proposal carrying a full
+/// block (plus a length prefix per transaction and the header) stays within its
+/// frame limit.
+pub const MAX_BLOCK_BYTES: usize = 3 * 1024 * 1024;
+
+/// Rules every block obeys: the network's block limits
+/// ([`Network::limits`]) and the clock's tolerance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_block_bytes: usize,
+    pub max_block_txs: usize,
+    /// How far ahead of our clock a proposer's timestamp may be. Members' clocks
+    /// may disagree by up to 30 s (an operator's NTP gone wrong) without their
+    /// blocks being refused; the node warns when its own clock is off.
+    pub max_clock_drift_ms: u64,
+}
+
+/// Transactions in one block, at most, on a network whose file does not set
+/// `max_block_txs`; also the most a network may set, and the bound every
+/// sequence of a block's transactions or ids is decoded with.
+pub const MAX_BLOCK_TXS: usize = 20_000;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_block_bytes: MAX_BLOCK_BYTES, max_block_txs: MAX_BLOCK_TXS, max_clock_drift_ms: 31_000 }
     }
 }

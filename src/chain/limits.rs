@@ -33,28 +33,7 @@ impl Default for NodeLimits {
     }
 }
 
-/// What a structure holds for what peers sent: its items and about their bytes
-/// in memory (`masternode_held_bytes{what}` reports the bytes; the simulation
-/// holds both to their budgets).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub items: usize,
-    pub bytes: usize,
-}
-
-impl Usage {
-    pub fn new(items: usize, bytes: usize) -> Usage {
-        Usage { items, bytes }
-    }
-}
-
-impl std::ops::Add for Usage {
-    type Output = Usage;
-
-    fn add(self, other: Usage) -> Usage {
-        Usage { items: self.items + other.items, bytes: self.bytes + other.bytes }
-    }
-}
+pub use super::usage::Usage;
 
 impl NodeLimits {
     /// These limits on a network whose blocks obey `block`: a transaction

@@ -55,8 +55,8 @@ use std::net::SocketAddr;
 
 use super::genesis::Network;
 use super::height::Height;
-use super::limits::Usage;
 use super::quorum::vote_threshold;
+use super::usage::Usage;
 use crate::codec::BINCODE;
 use crate::identity::{Identity, NodeId};
 
@@ -288,7 +288,7 @@ impl MemberSet {
         self.0.len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 

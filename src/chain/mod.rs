@@ -15,8 +15,9 @@
 //! * [`sync`]: catch-up planning (which peer, which blocks, what a response
 //!   says about its sender) and a token bucket, without IO.
 //! * [`mempool`]: transactions waiting for a block.
-//! * [`genesis`]: the network file's values and the network id.
+//! * [`genesis`]: the network file's values (the block limits among them) and the network id.
 //! * [`limits`]: the node's limits on what it accepts and keeps (`[limits]`).
+//! * [`usage`]: what a bounded structure holds, in items and bytes.
 //! * [`members`]: the member set at each height and the signed changes that move it.
 //! * [`message`]: what the chain sends its peers, and on which stream.
 //! * [`doppelganger`]: what a node may sign after a start: the watch for a
@@ -51,6 +52,7 @@ pub(crate) mod rules;
 pub(crate) mod store;
 pub(crate) mod sync;
 pub(crate) mod upgrade;
+pub(crate) mod usage;
 pub(crate) mod vote;
 
 pub use block::{
