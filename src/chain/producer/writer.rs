@@ -57,8 +57,11 @@ enum Write {
 /// The producer's end of the writer.
 pub(super) struct Writer {
     writes: mpsc::Sender<Write>,
-    /// What was stored (or the write that failed), in order.
-    pub stored: mpsc::Receiver<Result<Stored, StoreError>>,
+    /// What was stored (or the write that failed), in order. Unbounded, so
+    /// the writer never waits for the producer while the producer waits to
+    /// hand it a block (a burst of synced blocks): one small entry per block
+    /// handed over, which the producer reads every turn of its loop.
+    pub stored: mpsc::UnboundedReceiver<Result<Stored, StoreError>>,
     /// Blocks handed over and not yet reported stored.
     pending: usize,
 }
@@ -66,7 +69,7 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn start(store: Store, tracker: &TaskTracker) -> Writer {
         let (writes, mut rx) = mpsc::channel::<Write>(QUEUED);
-        let (stored_tx, stored) = mpsc::channel(QUEUED + 1);
+        let (stored_tx, stored) = mpsc::unbounded_channel();
         tracker.spawn_blocking(move || {
             while let Some(w) = rx.blocking_recv() {
                 match w {
@@ -85,7 +88,7 @@ impl Writer {
                         let failed = result.is_err();
                         // A stopped producer hears nothing; what it handed
                         // over is written all the same.
-                        let _ = stored_tx.blocking_send(result);
+                        let _ = stored_tx.send(result);
                         if failed {
                             return;
                         }
