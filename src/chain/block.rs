@@ -203,8 +203,41 @@ pub enum TxCheck {
     Done,
 }
 
+/// A transaction's id. A node computes it once per transaction, where the
+/// transaction enters it (a submission, a gossiped or fetched transaction, a
+/// synced block); the id then travels with it through the mempool, the compact
+/// proposal, the block and its commit.
 pub fn tx_hash(tx: &[u8]) -> Hash {
+    #[cfg(feature = "fault-injection")]
+    counts::TX_HASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Hash::of(&[b"masternode/tx\0", tx])
+}
+
+/// What the regression guard counts on the commit path (built with the tests'
+/// `fault-injection` feature only, so a release build carries none of it).
+#[cfg(feature = "fault-injection")]
+pub mod counts {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub(crate) static TX_HASHES: AtomicU64 = AtomicU64::new(0);
+
+    pub(crate) static STORE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+    /// Transactions hashed ([`super::tx_hash`]) by every node of this process
+    /// since it started.
+    pub fn tx_hashes() -> u64 {
+        TX_HASHES.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the records every store of this process wrote for signatures
+    /// and commits (blocks, certificates, locks, signed messages, meta).
+    pub fn store_bytes() -> u64 {
+        STORE_BYTES.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn wrote(bytes: usize) {
+        STORE_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 }
 
 pub fn tx_root(txs: &[Vec<u8>]) -> Hash {

@@ -168,12 +168,18 @@ pub(crate) struct RebuildLimits {
 impl CompactProposal {
     /// The compact form of a signed proposal: each transaction hashed once.
     pub fn of(sp: &SignedProposal) -> CompactProposal {
+        Self::with_ids(sp, sp.proposal.block.txs.iter().map(|t| tx_hash(t)).collect())
+    }
+
+    /// The compact form of a signed proposal whose transactions' ids the
+    /// caller holds (in block order): nothing is hashed.
+    pub fn with_ids(sp: &SignedProposal, ids: Vec<Hash>) -> CompactProposal {
         let p = &sp.proposal;
         CompactProposal {
             height: p.height,
             round: p.round,
             header: p.block.header.clone(),
-            ids: p.block.txs.iter().map(|t| tx_hash(t)).collect(),
+            ids,
             valid_round: p.valid_round,
             proposer: p.proposer,
             signature: sp.signature,
@@ -351,12 +357,18 @@ impl Assembly {
 
     /// The full signed proposal, once every transaction is here.
     pub fn into_signed(self) -> Option<SignedProposal> {
+        self.into_signed_with_ids().map(|(sp, _)| sp)
+    }
+
+    /// [`Self::into_signed`] with the transactions' ids, in block order.
+    pub fn into_signed_with_ids(self) -> Option<(SignedProposal, Vec<Hash>)> {
         if !self.is_complete() {
             return None;
         }
         let txs: Option<Vec<Vec<u8>>> = self.txs.into_iter().collect();
-        let p = self.proposal;
-        Some(SignedProposal {
+        let mut p = self.proposal;
+        let ids = std::mem::take(&mut p.ids);
+        let sp = SignedProposal {
             proposal: Proposal {
                 height: p.height,
                 round: p.round,
@@ -365,7 +377,8 @@ impl Assembly {
                 proposer: p.proposer,
             },
             signature: p.signature,
-        })
+        };
+        Some((sp, ids))
     }
 }
 

@@ -53,7 +53,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::block::{tx_root, tx_root_and_repeat, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
+use super::block::{tx_root_and_repeat, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
 use super::limits::Usage;
 use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
 use super::quorum::vote_threshold;
@@ -165,6 +165,11 @@ pub enum Timeout {
 #[derive(Debug, Clone)]
 pub enum Input {
     Proposal(SignedProposal),
+    /// A proposal whose transactions the caller already matched, each by an id
+    /// that hashes to the header's root and none twice: a compact proposal
+    /// rebuilt from the mempool ([`super::compact`]), whose transactions were
+    /// hashed as they entered the node. Its transactions are not hashed again.
+    CheckedProposal(SignedProposal),
     Vote(SignedVote),
     Timeout(Timeout),
     /// Transactions for the block we were asked to propose with `NeedValue`.
@@ -172,6 +177,9 @@ pub enum Input {
         height: Height,
         round: Round,
         txs: Vec<Vec<u8>>,
+        /// The root over `txs`' ids ([`super::block::tx_root_of_ids`]), which
+        /// the caller holds them by: the block's root without hashing them.
+        tx_root: Hash,
         /// Membership approvals, chosen with [`Membership::select`].
         changes: Vec<SignedApproval>,
     },
@@ -727,10 +735,11 @@ impl Core {
     pub(crate) fn held(&self) -> Held {
         let votes: usize =
             self.votes.values().map(|rv| rv.prevotes.len() + rv.precommits.len() + rv.conflicting.len()).sum();
-        let proposal_bytes: usize = self.proposals.values().map(proposal_bytes).sum();
         Held {
             votes: Usage::new(votes, votes * VOTE_BYTES),
-            proposals: Usage::new(self.proposals.len(), proposal_bytes),
+            // Kept as proposals come and go: summing a held block's
+            // transactions here cost a pass over them per turn of the loop.
+            proposals: Usage::new(self.proposals.len(), self.proposals_bytes),
             next_height: Usage::new(self.future.proposals.len() + self.future.votes.len(), self.future.bytes),
         }
     }
@@ -762,10 +771,13 @@ impl Core {
 
     fn apply(&mut self, input: Input, now_ms: u64, out: &mut Vec<Output>) {
         match input {
-            Input::Proposal(p) => self.receive_proposal(p, now_ms, now_ms, out),
+            Input::Proposal(p) => self.receive_proposal(p, false, now_ms, now_ms, out),
+            Input::CheckedProposal(p) => self.receive_proposal(p, true, now_ms, now_ms, out),
             Input::Vote(v) => self.on_vote(v, now_ms, out),
             Input::Timeout(t) => self.on_timeout(t, now_ms, out),
-            Input::Value { height, round, txs, changes } => self.on_value(height, round, txs, changes, now_ms, out),
+            Input::Value { height, round, txs, tx_root, changes } => {
+                self.on_value(height, round, (txs, tx_root), changes, now_ms, out)
+            }
             Input::Commit(c) => self.on_commit(c, now_ms, out),
             Input::Quorum(met) => {
                 let was = self.quorum;
@@ -782,7 +794,16 @@ impl Core {
 
     /// A proposal that reached this node at `received_ms` (earlier than `now_ms`
     /// for one held for the next height), handled now.
-    fn receive_proposal(&mut self, sp: SignedProposal, received_ms: u64, now_ms: u64, out: &mut Vec<Output>) {
+    /// `checked`: the caller matched the transactions to the header's root
+    /// ([`Input::CheckedProposal`]).
+    fn receive_proposal(
+        &mut self,
+        sp: SignedProposal,
+        checked: bool,
+        received_ms: u64,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
         let p = &sp.proposal;
         let (height, round, proposer) = (p.height, p.round, p.proposer);
         if height < self.height || !self.members_at(height).contains(&proposer) {
@@ -811,7 +832,7 @@ impl Core {
                 return;
             }
         }
-        let Some(repeat) = self.authenticate(&sp, out) else { return };
+        let Some(repeat) = self.authenticate(&sp, checked, out) else { return };
         if future {
             self.hold_future(proposer, height, Input::Proposal(sp), now_ms, out);
             return;
@@ -914,7 +935,7 @@ impl Core {
     /// `Some` with the first transaction that repeats an earlier one (looked
     /// for only where the rules make it invalid) when the proposal passes;
     /// `None`, reported, when it does not.
-    fn authenticate(&self, sp: &SignedProposal, out: &mut Vec<Output>) -> Option<Option<usize>> {
+    fn authenticate(&self, sp: &SignedProposal, checked: bool, out: &mut Vec<Output>) -> Option<Option<usize>> {
         let p = &sp.proposal;
         let (node, height, round) = (p.proposer, p.height, p.round);
         let refused = if sp.verify(&self.cfg.network_id).is_err() {
@@ -927,6 +948,8 @@ impl Core {
             || p.block.header.changes.len() > super::members::MAX_CHANGES_PER_BLOCK
         {
             Misbehaviour::BadTransactions { claimed: node, height, round }
+        } else if checked {
+            return Some(None);
         } else {
             let (root, first_repeat) = tx_root_and_repeat(&p.block.txs, self.rules().distinct_txs);
             if root == p.block.header.tx_root {
@@ -1180,7 +1203,7 @@ impl Core {
         &mut self,
         height: Height,
         round: Round,
-        txs: Vec<Vec<u8>>,
+        (txs, root): (Vec<Vec<u8>>, Hash),
         changes: Vec<SignedApproval>,
         now_ms: u64,
         out: &mut Vec<Output>,
@@ -1202,7 +1225,7 @@ impl Core {
                 prev_hash: self.prev_hash,
                 timestamp_ms: now_ms.max(self.prev_ts + 1),
                 proposer: self.me,
-                tx_root: tx_root(&txs),
+                tx_root: root,
                 changes,
             },
             txs,
@@ -1444,7 +1467,7 @@ impl Core {
         // in, now against the parent they build on.
         let next = std::mem::take(&mut self.future);
         for (p, received_ms) in next.proposals.into_values() {
-            self.receive_proposal(p, received_ms, now_ms, out);
+            self.receive_proposal(p, false, received_ms, now_ms, out);
         }
         for v in next.votes.into_values() {
             self.apply(Input::Vote(v), now_ms, out);

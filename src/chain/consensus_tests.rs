@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::*;
-use crate::chain::block::{genesis_hash, Limits};
+use crate::chain::block::{genesis_hash, tx_root, Limits};
 use crate::chain::members::Membership;
 use crate::chain::vote::{Committed, SignRecord, Step};
 use crate::identity::Identity;
@@ -139,7 +139,8 @@ impl Sim {
                 Output::Schedule { timeout, after_ms } => self.at(self.now + after_ms, node, Input::Timeout(timeout)),
                 Output::NeedValue { height, round } => {
                     let txs = vec![format!("tx h{height} r{round}").into_bytes()];
-                    self.queue.push_back((node, Input::Value { height, round, txs, changes: vec![] }));
+                    let tx_root = tx_root(&txs);
+                    self.queue.push_back((node, Input::Value { height, round, txs, tx_root, changes: vec![] }));
                 }
                 Output::Decided { committed, .. } => self.decided[node].push(committed),
                 Output::Misbehaviour(m) => self.misbehaviour.push(m),
@@ -1047,7 +1048,8 @@ fn our_own_proposal_is_held_within_the_proposals_byte_budget() {
         out = core.handle(Input::Timeout(Timeout::Precommit { height: 1, round }), now);
     }
     assert!(out.iter().any(|o| matches!(o, Output::NeedValue { round: 3, .. })), "{out:?}");
-    let out = core.handle(Input::Value { height: 1, round: 3, txs: full_txs(3), changes: vec![] }, now);
+    let txs = full_txs(3);
+    let out = core.handle(Input::Value { height: 1, round: 3, tx_root: tx_root(&txs), txs, changes: vec![] }, now);
     assert!(out.iter().any(|o| matches!(o, Output::Sign { message: Signed::Proposal(_), .. })), "it proposes");
     assert!(core.proposals.contains_key(&3), "its own proposal is held");
     let held = core.held().proposals.bytes;

@@ -109,7 +109,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::block::{tx_hash, Block, Hash, Height, Limits, Round};
+use super::block::{tx_hash, tx_root_of_ids, Block, Hash, Height, Limits, Round};
 use super::clock::{self, ClockConfig, ClockEstimator, ClockEvent};
 use super::compact::{self, Assembly, CompactError, CompactProposal, FillError, RebuildLimits, Waiting};
 use super::consensus::{Core, Input, Output, Signed, Timeout};
@@ -448,6 +448,8 @@ pub struct Driver {
     mempool: Mempool,
     waiting: Waiting,
     fetches: BTreeMap<(Height, Round), Fetch>,
+    /// The ids of the blocks this node proposed or rebuilt lately ([`TxIds`]).
+    tx_ids: TxIds,
     sync: SyncPlanner,
     sync_buckets: HashMap<NodeId, TokenBucket>,
     /// Bytes of answers each peer may be served ([`ServeBudget`]).
@@ -527,6 +529,7 @@ impl Driver {
             members_view: Arc::new(MembersView { membership, waiting: Vec::new() }),
             mempool: Mempool::new(cfg.node_limits.mempool),
             waiting: Waiting::new(&cfg.limits),
+            tx_ids: TxIds::default(),
             sync: SyncPlanner::new(SyncConfig { batch: cfg.node_limits.sync_batch_blocks, ..SyncConfig::default() }),
             last_height_seen: (height, now.mono_ms),
             next_tick_ms: now.mono_ms + TICK_MS,
@@ -548,7 +551,7 @@ impl Driver {
             misbehaviour: 0,
             blocks_synced: 0,
         };
-        driver.mempool_follows_chain(height - 1, &[]);
+        driver.mempool_follows_chain(height - 1, None);
         // A node restarted before (or past) a height it cannot run stops
         // again without starting it.
         match driver.follow_upgrades() {
@@ -713,13 +716,13 @@ impl Driver {
         }
         self.last_heard.insert(id, now.mono_ms);
         for m in self.core.own_messages() {
-            self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m) });
+            self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m, &self.tx_ids) });
         }
         // And what it signed that we hold: a peer restarted on an older copy
         // of its data dir learns what its key signed here before it signs
         // again (see `super::doppelganger`).
         for m in self.core.signed_by(id) {
-            self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m) });
+            self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m, &self.tx_ids) });
         }
         // Approvals waiting for a block: the peer may propose the next one.
         // Those of plans too, which the transport sends only at a wire
@@ -1013,7 +1016,7 @@ impl Driver {
                     if self.doppelganger.is_some() {
                         continue;
                     }
-                    let gossip = gossip_form(&message);
+                    let gossip = gossip_form(&message, &self.tx_ids);
                     self.effects.push_back(Effect::Persist { record, message, lock });
                     self.effects.push_back(Effect::Broadcast(gossip));
                 }
@@ -1025,13 +1028,16 @@ impl Driver {
                 Output::NeedValue { height, round } => {
                     let limits = self.cfg.limits;
                     self.approvals.set_carry_plans(self.may_carry_plans(height));
-                    let txs = self.mempool.take(limits.max_block_txs, limits.max_block_bytes);
+                    let (ids, txs) = self.mempool.take_with_ids(limits.max_block_txs, limits.max_block_bytes);
                     let changes = if self.approvals.is_empty() {
                         Vec::new()
                     } else {
                         self.core.membership().select(self.approvals.iter(), &self.cfg.network_id)
                     };
-                    work.extend(self.core.handle(Input::Value { height, round, txs, changes }, now.wall_ms));
+                    let tx_root = tx_root_of_ids(ids.len(), ids.iter().copied());
+                    self.tx_ids.insert(height, tx_root, ids);
+                    let value = Input::Value { height, round, txs, tx_root, changes };
+                    work.extend(self.core.handle(value, now.wall_ms));
                 }
                 Output::Decided { committed, membership, completed } => {
                     work.extend(self.decided(committed, membership, &completed, synced, now));
@@ -1080,7 +1086,7 @@ impl Driver {
         now: Now,
     ) -> Vec<Output> {
         let (height, hash) = (c.block.height(), c.block.hash());
-        self.mempool_follows_chain(height, &c.block.txs);
+        self.mempool_follows_chain(height, Some(&c.block));
         self.effects.push_back(Effect::Commit { committed: c, membership, synced });
         if synced {
             self.blocks_synced += 1;
@@ -1171,7 +1177,7 @@ impl Driver {
             // Ours and what we hold of others': a vote only some of us saw (an
             // equivocator's, or one lost in a partition) reaches the rest.
             for m in self.core.relay_messages() {
-                self.effects.push_back(Effect::Broadcast(gossip_form(&m)));
+                self.effects.push_back(Effect::Broadcast(gossip_form(&m, &self.tx_ids)));
             }
             self.last_height_seen.1 = now.mono_ms;
         }
@@ -1355,14 +1361,22 @@ impl Driver {
         })
     }
 
-    /// The mempool after the block at `height` committed `txs`: they leave
-    /// it, what waited too long expires, and a share is kept for each member
-    /// the chain names besides this node (as [`Self::chain_names`] does).
-    fn mempool_follows_chain(&mut self, height: Height, txs: &[Vec<u8>]) {
+    /// The mempool after the block at `height` (`None`: the tip a new pool
+    /// starts at): its transactions leave it, by the ids this node holds them
+    /// by where it proposed or rebuilt the block, what waited too long
+    /// expires, and a share is kept for each member the chain names besides
+    /// this node (as [`Self::chain_names`] does).
+    fn mempool_follows_chain(&mut self, height: Height, block: Option<&Block>) {
         let membership = self.core.membership();
         let me = self.core.id();
         let members = membership.current().ids().into_iter().chain(membership.next().ids()).filter(|id| *id != me);
-        self.mempool.handle_commit(height, txs);
+        match block.map(|b| (self.tx_ids.of(&b.header.tx_root), b)) {
+            Some((Some(ids), _)) => self.mempool.handle_commit_ids(height, ids),
+            // A synced block: its transactions enter the node here.
+            Some((None, b)) => self.mempool.handle_commit(height, &b.txs),
+            None => self.mempool.handle_commit_ids(height, &[]),
+        }
+        self.tx_ids.forget_below(height + 1);
         self.mempool.set_members(members);
     }
 
@@ -1504,9 +1518,13 @@ impl Driver {
     }
 
     /// A rebuilt proposal goes to the core as a full one would.
+    /// Its transactions were each matched to an id the header's root commits
+    /// to (and [`CompactProposal::check`] refused repeated ids), so the core
+    /// does not hash them again; the ids are kept for the commit.
     fn assembled(&mut self, assembly: Assembly, now: Now) {
-        let Some(sp) = assembly.into_signed() else { return };
-        let out = self.core.handle(Input::Proposal(sp), now.wall_ms);
+        let Some((sp, ids)) = assembly.into_signed_with_ids() else { return };
+        self.tx_ids.insert(sp.proposal.height, sp.proposal.block.header.tx_root, ids);
+        let out = self.core.handle(Input::CheckedProposal(sp), now.wall_ms);
         self.drive(out, false, now);
     }
 
@@ -1625,7 +1643,8 @@ impl Driver {
                     return self.refuse_bytes(from, id);
                 }
                 if let Some(block) = self.core.proposed_block(height, round) {
-                    return Effect::Reply { id, msg: Message::Txs(answer_from_block(block, &ids, budget)) };
+                    let known = self.tx_ids.of(&block.header.tx_root);
+                    return Effect::Reply { id, msg: Message::Txs(answer_from_block(block, known, &ids, budget)) };
                 }
             }
         }
@@ -1719,9 +1738,12 @@ impl Driver {
 
 /// What goes to peers for a signed message: a proposal in its compact form
 /// ([`super::compact`]), whose transactions the peers hold or fetch.
-fn gossip_form(m: &Signed) -> Message {
+fn gossip_form(m: &Signed, tx_ids: &TxIds) -> Message {
     match m {
-        Signed::Proposal(p) => Message::CompactProposal(CompactProposal::of(p)),
+        Signed::Proposal(p) => Message::CompactProposal(match tx_ids.of(&p.proposal.block.header.tx_root) {
+            Some(ids) => CompactProposal::with_ids(p, ids.to_vec()),
+            None => CompactProposal::of(p),
+        }),
         Signed::Vote(v) => Message::Vote(v.clone()),
     }
 }
@@ -1738,10 +1760,50 @@ fn in_fetch_window(at: (Height, Round), height: Height, round: Round) -> bool {
 }
 
 /// The transactions of `block` with these ids, in the order asked, within
-/// `max_bytes`: each of the block's transactions hashed once.
-fn answer_from_block(block: &Block, ids: &[Hash], max_bytes: usize) -> Vec<Vec<u8>> {
-    let by_id: HashMap<Hash, &Vec<u8>> = block.txs.iter().map(|t| (tx_hash(t), t)).collect();
+/// `max_bytes`: by the block's ids where this node holds them (`known`), else
+/// each of the block's transactions hashed once.
+fn answer_from_block(block: &Block, known: Option<&[Hash]>, ids: &[Hash], max_bytes: usize) -> Vec<Vec<u8>> {
+    let by_id: HashMap<Hash, &Vec<u8>> = match known {
+        Some(known) => known.iter().copied().zip(&block.txs).collect(),
+        None => block.txs.iter().map(|t| (tx_hash(t), t)).collect(),
+    };
     compact::within_bytes(ids.iter().filter_map(|id| by_id.get(id).copied()), max_bytes)
+}
+
+/// How many blocks' ids [`TxIds`] keeps: this node's own proposal and the
+/// rebuilt ones of a height's first rounds. Each is at most `max_block_txs`
+/// ids (640 KiB at 20,000), of a proposal already checked and held within the
+/// proposals' budget; a member proposing many rounds only replaces the oldest.
+const TX_IDS_KEPT: usize = 4;
+
+/// The ids of the blocks this node proposed or rebuilt at its current height,
+/// by transaction root: the ids computed when the transactions entered the
+/// node, so neither the compact form of its own proposal nor the mempool's
+/// removal at the commit hashes a transaction again.
+#[derive(Debug, Default)]
+struct TxIds {
+    blocks: VecDeque<(Height, Hash, Vec<Hash>)>,
+}
+
+impl TxIds {
+    fn insert(&mut self, height: Height, root: Hash, ids: Vec<Hash>) {
+        if self.of(&root).is_some() {
+            return;
+        }
+        if self.blocks.len() >= TX_IDS_KEPT {
+            self.blocks.pop_front();
+        }
+        self.blocks.push_back((height, root, ids));
+    }
+
+    fn of(&self, root: &Hash) -> Option<&[Hash]> {
+        self.blocks.iter().find(|(_, r, _)| r == root).map(|(_, _, ids)| &ids[..])
+    }
+
+    /// The blocks of heights below `height` are of no further use.
+    fn forget_below(&mut self, height: Height) {
+        self.blocks.retain(|(h, _, _)| *h >= height);
+    }
 }
 
 #[path = "driver_watch.rs"]

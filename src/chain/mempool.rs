@@ -278,16 +278,23 @@ impl Mempool {
     /// are served in `Source` order, starting at the tip's height modulo their
     /// number, so no source is always first.
     pub(crate) fn take(&self, max_txs: usize, max_bytes: usize) -> Vec<Vec<u8>> {
+        self.take_with_ids(max_txs, max_bytes).1
+    }
+
+    /// [`Self::take`] with the transactions' ids, computed when they entered
+    /// the pool: the proposer's root and compact proposal are built from them
+    /// without hashing a transaction again.
+    pub(crate) fn take_with_ids(&self, max_txs: usize, max_bytes: usize) -> (Vec<Hash>, Vec<Vec<u8>>) {
         // Each share's oldest first, and its credit.
         let mut queues: Vec<(Oldest<'_>, usize)> =
             self.shares.values().map(|s| (s.order.values().peekable(), 0)).collect();
         if queues.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let start = (self.height % queues.len() as u64) as usize;
         queues.rotate_left(start);
         let quantum = self.limits.max_tx_bytes.max(1);
-        let mut out = Vec::new();
+        let (mut ids, mut out) = (Vec::new(), Vec::new());
         let mut bytes = 0;
         while !queues.is_empty() {
             let mut i = 0;
@@ -295,11 +302,11 @@ impl Mempool {
                 let (queue, credit) = &mut queues[i];
                 *credit += quantum;
                 let done = loop {
-                    let Some(tx) = queue.peek().and_then(|h| self.txs.get(*h)).map(|held| &held.tx) else {
+                    let Some((id, tx)) = queue.peek().and_then(|h| self.txs.get(*h).map(|held| (**h, &held.tx))) else {
                         break true;
                     };
                     if out.len() >= max_txs {
-                        return out;
+                        return (ids, out);
                     }
                     if bytes + tx.len() > max_bytes {
                         break true;
@@ -309,6 +316,7 @@ impl Mempool {
                     }
                     *credit -= tx.len();
                     bytes += tx.len();
+                    ids.push(id);
                     out.push(tx.clone());
                     queue.next();
                 };
@@ -319,7 +327,7 @@ impl Mempool {
                 }
             }
         }
-        out
+        (ids, out)
     }
 
     /// The transactions with these ids, where this pool holds them, in order.
@@ -338,9 +346,17 @@ impl Mempool {
     /// holds them, and what arrived [`TX_TTL_HEIGHTS`] or more heights before
     /// expires. Also tells a new pool the tip it starts at (with no `txs`).
     pub(crate) fn handle_commit(&mut self, height: Height, txs: &[Vec<u8>]) {
+        let ids: Vec<Hash> = txs.iter().map(|tx| tx_hash(tx)).collect();
+        self.handle_commit_ids(height, &ids);
+    }
+
+    /// [`Self::handle_commit`] for a block whose transactions' ids this node
+    /// already computed (its own proposal, a rebuilt compact one): nothing is
+    /// hashed again.
+    pub(crate) fn handle_commit_ids(&mut self, height: Height, ids: &[Hash]) {
         self.height = self.height.max(height);
-        for tx in txs {
-            self.remove(&tx_hash(tx));
+        for id in ids {
+            self.remove(id);
         }
         let Some(cutoff) = self.height.checked_sub(TX_TTL_HEIGHTS) else { return };
         // Each share is in arrival order, and arrivals are stamped with a tip

@@ -55,6 +55,8 @@ pub(crate) mod upgrade;
 pub(crate) mod usage;
 pub(crate) mod vote;
 
+#[cfg(feature = "fault-injection")]
+pub use block::counts;
 pub use block::{
     genesis_hash, tx_hash, tx_root, tx_root_of_ids, Block, Hash, Header, Limits, TxCheck, MAX_BLOCK_BYTES,
     MAX_BLOCK_TXS,

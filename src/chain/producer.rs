@@ -5,11 +5,15 @@
 //! compact proposals, sync, rate limits); this task feeds it what arrives (peers'
 //! messages and requests, the transport's connected set and peer events,
 //! answers to our requests, the admin API's submissions, the clock) and carries
-//! out its [`Effect`]s strictly in order. It awaits only the disk: a `Persist`
-//! or `Commit` is on disk before the next effect runs, which is how a signature
-//! is durable before the vote leaves the node and a block is durable before the
-//! node reports it. Requests to peers run in tasks of their own and report back
-//! over a channel; a slow or silent peer never holds the loop.
+//! out its [`Effect`]s strictly in order. It awaits only the disk, through the
+//! store's one [`writer`]: a `Persist` is on disk before the next effect runs,
+//! which is how a signature is durable before the vote leaves the node. A
+//! `Commit` is handed to the writer and the loop goes on with the next height
+//! while the block is written; the block is reported (the tip, and the `Tip`
+//! and `Holds` broadcasts, held back until then) once the writer says it is on
+//! disk, and the next height's first signature is written after it. Requests
+//! to peers run in tasks of their own and report back over a channel; a slow
+//! or silent peer never holds the loop.
 //!
 //! The mempool belongs to the driver: the admin API and [`crate::node::Node`]
 //! reach it through this task's channels ([`super::links`]), and status and metrics
@@ -35,11 +39,9 @@ use super::consensus::Core;
 use super::doppelganger::{Evidence, Hold};
 use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Held, Now, RequestFailure, RequestId};
 use super::links::{ChainMetrics, Links, MemberRequest, TxRequest};
-use super::members::MembershipState;
 use super::message::Message;
 use super::store::{Store, StoreError};
 use super::upgrade::UpgradeNeeded;
-use super::vote::Committed;
 use crate::identity::NodeId;
 use crate::net::handshake::Tip;
 use crate::net::{Delivery, Inbound, InboundRequest, PeerEvent, Peers, Refusal};
@@ -49,6 +51,7 @@ use crate::net::{Delivery, Inbound, InboundRequest, PeerEvent, Peers, Refusal};
 /// admin API are taken in batches of the same size.
 mod halt;
 mod requests;
+mod writer;
 
 const BATCH: usize = 64;
 
@@ -134,12 +137,16 @@ enum Event {
     Answer(Answer),
     Member(MemberRequest),
     Txs,
+    Stored(Result<writer::Stored, StoreError>),
     Timers,
 }
 
 pub(crate) struct Producer {
     driver: Driver,
     store: Store,
+    writer: writer::Writer,
+    /// `Tip` and `Holds` of blocks still being written, sent once they are.
+    after_stored: Vec<(Height, Message)>,
     peers: Peers,
     tip: watch::Sender<Tip>,
     metrics: Arc<ChainMetrics>,
@@ -170,6 +177,8 @@ impl Producer {
         let (answers_tx, answers_rx) = mpsc::channel(2 * super::compact::MAX_WAITING);
         Producer {
             driver: Driver::new(core, cfg, clock.now()),
+            writer: writer::Writer::start(parts.store.clone(), &parts.tracker),
+            after_stored: Vec::new(),
             store: parts.store,
             peers: parts.peers,
             tip: parts.tip,
@@ -229,6 +238,7 @@ impl Producer {
                 Some(req) = self.links.member_requests.recv() => Event::Member(req),
                 // None only once every sender is gone: the branch is off then.
                 Some(()) = async { (self.links.txs.recv_many(&mut txs, BATCH).await > 0).then_some(()) } => Event::Txs,
+                Some(s) = self.writer.stored.recv() => Event::Stored(s),
                 _ = sleep_until(wake) => Event::Timers,
             };
             // The select is unbiased: a peer set emptied by this node's own stop
@@ -310,6 +320,7 @@ impl Producer {
                     let _ = req.reply.send(result);
                 }
             }
+            Event::Stored(stored) => self.stored(stored?),
             Event::Timers => self.driver.handle_timeout(now),
         }
         self.carry_out().await?;
@@ -320,13 +331,14 @@ impl Producer {
     async fn carry_out(&mut self) -> Result<(), ProducerError> {
         while let Some(effect) = self.driver.poll_effect() {
             match effect {
-                Effect::Persist { record, message, lock } => {
-                    let store = self.store.clone();
-                    tokio::task::spawn_blocking(move || store.record_signed(record, &message, lock.as_deref()))
-                        .await??;
+                Effect::Persist { record, message, lock } => self.writer.record_signed(record, message, lock).await?,
+                Effect::Commit { committed, membership, synced } => {
+                    self.writer.commit(committed, membership, synced).await?
                 }
-                Effect::Commit { committed, membership, synced } => self.commit(committed, membership, synced).await?,
-                Effect::Broadcast(msg) => self.broadcast(&msg),
+                Effect::Broadcast(msg) => match writer::reports(&msg).filter(|_| self.writer.pending() > 0) {
+                    Some(height) => self.after_stored.push((height, msg)),
+                    None => self.broadcast(&msg),
+                },
                 Effect::Send { to, msg } => self.send(to, &msg),
                 Effect::RequestBlocks { peer, from, count } => self.request_blocks(peer, from, count),
                 Effect::RequestTxs { peer, height, round, ids } => self.request_txs(peer, height, round, ids),
@@ -354,7 +366,13 @@ impl Producer {
                         let _ = reply.send(Err(refusal));
                     }
                 }
-                Effect::Halt { plan, max_version } => return Err(self.halt(UpgradeNeeded { plan, max_version }).await),
+                Effect::Halt { plan, max_version } => {
+                    // The blocks before the halt are on disk first.
+                    for stored in self.writer.drain().await? {
+                        self.stored(stored);
+                    }
+                    return Err(self.halt(UpgradeNeeded { plan, max_version }).await);
+                }
                 Effect::Doppelganger(evidence) => {
                     let s = evidence.seen;
                     tracing::error!(
@@ -377,27 +395,24 @@ impl Producer {
         Ok(())
     }
 
-    /// Stores a decided block durably, then reports it: the tip for handshakes
-    /// and status, its timestamp, and (for a block decided here) the latency
-    /// from its proposal.
-    async fn commit(
-        &mut self,
-        committed: Committed,
-        membership: Box<MembershipState>,
-        synced: bool,
-    ) -> Result<(), ProducerError> {
-        let store = self.store.clone();
-        let c =
-            tokio::task::spawn_blocking(move || store.commit(&committed, &membership).map(|()| committed)).await??;
-        let (height, hash) = (c.block.height(), c.block.hash());
-        self.tip.send_replace(Tip { height, hash: hash.0 });
-        self.metrics.last_block_timestamp_ms.store(c.block.header.timestamp_ms, Ordering::Relaxed);
-        if !synced {
-            let latency_ms = self.clock.now().wall_ms.saturating_sub(c.block.header.timestamp_ms);
+    /// A decided block the writer put on disk, reported: the tip for
+    /// handshakes and status, its timestamp, (for a block decided here) the
+    /// latency from its proposal, and the `Tip` and `Holds` held back for it.
+    fn stored(&mut self, s: writer::Stored) {
+        self.writer.handle_stored();
+        let height = s.height;
+        self.tip.send_replace(Tip { height, hash: s.hash.0 });
+        self.metrics.last_block_timestamp_ms.store(s.timestamp_ms, Ordering::Relaxed);
+        if !s.synced {
+            let latency_ms = self.clock.now().wall_ms.saturating_sub(s.timestamp_ms);
             self.metrics.commit_latency.observe(latency_ms as f64 / 1000.0);
         }
-        tracing::debug!(height, hash = %hash.short(), round = c.cert.round, txs = c.block.txs.len(), "committed");
-        Ok(())
+        tracing::debug!(height, hash = %s.hash.short(), round = s.round, txs = s.txs, "committed");
+        let (due, later) = std::mem::take(&mut self.after_stored).into_iter().partition(|(h, _)| *h <= height);
+        self.after_stored = later;
+        for (_, msg) in due {
+            self.broadcast(&msg);
+        }
     }
 
     /// The transport's connected set and its wire versions, for the gate and

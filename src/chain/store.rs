@@ -67,6 +67,8 @@ pub enum StoreError {
     NewerFormat { found: u32 },
     #[error("the data dir holds a chain in format {found}, which no release wrote")]
     UnknownFormat { found: u32 },
+    #[error("the store's writer stopped after a failed write")]
+    WriterStopped,
 }
 
 impl StoreError {
@@ -140,7 +142,10 @@ const LOCK: &str = "lock+polka";
 
 fn encode<T: bincode::Encode>(v: &T) -> Vec<u8> {
     // Into a Vec, under the codec's 4 MiB limit, which blocks respect.
-    bincode::encode_to_vec(v, BINCODE).unwrap_or_default()
+    let bytes = bincode::encode_to_vec(v, BINCODE).unwrap_or_default();
+    #[cfg(feature = "fault-injection")]
+    super::block::counts::wrote(bytes.len());
+    bytes
 }
 
 fn decode<T: bincode::Decode<()>>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
