@@ -1,9 +1,11 @@
 //! Throughput benchmarks: the node against raw quinn and TCP + TLS, in one run.
 //!
 //!     cargo bench --bench throughput -- [--quick] [--json FILE] [--only PREFIX[,PREFIX..]]
-//!     cargo bench --bench throughput -- --case node|node1|quinn SIZE COUNT
+//!     cargo bench --bench throughput -- --case node|node1|nodeS|nodeR|quinn SIZE COUNT
 //!
-//! `--case` runs one frames measurement alone, once (no references, no repeats):
+//! `--case` runs one frames measurement alone, once (no references, no repeats;
+//! `node` sends with `send_many` and receives with `recv_into`, `node1` with
+//! `send` per frame and `recv_batch`, `nodeS` and `nodeR` mix the two):
 //! for instruction counts under `valgrind --tool=callgrind`, where two counts
 //! of frames give the cost of one as a difference, free of the setup's.
 //!
@@ -230,10 +232,16 @@ impl FrameCounter {
 // ---------------------------------------------------------------- frames
 
 /// Frames through the node: `Peers::send_many` with [`SEND_BATCH`] frames per
-/// call (one look-up and one outbox lock per call) and `Messages::recv_into`
+/// call (one look-up per call, one outbox lock per 4 KiB) and `Messages::recv_into`
 /// (bodies as slices of the read runs), or, when `one_by_one`, `Peers::send`
 /// per frame and `Messages::recv_batch` (a `Bytes` per body).
 async fn frames_node(size: usize, count: usize, one_by_one: bool) -> f64 {
+    frames_node_with(size, count, one_by_one, one_by_one).await
+}
+
+/// As [`frames_node`], sending one frame per `send` when `one_by_one` and
+/// receiving a `Bytes` per body (`recv_batch`) when `bodies`.
+async fn frames_node_with(size: usize, count: usize, one_by_one: bool, bodies: bool) -> f64 {
     let c = Cluster::new(2, 1000);
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -251,7 +259,7 @@ async fn frames_node(size: usize, count: usize, one_by_one: bool) -> f64 {
     // of its own, the sender in the caller's.
     let receiver = tokio::spawn(async move {
         let mut got = 0;
-        if one_by_one {
+        if bodies {
             let mut batch = Vec::with_capacity(1024);
             while got < count {
                 got += inb.messages.recv_batch(1024, &mut batch).await.unwrap();
@@ -1118,6 +1126,8 @@ fn main() {
             match path.as_str() {
                 "quinn" => frames_quinn(*size, *count).await,
                 "node1" => frames_node(*size, *count, true).await,
+                "nodeS" => frames_node_with(*size, *count, false, true).await,
+                "nodeR" => frames_node_with(*size, *count, true, false).await,
                 _ => frames_node(*size, *count, false).await,
             }
         });

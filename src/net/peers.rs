@@ -129,6 +129,9 @@ pub enum SendError {
     Unsupported { peer: NodeId, wire: u16, needs: u16 },
 }
 
+/// Bytes of frames [`Peers::send_many`] copies into an outbox under one lock.
+pub(crate) const SEND_MANY_BYTES: usize = 4 * 1024;
+
 /// What [`Peers::send_many`] did not queue: the first `queued` frames were
 /// queued, the next one was not, for `error`, and the rest were not tried.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -282,41 +285,53 @@ impl Peers {
     }
 
     /// Queues `outs` for `to` in order, as that many calls of [`Peers::send`]
-    /// would, with one look-up of the peer and one lock of its outbox for all of
-    /// them: a sender with many frames for one peer pays those once, not per
-    /// frame. Stops at the first frame that is not queued; [`Partial`] says how
-    /// many were queued before it and why it was not (`Full`: dropped by the
-    /// outbox's policy and counted, as by `send`). The outbox's budgets are the
-    /// same as for `send`: the lock is held for the pushes only, never across
-    /// an `.await`, and a long slice holds it no longer than the pushes take.
+    /// would, with one look-up of the peer for all of them and one lock of its
+    /// outbox per 4 KiB of frames (`SEND_MANY_BYTES`): a sender with many frames for
+    /// one peer pays those per run of frames, not per frame, and the writer,
+    /// which takes the same lock to drain the outbox, never waits behind more
+    /// than one run's copies. Stops at the first frame that is not queued;
+    /// [`Partial`] says how many were queued before it and why it was not
+    /// (`Full`: dropped by the outbox's policy and counted, as by `send`). The
+    /// outbox's budgets are those `send` meets.
     pub fn send_many(&self, to: NodeId, outs: &[Outgoing]) -> Result<(), Partial> {
         let table = self.shared.table.borrow();
         let link = table.get(&to).ok_or(Partial { queued: 0, error: SendError::NotConnected(to) })?;
         let mut overflowed = [0u64; 3];
         let mut queued = 0;
         let mut error = None;
-        let was_empty = {
-            let mut outbox = link.outbox();
-            let was_empty = outbox.is_empty();
-            for out in outs {
-                if link.wire < out.wire {
-                    error = Some(SendError::Unsupported { peer: to, wire: link.wire, needs: out.wire });
-                    break;
+        while queued < outs.len() && error.is_none() {
+            let before = queued;
+            let was_empty = {
+                let mut outbox = link.outbox();
+                let was_empty = outbox.is_empty();
+                let mut copied = 0;
+                for out in &outs[queued..] {
+                    if copied >= SEND_MANY_BYTES {
+                        break;
+                    }
+                    if link.wire < out.wire {
+                        error = Some(SendError::Unsupported { peer: to, wire: link.wire, needs: out.wire });
+                        break;
+                    }
+                    let pushed = outbox.push(out);
+                    overflowed[out.class.index()] += pushed.overflowed as u64;
+                    if !pushed.queued {
+                        error = Some(SendError::Full(to));
+                        break;
+                    }
+                    queued += 1;
+                    copied += out.frame.len();
                 }
-                let pushed = outbox.push(out);
-                overflowed[out.class.index()] += pushed.overflowed as u64;
-                if !pushed.queued {
-                    error = Some(SendError::Full(to));
-                    break;
-                }
-                queued += 1;
+                was_empty
+            };
+            // The writer sleeps only after it found the outbox empty (under
+            // the same lock): it needs waking only when this run made it
+            // non-empty.
+            if was_empty && queued > before {
+                link.wake.notify_one();
             }
-            was_empty
-        };
-        self.count_overflowed(&overflowed);
-        if queued > 0 && was_empty {
-            link.wake.notify_one();
         }
+        self.count_overflowed(&overflowed);
         match error {
             None => Ok(()),
             Some(error) => Err(Partial { queued, error }),
