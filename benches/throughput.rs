@@ -1,9 +1,11 @@
 //! Throughput benchmarks: the node against raw quinn and TCP + TLS, in one run.
 //!
 //!     cargo bench --bench throughput -- [--quick] [--json FILE] [--only PREFIX[,PREFIX..]]
-//!     cargo bench --bench throughput -- --case node|quinn SIZE COUNT
+//!     cargo bench --bench throughput -- --case node|node1|nodeS|nodeR|quinn SIZE COUNT
 //!
-//! `--case` runs one frames measurement alone, once (no references, no repeats):
+//! `--case` runs one frames measurement alone, once (no references, no repeats;
+//! `node` sends with `send_many` and receives with `recv_into`, `node1` with
+//! `send` per frame and `recv_batch`, `nodeS` and `nodeR` mix the two):
 //! for instruction counts under `valgrind --tool=callgrind`, where two counts
 //! of frames give the cost of one as a difference, free of the setup's.
 //!
@@ -229,7 +231,17 @@ impl FrameCounter {
 
 // ---------------------------------------------------------------- frames
 
-async fn frames_node(size: usize, count: usize) -> f64 {
+/// Frames through the node: `Peers::send_many` with [`SEND_BATCH`] frames per
+/// call (one look-up per call, one outbox lock per 4 KiB) and `Messages::recv_into`
+/// (bodies as slices of the read runs), or, when `one_by_one`, `Peers::send`
+/// per frame and `Messages::recv_batch` (a `Bytes` per body).
+async fn frames_node(size: usize, count: usize, one_by_one: bool) -> f64 {
+    frames_node_with(size, count, one_by_one, one_by_one).await
+}
+
+/// As [`frames_node`], sending one frame per `send` when `one_by_one` and
+/// receiving a `Bytes` per body (`recv_batch`) when `bodies`.
+async fn frames_node_with(size: usize, count: usize, one_by_one: bool, bodies: bool) -> f64 {
     let c = Cluster::new(2, 1000);
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -247,18 +259,43 @@ async fn frames_node(size: usize, count: usize) -> f64 {
     // of its own, the sender in the caller's.
     let receiver = tokio::spawn(async move {
         let mut got = 0;
-        let mut batch = Vec::with_capacity(1024);
-        while got < count {
-            got += inb.messages.recv_batch(1024, &mut batch).await.unwrap();
-            batch.clear();
+        if bodies {
+            let mut batch = Vec::with_capacity(1024);
+            while got < count {
+                got += inb.messages.recv_batch(1024, &mut batch).await.unwrap();
+                batch.clear();
+            }
+        } else {
+            let mut batch = net::Deliveries::new();
+            while got < count {
+                got += inb.messages.recv_into(1024, &mut batch).await.unwrap();
+                batch.clear();
+            }
         }
         inb
     });
     let start = Instant::now();
-    for _ in 0..count {
-        // Waits (an await and its future) only when the outbox is full.
-        if let Err(SendError::Full(_)) = a.send(to, &msg) {
-            send_waiting(&a, to, &msg).await;
+    if one_by_one {
+        for _ in 0..count {
+            // Waits (an await and its future) only when the outbox is full.
+            if let Err(SendError::Full(_)) = a.send(to, &msg) {
+                send_waiting(&a, to, &msg).await;
+            }
+        }
+    } else {
+        let batch = vec![msg; SEND_BATCH];
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(SEND_BATCH);
+            match a.send_many(to, &batch[..n]) {
+                Ok(()) => left -= n,
+                Err(p) => {
+                    assert!(matches!(p.error, SendError::Full(_)), "{p}");
+                    left -= p.queued;
+                    // The dropped frame is sent again once there is room.
+                    a.writable(to).await.unwrap();
+                }
+            }
         }
     }
     let _inb = receiver.await.unwrap();
@@ -268,6 +305,9 @@ async fn frames_node(size: usize, count: usize) -> f64 {
     tracker.wait().await;
     count as f64 / elapsed.as_secs_f64()
 }
+
+/// Frames per `send_many` call: the producer's batch of messages.
+const SEND_BATCH: usize = 64;
 
 async fn frames_quinn(size: usize, count: usize) -> f64 {
     let c = Cluster::new(2, 1000);
@@ -360,14 +400,16 @@ async fn bench_frames(quick: bool, node_only: bool, wanted: &dyn Fn(&str) -> boo
         // them more messages so that every measurement lasts long enough to mean
         // something, and take the median of three, interleaved.
         let mut node = Vec::new();
+        let mut one_by_one = Vec::new();
         let mut quinn = Vec::new();
         let mut tcp = Vec::new();
         let mut tcp_b = Vec::new();
         for _ in 0..3 {
-            node.push(frames_node(size, count).await);
+            node.push(frames_node(size, count, false).await);
             if node_only {
                 continue;
             }
+            one_by_one.push(frames_node(size, count, true).await);
             quinn.push(frames_quinn(size, count * 4).await);
             tcp.push(frames_tcp_tls(size, count, false).await);
             tcp_b.push(frames_tcp_tls(size, count * 4, true).await);
@@ -383,7 +425,8 @@ async fn bench_frames(quick: bool, node_only: bool, wanted: &dyn Fn(&str) -> boo
                 .with_ref("quinn", quinn)
                 .with_ref("tcp_tls", tcp)
                 .with_ref("tcp_tls_batched", tcp_b)
-                .with_extra("messages", count as f64),
+                .with_extra("messages", count as f64)
+                .with_extra("one_send_per_frame_msg_s", percentile(&mut one_by_one, 0.5)),
         );
         report(out.last().unwrap());
     }
@@ -1082,7 +1125,10 @@ fn main() {
         let rate = rt.block_on(async {
             match path.as_str() {
                 "quinn" => frames_quinn(*size, *count).await,
-                _ => frames_node(*size, *count).await,
+                "node1" => frames_node(*size, *count, true).await,
+                "nodeS" => frames_node_with(*size, *count, false, true).await,
+                "nodeR" => frames_node_with(*size, *count, true, false).await,
+                _ => frames_node(*size, *count, false).await,
             }
         });
         println!("frames/size={size} {path}: {count} messages, {} msg/s", fmt(rate));

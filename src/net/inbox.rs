@@ -30,7 +30,10 @@
 //!
 //! A delivered body shares its run's buffer until it is dropped; the node decodes
 //! a body and drops it at once, so a run's buffer lives about as long as its
-//! frames wait here.
+//! frames wait here. [`Deliveries`] hands a batch out as slices of its runs,
+//! with one reference count per run and batch instead of one per body (each
+//! reference count is a locked operation on a counter the reader's thread
+//! shares).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -49,6 +52,97 @@ pub(crate) const QUANTUM: usize = 64 * 1024;
 pub struct Delivery {
     pub from: NodeId,
     pub body: Bytes,
+}
+
+/// Messages taken from the inbox in one batch, as slices of the runs they were
+/// read in: the batch holds each run it took from once, so a message costs no
+/// reference count of its own. Clearing the batch (or taking the next one into
+/// it after [`Deliveries::clear`]) releases the runs.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    runs: Vec<Bytes>,
+    items: Vec<Item>,
+}
+
+/// One message of a [`Deliveries`]: its peer and where its body is.
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    from: NodeId,
+    run: u32,
+    start: u32,
+    end: u32,
+}
+
+impl Deliveries {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Forgets every message and releases the runs they were slices of.
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.runs.clear();
+    }
+
+    /// The messages in the order they were taken: the peer and the body (kind
+    /// byte first).
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (NodeId, &[u8])> + '_ {
+        self.items.iter().map(|i| (i.from, &self.runs[i.run as usize][i.start as usize..i.end as usize]))
+    }
+
+    /// Message `i`'s body as a `Bytes` of its own, for a consumer that keeps it
+    /// past the batch (it shares the run's buffer and pins it as long as it lives).
+    pub fn body(&self, i: usize) -> Option<Bytes> {
+        let i = self.items.get(i)?;
+        Some(self.runs[i.run as usize].slice(i.start as usize..i.end as usize))
+    }
+}
+
+/// Where a consumer's batch takes frames to: a `Vec` of [`Delivery`] (a body
+/// of its own each) or [`Deliveries`] (slices of the runs).
+pub(crate) trait Sink {
+    /// Takes the frame body at `body` of `run` from `from`. `lent` is the peer
+    /// queue's note of the run it last lent this batch (`stamp`), so a run is
+    /// referenced once per batch however many of its frames the batch takes.
+    fn take(&mut self, from: NodeId, run: &Bytes, body: std::ops::Range<usize>, lent: &mut Lent, stamp: u64);
+}
+
+/// The run a peer queue last lent to a batch: the batch's stamp, the run's
+/// identity (its address and length) and its index in the batch's runs.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Lent {
+    stamp: u64,
+    ptr: usize,
+    len: usize,
+    index: u32,
+}
+
+impl Sink for Vec<Delivery> {
+    fn take(&mut self, from: NodeId, run: &Bytes, body: std::ops::Range<usize>, _: &mut Lent, _: u64) {
+        self.push(Delivery { from, body: run.slice(body) });
+    }
+}
+
+impl Sink for Deliveries {
+    fn take(&mut self, from: NodeId, run: &Bytes, body: std::ops::Range<usize>, lent: &mut Lent, stamp: u64) {
+        let (ptr, len) = (run.as_ptr() as usize, run.len());
+        // Batch stamps start at 1, so a queue's default note never matches.
+        if lent.stamp != stamp || lent.ptr != ptr || lent.len != len {
+            // Runs are at most a read buffer (or one frame under the frame
+            // limit), far below 4 GiB; a batch holds at most `max` runs.
+            *lent = Lent { stamp, ptr, len, index: self.runs.len() as u32 };
+            self.runs.push(run.clone());
+        }
+        self.items.push(Item { from, run: lent.index, start: body.start as u32, end: body.end as u32 });
+    }
 }
 
 /// A peer's place in the inbox, for its readers: found once per connection, so
@@ -99,6 +193,8 @@ struct PeerQueue {
     /// A reader waits on `room`: the consumer wakes it after it took something.
     waiting: bool,
     room: Arc<Notify>,
+    /// The run this queue last lent to a consumer's batch ([`Sink`]).
+    lent: Lent,
 }
 
 impl PeerQueue {
@@ -131,10 +227,10 @@ impl PeerQueue {
         }
     }
 
-    /// A turn worth `deficit` bytes: takes the next frame (urgent first) if
-    /// it fits, and releases the runs both cursors passed.
-    fn pop_within(&mut self, deficit: usize, urgent: &Kinds) -> Pop {
-        let PeerQueue { runs, urgent: urgent_cursor, other, .. } = self;
+    /// A turn worth `deficit` bytes: hands the next frame (urgent first) to
+    /// `sink` if it fits, and releases the runs both cursors passed.
+    fn pop_within(&mut self, deficit: usize, urgent: &Kinds, sink: &mut impl Sink, stamp: u64) -> Pop {
+        let PeerQueue { id, runs, urgent: urgent_cursor, other, lent, .. } = self;
         let urgent_lane = urgent_cursor.run < runs.len();
         let (c, own) = if urgent_lane { (urgent_cursor, Lanes::Urgent) } else { (other, Lanes::Other) };
         let Some(run) = runs.get(c.run) else { return Pop::Empty };
@@ -142,12 +238,12 @@ impl PeerQueue {
         if len > deficit {
             return Pop::Wait;
         }
-        let body = run.bytes.slice(c.at + 4..c.at + len);
+        sink.take(*id, &run.bytes, c.at + 4..c.at + len, lent, stamp);
         c.at += len;
         c.ahead -= len;
         if c.at < run.bytes.len() && run.lanes == own {
             // The lane's next frame is the next one in this run.
-            return Pop::Frame(body);
+            return Pop::Frame;
         }
         Self::seek(runs, c, urgent_lane, urgent);
         while self.urgent.run > 0 && self.other.run > 0 {
@@ -155,7 +251,7 @@ impl PeerQueue {
             self.urgent.run -= 1;
             self.other.run -= 1;
         }
-        Pop::Frame(body)
+        Pop::Frame
     }
 
     fn is_empty(&self) -> bool {
@@ -165,7 +261,8 @@ impl PeerQueue {
 
 /// What a turn found in a peer's queue.
 enum Pop {
-    Frame(Bytes),
+    /// A frame went to the sink.
+    Frame,
     /// The next frame is larger than the turns' deficit so far.
     Wait,
     Empty,
@@ -212,6 +309,8 @@ struct State {
     /// was counted beside the lock, a consumer could count a run out before
     /// its reader had counted it in, and the gauge wrapped below zero).
     queued: usize,
+    /// Batches taken so far: each batch's stamp for [`Lent`].
+    batches: u64,
     closed: bool,
 }
 
@@ -256,6 +355,7 @@ impl Inbox {
             deficit: 0,
             waiting: false,
             room: Arc::new(Notify::new()),
+            lent: Lent::default(),
         });
         s.index.insert(from, i);
         Slot(i)
@@ -349,7 +449,7 @@ impl Inbox {
 
     /// Moves up to `max` messages into `out`, in turns (see the module's doc).
     /// Waits while nothing is queued; `Err(Closed)` once closed and drained.
-    pub(crate) async fn recv_batch(&self, max: usize, out: &mut Vec<Delivery>) -> Result<usize, Closed> {
+    pub(crate) async fn recv_batch(&self, max: usize, out: &mut impl Sink) -> Result<usize, Closed> {
         loop {
             {
                 let mut s = self.lock();
@@ -369,8 +469,10 @@ impl Inbox {
     /// readers waiting for the room it made, once each. A peer whose turn
     /// comes while no other peer has anything queued takes its next turns at
     /// once, without going round the order.
-    fn take(s: &mut State, max: usize, out: &mut Vec<Delivery>, urgent: &Kinds) -> usize {
-        let State { slots, order, queued, .. } = s;
+    fn take(s: &mut State, max: usize, out: &mut impl Sink, urgent: &Kinds) -> usize {
+        let State { slots, order, queued, batches, .. } = s;
+        *batches += 1;
+        let stamp = *batches;
         let mut taken = 0;
         while taken < max {
             let Some(i) = order.pop_front() else { break };
@@ -379,13 +481,12 @@ impl Inbox {
             let mut queued_still = true;
             loop {
                 q.deficit += QUANTUM;
-                match q.pop_within(q.deficit, urgent) {
-                    Pop::Frame(body) => {
+                match q.pop_within(q.deficit, urgent, out, stamp) {
+                    Pop::Frame => {
                         // A turn delivers one frame; what was left of its quantum
                         // is not kept, so small frames earn no credit towards a
                         // large one.
                         q.deficit = 0;
-                        out.push(Delivery { from: q.id, body });
                         taken += 1;
                         if taken == max || !order.is_empty() || q.is_empty() {
                             break;
@@ -616,6 +717,33 @@ mod tests {
             "urgent frames first, each lane in its order"
         );
         assert_eq!(inbox.queued_bytes(), 0);
+    }
+
+    /// A batch of slices holds each run it took from once, however many of
+    /// its frames it took, and gives the same messages in the same order as
+    /// bodies of their own would: across peers in turn and lanes of one run.
+    #[tokio::test]
+    async fn a_batch_of_slices_references_each_run_once_and_keeps_the_order() {
+        let fill = |inbox: &Inbox| {
+            let (a, b) = (inbox.slot(id(1)), inbox.slot(id(2)));
+            inbox.put(a, run_of(1, 10, 50));
+            inbox.put(b, Bytes::from([run_of(1, 11, 3), run_of(3, 12, 2), run_of(1, 13, 3)].concat()));
+            inbox.put(a, run_of(1, 14, 20));
+        };
+        let (plain, sliced) = (Inbox::new(1 << 20, urgent), Inbox::new(1 << 20, urgent));
+        fill(&plain);
+        fill(&sliced);
+        let mut bodies = Vec::new();
+        assert_eq!(plain.recv_batch(1000, &mut bodies).await, Ok(78));
+        let mut batch = Deliveries::new();
+        assert_eq!(sliced.recv_batch(1000, &mut batch).await, Ok(78));
+        let expected: Vec<(NodeId, &[u8])> = bodies.iter().map(|d| (d.from, &d.body[..])).collect();
+        assert_eq!(batch.iter().collect::<Vec<_>>(), expected);
+        assert_eq!(batch.runs.len(), 3, "one reference per run");
+        assert_eq!(batch.body(51).as_deref(), Some(&bodies[51].body[..]));
+        assert_eq!(sliced.queued_bytes(), 0);
+        batch.clear();
+        assert!(batch.is_empty() && batch.runs.is_empty(), "clearing releases the runs");
     }
 
     #[tokio::test]

@@ -75,11 +75,12 @@ pub use handshake::{
     accept as handshake_accept, check_intro, dial as handshake_dial, Expect, Generation, HandshakeError, HandshakeMsg,
     Intro, LegacyIntro, LegacyMsg, Mismatch, RejectReason, Rejection, Tip, Versions, GENERATIONS, MAGIC, WIRE,
 };
+pub use inbox::Deliveries;
 pub(crate) use inbox::Delivery;
 pub(crate) use manager::reaches;
 pub use manager::{bind, start, Bound, NetConfig, TestHooks};
 pub use outbox::{Class, OutboxLimits, Outgoing};
-pub use peers::{Counters, Inbound, Messages, Peers, Refusal, RequestError, SendError};
+pub use peers::{Counters, Inbound, Messages, Partial, Peers, Refusal, RequestError, SendError};
 pub(crate) use peers::{InboundRequest, PeerEvent};
 pub use settings::TransportConfig;
 pub use tls::{client_rustls, peer_node_id, provider, server_rustls, RefusalLog, SERVER_NAME};

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::direction::Direction;
 use super::handshake::Tip;
-use super::inbox::{Delivery, Inbox};
+use super::inbox::{Deliveries, Delivery, Inbox};
 use super::outbox::{Class, Outbox, Outgoing};
 use super::slots::ConnId;
 use super::tls::RefusalLog;
@@ -39,6 +39,13 @@ impl Messages {
     /// turn (a frame larger than 64 KiB takes a turn per 64 KiB; each peer's
     /// consensus kinds first). Cancel-safe. `None` once the transport stopped.
     pub async fn recv_batch(&self, max: usize, out: &mut Vec<Delivery>) -> Option<usize> {
+        self.inbox.recv_batch(max, out).await.ok()
+    }
+
+    /// As [`Messages::recv_batch`], into a batch that holds the bodies as
+    /// slices of the buffers they were read into: no reference count per
+    /// message. Clear `out` between batches (its runs stay pinned until then).
+    pub async fn recv_into(&self, max: usize, out: &mut Deliveries) -> Option<usize> {
         self.inbox.recv_batch(max, out).await.ok()
     }
 
@@ -120,6 +127,18 @@ pub enum SendError {
     /// The peer's connection is of a wire version that cannot carry the frame.
     #[error("peer {peer} speaks wire {wire}, the message needs {needs}")]
     Unsupported { peer: NodeId, wire: u16, needs: u16 },
+}
+
+/// Bytes of frames [`Peers::send_many`] copies into an outbox under one lock.
+pub(crate) const SEND_MANY_BYTES: usize = 4 * 1024;
+
+/// What [`Peers::send_many`] did not queue: the first `queued` frames were
+/// queued, the next one was not, for `error`, and the rest were not tried.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{error} (after {queued} frames queued)")]
+pub struct Partial {
+    pub queued: usize,
+    pub error: SendError,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +281,68 @@ impl Peers {
             Ok(())
         } else {
             Err(SendError::Full(to))
+        }
+    }
+
+    /// Queues `outs` for `to` in order, as that many calls of [`Peers::send`]
+    /// would, with one look-up of the peer for all of them and one lock of its
+    /// outbox per 4 KiB of frames (`SEND_MANY_BYTES`): a sender with many frames for
+    /// one peer pays those per run of frames, not per frame, and the writer,
+    /// which takes the same lock to drain the outbox, never waits behind more
+    /// than one run's copies. Stops at the first frame that is not queued;
+    /// [`Partial`] says how many were queued before it and why it was not
+    /// (`Full`: dropped by the outbox's policy and counted, as by `send`). The
+    /// outbox's budgets are those `send` meets.
+    pub fn send_many(&self, to: NodeId, outs: &[Outgoing]) -> Result<(), Partial> {
+        let table = self.shared.table.borrow();
+        let link = table.get(&to).ok_or(Partial { queued: 0, error: SendError::NotConnected(to) })?;
+        let mut overflowed = [0u64; 3];
+        let mut queued = 0;
+        let mut error = None;
+        while queued < outs.len() && error.is_none() {
+            let before = queued;
+            let was_empty = {
+                let mut outbox = link.outbox();
+                let was_empty = outbox.is_empty();
+                let mut copied = 0;
+                for out in &outs[queued..] {
+                    if copied >= SEND_MANY_BYTES {
+                        break;
+                    }
+                    if link.wire < out.wire {
+                        error = Some(SendError::Unsupported { peer: to, wire: link.wire, needs: out.wire });
+                        break;
+                    }
+                    let pushed = outbox.push(out);
+                    overflowed[out.class.index()] += pushed.overflowed as u64;
+                    if !pushed.queued {
+                        error = Some(SendError::Full(to));
+                        break;
+                    }
+                    queued += 1;
+                    copied += out.frame.len();
+                }
+                was_empty
+            };
+            // The writer sleeps only after it found the outbox empty (under
+            // the same lock): it needs waking only when this run made it
+            // non-empty.
+            if was_empty && queued > before {
+                link.wake.notify_one();
+            }
+        }
+        self.count_overflowed(&overflowed);
+        match error {
+            None => Ok(()),
+            Some(error) => Err(Partial { queued, error }),
+        }
+    }
+
+    fn count_overflowed(&self, overflowed: &[u64; 3]) {
+        for (counter, n) in self.shared.counters.outbox_dropped.iter().zip(overflowed) {
+            if *n > 0 {
+                counter.fetch_add(*n, Ordering::Relaxed);
+            }
         }
     }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use masternode::chain::Message;
-use masternode::net::TestHooks;
+use masternode::net::{self, TestHooks};
 use masternode::net::{RejectReason, Versions};
 use masternode::node::Node;
 
@@ -84,6 +84,51 @@ async fn broadcast_reaches_every_peer_exactly_once_in_order() {
     // A message over its kind's limit is refused before it leaves.
     assert!(Message::Tx(vec![0; 200 * 1024]).outgoing().is_err());
 
+    shutdown.cancel();
+    tracker.close();
+    tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.expect("every task ends after shutdown");
+}
+
+/// `send_many` queues a run of frames as that many `send`s would: in order,
+/// each once, and it stops at the first frame it cannot queue (here one the
+/// peer's wire version cannot carry), saying how many went before it; the
+/// receiver's batch of slices gives the same bodies in the same order.
+#[tokio::test]
+async fn send_many_queues_in_order_and_stops_at_the_first_frame_it_cannot_queue() {
+    let spec = Spec::new(2);
+    let tracker = tokio_util::task::TaskTracker::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (a, _ina) = spec.start_net(0, fast_transport(), &tracker, &shutdown);
+    let (b, inb) = spec.start_net(1, fast_transport(), &tracker, &shutdown);
+    eventually("connected", Duration::from_secs(20), || !a.connected().is_empty() && !b.connected().is_empty()).await;
+    let to = spec.id(1);
+    let mut outs: Vec<_> = (0..300u32).map(|k| outgoing(&Message::Data(k.to_be_bytes().to_vec()))).collect();
+    assert_eq!(a.send_many(to, &outs[..200]), Ok(()));
+    let wire = a.peers()[0].wire_version;
+    outs[250].wire = wire + 1;
+    let partial = a.send_many(to, &outs[200..]).unwrap_err();
+    assert_eq!(partial.queued, 50);
+    assert_eq!(partial.error, net::SendError::Unsupported { peer: to, wire, needs: wire + 1 });
+    let nobody = spec.id(0);
+    assert_eq!(a.send_many(nobody, &outs).unwrap_err().queued, 0, "not connected: nothing queued");
+
+    let mut got = Vec::new();
+    let mut batch = net::Deliveries::new();
+    while got.len() < 250 {
+        let n = tokio::time::timeout(Duration::from_secs(10), inb.messages.recv_into(1024, &mut batch))
+            .await
+            .expect("frames arrive")
+            .unwrap();
+        assert_eq!(n, batch.len());
+        got.extend(batch.iter().map(|(from, body)| (from, decode(body))));
+        batch.clear();
+    }
+    let expected: Vec<_> = (0..250u32).map(|k| (spec.id(0), Message::Data(k.to_be_bytes().to_vec()))).collect();
+    assert_eq!(got, expected, "the first 250, each once, in order");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), inb.messages.recv_into(1, &mut batch)).await.is_err(),
+        "nothing after the frame that was not queued"
+    );
     shutdown.cancel();
     tracker.close();
     tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.expect("every task ends after shutdown");
