@@ -277,12 +277,9 @@ impl Mempool {
     /// longer fits in the block is done (oldest first within a share). Shares
     /// are served in `Source` order, starting at the tip's height modulo their
     /// number, so no source is always first.
-    pub(crate) fn take(&self, max_txs: usize, max_bytes: usize) -> Vec<Vec<u8>> {
-        self.take_with_ids(max_txs, max_bytes).1
-    }
-
-    /// [`Self::take`] with the transactions' ids, computed when they entered
-    /// the pool: the proposer's root and compact proposal are built from them
+    ///
+    /// The transactions come with their ids, computed when they entered the
+    /// pool: the proposer's root and compact proposal are built from them
     /// without hashing a transaction again.
     pub(crate) fn take_with_ids(&self, max_txs: usize, max_bytes: usize) -> (Vec<Hash>, Vec<Vec<u8>>) {
         // Each share's oldest first, and its credit.
@@ -328,6 +325,12 @@ impl Mempool {
             }
         }
         (ids, out)
+    }
+
+    /// [`Self::take_with_ids`] without the ids.
+    #[cfg(test)]
+    pub(crate) fn take(&self, max_txs: usize, max_bytes: usize) -> Vec<Vec<u8>> {
+        self.take_with_ids(max_txs, max_bytes).1
     }
 
     /// The transactions with these ids, where this pool holds them, in order.
