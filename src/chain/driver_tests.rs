@@ -1283,3 +1283,23 @@ fn a_peer_at_wire_4_is_asked_for_blocks_once_it_said_it_holds_them() {
     d.handle_message(archive, Message::Holds { earliest: 1, height: 450 }, at(T0 + 30));
     assert_eq!(effects(&mut d), [Effect::RequestBlocks { peer: archive, from: 1, count: 64 }]);
 }
+
+#[test]
+fn the_ids_kept_for_proposals_of_many_rounds_are_those_of_the_latest_four_blocks() {
+    use crate::chain::block::MAX_BLOCK_TXS;
+    // A member proposing round after round, each block of the most ids a block
+    // may hold: only the latest TX_IDS_KEPT blocks' ids stay, and a block of a
+    // height below the tip goes with it.
+    let mut kept = TxIds::default();
+    for round in 0..10u8 {
+        let ids: Vec<Hash> = (0..MAX_BLOCK_TXS).map(|i| tx_hash(&[round, (i % 256) as u8, (i / 256) as u8])).collect();
+        kept.insert(5, Hash([round; 32]), ids);
+    }
+    assert_eq!(kept.blocks.len(), TX_IDS_KEPT);
+    let held: usize = kept.blocks.iter().map(|(_, _, ids)| ids.len() * 32).sum();
+    assert!(held <= TX_IDS_KEPT * MAX_BLOCK_TXS * 32, "{held} bytes of ids");
+    assert!(kept.of(&Hash([0; 32])).is_none(), "the oldest round's ids are gone");
+    assert_eq!(kept.of(&Hash([9; 32])).map(<[Hash]>::len), Some(MAX_BLOCK_TXS));
+    kept.forget_below(6);
+    assert!(kept.blocks.is_empty(), "the height is over");
+}
