@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::admin::{AdminToken, TokenError};
 use crate::chain::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
+use crate::chain::checkpoint::CheckpointSource;
 pub use crate::chain::genesis::{Member, Network};
 pub use crate::chain::limits::NodeLimits;
 use crate::chain::limits::MAX_SYNC_BATCH_BLOCKS;
@@ -288,6 +289,8 @@ struct NodeFile {
     doppelganger_intervals: Option<u32>,
     /// Blocks to keep, the tip's included; older ones are pruned. None: all.
     retain_blocks: Option<u64>,
+    /// Where an empty data dir starts: `"HEIGHT:HASH"` or `"peers"`.
+    checkpoint: Option<String>,
     #[serde(default)]
     transport: TransportFile,
     #[serde(default)]
@@ -311,6 +314,7 @@ pub struct NodeFileValues {
     pub log_format: LogFormat,
     pub doppelganger_intervals: u32,
     pub retain_blocks: Option<u64>,
+    pub checkpoint: Option<CheckpointSource>,
 }
 
 impl NodeFileValues {
@@ -364,6 +368,12 @@ impl NodeFileValues {
                 return Err(ConfigError::RetainTooFew { path: path.into(), value, min });
             }
         }
+        let checkpoint = match file.checkpoint.as_deref() {
+            None => None,
+            Some(text) => Some(text.parse::<CheckpointSource>().map_err(|e| {
+                invalid_in(overrides.checkpoint.is_some(), "--checkpoint (or MASTERNODE_CHECKPOINT)", e.to_string())
+            })?),
+        };
         let bootstrap = file
             .bootstrap
             .iter()
@@ -450,6 +460,7 @@ impl NodeFileValues {
             log_format,
             doppelganger_intervals,
             retain_blocks: file.retain_blocks,
+            checkpoint,
         })
     }
 }
@@ -465,6 +476,7 @@ pub struct Overrides {
     pub passive_wait_ms: Option<u64>,
     pub handshake_timeout_ms: Option<u64>,
     pub log_format: Option<String>,
+    pub checkpoint: Option<String>,
 }
 
 impl Overrides {
@@ -480,6 +492,9 @@ impl Overrides {
         }
         if let Some(v) = &self.log_format {
             file.log_format = Some(v.clone());
+        }
+        if let Some(v) = &self.checkpoint {
+            file.checkpoint = Some(v.clone());
         }
         let t = &mut file.transport;
         t.keepalive_ms = self.keepalive_ms.or(t.keepalive_ms);
@@ -517,6 +532,10 @@ pub struct NodeConfig {
     /// Blocks kept, the tip's included (at least
     /// [`crate::chain::MIN_RETAIN_BLOCKS`]); `None` keeps every block.
     pub retain_blocks: Option<u64>,
+    /// Where a node on an empty data dir starts (`checkpoint`, `--checkpoint`):
+    /// a trusted `(height, id)`, or the one peers offer; `None` replays the
+    /// chain from genesis. Ignored once the data dir holds a chain.
+    pub checkpoint: Option<CheckpointSource>,
 }
 
 impl NodeConfig {
@@ -544,6 +563,7 @@ impl NodeConfig {
         cfg.log_format = f.log_format;
         cfg.doppelganger_intervals = f.doppelganger_intervals;
         cfg.retain_blocks = f.retain_blocks;
+        cfg.checkpoint = f.checkpoint;
         Ok(cfg)
     }
 
@@ -588,6 +608,7 @@ impl NodeConfig {
             log_format: LogFormat::Auto,
             doppelganger_intervals: DEFAULT_DOPPELGANGER_INTERVALS,
             retain_blocks: None,
+            checkpoint: None,
         })
     }
 }

@@ -23,6 +23,18 @@
 //! format 3 in turn, so a node that ran this release cannot be rolled back onto
 //! its data dir.
 //!
+//! # Member states
+//!
+//! Partition `states` holds the membership state after height `h` under key
+//! `h`, written with the block only when it differs from the last one written
+//! (besides its height): most blocks change nothing, so it costs nothing per
+//! block. [`Store::state_at`] reads the state after any height from the first
+//! one this store wrote; a peer that starts from a checkpoint asks for it
+//! ([`super::checkpoint`]). A store started from a checkpoint
+//! ([`Store::start_at`]) holds its block, the state before and after it, and
+//! `earliest` at its height. Format 3 is unchanged by the partition: a release
+//! that does not know it never opens it.
+//!
 //! # Pruning
 //!
 //! [`Store::prune_below`] removes blocks and certificates below a height, in one
@@ -85,6 +97,8 @@ pub struct Store {
     meta: PartitionHandle,
     /// Our own signed messages of the current height, by (height, round, step).
     signed: PartitionHandle,
+    /// The membership state after a height, where it changed (see the module doc).
+    states: PartitionHandle,
 }
 
 /// The stored tip: height, hash and timestamp of the last committed block.
@@ -154,7 +168,8 @@ impl Store {
         let certs = keyspace.open_partition("certs", PartitionCreateOptions::default())?;
         let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
         let signed = keyspace.open_partition("signed", PartitionCreateOptions::default())?;
-        let store = Store { keyspace, blocks, certs, meta, signed };
+        let states = keyspace.open_partition("states", PartitionCreateOptions::default())?;
+        let store = Store { keyspace, blocks, certs, meta, signed, states };
         let format: Option<u32> = store.meta.get(FORMAT_KEY)?.map(|b| decode(&b, "format")).transpose()?;
         match format {
             Some(FORMAT) => {}
@@ -233,7 +248,7 @@ impl Store {
     /// Without it, a node with small blocks keeps every write of the last
     /// 16 MiB per partition in its journal, pruned or not.
     pub fn seal(&self) -> Result<(), StoreError> {
-        for p in [&self.blocks, &self.certs, &self.meta, &self.signed] {
+        for p in [&self.blocks, &self.certs, &self.meta, &self.signed, &self.states] {
             p.rotate_memtable()?;
         }
         Ok(())
@@ -312,11 +327,57 @@ impl Store {
         batch.insert(&self.certs, key, encode(&c.cert));
         batch.insert(&self.meta, TIP, encode(&record));
         batch.insert(&self.meta, MEMBERS, encode(membership));
+        if self.state_changed(membership)? {
+            batch.insert(&self.states, key, encode(membership));
+        }
         // Signed messages of finished heights are of no further use.
         for kv in self.signed.range(..(height + 1).to_be_bytes()) {
             let (k, _) = kv?;
             batch.remove(&self.signed, k);
         }
+        batch.commit()?;
+        self.keyspace.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Whether `state` differs from the last state in `states` (its height
+    /// aside), or none was written yet.
+    fn state_changed(&self, state: &MembershipState) -> Result<bool, StoreError> {
+        let Some((_, last)) = self.states.last_key_value()? else { return Ok(true) };
+        let mut last: MembershipState = decode(&last, "member state")?;
+        last.applied = state.applied;
+        Ok(&last != state)
+    }
+
+    /// The membership state after block `height` (`applied == height`), if this
+    /// store recorded one at or below it.
+    pub fn state_at(&self, height: Height) -> Result<Option<MembershipState>, StoreError> {
+        let Some(kv) = self.states.range(..=height.to_be_bytes()).next_back() else { return Ok(None) };
+        let (_, bytes) = kv?;
+        let mut state: MembershipState = decode(&bytes, "member state")?;
+        state.applied = height;
+        Ok(Some(state))
+    }
+
+    /// Starts an empty store at a checkpoint: block `c` as its tip and earliest
+    /// height, with the member states before (`before`, after the parent) and
+    /// after it, in one batch, then an fsync. Refused on a store that holds a
+    /// chain.
+    pub fn start_at(&self, c: &Committed, before: &MembershipState, after: &MembershipState) -> Result<(), StoreError> {
+        let height = c.block.height();
+        if let Some(tip) = self.tip()? {
+            return Err(StoreError::NotNext { got: height, tip: tip.height });
+        }
+        let key = height.to_be_bytes();
+        let record = TipRecord { height, hash: c.block.hash(), timestamp_ms: c.block.header.timestamp_ms };
+        let mut batch = self.keyspace.batch();
+        batch.insert(&self.blocks, key, encode(&c.block));
+        batch.insert(&self.certs, key, encode(&c.cert));
+        batch.insert(&self.meta, TIP, encode(&record));
+        batch.insert(&self.meta, MEMBERS, encode(after));
+        batch.insert(&self.meta, EARLIEST, encode(&height));
+        batch.insert(&self.states, (height - 1).to_be_bytes(), encode(before));
+        batch.insert(&self.states, key, encode(after));
         batch.commit()?;
         self.keyspace.persist(PersistMode::SyncAll)?;
         Ok(())
