@@ -214,3 +214,182 @@ pub fn verify_offered(
     }
     verify(Checkpoint { height, hash: id }, answer, params, network_id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::{tx_root, Block, Header};
+    use crate::chain::members::Plan;
+    use crate::chain::vote::{Certificate, SignedVote, Vote, VoteKind};
+    use crate::identity::{Identity, NodeId};
+
+    const NET: [u8; 32] = [9; 32];
+    const H: Height = 50;
+
+    fn identities(seed: u8) -> Vec<Identity> {
+        let mut ids: Vec<_> = (0..4u8)
+            .map(|i| Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[seed + i; 32])).unwrap())
+            .collect();
+        ids.sort_by_key(|i| i.id());
+        ids
+    }
+
+    /// The member state after height `H - 1` of a chain of `ids` that runs
+    /// protocol `version` from height 1.
+    fn state_before(ids: &[Identity], version: u16) -> MembershipState {
+        let who: Vec<NodeId> = ids.iter().map(|i| i.id()).collect();
+        let mut state = Membership::of_ids(&who, 1).state().clone();
+        state.applied = H - 1;
+        if version > 3 {
+            state.schedule.push(Plan { version, height: 1 });
+        }
+        state
+    }
+
+    fn params() -> Params {
+        Params { min_active: 1, ttl: 1_000 }
+    }
+
+    /// Block `H` linked to `parent` and `before`, certified by `signers`.
+    fn answer(parent: Hash, before: MembershipState, signers: &[Identity]) -> CheckpointAnswer {
+        let txs = vec![b"tx".to_vec()];
+        let header = Header {
+            height: H,
+            round: 0,
+            prev_hash: parent_link(parent, members_digest(&before), true),
+            timestamp_ms: 1_000,
+            proposer: signers[0].id(),
+            tx_root: tx_root(&txs),
+            changes: vec![],
+        };
+        let block = Block { header, txs };
+        let precommits: Vec<SignedVote> = signers
+            .iter()
+            .map(|who| {
+                let vote =
+                    Vote { kind: VoteKind::Precommit, height: H, round: 0, block: Some(block.hash()), voter: who.id() };
+                vote.sign(&NET, who)
+            })
+            .collect();
+        let cert = Certificate { height: H, round: 0, block: block.hash(), precommits };
+        CheckpointAnswer { parent, committed: Committed { block, cert }, before }
+    }
+
+    fn trusted(a: &CheckpointAnswer) -> Checkpoint {
+        Checkpoint { height: H, hash: a.committed.block.hash() }
+    }
+
+    #[test]
+    fn a_checkpoint_is_height_colon_hash_or_peers() {
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            format!("7:{hex}").parse::<CheckpointSource>(),
+            Ok(CheckpointSource::Trusted(Checkpoint { height: 7, hash: Hash([0xab; 32]) }))
+        );
+        assert_eq!("peers".parse::<CheckpointSource>(), Ok(CheckpointSource::Peers));
+        for bad in [
+            format!("1:{hex}"),
+            format!("0:{hex}"),
+            format!("x:{hex}"),
+            "7:abcd".into(),
+            hex.clone(),
+            format!("7:{}zz", "ab".repeat(31)),
+        ] {
+            assert!(bad.parse::<CheckpointSource>().is_err(), "{bad:?} is refused");
+        }
+        let c = Checkpoint { height: 7, hash: Hash([0xab; 32]) };
+        assert_eq!(c.to_string().parse::<Checkpoint>(), Ok(c), "Display and FromStr agree");
+    }
+
+    #[test]
+    fn an_honest_answer_gives_the_block_and_the_state_after_it() {
+        let ids = identities(1);
+        let before = state_before(&ids, 4);
+        let a = answer(Hash([7; 32]), before.clone(), &ids[..3]);
+        let v = verify(trusted(&a), a.clone(), params(), &NET).unwrap();
+        assert_eq!(v.committed, a.committed);
+        assert_eq!(v.before, before);
+        assert_eq!(v.after.applied, H, "the state after the checkpoint's block");
+        assert_eq!(v.after.current, before.next);
+    }
+
+    #[test]
+    fn a_block_of_another_id_is_refused() {
+        let ids = identities(1);
+        let a = answer(Hash([7; 32]), state_before(&ids, 4), &ids[..3]);
+        let other = Checkpoint { height: H, hash: Hash([1; 32]) };
+        assert!(matches!(verify(other, a.clone(), params(), &NET), Err(CheckpointError::WrongHash { .. })));
+        let higher = Checkpoint { height: H + 1, hash: trusted(&a).hash };
+        assert!(matches!(verify(higher, a, params(), &NET), Err(CheckpointError::WrongHeight { .. })));
+    }
+
+    #[test]
+    fn a_member_state_that_does_not_hash_to_the_commitment_is_refused() {
+        let ids = identities(1);
+        let a = answer(Hash([7; 32]), state_before(&ids, 4), &ids[..3]);
+        let t = trusted(&a);
+        // A liar's own keys in place of the set: its certificate would verify
+        // against them, but the state is not the one the block commits to.
+        let liars = identities(100);
+        let mut forged = a.clone();
+        forged.before = state_before(&liars, 4);
+        assert_eq!(verify(t, forged, params(), &NET), Err(CheckpointError::MembersMismatch { height: H }));
+        // The right state with another parent does not link either.
+        let mut moved = a.clone();
+        moved.parent = Hash([8; 32]);
+        assert_eq!(verify(t, moved, params(), &NET), Err(CheckpointError::MembersMismatch { height: H }));
+        // A state of another height.
+        let mut later = a;
+        later.before.applied = H;
+        assert!(matches!(verify(t, later, params(), &NET), Err(CheckpointError::StateHeight { .. })));
+    }
+
+    #[test]
+    fn before_protocol_4_nothing_commits_to_a_state_and_no_checkpoint_is_taken() {
+        let ids = identities(1);
+        let a = answer(Hash([7; 32]), state_before(&ids, 3), &ids[..3]);
+        assert_eq!(
+            verify(trusted(&a), a, params(), &NET),
+            Err(CheckpointError::NotCommitted { height: H, version: 3 })
+        );
+    }
+
+    #[test]
+    fn a_forged_certificate_is_refused() {
+        let ids = identities(1);
+        let mut a = answer(Hash([7; 32]), state_before(&ids, 4), &ids[..3]);
+        a.committed.cert.precommits[1].signature[0] ^= 1;
+        assert!(matches!(verify(trusted(&a), a.clone(), params(), &NET), Err(CheckpointError::Certificate { .. })));
+        // Two of four signatures are not a quorum.
+        a.committed.cert.precommits.truncate(2);
+        assert!(matches!(verify(trusted(&a), a, params(), &NET), Err(CheckpointError::Certificate { .. })));
+    }
+
+    #[test]
+    fn an_offered_checkpoint_needs_more_than_two_thirds_of_the_known_set() {
+        let ids = identities(1);
+        let known = Membership::of_ids(&ids.iter().map(|i| i.id()).collect::<Vec<_>>(), 1).current().clone();
+        let three = answer(Hash([7; 32]), state_before(&ids, 4), &ids[..3]);
+        assert!(verify_offered(three, &known, params(), &NET).is_ok(), "3 of 4 is more than two thirds");
+        let two = answer(Hash([7; 32]), state_before(&ids, 4), &ids[..2]);
+        assert_eq!(
+            verify_offered(two, &known, params(), &NET),
+            Err(CheckpointError::TooFewKnownSigners { height: H, signed: 2, known: 4, needed: 3 })
+        );
+        // A chain of strangers, however well it verifies against itself.
+        let liars = identities(100);
+        let theirs = answer(Hash([7; 32]), state_before(&liars, 4), &liars[..4]);
+        assert!(verify(trusted(&theirs), theirs.clone(), params(), &NET).is_ok(), "consistent in itself");
+        assert!(matches!(
+            verify_offered(theirs, &known, params(), &NET),
+            Err(CheckpointError::TooFewKnownSigners { signed: 0, .. })
+        ));
+        // Known members' signatures that do not verify do not count.
+        let mut bad = answer(Hash([7; 32]), state_before(&ids, 4), &ids[..3]);
+        bad.committed.cert.precommits[0].signature[0] ^= 1;
+        assert!(matches!(
+            verify_offered(bad, &known, params(), &NET),
+            Err(CheckpointError::TooFewKnownSigners { signed: 2, .. })
+        ));
+    }
+}

@@ -626,6 +626,19 @@ mod tests {
         assert_eq!(Message::Blocks(Message::blocks_for_wire(chain, 3)).wire(), 3, "what is left decodes at 3");
     }
 
+    /// `GetCheckpoint` and `Checkpoint` are kinds of their own, appended, and
+    /// travel only to peers of wire 4: 0.1.0 does not know them.
+    #[test]
+    fn checkpoint_kinds_are_appended_and_wire_4_only() {
+        let ask = Message::GetCheckpoint { height: 5_000 };
+        assert_eq!(ask.kind(), 12);
+        assert_eq!(ask.wire(), CHECKPOINT_WIRE);
+        let largest = Message::GetCheckpoint { height: u64::MAX }.encode().unwrap();
+        assert!(largest.len() - 4 <= GET_CHECKPOINT_LIMIT);
+        assert_eq!(Message::decode(&largest[4..]).unwrap(), Message::GetCheckpoint { height: u64::MAX });
+        assert_eq!(Kind::CHECKPOINT, 13);
+    }
+
     #[test]
     fn each_stream_carries_only_its_kinds() {
         let gossip: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.gossip)(*k).is_some()).collect();
@@ -634,9 +647,9 @@ mod tests {
             vec![Kind::TX, Kind::PROPOSAL, Kind::VOTE, Kind::TIP, Kind::APPROVAL, Kind::COMPACT_PROPOSAL, Kind::HOLDS]
         );
         let request: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.request)(*k).is_some()).collect();
-        assert_eq!(request, vec![Kind::DATA, Kind::GET_BLOCKS, Kind::GET_TXS]);
+        assert_eq!(request, vec![Kind::DATA, Kind::GET_BLOCKS, Kind::GET_TXS, Kind::GET_CHECKPOINT]);
         let response: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.response)(*k).is_some()).collect();
-        assert_eq!(response, vec![Kind::DATA, Kind::BLOCKS, Kind::TXS]);
+        assert_eq!(response, vec![Kind::DATA, Kind::BLOCKS, Kind::TXS, Kind::CHECKPOINT]);
         assert_eq!((PROTOCOL.request)(Kind::GET_BLOCKS), Some(GET_BLOCKS_LIMIT), "a request's limit is its kind's");
         assert_eq!((PROTOCOL.request)(Kind::DATA), Some(DATA_PROBE_LIMIT), "but for the probe's");
         assert_eq!((PROTOCOL.response)(Kind::DATA), Some(DATA_PROBE_LIMIT));

@@ -99,8 +99,8 @@ mod tests {
 
     #[test]
     fn version_4_brings_distinct_transactions_and_timely_proposals() {
-        assert_eq!(Rules::of(3), Rules { distinct_txs: false, timely_proposals: false });
-        assert_eq!(Rules::of(4), Rules { distinct_txs: true, timely_proposals: true });
+        assert_eq!(Rules::of(3), Rules { distinct_txs: false, timely_proposals: false, members_link: false });
+        assert_eq!(Rules::of(4), Rules { distinct_txs: true, timely_proposals: true, members_link: true });
         assert_eq!(Rules::of(MAX_VERSION), Rules::of(V4));
     }
 

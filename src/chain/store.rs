@@ -567,6 +567,58 @@ mod tests {
     }
 
     #[test]
+    fn member_states_are_kept_where_they_change_and_read_at_any_height_after_the_first() {
+        use crate::chain::members::Membership;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut m = Membership::of_ids(&[NodeId([1; 32]), NodeId([2; 32])], 1).state().clone();
+        let mut prev = genesis_hash(&[0; 32]);
+        for h in 1..=30 {
+            let c = committed(h, prev);
+            prev = c.block.hash();
+            m.applied = h;
+            if h == 20 {
+                m.touched.insert(NodeId([3; 32]), 20);
+            }
+            store.commit(&c, &m).unwrap();
+        }
+        assert_eq!(store.states.len().unwrap(), 2, "written at the first block and where it changed");
+        let at = |h| store.state_at(h).unwrap();
+        assert_eq!(at(0), None, "nothing before the first block this store wrote");
+        assert_eq!(at(19).unwrap().applied, 19);
+        assert!(at(19).unwrap().touched.is_empty());
+        assert_eq!(at(20).unwrap().touched.len(), 1);
+        assert_eq!(at(30).unwrap(), m, "the state after the tip is the meta entry's");
+    }
+
+    #[test]
+    fn a_store_started_at_a_checkpoint_holds_from_it_and_commits_after_it() {
+        use crate::chain::members::Membership;
+        let dir = tempfile::tempdir().unwrap();
+        let mut before = Membership::of_ids(&[NodeId([1; 32])], 1).state().clone();
+        before.applied = 99;
+        let mut after = before.clone();
+        after.applied = 100;
+        let c = committed(100, Hash([5; 32]));
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.start_at(&c, &before, &after).unwrap();
+            assert!(matches!(store.start_at(&c, &before, &after), Err(StoreError::NotNext { .. })), "only empty");
+        }
+        // After a restart: a store whose earliest height is the checkpoint's.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tip().unwrap().map(|t| (t.height, t.hash)), Some((100, c.block.hash())));
+        assert_eq!(store.earliest().unwrap(), 100);
+        assert_eq!(store.membership().unwrap(), Some(after.clone()));
+        assert_eq!(store.state_at(99).unwrap(), Some(before));
+        assert_eq!(store.block(99).unwrap(), None, "nothing below the checkpoint");
+        let next = committed(101, c.block.hash());
+        after.applied = 101;
+        store.commit(&next, &after).unwrap();
+        assert_eq!(store.tip().unwrap().map(|t| t.height), Some(101));
+    }
+
+    #[test]
     fn a_data_dir_of_a_later_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         write_meta(dir.path(), &[(FORMAT_KEY, encode(&(FORMAT + 1)))]);

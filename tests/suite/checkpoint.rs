@@ -1,0 +1,175 @@
+//! Checkpoint start on daemons as processes: four members run a chain past
+//! the upgrade to protocol 4 (whose block ids commit to the member state);
+//! one member loses its data dir and starts from `--checkpoint HEIGHT:HASH`.
+//! It holds nothing below the checkpoint, follows the chain and signs again
+//! within seconds, and keeps its earliest height over a restart. A wrong hash
+//! stops the node with one clear line; `--checkpoint peers` takes the tip the
+//! members offer, whose certificate more than two thirds of the genesis set
+//! signed.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::procs::{Net, BIN};
+use masternode::admin::{http_get, BlockInfo};
+
+const INTERVAL_MS: u64 = 300;
+/// The member that loses its data dir.
+const WIPED: usize = 3;
+
+async fn height(net: &Net, i: usize) -> u64 {
+    net.status(i).await.map_or(0, |s| s.height)
+}
+
+async fn until<F, Fut>(net: &Net, what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        if start.elapsed() > deadline {
+            panic!("not within {deadline:?}: {what}\n{}", net.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn block(net: &Net, i: usize, h: u64) -> Option<BlockInfo> {
+    let body = http_get(net.admins[i], &format!("/blocks/{h}"), Duration::from_secs(2)).await.ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+fn node_id(net: &Net, i: usize) -> String {
+    let out = Command::new(BIN).args(["id", "--dir"]).arg(net.configs[i].parent().unwrap()).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn cli(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Schedules protocol 4 a few heights ahead with the CLI (three approvals of
+/// four) and waits until the chain runs it; the plan's height.
+async fn upgrade_to_4(net: &Net) -> u64 {
+    let plan_height = height(net, 0).await + 25;
+    let h = plan_height.to_string();
+    for i in 0..3 {
+        let config = net.configs[i].display().to_string();
+        let verb = if i == 0 { "propose" } else { "approve" };
+        if i > 0 {
+            until(net, "the plan reaches the approver", Duration::from_secs(20), || async {
+                masternode::admin::fetch_upgrade(net.admins[i], Duration::from_secs(2))
+                    .await
+                    .is_ok_and(|u| u.pending.iter().any(|p| p.version == 4))
+            })
+            .await;
+        }
+        let (code, out) = cli(&["upgrade", verb, "--version", "4", "--height", &h, "--config", &config]);
+        assert_eq!(code, Some(0), "{out}");
+    }
+    until(net, "protocol 4 in force", Duration::from_secs(60), || async { height(net, 0).await > plan_height + 3 })
+        .await;
+    plan_height
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_starts_from_a_checkpoint_signs_within_seconds_and_holds_nothing_below_it() {
+    let mut net = Net::new(4);
+    net.set_block_interval(INTERVAL_MS);
+    for i in 0..4 {
+        net.start(i);
+    }
+    net.until_peers(&[0, 1, 2, 3], 3, Duration::from_secs(30), "the mesh").await;
+    until(&net, "blocks", Duration::from_secs(30), || async { height(&net, 0).await >= 3 }).await;
+    let plan_height = upgrade_to_4(&net).await;
+
+    // Node 4 loses its data dir.
+    net.stop(WIPED, Duration::from_secs(10)).await;
+    std::fs::remove_dir_all(net.data_dir(WIPED)).unwrap();
+    until(&net, "the chain goes on without it", Duration::from_secs(30), || async {
+        height(&net, 0).await > plan_height + 10
+    })
+    .await;
+
+    // A wrong hash: refused, the node stops with one line naming it.
+    let cp_height = height(&net, 0).await - 2;
+    let real = block(&net, 0, cp_height).await.expect("the checkpoint's block");
+    let wrong = format!("{cp_height}:{}", "ab".repeat(32));
+    net.start_with_env(WIPED, &[("MASTERNODE_CHECKPOINT", &wrong)]);
+    let code = net.exited(WIPED, Duration::from_secs(60)).await;
+    assert_ne!(code, Some(0));
+    let log = net.log(WIPED);
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("checkpoint") && l.contains("refused")).collect();
+    assert!(
+        refused.iter().any(|l| l.contains(&real.hash) && l.contains("check the hash")),
+        "the refusal names the block the members hold: {refused:?}\n{log}"
+    );
+    assert!(net.status(WIPED).await.is_none());
+    std::fs::remove_dir_all(net.data_dir(WIPED)).ok();
+
+    // The right hash: follows and signs within seconds, from the checkpoint.
+    let checkpoint = format!("{cp_height}:{}", real.hash);
+    let started = Instant::now();
+    net.start_with_env(WIPED, &[("MASTERNODE_CHECKPOINT", &checkpoint)]);
+    let tip = height(&net, 0).await;
+    until(&net, "the checkpointed node follows the chain", Duration::from_secs(30), || async {
+        height(&net, WIPED).await >= tip
+    })
+    .await;
+    let followed = started.elapsed();
+    let me = node_id(&net, WIPED);
+    let mut signed_at = None;
+    until(&net, "the checkpointed node signs", Duration::from_secs(60), || async {
+        let h = height(&net, 0).await;
+        for b in cp_height + 1..=h {
+            if block(&net, 0, b).await.is_some_and(|b| b.signers.contains(&me)) {
+                signed_at = Some(b);
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let signed = started.elapsed();
+    eprintln!("checkpoint start: following after {followed:?}, a block signed after {signed:?} (at {signed_at:?})");
+    let s = net.status(WIPED).await.unwrap();
+    assert_eq!(s.earliest_height, cp_height, "the checkpoint is its earliest height");
+    assert!(block(&net, WIPED, cp_height - 1).await.is_none(), "nothing below the checkpoint");
+    assert_eq!(block(&net, WIPED, cp_height).await.map(|b| b.hash), Some(real.hash.clone()));
+    let log = net.log(WIPED);
+    assert!(log.contains("checkpoint verified"), "{log}");
+
+    // After a restart: the same earliest height, no replay asked.
+    net.stop(WIPED, Duration::from_secs(10)).await;
+    net.start(WIPED);
+    let tip = height(&net, 0).await;
+    until(&net, "the restarted node catches up", Duration::from_secs(30), || async {
+        height(&net, WIPED).await >= tip
+    })
+    .await;
+    assert_eq!(net.status(WIPED).await.unwrap().earliest_height, cp_height, "kept over a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_offered_by_peers_is_taken_with_the_known_sets_signatures() {
+    let mut net = Net::new(4);
+    net.set_block_interval(INTERVAL_MS);
+    for i in 0..3 {
+        net.start(i);
+    }
+    until(&net, "blocks", Duration::from_secs(30), || async { height(&net, 0).await >= 3 }).await;
+    let plan_height = upgrade_to_4(&net).await;
+    until(&net, "past the upgrade", Duration::from_secs(30), || async { height(&net, 0).await > plan_height + 5 })
+        .await;
+    net.start_with_env(WIPED, &[("MASTERNODE_CHECKPOINT", "peers")]);
+    let tip = height(&net, 0).await;
+    until(&net, "the node follows from the offered checkpoint", Duration::from_secs(30), || async {
+        height(&net, WIPED).await >= tip
+    })
+    .await;
+    let s = net.status(WIPED).await.unwrap();
+    assert!(s.earliest_height > plan_height, "started at a tip of protocol 4, not at genesis: {}", s.earliest_height);
+    assert!(net.log(WIPED).contains("checkpoint verified"));
+}
