@@ -340,6 +340,47 @@ impl Store {
         Ok(())
     }
 
+    /// Appends consecutive committed blocks, each with the membership it
+    /// leaves, in one batch and one fsync: a bulk import (a chain generated
+    /// for a measurement), not the path of consensus, which commits one block
+    /// at a time.
+    #[doc(hidden)]
+    pub fn commit_batch(&self, chain: &[(Committed, MembershipState)]) -> Result<(), StoreError> {
+        let mut tip = self.tip()?.map_or(0, |t| t.height);
+        let mut last: Option<MembershipState> = None;
+        let mut batch = self.keyspace.batch();
+        for (c, membership) in chain {
+            let height = c.block.height();
+            if height != tip + 1 {
+                return Err(StoreError::NotNext { got: height, tip });
+            }
+            tip = height;
+            let key = height.to_be_bytes();
+            batch.insert(&self.blocks, key, encode(&c.block));
+            batch.insert(&self.certs, key, encode(&c.cert));
+            let changed = match &last {
+                Some(prev) => {
+                    let mut prev = prev.clone();
+                    prev.applied = membership.applied;
+                    &prev != membership
+                }
+                None => self.state_changed(membership)?,
+            };
+            if changed {
+                batch.insert(&self.states, key, encode(membership));
+            }
+            last = Some(membership.clone());
+        }
+        if let (Some((c, membership)), Some(_)) = (chain.last(), &last) {
+            let record = TipRecord { height: tip, hash: c.block.hash(), timestamp_ms: c.block.header.timestamp_ms };
+            batch.insert(&self.meta, TIP, encode(&record));
+            batch.insert(&self.meta, MEMBERS, encode(membership));
+        }
+        batch.commit()?;
+        self.keyspace.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
     /// Whether `state` differs from the last state in `states` (its height
     /// aside), or none was written yet.
     fn state_changed(&self, state: &MembershipState) -> Result<bool, StoreError> {

@@ -183,3 +183,138 @@ async fn a_checkpoint_offered_by_peers_is_taken_with_the_known_sets_signatures()
     assert!(block(&net, WIPED, s.earliest_height - 1).await.is_none(), "nothing below it");
     assert!(net.log(WIPED).contains("checkpoint verified"));
 }
+
+/// The figures of docs/operating.md, "Starting from a checkpoint": a chain of
+/// `MEASURE_BLOCKS` blocks (100,000 unless set) of a network of two members,
+/// generated into member A's store (protocol 4 from height 21, each block
+/// certified by both); member B starts on an empty data dir from the tip as
+/// a checkpoint, then again on an empty data dir replaying from genesis. With
+/// two members every block after the tip needs B's precommit: B's first block
+/// is its first signature. `cargo test --release --test suite
+/// checkpoint::measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: generates a long chain and replays it"]
+async fn measure_checkpoint_start_against_replay_on_a_long_chain() {
+    use crate::common::{fast_transport, Spec};
+    use masternode::chain::{
+        members_digest, parent_link, tx_root, Approval, Block, Certificate, Change, Checkpoint, CheckpointSource,
+        Committed, Header, Membership, Store, Vote, VoteKind,
+    };
+    use masternode::node::{Node, NodeOptions};
+    use tokio_util::sync::CancellationToken;
+
+    let blocks: u64 = std::env::var("MEASURE_BLOCKS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let replay_cap =
+        Duration::from_secs(std::env::var("MEASURE_REPLAY_CAP_S").ok().and_then(|v| v.parse().ok()).unwrap_or(3_600));
+    let spec = Spec::new(2);
+    let network = spec.network_paced("checkpoint", &spec.members, 200);
+    let mut ids: Vec<_> = spec.ids.clone();
+    ids.sort_by_key(|i| i.id());
+    let generated = Instant::now();
+    {
+        let store = Store::open(&spec.data_dir(0)).unwrap();
+        let mut m = Membership::genesis(&network);
+        let mut prev = masternode::chain::genesis_hash(&network.id);
+        let mut chain = Vec::new();
+        for h in 1..=blocks {
+            let changes = if h == 1 {
+                let plan = Change::Upgrade { version: 4, height: 21 };
+                ids.iter()
+                    .map(|i| Approval { change: plan.clone(), approver: i.id(), signed_at: 0 }.sign(&network.id, i))
+                    .collect()
+            } else {
+                vec![]
+            };
+            let link = m.version_at(h) >= 4;
+            let header = Header {
+                height: h,
+                round: 0,
+                prev_hash: parent_link(prev, members_digest(m.state()), link),
+                timestamp_ms: network.genesis_time_ms + h,
+                proposer: m.current().ids()[(h % 2) as usize],
+                tx_root: tx_root(&[]),
+                changes,
+            };
+            let block = Block { header, txs: vec![] };
+            let id = block.hash();
+            let precommits = ids
+                .iter()
+                .map(|i| {
+                    Vote { kind: VoteKind::Precommit, height: h, round: 0, block: Some(id), voter: i.id() }
+                        .sign(&network.id, i)
+                })
+                .collect();
+            let cert = Certificate { height: h, round: 0, block: id, precommits };
+            m.apply(&block.header.changes, &network.id);
+            prev = id;
+            chain.push((Committed { block, cert }, m.state().clone()));
+            if chain.len() == 1_000 || h == blocks {
+                store.commit_batch(&chain).unwrap();
+                chain.clear();
+            }
+        }
+        assert_eq!(m.version_at(blocks), 4);
+    }
+    let generated = generated.elapsed();
+    let a_dir_bytes = |dir: &std::path::Path| -> u64 {
+        let out = Command::new("du").args(["-s", "-B1"]).arg(dir).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().parse().unwrap()
+    };
+    eprintln!("generated {blocks} blocks in {generated:?}; A's data dir {} bytes", a_dir_bytes(&spec.data_dir(0)));
+    let tip = Store::open(&spec.data_dir(0)).unwrap().tip().unwrap().unwrap();
+    let a = Node::start(
+        spec.config(0, network.clone(), fast_transport()),
+        NodeOptions::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+
+    // B from the checkpoint.
+    let mut cfg = spec.config(1, network.clone(), fast_transport());
+    cfg.checkpoint = Some(CheckpointSource::Trusted(Checkpoint { height: tip.height, hash: tip.hash }));
+    let started = Instant::now();
+    let b = Node::start(cfg, NodeOptions::default(), CancellationToken::new()).await.unwrap();
+    let running = started.elapsed();
+    while b.height() <= tip.height {
+        assert!(started.elapsed() < Duration::from_secs(120), "B signs after the checkpoint");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signed = started.elapsed();
+    let b_bytes = a_dir_bytes(&spec.data_dir(1));
+    eprintln!(
+        "checkpoint at {}: B verified it and runs after {running:?}, its first signed block after {signed:?}; \
+         B's data dir {b_bytes} bytes",
+        tip.height
+    );
+    b.stop().await;
+    std::fs::remove_dir_all(spec.data_dir(1)).unwrap();
+
+    // B replaying from genesis.
+    let target = a.height();
+    let started = Instant::now();
+    let b = Node::start(
+        spec.config(1, network.clone(), fast_transport()),
+        NodeOptions::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let mut last_report = Instant::now();
+    while b.height() < target && started.elapsed() < replay_cap {
+        if last_report.elapsed() > Duration::from_secs(30) {
+            eprintln!("replay: height {} after {:?}", b.height(), started.elapsed());
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replayed = b.height();
+    let took = started.elapsed();
+    eprintln!(
+        "replay from genesis: {replayed} of {target} blocks in {took:?} ({:.0} blocks/s){}",
+        replayed as f64 / took.as_secs_f64(),
+        if replayed < target { " (capped)" } else { "" }
+    );
+    b.stop().await;
+    a.stop().await;
+}
