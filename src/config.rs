@@ -740,6 +740,27 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_is_height_colon_hash_or_peers_and_a_malformed_one_names_where_it_came_from() {
+        use crate::chain::checkpoint::{Checkpoint, CheckpointSource};
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("masternode.toml");
+        let parse = |text: &str, o: &Overrides| NodeFileValues::parse(path, text, o);
+        let none = Overrides::default();
+        assert_eq!(parse(base, &none).unwrap().checkpoint, None, "unset: replay from genesis");
+        let hex = "0f".repeat(32);
+        let file = format!("checkpoint = \"42:{hex}\"\n{base}");
+        let trusted = CheckpointSource::Trusted(Checkpoint { height: 42, hash: crate::chain::Hash([0x0f; 32]) });
+        assert_eq!(parse(&file, &none).unwrap().checkpoint, Some(trusted));
+        let peers = Overrides { checkpoint: Some("peers".into()), ..Overrides::default() };
+        assert_eq!(parse(&file, &peers).unwrap().checkpoint, Some(CheckpointSource::Peers), "the flag over the file");
+        let err = parse(&format!("checkpoint = \"42\"\n{base}"), &none).err().unwrap();
+        assert!(err.to_string().starts_with("masternode.toml: a checkpoint is HEIGHT:HASH"), "{err}");
+        let bad = Overrides { checkpoint: Some("42:zz".into()), ..Overrides::default() };
+        let err = parse(base, &bad).err().unwrap();
+        assert!(err.to_string().starts_with("--checkpoint (or MASTERNODE_CHECKPOINT): "), "{err}");
+    }
+
+    #[test]
     fn retain_blocks_keeps_everything_unset_and_is_refused_below_its_minimum() {
         use crate::chain::MIN_RETAIN_BLOCKS;
         let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
