@@ -318,3 +318,115 @@ async fn measure_checkpoint_start_against_replay_on_a_long_chain() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A member that lies about a checkpoint, over real sockets to a daemon that
+/// starts from it: it answers with a member state of its own keys (which
+/// would verify its own certificate, but does not hash to the block's
+/// commitment), then with a forged precommit, then with another block, each
+/// three times. The daemon refuses each with its cause and one warn line,
+/// keeps asking, serves nothing meanwhile, and starts once the answer is
+/// true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_lying_about_a_checkpoint_is_refused_once_per_cause_and_a_true_answer_is_taken() {
+    use crate::common::{Hostile, Spec};
+    use masternode::chain::{
+        members_digest, parent_link, tx_root, Block, Certificate, CheckpointAnswer, Committed, Header, Membership,
+        Message, Plan, Vote, VoteKind,
+    };
+    use masternode::codec;
+    use masternode::identity::Identity;
+    use std::sync::Arc;
+
+    const H: u64 = 500;
+    let spec = Spec::new(4);
+    let network = spec.network();
+    // The state after H - 1 of a chain of the spec's members at protocol 4.
+    let state_of = |members: &[masternode::config::Member]| {
+        let mut m = Membership::genesis(&spec.network_with(&spec.name, members)).state().clone();
+        m.applied = H - 1;
+        m.schedule.push(Plan { version: 4, height: 1 });
+        m
+    };
+    let answer = |before: masternode::chain::MembershipState, signers: &[Arc<Identity>], tag: &str| {
+        let parent = masternode::chain::Hash([7; 32]);
+        let txs = vec![tag.as_bytes().to_vec()];
+        let header = Header {
+            height: H,
+            round: 0,
+            prev_hash: parent_link(parent, members_digest(&before), true),
+            timestamp_ms: network.genesis_time_ms + H,
+            proposer: signers[0].id(),
+            tx_root: tx_root(&txs),
+            changes: vec![],
+        };
+        let block = Block { header, txs };
+        let precommits = signers
+            .iter()
+            .map(|i| {
+                Vote { kind: VoteKind::Precommit, height: H, round: 0, block: Some(block.hash()), voter: i.id() }
+                    .sign(&network.id, i)
+            })
+            .collect();
+        let cert = Certificate { height: H, round: 0, block: block.hash(), precommits };
+        CheckpointAnswer { parent, committed: Committed { block, cert }, before }
+    };
+    let honest = answer(state_of(&spec.members), &spec.ids[..3], "true");
+    let checkpoint = format!("{H}:{}", honest.committed.block.hash());
+    let liars = Spec::new(4);
+    // The true block with the liars' member set: their certificate would
+    // verify against it, but the block commits to another state.
+    let mut forged_state = honest.clone();
+    forged_state.before = state_of(&liars.members);
+    let ids = liars.ids.clone();
+    forged_state.committed.cert.precommits = ids
+        .iter()
+        .map(|i| {
+            let id = forged_state.committed.block.hash();
+            Vote { kind: VoteKind::Precommit, height: H, round: 0, block: Some(id), voter: i.id() }.sign(&network.id, i)
+        })
+        .collect();
+    let mut forged_cert = honest.clone();
+    forged_cert.committed.cert.precommits[1].signature[0] ^= 1;
+    let other_block = answer(state_of(&spec.members), &spec.ids[..3], "another");
+    let script = [forged_state, forged_cert, other_block, honest];
+
+    let mut net = Net::of_spec(&spec, crate::common::procs::TRANSPORT);
+    net.start_with_env(0, &[("MASTERNODE_CHECKPOINT", &checkpoint)]);
+    let hostile = Hostile::new(&spec, 1);
+    let conn = loop {
+        if let Some(c) = hostile.try_connect(&spec, 0).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = {
+        let asked = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let Ok(bytes) = recv.read_to_end(1024).await else { continue };
+                let Ok(Message::GetCheckpoint { height: H }) = codec::decode_single::<Message>(&bytes) else {
+                    continue;
+                };
+                let n = asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let reply = script[(n / 3).min(3)].clone();
+                let _ = send.write_all(&codec::encode(&Message::Checkpoint(Box::new(reply)))).await;
+                let _ = send.finish();
+            }
+        })
+    };
+    until(&net, "the true answer is taken", Duration::from_secs(60), || async {
+        net.log(0).contains("checkpoint verified")
+    })
+    .await;
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 10, "asked again after each refusal");
+    let log = net.log(0);
+    for cause in ["members_mismatch", "certificate", "wrong_hash"] {
+        let lines = log.lines().filter(|l| l.contains("checkpoint from a peer refused") && l.contains(cause)).count();
+        assert_eq!(lines, 1, "one warn line for {cause}, refused three times:\n{log}");
+    }
+    let started = log.lines().position(|l| l.contains("admin API listening"));
+    let verified = log.lines().position(|l| l.contains("checkpoint verified"));
+    assert!(started > verified, "nothing served before the checkpoint verified:\n{log}");
+    server.abort();
+}
