@@ -60,6 +60,10 @@ pub enum NodeError {
          {height}, not the one named; check the hash (from `masternode status` or `/blocks` on a node you trust)"
     )]
     CheckpointRefused { checkpoint: Checkpoint, height: u64, got: Hash, peers: usize, known: usize },
+    /// Shutdown came while the checkpoint was being fetched: nothing was
+    /// written to the data dir.
+    #[error("stopped while fetching the checkpoint; the data dir is still empty")]
+    StoppedBeforeCheckpoint,
     #[error("stopped after a runtime failure (logged above)")]
     Failed,
 }
@@ -453,7 +457,7 @@ impl Node {
         let (mut height, mut prev_hash, mut prev_ts, mut membership) = (height, prev_hash, prev_ts, membership);
         if let (None, Some(source)) = (stored_tip, cfg.checkpoint) {
             let Some(v) = fetch_checkpoint(&peers, source, &network, &shutdown).await? else {
-                return Err(NodeError::Failed);
+                return Err(NodeError::StoppedBeforeCheckpoint);
             };
             store.start_at(&v.committed, &v.before, &v.after).map_err(store_err)?;
             let block = &v.committed.block;
