@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::admin::{AdminToken, TokenError};
 use crate::chain::block::{MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
+use crate::chain::checkpoint::CheckpointSource;
 pub use crate::chain::genesis::{Member, Network};
 pub use crate::chain::limits::NodeLimits;
 use crate::chain::limits::MAX_SYNC_BATCH_BLOCKS;
@@ -280,6 +281,8 @@ struct NodeFile {
     doppelganger_intervals: Option<u32>,
     /// Blocks to keep, the tip's included; older ones are pruned. None: all.
     retain_blocks: Option<u64>,
+    /// Where an empty data dir starts: `"HEIGHT:HASH"` or `"peers"`.
+    checkpoint: Option<String>,
     #[serde(default)]
     transport: TransportFile,
     #[serde(default)]
@@ -303,6 +306,7 @@ pub struct NodeFileValues {
     pub log_format: LogFormat,
     pub doppelganger_intervals: u32,
     pub retain_blocks: Option<u64>,
+    pub checkpoint: Option<CheckpointSource>,
 }
 
 impl NodeFileValues {
@@ -356,6 +360,12 @@ impl NodeFileValues {
                 return Err(ConfigError::RetainTooFew { path: path.into(), value, min });
             }
         }
+        let checkpoint = match file.checkpoint.as_deref() {
+            None => None,
+            Some(text) => Some(text.parse::<CheckpointSource>().map_err(|e| {
+                invalid_in(overrides.checkpoint.is_some(), "--checkpoint (or MASTERNODE_CHECKPOINT)", e.to_string())
+            })?),
+        };
         let bootstrap = file
             .bootstrap
             .iter()
@@ -442,6 +452,7 @@ impl NodeFileValues {
             log_format,
             doppelganger_intervals,
             retain_blocks: file.retain_blocks,
+            checkpoint,
         })
     }
 }
@@ -457,6 +468,7 @@ pub struct Overrides {
     pub passive_wait_ms: Option<u64>,
     pub handshake_timeout_ms: Option<u64>,
     pub log_format: Option<String>,
+    pub checkpoint: Option<String>,
 }
 
 impl Overrides {
@@ -472,6 +484,9 @@ impl Overrides {
         }
         if let Some(v) = &self.log_format {
             file.log_format = Some(v.clone());
+        }
+        if let Some(v) = &self.checkpoint {
+            file.checkpoint = Some(v.clone());
         }
         let t = &mut file.transport;
         t.keepalive_ms = self.keepalive_ms.or(t.keepalive_ms);
@@ -509,6 +524,10 @@ pub struct NodeConfig {
     /// Blocks kept, the tip's included (at least
     /// [`crate::chain::MIN_RETAIN_BLOCKS`]); `None` keeps every block.
     pub retain_blocks: Option<u64>,
+    /// Where a node on an empty data dir starts (`checkpoint`, `--checkpoint`):
+    /// a trusted `(height, id)`, or the one peers offer; `None` replays the
+    /// chain from genesis. Ignored once the data dir holds a chain.
+    pub checkpoint: Option<CheckpointSource>,
 }
 
 impl NodeConfig {
@@ -536,6 +555,7 @@ impl NodeConfig {
         cfg.log_format = f.log_format;
         cfg.doppelganger_intervals = f.doppelganger_intervals;
         cfg.retain_blocks = f.retain_blocks;
+        cfg.checkpoint = f.checkpoint;
         Ok(cfg)
     }
 
@@ -580,6 +600,7 @@ impl NodeConfig {
             log_format: LogFormat::Auto,
             doppelganger_intervals: DEFAULT_DOPPELGANGER_INTERVALS,
             retain_blocks: None,
+            checkpoint: None,
         })
     }
 }
@@ -708,6 +729,27 @@ mod tests {
         let listen = Overrides { listen: Some("nowhere".into()), ..Overrides::default() };
         let err = NodeFileValues::parse(path, base, &listen).err().unwrap().to_string();
         assert!(err.starts_with("--listen (or MASTERNODE_LISTEN): listen \"nowhere\""), "{err}");
+    }
+
+    #[test]
+    fn checkpoint_is_height_colon_hash_or_peers_and_a_malformed_one_names_where_it_came_from() {
+        use crate::chain::checkpoint::{Checkpoint, CheckpointSource};
+        let base = "network = \"n.toml\"\nkey = \"k\"\ncert = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let path = Path::new("masternode.toml");
+        let parse = |text: &str, o: &Overrides| NodeFileValues::parse(path, text, o);
+        let none = Overrides::default();
+        assert_eq!(parse(base, &none).unwrap().checkpoint, None, "unset: replay from genesis");
+        let hex = "0f".repeat(32);
+        let file = format!("checkpoint = \"42:{hex}\"\n{base}");
+        let trusted = CheckpointSource::Trusted(Checkpoint { height: 42, hash: crate::chain::Hash([0x0f; 32]) });
+        assert_eq!(parse(&file, &none).unwrap().checkpoint, Some(trusted));
+        let peers = Overrides { checkpoint: Some("peers".into()), ..Overrides::default() };
+        assert_eq!(parse(&file, &peers).unwrap().checkpoint, Some(CheckpointSource::Peers), "the flag over the file");
+        let err = parse(&format!("checkpoint = \"42\"\n{base}"), &none).err().unwrap();
+        assert!(err.to_string().starts_with("masternode.toml: a checkpoint is HEIGHT:HASH"), "{err}");
+        let bad = Overrides { checkpoint: Some("42:zz".into()), ..Overrides::default() };
+        let err = parse(base, &bad).err().unwrap();
+        assert!(err.to_string().starts_with("--checkpoint (or MASTERNODE_CHECKPOINT): "), "{err}");
     }
 
     #[test]

@@ -76,6 +76,12 @@ enum Command {
         /// otherwise); overrides `log_format`. Unset everywhere: auto.
         #[arg(long, env = "MASTERNODE_LOG_FORMAT", value_name = "text|json|auto")]
         log_format: Option<String>,
+        /// Start an empty data dir from a checkpoint instead of replaying
+        /// from genesis: HEIGHT:HASH (a block id you trust), or `peers` (the
+        /// tip peers offer, taken with precommits of more than two thirds of
+        /// the set this node knows); overrides `checkpoint`.
+        #[arg(long, env = "MASTERNODE_CHECKPOINT", value_name = "HEIGHT:HASH|peers")]
+        checkpoint: Option<String>,
     },
     /// Show a running node's status. Exit 0 healthy, 1 degraded, 2 down.
     Status {
@@ -260,6 +266,7 @@ fn main() -> ExitCode {
                 passive_wait_ms,
                 handshake_timeout_ms,
                 log_format,
+                checkpoint,
             } => {
                 let overrides = Overrides {
                     listen,
@@ -270,6 +277,7 @@ fn main() -> ExitCode {
                     passive_wait_ms,
                     handshake_timeout_ms,
                     log_format,
+                    checkpoint,
                 };
                 run(config, overrides).await
             }

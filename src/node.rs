@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::admin;
 use crate::chain::block::{genesis_hash, Hash};
+use crate::chain::checkpoint::{Checkpoint, CheckpointError, CheckpointSource, Verified};
 use crate::chain::consensus::{self, Core, Timeouts};
 use crate::chain::driver::{ChangeRequest, DriverConfig, MembersView, Submitted};
 use crate::chain::links::{ChainMetrics, Links, Mailbox};
@@ -52,8 +53,117 @@ pub enum NodeError {
     /// after it saw that.
     #[error("stopped: another process signs with this node's key: {0}")]
     Doppelganger(crate::chain::Evidence),
+    /// No peer could give the checkpoint asked for: members holding more
+    /// than two thirds of the set this node knows answered with another block.
+    #[error(
+        "checkpoint {checkpoint} refused: {peers} members of the {known} this node knows hold block {got} at height \
+         {height}, not the one named; check the hash (from `masternode status` or `/blocks` on a node you trust)"
+    )]
+    CheckpointRefused { checkpoint: Checkpoint, height: u64, got: Hash, peers: usize, known: usize },
+    /// Shutdown came while the checkpoint was being fetched: nothing was
+    /// written to the data dir.
+    #[error("stopped while fetching the checkpoint; the data dir is still empty")]
+    StoppedBeforeCheckpoint,
     #[error("stopped after a runtime failure (logged above)")]
     Failed,
+}
+
+/// How often a node starting from a checkpoint asks its peers again while
+/// none gave one that verifies.
+const CHECKPOINT_RETRY: Duration = Duration::from_millis(500);
+
+/// Fetches and verifies the checkpoint `source` names from the connected
+/// peers of wire 4, one request at a time (an answer is one frame within
+/// `CHECKPOINT_LIMIT`, read and dropped before the next is asked), until one
+/// verifies or `shutdown`. A refused answer is logged once per peer and
+/// cause; the node stops with [`NodeError::CheckpointRefused`] when more than
+/// two thirds of the known set answered with another block at the height.
+async fn fetch_checkpoint(
+    peers: &Peers,
+    source: CheckpointSource,
+    network: &Network,
+    shutdown: &CancellationToken,
+) -> Result<Option<Verified>, NodeError> {
+    use crate::chain::checkpoint::{verify, verify_offered};
+    use crate::chain::message::{Message, CHECKPOINT_WIRE};
+    let known = Membership::genesis(network);
+    let params = Params::for_network(network);
+    let height = match source {
+        CheckpointSource::Trusted(c) => c.height,
+        CheckpointSource::Peers => 0,
+    };
+    let mut reported: std::collections::BTreeSet<(NodeId, &'static str)> = Default::default();
+    let mut other_block: std::collections::BTreeMap<NodeId, Hash> = Default::default();
+    let Ok(request) = (Message::GetCheckpoint { height }).encode() else { return Ok(None) };
+    tracing::info!(checkpoint = %source_name(source), "empty data dir: starting from a checkpoint, not from genesis");
+    loop {
+        for (peer, wire) in peers.wire_versions() {
+            if wire < CHECKPOINT_WIRE {
+                continue;
+            }
+            let answer = match peers.request(peer, request.clone()).await.map(|body| Message::decode(&body)) {
+                Ok(Ok(Message::Checkpoint(answer))) => *answer,
+                Ok(Ok(other)) => {
+                    if reported.insert((peer, "unexpected")) {
+                        tracing::warn!(peer = %peer.short(), kind = other.kind_name(), "checkpoint request answered with another kind");
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    if reported.insert((peer, "malformed")) {
+                        tracing::warn!(peer = %peer.short(), "checkpoint answer refused: {e}");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.short(), "checkpoint request failed: {e}");
+                    continue;
+                }
+            };
+            let verified = match source {
+                CheckpointSource::Trusted(c) => verify(c, answer, params, &network.id),
+                CheckpointSource::Peers => verify_offered(answer, known.current(), params, &network.id),
+            };
+            match verified {
+                Ok(v) => {
+                    let (h, id) = (v.committed.block.height(), v.committed.block.hash());
+                    tracing::info!(peer = %peer.short(), height = h, hash = %id, "checkpoint verified");
+                    return Ok(Some(v));
+                }
+                Err(e) => {
+                    if let (CheckpointSource::Trusted(c), CheckpointError::WrongHash { got, .. }) = (source, &e) {
+                        if known.current().contains(&peer) {
+                            other_block.insert(peer, *got);
+                        }
+                        let quorum = known.current().quorum();
+                        if other_block.len() >= quorum {
+                            return Err(NodeError::CheckpointRefused {
+                                checkpoint: c,
+                                height: c.height,
+                                got: *got,
+                                peers: other_block.len(),
+                                known: known.current().len(),
+                            });
+                        }
+                    }
+                    if reported.insert((peer, e.kind())) {
+                        tracing::warn!(peer = %peer.short(), cause = e.kind(), "checkpoint from a peer refused: {e}");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(CHECKPOINT_RETRY) => {}
+        }
+    }
+}
+
+fn source_name(source: CheckpointSource) -> String {
+    match source {
+        CheckpointSource::Trusted(c) => c.to_string(),
+        CheckpointSource::Peers => "peers".into(),
+    }
 }
 
 /// Keys TLS refuses that are no strangers: joiners whose add is collecting
@@ -342,6 +452,20 @@ impl Node {
             hooks: options.hooks.clone(),
         };
         let (peers, inbound) = net::start(net_cfg, shutdown.clone(), &tracker)?;
+        // An empty data dir with a checkpoint: the chain starts at its block,
+        // as a pruned store's does at its earliest height.
+        let (mut height, mut prev_hash, mut prev_ts, mut membership) = (height, prev_hash, prev_ts, membership);
+        if let (None, Some(source)) = (stored_tip, cfg.checkpoint) {
+            let Some(v) = fetch_checkpoint(&peers, source, &network, &shutdown).await? else {
+                return Err(NodeError::StoppedBeforeCheckpoint);
+            };
+            store.start_at(&v.committed, &v.before, &v.after).map_err(store_err)?;
+            let block = &v.committed.block;
+            (height, prev_hash, prev_ts) = (block.height(), block.hash(), block.header.timestamp_ms);
+            membership = Membership::restore(Params::for_network(&network), v.after);
+            tip_tx.send_replace(Tip { height, hash: prev_hash.0 });
+            tracing::info!(height, hash = %prev_hash.short(), "started from the checkpoint: following the chain from it");
+        }
 
         // The network's block rules, agreed through the genesis.
         let limits = network.limits();

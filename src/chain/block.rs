@@ -7,7 +7,7 @@ use bincode::de::Decoder;
 use bincode::error::DecodeError;
 use bincode::Decode;
 
-use super::members::{ChangeError, SignedApproval, MAX_CHANGES_PER_BLOCK};
+use super::members::{ChangeError, MembershipState, SignedApproval, MAX_CHANGES_PER_BLOCK};
 use crate::codec::{decode_seq, BINCODE};
 use crate::identity::{hex, NodeId};
 
@@ -268,6 +268,29 @@ pub fn tx_root_of_ids(count: usize, ids: impl Iterator<Item = Hash>) -> Hash {
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     Hash(out)
+}
+
+/// SHA-256 over a membership state's canonical (bincode) encoding: what the
+/// parent link of the next block commits to from protocol version 4
+/// ([`parent_link`]). Every field is an ordered map, a set or a list in height
+/// order, so equal states have equal digests.
+pub fn members_digest(state: &MembershipState) -> Hash {
+    let mut buf = Vec::with_capacity(1024);
+    // Encoding into a Vec cannot fail: no limit is near.
+    let _ = bincode::encode_into_std_write(state, &mut buf, BINCODE);
+    Hash::of(&[b"masternode/members/v1\0", &buf])
+}
+
+/// What a block of `height` carries as `prev_hash` under the rules of
+/// `version`: the parent's id before version 4; from version 4, SHA-256 over
+/// the parent's id and the digest of the member state the parent leaves
+/// ([`members_digest`]), so a block's id commits to
+/// the member state it was decided under without a new header field.
+pub fn parent_link(parent: Hash, members_digest: Hash, members_link: bool) -> Hash {
+    if !members_link {
+        return parent;
+    }
+    Hash::of(&[b"masternode/parent+members/v1\0", &parent.0, &members_digest.0])
 }
 
 /// The hash height 1 builds on: derived from the network id, so two networks never

@@ -53,7 +53,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::block::{tx_root_and_repeat, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck};
+use super::block::{
+    members_digest, parent_link, tx_root_and_repeat, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck,
+};
 use super::limits::Usage;
 use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
 use super::quorum::vote_threshold;
@@ -428,6 +430,10 @@ pub struct Core {
     /// time it did.
     started_at: Option<(Height, u64)>,
     prev_hash: Hash,
+    /// What this height's block carries as `prev_hash`: `prev_hash` itself, or
+    /// from version 4 the link to it and the member state it left
+    /// ([`super::block::parent_link`]); computed once per height.
+    parent_link: Hash,
     prev_ts: u64,
     locked: Option<(Round, Block)>,
     valid: Option<(Round, Block)>,
@@ -470,7 +476,7 @@ impl Core {
         let n = cfg.members.current().len();
         let q = vote_threshold(n);
         let synchrony = Synchrony::for_interval(cfg.block_interval_ms);
-        Core {
+        let mut core = Core {
             me: identity.id(),
             identity,
             q,
@@ -482,6 +488,7 @@ impl Core {
             started: false,
             started_at: None,
             prev_hash,
+            parent_link: prev_hash,
             prev_ts,
             locked: None,
             valid: None,
@@ -500,7 +507,16 @@ impl Core {
             future: NextHeight::default(),
             ahead: BTreeMap::new(),
             heard: None,
-        }
+        };
+        core.parent_link = core.link_to_parent();
+        core
+    }
+
+    /// The parent link of this height's block under its rules.
+    fn link_to_parent(&self) -> Hash {
+        let link = self.rules().members_link;
+        let digest = if link { members_digest(self.cfg.members.state()) } else { Hash::default() };
+        parent_link(self.prev_hash, digest, link)
     }
 
     pub fn height(&self) -> Height {
@@ -1016,7 +1032,7 @@ impl Core {
         }
         let height = self.height;
         block.validate(
-            self.prev_hash,
+            self.parent_link,
             height - 1,
             self.prev_ts,
             |r| self.proposer(height, r),
@@ -1222,7 +1238,7 @@ impl Core {
             header: Header {
                 height,
                 round,
-                prev_hash: self.prev_hash,
+                prev_hash: self.parent_link,
                 timestamp_ms: now_ms.max(self.prev_ts + 1),
                 proposer: self.me,
                 tx_root: root,
@@ -1445,6 +1461,7 @@ impl Core {
         let membership = Box::new(self.cfg.members.state().clone());
         out.push(Output::Decided { committed: Committed { block, cert }, membership, completed });
         self.height += 1;
+        self.parent_link = self.link_to_parent();
         let n = self.members_at(self.height).len();
         self.q = vote_threshold(n);
         self.f1 = n - self.q + 1;

@@ -55,6 +55,8 @@ struct Sim {
     partition: Option<Vec<HashSet<usize>>>,
     /// How far each node's clock is off (ms, positive: ahead).
     skew_ms: Vec<i64>,
+    /// The membership the cores started from (for the parent links).
+    members: Membership,
 }
 
 impl Sim {
@@ -76,6 +78,7 @@ impl Sim {
             down: HashSet::new(),
             partition: None,
             skew_ms: vec![0; n],
+            members: cfg.members.clone(),
         };
         for i in 0..n {
             let mut out = sim.cores[i].start(sim.now);
@@ -196,10 +199,13 @@ impl Sim {
         for (i, chain) in self.decided.iter().enumerate() {
             let mut prev = genesis_hash(&NET);
             let mut prev_ts = 0;
+            let mut m = self.members.clone();
             for (h, c) in chain.iter().enumerate() {
                 assert_eq!(c.block.height(), h as u64 + 1);
                 assert_eq!(c.block.hash(), longest[h].block.hash(), "node {i} forked at height {}", h + 1);
-                assert_eq!(c.block.header.prev_hash, prev);
+                let link = Rules::of(m.version_at(h as u64 + 1)).members_link;
+                assert_eq!(c.block.header.prev_hash, parent_link(prev, members_digest(m.state()), link));
+                m.apply(&c.block.header.changes, &NET);
                 assert!(c.block.header.timestamp_ms > prev_ts);
                 c.cert.verify(&c.block, &members, &NET).unwrap();
                 assert_eq!(c.cert.signers().len(), c.cert.precommits.len(), "each voter once in a certificate");
@@ -1144,6 +1150,12 @@ fn at_version(mut cfg: Config, version: u16) -> Config {
     cfg
 }
 
+/// Gives `block` the parent link of height 1 under `cfg`'s rules.
+fn link_to_genesis(block: &mut Block, cfg: &Config) {
+    let link = Rules::of(cfg.members.version_at(1)).members_link;
+    block.header.prev_hash = parent_link(genesis_hash(&NET), members_digest(cfg.members.state()), link);
+}
+
 /// The prevote a core signed, if any.
 fn prevoted(out: &[Output]) -> Option<Option<Hash>> {
     out.iter().find_map(|o| match o {
@@ -1196,6 +1208,7 @@ fn from_version_4_a_proposal_stamped_outside_the_synchrony_bounds_is_prevoted_ni
         let mut block = f.block(0, "A");
         block.header.timestamp_ms = stamp;
         let cfg = at_version(f.cfg.clone(), version);
+        link_to_genesis(&mut block, &cfg);
         let mut core = Core::new(cfg, f.me.clone(), 1, genesis_hash(&NET), 0, None);
         f.start(&mut core);
         let out = core.handle(f.proposal(0, &block), arrives);
@@ -1218,6 +1231,7 @@ fn from_version_4_a_member_whose_clock_is_off_by_30_s_cannot_move_the_chains_tim
             ids.iter().map(|id| Core::new(cfg.clone(), id.clone(), 1, genesis_hash(&NET), 0, None)).collect();
         let mut sim = Sim::new(4);
         sim.ids = ids;
+        sim.members = cfg.members.clone();
         sim.cores = cores;
         sim.decided = vec![Vec::new(); 4];
         sim.signed = vec![Vec::new(); 4];
@@ -1242,5 +1256,40 @@ fn from_version_4_a_member_whose_clock_is_off_by_30_s_cannot_move_the_chains_tim
             version >= 4,
             "version {version}, clock {skew:+}: stamps {earliest}..{latest}, clocks {start}..{end}"
         );
+    }
+}
+
+/// From version 4 a block's `prev_hash` links its parent and the member state
+/// the parent left: a proposal naming the bare parent id, as version 3 does,
+/// is invalid (prevoted nil, its proposer reported), and so is one linking
+/// another member state; under version 3 the bare id is the valid link.
+#[test]
+fn from_version_4_a_block_links_its_parent_and_the_member_state_it_left() {
+    let f = OneCore::new();
+    for (version, link, valid) in [
+        (3, "bare parent id", true),
+        (4, "bare parent id", false),
+        (4, "parent and its member state", true),
+        (4, "parent and another member state", false),
+    ] {
+        let cfg = at_version(f.cfg.clone(), version);
+        let mut block = f.block(0, "A");
+        block.header.prev_hash = match link {
+            "bare parent id" => genesis_hash(&NET),
+            "parent and its member state" => parent_link(genesis_hash(&NET), members_digest(cfg.members.state()), true),
+            _ => {
+                let mut other = cfg.members.state().clone();
+                other.touched.insert(NodeId([7; 32]), 1);
+                parent_link(genesis_hash(&NET), members_digest(&other), true)
+            }
+        };
+        let mut core = Core::new(cfg, f.me.clone(), 1, genesis_hash(&NET), 0, None);
+        f.start(&mut core);
+        let out = core.handle(f.proposal(0, &block), 4_000);
+        let wrong_parent = out.iter().any(|o| {
+            matches!(o, Output::Misbehaviour(Misbehaviour::InvalidBlock { reason: BlockError::WrongParent { .. }, .. }))
+        });
+        assert_eq!(wrong_parent, !valid, "version {version}, {link}: {out:?}");
+        assert_eq!(prevoted(&out), Some(valid.then(|| block.hash())), "version {version}, {link}");
     }
 }

@@ -73,7 +73,7 @@
 //!   nobody waits for is dropped, one with blocks not asked for counts as
 //!   invalid). Blocks of an answer go to the core in order; the first one
 //!   that does not advance the chain makes the answer invalid.
-//! * **Requests.** `GetBlocks`, `GetTxs` and the `Data` echo are served under a
+//! * **Requests.** `GetBlocks`, `GetCheckpoint`, `GetTxs` and the `Data` echo are served under a
 //!   token bucket per peer (`sync_requests_per_sec`, bursts of twice that);
 //!   `GetTxs` only for peers the chain names; anything else is refused. The
 //!   answers' bytes are paced per peer as well ([`ServeBudget`],
@@ -203,6 +203,11 @@ pub enum Effect {
     /// of `peer` with `Message::Blocks`; hand the bytes the answer took to
     /// [`Driver::handle_served`] with `max_bytes` as what was reserved.
     ServeBlocks { id: RequestId, peer: NodeId, from: Height, count: usize, max_bytes: usize, after_ms: u64 },
+    /// Wait `after_ms`, then read the checkpoint at `height` (0: the tip) from
+    /// the store and answer request `id` of `peer` with `Message::Checkpoint`,
+    /// or refuse it when the store does not hold it; hand the bytes to
+    /// [`Driver::handle_served`] as for `ServeBlocks`.
+    ServeCheckpoint { id: RequestId, peer: NodeId, height: Height, max_bytes: usize, after_ms: u64 },
     /// Answer request `id`.
     Reply { id: RequestId, msg: Message },
     /// Refuse request `id`.
@@ -827,6 +832,19 @@ impl Driver {
                 } else if let Some(after_ms) = self.serve_reserve(from, max_bytes, SERVE_WAIT_MS, now) {
                     let count = count.min(batch) as usize;
                     Effect::ServeBlocks { id, peer: from, from: start, count, max_bytes, after_ms }
+                } else {
+                    self.refuse_bytes(from, id)
+                }
+            }
+            // A checkpoint answer holds one block: under the rate and the serve
+            // budget of `GetBlocks`, reserving as much as a `Blocks` answer; an
+            // answer larger than that is charged the rest when it is written.
+            Message::GetCheckpoint { height } => {
+                let max_bytes = self.cfg.node_limits.sync_response_bytes;
+                if !self.sync_allowance(from, now) {
+                    self.refuse_rate(from, id)
+                } else if let Some(after_ms) = self.serve_reserve(from, max_bytes, SERVE_WAIT_MS, now) {
+                    Effect::ServeCheckpoint { id, peer: from, height, max_bytes, after_ms }
                 } else {
                     self.refuse_bytes(from, id)
                 }

@@ -1303,3 +1303,52 @@ fn the_ids_kept_for_proposals_of_many_rounds_are_those_of_the_latest_four_blocks
     kept.forget_below(6);
     assert!(kept.blocks.is_empty(), "the height is over");
 }
+
+/// `GetCheckpoint` is served under the budgets of `GetBlocks`: its peer's
+/// request rate (refused `rate_limited` past the burst, shared with the other
+/// requests) and its serve budget in bytes (a `Blocks` answer's reservation,
+/// refused past the longest wait when the answers take the whole budget).
+#[test]
+fn checkpoint_requests_are_served_under_the_sync_rate_and_serve_budget() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    let limits = NodeLimits::default();
+    let burst = 2 * limits.sync_requests_per_sec as u64;
+    let peer = ids[1].id();
+    let ask = |d: &mut Driver, id: u64, ms: u64| {
+        d.handle_request(peer, RequestId(id), Message::GetCheckpoint { height: 7 }, at(T0 + ms));
+        let out = effects(d);
+        assert_eq!(out.len(), 1, "one answer per request: {out:?}");
+        out.into_iter().next().unwrap()
+    };
+    let first = ask(&mut d, 0, 0);
+    assert_eq!(
+        first,
+        Effect::ServeCheckpoint {
+            id: RequestId(0),
+            peer,
+            height: 7,
+            max_bytes: limits.sync_response_bytes,
+            after_ms: 0
+        },
+        "a Blocks answer's bytes reserved"
+    );
+    // Answers that take what they reserved: the budget of bursts of 16 MiB
+    // runs out after a few, and the next waits or is refused.
+    let mut refused_bytes = false;
+    for id in 1..burst {
+        match ask(&mut d, id, 0) {
+            Effect::ServeCheckpoint { .. } => {}
+            Effect::Refuse { refusal: Refusal::RateLimited, .. } => refused_bytes = true,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused_bytes, "answers past the serve budget are refused");
+    assert!(d.stats(at(T0)).refused_bytes >= 1, "counted as the bytes budget's");
+    assert_eq!(
+        ask(&mut d, 100, 0),
+        Effect::Refuse { id: RequestId(100), refusal: Refusal::RateLimited },
+        "over the request rate's burst"
+    );
+    assert!(d.stats(at(T0)).refused_rate >= 1, "counted as the rate's");
+}

@@ -18,6 +18,7 @@ use bincode::Decode;
 use bytes::Bytes;
 
 use super::block::{Hash, Height, Round, MAX_BLOCK_TXS};
+use super::checkpoint::CheckpointAnswer;
 use super::compact::CompactProposal;
 use super::limits::MAX_SYNC_BATCH_BLOCKS;
 use super::members::{SignedApproval, UPGRADE_WIRE};
@@ -71,6 +72,15 @@ pub enum Message {
         earliest: Height,
         height: Height,
     },
+    /// Request: the checkpoint at `height` (0: one of the answerer's choice,
+    /// its tip), for a node that starts from it ([`super::checkpoint`]). Wire 4
+    /// only.
+    GetCheckpoint {
+        height: Height,
+    },
+    /// Response to `GetCheckpoint`: the block with its certificate, its
+    /// parent's id, and the member state the parent left. Wire 4 only.
+    Checkpoint(Box<CheckpointAnswer>),
 }
 
 /// The derived decoding (the variant index as a varint, then the fields in
@@ -101,10 +111,12 @@ impl<C> Decode<C> for Message {
             },
             Kind::TXS => Message::Txs(codec::decode_seq(d, MAX_BLOCK_TXS, "transactions in an answer")?),
             Kind::HOLDS => Message::Holds { earliest: Decode::decode(d)?, height: Decode::decode(d)? },
+            Kind::GET_CHECKPOINT => Message::GetCheckpoint { height: Decode::decode(d)? },
+            Kind::CHECKPOINT => Message::Checkpoint(Decode::decode(d)?),
             _ => {
                 return Err(DecodeError::UnexpectedVariant {
                     type_name: "Message",
-                    allowed: &AllowedEnumVariants::Range { min: 0, max: Kind::HOLDS as u32 },
+                    allowed: &AllowedEnumVariants::Range { min: 0, max: Kind::CHECKPOINT as u32 },
                     found: index,
                 })
             }
@@ -129,6 +141,8 @@ impl Kind {
     pub(crate) const GET_TXS: u8 = 9;
     pub(crate) const TXS: u8 = 10;
     pub(crate) const HOLDS: u8 = 11;
+    pub(crate) const GET_CHECKPOINT: u8 = 12;
+    pub(crate) const CHECKPOINT: u8 = 13;
 }
 
 /// Limits per kind, bytes of body.
@@ -175,6 +189,13 @@ pub(crate) const HOLDS_LIMIT: usize = 32;
 /// The first wire version that carries `Holds` (0.1.0 does not know the kind).
 pub(crate) const HOLDS_WIRE: u16 = 4;
 pub(crate) const GET_BLOCKS_LIMIT: usize = 32;
+/// One height as a varint of at most 9 bytes, with room to spare.
+pub(crate) const GET_CHECKPOINT_LIMIT: usize = 16;
+/// A block (within `BLOCKS_LIMIT` less the member state), its certificate and
+/// the member state: one frame of the codec's largest size.
+pub(crate) const CHECKPOINT_LIMIT: usize = MAX_FRAME;
+/// The first wire version that carries `GetCheckpoint` and `Checkpoint`.
+pub(crate) const CHECKPOINT_WIRE: u16 = 4;
 pub const BLOCKS_LIMIT: usize = MAX_FRAME;
 pub(crate) const APPROVAL_LIMIT: usize = 512;
 /// A header with its most approvals (64 of at most 512 bytes), and an id of 32
@@ -201,6 +222,8 @@ impl Frame for Message {
             Kind::GET_TXS => Some(GET_TXS_LIMIT),
             Kind::TXS => Some(TXS_LIMIT),
             Kind::HOLDS => Some(HOLDS_LIMIT),
+            Kind::GET_CHECKPOINT => Some(GET_CHECKPOINT_LIMIT),
+            Kind::CHECKPOINT => Some(CHECKPOINT_LIMIT),
             _ => None,
         }
     }
@@ -221,6 +244,8 @@ impl Message {
             Message::GetTxs { .. } => Kind::GET_TXS,
             Message::Txs(_) => Kind::TXS,
             Message::Holds { .. } => Kind::HOLDS,
+            Message::GetCheckpoint { .. } => Kind::GET_CHECKPOINT,
+            Message::Checkpoint(_) => Kind::CHECKPOINT,
         }
     }
 
@@ -238,6 +263,8 @@ impl Message {
             Message::GetTxs { .. } => "get_txs",
             Message::Txs(_) => "txs",
             Message::Holds { .. } => "holds",
+            Message::GetCheckpoint { .. } => "get_checkpoint",
+            Message::Checkpoint(_) => "checkpoint",
         }
     }
 }
@@ -290,7 +317,7 @@ fn gossip_limit(k: u8) -> Option<usize> {
 fn request_limit(k: u8) -> Option<usize> {
     match k {
         Kind::DATA => Some(DATA_PROBE_LIMIT),
-        Kind::GET_BLOCKS | Kind::GET_TXS => Message::limit(k),
+        Kind::GET_BLOCKS | Kind::GET_TXS | Kind::GET_CHECKPOINT => Message::limit(k),
         _ => None,
     }
 }
@@ -298,7 +325,7 @@ fn request_limit(k: u8) -> Option<usize> {
 fn response_limit(k: u8) -> Option<usize> {
     match k {
         Kind::DATA => Some(DATA_PROBE_LIMIT),
-        Kind::BLOCKS | Kind::TXS => Message::limit(k),
+        Kind::BLOCKS | Kind::TXS | Kind::CHECKPOINT => Message::limit(k),
         _ => None,
     }
 }
@@ -355,6 +382,8 @@ impl Message {
             UPGRADE_WIRE
         } else if matches!(self, Message::Holds { .. }) {
             HOLDS_WIRE
+        } else if matches!(self, Message::GetCheckpoint { .. } | Message::Checkpoint(_)) {
+            CHECKPOINT_WIRE
         } else {
             WIRE.min
         }
@@ -597,6 +626,19 @@ mod tests {
         assert_eq!(Message::Blocks(Message::blocks_for_wire(chain, 3)).wire(), 3, "what is left decodes at 3");
     }
 
+    /// `GetCheckpoint` and `Checkpoint` are kinds of their own, appended, and
+    /// travel only to peers of wire 4: 0.1.0 does not know them.
+    #[test]
+    fn checkpoint_kinds_are_appended_and_wire_4_only() {
+        let ask = Message::GetCheckpoint { height: 5_000 };
+        assert_eq!(ask.kind(), 12);
+        assert_eq!(ask.wire(), CHECKPOINT_WIRE);
+        let largest = Message::GetCheckpoint { height: u64::MAX }.encode().unwrap();
+        assert!(largest.len() - 4 <= GET_CHECKPOINT_LIMIT);
+        assert_eq!(Message::decode(&largest[4..]).unwrap(), Message::GetCheckpoint { height: u64::MAX });
+        assert_eq!(Kind::CHECKPOINT, 13);
+    }
+
     #[test]
     fn each_stream_carries_only_its_kinds() {
         let gossip: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.gossip)(*k).is_some()).collect();
@@ -605,9 +647,9 @@ mod tests {
             vec![Kind::TX, Kind::PROPOSAL, Kind::VOTE, Kind::TIP, Kind::APPROVAL, Kind::COMPACT_PROPOSAL, Kind::HOLDS]
         );
         let request: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.request)(*k).is_some()).collect();
-        assert_eq!(request, vec![Kind::DATA, Kind::GET_BLOCKS, Kind::GET_TXS]);
+        assert_eq!(request, vec![Kind::DATA, Kind::GET_BLOCKS, Kind::GET_TXS, Kind::GET_CHECKPOINT]);
         let response: Vec<u8> = (0..=255).filter(|k| (PROTOCOL.response)(*k).is_some()).collect();
-        assert_eq!(response, vec![Kind::DATA, Kind::BLOCKS, Kind::TXS]);
+        assert_eq!(response, vec![Kind::DATA, Kind::BLOCKS, Kind::TXS, Kind::CHECKPOINT]);
         assert_eq!((PROTOCOL.request)(Kind::GET_BLOCKS), Some(GET_BLOCKS_LIMIT), "a request's limit is its kind's");
         assert_eq!((PROTOCOL.request)(Kind::DATA), Some(DATA_PROBE_LIMIT), "but for the probe's");
         assert_eq!((PROTOCOL.response)(Kind::DATA), Some(DATA_PROBE_LIMIT));

@@ -32,6 +32,7 @@
 //!   effects over the transport and the store.
 
 pub(crate) mod block;
+pub(crate) mod checkpoint;
 pub(crate) mod clock;
 pub(crate) mod compact;
 pub(crate) mod consensus;
@@ -58,8 +59,12 @@ pub(crate) mod vote;
 #[cfg(feature = "fault-injection")]
 pub use block::counts;
 pub use block::{
-    genesis_hash, tx_hash, tx_root, tx_root_of_ids, Block, Hash, Header, Limits, TxCheck, MAX_BLOCK_BYTES,
-    MAX_BLOCK_TXS,
+    genesis_hash, members_digest, parent_link, tx_hash, tx_root, tx_root_of_ids, Block, Hash, Header, Limits, TxCheck,
+    MAX_BLOCK_BYTES, MAX_BLOCK_TXS,
+};
+pub use checkpoint::{verify as verify_checkpoint, verify_offered as verify_offered_checkpoint};
+pub use checkpoint::{
+    Checkpoint, CheckpointAnswer, CheckpointError, CheckpointSource, ParseError as CheckpointParseError, Verified,
 };
 pub use compact::{Assembly, CompactProposal, MAX_LATER, MAX_WAITING};
 pub use consensus::{

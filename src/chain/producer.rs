@@ -350,6 +350,9 @@ impl Producer {
                 Effect::ServeBlocks { id, peer, from, count, max_bytes, after_ms } => {
                     self.serve_blocks(id, peer, (from, count, max_bytes), after_ms)
                 }
+                Effect::ServeCheckpoint { id, peer, height, max_bytes, after_ms } => {
+                    self.serve_checkpoint(id, peer, (height, max_bytes), after_ms)
+                }
                 Effect::Reply { id, msg } => match (self.replies.remove(&id), msg.encode()) {
                     // Never an answer the requester's wire version cannot decode.
                     (Some((reply, wire)), Ok(_)) if msg.wire() > wire => {

@@ -22,6 +22,15 @@
 //!   lies) stamps: its proposal gets no polka from the honest ones and its round
 //!   passes to the next proposer. A re-proposed value (L28) is not checked
 //!   again: it was timely where it got its polka.
+//! * **Member-state commitment.** A block's `prev_hash` is the parent link
+//!   ([`super::block::parent_link`]): SHA-256 over the parent's id and the
+//!   digest of the membership state the parent leaves
+//!   ([`super::block::members_digest`]: the sets in force at this
+//!   height and the next, the approvals pending, the schedule). The encoding is
+//!   unchanged; the id of every block of version 4 commits to the member state
+//!   it was decided under, so a node that starts from a trusted `(height, id)`
+//!   verifies the member state a peer gives it instead of trusting it
+//!   ([`super::checkpoint`]).
 
 use super::block::Round;
 
@@ -40,11 +49,13 @@ pub(crate) const V4: u16 = 4;
 pub(crate) struct Rules {
     pub distinct_txs: bool,
     pub timely_proposals: bool,
+    /// `prev_hash` commits to the parent's member state ([`super::block::parent_link`]).
+    pub members_link: bool,
 }
 
 impl Rules {
     pub(crate) fn of(version: u16) -> Rules {
-        Rules { distinct_txs: version >= V4, timely_proposals: version >= V4 }
+        Rules { distinct_txs: version >= V4, timely_proposals: version >= V4, members_link: version >= V4 }
     }
 }
 
@@ -88,8 +99,8 @@ mod tests {
 
     #[test]
     fn version_4_brings_distinct_transactions_and_timely_proposals() {
-        assert_eq!(Rules::of(3), Rules { distinct_txs: false, timely_proposals: false });
-        assert_eq!(Rules::of(4), Rules { distinct_txs: true, timely_proposals: true });
+        assert_eq!(Rules::of(3), Rules { distinct_txs: false, timely_proposals: false, members_link: false });
+        assert_eq!(Rules::of(4), Rules { distinct_txs: true, timely_proposals: true, members_link: true });
         assert_eq!(Rules::of(MAX_VERSION), Rules::of(V4));
     }
 

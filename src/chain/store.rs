@@ -23,6 +23,18 @@
 //! format 3 in turn, so a node that ran this release cannot be rolled back onto
 //! its data dir.
 //!
+//! # Member states
+//!
+//! Partition `states` holds the membership state after height `h` under key
+//! `h`, written with the block only when it differs from the last one written
+//! (besides its height): most blocks change nothing, so it costs nothing per
+//! block. [`Store::state_at`] reads the state after any height from the first
+//! one this store wrote; a peer that starts from a checkpoint asks for it
+//! ([`super::checkpoint`]). A store started from a checkpoint
+//! ([`Store::start_at`]) holds its block, the state before and after it, and
+//! `earliest` at its height. Format 3 is unchanged by the partition: a release
+//! that does not know it never opens it.
+//!
 //! # Pruning
 //!
 //! [`Store::prune_below`] removes blocks and certificates below a height, in one
@@ -87,6 +99,8 @@ pub struct Store {
     meta: PartitionHandle,
     /// Our own signed messages of the current height, by (height, round, step).
     signed: PartitionHandle,
+    /// The membership state after a height, where it changed (see the module doc).
+    states: PartitionHandle,
 }
 
 /// The stored tip: height, hash and timestamp of the last committed block.
@@ -159,7 +173,8 @@ impl Store {
         let certs = keyspace.open_partition("certs", PartitionCreateOptions::default())?;
         let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
         let signed = keyspace.open_partition("signed", PartitionCreateOptions::default())?;
-        let store = Store { keyspace, blocks, certs, meta, signed };
+        let states = keyspace.open_partition("states", PartitionCreateOptions::default())?;
+        let store = Store { keyspace, blocks, certs, meta, signed, states };
         let format: Option<u32> = store.meta.get(FORMAT_KEY)?.map(|b| decode(&b, "format")).transpose()?;
         match format {
             Some(FORMAT) => {}
@@ -238,7 +253,7 @@ impl Store {
     /// Without it, a node with small blocks keeps every write of the last
     /// 16 MiB per partition in its journal, pruned or not.
     pub(crate) fn seal(&self) -> Result<(), StoreError> {
-        for p in [&self.blocks, &self.certs, &self.meta, &self.signed] {
+        for p in [&self.blocks, &self.certs, &self.meta, &self.signed, &self.states] {
             p.rotate_memtable()?;
         }
         Ok(())
@@ -317,11 +332,98 @@ impl Store {
         batch.insert(&self.certs, key, encode(&c.cert));
         batch.insert(&self.meta, TIP, encode(&record));
         batch.insert(&self.meta, MEMBERS, encode(membership));
+        if self.state_changed(membership)? {
+            batch.insert(&self.states, key, encode(membership));
+        }
         // Signed messages of finished heights are of no further use.
         for kv in self.signed.range(..(height + 1).to_be_bytes()) {
             let (k, _) = kv?;
             batch.remove(&self.signed, k);
         }
+        batch.commit()?;
+        self.keyspace.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Appends consecutive committed blocks, each with the membership it
+    /// leaves, in one batch and one fsync: a bulk import (a chain generated
+    /// for a measurement), not the path of consensus, which commits one block
+    /// at a time.
+    #[doc(hidden)]
+    pub fn commit_batch(&self, chain: &[(Committed, MembershipState)]) -> Result<(), StoreError> {
+        let mut tip = self.tip()?.map_or(0, |t| t.height);
+        let mut last: Option<MembershipState> = None;
+        let mut batch = self.keyspace.batch();
+        for (c, membership) in chain {
+            let height = c.block.height();
+            if height != tip + 1 {
+                return Err(StoreError::NotNext { got: height, tip });
+            }
+            tip = height;
+            let key = height.to_be_bytes();
+            batch.insert(&self.blocks, key, encode(&c.block));
+            batch.insert(&self.certs, key, encode(&c.cert));
+            let changed = match &last {
+                Some(prev) => {
+                    let mut prev = prev.clone();
+                    prev.applied = membership.applied;
+                    &prev != membership
+                }
+                None => self.state_changed(membership)?,
+            };
+            if changed {
+                batch.insert(&self.states, key, encode(membership));
+            }
+            last = Some(membership.clone());
+        }
+        if let (Some((c, membership)), Some(_)) = (chain.last(), &last) {
+            let record = TipRecord { height: tip, hash: c.block.hash(), timestamp_ms: c.block.header.timestamp_ms };
+            batch.insert(&self.meta, TIP, encode(&record));
+            batch.insert(&self.meta, MEMBERS, encode(membership));
+        }
+        batch.commit()?;
+        self.keyspace.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Whether `state` differs from the last state in `states` (its height
+    /// aside), or none was written yet.
+    fn state_changed(&self, state: &MembershipState) -> Result<bool, StoreError> {
+        let Some((_, last)) = self.states.last_key_value()? else { return Ok(true) };
+        let mut last: MembershipState = decode(&last, "member state")?;
+        last.applied = state.applied;
+        Ok(&last != state)
+    }
+
+    /// The membership state after block `height` (`applied == height`), if this
+    /// store recorded one at or below it.
+    pub fn state_at(&self, height: Height) -> Result<Option<MembershipState>, StoreError> {
+        let Some(kv) = self.states.range(..=height.to_be_bytes()).next_back() else { return Ok(None) };
+        let (_, bytes) = kv?;
+        let mut state: MembershipState = decode(&bytes, "member state")?;
+        state.applied = height;
+        Ok(Some(state))
+    }
+
+    /// Starts an empty store at a checkpoint: block `c` as its tip and earliest
+    /// height, with the member states before (`before`, after the parent) and
+    /// after it, in one batch, then an fsync. Refused on a store that holds a
+    /// chain.
+    pub fn start_at(&self, c: &Committed, before: &MembershipState, after: &MembershipState) -> Result<(), StoreError> {
+        let height = c.block.height();
+        if let Some(tip) = self.tip()? {
+            return Err(StoreError::NotNext { got: height, tip: tip.height });
+        }
+        let key = height.to_be_bytes();
+        let record = TipRecord { height, hash: c.block.hash(), timestamp_ms: c.block.header.timestamp_ms };
+        let mut batch = self.keyspace.batch();
+        batch.insert(&self.blocks, key, encode(&c.block));
+        batch.insert(&self.certs, key, encode(&c.cert));
+        batch.insert(&self.meta, TIP, encode(&record));
+        batch.insert(&self.meta, MEMBERS, encode(after));
+        batch.insert(&self.meta, EARLIEST, encode(&height));
+        batch.insert(&self.states, (height - 1).to_be_bytes(), encode(before));
+        batch.insert(&self.states, key, encode(after));
         batch.commit()?;
         self.keyspace.persist(PersistMode::SyncAll)?;
         Ok(())
@@ -508,6 +610,58 @@ mod tests {
         let fresh = tempfile::tempdir().unwrap();
         drop(Store::open(fresh.path()).unwrap());
         assert!(Store::open(fresh.path()).is_ok());
+    }
+
+    #[test]
+    fn member_states_are_kept_where_they_change_and_read_at_any_height_after_the_first() {
+        use crate::chain::members::Membership;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut m = Membership::of_ids(&[NodeId([1; 32]), NodeId([2; 32])], 1).state().clone();
+        let mut prev = genesis_hash(&[0; 32]);
+        for h in 1..=30 {
+            let c = committed(h, prev);
+            prev = c.block.hash();
+            m.applied = h;
+            if h == 20 {
+                m.touched.insert(NodeId([3; 32]), 20);
+            }
+            store.commit(&c, &m).unwrap();
+        }
+        assert_eq!(store.states.len().unwrap(), 2, "written at the first block and where it changed");
+        let at = |h| store.state_at(h).unwrap();
+        assert_eq!(at(0), None, "nothing before the first block this store wrote");
+        assert_eq!(at(19).unwrap().applied, 19);
+        assert!(at(19).unwrap().touched.is_empty());
+        assert_eq!(at(20).unwrap().touched.len(), 1);
+        assert_eq!(at(30).unwrap(), m, "the state after the tip is the meta entry's");
+    }
+
+    #[test]
+    fn a_store_started_at_a_checkpoint_holds_from_it_and_commits_after_it() {
+        use crate::chain::members::Membership;
+        let dir = tempfile::tempdir().unwrap();
+        let mut before = Membership::of_ids(&[NodeId([1; 32])], 1).state().clone();
+        before.applied = 99;
+        let mut after = before.clone();
+        after.applied = 100;
+        let c = committed(100, Hash([5; 32]));
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.start_at(&c, &before, &after).unwrap();
+            assert!(matches!(store.start_at(&c, &before, &after), Err(StoreError::NotNext { .. })), "only empty");
+        }
+        // After a restart: a store whose earliest height is the checkpoint's.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tip().unwrap().map(|t| (t.height, t.hash)), Some((100, c.block.hash())));
+        assert_eq!(store.earliest().unwrap(), 100);
+        assert_eq!(store.membership().unwrap(), Some(after.clone()));
+        assert_eq!(store.state_at(99).unwrap(), Some(before));
+        assert_eq!(store.block(99).unwrap(), None, "nothing below the checkpoint");
+        let next = committed(101, c.block.hash());
+        after.applied = 101;
+        store.commit(&next, &after).unwrap();
+        assert_eq!(store.tip().unwrap().map(|t| t.height), Some(101));
     }
 
     #[test]

@@ -291,7 +291,11 @@ pub fn check_chains_of(network: &Network, stores: &[&masternode::chain::Store]) 
             c.cert.verify(&c.block, &members, &network.id).unwrap_or_else(|e| panic!("height {h}: {e}"));
             assert!(c.cert.signers().len() * 3 > members.len() * 2);
         }
-        assert_eq!(first.block.header.prev_hash, prev_hash, "height {h} links to its parent");
+        // From protocol 4 the link commits to the member state the parent left.
+        let link = membership.version_at(h) >= 4;
+        let digest = masternode::chain::members_digest(membership.state());
+        let expected = masternode::chain::parent_link(prev_hash, digest, link);
+        assert_eq!(first.block.header.prev_hash, expected, "height {h} links to its parent");
         assert!(first.block.header.timestamp_ms > prev_ts, "height {h}: timestamps grow");
         prev_hash = first.block.hash();
         prev_ts = first.block.header.timestamp_ms;

@@ -375,7 +375,12 @@ impl Checker {
         let name = (self.label)(&me);
         let h = c.block.height();
         let id = c.block.hash();
-        if h != prev.0 + 1 || c.block.header.prev_hash != prev.1 {
+        // From protocol 4 the header links the parent and the member state it
+        // left (`parent_link`); `states` holds the state after each height.
+        let link = self.chain.version_at(h) >= 4;
+        let before = self.states.get(&(h.saturating_sub(1))).map(masternode::chain::members_digest);
+        let expected = masternode::chain::parent_link(prev.1, before.unwrap_or_default(), link && before.is_some());
+        if h != prev.0 + 1 || c.block.header.prev_hash != expected {
             let detail =
                 format!("{name} committed {} at height {h} on top of height {} {}", id.short(), prev.0, prev.1.short());
             self.fail(Kind::Validity, Some(h), vec![me], detail);

@@ -270,6 +270,8 @@ pub fn describe_message(m: &Message) -> String {
         Message::Txs(t) => format!("Txs({})", t.len()),
         Message::Data(d) => format!("Data({})", d.len()),
         Message::Holds { earliest, height } => format!("Holds({earliest}..={height})"),
+        Message::GetCheckpoint { height } => format!("GetCheckpoint({height})"),
+        Message::Checkpoint(c) => format!("Checkpoint({})", c.committed.block.height()),
     }
 }
 

@@ -13,6 +13,7 @@ mod honest;
 mod admin;
 mod catch_up;
 mod chain;
+mod checkpoint;
 mod clocks;
 mod compact;
 mod compact_memory;

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use super::{Answer, Producer};
 use crate::chain::block::{Hash, Height, Round};
+use crate::chain::checkpoint::CheckpointAnswer;
 use crate::chain::driver::{BlocksAnswer, RequestFailure, RequestId};
 use crate::chain::message::{self, Message};
+use crate::chain::store::{Store, StoreError};
 use crate::identity::NodeId;
 use crate::net::{Peers, Refusal};
 
@@ -72,6 +74,44 @@ impl Producer {
                 Err(e) => tracing::error!("block read task failed: {e}"),
             }
             let _ = answers.send(Answer::Served { peer, reserved: max_bytes, used }).await;
+        });
+    }
+
+    /// Answers request `id` of `peer` with the checkpoint at `height` (0: the
+    /// tip) read from the store, off the loop, once `after_ms` has passed; a
+    /// refusal when the store does not hold it (the block, its parent's and
+    /// the member state the parent left) or the requester's wire version does
+    /// not carry the answer. The bytes the answer took go back to the driver.
+    pub(super) fn serve_checkpoint(&mut self, id: RequestId, peer: NodeId, asked: (Height, usize), after_ms: u64) {
+        let (height, reserved) = asked;
+        let Some((reply, wire)) = self.replies.remove(&id) else { return };
+        let (store, answers) = (self.store.clone(), self.answers_tx.clone());
+        self.tracker.spawn(async move {
+            if after_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            }
+            let mut used = 0;
+            if wire < message::CHECKPOINT_WIRE {
+                let _ = reply.send(Err(Refusal::Unsupported));
+            } else {
+                let read = move || checkpoint_at(&store, height);
+                match tokio::task::spawn_blocking(read).await {
+                    Ok(Ok(Some(answer))) => match Message::Checkpoint(Box::new(answer)).encode() {
+                        Ok(frame) => {
+                            used = frame.len();
+                            let _ = reply.send(Ok(frame));
+                        }
+                        Err(e) => tracing::error!("cannot answer a request: {e}"),
+                    },
+                    Ok(Ok(None)) => {
+                        tracing::debug!(height, "a peer asked for a checkpoint this node does not hold: refused");
+                        let _ = reply.send(Err(Refusal::Unsupported));
+                    }
+                    Ok(Err(e)) => tracing::error!("cannot read a checkpoint for a peer: {e}"),
+                    Err(e) => tracing::error!("checkpoint read task failed: {e}"),
+                }
+            }
+            let _ = answers.send(Answer::Served { peer, reserved, used }).await;
         });
     }
 
@@ -150,6 +190,23 @@ impl Drop for HeldGuard {
     fn drop(&mut self) {
         self.held.fetch_sub(self.bytes, Ordering::Relaxed);
     }
+}
+
+/// The checkpoint at `height` (0: the tip) as the store holds it: the block,
+/// its parent's id and the member state the parent left, or `None` where any
+/// of them is not held (pruned, below a checkpoint start, before this store
+/// recorded member states).
+fn checkpoint_at(store: &Store, height: Height) -> Result<Option<CheckpointAnswer>, StoreError> {
+    let height = if height == 0 { store.tip()?.map_or(0, |t| t.height) } else { height };
+    if height < 2 {
+        return Ok(None);
+    }
+    let (Some(committed), Some(parent), Some(before)) =
+        (store.block(height)?, store.block(height - 1)?, store.state_at(height - 1)?)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(CheckpointAnswer { parent: parent.block.hash(), committed, before }))
 }
 
 /// Sends `request` to `peer` on a stream of its own; the answer and its body's

@@ -79,6 +79,15 @@ impl World {
                 }
                 self.answer(s, id, Ok(Message::Blocks(blocks)), late);
             }
+            // Simulated nodes start from genesis and never ask for a
+            // checkpoint; one asked is refused, its reservation handed back.
+            Effect::ServeCheckpoint { id, peer, max_bytes, .. } => {
+                let now = self.clock(s);
+                if let Some(d) = self.nodes[s].driver.as_mut() {
+                    d.handle_served(peer, max_bytes, 0, now);
+                }
+                self.answer(s, id, Err(masternode::net::Refusal::Unsupported), 0);
+            }
             Effect::Reply { id, msg: Message::Txs(txs) } if !self.nodes[s].honest => match self.adv.txs_answer(txs) {
                 Some(txs) => self.answer(s, id, Ok(Message::Txs(txs)), 0),
                 // Never answered: the requester's transport times out.
