@@ -92,6 +92,11 @@ pub async fn measure(nodes: &[Arc<Node>], refs: &[&Node], load: bool, window: Du
     }
 }
 
+/// How long the hostile member misbehaves: three slow-peer deadlines (10 s
+/// each), so a member that stalls its stream is closed by every honest node
+/// and comes back to be closed again, and a flood's memory has long peaked.
+pub const HOSTILE_WINDOW: Duration = Duration::from_secs(30);
+
 /// As [`with_hostile`]; `load` says whether transactions are submitted meanwhile.
 pub async fn with_hostile_loaded(
     what: &str,
@@ -111,7 +116,7 @@ pub async fn with_hostile_loaded(
         name: spec.name.clone(),
     };
     let hostile = misbehave(spec_copy, stop.clone());
-    let (during, slowest_tx) = measure(&nodes, &refs, load, Duration::from_secs(60)).await;
+    let (during, slowest_tx) = measure(&nodes, &refs, load, HOSTILE_WINDOW).await;
     stop.store(true, Ordering::Relaxed);
     hostile.abort();
     let slow: u64 = nodes.iter().map(|n| counter(&n.peers().counters().slow_peer_disconnects)).sum();
