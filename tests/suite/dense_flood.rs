@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::common::*;
 use crate::honest::*;
+use bytes::Bytes;
 use masternode::chain::PROPOSAL_LIMIT;
 use masternode::chain::{Hash, Header};
 use masternode::codec::BINCODE;

@@ -7,8 +7,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use crate::common::*;
+use bytes::BytesMut;
 use masternode::chain::Message;
 use masternode::codec::{self, FrameReader};
 use masternode::net;
