@@ -162,6 +162,12 @@ pub enum Timeout {
     StartHeight {
         height: Height,
     },
+    /// Our clock passed the parent's timestamp: the proposer of `round`, which
+    /// waited for that under timely proposals, asks for its value now.
+    Stamp {
+        height: Height,
+        round: Round,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -760,6 +766,26 @@ impl Core {
         }
     }
 
+    /// The most votes held of one voter in one round and of one kind: its
+    /// first and the conflicting versions kept (at most [`MAX_CONFLICTING`]
+    /// more), whatever the number of rounds. What [`Core::held`] sums over
+    /// every voter and round, per voter: a member voting many values in one
+    /// round stays within its own slots, not only within everyone's.
+    pub fn most_votes_of_one_voter(&self) -> usize {
+        let mut most = 0;
+        for rv in self.votes.values() {
+            let mut seconds: BTreeMap<(NodeId, VoteKind), usize> = BTreeMap::new();
+            for (voter, kind, _) in rv.conflicting.keys() {
+                *seconds.entry((*voter, *kind)).or_default() += 1;
+            }
+            let firsts = rv.prevotes.keys().map(|v| (*v, VoteKind::Prevote));
+            for key in firsts.chain(rv.precommits.keys().map(|v| (*v, VoteKind::Precommit))) {
+                most = most.max(1 + seconds.get(&key).copied().unwrap_or(0));
+            }
+        }
+        most
+    }
+
     pub(crate) fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
         self.handle_signed(input, now_ms).0
     }
@@ -1176,6 +1202,14 @@ impl Core {
             Timeout::Precommit { height, round } if height == self.height && round == self.round => {
                 self.start_round(round + 1, now_ms, out);
             }
+            Timeout::Stamp { height, round }
+                if height == self.height
+                    && round == self.round
+                    && self.step == Step::Propose
+                    && !self.proposals.contains_key(&round) =>
+            {
+                self.ask_value(now_ms, out);
+            }
             _ => return,
         }
         self.check_rules(now_ms, out);
@@ -1209,10 +1243,30 @@ impl Core {
         if self.proposer(self.height, round) == self.me && signed_here.is_none() {
             match self.valid.clone() {
                 Some((vr, block)) => self.propose(block, Some(vr), now_ms, out),
-                None => out.push(Output::NeedValue { height: self.height, round }),
+                None => self.ask_value(now_ms, out),
             }
         }
         self.check_rules(now_ms, out);
+    }
+
+    /// A fresh value for this round (L18): asked for at once, except under
+    /// timely proposals while our clock has not passed the parent's
+    /// timestamp. A block must be stamped after its parent, so it would carry
+    /// the parent's stamp + 1 ms, ahead of our clock and of every honest
+    /// clock near ours: untimely for all of us (and for us), a round given up
+    /// for nothing. A parent stamped ahead comes from a clock ahead of ours:
+    /// at the version's first height, a parent of the version before it,
+    /// stamped within `max_clock_drift_ms` (PBTS's proposer likewise waits
+    /// for its clock to pass the previous block's time). The wait ends when
+    /// our clock passes it ([`Timeout::Stamp`]) or with the round.
+    fn ask_value(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let (height, round) = (self.height, self.round);
+        if self.rules().timely_proposals && now_ms <= self.prev_ts {
+            let after_ms = self.prev_ts + 1 - now_ms;
+            out.push(Output::Schedule { timeout: Timeout::Stamp { height, round }, after_ms });
+            return;
+        }
+        out.push(Output::NeedValue { height, round });
     }
 
     fn on_value(

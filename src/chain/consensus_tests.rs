@@ -1293,3 +1293,93 @@ fn from_version_4_a_block_links_its_parent_and_the_member_state_it_left() {
         assert_eq!(prevoted(&out), Some(valid.then(|| block.hash())), "version {version}, {link}");
     }
 }
+
+/// From version 4 a proposer whose clock has not passed its parent's
+/// timestamp (a parent of version 3, stamped by a clock 20 s ahead, within
+/// `max_clock_drift_ms`) asks for its value only once its clock passed it: a
+/// block stamped after its parent would be ahead of its clock and of every
+/// honest clock near it, prevoted nil by all (the simulation's seed 3212:
+/// 149 such rounds in 20 s, until the timeouts outgrew the chain). Then its
+/// block carries its clock's time, and it prevotes it. Before version 4 it
+/// proposes at once, stamped the parent's time + 1 ms.
+#[test]
+fn from_version_4_a_proposer_waits_for_its_clock_to_pass_the_parents_timestamp() {
+    let f = OneCore::new();
+    let proposer = f.identity(f.proposer(0));
+    let now = 5_000;
+    let parent_ts = now + 20_000;
+    let asks = |out: &[Output]| out.iter().any(|o| matches!(o, Output::NeedValue { height: 1, round: 0 }));
+    let waits = |out: &[Output]| {
+        out.iter().find_map(|o| match o {
+            Output::Schedule { timeout: Timeout::Stamp { height: 1, round: 0 }, after_ms } => Some(*after_ms),
+            _ => None,
+        })
+    };
+    let proposed_stamp = |out: &[Output]| {
+        out.iter().find_map(|o| match o {
+            Output::Sign { message: Signed::Proposal(p), .. } => Some(p.proposal.block.header.timestamp_ms),
+            _ => None,
+        })
+    };
+    let value = || Input::Value {
+        height: 1,
+        round: 0,
+        tx_root: tx_root(&[b"tx".to_vec()]),
+        txs: vec![b"tx".to_vec()],
+        changes: vec![],
+    };
+    for version in [3, 4] {
+        let cfg = at_version(f.cfg.clone(), version);
+        let mut core = Core::new(cfg, proposer.clone(), 1, genesis_hash(&NET), parent_ts, None);
+        core.start(now);
+        core.handle(Input::Quorum(true), now);
+        let out = core.handle(Input::Timeout(Timeout::StartHeight { height: 1 }), now);
+        if version == 3 {
+            assert!(asks(&out) && waits(&out).is_none(), "version 3 asks at once: {out:?}");
+            let out = core.handle(value(), now);
+            assert_eq!(proposed_stamp(&out), Some(parent_ts + 1), "version 3 stamps after its parent");
+            continue;
+        }
+        assert!(!asks(&out), "version 4 asks for no value before its clock passes the parent's stamp: {out:?}");
+        assert_eq!(waits(&out), Some(parent_ts + 1 - now), "it waits until its clock passes the parent's stamp");
+        // A stamp timeout of another round, or one fired early, asks nothing.
+        let early = core.handle(Input::Timeout(Timeout::Stamp { height: 1, round: 1 }), now + 1_000);
+        assert!(!asks(&early), "{early:?}");
+        let later = parent_ts + 1;
+        let out = core.handle(Input::Timeout(Timeout::Stamp { height: 1, round: 0 }), later);
+        assert!(asks(&out), "once its clock passed the parent's stamp it asks: {out:?}");
+        let out = core.handle(value(), later);
+        assert_eq!(proposed_stamp(&out), Some(later), "stamped by its clock");
+        assert!(prevoted(&out).is_some_and(|v| v.is_some()), "and timely, so prevoted: {out:?}");
+    }
+}
+
+/// A member voting nil and every value proposed at the height, in one round:
+/// a receiver keeps its first vote of each kind and two conflicting versions
+/// more, however many values it names, and reports it.
+#[test]
+fn a_voter_is_held_to_its_first_vote_and_two_conflicting_ones_per_round_and_kind() {
+    let f = OneCore::new();
+    let now = 5_000;
+    let mut core = Core::new(f.cfg.clone(), f.me.clone(), 1, genesis_hash(&NET), 0, None);
+    f.start(&mut core);
+    // Values proposed in five rounds of the height (not ours), each by its
+    // proposer.
+    let rounds = [0, 1, 2, 4, 5];
+    let blocks: Vec<Block> = rounds.iter().map(|&r| f.block(r, &format!("v{r}"))).collect();
+    for (&r, b) in rounds.iter().zip(&blocks) {
+        core.handle(f.proposal(r, b), now);
+    }
+    let byz = f.others()[0];
+    let mut reported = false;
+    for kind in [VoteKind::Prevote, VoteKind::Precommit] {
+        for value in std::iter::once(None).chain(blocks.iter().map(Some)) {
+            let out = core.handle(Input::Vote(f.signed_vote(kind, 0, value, byz)), now);
+            reported |= out.iter().any(|o| matches!(o, Output::Misbehaviour(Misbehaviour::Equivocation { .. })));
+        }
+    }
+    assert!(reported, "the equivocation is reported");
+    assert_eq!(core.most_votes_of_one_voter(), 1 + MAX_CONFLICTING, "its first and two conflicting, of each kind");
+    let held = core.held().votes.items;
+    assert!(held <= 2 * (1 + MAX_CONFLICTING) + 2, "its six and our own prevote and precommit at most: {held}");
+}

@@ -1128,6 +1128,20 @@ impl Driver {
         self.prune_waiting(self.core.height(), 0);
         self.effects.push_back(Effect::Broadcast(Message::Tip { height, hash, time_ms: now.wall_ms }));
         self.effects.push_back(Effect::Broadcast(Message::Holds { earliest: self.earliest, height }));
+        // Our own approvals still waiting for a block go out again with each
+        // block we decide: a peer that was behind when it first heard one
+        // refused it (signed at a height it had not reached), no peer relays
+        // an approval twice, and a peer that lacks it can only wait for our
+        // own blocks to carry it (the simulation's seed 1610: a change
+        // approved by three members waited until the approvals expired, as
+        // the one proposer whose blocks were decided held only its own).
+        // Peers that hold it drop the copy before any signature check.
+        if !synced {
+            let me = self.core.id();
+            for sa in self.approvals.held().filter(|sa| sa.approval.approver == me) {
+                self.effects.push_back(Effect::Broadcast(Message::Approval(sa.clone())));
+            }
+        }
         out
     }
 

@@ -1352,3 +1352,38 @@ fn checkpoint_requests_are_served_under_the_sync_rate_and_serve_budget() {
     );
     assert!(d.stats(at(T0)).refused_rate >= 1, "counted as the rate's");
 }
+
+/// A member's own approval that its peers lack (they refused it while behind:
+/// signed at a height they had not reached, and nobody relays an approval
+/// twice) goes out again with the next block it decides, so the next
+/// proposer carries it; without that only its own blocks could (the
+/// simulation's seed 1610).
+#[test]
+fn an_approval_its_peers_lack_goes_out_again_with_the_approvers_next_block() {
+    let mut net = Net::new(4);
+    let leaver = net.ids[3].id();
+    let change = Change::Remove { id: leaver };
+    net.drivers[0].handle_change(ChangeRequest::Remove { id: leaver }, at(net.now)).unwrap();
+    // The peers never hear of it now, as peers that were behind.
+    let first = effects(&mut net.drivers[0]);
+    assert!(first.iter().any(|e| matches!(e, Effect::Broadcast(Message::Approval(_)))), "{first:?}");
+    assert!(!net.drivers[1].members_view().approvers(&change).contains(&net.ids[0].id()));
+    // Blocks 1 and 2 are proposed by members 1 and 2.
+    net.run_until("block 2 decided", |n| n.drivers.iter().all(|d| d.height() >= 3));
+    let log = &net.log[0];
+    let commit = log
+        .iter()
+        .position(|e| matches!(e, Effect::Commit { committed, .. } if committed.block.height() == 1))
+        .expect("block 1 stored");
+    assert!(
+        log[commit..]
+            .iter()
+            .any(|e| matches!(e, Effect::Broadcast(Message::Approval(sa)) if sa.approval.change == change)),
+        "sent again with block 1"
+    );
+    let on_chain = net.drivers[1].core().membership().pending();
+    assert!(
+        on_chain.iter().any(|p| p.change == change && p.approvals.contains(&net.ids[0].id())),
+        "block 2 carried it: {on_chain:?}"
+    );
+}

@@ -81,6 +81,11 @@ pub enum Strategy {
     VoteFlood,
     /// Sync requests many times its rate.
     RequestFlood,
+    /// Proposals of distinct values for the rounds it leads ahead, then, in
+    /// the current round, a prevote and a precommit for nil and for every
+    /// value proposed at the height: many conflicting versions per round and
+    /// kind, each for a value the receiver holds a proposal of.
+    VoteConflicts,
 }
 
 /// The strategies a plan draws from its own stream, those of the driver's
@@ -100,6 +105,10 @@ pub const DRIVER_ERA: [Strategy; 13] = [
     Strategy::VoteFlood,
     Strategy::RequestFlood,
 ];
+
+/// The strategies a plan draws last, from the stream of
+/// [`DRIVER_ERA`] after everything else it draws (older seeds keep their plans).
+pub const LATER_ERA: [Strategy; 1] = [Strategy::VoteConflicts];
 
 /// The strategies a plan draws from its main stream ([`Strategy::BadChanges`] is
 /// drawn apart, so that older seeds keep their plans).
@@ -140,6 +149,8 @@ pub struct Adversary {
     /// The scenario's limits (what a flood aims at).
     limits: Limits,
     max_tx_bytes: usize,
+    /// The mempool's bytes, of which each member's gossip has a share.
+    mempool_bytes: usize,
     /// Transactions it flooded, newest last (a few hundred).
     flooded: std::collections::VecDeque<Vec<u8>>,
     /// The transaction it repeats in compact proposals, once gossiped.
@@ -163,13 +174,14 @@ impl Adversary {
         members: Vec<NodeId>,
         rng: Rng,
         limits: Limits,
-        max_tx_bytes: usize,
+        mempool: MempoolLimits,
     ) -> Adversary {
         Adversary {
             active: !strategies.is_empty(),
             strategies,
             limits,
-            max_tx_bytes,
+            max_tx_bytes: mempool.max_tx_bytes,
+            mempool_bytes: mempool.max_bytes,
             flooded: std::collections::VecDeque::new(),
             repeated: None,
             rng,
@@ -523,7 +535,59 @@ impl Adversary {
             out.push(Send { to, msg: Message::Approval(sa), extra_delay: 0, genuine: false });
         }
         self.floods(me, h, r, peers, &mut out);
+        if self.on(Strategy::VoteConflicts) {
+            self.vote_conflicts(me, h, r, peers, &mut out);
+        }
         out
+    }
+
+    /// [`Strategy::VoteConflicts`]: a fresh proposal of its own, of a value
+    /// of its own, for each of the next rounds it leads (a few, once each),
+    /// then a prevote and a precommit of round `r` for nil and for each value
+    /// proposed at `h`, to every peer. Each is a version a receiver may keep
+    /// (nil, or a value it holds a proposal of): it keeps two beside the
+    /// first, and no more.
+    fn vote_conflicts(&mut self, me: &Identity, h: Height, r: Round, peers: &[usize], out: &mut Vec<Send>) {
+        let all = |out: &mut Vec<Send>, msg: Message| {
+            for &to in peers {
+                out.push(Send { to, msg: msg.clone(), extra_delay: 0, genuine: true });
+            }
+        };
+        let prev = self.blocks.values().find(|b| b.height() == h).map(|b| (b.header.prev_hash, b.header.timestamp_ms));
+        if let Some((prev_hash, timestamp_ms)) = prev {
+            let ahead: Vec<Round> =
+                (r + 1..=r + MAX_ROUND_AHEAD).filter(|k| self.proposer(h, *k) == me.id()).take(4).collect();
+            for round in ahead {
+                let proposed = self
+                    .history
+                    .get(&(h, round))
+                    .is_some_and(|l| l.proposals.iter().any(|p| p.proposal.proposer == me.id()));
+                if proposed {
+                    continue;
+                }
+                let txs = vec![self.fresh_tx(32)];
+                let header = Header {
+                    height: h,
+                    round,
+                    prev_hash,
+                    timestamp_ms,
+                    proposer: me.id(),
+                    tx_root: tx_root(&txs),
+                    changes: vec![],
+                };
+                let sp = propose(Block { header, txs }, round, None, me);
+                self.record(&Signed::Proposal(sp.clone()));
+                all(out, Message::Proposal(sp));
+            }
+        }
+        let mut values: BTreeSet<Option<Hash>> = BTreeSet::from([None]);
+        for (_, log) in self.history.range((h, 0)..=(h, Round::MAX)) {
+            values.extend(log.proposals.iter().map(|p| Some(p.proposal.block.hash())));
+        }
+        for value in values.into_iter().take(8) {
+            all(out, Message::Vote(prevote(h, r, value, me)));
+            all(out, Message::Vote(precommit(h, r, value, me)));
+        }
     }
 
     /// The floods, each tick: transactions, approvals, votes and proposals
@@ -540,8 +604,13 @@ impl Adversary {
             all(out, Message::Tx(tx));
         }
         if self.on(Strategy::MempoolFlood) {
-            // About a share of the standard mempool a tick.
-            for _ in 0..12 {
+            // Its share of a receiver's mempool in about four ticks, at least
+            // a dozen transactions a tick: faster than blocks take them where
+            // the mempool is many blocks large (BigMempool), so that the
+            // share fills there too.
+            let share = self.mempool_bytes / 2 / self.members(h).len().saturating_sub(1).max(1);
+            let count = (share / (4 * (self.max_tx_bytes / 2).max(1))).clamp(12, 48);
+            for _ in 0..count {
                 let len = self.rng.range(1, self.max_tx_bytes as u64) as usize;
                 let tx = self.fresh_tx(len);
                 self.flooded.push_back(tx.clone());
@@ -648,12 +717,13 @@ impl Adversary {
         }
         if self.on(Strategy::CompactOversize) && self.rng.chance(600) && !self.flooded.is_empty() {
             let mut txs = Vec::new();
-            let mut bytes = 0;
+            // As many as a block may name, newest first: under a mempool
+            // many blocks large (BigMempool) a rebuild that went on past
+            // `max_block_bytes` would hold all of those the receiver holds.
             for tx in self.flooded.iter().rev() {
-                if txs.len() + 1 >= self.limits.max_block_txs || bytes > 2 * self.limits.max_block_bytes {
+                if txs.len() + 1 >= self.limits.max_block_txs {
                     break;
                 }
-                bytes += tx.len();
                 txs.push(tx.clone());
             }
             txs.push(self.fresh_tx(16));

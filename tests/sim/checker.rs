@@ -270,8 +270,9 @@ impl Checker {
         match v.kind {
             VoteKind::Prevote => {
                 // L22: a fresh proposal of the value, and no lock on another;
-                // L28: a proposal with a valid round that had a polka for it,
-                // at or above the lock's round unless the lock is this value.
+                // L28: a proposal with a valid round before its own that had
+                // a polka for it, at or above the lock's round unless the
+                // lock is this value.
                 let proposals = self.proposals.get(&(v.height, v.round));
                 let of_value: Vec<Option<Round>> = proposals
                     .map(|ps| ps.iter().filter(|(h, _)| *h == value).map(|(_, vr)| *vr).collect())
@@ -283,7 +284,7 @@ impl Checker {
                 };
                 let justified = of_value.iter().any(|vr| match vr {
                     None => lock_allows(None),
-                    Some(vr) => self.polka(v.height, *vr, value) && lock_allows(Some(*vr)),
+                    Some(vr) => *vr < v.round && self.polka(v.height, *vr, value) && lock_allows(Some(*vr)),
                 });
                 if justified {
                     return;

@@ -16,7 +16,7 @@
 //! | compact proposals kept for later rounds | 8 | 8 compact proposals |
 //! | `GetTxs` in flight | 4 | 4 requests of `max_block_txs` ids |
 //! | approvals waiting for a block | 8 per member of the sets in force and next | as many approvals |
-//! | votes of the height | (r + 1 + 64) rounds × n voters × 6 (a prevote, a precommit, two conflicting of each) | 256 each |
+//! | votes of the height | (r + 1 + 64) rounds × n voters × 6 (a prevote, a precommit, two conflicting of each), and of one voter in one round and kind 3 | 256 each |
 //! | proposals of the height | r + 1 + 64 | four of the largest block in all |
 //! | the next height's buffer | 9 rounds × (a proposal + 2 votes per member) | 8 MiB |
 //! | clock readings | p | 1 KiB each (a bounded window of readings) |
@@ -41,6 +41,8 @@ const APPROVALS_PER_APPROVER: usize = 8;
 const ROUNDS_AHEAD: u64 = 64;
 /// A voter's prevote and precommit in a round, and two conflicting versions of each.
 const VOTES_PER_VOTER_ROUND: usize = 6;
+/// One voter's votes of one kind in one round: its first and two conflicting.
+const VOTES_PER_VOTER_ROUND_KIND: usize = 3;
 const VOTE_BYTES: usize = 256;
 const NEXT_HEIGHT_ROUNDS: usize = 9;
 const NEXT_HEIGHT_BYTES: usize = 8 * 1024 * 1024;
@@ -155,6 +157,15 @@ pub fn breach(d: &Driver, limits: &SimLimits, ids: &[NodeId], bootstrap: &[NodeI
                 d.core().round()
             ));
         }
+    }
+    let one_voter = d.core().most_votes_of_one_voter();
+    if one_voter > VOTES_PER_VOTER_ROUND_KIND {
+        return Some(format!(
+            "votes holds {one_voter} votes of one voter in one round and kind; its budget is \
+             {VOTES_PER_VOTER_ROUND_KIND} (height {}, round {})",
+            d.height(),
+            d.core().round()
+        ));
     }
     let mempool = limits.node.mempool;
     let local = Usage::new(mempool.max_txs - mempool.max_txs / 2, mempool.max_bytes - mempool.max_bytes / 2);

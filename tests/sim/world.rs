@@ -405,7 +405,7 @@ impl World {
         let slot_ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
         let mut checker = Checker::new(genesis, honest, label);
         checker.honest_skew_ms = plan.honest_skew_ms;
-        let max_tx = plan.limits.node.mempool.max_tx_bytes;
+        let mempool = plan.limits.node.mempool;
         World {
             rng,
             now: START_MS,
@@ -419,7 +419,7 @@ impl World {
             next_change: 0,
             due_changes: 0,
             checker,
-            adv: Adversary::new(plan.strategies.clone(), members, adv_rng, plan.limits.block, max_tx),
+            adv: Adversary::new(plan.strategies.clone(), members, adv_rng, plan.limits.block, mempool),
             trace: trace.then(Vec::new),
             steps: 0,
             calm_base: None,

@@ -175,7 +175,19 @@ impl World {
         };
         self.log(1 << s, Some(h), true, |w| {
             let how = if synced { " by sync" } else { "" };
-            format!("{} commits height {h} {} (round {}){how}", w.name(s), c.block.hash().short(), c.cert.round)
+            let changes = match c.block.header.changes.len() {
+                0 => String::new(),
+                k => format!(", {k} approvals"),
+            };
+            // And the approvals it holds that no block carries yet.
+            let pool = w.driver(s).map_or(0, |d| d.held(masternode::chain::Held::Approvals).items);
+            let changes = if pool > 0 { format!("{changes}, {pool} waiting") } else { changes };
+            format!(
+                "{} commits height {h} {} (round {}){how}{changes}",
+                w.name(s),
+                c.block.hash().short(),
+                c.cert.round
+            )
         });
         if let Err(e) = self.nodes[s].store.commit(&c, &membership) {
             let id = self.nodes[s].id;
