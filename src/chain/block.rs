@@ -216,7 +216,7 @@ pub fn tx_hash(tx: &[u8]) -> Hash {
 /// What the regression guard counts on the commit path (built with the tests'
 /// `fault-injection` feature only, so a release build carries none of it).
 #[cfg(feature = "fault-injection")]
-pub mod counts {
+pub(crate) mod counts {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     pub(crate) static TX_HASHES: AtomicU64 = AtomicU64::new(0);

@@ -57,7 +57,7 @@ pub(crate) mod usage;
 pub(crate) mod vote;
 
 #[cfg(feature = "fault-injection")]
-pub use block::counts;
+pub use block::counts::{store_bytes as counted_store_bytes, tx_hashes as counted_tx_hashes};
 pub use block::{
     genesis_hash, members_digest, parent_link, tx_hash, tx_root, tx_root_of_ids, Block, Hash, Header, Limits, TxCheck,
     MAX_BLOCK_BYTES, MAX_BLOCK_TXS,

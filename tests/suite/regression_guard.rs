@@ -286,7 +286,7 @@ fn rebuilding_a_compact_proposal_copies_each_transaction_once() {
 // The lock only keeps the other hashing guards (plain tests, no runtime) out.
 #[allow(clippy::await_holding_lock)]
 async fn a_committed_transaction_is_hashed_once_per_node() {
-    use masternode::chain::counts;
+    use masternode::chain::{counted_store_bytes, counted_tx_hashes};
     let _alone = hashing_alone();
     let spec = Spec::new(4);
     let network = spec.network_paced(&spec.name, &spec.members, 200);
@@ -298,7 +298,7 @@ async fn a_committed_transaction_is_hashed_once_per_node() {
     let n = 4_000u32;
     let txs: Vec<Vec<u8>> = (0..n).map(|i| [i.to_be_bytes().as_slice(), &[0x5a; 252]].concat()).collect();
     let (hashes, allocs, stored) =
-        (counts::tx_hashes(), ALL_ALLOCATIONS.load(Ordering::Relaxed), counts::store_bytes());
+        (counted_tx_hashes(), ALL_ALLOCATIONS.load(Ordering::Relaxed), counted_store_bytes());
     for (i, tx) in txs.into_iter().enumerate() {
         nodes[i % 4].submit(tx).await.unwrap();
     }
@@ -315,9 +315,9 @@ async fn a_committed_transaction_is_hashed_once_per_node() {
     // be committed a second time (the pool keeps no record of what the chain
     // holds): more than `n` is possible under load, and noted.
     let twice = committed() - n as usize;
-    let hashed = counts::tx_hashes() - hashes;
+    let hashed = counted_tx_hashes() - hashes;
     let allocated = ALL_ALLOCATIONS.load(Ordering::Relaxed) - allocs;
-    let written = counts::store_bytes() - stored;
+    let written = counted_store_bytes() - stored;
     let per_tx = |x: u64| x as f64 / (4 * n) as f64;
     eprintln!(
         "per committed transaction and node: {:.2} hashes, {:.2} allocations, {:.0} store bytes ({twice} committed twice)",
