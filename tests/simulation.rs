@@ -67,7 +67,6 @@ fn run_seeds(first: u64, count: u64, threads: usize, honest_only: bool) -> Summa
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| loop {
-                yield_the_cpu();
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count || stop.load(Ordering::Relaxed) {
                     break;
@@ -91,19 +90,6 @@ fn run_seeds(first: u64, count: u64, threads: usize, honest_only: bool) -> Summa
     let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     failures.sort_by_key(|f| f.0);
     Summary { scenarios: count, steps: steps.into_inner(), failures }
-}
-
-/// Lowers the calling thread's priority to the least (nice 19; on Linux it
-/// applies to the thread alone). The suite binary runs these scenarios beside
-/// the tests on real sockets, which mostly wait and some of which time block
-/// rates: the scenario threads take the CPU those leave and never slow them.
-fn yield_the_cpu() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority with this thread's own id changes only its
-    // scheduling priority; a failure leaves it as it was.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-    }
 }
 
 /// Whether `plan` still fails with a violation of `kind`.

@@ -77,10 +77,9 @@ pub async fn honest_three(spec: &Spec) -> Vec<Arc<Node>> {
 
 pub async fn with_hostile(
     what: &str,
-    window: Duration,
     misbehave: impl FnOnce(Spec, Arc<AtomicBool>) -> tokio::task::JoinHandle<()>,
 ) -> Figures {
-    with_hostile_loaded(what, true, window, misbehave).await
+    with_hostile_loaded(what, true, misbehave).await
 }
 
 /// The block rate over `window`, under a transaction load if `load`, and the
@@ -93,12 +92,10 @@ pub async fn measure(nodes: &[Arc<Node>], refs: &[&Node], load: bool, window: Du
     }
 }
 
-/// As [`with_hostile`]; `load` says whether transactions are submitted
-/// meanwhile. The hostile member misbehaves for `window`.
+/// As [`with_hostile`]; `load` says whether transactions are submitted meanwhile.
 pub async fn with_hostile_loaded(
     what: &str,
     load: bool,
-    window: Duration,
     misbehave: impl FnOnce(Spec, Arc<AtomicBool>) -> tokio::task::JoinHandle<()>,
 ) -> Figures {
     let spec = Spec::new(4);
@@ -114,7 +111,7 @@ pub async fn with_hostile_loaded(
         name: spec.name.clone(),
     };
     let hostile = misbehave(spec_copy, stop.clone());
-    let (during, slowest_tx) = measure(&nodes, &refs, load, window).await;
+    let (during, slowest_tx) = measure(&nodes, &refs, load, Duration::from_secs(60)).await;
     stop.store(true, Ordering::Relaxed);
     hostile.abort();
     let slow: u64 = nodes.iter().map(|n| counter(&n.peers().counters().slow_peer_disconnects)).sum();

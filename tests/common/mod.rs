@@ -517,36 +517,3 @@ pub fn init_logs() {
             .try_init();
     }
 }
-
-/// Names the one test a copy of the test binary was started for by
-/// [`in_own_process`].
-const OWN_PROCESS: &str = "SUITE_OWN_PROCESS";
-
-/// For a test that measures its whole process (its resident memory) while the
-/// binary's other tests run beside it: whether to run the test's body here.
-/// True in a copy of this test binary started for that test alone. Anywhere
-/// else it starts that copy (the test's exact name, `--nocapture`), waits for
-/// it, relays its output, fails if it fails or ran no test, and returns false.
-/// `module` is the caller's `module_path!()` (`suite::flood`, whose test libtest
-/// names `flood::NAME`), `test` its function's name.
-pub fn in_own_process(module: &str, test: &str) -> bool {
-    let name = match module.split_once("::") {
-        Some((_, path)) => format!("{path}::{test}"),
-        None => test.to_string(),
-    };
-    if std::env::var(OWN_PROCESS).is_ok_and(|v| v == name) {
-        return true;
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let out = std::process::Command::new(exe)
-        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-        .env(OWN_PROCESS, &name)
-        .output()
-        .expect("start the test binary again");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{name} in a process of its own: {}", out.status);
-    assert!(stdout.contains("test result: ok. 1 passed"), "{name}: no such test ran in its own process");
-    false
-}

@@ -50,11 +50,9 @@ async fn run(skew_ms: i64, window: Duration) -> (u64, u64, Vec<masternode::statu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_clock_of_four_off_by_20_s_neither_slows_the_chain_nor_is_called_misbehaviour() {
     let window = Duration::from_secs(20);
-    // The three networks side by side (each on its own addresses), so the
-    // reference's block rate is taken on the same machine at the same time.
-    let (reference, behind, ahead) = tokio::join!(run(0, window), run(-20_000, window), run(20_000, window));
-    let reference = reference.0;
-    for (skew, (blocks, misbehaviour, status)) in [(-20_000, behind), (20_000, ahead)] {
+    let (reference, _, _) = run(0, window).await;
+    for skew in [-20_000, 20_000] {
+        let (blocks, misbehaviour, status) = run(skew, window).await;
         let offsets: Vec<_> = status.iter().map(|s| s.clock_offset_ms).collect();
         eprintln!("clock {skew:+} ms: {blocks} blocks in {window:?} ({reference} with true clocks), misbehaviour {misbehaviour}, estimated offsets {offsets:?}");
         assert!(

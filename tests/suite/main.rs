@@ -1,21 +1,14 @@
-//! The default integration run: every scenario on real sockets and processes,
-//! the floods, the counting guards and the simulation's quick run, in one test
-//! binary, so the crate is linked once for all of them and their waits overlap
-//! (cargo runs test binaries one after another; the tests of one binary run
-//! side by side). A test that measures its whole process runs in a copy of this
-//! binary of its own ([`common::in_own_process`]). Binaries of their own, built
-//! only when named: `simulation` (its opt-in long run, `cargo test --release
-//! --test simulation -- --ignored`; its quick run is `simulation::` here too),
-//! `netns` and `upgrade` (opt-in).
+//! The integration suite: every scenario on real sockets and processes, in one
+//! test binary so the crate is linked once for all of them. Binaries of their
+//! own: `simulation` and `netns` (opt-in commands of their own), `flood` and
+//! `regression_guard` (they measure the whole process: its resident memory, its
+//! allocations), `mempool_flood` (a timed figure under a flood of its own), `upgrade` (opt-in: it
+//! builds the previous release).
 
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../common/honest.rs"]
 mod honest;
-// The simulation's own file, so that `cargo test --test simulation` and this
-// binary run the same tests.
-#[path = "../simulation.rs"]
-mod simulation;
 
 mod admin;
 mod catch_up;
@@ -24,10 +17,8 @@ mod checkpoint;
 mod clocks;
 mod compact;
 mod compact_memory;
-mod dense_flood;
 mod docs_check;
 mod doppelganger;
-mod flood;
 mod fuzz_corpus;
 mod hostile_budgets;
 mod hostile_frames;
@@ -36,12 +27,10 @@ mod log_format;
 mod membership;
 mod membership_cli;
 mod membership_transport;
-mod mempool_flood;
 mod monitoring;
 mod ops;
 mod process;
 mod readiness;
-mod regression_guard;
 mod retention;
 mod security_doc;
 mod slow_peers;

@@ -105,10 +105,7 @@ async fn paused_member_does_not_stall_the_quorum() {
 async fn member_that_never_reads_is_disconnected_as_too_slow() {
     let disconnects = Arc::new(AtomicU64::new(0));
     let seen = disconnects.clone();
-    // A minute: its stream stalls only once the transactions gossiped to it
-    // fill QUIC's window, and only then does the slow-peer deadline (10 s)
-    // start. On a loaded machine 30 s saw no disconnect and a minute three.
-    let f = with_hostile("never reads", Duration::from_secs(60), move |spec, stop| {
+    let f = with_hostile("never reads", move |spec, stop| {
         tokio::spawn(async move {
             let hostile = Hostile::new(&spec, 0);
             let mut held = Vec::new();
@@ -148,9 +145,7 @@ async fn member_that_never_reads_is_disconnected_as_too_slow() {
 async fn member_that_grants_no_stream_is_disconnected_as_too_slow() {
     let disconnects = Arc::new(AtomicU64::new(0));
     let seen = disconnects.clone();
-    // Its stream is refused from the start: each honest node's slow-peer
-    // deadline (10 s) runs out at once, and again after each reconnection.
-    let f = with_hostile("grants no stream", Duration::from_secs(30), move |spec, stop| {
+    let f = with_hostile("grants no stream", move |spec, stop| {
         tokio::spawn(async move {
             let hostile = Hostile::with_uni_streams(&spec, 0, 0);
             while !stop.load(Ordering::Relaxed) {

@@ -1,15 +1,15 @@
 //! Guards that count rather than time: they fail on a regression whatever the
-//! machine's speed. The counting allocator is the suite binary's global
-//! allocator; it counts per thread, so the tests running beside these (on
-//! threads of their own) do not show in their counts.
+//! machine's speed.
+
+mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::common::*;
 use bytes::BytesMut;
+use common::*;
 use masternode::chain::Message;
 use masternode::codec::{self, FrameReader};
 use masternode::net;

@@ -1,13 +1,18 @@
 //! A member flooding dense junk proposals at the current height delays only
-//! itself.
+//! itself. In a test binary of its own: it loads the machine, and the flood
+//! test's resident memory must be its nodes' alone.
+
+mod common;
+#[path = "common/honest.rs"]
+mod honest;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::*;
-use crate::honest::*;
 use bytes::Bytes;
+use common::*;
+use honest::*;
 use masternode::chain::PROPOSAL_LIMIT;
 use masternode::chain::{Hash, Header};
 use masternode::codec::BINCODE;

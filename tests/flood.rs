@@ -1,13 +1,16 @@
-//! A member flooding maximum-size frames delays only itself. The test runs in a
-//! process of its own (a copy of the suite binary started for it alone), so that
-//! the process's resident memory is the nodes' of this test alone.
+//! A member flooding maximum-size frames delays only itself. In a test binary of
+//! its own, so that the process's resident memory is the nodes' of this test alone.
+
+mod common;
+#[path = "common/honest.rs"]
+mod honest;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::*;
-use crate::honest::*;
+use common::*;
+use honest::*;
 use masternode::chain::Message;
 use masternode::chain::Proposal;
 use masternode::chain::{tx_root, Block, Header};
@@ -18,9 +21,6 @@ use masternode::chain::{tx_root, Block, Header};
 /// members' votes still arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_flooding_maximum_size_frames_delays_only_itself() {
-    if !in_own_process(module_path!(), "member_flooding_maximum_size_frames_delays_only_itself") {
-        return;
-    }
     masternode::tune_allocator();
     let rss_before = Arc::new(AtomicU64::new(0));
     let rss_peak = Arc::new(AtomicU64::new(0));
@@ -43,9 +43,7 @@ async fn member_flooding_maximum_size_frames_delays_only_itself() {
     };
     // No transaction load here: the stores would grow with it, and the figure is
     // what the flood costs.
-    // 30 s: every buffer the flood reaches is bounded and fills within its
-    // first seconds, so its peak comes long before the window ends.
-    let f = with_hostile_loaded("max-size flood", false, Duration::from_secs(30), move |spec, stop| {
+    let f = with_hostile_loaded("max-size flood", false, move |spec, stop| {
         tokio::spawn(async move {
             let hostile = Hostile::with_send_window(&spec, 0, 1024 * 1024);
             // Three transactions of 1 MiB: a block at the size limit.
