@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use masternode::chain::Message;
 use masternode::codec;
+use masternode::net::TestHooks;
 use masternode::node::Node;
 
 /// Three members commit blocks of up to 20,000 ten-byte transactions; a fourth
@@ -18,9 +19,12 @@ use masternode::node::Node;
 async fn late_node_catches_up_through_blocks_of_tiny_transactions() {
     let spec = Spec::new(4);
     let transport = fast_transport();
+    // Blocks a second apart: the submissions fill them to the block's count
+    // limit, which is what the late node must get through.
+    let network = spec.network_paced(&spec.name, &spec.members, 1_000);
     let mut nodes = Vec::new();
     for i in 0..3 {
-        nodes.push(spec.start(i, transport.clone()).await);
+        nodes.push(spec.start_with(i, network.clone(), transport.clone(), TestHooks::default()).await);
     }
     eventually("three nodes commit", Duration::from_secs(30), || nodes.iter().all(|n| n.height() >= 1)).await;
     // 70,000 unique ten-byte transactions, as fast as the mempools take them:
@@ -58,7 +62,7 @@ async fn late_node_catches_up_through_blocks_of_tiny_transactions() {
     assert!(biggest >= 15_000, "the chain has a block of {biggest} transactions");
 
     let started = Instant::now();
-    let late = spec.start(3, transport.clone()).await;
+    let late = spec.start_with(3, network.clone(), transport.clone(), TestHooks::default()).await;
     eventually("the late node catches up", Duration::from_secs(60), || late.height() >= target).await;
     let took = started.elapsed();
     eprintln!("caught up {target} heights (largest block {biggest} txs) in {took:?}");

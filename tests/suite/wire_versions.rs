@@ -328,8 +328,15 @@ async fn a_peer_on_wire_3_is_sent_the_blocks_before_a_plan_s_block_and_refused_f
     for n in &honest {
         n.request_change(ChangeRequest::Upgrade { version: 4, height: plan_height }).await.unwrap();
     }
-    eventually("the plan scheduled", Duration::from_secs(30), || !honest[0].members().membership.schedule().is_empty())
-        .await;
+    // The member view follows the decided block at once, the store once the
+    // block's write is done: wait for both.
+    let stored_carrier = |n: &masternode::node::Node| {
+        (1..=n.height()).any(|h| n.store().block(h).ok().flatten().is_some_and(|b| plan_approvals(&b) > 0))
+    };
+    eventually("the plan scheduled and its block stored", Duration::from_secs(30), || {
+        !honest[0].members().membership.schedule().is_empty() && stored_carrier(&honest[0])
+    })
+    .await;
     let tip = honest[0].height();
     let carrying: Vec<u64> =
         (1..=tip).filter(|h| plan_approvals(&honest[0].store().block(*h).unwrap().unwrap()) > 0).collect();
