@@ -59,7 +59,11 @@ async fn disk_use_stays_flat_over_thousands_of_blocks_with_retain_blocks() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("data dir peak: {early} bytes at heights 1000..3500, {late} at 3500..6000; earliest held lagged the tip by {lag} at most");
-    assert!(late < early + early / 2, "the data dir grew: {early} bytes, then {late}");
+    // Kept, the 2,500 blocks of the second window would add 4 MB (1,622 bytes
+    // an empty block, docs/operating.md); the peaks differ by when the journal
+    // is sealed, by less than half of that.
+    let unpruned = 2_500 * 1_622;
+    assert!(late < early + unpruned / 2, "the data dir grew: {early} bytes, then {late}");
     // The pruner runs once a second, off the consensus path: a second of
     // blocks behind, at most a few on a loaded machine.
     assert!(lag < MIN_RETAIN_BLOCKS + 1_000, "earliest held {lag} heights behind the tip");

@@ -250,7 +250,10 @@ async fn strangers_flooding_initials_do_not_keep_a_restarting_member_out() {
         counter(&victim.admission_refused),
         counter(&victim.retries_sent)
     );
-    assert!(took <= Duration::from_secs(2), "member back after {took:?}");
+    // Back within the second handshake attempt: on a loaded machine the first
+    // may miss its deadline (2 s in these tests) behind the flood; what the flood must not do is
+    // keep the member out for good.
+    assert!(took <= Duration::from_secs(5), "member back after {took:?}");
     assert!(counter(&victim.retries_sent) + counter(&victim.admission_refused) > 0, "the flood reached the victim");
     stop_all(nodes.into_iter().flatten().collect()).await;
 }
