@@ -317,6 +317,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Puts into `batch` what a block at the tip is stored as: the block, its
+    /// certificate, the tip record and the membership it leaves.
+    fn put_tip(&self, batch: &mut fjall::Batch, c: &Committed, membership: &MembershipState) {
+        let key = c.block.height().to_be_bytes();
+        let record =
+            TipRecord { height: c.block.height(), hash: c.block.hash(), timestamp_ms: c.block.header.timestamp_ms };
+        batch.insert(&self.blocks, key, encode(&c.block));
+        batch.insert(&self.certs, key, encode(&c.cert));
+        batch.insert(&self.meta, TIP, encode(&record));
+        batch.insert(&self.meta, MEMBERS, encode(membership));
+    }
+
     /// Appends a committed block at the tip, atomically with its certificate, the
     /// new tip and the membership it leaves, and fsyncs.
     pub(crate) fn commit(&self, c: &Committed, membership: &MembershipState) -> Result<(), StoreError> {
@@ -326,12 +338,8 @@ impl Store {
             return Err(StoreError::NotNext { got: height, tip });
         }
         let key = height.to_be_bytes();
-        let record = TipRecord { height, hash: c.block.hash(), timestamp_ms: c.block.header.timestamp_ms };
         let mut batch = self.keyspace.batch();
-        batch.insert(&self.blocks, key, encode(&c.block));
-        batch.insert(&self.certs, key, encode(&c.cert));
-        batch.insert(&self.meta, TIP, encode(&record));
-        batch.insert(&self.meta, MEMBERS, encode(membership));
+        self.put_tip(&mut batch, c, membership);
         if self.state_changed(membership)? {
             batch.insert(&self.states, key, encode(membership));
         }
@@ -415,12 +423,8 @@ impl Store {
             return Err(StoreError::NotNext { got: height, tip: tip.height });
         }
         let key = height.to_be_bytes();
-        let record = TipRecord { height, hash: c.block.hash(), timestamp_ms: c.block.header.timestamp_ms };
         let mut batch = self.keyspace.batch();
-        batch.insert(&self.blocks, key, encode(&c.block));
-        batch.insert(&self.certs, key, encode(&c.cert));
-        batch.insert(&self.meta, TIP, encode(&record));
-        batch.insert(&self.meta, MEMBERS, encode(after));
+        self.put_tip(&mut batch, c, after);
         batch.insert(&self.meta, EARLIEST, encode(&height));
         batch.insert(&self.states, (height - 1).to_be_bytes(), encode(before));
         batch.insert(&self.states, key, encode(after));
