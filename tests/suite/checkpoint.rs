@@ -76,8 +76,9 @@ async fn upgrade_to_4(net: &Net) -> u64 {
     plan_height
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_member_starts_from_a_checkpoint_signs_within_seconds_and_holds_nothing_below_it() {
+/// Four members on protocol 4, past its activation, and then node 4 loses its
+/// data dir (stopped, its directory removed); the height the plan activated at.
+async fn four_at_protocol_4_with_a_wiped_member() -> (Net, u64) {
     let mut net = Net::new(4);
     net.set_block_interval(INTERVAL_MS);
     for i in 0..4 {
@@ -86,10 +87,14 @@ async fn a_wiped_member_starts_from_a_checkpoint_signs_within_seconds_and_holds_
     net.until_peers(&[0, 1, 2, 3], 3, Duration::from_secs(30), "the mesh").await;
     until(&net, "blocks", Duration::from_secs(30), || async { height(&net, 0).await >= 3 }).await;
     let plan_height = upgrade_to_4(&net).await;
-
-    // Node 4 loses its data dir.
     net.stop(WIPED, Duration::from_secs(10)).await;
     std::fs::remove_dir_all(net.data_dir(WIPED)).unwrap();
+    (net, plan_height)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_starts_from_a_checkpoint_signs_within_seconds_and_holds_nothing_below_it() {
+    let (mut net, plan_height) = four_at_protocol_4_with_a_wiped_member().await;
     until(&net, "the chain goes on without it", Duration::from_secs(30), || async {
         height(&net, 0).await > plan_height + 10
     })
@@ -156,16 +161,7 @@ async fn a_wiped_member_starts_from_a_checkpoint_signs_within_seconds_and_holds_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_offered_by_peers_is_taken_with_the_known_sets_signatures() {
-    let mut net = Net::new(4);
-    net.set_block_interval(INTERVAL_MS);
-    for i in 0..4 {
-        net.start(i);
-    }
-    net.until_peers(&[0, 1, 2, 3], 3, Duration::from_secs(30), "the mesh").await;
-    until(&net, "blocks", Duration::from_secs(30), || async { height(&net, 0).await >= 3 }).await;
-    let plan_height = upgrade_to_4(&net).await;
-    net.stop(WIPED, Duration::from_secs(10)).await;
-    std::fs::remove_dir_all(net.data_dir(WIPED)).unwrap();
+    let (mut net, plan_height) = four_at_protocol_4_with_a_wiped_member().await;
     until(&net, "past the upgrade", Duration::from_secs(30), || async { height(&net, 0).await > plan_height + 5 })
         .await;
     net.start_with_env(WIPED, &[("MASTERNODE_CHECKPOINT", "peers")]);
