@@ -174,7 +174,10 @@ async fn fetches_for_withheld_proposals_never_outnumber_the_waiting_slots() {
     );
     assert!(rounds.iter().all(|&r| r >= 4), "the nodes climbed the rounds: {rounds:?}");
     assert!(most.iter().all(|&m| m > 0), "the withheld proposals were fetched");
-    honest.push(spec.start(3, beside_hostile_transport()).await);
+    // Down for the whole flood, node 3 finds the two lower nodes' redial backoff
+    // grown to seconds (up to 30 s a step); its own passive wait of 2 s, not
+    // their backoff, brings it back into the mesh.
+    honest.push(spec.start(3, fast_transport()).await);
     goes_on(&spec, &honest, "withheld proposals of many rounds").await;
     for c in conns {
         c.close(0u32.into(), b"");
