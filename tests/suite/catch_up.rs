@@ -15,14 +15,14 @@ use masternode::node::Node;
 /// starts with an empty data dir. Before sync responses were sized by their
 /// encoding, every response failed to decode at the receiver and it stayed at
 /// height 0 for good.
-#[ignore = "intermittent in the full suite since the commit moved off the height's path; run it by name"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_node_catches_up_through_blocks_of_tiny_transactions() {
     let spec = Spec::new(4);
     let transport = fast_transport();
-    // Blocks a second apart: the submissions fill them to the block's count
-    // limit, which is what the late node must get through.
-    let network = spec.network_paced(&spec.name, &spec.members, 1_000);
+    // Blocks two seconds apart: the submissions (about 12,000 a second on a
+    // loaded machine, each waiting for its verdict) fill them to the block's
+    // count limit, which is what the late node must get through.
+    let network = spec.network_paced(&spec.name, &spec.members, 2_000);
     let mut nodes = Vec::new();
     for i in 0..3 {
         nodes.push(spec.start_with(i, network.clone(), transport.clone(), TestHooks::default()).await);
@@ -70,7 +70,7 @@ async fn late_node_catches_up_through_blocks_of_tiny_transactions() {
     assert!(took < Duration::from_secs(30), "caught up after {took:?}");
     nodes.push(late);
     let stores: Vec<_> = nodes.iter().map(|n| n.store().clone()).collect();
-    check_chains(&spec, &stores.iter().collect::<Vec<_>>());
+    check_chains_of(&network, &stores.iter().collect::<Vec<_>>());
     stop_all(nodes).await;
 }
 

@@ -35,7 +35,6 @@ async fn until(net: &Net, i: usize, deadline: Duration, what: &str, done: impl F
 /// blocks the data dir stops growing (what it peaks at while its journal fills
 /// and is sealed is the same from 3,500 to 6,000 as from 1,000 to 3,500), and
 /// the earliest height held follows the tip.
-#[ignore = "intermittent in the full suite since the commit moved off the height's path; run it by name"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_use_stays_flat_over_thousands_of_blocks_with_retain_blocks() {
     let mut net = Net::new(1);
@@ -76,7 +75,6 @@ async fn disk_use_stays_flat_over_thousands_of_blocks_with_retain_blocks() {
 /// the heights only node 3 holds and catches up, without a failed request to
 /// the others. Started again on an empty data dir with node 3 down, it finds
 /// no peer that holds height 1 and says so once.
-#[ignore = "intermittent in the full suite since the commit moved off the height's path; run it by name"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_node_catches_up_from_the_peer_that_holds_the_range_or_says_once_that_none_does() {
     let mut net = Net::new(4);
