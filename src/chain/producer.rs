@@ -20,7 +20,8 @@
 //! read the figures it publishes once a loop turn ([`ChainMetrics`]).
 //!
 //! Its traffic to peers (sends, served blocks, requests of blocks and
-//! transactions) is in [`requests`], the upgrade halt in [`halt`].
+//! transactions, and the answers they report back) is in [`requests`], the
+//! upgrade halt in [`halt`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,12 +38,11 @@ use tokio_util::task::TaskTracker;
 use super::block::{Height, Round};
 use super::consensus::Core;
 use super::doppelganger::{Evidence, Hold};
-use super::driver::{BlocksAnswer, Driver, DriverConfig, Effect, Held, Now, RequestFailure, RequestId};
+use super::driver::{Driver, DriverConfig, Effect, Held, Now, RequestId};
 use super::links::{ChainMetrics, Links, MemberRequest, TxRequest};
 use super::message::Message;
 use super::store::{Store, StoreError};
 use super::upgrade::UpgradeNeeded;
-use crate::identity::NodeId;
 use crate::net::handshake::Tip;
 use crate::net::{Delivery, Inbound, InboundRequest, PeerEvent, Peers, Refusal};
 
@@ -52,6 +52,8 @@ use crate::net::{Delivery, Inbound, InboundRequest, PeerEvent, Peers, Refusal};
 mod halt;
 mod requests;
 mod writer;
+
+use requests::Answer;
 
 const BATCH: usize = 64;
 
@@ -103,29 +105,6 @@ impl Clock {
     fn instant(&self, mono_ms: u64) -> Instant {
         self.start + Duration::from_millis(mono_ms)
     }
-}
-
-/// A peer's answer to one of our requests (with the bytes of its body), or
-/// what our answer to a peer's `GetBlocks` took.
-enum Answer {
-    Blocks {
-        peer: NodeId,
-        result: Result<BlocksAnswer, RequestFailure>,
-        bytes: usize,
-    },
-    Txs {
-        fetch: u64,
-        peer: NodeId,
-        height: Height,
-        round: Round,
-        result: Result<Vec<Vec<u8>>, RequestFailure>,
-        bytes: usize,
-    },
-    Served {
-        peer: NodeId,
-        reserved: usize,
-        used: usize,
-    },
 }
 
 enum Event {

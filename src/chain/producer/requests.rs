@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Answer, Producer};
+use super::Producer;
 use crate::chain::block::{Hash, Height, Round};
 use crate::chain::checkpoint::CheckpointAnswer;
 use crate::chain::driver::{BlocksAnswer, RequestFailure, RequestId};
@@ -15,6 +15,29 @@ use crate::chain::message::{self, Message};
 use crate::chain::store::{Store, StoreError};
 use crate::identity::NodeId;
 use crate::net::{Peers, Refusal};
+
+/// A peer's answer to one of our requests (with the bytes of its body), or
+/// what our answer to a peer's `GetBlocks` took.
+pub(super) enum Answer {
+    Blocks {
+        peer: NodeId,
+        result: Result<BlocksAnswer, RequestFailure>,
+        bytes: usize,
+    },
+    Txs {
+        fetch: u64,
+        peer: NodeId,
+        height: Height,
+        round: Round,
+        result: Result<Vec<Vec<u8>>, RequestFailure>,
+        bytes: usize,
+    },
+    Served {
+        peer: NodeId,
+        reserved: usize,
+        used: usize,
+    },
+}
 
 impl Producer {
     /// Queues for every peer; returns at once. The only error is a message over
