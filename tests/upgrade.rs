@@ -310,23 +310,6 @@ async fn upgrade_status(net: &Net, i: usize) -> Option<masternode::admin::Upgrad
     masternode::admin::fetch_upgrade(net.admins[i], Duration::from_secs(2)).await.ok()
 }
 
-async fn height_of(net: &Net, i: usize) -> u64 {
-    net.status(i).await.map_or(0, |s| s.height)
-}
-
-/// Polls `check` every 100 ms until it holds; panics with the logs after `deadline`.
-async fn until<F, Fut>(net: &Net, what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < deadline, "not within {deadline:?}: {what}\n{}", net.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Proposes `version` from `height` on at node `proposer` and approves it at
 /// the `approvers`, with the CLI, as operators do; every node then reports it
 /// scheduled.
@@ -336,7 +319,7 @@ async fn schedule(net: &Net, version: u16, height: u64, proposer: usize, approve
     let (code, out, err) = cli(&["upgrade", "propose", "--version", &v, "--height", &h, "--config", &config(proposer)]);
     assert_eq!(code, Some(0), "propose on node {}: {out} {err}", proposer + 1);
     for &i in approvers {
-        until(net, "the proposal reaches the approver", Duration::from_secs(10), || async {
+        net.until("the proposal reaches the approver", Duration::from_secs(10), || async {
             upgrade_status(net, i)
                 .await
                 .is_some_and(|u| u.pending.iter().any(|p| p.version == version && p.height == height))
@@ -345,7 +328,7 @@ async fn schedule(net: &Net, version: u16, height: u64, proposer: usize, approve
         let (code, out, err) = cli(&["upgrade", "approve", "--version", &v, "--height", &h, "--config", &config(i)]);
         assert_eq!(code, Some(0), "approve on node {}: {out} {err}", i + 1);
     }
-    until(net, "the plan is scheduled at every node", Duration::from_secs(20), || async {
+    net.until("the plan is scheduled at every node", Duration::from_secs(20), || async {
         let mut all = true;
         for i in 0..4 {
             all &= upgrade_status(net, i)
@@ -377,10 +360,10 @@ async fn longest_gap_between(net: &Net, i: usize, from: u64, to: u64) -> (u64, u
 async fn restart_with(net: &mut Net, i: usize, env: &[(&str, &str)]) {
     assert_eq!(net.stop(i, Duration::from_secs(10)).await, Some(0), "node {} stops cleanly", i + 1);
     net.start_with_env(i, env);
-    until(net, "the restarted node is back", Duration::from_secs(60), || async {
+    net.until("the restarted node is back", Duration::from_secs(60), || async {
         let mut top = 0;
         for j in (0..4).filter(|&j| j != i) {
-            top = top.max(height_of(net, j).await);
+            top = top.max(net.height(j).await);
         }
         net.status(i).await.is_some_and(|s| s.peers.len() == 3 && s.height + 1 >= top)
     })
@@ -389,13 +372,13 @@ async fn restart_with(net: &mut Net, i: usize, env: &[(&str, &str)]) {
 
 async fn upgrade_plans(net: &mut Net) {
     // Protocol 4, which every node runs.
-    let v4_height = height_of(net, 0).await + PLAN_AHEAD;
+    let v4_height = net.height(0).await + PLAN_AHEAD;
     schedule(net, 4, v4_height, 0, &[1, 2]).await;
-    let v4_scheduled_at = height_of(net, 0).await;
-    until(net, "every node past the activation height", Duration::from_secs(60), || async {
+    let v4_scheduled_at = net.height(0).await;
+    net.until("every node past the activation height", Duration::from_secs(60), || async {
         let mut all = true;
         for i in 0..4 {
-            all &= height_of(net, i).await >= v4_height + 5;
+            all &= net.height(i).await >= v4_height + 5;
         }
         all
     })
@@ -416,7 +399,7 @@ async fn upgrade_plans(net: &mut Net) {
     }
     let stopping = 3;
     let me = net.status(stopping).await.unwrap().node_id;
-    let v5_height = height_of(net, 0).await + PLAN_AHEAD;
+    let v5_height = net.height(0).await + PLAN_AHEAD;
     schedule(net, 5, v5_height, 0, &[1, 2]).await;
     let u = upgrade_status(net, stopping).await.unwrap();
     assert!(!u.schedule.iter().find(|p| p.version == 5).unwrap().can_run, "{u:?}");
@@ -431,7 +414,7 @@ async fn upgrade_plans(net: &mut Net) {
             net.procs[stopping] = None;
             break status.code();
         }
-        if at_tip.is_none() && height_of(net, 0).await + 1 >= v5_height {
+        if at_tip.is_none() && net.height(0).await + 1 >= v5_height {
             at_tip = Some(Instant::now());
         }
         assert!(waiting.elapsed() < Duration::from_secs(90), "node 4 stops\n{}", net.logs());
@@ -458,10 +441,10 @@ async fn upgrade_plans(net: &mut Net) {
     let warnings = log.lines().filter(|l| l.contains("\"WARN\"") && l.contains(&warned_once)).count();
     assert_eq!(warnings, 1, "warned once");
     // The three others keep the chain going.
-    until(net, "the three others past the height", Duration::from_secs(60), || async {
+    net.until("the three others past the height", Duration::from_secs(60), || async {
         let mut all = true;
         for i in 0..3 {
-            all &= height_of(net, i).await >= v5_height + 5;
+            all &= net.height(i).await >= v5_height + 5;
         }
         all
     })
@@ -474,8 +457,8 @@ async fn upgrade_plans(net: &mut Net) {
     let back = Instant::now();
     net.start_with_env(stopping, &[RUNS_5]);
     let signed_again = loop {
-        let top = height_of(net, 0).await;
-        let caught_up = height_of(net, stopping).await + 2 >= top;
+        let top = net.height(0).await;
+        let caught_up = net.height(stopping).await + 2 >= top;
         let signers = masternode::admin::http_get(net.admins[0], &format!("/blocks/{top}"), Duration::from_secs(2))
             .await
             .ok()

@@ -173,6 +173,27 @@ impl Net {
         fetch_status(self.admins[i], Duration::from_secs(2)).await.ok()
     }
 
+    /// Node `i`'s height, 0 while it does not answer.
+    pub async fn height(&self, i: usize) -> u64 {
+        self.status(i).await.map_or(0, |s| s.height)
+    }
+
+    /// Polls `check` every 100 ms until it holds; panics with the nodes' logs
+    /// after `deadline`.
+    pub async fn until<F, Fut>(&self, what: &str, deadline: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !check().await {
+            if start.elapsed() > deadline {
+                panic!("not within {deadline:?}: {what}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Polls until every running node listed has exactly `want` peers, returning
     /// their statuses.
     pub async fn until_peers(&self, nodes: &[usize], want: usize, deadline: Duration, what: &str) -> Vec<Status> {

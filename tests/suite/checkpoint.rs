@@ -19,24 +19,6 @@ const INTERVAL_MS: u64 = 300;
 /// The member that loses its data dir.
 const WIPED: usize = 3;
 
-async fn height(net: &Net, i: usize) -> u64 {
-    net.status(i).await.map_or(0, |s| s.height)
-}
-
-async fn until<F, Fut>(net: &Net, what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        if start.elapsed() > deadline {
-            panic!("not within {deadline:?}: {what}\n{}", net.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn block(net: &Net, i: usize, h: u64) -> Option<BlockInfo> {
     let body = http_get(net.admins[i], &format!("/blocks/{h}"), Duration::from_secs(2)).await.ok()?;
     serde_json::from_str(&body).ok()
@@ -55,13 +37,13 @@ fn cli(args: &[&str]) -> (Option<i32>, String) {
 /// Schedules protocol 4 a few heights ahead with the CLI (three approvals of
 /// four) and waits until the chain runs it; the plan's height.
 async fn upgrade_to_4(net: &Net) -> u64 {
-    let plan_height = height(net, 0).await + 25;
+    let plan_height = net.height(0).await + 25;
     let h = plan_height.to_string();
     for i in 0..3 {
         let config = net.configs[i].display().to_string();
         let verb = if i == 0 { "propose" } else { "approve" };
         if i > 0 {
-            until(net, "the plan reaches the approver", Duration::from_secs(20), || async {
+            net.until("the plan reaches the approver", Duration::from_secs(20), || async {
                 masternode::admin::fetch_upgrade(net.admins[i], Duration::from_secs(2))
                     .await
                     .is_ok_and(|u| u.pending.iter().any(|p| p.version == 4))
@@ -71,8 +53,7 @@ async fn upgrade_to_4(net: &Net) -> u64 {
         let (code, out) = cli(&["upgrade", verb, "--version", "4", "--height", &h, "--config", &config]);
         assert_eq!(code, Some(0), "{out}");
     }
-    until(net, "protocol 4 in force", Duration::from_secs(60), || async { height(net, 0).await > plan_height + 3 })
-        .await;
+    net.until("protocol 4 in force", Duration::from_secs(60), || async { net.height(0).await > plan_height + 3 }).await;
     plan_height
 }
 
@@ -85,7 +66,7 @@ async fn four_at_protocol_4_with_a_wiped_member() -> (Net, u64) {
         net.start(i);
     }
     net.until_peers(&[0, 1, 2, 3], 3, Duration::from_secs(30), "the mesh").await;
-    until(&net, "blocks", Duration::from_secs(30), || async { height(&net, 0).await >= 3 }).await;
+    net.until("blocks", Duration::from_secs(30), || async { net.height(0).await >= 3 }).await;
     let plan_height = upgrade_to_4(&net).await;
     net.stop(WIPED, Duration::from_secs(10)).await;
     std::fs::remove_dir_all(net.data_dir(WIPED)).unwrap();
@@ -95,13 +76,13 @@ async fn four_at_protocol_4_with_a_wiped_member() -> (Net, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_member_starts_from_a_checkpoint_signs_within_seconds_and_holds_nothing_below_it() {
     let (mut net, plan_height) = four_at_protocol_4_with_a_wiped_member().await;
-    until(&net, "the chain goes on without it", Duration::from_secs(30), || async {
-        height(&net, 0).await > plan_height + 10
+    net.until("the chain goes on without it", Duration::from_secs(30), || async {
+        net.height(0).await > plan_height + 10
     })
     .await;
 
     // A wrong hash: refused, the node stops with one line naming it.
-    let cp_height = height(&net, 0).await - 2;
+    let cp_height = net.height(0).await - 2;
     let real = block(&net, 0, cp_height).await.expect("the checkpoint's block");
     let wrong = format!("{cp_height}:{}", "ab".repeat(32));
     net.start_with_env(WIPED, &[("MASTERNODE_CHECKPOINT", &wrong)]);
@@ -120,9 +101,9 @@ async fn a_wiped_member_starts_from_a_checkpoint_signs_within_seconds_and_holds_
     let checkpoint = format!("{cp_height}:{}", real.hash);
     let started = Instant::now();
     net.start_with_env(WIPED, &[("MASTERNODE_CHECKPOINT", &checkpoint)]);
-    let tip = height(&net, 0).await;
-    until(&net, "the checkpointed node follows the chain", Duration::from_secs(30), || async {
-        height(&net, WIPED).await >= tip
+    let tip = net.height(0).await;
+    net.until("the checkpointed node follows the chain", Duration::from_secs(30), || async {
+        net.height(WIPED).await >= tip
     })
     .await;
     let followed = started.elapsed();
@@ -132,7 +113,7 @@ async fn a_wiped_member_starts_from_a_checkpoint_signs_within_seconds_and_holds_
         if block(&net, 0, next).await.is_some_and(|b| b.signers.contains(&me)) {
             break next;
         }
-        if next < height(&net, 0).await {
+        if next < net.height(0).await {
             next += 1;
         } else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -151,23 +132,20 @@ async fn a_wiped_member_starts_from_a_checkpoint_signs_within_seconds_and_holds_
     // After a restart: the same earliest height, no replay asked.
     net.stop(WIPED, Duration::from_secs(10)).await;
     net.start(WIPED);
-    let tip = height(&net, 0).await;
-    until(&net, "the restarted node catches up", Duration::from_secs(30), || async {
-        height(&net, WIPED).await >= tip
-    })
-    .await;
+    let tip = net.height(0).await;
+    net.until("the restarted node catches up", Duration::from_secs(30), || async { net.height(WIPED).await >= tip })
+        .await;
     assert_eq!(net.status(WIPED).await.unwrap().earliest_height, cp_height, "kept over a restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_offered_by_peers_is_taken_with_the_known_sets_signatures() {
     let (mut net, plan_height) = four_at_protocol_4_with_a_wiped_member().await;
-    until(&net, "past the upgrade", Duration::from_secs(30), || async { height(&net, 0).await > plan_height + 5 })
-        .await;
+    net.until("past the upgrade", Duration::from_secs(30), || async { net.height(0).await > plan_height + 5 }).await;
     net.start_with_env(WIPED, &[("MASTERNODE_CHECKPOINT", "peers")]);
-    let tip = height(&net, 0).await;
-    until(&net, "the node follows from the offered checkpoint", Duration::from_secs(30), || async {
-        height(&net, WIPED).await >= tip
+    let tip = net.height(0).await;
+    net.until("the node follows from the offered checkpoint", Duration::from_secs(30), || async {
+        net.height(WIPED).await >= tip
     })
     .await;
     let s = net.status(WIPED).await.unwrap();
@@ -411,7 +389,7 @@ async fn a_member_lying_about_a_checkpoint_is_refused_once_per_cause_and_a_true_
             }
         })
     };
-    until(&net, "the true answer is taken", Duration::from_secs(60), || async {
+    net.until("the true answer is taken", Duration::from_secs(60), || async {
         net.log(0).contains("checkpoint verified")
     })
     .await;

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::procs::{Net, BIN};
 use masternode::admin::{fetch_members, MembersInfo};
@@ -54,20 +54,6 @@ async fn members(net: &Net, i: usize) -> Option<MembersInfo> {
     fetch_members(net.admins[i], Duration::from_secs(2)).await.ok()
 }
 
-async fn until<F, Fut>(net: &Net, what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        if start.elapsed() > deadline {
-            panic!("not within {deadline:?}: {what}\n{}", net.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_add_move_and_remove_members_with_the_cli() {
     let mut net = Net::new(5);
@@ -77,7 +63,7 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     for i in 0..5 {
         net.start(i);
     }
-    until(&net, "the four genesis members commit", Duration::from_secs(30), || async {
+    net.until("the four genesis members commit", Duration::from_secs(30), || async {
         let mut ok = true;
         for i in 0..4 {
             ok &= net.status(i).await.is_some_and(|s| s.height >= 2);
@@ -97,7 +83,7 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
         assert!(out.starts_with("approved add"), "{out}");
         assert!(out.contains(" of 3 approvals"), "node {i}: {out}");
     }
-    until(&net, "the joiner is a member everywhere and caught up", Duration::from_secs(30), || async {
+    net.until("the joiner is a member everywhere and caught up", Duration::from_secs(30), || async {
         let mut ok = true;
         for i in 0..5 {
             ok &= members(&net, i).await.is_some_and(|m| m.members.iter().any(|e| e.node_id == joiner));
@@ -129,7 +115,7 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     assert_eq!(code, Some(0), "set-addr: {err}");
     assert!(out.starts_with("announced set-addr") && out.contains("in force two blocks after"), "{out}");
     assert!(!out.contains("approvals"), "a move is not voted on: {out}");
-    until(&net, "the new address is in force", Duration::from_secs(20), || async {
+    net.until("the new address is in force", Duration::from_secs(20), || async {
         members(&net, 0)
             .await
             .is_some_and(|m| m.members.iter().any(|e| e.node_id == moved && e.addr == new_addr.to_string()))
@@ -141,7 +127,7 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     let old_listen = format!("listen = \"{}\"", p2p_addr(&net, 2));
     std::fs::write(&net.configs[2], text.replace(&old_listen, &format!("listen = \"{new_addr}\""))).unwrap();
     net.start(2);
-    until(&net, "the peers reconnect to the moved member at its new address", Duration::from_secs(15), || async {
+    net.until("the peers reconnect to the moved member at its new address", Duration::from_secs(15), || async {
         let mut ok = true;
         for i in [0, 1, 3, 4] {
             ok &= net
@@ -180,7 +166,7 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
         let (code, _, err) = cli(&["member", "remove", "--id", &joiner, "--admin", &admin]);
         assert_eq!(code, Some(0), "member remove on node {i}: {err}");
     }
-    until(&net, "the removed member is out and disconnected", Duration::from_secs(30), || async {
+    net.until("the removed member is out and disconnected", Duration::from_secs(30), || async {
         let mut ok = true;
         for i in 0..4 {
             ok &= members(&net, i).await.is_some_and(|m| !m.members.iter().any(|e| e.node_id == joiner));
@@ -189,7 +175,7 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
         ok
     })
     .await;
-    until(&net, "the removed node knows it was removed", Duration::from_secs(20), || async {
+    net.until("the removed node knows it was removed", Duration::from_secs(20), || async {
         net.status(4).await.is_some_and(|s| !s.member && s.removed_at_height.is_some())
     })
     .await;
@@ -199,7 +185,7 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     assert!(text.contains("WARNING   this node was removed from the member set"), "{text}");
     assert!(!text.contains("joiner"), "not a joiner's words: {text}");
     let h = net.status(0).await.unwrap().height;
-    until(&net, "blocks go on with four members", Duration::from_secs(20), || async {
+    net.until("blocks go on with four members", Duration::from_secs(20), || async {
         net.status(0).await.is_some_and(|s| s.height >= h + 3 && s.quorum.met)
     })
     .await;
@@ -210,7 +196,7 @@ async fn operators_add_move_and_remove_members_with_the_cli() {
     let taker = node_id(&net, 3);
     let (code, out, err) = cli(&["member", "set-addr", "--addr", &freed, "--admin", &net.admins[3].to_string()]);
     assert_eq!(code, Some(0), "{out} {err}");
-    until(&net, "the freed address is the taker's", Duration::from_secs(20), || async {
+    net.until("the freed address is the taker's", Duration::from_secs(20), || async {
         members(&net, 0).await.is_some_and(|m| m.members.iter().any(|e| e.node_id == taker && e.addr == freed))
     })
     .await;
@@ -229,7 +215,7 @@ async fn a_refused_joiner_logs_at_most_one_info_line_per_peer_and_no_warning() {
     for i in 0..4 {
         net.start(i);
     }
-    until(&net, "the four genesis members commit", Duration::from_secs(30), || async {
+    net.until("the four genesis members commit", Duration::from_secs(30), || async {
         let mut ok = true;
         for i in 0..4 {
             ok &= net.status(i).await.is_some_and(|s| s.height >= 2);
@@ -245,7 +231,7 @@ async fn a_refused_joiner_logs_at_most_one_info_line_per_peer_and_no_warning() {
         assert_eq!(code, Some(0), "member add on node {i}: {out} {err}");
     };
     approve(0);
-    until(&net, "every member knows the add is collecting approvals", Duration::from_secs(20), || async {
+    net.until("every member knows the add is collecting approvals", Duration::from_secs(20), || async {
         let mut ok = true;
         for i in 0..4 {
             ok &= members(&net, i).await.is_some_and(|m| m.pending.iter().any(|p| p.node_id == joiner));
@@ -254,7 +240,7 @@ async fn a_refused_joiner_logs_at_most_one_info_line_per_peer_and_no_warning() {
     })
     .await;
     net.start_with_env(4, &[("MASTERNODE_PASSIVE_WAIT_MS", "60000")]);
-    until(&net, "every member refused the joiner at TLS, twice", Duration::from_secs(30), || async {
+    net.until("every member refused the joiner at TLS, twice", Duration::from_secs(30), || async {
         let mut ok = true;
         for i in 0..4 {
             ok &= net.status(i).await.is_some_and(|s| s.counters.tls_refused >= 2);
@@ -275,7 +261,7 @@ async fn a_refused_joiner_logs_at_most_one_info_line_per_peer_and_no_warning() {
     }
     approve(1);
     approve(2);
-    until(&net, "the joiner is a member and connected", Duration::from_secs(60), || async {
+    net.until("the joiner is a member and connected", Duration::from_secs(60), || async {
         net.status(4).await.is_some_and(|s| s.member && s.peers.len() == 4)
     })
     .await;

@@ -34,24 +34,6 @@ async fn upgrade(net: &Net, i: usize) -> Option<UpgradeStatus> {
     fetch_upgrade(net.admins[i], Duration::from_secs(2)).await.ok()
 }
 
-async fn height(net: &Net, i: usize) -> u64 {
-    net.status(i).await.map_or(0, |s| s.height)
-}
-
-async fn until<F, Fut>(net: &Net, what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        if start.elapsed() > deadline {
-            panic!("not within {deadline:?}: {what}\n{}", net.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The signers of block `h` as node `i` serves it.
 async fn signers(net: &Net, i: usize, h: u64) -> Vec<String> {
     let Ok(body) = http_get(net.admins[i], &format!("/blocks/{h}"), Duration::from_secs(2)).await else {
@@ -78,11 +60,11 @@ async fn a_plan_scheduled_with_the_cli_applies_at_its_height_and_a_node_that_lac
         }
     }
     net.until_peers(&[0, 1, 2, 3], 3, Duration::from_secs(30), "the mesh").await;
-    until(&net, "blocks", Duration::from_secs(30), || async { height(&net, 0).await >= 3 }).await;
+    net.until("blocks", Duration::from_secs(30), || async { net.height(0).await >= 3 }).await;
     let config = |i: usize| net.configs[i].display().to_string();
 
     // Refused before signing, one line each.
-    let tip = height(&net, 0).await;
+    let tip = net.height(0).await;
     let near = (tip + 5).to_string();
     let far = (tip + 400).to_string();
     let table: [(&str, Vec<&str>, &str); 3] = [
@@ -117,7 +99,7 @@ async fn a_plan_scheduled_with_the_cli_applies_at_its_height_and_a_node_that_lac
     assert!(upgrade(&net, 0).await.unwrap().pending.is_empty(), "nothing was signed");
 
     // Proposed on node 1, approved on nodes 2 and 3.
-    let plan_height = height(&net, 0).await + 40;
+    let plan_height = net.height(0).await + 40;
     let h = plan_height.to_string();
     let (code, out, err) = cli(&["upgrade", "propose", "--version", "4", "--height", &h, "--config", &config(0)]);
     assert_eq!(code, Some(0), "{out} {err}");
@@ -126,7 +108,7 @@ async fn a_plan_scheduled_with_the_cli_applies_at_its_height_and_a_node_that_lac
         "{out}"
     );
     for i in 1..3 {
-        until(&net, "the proposal reaches the approver", Duration::from_secs(10), || async {
+        net.until("the proposal reaches the approver", Duration::from_secs(10), || async {
             upgrade(&net, i).await.is_some_and(|u| u.pending.iter().any(|p| p.version == 4 && p.height == plan_height))
         })
         .await;
@@ -134,7 +116,7 @@ async fn a_plan_scheduled_with_the_cli_applies_at_its_height_and_a_node_that_lac
         assert_eq!(code, Some(0), "{out} {err}");
         assert!(out.starts_with(&format!("approved upgrade to protocol 4 at height {h}: {} of 3", i + 1)), "{out}");
     }
-    until(&net, "the plan is scheduled at every node", Duration::from_secs(20), || async {
+    net.until("the plan is scheduled at every node", Duration::from_secs(20), || async {
         let mut all = true;
         for i in 0..4 {
             all &= upgrade(&net, i).await.is_some_and(|u| {
@@ -144,7 +126,7 @@ async fn a_plan_scheduled_with_the_cli_applies_at_its_height_and_a_node_that_lac
         all
     })
     .await;
-    let scheduled_at = height(&net, 0).await;
+    let scheduled_at = net.height(0).await;
     let u = upgrade(&net, CAPPED).await.unwrap();
     assert_eq!((u.max_version, u.schedule[0].can_run), (3, false), "{u:?}");
     assert!(upgrade(&net, 0).await.unwrap().schedule[0].can_run);
@@ -178,10 +160,10 @@ async fn a_plan_scheduled_with_the_cli_applies_at_its_height_and_a_node_that_lac
     assert_eq!(count("WARN", &format!("blocks left before height {h}")), 1, "reminded once:\n{log}");
     assert_eq!(count("ERROR", ""), 1, "one error line:\n{log}");
     assert_eq!(count("ERROR", &format!("stopping before height {h}")), 1, "{log}");
-    until(&net, "the three others past the height", Duration::from_secs(30), || async {
+    net.until("the three others past the height", Duration::from_secs(30), || async {
         let mut all = true;
         for i in 0..3 {
-            all &= height(&net, i).await >= plan_height + 5;
+            all &= net.height(i).await >= plan_height + 5;
         }
         all
     })
@@ -202,10 +184,10 @@ async fn a_plan_scheduled_with_the_cli_applies_at_its_height_and_a_node_that_lac
     // With a binary that runs protocol 4: it catches up and signs again.
     net.start(CAPPED);
     let me = node_id(&net, CAPPED);
-    let back_at = height(&net, 0).await;
-    until(&net, "the restarted node catches up and signs", Duration::from_secs(60), || async {
-        let top = height(&net, 0).await;
-        let caught_up = height(&net, CAPPED).await + 2 >= top;
+    let back_at = net.height(0).await;
+    net.until("the restarted node catches up and signs", Duration::from_secs(60), || async {
+        let top = net.height(0).await;
+        let caught_up = net.height(CAPPED).await + 2 >= top;
         caught_up && signers(&net, 0, top).await.contains(&me)
     })
     .await;
