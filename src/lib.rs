@@ -19,8 +19,8 @@
 //!   `/metrics`, and the client the CLI uses.
 //! * [`probe`]: readiness (`/ready`) and whether stopping a node keeps the
 //!   quorum (`status --can-stop`), as pure rules over a status.
-//! * [`status`]: what a node reports about itself (status, quorum), read by the
-//!   admin API, metrics and the service alike.
+//! * [`status`]: what a node reports about itself (status, quorum, the build's
+//!   version), read by the admin API, metrics and the service alike.
 //! * `service`: systemd readiness, status, watchdog (run through [`node`]).
 //! * [`devnet`]: N nodes on 127.0.0.1..N in one process.
 
@@ -39,22 +39,6 @@ pub mod node;
 pub mod probe;
 pub(crate) mod service;
 pub mod status;
-
-/// The commit this binary was built from (`git rev-parse --short HEAD` at build
-/// time), "unknown" when built outside a git checkout.
-pub const COMMIT: &str = env!("MASTERNODE_COMMIT");
-
-/// What `masternode --version` prints after the name: the release, the commit,
-/// the wire versions it speaks and the store format it writes, e.g. `0.2.0
-/// (commit abc1234) wire 3..4 store 3`.
-pub fn version() -> String {
-    format!(
-        "{} (commit {COMMIT}) wire {} store {}",
-        env!("CARGO_PKG_VERSION"),
-        net::handshake::WIRE,
-        chain::store::FORMAT
-    )
-}
 
 /// Sets the C allocator up for a long-running node (glibc on Linux; elsewhere it
 /// does nothing). Frames of up to a few MiB are allocated and freed all the time;

@@ -228,7 +228,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // `--version` names the commit, the wire versions and the store format, which
     // clap's derive cannot put in a constant.
-    let version: &'static str = Box::leak(masternode::version().into_boxed_str());
+    let version: &'static str = Box::leak(masternode::status::version().into_boxed_str());
     let cli = match Cli::command().version(version).try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

@@ -20,6 +20,22 @@ use crate::identity::{hex, NodeId};
 use crate::net::handshake::{RejectReason, Tip};
 use crate::net::Peers;
 
+/// The commit this binary was built from (`git rev-parse --short HEAD` at build
+/// time), "unknown" when built outside a git checkout.
+pub const COMMIT: &str = env!("MASTERNODE_COMMIT");
+
+/// What `masternode --version` prints after the name: the release, the commit,
+/// the wire versions it speaks and the store format it writes, e.g. `0.2.0
+/// (commit abc1234) wire 3..4 store 3`.
+pub fn version() -> String {
+    format!(
+        "{} (commit {COMMIT}) wire {} store {}",
+        env!("CARGO_PKG_VERSION"),
+        crate::net::handshake::WIRE,
+        crate::chain::store::FORMAT
+    )
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub node_id: String,

@@ -101,13 +101,13 @@ fn version_names_the_release_commit_wire_versions_and_store_format() {
     let want = format!(
         "masternode {} (commit {}) wire {} store {}",
         env!("CARGO_PKG_VERSION"),
-        masternode::COMMIT,
+        masternode::status::COMMIT,
         masternode::net::WIRE,
         masternode::chain::FORMAT
     );
     assert_eq!(text, want);
     assert!(text.starts_with("masternode 0.2.0 (commit ") && text.ends_with(") wire 3..4 store 3"), "{text}");
-    let commit = masternode::COMMIT;
+    let commit = masternode::status::COMMIT;
     assert!(commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
 }
 
