@@ -3,10 +3,12 @@
 //!
 //! **The watch.** After a start, a member signs nothing until it has been in
 //! the mesh for `doppelganger_intervals` block intervals (2 by default; 0
-//! turns the watch off): the quorum gate met for that long without a break,
-//! and not behind (no usable peer claims a tip past this node's + 1, as
-//! `/ready`'s `syncing` reads it), so that what the network holds reaches it
-//! before it could contradict it. Meanwhile it follows the chain, serves and
+//! turns the watch off): the quorum gate met and not behind (no usable peer
+//! claims a tip past this node's + 1, as `/ready`'s `syncing` reads it), both
+//! for that long without a break, so that what the network holds reaches it
+//! before it could contradict it. Time spent catching up does not count: the
+//! votes of the network's height are not yet of this node's height, and are
+//! not weighed. Meanwhile it follows the chain, serves and
 //! relays as usual; only the consensus core is held back (its gate stays
 //! closed, so it takes no step: deciding from precommits needs no gate).
 //!
@@ -241,13 +243,16 @@ impl Watch {
     }
 
     /// The gate is `met` (or not), the node `caught_up` (or behind), at
-    /// `now_ms` (monotonic): true when the watch ends now. A gate that closes
-    /// before the end starts the watch again when it opens; being behind at
-    /// the end only postpones it.
+    /// `now_ms` (monotonic): true when the watch ends now. The watch counts
+    /// only time in the mesh and caught up: a gate that closes, or a peer
+    /// claiming a tip more than one block ahead, before the end starts it
+    /// again once both hold. While a node is behind, votes of its key at the
+    /// network's height are not of its own height and are not weighed, so
+    /// time spent catching up proves nothing.
     pub(crate) fn handle(&mut self, met: bool, caught_up: bool, now_ms: u64) -> bool {
         match self.phase {
             Phase::Over => false,
-            Phase::Waiting | Phase::Watching { .. } if !met => {
+            Phase::Waiting | Phase::Watching { .. } if !(met && caught_up) => {
                 self.phase = Phase::Waiting;
                 false
             }
@@ -256,7 +261,7 @@ impl Watch {
                 self.handle(met, caught_up, now_ms)
             }
             Phase::Watching { until_ms } => {
-                if now_ms >= until_ms && caught_up {
+                if now_ms >= until_ms {
                     self.phase = Phase::Over;
                     return true;
                 }
@@ -418,19 +423,24 @@ mod tests {
     }
 
     #[test]
-    fn the_watch_runs_its_intervals_in_the_mesh_and_ends_only_caught_up() {
+    fn the_watch_runs_its_intervals_in_the_mesh_and_caught_up_without_a_break() {
         let cfg = WatchConfig { intervals: 2, block_interval_ms: 1_000 };
         let mut w = Watch::new(cfg, START);
         assert!(!w.handle(false, true, 0), "out of the mesh: not begun");
         assert_eq!(w.phase(), Phase::Waiting);
-        assert!(!w.handle(true, true, 500), "in the mesh: begins");
+        assert!(!w.handle(true, false, 300), "in the mesh but behind: not begun");
+        assert_eq!(w.phase(), Phase::Waiting);
+        assert!(!w.handle(true, true, 500), "in the mesh and caught up: begins");
         assert_eq!(w.poll_timeout(), Some(2_500));
         assert!(!w.handle(true, true, 2_499));
         assert!(!w.handle(false, true, 2_000), "the gate closed: begins again");
         assert!(!w.handle(true, true, 3_000));
         assert_eq!(w.poll_timeout(), Some(5_000));
-        assert!(!w.handle(true, false, 5_000), "behind at the end: postponed");
-        assert!(w.handle(true, true, 5_200), "caught up: over");
+        assert!(!w.handle(true, false, 4_900), "behind before the end: begins again");
+        assert_eq!(w.phase(), Phase::Waiting);
+        assert!(!w.handle(true, true, 5_200), "caught up again: begins");
+        assert_eq!(w.poll_timeout(), Some(7_200));
+        assert!(w.handle(true, true, 7_200), "two intervals in the mesh and caught up: over");
         assert!(!w.watching());
         assert!(!w.handle(false, false, 9_000), "over for good");
         assert!(!w.watching());

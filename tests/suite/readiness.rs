@@ -177,10 +177,6 @@ async fn a_node_far_behind_is_not_ready_until_it_has_caught_up() {
     slow_link.set_delay(Duration::from_millis(200));
     let mut cfg = spec.config(3, spec.network(), fast_transport());
     cfg.limits.sync_batch_blocks = 1;
-    // A watch of six intervals, so that it outlasts the catch-up as `/ready`
-    // sees it: with two, the watch can be over before `/ready` stops saying
-    // `syncing`, and `not_signing` is never shown.
-    cfg.doppelganger_intervals = 6;
     let options = NodeOptions { hooks: faulty(&slow_link), ..Default::default() };
     let late = Node::start(cfg, options, CancellationToken::new()).await.unwrap();
 
