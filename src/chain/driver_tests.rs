@@ -1387,3 +1387,43 @@ fn an_approval_its_peers_lack_goes_out_again_with_the_approvers_next_block() {
         "block 2 carried it: {on_chain:?}"
     );
 }
+
+/// A transaction committed, then gossiped again by the member that sent it and
+/// submitted again at every node, as soon as the block is decided (whatever
+/// the shell's writer did with it): no node takes it back into its pool, and
+/// none of the next proposers puts it in a block.
+#[test]
+fn a_committed_transaction_gossiped_again_is_in_no_later_block() {
+    let mut net = Net::new(4);
+    let tx = b"pay bob 5".to_vec();
+    net.drivers[0].handle_submit(tx.clone(), at(net.now)).unwrap();
+    net.settle();
+    net.run_until("block 1 decided everywhere", |n| n.drivers.iter().all(|d| d.height() == 2));
+    let blocks_with = |net: &Net, i: usize| -> Vec<Height> {
+        net.log[i]
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Commit { committed, .. } if committed.block.txs.contains(&tx) => Some(committed.block.height()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(blocks_with(&net, 0), [1], "committed in block 1");
+    let from = net.ids[0].id();
+    for i in 0..4 {
+        if i != 0 {
+            net.drivers[i].handle_message(from, Message::Tx(tx.clone()), at(net.now));
+        }
+        let again = net.drivers[i].handle_submit(tx.clone(), at(net.now));
+        assert_eq!(again, Err(AddError::Committed { id: tx_hash(&tx), height: 1 }), "node {i}");
+        assert_eq!(net.drivers[i].stats(at(net.now)).mempool.txs, 0, "node {i} holds nothing");
+    }
+    net.settle();
+    // Proposers of heights 2 to 5: every member once.
+    net.run_until("four more blocks", |n| n.drivers.iter().all(|d| d.height() == 6));
+    for i in 0..4 {
+        assert_eq!(blocks_with(&net, i), [1], "node {i}: in block 1 only");
+        let c = net.drivers[i].stats(at(net.now)).mempool.counters;
+        assert_eq!((c.committed_local, c.committed_members), (1, u64::from(i != 0)), "node {i}");
+    }
+}
