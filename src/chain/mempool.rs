@@ -68,11 +68,13 @@ pub(crate) const TX_TTL_HEIGHTS: Height = 600;
 /// transaction is committed.
 pub(crate) const COMMITTED_HEIGHTS: Height = TX_TTL_HEIGHTS;
 
-/// What the record of committed ids takes at most with the default
-/// `max_txs` (50,000 ids): a map of 65,536 buckets of 41 B and a queue of
-/// 65,536 slots of 40 B, about 106 B an id (docs/security.md's budget table).
+/// What the record of committed ids takes with the default `max_txs`
+/// (50,000 ids), allocated at the first commit of a transaction: a map of
+/// 131,072 buckets of 41 B (room for twice the ids, so that the tombstones of
+/// forgotten ids never make it grow) and a queue of 50,001 slots of 40 B, 148
+/// B an id (docs/security.md's budget table).
 #[cfg(test)]
-const COMMITTED_BYTES_AT_DEFAULTS: usize = 65_536 * 41 + 65_536 * 40;
+const COMMITTED_BYTES_AT_DEFAULTS: usize = 131_072 * 41 + 50_001 * 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MempoolLimits {
@@ -224,6 +226,13 @@ impl Committed {
     /// bound at tip `tip`: ids committed [`COMMITTED_HEIGHTS`] or more heights
     /// before it, and the oldest beyond `max_ids`.
     fn handle_commit(&mut self, height: Height, ids: &[Hash], tip: Height) {
+        if !ids.is_empty() && self.order.capacity() == 0 {
+            // Room for twice the ids the map holds: the tombstones forgotten
+            // ids leave are then cleared by rehashing in place, and the map
+            // never grows past this.
+            self.heights.reserve(2 * self.max_ids);
+            self.order.reserve_exact(self.max_ids + 1);
+        }
         for id in ids {
             self.heights.insert(*id, height);
             self.order.push_back((height, *id));
@@ -249,11 +258,16 @@ impl Committed {
         self.heights.len()
     }
 
-    /// What the two tables take: the map's buckets (a key, a height and a
-    /// control byte each, `capacity` being 7/8 of them) and the queue's slots.
+    /// What the two tables take once allocated: the map's buckets (a key, a
+    /// height and a control byte each; a power of two, 8/7 of the room
+    /// reserved) and the queue's slots.
     fn bytes(&self) -> usize {
+        if self.order.capacity() == 0 {
+            return 0;
+        }
+        let buckets = (2 * self.max_ids * 8 / 7).max(8).next_power_of_two();
         let bucket = std::mem::size_of::<(Hash, Height)>() + 1;
-        self.heights.capacity() * 8 / 7 * bucket + self.order.capacity() * std::mem::size_of::<(Height, Hash)>()
+        buckets * bucket + self.order.capacity() * std::mem::size_of::<(Height, Hash)>()
     }
 }
 
@@ -941,8 +955,10 @@ mod tests {
         }
         let f = m.figures();
         assert_eq!(f.committed, limits.max_txs, "the newest {} ids", limits.max_txs);
-        assert!(f.committed_bytes <= COMMITTED_BYTES_AT_DEFAULTS, "{} bytes", f.committed_bytes);
+        assert_eq!(f.committed_bytes, COMMITTED_BYTES_AT_DEFAULTS);
         assert_eq!(f.committed_bytes, after_two, "no growth once at the bound");
+        // Room a map of 131,072 buckets gives; one that grew would show more.
+        assert!(m.committed.heights.capacity() <= 114_688, "the map never grew: {}", m.committed.heights.capacity());
         let last = tx(1, blocks * MAX_BLOCK_TXS as u32 - 1, 5);
         assert!(matches!(m.add(last), Err(AddError::Committed { .. })), "the newest is refused");
         assert!(m.add(tx(1, 0, 5)).unwrap().1, "the oldest is forgotten");
