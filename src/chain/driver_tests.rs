@@ -1427,3 +1427,22 @@ fn a_committed_transaction_gossiped_again_is_in_no_later_block() {
         assert_eq!((c.committed_local, c.committed_members), (1, u64::from(i != 0)), "node {i}");
     }
 }
+
+/// A restarted node is told the ids of the blocks it committed before: a
+/// client's retry of one of their transactions is refused as committed, as it
+/// would have been before the restart.
+#[test]
+fn a_restarted_node_refuses_what_the_blocks_before_its_start_committed() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    assert_eq!(
+        d.recent_ids_wanted(),
+        (super::super::mempool::COMMITTED_HEIGHTS, NodeLimits::default().mempool.max_txs)
+    );
+    let (old, new) = (b"committed before".to_vec(), b"never committed".to_vec());
+    d.handle_committed_before(&[(1, vec![tx_hash(&old)])]);
+    assert_eq!(d.handle_submit(old.clone(), at(T0)), Err(AddError::Committed { id: tx_hash(&old), height: 1 }));
+    d.handle_message(ids[1].id(), Message::Tx(old), at(T0));
+    assert_eq!(d.stats(at(T0)).mempool.txs, 0);
+    assert_eq!(d.handle_submit(new.clone(), at(T0)), Ok(tx_hash(&new)));
+}
