@@ -273,7 +273,7 @@ async fn commits_through_delay_and_loss() {
 /// node, as a peer that re-sends or whose gossip was held behind a slow link
 /// would) and submitted again by a client through the node and `POST /tx`: it
 /// is refused everywhere as committed, and after several more blocks every
-/// chain holds it once.
+/// chain holds it once; a node restarted on its data dir refuses it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_transaction_sent_again_by_a_member_and_a_client_is_committed_once() {
     use masternode::admin::SubmitError;
@@ -338,6 +338,15 @@ async fn a_committed_transaction_sent_again_by_a_member_and_a_client_is_committe
     }
     let refs: Vec<&Node> = honest.iter().collect();
     check(&spec, &refs);
+    // Restarted on its data dir, a node still knows the transaction is committed.
+    let mut honest = honest;
+    honest.remove(0).stop().await;
+    let restarted = spec.start(1, beside_hostile_transport()).await;
+    match restarted.submit(tx.clone()).await {
+        Err(SubmitError::Refused(AddError::Committed { height: at, .. })) => assert_eq!(at, height),
+        other => panic!("submitted again after a restart: {other:?}"),
+    }
+    honest.push(restarted);
     drop(conns);
     stop_all(honest).await;
 }
