@@ -241,12 +241,18 @@ async fn block_handler(State(state): State<AdminState>, Path(height): Path<Strin
     }
 }
 
-/// `POST /tx`: 202 and the hash; 413 over the size limit (also enforced by the
-/// body limit layer before the body is read); 429 when the mempool is full;
-/// 503 while the node stops.
+/// `POST /tx`: 202 and the hash; 200 with the hash and the height of its
+/// block when a recent block already committed it (a client's retry learns
+/// that it is done, and it is not taken again); 413 over the size limit (also
+/// enforced by the body limit layer before the body is read); 429 when the
+/// mempool is full; 503 while the node stops.
 async fn tx_handler(State(state): State<AdminState>, body: Bytes) -> Response {
     match submit_tx(&state.producer.txs, body.to_vec()).await {
         Ok(hash) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "hash": hash.to_hex() }))).into_response(),
+        Err(SubmitError::Refused(AddError::Committed { id, height })) => {
+            let answer = serde_json::json!({ "hash": id.to_hex(), "committed_height": height });
+            (StatusCode::OK, Json(answer)).into_response()
+        }
         Err(SubmitError::Refused(e @ AddError::TooLarge { .. })) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
         Err(SubmitError::Refused(e @ AddError::Full { .. })) => error(StatusCode::TOO_MANY_REQUESTS, e),
         Err(SubmitError::Refused(e @ AddError::Empty)) => error(StatusCode::BAD_REQUEST, e),

@@ -983,6 +983,23 @@ impl Driver {
         self.report_dropped(from, height, round, kind, &outcome);
     }
 
+    /// The transaction ids of blocks this node committed before it started
+    /// (the heights and ids, oldest first; [`Self::recent_ids_wanted`] says
+    /// how many): the mempool refuses them as it would have before the
+    /// restart, so a client's retry or a member's late copy of a transaction
+    /// committed just before it is not committed again.
+    pub fn handle_committed_before(&mut self, blocks: &[(Height, Vec<Hash>)]) {
+        for (height, ids) in blocks {
+            self.mempool.handle_commit_ids(*height, ids);
+        }
+    }
+
+    /// The heights and the ids [`Self::handle_committed_before`] can use: the
+    /// mempool's window of committed ids.
+    pub fn recent_ids_wanted(&self) -> (Height, usize) {
+        (super::mempool::COMMITTED_HEIGHTS, self.mempool.limits().max_txs)
+    }
+
     /// A transaction submitted here (`POST /tx`, `Node::submit`): into the
     /// mempool, and gossiped if it is new.
     pub fn handle_submit(&mut self, tx: Vec<u8>, _now: Now) -> Result<Hash, AddError> {

@@ -1387,3 +1387,62 @@ fn an_approval_its_peers_lack_goes_out_again_with_the_approvers_next_block() {
         "block 2 carried it: {on_chain:?}"
     );
 }
+
+/// A transaction committed, then gossiped again by the member that sent it and
+/// submitted again at every node, as soon as the block is decided (whatever
+/// the shell's writer did with it): no node takes it back into its pool, and
+/// none of the next proposers puts it in a block.
+#[test]
+fn a_committed_transaction_gossiped_again_is_in_no_later_block() {
+    let mut net = Net::new(4);
+    let tx = b"pay bob 5".to_vec();
+    net.drivers[0].handle_submit(tx.clone(), at(net.now)).unwrap();
+    net.settle();
+    net.run_until("block 1 decided everywhere", |n| n.drivers.iter().all(|d| d.height() == 2));
+    let blocks_with = |net: &Net, i: usize| -> Vec<Height> {
+        net.log[i]
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Commit { committed, .. } if committed.block.txs.contains(&tx) => Some(committed.block.height()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(blocks_with(&net, 0), [1], "committed in block 1");
+    // Its sender's copy again at the others, and another member's late copy
+    // at the sender.
+    for i in 0..4 {
+        let from = net.ids[if i == 0 { 1 } else { 0 }].id();
+        net.drivers[i].handle_message(from, Message::Tx(tx.clone()), at(net.now));
+        let again = net.drivers[i].handle_submit(tx.clone(), at(net.now));
+        assert_eq!(again, Err(AddError::Committed { id: tx_hash(&tx), height: 1 }), "node {i}");
+        assert_eq!(net.drivers[i].stats(at(net.now)).mempool.txs, 0, "node {i} holds nothing");
+    }
+    net.settle();
+    // Proposers of heights 2 to 5: every member once.
+    net.run_until("four more blocks", |n| n.drivers.iter().all(|d| d.height() == 6));
+    for i in 0..4 {
+        assert_eq!(blocks_with(&net, i), [1], "node {i}: in block 1 only");
+        let c = net.drivers[i].stats(at(net.now)).mempool.counters;
+        assert_eq!((c.committed_local, c.committed_members), (1, 1), "node {i}");
+    }
+}
+
+/// A restarted node is told the ids of the blocks it committed before: a
+/// client's retry of one of their transactions is refused as committed, as it
+/// would have been before the restart.
+#[test]
+fn a_restarted_node_refuses_what_the_blocks_before_its_start_committed() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    assert_eq!(
+        d.recent_ids_wanted(),
+        (super::super::mempool::COMMITTED_HEIGHTS, NodeLimits::default().mempool.max_txs)
+    );
+    let (old, new) = (b"committed before".to_vec(), b"never committed".to_vec());
+    d.handle_committed_before(&[(1, vec![tx_hash(&old)])]);
+    assert_eq!(d.handle_submit(old.clone(), at(T0)), Err(AddError::Committed { id: tx_hash(&old), height: 1 }));
+    d.handle_message(ids[1].id(), Message::Tx(old), at(T0));
+    assert_eq!(d.stats(at(T0)).mempool.txs, 0);
+    assert_eq!(d.handle_submit(new.clone(), at(T0)), Ok(tx_hash(&new)));
+}

@@ -26,6 +26,18 @@
 //! - **Leaving.** A committed transaction leaves whichever share holds it. When
 //!   a member leaves the set its share goes, with what it held; when the set
 //!   grows, a share over its new bound drops its newest transactions down to it.
+//! - **Committed lately.** The ids of the transactions committed in the last
+//!   [`COMMITTED_HEIGHTS`] heights, at most `max_txs` of them (the newest), are
+//!   remembered with their block's height, and a transaction with one of
+//!   those ids is refused from every source ([`AddError::Committed`]): a copy
+//!   gossiped late, sent again, or submitted again by a client never re-enters
+//!   the pool, so no honest proposer commits it twice within that window. The
+//!   record is filled where the pool is emptied, in [`Mempool::handle_commit`],
+//!   so what the pool holds is never in it. A lying proposer can still put an
+//!   old transaction in its own block (the chain's rules do not forbid it; a
+//!   transaction that must not apply twice carries its own nonce), and its
+//!   blocks of many small transactions push older ids out of the record
+//!   sooner: the window is the shorter of the two bounds.
 //!
 //! Pure: no clock and no IO; heights and the member set come in with
 //! [`Mempool::handle_commit`] and [`Mempool::set_members`]. Owned by the
@@ -34,7 +46,7 @@
 //! committed; nobody else touches it, so it needs no lock (status and metrics
 //! read the figures the producer publishes).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 
 use super::block::{tx_hash, Hash, Height};
@@ -48,6 +60,21 @@ use crate::identity::NodeId;
 /// (a member's gossip to a node that does not propose) leaves within ten
 /// minutes of one-second blocks.
 pub(crate) const TX_TTL_HEIGHTS: Height = 600;
+
+/// Heights a committed transaction's id is remembered, and refused, for (at
+/// most `max_txs` ids, the newest). As long as a transaction may wait in a
+/// pool: a client that retries for ten minutes of one-second blocks, or a
+/// member's gossip held that long behind a slow link, is still told that the
+/// transaction is committed.
+pub(crate) const COMMITTED_HEIGHTS: Height = TX_TTL_HEIGHTS;
+
+/// What the record of committed ids takes with the default `max_txs`
+/// (50,000 ids), allocated at the first commit of a transaction: a map of
+/// 131,072 buckets of 41 B (room for twice the ids, so that the tombstones of
+/// forgotten ids never make it grow) and a queue of 50,001 slots of 40 B, 148
+/// B an id (docs/security.md's budget table).
+#[cfg(test)]
+const COMMITTED_BYTES_AT_DEFAULTS: usize = 131_072 * 41 + 50_001 * 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MempoolLimits {
@@ -111,6 +138,9 @@ pub enum AddError {
     /// share of zero).
     #[error("{share} of the mempool is full ({txs} of {max_txs} transactions, {bytes} of {max_bytes} bytes)")]
     Full { share: Source, txs: usize, bytes: usize, max_txs: usize, max_bytes: usize },
+    /// A block of the last [`COMMITTED_HEIGHTS`] heights committed it.
+    #[error("transaction {id} is already committed, in the block at height {height}")]
+    Committed { id: Hash, height: Height },
 }
 
 /// Bytes held, by kind of share (for `masternode_held_bytes{what}`).
@@ -132,6 +162,10 @@ pub(crate) struct Counters {
     pub member_left: u64,
     /// Dropped from a share the set's growth made smaller.
     pub trimmed: u64,
+    /// Refused as committed lately ([`AddError::Committed`]), from this
+    /// node's clients and from members' gossip.
+    pub committed_local: u64,
+    pub committed_members: u64,
 }
 
 /// What the mempool holds and did, for status and metrics.
@@ -142,6 +176,10 @@ pub(crate) struct Figures {
     /// For `masternode_held_bytes{what="mempool_local"|"mempool_members"}`.
     pub by_share: ByShare,
     pub counters: Counters,
+    /// Ids of transactions committed lately, and the bytes their record takes
+    /// (for `masternode_held_bytes{what="mempool_committed"}`).
+    pub committed: usize,
+    pub committed_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -159,6 +197,78 @@ pub struct Mempool {
     seq: u64,
     bytes: usize,
     counters: Counters,
+    /// Ids committed lately: refused from every source.
+    committed: Committed,
+}
+
+/// The ids of the transactions committed in the last [`COMMITTED_HEIGHTS`]
+/// heights, the newest `max_ids` of them, with their block's height.
+#[derive(Debug)]
+struct Committed {
+    heights: HashMap<Hash, Height>,
+    /// Commit order, oldest first: what is forgotten first. An id committed
+    /// again (by a lying proposer) is here twice, and `heights` holds the
+    /// later height.
+    order: VecDeque<(Height, Hash)>,
+    max_ids: usize,
+}
+
+impl Committed {
+    fn new(max_ids: usize) -> Self {
+        Committed { heights: HashMap::new(), order: VecDeque::new(), max_ids }
+    }
+
+    fn height_of(&self, id: &Hash) -> Option<Height> {
+        self.heights.get(id).copied()
+    }
+
+    /// Remembers `ids`, committed at `height`, and forgets what is past either
+    /// bound at tip `tip`: ids committed [`COMMITTED_HEIGHTS`] or more heights
+    /// before it, and the oldest beyond `max_ids`.
+    fn handle_commit(&mut self, height: Height, ids: &[Hash], tip: Height) {
+        if !ids.is_empty() && self.order.capacity() == 0 {
+            // Room for twice the ids the map holds: the tombstones forgotten
+            // ids leave are then cleared by rehashing in place, and the map
+            // never grows past this.
+            self.heights.reserve(2 * self.max_ids);
+            self.order.reserve_exact(self.max_ids + 1);
+        }
+        for id in ids {
+            self.heights.insert(*id, height);
+            self.order.push_back((height, *id));
+            if self.order.len() > self.max_ids {
+                self.forget_oldest();
+            }
+        }
+        let Some(cutoff) = tip.checked_sub(COMMITTED_HEIGHTS) else { return };
+        while self.order.front().is_some_and(|(h, _)| *h <= cutoff) {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        let Some((height, id)) = self.order.pop_front() else { return };
+        // An id committed again later stays until that commit is forgotten.
+        if self.heights.get(&id) == Some(&height) {
+            self.heights.remove(&id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.heights.len()
+    }
+
+    /// What the two tables take once allocated: the map's buckets (a key, a
+    /// height and a control byte each; a power of two, 8/7 of the room
+    /// reserved) and the queue's slots.
+    fn bytes(&self) -> usize {
+        if self.order.capacity() == 0 {
+            return 0;
+        }
+        let buckets = (2 * self.max_ids * 8 / 7).max(8).next_power_of_two();
+        let bucket = std::mem::size_of::<(Hash, Height)>() + 1;
+        buckets * bucket + self.order.capacity() * std::mem::size_of::<(Height, Hash)>()
+    }
 }
 
 #[derive(Debug)]
@@ -191,6 +301,7 @@ impl Mempool {
             seq: 0,
             bytes: 0,
             counters: Counters::default(),
+            committed: Committed::new(limits.max_txs),
         }
     }
 
@@ -206,6 +317,7 @@ impl Mempool {
         if self.txs.contains_key(&hash) {
             return Ok((hash, false));
         }
+        self.check_committed(Source::Local, hash)?;
         self.check_room(Source::Local, tx.len())?;
         self.insert(Source::Local, hash, tx);
         Ok((hash, true))
@@ -222,6 +334,7 @@ impl Mempool {
         if self.txs.contains_key(&hash) {
             return Ok((hash, false));
         }
+        self.check_committed(source, hash)?;
         self.insert(source, hash, tx);
         Ok((hash, true))
     }
@@ -243,6 +356,16 @@ impl Mempool {
             return Err(AddError::TooLarge { len: tx.len(), limit: self.limits.max_tx_bytes });
         }
         Ok(())
+    }
+
+    /// Whether `id` was committed lately; counts a refusal.
+    fn check_committed(&mut self, source: Source, id: Hash) -> Result<(), AddError> {
+        let Some(height) = self.committed.height_of(&id) else { return Ok(()) };
+        match source {
+            Source::Local => self.counters.committed_local += 1,
+            Source::Member(_) => self.counters.committed_members += 1,
+        }
+        Err(AddError::Committed { id, height })
     }
 
     /// Whether `source`'s share has room for `len` more bytes; counts a refusal.
@@ -346,8 +469,10 @@ impl Mempool {
     }
 
     /// The block at `height` committed with `txs`: they leave whatever share
-    /// holds them, and what arrived [`TX_TTL_HEIGHTS`] or more heights before
-    /// expires. Also tells a new pool the tip it starts at (with no `txs`).
+    /// holds them and are refused from then on, for [`COMMITTED_HEIGHTS`]
+    /// heights (the newest `max_txs` ids), and what arrived [`TX_TTL_HEIGHTS`]
+    /// or more heights before expires. Also tells a new pool the tip it
+    /// starts at (with no `txs`).
     pub(crate) fn handle_commit(&mut self, height: Height, txs: &[Vec<u8>]) {
         let ids: Vec<Hash> = txs.iter().map(|tx| tx_hash(tx)).collect();
         self.handle_commit_ids(height, &ids);
@@ -361,6 +486,7 @@ impl Mempool {
         for id in ids {
             self.remove(id);
         }
+        self.committed.handle_commit(height, ids, self.height);
         let Some(cutoff) = self.height.checked_sub(TX_TTL_HEIGHTS) else { return };
         // Each share is in arrival order, and arrivals are stamped with a tip
         // that never goes back: the expired ones are at the front.
@@ -462,7 +588,14 @@ impl Mempool {
 
     /// What the pool holds and did, for status and metrics.
     pub(crate) fn figures(&self) -> Figures {
-        Figures { txs: self.len(), bytes: self.bytes(), by_share: self.bytes_by_share(), counters: self.counters() }
+        Figures {
+            txs: self.len(),
+            bytes: self.bytes(),
+            by_share: self.bytes_by_share(),
+            counters: self.counters(),
+            committed: self.committed.len(),
+            committed_bytes: self.committed.bytes(),
+        }
     }
 
     /// The transactions with these ids, where this pool holds them, in order,
@@ -749,6 +882,87 @@ mod tests {
         for k in 0..5 {
             m.add_gossiped(member(1), tx(1, 1 + k, 10)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_committed_transaction_is_refused_from_every_source_and_counted() {
+        let mut m = Mempool::new(small());
+        m.set_members([member(1), member(2)]);
+        let (mine, theirs, synced) = (tx(LOCAL, 0, 10), tx(1, 0, 10), tx(2, 0, 10));
+        m.add(mine.clone()).unwrap();
+        m.add_gossiped(member(1), theirs.clone()).unwrap();
+        // `synced` reaches this node only in the block, as a synced block does.
+        m.handle_commit(7, &[mine.clone(), theirs.clone(), synced.clone()]);
+        for t in [&mine, &theirs, &synced] {
+            let committed = Err(AddError::Committed { id: tx_hash(t), height: 7 });
+            assert_eq!(m.add(t.clone()), committed, "submitted again");
+            assert_eq!(m.add_gossiped(member(1), t.clone()), committed, "gossiped again by its member");
+            assert_eq!(m.add_gossiped(member(2), t.clone()), committed, "gossiped by another member");
+        }
+        assert!(m.is_empty(), "nothing re-entered the pool");
+        assert!(m.take(20, 1_000).is_empty(), "so nothing is proposed again");
+        let c = m.counters();
+        assert_eq!((c.committed_local, c.committed_members), (3, 6));
+        assert_eq!((c.refused_local, c.refused_members), (0, 0), "not counted as a full share");
+        assert_eq!(m.figures().committed, 3);
+        assert!(m.add(tx(LOCAL, 1, 10)).unwrap().1, "a transaction never committed is taken");
+    }
+
+    #[test]
+    fn a_committed_id_is_forgotten_after_its_window_of_heights() {
+        let mut m = Mempool::new(small());
+        m.set_members([member(1)]);
+        let t = tx(1, 0, 10);
+        m.handle_commit(10, std::slice::from_ref(&t));
+        m.handle_commit(10 + COMMITTED_HEIGHTS - 1, &[]);
+        assert_eq!(m.add_gossiped(member(1), t.clone()), Err(AddError::Committed { id: tx_hash(&t), height: 10 }));
+        m.handle_commit(10 + COMMITTED_HEIGHTS, &[]);
+        assert_eq!(m.figures().committed, 0, "{COMMITTED_HEIGHTS} heights later it is forgotten");
+        assert!(m.add_gossiped(member(1), t).unwrap().1, "and taken again");
+    }
+
+    #[test]
+    fn an_id_committed_again_is_remembered_from_its_later_block() {
+        // A lying proposer put an old transaction in its block: the record
+        // keeps the later height and forgets the id only with it.
+        let mut m = Mempool::new(small());
+        let t = tx(LOCAL, 0, 10);
+        m.handle_commit(10, std::slice::from_ref(&t));
+        m.handle_commit(500, std::slice::from_ref(&t));
+        m.handle_commit(10 + COMMITTED_HEIGHTS, &[]);
+        assert_eq!(m.add(t.clone()), Err(AddError::Committed { id: tx_hash(&t), height: 500 }));
+        m.handle_commit(500 + COMMITTED_HEIGHTS, &[]);
+        assert!(m.add(t).unwrap().1);
+    }
+
+    #[test]
+    fn the_committed_record_holds_the_newest_max_txs_ids_in_bounded_memory() {
+        use crate::chain::block::MAX_BLOCK_TXS;
+        // Full blocks, one a height: three times what the record holds.
+        let limits = MempoolLimits::default();
+        let mut m = Mempool::new(limits);
+        let ids = |block: u32| -> Vec<Hash> {
+            (0..MAX_BLOCK_TXS as u32).map(|k| tx_hash(&tx(1, block * MAX_BLOCK_TXS as u32 + k, 5))).collect()
+        };
+        let blocks = (3 * limits.max_txs / MAX_BLOCK_TXS) as u32;
+        let mut after_two = 0;
+        for b in 0..blocks {
+            m.handle_commit_ids(1 + b as Height, &ids(b));
+            assert!(m.figures().committed <= limits.max_txs, "block {b}: {}", m.figures().committed);
+            if b == blocks * 2 / 3 {
+                after_two = m.figures().committed_bytes;
+            }
+        }
+        let f = m.figures();
+        assert_eq!(f.committed, limits.max_txs, "the newest {} ids", limits.max_txs);
+        assert_eq!(f.committed_bytes, COMMITTED_BYTES_AT_DEFAULTS);
+        assert_eq!(f.committed_bytes, after_two, "no growth once at the bound");
+        // Room a map of 131,072 buckets gives; one that grew would show more.
+        assert!(m.committed.heights.capacity() <= 114_688, "the map never grew: {}", m.committed.heights.capacity());
+        let last = tx(1, blocks * MAX_BLOCK_TXS as u32 - 1, 5);
+        assert!(matches!(m.add(last), Err(AddError::Committed { .. })), "the newest is refused");
+        assert!(m.add(tx(1, 0, 5)).unwrap().1, "the oldest is forgotten");
+        eprintln!("committed record: {} ids in {} bytes", f.committed, f.committed_bytes);
     }
 
     #[test]

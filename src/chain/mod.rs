@@ -78,7 +78,7 @@ pub use limits::{NodeLimits, Usage};
 pub use members::{
     Approval, Change, ChangeError, Completed, Membership, MembershipState, Params, Plan, SignedApproval,
 };
-pub use mempool::{Mempool, MempoolLimits, Source};
+pub use mempool::{AddError, Mempool, MempoolLimits, Source};
 pub use message::{
     is_consensus_kind, Kind, Message, BLOCKS_LIMIT, DATA_LIMIT, GET_TXS_LIMIT, PROPOSAL_LIMIT, PROTOCOL, TXS_LIMIT,
     VOTE_LIMIT,

@@ -57,6 +57,11 @@ use requests::Answer;
 
 const BATCH: usize = 64;
 
+/// Bytes of transactions a start reads back from the store, at most (and a
+/// whole block more), for the mempool's record of committed ids: a few full
+/// blocks, a fraction of a second of reading.
+const RECENT_READ_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProducerError {
     #[error("store write failed, stopping: {0}")]
@@ -183,6 +188,7 @@ impl Producer {
     pub(crate) async fn run(mut self, mut inbound: Inbound, shutdown: CancellationToken) -> Result<(), ProducerError> {
         let mut connected = self.peers.watch_connected();
         let mut events = self.peers.subscribe();
+        self.remember_committed().await?;
         self.follow_peers(self.clock.now());
         self.carry_out().await?;
         let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
@@ -231,6 +237,19 @@ impl Producer {
             }
             self.publish_state();
         }
+    }
+
+    /// Tells the driver's mempool the transactions of the blocks committed
+    /// before this start, within its window of committed ids, read from the
+    /// store off the executor (at most [`RECENT_READ_BYTES`] of them), before
+    /// any submission or gossip is taken.
+    async fn remember_committed(&mut self) -> Result<(), ProducerError> {
+        let (store, below) = (self.store.clone(), self.driver.height());
+        let (heights, max_ids) = self.driver.recent_ids_wanted();
+        let read = move || store.recent_tx_ids(below, heights, max_ids, RECENT_READ_BYTES);
+        let recent = tokio::task::spawn_blocking(read).await??;
+        self.driver.handle_committed_before(&recent);
+        Ok(())
     }
 
     /// Hands one event to the driver and carries out what it decides; false

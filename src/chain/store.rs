@@ -50,7 +50,7 @@ use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMo
 
 use std::collections::BTreeMap;
 
-use super::block::{Block, Hash, Height};
+use super::block::{tx_hash, Block, Hash, Height};
 use super::members::{Change, MemberSet, MembershipState};
 use super::message::BLOCKS_LIMIT;
 use super::vote::{Certificate, Committed, Lock, SignRecord, Signed};
@@ -445,6 +445,33 @@ impl Store {
         }))
     }
 
+    /// The transaction ids of the blocks at `below - heights` to `below - 1`
+    /// that this store holds, read from the newest down until they make
+    /// `max_ids` ids or `max_bytes` of transactions were read (a whole block
+    /// at a time), returned oldest first with their heights: what a restarted
+    /// node's mempool remembers as committed.
+    pub(crate) fn recent_tx_ids(
+        &self,
+        below: Height,
+        heights: Height,
+        max_ids: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Height, Vec<Hash>)>, StoreError> {
+        let lowest = below.saturating_sub(heights).max(self.earliest()?).max(1);
+        let (mut out, mut ids, mut bytes) = (Vec::new(), 0, 0);
+        for h in (lowest..below).rev() {
+            if ids >= max_ids || bytes >= max_bytes {
+                break;
+            }
+            let Some(c) = self.block(h)? else { break };
+            bytes += c.block.tx_bytes();
+            ids += c.block.txs.len();
+            out.push((h, c.block.txs.iter().map(|tx| tx_hash(tx)).collect()));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// Up to `count` consecutive blocks from `from` for a `Blocks` response, whose
     /// encoded body stays within `max_bytes` and the receiver's `BLOCKS_LIMIT`; a
     /// first block over that budget travels alone (block limits keep one block
@@ -614,6 +641,28 @@ mod tests {
         let fresh = tempfile::tempdir().unwrap();
         drop(Store::open(fresh.path()).unwrap());
         assert!(Store::open(fresh.path()).is_ok());
+    }
+
+    #[test]
+    fn the_recent_transaction_ids_are_the_newest_blocks_within_the_heights_ids_and_bytes_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let m = crate::chain::members::Membership::of_ids(&[NodeId([1; 32])], 1).state().clone();
+        let mut prev = genesis_hash(&[0; 32]);
+        for h in 1..=30 {
+            let c = committed(h, prev);
+            prev = c.block.hash();
+            store.commit(&c, &m).unwrap();
+        }
+        let id = |h: u64| tx_hash(&[h as u8; 10]);
+        let heights = |r: &[(Height, Vec<Hash>)]| r.iter().map(|(h, _)| *h).collect::<Vec<_>>();
+        let all = store.recent_tx_ids(31, 600, 1_000, 1 << 20).unwrap();
+        assert_eq!(heights(&all), (1..=30).collect::<Vec<_>>(), "every block, oldest first");
+        assert_eq!(all[29].1, [id(30)]);
+        assert_eq!(heights(&store.recent_tx_ids(31, 5, 1_000, 1 << 20).unwrap()), [26, 27, 28, 29, 30], "heights");
+        assert_eq!(heights(&store.recent_tx_ids(31, 600, 3, 1 << 20).unwrap()), [28, 29, 30], "ids");
+        assert_eq!(heights(&store.recent_tx_ids(31, 600, 1_000, 25).unwrap()), [28, 29, 30], "bytes, whole blocks");
+        assert!(store.recent_tx_ids(1, 600, 1_000, 1 << 20).unwrap().is_empty(), "nothing below height 1");
     }
 
     #[test]

@@ -267,3 +267,86 @@ async fn commits_through_delay_and_loss() {
     check(&spec, &refs);
     stop_all(nodes).await;
 }
+
+/// A transaction committed, then sent again as a member's gossip (a raw
+/// connection of a hostile member, node 0, writing `Tx` frames to every honest
+/// node, as a peer that re-sends or whose gossip was held behind a slow link
+/// would) and submitted again by a client through the node and `POST /tx`: it
+/// is refused everywhere as committed, and after several more blocks every
+/// chain holds it once; a node restarted on its data dir refuses it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_transaction_sent_again_by_a_member_and_a_client_is_committed_once() {
+    use masternode::admin::SubmitError;
+    use masternode::chain::{tx_hash, AddError, Message};
+
+    let spec = Spec::new(4);
+    let (hostile, honest) = honest_beside_hostile(&spec, 3, 2).await;
+    let tx = b"pay bob 5, once".to_vec();
+    let id = tx_hash(&tx);
+    honest[0].submit(tx.clone()).await.unwrap();
+    // The heights of the blocks holding it, at node `n`.
+    let holding = |n: &Node| -> Vec<u64> {
+        (1..=n.height())
+            .filter(|h| n.store().block(*h).unwrap().is_some_and(|c| c.block.txs.iter().any(|t| tx_hash(t) == id)))
+            .collect()
+    };
+    eventually("the transaction committed at every honest node", BLOCK_WAIT, || {
+        honest.iter().all(|n| !holding(n).is_empty())
+    })
+    .await;
+    let height = holding(&honest[0])[0];
+
+    let mut frames = bytes::BytesMut::new();
+    for _ in 0..3 {
+        masternode::codec::encode_into(&Message::Tx(tx.clone()), &mut frames);
+    }
+    let mut conns = Vec::new();
+    for victim in 1..=3 {
+        let conn = hostile.connect(&spec, victim).await;
+        let mut uni = conn.open_uni().await.unwrap();
+        uni.write_all(&frames).await.unwrap();
+        conns.push((conn, uni));
+    }
+    for n in &honest {
+        match n.submit(tx.clone()).await {
+            Err(SubmitError::Refused(AddError::Committed { id: refused, height: at })) => {
+                assert_eq!((refused, at), (id, height))
+            }
+            other => panic!("a committed transaction submitted again: {other:?}"),
+        }
+        let (code, body) = masternode::admin::post_tx(n.admin_addr(), &tx, None, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((answer["hash"].as_str(), answer["committed_height"].as_u64()), (Some(&*id.to_hex()), Some(height)));
+    }
+    let refused = |n: &Node, share: &str| {
+        let prefix = format!("masternode_mempool_committed_refused_total{{share=\"{share}\"}} ");
+        let metrics = n.metrics();
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    eventually("the member's copies refused at every honest node", BLOCK_WAIT, || {
+        honest.iter().all(|n| refused(n, "members") >= 1)
+    })
+    .await;
+    for n in &honest {
+        assert_eq!(refused(n, "local"), 2, "Node::submit and POST /tx");
+    }
+    let target = honest.iter().map(|n| n.height()).max().unwrap() + 4;
+    eventually("four more blocks", BLOCK_WAIT, || honest.iter().all(|n| n.height() >= target)).await;
+    for (i, n) in honest.iter().enumerate() {
+        assert_eq!(holding(n), [height], "honest node {}: the transaction in one block only", i + 1);
+    }
+    let refs: Vec<&Node> = honest.iter().collect();
+    check(&spec, &refs);
+    // Restarted on its data dir, a node still knows the transaction is committed.
+    let mut honest = honest;
+    honest.remove(0).stop().await;
+    let restarted = spec.start(1, beside_hostile_transport()).await;
+    match restarted.submit(tx.clone()).await {
+        Err(SubmitError::Refused(AddError::Committed { height: at, .. })) => assert_eq!(at, height),
+        other => panic!("submitted again after a restart: {other:?}"),
+    }
+    honest.push(restarted);
+    drop(conns);
+    stop_all(honest).await;
+}

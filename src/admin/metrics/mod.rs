@@ -223,6 +223,15 @@ pub(crate) fn render(source: &StatusSource, admin: &AdminStats) -> String {
         "Transactions refused because their source's share of the mempool was full, by share",
         refused,
     );
+    let committed = Family::<Labels, Counter>::default();
+    for (share, n) in [("local", c.committed_local), ("members", c.committed_members)] {
+        committed.get_or_create(&vec![("share".into(), share.into())]).inc_by(n);
+    }
+    reg.register(
+        "mempool_committed_refused",
+        "Transactions refused because a block of the last 600 heights committed them, by share",
+        committed,
+    );
     let dropped = Family::<Labels, Counter>::default();
     for (reason, n) in [("expired", c.expired), ("member_left", c.member_left), ("trimmed", c.trimmed)] {
         dropped.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n);
@@ -234,8 +243,8 @@ pub(crate) fn render(source: &StatusSource, admin: &AdminStats) -> String {
     }
     // What the transport holds (frames read and not yet taken, frames queued
     // for peers by class, answers to peers' requests being written, requests
-    // read and not yet taken, the strangers' keys TLS has warned about) and the
-    // mempool's two kinds of share.
+    // read and not yet taken, the strangers' keys TLS has warned about), the
+    // mempool's two kinds of share and its record of committed ids.
     let mut transport: Vec<(&str, u64)> = vec![("inbox", peers_handle.inbound_bytes())];
     for class in crate::net::Class::ALL {
         transport.push((class.held_label(), outbox_bytes[class.index()]));
@@ -245,6 +254,7 @@ pub(crate) fn render(source: &StatusSource, admin: &AdminStats) -> String {
     transport.push(("requests", peers_handle.request_bytes()));
     transport.push(("mempool_local", mempool.by_share.local as u64));
     transport.push(("mempool_members", mempool.by_share.members as u64));
+    transport.push(("mempool_committed", mempool.committed_bytes as u64));
     for (what, bytes) in transport {
         held.get_or_create(&vec![("what".into(), what.into())]).set(bytes as i64);
     }
