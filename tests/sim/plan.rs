@@ -345,7 +345,7 @@ impl Plan {
             // ForgeValidRound); not analysed yet. Replay one with
             // `chance(250)` here.
             for s in LATER_ERA {
-                if rng.chance(0) {
+                if rng.chance(250) {
                     self.strategies.insert(s);
                 }
             }
