@@ -294,7 +294,20 @@ impl RoundVotes {
     /// Adds a verified vote: its voter's first of its kind, or, where
     /// `may_conflict` (the value is nil or proposed at this height), a second
     /// version, at most [`MAX_CONFLICTING`] more per voter and kind: memory stays
-    /// bounded, and a member cannot crowd out the version others count.
+    /// bounded.
+    ///
+    /// Past that bound a version takes the place of the held one whose value
+    /// the other voters' first votes support least, when its own value has
+    /// more support. Kept in the order they came, the versions held would be
+    /// the equivocator's choice, per receiver: versions for values nobody
+    /// else votes, sent first, kept out the one a polka of correct members
+    /// needs, though a peer that counted it relays it again and again (found
+    /// by the simulation: a height stalled for good, each member seeing a
+    /// polka the others could not). A value that can still reach a quorum
+    /// has the first votes of f+1 correct members (n = 3f + 1); of the other
+    /// 2f - 1 first votes at most one other value gets as many, so once
+    /// those first votes came, two slots always hold its version (one given
+    /// up before they came is taken with the next relay of it).
     fn add(&mut self, sv: SignedVote, may_conflict: bool) -> Added {
         let (voter, kind, value) = (sv.vote.voter, sv.vote.kind, sv.vote.block);
         let firsts = match kind {
@@ -312,12 +325,25 @@ impl RoundVotes {
         if self.conflicting.contains_key(&(voter, kind, value)) {
             return Added::Again;
         }
-        let seconds = self.conflicting.keys().filter(|(v, k, _)| *v == voter && *k == kind).count();
-        if may_conflict && seconds < MAX_CONFLICTING {
+        let held: Vec<Option<Hash>> =
+            self.conflicting.keys().filter(|(v, k, _)| *v == voter && *k == kind).map(|(_, _, b)| *b).collect();
+        let seconds = held.len();
+        if !may_conflict {
+            return Added::NotCounted { news: seconds == 0 };
+        }
+        if seconds < MAX_CONFLICTING {
             self.conflicting.insert((voter, kind, value), sv);
-            Added::Second { news: seconds == 0 }
-        } else {
-            Added::NotCounted { news: seconds == 0 }
+            return Added::Second { news: seconds == 0 };
+        }
+        let support = |b: Option<Hash>| self.of(kind).values().filter(|f| f.vote.block == b).count();
+        let weakest = held.iter().copied().min_by_key(|b| support(*b));
+        match weakest.filter(|w| support(*w) < support(value)) {
+            Some(w) => {
+                self.conflicting.remove(&(voter, kind, w));
+                self.conflicting.insert((voter, kind, value), sv);
+                Added::Second { news: false }
+            }
+            None => Added::NotCounted { news: false },
         }
     }
 

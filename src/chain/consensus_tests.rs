@@ -1383,3 +1383,46 @@ fn a_voter_is_held_to_its_first_vote_and_two_conflicting_ones_per_round_and_kind
     let held = core.held().votes.items;
     assert!(held <= 2 * (1 + MAX_CONFLICTING) + 2, "its six and our own prevote and precommit at most: {held}");
 }
+
+/// An equivocator that sends a receiver nil and versions for values nobody
+/// else votes before its version for the value a polka of correct members
+/// needs cannot keep that version out: it takes the place of a held version
+/// whose value fewer first votes support. Kept in the order they came, the
+/// receiver would never see the polka its peers saw (the simulation's seed 72
+/// of the quick run, with `VoteConflicts`: a height stalled for good).
+#[test]
+fn an_equivocators_versions_for_values_nobody_votes_do_not_keep_out_the_one_a_polka_needs() {
+    let f = OneCore::new();
+    let now = 5_000;
+    let mut core = Core::new(f.cfg.clone(), f.me.clone(), 1, genesis_hash(&NET), 0, None);
+    f.start(&mut core);
+    let b = f.block(0, "b");
+    let out = core.handle(f.proposal(0, &b), now);
+    assert_eq!(votes_signed(&out), vec![(VoteKind::Prevote, 0, Some(b.hash()))], "we prevote B");
+    // Values of the height's later rounds, known here.
+    let junk: Vec<Block> = [1, 2].iter().map(|&r| f.block(r, &format!("junk{r}"))).collect();
+    for (r, j) in [1, 2].iter().zip(&junk) {
+        core.handle(f.proposal(*r, j), now);
+    }
+    let others = f.others();
+    let (byz, honest) = (others[0], others[1]);
+    // Its first prevote nil, then one for each junk value: two conflicting
+    // versions held, the most there is room for.
+    core.handle(Input::Vote(f.signed_vote(VoteKind::Prevote, 0, None, byz)), now);
+    for j in &junk {
+        core.handle(Input::Vote(f.signed_vote(VoteKind::Prevote, 0, Some(j), byz)), now);
+    }
+    assert_eq!(core.most_votes_of_one_voter(), 1 + MAX_CONFLICTING);
+    let out = core.handle(f.prevote(0, &b, honest), now);
+    assert!(votes_signed(&out).is_empty() && core.lock().is_none(), "two prevotes for B of three: no polka");
+    // Its version for B, relayed by a peer that counted it.
+    let out = core.handle(f.prevote(0, &b, byz), now);
+    assert_eq!(core.lock(), Some((0, b.hash())), "the polka for B is seen: locked on B in round 0");
+    assert_eq!(votes_signed(&out), vec![(VoteKind::Precommit, 0, Some(b.hash()))], "and precommits it");
+    assert_eq!(core.most_votes_of_one_voter(), 1 + MAX_CONFLICTING, "still within its slots");
+    // A version for a value nobody else votes does not take B's place back.
+    let again = Vote { kind: VoteKind::Prevote, height: 1, round: 0, block: Some(junk[0].hash()), voter: byz };
+    core.handle(Input::Vote(again.clone().sign(&NET, &f.identity(byz))), now);
+    let bs = Vote { kind: VoteKind::Prevote, height: 1, round: 0, block: Some(b.hash()), voter: byz };
+    assert!(core.holds_vote(&bs) && !core.holds_vote(&again), "B's version stays, the junk one goes");
+}
