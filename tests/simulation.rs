@@ -298,14 +298,3 @@ fn simulation_few_hundred_scenarios() {
 fn simulation_many_scenarios() {
     simulate(1000);
 }
-
-#[test]
-#[ignore]
-fn list_wipes() {
-    for seed in 0..3000 {
-        let p = Plan::from_seed(seed);
-        if p.faults.iter().any(|(_, f)| matches!(f, sim::plan::Fault::Wipe(..))) {
-            println!("wipe seed {seed}: {}", p.headline());
-        }
-    }
-}

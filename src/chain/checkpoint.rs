@@ -543,7 +543,12 @@ mod tests {
         let d = fetch.handle_answer(ids[2].id(), theirs.clone());
         assert_eq!(
             d,
-            Decision::Contradicted(Contradiction { checkpoint: named, got: theirs.committed.block.hash(), peers: 3, known: 4 })
+            Decision::Contradicted(Contradiction {
+                checkpoint: named,
+                got: theirs.committed.block.hash(),
+                peers: 3,
+                known: 4
+            })
         );
     }
 }

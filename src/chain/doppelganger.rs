@@ -209,12 +209,17 @@ pub(crate) struct Watch {
     phase: Phase,
     /// Whether the floor has been raised by evidence already (warned once).
     warned_floor: bool,
+    /// The watch's time is up but the node is behind: it ends when the node
+    /// has caught up (the driver's next tick looks again), and has no
+    /// deadline of its own meanwhile (one in the past would be due at once,
+    /// again and again).
+    overdue: bool,
 }
 
 impl Watch {
     pub(crate) fn new(cfg: WatchConfig, started_wall_ms: u64) -> Watch {
         let phase = if cfg.intervals == 0 { Phase::Over } else { Phase::Waiting };
-        Watch { cfg, started_ms: started_wall_ms, phase, warned_floor: false }
+        Watch { cfg, started_ms: started_wall_ms, phase, warned_floor: false, overdue: false }
     }
 
     /// Whether a second signer stops this node (the watch is on).
@@ -249,6 +254,7 @@ impl Watch {
             Phase::Over => false,
             Phase::Waiting | Phase::Watching { .. } if !met => {
                 self.phase = Phase::Waiting;
+                self.overdue = false;
                 false
             }
             Phase::Waiting => {
@@ -260,6 +266,7 @@ impl Watch {
                     self.phase = Phase::Over;
                     return true;
                 }
+                self.overdue = now_ms >= until_ms;
                 false
             }
         }
@@ -268,7 +275,7 @@ impl Watch {
     /// When [`Self::handle`] may end the watch (monotonic ms).
     pub(crate) fn poll_timeout(&self) -> Option<u64> {
         match self.phase {
-            Phase::Watching { until_ms } => Some(until_ms),
+            Phase::Watching { until_ms } if !self.overdue => Some(until_ms),
             _ => None,
         }
     }
@@ -430,6 +437,7 @@ mod tests {
         assert!(!w.handle(true, true, 3_000));
         assert_eq!(w.poll_timeout(), Some(5_000));
         assert!(!w.handle(true, false, 5_000), "behind at the end: postponed");
+        assert_eq!(w.poll_timeout(), None, "no deadline in the past (due at once, forever): the next tick looks again");
         assert!(w.handle(true, true, 5_200), "caught up: over");
         assert!(!w.watching());
         assert!(!w.handle(false, false, 9_000), "over for good");

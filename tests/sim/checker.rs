@@ -504,7 +504,9 @@ impl Checker {
                 );
                 self.fail(Kind::Agreement, Some(h), vec![who, me], detail);
             } else if self.states.get(&h) != Some(&after) {
-                let detail = format!("{name} started from the checkpoint at height {h} with another membership than the chain's");
+                let detail = format!(
+                    "{name} started from the checkpoint at height {h} with another membership than the chain's"
+                );
                 self.fail(Kind::Membership, Some(h), vec![me], detail);
             }
         }

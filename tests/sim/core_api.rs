@@ -13,6 +13,10 @@ pub use masternode::chain::Message;
 pub use masternode::chain::MAX_VERSION;
 pub use masternode::chain::{genesis_hash, tx_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
 pub use masternode::chain::{
+    members_digest, parent_link, Checkpoint, CheckpointAnswer, CheckpointDecision, CheckpointFetch, CheckpointSource,
+    Verified, CHECKPOINT_RETRY_MS,
+};
+pub use masternode::chain::{
     Approval, Change, Completed, Membership, MembershipState, Params, Plan as UpgradePlan, SignedApproval,
 };
 pub use masternode::chain::{
@@ -20,10 +24,6 @@ pub use masternode::chain::{
 };
 pub use masternode::chain::{
     Certificate, Committed, Lock, Proposal, SignRecord, Signed, SignedProposal, SignedVote, Step, Vote, VoteKind,
-};
-pub use masternode::chain::{
-    members_digest, parent_link, Checkpoint, CheckpointAnswer, CheckpointDecision, CheckpointFetch, CheckpointSource,
-    Verified, CHECKPOINT_RETRY_MS,
 };
 pub use masternode::chain::{Config, Core, Timeouts, MAX_ROUND_AHEAD};
 pub use masternode::chain::{NodeLimits, Usage};

@@ -582,6 +582,8 @@ pub enum Restore {
 /// Permille of the scenarios with a crash of an honest genesis member in
 /// which that crash also wipes its data dir.
 const WIPE_PERMILLE: u64 = 50;
+/// A wipe is a crash at least this far into the scenario where one is.
+const LATE_MS: u64 = 5_000;
 
 impl Plan {
     /// Now and then one crash of an honest genesis member becomes a wipe: the
@@ -597,12 +599,14 @@ impl Plan {
         if crashes.is_empty() || !rng.chance(WIPE_PERMILLE) {
             return;
         }
-        let Some(&i) = rng.pick(&crashes) else { return };
+        // A crash a few seconds in, when the chain has blocks to start from.
+        let late: Vec<usize> = crashes.iter().copied().filter(|&i| self.faults[i].0 >= LATE_MS).collect();
+        let Some(&i) = rng.pick(&late).or(crashes.last()) else { return };
         let Fault::Crash(s) = self.faults[i].1 else { return };
         let restore = if self.changes.is_empty() && rng.chance(500) { Restore::Peers } else { Restore::Named };
         self.faults[i].1 = Fault::Wipe(s, restore);
         if self.v4_from.is_none() {
-            self.v4_from = Some(rng.range(1, 3));
+            self.v4_from = Some(1);
         }
         if !self.byzantine.is_empty() {
             self.strategies.insert(Strategy::LieCheckpoint);

@@ -101,7 +101,8 @@ impl Store {
         if height < 2 {
             return None;
         }
-        let (committed, parent, before) = (self.block(height)?, self.block(height - 1)?, self.states.get(&(height - 1))?);
+        let (committed, parent, before) =
+            (self.block(height)?, self.block(height - 1)?, self.states.get(&(height - 1))?);
         Some(CheckpointAnswer { parent: parent.block.hash(), committed: committed.clone(), before: before.clone() })
     }
 

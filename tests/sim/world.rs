@@ -64,8 +64,12 @@ pub fn describe_fault(f: &Fault) -> String {
         Fault::Partition(g) => format!("partition {}", groups_text(g)),
         Fault::Heal => "heal".into(),
         Fault::Loss(p) => format!("loss {p}/1000"),
-        Fault::Wipe(s, Restore::Named) => format!("crash {} and wipe its data dir (it restarts from a named checkpoint)", letter(*s)),
-        Fault::Wipe(s, Restore::Peers) => format!("crash {} and wipe its data dir (it restarts from a checkpoint of its peers)", letter(*s)),
+        Fault::Wipe(s, Restore::Named) => {
+            format!("crash {} and wipe its data dir (it restarts from a named checkpoint)", letter(*s))
+        }
+        Fault::Wipe(s, Restore::Peers) => {
+            format!("crash {} and wipe its data dir (it restarts from a checkpoint of its peers)", letter(*s))
+        }
     }
 }
 
@@ -182,8 +186,8 @@ pub struct Node {
     asking: Vec<usize>,
     /// The checkpoint it started from: its store's first block, ever since.
     started_from: Option<(Height, Hash)>,
-    /// Its operator waits for a block to name (`Event::BootAgain` is due).
-    waits_to_name: bool,
+    /// Its data dir was wiped once: it runs the doppelganger watch.
+    wiped: bool,
 }
 
 // Sizes do not matter here: events live in one queue of a few thousand.
@@ -243,10 +247,6 @@ enum Event {
     AskCheckpoint {
         node: usize,
         epoch: u64,
-    },
-    /// A wiped node's operator has no checkpoint to name yet: it tries again.
-    BootAgain {
-        node: usize,
     },
 }
 
@@ -414,7 +414,7 @@ impl World {
                 fetch: None,
                 asking: Vec::new(),
                 started_from: None,
-                waits_to_name: false,
+                wiped: false,
             });
             if fork {
                 nodes[s].store.chain = other_history(60);
@@ -618,12 +618,6 @@ impl World {
                     self.ask_checkpoint(node);
                 }
             }
-            Event::BootAgain { node } => {
-                self.nodes[node].waits_to_name = false;
-                if !self.nodes[node].up && !self.nodes[node].halted {
-                    self.boot(node);
-                }
-            }
         }
     }
 
@@ -683,10 +677,17 @@ impl World {
                 if self.nodes[s].up {
                     self.crash(s);
                 }
+                if self.checkpoints().is_empty() {
+                    self.log(1 << s, None, true, |w| {
+                        format!("no block to start {} from yet: its data dir stays", w.name(s))
+                    });
+                    return self.apply_links();
+                }
                 let node = &mut self.nodes[s];
                 node.store = Store::default();
                 node.restore = Some(restore);
                 node.started_from = None;
+                node.wiped = true;
             }
         }
         self.apply_links();
@@ -776,7 +777,8 @@ impl World {
         node.booted_at = self.now;
         node.wake_at = None;
         node.at = None;
-        let driver = boot(&self.setup, node.identity.clone(), node.store.persisted(), now, 0);
+        let watch = if node.wiped { WIPED_WATCH_INTERVALS } else { 0 };
+        let driver = boot(&self.setup, node.identity.clone(), node.store.persisted(), now, watch);
         node.admits = Some(transport_set(&driver, &self.setup));
         node.driver = Some(driver);
         let epoch = node.epoch;

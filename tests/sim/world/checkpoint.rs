@@ -8,36 +8,35 @@
 //! driver at the next height. Its transport meanwhile admits the genesis
 //! sets and `bootstrap`, as `Node::start` hands them before any chain.
 //!
-//! The operator's checkpoint (`Restore::Named`) is a block the honest nodes
-//! decided, taken from the checker's decided chain when the node starts (as
-//! an operator copies it from a healthy node), at or after protocol 4 and
-//! height 2; the peers are asked in an order of the scheduler's choosing.
+//! The operator's checkpoint (`Restore::Named`) is the highest block the
+//! honest nodes decided when the node starts, from the checker's decided
+//! chain (as an operator copies a healthy node's tip), at or after protocol 4
+//! and height 2; the peers are asked in an order of the scheduler's choosing.
+//! A wipe comes only once the chain holds such a block (before, the fault is
+//! a crash): a node on an empty data dir without a checkpoint replays the
+//! chain with no record of what its key signed, the case of a data dir
+//! restored from an older copy, not this one; and the highest block, not an
+//! older one, because the node's floor is only what its peers still hold of
+//! its key (the current height's messages and the certificates it syncs).
 
 use super::super::adversary::CheckpointLie;
 use super::*;
 
-/// How long an operator waits for a block to name before trying again.
-const NOTHING_TO_NAME_MS: u64 = 1_000;
-
 impl World {
+    /// The decided blocks a checkpoint may be: at or after protocol 4 and
+    /// height 2.
+    pub(super) fn checkpoints(&self) -> Vec<(Height, Hash)> {
+        self.checker.decided_from(self.plan.v4_from.unwrap_or(Height::MAX).max(2))
+    }
+
     /// Node `s` starts on its empty data dir: the fetch, no driver yet.
     pub(super) fn begin_fetch(&mut self, s: usize) {
         let Some(restore) = self.nodes[s].restore else { return };
         let source = match restore {
             Restore::Peers => CheckpointSource::Peers,
             Restore::Named => {
-                let lowest = self.plan.v4_from.unwrap_or(Height::MAX).max(2);
-                let decided = self.checker.decided_from(lowest);
-                let Some(&(height, hash)) = self.rng.pick(&decided) else {
-                    if std::mem::replace(&mut self.nodes[s].waits_to_name, true) {
-                        return;
-                    }
-                    self.log(1 << s, None, true, |w| {
-                        format!("{}'s operator has no decided block of protocol 4 to name yet: waits", w.name(s))
-                    });
-                    self.at(self.now + NOTHING_TO_NAME_MS, Event::BootAgain { node: s });
-                    return;
-                };
+                // The tip of a healthy node, as its operator reads it.
+                let Some(&(height, hash)) = self.checkpoints().last() else { return };
                 CheckpointSource::Trusted(Checkpoint { height, hash })
             }
         };
