@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::admin;
 use crate::chain::block::{genesis_hash, Hash};
-use crate::chain::checkpoint::{Checkpoint, CheckpointError, CheckpointSource, Verified};
+use crate::chain::checkpoint::{self, Checkpoint, CheckpointSource, Verified};
 use crate::chain::consensus::{self, Core, Timeouts};
 use crate::chain::driver::{ChangeRequest, DriverConfig, MembersView, Submitted};
 use crate::chain::links::{ChainMetrics, Links, Mailbox};
@@ -68,33 +68,24 @@ pub enum NodeError {
     Failed,
 }
 
-/// How often a node starting from a checkpoint asks its peers again while
-/// none gave one that verifies.
-const CHECKPOINT_RETRY: Duration = Duration::from_millis(500);
-
 /// Fetches and verifies the checkpoint `source` names from the connected
 /// peers of wire 4, one request at a time (an answer is one frame within
 /// `CHECKPOINT_LIMIT`, read and dropped before the next is asked), until one
-/// verifies or `shutdown`. A refused answer is logged once per peer and
-/// cause; the node stops with [`NodeError::CheckpointRefused`] when more than
-/// two thirds of the known set answered with another block at the height.
+/// verifies or `shutdown`, every [`checkpoint::RETRY_MS`] again. Which answer
+/// is taken is [`checkpoint::Fetch`]'s decision: a refused answer is logged
+/// once per peer and cause; the node stops with
+/// [`NodeError::CheckpointRefused`] when more than two thirds of the known set
+/// answered with another block at the height.
 async fn fetch_checkpoint(
     peers: &Peers,
     source: CheckpointSource,
     network: &Network,
     shutdown: &CancellationToken,
 ) -> Result<Option<Verified>, NodeError> {
-    use crate::chain::checkpoint::{verify, verify_offered};
     use crate::chain::message::{Message, CHECKPOINT_WIRE};
     let known = Membership::genesis(network);
-    let params = Params::for_network(network);
-    let height = match source {
-        CheckpointSource::Trusted(c) => c.height,
-        CheckpointSource::Peers => 0,
-    };
-    let mut reported: std::collections::BTreeSet<(NodeId, &'static str)> = Default::default();
-    let mut other_block: std::collections::BTreeMap<NodeId, Hash> = Default::default();
-    let Ok(request) = (Message::GetCheckpoint { height }).encode() else { return Ok(None) };
+    let mut fetch = checkpoint::Fetch::new(source, known.current().clone(), Params::for_network(network), network.id);
+    let Ok(request) = (Message::GetCheckpoint { height: fetch.height() }).encode() else { return Ok(None) };
     tracing::info!(checkpoint = %source_name(source), "empty data dir: starting from a checkpoint, not from genesis");
     loop {
         for (peer, wire) in peers.wire_versions() {
@@ -104,13 +95,13 @@ async fn fetch_checkpoint(
             let answer = match peers.request(peer, request.clone()).await.map(|body| Message::decode(&body)) {
                 Ok(Ok(Message::Checkpoint(answer))) => *answer,
                 Ok(Ok(other)) => {
-                    if reported.insert((peer, "unexpected")) {
+                    if fetch.first_report(peer, "unexpected") {
                         tracing::warn!(peer = %peer.short(), kind = other.kind_name(), "checkpoint request answered with another kind");
                     }
                     continue;
                 }
                 Ok(Err(e)) => {
-                    if reported.insert((peer, "malformed")) {
+                    if fetch.first_report(peer, "malformed") {
                         tracing::warn!(peer = %peer.short(), "checkpoint answer refused: {e}");
                     }
                     continue;
@@ -120,41 +111,33 @@ async fn fetch_checkpoint(
                     continue;
                 }
             };
-            let verified = match source {
-                CheckpointSource::Trusted(c) => verify(c, answer, params, &network.id),
-                CheckpointSource::Peers => verify_offered(answer, known.current(), params, &network.id),
-            };
-            match verified {
-                Ok(v) => {
+            match fetch.handle_answer(peer, answer) {
+                checkpoint::Decision::Start(v) => {
                     let (h, id) = (v.committed.block.height(), v.committed.block.hash());
                     tracing::info!(peer = %peer.short(), height = h, hash = %id, "checkpoint verified");
-                    return Ok(Some(v));
+                    return Ok(Some(*v));
                 }
-                Err(e) => {
-                    if let (CheckpointSource::Trusted(c), CheckpointError::WrongHash { got, .. }) = (source, &e) {
-                        if known.current().contains(&peer) {
-                            other_block.insert(peer, *got);
-                        }
-                        let quorum = known.current().quorum();
-                        if other_block.len() >= quorum {
-                            return Err(NodeError::CheckpointRefused {
-                                checkpoint: c,
-                                height: c.height,
-                                got: *got,
-                                peers: other_block.len(),
-                                known: known.current().len(),
-                            });
-                        }
-                    }
-                    if reported.insert((peer, e.kind())) {
-                        tracing::warn!(peer = %peer.short(), cause = e.kind(), "checkpoint from a peer refused: {e}");
+                checkpoint::Decision::Contradicted(c) => {
+                    return Err(NodeError::CheckpointRefused {
+                        checkpoint: c.checkpoint,
+                        height: c.checkpoint.height,
+                        got: c.got,
+                        peers: c.peers,
+                        known: c.known,
+                    });
+                }
+                checkpoint::Decision::Refused { error, report } => {
+                    if report {
+                        tracing::warn!(peer = %peer.short(), cause = error.kind(), "checkpoint from a peer refused: {error}");
+                    } else {
+                        tracing::debug!(peer = %peer.short(), cause = error.kind(), "checkpoint from a peer refused: {error}");
                     }
                 }
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(CHECKPOINT_RETRY) => {}
+            _ = tokio::time::sleep(Duration::from_millis(checkpoint::RETRY_MS)) => {}
         }
     }
 }

@@ -30,6 +30,7 @@ use super::block::{members_digest, parent_link, Hash, Height};
 use super::members::{MemberSet, Membership, MembershipState, Params};
 use super::rules::Rules;
 use super::vote::{CertError, Committed};
+use crate::identity::NodeId;
 
 /// A trusted `(height, block id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +216,115 @@ pub fn verify_offered(
     verify(Checkpoint { height, hash: id }, answer, params, network_id)
 }
 
+/// How often a node starting from a checkpoint asks its peers again while
+/// none gave one that verifies.
+pub const RETRY_MS: u64 = 500;
+
+/// The choice among peers' answers while a node on an empty data dir starts
+/// from a checkpoint. The shell asks its connected peers one at a time for
+/// [`Fetch::height`] (0: the peer's tip, for [`CheckpointSource::Peers`]),
+/// hands each answer in, and asks the next peer, every [`RETRY_MS`] again,
+/// until a decision is [`Decision::Start`] or [`Decision::Contradicted`].
+///
+/// * An answer is checked against the source: [`verify`] against the
+///   operator's checkpoint, [`verify_offered`] against the set this node knows
+///   for an offered one. The first that verifies is the start: any answer
+///   that verifies is the one block the checkpoint (or the known set's
+///   quorum) names, so which peer gave it does not matter.
+/// * A refused answer is reported once per peer and cause
+///   ([`Fetch::first_report`]); the node keeps asking (a liar among the peers
+///   never stops it, an honest answer or a later one does).
+/// * Members of the known set holding more than two thirds of it that answer
+///   the operator's height with another block contradict the checkpoint: the
+///   hash named is wrong, and no peer will give it.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    source: CheckpointSource,
+    known: MemberSet,
+    params: Params,
+    network_id: [u8; 32],
+    /// Known members that answered the trusted height with another block.
+    other_block: std::collections::BTreeMap<NodeId, Hash>,
+    /// (peer, cause) already reported.
+    reported: std::collections::BTreeSet<(NodeId, &'static str)>,
+}
+
+/// What the node does with an answer ([`Fetch::handle_answer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Start from this block and member state.
+    Start(Box<Verified>),
+    /// Refused; `report`: the first time for this peer and cause (log it at
+    /// warn, later ones at debug).
+    Refused { error: CheckpointError, report: bool },
+    /// The operator's checkpoint is contradicted by more than two thirds of
+    /// the known set: stop.
+    Contradicted(Contradiction),
+}
+
+/// Members holding more than two thirds of the known set hold `got` at the
+/// checkpoint's height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contradiction {
+    pub checkpoint: Checkpoint,
+    pub got: Hash,
+    pub peers: usize,
+    pub known: usize,
+}
+
+impl Fetch {
+    /// A fetch for `source`, trusting `known` (the set this node knows: the
+    /// genesis set on an empty data dir) for an offered checkpoint.
+    pub fn new(source: CheckpointSource, known: MemberSet, params: Params, network_id: [u8; 32]) -> Fetch {
+        Fetch { source, known, params, network_id, other_block: Default::default(), reported: Default::default() }
+    }
+
+    pub fn source(&self) -> CheckpointSource {
+        self.source
+    }
+
+    /// The height to ask for: the operator's, or 0 (the peer's tip).
+    pub fn height(&self) -> Height {
+        match self.source {
+            CheckpointSource::Trusted(c) => c.height,
+            CheckpointSource::Peers => 0,
+        }
+    }
+
+    /// Whether `cause` from `peer` is reported for the first time (causes the
+    /// shell finds itself: an answer of another kind, one that does not decode).
+    pub fn first_report(&mut self, peer: NodeId, cause: &'static str) -> bool {
+        self.reported.insert((peer, cause))
+    }
+
+    /// `peer`'s answer: the start, a refusal, or the end of the fetch.
+    pub fn handle_answer(&mut self, peer: NodeId, answer: CheckpointAnswer) -> Decision {
+        let verified = match self.source {
+            CheckpointSource::Trusted(c) => verify(c, answer, self.params, &self.network_id),
+            CheckpointSource::Peers => verify_offered(answer, &self.known, self.params, &self.network_id),
+        };
+        let error = match verified {
+            Ok(v) => return Decision::Start(Box::new(v)),
+            Err(e) => e,
+        };
+        if let (CheckpointSource::Trusted(c), CheckpointError::WrongHash { got, .. }) = (self.source, &error) {
+            if self.known.contains(&peer) {
+                self.other_block.insert(peer, *got);
+            }
+            if self.other_block.len() >= self.known.quorum() {
+                return Decision::Contradicted(Contradiction {
+                    checkpoint: c,
+                    got: *got,
+                    peers: self.other_block.len(),
+                    known: self.known.len(),
+                });
+            }
+        }
+        let report = self.reported.insert((peer, error.kind()));
+        Decision::Refused { error, report }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +501,54 @@ mod tests {
             verify_offered(bad, &known, params(), &NET),
             Err(CheckpointError::TooFewKnownSigners { signed: 2, .. })
         ));
+    }
+
+    fn known(ids: &[Identity]) -> MemberSet {
+        Membership::of_ids(&ids.iter().map(|i| i.id()).collect::<Vec<_>>(), 1).current().clone()
+    }
+
+    #[test]
+    fn a_fetch_starts_from_the_first_answer_that_verifies_whoever_lied_before() {
+        let ids = identities(1);
+        let good = answer(Hash([7; 32]), state_before(&ids, 4), &ids[..3]);
+        let mut forged = good.clone();
+        forged.before = state_before(&identities(100), 4);
+        for source in [CheckpointSource::Trusted(trusted(&good)), CheckpointSource::Peers] {
+            let mut fetch = Fetch::new(source, known(&ids), params(), NET);
+            let liar = ids[3].id();
+            let first = fetch.handle_answer(liar, forged.clone());
+            assert!(matches!(first, Decision::Refused { report: true, .. }), "{source:?}: a liar is refused");
+            let again = fetch.handle_answer(liar, forged.clone());
+            assert!(matches!(again, Decision::Refused { report: false, .. }), "reported once per peer and cause");
+            match fetch.handle_answer(ids[0].id(), good.clone()) {
+                Decision::Start(v) => assert_eq!(v.committed, good.committed),
+                other => panic!("{source:?}: the honest answer is the start, got {other:?}"),
+            }
+        }
+        assert_eq!(Fetch::new(CheckpointSource::Peers, known(&ids), params(), NET).height(), 0, "the peer's tip");
+    }
+
+    #[test]
+    fn a_trusted_checkpoint_is_contradicted_only_by_more_than_two_thirds_of_the_known_set() {
+        let ids = identities(1);
+        let theirs = answer(Hash([7; 32]), state_before(&ids, 4), &ids[..3]);
+        let named = Checkpoint { height: H, hash: Hash([1; 32]) };
+        let mut fetch = Fetch::new(CheckpointSource::Trusted(named), known(&ids), params(), NET);
+        // Strangers and repeats do not count; two of four members are not enough.
+        let stranger = identities(100)[0].id();
+        for peer in [stranger, ids[0].id(), ids[0].id(), ids[1].id()] {
+            let d = fetch.handle_answer(peer, theirs.clone());
+            assert!(matches!(d, Decision::Refused { error: CheckpointError::WrongHash { .. }, .. }), "{d:?}");
+        }
+        let d = fetch.handle_answer(ids[2].id(), theirs.clone());
+        assert_eq!(
+            d,
+            Decision::Contradicted(Contradiction {
+                checkpoint: named,
+                got: theirs.committed.block.hash(),
+                peers: 3,
+                known: 4
+            })
+        );
     }
 }

@@ -273,6 +273,8 @@ impl Watch {
     /// When [`Self::handle`] may end the watch (monotonic ms).
     pub(crate) fn poll_timeout(&self) -> Option<u64> {
         match self.phase {
+            // Behind, the watch is back to waiting: no deadline, so none is
+            // ever left in the past (due at once, again and again).
             Phase::Watching { until_ms } => Some(until_ms),
             _ => None,
         }

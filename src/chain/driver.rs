@@ -755,7 +755,7 @@ impl Driver {
 
     /// The store holds the blocks from `earliest` on (the pruner moved it):
     /// peers learn it with the next block's `Holds`.
-    pub(crate) fn handle_earliest(&mut self, earliest: Height, _now: Now) {
+    pub fn handle_earliest(&mut self, earliest: Height, _now: Now) {
         self.earliest = earliest;
     }
 

@@ -64,7 +64,8 @@ pub use block::{
 };
 pub use checkpoint::{verify as verify_checkpoint, verify_offered as verify_offered_checkpoint};
 pub use checkpoint::{
-    Checkpoint, CheckpointAnswer, CheckpointError, CheckpointSource, ParseError as CheckpointParseError, Verified,
+    Checkpoint, CheckpointAnswer, CheckpointError, CheckpointSource, Contradiction, Decision as CheckpointDecision,
+    Fetch as CheckpointFetch, ParseError as CheckpointParseError, Verified, RETRY_MS as CHECKPOINT_RETRY_MS,
 };
 pub use compact::{Assembly, CompactProposal, MAX_LATER, MAX_WAITING};
 pub use consensus::{

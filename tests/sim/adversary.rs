@@ -86,6 +86,18 @@ pub enum Strategy {
     /// value proposed at the height: many conflicting versions per round and
     /// kind, each for a value the receiver holds a proposal of.
     VoteConflicts,
+    /// It answers `GetCheckpoint` with a lie: a block of another history, a
+    /// certificate with a forged signature or fewer signers than a quorum, a
+    /// member state that does not hash to the block's commitment, or never.
+    LieCheckpoint,
+}
+
+/// What a Byzantine member answers a `GetCheckpoint` with
+/// ([`Strategy::LieCheckpoint`]).
+pub enum CheckpointLie {
+    Answer(Box<CheckpointAnswer>),
+    /// It never answers: the asker's transport times out.
+    Silent,
 }
 
 /// The strategies a plan draws from its own stream, those of the driver's
@@ -808,6 +820,49 @@ impl Adversary {
 
     /// With [`Strategy::SyncDrip`], how a sync answer goes out: at most one
     /// block, and how late.
+    /// With [`Strategy::LieCheckpoint`]: what Byzantine `me` answers a
+    /// `GetCheckpoint` of `height` with, instead of `held` (its store's
+    /// answer); `None`: the truth. Each lie is one a node must refuse.
+    pub fn checkpoint_lie(
+        &mut self,
+        me: &Identity,
+        height: Height,
+        held: Option<CheckpointAnswer>,
+    ) -> Option<CheckpointLie> {
+        if !self.on(Strategy::LieCheckpoint) {
+            return None;
+        }
+        let kind = self.rng.below(8);
+        let other = |h: Height| CheckpointLie::Answer(Box::new(other_checkpoint(me, h)));
+        let Some(mut a) = held else {
+            return Some(if kind == 7 { CheckpointLie::Silent } else { other(height) });
+        };
+        let h = a.committed.block.height();
+        match kind {
+            // Another history at the height.
+            0 | 1 => return Some(other(h)),
+            // The state after the parent, altered: a member it says was
+            // touched, or an upgrade plan no block completed.
+            2 | 3 => {
+                a.before.touched.insert(outsider().id(), h - 1);
+            }
+            4 => a.before.schedule.push(UpgradePlan { version: MAX_VERSION + 1, height: h + 2 }),
+            // A precommit whose signature does not verify.
+            5 => {
+                if let Some(pc) = a.committed.cert.precommits.first_mut() {
+                    pc.signature[0] ^= 1;
+                }
+            }
+            // Fewer signers than a quorum of the set.
+            6 => {
+                let q = quorum(a.before.current.len());
+                a.committed.cert.precommits.truncate(q.saturating_sub(1));
+            }
+            _ => return Some(CheckpointLie::Silent),
+        }
+        Some(CheckpointLie::Answer(Box::new(a)))
+    }
+
     pub fn drip(&mut self) -> Option<u64> {
         (self.on(Strategy::SyncDrip) && self.rng.chance(800)).then(|| self.rng.range(500, 4_000))
     }

@@ -32,6 +32,11 @@
 //!   ([`super::resources`]), checked by the world after every input.
 //! * No honest double-sign: never two different signed messages for one
 //!   (height, round, step) from an honest key, across restarts.
+//! * Checkpoint start: a node that started from a checkpoint started from a
+//!   block the honest nodes decide at its height (Agreement), with the
+//!   membership the chain leaves there (Membership); from it on its commits
+//!   are checked as every other (Agreement, Validity, linked to the
+//!   checkpoint), and its store's first block stays the checkpoint.
 //! * Progress is checked by the world at the end of a scenario.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -105,6 +110,10 @@ pub struct Checker {
     /// Kinds not checked (`SIM_SKIP`), e.g. to see whether a lock that moved
     /// back goes on to break agreement.
     skip: BTreeSet<Kind>,
+    /// Checkpoint starts at heights no honest node committed yet (a peer that
+    /// holds a block the moment it is decided): checked when one does.
+    /// (node, height, block, membership after it)
+    checkpoints: Vec<(NodeId, Height, Hash, MembershipState)>,
 }
 
 impl Kind {
@@ -147,6 +156,7 @@ impl Checker {
             violation: None,
             label,
             skip: skipped(),
+            checkpoints: Vec::new(),
         }
     }
 
@@ -436,12 +446,70 @@ impl Checker {
                 self.sets.insert(h + 2, next);
             }
             self.states.insert(h, self.chain.state().clone());
+            if !self.checkpoints.is_empty() {
+                self.check_checkpoints();
+            }
         }
         if self.states.get(&h) != Some(membership) {
             let detail = format!("{name} left height {h} with another membership than the chain's");
             self.fail(Kind::Membership, Some(h), vec![me], detail);
         }
         completed
+    }
+
+    /// The blocks honest nodes committed, from height `from` on.
+    pub fn decided_from(&self, from: Height) -> Vec<(Height, Hash)> {
+        self.committed.range(from..).map(|(h, (id, _))| (*h, *id)).collect()
+    }
+
+    /// An honest node started from checkpoint `c`, the membership `after` it
+    /// stored with it: it must be the block the honest nodes decide there,
+    /// with the chain's membership. One no honest node committed yet must
+    /// carry a certificate this file counts, and is checked once one does.
+    pub fn on_checkpoint(&mut self, me: NodeId, c: &Committed, after: &MembershipState) {
+        let (h, id) = (c.block.height(), c.block.hash());
+        if !self.committed.contains_key(&h) {
+            if let Err(why) = self.certified(c) {
+                let name = (self.label)(&me);
+                let detail = format!(
+                    "{name} started from a checkpoint at height {h} ({}) that no honest node committed, with a \
+                     certificate that {why}",
+                    id.short()
+                );
+                self.fail(Kind::Agreement, Some(h), vec![me], detail);
+                return;
+            }
+        }
+        self.checkpoints.push((me, h, id, after.clone()));
+        self.check_checkpoints();
+    }
+
+    /// The checkpoint starts at heights honest nodes committed since.
+    fn check_checkpoints(&mut self) {
+        let mut i = 0;
+        while i < self.checkpoints.len() {
+            let (me, h, id, _) = self.checkpoints[i];
+            let Some(&(decided, who)) = self.committed.get(&h) else {
+                i += 1;
+                continue;
+            };
+            let (_, _, _, after) = self.checkpoints.remove(i);
+            let name = (self.label)(&me);
+            if decided != id {
+                let detail = format!(
+                    "height {h}: {} committed {}, {name} started from the checkpoint {}",
+                    (self.label)(&who),
+                    decided.short(),
+                    id.short()
+                );
+                self.fail(Kind::Agreement, Some(h), vec![who, me], detail);
+            } else if self.states.get(&h) != Some(&after) {
+                let detail = format!(
+                    "{name} started from the checkpoint at height {h} with another membership than the chain's"
+                );
+                self.fail(Kind::Membership, Some(h), vec![me], detail);
+            }
+        }
     }
 
     /// Whether the chain (its highest height committed) names `id` in the set

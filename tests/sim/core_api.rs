@@ -13,6 +13,10 @@ pub use masternode::chain::Message;
 pub use masternode::chain::MAX_VERSION;
 pub use masternode::chain::{genesis_hash, tx_hash, tx_root, Block, Hash, Header, Height, Limits, Round};
 pub use masternode::chain::{
+    members_digest, parent_link, Checkpoint, CheckpointAnswer, CheckpointDecision, CheckpointFetch, CheckpointSource,
+    Verified, CHECKPOINT_RETRY_MS,
+};
+pub use masternode::chain::{
     Approval, Change, Completed, Membership, MembershipState, Params, Plan as UpgradePlan, SignedApproval,
 };
 pub use masternode::chain::{
@@ -73,12 +77,19 @@ pub struct Persisted<'a> {
     /// What it signed at the height after the tip.
     pub own: Vec<Signed>,
     pub lock: Option<Lock>,
+    /// The earliest height it holds (a checkpoint's, else 1).
+    pub earliest: Height,
 }
+
+/// The doppelganger watch of a node that lost its data dir: the default
+/// (`doppelganger_intervals = 2`), what guards its key's earlier signatures.
+pub const WIPED_WATCH_INTERVALS: u32 = 2;
 
 /// A driver as `Node::start` builds it from the store: the core at the tip's
 /// next height with the stored membership, last signature, own messages and
-/// lock, then the driver around it, which starts the height.
-pub fn boot(setup: &Setup, identity: Arc<Identity>, stored: Persisted<'_>, now: Now) -> Driver {
+/// lock, then the driver around it, which starts the height (`watch`: the
+/// doppelganger watch's intervals).
+pub fn boot(setup: &Setup, identity: Arc<Identity>, stored: Persisted<'_>, now: Now, watch: u32) -> Driver {
     let (height, prev_hash, prev_ts) = match stored.tip {
         Some(c) => (c.block.height(), c.block.hash(), c.block.header.timestamp_ms),
         None => (0, genesis_hash(&NET), GENESIS_MS),
@@ -108,10 +119,14 @@ pub fn boot(setup: &Setup, identity: Arc<Identity>, stored: Persisted<'_>, now: 
         bootstrap: setup.bootstrap.clone(),
         max_version: MAX_VERSION,
         // No two processes share a key here: the watch would only delay
-        // every restarted node's first signature.
-        watch_intervals: 0,
+        // every restarted node's first signature; a node that lost its data
+        // dir runs it (it is what brings back what its key signed).
+        watch_intervals: watch,
     };
-    Driver::new(core, cfg, now)
+    let mut driver = Driver::new(core, cfg, now);
+    // As the producer hands it in from the store, for the `Holds` it sends.
+    driver.handle_earliest(stored.earliest, now);
+    driver
 }
 
 /// A message's body as the transport delivers it (the frame without its
@@ -163,16 +178,7 @@ pub fn outsider() -> Arc<Identity> {
 /// Another history from the genesis: `len` blocks certified by keys that
 /// were never members here (a bootstrap peer that serves it).
 pub fn other_history(len: Height) -> Vec<Committed> {
-    let keys: Vec<Arc<Identity>> = {
-        let mut v: Vec<Arc<Identity>> = (0..4u8)
-            .map(|i| {
-                let key = ed25519_dalek::SigningKey::from_bytes(&[0xc0 + i; 32]);
-                Arc::new(Identity::from_signing_key(key).expect("self-signed certificate"))
-            })
-            .collect();
-        v.sort_by_key(|i| i.id());
-        v
-    };
+    let keys = other_keys();
     let mut chain: Vec<Committed> = Vec::new();
     let (mut prev, mut ts) = (genesis_hash(&NET), GENESIS_MS);
     for height in 1..=len {
@@ -194,6 +200,54 @@ pub fn other_history(len: Height) -> Vec<Committed> {
         chain.push(Committed { block, cert: Certificate { height, round: 0, block: id, precommits } });
     }
     chain
+}
+
+/// The keys that certify [`other_history`], sorted by id.
+fn other_keys() -> Vec<Arc<Identity>> {
+    static KEYS: OnceLock<Vec<Arc<Identity>>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut v: Vec<Arc<Identity>> = (0..4u8)
+            .map(|i| {
+                let key = ed25519_dalek::SigningKey::from_bytes(&[0xc0 + i; 32]);
+                Arc::new(Identity::from_signing_key(key).expect("self-signed certificate"))
+            })
+            .collect();
+        v.sort_by_key(|i| i.id());
+        v
+    })
+    .clone()
+}
+
+/// A checkpoint answer of another history at `height`: a block signed by
+/// `me` and the keys of [`other_history`], linked to a member state of those
+/// keys under protocol 4 that it commits to, on a made-up parent. Consistent
+/// in itself (its certificate verifies against that state); its id is no
+/// block of this network's chain, and of the genesis set only `me` signed it.
+pub fn other_checkpoint(me: &Identity, height: Height) -> CheckpointAnswer {
+    let height = height.max(2);
+    let keys = other_keys();
+    let mut ids: Vec<NodeId> = keys.iter().map(|k| k.id()).collect();
+    ids.push(me.id());
+    let mut before = Membership::of_ids(&ids, MIN_ACTIVE).state().clone();
+    before.applied = height - 1;
+    before.schedule.push(UpgradePlan { version: 4, height: 1 });
+    let parent = Hash([0xab; 32]);
+    let txs = vec![format!("another history {height}").into_bytes()];
+    let header = Header {
+        height,
+        round: 0,
+        prev_hash: parent_link(parent, members_digest(&before), true),
+        timestamp_ms: GENESIS_MS + height * INTERVAL_MS,
+        proposer: me.id(),
+        tx_root: tx_root(&txs),
+        changes: vec![],
+    };
+    let block = Block { header, txs };
+    let id = block.hash();
+    let mut precommits = vec![precommit(height, 0, Some(id), me)];
+    precommits.extend(keys.iter().map(|k| precommit(height, 0, Some(id), k)));
+    let cert = Certificate { height, round: 0, block: id, precommits };
+    CheckpointAnswer { parent, committed: Committed { block, cert }, before }
 }
 
 pub fn outsider_addr() -> std::net::SocketAddr {

@@ -43,6 +43,9 @@ pub enum Fault {
     Heal,
     /// Message loss, per mille.
     Loss(u64),
+    /// The node crashes and loses its data dir; at its next start it begins
+    /// from a checkpoint ([`Restore`]).
+    Wipe(usize, Restore),
 }
 
 #[derive(Debug, Clone)]
@@ -287,6 +290,10 @@ impl Plan {
             plan.v4_from = Some(vrng.range(1, 6));
         }
         plan.add_hostility(&mut vrng);
+        // A stream of its own, drawn after everything else: a wiped node's
+        // checkpoint start.
+        let mut crng = Rng::new(seed ^ 0x6368_6563_6b70_6f74);
+        plan.add_checkpoint_start(&mut crng);
         plan
     }
 
@@ -556,5 +563,51 @@ pub fn describe_planned(p: &Planned) -> String {
         Planned::Add(k) => format!("add {}", letter(*k)),
         Planned::Remove(k) => format!("remove {}", letter(*k)),
         Planned::SetAddr(k, port) => format!("{} moves to port {port}", letter(*k)),
+    }
+}
+
+/// Where the operator of a node that lost its data dir points it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restore {
+    /// `checkpoint = "HEIGHT:HASH"`: a block the honest nodes decided, copied
+    /// from a healthy node when the node starts.
+    Named,
+    /// `checkpoint = "peers"`: the tip a peer offers, with precommits of more
+    /// than two thirds of the genesis set.
+    Peers,
+}
+
+/// Permille of the scenarios with a crash of an honest genesis member in
+/// which that crash also wipes its data dir.
+const WIPE_PERMILLE: u64 = 50;
+/// A wipe is a crash at least this far into the scenario where one is.
+const LATE_MS: u64 = 5_000;
+
+impl Plan {
+    /// Now and then one crash of an honest genesis member becomes a wipe: the
+    /// node restarts on an empty data dir from a checkpoint, named or from
+    /// peers (only where the member set does not change: `peers` trusts the
+    /// genesis set, which a changed set no longer gives a quorum). Protocol 4
+    /// is on (a checkpoint needs blocks that commit to their member state),
+    /// and Byzantine members lie about checkpoints.
+    fn add_checkpoint_start(&mut self, rng: &mut Rng) {
+        let crashes: Vec<usize> = (0..self.faults.len())
+            .filter(|&i| matches!(self.faults[i].1, Fault::Crash(s) if s < self.n && !self.byzantine.contains(&s)))
+            .collect();
+        if crashes.is_empty() || !rng.chance(WIPE_PERMILLE) {
+            return;
+        }
+        // A crash a few seconds in, when the chain has blocks to start from.
+        let late: Vec<usize> = crashes.iter().copied().filter(|&i| self.faults[i].0 >= LATE_MS).collect();
+        let Some(&i) = rng.pick(&late).or(crashes.last()) else { return };
+        let Fault::Crash(s) = self.faults[i].1 else { return };
+        let restore = if self.changes.is_empty() && rng.chance(500) { Restore::Peers } else { Restore::Named };
+        self.faults[i].1 = Fault::Wipe(s, restore);
+        if self.v4_from.is_none() {
+            self.v4_from = Some(1);
+        }
+        if !self.byzantine.is_empty() {
+            self.strategies.insert(Strategy::LieCheckpoint);
+        }
     }
 }

@@ -3,21 +3,42 @@
 //! returned for survives a crash: `Persist` and `Commit` are applied when the
 //! effect is carried out, and a crash loses exactly what the driver had not
 //! yet handed out (`Fault::CrashAfterPersist` dies between a signature's
-//! `Persist` and its broadcast).
+//! `Persist` and its broadcast). A store wiped (`Fault::Wipe`) is empty; one
+//! started from a checkpoint (`start_at`) holds the blocks from the
+//! checkpoint's height on, as `chain::store` does.
 
 use std::collections::BTreeMap;
 
 use super::core_api::*;
 
-#[derive(Default)]
 pub struct Store {
     pub last_signed: Option<SignRecord>,
     /// Own signed messages, by record; those of finished heights go with each block.
     pub own: BTreeMap<SignRecord, Signed>,
     pub lock: Option<Lock>,
+    /// The blocks from `earliest` on.
     pub chain: Vec<Committed>,
     /// The membership the tip left, written with each block.
     pub membership: Option<MembershipState>,
+    /// The height of `chain[0]`, 1 unless started from a checkpoint.
+    pub earliest: Height,
+    /// The membership each height left, from `earliest - 1` on (what a
+    /// checkpoint answer serves).
+    pub states: BTreeMap<Height, MembershipState>,
+}
+
+impl Default for Store {
+    fn default() -> Store {
+        Store {
+            last_signed: None,
+            own: BTreeMap::new(),
+            lock: None,
+            chain: Vec::new(),
+            membership: None,
+            earliest: 1,
+            states: BTreeMap::new(),
+        }
+    }
 }
 
 impl Store {
@@ -39,12 +60,50 @@ impl Store {
         }
         self.chain.push(c.clone());
         self.membership = Some(membership.clone());
+        self.states.insert(h, membership.clone());
         self.own.retain(|r, _| r.height > h);
         Ok(())
     }
 
     pub fn tip(&self) -> Height {
-        self.chain.len() as Height
+        match self.chain.len() {
+            0 => 0,
+            n => self.earliest + n as Height - 1,
+        }
+    }
+
+    /// `Store::start_at`: an empty store begins at a verified checkpoint,
+    /// its block as tip and earliest height, with the member states before
+    /// and after it.
+    pub fn start_at(&mut self, c: &Committed, before: &MembershipState, after: &MembershipState) -> Result<(), String> {
+        let h = c.block.height();
+        if !self.chain.is_empty() {
+            return Err(format!("store refuses a checkpoint at {h}: it holds a chain to {}", self.tip()));
+        }
+        self.earliest = h;
+        self.chain.push(c.clone());
+        self.membership = Some(after.clone());
+        self.states.insert(h - 1, before.clone());
+        self.states.insert(h, after.clone());
+        Ok(())
+    }
+
+    /// The block at `height`, if held.
+    pub fn block(&self, height: Height) -> Option<&Committed> {
+        self.chain.get(usize::try_from(height.checked_sub(self.earliest)?).ok()?)
+    }
+
+    /// What `producer/requests.rs` answers `GetCheckpoint { height }` with
+    /// (0: the tip): the block, its parent's id and the state the parent
+    /// left, when this store holds all three.
+    pub fn checkpoint_at(&self, height: Height) -> Option<CheckpointAnswer> {
+        let height = if height == 0 { self.tip() } else { height };
+        if height < 2 {
+            return None;
+        }
+        let (committed, parent, before) =
+            (self.block(height)?, self.block(height - 1)?, self.states.get(&(height - 1))?);
+        Some(CheckpointAnswer { parent: parent.block.hash(), committed: committed.clone(), before: before.clone() })
     }
 
     /// `Store::own_signed(height)`.
@@ -57,10 +116,11 @@ impl Store {
     pub fn range(&self, from: Height, count: usize, max_bytes: usize) -> Vec<Committed> {
         let mut out = Vec::new();
         let mut bytes = 1 + 9;
-        for c in self.chain.iter().skip(from.saturating_sub(1) as usize).take(count) {
-            if from == 0 {
-                break;
-            }
+        if from < self.earliest {
+            // Nothing below the earliest height is served.
+            return out;
+        }
+        for c in self.chain.iter().skip((from - self.earliest) as usize).take(count) {
             let size = masternode::codec::encoded_len(c);
             if !out.is_empty() && bytes + size > max_bytes {
                 break;
@@ -80,6 +140,7 @@ impl Store {
             last_signed: self.last_signed,
             own: self.own_signed(h),
             lock: self.lock.clone(),
+            earliest: self.earliest,
         }
     }
 }

@@ -27,6 +27,7 @@
 //! Byzantine slots run a driver too, and the adversary rewrites what it sends
 //! ([`super::adversary`]).
 
+mod checkpoint;
 mod effects;
 mod network;
 
@@ -38,7 +39,7 @@ use bytes::Bytes;
 use super::adversary::Adversary;
 use super::checker::{Checker, Violation};
 use super::core_api::*;
-use super::plan::{describe_planned, Calm, Fault, Plan, Planned};
+use super::plan::{describe_planned, Calm, Fault, Plan, Planned, Restore};
 use super::resources::{self, Served};
 use super::rng::Rng;
 use super::store::Store;
@@ -63,6 +64,12 @@ pub fn describe_fault(f: &Fault) -> String {
         Fault::Partition(g) => format!("partition {}", groups_text(g)),
         Fault::Heal => "heal".into(),
         Fault::Loss(p) => format!("loss {p}/1000"),
+        Fault::Wipe(s, Restore::Named) => {
+            format!("crash {} and wipe its data dir (it restarts from a named checkpoint)", letter(*s))
+        }
+        Fault::Wipe(s, Restore::Peers) => {
+            format!("crash {} and wipe its data dir (it restarts from a checkpoint of its peers)", letter(*s))
+        }
     }
 }
 
@@ -109,12 +116,13 @@ pub struct Outcome {
 enum Pending {
     Blocks { peer: NodeId, slot: usize },
     Txs { peer: NodeId, slot: usize, height: Height, round: Round },
+    Checkpoint { peer: NodeId, slot: usize },
 }
 
 impl Pending {
     fn slot(&self) -> usize {
         match self {
-            Pending::Blocks { slot, .. } | Pending::Txs { slot, .. } => *slot,
+            Pending::Blocks { slot, .. } | Pending::Txs { slot, .. } | Pending::Checkpoint { slot, .. } => *slot,
         }
     }
 }
@@ -170,6 +178,16 @@ pub struct Node {
     /// The bootstrap peer with another history: no driver; the world answers
     /// for it from its store.
     fork: bool,
+    /// Its data dir was wiped: its next start is from a checkpoint.
+    restore: Option<Restore>,
+    /// Fetching a checkpoint (up, no driver yet), as `fetch_checkpoint` does.
+    fetch: Option<CheckpointFetch>,
+    /// The peers still to ask in this round of the fetch.
+    asking: Vec<usize>,
+    /// The checkpoint it started from: its store's first block, ever since.
+    started_from: Option<(Height, Hash)>,
+    /// Its data dir was wiped once: it runs the doppelganger watch.
+    wiped: bool,
 }
 
 // Sizes do not matter here: events live in one queue of a few thousand.
@@ -225,6 +243,11 @@ enum Event {
     },
     /// The network delivers an old consensus message again.
     Replay,
+    /// A node fetching a checkpoint asks its next peer.
+    AskCheckpoint {
+        node: usize,
+        epoch: u64,
+    },
 }
 
 pub struct World {
@@ -387,6 +410,11 @@ impl World {
                 submitted: 0,
                 at: None,
                 fork,
+                restore: None,
+                fetch: None,
+                asking: Vec::new(),
+                started_from: None,
+                wiped: false,
             });
             if fork {
                 nodes[s].store.chain = other_history(60);
@@ -585,6 +613,11 @@ impl World {
             Event::Rewind { node, height, round, value } => self.rewind(node, height, round, value),
             Event::Deadline => self.deadline(),
             Event::Replay => self.replay(),
+            Event::AskCheckpoint { node, epoch } => {
+                if self.nodes[node].epoch == epoch && self.nodes[node].up {
+                    self.ask_checkpoint(node);
+                }
+            }
         }
     }
 
@@ -640,6 +673,22 @@ impl World {
             Fault::Partition(g) => self.groups = g,
             Fault::Heal => self.groups = vec![0; self.nodes.len()],
             Fault::Loss(p) => self.loss = p,
+            Fault::Wipe(s, restore) => {
+                if self.nodes[s].up {
+                    self.crash(s);
+                }
+                if self.checkpoints().is_empty() {
+                    self.log(1 << s, None, true, |w| {
+                        format!("no block to start {} from yet: its data dir stays", w.name(s))
+                    });
+                    return self.apply_links();
+                }
+                let node = &mut self.nodes[s];
+                node.store = Store::default();
+                node.restore = Some(restore);
+                node.started_from = None;
+                node.wiped = true;
+            }
         }
         self.apply_links();
     }
@@ -701,6 +750,8 @@ impl World {
         node.fetches.clear();
         node.serving.clear();
         node.linked.clear();
+        node.fetch = None;
+        node.asking.clear();
         self.apply_links();
     }
 
@@ -715,6 +766,9 @@ impl World {
             self.at(self.now + MISCHIEF_MS, Event::Mischief { node: s, epoch });
             return;
         }
+        if self.nodes[s].store.chain.is_empty() && self.nodes[s].restore.is_some() {
+            return self.begin_fetch(s);
+        }
         let now = self.clock(s);
         let h = self.nodes[s].store.tip() + 1;
         let node = &mut self.nodes[s];
@@ -723,7 +777,8 @@ impl World {
         node.booted_at = self.now;
         node.wake_at = None;
         node.at = None;
-        let driver = boot(&self.setup, node.identity.clone(), node.store.persisted(), now);
+        let watch = if node.wiped { WIPED_WATCH_INTERVALS } else { 0 };
+        let driver = boot(&self.setup, node.identity.clone(), node.store.persisted(), now, watch);
         node.admits = Some(transport_set(&driver, &self.setup));
         node.driver = Some(driver);
         let epoch = node.epoch;

@@ -79,14 +79,25 @@ impl World {
                 }
                 self.answer(s, id, Ok(Message::Blocks(blocks)), late);
             }
-            // Simulated nodes start from genesis and never ask for a
-            // checkpoint; one asked is refused, its reservation handed back.
-            Effect::ServeCheckpoint { id, peer, max_bytes, .. } => {
+            // From the store (`checkpoint_at`), paced as the shell waits; what
+            // the answer did not use goes back to the peer's serve budget.
+            Effect::ServeCheckpoint { id, peer, height, max_bytes, after_ms } => {
+                let reply = self.checkpoint_reply(s, height);
+                let used = match &reply {
+                    Some(Ok(msg)) => body_of(msg).map_or(0, |b| b.len()),
+                    _ => 0,
+                };
                 let now = self.clock(s);
                 if let Some(d) = self.nodes[s].driver.as_mut() {
-                    d.handle_served(peer, max_bytes, 0, now);
+                    d.handle_served(peer, max_bytes, used, now);
                 }
-                self.answer(s, id, Err(masternode::net::Refusal::Unsupported), 0);
+                match reply {
+                    Some(result) => self.answer(s, id, result, after_ms),
+                    // Never answered: the requester's transport times out.
+                    None => {
+                        self.nodes[s].serving.remove(&id.0);
+                    }
+                }
             }
             Effect::Reply { id, msg: Message::Txs(txs) } if !self.nodes[s].honest => match self.adv.txs_answer(txs) {
                 Some(txs) => self.answer(s, id, Ok(Message::Txs(txs)), 0),
@@ -194,6 +205,7 @@ impl World {
             self.checker.validity_failed(id, h, format!("its driver committed out of order: {e}"));
             return;
         }
+        self.check_first_block(s);
         self.on_chain_completed(&chain_completed);
         self.maybe_approve(s);
         self.check_finished();

@@ -258,7 +258,9 @@ impl World {
             return req;
         };
         match &mut pending {
-            Pending::Blocks { slot: at, .. } | Pending::Txs { slot: at, .. } => *at = slot,
+            Pending::Blocks { slot: at, .. } | Pending::Txs { slot: at, .. } | Pending::Checkpoint { slot: at, .. } => {
+                *at = slot
+            }
         }
         self.nodes[s].pending.insert(req, pending);
         self.at(self.now + REQUEST_TIMEOUT_MS, Event::RequestFailed { node: s, epoch, req, why: Failed::Timeout });
@@ -285,9 +287,18 @@ impl World {
             let id = node.next_serving;
             node.next_serving += 1;
             node.serving.insert(id, Serving { requester: from, req, epoch });
-            if let Message::GetBlocks { from: start, count } = msg {
-                let blocks = node.store.range(start, count.min(16) as usize, 256 * 1024);
-                self.answer(to, RequestId(id), Ok(Message::Blocks(blocks)), 0);
+            match msg {
+                Message::GetBlocks { from: start, count } => {
+                    let blocks = node.store.range(start, count.min(16) as usize, 256 * 1024);
+                    self.answer(to, RequestId(id), Ok(Message::Blocks(blocks)), 0);
+                }
+                // A checkpoint of its history, at the height asked or its tip.
+                Message::GetCheckpoint { height } => {
+                    let height = if height == 0 { node.store.tip() } else { height };
+                    let answer = other_checkpoint(&node.identity.clone(), height);
+                    self.answer(to, RequestId(id), Ok(Message::Checkpoint(Box::new(answer))), 0);
+                }
+                _ => {}
             }
             return;
         }
@@ -358,6 +369,9 @@ impl World {
                     Err(e) => format!("{}'s sync request failed: {e}", w.name(s)),
                 });
                 self.input(s, |d, now| d.handle_blocks(peer, result, now));
+            }
+            Pending::Checkpoint { peer, .. } => {
+                self.checkpoint_answered(s, peer, decoded.map_err(|e| e.to_string()));
             }
             Pending::Txs { peer, height, round, .. } => {
                 if self.nodes[s].fetches.get(&(height, round)) != Some(&req) {
