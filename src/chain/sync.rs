@@ -275,11 +275,16 @@ impl SyncPlanner {
         !self.in_flight.is_empty()
     }
 
-    /// The highest tip any usable peer claims.
+    /// The highest tip any usable peer claims: one not penalized that said
+    /// what it holds. The claim of a peer that never sends `Holds` is never
+    /// acted on (it is not asked for blocks), so it never makes this node
+    /// behind: a member announcing a far tip and nothing else would
+    /// otherwise hold every restarting node's doppelganger watch, and
+    /// `/ready`, at `syncing` for good.
     pub(crate) fn best_claim(&self, now_ms: u64) -> Height {
         self.peers
             .values()
-            .filter(|p| p.penalized_until_ms.is_none_or(|t| now_ms >= t))
+            .filter(|p| !p.holds_unknown && p.penalized_until_ms.is_none_or(|t| now_ms >= t))
             .map(|p| p.claimed)
             .max()
             .unwrap_or(0)
@@ -541,6 +546,19 @@ mod tests {
         claim(&mut s, id(1), 2_000_000, t1);
         assert_eq!(s.best_claim(t1), 500);
         assert_eq!(s.failures()[4], 1);
+    }
+
+    #[test]
+    fn a_claim_of_a_peer_that_never_says_what_it_holds_is_not_the_best() {
+        let t: u64 = 1_000_000;
+        let mut s = planner();
+        claim(&mut s, id(1), 60, t);
+        s.handle_holds_unknown(id(1));
+        claim(&mut s, id(2), 12, t);
+        assert_eq!(s.best_claim(t), 12, "a tip it would never be asked for");
+        assert_eq!(s.poll_request(11, t).map(|r| r.peer), Some(id(2)));
+        s.handle_holds(id(1), 1);
+        assert_eq!(s.best_claim(t), 60, "once it says what it holds");
     }
 
     #[test]
