@@ -12,7 +12,8 @@
 //! 2. `syncing`: it is within one block of the best tip a usable peer claims
 //!    (its height + 1 ≥ that tip), or no peer claims more. A peer's claim comes
 //!    with its handshake and every tip it announces; a peer that failed a sync
-//!    request is not usable and its claim is not counted. Catching up comes
+//!    request, or that has not said what it holds (`Holds`, wire 4), is not
+//!    usable and its claim is not counted. Catching up comes
 //!    before membership and quorum because a node behind reads both from an
 //!    old chain;
 //! 3. `not_a_member`: it is in the member set in force at the next height (a
