@@ -565,8 +565,7 @@ impl Adversary {
                 out.push(Send { to, msg: msg.clone(), extra_delay: 0, genuine: true });
             }
         };
-        let prev = self.blocks.values().find(|b| b.height() == h).map(|b| (b.header.prev_hash, b.header.timestamp_ms));
-        if let Some((prev_hash, timestamp_ms)) = prev {
+        if let Some((prev_hash, timestamp_ms)) = self.parent_of(h) {
             let ahead: Vec<Round> =
                 (r + 1..=r + MAX_ROUND_AHEAD).filter(|k| self.proposer(h, *k) == me.id()).take(4).collect();
             for round in ahead {
@@ -577,17 +576,7 @@ impl Adversary {
                 if proposed {
                     continue;
                 }
-                let txs = vec![self.fresh_tx(32)];
-                let header = Header {
-                    height: h,
-                    round,
-                    prev_hash,
-                    timestamp_ms,
-                    proposer: me.id(),
-                    tx_root: tx_root(&txs),
-                    changes: vec![],
-                };
-                let sp = propose(Block { header, txs }, round, None, me);
+                let sp = self.fresh_proposal(me, h, round, prev_hash, timestamp_ms);
                 self.record(&Signed::Proposal(sp.clone()));
                 all(out, Message::Proposal(sp));
             }
@@ -664,26 +653,14 @@ impl Adversary {
             // Compact proposals of its own rounds past the fetch window, within
             // the rounds a core takes: kept for later, a few.
             let n = self.members(h).len().max(1) as Round;
-            let prev =
-                self.blocks.values().find(|b| b.height() == h).map(|b| (b.header.prev_hash, b.header.timestamp_ms));
-            if let Some((prev_hash, timestamp_ms)) = prev {
+            if let Some((prev_hash, timestamp_ms)) = self.parent_of(h) {
                 let mut sent = 0;
                 for round in r + 2..=r + MAX_ROUND_AHEAD {
                     if sent >= 10 || self.proposer(h, round) != me.id() {
                         continue;
                     }
                     sent += 1;
-                    let txs = vec![self.fresh_tx(32)];
-                    let header = Header {
-                        height: h,
-                        round,
-                        prev_hash,
-                        timestamp_ms,
-                        proposer: me.id(),
-                        tx_root: tx_root(&txs),
-                        changes: vec![],
-                    };
-                    let sp = propose(Block { header, txs }, round, None, me);
+                    let sp = self.fresh_proposal(me, h, round, prev_hash, timestamp_ms);
                     all(out, Message::CompactProposal(CompactProposal::of(&sp)));
                 }
             }
@@ -696,6 +673,34 @@ impl Adversary {
                 }
             }
         }
+    }
+
+    /// The parent hash and timestamp of a block of height `h` it has seen.
+    fn parent_of(&self, h: Height) -> Option<(Hash, u64)> {
+        self.blocks.values().find(|b| b.height() == h).map(|b| (b.header.prev_hash, b.header.timestamp_ms))
+    }
+
+    /// A proposal of its own for `(h, round)`, of one transaction no one else
+    /// sends, on the parent `prev_hash` stamped `timestamp_ms`.
+    fn fresh_proposal(
+        &mut self,
+        me: &Identity,
+        h: Height,
+        round: Round,
+        prev_hash: Hash,
+        timestamp_ms: u64,
+    ) -> SignedProposal {
+        let txs = vec![self.fresh_tx(32)];
+        let header = Header {
+            height: h,
+            round,
+            prev_hash,
+            timestamp_ms,
+            proposer: me.id(),
+            tx_root: tx_root(&txs),
+            changes: vec![],
+        };
+        propose(Block { header, txs }, round, None, me)
     }
 
     /// A transaction of `len` bytes no one else sends.
