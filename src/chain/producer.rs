@@ -129,8 +129,9 @@ pub(crate) struct Producer {
     driver: Driver,
     store: Store,
     writer: writer::Writer,
-    /// `Tip` and `Holds` of blocks still being written, sent once they are.
-    after_stored: Vec<(Height, Message)>,
+    /// `Tip` and `Holds` of blocks still being written, sent once they are
+    /// (to one peer, or to all): a peer asks for what they report at once.
+    after_stored: Vec<(Height, Option<crate::identity::NodeId>, Message)>,
     peers: Peers,
     tip: watch::Sender<Tip>,
     metrics: Arc<ChainMetrics>,
@@ -333,11 +334,8 @@ impl Producer {
                 Effect::Commit { committed, membership, synced } => {
                     self.writer.commit(committed, membership, synced).await?
                 }
-                Effect::Broadcast(msg) => match writer::reports(&msg).filter(|_| self.writer.pending() > 0) {
-                    Some(height) => self.after_stored.push((height, msg)),
-                    None => self.broadcast(&msg),
-                },
-                Effect::Send { to, msg } => self.send(to, &msg),
+                Effect::Broadcast(msg) => self.deliver(None, msg),
+                Effect::Send { to, msg } => self.deliver(Some(to), msg),
                 Effect::RequestBlocks { peer, from, count } => self.request_blocks(peer, from, count),
                 Effect::RequestTxs { peer, height, round, ids } => self.request_txs(peer, height, round, ids),
                 Effect::CancelTxs { height, round } => {
@@ -409,10 +407,10 @@ impl Producer {
             self.metrics.commit_latency.observe(latency_ms as f64 / 1000.0);
         }
         tracing::debug!(height, hash = %s.hash.short(), round = s.round, txs = s.txs, "committed");
-        let (due, later) = std::mem::take(&mut self.after_stored).into_iter().partition(|(h, _)| *h <= height);
+        let (due, later) = std::mem::take(&mut self.after_stored).into_iter().partition(|(h, ..)| *h <= height);
         self.after_stored = later;
-        for (_, msg) in due {
-            self.broadcast(&msg);
+        for (_, to, msg) in due {
+            self.deliver_now(to, &msg);
         }
     }
 

@@ -118,6 +118,18 @@ pub(crate) struct Request {
     pub count: u32,
 }
 
+/// A request sent and not answered yet.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    request: Request,
+    sent_ms: u64,
+    /// What the peer claimed when it was asked. A short answer is weighed
+    /// against this, not against a claim that arrived while the answer was on
+    /// its way: a peer reads what it has stored when it serves, and its next
+    /// `Tip` may overtake the answer.
+    claimed: Height,
+}
+
 #[derive(Debug, Default, Clone)]
 struct PeerSync {
     claimed: Height,
@@ -142,7 +154,7 @@ impl PeerSync {
 pub(crate) struct SyncPlanner {
     cfg: SyncConfig,
     peers: BTreeMap<NodeId, PeerSync>,
-    in_flight: BTreeMap<NodeId, (Request, u64)>,
+    in_flight: BTreeMap<NodeId, InFlight>,
     reported: BTreeSet<(NodeId, Failure)>,
     failures: [u64; 6],
     /// The height no usable peer holds was reported (until a request is made).
@@ -232,7 +244,7 @@ impl SyncPlanner {
 
     /// The request in flight to `peer`, if any: what its answer must be.
     pub(crate) fn in_flight_to(&self, peer: &NodeId) -> Option<Request> {
-        self.in_flight.get(peer).map(|(r, _)| *r)
+        self.in_flight.get(peer).map(|f| f.request)
     }
 
     /// Forgets the peers `keep` refuses (they left the set): their claims,
@@ -247,7 +259,7 @@ impl SyncPlanner {
     /// and about the bytes they hold.
     pub(crate) fn bytes(&self) -> usize {
         self.peers.len() * std::mem::size_of::<(NodeId, PeerSync)>()
-            + self.in_flight.len() * std::mem::size_of::<(NodeId, (Request, u64))>()
+            + self.in_flight.len() * std::mem::size_of::<(NodeId, InFlight)>()
             + self.reported.len() * std::mem::size_of::<(NodeId, Failure)>()
     }
 
@@ -297,8 +309,8 @@ impl SyncPlanner {
         match self.in_flight.len() {
             0 => {}
             1 => {
-                let (_, sent) = self.in_flight.values().next().expect("one in flight");
-                if now_ms.saturating_sub(*sent) < self.cfg.hedge_after_ms {
+                let sent = self.in_flight.values().next().expect("one in flight").sent_ms;
+                if now_ms.saturating_sub(sent) < self.cfg.hedge_after_ms {
                     return None;
                 }
             }
@@ -322,14 +334,15 @@ impl SyncPlanner {
             })
             .map(|(id, _)| *id)?;
         let request = Request { peer, from: our_tip + 1, count: self.cfg.batch };
-        self.in_flight.insert(peer, (request, now_ms));
+        let claimed = self.peers.get(&peer).map_or(0, |p| p.claimed);
+        self.in_flight.insert(peer, InFlight { request, sent_ms: now_ms, claimed });
         self.unheld_reported = false;
         Some(request)
     }
 
     /// The answer to the request in flight to `peer`.
     pub(crate) fn handle_response(&mut self, peer: NodeId, outcome: Outcome, now_ms: u64) -> Verdict {
-        let Some((request, sent)) = self.in_flight.remove(&peer) else {
+        let Some(InFlight { request, sent_ms: sent, claimed }) = self.in_flight.remove(&peer) else {
             return Verdict { failure: None, first_of_its_kind: false };
         };
         let p = self.peers.entry(peer).or_default();
@@ -342,7 +355,7 @@ impl SyncPlanner {
                 p.delivered += applied as u64;
                 let last = request.from + blocks as u64 - 1;
                 let short = (blocks as u32) < request.count && bytes < self.cfg.full_bytes;
-                (short && p.claimed > last).then_some(Failure::Drip)
+                (short && claimed > last).then_some(Failure::Drip)
             }
         };
         let Some(f) = failure else {
@@ -573,6 +586,29 @@ mod tests {
         s.poll_request(5, t).unwrap();
         let v = s.handle_response(id(1), Outcome::Blocks { blocks: 3, bytes: FULL, applied: 3, invalid: false }, t);
         assert_eq!(v.failure, None, "three big blocks fill the budget");
+    }
+
+    #[test]
+    fn a_tip_that_overtakes_the_answer_does_not_make_it_a_drip() {
+        let t: u64 = 1_000_000;
+        let mut s = planner();
+        claim(&mut s, id(1), 300, t);
+        let r = s.poll_request(290, t).unwrap();
+        // The peer serves heights 291..=300, the ten it had stored; its next
+        // block is stored and announced while the answer is on its way.
+        claim(&mut s, id(1), 301, t + 5);
+        let v = s.handle_response(
+            r.peer,
+            Outcome::Blocks { blocks: 10, bytes: 16_000, applied: 10, invalid: false },
+            t + 9,
+        );
+        assert_eq!(v.failure, None, "all it claimed when it was asked");
+        // What it claimed when asked, it must send.
+        claim(&mut s, id(1), 400, t + 10);
+        assert_eq!(s.poll_request(300, t + 10).map(|r| r.from), Some(301));
+        let v =
+            s.handle_response(id(1), Outcome::Blocks { blocks: 1, bytes: 1_600, applied: 1, invalid: false }, t + 20);
+        assert_eq!(v.failure, Some(Failure::Drip));
     }
 
     #[test]

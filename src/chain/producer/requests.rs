@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Producer;
+use super::{writer, Producer};
 use crate::chain::block::{Hash, Height, Round};
 use crate::chain::checkpoint::CheckpointAnswer;
 use crate::chain::driver::{BlocksAnswer, RequestFailure, RequestId};
@@ -43,6 +43,22 @@ impl Producer {
     /// Queues for every peer; returns at once. The only error is a message over
     /// its kind's limit, which block limits rule out for our own messages: if it
     /// happens anyway it is a bug worth a loud line, not a silent stall.
+    /// Sends `msg` to `to` (or to every peer) now, or, when it reports a block
+    /// still being written (`Tip`, `Holds`), once that block is stored.
+    pub(super) fn deliver(&mut self, to: Option<NodeId>, msg: Message) {
+        match writer::reports(&msg).filter(|_| self.writer.pending() > 0) {
+            Some(height) => self.after_stored.push((height, to, msg)),
+            None => self.deliver_now(to, &msg),
+        }
+    }
+
+    pub(super) fn deliver_now(&self, to: Option<NodeId>, msg: &Message) {
+        match to {
+            Some(to) => self.send(to, msg),
+            None => self.broadcast(msg),
+        }
+    }
+
     pub(super) fn broadcast(&self, msg: &Message) {
         match msg.outgoing() {
             Ok(out) => {
