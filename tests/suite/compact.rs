@@ -3,7 +3,7 @@
 //! ids nobody holds and withholds them, or ids that do not match its header,
 //! changes nothing but its own round; and however fast it proposes, for rounds
 //! ahead or left behind, the fetches it causes never outnumber the slots that
-//! wait for them. (`tests/suite/compact_memory.rs` measures a member that names one
+//! wait for them. (`tests/long/compact_memory.rs` measures a member that names one
 //! transaction in every place, against daemons.)
 //!
 //! Four members: a hostile key at the lowest address (the honest nodes wait for

@@ -134,7 +134,7 @@ async fn a_late_node_catches_up_from_the_peer_that_holds_the_range_or_says_once_
 /// The figures in docs/operating.md ("Disk use"): one member each, blocks every
 /// 10 ms, real fjall. A keeps every block, B keeps the last 100, C keeps every
 /// block and commits transactions of 1 KiB as fast as its mempool takes them.
-/// `cargo test --release --test suite retention::measure -- --ignored --nocapture`
+/// `cargo test --release --test long retention::measure -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement of a few minutes"]
 async fn measure_disk_use_per_block_and_per_transaction_byte() {
