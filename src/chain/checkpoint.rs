@@ -293,7 +293,7 @@ impl Fetch {
 
     /// Whether `cause` from `peer` is reported for the first time (causes the
     /// shell finds itself: an answer of another kind, one that does not decode).
-    pub fn first_report(&mut self, peer: NodeId, cause: &'static str) -> bool {
+    pub(crate) fn first_report(&mut self, peer: NodeId, cause: &'static str) -> bool {
         self.reported.insert((peer, cause))
     }
 

@@ -173,7 +173,7 @@ impl CompactProposal {
 
     /// The compact form of a signed proposal whose transactions' ids the
     /// caller holds (in block order): nothing is hashed.
-    pub fn with_ids(sp: &SignedProposal, ids: Vec<Hash>) -> CompactProposal {
+    pub(crate) fn with_ids(sp: &SignedProposal, ids: Vec<Hash>) -> CompactProposal {
         let p = &sp.proposal;
         CompactProposal {
             height: p.height,
@@ -361,7 +361,7 @@ impl Assembly {
     }
 
     /// [`Self::into_signed`] with the transactions' ids, in block order.
-    pub fn into_signed_with_ids(self) -> Option<(SignedProposal, Vec<Hash>)> {
+    pub(crate) fn into_signed_with_ids(self) -> Option<(SignedProposal, Vec<Hash>)> {
         if !self.is_complete() {
             return None;
         }

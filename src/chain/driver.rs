@@ -988,7 +988,7 @@ impl Driver {
     /// how many): the mempool refuses them as it would have before the
     /// restart, so a client's retry or a member's late copy of a transaction
     /// committed just before it is not committed again.
-    pub fn handle_committed_before(&mut self, blocks: &[(Height, Vec<Hash>)]) {
+    pub(crate) fn handle_committed_before(&mut self, blocks: &[(Height, Vec<Hash>)]) {
         for (height, ids) in blocks {
             self.mempool.handle_commit_ids(*height, ids);
         }
@@ -996,7 +996,7 @@ impl Driver {
 
     /// The heights and the ids [`Self::handle_committed_before`] can use: the
     /// mempool's window of committed ids.
-    pub fn recent_ids_wanted(&self) -> (Height, usize) {
+    pub(crate) fn recent_ids_wanted(&self) -> (Height, usize) {
         (super::mempool::COMMITTED_HEIGHTS, self.mempool.limits().max_txs)
     }
 

@@ -405,7 +405,7 @@ impl Store {
 
     /// The membership state after block `height` (`applied == height`), if this
     /// store recorded one at or below it.
-    pub fn state_at(&self, height: Height) -> Result<Option<MembershipState>, StoreError> {
+    pub(crate) fn state_at(&self, height: Height) -> Result<Option<MembershipState>, StoreError> {
         let Some(kv) = self.states.range(..=height.to_be_bytes()).next_back() else { return Ok(None) };
         let (_, bytes) = kv?;
         let mut state: MembershipState = decode(&bytes, "member state")?;
