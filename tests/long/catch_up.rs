@@ -19,10 +19,11 @@ use masternode::node::Node;
 async fn late_node_catches_up_through_blocks_of_tiny_transactions() {
     let spec = Spec::new(4);
     let transport = fast_transport();
-    // Blocks two seconds apart: the submissions (about 12,000 a second on a
-    // loaded machine, each waiting for its verdict) fill them to the block's
-    // count limit, which is what the late node must get through.
-    let network = spec.network_paced(&spec.name, &spec.members, 2_000);
+    // Blocks four seconds apart: the submissions (12,000 a second on a loaded
+    // machine, each waiting for its verdict; under 6,000 beside the other long
+    // tests and a release build) fill them to the block's count limit, which
+    // is what the late node must get through.
+    let network = spec.network_paced(&spec.name, &spec.members, 4_000);
     let mut nodes = Vec::new();
     for i in 0..3 {
         nodes.push(spec.start_with(i, network.clone(), transport.clone(), TestHooks::default()).await);
