@@ -991,8 +991,18 @@ impl Adversary {
                     v
                 })
                 .collect(),
-            // Stray: real precommits, but of another round than the certificate's.
+            // Stray: real precommits, one of them of another round than the
+            // certificate's: a quorum of signers only when that one counts.
             2 => match &real {
+                Some(c) if c.block.hash() == id => {
+                    let q = self.q(from_height);
+                    let mut pcs: Vec<SignedVote> =
+                        c.cert.precommits.iter().filter(|p| p.vote.voter != me.id()).cloned().collect();
+                    pcs.truncate(q.saturating_sub(1));
+                    pcs.push(precommit(from_height, c.cert.round + 1, Some(id), me));
+                    let cert = Certificate { height: from_height, round: c.cert.round, block: id, precommits: pcs };
+                    return Some(vec![Committed { block, cert }]);
+                }
                 Some(c) => {
                     let mut pcs = c.cert.precommits.clone();
                     pcs.push(precommit(from_height, c.cert.round + 1, Some(id), me));
