@@ -1214,7 +1214,8 @@ impl Driver {
 
     /// When no block came for a while, messages may have been lost (a peer
     /// restarted, a partition healed) or reached only some of us: send what we
-    /// hold for this height again.
+    /// hold for this height again, and the `Holds` that says which blocks we
+    /// serve.
     fn rebroadcast(&mut self, now: Now) {
         let height = self.core.height();
         if height != self.last_height_seen.0 {
@@ -1227,6 +1228,18 @@ impl Driver {
             // equivocator's, or one lost in a partition) reaches the rest.
             for m in self.core.relay_messages() {
                 self.effects.push_back(Effect::Broadcast(gossip_form(&m, &self.tx_ids)));
+            }
+            // And what this node holds: a peer at wire 4 asks it for blocks
+            // only once it said (`Holds`), which it does on connecting and
+            // with each block. A peer that missed that one (it handled the
+            // `Holds` before the connection it came on, or, in the
+            // simulation, lost it) would otherwise wait for our next block,
+            // which may need that very peer's votes (the simulation's seed
+            // 1511: D, behind, asked only the liar B, and A and C waited for
+            // D at the height after).
+            if height > 1 {
+                let held = Message::Holds { earliest: self.earliest, height: height - 1 };
+                self.effects.push_back(Effect::Broadcast(held));
             }
             self.last_height_seen.1 = now.mono_ms;
         }

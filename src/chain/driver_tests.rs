@@ -523,6 +523,54 @@ fn without_a_new_height_for_three_intervals_what_the_height_holds_is_sent_again_
     assert_eq!(resent(&mut d, 6_250), 1, "once the quorum is back");
 }
 
+/// A peer at wire 4 is asked for blocks only once it said what it holds, and
+/// it says so on connecting and with each block. A node that missed that
+/// `Holds` (the shell handed it over before the connection it came on, which
+/// then marked the peer as not having said; in the simulation, a lost frame)
+/// hears it again once the peer's height stalls: the peer may be waiting for
+/// this very node's votes, and would never decide the block whose `Holds`
+/// would otherwise come next (the simulation's seed 1511).
+#[test]
+fn a_peer_that_missed_what_a_stalled_node_holds_hears_it_again_and_asks_it_for_blocks() {
+    let mut net = Net::new(4);
+    net.run_until("block 1 decided everywhere", |n| n.drivers.iter().all(|d| d.height() >= 2));
+    let ahead = &mut net.drivers[0];
+    let (height, start) = (ahead.height(), net.now);
+    effects(ahead);
+    // Its peers fall silent: its height stalls, its quorum still connected.
+    let holds = |out: &[Effect]| {
+        out.iter()
+            .filter(|e| matches!(e, Effect::Broadcast(Message::Holds { earliest: 1, height: h }) if *h == height - 1))
+            .count()
+    };
+    assert_eq!(holds(&run_to(ahead, start + 2_999)), 0, "not before three intervals");
+    let out = run_to(ahead, start + 3_250);
+    assert_eq!(holds(&out), 1, "said again with what the height holds: {out:?}");
+    let again = out.into_iter().find(|e| matches!(e, Effect::Broadcast(Message::Holds { .. }))).unwrap();
+    let Effect::Broadcast(again) = again else { unreachable!() };
+    // A node behind, at height 1, asking another peer (the liar), when the
+    // `Holds` of the stalled node's new connection is handed over before the
+    // connection itself.
+    let ids = net.ids.clone();
+    let mut behind = driver(&ids, 3);
+    let (peer, liar) = (ids[0].id(), ids[1].id());
+    behind.handle_wire_versions([(peer, 4), (liar, 4)].into_iter().collect(), at(start));
+    behind.handle_connected(others(&ids, 3), at(start));
+    behind.handle_peer_up(liar, Some(height + 10), at(start));
+    behind.handle_message(liar, Message::Holds { earliest: 1, height: height + 10 }, at(start));
+    let asked = |out: Vec<Effect>, who: NodeId| {
+        out.into_iter().any(|e| matches!(e, Effect::RequestBlocks { peer: p, .. } if p == who))
+    };
+    assert!(asked(effects(&mut behind), liar));
+    behind.handle_message(peer, again.clone(), at(start + 1));
+    behind.handle_peer_up(peer, Some(height - 1), at(start + 1));
+    assert!(!asked(effects(&mut behind), peer), "one request at a time");
+    behind.handle_blocks(liar, Ok(BlocksAnswer { blocks: Vec::new(), bytes: 2 }), at(start + 20));
+    assert!(!asked(effects(&mut behind), peer), "the liar failed, but the peer has not said on its connection");
+    behind.handle_message(peer, again, at(start + 3_250));
+    assert!(asked(effects(&mut behind), peer), "said again: asked");
+}
+
 #[test]
 fn a_compact_proposal_not_completed_in_two_intervals_is_dropped_and_its_fetch_cancelled() {
     let ids = identities(4);
