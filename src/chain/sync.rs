@@ -20,7 +20,8 @@
 //! * **Asked only for what they hold.** A peer that prunes (`retain_blocks`)
 //!   says the earliest height it holds (`Holds`, wire 4); a peer is asked only
 //!   when it holds the next height we need. A peer at wire 4 is not asked
-//!   before it said ([`SyncPlanner::handle_holds_unknown`]); one at wire 3
+//!   before it said ([`SyncPlanner::handle_holds_unknown`]; a `Holds` the shell
+//!   handed over before the connection it came on counts); one at wire 3
 //!   (0.1.0, which never prunes) holds everything.
 //!   When peers claim more but none holds the next height, [`SyncPlanner::poll_unheld`]
 //!   says so once, until a request can be made again.
@@ -137,6 +138,9 @@ struct PeerSync {
     holds_from: Height,
     /// Connected at a wire version that says what it holds, and not said yet.
     holds_unknown: bool,
+    /// It sent `Holds` since it last went down: a `Holds` the shell hands
+    /// over before the connection it came on still counts.
+    holds_said: bool,
     delivered: u64,
     /// Milliseconds spent waiting for its answers.
     busy_ms: u64,
@@ -188,14 +192,15 @@ impl SyncPlanner {
     /// or 1 for a peer that never prunes).
     pub(crate) fn handle_holds(&mut self, peer: NodeId, earliest: Height) {
         let p = self.peers.entry(peer).or_default();
-        (p.holds_from, p.holds_unknown) = (earliest, false);
+        (p.holds_from, p.holds_unknown, p.holds_said) = (earliest, false, true);
     }
 
     /// `peer` connected at a wire version whose nodes say what they hold
     /// (`Holds`): it is not asked until it said. A peer never announced so
     /// holds every block.
     pub(crate) fn handle_holds_unknown(&mut self, peer: NodeId) {
-        self.peers.entry(peer).or_default().holds_unknown = true;
+        let p = self.peers.entry(peer).or_default();
+        p.holds_unknown = !p.holds_said;
     }
 
     /// When usable peers claim more than `our_tip` and none has held the next
@@ -237,7 +242,7 @@ impl SyncPlanner {
     pub(crate) fn handle_down(&mut self, peer: NodeId) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.claimed = 0;
-            (p.holds_from, p.holds_unknown) = (0, false);
+            (p.holds_from, p.holds_unknown, p.holds_said) = (0, false, false);
         }
         self.in_flight.remove(&peer);
     }
@@ -586,6 +591,24 @@ mod tests {
         s.poll_request(5, t).unwrap();
         let v = s.handle_response(id(1), Outcome::Blocks { blocks: 3, bytes: FULL, applied: 3, invalid: false }, t);
         assert_eq!(v.failure, None, "three big blocks fill the budget");
+    }
+
+    #[test]
+    fn a_holds_handed_over_before_its_connection_still_counts() {
+        let t: u64 = 1_000_000;
+        let mut s = planner();
+        claim(&mut s, id(1), 50, t);
+        s.handle_down(id(1));
+        // The new connection's Holds comes first, then its PeerUp.
+        s.handle_holds(id(1), 1);
+        s.handle_holds_unknown(id(1));
+        claim(&mut s, id(1), 50, t);
+        assert_eq!(s.poll_request(10, t).map(|r| r.peer), Some(id(1)), "it said what it holds");
+        // Down again: what it said went with the connection.
+        s.handle_down(id(1));
+        s.handle_holds_unknown(id(1));
+        claim(&mut s, id(1), 50, t);
+        assert_eq!(s.poll_request(10, t), None, "not asked until it says again");
     }
 
     #[test]
