@@ -51,6 +51,10 @@ const MISCHIEF_MS: u64 = 1_000;
 const CHANGE_WINDOW_MS: u64 = 20_000;
 /// A scenario that runs this many steps is a message storm, not a test.
 const STEP_LIMIT: u64 = 600_000;
+/// Gossip frames a node fetching a checkpoint keeps for its driver, at most
+/// (the real inbox bounds bytes per peer and then stops reading; the
+/// simulation's fetches take seconds, far from either).
+const EARLY_FRAMES: usize = 4_096;
 
 pub fn letter(i: usize) -> char {
     (b'A' + i as u8) as char
@@ -184,6 +188,11 @@ pub struct Node {
     fetch: Option<CheckpointFetch>,
     /// The peers still to ask in this round of the fetch.
     asking: Vec<usize>,
+    /// Gossip that came while it fetched a checkpoint: the real node's
+    /// transport runs during the fetch and its inbox keeps what peers send
+    /// (bounded, [`EARLY_FRAMES`]) for the driver built after it, as the
+    /// copies of its own key's messages a peer sends when it connects.
+    early: Vec<(usize, Bytes)>,
     /// The checkpoint it started from: its store's first block, ever since.
     started_from: Option<(Height, Hash)>,
     /// Its data dir was wiped once: it runs the doppelganger watch.
@@ -413,6 +422,7 @@ impl World {
                 restore: None,
                 fetch: None,
                 asking: Vec::new(),
+                early: Vec::new(),
                 started_from: None,
                 wiped: false,
             });
@@ -742,6 +752,7 @@ impl World {
         self.log(1 << s, None, true, |w| format!("{} crashes", w.name(s)));
         let node = &mut self.nodes[s];
         node.up = false;
+        node.early.clear();
         node.driver = None;
         node.epoch += 1;
         node.crash_after_persist = false;

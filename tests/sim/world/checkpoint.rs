@@ -58,6 +58,7 @@ impl World {
         node.admits = Some(admits);
         node.fetch = Some(fetch);
         node.asking.clear();
+        node.early.clear();
         let epoch = node.epoch;
         let what = match source {
             CheckpointSource::Trusted(c) => format!("checkpoint {}:{}", c.height, c.hash.short()),
@@ -172,9 +173,12 @@ impl World {
         let driver = boot(&self.setup, node.identity.clone(), node.store.persisted(), now, WIPED_WATCH_INTERVALS);
         node.admits = Some(transport_set(&driver, &self.setup));
         node.driver = Some(driver);
-        // The driver is told of the peers its transport holds.
+        // The driver is told of the peers its transport holds, then takes
+        // what its inbox kept during the fetch.
         node.linked.clear();
         self.carry_out(s);
+        self.apply_links();
+        self.deliver_early(s);
         self.arm(s);
         self.apply_links();
         self.maybe_approve(s);

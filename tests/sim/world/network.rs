@@ -205,6 +205,14 @@ impl World {
         }
     }
 
+    /// The gossip kept while it fetched a checkpoint, handed to the driver
+    /// just built, in the order it came.
+    pub(super) fn deliver_early(&mut self, s: usize) {
+        for (from, body) in std::mem::take(&mut self.nodes[s].early) {
+            self.deliver(from, s, body);
+        }
+    }
+
     /// To every connected slot.
     pub(super) fn broadcast(&mut self, s: usize, msg: &Message) {
         let Some(body) = body_of(msg) else { return };
@@ -224,6 +232,14 @@ impl World {
     /// A gossiped frame reaches `to`: dropped undecoded where the driver says
     /// so, refused if it does not decode, else handed to the driver.
     pub(super) fn deliver(&mut self, from: usize, to: usize, body: Bytes) {
+        let node = &mut self.nodes[to];
+        if node.driver.is_none() && node.fetch.is_some() {
+            // Fetching a checkpoint: kept for the driver built after it.
+            if node.early.len() < EARLY_FRAMES {
+                node.early.push((from, body));
+            }
+            return;
+        }
         if self.driver(to).is_none_or(|d| d.skip_undecoded(&body)) {
             return;
         }
