@@ -382,6 +382,7 @@ held! {
     NextHeight => "next_height": "Proposals and votes kept for the next height.",
     Clock => "clock": "Clock readings from the members' tips.",
     PeerState => "peer_state": "What the driver keeps per peer: rate limits, last heard, sync claims and reports.",
+    Rebuild => "compact_rebuild": "The largest rebuild of one compact proposal from the mempool since the start (a high-water mark: a rebuild is held while its proposal is checked, and kept only as it waits).",
     SyncAnswers => "sync_answers": "Peers' answers to this node's own requests (`Blocks`, `Txs`) read and not yet handled (held by the shell).",
 }
 
@@ -452,6 +453,8 @@ pub struct Driver {
     gate: Gate,
     mempool: Mempool,
     waiting: Waiting,
+    /// The bytes of the largest rebuild made ([`Held::Rebuild`]).
+    largest_rebuild: usize,
     fetches: BTreeMap<(Height, Round), Fetch>,
     /// The ids of the blocks this node proposed or rebuilt lately ([`TxIds`]).
     tx_ids: TxIds,
@@ -534,6 +537,7 @@ impl Driver {
             members_view: Arc::new(MembersView { membership, waiting: Vec::new() }),
             mempool: Mempool::new(cfg.node_limits.mempool),
             waiting: Waiting::new(&cfg.limits),
+            largest_rebuild: 0,
             tx_ids: TxIds::default(),
             sync: SyncPlanner::new(SyncConfig { batch: cfg.node_limits.sync_batch_blocks, ..SyncConfig::default() }),
             last_height_seen: (height, now.mono_ms),
@@ -646,6 +650,7 @@ impl Driver {
         match what {
             Held::CompactWaiting => Usage::new(self.waiting.len(), self.waiting.bytes()),
             Held::CompactLater => Usage::new(self.waiting.later_len(), self.waiting.later_bytes()),
+            Held::Rebuild => Usage::new(usize::from(self.largest_rebuild > 0), self.largest_rebuild),
             Held::FetchRequests => Usage::new(self.fetches.len(), self.fetches.values().map(|f| f.request_bytes).sum()),
             Held::Approvals => self.approvals.usage(),
             Held::Votes => self.core.held().votes,
@@ -1553,6 +1558,7 @@ impl Driver {
             Err(e) => return self.refuse_compact(cp.proposer, &e),
         };
         let assembly = Assembly::new(cp, found);
+        self.largest_rebuild = self.largest_rebuild.max(assembly.bytes());
         if assembly.is_complete() {
             return self.assembled(assembly, now);
         }

@@ -517,3 +517,28 @@ pub fn init_logs() {
             .try_init();
     }
 }
+
+/// Five nodes started at the same instant, `rounds` times: every round ends with
+/// ten connections, each pair once, dialled by the lower address, and no redial
+/// storm (at most two dials and four handshakes more than the ten pairs need).
+pub async fn simultaneous_starts(rounds: u32) {
+    for round in 0..rounds {
+        let spec = Spec::new(5);
+        let starts = (0..5).map(|i| {
+            let cfg = spec.config(i, spec.network(), fast_transport());
+            Node::start(cfg, Default::default(), tokio_util::sync::CancellationToken::new())
+        });
+        let nodes: Vec<Node> = futures_join_all(starts).await.into_iter().map(|r| r.unwrap()).collect();
+        let refs: Vec<&Node> = nodes.iter().collect();
+        eventually(&format!("round {round}: full mesh"), Duration::from_secs(20), || mesh_complete(&refs)).await;
+        assert_full_mesh(&spec, &refs);
+        let dials: u64 = nodes.iter().map(|n| counter(&n.peers().counters().dials)).sum();
+        let handshakes: u64 = nodes.iter().map(|n| counter(&n.peers().counters().handshakes_ok)).sum();
+        let duplicates: u64 = nodes.iter().map(|n| counter(&n.peers().counters().duplicates_closed)).sum();
+        // 10 pairs: 10 dials, 20 handshake completions (one at each end).
+        assert!(dials <= 12, "round {round}: {dials} dials for 10 pairs");
+        assert!(handshakes <= 24, "round {round}: {handshakes} handshakes for 10 pairs");
+        assert_eq!(duplicates, 0, "round {round}: no duplicates when nobody is late");
+        stop_all(nodes).await;
+    }
+}

@@ -13,6 +13,7 @@
 //! | structure | items | bytes |
 //! |---|---|---|
 //! | compact proposals being fetched | 4 | 4 × (a compact proposal of `max_block_txs` ids + its slots + min(`max_block_bytes`, `mempool_max_bytes`)): an assembly waiting holds only what the mempool had, each transaction once, and never more than a block |
+//! | the largest rebuild of a compact proposal, at any moment | 1 | one of the compact proposals being fetched: a rebuild stops before it copies past a block |
 //! | compact proposals kept for later rounds | 8 | 8 compact proposals |
 //! | `GetTxs` in flight | 4 | 4 requests of `max_block_txs` ids |
 //! | approvals waiting for a block | 8 per member of the sets in force and next | as many approvals |
@@ -91,6 +92,11 @@ pub fn budget(what: Held, d: &Driver, limits: &SimLimits, bootstrap: &[NodeId]) 
             let placed = block.max_block_bytes.min(mempool.max_bytes);
             let each = compact_bytes(block.max_block_txs) + slots_bytes(block.max_block_txs) + placed;
             Usage::new(FETCHING, FETCHING * each)
+        }
+        // One rebuild at a time, within one block however many ids it names.
+        Held::Rebuild => {
+            let placed = block.max_block_bytes.min(mempool.max_bytes);
+            Usage::new(1, compact_bytes(block.max_block_txs) + slots_bytes(block.max_block_txs) + placed)
         }
         Held::CompactLater => Usage::new(LATER, LATER * compact_bytes(block.max_block_txs)),
         Held::FetchRequests => Usage::new(FETCHING, FETCHING * (24 + block.max_block_txs * 32)),

@@ -190,22 +190,22 @@ async fn two_hundred_transactions_reach_every_node() {
     stop_all(nodes).await;
 }
 
-/// `max_block_txs` in the network file is a rule of every member: given 100
+/// `max_block_txs` in the network file is a rule of every member: given 20
 /// transactions at once, the network commits them all in blocks of at most
-/// 10, so in at least 10 blocks.
+/// 4, so in at least 5 blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_network_of_ten_transaction_blocks_commits_a_hundred_in_blocks_of_ten_at_most() {
+async fn a_network_of_four_transaction_blocks_commits_twenty_in_blocks_of_four_at_most() {
     let spec = Spec::new(4);
-    let network = spec.network_with_keys("max_block_txs = 10\n");
-    assert_eq!(network.limits().max_block_txs, 10);
+    let network = spec.network_with_keys("max_block_txs = 4\n");
+    assert_eq!(network.limits().max_block_txs, 4);
     assert_ne!(network.id, spec.network().id, "another network than the one without the key");
     let mut nodes = Vec::new();
     for i in 0..4 {
         nodes.push(spec.start_with(i, network.clone(), fast_transport(), Default::default()).await);
     }
     let mut hashes = std::collections::HashSet::new();
-    for k in 0..100u32 {
-        let tx = format!("transaction {k:03} for blocks of ten").into_bytes();
+    for k in 0..20u32 {
+        let tx = format!("transaction {k:03} for blocks of four").into_bytes();
         hashes.insert(nodes[0].submit(tx).await.unwrap());
     }
     let refs: Vec<&Node> = nodes.iter().collect();
@@ -220,12 +220,12 @@ async fn a_network_of_ten_transaction_blocks_commits_a_hundred_in_blocks_of_ten_
         }
         (hashes.iter().all(|h| found.contains(h)), sizes)
     };
-    eventually("all 100 committed on every node", BLOCK_WAIT, || refs.iter().all(|n| committed(n).0)).await;
+    eventually("all 20 committed on every node", BLOCK_WAIT, || refs.iter().all(|n| committed(n).0)).await;
     for n in &refs {
         let (_, sizes) = committed(n);
-        assert!(sizes.iter().all(|&s| s <= 10), "a block over 10 transactions: {sizes:?}");
-        assert!(sizes.iter().filter(|&&s| s > 0).count() >= 10, "100 in blocks of 10 take 10 blocks: {sizes:?}");
-        assert_eq!(sizes.iter().sum::<usize>(), 100, "each committed once: {sizes:?}");
+        assert!(sizes.iter().all(|&s| s <= 4), "a block over 4 transactions: {sizes:?}");
+        assert!(sizes.iter().filter(|&&s| s > 0).count() >= 5, "20 in blocks of 4 take 5 blocks: {sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 20, "each committed once: {sizes:?}");
     }
     check_chains_of(&network, &stores(&refs).iter().collect::<Vec<_>>());
     stop_all(nodes).await;
