@@ -69,6 +69,15 @@ fn slots_bytes(max_txs: usize) -> usize {
     max_txs * (std::mem::size_of::<Option<Vec<u8>>>() + 2 * (std::mem::size_of::<(Hash, usize)>() + 1))
 }
 
+/// One compact proposal being rebuilt or fetched: its ids, its table of
+/// positions, and what it placed from the mempool, each transaction once and
+/// never more than a block.
+fn assembly_bytes(limits: &SimLimits) -> usize {
+    let block = limits.block;
+    let placed = block.max_block_bytes.min(limits.node.mempool.max_bytes);
+    compact_bytes(block.max_block_txs) + slots_bytes(block.max_block_txs) + placed
+}
+
 /// A block's bytes as held: each transaction with its `Vec` and the
 /// allocator's rounding (at most 32 bytes more than a one-byte transaction),
 /// its approvals and its header.
@@ -85,19 +94,11 @@ pub fn budget(what: Held, d: &Driver, limits: &SimLimits, bootstrap: &[NodeId]) 
     let h = core.height();
     let n = core.members_at(h).len();
     let block = limits.block;
-    let mempool = limits.node.mempool;
     let rounds = core.round() as usize + 1 + ROUNDS_AHEAD as usize;
     match what {
-        Held::CompactWaiting => {
-            let placed = block.max_block_bytes.min(mempool.max_bytes);
-            let each = compact_bytes(block.max_block_txs) + slots_bytes(block.max_block_txs) + placed;
-            Usage::new(FETCHING, FETCHING * each)
-        }
+        Held::CompactWaiting => Usage::new(FETCHING, FETCHING * assembly_bytes(limits)),
         // One rebuild at a time, within one block however many ids it names.
-        Held::Rebuild => {
-            let placed = block.max_block_bytes.min(mempool.max_bytes);
-            Usage::new(1, compact_bytes(block.max_block_txs) + slots_bytes(block.max_block_txs) + placed)
-        }
+        Held::Rebuild => Usage::new(1, assembly_bytes(limits)),
         Held::CompactLater => Usage::new(LATER, LATER * compact_bytes(block.max_block_txs)),
         Held::FetchRequests => Usage::new(FETCHING, FETCHING * (24 + block.max_block_txs * 32)),
         Held::Approvals => {
