@@ -1291,6 +1291,33 @@ fn an_older_precommit_of_its_key_for_a_value_brings_back_the_lock_once_the_value
     assert_eq!(d.stats(at(T0 + 5_000)).hold, None);
 }
 
+/// The copies of its key's messages come in any order: a prevote of a later
+/// round first raises the floor above the precommit that comes after it, and
+/// that precommit still brings back the lock it implies (seed 8451: a wiped
+/// node, its floor at round 2, prevoted a fresh value in round 3 against the
+/// lock of its round-0 precommit).
+#[test]
+fn a_precommit_of_its_key_below_the_floor_still_brings_back_its_lock() {
+    let ids = identities(4);
+    let mut d = watching(&ids, 0, 2, 0, Vec::new());
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    let sp = proposal(&ids[1], 0, vec![b"tx".to_vec()]);
+    let value = sp.proposal.block.hash();
+    let later = vote_of(&ids[0], VoteKind::Prevote, 2, None);
+    d.handle_message(ids[2].id(), Message::Vote(later), at(T0 + 10));
+    let old = vote_of(&ids[0], VoteKind::Precommit, 0, Some(value));
+    d.handle_message(ids[1].id(), Message::Vote(old), at(T0 + 20));
+    assert_eq!(d.core().last_signed(), Some(SignRecord { height: 1, round: 2, step: Step::Prevote }));
+    let mut out = effects(&mut d);
+    out.extend(run_to(&mut d, T0 + 5_000));
+    assert_eq!(d.stats(at(T0 + 5_000)).hold, Some(Hold::LockMissing), "the lock is wanted though below the floor");
+    assert!(persisted(&out).is_empty(), "{out:?}");
+    d.handle_message(ids[1].id(), Message::Proposal(sp), at(T0 + 5_000));
+    effects(&mut d);
+    assert_eq!(d.core().lock(), Some((0, value)), "the lock its precommit implies");
+}
+
 #[test]
 fn a_connecting_peer_gets_back_what_its_key_signed_at_this_height() {
     let ids = identities(4);

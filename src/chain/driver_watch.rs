@@ -137,7 +137,10 @@ impl Driver {
                 self.raise_floor(seen, lock);
             }
             Verdict::Floor(_) => self.raise_floor(seen, lock),
-            Verdict::Known => {}
+            // At or below the floor already (the copies come in any order: a
+            // later round's first), but a precommit for a value still brings
+            // back its lock.
+            Verdict::Known => self.want_lock(seen.height, lock),
         }
         let out = self.tell_core(now);
         self.drive(out, false, now);
@@ -175,9 +178,16 @@ impl Driver {
                 "signing floor raised (was {was})"
             );
         }
+        self.want_lock(seen.height, lock);
+    }
+
+    /// The lock a precommit of our key for a value at `height` implies: taken
+    /// now if its proposal is held, else wanted (signatures at that height
+    /// wait for it, [`Self::follow_lock`]).
+    fn want_lock(&mut self, height: Height, lock: Option<(Round, Hash)>) {
         if let Some((round, value)) = lock {
             if !self.core.adopt_lock(round, value) && self.lock_wanted.is_none_or(|(_, r, _)| r < round) {
-                self.lock_wanted = Some((seen.height, round, value));
+                self.lock_wanted = Some((height, round, value));
             }
         }
     }
