@@ -256,7 +256,8 @@ struct RoundVotes {
     prevotes: BTreeMap<NodeId, SignedVote>,
     precommits: BTreeMap<NodeId, SignedVote>,
     /// Second votes of equivocating members, one per (voter, kind), kept only
-    /// when they are for nil or for a value proposed at this height. They count towards
+    /// when they are for nil, for a value proposed at this height or for one
+    /// another voter's first vote of the kind names. They count towards
     /// that value: the paper counts messages from distinct processes per value,
     /// and a member that sent a value to some of us and nil to others must not
     /// leave the ones who saw one version unable ever to see the polka the
@@ -292,9 +293,20 @@ impl RoundVotes {
     }
 
     /// Adds a verified vote: its voter's first of its kind, or, where
-    /// `may_conflict` (the value is nil or proposed at this height), a second
-    /// version, at most [`MAX_CONFLICTING`] more per voter and kind: memory stays
-    /// bounded.
+    /// `may_conflict` (the value is nil or proposed at this height) or another
+    /// voter's first vote of its kind names its value, a second version, at
+    /// most [`MAX_CONFLICTING`] more per voter and kind: memory stays bounded.
+    ///
+    /// A value the first votes name counts before its proposal is held: a
+    /// node that never held a round's proposal (it came compact in a round
+    /// the node had left behind, so not fetched) learns the value only from
+    /// a later re-proposal, and versions relayed before that would be
+    /// dropped, so that the polka its valid round claims is complete only
+    /// with the next relay, often after the propose timeout (found by the
+    /// simulation: seed 2117, five correct members of seven, one of them
+    /// prevoting nil on the re-proposal of a peer's locked value, the polka
+    /// complete there 16 ms after its propose timeout). A value some voter's
+    /// first vote names is not one made up to fill the slots.
     ///
     /// Past that bound a version takes the place of the held one whose value
     /// the other voters' first votes support least, when its own value has
@@ -328,14 +340,14 @@ impl RoundVotes {
         let held: Vec<Option<Hash>> =
             self.conflicting.keys().filter(|(v, k, _)| *v == voter && *k == kind).map(|(_, _, b)| *b).collect();
         let seconds = held.len();
-        if !may_conflict {
+        let support = |b: Option<Hash>| self.of(kind).values().filter(|f| f.vote.block == b).count();
+        if !may_conflict && support(value) == 0 {
             return Added::NotCounted { news: seconds == 0 };
         }
         if seconds < MAX_CONFLICTING {
             self.conflicting.insert((voter, kind, value), sv);
             return Added::Second { news: seconds == 0 };
         }
-        let support = |b: Option<Hash>| self.of(kind).values().filter(|f| f.vote.block == b).count();
         let weakest = held.iter().copied().min_by_key(|b| support(*b));
         match weakest.filter(|w| support(*w) < support(value)) {
             Some(w) => {

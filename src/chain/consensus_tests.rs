@@ -1426,3 +1426,36 @@ fn an_equivocators_versions_for_values_nobody_votes_do_not_keep_out_the_one_a_po
     let bs = Vote { kind: VoteKind::Prevote, height: 1, round: 0, block: Some(b.hash()), voter: byz };
     assert!(core.holds_vote(&bs) && !core.holds_vote(&again), "B's version stays, the junk one goes");
 }
+
+/// An equivocator's version for a value the other voters' first votes name
+/// counts before the value's proposal is held. A node that never held round
+/// 0's proposal of B (compact, in a round it had left behind) learns B only
+/// from its re-proposal with valid round 0; the versions of round 0 for B
+/// relayed before that must not have been dropped, or the polka the
+/// re-proposal claims, which the others saw, is complete here only with the
+/// next relay, often after the propose timeout (the simulation's seed 2117:
+/// five correct members of seven, one of them prevoting nil on each
+/// re-proposal of the value its peer was locked on).
+#[test]
+fn an_equivocators_version_for_a_value_the_first_votes_name_counts_before_its_proposal_is_held() {
+    let f = OneCore::new();
+    let now = 5_000;
+    let mut core = Core::new(f.cfg.clone(), f.me.clone(), 1, genesis_hash(&NET), 0, None);
+    f.start(&mut core);
+    let b = f.block(0, "b");
+    let others = f.others();
+    let (byz, h1, h2) = (others[0], others[1], others[2]);
+    // Round 0's proposal of B never comes here; the others' first prevotes do.
+    core.handle(Input::Vote(f.signed_vote(VoteKind::Prevote, 0, None, byz)), now);
+    core.handle(f.prevote(0, &b, h1), now);
+    core.handle(f.prevote(0, &b, h2), now);
+    // The equivocator's version for B, relayed by a peer that counted it.
+    core.handle(f.prevote(0, &b, byz), now);
+    let bs = Vote { kind: VoteKind::Prevote, height: 1, round: 0, block: Some(b.hash()), voter: byz };
+    assert!(core.holds_vote(&bs), "its version for B, which two first votes name, is held");
+    core.handle(Input::Timeout(Timeout::Precommit { height: 1, round: 0 }), now);
+    assert_eq!(core.round(), 1);
+    // B re-proposed with valid round 0: the polka of round 0 is here (L28).
+    let out = core.handle(f.reproposal(1, &b, 0), now);
+    assert_eq!(votes_signed(&out), vec![(VoteKind::Prevote, 1, Some(b.hash()))], "prevotes the re-proposal");
+}

@@ -49,8 +49,13 @@ pub const START_MS: u64 = 1_000_000;
 const MISCHIEF_MS: u64 = 1_000;
 /// Time after calm for each member change due then and not yet done.
 const CHANGE_WINDOW_MS: u64 = 20_000;
-/// A scenario that runs this many steps is a message storm, not a test.
-const STEP_LIMIT: u64 = 600_000;
+/// A scenario that runs this many steps per minute of its window after calm
+/// is a message storm, not a test. Per minute: a slow network's window is ten
+/// minutes, and Byzantine slots that keep attacking once calm flood every
+/// peer each second all through it (seed 5439: two flooders of seven under
+/// 1.2 to 3 s delays run about 3,000 steps a virtual second, two thirds of
+/// them their own floods, and needed more than 600,000 steps in all).
+const STEPS_PER_WINDOW_MINUTE: u64 = 600_000;
 /// Gossip frames a node fetching a checkpoint keeps for its driver, at most
 /// (the real inbox bounds bytes per peer and then stops reading; the
 /// simulation's fetches take seconds, far from either).
@@ -342,6 +347,7 @@ fn run_scenario(plan: &Plan, opts: &RunOpts, logs: Option<Sink>) -> Outcome {
     if let Some(every) = plan.replay_every_ms {
         w.at(START_MS + every, Event::Replay);
     }
+    let step_limit = STEPS_PER_WINDOW_MINUTE * plan.window_ms.div_ceil(60_000).max(1);
     while let Some(((t, _), ev)) = w.queue.pop_first() {
         w.now = t;
         w.steps += 1;
@@ -349,8 +355,8 @@ fn run_scenario(plan: &Plan, opts: &RunOpts, logs: Option<Sink>) -> Outcome {
         if w.checker.violation.is_some() || w.finished || opts.max_steps.is_some_and(|m| w.steps >= m) {
             break;
         }
-        if w.steps >= STEP_LIMIT {
-            w.checker.progress_failed(Vec::new(), format!("{STEP_LIMIT} steps without finishing: a message storm"));
+        if w.steps >= step_limit {
+            w.checker.progress_failed(Vec::new(), format!("{step_limit} steps without finishing: a message storm"));
             break;
         }
     }
