@@ -1335,6 +1335,31 @@ fn a_connecting_peer_gets_back_what_its_key_signed_at_this_height() {
         "{out:?}"
     );
 }
+/// A node one block behind keeps the next height's messages in its buffer: a
+/// peer restarting there from a checkpoint gets those of its key back too
+/// (seed 5050: C, at height 3, held A's proposal and prevote of (4, 0) when A,
+/// wiped, connected from the checkpoint of height 3; A proposed another block
+/// at (4, 0)).
+#[test]
+fn a_connecting_peer_gets_back_what_its_key_signed_for_the_next_height() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    let theirs =
+        Vote { kind: VoteKind::Prevote, height: 2, round: 0, block: None, voter: ids[1].id() }.sign(&NET, &ids[1]);
+    d.handle_message(ids[1].id(), Message::Vote(theirs.clone()), at(T0 + 10));
+    effects(&mut d);
+    assert_eq!(d.core().height(), 1, "kept for the next height");
+    d.handle_peer_up(ids[1].id(), Some(1), at(T0 + 20));
+    let out = effects(&mut d);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Send { to, msg: Message::Vote(v) } if *to == ids[1].id() && *v == theirs)),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn a_peer_at_wire_4_is_asked_for_blocks_once_it_said_it_holds_them() {
     let ids = identities(4);
