@@ -720,10 +720,12 @@ impl Core {
         out
     }
 
-    /// Every message of the current height signed by `node` that this core
-    /// holds: its proposals and its votes (conflicting versions too). Sent to
-    /// `node` when it connects: a node restarted on an older copy of its data
-    /// dir learns what its key signed (see [`super::doppelganger`]).
+    /// Every message signed by `node` that this core holds: its proposals and
+    /// its votes (conflicting versions too) of the current height, and those
+    /// kept for the next height. Sent to `node` when it connects: a node
+    /// restarted on an older copy of its data dir, or from a checkpoint one
+    /// block past this node's tip, learns what its key signed (see
+    /// [`super::doppelganger`]).
     pub(crate) fn signed_by(&self, node: NodeId) -> Vec<Signed> {
         let mut out: Vec<Signed> = (self.proposals.values())
             .filter(|p| p.proposal.proposer == node)
@@ -734,6 +736,11 @@ impl Core {
             let seconds = rv.conflicting.iter().filter(|((v, _, _), _)| *v == node).map(|(_, sv)| sv);
             out.extend(firsts.chain(seconds).map(|v| Signed::Vote(v.clone())));
         }
+        let next = &self.future;
+        let proposals = next.proposals.values().map(|(p, _)| p).filter(|p| p.proposal.proposer == node);
+        out.extend(proposals.map(|p| Signed::Proposal(p.clone())));
+        let votes = next.votes.iter().filter(|((_, _, voter), _)| *voter == node);
+        out.extend(votes.map(|(_, sv)| Signed::Vote(sv.clone())));
         out
     }
 

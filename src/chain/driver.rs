@@ -382,6 +382,7 @@ held! {
     NextHeight => "next_height": "Proposals and votes kept for the next height.",
     Clock => "clock": "Clock readings from the members' tips.",
     PeerState => "peer_state": "What the driver keeps per peer: rate limits, last heard, sync claims and reports.",
+    CompactSigned => "compact_signed": "The latest compact proposal of each proposer at this height and the next, kept to send back to the proposer when it connects.",
     Rebuild => "compact_rebuild": "The largest rebuild of one compact proposal from the mempool since the start (a high-water mark: a rebuild is held while its proposal is checked, and kept only as it waits).",
     SyncAnswers => "sync_answers": "Peers' answers to this node's own requests (`Blocks`, `Txs`) read and not yet handled (held by the shell).",
 }
@@ -458,6 +459,12 @@ pub struct Driver {
     fetches: BTreeMap<(Height, Round), Fetch>,
     /// The ids of the blocks this node proposed or rebuilt lately ([`TxIds`]).
     tx_ids: TxIds,
+    /// The latest compact proposal of each proposer at this height or the
+    /// next (its signature verified), whether its transactions came or not:
+    /// sent back to the proposer when it connects, beside what the core holds
+    /// of its key ([`Core::signed_by`]), so that a proposer restarted from a
+    /// checkpoint learns a proposal of its key this node could not rebuild.
+    proposed_by: BTreeMap<NodeId, CompactProposal>,
     sync: SyncPlanner,
     sync_buckets: HashMap<NodeId, TokenBucket>,
     /// Bytes of answers each peer may be served ([`ServeBudget`]).
@@ -539,6 +546,7 @@ impl Driver {
             waiting: Waiting::new(&cfg.limits),
             largest_rebuild: 0,
             tx_ids: TxIds::default(),
+            proposed_by: BTreeMap::new(),
             sync: SyncPlanner::new(SyncConfig { batch: cfg.node_limits.sync_batch_blocks, ..SyncConfig::default() }),
             last_height_seen: (height, now.mono_ms),
             next_tick_ms: now.mono_ms + TICK_MS,
@@ -650,6 +658,9 @@ impl Driver {
         match what {
             Held::CompactWaiting => Usage::new(self.waiting.len(), self.waiting.bytes()),
             Held::CompactLater => Usage::new(self.waiting.later_len(), self.waiting.later_bytes()),
+            Held::CompactSigned => {
+                Usage::new(self.proposed_by.len(), self.proposed_by.values().map(CompactProposal::bytes).sum())
+            }
             Held::Rebuild => Usage::new(usize::from(self.largest_rebuild > 0), self.largest_rebuild),
             Held::FetchRequests => Usage::new(self.fetches.len(), self.fetches.values().map(|f| f.request_bytes).sum()),
             Held::Approvals => self.approvals.usage(),
@@ -733,6 +744,10 @@ impl Driver {
         // again (see `super::doppelganger`).
         for m in self.core.signed_by(id) {
             self.effects.push_back(Effect::Send { to: id, msg: gossip_form(&m, &self.tx_ids) });
+        }
+        if let Some(cp) = self.proposed_by.get(&id).filter(|cp| self.core.proposed_block(cp.height, cp.round).is_none())
+        {
+            self.effects.push_back(Effect::Send { to: id, msg: Message::CompactProposal(cp.clone()) });
         }
         // Approvals waiting for a block: the peer may propose the next one.
         // Those of plans too, which the transport sends only at a wire
@@ -1290,6 +1305,7 @@ impl Driver {
         self.serve_budgets.retain(|id, _| keep.contains(id));
         self.rate_limited.retain(|id| keep.contains(id));
         self.last_heard.retain(|id, _| keep.contains(id));
+        self.proposed_by.retain(|id, _| keep.contains(id));
         self.wire.retain(|id, _| keep.contains(id));
         self.reported.retain(|(culprit, _)| culprit.is_none_or(|id| keep.contains(&id)));
         self.sync.retain(|id| keep.contains(id));
@@ -1444,6 +1460,7 @@ impl Driver {
             None => self.mempool.handle_commit_ids(height, &[]),
         }
         self.tx_ids.forget_below(height + 1);
+        self.proposed_by.retain(|_, cp| cp.height > height);
         self.mempool.set_members(members);
     }
 
@@ -1541,11 +1558,25 @@ impl Driver {
         if cp.proposer == self.core.id() && self.weigh_own_proposal(from, cp.height, cp.round, cp.header.hash(), now) {
             return;
         }
+        self.keep_proposed(&cp);
         // Its signature verified: the proposer takes part, if it sent it.
         if cp.proposer == from && cp.height == self.core.height() {
             self.last_heard.insert(from, now.mono_ms);
         }
         self.rebuild(from, cp, now);
+    }
+
+    /// A checked compact proposal of another proposer at this height or the
+    /// next, its latest: kept for [`Self::handle_peer_up`].
+    fn keep_proposed(&mut self, cp: &CompactProposal) {
+        let h = self.core.height();
+        if cp.proposer == self.core.id() || (cp.height != h && cp.height != h + 1) {
+            return;
+        }
+        let newer = self.proposed_by.get(&cp.proposer).is_none_or(|k| (k.height, k.round) < (cp.height, cp.round));
+        if newer {
+            self.proposed_by.insert(cp.proposer, cp.clone());
+        }
     }
 
     /// Rebuilds a checked compact proposal from the mempool, within the block's

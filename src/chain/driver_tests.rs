@@ -1335,6 +1335,61 @@ fn a_connecting_peer_gets_back_what_its_key_signed_at_this_height() {
         "{out:?}"
     );
 }
+/// A node one block behind keeps the next height's messages in its buffer: a
+/// peer restarting there from a checkpoint gets those of its key back too
+/// (seed 5050: C, at height 3, held A's proposal and prevote of (4, 0) when A,
+/// wiped, connected from the checkpoint of height 3; A proposed another block
+/// at (4, 0)).
+#[test]
+fn a_connecting_peer_gets_back_what_its_key_signed_for_the_next_height() {
+    let ids = identities(4);
+    let mut d = driver(&ids, 0);
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    let theirs =
+        Vote { kind: VoteKind::Prevote, height: 2, round: 0, block: None, voter: ids[1].id() }.sign(&NET, &ids[1]);
+    d.handle_message(ids[1].id(), Message::Vote(theirs.clone()), at(T0 + 10));
+    effects(&mut d);
+    assert_eq!(d.core().height(), 1, "kept for the next height");
+    d.handle_peer_up(ids[1].id(), Some(1), at(T0 + 20));
+    let out = effects(&mut d);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Send { to, msg: Message::Vote(v) } if *to == ids[1].id() && *v == theirs)),
+        "{out:?}"
+    );
+}
+
+/// A compact proposal whose transactions never came is no proposal to the
+/// core, but its signature is still proof of what its proposer signed: sent
+/// back to the proposer when it connects (seed 6198: C's fetch of D's (6, 1)
+/// failed when a partition cut D off; D, wiped, restarted from a checkpoint
+/// and proposed another block at (6, 1)).
+#[test]
+fn a_connecting_proposer_gets_back_its_compact_proposal_whose_transactions_never_came() {
+    let ids = identities(4);
+    let sp = proposal(&ids[1], 0, vec![b"one".to_vec()]);
+    let cp = CompactProposal::of(&sp);
+    let mut d = driver(&ids, 0);
+    d.handle_connected(others(&ids, 0), at(T0));
+    d.handle_message(ids[1].id(), Message::CompactProposal(cp.clone()), at(T0));
+    effects(&mut d);
+    d.handle_timeout(at(T0 + 2_000));
+    effects(&mut d);
+    assert!(d.core.proposed_block(1, 0).is_none(), "its fetch failed");
+    d.handle_peer_up(ids[1].id(), Some(0), at(T0 + 3_000));
+    let out = effects(&mut d);
+    assert!(
+        out.iter().any(
+            |e| matches!(e, Effect::Send { to, msg: Message::CompactProposal(c) } if *to == ids[1].id() && *c == cp)
+        ),
+        "{out:?}"
+    );
+    d.handle_peer_up(ids[2].id(), Some(0), at(T0 + 3_000));
+    let out = effects(&mut d);
+    assert!(!out.iter().any(|e| matches!(e, Effect::Send { msg: Message::CompactProposal(_), .. })), "{out:?}");
+}
+
 #[test]
 fn a_peer_at_wire_4_is_asked_for_blocks_once_it_said_it_holds_them() {
     let ids = identities(4);

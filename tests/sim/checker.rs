@@ -31,7 +31,10 @@
 //! * Resources: what each driver holds is within its budget
 //!   ([`super::resources`]), checked by the world after every input.
 //! * No honest double-sign: never two different signed messages for one
-//!   (height, round, step) from an honest key, across restarts.
+//!   (height, round, step) from an honest key, across restarts. Across a wipe,
+//!   only what some node received counts: a signature that reached no one
+//!   (every frame of it lost, or cut off by a partition) went with the data
+//!   dir, and nothing anywhere tells the restarted node, or anyone, of it.
 //! * Checkpoint start: a node that started from a checkpoint started from a
 //!   block the honest nodes decide at its height (Agreement), with the
 //!   membership the chain leaves there (Membership); from it on its commits
@@ -94,6 +97,9 @@ pub struct Checker {
     honest: BTreeSet<NodeId>,
     /// Every message an honest key signed, by (signer, height, round, step).
     signed: BTreeMap<(NodeId, SignRecord), Signed>,
+    /// The honest signatures some node received: a frame of it delivered, or
+    /// a precommit in the certificate of a block a node committed.
+    reached: BTreeSet<(NodeId, SignRecord)>,
     /// The lock an honest node holds at a height: (round, value).
     locks: BTreeMap<(NodeId, Height), (Round, Hash)>,
     /// Every genuine proposal seen on the network: (value, valid round).
@@ -147,6 +153,7 @@ impl Checker {
             chain: genesis,
             honest,
             signed: BTreeMap::new(),
+            reached: BTreeSet::new(),
             locks: BTreeMap::new(),
             proposals: BTreeMap::new(),
             prevotes: BTreeMap::new(),
@@ -174,6 +181,21 @@ impl Checker {
         if self.violation.is_none() && !self.skip.contains(&kind) {
             self.violation = Some(Violation { kind, height, nodes, detail });
         }
+    }
+
+    /// A node received the signature of `signer` at `record` (a frame of it,
+    /// or a certificate holding it).
+    pub fn on_received(&mut self, signer: NodeId, record: SignRecord) {
+        if self.honest.contains(&signer) && self.signed.contains_key(&(signer, record)) {
+            self.reached.insert((signer, record));
+        }
+    }
+
+    /// `me`'s data dir was wiped: what it signed that no node received is
+    /// gone with it (the real node cannot learn it, nor can anyone show it).
+    pub fn on_wipe(&mut self, me: NodeId) {
+        let reached = &self.reached;
+        self.signed.retain(|key, _| key.0 != me || reached.contains(key));
     }
 
     /// A genuinely signed message went onto the network (from anyone).
@@ -381,6 +403,9 @@ impl Checker {
         membership: &MembershipState,
         now_ms: u64,
     ) -> Vec<Completed> {
+        for p in c.cert.precommits.iter().filter(|p| p.vote.voter != me) {
+            self.on_received(p.vote.voter, p.vote.record());
+        }
         let (prev_height, prev_hash, prev_ts) = prev;
         let prev = (prev_height, prev_hash);
         let name = (self.label)(&me);

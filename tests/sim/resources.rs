@@ -100,6 +100,11 @@ pub fn budget(what: Held, d: &Driver, limits: &SimLimits, bootstrap: &[NodeId]) 
         // One rebuild at a time, within one block however many ids it names.
         Held::Rebuild => Usage::new(1, assembly_bytes(limits)),
         Held::CompactLater => Usage::new(LATER, LATER * compact_bytes(block.max_block_txs)),
+        // One per proposer, a member of the sets the transport is handed.
+        Held::CompactSigned => {
+            let peers = handed(d, bootstrap);
+            Usage::new(peers, peers * compact_bytes(block.max_block_txs))
+        }
         Held::FetchRequests => Usage::new(FETCHING, FETCHING * (24 + block.max_block_txs * 32)),
         Held::Approvals => {
             let m = core.membership();

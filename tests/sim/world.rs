@@ -212,6 +212,8 @@ enum Event {
         to: usize,
         epochs: (u64, u64),
         body: Bytes,
+        /// The network delivering an old frame again ([`World::replay`]).
+        replayed: bool,
     },
     Request {
         from: usize,
@@ -570,10 +572,11 @@ impl World {
 
     fn step(&mut self, ev: Event) {
         match ev {
-            Event::Deliver { from, to, epochs, body } => {
+            Event::Deliver { from, to, epochs, body, replayed } => {
                 // What was sent arrives even if its sender died since; not at a
                 // receiver that restarted (a new connection) or across a partition.
                 if self.reaches(from, to, epochs.1) {
+                    self.received(from, &body, replayed);
                     self.deliver(from, to, body);
                 }
             }
@@ -704,6 +707,8 @@ impl World {
                 node.restore = Some(restore);
                 node.started_from = None;
                 node.wiped = true;
+                let id = node.id;
+                self.checker.on_wipe(id);
             }
         }
         self.apply_links();

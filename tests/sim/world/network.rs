@@ -148,8 +148,37 @@ impl World {
         if !self.connected(from, to) || (self.loss > 0 && self.rng.chance(self.loss)) {
             return;
         }
-        if self.plan.replay_every_ms.is_some() && body.first().is_some_and(|k| masternode::chain::is_consensus_kind(*k))
-        {
+        let copies = if self.plan.dup_permille > 0 && self.rng.chance(self.plan.dup_permille) { 2 } else { 1 };
+        for _ in 0..copies {
+            let (lo, hi) = self.plan.delay_ms;
+            let t = self.now + self.rng.range(lo, hi) + extra_delay;
+            let epochs = (self.nodes[from].epoch, self.nodes[to].epoch);
+            self.at(t, Event::Deliver { from, to, epochs, body: body.clone(), replayed: false });
+        }
+    }
+
+    /// A consensus frame from `from` reached a node: the signature it carries
+    /// is one some node holds ([`Checker::on_received`]), and the network may
+    /// deliver the frame again later (not a replay once more). What no node
+    /// received is never replayed: no one could relay it.
+    pub(super) fn received(&mut self, from: usize, body: &Bytes, replayed: bool) {
+        if !body.first().is_some_and(|k| masternode::chain::is_consensus_kind(*k)) {
+            return;
+        }
+        if let Ok(msg) = Message::decode(body) {
+            let signed = match &msg {
+                Message::Vote(v) => Some((v.vote.voter, v.vote.record())),
+                Message::Proposal(p) => Some((p.proposal.proposer, record_of(&Signed::Proposal(p.clone())))),
+                Message::CompactProposal(cp) => {
+                    Some((cp.proposer, SignRecord { height: cp.height, round: cp.round, step: Step::Propose }))
+                }
+                _ => None,
+            };
+            if let Some((signer, record)) = signed {
+                self.checker.on_received(signer, record);
+            }
+        }
+        if self.plan.replay_every_ms.is_some() && !replayed {
             const KEPT: usize = 4_000;
             if self.seen.len() < KEPT {
                 self.seen.push((from, body.clone()));
@@ -157,13 +186,6 @@ impl World {
                 let i = self.rng.below(KEPT as u64) as usize;
                 self.seen[i] = (from, body.clone());
             }
-        }
-        let copies = if self.plan.dup_permille > 0 && self.rng.chance(self.plan.dup_permille) { 2 } else { 1 };
-        for _ in 0..copies {
-            let (lo, hi) = self.plan.delay_ms;
-            let t = self.now + self.rng.range(lo, hi) + extra_delay;
-            let epochs = (self.nodes[from].epoch, self.nodes[to].epoch);
-            self.at(t, Event::Deliver { from, to, epochs, body: body.clone() });
         }
     }
 
@@ -185,7 +207,7 @@ impl World {
                 let (lo, hi) = self.plan.delay_ms;
                 let t = self.now + self.rng.range(lo, hi);
                 let epochs = (self.nodes[via].epoch, self.nodes[to].epoch);
-                self.at(t, Event::Deliver { from: via, to, epochs, body: body.clone() });
+                self.at(t, Event::Deliver { from: via, to, epochs, body: body.clone(), replayed: true });
             }
         }
     }
