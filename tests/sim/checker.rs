@@ -100,6 +100,10 @@ pub struct Checker {
     /// The honest signatures some node received: a frame of it delivered, or
     /// a precommit in the certificate of a block a node committed.
     reached: BTreeSet<(NodeId, SignRecord)>,
+    /// What a wipe took of an honest key's signatures that no node had
+    /// received yet: one still in flight may reach a node after the wipe,
+    /// and then counts again ([`Self::on_received`]).
+    forgotten: BTreeMap<(NodeId, SignRecord), Vec<Signed>>,
     /// The lock an honest node holds at a height: (round, value).
     locks: BTreeMap<(NodeId, Height), (Round, Hash)>,
     /// Every genuine proposal seen on the network: (value, valid round).
@@ -154,6 +158,7 @@ impl Checker {
             honest,
             signed: BTreeMap::new(),
             reached: BTreeSet::new(),
+            forgotten: BTreeMap::new(),
             locks: BTreeMap::new(),
             proposals: BTreeMap::new(),
             prevotes: BTreeMap::new(),
@@ -183,19 +188,53 @@ impl Checker {
         }
     }
 
-    /// A node received the signature of `signer` at `record` (a frame of it,
-    /// or a certificate holding it).
-    pub fn on_received(&mut self, signer: NodeId, record: SignRecord) {
-        if self.honest.contains(&signer) && self.signed.contains_key(&(signer, record)) {
-            self.reached.insert((signer, record));
+    /// A node received the signature `signature` of `signer` at `record` (a
+    /// frame of it, or a certificate holding it). One a wipe had forgotten,
+    /// in flight at the wipe, counts again: beside another signature of the
+    /// same record made since, both are out, a double sign.
+    pub fn on_received(&mut self, signer: NodeId, record: SignRecord, signature: &[u8; 64]) {
+        if !self.honest.contains(&signer) {
+            return;
+        }
+        let key = (signer, record);
+        let surfaced = self.forgotten.get_mut(&key).and_then(|list| {
+            let at = list.iter().position(|m| signature_of(m) == signature)?;
+            Some(list.remove(at))
+        });
+        if let Some(old) = surfaced {
+            match self.signed.get(&key) {
+                Some(now) if *now != old => {
+                    let detail = format!(
+                        "{} signed {} and, after a wipe, {} at {record:?}; the first was in flight at the wipe and \
+                         reached a node after it",
+                        (self.label)(&signer),
+                        describe(&old),
+                        describe(now)
+                    );
+                    self.fail(Kind::DoubleSign, Some(record.height), vec![signer], detail);
+                }
+                Some(_) => {}
+                None => {
+                    self.signed.insert(key, old);
+                }
+            }
+        }
+        if self.signed.get(&key).is_some_and(|m| signature_of(m) == signature) {
+            self.reached.insert(key);
         }
     }
 
     /// `me`'s data dir was wiped: what it signed that no node received is
-    /// gone with it (the real node cannot learn it, nor can anyone show it).
+    /// gone with it (the real node cannot learn it, nor can anyone show it),
+    /// unless a frame of it still in flight reaches a node later.
     pub fn on_wipe(&mut self, me: NodeId) {
-        let reached = &self.reached;
-        self.signed.retain(|key, _| key.0 != me || reached.contains(key));
+        let keys: Vec<_> =
+            self.signed.keys().filter(|key| key.0 == me && !self.reached.contains(key)).copied().collect();
+        for key in keys {
+            if let Some(m) = self.signed.remove(&key) {
+                self.forgotten.entry(key).or_default().push(m);
+            }
+        }
     }
 
     /// A genuinely signed message went onto the network (from anyone).
@@ -404,7 +443,7 @@ impl Checker {
         now_ms: u64,
     ) -> Vec<Completed> {
         for p in c.cert.precommits.iter().filter(|p| p.vote.voter != me) {
-            self.on_received(p.vote.voter, p.vote.record());
+            self.on_received(p.vote.voter, p.vote.record(), &p.signature);
         }
         let (prev_height, prev_hash, prev_ts) = prev;
         let prev = (prev_height, prev_hash);

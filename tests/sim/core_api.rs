@@ -287,6 +287,15 @@ pub fn signer_of(m: &Signed) -> NodeId {
     }
 }
 
+/// The signature of a signed consensus message: deterministic (ed25519), so
+/// two messages of one key are one message exactly when it is the same.
+pub fn signature_of(m: &Signed) -> &[u8; 64] {
+    match m {
+        Signed::Vote(v) => &v.signature,
+        Signed::Proposal(p) => &p.signature,
+    }
+}
+
 pub fn describe(m: &Signed) -> String {
     match m {
         Signed::Proposal(p) => {

@@ -167,15 +167,19 @@ impl World {
         }
         if let Ok(msg) = Message::decode(body) {
             let signed = match &msg {
-                Message::Vote(v) => Some((v.vote.voter, v.vote.record())),
-                Message::Proposal(p) => Some((p.proposal.proposer, record_of(&Signed::Proposal(p.clone())))),
+                Message::Vote(v) => Some((v.vote.voter, v.vote.record(), &v.signature)),
+                Message::Proposal(p) => {
+                    let record = SignRecord { height: p.proposal.height, round: p.proposal.round, step: Step::Propose };
+                    Some((p.proposal.proposer, record, &p.signature))
+                }
                 Message::CompactProposal(cp) => {
-                    Some((cp.proposer, SignRecord { height: cp.height, round: cp.round, step: Step::Propose }))
+                    let record = SignRecord { height: cp.height, round: cp.round, step: Step::Propose };
+                    Some((cp.proposer, record, &cp.signature))
                 }
                 _ => None,
             };
-            if let Some((signer, record)) = signed {
-                self.checker.on_received(signer, record);
+            if let Some((signer, record, signature)) = signed {
+                self.checker.on_received(signer, record, signature);
             }
         }
         if self.plan.replay_every_ms.is_some() && !replayed {
