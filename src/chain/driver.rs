@@ -990,6 +990,7 @@ impl Driver {
         let (kind, outcome) = match result.map(|txs| assembly.handle_txs(txs, limits)) {
             Ok(Ok(_)) if assembly.is_complete() => {
                 self.assembled(assembly, now);
+                self.follow_lock(now);
                 return self.fetch_due(now);
             }
             Ok(Ok(_)) => (
@@ -1596,13 +1597,28 @@ impl Driver {
         let (h, r) = (self.core.height(), self.core.round());
         let slot = (assembly.proposal.height, assembly.proposal.round);
         self.prune_waiting(h, r);
-        if in_fetch_window((h, r), slot.0, slot.1) {
+        if self.fetchable(slot.0, slot.1) {
             self.fetch_for(from, assembly, now);
         } else if slot > (h, r) {
             self.waiting.defer(from, assembly.proposal);
         } else {
             tracing::debug!(peer = %from.short(), height = slot.0, round = slot.1, "compact proposal of a round left behind: not fetched");
         }
+    }
+
+    /// The `(height, round)` of a lock the network proves this node's key
+    /// held and whose proposal is not here yet: fetched past the window.
+    pub fn lock_wanted(&self) -> Option<(Height, Round)> {
+        self.lock_wanted.map(|(h, r, _)| (h, r))
+    }
+
+    /// Whether a compact proposal of `(height, round)` is fetched now: its
+    /// round is in the window ([`in_fetch_window`]), or it is the round of a
+    /// lock the network proves this node's key held (its gate stays closed,
+    /// and its round with it, until that proposal is here).
+    fn fetchable(&self, height: Height, round: Round) -> bool {
+        in_fetch_window((self.core.height(), self.core.round()), height, round)
+            || self.lock_wanted.is_some_and(|(lh, lr, _)| (lh, lr) == (height, round))
     }
 
     /// A compact proposal refused: counted as misbehaviour of `culprit`, one
@@ -1663,7 +1679,9 @@ impl Driver {
         }
         let (h, r) = (self.core.height(), self.core.round());
         self.prune_waiting(h, r);
-        for (from, cp) in self.waiting.take_due(|ph, pr| in_fetch_window((h, r), ph, pr)) {
+        let wanted = self.lock_wanted.map(|(lh, lr, _)| (lh, lr));
+        let due = |ph, pr| in_fetch_window((h, r), ph, pr) || wanted == Some((ph, pr));
+        for (from, cp) in self.waiting.take_due(due) {
             if self.core.wants_proposal(cp.height, cp.round) {
                 self.rebuild(from, cp, now);
             }

@@ -1318,6 +1318,33 @@ fn a_precommit_of_its_key_below_the_floor_still_brings_back_its_lock() {
     assert_eq!(d.core().lock(), Some((0, value)), "the lock its precommit implies");
 }
 
+/// A wiped node whose key precommitted a value in a later round than the one
+/// its core sits at (its gate closed until the lock is back) fetches that
+/// round's proposal though it is past the fetch window (seed 5228: A waited
+/// at round 0 for the proposal of its round-2 lock, never fetched, for a
+/// minute after calm).
+#[test]
+fn the_proposal_of_a_wanted_lock_is_fetched_outside_the_window() {
+    let ids = identities(4);
+    let mut d = watching(&ids, 0, 2, 0, Vec::new());
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    let proposer = d.core.proposer(1, 2);
+    let who = ids.iter().find(|i| i.id() == proposer).unwrap();
+    let sp = proposal(who, 2, vec![b"tx".to_vec()]);
+    let value = sp.proposal.block.hash();
+    let old = vote_of(&ids[0], VoteKind::Precommit, 2, Some(value));
+    d.handle_message(ids[1].id(), Message::Vote(old), at(T0 + 10));
+    effects(&mut d);
+    assert_eq!(d.core().round(), 0);
+    d.handle_message(proposer, Message::CompactProposal(CompactProposal::of(&sp)), at(T0 + 20));
+    let out = effects(&mut d);
+    assert!(out.iter().any(|e| matches!(e, Effect::RequestTxs { round: 2, .. })), "{out:?}");
+    d.handle_txs(proposer, 1, 2, Ok(vec![b"tx".to_vec()]), at(T0 + 30));
+    effects(&mut d);
+    assert_eq!(d.core().lock(), Some((2, value)), "the lock its precommit implies");
+}
+
 #[test]
 fn a_connecting_peer_gets_back_what_its_key_signed_at_this_height() {
     let ids = identities(4);

@@ -293,11 +293,13 @@ impl World {
     /// A fetch is only for this round or the next, or the next height's first
     /// two (README, "Hardening"): never ahead of that window, which only
     /// moves forward (so a fetch of an earlier slot may have been in it when
-    /// it was asked for).
+    /// it was asked for); besides, the round of a wanted lock
+    /// (`Driver::lock_wanted`), whose proposal a restarted node waits for.
     fn check_fetch_window(&mut self, s: usize, height: Height, round: Round) {
         let Some((h, r)) = self.nodes[s].at else { return };
         let ahead = (height == h && round > r + 1) || (height == h + 1 && round > 1) || height > h + 1;
-        if ahead {
+        let wanted = self.driver(s).and_then(|d| d.lock_wanted()) == Some((height, round));
+        if ahead && !wanted {
             let id = self.nodes[s].id;
             let detail = format!(
                 "fetches the transactions of a proposal of ({height}, {round}) at ({h}, {r}): past its fetch window"
