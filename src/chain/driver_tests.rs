@@ -1345,6 +1345,24 @@ fn the_proposal_of_a_wanted_lock_is_fetched_outside_the_window() {
     assert_eq!(d.core().lock(), Some((2, value)), "the lock its precommit implies");
 }
 
+/// A node far behind (started from an older checkpoint, its data dir wiped)
+/// hears of a vote its key signed heights ahead of it: its floor rises to
+/// it at once, so that nothing at or below it is signed when the node gets
+/// there by sync (seed 551: B, from the checkpoint of height 14, prevoted
+/// nil at (17, 0) where its key had prevoted a value).
+#[test]
+fn a_vote_of_its_key_heights_ahead_raises_the_floor() {
+    let ids = identities(4);
+    let mut d = watching(&ids, 0, 2, 0, Vec::new());
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    let ahead = Vote { kind: VoteKind::Prevote, height: 4, round: 0, block: Some(Hash([7; 32])), voter: ids[0].id() }
+        .sign(&NET, &ids[0]);
+    d.handle_message(ids[1].id(), Message::Vote(ahead), at(T0 + 10));
+    assert!(!effects(&mut d).iter().any(|e| matches!(e, Effect::Doppelganger(_))), "signed before the start");
+    assert_eq!(d.core().last_signed(), Some(SignRecord { height: 4, round: 0, step: Step::Prevote }));
+}
+
 #[test]
 fn a_connecting_peer_gets_back_what_its_key_signed_at_this_height() {
     let ids = identities(4);

@@ -56,12 +56,14 @@ impl Driver {
     }
 
     /// A vote of our key from `from`, before the core sees it: weighed if
-    /// it is of the current or the next height, verifies, and is not one the
-    /// core holds (ours, or evidence taken before). True if the node stops.
+    /// it is of the current height or a later one (a node far behind, just
+    /// started from an older checkpoint, learns what its key signed ahead of
+    /// it), verifies, and is not one the core holds (ours, or evidence taken
+    /// before). True if the node stops.
     pub(super) fn weigh_own_vote(&mut self, from: NodeId, sv: &SignedVote, now: Now) -> bool {
         let v = &sv.vote;
         let height = self.core.height();
-        if (v.height != height && v.height != height + 1) || self.core.holds_vote(v) {
+        if v.height < height || self.core.holds_vote(v) {
             return false;
         }
         // A forgery says nothing; the core reports it.
