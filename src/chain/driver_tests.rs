@@ -1370,16 +1370,22 @@ fn a_connecting_peer_gets_back_what_its_key_signed_at_this_height() {
     d.handle_connected(others(&ids, 0), at(T0));
     effects(&mut d);
     let theirs = vote_of(&ids[1], VoteKind::Prevote, 0, None);
-    d.handle_message(ids[1].id(), Message::Vote(theirs.clone()), at(T0 + 10));
-    effects(&mut d);
-    d.handle_peer_up(ids[1].id(), Some(0), at(T0 + 20));
-    let out = effects(&mut d);
+    assert_sent_back_on_connecting(&mut d, ids[1].id(), 0, theirs);
+}
+
+/// `vote`, handed to `d` by its signer `peer`, goes back to `peer` when it
+/// connects again claiming `tip`.
+fn assert_sent_back_on_connecting(d: &mut Driver, peer: NodeId, tip: Height, vote: SignedVote) {
+    d.handle_message(peer, Message::Vote(vote.clone()), at(T0 + 10));
+    effects(d);
+    d.handle_peer_up(peer, Some(tip), at(T0 + 20));
+    let out = effects(d);
     assert!(
-        out.iter()
-            .any(|e| matches!(e, Effect::Send { to, msg: Message::Vote(v) } if *to == ids[1].id() && *v == theirs)),
+        out.iter().any(|e| matches!(e, Effect::Send { to, msg: Message::Vote(v) } if *to == peer && *v == vote)),
         "{out:?}"
     );
 }
+
 /// A node one block behind keeps the next height's messages in its buffer: a
 /// peer restarting there from a checkpoint gets those of its key back too
 /// (seed 5050: C, at height 3, held A's proposal and prevote of (4, 0) when A,
@@ -1393,16 +1399,8 @@ fn a_connecting_peer_gets_back_what_its_key_signed_for_the_next_height() {
     effects(&mut d);
     let theirs =
         Vote { kind: VoteKind::Prevote, height: 2, round: 0, block: None, voter: ids[1].id() }.sign(&NET, &ids[1]);
-    d.handle_message(ids[1].id(), Message::Vote(theirs.clone()), at(T0 + 10));
-    effects(&mut d);
-    assert_eq!(d.core().height(), 1, "kept for the next height");
-    d.handle_peer_up(ids[1].id(), Some(1), at(T0 + 20));
-    let out = effects(&mut d);
-    assert!(
-        out.iter()
-            .any(|e| matches!(e, Effect::Send { to, msg: Message::Vote(v) } if *to == ids[1].id() && *v == theirs)),
-        "{out:?}"
-    );
+    assert_sent_back_on_connecting(&mut d, ids[1].id(), 1, theirs);
+    assert_eq!(d.core().height(), 1, "kept for the next height, and sent back from there");
 }
 
 /// A compact proposal whose transactions never came is no proposal to the
