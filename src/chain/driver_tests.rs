@@ -1144,6 +1144,15 @@ fn a_node_whose_binary_lacks_the_planned_version_stops_before_its_height_and_sig
     assert_eq!(lines.iter().filter(|l| l.contains("protocol 4 in force from height 30 on")).count(), 1);
 }
 
+/// Node 0 on an empty data dir (no signing record), its watch of two
+/// intervals begun: connected to the others, its start-up effects taken.
+fn wiped_in_the_mesh(ids: &[Arc<Identity>]) -> Driver {
+    let mut d = watching(ids, 0, 2, 0, Vec::new());
+    d.handle_connected(others(ids, 0), at(T0));
+    effects(&mut d);
+    d
+}
+
 /// The driver of member `me` with a doppelganger watch of `intervals`, at
 /// height 1 whose parent was stamped at `parent_ms`, holding `own` as
 /// restored from its store (its record the last of them).
@@ -1274,9 +1283,7 @@ fn an_older_vote_of_its_key_raises_the_floor_once_warned_and_nothing_at_or_below
 #[test]
 fn an_older_precommit_of_its_key_for_a_value_brings_back_the_lock_once_the_value_is_here() {
     let ids = identities(4);
-    let mut d = watching(&ids, 0, 2, 0, Vec::new());
-    d.handle_connected(others(&ids, 0), at(T0));
-    effects(&mut d);
+    let mut d = wiped_in_the_mesh(&ids);
     let sp = proposal(&ids[1], 0, vec![b"tx".to_vec()]);
     let value = sp.proposal.block.hash();
     let old = vote_of(&ids[0], VoteKind::Precommit, 0, Some(value));
@@ -1299,9 +1306,7 @@ fn an_older_precommit_of_its_key_for_a_value_brings_back_the_lock_once_the_value
 #[test]
 fn a_precommit_of_its_key_below_the_floor_still_brings_back_its_lock() {
     let ids = identities(4);
-    let mut d = watching(&ids, 0, 2, 0, Vec::new());
-    d.handle_connected(others(&ids, 0), at(T0));
-    effects(&mut d);
+    let mut d = wiped_in_the_mesh(&ids);
     let sp = proposal(&ids[1], 0, vec![b"tx".to_vec()]);
     let value = sp.proposal.block.hash();
     let later = vote_of(&ids[0], VoteKind::Prevote, 2, None);
@@ -1326,9 +1331,7 @@ fn a_precommit_of_its_key_below_the_floor_still_brings_back_its_lock() {
 #[test]
 fn the_proposal_of_a_wanted_lock_is_fetched_outside_the_window() {
     let ids = identities(4);
-    let mut d = watching(&ids, 0, 2, 0, Vec::new());
-    d.handle_connected(others(&ids, 0), at(T0));
-    effects(&mut d);
+    let mut d = wiped_in_the_mesh(&ids);
     let proposer = d.core.proposer(1, 2);
     let who = ids.iter().find(|i| i.id() == proposer).unwrap();
     let sp = proposal(who, 2, vec![b"tx".to_vec()]);
@@ -1348,14 +1351,12 @@ fn the_proposal_of_a_wanted_lock_is_fetched_outside_the_window() {
 /// A node far behind (started from an older checkpoint, its data dir wiped)
 /// hears of a vote its key signed heights ahead of it: its floor rises to
 /// it at once, so that nothing at or below it is signed when the node gets
-/// there by sync (seed 551: B, from the checkpoint of height 14, prevoted
-/// nil at (17, 0) where its key had prevoted a value).
+/// there by sync. (Written for seed 551, which it does not fix: there no
+/// live peer held the vote; docs/simulation.md.)
 #[test]
 fn a_vote_of_its_key_heights_ahead_raises_the_floor() {
     let ids = identities(4);
-    let mut d = watching(&ids, 0, 2, 0, Vec::new());
-    d.handle_connected(others(&ids, 0), at(T0));
-    effects(&mut d);
+    let mut d = wiped_in_the_mesh(&ids);
     let ahead = Vote { kind: VoteKind::Prevote, height: 4, round: 0, block: Some(Hash([7; 32])), voter: ids[0].id() }
         .sign(&NET, &ids[0]);
     d.handle_message(ids[1].id(), Message::Vote(ahead), at(T0 + 10));
