@@ -1280,6 +1280,80 @@ fn an_older_vote_of_its_key_raises_the_floor_once_warned_and_nothing_at_or_below
     assert!(signed.iter().all(|r| *r > floor), "nothing at or below the floor: {signed:?}");
 }
 
+/// The floor left when the watch of a driver connected at `T0` is over,
+/// with the lines logged up to then.
+fn floor_after_the_watch(d: &mut Driver) -> (Option<SignRecord>, Vec<String>, Vec<Effect>) {
+    let (out, lines) = logs(|| run_to(d, T0 + 4 * INTERVAL));
+    assert!(lines.iter().any(|l| l.contains("doppelganger watch over")), "{lines:?}");
+    (d.core().last_signed(), lines, out)
+}
+
+fn skip_warnings(lines: &[String]) -> usize {
+    lines.iter().filter(|l| l.contains("WARN") && l.contains("cannot know what its key signed last")).count()
+}
+
+/// A member on an empty data dir on a chain past its first height (its data
+/// dir lost, or replaced by an empty one) cannot know what its key signed in
+/// the round in progress: the only peers that heard it may have lost it
+/// since, or be Byzantine (seed 551). It signs nothing in that round, and
+/// from the next round on as any member.
+#[test]
+fn a_member_without_a_signing_record_past_the_first_height_skips_the_round_in_progress() {
+    let ids = identities(4);
+    let core = Core::new(core_config(&ids), ids[0].clone(), 5, Hash([9; 32]), 0, None);
+    let cfg = driver_config(&ids[0], Vec::new(), crate::chain::rules::MAX_VERSION, 2);
+    let mut d = Driver::new(core, cfg, at(T0));
+    d.handle_connected(others(&ids, 0), at(T0));
+    effects(&mut d);
+    let (floor, lines, mut out) = floor_after_the_watch(&mut d);
+    let floor = floor.expect("a floor at the round in progress");
+    assert_eq!((floor.height, floor.step), (5, Step::Precommit));
+    assert_eq!(skip_warnings(&lines), 1, "{lines:?}");
+    assert!(persisted(&out).is_empty(), "{out:?}");
+    // The others prevote and precommit nil in that round: it does not
+    // precommit there, and goes on to the next.
+    for kind in [VoteKind::Prevote, VoteKind::Precommit] {
+        for other in &ids[1..] {
+            let v = Vote { kind, height: 5, round: floor.round, block: None, voter: other.id() };
+            d.handle_message(other.id(), Message::Vote(v.sign(&NET, other)), at(T0 + 4 * INTERVAL));
+        }
+    }
+    let (later, lines) = logs(|| run_to(&mut d, T0 + 30_000));
+    out.extend(later);
+    let signed = persisted(&out);
+    assert!(!signed.is_empty(), "it signs from the next round: {out:?}");
+    assert!(signed.iter().all(|r| *r > floor), "nothing in the round in progress: {signed:?}");
+    assert_eq!(skip_warnings(&lines), 0, "said once");
+}
+
+/// A member that never signed, at the chain's first height (a new network),
+/// has nothing to be unsure of: no round is skipped.
+#[test]
+fn a_member_without_a_signing_record_at_the_first_height_skips_nothing() {
+    let ids = identities(4);
+    let mut d = wiped_in_the_mesh(&ids);
+    let (_, lines, out) = floor_after_the_watch(&mut d);
+    assert_eq!(skip_warnings(&lines), 0, "{lines:?}");
+    assert!(persisted(&out).iter().any(|r| r.round == 0), "it signs in round 0: {out:?}");
+}
+
+/// A record the network proves behind (a vote of its key it lacks) leaves
+/// the last round as unknown as no record: at the watch's end the round in
+/// progress is skipped too.
+#[test]
+fn a_record_the_network_proves_behind_skips_the_round_in_progress_at_the_watch_end() {
+    let ids = identities(4);
+    let mut d = wiped_in_the_mesh(&ids);
+    let old = vote_of(&ids[0], VoteKind::Prevote, 0, None);
+    d.handle_message(ids[1].id(), Message::Vote(old), at(T0 + 10));
+    effects(&mut d);
+    assert_eq!(d.core().last_signed(), Some(SignRecord { height: 1, round: 0, step: Step::Prevote }));
+    let (floor, lines, _) = floor_after_the_watch(&mut d);
+    let floor = floor.expect("a floor");
+    assert_eq!((floor.height, floor.step), (1, Step::Precommit), "the whole round in progress");
+    assert_eq!(skip_warnings(&lines), 1, "{lines:?}");
+}
+
 #[test]
 fn an_older_precommit_of_its_key_for_a_value_brings_back_the_lock_once_the_value_is_here() {
     let ids = identities(4);
