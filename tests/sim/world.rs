@@ -696,7 +696,7 @@ impl World {
                 if self.nodes[s].up {
                     self.crash(s);
                 }
-                if self.checkpoints().is_empty() {
+                if self.healthy_tip(s).is_none() {
                     self.log(1 << s, None, true, |w| {
                         format!("no block to start {} from yet: its data dir stays", w.name(s))
                     });

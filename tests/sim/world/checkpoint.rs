@@ -8,25 +8,37 @@
 //! driver at the next height. Its transport meanwhile admits the genesis
 //! sets and `bootstrap`, as `Node::start` hands them before any chain.
 //!
-//! The operator's checkpoint (`Restore::Named`) is the highest block the
-//! honest nodes decided when the node starts, from the checker's decided
-//! chain (as an operator copies a healthy node's tip), at or after protocol 4
-//! and height 2; the peers are asked in an order of the scheduler's choosing.
-//! A wipe comes only once the chain holds such a block (before, the fault is
-//! a crash): a node on an empty data dir without a checkpoint replays the
+//! The operator's checkpoint (`Restore::Named`) is the highest tip of the
+//! other honest nodes when the node starts (as an operator copies a healthy
+//! node's tip: a block only the wiped node had committed went with its data
+//! dir, and no peer could ever serve it), at or after protocol 4 and height
+//! 2; the peers are asked in an order of the scheduler's choosing. A wipe
+//! comes only once another honest node holds such a block (before, the fault
+//! is a crash): a node on an empty data dir without a checkpoint replays the
 //! chain with no record of what its key signed, the case of a data dir
-//! restored from an older copy, not this one; and the highest block, not an
-//! older one, because the node's floor is only what its peers still hold of
+//! restored from an older copy, not this one; and the highest tip, not an
+//! older block, because the node's floor is only what its peers still hold of
 //! its key (the current height's messages and the certificates it syncs).
 
 use super::super::adversary::CheckpointLie;
 use super::*;
 
 impl World {
-    /// The decided blocks a checkpoint may be: at or after protocol 4 and
-    /// height 2.
-    pub(super) fn checkpoints(&self) -> Vec<(Height, Hash)> {
-        self.checker.decided_from(self.plan.v4_from.unwrap_or(Height::MAX).max(2))
+    /// The checkpoint the operator of wiped node `s` names: the highest
+    /// block the honest nodes decided, at or after protocol 4 and height 2,
+    /// that another honest node holds (a healthy node's tip, whose store
+    /// serves it). A block only `s` committed before its wipe is held by no
+    /// node: every peer refuses `GetCheckpoint` of it, and the real node asks
+    /// again for good.
+    pub(super) fn healthy_tip(&self, s: usize) -> Option<(Height, Hash)> {
+        let healthy: Vec<&Store> = (self.nodes.iter().enumerate())
+            .filter(|(p, n)| *p != s && n.honest && !n.halted && n.restore.is_none())
+            .map(|(_, n)| &n.store)
+            .collect();
+        let from = self.plan.v4_from.unwrap_or(Height::MAX).max(2);
+        let held =
+            |(h, hash): &(Height, Hash)| healthy.iter().any(|st| st.block(*h).is_some_and(|c| c.block.hash() == *hash));
+        self.checker.decided_from(from).into_iter().rev().find(held)
     }
 
     /// Node `s` starts on its empty data dir: the fetch, no driver yet.
@@ -36,7 +48,7 @@ impl World {
             Restore::Peers => CheckpointSource::Peers,
             Restore::Named => {
                 // The tip of a healthy node, as its operator reads it.
-                let Some(&(height, hash)) = self.checkpoints().last() else { return };
+                let Some((height, hash)) = self.healthy_tip(s) else { return };
                 CheckpointSource::Trusted(Checkpoint { height, hash })
             }
         };
