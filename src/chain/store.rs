@@ -615,24 +615,32 @@ impl Store {
         let key = c.block.height().to_be_bytes();
         let record =
             TipRecord { height: c.block.height(), hash: c.block.hash(), timestamp_ms: c.block.header.timestamp_ms };
-        let (_, put) = self.put_body(batch, &c.block)?;
+        let put = self.put_committed_body(batch, &c.block)?;
         batch.insert(&self.certs, key, encode(&c.cert));
         batch.insert(&self.meta, TIP, encode(&record));
         batch.insert(&self.meta, MEMBERS, encode(membership));
         Ok(put)
     }
 
-    /// Puts into `batch` the removal of the bodies at `committed`'s height
-    /// other than its own: the rounds of that height that did not commit.
-    fn drop_other_bodies(&self, batch: &mut fjall::Batch, committed: BodyRef) -> Result<(), StoreError> {
-        let keep = committed.key();
-        for kv in self.bodies.prefix(committed.height.to_be_bytes()) {
+    /// Puts into `batch` a committed block's body unless the store holds it
+    /// (a signed proposal or the lock wrote it), and the removal of the other
+    /// bodies of its height: the rounds of that height that did not commit.
+    /// One read of the height's bodies; whether it put the block.
+    fn put_committed_body(&self, batch: &mut fjall::Batch, block: &Block) -> Result<bool, StoreError> {
+        let keep = BodyRef::of(block).key();
+        let mut held = false;
+        for kv in self.bodies.prefix(block.height().to_be_bytes()) {
             let (k, _) = kv?;
-            if *k != keep[..] {
+            if *k == keep[..] {
+                held = true;
+            } else {
                 batch.remove(&self.bodies, k);
             }
         }
-        Ok(())
+        if !held {
+            batch.insert(&self.bodies, keep, encode(block));
+        }
+        Ok(!held)
     }
 
     /// Appends a committed block at the tip, atomically with its certificate, the
@@ -649,13 +657,13 @@ impl Store {
         if self.state_changed(membership)? {
             batch.insert(&self.states, key, encode(membership));
         }
-        // Signed messages of finished heights, and the blocks of this
-        // height's rounds that did not commit, are of no further use.
+        // Signed messages of finished heights are of no further use (the
+        // blocks of this height's rounds that did not commit went with
+        // `put_tip`).
         for kv in self.signed.range(..(height + 1).to_be_bytes()) {
             let (k, _) = kv?;
             batch.remove(&self.signed, k);
         }
-        self.drop_other_bodies(&mut batch, BodyRef::of(&c.block))?;
         self.write(batch, u64::from(put))
     }
 
@@ -676,9 +684,7 @@ impl Store {
             }
             tip = height;
             let key = height.to_be_bytes();
-            let (r, put) = self.put_body(&mut batch, &c.block)?;
-            bodies += u64::from(put);
-            self.drop_other_bodies(&mut batch, r)?;
+            bodies += u64::from(self.put_committed_body(&mut batch, &c.block)?);
             batch.insert(&self.certs, key, encode(&c.cert));
             let changed = match &last {
                 Some(prev) => {
