@@ -357,7 +357,8 @@ impl Store {
     /// height and hash, its bytes in `bodies`; the committed blocks stay in
     /// `blocks`, read by height below `bodies_from` (the tip's next height).
     /// A lock of a finished height (which means nothing) is not carried over,
-    /// nor a signed message of one (format 3 removed them with the commit).
+    /// nor a signed proposal of one (format 3 removed them with the commit;
+    /// a body of a finished height would never be removed).
     /// What it replaces is kept under `backup/3/...`. One batch, then an fsync.
     fn migrate_3_to_4(&self) -> Result<(), StoreError> {
         let tip = self.tip()?.map_or(0, |t| t.height);
@@ -397,7 +398,6 @@ impl Store {
                     }
                 }
                 // Stored alike in both formats.
-                Signed::Vote(_) if finished => batch.remove(&self.signed, k),
                 Signed::Vote(_) => {}
             }
         }
