@@ -344,6 +344,20 @@ async fn a_committed_transaction_is_hashed_once_per_node() {
         "{written} store bytes for {n} transactions of {tx_bytes} bytes on 4 nodes: {:.2} times their bytes",
         per_tx(written) / tx_bytes
     );
+    // Counted in blocks: each node's store wrote every committed block's
+    // body once, and at most one more for each round that decided nothing (a
+    // proposal signed or a lock taken in it), besides the height under way.
+    for (i, node) in nodes.iter().enumerate() {
+        let before = node.height();
+        let writes = node.store().body_writes();
+        let tip = node.height();
+        let lost_rounds: u64 =
+            (1..=tip).map(|h| node.store().block(h).unwrap().map_or(0, |c| u64::from(c.cert.round))).sum();
+        assert!(
+            before <= writes && writes <= tip + lost_rounds + 3,
+            "node {i}: {writes} block bodies written for {tip} blocks, {lost_rounds} rounds that decided nothing"
+        );
+    }
     for node in nodes {
         node.stop().await;
     }
