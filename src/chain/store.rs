@@ -48,8 +48,9 @@
 //! The bodies of a height's rounds that did not commit (a proposal this node
 //! signed or a block it locked on in a round that decided nothing) are
 //! removed in the batch that commits the height, with the signed messages of
-//! that height: at most one per round this node proposed or locked in, and
-//! none past the height.
+//! that height. Until then a height holds one body per proposal this node
+//! signed there and one for its lock: a lock that moves to another block
+//! removes the body of the one it replaces, unless a signed proposal names it.
 //!
 //! # Member states
 //!
@@ -556,9 +557,32 @@ impl Store {
                 _ => self.put_body(&mut batch, &lock.block)?,
             };
             bodies += u64::from(put);
+            self.drop_superseded_lock_body(&mut batch, r)?;
             batch.insert(&self.meta, LOCK, encode(&(lock.round, r, &lock.polka)));
         }
         self.write(batch, bodies)
+    }
+
+    /// Puts into `batch` the removal of the body of the lock that `new`
+    /// replaces, where it is of the same height, another block, and named by
+    /// none of this height's signed proposals: a node whose lock moves round
+    /// after round at one height holds one locked body, not one per round.
+    fn drop_superseded_lock_body(&self, batch: &mut fjall::Batch, new: BodyRef) -> Result<(), StoreError> {
+        let Some(bytes) = self.meta.get(LOCK)? else { return Ok(()) };
+        let old = decode::<StoredLock>(&bytes, "lock")?.block;
+        if old.height != new.height || old == new {
+            return Ok(());
+        }
+        for kv in self.signed.prefix(old.height.to_be_bytes()) {
+            let (_, v) = kv?;
+            if let StoredSigned::Proposal { block, .. } = decode(&v, "signed message")? {
+                if block == old {
+                    return Ok(());
+                }
+            }
+        }
+        batch.remove(&self.bodies, old.key());
+        Ok(())
     }
 
     /// The lock held when the node last precommitted a value, if any. Callers
@@ -1050,6 +1074,32 @@ mod tests {
         assert_eq!(store.bodies.len().unwrap(), 2, "one body a committed height");
         assert_eq!(store.lock().unwrap(), None, "a lock of a finished height whose block did not commit");
         assert_eq!(store.body_writes(), 2, "since the reopen: c with its lock, d with its commit");
+    }
+
+    /// A lock that moves to another block at the same height leaves one
+    /// locked body, not one per round; a body a signed proposal names stays.
+    #[test]
+    fn a_lock_that_moves_leaves_the_body_it_replaces_only_if_a_proposal_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let prev = genesis_hash(&[0; 32]);
+        let blocks: Vec<Block> = (0..4).map(|r| other_block(1, prev, r).block).collect();
+        let store = Store::open(dir.path()).unwrap();
+        let lock_on = |round: Round| {
+            let lock = Lock { round, block: blocks[round as usize].clone(), polka: vec![] };
+            let vote = precommit(1, round, Some(lock.block.hash()));
+            store.record_signed(record(1, round, Step::Precommit), &vote, Some(&lock)).unwrap();
+        };
+        lock_on(0);
+        lock_on(1);
+        assert_eq!(store.bodies.len().unwrap(), 1, "round 0's locked body is replaced");
+        store.record_signed(record(1, 2, Step::Propose), &proposal(&blocks[2], 2), None).unwrap();
+        lock_on(2);
+        lock_on(3);
+        assert_eq!(store.bodies.len().unwrap(), 2, "round 2's block stays with its proposal, round 1's goes");
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.lock().unwrap().map(|l| l.block), Some(blocks[3].clone()));
+        assert!(store.own_signed(1).unwrap().contains(&proposal(&blocks[2], 2)), "the proposal gives its block back");
     }
 
     /// A data dir as format 3 wrote it: blocks by height, a lock and a signed
