@@ -26,7 +26,7 @@ pub const COMMIT: &str = env!("MASTERNODE_COMMIT");
 
 /// What `masternode --version` prints after the name: the release, the commit,
 /// the wire versions it speaks and the store format it writes, e.g. `0.2.0
-/// (commit abc1234) wire 3..4 store 3`.
+/// (commit abc1234) wire 3..4 store 4`.
 pub fn version() -> String {
     format!(
         "{} (commit {COMMIT}) wire {} store {}",

@@ -279,8 +279,8 @@ fn rebuilding_a_compact_proposal_copies_each_transaction_once() {
 /// Four nodes in this process commit `n` transactions of 256 bytes submitted
 /// at their admin paths. Each transaction is hashed once per node (where it
 /// enters it: a submission or a gossiped copy); the ids carry it through the
-/// mempool, the compact proposal, the rebuild and the removal at the commit.
-/// Allocations and store bytes are counted over the whole process (the other
+/// mempool, the compact proposal, the rebuild and the removal at the commit;
+/// its block's bytes are written once per node. Allocations and store bytes are counted over the whole process (the other
 /// guards of this binary allocate beside it, a few thousand at most).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // The lock only keeps the other hashing guards (plain tests, no runtime) out.
@@ -333,9 +333,31 @@ async fn a_committed_transaction_is_hashed_once_per_node() {
     // beside it: 8.8 measured. A ceiling against regressions, not the goal of
     // one allocation per transaction, which needs shared buffers in the block.
     assert!(per_tx(allocated as u64) <= 12.0, "{allocated} allocations for {n} transactions on 4 nodes");
-    // The block, the lock (every node precommits it) and a quarter of the
-    // proposer's signing record: 2.25 writes of 256 bytes per node and transaction.
-    assert!(per_tx(written) <= 2.5 * 260.0, "{written} store bytes for {n} transactions on 4 nodes");
+    // A committed block is written once per node (store format 4): with the
+    // proposer's signed proposal, or with the lock, or with the commit,
+    // whichever comes first; the others name it by hash. 262 bytes per
+    // transaction of 256 measured (1.02 times its bytes; format 3 wrote it
+    // with the proposal, the lock and the commit: 587, 2.29 times).
+    let tx_bytes = 256.0;
+    assert!(
+        per_tx(written) <= 1.25 * tx_bytes,
+        "{written} store bytes for {n} transactions of {tx_bytes} bytes on 4 nodes: {:.2} times their bytes",
+        per_tx(written) / tx_bytes
+    );
+    // Counted in blocks: each node's store wrote every committed block's
+    // body once, and at most one more for each round that decided nothing (a
+    // proposal signed or a lock taken in it), besides the height under way.
+    for (i, node) in nodes.iter().enumerate() {
+        let before = node.height();
+        let writes = node.store().body_writes();
+        let tip = node.height();
+        let lost_rounds: u64 =
+            (1..=tip).map(|h| node.store().block(h).unwrap().map_or(0, |c| u64::from(c.cert.round))).sum();
+        assert!(
+            before <= writes && writes <= tip + lost_rounds + 3,
+            "node {i}: {writes} block bodies written for {tip} blocks, {lost_rounds} rounds that decided nothing"
+        );
+    }
     for node in nodes {
         node.stop().await;
     }

@@ -193,7 +193,11 @@ async fn rolling_upgrade_from_0_1_0_keeps_the_chain_running_and_its_history() {
             height_at_start,
         });
         let log = net.log(i);
-        assert!(log.contains("migrated from format 2"), "node {} migrated its data dir in place:\n{log}", i + 1);
+        assert!(
+            log.contains("migrated from format 2") && log.contains("migrated from format 3 to 4"),
+            "node {} migrated its data dir in place (2 to 3 to 4):\n{log}",
+            i + 1
+        );
         // Each link's wire version: 4 between nodes of this release, 3 with 0.1.0.
         let s = net.status(i).await.unwrap();
         for p in &s.peers {

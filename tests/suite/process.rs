@@ -106,7 +106,7 @@ fn version_names_the_release_commit_wire_versions_and_store_format() {
         masternode::chain::FORMAT
     );
     assert_eq!(text, want);
-    assert!(text.starts_with("masternode 0.2.0 (commit ") && text.ends_with(") wire 3..4 store 3"), "{text}");
+    assert!(text.starts_with("masternode 0.2.0 (commit ") && text.ends_with(") wire 3..4 store 4"), "{text}");
     let commit = masternode::status::COMMIT;
     assert!(commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
 }
