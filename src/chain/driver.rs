@@ -504,11 +504,6 @@ pub struct Driver {
     /// A lock the network proves this key held at `(height, round)` on a
     /// value whose proposal is not here yet.
     lock_wanted: Option<(Height, Round, Hash)>,
-    /// Whether the network proved this key signed above the record this node
-    /// started with: its record is behind (a data dir restored or lost), so it
-    /// may also have signed in the round in progress when its record was
-    /// lost, where no peer may hold the proof.
-    record_behind: bool,
 }
 
 impl Driver {
@@ -539,7 +534,6 @@ impl Driver {
             doppelganger: None,
             core_gate: false,
             lock_wanted: None,
-            record_behind: false,
             upgrades: UpgradeWatch::new(cfg.max_version),
             wire: BTreeMap::new(),
             earliest: 1,

@@ -3,7 +3,7 @@
 
 use super::super::block::{Hash, Height, Round};
 use super::super::doppelganger::{self, EvidenceKind, Hold, Phase, Seen, Verdict};
-use super::super::vote::{Committed, SignRecord, SignedVote, Step, VoteKind};
+use super::super::vote::{Committed, SignedVote, VoteKind};
 use super::{Driver, Effect, Input, Now, Output};
 use crate::identity::NodeId;
 
@@ -22,36 +22,7 @@ impl Driver {
                 self.watch.length_ms(),
                 self.core.height()
             );
-            if self.record_behind {
-                self.skip_round_in_progress("its signing record is behind what its key signed");
-            } else if self.core.last_signed().is_none() && self.core.height() > 1 {
-                self.skip_round_in_progress("it has no signing record (an empty data dir) on a chain past its start");
-            }
         }
-    }
-
-    /// This node cannot know what its key signed last (`why`: its record is
-    /// behind what the network proves, or it has none): it signs nothing in
-    /// the round in progress at its height. A data dir lost or restored in
-    /// the middle of a height leaves no trace of what the key signed in its
-    /// last round where the only peers that heard it have lost it since (or
-    /// are Byzantine and will not say); the next round is new to every
-    /// signer. A member that never signed loses one round of one height.
-    /// Logged once.
-    fn skip_round_in_progress(&mut self, why: &str) {
-        let record = SignRecord { height: self.core.height(), round: self.core.round(), step: Step::Precommit };
-        if self.core.last_signed().is_some_and(|last| last >= record) {
-            return;
-        }
-        self.core.raise_floor(record);
-        tracing::warn!(
-            height = record.height,
-            round = record.round,
-            "this node cannot know what its key signed last ({why}): it signs nothing in round {} of height {}, \
-             which its key may have signed before, and signs from the next round",
-            record.round,
-            record.height
-        );
     }
 
     /// Whether the core may sign now, the quorum gate aside: the watch is
@@ -186,14 +157,6 @@ impl Driver {
         let record = seen.record();
         let before = self.core.last_signed();
         self.core.raise_floor(record);
-        if before.is_none_or(|b| record > b)
-            && !std::mem::replace(&mut self.record_behind, true)
-            && !self.watch.watching()
-        {
-            // Found behind after the watch: what it may have signed in the
-            // round in progress is as unknown as at the watch's end.
-            self.skip_round_in_progress("its signing record is behind what its key signed");
-        }
         let was = before.map_or("none".to_string(), |r| format!("height {} round {} {:?}", r.height, r.round, r.step));
         if self.watch.first_floor() {
             tracing::warn!(
