@@ -32,9 +32,16 @@
 //!   ([`super::resources`]), checked by the world after every input.
 //! * No honest double-sign: never two different signed messages for one
 //!   (height, round, step) from an honest key, across restarts. Across a wipe,
-//!   only what some node received counts: a signature that reached no one
-//!   (every frame of it lost, or cut off by a partition) went with the data
-//!   dir, and nothing anywhere tells the restarted node, or anyone, of it.
+//!   only what the honest network still holds counts, what a restarted node
+//!   can be told: a signature that reached no honest node (every frame of it
+//!   lost, cut off by a partition, or taken only by a Byzantine node, which
+//!   need not show it), or only honest nodes that crashed since without it
+//!   in their store (a vote is kept only in memory unless it is in the polka
+//!   of the lock they persisted), went with the data dir. A precommit in a
+//!   committed block's certificate is held by every store that serves it.
+//!   A frame of the forgotten signature that the signer sent before the wipe
+//!   and that arrives after it counts again; a Byzantine node's relay of it
+//!   proves only what the wiped node could not know.
 //! * Checkpoint start: a node that started from a checkpoint started from a
 //!   block the honest nodes decide at its height (Agreement), with the
 //!   membership the chain leaves there (Membership); from it on its commits
@@ -97,9 +104,17 @@ pub struct Checker {
     honest: BTreeSet<NodeId>,
     /// Every message an honest key signed, by (signer, height, round, step).
     signed: BTreeMap<(NodeId, SignRecord), Signed>,
-    /// The honest signatures some node received: a frame of it delivered, or
-    /// a precommit in the certificate of a block a node committed.
-    reached: BTreeSet<(NodeId, SignRecord)>,
+    /// The honest signatures honest nodes received, with who holds them: a
+    /// frame of it delivered (dropped from a receiver that crashes without
+    /// it in its store).
+    reached: BTreeMap<(NodeId, SignRecord), BTreeSet<NodeId>>,
+    /// The honest signatures held for good: a precommit in the certificate of
+    /// a block a node committed.
+    kept: BTreeSet<(NodeId, SignRecord)>,
+    /// Signatures of a wiped key that only other nodes hold: when the last
+    /// honest holder crashes without them, they are forgotten as a wipe
+    /// forgets.
+    orphaned: BTreeSet<(NodeId, SignRecord)>,
     /// What a wipe took of an honest key's signatures that no node had
     /// received yet: one still in flight may reach a node after the wipe,
     /// and then counts again ([`Self::on_received`]).
@@ -157,7 +172,9 @@ impl Checker {
             chain: genesis,
             honest,
             signed: BTreeMap::new(),
-            reached: BTreeSet::new(),
+            reached: BTreeMap::new(),
+            kept: BTreeSet::new(),
+            orphaned: BTreeSet::new(),
             forgotten: BTreeMap::new(),
             locks: BTreeMap::new(),
             proposals: BTreeMap::new(),
@@ -188,12 +205,20 @@ impl Checker {
         }
     }
 
-    /// A node received the signature `signature` of `signer` at `record` (a
-    /// frame of it, or a certificate holding it). One a wipe had forgotten,
-    /// in flight at the wipe, counts again: beside another signature of the
-    /// same record made since, both are out, a double sign.
-    pub fn on_received(&mut self, signer: NodeId, record: SignRecord, signature: &[u8; 64]) {
-        if !self.honest.contains(&signer) {
+    /// A node received the signature `signature` of `signer` at `record`:
+    /// `via`, the receiver and the sender of a frame of it, or `None` for a
+    /// certificate holding it (kept for good). One a wipe had forgotten
+    /// counts again when an honest node receives it; beside another
+    /// signature of the same record made since, both are out, a double sign,
+    /// when the frame is one the signer sent before its wipe.
+    pub fn on_received(
+        &mut self,
+        via: Option<(NodeId, NodeId)>,
+        signer: NodeId,
+        record: SignRecord,
+        signature: &[u8; 64],
+    ) {
+        if !self.honest.contains(&signer) || via.is_some_and(|(to, _)| !self.honest.contains(&to)) {
             return;
         }
         let key = (signer, record);
@@ -203,6 +228,8 @@ impl Checker {
         });
         if let Some(old) = surfaced {
             match self.signed.get(&key) {
+                // Relayed: the wiped node could not have learnt it.
+                Some(now) if *now != old && via.is_some_and(|(_, from)| from != signer) => {}
                 Some(now) if *now != old => {
                     let detail = format!(
                         "{} signed {} and, after a wipe, {} at {record:?}; the first was in flight at the wipe and \
@@ -220,21 +247,68 @@ impl Checker {
             }
         }
         if self.signed.get(&key).is_some_and(|m| signature_of(m) == signature) {
-            self.reached.insert(key);
+            match via {
+                Some((to, _)) => {
+                    self.reached.entry(key).or_default().insert(to);
+                }
+                None => {
+                    self.kept.insert(key);
+                }
+            }
         }
     }
 
-    /// `me`'s data dir was wiped: what it signed that no node received is
-    /// gone with it (the real node cannot learn it, nor can anyone show it),
-    /// unless a frame of it still in flight reaches a node later.
-    pub fn on_wipe(&mut self, me: NodeId) {
-        let keys: Vec<_> =
-            self.signed.keys().filter(|key| key.0 == me && !self.reached.contains(key)).copied().collect();
-        for key in keys {
+    /// Whether the signature is one a wipe forgot and no honest node holds:
+    /// no honest node can relay it (a frame of it still in flight arrives
+    /// all the same).
+    pub fn forgot(&self, signer: NodeId, record: SignRecord, signature: &[u8; 64]) -> bool {
+        self.forgotten.get(&(signer, record)).is_some_and(|list| list.iter().any(|m| signature_of(m) == signature))
+    }
+
+    /// Whether some honest node holds the signature at `key`.
+    fn held(&self, key: &(NodeId, SignRecord)) -> bool {
+        self.kept.contains(key) || self.reached.get(key).is_some_and(|h| !h.is_empty())
+    }
+
+    /// The signatures of a wiped key that no honest node holds any more are
+    /// forgotten.
+    fn forget_orphans(&mut self) {
+        let gone: Vec<_> = self.orphaned.iter().filter(|key| !self.held(key)).copied().collect();
+        for key in gone {
+            self.orphaned.remove(&key);
+            self.reached.remove(&key);
             if let Some(m) = self.signed.remove(&key) {
                 self.forgotten.entry(key).or_default().push(m);
             }
         }
+    }
+
+    /// Honest node `me` crashed: of the others' signatures it received, it
+    /// holds only those its store keeps (`stored`: the polka of its lock).
+    pub fn on_crash(&mut self, me: NodeId, stored: &[(NodeId, SignRecord)]) {
+        if !self.honest.contains(&me) {
+            return;
+        }
+        for (key, holders) in self.reached.iter_mut() {
+            if !stored.contains(key) {
+                holders.remove(&me);
+            }
+        }
+        self.forget_orphans();
+    }
+
+    /// `me`'s data dir was wiped: what it signed that no honest node holds
+    /// is gone with it (the real node cannot learn it, nor can anyone show
+    /// it), unless a frame of it still in flight reaches a node later; what
+    /// others hold goes when the last of them loses it. What its own store
+    /// held of others' goes too.
+    pub fn on_wipe(&mut self, me: NodeId) {
+        for holders in self.reached.values_mut() {
+            holders.remove(&me);
+        }
+        let mine: Vec<_> = self.signed.keys().filter(|key| key.0 == me).copied().collect();
+        self.orphaned.extend(mine);
+        self.forget_orphans();
     }
 
     /// A genuinely signed message went onto the network (from anyone).
@@ -327,6 +401,8 @@ impl Checker {
                 self.signed.insert((me, record), message.clone());
             }
         }
+        // Its own store holds it again.
+        self.orphaned.remove(&(me, record));
         self.observe(message);
         let Signed::Vote(v) = message else { return };
         let v = &v.vote;
@@ -443,7 +519,7 @@ impl Checker {
         now_ms: u64,
     ) -> Vec<Completed> {
         for p in c.cert.precommits.iter().filter(|p| p.vote.voter != me) {
-            self.on_received(p.vote.voter, p.vote.record(), &p.signature);
+            self.on_received(None, p.vote.voter, p.vote.record(), &p.signature);
         }
         let (prev_height, prev_hash, prev_ts) = prev;
         let prev = (prev_height, prev_hash);

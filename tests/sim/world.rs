@@ -576,7 +576,7 @@ impl World {
                 // What was sent arrives even if its sender died since; not at a
                 // receiver that restarted (a new connection) or across a partition.
                 if self.reaches(from, to, epochs.1) {
-                    self.received(from, &body, replayed);
+                    self.received(from, to, &body, replayed);
                     self.deliver(from, to, body);
                 }
             }
@@ -761,6 +761,13 @@ impl World {
 
     fn crash(&mut self, s: usize) {
         self.log(1 << s, None, true, |w| format!("{} crashes", w.name(s)));
+        let stored: Vec<_> = self.nodes[s]
+            .store
+            .lock
+            .iter()
+            .flat_map(|l| l.polka.iter().map(|v| (v.vote.voter, v.vote.record())))
+            .collect();
+        self.checker.on_crash(self.nodes[s].id, &stored);
         let node = &mut self.nodes[s];
         node.up = false;
         node.early.clear();

@@ -161,26 +161,13 @@ impl World {
     /// is one some node holds ([`Checker::on_received`]), and the network may
     /// deliver the frame again later (not a replay once more). What no node
     /// received is never replayed: no one could relay it.
-    pub(super) fn received(&mut self, from: usize, body: &Bytes, replayed: bool) {
+    pub(super) fn received(&mut self, from: usize, to: usize, body: &Bytes, replayed: bool) {
         if !body.first().is_some_and(|k| masternode::chain::is_consensus_kind(*k)) {
             return;
         }
-        if let Ok(msg) = Message::decode(body) {
-            let signed = match &msg {
-                Message::Vote(v) => Some((v.vote.voter, v.vote.record(), &v.signature)),
-                Message::Proposal(p) => {
-                    let record = SignRecord { height: p.proposal.height, round: p.proposal.round, step: Step::Propose };
-                    Some((p.proposal.proposer, record, &p.signature))
-                }
-                Message::CompactProposal(cp) => {
-                    let record = SignRecord { height: cp.height, round: cp.round, step: Step::Propose };
-                    Some((cp.proposer, record, &cp.signature))
-                }
-                _ => None,
-            };
-            if let Some((signer, record, signature)) = signed {
-                self.checker.on_received(signer, record, signature);
-            }
+        if let Some((signer, record, signature)) = signature_in(body) {
+            let via = (self.nodes[to].id, self.nodes[from].id);
+            self.checker.on_received(Some(via), signer, record, &signature);
         }
         if self.plan.replay_every_ms.is_some() && !replayed {
             const KEPT: usize = 4_000;
@@ -202,6 +189,9 @@ impl World {
             self.at(self.now + every, Event::Replay);
         }
         let Some((from, body)) = self.rng.pick(&self.seen).cloned() else { return };
+        if signature_in(&body).is_some_and(|(signer, record, sig)| self.checker.forgot(signer, record, &sig)) {
+            return;
+        }
         for to in 0..self.nodes.len() {
             if !self.nodes[to].up || to == from {
                 continue;
@@ -439,6 +429,25 @@ fn height_of_message(m: &Message) -> Option<Height> {
         Message::Proposal(p) => Some(p.proposal.height),
         Message::CompactProposal(p) => Some(p.height),
         Message::Vote(v) => Some(v.vote.height),
+        _ => None,
+    }
+}
+
+/// The signature a consensus frame carries: its signer, record and signature.
+fn signature_in(body: &Bytes) -> Option<(NodeId, SignRecord, [u8; 64])> {
+    if !body.first().is_some_and(|k| masternode::chain::is_consensus_kind(*k)) {
+        return None;
+    }
+    match Message::decode(body).ok()? {
+        Message::Vote(v) => Some((v.vote.voter, v.vote.record(), v.signature)),
+        Message::Proposal(p) => {
+            let record = SignRecord { height: p.proposal.height, round: p.proposal.round, step: Step::Propose };
+            Some((p.proposal.proposer, record, p.signature))
+        }
+        Message::CompactProposal(cp) => {
+            let record = SignRecord { height: cp.height, round: cp.round, step: Step::Propose };
+            Some((cp.proposer, record, cp.signature))
+        }
         _ => None,
     }
 }
