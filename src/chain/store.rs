@@ -1160,6 +1160,84 @@ mod tests {
         assert_eq!(store.range(6, 10, usize::MAX).unwrap(), chain[5..]);
     }
 
+    /// What a restart reads is whole after any prefix of a node's writes (a
+    /// crash between any two of them): the lock and the signed proposals of
+    /// the next height give their block back, every held height gives its
+    /// block, and `bodies` holds exactly those blocks: one per held height,
+    /// plus the next height's locked and proposed ones.
+    #[test]
+    fn a_crash_between_any_two_writes_leaves_every_named_body_and_no_other() {
+        let prev = genesis_hash(&[0; 32]);
+        let [a, b] = [0, 1].map(|r| other_block(1, prev, r));
+        // A re-proposed at round 3 commits with a certificate of that round.
+        let a_at_3 = Committed {
+            block: a.block.clone(),
+            cert: Certificate { height: 1, round: 3, block: a.block.hash(), precommits: vec![] },
+        };
+        let h2 = a.block.hash();
+        let [c, d, e] = [0, 1, 2].map(|r| other_block(2, h2, r));
+        let f = committed(3, e.block.hash());
+        let lock_of = |round: Round, block: &Block| Lock { round, block: block.clone(), polka: vec![] };
+        type Op<'a> = Box<dyn Fn(&Store) + 'a>;
+        let locking = |round: Round, block: &'_ Block| -> Op<'_> {
+            let lock = lock_of(round, block);
+            let vote = precommit(block.height(), round, Some(block.hash()));
+            Box::new(move |s: &Store| {
+                s.record_signed(record(lock.block.height(), round, Step::Precommit), &vote, Some(&lock)).unwrap()
+            })
+        };
+        let ops: Vec<Op> = vec![
+            Box::new(|s: &Store| s.record_signed(record(1, 0, Step::Propose), &proposal(&a.block, 0), None).unwrap()),
+            Box::new(|s: &Store| {
+                s.record_signed(record(1, 0, Step::Prevote), &Signed::Vote(prevote(1, 0, Some(h2))), None).unwrap()
+            }),
+            locking(0, &a.block),
+            locking(1, &b.block),
+            Box::new(|s: &Store| s.record_signed(record(1, 2, Step::Propose), &proposal(&a.block, 2), None).unwrap()),
+            locking(3, &a.block),
+            Box::new(|s: &Store| s.commit(&a_at_3, &membership(1)).unwrap()),
+            locking(0, &c.block),
+            locking(1, &d.block),
+            Box::new(|s: &Store| s.commit(&e, &membership(2)).unwrap()),
+            Box::new(|s: &Store| s.commit(&f, &membership(3)).unwrap()),
+            Box::new(|s: &Store| assert_eq!(s.prune_below(3, 100).unwrap(), 3)),
+        ];
+        for done in 0..=ops.len() {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = Store::open(dir.path()).unwrap();
+                ops[..done].iter().for_each(|op| op(&store));
+            }
+            let store = Store::open(dir.path()).unwrap();
+            let tip = store.tip().unwrap().map_or(0, |t| t.height);
+            let earliest = store.earliest().unwrap();
+            let mut named = HashSet::new();
+            for m in store.own_signed(tip + 1).unwrap_or_else(|e| panic!("after {done} writes: {e}")) {
+                if let Signed::Proposal(sp) = m {
+                    named.insert(sp.proposal.block.hash());
+                }
+            }
+            match store.lock().unwrap_or_else(|e| panic!("after {done} writes: {e}")) {
+                Some(l) if l.block.height() == tip + 1 => {
+                    named.insert(l.block.hash());
+                }
+                _ => {}
+            }
+            let held = if tip == 0 { 0 } else { tip + 1 - earliest };
+            for h in earliest..=tip {
+                let got = store.block(h).unwrap_or_else(|e| panic!("after {done} writes: {e}"));
+                assert!(got.is_some_and(|c| c.cert.block == c.block.hash()), "after {done} writes: height {h}");
+            }
+            assert_eq!(
+                store.bodies.len().unwrap() as u64,
+                held + named.len() as u64,
+                "after {done} writes: {held} held heights and {} named bodies of height {}",
+                named.len(),
+                tip + 1
+            );
+        }
+    }
+
     /// A polka holds at most one prevote per member: a lock whose polka claims
     /// more is corrupt, refused before anything is allocated for it.
     #[test]
