@@ -10,11 +10,11 @@
 //!
 //! Decoding bounds memory by the body's size. bincode counts "claims" against a
 //! limit: before allocating a container of `len` elements it claims
-//! `len * size_of::<T>()` (24 bytes for each `Vec<u8>` of a `Vec<Vec<u8>>`, not
-//! its 1-byte length prefix), and every decoded value claims its in-memory size
-//! (8 for a `u64`, even in a 1-byte varint). A limit sized in body bytes refused
-//! honest bodies (blocks of 20,000 10-byte transactions claim 24 bytes per 11
-//! encoded ones); a limit sized for the largest body let a 10-byte body claim and
+//! `len * size_of::<T>()` (24 bytes for each `Vec<u8>` of a `Vec<Vec<u8>>`, 32
+//! for each `Bytes` of a block's transactions, not its 1-byte length prefix),
+//! and every decoded value claims its in-memory size (8 for a `u64`, even in a
+//! 1-byte varint). A limit sized in body bytes refused honest bodies (blocks of
+//! 20,000 10-byte transactions claim 32 bytes per 11 encoded ones); a limit sized for the largest body let a 10-byte body claim and
 //! allocate megabytes. So the limit follows the body: [`CLAIMS_PER_BYTE`] times
 //! the body's size, rounded up to a tier (see [`decode_bounded`]).
 //!
@@ -44,13 +44,14 @@ const COPY_BELOW: usize = 4096;
 /// Bytes bincode may claim per byte of body. Each body byte is counted by at
 /// most one claim that is still open: a decoded value's own size, or one element
 /// of a container still to be decoded, which needs at least one body byte of its
-/// own. The largest ratio among our types is an element of `Vec<Vec<u8>>`: a
-/// `Vec<u8>` (24 bytes) encoded as one byte when empty; integers claim at most 8
+/// own. The largest ratio among our types is a block's transaction: a handle
+/// (`Bytes`, 32 bytes) encoded as one byte when empty ([`crate::chain::Block`]
+/// claims that much for each); integers claim at most 8
 /// per byte, and the other containers' elements (`SignedVote`, `Committed`) take
 /// more body bytes than half their size (checked by a test). So no well-formed
 /// body claims more than this many times its length, and a body that claims
 /// more is lying about a length.
-pub(crate) const CLAIMS_PER_BYTE: usize = std::mem::size_of::<Vec<u8>>();
+pub(crate) const CLAIMS_PER_BYTE: usize = std::mem::size_of::<Bytes>();
 
 /// Decodes one value from the front of `bytes` with claims bounded by
 /// [`CLAIMS_PER_BYTE`] times its length, rounded up to a power of 4 (from 4 KiB):
@@ -580,6 +581,7 @@ mod tests {
         };
         let ratios = [
             ("Vec<u8>", std::mem::size_of::<Vec<u8>>(), encoded_len(&Vec::<u8>::new())),
+            ("a block's transaction", std::mem::size_of::<Bytes>(), encoded_len(&Vec::<u8>::new())),
             ("SignedVote", std::mem::size_of::<SignedVote>(), encoded_len(&vote)),
             ("Committed", std::mem::size_of::<Committed>(), encoded_len(&committed)),
         ];
@@ -627,7 +629,7 @@ mod tests {
             let mut blocks = Vec::new();
             let full = {
                 let mut b = bare_block(1);
-                b.block.txs = vec![vec![]; MAX_BLOCK_TXS];
+                b.block.txs = vec![Bytes::new(); MAX_BLOCK_TXS];
                 b
             };
             // The kind byte and a count of up to 3 bytes, then the blocks.
@@ -638,7 +640,7 @@ mod tests {
             }
             let mut last = bare_block(1);
             let room = tier - len - encoded_len(&last) - 8;
-            last.block.txs = vec![vec![]; room.min(MAX_BLOCK_TXS)];
+            last.block.txs = vec![Bytes::new(); room.min(MAX_BLOCK_TXS)];
             blocks.push(last);
             let msg = Message::Blocks(blocks);
             let len = body_len(&msg);
@@ -672,7 +674,7 @@ mod tests {
         };
         let with_txs = |n: usize, tx: &[u8]| {
             let mut c = bare_block(1);
-            c.block.txs = vec![tx.to_vec(); n];
+            c.block.txs = vec![Bytes::copy_from_slice(tx); n];
             c.block
         };
         let with_changes = |n: usize| {

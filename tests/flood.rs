@@ -58,7 +58,7 @@ async fn member_flooding_maximum_size_frames_delays_only_itself() {
                     tx_root: tx_root(&txs),
                     changes: vec![],
                 },
-                txs,
+                txs: txs.into_iter().map(Into::into).collect(),
             };
             let frame = Message::Proposal(
                 Proposal { height: 1_000, round: 0, block, valid_round: None, proposer: spec.id(0) }

@@ -3,9 +3,12 @@
 
 use std::fmt;
 
+use bincode::de::read::Reader;
 use bincode::de::Decoder;
-use bincode::error::DecodeError;
-use bincode::Decode;
+use bincode::enc::Encoder;
+use bincode::error::{DecodeError, EncodeError};
+use bincode::{Decode, Encode};
+use bytes::Bytes;
 
 use super::members::{ChangeError, MembershipState, SignedApproval, MAX_CHANGES_PER_BLOCK};
 use crate::codec::{decode_seq, BINCODE};
@@ -65,14 +68,37 @@ pub struct Header {
     pub changes: Vec<SignedApproval>,
 }
 
-/// Decoded by hand: the derived decoding with the count of `txs` bounded
-/// before anything is allocated for them ([`crate::codec::decode_seq`]). The
-/// bound is the block rule's own [`MAX_BLOCK_TXS`], so no valid block is refused.
-/// Empty transactions decode, as they always did: a block may hold them.
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode)]
+/// Encoded and decoded by hand, in the bytes the derived forms of a
+/// `Vec<Vec<u8>>` of transactions use (a varint count, then each transaction
+/// as a varint length and its bytes): a block's encoding, on the wire and in
+/// the store, is what it always was. The decoding bounds the count of `txs`
+/// before anything is allocated for them, by the block rule's own
+/// [`MAX_BLOCK_TXS`], so no valid block is refused (as
+/// [`crate::codec::decode_seq`] does); empty transactions decode, as they
+/// always did: a block may hold them.
+///
+/// A decoded block's transactions are slices of one buffer of their bytes
+/// alone ([`decode_txs`]), not an allocation each; one built by this node (its
+/// own proposal, a rebuilt compact one) holds each transaction in the buffer
+/// of the copy taken from the mempool (or from a `Txs` answer). Either way a
+/// transaction's bytes are shared, not copied, by every clone of the block.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
     pub header: Header,
-    pub txs: Vec<Vec<u8>>,
+    pub txs: Vec<Bytes>,
+}
+
+impl Encode for Block {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        self.header.encode(e)?;
+        // As `Vec<Vec<u8>>` encodes: the count, then each transaction as `[u8]`
+        // (its length, then its bytes).
+        (self.txs.len() as u64).encode(e)?;
+        for tx in &self.txs {
+            tx.as_ref().encode(e)?;
+        }
+        Ok(())
+    }
 }
 
 impl<C> Decode<C> for Header {
@@ -92,10 +118,54 @@ bincode::impl_borrow_decode!(Header);
 
 impl<C> Decode<C> for Block {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, DecodeError> {
-        Ok(Block { header: Decode::decode(d)?, txs: decode_seq(d, MAX_BLOCK_TXS, "transactions in a block")? })
+        Ok(Block { header: Decode::decode(d)?, txs: decode_txs(d)? })
     }
 }
 bincode::impl_borrow_decode!(Block);
+
+/// What `decode_seq::<Vec<u8>>` decodes (the count bounded by
+/// [`MAX_BLOCK_TXS`]; the count claims a handle, `size_of::<Bytes>()`, for
+/// each transaction on the decoder's limit, as a `Vec<Bytes>` would), into one buffer
+/// of the transactions' bytes and a slice of it for each: a few allocations
+/// per block (the buffer's growth, at most one per doubling up to the frame's
+/// size; the list of slices), none per transaction. The buffer holds the
+/// transactions' bytes alone, fitted to their total, so the block keeps
+/// nothing of the frame it came in and takes what its transactions' lengths
+/// say, plus a handle of `size_of::<Bytes>()` each (what the consensus core's
+/// budget of proposals held counts, `held_tx_bytes`).
+fn decode_txs<D: Decoder>(d: &mut D) -> Result<Vec<Bytes>, DecodeError> {
+    let count = u64::decode(d)?;
+    if count > MAX_BLOCK_TXS as u64 {
+        return Err(DecodeError::Other("transactions in a block"));
+    }
+    let count = count as usize;
+    d.claim_container_read::<Bytes>(count)?;
+    let mut ends = Vec::with_capacity(count);
+    let mut buf: Vec<u8> = Vec::new();
+    for _ in 0..count {
+        // As bincode's `Vec` decoding: the container's claim is handed back
+        // per element, which claims what it decodes (its length and bytes).
+        d.unclaim_bytes_read(std::mem::size_of::<Bytes>());
+        let len = u64::decode(d)?;
+        let len = usize::try_from(len).map_err(|_| DecodeError::OutsideUsizeRange(len))?;
+        d.claim_container_read::<u8>(len)?;
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        d.reader().read(&mut buf[start..])?;
+        ends.push(buf.len());
+    }
+    buf.shrink_to_fit();
+    let buf = Bytes::from(buf);
+    let mut start = 0;
+    Ok(ends
+        .into_iter()
+        .map(|end| {
+            let tx = buf.slice(start..end);
+            start = end;
+            tx
+        })
+        .collect())
+}
 
 // The block limits are the network file's (`genesis`); every block rule here obeys them.
 pub use super::genesis::{Limits, MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
@@ -240,20 +310,32 @@ pub(crate) mod counts {
     }
 }
 
-pub fn tx_root(txs: &[Vec<u8>]) -> Hash {
-    tx_root_of_ids(txs.len(), txs.iter().map(|t| tx_hash(t)))
+pub fn tx_root<T: AsRef<[u8]>>(txs: &[T]) -> Hash {
+    tx_root_of_ids(txs.len(), txs.iter().map(|t| tx_hash(t.as_ref())))
 }
 
 /// [`tx_root`], each transaction hashed once; with `look_for_repeats`, also the
 /// first transaction equal to an earlier one (by id).
-pub(crate) fn tx_root_and_repeat(txs: &[Vec<u8>], look_for_repeats: bool) -> (Hash, Option<usize>) {
+pub(crate) fn tx_root_and_repeat(txs: &[Bytes], look_for_repeats: bool) -> (Hash, Option<usize>) {
     if !look_for_repeats {
         return (tx_root(txs), None);
     }
+    let (root, first_repeat, _) = tx_ids_root_and_repeat(txs, true);
+    (root, first_repeat)
+}
+
+/// [`tx_root_and_repeat`], with the ids it computed: what a synced block's
+/// commit takes its transactions out of the mempool by, so that they are
+/// hashed once, not once to check the root and once more at the commit.
+pub(crate) fn tx_ids_root_and_repeat(txs: &[Bytes], look_for_repeats: bool) -> (Hash, Option<usize>, Vec<Hash>) {
     let ids: Vec<Hash> = txs.iter().map(|t| tx_hash(t)).collect();
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
-    let first_repeat = ids.iter().position(|id| !seen.insert(*id));
-    (tx_root_of_ids(ids.len(), ids.into_iter()), first_repeat)
+    let first_repeat = if look_for_repeats {
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        ids.iter().position(|id| !seen.insert(*id))
+    } else {
+        None
+    };
+    (tx_root_of_ids(ids.len(), ids.iter().copied()), first_repeat, ids)
 }
 
 /// The root over `count` transaction ids ([`tx_hash`]es), in order: a compact

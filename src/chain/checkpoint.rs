@@ -372,7 +372,7 @@ mod tests {
             tx_root: tx_root(&txs),
             changes: vec![],
         };
-        let block = Block { header, txs };
+        let block = Block { header, txs: txs.into_iter().map(Into::into).collect() };
         let precommits: Vec<SignedVote> = signers
             .iter()
             .map(|who| {

@@ -372,7 +372,9 @@ impl Assembly {
             proposal: Proposal {
                 height: p.height,
                 round: p.round,
-                block: Block { header: p.header, txs: txs? },
+                // Each transaction in the buffer of its copy (the mempool's,
+                // an answer's): not copied again.
+                block: Block { header: p.header, txs: txs?.into_iter().map(bytes::Bytes::from).collect() },
                 valid_round: p.valid_round,
                 proposer: p.proposer,
             },
@@ -524,15 +526,19 @@ impl Waiting {
 
 /// Copies of `txs`, in order, as long as they fit in `max_bytes` of
 /// transaction bytes: a `Txs` answer within its frame.
-pub(crate) fn within_bytes<'a>(txs: impl Iterator<Item = &'a Vec<u8>>, max_bytes: usize) -> Vec<Vec<u8>> {
+pub(crate) fn within_bytes<'a, T: AsRef<[u8]> + 'a>(
+    txs: impl Iterator<Item = &'a T>,
+    max_bytes: usize,
+) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut bytes = 0;
     for tx in txs {
+        let tx = tx.as_ref();
         if bytes + tx.len() > max_bytes {
             break;
         }
         bytes += tx.len();
-        out.push(tx.clone());
+        out.push(tx.to_vec());
     }
     out
 }
@@ -558,7 +564,7 @@ mod tests {
                 tx_root: tx_root(&txs),
                 changes: vec![],
             },
-            txs,
+            txs: txs.into_iter().map(Into::into).collect(),
         };
         Proposal { height: 5, round: 1, block, valid_round: None, proposer: id.id() }.sign(&NET, id)
     }
@@ -568,8 +574,8 @@ mod tests {
     }
 
     /// What a mempool holding `txs` finds for `ids`, within `max_bytes`.
-    fn lookup(txs: &[Vec<u8>], ids: &[Hash], max_bytes: usize) -> Result<Vec<Option<Vec<u8>>>, CompactError> {
-        let pool: HashMap<Hash, Vec<u8>> = txs.iter().map(|t| (tx_hash(t), t.clone())).collect();
+    fn lookup<T: AsRef<[u8]>>(txs: &[T], ids: &[Hash], max_bytes: usize) -> Result<Vec<Option<Vec<u8>>>, CompactError> {
+        let pool: HashMap<Hash, Vec<u8>> = txs.iter().map(|t| (tx_hash(t.as_ref()), t.as_ref().to_vec())).collect();
         place_within(ids, |id| pool.get(id), max_bytes)
     }
 

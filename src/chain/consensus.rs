@@ -54,7 +54,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::block::{
-    members_digest, parent_link, tx_root_and_repeat, Block, BlockError, Hash, Header, Height, Limits, Round, TxCheck,
+    members_digest, parent_link, tx_ids_root_and_repeat, tx_root_and_repeat, Block, BlockError, Hash, Header, Height,
+    Limits, Round, TxCheck,
 };
 use super::limits::Usage;
 use super::members::{Completed, MemberSet, Membership, MembershipState, SignedApproval};
@@ -228,6 +229,12 @@ pub enum Output {
         membership: Box<MembershipState>,
         /// The member changes this block completed (in force two heights on).
         completed: Vec<Completed>,
+        /// The block's transaction ids, in order, where the core hashed its
+        /// transactions to check it (a synced block's): the commit takes them
+        /// out of the mempool by these, hashing nothing again. `None` where
+        /// the driver holds them (its own or a rebuilt proposal) or the check
+        /// was made on arrival (a full proposal).
+        tx_ids: Option<Vec<Hash>>,
     },
     /// A message broke the protocol; [`Misbehaviour::culprit`] says whether it
     /// proves a member guilty.
@@ -441,19 +448,22 @@ fn proposal_bytes(p: &SignedProposal) -> usize {
     block.txs.iter().map(|t| held_tx_bytes(t.len())).sum::<usize>() + block.header.changes.len() * 256 + 512
 }
 
-/// What one transaction of a held block takes: its `Vec` and its allocation,
-/// which the allocator rounds up (glibc's: the length and an 8-byte header in
-/// steps of 16, 32 bytes at least; nothing for an empty one). Counted by its
+/// What one transaction of a held block takes, at most: its handle (`Bytes`)
+/// and an allocation of its own, which the allocator rounds up (glibc's: the
+/// length and an 8-byte header in steps of 16, 32 bytes at least; nothing for
+/// an empty one), as a transaction of a block this node built holds (the
+/// mempool's buffer); a decoded block's transactions share one buffer of
+/// their bytes alone, so this counts more than they take. Counted by its
 /// length alone, a block of one-byte transactions would be counted at under
 /// half of what it takes.
 fn held_tx_bytes(len: usize) -> usize {
     let heap = if len == 0 { 0 } else { ((len + 8 + 15) & !15).max(32) };
-    std::mem::size_of::<Vec<u8>>() + heap
+    std::mem::size_of::<bytes::Bytes>() + heap
 }
 
 /// The most [`held_tx_bytes`] takes beyond a transaction's length (for a
-/// one-byte one: 24 and 32, less the byte).
-const HELD_TX_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>() + 32;
+/// one-byte one: 32 and 32, less the byte).
+const HELD_TX_OVERHEAD: usize = std::mem::size_of::<bytes::Bytes>() + 32;
 
 /// The most [`proposal_bytes`] of a proposal within `limits`.
 pub fn max_proposal_bytes(limits: &Limits) -> usize {
@@ -1080,7 +1090,7 @@ impl Core {
         valid_round: Option<Round>,
         now_ms: Option<u64>,
         txs: Hashed,
-    ) -> Result<(), BlockError> {
+    ) -> Result<Option<Vec<Hash>>, BlockError> {
         let block_round = block.header.round;
         match valid_round {
             None if block_round != round => return Err(BlockError::NotFresh { block_round, round }),
@@ -1088,14 +1098,14 @@ impl Core {
             _ => {}
         }
         let distinct = self.rules().distinct_txs;
-        let first_repeat = match txs {
-            Hashed::Yes { first_repeat } => first_repeat,
+        let (first_repeat, ids) = match txs {
+            Hashed::Yes { first_repeat } => (first_repeat, None),
             Hashed::No => {
-                let (root, first_repeat) = tx_root_and_repeat(&block.txs, distinct);
+                let (root, first_repeat, ids) = tx_ids_root_and_repeat(&block.txs, distinct);
                 if root != block.header.tx_root {
                     return Err(BlockError::TxRootMismatch);
                 }
-                first_repeat
+                (first_repeat, Some(ids))
             }
         };
         if let Some(index) = first_repeat.filter(|_| distinct) {
@@ -1114,7 +1124,8 @@ impl Core {
         self.cfg
             .members
             .validate(&block.header.changes, &self.cfg.network_id)
-            .map_err(|(index, reason)| BlockError::BadChange { index, reason })
+            .map_err(|(index, reason)| BlockError::BadChange { index, reason })?;
+        Ok(ids)
     }
 
     fn on_vote(&mut self, sv: SignedVote, now_ms: u64, out: &mut Vec<Output>) {
@@ -1343,7 +1354,8 @@ impl Core {
                 tx_root: root,
                 changes,
             },
-            txs,
+            // Each in the buffer the mempool's copy was taken into.
+            txs: txs.into_iter().map(bytes::Bytes::from).collect(),
         };
         self.propose(block, None, now_ms, out);
         self.check_rules(now_ms, out);
@@ -1528,7 +1540,7 @@ impl Core {
         let precommits: Vec<SignedVote> =
             self.votes[&round].for_value(VoteKind::Precommit, Some(id)).cloned().collect();
         let cert = Certificate { height: self.height, round, block: id, precommits };
-        self.advance(block, now_ms, out, cert);
+        self.advance(block, None, now_ms, out, cert);
     }
 
     fn on_commit(&mut self, c: Committed, now_ms: u64, out: &mut Vec<Output>) {
@@ -1541,15 +1553,26 @@ impl Core {
             return;
         }
         // Decided in the certificate's round: the block existed by then.
-        if let Err(reason) = self.validate_block(&c.block, c.cert.round, Some(c.cert.round), None, Hashed::No) {
-            out.push(Output::Misbehaviour(Misbehaviour::InvalidSyncedBlock { height, reason }));
-            return;
-        }
-        self.advance(c.block, now_ms, out, c.cert);
+        let tx_ids = match self.validate_block(&c.block, c.cert.round, Some(c.cert.round), None, Hashed::No) {
+            Ok(ids) => ids,
+            Err(reason) => {
+                out.push(Output::Misbehaviour(Misbehaviour::InvalidSyncedBlock { height, reason }));
+                return;
+            }
+        };
+        self.advance(c.block, tx_ids, now_ms, out, c.cert);
     }
 
-    /// Commits `block` and moves to the next height (L49-L54).
-    fn advance(&mut self, block: Block, now_ms: u64, out: &mut Vec<Output>, cert: Certificate) {
+    /// Commits `block` and moves to the next height (L49-L54); `tx_ids`: its
+    /// transactions' ids, where this height's check of the block computed them.
+    fn advance(
+        &mut self,
+        block: Block,
+        tx_ids: Option<Vec<Hash>>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+        cert: Certificate,
+    ) {
         self.prev_hash = block.hash();
         self.prev_ts = block.header.timestamp_ms;
         // Checked with the block (`validate_block`), so every approval applies.
@@ -1558,7 +1581,7 @@ impl Core {
         let m = &self.cfg.members;
         self.ahead.retain(|id, _| m.current().contains(id) || m.next().contains(id));
         let membership = Box::new(self.cfg.members.state().clone());
-        out.push(Output::Decided { committed: Committed { block, cert }, membership, completed });
+        out.push(Output::Decided { committed: Committed { block, cert }, membership, completed, tx_ids });
         self.height += 1;
         self.parent_link = self.link_to_parent();
         let n = self.members_at(self.height).len();

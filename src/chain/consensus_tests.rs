@@ -377,7 +377,7 @@ fn locking_and_valid_round_follow_the_paper() {
                 tx_root: tx_root(&txs),
                 changes: vec![],
             },
-            txs,
+            txs: txs.into_iter().map(Into::into).collect(),
         }
     };
     let proposal = |r: u32, b: &Block, vr: Option<u32>| {
@@ -505,7 +505,7 @@ fn equivocating_proposer_cannot_split_the_network() {
                 tx_root: tx_root(&txs),
                 changes: vec![],
             },
-            txs,
+            txs: txs.into_iter().map(Into::into).collect(),
         };
         Proposal { height: h, round: 0, block, valid_round: None, proposer: evil_id }.sign(&NET, &sim.ids[evil])
     };
@@ -561,7 +561,7 @@ impl OneCore {
                 tx_root: tx_root(&txs),
                 changes: vec![],
             },
-            txs,
+            txs: txs.into_iter().map(Into::into).collect(),
         }
     }
     fn proposal(&self, r: u32, b: &Block) -> Input {
@@ -745,7 +745,7 @@ fn forged_messages_frame_no_one() {
     // is said about the proposer, and the forgery does not shadow the real one.
     let Input::Proposal(genuine) = f.proposal(0, &a) else { unreachable!() };
     let mut swapped = genuine.clone();
-    swapped.proposal.block.txs = vec![b"forged".to_vec()];
+    swapped.proposal.block.txs = vec![b"forged".to_vec().into()];
     let out = core.handle(Input::Proposal(swapped), now);
     assert!(!blames(&out, honest), "swapped transactions: {out:?}");
     let out = core.handle(Input::Proposal(genuine), now);
@@ -919,7 +919,13 @@ fn next_height_proposal(f: &OneCore, core: &Core, round: u32) -> Input {
         tx_root: tx_root(&txs),
         changes: vec![],
     };
-    let p = Proposal { height: 2, round, block: Block { header, txs }, valid_round: None, proposer };
+    let p = Proposal {
+        height: 2,
+        round,
+        block: Block { header, txs: txs.into_iter().map(Into::into).collect() },
+        valid_round: None,
+        proposer,
+    };
     Input::Proposal(p.sign(&NET, &f.identity(proposer)))
 }
 
@@ -942,13 +948,14 @@ fn next_height_buffer_is_bounded_in_bytes() {
 /// for it.
 #[test]
 fn a_held_transaction_is_counted_with_its_allocation() {
-    assert_eq!(held_tx_bytes(0), 24, "an empty one allocates nothing");
-    assert_eq!(held_tx_bytes(1), 24 + 32, "the smallest allocation");
-    assert_eq!(held_tx_bytes(157), 24 + 176);
-    assert_eq!(held_tx_bytes(64 * 1024), 24 + 64 * 1024 + 16);
+    // A handle (`Bytes`) of 32 bytes each.
+    assert_eq!(held_tx_bytes(0), 32, "an empty one allocates nothing");
+    assert_eq!(held_tx_bytes(1), 32 + 32, "the smallest allocation");
+    assert_eq!(held_tx_bytes(157), 32 + 176);
+    assert_eq!(held_tx_bytes(64 * 1024), 32 + 64 * 1024 + 16);
     for len in 0..5000 {
         assert!(held_tx_bytes(len) <= len + HELD_TX_OVERHEAD, "{len}");
-        assert!(held_tx_bytes(len) >= len + 24, "{len}");
+        assert!(held_tx_bytes(len) >= len + 32, "{len}");
     }
 }
 
@@ -996,7 +1003,7 @@ fn proposals_of_a_height_are_held_within_their_byte_budget() {
         let txs: Vec<Vec<u8>> = (0..15u8).map(|i| [&r.to_be_bytes()[..], &[i; 4000][..]].concat()).collect();
         let mut b = f.block(r, "");
         b.header.tx_root = tx_root(&txs);
-        b.txs = txs;
+        b.txs = txs.into_iter().map(Into::into).collect();
         b
     };
     // The hostile member leads rounds 0, 4, 8, ...: every one of them, up to
@@ -1041,7 +1048,7 @@ fn our_own_proposal_is_held_within_the_proposals_byte_budget() {
     let hostile: Vec<u32> = (0..=MAX_ROUND_AHEAD).filter(|r| f.proposer(*r) == f.proposer(0)).collect();
     for &r in &hostile {
         let mut b = f.block(r, "");
-        b.txs = full_txs(r);
+        b.txs = full_txs(r).into_iter().map(Into::into).collect();
         b.header.tx_root = tx_root(&b.txs);
         core.handle(f.proposal(r, &b), now);
     }
@@ -1119,7 +1126,7 @@ fn a_certified_block_on_another_parent_is_reported_and_not_committed() {
             tx_root: tx_root(&txs),
             changes: vec![],
         },
-        txs,
+        txs: txs.into_iter().map(Into::into).collect(),
     };
     let precommits = sim.ids[..3]
         .iter()
@@ -1171,7 +1178,7 @@ fn prevoted(out: &[Output]) -> Option<Option<Hash>> {
 fn from_version_4_a_block_that_repeats_a_transaction_is_invalid_and_before_it_valid() {
     let f = OneCore::new();
     let mut block = f.block(0, "A");
-    block.txs = vec![b"same".to_vec(), b"other".to_vec(), b"same".to_vec()];
+    block.txs = vec![b"same".to_vec().into(), b"other".to_vec().into(), b"same".to_vec().into()];
     block.header.tx_root = tx_root(&block.txs);
     for (version, valid) in [(3, true), (4, false)] {
         let cfg = at_version(f.cfg.clone(), version);

@@ -1095,8 +1095,8 @@ impl Driver {
                     let value = Input::Value { height, round, txs, tx_root, changes };
                     work.extend(self.core.handle(value, now.wall_ms));
                 }
-                Output::Decided { committed, membership, completed } => {
-                    work.extend(self.decided(committed, membership, &completed, synced, now));
+                Output::Decided { committed, membership, completed, tx_ids } => {
+                    work.extend(self.decided(committed, membership, &completed, tx_ids, synced, now));
                 }
                 Output::Misbehaviour(m) => self.report_misbehaviour(&m),
                 Output::Ahead { node, height } => {
@@ -1138,11 +1138,12 @@ impl Driver {
         c: Committed,
         membership: Box<MembershipState>,
         completed: &[Completed],
+        tx_ids: Option<Vec<Hash>>,
         synced: bool,
         now: Now,
     ) -> Vec<Output> {
         let (height, hash) = (c.block.height(), c.block.hash());
-        self.mempool_follows_chain(height, Some(&c.block));
+        self.mempool_follows_chain(height, Some((&c.block, tx_ids.as_deref())));
         self.effects.push_back(Effect::Commit { committed: c, membership, synced });
         if synced {
             self.blocks_synced += 1;
@@ -1449,14 +1450,17 @@ impl Driver {
     /// starts at): its transactions leave it, by the ids this node holds them
     /// by where it proposed or rebuilt the block, what waited too long
     /// expires, and a share is kept for each member the chain names besides
-    /// this node (as [`Self::chain_names`] does).
-    fn mempool_follows_chain(&mut self, height: Height, block: Option<&Block>) {
+    /// this node (as [`Self::chain_names`] does). With the block, the ids the
+    /// core computed checking it, if it did (a synced block's).
+    fn mempool_follows_chain(&mut self, height: Height, block: Option<(&Block, Option<&[Hash]>)>) {
         let membership = self.core.membership();
         let me = self.core.id();
         let members = membership.current().ids().into_iter().chain(membership.next().ids()).filter(|id| *id != me);
-        match block.map(|b| (self.tx_ids.of(&b.header.tx_root), b)) {
+        match block.map(|(b, checked)| (checked.or_else(|| self.tx_ids.of(&b.header.tx_root)), b)) {
+            // Our own or a rebuilt proposal (ids kept here), or a synced
+            // block (ids from the core's check of it): nothing hashed again.
             Some((Some(ids), _)) => self.mempool.handle_commit_ids(height, ids),
-            // A synced block: its transactions enter the node here.
+            // A full proposal's block, whose ids were not kept: hashed here.
             Some((None, b)) => self.mempool.handle_commit(height, &b.txs),
             None => self.mempool.handle_commit_ids(height, &[]),
         }
@@ -1880,7 +1884,7 @@ fn in_fetch_window(at: (Height, Round), height: Height, round: Round) -> bool {
 /// `max_bytes`: by the block's ids where this node holds them (`known`), else
 /// each of the block's transactions hashed once.
 fn answer_from_block(block: &Block, known: Option<&[Hash]>, ids: &[Hash], max_bytes: usize) -> Vec<Vec<u8>> {
-    let by_id: HashMap<Hash, &Vec<u8>> = match known {
+    let by_id: HashMap<Hash, &bytes::Bytes> = match known {
         Some(known) => known.iter().copied().zip(&block.txs).collect(),
         None => block.txs.iter().map(|t| (tx_hash(t), t)).collect(),
     };

@@ -126,7 +126,7 @@ fn proposal(proposer: &Identity, round: Round, txs: Vec<Vec<u8>>) -> SignedPropo
         tx_root: tx_root(&txs),
         changes: vec![],
     };
-    let block = Block { header, txs };
+    let block = Block { header, txs: txs.into_iter().map(Into::into).collect() };
     Proposal { height: 1, round, block, valid_round: None, proposer: proposer.id() }.sign(&NET, proposer)
 }
 
@@ -855,7 +855,7 @@ fn a_sync_answer_is_taken_only_for_a_request_in_flight_and_only_with_the_blocks_
             prev_hash: Hash([height as u8; 32]),
             timestamp_ms: T0,
             proposer: ids[1].id(),
-            tx_root: tx_root(&[]),
+            tx_root: tx_root::<Vec<u8>>(&[]),
             changes: vec![],
         };
         let block = Block { header, txs: vec![] };
@@ -1575,7 +1575,9 @@ fn a_committed_transaction_gossiped_again_is_in_no_later_block() {
         net.log[i]
             .iter()
             .filter_map(|e| match e {
-                Effect::Commit { committed, .. } if committed.block.txs.contains(&tx) => Some(committed.block.height()),
+                Effect::Commit { committed, .. } if committed.block.txs.iter().any(|t| *t == tx) => {
+                    Some(committed.block.height())
+                }
                 _ => None,
             })
             .collect::<Vec<_>>()

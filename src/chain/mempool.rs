@@ -473,8 +473,8 @@ impl Mempool {
     /// heights (the newest `max_txs` ids), and what arrived [`TX_TTL_HEIGHTS`]
     /// or more heights before expires. Also tells a new pool the tip it
     /// starts at (with no `txs`).
-    pub(crate) fn handle_commit(&mut self, height: Height, txs: &[Vec<u8>]) {
-        let ids: Vec<Hash> = txs.iter().map(|tx| tx_hash(tx)).collect();
+    pub(crate) fn handle_commit<T: AsRef<[u8]>>(&mut self, height: Height, txs: &[T]) {
+        let ids: Vec<Hash> = txs.iter().map(|tx| tx_hash(tx.as_ref())).collect();
         self.handle_commit_ids(height, &ids);
     }
 
@@ -745,18 +745,18 @@ mod tests {
     fn transactions_expire_after_ttl_heights() {
         let mut m = Mempool::new(small());
         m.set_members([member(1)]);
-        m.handle_commit(10, &[]);
+        m.handle_commit_ids(10, &[]);
         m.add(tx(LOCAL, 0, 10)).unwrap();
         m.add_gossiped(member(1), tx(1, 0, 10)).unwrap();
-        m.handle_commit(11, &[]);
+        m.handle_commit_ids(11, &[]);
         m.add(tx(LOCAL, 1, 10)).unwrap();
-        m.handle_commit(10 + TX_TTL_HEIGHTS - 1, &[]);
+        m.handle_commit_ids(10 + TX_TTL_HEIGHTS - 1, &[]);
         assert_eq!(m.len(), 3, "still within {TX_TTL_HEIGHTS} heights");
-        m.handle_commit(10 + TX_TTL_HEIGHTS, &[]);
+        m.handle_commit_ids(10 + TX_TTL_HEIGHTS, &[]);
         assert_eq!(m.lookup(&[tx_hash(&tx(LOCAL, 1, 10))]), vec![Some(tx(LOCAL, 1, 10))], "the later one stays");
         assert_eq!((m.len(), m.bytes(), m.counters().expired), (1, 10, 2));
         assert_eq!(m.held_by(Source::Member(member(1))), (0, 0));
-        m.handle_commit(11 + TX_TTL_HEIGHTS, &[]);
+        m.handle_commit_ids(11 + TX_TTL_HEIGHTS, &[]);
         assert!(m.is_empty());
         assert_eq!(m.counters().expired, 3);
     }
@@ -857,7 +857,7 @@ mod tests {
         m.add_gossiped(member(1), tx(1, 0, 100)).unwrap();
         let firsts: Vec<u8> = (1..=4)
             .map(|h| {
-                m.handle_commit(h, &[]);
+                m.handle_commit_ids(h, &[]);
                 m.take(1, 1_000)[0][0]
             })
             .collect();
@@ -914,9 +914,9 @@ mod tests {
         m.set_members([member(1)]);
         let t = tx(1, 0, 10);
         m.handle_commit(10, std::slice::from_ref(&t));
-        m.handle_commit(10 + COMMITTED_HEIGHTS - 1, &[]);
+        m.handle_commit_ids(10 + COMMITTED_HEIGHTS - 1, &[]);
         assert_eq!(m.add_gossiped(member(1), t.clone()), Err(AddError::Committed { id: tx_hash(&t), height: 10 }));
-        m.handle_commit(10 + COMMITTED_HEIGHTS, &[]);
+        m.handle_commit_ids(10 + COMMITTED_HEIGHTS, &[]);
         assert_eq!(m.figures().committed, 0, "{COMMITTED_HEIGHTS} heights later it is forgotten");
         assert!(m.add_gossiped(member(1), t).unwrap().1, "and taken again");
     }
@@ -929,9 +929,9 @@ mod tests {
         let t = tx(LOCAL, 0, 10);
         m.handle_commit(10, std::slice::from_ref(&t));
         m.handle_commit(500, std::slice::from_ref(&t));
-        m.handle_commit(10 + COMMITTED_HEIGHTS, &[]);
+        m.handle_commit_ids(10 + COMMITTED_HEIGHTS, &[]);
         assert_eq!(m.add(t.clone()), Err(AddError::Committed { id: tx_hash(&t), height: 500 }));
-        m.handle_commit(500 + COMMITTED_HEIGHTS, &[]);
+        m.handle_commit_ids(500 + COMMITTED_HEIGHTS, &[]);
         assert!(m.add(t).unwrap().1);
     }
 

@@ -854,7 +854,7 @@ mod tests {
                 tx_root: tx_root(&txs),
                 changes: vec![],
             },
-            txs,
+            txs: txs.into_iter().map(Into::into).collect(),
         };
         let cert = Certificate { height, round: 0, block: block.hash(), precommits: vec![] };
         Committed { block, cert }
@@ -888,7 +888,7 @@ mod tests {
                     tx_root: tx_root(&txs),
                     changes: vec![],
                 },
-                txs,
+                txs: txs.into_iter().map(Into::into).collect(),
             };
             let precommits = (0..3u8)
                 .map(|i| crate::chain::vote::SignedVote {

@@ -315,7 +315,7 @@ mod tests {
             tx_root: tx_root(&txs),
             changes: vec![],
         };
-        Block { header, txs }
+        Block { header, txs: txs.into_iter().map(Into::into).collect() }
     }
 
     fn precommit(b: &Block, who: &Identity) -> SignedVote {

@@ -167,7 +167,7 @@ async fn measure_disk_use_per_block_and_per_transaction_byte() {
     let c_height_now = c.height();
     let tx_bytes: usize = (1..=c_height_now)
         .filter_map(|h| c.store().block(h).ok().flatten())
-        .map(|blk| blk.block.txs.iter().map(Vec::len).sum::<usize>())
+        .map(|blk| blk.block.txs.iter().map(|t| t.len()).sum::<usize>())
         .sum();
     let c_bytes = bytes(&c);
     c.stop().await;

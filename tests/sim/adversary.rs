@@ -334,7 +334,7 @@ impl Adversary {
             }
             Signed::Proposal(p) => {
                 let mut block = p.proposal.block.clone();
-                block.txs.push(format!("equivocation {}", self.rng.next_u64()).into_bytes());
+                block.txs.push(format!("equivocation {}", self.rng.next_u64()).into_bytes().into());
                 block.header.tx_root = tx_root(&block.txs);
                 let sp = propose(block, p.proposal.round, p.proposal.valid_round, me);
                 Some(Signed::Proposal(sp))
@@ -528,7 +528,7 @@ impl Adversary {
             if let Some(p) = self.history.get(&(h, r)).and_then(|l| l.proposals.first()).cloned() {
                 let mut p = p;
                 p.proposal.valid_round = None;
-                p.proposal.block.txs.push(b"forged".to_vec());
+                p.proposal.block.txs.push(b"forged".to_vec().into());
                 p.proposal.block.header.tx_root = tx_root(&p.proposal.block.txs);
                 out.push(Send { to, msg: Message::Proposal(p), extra_delay: 0, genuine: false });
             }
@@ -700,7 +700,7 @@ impl Adversary {
             tx_root: tx_root(&txs),
             changes: vec![],
         };
-        propose(Block { header, txs }, round, None, me)
+        propose(Block { header, txs: txs.into_iter().map(Into::into).collect() }, round, None, me)
     }
 
     /// A transaction of `len` bytes no one else sends.
@@ -720,7 +720,7 @@ impl Adversary {
         let build = |txs: Vec<Vec<u8>>| {
             let mut header = header.clone();
             header.tx_root = tx_root(&txs);
-            Block { header, txs }
+            Block { header, txs: txs.into_iter().map(Into::into).collect() }
         };
         if self.on(Strategy::CompactRepeat) && self.rng.chance(600) {
             if let Some(tx) = self.repeated.clone() {
@@ -748,7 +748,7 @@ impl Adversary {
             return Some(vec![Message::CompactProposal(CompactProposal::of(&sp))]);
         }
         if self.on(Strategy::CompactWithhold) && self.rng.chance(600) {
-            let mut txs = p.proposal.block.txs.clone();
+            let mut txs: Vec<Vec<u8>> = p.proposal.block.txs.iter().map(|t| t.to_vec()).collect();
             txs.push(self.fresh_tx(64));
             let sp = propose(build(txs), r, p.proposal.valid_round, me);
             self.record(&Signed::Proposal(sp.clone()));
@@ -969,7 +969,7 @@ impl Adversary {
                         tx_root: tx_root(&txs),
                         changes: vec![],
                     },
-                    txs,
+                    txs: txs.into_iter().map(Into::into).collect(),
                 }
             }
         };

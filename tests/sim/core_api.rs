@@ -193,7 +193,7 @@ pub fn other_history(len: Height) -> Vec<Committed> {
             tx_root: tx_root(&txs),
             changes: vec![],
         };
-        let block = Block { header, txs };
+        let block = Block { header, txs: txs.into_iter().map(Into::into).collect() };
         let id = block.hash();
         let precommits = keys[..3].iter().map(|k| precommit(height, 0, Some(id), k)).collect();
         prev = id;
@@ -242,7 +242,7 @@ pub fn other_checkpoint(me: &Identity, height: Height) -> CheckpointAnswer {
         tx_root: tx_root(&txs),
         changes: vec![],
     };
-    let block = Block { header, txs };
+    let block = Block { header, txs: txs.into_iter().map(Into::into).collect() };
     let id = block.hash();
     let mut precommits = vec![precommit(height, 0, Some(id), me)];
     precommits.extend(keys.iter().map(|k| precommit(height, 0, Some(id), k)));

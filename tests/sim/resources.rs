@@ -78,12 +78,12 @@ fn assembly_bytes(limits: &SimLimits) -> usize {
     compact_bytes(block.max_block_txs) + slots_bytes(block.max_block_txs) + placed
 }
 
-/// A block's bytes as held: each transaction with its `Vec` and the
+/// A block's bytes as held: each transaction with its handle (`Bytes`) and the
 /// allocator's rounding (at most 32 bytes more than a one-byte transaction),
 /// its approvals and its header.
 fn proposal_bytes(limits: &Limits) -> usize {
     limits.max_block_bytes
-        + limits.max_block_txs * (std::mem::size_of::<Vec<u8>>() + 32)
+        + limits.max_block_txs * (std::mem::size_of::<bytes::Bytes>() + 32)
         + APPROVALS_PER_BLOCK * 256
         + 512
 }

@@ -206,7 +206,7 @@ async fn measure_checkpoint_start_against_replay_on_a_long_chain() {
                 prev_hash: parent_link(prev, members_digest(m.state()), link),
                 timestamp_ms: network.genesis_time_ms + h,
                 proposer: m.current().ids()[(h % 2) as usize],
-                tx_root: tx_root(&[]),
+                tx_root: tx_root::<Vec<u8>>(&[]),
                 changes,
             };
             let block = Block { header, txs: vec![] };
@@ -333,7 +333,7 @@ async fn a_member_lying_about_a_checkpoint_is_refused_once_per_cause_and_a_true_
             tx_root: tx_root(&txs),
             changes: vec![],
         };
-        let block = Block { header, txs };
+        let block = Block { header, txs: txs.into_iter().map(Into::into).collect() };
         let precommits = signers
             .iter()
             .map(|i| {

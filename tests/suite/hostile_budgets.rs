@@ -157,7 +157,13 @@ fn hostile_proposal(spec: &Spec, height: u64, round: u32, txs: Vec<Vec<u8>>) -> 
         tx_root: tx_root(&txs),
         changes: vec![],
     };
-    let proposal = Proposal { height, round, block: Block { header, txs }, valid_round: None, proposer: me.id() };
+    let proposal = Proposal {
+        height,
+        round,
+        block: Block { header, txs: txs.into_iter().map(Into::into).collect() },
+        valid_round: None,
+        proposer: me.id(),
+    };
     Message::Proposal(proposal.sign(&spec.network().id, me))
 }
 
@@ -728,7 +734,7 @@ async fn a_blocks_answer_with_more_blocks_than_asked_is_refused_undecoded() {
             prev_hash: Hash([3; 32]),
             timestamp_ms: height,
             proposer: me.id(),
-            tx_root: tx_root(&[]),
+            tx_root: tx_root::<Vec<u8>>(&[]),
             changes: vec![],
         };
         let block = Block { header, txs: vec![] };
