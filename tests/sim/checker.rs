@@ -228,8 +228,12 @@ impl Checker {
         });
         if let Some(old) = surfaced {
             match self.signed.get(&key) {
-                // Relayed: the wiped node could not have learnt it.
-                Some(now) if *now != old && via.is_some_and(|(_, from)| from != signer) => {}
+                // Relayed (by a Byzantine node: no honest one held it): the
+                // wiped node could not have learnt it. It stays forgotten, so
+                // a frame the signer sent before the wipe still counts.
+                Some(now) if *now != old && via.is_some_and(|(_, from)| from != signer) => {
+                    self.forgotten.entry(key).or_default().push(old);
+                }
                 Some(now) if *now != old => {
                     let detail = format!(
                         "{} signed {} and, after a wipe, {} at {record:?}; the first was in flight at the wipe and \
@@ -242,7 +246,10 @@ impl Checker {
                 }
                 Some(_) => {}
                 None => {
+                    // Held again, by the receiver only: its signer's data
+                    // dir is still the wiped one.
                     self.signed.insert(key, old);
+                    self.orphaned.insert(key);
                 }
             }
         }
