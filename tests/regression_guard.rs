@@ -395,6 +395,14 @@ fn committed_of(ids: &[std::sync::Arc<masternode::identity::Identity>], n: usize
 
 const SYNC_NET: [u8; 32] = [0x33; 32];
 
+/// Four member identities, sorted by id as the member set orders them.
+fn four_members() -> Vec<std::sync::Arc<masternode::identity::Identity>> {
+    let mut ids: Vec<_> =
+        (0..4).map(|_| std::sync::Arc::new(masternode::identity::Identity::generate().unwrap())).collect();
+    ids.sort_by_key(|i| i.id());
+    ids
+}
+
 /// The driver of `me`, a member of the genesis set `ids`, at height 1.
 fn driver_of(
     ids: &[std::sync::Arc<masternode::identity::Identity>],
@@ -432,9 +440,7 @@ fn driver_of(
 fn a_synced_block_s_transactions_are_hashed_once() {
     use masternode::chain::{counted_tx_hashes, BlocksAnswer, Effect, Now};
     let _alone = hashing_alone();
-    let mut ids: Vec<_> =
-        (0..4).map(|_| std::sync::Arc::new(masternode::identity::Identity::generate().unwrap())).collect();
-    ids.sort_by_key(|i| i.id());
+    let ids = four_members();
     let n = 2_000;
     let committed = committed_of(&ids, n);
     let mut behind = driver_of(&ids, &ids[3]);
@@ -458,9 +464,7 @@ fn a_synced_block_s_transactions_are_hashed_once() {
 #[test]
 fn decoding_a_block_allocates_per_block_not_per_transaction() {
     let _alone = hashing_alone();
-    let mut ids: Vec<_> =
-        (0..4).map(|_| std::sync::Arc::new(masternode::identity::Identity::generate().unwrap())).collect();
-    ids.sort_by_key(|i| i.id());
+    let ids = four_members();
     for n in [100, 10_000] {
         let proposal = Message::Proposal(proposal_of(n)).encode().unwrap();
         let blocks = Message::Blocks(vec![committed_of(&ids, n)]).encode().unwrap();
